@@ -1,0 +1,22 @@
+//! Envelope encryption for stored OAuth credentials.
+//!
+//! Each credential gets its own data-encryption key (DEK); the DEK is stored wrapped by a
+//! key-encryption key (KEK) held by a [`KeyProvider`] (a local key file today, a KMS later).
+//! [`Envelope`] seals and opens rows and keeps a bounded cache of unwrapped DEKs.
+
+mod cache;
+mod envelope;
+mod error;
+mod key_provider;
+mod local;
+mod primitives;
+mod secret;
+#[cfg(test)]
+mod test_support;
+
+pub use cache::{CacheStats, DekCacheConfig};
+pub use envelope::{Envelope, SealedBlob};
+pub use error::CryptoError;
+pub use key_provider::{EncryptionContext, KeyProvider, KeyRef, WrappedDek};
+pub use local::LocalKeyProvider;
+pub use secret::{DataKey, SecretBytes};
