@@ -1,1 +1,14 @@
-//! placeholder
+//! The credential broker's domain: credentials, members, access rules, sealing and token
+//! issuance. It knows nothing of gRPC; time comes from an injected [`clock::Clock`].
+
+pub mod access;
+pub mod audit;
+pub mod clock;
+pub mod credential;
+pub mod error;
+pub mod sealing;
+pub mod service;
+pub mod tokens;
+pub mod types;
+
+pub use error::{BrokerError, ErrorCode, FieldViolation};

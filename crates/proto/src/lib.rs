@@ -8,5 +8,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of the API (and its imports), served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/credentialbroker_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/credentialbroker_v1_descriptor.bin"
+));

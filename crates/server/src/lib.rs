@@ -1,1 +1,10 @@
-//! placeholder
+//! The credential-broker server: configuration, caller identity, the tonic services (protobuf <->
+//! domain at the boundary), error mapping and the application lifecycle.
+
+pub mod app;
+pub mod caller;
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod status;
+pub mod telemetry;

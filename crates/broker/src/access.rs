@@ -1,0 +1,74 @@
+//! Who is calling and what they may do: the caller (an authenticated service) and the actor (the
+//! end user the call acts for), and the per-credential role rules.
+
+use crate::types::{Email, UserId, WorkspaceId};
+
+/// A member's role on one credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Uses the credential; sees its metadata.
+    Member,
+    /// Also edits, reconnects, disconnects and manages members.
+    Admin,
+}
+
+impl Role {
+    /// Storage form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "ADMIN",
+            Self::Member => "MEMBER",
+        }
+    }
+    /// Parses the storage form.
+    pub fn from_stored(s: &str) -> Option<Self> {
+        match s {
+            "ADMIN" => Some(Self::Admin),
+            "MEMBER" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// The actor's role in a workspace, as the trusted caller states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkspaceRole {
+    /// A workspace admin acts as Admin on every credential of that workspace.
+    Admin,
+    /// An ordinary workspace member.
+    Member,
+}
+
+/// The end user on whose behalf a call is made (from request metadata set by a trusted caller).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The platform's user id.
+    pub user_id: UserId,
+    /// The user's verified email.
+    pub email: Email,
+    /// The workspace the role below applies to, if stated.
+    pub workspace: Option<(WorkspaceId, WorkspaceRole)>,
+}
+
+impl Actor {
+    /// Whether the actor is an admin of `workspace`.
+    pub fn is_workspace_admin(&self, workspace: &str) -> bool {
+        matches!(&self.workspace, Some((w, WorkspaceRole::Admin)) if w.as_str() == workspace)
+    }
+}
+
+/// The authenticated calling service and the actor it acts for.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The calling service's name (e.g. `web`, `executor`, `operator`, `anonymous`).
+    pub service: String,
+    /// The end user, if the call acts for one.
+    pub actor: Option<Actor>,
+}
+
+impl Caller {
+    /// The actor's user id for audit records.
+    pub fn actor_label(&self) -> Option<String> {
+        self.actor.as_ref().map(|a| a.user_id.to_string())
+    }
+}

@@ -1,0 +1,249 @@
+//! The domain's closed set of errors. The server maps each [`ErrorCode`] to a gRPC status in one
+//! place and attaches the stable [`BrokerError::reason`] as `google.rpc.ErrorInfo`.
+
+use std::time::Duration;
+
+/// Stable machine-readable reasons (ErrorInfo `reason`). Never renamed once released.
+pub mod reason {
+    /// A request field is invalid (see the field violations).
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    /// The credential does not exist or the actor may not see it.
+    pub const CREDENTIAL_NOT_FOUND: &str = "CREDENTIAL_NOT_FOUND";
+    /// The credential was disconnected; it cannot be used or edited.
+    pub const CREDENTIAL_DISCONNECTED: &str = "CREDENTIAL_DISCONNECTED";
+    /// The grant can no longer be refreshed; an Admin must reconnect it.
+    pub const CREDENTIAL_NEEDS_RECONNECT: &str = "CREDENTIAL_NEEDS_RECONNECT";
+    /// Another write changed the credential first; re-read and retry.
+    pub const VERSION_CONFLICT: &str = "VERSION_CONFLICT";
+    /// The account is already connected in this workspace.
+    pub const CREDENTIAL_ALREADY_EXISTS: &str = "CREDENTIAL_ALREADY_EXISTS";
+    /// The provider is unknown.
+    pub const PROVIDER_NOT_FOUND: &str = "PROVIDER_NOT_FOUND";
+    /// The provider has no client id/secret configured.
+    pub const PROVIDER_NOT_CONFIGURED: &str = "PROVIDER_NOT_CONFIGURED";
+    /// The actor's role does not allow the action.
+    pub const ROLE_REQUIRED: &str = "ROLE_REQUIRED";
+    /// The call must act for an end user, but carried no actor metadata.
+    pub const ACTOR_REQUIRED: &str = "ACTOR_REQUIRED";
+    /// The calling service is not allowed to call this RPC.
+    pub const CALLER_NOT_ALLOWED: &str = "CALLER_NOT_ALLOWED";
+    /// The calling service did not authenticate.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// Removing or demoting the last Admin is refused.
+    pub const LAST_ADMIN: &str = "LAST_ADMIN";
+    /// The database cannot be reached.
+    pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
+    /// The key management service cannot be reached or refused the key.
+    pub const KMS_UNAVAILABLE: &str = "KMS_UNAVAILABLE";
+    /// The RPC is part of the API but not implemented in this version.
+    pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
+    /// An unexpected internal failure (details are in the server log, not the response).
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// The closed set of error classes; each maps to exactly one gRPC code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Bad input (INVALID_ARGUMENT).
+    InvalidArgument,
+    /// Unknown, or not visible to the actor (NOT_FOUND).
+    NotFound,
+    /// Already exists (ALREADY_EXISTS).
+    AlreadyExists,
+    /// Authenticated but not allowed (PERMISSION_DENIED).
+    PermissionDenied,
+    /// No or bad caller credentials (UNAUTHENTICATED).
+    Unauthenticated,
+    /// The state does not allow the action (FAILED_PRECONDITION).
+    FailedPrecondition,
+    /// Optimistic concurrency conflict (ABORTED).
+    Aborted,
+    /// A dependency is down; retry later (UNAVAILABLE).
+    Unavailable,
+    /// Not implemented yet (UNIMPLEMENTED).
+    Unimplemented,
+    /// A bug or unexpected failure (INTERNAL).
+    Internal,
+}
+
+/// One invalid request field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field path, e.g. `credential.display_name`.
+    pub field: String,
+    /// What is wrong with it (never echoes the value).
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// A domain error. Messages are safe to return to callers: they never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Invalid input, with every offending field.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// Unknown resource, or one the actor may not see.
+    #[error("{what} not found")]
+    NotFound {
+        /// Stable reason.
+        reason: &'static str,
+        /// What was looked for ("credential").
+        what: &'static str,
+    },
+    /// Conflicts with an existing resource.
+    #[error("{message}")]
+    AlreadyExists {
+        /// Stable reason.
+        reason: &'static str,
+        /// Human message.
+        message: String,
+    },
+    /// The caller or actor lacks the permission.
+    #[error("{message}")]
+    PermissionDenied {
+        /// Stable reason.
+        reason: &'static str,
+        /// Human message.
+        message: String,
+    },
+    /// The calling service did not authenticate.
+    #[error("{message}")]
+    Unauthenticated {
+        /// Human message.
+        message: String,
+    },
+    /// The resource's state does not allow the action.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Stable reason.
+        reason: &'static str,
+        /// Human message a workflow can show.
+        message: String,
+    },
+    /// A concurrent write won.
+    #[error("{message}")]
+    Conflict {
+        /// Human message.
+        message: String,
+    },
+    /// A dependency is unavailable.
+    #[error("{message}")]
+    Unavailable {
+        /// Stable reason.
+        reason: &'static str,
+        /// Human message.
+        message: String,
+        /// Suggested delay before retrying.
+        retry_after: Option<Duration>,
+    },
+    /// Part of the API not implemented in this version.
+    #[error("{what} is not implemented yet: {missing}")]
+    Unimplemented {
+        /// The RPC.
+        what: &'static str,
+        /// What is missing.
+        missing: &'static str,
+    },
+    /// An unexpected failure; the message stays in the server log.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(v: &[FieldViolation]) -> String {
+    v.iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl BrokerError {
+    /// One invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The credential does not exist or is not visible.
+    pub fn credential_not_found() -> Self {
+        Self::NotFound {
+            reason: reason::CREDENTIAL_NOT_FOUND,
+            what: "credential",
+        }
+    }
+
+    /// The error class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Self::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+            Self::Unauthenticated { .. } => ErrorCode::Unauthenticated,
+            Self::FailedPrecondition { .. } => ErrorCode::FailedPrecondition,
+            Self::Conflict { .. } => ErrorCode::Aborted,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+            Self::Unimplemented { .. } => ErrorCode::Unimplemented,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The stable ErrorInfo reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => reason::INVALID_ARGUMENT,
+            Self::NotFound { reason, .. }
+            | Self::AlreadyExists { reason, .. }
+            | Self::PermissionDenied { reason, .. }
+            | Self::FailedPrecondition { reason, .. }
+            | Self::Unavailable { reason, .. } => reason,
+            Self::Unauthenticated { .. } => reason::UNAUTHENTICATED,
+            Self::Conflict { .. } => reason::VERSION_CONFLICT,
+            Self::Unimplemented { .. } => reason::NOT_IMPLEMENTED,
+            Self::Internal(_) => reason::INTERNAL,
+        }
+    }
+}
+
+impl From<cb_store::StoreError> for BrokerError {
+    fn from(e: cb_store::StoreError) -> Self {
+        use cb_store::StoreError as S;
+        match e {
+            S::NotFound => Self::credential_not_found(),
+            S::VersionConflict { .. } => Self::Conflict {
+                message: "the credential was changed by another request; read it again and retry"
+                    .into(),
+            },
+            S::Duplicate(what) => Self::AlreadyExists {
+                reason: reason::CREDENTIAL_ALREADY_EXISTS,
+                message: format!("already exists: {what}"),
+            },
+            S::Unavailable(_) => Self::Unavailable {
+                reason: reason::STORAGE_UNAVAILABLE,
+                message: "the database is unavailable".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<cb_crypto::CryptoError> for BrokerError {
+    fn from(e: cb_crypto::CryptoError) -> Self {
+        match e {
+            cb_crypto::CryptoError::Unavailable(_) => Self::Unavailable {
+                reason: reason::KMS_UNAVAILABLE,
+                message: "the key management service is unavailable".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

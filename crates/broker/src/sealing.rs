@@ -1,0 +1,89 @@
+//! Binds sealed token bundles to their credential row: the AAD and the KMS encryption context
+//! name the credential, so a blob copied onto another row cannot be opened.
+
+use crate::credential::Credential;
+use crate::error::BrokerError;
+use crate::tokens::TokenBundle;
+use cb_crypto::{EncryptionContext, Envelope, KeyRef, SealedBlob, WrappedDek};
+use cb_store::SealedColumns;
+
+const PURPOSE: &str = "tokens";
+
+fn aad(credential_id: &str) -> Vec<u8> {
+    format!("credential-broker/v1|credential|{credential_id}|{PURPOSE}").into_bytes()
+}
+
+fn context(c: &Credential) -> EncryptionContext {
+    EncryptionContext::for_credential(&c.workspace_id, c.id.as_str(), PURPOSE)
+}
+
+fn wrapped_dek(s: &SealedColumns) -> Result<WrappedDek, BrokerError> {
+    let version = u32::try_from(s.dek_key_version)
+        .map_err(|_| BrokerError::Internal("stored key version is out of range".into()))?;
+    Ok(WrappedDek {
+        key: KeyRef {
+            key_id: s.dek_key_id.clone(),
+            version,
+        },
+        ciphertext: s.dek_wrapped.clone(),
+    })
+}
+
+fn columns(blob: SealedBlob) -> SealedColumns {
+    SealedColumns {
+        ciphertext: blob.ciphertext,
+        dek_wrapped: blob.wrapped_dek.ciphertext,
+        dek_key_id: blob.wrapped_dek.key.key_id,
+        dek_key_version: i64::from(blob.wrapped_dek.key.version),
+    }
+}
+
+/// Seals `tokens` into `c`: under the credential's existing data key, or a new one for a
+/// credential that has none yet. Also records token metadata visible without decrypting.
+pub async fn seal_into(
+    envelope: &Envelope,
+    c: &mut Credential,
+    tokens: &TokenBundle,
+) -> Result<(), BrokerError> {
+    let plaintext = tokens.to_plaintext()?;
+    let ctx = context(c);
+    let aad = aad(c.id.as_str());
+    let blob = match &c.sealed {
+        Some(s) => {
+            envelope
+                .reseal(&wrapped_dek(s)?, &ctx, &aad, &plaintext)
+                .await?
+        }
+        None => envelope.seal_new(&ctx, &aad, &plaintext).await?,
+    };
+    c.sealed = Some(columns(blob));
+    c.access_expires_at = tokens.access_expires_at;
+    c.refresh_expires_at = tokens.refresh_expires_at;
+    c.has_refresh_token = tokens.refresh_token.is_some();
+    Ok(())
+}
+
+/// Opens the credential's sealed bundle.
+pub async fn open(envelope: &Envelope, c: &Credential) -> Result<Option<TokenBundle>, BrokerError> {
+    let Some(s) = &c.sealed else { return Ok(None) };
+    let blob = SealedBlob {
+        ciphertext: s.ciphertext.clone(),
+        wrapped_dek: wrapped_dek(s)?,
+    };
+    let plaintext = envelope
+        .open(&blob, &context(c), &aad(c.id.as_str()))
+        .await?;
+    TokenBundle::from_plaintext(plaintext.expose()).map(Some)
+}
+
+/// Destroys the sealed bundle and the wrapped data key (crypto-shredding), also from the cache.
+pub fn shred(envelope: &Envelope, c: &mut Credential) -> Result<(), BrokerError> {
+    if let Some(s) = c.sealed.take() {
+        envelope.forget(&wrapped_dek(&s)?);
+    }
+    c.has_refresh_token = false;
+    c.access_expires_at = None;
+    c.refresh_expires_at = None;
+    c.next_refresh_at = None;
+    Ok(())
+}

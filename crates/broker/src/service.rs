@@ -1,0 +1,548 @@
+//! The credential use cases: import, read, list, edit, disconnect. Authorization is checked here,
+//! in the domain, so every transport gets the same rules.
+
+use crate::access::{Actor, Caller, Role};
+use crate::audit::{Audit, Outcome};
+use crate::clock::{Clock, Timestamp};
+use crate::credential::{Credential, CredentialView, Status, StatusKind};
+use crate::error::{BrokerError, reason};
+use crate::sealing;
+use crate::tokens::TokenBundle;
+use crate::types::{
+    CredentialId, Description, DisplayName, Email, ProviderAccount, ProviderId, Scopes, WorkspaceId,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cb_crypto::Envelope;
+use cb_store::{CredentialQuery, MemberRow, Store};
+use std::sync::Arc;
+
+/// Default and maximum page sizes for ListCredentials.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Maximum page size for ListCredentials.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// An operator bringing an existing token set.
+#[derive(Debug)]
+pub struct ImportCredential {
+    /// Owning workspace.
+    pub workspace_id: WorkspaceId,
+    /// Provider catalog id.
+    pub provider_id: ProviderId,
+    /// The account the tokens belong to.
+    pub account: ProviderAccount,
+    /// Display name.
+    pub display_name: DisplayName,
+    /// Description.
+    pub description: Description,
+    /// Granted scopes.
+    pub scopes: Scopes,
+    /// The tokens.
+    pub tokens: TokenBundle,
+    /// The first Admin (default: the actor).
+    pub admin_email: Option<Email>,
+}
+
+/// A ListCredentials query.
+#[derive(Clone, Debug)]
+pub struct ListCredentials {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Only this provider.
+    pub provider_id: Option<ProviderId>,
+    /// Page size (already clamped to 1..=MAX_PAGE_SIZE).
+    pub page_size: u32,
+    /// Opaque token from a previous page.
+    pub page_token: Option<String>,
+    /// Include DISCONNECTED credentials.
+    pub include_disconnected: bool,
+    /// Only these states (empty: all).
+    pub statuses: Vec<StatusKind>,
+}
+
+/// A metadata edit; `None` fields stay unchanged.
+#[derive(Clone, Debug)]
+pub struct UpdateCredential {
+    /// The credential.
+    pub id: CredentialId,
+    /// New display name.
+    pub display_name: Option<DisplayName>,
+    /// New description.
+    pub description: Option<Description>,
+    /// Reject the edit unless the stored version equals this.
+    pub expected_version: Option<i64>,
+}
+
+/// One page of credentials.
+#[derive(Debug)]
+pub struct CredentialPage {
+    /// The credentials.
+    pub items: Vec<CredentialView>,
+    /// Token for the next page, if any.
+    pub next_page_token: Option<String>,
+}
+
+/// What happened at the provider when disconnecting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// The provider revoked the grant.
+    Revoked,
+    /// The provider cannot revoke.
+    NotSupported(String),
+    /// Revocation failed; tokens were destroyed anyway.
+    Failed(String),
+    /// Nothing to revoke.
+    Skipped(String),
+}
+
+/// The broker's credential use cases.
+pub struct CredentialService {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    clock: Arc<dyn Clock>,
+    audit: Audit,
+}
+
+impl CredentialService {
+    /// Wires the use cases to their dependencies.
+    pub fn new(store: Arc<dyn Store>, envelope: Arc<Envelope>, clock: Arc<dyn Clock>) -> Self {
+        let audit = Audit::new(store.clone(), clock.clone());
+        Self {
+            store,
+            envelope,
+            clock,
+            audit,
+        }
+    }
+
+    /// The audit writer shared with other services.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Imports a token set as a new credential; the named admin (or the actor) becomes Admin.
+    pub async fn import(
+        &self,
+        caller: &Caller,
+        req: ImportCredential,
+    ) -> Result<CredentialView, BrokerError> {
+        let result = self.import_inner(caller, req).await;
+        let id = result.as_ref().ok().map(|v| v.credential.id.to_string());
+        self.audit
+            .record(
+                caller,
+                "credential.import",
+                id.as_deref(),
+                Outcome::of(&result),
+                None,
+            )
+            .await;
+        result
+    }
+
+    async fn import_inner(
+        &self,
+        caller: &Caller,
+        req: ImportCredential,
+    ) -> Result<CredentialView, BrokerError> {
+        let admin_email = match (req.admin_email, &caller.actor) {
+            (Some(e), _) => e,
+            (None, Some(a)) => a.email.clone(),
+            (None, None) => {
+                return Err(BrokerError::invalid(
+                    "admin_email",
+                    "is required when the call carries no actor metadata",
+                ));
+            }
+        };
+        let now = self.clock.now();
+        let created_by = caller.actor.as_ref().map_or_else(
+            || format!("service:{}", caller.service),
+            |a| a.user_id.to_string(),
+        );
+        let mut c = Credential::new(
+            CredentialId::generate(),
+            req.workspace_id.to_string(),
+            req.provider_id.to_string(),
+            req.account,
+            req.display_name,
+            req.description,
+            req.scopes,
+            created_by.clone(),
+            now,
+        );
+        sealing::seal_into(&self.envelope, &mut c, &req.tokens).await?;
+        let actor_user = caller
+            .actor
+            .as_ref()
+            .filter(|a| a.email == admin_email)
+            .map(|a| a.user_id.to_string());
+        let admin = MemberRow {
+            credential_id: c.id.to_string(),
+            email: admin_email.to_string(),
+            user_id: actor_user,
+            role: Role::Admin.as_str().to_owned(),
+            state: "ACTIVE".to_owned(),
+            invited_by: created_by,
+            created_at: now.as_millis(),
+            updated_at: now.as_millis(),
+        };
+        self.store.insert_credential(&c.to_row(), &[admin]).await.map_err(|e| match e {
+            cb_store::StoreError::Duplicate(_) => BrokerError::AlreadyExists {
+                reason: reason::CREDENTIAL_ALREADY_EXISTS,
+                message: "this provider account is already connected in the workspace; reconnect or disconnect that credential instead".into(),
+            },
+            other => other.into(),
+        })?;
+        let role = caller
+            .actor
+            .as_ref()
+            .filter(|a| a.email == admin_email)
+            .map(|_| Role::Admin);
+        Ok(CredentialView {
+            credential: c,
+            caller_role: role,
+        })
+    }
+
+    /// Returns one credential's metadata.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<CredentialView, BrokerError> {
+        let (c, role) = self.load_visible(caller, id).await?;
+        Ok(CredentialView {
+            credential: c,
+            caller_role: role,
+        })
+    }
+
+    /// Lists the workspace's credentials visible to the caller, ordered by id.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        q: ListCredentials,
+    ) -> Result<CredentialPage, BrokerError> {
+        let provider = q.provider_id.as_ref().map(ToString::to_string);
+        let mut after = match &q.page_token {
+            Some(t) => Some(decode_page_token(
+                t,
+                q.workspace_id.as_str(),
+                provider.as_deref(),
+            )?),
+            None => None,
+        };
+        let mut items = Vec::new();
+        // Visibility is per row; keep reading until the page is full or the rows run out.
+        loop {
+            let rows = self
+                .store
+                .list_credentials(&CredentialQuery {
+                    workspace_id: q.workspace_id.to_string(),
+                    provider_id: provider.clone(),
+                    after_id: after.clone(),
+                    limit: q.page_size,
+                    include_disconnected: q.include_disconnected
+                        || q.statuses.contains(&StatusKind::Disconnected),
+                })
+                .await?;
+            let exhausted = rows.len() < q.page_size as usize;
+            for row in rows {
+                after = Some(row.id.clone());
+                let c = Credential::from_row(row)?;
+                if !q.statuses.is_empty() && !q.statuses.contains(&c.status.kind()) {
+                    continue;
+                }
+                if let Some(role) = self.visibility(caller, &c).await? {
+                    items.push(CredentialView {
+                        credential: c,
+                        caller_role: role,
+                    });
+                    if items.len() == q.page_size as usize {
+                        let next = (!exhausted).then(|| {
+                            encode_page_token(
+                                q.workspace_id.as_str(),
+                                provider.as_deref(),
+                                after.as_deref().unwrap_or(""),
+                            )
+                        });
+                        return Ok(CredentialPage {
+                            items,
+                            next_page_token: next,
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(CredentialPage {
+                    items,
+                    next_page_token: None,
+                });
+            }
+        }
+    }
+
+    /// Renames a credential or edits its description. Admin only.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        req: UpdateCredential,
+    ) -> Result<CredentialView, BrokerError> {
+        let result = self.update_inner(caller, &req).await;
+        let mut fields = Vec::new();
+        if req.display_name.is_some() {
+            fields.push("display_name");
+        }
+        if req.description.is_some() {
+            fields.push("description");
+        }
+        let detail = format!("fields={}", fields.join(","));
+        self.audit
+            .record(
+                caller,
+                "credential.update",
+                Some(req.id.as_str()),
+                Outcome::of(&result),
+                Some(detail),
+            )
+            .await;
+        result
+    }
+
+    async fn update_inner(
+        &self,
+        caller: &Caller,
+        req: &UpdateCredential,
+    ) -> Result<CredentialView, BrokerError> {
+        let (mut c, role) = self.load_for_admin(caller, &req.id).await?;
+        if c.is_disconnected() {
+            return Err(disconnected());
+        }
+        if let Some(v) = req.expected_version
+            && v != c.version
+        {
+            return Err(BrokerError::Conflict {
+                message: format!(
+                    "the credential is at version {}, not {v}; read it again and retry",
+                    c.version
+                ),
+            });
+        }
+        if let Some(n) = &req.display_name {
+            c.display_name = n.clone();
+        }
+        if let Some(d) = &req.description {
+            c.description = d.clone();
+        }
+        c.updated_at = self.clock.now();
+        let stored = self.store.update_credential(&c.to_row(), c.version).await?;
+        Ok(CredentialView {
+            credential: Credential::from_row(stored)?,
+            caller_role: role,
+        })
+    }
+
+    /// Disconnects: destroys the sealed tokens and marks the credential DISCONNECTED. Admin only.
+    pub async fn disconnect(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<(CredentialView, Revocation), BrokerError> {
+        let result = self.disconnect_inner(caller, id).await;
+        self.audit
+            .record(
+                caller,
+                "credential.disconnect",
+                Some(id.as_str()),
+                Outcome::of(&result),
+                None,
+            )
+            .await;
+        result
+    }
+
+    async fn disconnect_inner(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<(CredentialView, Revocation), BrokerError> {
+        let (mut c, role) = self.load_for_admin(caller, id).await?;
+        if c.is_disconnected() {
+            let note = Revocation::Skipped("the credential was already disconnected".into());
+            return Ok((
+                CredentialView {
+                    credential: c,
+                    caller_role: role,
+                },
+                note,
+            ));
+        }
+        let revocation = Revocation::NotSupported(
+            "revocation at the provider is not available in this version; the grant stays valid there until it expires".into(),
+        );
+        let expected = c.version;
+        sealing::shred(&self.envelope, &mut c)?;
+        c.status = Status::Disconnected;
+        c.updated_at = self.clock.now();
+        let stored = self.store.update_credential(&c.to_row(), expected).await?;
+        Ok((
+            CredentialView {
+                credential: Credential::from_row(stored)?,
+                caller_role: role,
+            },
+            revocation,
+        ))
+    }
+
+    /// Loads a credential the caller may see, with the actor's role. Non-visible → NOT_FOUND.
+    async fn load_visible(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<(Credential, Option<Role>), BrokerError> {
+        let row = self
+            .store
+            .get_credential(id.as_str())
+            .await?
+            .ok_or_else(BrokerError::credential_not_found)?;
+        let c = Credential::from_row(row)?;
+        match self.visibility(caller, &c).await? {
+            Some(role) => Ok((c, role)),
+            None => Err(BrokerError::credential_not_found()),
+        }
+    }
+
+    /// Loads a credential on which the actor is Admin: NOT_FOUND for non-members,
+    /// PERMISSION_DENIED for Members.
+    async fn load_for_admin(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<(Credential, Option<Role>), BrokerError> {
+        let actor = require_actor(caller)?;
+        let (c, role) = self.load_visible(caller, id).await?;
+        if role != Some(Role::Admin) {
+            return Err(BrokerError::PermissionDenied {
+                reason: reason::ROLE_REQUIRED,
+                message: format!(
+                    "only an Admin of this credential can do this; {} is a Member",
+                    actor.email
+                ),
+            });
+        }
+        Ok((c, role))
+    }
+
+    /// `None`: not visible. `Some(role)`: visible, with the actor's role (`None` for a service
+    /// acting without an actor, which may read every credential).
+    async fn visibility(
+        &self,
+        caller: &Caller,
+        c: &Credential,
+    ) -> Result<Option<Option<Role>>, BrokerError> {
+        let Some(actor) = &caller.actor else {
+            return Ok(Some(None));
+        };
+        Ok(self.role_of(actor, c).await?.map(Some))
+    }
+
+    /// The actor's effective role on a credential: workspace admins act as Admin; otherwise the
+    /// actor's ACTIVE membership.
+    pub async fn role_of(
+        &self,
+        actor: &Actor,
+        c: &Credential,
+    ) -> Result<Option<Role>, BrokerError> {
+        if actor.is_workspace_admin(&c.workspace_id) {
+            return Ok(Some(Role::Admin));
+        }
+        let Some(m) = self
+            .store
+            .get_member(c.id.as_str(), actor.email.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let same_user = m
+            .user_id
+            .as_deref()
+            .is_none_or(|u| u == actor.user_id.as_str());
+        Ok((m.state == "ACTIVE" && same_user)
+            .then(|| Role::from_stored(&m.role))
+            .flatten())
+    }
+
+    /// Opens a credential's tokens (used by token issuance and the start-up key check).
+    pub async fn open_tokens(&self, c: &Credential) -> Result<Option<TokenBundle>, BrokerError> {
+        sealing::open(&self.envelope, c).await
+    }
+
+    /// Current time of the injected clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+fn require_actor(caller: &Caller) -> Result<&Actor, BrokerError> {
+    caller.actor.as_ref().ok_or_else(|| BrokerError::PermissionDenied {
+        reason: reason::ACTOR_REQUIRED,
+        message: "this action is taken for an end user: set the x-actor-id and x-actor-email metadata".into(),
+    })
+}
+
+fn disconnected() -> BrokerError {
+    BrokerError::FailedPrecondition {
+        reason: reason::CREDENTIAL_DISCONNECTED,
+        message: "the credential was disconnected; connect the account again to use it".into(),
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "v1";
+
+fn encode_page_token(workspace: &str, provider: Option<&str>, after_id: &str) -> String {
+    let raw = format!(
+        "{PAGE_TOKEN_PREFIX}\n{workspace}\n{}\n{after_id}",
+        provider.unwrap_or("")
+    );
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// Decodes a page token, checking it was issued for the same query.
+fn decode_page_token(
+    token: &str,
+    workspace: &str,
+    provider: Option<&str>,
+) -> Result<String, BrokerError> {
+    let bad = || {
+        BrokerError::invalid(
+            "page_token",
+            "is not a token from a previous response to this query",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = String::from_utf8(bytes).map_err(|_| bad())?;
+    let parts: Vec<&str> = raw.split('\n').collect();
+    match parts.as_slice() {
+        [PAGE_TOKEN_PREFIX, w, p, after]
+            if *w == workspace && *p == provider.unwrap_or("") && !after.is_empty() =>
+        {
+            Ok((*after).to_owned())
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_token_is_bound_to_its_query() {
+        let t = encode_page_token("ws1", Some("gmail"), "abc");
+        assert_eq!(decode_page_token(&t, "ws1", Some("gmail")).unwrap(), "abc");
+        assert!(decode_page_token(&t, "ws2", Some("gmail")).is_err());
+        assert!(decode_page_token(&t, "ws1", None).is_err());
+        assert!(decode_page_token("garbage!", "ws1", None).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Who is calling: the calling service and the end user (actor) it acts for, read from request
+//! metadata. The actor contract is documented in docs/api.md.
+
+use cb_broker::access::{Actor, Caller, WorkspaceRole};
+use cb_broker::types::{Email, UserId, Violations, WorkspaceId};
+use cb_broker::{BrokerError, FieldViolation};
+use tonic::metadata::MetadataMap;
+
+/// Metadata key: the actor's user id.
+pub const ACTOR_ID: &str = "x-actor-id";
+/// Metadata key: the actor's verified email.
+pub const ACTOR_EMAIL: &str = "x-actor-email";
+/// Metadata key: the workspace the actor's workspace role applies to.
+pub const ACTOR_WORKSPACE_ID: &str = "x-actor-workspace-id";
+/// Metadata key: the actor's role in that workspace (`admin` or `member`).
+pub const ACTOR_WORKSPACE_ROLE: &str = "x-actor-workspace-role";
+
+/// Service name of calls on an unauthenticated (loopback-only) listener.
+pub const ANONYMOUS_SERVICE: &str = "anonymous";
+
+fn text<'a>(md: &'a MetadataMap, key: &str, v: &mut Violations) -> Option<&'a str> {
+    let value = md.get(key)?;
+    match value.to_str() {
+        Ok(s) => Some(s.trim()),
+        Err(_) => {
+            v.push(FieldViolation::new(
+                format!("metadata:{key}"),
+                "must be printable ASCII",
+            ));
+            None
+        }
+    }
+}
+
+/// Reads the actor metadata: absent when neither id nor email is set; both are required together.
+pub fn actor_from_metadata(md: &MetadataMap) -> Result<Option<Actor>, BrokerError> {
+    let mut v = Violations::default();
+    let id = text(md, ACTOR_ID, &mut v);
+    let email = text(md, ACTOR_EMAIL, &mut v);
+    let ws = text(md, ACTOR_WORKSPACE_ID, &mut v);
+    let role = text(md, ACTOR_WORKSPACE_ROLE, &mut v);
+    if id.is_none() && email.is_none() {
+        v.finish()?;
+        return Ok(None);
+    }
+    let user_id = v.check(UserId::parse(
+        &format!("metadata:{ACTOR_ID}"),
+        id.unwrap_or(""),
+    ));
+    let email = v.check(Email::parse(
+        &format!("metadata:{ACTOR_EMAIL}"),
+        email.unwrap_or(""),
+    ));
+    let workspace = match (ws, role) {
+        (None, None) => None,
+        (Some(w), Some(r)) => {
+            let w = v.check(WorkspaceId::parse(
+                &format!("metadata:{ACTOR_WORKSPACE_ID}"),
+                w,
+            ));
+            let r = match r {
+                "admin" => Some(WorkspaceRole::Admin),
+                "member" => Some(WorkspaceRole::Member),
+                _ => {
+                    v.push(FieldViolation::new(
+                        format!("metadata:{ACTOR_WORKSPACE_ROLE}"),
+                        "must be admin or member",
+                    ));
+                    None
+                }
+            };
+            w.zip(r)
+        }
+        _ => {
+            v.push(FieldViolation::new(
+                format!("metadata:{ACTOR_WORKSPACE_ROLE}"),
+                format!("{ACTOR_WORKSPACE_ID} and {ACTOR_WORKSPACE_ROLE} must be set together"),
+            ));
+            None
+        }
+    };
+    v.finish()?;
+    match (user_id, email) {
+        (Some(user_id), Some(email)) => Ok(Some(Actor {
+            user_id,
+            email,
+            workspace,
+        })),
+        _ => Err(BrokerError::Internal("actor parse inconsistency".into())),
+    }
+}
+
+/// Identifies the caller of a request.
+pub fn caller_from_metadata(md: &MetadataMap) -> Result<Caller, BrokerError> {
+    Ok(Caller {
+        service: ANONYMOUS_SERVICE.to_owned(),
+        actor: actor_from_metadata(md)?,
+    })
+}

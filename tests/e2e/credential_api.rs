@@ -1,0 +1,720 @@
+//! CredentialService through a real tonic client against the real server: the import → get →
+//! list → rename → disconnect lifecycle, input validation, visibility, restarts and key checks.
+
+use crate::support::broker::{TestBroker, as_actor, as_workspace_admin, error_details};
+use crate::support::pg;
+use cb_proto::v1 as pb;
+use prost::Message;
+use tonic::Code;
+
+const ACCESS: &str = "ya29.ACCESS-TOKEN-sentinel-5f1c";
+const REFRESH: &str = "1//REFRESH-TOKEN-sentinel-9a2e";
+const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+const BOB: (&str, &str) = ("u-bob", "bob@example.com");
+
+fn import_request(workspace: &str, subject: &str, name: &str) -> pb::ImportCredentialRequest {
+    pb::ImportCredentialRequest {
+        workspace_id: workspace.into(),
+        provider_id: "gmail".into(),
+        account: Some(pb::ProviderAccount {
+            subject: subject.into(),
+            label: format!("{subject}@example.com"),
+        }),
+        display_name: name.into(),
+        description: "imported for tests".into(),
+        tokens: Some(pb::TokenSet {
+            access_token: format!("{ACCESS}-{subject}"),
+            refresh_token: format!("{REFRESH}-{subject}"),
+            token_type: "Bearer".into(),
+            access_token_expire_time: Some(prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        granted_scopes: vec!["https://www.googleapis.com/auth/gmail.readonly".into()],
+        admin_email: String::new(),
+    }
+}
+
+/// Fails if an encoded response holds any token material.
+fn assert_no_token<M: Message>(m: &M) {
+    let bytes = m.encode_to_vec();
+    for needle in [ACCESS, REFRESH] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "a response carried token material"
+        );
+    }
+}
+
+async fn import_as_alice(b: &TestBroker, subject: &str, name: &str) -> pb::Credential {
+    let mut client = b.credentials().await;
+    let resp = client
+        .import_credential(as_actor(
+            import_request("ws1", subject, name),
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_no_token(&resp);
+    resp.credential.unwrap()
+}
+
+async fn lifecycle(mut b: TestBroker) {
+    let mut client = b.credentials().await;
+    let created = import_as_alice(&b, "acct-1", "Work Gmail").await;
+    assert_eq!(created.status, pb::CredentialStatus::Active as i32);
+    assert_eq!(created.caller_role, pb::MemberRole::Admin as i32);
+    assert_eq!(created.created_by, ALICE.0);
+    assert!(created.has_refresh_token);
+    assert_eq!(
+        created.access_token_expire_time.unwrap().seconds,
+        1_900_000_000
+    );
+    let id = created.credential_id.clone();
+
+    let got = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_no_token(&got);
+    assert_eq!(got.credential.unwrap().display_name, "Work Gmail");
+
+    // More credentials, one in another workspace, then walk the pages.
+    for i in 2..=5 {
+        import_as_alice(&b, &format!("acct-{i}"), &format!("Gmail {i}")).await;
+    }
+    client
+        .import_credential(as_actor(
+            import_request("ws2", "acct-x", "Other workspace"),
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_credentials(as_actor(
+                pb::ListCredentialsRequest {
+                    workspace_id: "ws1".into(),
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_no_token(&page);
+        assert!(page.credentials.len() <= 2);
+        seen.extend(page.credentials.into_iter().map(|c| c.credential_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen.len(), 5, "every ws1 credential exactly once: {seen:?}");
+    assert_eq!(seen, sorted, "pages are ordered by id");
+
+    // Provider filter.
+    let other = client
+        .list_credentials(as_actor(
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "slack".into(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.credentials.is_empty());
+
+    // Rename (with the version read) and edit the description.
+    b.clock.advance(std::time::Duration::from_secs(60));
+    let renamed = client
+        .update_credential(as_actor(
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
+                    credential_id: id.clone(),
+                    display_name: "  Support inbox ".into(),
+                    description: "shared by support".into(),
+                    version: created.version,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into(), "description".into()],
+                }),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(renamed.display_name, "Support inbox");
+    assert_eq!(renamed.description, "shared by support");
+    assert_eq!(renamed.version, created.version + 1);
+    assert!(renamed.update_time.unwrap().seconds > created.update_time.unwrap().seconds);
+
+    // A stale version is rejected.
+    let stale = client
+        .update_credential(as_actor(
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
+                    credential_id: id.clone(),
+                    display_name: "lost update".into(),
+                    version: created.version,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    assert_eq!(error_details(&stale).0, "VERSION_CONFLICT");
+
+    // Disconnect, then the credential reads as DISCONNECTED with no tokens.
+    let disc = client
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_no_token(&disc);
+    let c = disc.credential.unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::Disconnected as i32);
+    assert!(!c.has_refresh_token);
+    let got = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(got.status, pb::CredentialStatus::Disconnected as i32);
+    assert_eq!(got.display_name, "Support inbox");
+
+    // Disconnected credentials are hidden from lists unless asked for.
+    let list = |include_disconnected| pb::ListCredentialsRequest {
+        workspace_id: "ws1".into(),
+        include_disconnected,
+        ..Default::default()
+    };
+    let visible = client
+        .list_credentials(as_actor(list(false), ALICE.0, ALICE.1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(visible.credentials.len(), 4);
+    let all = client
+        .list_credentials(as_actor(list(true), ALICE.0, ALICE.1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.credentials.len(), 5);
+
+    // A disconnected credential can no longer be edited.
+    let err = client
+        .update_credential(as_actor(
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
+                    credential_id: id,
+                    display_name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "CREDENTIAL_DISCONNECTED");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn lifecycle_on_sqlite() {
+    lifecycle(TestBroker::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn lifecycle_on_postgres() {
+    let Some(db) = pg::fresh_database("lifecycle").await else {
+        return;
+    };
+    lifecycle(TestBroker::with_database(&db.url).await).await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn bad_input_names_the_offending_field() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let existing = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+
+    let mut cases: Vec<(&str, pb::ImportCredentialRequest, &str)> = Vec::new();
+    let mut r = import_request("", "s", "n");
+    cases.push(("empty workspace", r.clone(), "workspace_id"));
+    r = import_request("ws/../1", "s", "n");
+    cases.push(("malformed workspace", r.clone(), "workspace_id"));
+    r = import_request("ws1", "s", "   ");
+    cases.push(("blank name", r.clone(), "display_name"));
+    r = import_request("ws1", "s", &"n".repeat(101));
+    cases.push(("oversize name", r.clone(), "display_name"));
+    r = import_request("ws1", "s", "bell\u{7}name");
+    cases.push(("control char in name", r.clone(), "display_name"));
+    r = import_request("ws1", "s", "n");
+    r.description = "d".repeat(1001);
+    cases.push(("oversize description", r.clone(), "description"));
+    r = import_request("ws1", "s", "n");
+    r.provider_id = "Not A Provider".into();
+    cases.push(("malformed provider", r.clone(), "provider_id"));
+    r = import_request("ws1", "s", "n");
+    r.tokens.as_mut().unwrap().access_token.clear();
+    cases.push(("missing access token", r.clone(), "tokens.access_token"));
+    r = import_request("ws1", "", "n");
+    cases.push(("missing account subject", r.clone(), "account.subject"));
+    r = import_request("ws1", "s", "n");
+    r.granted_scopes = vec!["two words".into()];
+    cases.push(("scope with space", r.clone(), "granted_scopes[0]"));
+    r = import_request("ws1", "s", "n");
+    r.admin_email = "not-an-email".into();
+    cases.push(("bad admin email", r.clone(), "admin_email"));
+    for (what, req, field) in cases {
+        let err = client
+            .import_credential(as_actor(req, ALICE.0, ALICE.1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        let (reason, fields) = error_details(&err);
+        assert_eq!(reason, "INVALID_ARGUMENT", "{what}");
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{what}: expected {field} in {fields:?}"
+        );
+        assert!(!err.message().contains(ACCESS), "{what}: token echoed");
+    }
+
+    for (what, id) in [
+        ("empty id", ""),
+        ("malformed id", "../../etc"),
+        ("uppercase uuid", &existing.to_uppercase()),
+    ] {
+        let err = client
+            .get_credential(as_actor(
+                pb::GetCredentialRequest {
+                    credential_id: id.into(),
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(
+            error_details(&err).1,
+            vec!["credential_id".to_owned()],
+            "{what}"
+        );
+    }
+
+    let update = |paths: Vec<&str>, name: &str| pb::UpdateCredentialRequest {
+        credential: Some(pb::Credential {
+            credential_id: existing.clone(),
+            display_name: name.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.into_iter().map(String::from).collect(),
+        }),
+    };
+    for (what, req, field) in [
+        (
+            "unknown mask path",
+            update(vec!["status"], "x"),
+            "update_mask.paths[0]",
+        ),
+        (
+            "token field in mask",
+            update(vec!["display_name", "access_token"], "x"),
+            "update_mask.paths[1]",
+        ),
+        ("empty mask", update(vec![], "x"), "update_mask"),
+        (
+            "empty name",
+            update(vec!["display_name"], ""),
+            "credential.display_name",
+        ),
+    ] {
+        let err = client
+            .update_credential(as_actor(req, ALICE.0, ALICE.1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            error_details(&err).1.iter().any(|f| f == field),
+            "{what}: {:?}",
+            error_details(&err).1
+        );
+    }
+
+    for (what, req, field) in [
+        (
+            "no workspace",
+            pb::ListCredentialsRequest::default(),
+            "workspace_id",
+        ),
+        (
+            "negative page size",
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            "unknown status enum",
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                statuses: vec![99],
+                ..Default::default()
+            },
+            "statuses[0]",
+        ),
+        (
+            "forged page token",
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                page_token: "bm9wZQ".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+    ] {
+        let err = client
+            .list_credentials(as_actor(req, ALICE.0, ALICE.1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            error_details(&err).1.iter().any(|f| f == field),
+            "{what}: {:?}",
+            error_details(&err).1
+        );
+    }
+
+    // Bad actor metadata is named too.
+    let mut req = tonic::Request::new(pb::GetCredentialRequest {
+        credential_id: existing.clone(),
+    });
+    req.metadata_mut()
+        .insert("x-actor-id", "u-alice".parse().unwrap());
+    req.metadata_mut()
+        .insert("x-actor-email", "nope".parse().unwrap());
+    let err = client.get_credential(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_details(&err).1,
+        vec!["metadata:x-actor-email".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_invisible_credentials_are_not_found() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+
+    let unknown = cb_broker::types::CredentialId::generate().to_string();
+    let err = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: unknown,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NOT_FOUND");
+
+    // Bob is not a member: the credential does not exist for him, in reads, lists and writes.
+    let err = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let list = client
+        .list_credentials(as_actor(
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                ..Default::default()
+            },
+            BOB.0,
+            BOB.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.credentials.is_empty());
+    let err = client
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A workspace admin acts as Admin on the workspace's credentials, but not on another workspace's.
+    let got = client
+        .get_credential(as_workspace_admin(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+            "ws1",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(got.caller_role, pb::MemberRole::Admin as i32);
+    let err = client
+        .get_credential(as_workspace_admin(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+            "ws2",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Edits need an actor.
+    let err = client
+        .disconnect_credential(tonic::Request::new(pb::DisconnectCredentialRequest {
+            credential_id: id,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(error_details(&err).0, "ACTOR_REQUIRED");
+}
+
+#[tokio::test]
+async fn the_same_account_cannot_be_imported_twice_while_connected() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let first = import_as_alice(&b, "acct-1", "Gmail").await;
+    let err = client
+        .import_credential(as_actor(
+            import_request("ws1", "acct-1", "Twin"),
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    client
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: first.credential_id,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    import_as_alice(&b, "acct-1", "Gmail again").await;
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_what_is_missing() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let err = client
+        .get_access_token(pb::GetAccessTokenRequest {
+            credential_id: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("refresh"), "{}", err.message());
+    let mut members = b.members().await;
+    let err = members
+        .list_members(pb::ListMembersRequest {
+            credential_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn restart_keeps_credentials_and_a_foreign_key_file_fails_at_start_up() {
+    let mut b = TestBroker::sqlite().await;
+    let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+    let config = b.config.clone();
+    b.stop().await;
+
+    // Same database, same key file: still readable.
+    let mut again = TestBroker::start(config.clone(), b.dir.clone())
+        .await
+        .unwrap();
+    let got = again
+        .credentials()
+        .await
+        .get_credential(as_actor(
+            pb::GetCredentialRequest { credential_id: id },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(got.display_name, "Gmail");
+    again.stop().await;
+
+    // Same database, a different key file: refuse to start, naming the problem.
+    let mut foreign = config;
+    foreign.keys.local_key_file = b.dir.path().join("another-key.json");
+    let err = TestBroker::start(foreign, b.dir.clone())
+        .await
+        .err()
+        .expect("start-up must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot open") && msg.contains("another-key.json"),
+        "{msg}"
+    );
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn no_token_plaintext_in_the_sqlite_file() {
+    let mut b = TestBroker::sqlite().await;
+    import_as_alice(&b, "acct-1", "Gmail").await;
+    b.stop().await;
+    // Include the WAL and shared-memory files: a page may not be checkpointed yet.
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(b.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("broker.db")
+        {
+            all.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(contains(&all, "acct-1"), "the scan must see the row itself");
+    for needle in [ACCESS, REFRESH] {
+        assert!(
+            !contains(&all, needle),
+            "token plaintext in the database files"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_token_plaintext_in_postgres_rows() {
+    let Some(db) = pg::fresh_database("plaintext_scan").await else {
+        return;
+    };
+    let mut b = TestBroker::with_database(&db.url).await;
+    import_as_alice(&b, "acct-1", "Gmail").await;
+    b.stop().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // Every column of every table, as text (bytea renders as hex, so also check the hex form).
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.iter().any(|t| t == "credentials"));
+    let mut dump = String::new();
+    for t in tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(x)::text FROM \"{t}\" x"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        dump.extend(rows);
+    }
+    assert!(dump.contains("acct-1"), "the scan must see the row itself");
+    for needle in [ACCESS, REFRESH] {
+        let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            !dump.contains(needle) && !dump.contains(&hex),
+            "token plaintext in PostgreSQL"
+        );
+    }
+    pool.close().await;
+    db.drop_database().await;
+}

@@ -1,0 +1,4 @@
+//! Shared test support: servers, databases, helpers.
+
+pub mod broker;
+pub mod pg;
