@@ -587,29 +587,6 @@ async fn the_same_account_cannot_be_imported_twice_while_connected() {
 }
 
 #[tokio::test]
-async fn unimplemented_rpcs_say_what_is_missing() {
-    let b = TestBroker::sqlite().await;
-    let mut client = b.credentials().await;
-    let err = client
-        .get_access_token(pb::GetAccessTokenRequest {
-            credential_id: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("refresh"), "{}", err.message());
-    let mut members = b.members().await;
-    let err = members
-        .list_members(pb::ListMembersRequest {
-            credential_id: "x".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-}
-
-#[tokio::test]
 async fn restart_keeps_credentials_and_a_foreign_key_file_fails_at_start_up() {
     let mut b = TestBroker::sqlite().await;
     let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;

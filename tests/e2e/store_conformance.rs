@@ -2,11 +2,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cb_store::{
-    CredentialQuery, CredentialRow, KeyUsage, LeaseColumns, MemberRow, NewAuditEvent,
-    SealedColumns, Store, StoreError,
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, Store, StoreError,
+    UsageRecord,
 };
+use tokio::sync::broadcast;
 
 use crate::support::pg;
 
@@ -49,12 +52,35 @@ store_suite!(
     update_of_unknown_id_is_not_found,
     update_can_clear_sealed_tokens,
     update_into_an_active_twin_is_rejected,
+    update_never_moves_last_used_at_backwards,
     members_upsert_get_list_delete,
     member_of_unknown_credential_is_not_found,
     audit_append_returns_increasing_ids,
+    audit_query_filters_each_column,
+    audit_paging_walks_newest_first_once,
+    audit_prune_deletes_only_older_events,
     key_usage_counts_sealed_credentials_per_key_version,
     errors_do_not_echo_bound_values,
     concurrent_updates_have_exactly_one_winner,
+    last_admin_cannot_be_demoted_or_deleted,
+    invited_admin_does_not_count,
+    racing_admins_cannot_remove_each_other,
+    lease_has_one_holder_at_a_time,
+    expired_lease_is_taken_over_and_fences_out_the_old_holder,
+    complete_refresh_keeps_a_concurrent_rename,
+    disconnect_fences_out_an_inflight_refresh,
+    release_needs_the_current_fence,
+    due_for_refresh_is_ordered_limited_and_active_only,
+    record_usage_keeps_the_latest_use_without_a_version_bump,
+    concurrent_usage_batches_do_not_deadlock,
+    writes_are_announced_to_subscribers,
+    connect_session_round_trips_every_column,
+    duplicate_connect_session_is_rejected,
+    half_sealed_pkce_verifier_is_rejected,
+    connect_session_is_consumed_once,
+    expired_connect_session_cannot_be_consumed,
+    concurrent_consumers_have_exactly_one_winner,
+    prune_connect_sessions_deletes_only_expired,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -567,6 +593,8 @@ async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) 
     let stored = store.update_credential(&attempt, 1).await.expect("update");
     let expected = CredentialRow {
         row_version: 2,
+        // last_used_at never moves backwards: None keeps the stored use.
+        last_used_at: original.last_used_at,
         ..wanted
     };
     assert_eq!(stored, expected);
@@ -675,6 +703,67 @@ async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
         "got {err:?}"
     );
     assert_eq!(must_get(&*store, "c1").await, disconnected);
+}
+
+async fn update_never_moves_last_used_at_backwards(store: Arc<dyn Store>) {
+    let bare = bare_credential("c1", "ws", "google", "sub-1");
+    store.insert_credential(&bare, &[]).await.expect("insert");
+    let mut current = must_get(&*store, "c1").await;
+    assert_eq!(current.last_used_at, None);
+    // (given, stored afterwards): the later of the stored and the given value; NULL on either
+    // side keeps the other one.
+    for (given, want) in [
+        (None, None),
+        (Some(100), Some(100)),
+        (None, Some(100)),
+        (Some(50), Some(100)),
+        (Some(100), Some(100)),
+        (Some(101), Some(101)),
+    ] {
+        let row = CredentialRow {
+            last_used_at: given,
+            description: format!("given {given:?}"),
+            ..current.clone()
+        };
+        let stored = store
+            .update_credential(&row, current.row_version)
+            .await
+            .expect("update");
+        assert_eq!(stored.last_used_at, want, "given {given:?}");
+        assert_eq!(stored.description, row.description, "the rest is written");
+        assert_eq!(stored.row_version, current.row_version + 1);
+        assert_eq!(must_get(&*store, "c1").await, stored);
+        current = stored;
+    }
+
+    // A rename built from a read taken before a background usage flush keeps that use.
+    let read = must_get(&*store, "c1").await;
+    store
+        .record_usage(&[UsageRecord {
+            credential_id: "c1".to_owned(),
+            workflow_id: None,
+            at: 5_000,
+        }])
+        .await
+        .expect("record usage");
+    let rename = CredentialRow {
+        display_name: "Renamed from an old read".to_owned(),
+        ..read.clone()
+    };
+    assert_eq!(rename.last_used_at, Some(101));
+    let stored = store
+        .update_credential(&rename, read.row_version)
+        .await
+        .expect("rename");
+    assert_eq!(
+        stored,
+        CredentialRow {
+            last_used_at: Some(5_000),
+            row_version: read.row_version + 1,
+            ..rename
+        }
+    );
+    assert_eq!(must_get(&*store, "c1").await, stored);
 }
 
 async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
@@ -804,9 +893,10 @@ async fn audit_append_returns_increasing_ids(store: Arc<dyn Store>) {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids {ids:?}");
 
-    let all = store.list_audit(None, 0, 100).await.expect("list");
+    // Newest first.
+    let all = store.list_audit(&audit_query(100)).await.expect("list");
     assert_eq!(all.len(), events.len());
-    for ((row, e), id) in all.iter().zip(&events).zip(&ids) {
+    for ((row, e), id) in all.iter().rev().zip(&events).zip(&ids) {
         assert_eq!(row.id, *id);
         assert_eq!(row.at, e.at);
         assert_eq!(row.service, e.service);
@@ -817,14 +907,250 @@ async fn audit_append_returns_increasing_ids(store: Arc<dyn Store>) {
         assert_eq!(row.detail, e.detail);
     }
 
-    let for_c1 = store.list_audit(Some("c1"), 0, 100).await.expect("list");
-    let c1_ids: Vec<i64> = for_c1.iter().map(|r| r.id).collect();
-    assert_eq!(c1_ids, [ids[0], ids[2], ids[4]]);
-    let page = store.list_audit(Some("c1"), ids[0], 1).await.expect("page");
-    assert_eq!(page.len(), 1);
-    assert_eq!(page[0].id, ids[2]);
-    let tail = store.list_audit(None, ids[3], 100).await.expect("tail");
-    assert_eq!(tail.iter().map(|r| r.id).collect::<Vec<_>>(), ids[4..]);
+    let for_c1 = store
+        .list_audit(&AuditQuery {
+            credential_id: Some("c1".to_owned()),
+            ..audit_query(100)
+        })
+        .await
+        .expect("list");
+    assert_eq!(audit_ids(&for_c1), [ids[4], ids[2], ids[0]]);
+    let page = store
+        .list_audit(&AuditQuery {
+            credential_id: Some("c1".to_owned()),
+            before_id: Some(ids[4]),
+            ..audit_query(1)
+        })
+        .await
+        .expect("page");
+    assert_eq!(audit_ids(&page), [ids[2]]);
+    assert!(
+        store
+            .list_audit(&audit_query(0))
+            .await
+            .expect("limit 0")
+            .is_empty()
+    );
+}
+
+/// 30 events spread over 3 actors (one of them none), 4 actions, 3 credentials (one none)
+/// and 10 ms steps; returns them with their ids, oldest first.
+async fn seed_audit(store: &dyn Store) -> Vec<(i64, NewAuditEvent)> {
+    let actors = [Some("alice"), Some("bob"), None];
+    let actions = [
+        "credential.rename",
+        "member.add",
+        "token.issue",
+        "credential.disconnect",
+    ];
+    let credentials = [Some("c1"), Some("c2"), None];
+    let mut out = Vec::new();
+    for n in 0..30usize {
+        let e = NewAuditEvent {
+            at: 1_000 + 10 * n as i64,
+            service: "web-backend".to_owned(),
+            actor: actors[n % 3].map(str::to_owned),
+            action: actions[n % 4].to_owned(),
+            credential_id: credentials[(n / 2) % 3].map(str::to_owned),
+            outcome: "OK".to_owned(),
+            detail: None,
+        };
+        let id = store.append_audit(&e).await.expect("append");
+        out.push((id, e));
+    }
+    out
+}
+
+fn audit_query(limit: u32) -> AuditQuery {
+    AuditQuery {
+        limit,
+        ..AuditQuery::default()
+    }
+}
+
+fn audit_ids(rows: &[AuditRow]) -> Vec<i64> {
+    rows.iter().map(|r| r.id).collect()
+}
+
+/// What `list_audit(q)` must return, computed in memory: matching ids, newest first.
+fn expected_audit(events: &[(i64, NewAuditEvent)], q: &AuditQuery) -> Vec<i64> {
+    let mut ids: Vec<i64> = events
+        .iter()
+        .filter(|(id, e)| {
+            q.credential_id
+                .as_ref()
+                .is_none_or(|c| e.credential_id.as_ref() == Some(c))
+                && q.actor.as_ref().is_none_or(|a| e.actor.as_ref() == Some(a))
+                && q.action.as_ref().is_none_or(|a| &e.action == a)
+                && q.start_at.is_none_or(|t| e.at >= t)
+                && q.end_at.is_none_or(|t| e.at < t)
+                && q.before_id.is_none_or(|b| *id < b)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.truncate(q.limit as usize);
+    ids
+}
+
+async fn audit_query_filters_each_column(store: Arc<dyn Store>) {
+    let events = seed_audit(&*store).await;
+    let middle_id = events[17].0;
+    let some = |s: &str| Some(s.to_owned());
+    let queries = [
+        audit_query(100),
+        AuditQuery {
+            credential_id: some("c1"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            credential_id: some("nope"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            actor: some("alice"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            actor: some("bob"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            action: some("member.add"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            action: some("token.issue"),
+            ..audit_query(100)
+        },
+        // Inclusive start, exclusive end.
+        AuditQuery {
+            start_at: Some(1_050),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            end_at: Some(1_050),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            start_at: Some(1_050),
+            end_at: Some(1_120),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            before_id: Some(middle_id),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            credential_id: some("c2"),
+            actor: some("alice"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            credential_id: some("c1"),
+            actor: some("bob"),
+            action: some("credential.rename"),
+            start_at: Some(1_000),
+            end_at: Some(1_300),
+            before_id: Some(events[29].0 + 1),
+            limit: 100,
+        },
+        AuditQuery {
+            actor: some("alice"),
+            action: some("member.add"),
+            limit: 2,
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            action: some("token.issue"),
+            ..audit_query(0)
+        },
+    ];
+    let mut non_trivial = 0;
+    for q in &queries {
+        let got = audit_ids(&store.list_audit(q).await.expect("list"));
+        let want = expected_audit(&events, q);
+        assert_eq!(got, want, "{q:?}");
+        if !want.is_empty() && want.len() < events.len() {
+            non_trivial += 1;
+        }
+    }
+    // The fixture really exercises the filters (they select some rows, not all or none).
+    assert!(non_trivial >= 10, "only {non_trivial} selective queries");
+
+    // A value that looks like SQL is only ever a value.
+    let injected = AuditQuery {
+        actor: some("alice' OR '1'='1"),
+        ..audit_query(100)
+    };
+    assert!(store.list_audit(&injected).await.expect("list").is_empty());
+}
+
+async fn audit_paging_walks_newest_first_once(store: Arc<dyn Store>) {
+    let events = seed_audit(&*store).await;
+    for filter in [
+        audit_query(0),
+        AuditQuery {
+            actor: Some("alice".to_owned()),
+            ..audit_query(0)
+        },
+        AuditQuery {
+            credential_id: Some("c2".to_owned()),
+            start_at: Some(1_020),
+            ..audit_query(0)
+        },
+    ] {
+        let all = expected_audit(
+            &events,
+            &AuditQuery {
+                limit: 1_000,
+                ..filter.clone()
+            },
+        );
+        assert!(!all.is_empty());
+        for limit in [1, 4, 7, 30, 100] {
+            let mut seen = Vec::new();
+            let mut before_id = None;
+            loop {
+                let page = store
+                    .list_audit(&AuditQuery {
+                        before_id,
+                        limit,
+                        ..filter.clone()
+                    })
+                    .await
+                    .expect("page");
+                assert!(page.len() <= limit as usize);
+                let Some(last) = page.last() else { break };
+                before_id = Some(last.id);
+                seen.extend(audit_ids(&page));
+            }
+            assert_eq!(seen, all, "limit {limit} {filter:?}");
+        }
+    }
+}
+
+async fn audit_prune_deletes_only_older_events(store: Arc<dyn Store>) {
+    assert_eq!(store.prune_audit(i64::MAX).await.expect("prune empty"), 0);
+    let events = seed_audit(&*store).await;
+    // Events at 1000, 1010, ..., 1290: ten of them are strictly older than 1100.
+    assert_eq!(store.prune_audit(1_100).await.expect("prune"), 10);
+    let left = audit_ids(&store.list_audit(&audit_query(100)).await.expect("list"));
+    let want: Vec<i64> = events[10..].iter().rev().map(|(id, _)| *id).collect();
+    assert_eq!(left, want);
+    assert_eq!(store.prune_audit(1_100).await.expect("prune again"), 0);
+    assert_eq!(store.prune_audit(0).await.expect("prune nothing"), 0);
+    assert_eq!(store.prune_audit(1_291).await.expect("prune all"), 20);
+    assert!(
+        store
+            .list_audit(&audit_query(100))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // Ids keep increasing after a prune.
+    let next = store.append_audit(&events[0].1).await.expect("append");
+    assert!(next > events[29].0);
 }
 
 async fn key_usage_counts_sealed_credentials_per_key_version(store: Arc<dyn Store>) {
@@ -944,6 +1270,1256 @@ async fn concurrent_updates_have_exactly_one_winner(store: Arc<dyn Store>) {
     assert_eq!(stored, winners[0]);
 }
 
+// ---- members with the last-admin guard -----------------------------------------------------
+
+fn active(m: MemberRow) -> MemberRow {
+    MemberRow {
+        state: "ACTIVE".to_owned(),
+        user_id: Some(format!("user-{}", m.email)),
+        ..m
+    }
+}
+
+fn delete_change(credential_id: &str, email: &str) -> MemberChange {
+    MemberChange::Delete {
+        credential_id: credential_id.to_owned(),
+        email: email.to_owned(),
+    }
+}
+
+fn is_last_admin(r: &Result<(), StoreError>) -> bool {
+    matches!(r, Err(StoreError::LastAdmin))
+}
+
+async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
+    let admin = active(member("c1", "admin@example.com", "ADMIN"));
+    let bob = active(member("c1", "bob@example.com", "MEMBER"));
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            &[admin.clone(), bob.clone()],
+        )
+        .await
+        .expect("insert");
+    let before = store.list_members("c1").await.expect("list");
+
+    let demoted = MemberRow {
+        role: "MEMBER".to_owned(),
+        ..admin.clone()
+    };
+    let uninvited = MemberRow {
+        state: "INVITED".to_owned(),
+        ..admin.clone()
+    };
+    for change in [
+        MemberChange::Upsert(demoted),
+        MemberChange::Upsert(uninvited),
+        delete_change("c1", "admin@example.com"),
+    ] {
+        let r = store.change_member(&change).await;
+        assert!(is_last_admin(&r), "{change:?}: {r:?}");
+        assert_eq!(store.list_members("c1").await.expect("list"), before);
+    }
+    let err = store
+        .change_member(&delete_change("c1", "admin@example.com"))
+        .await
+        .expect_err("last admin");
+    assert_eq!(
+        err.to_string(),
+        "the credential must keep at least one active admin"
+    );
+
+    // Changes that keep an active admin go through.
+    store
+        .change_member(&delete_change("c1", "bob@example.com"))
+        .await
+        .expect("delete a member");
+    let carol = active(member("c1", "carol@example.com", "ADMIN"));
+    store
+        .change_member(&MemberChange::Upsert(carol.clone()))
+        .await
+        .expect("second admin");
+    let demoted = MemberRow {
+        role: "MEMBER".to_owned(),
+        updated_at: 1_700_000_900_000,
+        ..admin.clone()
+    };
+    store
+        .change_member(&MemberChange::Upsert(demoted.clone()))
+        .await
+        .expect("demote, carol stays admin");
+    assert_eq!(
+        store.list_members("c1").await.expect("list"),
+        [demoted, carol]
+    );
+
+    // Missing member, unknown credential.
+    for change in [
+        delete_change("c1", "nobody@example.com"),
+        delete_change("ghost", "admin@example.com"),
+        MemberChange::Upsert(active(member("ghost", "a@example.com", "ADMIN"))),
+    ] {
+        let r = store.change_member(&change).await;
+        assert!(matches!(r, Err(StoreError::NotFound)), "{change:?}: {r:?}");
+    }
+    assert!(store.list_members("ghost").await.expect("list").is_empty());
+}
+
+async fn invited_admin_does_not_count(store: Arc<dyn Store>) {
+    let admin = active(member("c1", "admin@example.com", "ADMIN"));
+    let invited = member("c1", "invited@example.com", "ADMIN");
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            &[admin.clone(), invited.clone()],
+        )
+        .await
+        .expect("insert");
+    assert!(is_last_admin(
+        &store
+            .change_member(&delete_change("c1", "admin@example.com"))
+            .await
+    ));
+    // Once the invitation is accepted, the first admin may leave.
+    store
+        .change_member(&MemberChange::Upsert(active(invited.clone())))
+        .await
+        .expect("accept");
+    store
+        .change_member(&delete_change("c1", "admin@example.com"))
+        .await
+        .expect("delete first admin");
+    assert_eq!(
+        store.list_members("c1").await.expect("list"),
+        [active(invited)]
+    );
+
+    // A credential that never had an active admin (e.g. imported) can still be repaired.
+    store
+        .insert_credential(
+            &credential("c2", "ws", "google", "sub-2"),
+            &[member("c2", "pending@example.com", "ADMIN")],
+        )
+        .await
+        .expect("insert");
+    store
+        .change_member(&MemberChange::Upsert(member(
+            "c2",
+            "bob@example.com",
+            "MEMBER",
+        )))
+        .await
+        .expect("add a member without any active admin");
+    store
+        .change_member(&MemberChange::Upsert(active(member(
+            "c2",
+            "root@example.com",
+            "ADMIN",
+        ))))
+        .await
+        .expect("first active admin");
+}
+
+async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
+    for round in 0..10 {
+        let id = format!("c{round}");
+        let a = active(member(&id, "a@example.com", "ADMIN"));
+        let b = active(member(&id, "b@example.com", "ADMIN"));
+        store
+            .insert_credential(
+                &credential(&id, "ws", "google", &format!("sub-{round}")),
+                &[a, b],
+            )
+            .await
+            .expect("insert");
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        // Each admin removes the other one at the same moment.
+        let tasks: Vec<_> = [("a@example.com"), ("b@example.com")]
+            .into_iter()
+            .map(|victim| {
+                let store = Arc::clone(&store);
+                let start = Arc::clone(&start);
+                let change = delete_change(&id, victim);
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store.change_member(&change).await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        let mut last_admin = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(()) => ok += 1,
+                Err(StoreError::LastAdmin) => last_admin += 1,
+                Err(other) => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!((ok, last_admin), (1, 1), "round {round}");
+        let left = store.list_members(&id).await.expect("list");
+        assert_eq!(left.len(), 1, "round {round}: {left:?}");
+        assert_eq!(
+            (left[0].role.as_str(), left[0].state.as_str()),
+            ("ADMIN", "ACTIVE")
+        );
+    }
+}
+
+// ---- refresh lease -------------------------------------------------------------------------
+
+const T0: i64 = 1_700_000_000_000;
+const LEASE_MS: i64 = 30_000;
+
+/// An ACTIVE credential without a lease.
+fn leaseless(id: &str) -> CredentialRow {
+    CredentialRow {
+        lease: LeaseColumns::default(),
+        ..credential(id, "ws", "google", &format!("sub-{id}"))
+    }
+}
+
+/// What a refresh writes: new tokens and timestamps, built on `base` (possibly stale).
+fn refreshed(base: &CredentialRow, n: u8) -> CredentialRow {
+    CredentialRow {
+        sealed: Some(SealedColumns {
+            ciphertext: vec![n; 48],
+            dek_wrapped: vec![n.wrapping_add(1); 32],
+            dek_key_id: "local:k9".to_owned(),
+            dek_key_version: 9,
+        }),
+        has_refresh_token: n.is_multiple_of(2),
+        access_expires_at: Some(T0 + 3_600_000),
+        refresh_token_expires_at: None,
+        next_refresh_at: Some(T0 + 3_000_000),
+        last_refreshed_at: Some(T0 + 1),
+        status: "ACTIVE".to_owned(),
+        status_reason: None,
+        updated_at: T0 + 2,
+        ..base.clone()
+    }
+}
+
+async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    let won = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("free lease is taken");
+    assert_eq!(
+        won.lease,
+        LeaseColumns {
+            holder: Some("replica-a".to_owned()),
+            fence: 1,
+            expires_at: Some(T0 + LEASE_MS),
+        }
+    );
+    // Everything else is as stored; acquiring is not an edit.
+    assert_eq!(
+        won,
+        CredentialRow {
+            lease: won.lease.clone(),
+            ..leaseless("c1")
+        }
+    );
+    assert_eq!(must_get(&*store, "c1").await, won);
+    for holder in ["replica-b", "replica-a"] {
+        assert_eq!(
+            store
+                .acquire_refresh_lease("c1", holder, T0 + LEASE_MS - 1, T0 + 2 * LEASE_MS)
+                .await
+                .expect("acquire"),
+            None,
+            "{holder}"
+        );
+    }
+
+    // Concurrent acquirers on a free lease: exactly one wins.
+    store
+        .insert_credential(&leaseless("c2"), &[])
+        .await
+        .expect("insert");
+    const RACERS: usize = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .acquire_refresh_lease("c2", &format!("replica-{n}"), T0, T0 + LEASE_MS)
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(row) = task.await.expect("task").expect("acquire") {
+            winners.push(row);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(winners[0].lease.fence, 1);
+    assert_eq!(must_get(&*store, "c2").await, winners[0]);
+
+    // Only ACTIVE credentials can be leased; unknown ids are None.
+    store
+        .insert_credential(&bare_credential("c3", "ws", "google", "sub-c3"), &[])
+        .await
+        .expect("insert");
+    assert_eq!(
+        store
+            .acquire_refresh_lease("c3", "replica-a", T0, T0 + LEASE_MS)
+            .await
+            .expect("acquire"),
+        None
+    );
+    assert_eq!(
+        store
+            .acquire_refresh_lease("ghost", "replica-a", T0, T0 + LEASE_MS)
+            .await
+            .expect("acquire"),
+        None
+    );
+}
+
+async fn expired_lease_is_taken_over_and_fences_out_the_old_holder(store: Arc<dyn Store>) {
+    // The fixture's lease (replica-a, fence 7) lapses at 1_700_000_010_000.
+    let original = credential("c1", "ws", "google", "sub-1");
+    store
+        .insert_credential(&original, &[])
+        .await
+        .expect("insert");
+    let expiry = original.lease.expires_at.expect("fixture lease");
+    assert_eq!(
+        store
+            .acquire_refresh_lease("c1", "replica-b", expiry - 1, expiry + LEASE_MS)
+            .await
+            .expect("acquire"),
+        None
+    );
+    // Expiry is inclusive: at `now == lease_expires_at` the lease is free.
+    let taken = store
+        .acquire_refresh_lease("c1", "replica-b", expiry, expiry + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lapsed lease is taken over");
+    assert_eq!(
+        taken.lease,
+        LeaseColumns {
+            holder: Some("replica-b".to_owned()),
+            fence: 8,
+            expires_at: Some(expiry + LEASE_MS),
+        }
+    );
+
+    // The old holder (fence 7) comes back late: nothing it writes lands.
+    let late = refreshed(&original, 1);
+    let err = store
+        .complete_refresh(&late, 7)
+        .await
+        .expect_err("stale fence");
+    assert!(matches!(err, StoreError::LeaseLost), "got {err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the refresh lease was lost (expired and taken over, or the credential was disconnected)"
+    );
+    assert!(!store.release_refresh_lease("c1", 7).await.expect("release"));
+    assert_eq!(must_get(&*store, "c1").await, taken);
+
+    // The new holder completes; the lease is released, the fence stays.
+    let done = store
+        .complete_refresh(&refreshed(&taken, 2), 8)
+        .await
+        .expect("complete");
+    assert_eq!(
+        done.lease,
+        LeaseColumns {
+            holder: None,
+            fence: 8,
+            expires_at: None,
+        }
+    );
+    assert_eq!(done.row_version, taken.row_version + 1);
+    assert_eq!(must_get(&*store, "c1").await, done);
+    // Completing twice is refused: the lease is no longer held.
+    let err = store
+        .complete_refresh(&refreshed(&taken, 3), 8)
+        .await
+        .expect_err("second completion");
+    assert!(matches!(err, StoreError::LeaseLost), "got {err:?}");
+    assert_eq!(must_get(&*store, "c1").await, done);
+    // Unknown credential: also LeaseLost.
+    let err = store
+        .complete_refresh(&refreshed(&leaseless("ghost"), 1), 1)
+        .await
+        .expect_err("ghost");
+    assert!(matches!(err, StoreError::LeaseLost), "got {err:?}");
+}
+
+async fn complete_refresh_keeps_a_concurrent_rename(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    let fence = leased.lease.fence;
+
+    // A rename lands while the provider call is in flight; it leaves the lease alone.
+    let rename = CredentialRow {
+        display_name: "Renamed meanwhile".to_owned(),
+        description: "edited meanwhile".to_owned(),
+        updated_at: T0 + 5,
+        ..leased.clone()
+    };
+    let renamed = store
+        .update_credential(&rename, leased.row_version)
+        .await
+        .expect("rename");
+    assert_eq!(renamed.lease, leased.lease);
+    assert_eq!(renamed.row_version, leased.row_version + 1);
+
+    // The refresh result was built from the row read before the rename, and even carries
+    // other values in columns a refresh does not own: those are not written.
+    let result = CredentialRow {
+        account_label: "stale@example.com".to_owned(),
+        scopes: "stale".to_owned(),
+        last_used_at: Some(1),
+        row_version: 1,
+        ..refreshed(&leased, 4)
+    };
+    let stored = store
+        .complete_refresh(&result, fence)
+        .await
+        .expect("complete");
+    let expected = CredentialRow {
+        sealed: result.sealed.clone(),
+        has_refresh_token: result.has_refresh_token,
+        access_expires_at: result.access_expires_at,
+        refresh_token_expires_at: result.refresh_token_expires_at,
+        next_refresh_at: result.next_refresh_at,
+        last_refreshed_at: result.last_refreshed_at,
+        status: result.status.clone(),
+        status_reason: result.status_reason.clone(),
+        updated_at: result.updated_at,
+        row_version: renamed.row_version + 1,
+        lease: LeaseColumns {
+            holder: None,
+            fence,
+            expires_at: None,
+        },
+        ..renamed.clone()
+    };
+    assert_eq!(stored, expected);
+    assert_eq!(must_get(&*store, "c1").await, expected);
+
+    // A refresh may also record that the grant is gone.
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    assert_eq!(leased.lease.fence, fence + 1);
+    let revoked = CredentialRow {
+        status: "NEEDS_RECONNECT".to_owned(),
+        status_reason: Some("invalid_grant".to_owned()),
+        sealed: None,
+        has_refresh_token: false,
+        next_refresh_at: None,
+        ..leased.clone()
+    };
+    let stored = store
+        .complete_refresh(&revoked, fence + 1)
+        .await
+        .expect("complete");
+    assert_eq!(stored.status, "NEEDS_RECONNECT");
+    assert_eq!(stored.sealed, None);
+    assert_eq!(stored.lease.holder, None);
+}
+
+async fn disconnect_fences_out_an_inflight_refresh(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    let disconnected = disconnect(&*store, "c1").await;
+    assert_eq!(
+        disconnected.lease,
+        LeaseColumns {
+            holder: None,
+            fence: leased.lease.fence,
+            expires_at: None,
+        }
+    );
+
+    let err = store
+        .complete_refresh(&refreshed(&leased, 5), leased.lease.fence)
+        .await
+        .expect_err("disconnected meanwhile");
+    assert!(matches!(err, StoreError::LeaseLost), "got {err:?}");
+    let stored = must_get(&*store, "c1").await;
+    assert_eq!(stored, disconnected);
+    assert_eq!(stored.status, "DISCONNECTED");
+    assert_eq!(stored.sealed, None);
+    assert!(
+        !store
+            .release_refresh_lease("c1", leased.lease.fence)
+            .await
+            .expect("release")
+    );
+    assert_eq!(
+        store
+            .acquire_refresh_lease("c1", "replica-b", T0 + LEASE_MS, T0 + 2 * LEASE_MS)
+            .await
+            .expect("acquire"),
+        None
+    );
+}
+
+async fn release_needs_the_current_fence(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    assert!(!store.release_refresh_lease("c1", 0).await.expect("free"));
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    let fence = leased.lease.fence;
+    assert!(
+        !store
+            .release_refresh_lease("c1", fence - 1)
+            .await
+            .expect("old fence")
+    );
+    assert_eq!(must_get(&*store, "c1").await, leased);
+    assert!(
+        store
+            .release_refresh_lease("c1", fence)
+            .await
+            .expect("release")
+    );
+    let released = must_get(&*store, "c1").await;
+    assert_eq!(
+        released,
+        CredentialRow {
+            lease: LeaseColumns {
+                holder: None,
+                fence,
+                expires_at: None,
+            },
+            ..leased.clone()
+        }
+    );
+    assert!(
+        !store
+            .release_refresh_lease("c1", fence)
+            .await
+            .expect("twice")
+    );
+    assert!(
+        !store
+            .release_refresh_lease("ghost", fence)
+            .await
+            .expect("ghost")
+    );
+    // Released: anyone may take it at once, with the next fence.
+    let again = store
+        .acquire_refresh_lease("c1", "replica-b", T0 + 1, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    assert_eq!(again.lease.fence, fence + 1);
+}
+
+async fn due_for_refresh_is_ordered_limited_and_active_only(store: Arc<dyn Store>) {
+    let due_at = |id: &str, next: Option<i64>| CredentialRow {
+        next_refresh_at: next,
+        ..leaseless(id)
+    };
+    for row in [
+        due_at("d1", Some(100)),
+        due_at("d2", Some(50)),
+        due_at("d3", Some(100)),
+        due_at("d4", Some(200)),
+        CredentialRow {
+            status: "NEEDS_RECONNECT".to_owned(),
+            ..due_at("d5", Some(10))
+        },
+        due_at("d6", Some(10)),
+        due_at("d7", None),
+        due_at("d8", Some(150)),
+    ] {
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+    disconnect(&*store, "d6").await;
+
+    let due = |now, limit| {
+        let store = Arc::clone(&store);
+        async move { store.due_for_refresh(now, limit).await.expect("due") }
+    };
+    assert_eq!(due(150, 100).await, ["d2", "d1", "d3", "d8"]);
+    assert_eq!(due(150, 2).await, ["d2", "d1"]);
+    assert_eq!(due(99, 100).await, ["d2"]);
+    assert_eq!(due(49, 100).await, Vec::<String>::new());
+    assert_eq!(due(i64::MAX, 0).await, Vec::<String>::new());
+    assert_eq!(due(i64::MAX, 100).await, ["d2", "d1", "d3", "d8", "d4"]);
+    // A leased credential is still listed (acquire sorts it out); a refresh moves it on.
+    let leased = store
+        .acquire_refresh_lease("d2", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    assert_eq!(due(150, 1).await, ["d2"]);
+    store
+        .complete_refresh(
+            &CredentialRow {
+                next_refresh_at: Some(1_000),
+                ..leased.clone()
+            },
+            leased.lease.fence,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(due(150, 100).await, ["d1", "d3", "d8"]);
+}
+
+// ---- usage ---------------------------------------------------------------------------------
+
+fn usage(credential_id: &str, workflow_id: Option<&str>, at: i64) -> UsageRecord {
+    UsageRecord {
+        credential_id: credential_id.to_owned(),
+        workflow_id: workflow_id.map(str::to_owned),
+        at,
+    }
+}
+
+async fn record_usage_keeps_the_latest_use_without_a_version_bump(store: Arc<dyn Store>) {
+    let c1 = credential("c1", "ws", "google", "sub-1");
+    let c1_used = c1.last_used_at.expect("fixture");
+    let c2 = bare_credential("c2", "ws", "google", "sub-2");
+    store.insert_credential(&c1, &[]).await.expect("insert");
+    store.insert_credential(&c2, &[]).await.expect("insert");
+    store.record_usage(&[]).await.expect("empty batch");
+
+    store
+        .record_usage(&[
+            usage("c1", Some("wf-a"), c1_used + 10),
+            usage("c1", Some("wf-b"), c1_used + 5),
+            usage("ghost", Some("wf-x"), c1_used + 100),
+            usage("c1", Some("wf-a"), c1_used + 20),
+            usage("c1", None, c1_used + 1),
+            usage("c2", None, 3),
+            usage("c1", Some("wf-c"), c1_used + 5),
+        ])
+        .await
+        .expect("record");
+    let stored = must_get(&*store, "c1").await;
+    assert_eq!(
+        stored,
+        CredentialRow {
+            last_used_at: Some(c1_used + 20),
+            ..c1.clone()
+        },
+        "only last_used_at moves; row_version stays"
+    );
+    assert_eq!(must_get(&*store, "c2").await.last_used_at, Some(3));
+    assert_eq!(must_get(&*store, "c2").await.row_version, 1);
+    assert_eq!(store.get_credential("ghost").await.expect("get"), None);
+
+    let owned = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+        v.iter().map(|(w, t)| ((*w).to_owned(), *t)).collect()
+    };
+    // Most recent first; ties by workflow id.
+    assert_eq!(
+        store.recent_workflows("c1", 10).await.expect("recent"),
+        (
+            owned(&[
+                ("wf-a", c1_used + 20),
+                ("wf-b", c1_used + 5),
+                ("wf-c", c1_used + 5)
+            ]),
+            3
+        )
+    );
+    assert_eq!(
+        store.recent_workflows("c1", 1).await.expect("recent"),
+        (owned(&[("wf-a", c1_used + 20)]), 3)
+    );
+    assert_eq!(
+        store.recent_workflows("c1", 0).await.expect("recent"),
+        (Vec::new(), 3)
+    );
+    assert_eq!(
+        store.recent_workflows("c2", 10).await.expect("recent"),
+        (Vec::new(), 0)
+    );
+    assert_eq!(
+        store.recent_workflows("ghost", 10).await.expect("recent"),
+        (Vec::new(), 0)
+    );
+
+    // An older batch (arriving late) never moves anything backwards.
+    store
+        .record_usage(&[
+            usage("c1", Some("wf-a"), c1_used),
+            usage("c1", Some("wf-b"), c1_used + 50),
+            usage("c2", None, 1),
+        ])
+        .await
+        .expect("record");
+    assert_eq!(
+        must_get(&*store, "c1").await.last_used_at,
+        Some(c1_used + 50)
+    );
+    assert_eq!(must_get(&*store, "c2").await.last_used_at, Some(3));
+    assert_eq!(
+        store.recent_workflows("c1", 10).await.expect("recent").0,
+        owned(&[
+            ("wf-b", c1_used + 50),
+            ("wf-a", c1_used + 20),
+            ("wf-c", c1_used + 5)
+        ])
+    );
+    assert_eq!(must_get(&*store, "c1").await.row_version, 1);
+}
+
+async fn concurrent_usage_batches_do_not_deadlock(store: Arc<dyn Store>) {
+    let ids: Vec<String> = (0..6).map(|n| format!("c{n}")).collect();
+    for id in &ids {
+        store
+            .insert_credential(&leaseless(id), &[])
+            .await
+            .expect("insert");
+    }
+    // Batches naming the same rows in opposite orders.
+    let tasks: Vec<_> = (0..6i64)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let mut batch: Vec<UsageRecord> =
+                ids.iter().map(|id| usage(id, Some("wf"), T0 + n)).collect();
+            if n % 2 == 1 {
+                batch.reverse();
+            }
+            tokio::spawn(async move { store.record_usage(&batch).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("record");
+    }
+    for id in &ids {
+        assert_eq!(must_get(&*store, id).await.last_used_at, Some(T0 + 5));
+        assert_eq!(
+            store.recent_workflows(id, 5).await.expect("recent"),
+            (vec![("wf".to_owned(), T0 + 5)], 1)
+        );
+    }
+}
+
+// ---- change notifications ------------------------------------------------------------------
+
+/// On PostgreSQL, waits for the listener's first `Resync`: from then on every commit is
+/// announced. SQLite announces in-process from the start.
+async fn wait_until_listening(store: &dyn Store, rx: &mut broadcast::Receiver<ChangeEvent>) {
+    if store.backend() == "postgres" {
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the listener starts within 10 s")
+            .expect("receive");
+        assert_eq!(first, ChangeEvent::Resync);
+    }
+}
+
+/// The next event, or a failure after `within`.
+async fn next_event(rx: &mut broadcast::Receiver<ChangeEvent>, within: Duration) -> ChangeEvent {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .expect("a change event in time")
+        .expect("receive")
+}
+
+async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
+    let mut rx = store.subscribe_changes();
+    wait_until_listening(&*store, &mut rx).await;
+    let admin = active(member("c1", "admin@example.com", "ADMIN"));
+
+    // Announced: insert, update, member change, refresh completion.
+    store
+        .insert_credential(&leaseless("c1"), std::slice::from_ref(&admin))
+        .await
+        .expect("insert");
+    let renamed = store
+        .update_credential(
+            &CredentialRow {
+                display_name: "renamed".to_owned(),
+                ..leaseless("c1")
+            },
+            1,
+        )
+        .await
+        .expect("update");
+    // Not announced: a failed update, a refused member change, lease operations, usage.
+    store
+        .update_credential(&renamed, 1)
+        .await
+        .expect_err("stale");
+    assert!(is_last_admin(
+        &store
+            .change_member(&delete_change("c1", "admin@example.com"))
+            .await
+    ));
+    store
+        .change_member(&MemberChange::Upsert(member(
+            "c1",
+            "bob@example.com",
+            "MEMBER",
+        )))
+        .await
+        .expect("add member");
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    store
+        .complete_refresh(&refreshed(&leased, 1), leased.lease.fence)
+        .await
+        .expect("complete");
+    let leased = store
+        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease");
+    store
+        .release_refresh_lease("c1", leased.lease.fence)
+        .await
+        .expect("release");
+    store
+        .record_usage(&[usage("c1", Some("wf"), T0)])
+        .await
+        .expect("usage");
+    // A marker write: everything before it has been delivered when it arrives.
+    store
+        .insert_credential(&leaseless("marker"), &[])
+        .await
+        .expect("insert");
+
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut rx, Duration::from_secs(2)).await;
+        let done = event == ChangeEvent::Changed("marker".to_owned());
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    let changed = |id: &str| ChangeEvent::Changed(id.to_owned());
+    assert_eq!(
+        seen,
+        [
+            changed("c1"),
+            changed("c1"),
+            changed("c1"),
+            changed("c1"),
+            changed("marker")
+        ]
+    );
+
+    // Every subscriber gets every event; dropping the store closes the channel.
+    let mut second = store.subscribe_changes();
+    store
+        .update_credential(
+            &CredentialRow {
+                description: "again".to_owned(),
+                ..must_get(&*store, "c1").await
+            },
+            must_get(&*store, "c1").await.row_version,
+        )
+        .await
+        .expect("update");
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(2)).await,
+        changed("c1")
+    );
+    // (A brand-new PostgreSQL subscriber shares the running listener: no extra Resync.)
+    assert_eq!(
+        next_event(&mut second, Duration::from_secs(2)).await,
+        changed("c1")
+    );
+    drop(store);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Err(broadcast::error::RecvError::Closed) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the channel closes once the store is dropped"
+    );
+}
+
+// ---- connect sessions ----------------------------------------------------------------------
+
+/// A connect session with every optional column set, expiring at `expires_at`.
+fn session(state_hash: &str, expires_at: i64) -> ConnectSessionRow {
+    ConnectSessionRow {
+        state_hash: state_hash.to_owned(),
+        workspace_id: "ws".to_owned(),
+        provider_id: "google".to_owned(),
+        scopes: "openid email https://www.googleapis.com/auth/drive".to_owned(),
+        redirect_uri: "https://app.example.com/oauth/callback?x=1&y=2".to_owned(),
+        // Every byte value, including NUL and invalid UTF-8.
+        pkce_verifier: Some((0..=255u8).rev().collect()),
+        pkce_dek_wrapped: Some(vec![0, 255, 0, 128, 7]),
+        pkce_dek_key_id: Some("local:k1".to_owned()),
+        pkce_dek_key_version: Some(i64::from(u32::MAX)),
+        reconnect_credential_id: Some("cred-that-may-not-exist".to_owned()),
+        display_name: Some("Nightly sync".to_owned()),
+        description: Some("draft description".to_owned()),
+        created_by: "user-1".to_owned(),
+        created_by_email: "user-1@example.com".to_owned(),
+        created_at: expires_at - 600_000,
+        expires_at,
+        consumed_at: None,
+    }
+}
+
+/// A connect session with every optional column empty (no PKCE, new connection, no drafts).
+fn bare_session(state_hash: &str, expires_at: i64) -> ConnectSessionRow {
+    ConnectSessionRow {
+        pkce_verifier: None,
+        pkce_dek_wrapped: None,
+        pkce_dek_key_id: None,
+        pkce_dek_key_version: None,
+        reconnect_credential_id: None,
+        display_name: None,
+        description: None,
+        ..session(state_hash, expires_at)
+    }
+}
+
+async fn must_get_session(store: &dyn Store, state_hash: &str) -> ConnectSessionRow {
+    store
+        .get_connect_session(state_hash)
+        .await
+        .expect("get_connect_session")
+        .unwrap_or_else(|| panic!("connect session {state_hash} missing"))
+}
+
+async fn connect_session_round_trips_every_column(store: Arc<dyn Store>) {
+    assert_eq!(store.get_connect_session("nope").await.expect("get"), None);
+    let full = ConnectSessionRow {
+        consumed_at: Some(T0 + 1),
+        ..session("h-full", T0 + 600_000)
+    };
+    let bare = bare_session("h-bare", T0 + 600_000);
+    for row in [&full, &bare] {
+        store.insert_connect_session(row).await.expect("insert");
+    }
+    assert_eq!(must_get_session(&*store, "h-full").await, full);
+    assert_eq!(must_get_session(&*store, "h-bare").await, bare);
+    // Hashes are compared exactly.
+    assert_eq!(
+        store.get_connect_session("H-FULL").await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get_connect_session("h-full ").await.expect("get"),
+        None
+    );
+
+    // No foreign key: a reconnect session may name a credential that is gone or never was.
+    assert_eq!(
+        store
+            .get_credential("cred-that-may-not-exist")
+            .await
+            .expect("get"),
+        None
+    );
+
+    // Debug shows the sealed verifier's and the wrapped key's lengths, never their bytes.
+    let secret = ConnectSessionRow {
+        pkce_verifier: Some(b"pkce-verifier-bytes".to_vec()),
+        pkce_dek_wrapped: Some(vec![1, 2, 3]),
+        ..full
+    };
+    let shown = format!("{secret:?}");
+    assert!(shown.contains("pkce_verifier_len: Some(19)"), "{shown}");
+    assert!(shown.contains("pkce_dek_wrapped_len: Some(3)"), "{shown}");
+    assert!(
+        !shown.contains("pkce-verifier") && !shown.contains("[1, 2, 3]"),
+        "{shown}"
+    );
+}
+
+async fn duplicate_connect_session_is_rejected(store: Arc<dyn Store>) {
+    const HASH: &str = "h-dup-6c1f0a";
+    let first = session(HASH, T0 + 600_000);
+    store.insert_connect_session(&first).await.expect("insert");
+    let twin = ConnectSessionRow {
+        workspace_id: "ws-other".to_owned(),
+        created_by: "mallory".to_owned(),
+        ..bare_session(HASH, T0 + 900_000)
+    };
+    let err = store
+        .insert_connect_session(&twin)
+        .await
+        .expect_err("duplicate hash");
+    assert!(
+        matches!(&err, StoreError::Duplicate(what) if what == "connect session"),
+        "got {err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains(HASH), "leaked: {err}");
+    assert_eq!(must_get_session(&*store, HASH).await, first);
+}
+
+async fn half_sealed_pkce_verifier_is_rejected(store: Arc<dyn Store>) {
+    let full = session("h", T0 + 600_000);
+    let halves = [
+        ConnectSessionRow {
+            pkce_verifier: None,
+            ..full.clone()
+        },
+        ConnectSessionRow {
+            pkce_dek_wrapped: None,
+            ..full.clone()
+        },
+        ConnectSessionRow {
+            pkce_dek_key_id: None,
+            ..full.clone()
+        },
+        ConnectSessionRow {
+            pkce_dek_key_version: None,
+            ..full.clone()
+        },
+        ConnectSessionRow {
+            pkce_verifier: Some(vec![1]),
+            ..bare_session("h", T0 + 600_000)
+        },
+    ];
+    for half in halves {
+        let err = store
+            .insert_connect_session(&half)
+            .await
+            .expect_err("half a sealed verifier");
+        assert!(
+            matches!(err, StoreError::Database(_)),
+            "{half:?}: got {err:?}"
+        );
+    }
+    assert_eq!(store.get_connect_session("h").await.expect("get"), None);
+}
+
+async fn connect_session_is_consumed_once(store: Arc<dyn Store>) {
+    let original = session("h1", T0 + 600_000);
+    store
+        .insert_connect_session(&original)
+        .await
+        .expect("insert");
+    store
+        .insert_connect_session(&bare_session("h2", T0 + 600_000))
+        .await
+        .expect("insert");
+
+    assert!(
+        store
+            .consume_connect_session("h1", T0 + 10)
+            .await
+            .expect("consume")
+    );
+    let consumed = ConnectSessionRow {
+        consumed_at: Some(T0 + 10),
+        ..original
+    };
+    assert_eq!(must_get_session(&*store, "h1").await, consumed);
+    // Replays, even earlier or later in time, do nothing.
+    for now in [T0 + 10, T0 + 11, T0 + 5] {
+        assert!(
+            !store
+                .consume_connect_session("h1", now)
+                .await
+                .expect("replay"),
+            "replay at {now}"
+        );
+    }
+    assert_eq!(must_get_session(&*store, "h1").await, consumed);
+    // Other sessions are untouched; unknown ones are not consumable.
+    assert_eq!(must_get_session(&*store, "h2").await.consumed_at, None);
+    assert!(
+        !store
+            .consume_connect_session("ghost", T0)
+            .await
+            .expect("ghost")
+    );
+    assert_eq!(store.get_connect_session("ghost").await.expect("get"), None);
+}
+
+async fn expired_connect_session_cannot_be_consumed(store: Arc<dyn Store>) {
+    let expiry = T0 + 600_000;
+    for hash in ["h-late", "h-just-in-time"] {
+        store
+            .insert_connect_session(&session(hash, expiry))
+            .await
+            .expect("insert");
+    }
+    // Expiry is exclusive: at `now == expires_at` the session is gone.
+    for now in [expiry, expiry + 1, i64::MAX] {
+        assert!(
+            !store
+                .consume_connect_session("h-late", now)
+                .await
+                .expect("consume"),
+            "consumed at {now}"
+        );
+    }
+    assert_eq!(
+        must_get_session(&*store, "h-late").await,
+        session("h-late", expiry),
+        "an expired session is left as it was"
+    );
+    assert!(
+        store
+            .consume_connect_session("h-just-in-time", expiry - 1)
+            .await
+            .expect("consume")
+    );
+    assert_eq!(
+        must_get_session(&*store, "h-just-in-time")
+            .await
+            .consumed_at,
+        Some(expiry - 1)
+    );
+}
+
+/// Races `racers` consumers of one fresh session; returns how many got `true`.
+async fn race_consumers(stores: &[Arc<dyn Store>], state_hash: &str, racers: usize) -> usize {
+    stores[0]
+        .insert_connect_session(&session(state_hash, T0 + 600_000))
+        .await
+        .expect("insert");
+    let start = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|n| {
+            let store = Arc::clone(&stores[n % stores.len()]);
+            let start = Arc::clone(&start);
+            let state_hash = state_hash.to_owned();
+            let now = T0 + 1 + i64::try_from(n).expect("small");
+            tokio::spawn(async move {
+                start.wait().await;
+                store.consume_connect_session(&state_hash, now).await
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.expect("task").expect("consume") {
+            winners += 1;
+        }
+    }
+    let consumed_at = must_get_session(&*stores[0], state_hash)
+        .await
+        .consumed_at
+        .expect("consumed");
+    assert!(
+        (T0 + 1..=T0 + i64::try_from(racers).expect("small")).contains(&consumed_at),
+        "{consumed_at}"
+    );
+    winners
+}
+
+async fn concurrent_consumers_have_exactly_one_winner(store: Arc<dyn Store>) {
+    let stores = [store];
+    for round in 0..3 {
+        let winners = race_consumers(&stores, &format!("h-race-{round}"), 10).await;
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+async fn prune_connect_sessions_deletes_only_expired(store: Arc<dyn Store>) {
+    assert_eq!(
+        store
+            .prune_connect_sessions(i64::MAX)
+            .await
+            .expect("prune empty"),
+        0
+    );
+    // Sessions expiring at T0, T0 + 10, ..., T0 + 90; every other one consumed.
+    for n in 0..10i64 {
+        let hash = format!("h{n}");
+        store
+            .insert_connect_session(&session(&hash, T0 + 10 * n))
+            .await
+            .expect("insert");
+        if n % 2 == 0 {
+            assert!(
+                store
+                    .consume_connect_session(&hash, T0 + 10 * n - 1)
+                    .await
+                    .expect("consume")
+            );
+        }
+    }
+    let left = async |store: &dyn Store| {
+        let mut left = Vec::new();
+        for n in 0..10i64 {
+            if store
+                .get_connect_session(&format!("h{n}"))
+                .await
+                .expect("get")
+                .is_some()
+            {
+                left.push(n);
+            }
+        }
+        left
+    };
+    assert_eq!(
+        store.prune_connect_sessions(T0).await.expect("prune none"),
+        0
+    );
+    // Strictly older than T0 + 40: h0..h3, consumed or not.
+    assert_eq!(
+        store.prune_connect_sessions(T0 + 40).await.expect("prune"),
+        4
+    );
+    assert_eq!(left(&*store).await, [4, 5, 6, 7, 8, 9]);
+    assert_eq!(
+        must_get_session(&*store, "h5").await,
+        session("h5", T0 + 50)
+    );
+    assert_eq!(
+        store.prune_connect_sessions(T0 + 40).await.expect("again"),
+        0
+    );
+    assert_eq!(
+        store
+            .prune_connect_sessions(T0 + 91)
+            .await
+            .expect("prune all"),
+        6
+    );
+    assert!(left(&*store).await.is_empty());
+}
+
 // ---- opening -------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -975,4 +2551,214 @@ async fn sqlite_accepts_both_url_forms_and_memory() {
         }
     }
     assert!(nested.exists(), "parent directories are created");
+}
+
+// ---- PostgreSQL only: several stores ("replicas") on one database ------------------------------
+
+/// Runs `body` with the URL of a fresh, migrated PostgreSQL database (skipped like the suite
+/// when `TEST_DATABASE_URL` is unset) and drops the database afterwards.
+async fn with_postgres_url<F, Fut>(label: &str, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(db) = pg::fresh_database(label).await else {
+        return;
+    };
+    cb_store::PgStore::connect(&db.url, 1)
+        .await
+        .expect("connect")
+        .migrate()
+        .await
+        .expect("migrate postgres");
+    let outcome = tokio::spawn(body(db.url.clone())).await;
+    db.drop_database().await;
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(e) => panic!("test task did not finish: {e}"),
+        }
+    }
+}
+
+/// Sessions of change listeners on the current database.
+async fn listener_sessions(store: &cb_store::PgStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'credential-broker-listener'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_twenty_concurrent_acquirers_one_winner() {
+    with_postgres_url("store_pg_twenty_acquirers", |url| async move {
+        // Enough connections that all acquirers really run at the same time.
+        let store: Arc<dyn Store> =
+            Arc::new(cb_store::PgStore::connect(&url, 24).await.expect("connect"));
+        for round in 0..3 {
+            let id = format!("c{round}");
+            store
+                .insert_credential(&leaseless(&id), &[])
+                .await
+                .expect("insert");
+            const RACERS: usize = 20;
+            let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+            let tasks: Vec<_> = (0..RACERS)
+                .map(|n| {
+                    let store = Arc::clone(&store);
+                    let start = Arc::clone(&start);
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        store
+                            .acquire_refresh_lease(&id, &format!("replica-{n}"), T0, T0 + LEASE_MS)
+                            .await
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for task in tasks {
+                if let Some(row) = task.await.expect("task").expect("acquire") {
+                    winners.push(row);
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            assert_eq!(winners[0].lease.fence, 1);
+            assert_eq!(must_get(&*store, &id).await, winners[0]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_ten_consumers_on_two_replicas_one_winner() {
+    with_postgres_url("store_pg_ten_consumers", |url| async move {
+        // Two replicas with enough connections that all ten consumers run at the same time.
+        let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+        for _ in 0..2 {
+            stores.push(Arc::new(
+                cb_store::PgStore::connect(&url, 6).await.expect("connect"),
+            ));
+        }
+        for round in 0..5 {
+            let winners = race_consumers(&stores, &format!("h-race-{round}"), 10).await;
+            assert_eq!(winners, 1, "round {round}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_changes_reach_another_replica() {
+    with_postgres_url("store_pg_changes_replicas", |url| async move {
+        let a = cb_store::PgStore::connect(&url, 3)
+            .await
+            .expect("connect a");
+        let b = cb_store::PgStore::connect(&url, 3)
+            .await
+            .expect("connect b");
+        // No subscriber, no listener.
+        assert_eq!(listener_sessions(&a).await, 0);
+
+        let mut rx = b.subscribe_changes();
+        wait_until_listening(&b, &mut rx).await;
+        assert_eq!(listener_sessions(&a).await, 1);
+        // A second subscriber shares the listener.
+        let mut rx2 = b.subscribe_changes();
+        assert_eq!(listener_sessions(&a).await, 1);
+
+        a.insert_credential(&leaseless("c1"), &[])
+            .await
+            .expect("insert");
+        let changed = ChangeEvent::Changed("c1".to_owned());
+        assert_eq!(next_event(&mut rx, Duration::from_secs(2)).await, changed);
+        assert_eq!(next_event(&mut rx2, Duration::from_secs(2)).await, changed);
+        let current = must_get(&a, "c1").await;
+        a.update_credential(
+            &CredentialRow {
+                display_name: "renamed on replica a".to_owned(),
+                ..current.clone()
+            },
+            current.row_version,
+        )
+        .await
+        .expect("update");
+        assert_eq!(next_event(&mut rx, Duration::from_secs(2)).await, changed);
+        assert_eq!(next_event(&mut rx2, Duration::from_secs(2)).await, changed);
+        drop(rx2);
+
+        // The listener's connection is killed: B says Resync, reconnects, and hears A again.
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() \
+             AND application_name = 'credential-broker-listener'",
+        )
+        .fetch_one(a.pool())
+        .await
+        .expect("terminate listener");
+        assert_eq!(killed, 1);
+        assert_eq!(
+            next_event(&mut rx, Duration::from_secs(10)).await,
+            ChangeEvent::Resync
+        );
+        // Until the new LISTEN is in place a notification can be missed (and a Resync
+        // follows); keep writing until one arrives.
+        let mut heard = false;
+        for attempt in 0..20 {
+            let current = must_get(&a, "c1").await;
+            a.update_credential(
+                &CredentialRow {
+                    description: format!("attempt {attempt}"),
+                    ..current.clone()
+                },
+                current.row_version,
+            )
+            .await
+            .expect("update");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while let Ok(event) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                match event.expect("receive") {
+                    ChangeEvent::Changed(id) if id == "c1" => heard = true,
+                    ChangeEvent::Resync => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+                if heard {
+                    break;
+                }
+            }
+            if heard {
+                break;
+            }
+        }
+        assert!(heard, "the listener reconnected");
+        assert_eq!(listener_sessions(&a).await, 1);
+
+        // Dropping the replica stops its listener and closes its connection.
+        drop(b);
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the channel closes once the store is dropped"
+        );
+        let mut sessions = listener_sessions(&a).await;
+        for _ in 0..50 {
+            if sessions == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sessions = listener_sessions(&a).await;
+        }
+        assert_eq!(sessions, 0, "the listener connection is closed");
+    })
+    .await;
 }

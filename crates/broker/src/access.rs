@@ -57,11 +57,51 @@ impl Actor {
     }
 }
 
+/// What a calling service is (its built-in role); the server's allow-list is keyed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceRole {
+    /// Workflow executors: fetch tokens and read credentials for their actor.
+    Executor,
+    /// The web backend: every UI action, never tokens or imports.
+    Web,
+    /// Operators: import, audit, and read everything.
+    Operator,
+    /// No caller authentication configured (loopback-only development listener): all RPCs.
+    Development,
+}
+
+impl ServiceRole {
+    /// Parses the config name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "executor" => Some(Self::Executor),
+            "web" => Some(Self::Web),
+            "operator" => Some(Self::Operator),
+            _ => None,
+        }
+    }
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Executor => "executor",
+            Self::Web => "web",
+            Self::Operator => "operator",
+            Self::Development => "development",
+        }
+    }
+    /// Whether calls without an actor may read every credential.
+    pub fn reads_without_actor(self) -> bool {
+        matches!(self, Self::Operator | Self::Development)
+    }
+}
+
 /// The authenticated calling service and the actor it acts for.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// The calling service's name (e.g. `web`, `executor`, `operator`, `anonymous`).
+    /// The calling service's configured name (e.g. `web`, `executor-eu`, or `anonymous`).
     pub service: String,
+    /// The service's role.
+    pub role: ServiceRole,
     /// The end user, if the call acts for one.
     pub actor: Option<Actor>,
 }

@@ -29,8 +29,28 @@ pub mod reason {
     pub const CALLER_NOT_ALLOWED: &str = "CALLER_NOT_ALLOWED";
     /// The calling service did not authenticate.
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The member does not exist.
+    pub const MEMBER_NOT_FOUND: &str = "MEMBER_NOT_FOUND";
+    /// The email is already a member or invited.
+    pub const MEMBER_EXISTS: &str = "MEMBER_EXISTS";
     /// Removing or demoting the last Admin is refused.
     pub const LAST_ADMIN: &str = "LAST_ADMIN";
+    /// The provider could not refresh the token right now (timeouts, 5xx, 429).
+    pub const PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
+    /// The user or the provider refused the authorization.
+    pub const PROVIDER_DENIED: &str = "PROVIDER_DENIED";
+    /// The authorization code could not be exchanged (expired, for another client, rejected).
+    pub const CODE_EXCHANGE_FAILED: &str = "CODE_EXCHANGE_FAILED";
+    /// The connect state is unknown.
+    pub const CONNECT_STATE_UNKNOWN: &str = "CONNECT_STATE_UNKNOWN";
+    /// The connect state was already used.
+    pub const CONNECT_STATE_REPLAYED: &str = "CONNECT_STATE_REPLAYED";
+    /// The connect state expired.
+    pub const CONNECT_STATE_EXPIRED: &str = "CONNECT_STATE_EXPIRED";
+    /// The connect flow was started by another user.
+    pub const CONNECT_STATE_OTHER_USER: &str = "CONNECT_STATE_OTHER_USER";
+    /// A reconnect authorized a different provider account.
+    pub const ACCOUNT_MISMATCH: &str = "ACCOUNT_MISMATCH";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
     /// The key management service cannot be reached or refused the key.
@@ -86,7 +106,7 @@ impl FieldViolation {
 }
 
 /// A domain error. Messages are safe to return to callers: they never contain secrets.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BrokerError {
     /// Invalid input, with every offending field.
     #[error("invalid argument: {}", describe(.0))]

@@ -4,8 +4,13 @@
 pub mod access;
 pub mod audit;
 pub mod clock;
+pub mod connect;
 pub mod credential;
 pub mod error;
+pub mod gateway;
+pub mod issuance;
+pub mod members;
+pub mod policy;
 pub mod sealing;
 pub mod service;
 pub mod tokens;

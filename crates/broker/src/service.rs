@@ -1,11 +1,14 @@
 //! The credential use cases: import, read, list, edit, disconnect. Authorization is checked here,
 //! in the domain, so every transport gets the same rules.
 
-use crate::access::{Actor, Caller, Role};
+use crate::access::{Caller, Role};
 use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status, StatusKind};
 use crate::error::{BrokerError, reason};
+use crate::gateway::{ProviderGateway, RevokeResult};
+use crate::issuance::TokenCache;
+use crate::policy::Policy;
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::{
@@ -16,6 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_crypto::Envelope;
 use cb_store::{CredentialQuery, MemberRow, Store};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Default and maximum page sizes for ListCredentials.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -98,21 +102,46 @@ pub enum Revocation {
 /// The broker's credential use cases.
 pub struct CredentialService {
     store: Arc<dyn Store>,
+    policy: Policy,
     envelope: Arc<Envelope>,
     clock: Arc<dyn Clock>,
+    gateway: Arc<dyn ProviderGateway>,
+    cache: Arc<TokenCache>,
     audit: Audit,
+    refresh_ahead_window: Duration,
 }
 
 impl CredentialService {
     /// Wires the use cases to their dependencies.
-    pub fn new(store: Arc<dyn Store>, envelope: Arc<Envelope>, clock: Arc<dyn Clock>) -> Self {
-        let audit = Audit::new(store.clone(), clock.clone());
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn ProviderGateway>,
+        cache: Arc<TokenCache>,
+        audit: Audit,
+        refresh_ahead_window: Duration,
+    ) -> Self {
         Self {
+            policy: Policy::new(store.clone()),
             store,
             envelope,
             clock,
+            gateway,
+            cache,
             audit,
+            refresh_ahead_window,
         }
+    }
+
+    /// When the background refresher should look at a credential holding `tokens`.
+    pub fn schedule_refresh(&self, c: &mut Credential, tokens: &TokenBundle, now: Timestamp) {
+        let idle = self
+            .gateway
+            .get(&c.provider_id)
+            .and_then(|p| p.refresh_token_idle);
+        c.next_refresh_at =
+            crate::issuance::next_refresh_at(now, tokens, self.refresh_ahead_window, idle);
     }
 
     /// The audit writer shared with other services.
@@ -171,7 +200,14 @@ impl CredentialService {
             created_by.clone(),
             now,
         );
+        if self.gateway.get(c.provider_id.as_str()).is_none() {
+            return Err(BrokerError::invalid(
+                "provider_id",
+                "is not a provider in the catalog (see ListProviders)",
+            ));
+        }
         sealing::seal_into(&self.envelope, &mut c, &req.tokens).await?;
+        self.schedule_refresh(&mut c, &req.tokens, now);
         let actor_user = caller
             .actor
             .as_ref()
@@ -211,7 +247,20 @@ impl CredentialService {
         caller: &Caller,
         id: &CredentialId,
     ) -> Result<CredentialView, BrokerError> {
-        let (c, role) = self.load_visible(caller, id).await?;
+        let result = self.policy.load_visible(caller, id).await;
+        if let Err(e) = &result {
+            // Reads are not audited, but denied reads are.
+            if matches!(
+                e.code(),
+                crate::ErrorCode::NotFound | crate::ErrorCode::PermissionDenied
+            ) {
+                let outcome = Outcome(e.reason().to_owned());
+                self.audit
+                    .record(caller, "credential.get", Some(id.as_str()), outcome, None)
+                    .await;
+            }
+        }
+        let (c, role) = result?;
         Ok(CredentialView {
             credential: c,
             caller_role: role,
@@ -254,7 +303,7 @@ impl CredentialService {
                 if !q.statuses.is_empty() && !q.statuses.contains(&c.status.kind()) {
                     continue;
                 }
-                if let Some(role) = self.visibility(caller, &c).await? {
+                if let Some(role) = self.policy.visibility(caller, &c).await? {
                     items.push(CredentialView {
                         credential: c,
                         caller_role: role,
@@ -289,7 +338,17 @@ impl CredentialService {
         caller: &Caller,
         req: UpdateCredential,
     ) -> Result<CredentialView, BrokerError> {
-        let result = self.update_inner(caller, &req).await;
+        let mut result = self.update_inner(caller, &req).await;
+        // A refresh may bump the row version between read and write; when the client did not
+        // pin a version, re-read and apply the edit again.
+        for _ in 0..3 {
+            match &result {
+                Err(BrokerError::Conflict { .. }) if req.expected_version.is_none() => {
+                    result = self.update_inner(caller, &req).await;
+                }
+                _ => break,
+            }
+        }
         let mut fields = Vec::new();
         if req.display_name.is_some() {
             fields.push("display_name");
@@ -315,7 +374,10 @@ impl CredentialService {
         caller: &Caller,
         req: &UpdateCredential,
     ) -> Result<CredentialView, BrokerError> {
-        let (mut c, role) = self.load_for_admin(caller, &req.id).await?;
+        let (mut c, role) = self
+            .policy
+            .load_with_role(caller, &req.id, Role::Admin)
+            .await?;
         if c.is_disconnected() {
             return Err(disconnected());
         }
@@ -337,9 +399,10 @@ impl CredentialService {
         }
         c.updated_at = self.clock.now();
         let stored = self.store.update_credential(&c.to_row(), c.version).await?;
+        self.cache.invalidate(c.id.as_str());
         Ok(CredentialView {
             credential: Credential::from_row(stored)?,
-            caller_role: role,
+            caller_role: Some(role),
         })
     }
 
@@ -367,110 +430,76 @@ impl CredentialService {
         caller: &Caller,
         id: &CredentialId,
     ) -> Result<(CredentialView, Revocation), BrokerError> {
-        let (mut c, role) = self.load_for_admin(caller, id).await?;
+        let (mut c, role) = self.policy.load_with_role(caller, id, Role::Admin).await?;
         if c.is_disconnected() {
             let note = Revocation::Skipped("the credential was already disconnected".into());
             return Ok((
                 CredentialView {
                     credential: c,
-                    caller_role: role,
+                    caller_role: Some(role),
                 },
                 note,
             ));
         }
-        let revocation = Revocation::NotSupported(
-            "revocation at the provider is not available in this version; the grant stays valid there until it expires".into(),
-        );
+        // Destroy first, then revoke with the tokens held in memory: a slow or failing provider
+        // never keeps tokens alive here.
+        let tokens = sealing::open(&self.envelope, &c).await;
         let expected = c.version;
+        let provider = c.provider_id.clone();
         sealing::shred(&self.envelope, &mut c)?;
         c.status = Status::Disconnected;
         c.updated_at = self.clock.now();
         let stored = self.store.update_credential(&c.to_row(), expected).await?;
+        self.cache.invalidate(c.id.as_str());
+        let revocation = self.revoke(&provider, c.id.as_str(), tokens).await;
         Ok((
             CredentialView {
                 credential: Credential::from_row(stored)?,
-                caller_role: role,
+                caller_role: Some(role),
             },
             revocation,
         ))
     }
 
-    /// Loads a credential the caller may see, with the actor's role. Non-visible → NOT_FOUND.
-    async fn load_visible(
+    /// Revokes the grant at the provider where it can; never fails the disconnect.
+    async fn revoke(
         &self,
-        caller: &Caller,
-        id: &CredentialId,
-    ) -> Result<(Credential, Option<Role>), BrokerError> {
-        let row = self
-            .store
-            .get_credential(id.as_str())
-            .await?
-            .ok_or_else(BrokerError::credential_not_found)?;
-        let c = Credential::from_row(row)?;
-        match self.visibility(caller, &c).await? {
-            Some(role) => Ok((c, role)),
-            None => Err(BrokerError::credential_not_found()),
-        }
-    }
-
-    /// Loads a credential on which the actor is Admin: NOT_FOUND for non-members,
-    /// PERMISSION_DENIED for Members.
-    async fn load_for_admin(
-        &self,
-        caller: &Caller,
-        id: &CredentialId,
-    ) -> Result<(Credential, Option<Role>), BrokerError> {
-        let actor = require_actor(caller)?;
-        let (c, role) = self.load_visible(caller, id).await?;
-        if role != Some(Role::Admin) {
-            return Err(BrokerError::PermissionDenied {
-                reason: reason::ROLE_REQUIRED,
-                message: format!(
-                    "only an Admin of this credential can do this; {} is a Member",
-                    actor.email
-                ),
-            });
-        }
-        Ok((c, role))
-    }
-
-    /// `None`: not visible. `Some(role)`: visible, with the actor's role (`None` for a service
-    /// acting without an actor, which may read every credential).
-    async fn visibility(
-        &self,
-        caller: &Caller,
-        c: &Credential,
-    ) -> Result<Option<Option<Role>>, BrokerError> {
-        let Some(actor) = &caller.actor else {
-            return Ok(Some(None));
+        provider: &str,
+        id: &str,
+        tokens: Result<Option<TokenBundle>, BrokerError>,
+    ) -> Revocation {
+        let tokens = match tokens {
+            Ok(Some(t)) => t,
+            Ok(None) => return Revocation::Skipped("no tokens are stored".into()),
+            Err(e) => {
+                return Revocation::Failed(format!("the stored tokens could not be opened: {e}"));
+            }
         };
-        Ok(self.role_of(actor, c).await?.map(Some))
+        match self.gateway.revoke(provider, &tokens).await {
+            Ok(RevokeResult::Revoked) => Revocation::Revoked,
+            Ok(RevokeResult::NotSupported) => Revocation::NotSupported(
+                "the provider offers no revocation; the grant stays valid there until it expires or the user removes it".into(),
+            ),
+            Err(e) => {
+                tracing::warn!(credential_id = %id, provider, error = %e, "revocation failed");
+                Revocation::Failed(format!("the provider did not confirm the revocation: {e}"))
+            }
+        }
     }
 
-    /// The actor's effective role on a credential: workspace admins act as Admin; otherwise the
-    /// actor's ACTIVE membership.
-    pub async fn role_of(
+    /// Recent workflows that used a credential, and how many distinct workflows did.
+    pub async fn usage(
         &self,
-        actor: &Actor,
         c: &Credential,
-    ) -> Result<Option<Role>, BrokerError> {
-        if actor.is_workspace_admin(&c.workspace_id) {
-            return Ok(Some(Role::Admin));
-        }
-        let Some(m) = self
-            .store
-            .get_member(c.id.as_str(), actor.email.as_str())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let same_user = m
-            .user_id
-            .as_deref()
-            .is_none_or(|u| u == actor.user_id.as_str());
-        Ok((m.state == "ACTIVE" && same_user)
-            .then(|| Role::from_stored(&m.role))
-            .flatten())
+    ) -> Result<(Vec<(String, Timestamp)>, u64), BrokerError> {
+        let (recent, total) = self.store.recent_workflows(c.id.as_str(), 10).await?;
+        Ok((
+            recent
+                .into_iter()
+                .map(|(w, at)| (w, Timestamp::from_millis(at)))
+                .collect(),
+            total,
+        ))
     }
 
     /// Opens a credential's tokens (used by token issuance and the start-up key check).
@@ -484,14 +513,8 @@ impl CredentialService {
     }
 }
 
-fn require_actor(caller: &Caller) -> Result<&Actor, BrokerError> {
-    caller.actor.as_ref().ok_or_else(|| BrokerError::PermissionDenied {
-        reason: reason::ACTOR_REQUIRED,
-        message: "this action is taken for an end user: set the x-actor-id and x-actor-email metadata".into(),
-    })
-}
-
-fn disconnected() -> BrokerError {
+/// The error for acting on a disconnected credential.
+pub fn disconnected() -> BrokerError {
     BrokerError::FailedPrecondition {
         reason: reason::CREDENTIAL_DISCONNECTED,
         message: "the credential was disconnected; connect the account again to use it".into(),

@@ -28,6 +28,31 @@ pub enum CryptoError {
     /// The key service could not be reached; the operation may succeed later.
     #[error("key provider unavailable: {0}")]
     Unavailable(String),
+    /// The key service refused the call (IAM policy or key policy).
+    #[error(
+        "access denied to key {key_id} for {operation}: check that the IAM policy and the key policy \
+         allow kms:GenerateDataKey, kms:Decrypt, kms:Encrypt, kms:ReEncrypt* and kms:DescribeKey on it"
+    )]
+    AccessDenied {
+        /// The key the call used.
+        key_id: String,
+        /// The refused operation, e.g. `kms:Decrypt`.
+        operation: String,
+    },
+    /// The key exists but cannot be used: disabled, or scheduled for deletion.
+    #[error("key {key_id} is disabled or pending deletion: enable it or rotate to another key")]
+    KeyDisabled {
+        /// The key the call used.
+        key_id: String,
+    },
+    /// The key service does not know the key (wrong id, account or region).
+    #[error("key {key_id} not found in region {region}")]
+    KeyNotFound {
+        /// The key the call used.
+        key_id: String,
+        /// The region that was asked.
+        region: String,
+    },
     /// Any other key-provider failure.
     #[error("key provider error: {0}")]
     Provider(String),

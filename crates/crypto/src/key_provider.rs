@@ -7,7 +7,7 @@ use crate::{CryptoError, DataKey};
 /// Which key-encryption key wrapped a DEK.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct KeyRef {
-    /// Provider-specific key id (a local key file id, later a KMS key ARN).
+    /// Provider-specific key id (a local key file id, or a KMS key ARN).
     pub key_id: String,
     /// Version of that key.
     pub version: u32,
@@ -55,7 +55,7 @@ impl EncryptionContext {
 /// Holds key-encryption keys and wraps/unwraps per-credential data keys with them.
 #[async_trait::async_trait]
 pub trait KeyProvider: Send + Sync + 'static {
-    /// Short name for logs/config ("local", later "aws-kms").
+    /// Short name for logs/config ("local" or "aws-kms").
     fn kind(&self) -> &'static str;
 
     /// The key new DEKs are wrapped with.

@@ -1,9 +1,10 @@
 //! Envelope encryption for stored OAuth credentials.
 //!
 //! Each credential gets its own data-encryption key (DEK); the DEK is stored wrapped by a
-//! key-encryption key (KEK) held by a [`KeyProvider`] (a local key file today, a KMS later).
+//! key-encryption key (KEK) held by a [`KeyProvider`]: a local key file, or an AWS KMS key.
 //! [`Envelope`] seals and opens rows and keeps a bounded cache of unwrapped DEKs.
 
+pub mod aws_kms;
 mod cache;
 mod envelope;
 mod error;
@@ -14,6 +15,7 @@ mod secret;
 #[cfg(test)]
 mod test_support;
 
+pub use aws_kms::{AwsKmsConfig, AwsKmsKeyProvider};
 pub use cache::{CacheStats, DekCacheConfig};
 pub use envelope::{Envelope, SealedBlob};
 pub use error::CryptoError;

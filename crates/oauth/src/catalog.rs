@@ -2,7 +2,7 @@
 //! (compiled into the binary) and extended or overridden by config.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -41,6 +41,14 @@ pub enum AccountSource {
         /// Extra request headers some APIs need (e.g. `Notion-Version`).
         #[serde(default)]
         headers: BTreeMap<String, String>,
+        /// When set, the request is a POST with this JSON body (`Content-Type: application/json`)
+        /// instead of a GET; for GraphQL-only APIs (Linear, monday.com).
+        #[serde(default)]
+        body: Option<String>,
+        /// When set, the access token goes in this header as-is instead of
+        /// `Authorization: Bearer` (Shopify: `X-Shopify-Access-Token`).
+        #[serde(default)]
+        token_header: Option<String>,
     },
     /// Read `sub` and `email` from the OpenID Connect id token in the token response.
     IdToken,
@@ -152,4 +160,1164 @@ pub struct ProviderSpec {
     pub quirks: Vec<Quirk>,
     /// Link to the provider's OAuth documentation the entry was checked against.
     pub docs_url: String,
+}
+
+/// The built-in catalog, compiled into the binary.
+const BUILTIN_TOML: &str = include_str!("../catalog/providers.toml");
+
+/// URL placeholders filled in per connection, each with the quirk that declares it.
+const PLACEHOLDERS: [(&str, Quirk); 2] = [
+    ("{shop}", Quirk::ShopSubdomain),
+    ("{subdomain}", Quirk::Subdomain),
+];
+
+/// Placeholder allowed only in `revocation_url`: the app's client id (GitHub's grant API).
+const CLIENT_ID_PLACEHOLDER: &str = "{client_id}";
+
+/// Authorize parameters the broker always sets itself; `extra_authorize_params` may not set them.
+const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "state",
+    "scope",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// The file format: a list of `[[provider]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    /// The entries, in file order.
+    #[serde(default)]
+    provider: Vec<ProviderSpec>,
+}
+
+/// A validated set of providers keyed by id: the built-in entries plus any added or overridden
+/// by config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Entries by id (ordered, so listings are stable).
+    providers: BTreeMap<String, ProviderSpec>,
+    /// Whether entries inserted into this catalog may use `http://127.0.0.1` / `http://localhost`.
+    allow_http_loopback: bool,
+}
+
+/// Why a catalog or one of its entries was rejected, with every problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render_error(.provider.as_deref(), .problems))]
+pub struct CatalogError {
+    /// The provider id the problems belong to; `None` when the catalog text itself is malformed.
+    pub provider: Option<String>,
+    /// Each problem, in words.
+    pub problems: Vec<String>,
+}
+
+/// Formats a [`CatalogError`] as one line naming the provider.
+fn render_error(provider: Option<&str>, problems: &[String]) -> String {
+    match provider {
+        Some(id) => format!("invalid provider `{id}`: {}", problems.join("; ")),
+        None => format!("invalid provider catalog: {}", problems.join("; ")),
+    }
+}
+
+impl CatalogError {
+    /// An error for one provider.
+    fn for_provider(id: &str, problems: Vec<String>) -> Self {
+        Self {
+            provider: Some(id.to_owned()),
+            problems,
+        }
+    }
+}
+
+impl Catalog {
+    /// An empty catalog that accepts only https URLs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets whether entries inserted from now on may use plain-http loopback URLs
+    /// (`http://127.0.0.1`, `http://localhost`): for tests and the local dev provider.
+    #[must_use]
+    pub fn with_http_loopback(mut self, allow: bool) -> Self {
+        self.allow_http_loopback = allow;
+        self
+    }
+
+    /// The catalog compiled into the binary (`catalog/providers.toml`).
+    pub fn builtin() -> Result<Catalog, CatalogError> {
+        Self::from_toml(BUILTIN_TOML)
+    }
+
+    /// Parses and validates a catalog from TOML `[[provider]]` tables (https URLs only).
+    /// Rejects unknown fields, duplicate ids and invalid entries; the error names the provider.
+    pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
+        let mut catalog = Self::new();
+        catalog.extend_from_toml(text)?;
+        Ok(catalog)
+    }
+
+    /// Parses TOML `[[provider]]` tables and inserts every entry (replacing entries with the same
+    /// id), as config does to add custom providers or override built-in ones. Nothing is inserted
+    /// unless every entry is valid and no id repeats within `text`.
+    pub fn extend_from_toml(&mut self, text: &str) -> Result<(), CatalogError> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| CatalogError {
+            provider: None,
+            problems: vec![e.to_string().trim().to_owned()],
+        })?;
+        let mut seen = BTreeSet::new();
+        for spec in &file.provider {
+            if !seen.insert(spec.id.as_str()) {
+                return Err(CatalogError::for_provider(
+                    &spec.id,
+                    vec![
+                        "duplicate provider id: the id appears more than once in the catalog"
+                            .to_owned(),
+                    ],
+                ));
+            }
+            Self::validate(spec, self.allow_http_loopback)
+                .map_err(|problems| CatalogError::for_provider(&spec.id, problems))?;
+        }
+        for spec in file.provider {
+            self.providers.insert(spec.id.clone(), spec);
+        }
+        Ok(())
+    }
+
+    /// The entry with this id.
+    pub fn get(&self, id: &str) -> Option<&ProviderSpec> {
+        self.providers.get(id)
+    }
+
+    /// All entries, ordered by id.
+    pub fn iter(&self) -> impl Iterator<Item = &ProviderSpec> {
+        self.providers.values()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    /// Whether the catalog has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Validates `spec` and adds it, replacing any entry with the same id (how config adds
+    /// custom providers or overrides built-in ones).
+    pub fn insert(&mut self, spec: ProviderSpec) -> Result<(), CatalogError> {
+        Self::validate(&spec, self.allow_http_loopback)
+            .map_err(|problems| CatalogError::for_provider(&spec.id, problems))?;
+        self.providers.insert(spec.id.clone(), spec);
+        Ok(())
+    }
+
+    /// Removes and returns the entry with this id (config can disable a built-in provider).
+    pub fn remove(&mut self, id: &str) -> Option<ProviderSpec> {
+        self.providers.remove(id)
+    }
+
+    /// Checks one entry and lists every problem found: https-only URLs (plain http only for
+    /// loopback hosts when `allow_http_loopback`), id syntax, required texts, scope lists,
+    /// quirk consistency, placeholders, account source and refresh settings.
+    pub fn validate(spec: &ProviderSpec, allow_http_loopback: bool) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        check_identity(spec, &mut problems);
+        check_urls(spec, allow_http_loopback, &mut problems);
+        check_scopes(spec, &mut problems);
+        check_quirks(spec, &mut problems);
+        check_placeholders(spec, &mut problems);
+        check_account(spec, allow_http_loopback, &mut problems);
+        check_refresh(&spec.refresh, &mut problems);
+        check_extra_params(spec, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The snake_case name of a quirk, as written in the catalog.
+fn quirk_name(quirk: Quirk) -> &'static str {
+    match quirk {
+        Quirk::OkFalseErrors => "ok_false_errors",
+        Quirk::SlackAuthedUser => "slack_authed_user",
+        Quirk::GithubJsonAccept => "github_json_accept",
+        Quirk::JsonTokenRequest => "json_token_request",
+        Quirk::SalesforceInstanceUrl => "salesforce_instance_url",
+        Quirk::AtlassianCloudId => "atlassian_cloud_id",
+        Quirk::QuickbooksRealmId => "quickbooks_realm_id",
+        Quirk::XeroTenantId => "xero_tenant_id",
+        Quirk::ShopSubdomain => "shop_subdomain",
+        Quirk::Subdomain => "subdomain",
+        Quirk::CommaSeparatedScopes => "comma_separated_scopes",
+        Quirk::PartialScopeGrant => "partial_scope_grant",
+        Quirk::NonExpiringTokens => "non_expiring_tokens",
+    }
+}
+
+/// Whether `id` matches `^[a-z][a-z0-9_-]{0,63}$`.
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && id.len() <= 64
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+/// Id syntax and the required human texts.
+fn check_identity(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    if !valid_id(&spec.id) {
+        problems.push(format!(
+            "id `{}` must match ^[a-z][a-z0-9_-]{{0,63}}$",
+            spec.id
+        ));
+    }
+    for (field, value) in [
+        ("display_name", &spec.display_name),
+        ("category", &spec.category),
+        ("docs_url", &spec.docs_url),
+        ("icon_url", &spec.icon_url),
+    ] {
+        if value.trim().is_empty() {
+            problems.push(format!("{field} is empty"));
+        }
+    }
+    let category_ok = spec
+        .category
+        .chars()
+        .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'));
+    if !spec.category.is_empty() && !category_ok {
+        problems.push(format!(
+            "category `{}` must be lowercase letters, digits and `-`",
+            spec.category
+        ));
+    }
+}
+
+/// Every URL of the entry except the account source's.
+fn check_urls(spec: &ProviderSpec, allow_http_loopback: bool, problems: &mut Vec<String>) {
+    check_url(
+        "authorize_url",
+        &spec.authorize_url,
+        allow_http_loopback,
+        problems,
+    );
+    check_url("token_url", &spec.token_url, allow_http_loopback, problems);
+    if let Some(url) = &spec.revocation_url {
+        check_url("revocation_url", url, allow_http_loopback, problems);
+    }
+    // Links shown to people (not called by the broker) may carry a fragment.
+    if !spec.icon_url.trim().is_empty() {
+        check_link("icon_url", &spec.icon_url, allow_http_loopback, problems);
+    }
+    if !spec.docs_url.trim().is_empty() {
+        check_link("docs_url", &spec.docs_url, allow_http_loopback, problems);
+    }
+}
+
+/// Checks an endpoint the broker calls: [`check_link`] rules, and no fragment.
+fn check_url(field: &str, url: &str, allow_http_loopback: bool, problems: &mut Vec<String>) {
+    if check_link(field, url, allow_http_loopback, problems) && url.contains('#') {
+        problems.push(format!("{field} `{url}` must not contain a fragment"));
+    }
+}
+
+/// Checks that `url` is an absolute https URL with a host (or plain http to a loopback host when
+/// allowed), without whitespace or credentials. Returns whether it passed.
+fn check_link(
+    field: &str,
+    url: &str,
+    allow_http_loopback: bool,
+    problems: &mut Vec<String>,
+) -> bool {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problems.push(format!("{field} `{url}` contains whitespace"));
+        return false;
+    }
+    let (rest, is_http) = if let Some(rest) = url.strip_prefix("https://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (rest, true)
+    } else {
+        problems.push(format!("{field} `{url}` must be an https:// URL"));
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        problems.push(format!("{field} `{url}` must not contain credentials"));
+        return false;
+    }
+    let host = if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        problems.push(format!("{field} `{url}` has no host"));
+        return false;
+    }
+    if is_http {
+        let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
+        if !(allow_http_loopback && loopback) {
+            problems.push(format!(
+                "{field} `{url}` must use https (plain http is only allowed for 127.0.0.1/localhost in tests and local development)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+/// Scope names and descriptions, duplicates, and default scopes.
+fn check_scopes(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    let comma_separated = spec.quirks.contains(&Quirk::CommaSeparatedScopes);
+    let mut names = BTreeSet::new();
+    for scope in &spec.scopes {
+        if scope.name.is_empty() {
+            problems.push("a scope has an empty name".to_owned());
+        } else if scope.name.chars().any(char::is_whitespace) {
+            problems.push(format!("scope `{}` contains whitespace", scope.name));
+        } else if comma_separated && scope.name.contains(',') {
+            problems.push(format!(
+                "scope `{}` contains a comma but scopes are comma-separated",
+                scope.name
+            ));
+        }
+        if scope.description.trim().is_empty() {
+            problems.push(format!("scope `{}` has no description", scope.name));
+        }
+        if !names.insert(scope.name.as_str()) {
+            problems.push(format!("scope `{}` is listed more than once", scope.name));
+        }
+    }
+    let mut defaults = BTreeSet::new();
+    for name in &spec.default_scopes {
+        if !names.contains(name.as_str()) {
+            problems.push(format!(
+                "default scope `{name}` is not described in `scopes`"
+            ));
+        }
+        if !defaults.insert(name.as_str()) {
+            problems.push(format!("default scope `{name}` is listed more than once"));
+        }
+    }
+}
+
+/// Quirks that contradict each other or the rest of the entry.
+fn check_quirks(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    let mut quirks = BTreeSet::new();
+    for quirk in &spec.quirks {
+        if !quirks.insert(*quirk) {
+            problems.push(format!(
+                "quirk `{}` is listed more than once",
+                quirk_name(*quirk)
+            ));
+        }
+    }
+    if quirks.contains(&Quirk::SlackAuthedUser) && !quirks.contains(&Quirk::OkFalseErrors) {
+        problems.push(
+            "quirk `slack_authed_user` requires `ok_false_errors` (Slack reports errors as HTTP 200 with ok=false)"
+                .to_owned(),
+        );
+    }
+    if quirks.contains(&Quirk::SalesforceInstanceUrl) && !spec.id.contains("salesforce") {
+        problems.push(format!(
+            "quirk `salesforce_instance_url` is only for Salesforce providers (id containing `salesforce`), not `{}`",
+            spec.id
+        ));
+    }
+    if quirks.contains(&Quirk::NonExpiringTokens)
+        && spec.refresh.access_token_lifetime_seconds.is_some()
+    {
+        problems.push(
+            "quirk `non_expiring_tokens` contradicts refresh.access_token_lifetime_seconds (leave it unset)"
+                .to_owned(),
+        );
+    }
+    if spec.refresh.single_use_refresh_tokens && !spec.refresh.rotates_refresh_tokens {
+        problems.push(
+            "refresh.single_use_refresh_tokens requires refresh.rotates_refresh_tokens".to_owned(),
+        );
+    }
+}
+
+/// All URLs that may carry placeholders, with their field names.
+fn placeholder_urls(spec: &ProviderSpec) -> Vec<(&'static str, &str)> {
+    let mut urls = vec![
+        ("authorize_url", spec.authorize_url.as_str()),
+        ("token_url", spec.token_url.as_str()),
+    ];
+    if let Some(url) = &spec.revocation_url {
+        urls.push(("revocation_url", url.as_str()));
+    }
+    if let AccountSource::Userinfo { url, .. } = &spec.account {
+        urls.push(("account.url", url.as_str()));
+    }
+    urls
+}
+
+/// `{shop}` / `{subdomain}` placeholders agree with their quirks; no unknown placeholders.
+fn check_placeholders(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    let urls = placeholder_urls(spec);
+    for (placeholder, quirk) in PLACEHOLDERS {
+        let name = quirk_name(quirk);
+        if spec.quirks.contains(&quirk) {
+            for (field, url) in &urls[..2] {
+                if !url.contains(placeholder) {
+                    problems.push(format!(
+                        "quirk `{name}` requires the `{placeholder}` placeholder in {field}"
+                    ));
+                }
+            }
+        } else {
+            for (field, url) in &urls {
+                if url.contains(placeholder) {
+                    problems.push(format!(
+                        "{field} contains `{placeholder}` but quirk `{name}` is not set"
+                    ));
+                }
+            }
+        }
+    }
+    for (field, url) in &urls {
+        let mut remaining = (*url).to_owned();
+        for (placeholder, _) in PLACEHOLDERS {
+            remaining = remaining.replace(placeholder, "");
+        }
+        if *field == "revocation_url" {
+            remaining = remaining.replace(CLIENT_ID_PLACEHOLDER, "");
+        }
+        if remaining.contains('{') || remaining.contains('}') {
+            problems.push(format!("{field} `{url}` contains an unknown placeholder"));
+        }
+    }
+}
+
+/// The account source: its URL, pointers, headers and body; id tokens need `openid`.
+fn check_account(spec: &ProviderSpec, allow_http_loopback: bool, problems: &mut Vec<String>) {
+    match &spec.account {
+        AccountSource::Userinfo {
+            url,
+            subject_pointer,
+            label_pointer,
+            headers,
+            body,
+            token_header,
+        } => {
+            check_url("account.url", url, allow_http_loopback, problems);
+            check_pointer("account.subject_pointer", subject_pointer, problems);
+            check_pointer("account.label_pointer", label_pointer, problems);
+            for (name, value) in headers {
+                if !valid_header_name(name) {
+                    problems.push(format!(
+                        "account header name `{name}` is not a valid header name"
+                    ));
+                } else if name.eq_ignore_ascii_case("authorization") {
+                    problems.push(
+                        "account headers may not set Authorization (the access token goes there, or in token_header)"
+                            .to_owned(),
+                    );
+                }
+                if value.chars().any(|c| c == '\r' || c == '\n') {
+                    problems.push(format!(
+                        "account header `{name}` has a line break in its value"
+                    ));
+                }
+            }
+            if let Some(body) = body
+                && serde_json::from_str::<serde_json::Value>(body).is_err()
+            {
+                problems.push("account.body is not valid JSON".to_owned());
+            }
+            if let Some(name) = token_header
+                && !valid_header_name(name)
+            {
+                problems.push(format!(
+                    "account.token_header `{name}` is not a valid header name"
+                ));
+            }
+        }
+        AccountSource::IdToken => {
+            if !spec.default_scopes.iter().any(|s| s == "openid") {
+                problems.push(
+                    "account kind `id_token` needs `openid` in default_scopes (no id token is issued otherwise)"
+                        .to_owned(),
+                );
+            }
+        }
+        AccountSource::TokenResponse {
+            subject_pointer,
+            label_pointer,
+        } => {
+            check_pointer("account.subject_pointer", subject_pointer, problems);
+            check_pointer("account.label_pointer", label_pointer, problems);
+        }
+    }
+}
+
+/// A JSON pointer (RFC 6901) naming a member: starts with `/`.
+fn check_pointer(field: &str, pointer: &str, problems: &mut Vec<String>) {
+    if !pointer.starts_with('/') {
+        problems.push(format!(
+            "{field} `{pointer}` must be a JSON pointer starting with `/`"
+        ));
+    }
+}
+
+/// An HTTP header name (RFC 9110 token characters).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// Lifetimes must be positive when given.
+fn check_refresh(refresh: &RefreshBehaviour, problems: &mut Vec<String>) {
+    for (field, value) in [
+        (
+            "access_token_lifetime_seconds",
+            refresh.access_token_lifetime_seconds,
+        ),
+        (
+            "refresh_token_lifetime_seconds",
+            refresh.refresh_token_lifetime_seconds,
+        ),
+        (
+            "refresh_token_idle_seconds",
+            refresh.refresh_token_idle_seconds,
+        ),
+    ] {
+        if value == Some(0) {
+            problems.push(format!("refresh.{field} must be positive"));
+        }
+    }
+}
+
+/// Extra authorize parameters may not replace the ones the broker sets.
+fn check_extra_params(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    for (name, value) in &spec.extra_authorize_params {
+        if name.trim().is_empty() {
+            problems.push("extra_authorize_params has an empty parameter name".to_owned());
+        } else if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) {
+            problems.push(format!(
+                "extra_authorize_params may not set `{name}` (the broker sets it)"
+            ));
+        }
+        if value.is_empty() {
+            problems.push(format!(
+                "extra_authorize_params `{name}` has an empty value"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid entry used as the base of the negative tests.
+    const GOOD: &str = r#"
+[[provider]]
+id = "acme"
+display_name = "Acme"
+icon_url = "https://acme.example/icon.png"
+category = "crm"
+authorize_url = "https://acme.example/oauth/authorize"
+token_url = "https://acme.example/oauth/token"
+revocation_url = "https://acme.example/oauth/revoke"
+default_scopes = ["read"]
+auth_style = "basic"
+pkce = "required"
+docs_url = "https://acme.example/docs/oauth"
+
+[provider.account]
+kind = "userinfo"
+url = "https://api.acme.example/me"
+subject_pointer = "/id"
+label_pointer = "/email"
+
+[provider.refresh]
+access_token_lifetime_seconds = 3600
+
+[[provider.scopes]]
+name = "read"
+description = "Read your data"
+
+[[provider.scopes]]
+name = "write"
+description = "Change your data"
+"#;
+
+    fn builtin() -> Catalog {
+        match Catalog::builtin() {
+            Ok(catalog) => catalog,
+            Err(e) => panic!("built-in catalog does not load: {e}"),
+        }
+    }
+
+    /// Parses `text` and returns the error, failing the test if it parses.
+    fn rejected(text: &str) -> CatalogError {
+        match Catalog::from_toml(text) {
+            Ok(_) => panic!("catalog unexpectedly accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the entry is rejected, the error names `acme`, and some problem contains `needle`.
+    fn assert_rejected(text: &str, needle: &str) {
+        let err = rejected(text);
+        assert_eq!(err.provider.as_deref(), Some("acme"), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("`acme`"),
+            "message does not name the provider: {message}"
+        );
+        assert!(
+            err.problems.iter().any(|p| p.contains(needle)),
+            "no problem mentions {needle:?}: {message}"
+        );
+    }
+
+    fn good_spec() -> ProviderSpec {
+        match Catalog::from_toml(GOOD) {
+            Ok(catalog) => catalog.get("acme").cloned().expect("acme present"),
+            Err(e) => panic!("GOOD does not load: {e}"),
+        }
+    }
+
+    #[test]
+    fn builtin_catalog_loads_with_enough_entries() {
+        let catalog = builtin();
+        assert!(catalog.len() >= 54, "only {} providers", catalog.len());
+        assert!(!catalog.is_empty());
+    }
+
+    #[test]
+    fn builtin_ids_are_unique_in_the_file() {
+        let file: CatalogFile = toml::from_str(BUILTIN_TOML).expect("parses");
+        let ids: BTreeSet<&str> = file.provider.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            file.provider.len(),
+            "duplicate ids in providers.toml"
+        );
+        assert_eq!(builtin().len(), file.provider.len());
+    }
+
+    #[test]
+    fn every_builtin_entry_validates_strictly() {
+        for spec in builtin().iter() {
+            if let Err(problems) = Catalog::validate(spec, false) {
+                panic!("{}: {problems:?}", spec.id);
+            }
+        }
+    }
+
+    #[test]
+    fn iteration_is_ordered_by_id() {
+        let catalog = builtin();
+        let ids: Vec<&str> = catalog.iter().map(|p| p.id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn required_services_are_present() {
+        let catalog = builtin();
+        for id in [
+            "gmail",
+            "google-drive",
+            "google-sheets",
+            "google-docs",
+            "google-calendar",
+            "google-contacts",
+            "google-forms",
+            "google-tasks",
+            "google-bigquery",
+            "google-chat",
+            "google-meet",
+            "google-groups",
+            "google-ads",
+            "outlook",
+            "microsoft-teams",
+            "onedrive",
+            "sharepoint",
+            "microsoft-excel",
+            "microsoft-planner",
+            "microsoft-entra-id",
+            "slack",
+            "github",
+            "dropbox",
+            "notion",
+            "linear",
+            "jira",
+            "confluence",
+            "bitbucket",
+            "salesforce",
+            "salesforce-sandbox",
+            "hubspot",
+            "airtable",
+            "asana",
+            "monday",
+            "clickup",
+            "attio",
+            "pipedrive",
+            "wealthbox",
+            "zoho-desk",
+            "box",
+            "webflow",
+            "zoom",
+            "x",
+            "linkedin",
+            "reddit",
+            "spotify",
+            "tiktok",
+            "discord",
+            "docusign",
+            "cal-com",
+            "wordpress-com",
+            "trello",
+            "shopify",
+            "zendesk",
+            "intercom",
+            "calendly",
+            "gitlab",
+            "quickbooks",
+            "xero",
+        ] {
+            assert!(catalog.get(id).is_some(), "missing provider {id}");
+        }
+    }
+
+    #[test]
+    fn every_scope_is_described() {
+        for spec in builtin().iter() {
+            for scope in &spec.scopes {
+                assert!(
+                    !scope.description.trim().is_empty(),
+                    "{}: scope {} has no description",
+                    spec.id,
+                    scope.name
+                );
+            }
+            for default in &spec.default_scopes {
+                assert!(
+                    spec.scopes.iter().any(|s| &s.name == default),
+                    "{}: default scope {default} not described",
+                    spec.id
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gmail_entry_is_offline_and_identifies_the_account() {
+        let catalog = builtin();
+        let gmail = catalog.get("gmail").expect("gmail");
+        assert_eq!(gmail.account, AccountSource::IdToken);
+        assert!(gmail.default_scopes.iter().any(|s| s == "openid"));
+        assert!(gmail.default_scopes.iter().any(|s| s == "email"));
+        assert!(
+            gmail
+                .default_scopes
+                .iter()
+                .any(|s| s == "https://www.googleapis.com/auth/gmail.modify")
+        );
+        let params = &gmail.extra_authorize_params;
+        assert_eq!(
+            params.get("access_type").map(String::as_str),
+            Some("offline")
+        );
+        assert_eq!(params.get("prompt").map(String::as_str), Some("consent"));
+        assert_eq!(
+            params.get("include_granted_scopes").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            gmail.revocation_url.as_deref(),
+            Some("https://oauth2.googleapis.com/revoke")
+        );
+    }
+
+    #[test]
+    fn slack_github_dropbox_have_their_quirks() {
+        let catalog = builtin();
+        let slack = catalog.get("slack").expect("slack");
+        assert!(slack.quirks.contains(&Quirk::OkFalseErrors));
+        assert!(slack.quirks.contains(&Quirk::SlackAuthedUser));
+        assert_eq!(
+            slack.account,
+            AccountSource::TokenResponse {
+                subject_pointer: "/authed_user/id".to_owned(),
+                label_pointer: "/team/name".to_owned(),
+            }
+        );
+
+        let github = catalog.get("github").expect("github");
+        assert!(github.quirks.contains(&Quirk::GithubJsonAccept));
+        assert!(github.quirks.contains(&Quirk::NonExpiringTokens));
+        assert_eq!(github.refresh.access_token_lifetime_seconds, None);
+        match &github.account {
+            AccountSource::Userinfo {
+                url,
+                subject_pointer,
+                label_pointer,
+                ..
+            } => {
+                assert_eq!(url, "https://api.github.com/user");
+                assert_eq!(subject_pointer, "/id");
+                assert_eq!(label_pointer, "/login");
+            }
+            other => panic!("github account source: {other:?}"),
+        }
+
+        let dropbox = catalog.get("dropbox").expect("dropbox");
+        assert_eq!(
+            dropbox
+                .extra_authorize_params
+                .get("token_access_type")
+                .map(String::as_str),
+            Some("offline")
+        );
+    }
+
+    #[test]
+    fn rotation_facts_for_key_providers() {
+        let catalog = builtin();
+        let box_ = catalog.get("box").expect("box");
+        assert!(box_.refresh.single_use_refresh_tokens && box_.refresh.rotates_refresh_tokens);
+        let xero = catalog.get("xero").expect("xero");
+        assert_eq!(
+            xero.refresh.refresh_token_idle_seconds,
+            Some(60 * 24 * 3600)
+        );
+        assert!(xero.quirks.contains(&Quirk::XeroTenantId));
+        let outlook = catalog.get("outlook").expect("outlook");
+        assert!(outlook.refresh.rotates_refresh_tokens);
+        assert_eq!(
+            outlook.refresh.refresh_token_idle_seconds,
+            Some(90 * 24 * 3600)
+        );
+        let jira = catalog.get("jira").expect("jira");
+        assert!(jira.refresh.rotates_refresh_tokens);
+        assert!(jira.quirks.contains(&Quirk::AtlassianCloudId));
+        assert_eq!(
+            jira.extra_authorize_params
+                .get("audience")
+                .map(String::as_str),
+            Some("api.atlassian.com")
+        );
+        let shopify = catalog.get("shopify").expect("shopify");
+        assert!(shopify.authorize_url.contains("{shop}"));
+        let zendesk = catalog.get("zendesk").expect("zendesk");
+        assert!(zendesk.token_url.contains("{subdomain}"));
+    }
+
+    #[test]
+    fn good_entry_is_accepted() {
+        let catalog = Catalog::from_toml(GOOD).expect("valid");
+        assert_eq!(catalog.len(), 1);
+        assert_eq!(
+            catalog.get("acme").map(|p| p.display_name.as_str()),
+            Some("Acme")
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let err = rejected(&format!("{GOOD}\n{GOOD}"));
+        assert_eq!(err.provider.as_deref(), Some("acme"));
+        assert!(err.to_string().contains("duplicate provider id"), "{err}");
+    }
+
+    #[test]
+    fn http_url_is_rejected_with_provider_and_problem() {
+        let text = GOOD.replace(
+            "https://acme.example/oauth/token",
+            "http://acme.example/oauth/token",
+        );
+        assert_rejected(
+            &text,
+            "token_url `http://acme.example/oauth/token` must use https",
+        );
+    }
+
+    #[test]
+    fn non_url_is_rejected() {
+        let text = GOOD.replace("https://acme.example/oauth/revoke", "acme.example/revoke");
+        assert_rejected(
+            &text,
+            "revocation_url `acme.example/revoke` must be an https:// URL",
+        );
+    }
+
+    #[test]
+    fn undescribed_default_scope_is_rejected() {
+        let text = GOOD.replace(
+            r#"default_scopes = ["read"]"#,
+            r#"default_scopes = ["read", "admin"]"#,
+        );
+        assert_rejected(&text, "default scope `admin` is not described");
+    }
+
+    #[test]
+    fn scope_problems_are_all_listed() {
+        let text = GOOD
+            .replace(r#"name = "write""#, r#"name = "read""#)
+            .replace(r#"description = "Read your data""#, r#"description = " ""#);
+        let err = rejected(&text);
+        let message = err.to_string();
+        assert!(
+            message.contains("scope `read` has no description"),
+            "{message}"
+        );
+        assert!(
+            message.contains("scope `read` is listed more than once"),
+            "{message}"
+        );
+        let text = GOOD.replace(r#"name = "write""#, r#"name = "write all""#);
+        assert_rejected(&text, "scope `write all` contains whitespace");
+    }
+
+    #[test]
+    fn inconsistent_quirks_are_rejected() {
+        let slack_like = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nquirks = [\"slack_authed_user\"]",
+        );
+        assert_rejected(
+            &slack_like,
+            "`slack_authed_user` requires `ok_false_errors`",
+        );
+
+        let salesforce = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nquirks = [\"salesforce_instance_url\"]",
+        );
+        assert_rejected(&salesforce, "only for Salesforce providers");
+
+        let non_expiring = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nquirks = [\"non_expiring_tokens\"]",
+        );
+        assert_rejected(&non_expiring, "`non_expiring_tokens` contradicts");
+
+        let single_use = GOOD.replace(
+            "access_token_lifetime_seconds = 3600",
+            "access_token_lifetime_seconds = 3600\nsingle_use_refresh_tokens = true",
+        );
+        assert_rejected(&single_use, "single_use_refresh_tokens requires");
+    }
+
+    #[test]
+    fn placeholders_must_match_quirks() {
+        let missing_placeholder = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nquirks = [\"shop_subdomain\"]",
+        );
+        assert_rejected(
+            &missing_placeholder,
+            "requires the `{shop}` placeholder in authorize_url",
+        );
+
+        let missing_quirk = GOOD
+            .replace(
+                "https://acme.example/oauth/authorize",
+                "https://{subdomain}.acme.example/oauth/authorize",
+            )
+            .replace(
+                "https://acme.example/oauth/token",
+                "https://{subdomain}.acme.example/oauth/token",
+            );
+        assert_rejected(
+            &missing_quirk,
+            "contains `{subdomain}` but quirk `subdomain` is not set",
+        );
+
+        let with_quirk = missing_quirk.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nquirks = [\"subdomain\"]",
+        );
+        assert!(Catalog::from_toml(&with_quirk).is_ok());
+
+        let unknown = GOOD.replace(
+            "https://api.acme.example/me",
+            "https://api.acme.example/{tenant}/me",
+        );
+        assert_rejected(&unknown, "unknown placeholder");
+    }
+
+    #[test]
+    fn account_source_is_checked() {
+        let bad_pointer = GOOD.replace(r#"subject_pointer = "/id""#, r#"subject_pointer = "id""#);
+        assert_rejected(
+            &bad_pointer,
+            "account.subject_pointer `id` must be a JSON pointer",
+        );
+
+        let http_userinfo =
+            GOOD.replace("https://api.acme.example/me", "http://api.acme.example/me");
+        assert_rejected(&http_userinfo, "account.url");
+
+        let id_token = GOOD.replace(
+            "kind = \"userinfo\"\nurl = \"https://api.acme.example/me\"\nsubject_pointer = \"/id\"\nlabel_pointer = \"/email\"",
+            "kind = \"id_token\"",
+        );
+        assert_rejected(&id_token, "needs `openid` in default_scopes");
+
+        let bad_body = GOOD.replace(
+            r#"label_pointer = "/email""#,
+            "label_pointer = \"/email\"\nbody = \"{not json\"",
+        );
+        assert_rejected(&bad_body, "account.body is not valid JSON");
+    }
+
+    #[test]
+    fn reserved_extra_params_and_bad_ids_are_rejected() {
+        let reserved = format!(
+            "{GOOD}\n[provider.extra_authorize_params]\nredirect_uri = \"https://evil.example\"\n"
+        );
+        assert_rejected(&reserved, "may not set `redirect_uri`");
+
+        let mut spec = good_spec();
+        spec.id = "Acme!".to_owned();
+        let problems = Catalog::validate(&spec, false).expect_err("bad id");
+        assert!(
+            problems.iter().any(|p| p.contains("must match")),
+            "{problems:?}"
+        );
+
+        let mut spec = good_spec();
+        spec.display_name = String::new();
+        spec.category = "  ".to_owned();
+        let problems = Catalog::validate(&spec, false).expect_err("empty texts");
+        assert!(
+            problems.iter().any(|p| p == "display_name is empty"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p == "category is empty"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_malformed_text_are_rejected() {
+        let err =
+            rejected(&GOOD.replace("pkce = \"required\"", "pkce = \"required\"\nsurprise = 1"));
+        assert_eq!(err.provider, None);
+        assert!(err.to_string().contains("surprise"), "{err}");
+        let err = rejected("[[provider]\nid = ");
+        assert_eq!(err.provider, None);
+        assert!(
+            err.to_string().starts_with("invalid provider catalog"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_loopback_only_when_allowed() {
+        let local = GOOD
+            .replace(
+                "https://acme.example/oauth/authorize",
+                "http://127.0.0.1:8080/authorize",
+            )
+            .replace(
+                "https://acme.example/oauth/token",
+                "http://localhost:8080/token",
+            );
+        assert_rejected(&local, "must use https");
+        let mut catalog = Catalog::new().with_http_loopback(true);
+        catalog.extend_from_toml(&local).expect("loopback allowed");
+        assert!(catalog.get("acme").is_some());
+
+        let elsewhere = GOOD.replace("https://acme.example/oauth/token", "http://10.0.0.1/token");
+        let mut catalog = Catalog::new().with_http_loopback(true);
+        let err = catalog
+            .extend_from_toml(&elsewhere)
+            .expect_err("not loopback");
+        assert!(err.to_string().contains("must use https"), "{err}");
+
+        let spoofed = GOOD.replace(
+            "https://acme.example/oauth/token",
+            "http://localhost.evil.example/token",
+        );
+        let mut catalog = Catalog::new().with_http_loopback(true);
+        assert!(catalog.extend_from_toml(&spoofed).is_err());
+    }
+
+    #[test]
+    fn insert_validates_and_replaces() {
+        let mut catalog = builtin();
+        let before = catalog.len();
+        let mut custom = good_spec();
+        custom.id = "gmail".to_owned();
+        custom.display_name = "Gmail (custom app)".to_owned();
+        catalog.insert(custom).expect("override accepted");
+        assert_eq!(catalog.len(), before);
+        assert_eq!(
+            catalog.get("gmail").map(|p| p.display_name.as_str()),
+            Some("Gmail (custom app)")
+        );
+
+        catalog.insert(good_spec()).expect("new provider accepted");
+        assert_eq!(catalog.len(), before + 1);
+
+        let mut bad = good_spec();
+        bad.id = "acme2".to_owned();
+        bad.token_url = "http://acme.example/token".to_owned();
+        let err = catalog.insert(bad).expect_err("http rejected");
+        assert_eq!(err.provider.as_deref(), Some("acme2"));
+        assert!(
+            err.to_string().contains("invalid provider `acme2`"),
+            "{err}"
+        );
+        assert!(catalog.get("acme2").is_none());
+
+        assert!(catalog.remove("acme").is_some());
+        assert_eq!(catalog.len(), before);
+    }
+
+    #[test]
+    fn extend_is_all_or_nothing() {
+        let mut catalog = builtin();
+        let before = catalog.len();
+        let bad = GOOD
+            .replace(r#"id = "acme""#, r#"id = "acme-two""#)
+            .replace(
+                "https://acme.example/oauth/token",
+                "http://acme.example/oauth/token",
+            );
+        let text = format!("{GOOD}\n{bad}");
+        assert!(catalog.extend_from_toml(&text).is_err());
+        assert_eq!(catalog.len(), before);
+        assert!(catalog.get("acme").is_none());
+    }
+
+    #[test]
+    fn graphql_userinfo_and_token_header_parse() {
+        let catalog = builtin();
+        match &catalog.get("linear").expect("linear").account {
+            AccountSource::Userinfo { body, .. } => {
+                let body = body.as_deref().expect("linear posts a GraphQL query");
+                assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+            }
+            other => panic!("linear account: {other:?}"),
+        }
+        match &catalog.get("shopify").expect("shopify").account {
+            AccountSource::Userinfo { token_header, .. } => {
+                assert_eq!(token_header.as_deref(), Some("X-Shopify-Access-Token"));
+            }
+            other => panic!("shopify account: {other:?}"),
+        }
+    }
 }

@@ -1,10 +1,17 @@
 //! Building and running the server: storage, keys, services, health, reflection, shutdown.
 
-use crate::config::Config;
+use crate::auth::AuthLayer;
+use crate::config::{Config, EnvSource, ProcessEnv};
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
+use crate::providers::OAuthGateway;
+use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
+use cb_broker::connect::ConnectService;
 use cb_broker::credential::Credential;
+use cb_broker::gateway::ProviderGateway;
+use cb_broker::issuance::{IssuanceConfig, StatsSnapshot, TokenCache, TokenService};
+use cb_broker::members::MembershipService;
 use cb_broker::service::CredentialService;
 use cb_crypto::{DekCacheConfig, Envelope, LocalKeyProvider};
 use cb_proto::v1::credential_service_server::CredentialServiceServer;
@@ -33,6 +40,9 @@ pub enum StartupError {
     /// The key file could not be loaded or does not match the stored credentials.
     #[error("keys: {0}")]
     Keys(String),
+    /// The provider catalog or provider settings are invalid.
+    #[error("providers: {0}")]
+    Providers(String),
     /// The embedded API descriptors are broken (a build problem).
     #[error("reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -46,17 +56,20 @@ pub enum StartupError {
     },
 }
 
-/// Replaceable parts for tests (time); production uses the defaults.
+/// Replaceable parts for tests (time, environment); production uses the defaults.
 #[derive(Clone)]
 pub struct BuildOptions {
     /// Source of "now".
     pub clock: Arc<dyn Clock>,
+    /// Where provider client ids/secrets overrides are read from.
+    pub env: Arc<dyn EnvSource + Send + Sync>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
+            env: Arc::new(ProcessEnv),
         }
     }
 }
@@ -86,8 +99,7 @@ pub fn open_envelope(config: &Config) -> Result<Arc<Envelope>, StartupError> {
     if created {
         tracing::warn!(
             path = %path.display(),
-            "DEVELOPMENT KEY: generated a new local key-encryption key; tokens are only as safe as this file. \
-             Back it up, and use a KMS in production"
+            "DEVELOPMENT KEY generated: tokens are only as safe as this file; back it up, and use aws-kms in production"
         );
     }
     tracing::info!(path = %path.display(), fingerprint = %provider.fingerprint(), "local key loaded");
@@ -145,6 +157,65 @@ pub struct Application {
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+    tokens: Arc<TokenService>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "broker".into())
+}
+
+/// Background work: cache invalidation from every replica, refresh-ahead, usage and audit upkeep.
+fn spawn_background(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    tokens: &Arc<TokenService>,
+    audit: &Audit,
+    clock: &Arc<dyn Clock>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(tokens.clone().follow_changes())];
+    let t = tokens.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            t.flush_usage().await;
+        }
+    }));
+    let scan = config.tokens.refresh_scan_interval_seconds;
+    if scan > 0 {
+        let t = tokens.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(scan));
+            loop {
+                tick.tick().await;
+                t.refresh_due(100).await;
+            }
+        }));
+    }
+    let retention = (config.audit.retention_days > 0)
+        .then(|| Duration::from_secs(config.audit.retention_days.saturating_mul(86_400)));
+    let (audit, store, clock) = (audit.clone(), store.clone(), clock.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Some(r) = retention {
+                match audit.prune(r).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "old audit events pruned"),
+                    Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
+                }
+            }
+            let day_ago = clock.now().minus(Duration::from_secs(86_400)).as_millis();
+            if let Err(e) = store.prune_connect_sessions(day_ago).await {
+                tracing::warn!(error = %e, "connect session pruning failed");
+            }
+        }
+    }));
+    tasks
 }
 
 impl Application {
@@ -153,12 +224,65 @@ impl Application {
         config.validate()?;
         let store = open_store(config).await?;
         let envelope = open_envelope(config)?;
-        let service = Arc::new(CredentialService::new(
+        let gateway: Arc<dyn ProviderGateway> = Arc::new(
+            OAuthGateway::from_config(config, options.env.as_ref())
+                .map_err(StartupError::Providers)?,
+        );
+        let clock = options.clock;
+        let audit = Audit::new(store.clone(), clock.clone());
+        let cache = Arc::new(TokenCache::default());
+        let issuance_config = IssuanceConfig {
+            default_min_valid: Duration::from_secs(config.tokens.default_min_valid_seconds),
+            lease_duration: Duration::from_secs(config.tokens.lease_seconds),
+            provider_attempts: config.tokens.provider_attempts,
+            refresh_ahead_window: Duration::from_secs(config.tokens.refresh_ahead_seconds),
+            breaker_cooldown: Duration::from_secs(config.tokens.breaker_cooldown_seconds),
+            ..IssuanceConfig::default()
+        };
+        let credentials = Arc::new(CredentialService::new(
+            store.clone(),
+            envelope.clone(),
+            clock.clone(),
+            gateway.clone(),
+            cache.clone(),
+            audit.clone(),
+            issuance_config.refresh_ahead_window,
+        ));
+        check_keys_open_stored_tokens(store.as_ref(), &credentials, config).await?;
+        let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
+        let tokens = Arc::new(TokenService::new(
+            store.clone(),
+            envelope.clone(),
+            clock.clone(),
+            gateway.clone(),
+            audit.clone(),
+            cache.clone(),
+            issuance_config,
+            holder,
+        ));
+        let connect = Arc::new(ConnectService::new(
             store.clone(),
             envelope,
-            options.clock,
+            clock.clone(),
+            gateway,
+            audit.clone(),
+            cache.clone(),
+            credentials.clone(),
         ));
-        check_keys_open_stored_tokens(store.as_ref(), &service, config).await?;
+        let members = Arc::new(MembershipService::new(
+            store.clone(),
+            clock.clone(),
+            audit.clone(),
+            cache,
+        ));
+        let callers = config.callers();
+        if callers.is_development() {
+            tracing::warn!(
+                listen = %config.listen,
+                "no calling services configured: caller authentication is OFF (development mode, loopback only)"
+            );
+        }
+        let background = spawn_background(config, &store, &tokens, &audit, &clock);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -188,12 +312,14 @@ impl Application {
             source,
         })?;
         let (tx, rx) = oneshot::channel::<()>();
+        let api = CredentialApi::new(credentials, tokens.clone(), connect);
         let router = tonic::transport::Server::builder()
+            .layer(AuthLayer::new(callers, audit))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CredentialServiceServer::new(CredentialApi::new(service)))
-            .add_service(MembershipServiceServer::new(MembershipApi));
+            .add_service(CredentialServiceServer::new(api))
+            .add_service(MembershipServiceServer::new(MembershipApi::new(members)));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = rx.await;
@@ -203,7 +329,19 @@ impl Application {
             local_addr,
             shutdown: Some(tx),
             server,
+            background,
+            tokens,
         })
+    }
+
+    /// Runs one refresh-ahead pass now (the background task does this periodically).
+    pub async fn refresh_due(&self) -> usize {
+        self.tokens.refresh_due(100).await
+    }
+
+    /// Issuance counters (cache hits, provider refreshes, …).
+    pub fn issuance_stats(&self) -> StatsSnapshot {
+        self.tokens.stats()
     }
 
     /// The bound address (useful with port 0).
@@ -213,6 +351,10 @@ impl Application {
 
     /// Stops accepting calls and waits up to `grace` for in-flight calls to finish.
     pub async fn shutdown(mut self, grace: Duration) {
+        for task in &self.background {
+            task.abort();
+        }
+        self.tokens.flush_usage().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -1,6 +1,7 @@
 //! Who is calling: the calling service and the end user (actor) it acts for, read from request
 //! metadata. The actor contract is documented in docs/api.md.
 
+use crate::auth::ServiceIdentity;
 use cb_broker::access::{Actor, Caller, WorkspaceRole};
 use cb_broker::types::{Email, UserId, Violations, WorkspaceId};
 use cb_broker::{BrokerError, FieldViolation};
@@ -14,9 +15,6 @@ pub const ACTOR_EMAIL: &str = "x-actor-email";
 pub const ACTOR_WORKSPACE_ID: &str = "x-actor-workspace-id";
 /// Metadata key: the actor's role in that workspace (`admin` or `member`).
 pub const ACTOR_WORKSPACE_ROLE: &str = "x-actor-workspace-role";
-
-/// Service name of calls on an unauthenticated (loopback-only) listener.
-pub const ANONYMOUS_SERVICE: &str = "anonymous";
 
 fn text<'a>(md: &'a MetadataMap, key: &str, v: &mut Violations) -> Option<&'a str> {
     let value = md.get(key)?;
@@ -90,10 +88,14 @@ pub fn actor_from_metadata(md: &MetadataMap) -> Result<Option<Actor>, BrokerErro
     }
 }
 
-/// Identifies the caller of a request.
-pub fn caller_from_metadata(md: &MetadataMap) -> Result<Caller, BrokerError> {
+/// The caller of a request: the service identity the auth layer established, plus the actor.
+pub fn caller_of<T>(req: &tonic::Request<T>) -> Result<Caller, BrokerError> {
+    let identity = req.extensions().get::<ServiceIdentity>().ok_or_else(|| {
+        BrokerError::Internal("request reached a service without passing authentication".into())
+    })?;
     Ok(Caller {
-        service: ANONYMOUS_SERVICE.to_owned(),
-        actor: actor_from_metadata(md)?,
+        service: identity.name.clone(),
+        role: identity.role,
+        actor: actor_from_metadata(req.metadata())?,
     })
 }

@@ -1,7 +1,11 @@
 //! Configuration: one TOML file (unknown keys rejected) plus `CREDENTIAL_BROKER_*` environment
 //! overrides, read through [`EnvSource`] so tests inject values instead of mutating the process.
 
+use crate::auth::{Callers, KnownCaller, ServiceIdentity};
+use cb_broker::access::ServiceRole;
+use cb_oauth::catalog::ProviderSpec;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -45,6 +49,129 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful shutdown: how long in-flight calls may take after SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Calling services and their bearer-token hashes. Empty: development mode (loopback only).
+    pub callers: Vec<CallerConfig>,
+    /// Audit log settings.
+    pub audit: AuditConfig,
+    /// OAuth connect settings.
+    pub oauth: OAuthConfig,
+    /// Client credentials (and URL placeholders) per provider id.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Additional OAuth 2.0 providers (or overrides of built-in ones), in the catalog's format.
+    pub custom_providers: Vec<ProviderSpec>,
+    /// Token issuance and refresh.
+    pub tokens: TokensConfig,
+}
+
+/// OAuth connect settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// Redirect URIs StartConnect accepts (exact match), as registered at the providers.
+    pub redirect_uris: Vec<String>,
+    /// Timeout of each call to a provider.
+    pub http_timeout_seconds: u64,
+    /// Allow plain-http provider endpoints on 127.0.0.1/localhost (local development only).
+    pub allow_insecure_loopback: bool,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            redirect_uris: Vec::new(),
+            http_timeout_seconds: 10,
+            allow_insecure_loopback: false,
+        }
+    }
+}
+
+/// One provider's client registration.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// OAuth client id (env `CREDENTIAL_BROKER_PROVIDER_<ID>_CLIENT_ID` overrides).
+    pub client_id: Option<String>,
+    /// OAuth client secret (env `CREDENTIAL_BROKER_PROVIDER_<ID>_CLIENT_SECRET` overrides; prefer the env).
+    pub client_secret: Option<SecretValue>,
+    /// Values for URL placeholders such as `shop` (Shopify) or `subdomain` (Zendesk).
+    pub placeholders: BTreeMap<String, String>,
+}
+
+/// A secret read from config; never printed.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// The value, for use only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Token issuance and refresh.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Default `min_valid_for` of GetAccessToken.
+    pub default_min_valid_seconds: u64,
+    /// Refresh ahead of expiry within this window (jittered).
+    pub refresh_ahead_seconds: u64,
+    /// How often the background refresher scans for due credentials (0 disables it).
+    pub refresh_scan_interval_seconds: u64,
+    /// Cross-replica refresh lease; must exceed every provider attempt together.
+    pub lease_seconds: u64,
+    /// Provider attempts per refresh (transient failures).
+    pub provider_attempts: u32,
+    /// How long a provider's open circuit rejects refreshes before letting one through.
+    pub breaker_cooldown_seconds: u64,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            default_min_valid_seconds: 225,
+            refresh_ahead_seconds: 600,
+            refresh_scan_interval_seconds: 15,
+            lease_seconds: 60,
+            provider_attempts: 3,
+            breaker_cooldown_seconds: 30,
+        }
+    }
+}
+
+/// One calling service.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Name recorded in the audit log (e.g. `web`, `executor-eu`).
+    pub name: String,
+    /// Built-in role: `executor`, `web` or `operator`.
+    pub role: String,
+    /// Hex SHA-256 of the service's bearer token (`credential-broker hash-token`).
+    pub token_sha256: String,
+}
+
+/// Audit log settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this many days are pruned (0 keeps them forever).
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 400,
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +182,12 @@ impl Default for Config {
             keys: KeysConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_seconds: 20,
+            callers: Vec::new(),
+            audit: AuditConfig::default(),
+            oauth: OAuthConfig::default(),
+            providers: BTreeMap::new(),
+            custom_providers: Vec::new(),
+            tokens: TokensConfig::default(),
         }
     }
 }
@@ -262,7 +395,69 @@ impl Config {
         if self.keys.dek_cache_max_entries == 0 {
             p.push("keys.dek_cache_max_entries: must be at least 1".into());
         }
-        if !self.listen.ip().is_loopback() {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.callers.iter().enumerate() {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                p.push(format!(
+                    "callers[{i}].name: must be non-empty letters, digits, - or _"
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                p.push(format!("callers[{i}].name: {:?} is declared twice", c.name));
+            }
+            if ServiceRole::parse(&c.role).is_none() {
+                p.push(format!(
+                    "callers[{i}].role: {:?} must be executor, web or operator",
+                    c.role
+                ));
+            }
+            if decode_sha256(&c.token_sha256).is_none() {
+                p.push(format!(
+                    "callers[{i}].token_sha256: must be 64 hex characters (run `credential-broker hash-token`)"
+                ));
+            }
+        }
+        for (i, uri) in self.oauth.redirect_uris.iter().enumerate() {
+            let ok = uri.starts_with("https://")
+                || (self.oauth.allow_insecure_loopback
+                    && (uri.starts_with("http://127.0.0.1")
+                        || uri.starts_with("http://localhost")));
+            if !ok {
+                p.push(format!("oauth.redirect_uris[{i}]: {uri:?} must be https (or http on loopback with oauth.allow_insecure_loopback)"));
+            }
+        }
+        if self.oauth.http_timeout_seconds == 0 {
+            p.push("oauth.http_timeout_seconds: must be at least 1".into());
+        }
+        let t = &self.tokens;
+        let provider_time = self
+            .oauth
+            .http_timeout_seconds
+            .saturating_mul(u64::from(t.provider_attempts.max(1)));
+        if t.lease_seconds <= provider_time {
+            p.push(format!(
+                "tokens.lease_seconds: {} must exceed oauth.http_timeout_seconds × tokens.provider_attempts ({provider_time}) so a slow refresh never outlives its lease",
+                t.lease_seconds
+            ));
+        }
+        if t.provider_attempts == 0 {
+            p.push("tokens.provider_attempts: must be at least 1".into());
+        }
+        for spec in &self.custom_providers {
+            if let Err(problems) =
+                cb_oauth::catalog::Catalog::validate(spec, self.oauth.allow_insecure_loopback)
+            {
+                for problem in problems {
+                    p.push(format!("custom_providers {:?}: {problem}", spec.id));
+                }
+            }
+        }
+        if self.callers.is_empty() && !self.listen.ip().is_loopback() {
             p.push(format!(
                 "listen: {} is not a loopback address, and no caller authentication is configured; \
                  refusing to expose the broker unauthenticated (listen on 127.0.0.1)",
@@ -275,6 +470,36 @@ impl Config {
             Err(ConfigError(p))
         }
     }
+
+    /// The configured calling services (empty: development mode).
+    pub fn callers(&self) -> Callers {
+        Callers(
+            self.callers
+                .iter()
+                .filter_map(|c| {
+                    Some(KnownCaller {
+                        identity: ServiceIdentity {
+                            name: c.name.clone(),
+                            role: ServiceRole::parse(&c.role)?,
+                        },
+                        token_sha256: decode_sha256(&c.token_sha256)?,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -322,6 +547,27 @@ mod tests {
         let e =
             Config::load(None, &env(&[("CREDENTIAL_BROKER_LISTEN", "0.0.0.0:50051")])).unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn callers_are_validated_and_allow_non_loopback() {
+        let hash = crate::auth::token_sha256_hex("s3cret");
+        let ok = format!(
+            "listen = \"0.0.0.0:50051\"\n[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = \"{hash}\"\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.callers().0.len(), 1);
+        let bad = "[[callers]]\nname = \"web\"\nrole = \"admin\"\ntoken_sha256 = \"xyz\"\n";
+        let e = Config::parse(bad)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
+            "{e}"
+        );
     }
 
     #[test]

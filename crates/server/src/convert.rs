@@ -2,8 +2,13 @@
 //! hold invalid values; every bad field is reported at once.
 
 use cb_broker::access::Role;
+use cb_broker::audit::{AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE, AuditFilter};
 use cb_broker::clock::Timestamp;
+use cb_broker::connect::{
+    CompleteConnect, ConnectOutcome, ConnectStarted, StartConnect, StartReconnect,
+};
 use cb_broker::credential::{CredentialView, Status, StatusKind};
+use cb_broker::issuance::{IssuedToken, UsageContext};
 use cb_broker::service::{
     DEFAULT_PAGE_SIZE, ImportCredential, ListCredentials, MAX_PAGE_SIZE, Revocation,
     UpdateCredential,
@@ -49,6 +54,18 @@ pub fn role(r: Role) -> pb::MemberRole {
     match r {
         Role::Admin => pb::MemberRole::Admin,
         Role::Member => pb::MemberRole::Member,
+    }
+}
+
+/// Protobuf role → domain, rejecting UNSPECIFIED and unknown values.
+pub fn parse_role(field: &str, raw: i32) -> Result<Role, FieldViolation> {
+    match pb::MemberRole::try_from(raw) {
+        Ok(pb::MemberRole::Admin) => Ok(Role::Admin),
+        Ok(pb::MemberRole::Member) => Ok(Role::Member),
+        _ => Err(FieldViolation::new(
+            field,
+            "must be MEMBER_ROLE_ADMIN or MEMBER_ROLE_MEMBER",
+        )),
     }
 }
 
@@ -347,5 +364,255 @@ impl TryFrom<pb::UpdateCredentialRequest> for Updatable {
             description,
             expected_version: (c.version > 0).then_some(c.version),
         }))
+    }
+}
+
+/// Parses a ListAuditEvents request.
+pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, BrokerError> {
+    let mut v = Violations::default();
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    if !r.credential_id.is_empty() {
+        v.check(CredentialId::parse("credential_id", &r.credential_id));
+    }
+    for (field, value) in [("actor", &r.actor), ("action", &r.action)] {
+        if value.len() > 128 || value.chars().any(char::is_control) {
+            v.push(FieldViolation::new(
+                field,
+                "must be at most 128 characters without control characters",
+            ));
+        }
+    }
+    let start = r
+        .start_time
+        .as_ref()
+        .and_then(|t| v.check(parse_timestamp("start_time", t)));
+    let end = r
+        .end_time
+        .as_ref()
+        .and_then(|t| v.check(parse_timestamp("end_time", t)));
+    let page_size = match r.page_size {
+        0 => AUDIT_DEFAULT_PAGE_SIZE,
+        n if n < 0 => {
+            v.push(FieldViolation::new("page_size", "must not be negative"));
+            0
+        }
+        n => u32::try_from(n)
+            .unwrap_or(AUDIT_MAX_PAGE_SIZE)
+            .min(AUDIT_MAX_PAGE_SIZE),
+    };
+    v.finish()?;
+    Ok(AuditFilter {
+        credential_id: non_empty(&r.credential_id),
+        actor: non_empty(&r.actor),
+        action: non_empty(&r.action),
+        start,
+        end,
+        page_size,
+        page_token: non_empty(&r.page_token),
+    })
+}
+
+/// An audit row for a response.
+pub fn audit_event(r: cb_store::AuditRow) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: r.id,
+        time: Some(timestamp(Timestamp::from_millis(r.at))),
+        service: r.service,
+        actor: r.actor.unwrap_or_default(),
+        action: r.action,
+        credential_id: r.credential_id.unwrap_or_default(),
+        outcome: r.outcome,
+        detail: r.detail.unwrap_or_default(),
+    }
+}
+
+fn scope(s: &cb_broker::gateway::ScopeInfo) -> pb::Scope {
+    pb::Scope {
+        name: s.name.clone(),
+        description: s.description.clone(),
+        default_selected: s.default_selected,
+    }
+}
+
+/// A catalog entry for a response.
+pub fn provider(p: &cb_broker::gateway::ProviderInfo) -> pb::Provider {
+    pb::Provider {
+        provider_id: p.id.clone(),
+        display_name: p.display_name.clone(),
+        icon_url: p.icon_url.clone(),
+        category: p.category.clone(),
+        configured: p.configured,
+        missing_settings: p.missing_settings.clone(),
+        scopes: p.scopes.iter().map(scope).collect(),
+        supports_revocation: p.supports_revocation,
+        custom: p.custom,
+    }
+}
+
+fn redirect_uri(field: &str, raw: &str, v: &mut Violations) -> String {
+    if raw.is_empty()
+        || raw.len() > 2048
+        || raw.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        v.push(FieldViolation::new(
+            field,
+            "must be one of the configured redirect URIs",
+        ));
+    }
+    raw.to_owned()
+}
+
+/// Parses StartConnect.
+pub fn start_connect(r: pb::StartConnectRequest) -> Result<StartConnect, BrokerError> {
+    let mut v = Violations::default();
+    let workspace_id = v.check(WorkspaceId::parse("workspace_id", &r.workspace_id));
+    let provider_id = v.check(ProviderId::parse("provider_id", &r.provider_id));
+    let scopes = v.check(Scopes::parse("scopes", &r.scopes));
+    let redirect_uri = redirect_uri("redirect_uri", &r.redirect_uri, &mut v);
+    let display_name = if r.display_name.is_empty() {
+        None
+    } else {
+        v.check(DisplayName::parse("display_name", &r.display_name))
+    };
+    let description = if r.description.is_empty() {
+        None
+    } else {
+        v.check(Description::parse("description", &r.description))
+    };
+    v.finish()?;
+    match (workspace_id, provider_id, scopes) {
+        (Some(workspace_id), Some(provider_id), Some(scopes)) => Ok(StartConnect {
+            workspace_id,
+            provider_id,
+            scopes,
+            redirect_uri,
+            display_name,
+            description,
+        }),
+        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
+    }
+}
+
+/// Parses StartReconnect.
+pub fn start_reconnect(r: pb::StartReconnectRequest) -> Result<StartReconnect, BrokerError> {
+    let mut v = Violations::default();
+    let id = v.check(CredentialId::parse("credential_id", &r.credential_id));
+    let scopes = v.check(Scopes::parse("scopes", &r.scopes));
+    let redirect_uri = redirect_uri("redirect_uri", &r.redirect_uri, &mut v);
+    v.finish()?;
+    match (id, scopes) {
+        (Some(id), Some(scopes)) => Ok(StartReconnect {
+            id,
+            redirect_uri,
+            scopes,
+        }),
+        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
+    }
+}
+
+/// Parses CompleteConnect.
+pub fn complete_connect(r: pb::CompleteConnectRequest) -> Result<CompleteConnect, BrokerError> {
+    let mut v = Violations::default();
+    if r.state.is_empty() || r.state.len() > 256 {
+        v.push(FieldViolation::new(
+            "state",
+            "must be the state returned by StartConnect",
+        ));
+    }
+    if r.code.is_empty() && r.error.is_empty() {
+        v.push(FieldViolation::new(
+            "code",
+            "is required when error is not set",
+        ));
+    }
+    if r.code.len() > 4096 || r.error.len() > 256 || r.error_description.len() > 2048 {
+        v.push(FieldViolation::new("code", "is too long"));
+    }
+    v.finish()?;
+    Ok(CompleteConnect {
+        state: r.state,
+        code: (!r.code.is_empty()).then(|| SecretString::from(r.code)),
+        error: (!r.error.is_empty()).then_some(r.error),
+        error_description: (!r.error_description.is_empty()).then_some(r.error_description),
+    })
+}
+
+/// A started connect flow for a response.
+pub fn started(
+    s: ConnectStarted,
+) -> (
+    String,
+    String,
+    Vec<pb::Scope>,
+    Option<prost_types::Timestamp>,
+) {
+    (
+        s.authorization_url,
+        s.state,
+        s.requested_scopes.iter().map(scope).collect(),
+        Some(timestamp(s.expires_at)),
+    )
+}
+
+/// The connect outcome enum.
+pub fn connect_outcome(o: ConnectOutcome) -> pb::ConnectOutcome {
+    match o {
+        ConnectOutcome::Created => pb::ConnectOutcome::Created,
+        ConnectOutcome::UpdatedExisting => pb::ConnectOutcome::UpdatedExisting,
+        ConnectOutcome::Reconnected => pb::ConnectOutcome::Reconnected,
+    }
+}
+
+/// Parses `min_valid_for` (absent: the broker's default).
+pub fn min_valid_for(
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, BrokerError> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(BrokerError::invalid(
+            "min_valid_for",
+            "must not be negative",
+        )),
+        Some(d) => Ok(Some(
+            std::time::Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
+                + std::time::Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0)),
+        )),
+    }
+}
+
+/// Parses the optional workflow context of GetAccessToken.
+pub fn usage_context(r: &pb::GetAccessTokenRequest) -> Result<UsageContext, BrokerError> {
+    let mut v = Violations::default();
+    let mut field = |name: &str, raw: &str| -> Option<String> {
+        if raw.is_empty() {
+            return None;
+        }
+        if raw.len() > 128 || raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            v.push(FieldViolation::new(
+                name,
+                "must be at most 128 characters without spaces",
+            ));
+            return None;
+        }
+        Some(raw.to_owned())
+    };
+    let ctx = UsageContext {
+        workflow_id: field("workflow_id", &r.workflow_id),
+        block_id: field("block_id", &r.block_id),
+        execution_id: field("execution_id", &r.execution_id),
+    };
+    v.finish()?;
+    Ok(ctx)
+}
+
+/// An issued token for the GetAccessToken response: the only place a token leaves the broker.
+pub fn issued(t: IssuedToken) -> pb::GetAccessTokenResponse {
+    use secrecy::ExposeSecret;
+    pb::GetAccessTokenResponse {
+        access_token: t.access_token.expose_secret().to_owned(),
+        token_type: t.token_type,
+        expire_time: opt_timestamp(t.expires_at),
+        granted_scopes: t.scopes,
+        provider_extras: t.extras.into_iter().collect(),
     }
 }

@@ -2,9 +2,12 @@
 //! domain at the boundary), error mapping and the application lifecycle.
 
 pub mod app;
+pub mod auth;
 pub mod caller;
 pub mod config;
 pub mod convert;
 pub mod grpc;
+pub mod providers;
+pub mod rpc;
 pub mod status;
 pub mod telemetry;

@@ -27,10 +27,21 @@ enum Command {
     Migrate,
     /// Validates the configuration and prints every problem.
     CheckConfig,
+    /// Reads a service token from stdin and prints the `token_sha256` for `[[callers]]`.
+    HashToken,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashToken) = cli.command {
+        let mut token = String::new();
+        if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+            eprintln!("credential-broker: pass the token on stdin");
+            return ExitCode::from(2);
+        }
+        println!("{}", credential_broker::auth::token_sha256_hex(&token));
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
             Command::Migrate => app::open_store(&config)
                 .await
                 .map(|_| tracing::info!("migrations applied")),
-            Command::Serve | Command::CheckConfig => serve(&config).await,
+            Command::Serve | Command::CheckConfig | Command::HashToken => serve(&config).await,
         }
     });
     match result {

@@ -18,7 +18,7 @@ pub enum StoreError {
         expected: i64,
     },
     /// A unique constraint was violated; names what was duplicated
-    /// (`credential id`, `credential account`, `member email`).
+    /// (`credential id`, `credential account`, `member email`, `connect session`).
     #[error("unique constraint violated: {0}")]
     Duplicate(String),
     /// The database cannot be reached right now (connection refused, pool timeout, io, busy).
@@ -27,6 +27,15 @@ pub enum StoreError {
     /// Any other database failure.
     #[error("database error: {0}")]
     Database(String),
+    /// A member change would leave the credential without an active admin; nothing changed.
+    #[error("the credential must keep at least one active admin")]
+    LastAdmin,
+    /// A refresh result was not written: the lease expired and another holder took it over
+    /// (the fencing token moved on), or the credential was disconnected meanwhile.
+    #[error(
+        "the refresh lease was lost (expired and taken over, or the credential was disconnected)"
+    )]
+    LeaseLost,
     /// Applying the migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -68,7 +77,7 @@ impl Backend {
                 let hint = db.constraint().unwrap_or_else(|| db.message());
                 return StoreError::Duplicate(duplicate_subject(hint).to_owned());
             }
-            // The only foreign key is credential_members -> credentials.
+            // Every foreign key points at credentials (members, workflow usage).
             ErrorKind::ForeignKeyViolation => return StoreError::NotFound,
             _ => {}
         }
@@ -99,7 +108,10 @@ impl Backend {
 
 /// Names what a unique violation was about, from a constraint name or an SQLite message.
 fn duplicate_subject(hint: &str) -> &'static str {
-    if hint.contains("account") {
+    if hint.contains("connect_sessions") {
+        // connect_sessions_pkey / "connect_sessions.state_hash"
+        "connect session"
+    } else if hint.contains("account") {
         // credentials_active_account_uq / "credentials.account_subject"
         "credential account"
     } else if hint.contains("credential_members") {

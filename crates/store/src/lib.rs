@@ -6,6 +6,7 @@
 //! values, because some of them are secrets.
 
 mod error;
+mod listener;
 mod model;
 mod postgres;
 mod sql;
@@ -15,13 +16,18 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    AuditRow, CredentialQuery, CredentialRow, KeyUsage, LeaseColumns, MemberRow, NewAuditEvent,
-    SealedColumns,
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, UsageRecord,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// Repository of credentials, their members and the audit trail.
+/// How many change events a slow subscriber may fall behind before it sees
+/// [`tokio::sync::broadcast::error::RecvError::Lagged`].
+pub const CHANGE_EVENT_CAPACITY: usize = 1024;
+
+/// Repository of credentials, their members, the audit trail, refresh leases, usage, connect
+/// sessions and change notifications.
 ///
 /// Every backend passes the same conformance suite (`tests/e2e/store_conformance.rs`).
 #[async_trait::async_trait]
@@ -38,6 +44,7 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a credential (row_version must be 1) and its first members in ONE transaction.
     /// Duplicate id or an active twin (same workspace/provider/account_subject not
     /// DISCONNECTED) → [`StoreError::Duplicate`]. Every member must reference `row.id`.
+    /// Announces the new credential (see [`Store::subscribe_changes`]).
     async fn insert_credential(
         &self,
         row: &CredentialRow,
@@ -62,7 +69,14 @@ pub trait Store: Send + Sync + 'static {
     /// Optimistic write of every mutable column (everything except id, workspace_id,
     /// provider_id, created_by, created_at, lease columns and row_version) WHERE id = row.id
     /// AND row_version = expected_version; sets row_version = expected_version + 1 and returns
-    /// the stored row. Missing id → [`StoreError::NotFound`]; version mismatch →
+    /// the stored row. `last_used_at` never moves backwards: it becomes the later of the stored
+    /// and the given value (NULL counts as never), because [`Store::record_usage`] writes it in
+    /// the background without a version bump, so an edit built from an older read must not
+    /// erase it. The lease columns are left alone, except that an update to status
+    /// `DISCONNECTED` clears the lease holder and expiry (the fence stays), which fences out an
+    /// in-flight refresh ([`Store::complete_refresh`] then fails with
+    /// [`StoreError::LeaseLost`]). Announces the change.
+    /// Missing id → [`StoreError::NotFound`]; version mismatch →
     /// [`StoreError::VersionConflict`]; becoming the active twin of another credential →
     /// [`StoreError::Duplicate`].
     async fn update_credential(
@@ -83,25 +97,135 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts or replaces (every column) the member (credential_id, email).
     /// Unknown credential → [`StoreError::NotFound`].
+    ///
+    /// Raw write for tools and tests: no last-admin guard and no change notification. The
+    /// domain uses [`Store::change_member`].
     async fn upsert_member(&self, m: &MemberRow) -> Result<(), StoreError>;
 
-    /// Removes a member; `false` when there was none.
+    /// Removes a member; `false` when there was none. Raw write like [`Store::upsert_member`].
     async fn delete_member(&self, credential_id: &str, email: &str) -> Result<bool, StoreError>;
+
+    /// Applies one member change in a transaction serialized per credential (PostgreSQL: the
+    /// credentials row is locked `FOR UPDATE` first; SQLite: `BEGIN IMMEDIATE`), and announces
+    /// it as a change of the credential.
+    ///
+    /// Last-admin guard: if the credential had at least one member with role `ADMIN` and state
+    /// `ACTIVE` before the change and would have none after it, the transaction rolls back with
+    /// [`StoreError::LastAdmin`]. (`INVITED` admins do not count. A credential that had no
+    /// active admin to begin with is not blocked, so it can be repaired.)
+    /// Delete of a missing member, or any change for an unknown credential →
+    /// [`StoreError::NotFound`].
+    async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError>;
 
     /// Appends an audit event and returns its id (increasing).
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError>;
 
-    /// Reads audit events with id > `after_id`, ordered by id, optionally for one credential.
-    async fn list_audit(
-        &self,
-        credential_id: Option<&str>,
-        after_id: i64,
-        limit: u32,
-    ) -> Result<Vec<AuditRow>, StoreError>;
+    /// Reads audit events matching every filter set in `q`, newest first (id descending),
+    /// at most `q.limit`. Page with `before_id` = the last id of the previous page.
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Deletes events with `at < older_than` (retention) in bounded batches; returns how many.
+    async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError>;
 
     /// Counts sealed credentials per key-encryption key version, ordered by key id and
     /// version (startup checks and key rotation).
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError>;
+
+    /// Takes the refresh lease if it is free or lapsed, in one conditional UPDATE:
+    /// `lease_holder = holder, lease_fence = lease_fence + 1, lease_expires_at = lease_until`
+    /// WHERE the credential is `ACTIVE` and (no holder, or `lease_expires_at <= now`).
+    ///
+    /// Returns the row as it is after the update (its `lease.fence` is the caller's fencing
+    /// token: pass it to [`Store::complete_refresh`] / [`Store::release_refresh_lease`]), or
+    /// `None` when another holder has an unexpired lease or the credential is not `ACTIVE` or
+    /// unknown. Concurrent callers (any replica) never both get `Some` for one lease period.
+    async fn acquire_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CredentialRow>, StoreError>;
+
+    /// Writes the result of a refresh under the fencing token and releases the lease, in one
+    /// transaction, and announces the change.
+    ///
+    /// Writes ONLY the sealed columns, `has_refresh_token`, `access_expires_at`,
+    /// `refresh_token_expires_at`, `next_refresh_at`, `last_refreshed_at`, `status`,
+    /// `status_reason` and `updated_at` from `row` (so a concurrent rename survives); clears
+    /// the lease holder and expiry (the fence stays); `row_version + 1`. Matches only
+    /// `id = row.id AND lease_fence = fence AND lease_holder IS NOT NULL AND status <>
+    /// 'DISCONNECTED'`. Returns the stored row; no match → [`StoreError::LeaseLost`] and
+    /// nothing is written.
+    async fn complete_refresh(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+    ) -> Result<CredentialRow, StoreError>;
+
+    /// Releases the lease without writing tokens (failure paths), only while `lease_fence =
+    /// fence` and it is held. Returns whether it released.
+    async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError>;
+
+    /// Ids of `ACTIVE` credentials with `next_refresh_at <= now`, soonest first (ties by id),
+    /// at most `limit`. Reads the partial index `(next_refresh_at, id) WHERE status =
+    /// 'ACTIVE'`, so its cost grows with the number of due credentials, not the table. Leased
+    /// credentials are included: [`Store::acquire_refresh_lease`] sorts them out.
+    async fn due_for_refresh(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError>;
+
+    /// Applies a batch of usage records in one transaction: `credentials.last_used_at =
+    /// max(existing, at)` WITHOUT bumping `row_version` or announcing a change, and, when
+    /// `workflow_id` is set, `(credential_id, workflow_id) → max(last_used_at, at)` in
+    /// `credential_workflow_usage`. Records for unknown credentials are ignored.
+    ///
+    /// Meant to be called off the hot path with batches collected in memory.
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// The workflows that used a credential, most recent first (ties by workflow id), at most
+    /// `limit`, with when each used it last; plus the total number of distinct workflows.
+    async fn recent_workflows(
+        &self,
+        credential_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, i64)>, u64), StoreError>;
+
+    /// Inserts a connect session. An existing `state_hash` →
+    /// [`StoreError::Duplicate`]`("connect session")`.
+    async fn insert_connect_session(&self, s: &ConnectSessionRow) -> Result<(), StoreError>;
+
+    /// Reads one connect session by state hash, whether or not it is consumed or expired.
+    async fn get_connect_session(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<ConnectSessionRow>, StoreError>;
+
+    /// Marks the session consumed in one conditional UPDATE: `consumed_at = now` WHERE
+    /// `state_hash` matches AND `consumed_at IS NULL` AND `expires_at > now`. Returns whether
+    /// THIS call consumed it: of any number of racing callers (any replica) exactly one gets
+    /// `true`; an unknown, already consumed or expired session gives `false`.
+    async fn consume_connect_session(&self, state_hash: &str, now: i64)
+    -> Result<bool, StoreError>;
+
+    /// Deletes the sessions with `expires_at < older_than` (consumed or not); returns how many.
+    async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Subscribes to credential changes made by ANY process on this database:
+    /// [`Store::insert_credential`], [`Store::update_credential`], [`Store::complete_refresh`]
+    /// and [`Store::change_member`] each announce [`ChangeEvent::Changed`] with the credential
+    /// id once their transaction commits. Lease operations and [`Store::record_usage`] do not.
+    ///
+    /// - PostgreSQL: `pg_notify('cb_credential_changed', id)` inside each writing transaction;
+    ///   one background listener per store (started by the first call, on the current tokio
+    ///   runtime; stopped when the last clone of the store is dropped) fans the notifications
+    ///   out. [`ChangeEvent::Resync`] is sent once the listener is LISTENing (so a subscriber
+    ///   that sees it knows every later change will be announced) and again whenever its
+    ///   connection was lost and re-established.
+    /// - SQLite: the same events, sent in-process after commit (one process only).
+    ///
+    /// Consumers must treat [`tokio::sync::broadcast::error::RecvError::Lagged`] exactly
+    /// like [`ChangeEvent::Resync`] (drop every cached entry): the receiver fell more than
+    /// [`CHANGE_EVENT_CAPACITY`] events behind and some were discarded.
+    fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
 }
 
 /// Opens a store from a URL: `sqlite://path/to/file.db` or `sqlite:path` (creates the file and

@@ -175,3 +175,143 @@ pub struct CredentialQuery {
     /// Also return `DISCONNECTED` credentials.
     pub include_disconnected: bool,
 }
+
+/// One change to a credential's members, applied by
+/// [`Store::change_member`](crate::Store::change_member) under the last-admin guard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Inserts or replaces (every column) the member (`credential_id`, `email`).
+    Upsert(MemberRow),
+    /// Removes the member (`credential_id`, `email`).
+    Delete {
+        /// Credential the membership belongs to.
+        credential_id: String,
+        /// Member email, lowercase.
+        email: String,
+    },
+}
+
+impl MemberChange {
+    /// The credential whose members change.
+    pub fn credential_id(&self) -> &str {
+        match self {
+            Self::Upsert(m) => &m.credential_id,
+            Self::Delete { credential_id, .. } => credential_id,
+        }
+    }
+}
+
+/// Filter and page for [`Store::list_audit`](crate::Store::list_audit); results are newest
+/// first (id descending). Every filter left `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only events about this credential.
+    pub credential_id: Option<String>,
+    /// Only events by this actor.
+    pub actor: Option<String>,
+    /// Only events with this action.
+    pub action: Option<String>,
+    /// Only events with `at >= start_at` (inclusive).
+    pub start_at: Option<i64>,
+    /// Only events with `at < end_at` (exclusive).
+    pub end_at: Option<i64>,
+    /// Keyset pagination: only ids smaller than this one (pass the last id of the previous page).
+    pub before_id: Option<i64>,
+    /// Maximum number of rows; 0 returns no rows.
+    pub limit: u32,
+}
+
+/// One use of a credential, for [`Store::record_usage`](crate::Store::record_usage).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// Credential an access token was issued for.
+    pub credential_id: String,
+    /// Workflow that used it, when the caller said.
+    pub workflow_id: Option<String>,
+    /// When it was used.
+    pub at: i64,
+}
+
+/// A change notification from [`Store::subscribe_changes`](crate::Store::subscribe_changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// The credential with this id (its row or its members) was written.
+    Changed(String),
+    /// Notifications may have been missed: drop every cached entry.
+    Resync,
+}
+
+/// One connect session (`connect_sessions` row): the single-use OAuth `state` of a connect or
+/// reconnect flow, stored under the hash of the state.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ConnectSessionRow {
+    /// Hash of the `state` handed to the provider (primary key); the state itself is never
+    /// stored.
+    pub state_hash: String,
+    /// Workspace the credential will belong to.
+    pub workspace_id: String,
+    /// Provider catalog id.
+    pub provider_id: String,
+    /// Requested scopes, space-separated.
+    pub scopes: String,
+    /// Redirect URI sent with the authorization request (the code exchange repeats it).
+    pub redirect_uri: String,
+    /// PKCE verifier sealed under a data key; the four `pkce_*` fields are all set or all
+    /// `None` (providers without PKCE).
+    pub pkce_verifier: Option<Vec<u8>>,
+    /// The data key, wrapped by the key provider.
+    pub pkce_dek_wrapped: Option<Vec<u8>>,
+    /// Id of the key-encryption key.
+    pub pkce_dek_key_id: Option<String>,
+    /// Version of the key-encryption key.
+    pub pkce_dek_key_version: Option<i64>,
+    /// The credential being reconnected (StartReconnect); `None` for a new connection. Not a
+    /// foreign key: the domain checks the credential when the session completes.
+    pub reconnect_credential_id: Option<String>,
+    /// Draft display name for the new credential.
+    pub display_name: Option<String>,
+    /// Draft description for the new credential.
+    pub description: Option<String>,
+    /// User who started the flow (only they may complete it).
+    pub created_by: String,
+    /// That user's email.
+    pub created_by_email: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// The session cannot be consumed at or after this time.
+    pub expires_at: i64,
+    /// When the session was consumed; set once, by
+    /// [`Store::consume_connect_session`](crate::Store::consume_connect_session).
+    pub consumed_at: Option<i64>,
+}
+
+// Lengths only for the sealed verifier and wrapped key.
+impl fmt::Debug for ConnectSessionRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectSessionRow")
+            .field("state_hash", &self.state_hash)
+            .field("workspace_id", &self.workspace_id)
+            .field("provider_id", &self.provider_id)
+            .field("scopes", &self.scopes)
+            .field("redirect_uri", &self.redirect_uri)
+            .field(
+                "pkce_verifier_len",
+                &self.pkce_verifier.as_ref().map(Vec::len),
+            )
+            .field(
+                "pkce_dek_wrapped_len",
+                &self.pkce_dek_wrapped.as_ref().map(Vec::len),
+            )
+            .field("pkce_dek_key_id", &self.pkce_dek_key_id)
+            .field("pkce_dek_key_version", &self.pkce_dek_key_version)
+            .field("reconnect_credential_id", &self.reconnect_credential_id)
+            .field("display_name", &self.display_name)
+            .field("description", &self.description)
+            .field("created_by", &self.created_by)
+            .field("created_by_email", &self.created_by_email)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("consumed_at", &self.consumed_at)
+            .finish()
+    }
+}

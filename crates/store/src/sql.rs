@@ -3,10 +3,13 @@
 //! Both dialects accept `$n` placeholders, `RETURNING` and `ON CONFLICT ... DO UPDATE`, so one
 //! statement text serves SQLite and PostgreSQL; only the migrations differ.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::error::StoreError;
-use crate::model::{CredentialQuery, CredentialRow, LeaseColumns, SealedColumns};
+use crate::model::{
+    AuditQuery, CredentialQuery, CredentialRow, LeaseColumns, SealedColumns, UsageRecord,
+};
 
 /// Every column of `credentials`, in [`CredentialRecord`] order.
 macro_rules! credential_columns {
@@ -42,17 +45,142 @@ pub(crate) const FIND_CREDENTIAL_BY_ACCOUNT: &str = concat!(
 );
 
 /// Writes every mutable column; `row_version = row_version + 1` is safe because the WHERE
-/// clause pins the old value. Lease columns are left to the lease operations.
+/// clause pins the old value. Lease columns are left to the lease operations, except that a
+/// disconnect releases the lease (the fence stays), so an in-flight refresh cannot complete.
+/// `last_used_at` only moves forward, NULL-safe (a NULL on either side keeps the other value):
+/// usage is flushed in the background without a version bump, and an edit built from an older
+/// read must not erase it.
 pub(crate) const UPDATE_CREDENTIAL: &str = concat!(
     "UPDATE credentials SET account_subject = $3, account_label = $4, display_name = $5, \
      description = $6, scopes = $7, status = $8, status_reason = $9, updated_at = $10, \
-     last_used_at = $11, last_refreshed_at = $12, access_expires_at = $13, \
+     last_used_at = CASE WHEN last_used_at IS NULL OR $11 > last_used_at THEN $11 \
+     ELSE last_used_at END, last_refreshed_at = $12, access_expires_at = $13, \
      next_refresh_at = $14, refresh_token_expires_at = $15, sealed_tokens = $16, \
      dek_wrapped = $17, dek_key_id = $18, dek_key_version = $19, has_refresh_token = $20, \
+     lease_holder = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_holder END, \
+     lease_expires_at = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_expires_at END, \
      row_version = row_version + 1 \
      WHERE id = $1 AND row_version = $2 RETURNING ",
     credential_columns!()
 );
+
+/// Takes the refresh lease if it is free or lapsed. A holder without an expiry (only possible
+/// through a hand-edited row) counts as lapsed rather than blocking refreshes forever.
+/// Bind: id, holder, now, lease_until.
+pub(crate) const ACQUIRE_REFRESH_LEASE: &str = concat!(
+    "UPDATE credentials SET lease_holder = $2, lease_fence = lease_fence + 1, \
+     lease_expires_at = $4 \
+     WHERE id = $1 AND status = 'ACTIVE' \
+     AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= $3) \
+     RETURNING ",
+    credential_columns!()
+);
+
+/// Writes a refresh result under the fencing token and releases the lease (fence unchanged).
+/// Only the columns a refresh owns are written, so a concurrent rename survives.
+pub(crate) const COMPLETE_REFRESH: &str = concat!(
+    "UPDATE credentials SET sealed_tokens = $3, dek_wrapped = $4, dek_key_id = $5, \
+     dek_key_version = $6, has_refresh_token = $7, access_expires_at = $8, \
+     refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
+     status = $12, status_reason = $13, updated_at = $14, \
+     lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1 \
+     WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL \
+     AND status <> 'DISCONNECTED' RETURNING ",
+    credential_columns!()
+);
+
+/// Releases the lease without writing anything else. Bind: id, fence.
+pub(crate) const RELEASE_REFRESH_LEASE: &str = "UPDATE credentials \
+     SET lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL";
+
+/// Reads the partial index `credentials_refresh_due_idx` in order. Bind: now, limit.
+pub(crate) const DUE_FOR_REFRESH: &str = "SELECT id FROM credentials \
+     WHERE status = 'ACTIVE' AND next_refresh_at <= $1 \
+     ORDER BY next_refresh_at, id LIMIT $2";
+
+/// Moves `last_used_at` forward only; no row_version bump (usage is not an edit).
+/// Bind: id, at.
+pub(crate) const TOUCH_CREDENTIAL_USAGE: &str = "UPDATE credentials SET last_used_at = $2 \
+     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+/// Upserts (credential, workflow) → max(last_used_at); inserts nothing for an unknown
+/// credential. (SQLite needs the WHERE on `INSERT ... SELECT` before `ON CONFLICT`.)
+/// Bind: credential_id, workflow_id, at.
+pub(crate) const UPSERT_WORKFLOW_USAGE: &str = "INSERT INTO credential_workflow_usage \
+     (credential_id, workflow_id, last_used_at) \
+     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM credentials WHERE id = $1) \
+     ON CONFLICT (credential_id, workflow_id) DO UPDATE SET last_used_at = excluded.last_used_at \
+     WHERE credential_workflow_usage.last_used_at < excluded.last_used_at";
+
+pub(crate) const RECENT_WORKFLOWS: &str = "SELECT workflow_id, last_used_at \
+     FROM credential_workflow_usage WHERE credential_id = $1 \
+     ORDER BY last_used_at DESC, workflow_id LIMIT $2";
+
+pub(crate) const COUNT_WORKFLOWS: &str =
+    "SELECT COUNT(*) FROM credential_workflow_usage WHERE credential_id = $1";
+
+/// Every column of `connect_sessions`, in [`ConnectSessionRow`](crate::model::ConnectSessionRow)
+/// order.
+macro_rules! connect_session_columns {
+    () => {
+        "state_hash, workspace_id, provider_id, scopes, redirect_uri, pkce_verifier, \
+         pkce_dek_wrapped, pkce_dek_key_id, pkce_dek_key_version, reconnect_credential_id, \
+         display_name, description, created_by, created_by_email, created_at, expires_at, \
+         consumed_at"
+    };
+}
+
+pub(crate) const INSERT_CONNECT_SESSION: &str = concat!(
+    "INSERT INTO connect_sessions (",
+    connect_session_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+);
+
+pub(crate) const GET_CONNECT_SESSION: &str = concat!(
+    "SELECT ",
+    connect_session_columns!(),
+    " FROM connect_sessions WHERE state_hash = $1"
+);
+
+/// Single use: the row lock (PostgreSQL: a racing UPDATE re-checks the WHERE clause against
+/// the winner's committed row; SQLite: one writer at a time) lets exactly one caller match.
+/// Bind: state_hash, now.
+pub(crate) const CONSUME_CONNECT_SESSION: &str = "UPDATE connect_sessions SET consumed_at = $2 \
+     WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > $2";
+
+/// Deletes at most one batch of expired sessions (bind: older_than, batch size);
+/// `prune_connect_sessions` repeats it, like [`PRUNE_AUDIT_BATCH`], and reads
+/// `connect_sessions_expires_idx`.
+pub(crate) const PRUNE_CONNECT_SESSIONS_BATCH: &str = "DELETE FROM connect_sessions \
+     WHERE state_hash IN (SELECT state_hash FROM connect_sessions WHERE expires_at < $1 LIMIT $2)";
+
+/// Binds a [`ConnectSessionRow`](crate::model::ConnectSessionRow) to
+/// [`INSERT_CONNECT_SESSION`] ($1..$17).
+macro_rules! bind_connect_session {
+    ($query:expr, $session:expr) => {{
+        let s: &$crate::model::ConnectSessionRow = $session;
+        $query
+            .bind(&s.state_hash)
+            .bind(&s.workspace_id)
+            .bind(&s.provider_id)
+            .bind(&s.scopes)
+            .bind(&s.redirect_uri)
+            .bind(s.pkce_verifier.as_deref())
+            .bind(s.pkce_dek_wrapped.as_deref())
+            .bind(&s.pkce_dek_key_id)
+            .bind(s.pkce_dek_key_version)
+            .bind(&s.reconnect_credential_id)
+            .bind(&s.display_name)
+            .bind(&s.description)
+            .bind(&s.created_by)
+            .bind(&s.created_by_email)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .bind(s.consumed_at)
+    }};
+}
+pub(crate) use bind_connect_session;
 
 macro_rules! member_columns {
     () => {
@@ -90,6 +218,19 @@ pub(crate) const GET_MEMBER: &str = concat!(
 pub(crate) const DELETE_MEMBER: &str =
     "DELETE FROM credential_members WHERE credential_id = $1 AND email = $2";
 
+/// PostgreSQL: serializes member changes per credential (SQLite: `BEGIN IMMEDIATE` does).
+pub(crate) const LOCK_CREDENTIAL_FOR_UPDATE: &str =
+    "SELECT id FROM credentials WHERE id = $1 FOR UPDATE";
+
+pub(crate) const COUNT_ACTIVE_ADMINS: &str = "SELECT COUNT(*) FROM credential_members \
+     WHERE credential_id = $1 AND role = 'ADMIN' AND state = 'ACTIVE'";
+
+/// PostgreSQL: the channel every replica LISTENs on; the payload is the credential id.
+pub(crate) const CHANGE_CHANNEL: &str = "cb_credential_changed";
+
+/// PostgreSQL: queued with the transaction, delivered to listeners at commit.
+pub(crate) const NOTIFY_CHANGE: &str = "SELECT pg_notify('cb_credential_changed', $1)";
+
 pub(crate) const APPEND_AUDIT: &str = "INSERT INTO audit_events \
      (at, service, actor, action, credential_id, outcome, detail) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
@@ -100,17 +241,13 @@ macro_rules! audit_columns {
     };
 }
 
-pub(crate) const LIST_AUDIT_ALL: &str = concat!(
-    "SELECT ",
-    audit_columns!(),
-    " FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2"
-);
+/// Deletes at most one batch of old events (bind: older_than, batch size); `prune_audit`
+/// repeats it so no single statement holds locks on the whole backlog.
+pub(crate) const PRUNE_AUDIT_BATCH: &str = "DELETE FROM audit_events WHERE id IN \
+     (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)";
 
-pub(crate) const LIST_AUDIT_FOR_CREDENTIAL: &str = concat!(
-    "SELECT ",
-    audit_columns!(),
-    " FROM audit_events WHERE credential_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-);
+/// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
+pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
 
 pub(crate) const KEY_USAGE: &str = "SELECT dek_key_id AS key_id, dek_key_version AS key_version, \
      COUNT(*) AS credentials, MIN(id) AS sample_credential_id FROM credentials \
@@ -140,6 +277,117 @@ pub(crate) fn list_credentials_sql(q: &CredentialQuery) -> String {
     n += 1;
     let _ = write!(sql, " ORDER BY id LIMIT ${n}");
     sql
+}
+
+/// Builds the `list_audit` statement from constant fragments only (values are bound): each
+/// combination of filters is its own statement text, so each gets a plan that uses the index
+/// for its filter instead of one generic plan for `($n IS NULL OR ...)`.
+/// Bind order: [credential_id], [actor], [action], [start_at], [end_at], [before_id], limit.
+pub(crate) fn list_audit_sql(q: &AuditQuery) -> String {
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_events WHERE TRUE"
+    ));
+    let mut n = 0;
+    let clauses = [
+        (q.credential_id.is_some(), "credential_id ="),
+        (q.actor.is_some(), "actor ="),
+        (q.action.is_some(), "action ="),
+        (q.start_at.is_some(), "at >="),
+        (q.end_at.is_some(), "at <"),
+        (q.before_id.is_some(), "id <"),
+    ];
+    for (present, clause) in clauses {
+        if present {
+            n += 1;
+            let _ = write!(sql, " AND {clause} ${n}");
+        }
+    }
+    n += 1;
+    let _ = write!(sql, " ORDER BY id DESC LIMIT ${n}");
+    sql
+}
+
+/// Binds an [`AuditQuery`](crate::model::AuditQuery) in [`list_audit_sql`] order.
+macro_rules! bind_audit_query {
+    ($query:expr, $q:expr) => {{
+        let q: &$crate::model::AuditQuery = $q;
+        let mut query = $query;
+        if let Some(v) = &q.credential_id {
+            query = query.bind(v);
+        }
+        if let Some(v) = &q.actor {
+            query = query.bind(v);
+        }
+        if let Some(v) = &q.action {
+            query = query.bind(v);
+        }
+        if let Some(v) = q.start_at {
+            query = query.bind(v);
+        }
+        if let Some(v) = q.end_at {
+            query = query.bind(v);
+        }
+        if let Some(v) = q.before_id {
+            query = query.bind(v);
+        }
+        query.bind(i64::from(q.limit))
+    }};
+}
+pub(crate) use bind_audit_query;
+
+/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$14).
+macro_rules! bind_complete_refresh {
+    ($query:expr, $row:expr, $fence:expr) => {{
+        let row: &$crate::model::CredentialRow = $row;
+        let sealed = row.sealed.as_ref();
+        $query
+            .bind(&row.id)
+            .bind($fence)
+            .bind(sealed.map(|s| s.ciphertext.as_slice()))
+            .bind(sealed.map(|s| s.dek_wrapped.as_slice()))
+            .bind(sealed.map(|s| s.dek_key_id.as_str()))
+            .bind(sealed.map(|s| s.dek_key_version))
+            .bind(row.has_refresh_token)
+            .bind(row.access_expires_at)
+            .bind(row.refresh_token_expires_at)
+            .bind(row.next_refresh_at)
+            .bind(row.last_refreshed_at)
+            .bind(&row.status)
+            .bind(&row.status_reason)
+            .bind(row.updated_at)
+    }};
+}
+pub(crate) use bind_complete_refresh;
+
+/// Merges a usage batch: per credential the latest use, per (credential, workflow) the latest
+/// use, both sorted by key so concurrent batches lock rows in the same order (no deadlocks).
+pub(crate) fn merge_usage(batch: &[UsageRecord]) -> MergedUsage<'_> {
+    let mut credentials: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut workflows: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for r in batch {
+        let at = credentials.entry(r.credential_id.as_str()).or_insert(r.at);
+        *at = (*at).max(r.at);
+        if let Some(workflow_id) = &r.workflow_id {
+            let at = workflows
+                .entry((r.credential_id.as_str(), workflow_id.as_str()))
+                .or_insert(r.at);
+            *at = (*at).max(r.at);
+        }
+    }
+    MergedUsage {
+        credentials,
+        workflows,
+    }
+}
+
+/// A usage batch reduced to one write per row, see [`merge_usage`].
+pub(crate) struct MergedUsage<'a> {
+    /// credential id → latest use.
+    pub(crate) credentials: BTreeMap<&'a str, i64>,
+    /// (credential id, workflow id) → latest use.
+    pub(crate) workflows: BTreeMap<(&'a str, &'a str), i64>,
 }
 
 /// Binds a [`CredentialRow`] to [`INSERT_CREDENTIAL`] ($1..$27).
@@ -328,6 +576,18 @@ impl TryFrom<CredentialRecord> for CredentialRow {
                 expires_at: r.lease_expires_at,
             },
         })
+    }
+}
+
+/// The last-admin rule, given the number of ACTIVE ADMIN members before and after a change
+/// (both counted under the per-credential lock): a change may not take it from at least one to
+/// zero. A credential that already had no active admin (e.g. imported without members) can
+/// still be given members, or its first admin, through `change_member`.
+pub(crate) fn check_last_admin(before: i64, after: i64) -> Result<(), StoreError> {
+    if before > 0 && after <= 0 {
+        Err(StoreError::LastAdmin)
+    } else {
+        Ok(())
     }
 }
 

@@ -5,20 +5,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::{AssertSqlSafe, Sqlite, SqliteConnection};
+use tokio::sync::broadcast;
 
-use crate::Store;
 use crate::error::{Backend, StoreError};
-use crate::model::{AuditRow, CredentialQuery, CredentialRow, KeyUsage, MemberRow, NewAuditEvent};
+use crate::model::{
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
+    MemberChange, MemberRow, NewAuditEvent, UsageRecord,
+};
 use crate::sql::{self, CredentialRecord};
+use crate::{CHANGE_EVENT_CAPACITY, Store};
 
 const BACKEND: Backend = Backend::Sqlite;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// [`Store`] on an SQLite database file (WAL, busy_timeout 5 s, foreign keys on).
+///
+/// Change notifications stay in this process: clones share one broadcast channel, and every
+/// write through any clone is announced after it commits.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    changes: broadcast::Sender<ChangeEvent>,
 }
 
 impl SqliteStore {
@@ -57,12 +65,13 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| BACKEND.map(e))?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool (its connections must have foreign keys on).
     pub fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
+        let (changes, _) = broadcast::channel(CHANGE_EVENT_CAPACITY);
+        Self { pool, changes }
     }
 
     /// The underlying pool, for tests and tools that inspect raw rows.
@@ -73,6 +82,68 @@ impl SqliteStore {
 
 fn credential(record: CredentialRecord) -> Result<CredentialRow, StoreError> {
     CredentialRow::try_from(record)
+}
+
+impl SqliteStore {
+    /// Announces a committed write. No receiver is not an error.
+    fn announce(&self, credential_id: &str) {
+        let _ = self
+            .changes
+            .send(ChangeEvent::Changed(credential_id.to_owned()));
+    }
+}
+
+/// The body of `change_member`, inside the caller's `BEGIN IMMEDIATE` transaction.
+async fn apply_member_change(
+    tx: &mut SqliteConnection,
+    change: &MemberChange,
+) -> Result<(), StoreError> {
+    let map = |e| BACKEND.map(e);
+    let credential_id = change.credential_id();
+    let exists = sqlx::query(sql::CREDENTIAL_EXISTS)
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map)?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let admins_before = count_active_admins(&mut *tx, credential_id).await?;
+    match change {
+        MemberChange::Upsert(m) => {
+            sql::bind_member!(sqlx::query::<Sqlite>(sql::UPSERT_MEMBER), m)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+        }
+        MemberChange::Delete {
+            credential_id,
+            email,
+        } => {
+            let done = sqlx::query(sql::DELETE_MEMBER)
+                .bind(credential_id)
+                .bind(email)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+        }
+    }
+    let admins_after = count_active_admins(&mut *tx, credential_id).await?;
+    sql::check_last_admin(admins_before, admins_after)
+}
+
+async fn count_active_admins(
+    conn: &mut SqliteConnection,
+    credential_id: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar::<Sqlite, i64>(sql::COUNT_ACTIVE_ADMINS)
+        .bind(credential_id)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| BACKEND.map(e))
 }
 
 #[async_trait]
@@ -116,7 +187,9 @@ impl Store for SqliteStore {
                 .await
                 .map_err(map)?;
         }
-        tx.commit().await.map_err(map)
+        tx.commit().await.map_err(map)?;
+        self.announce(&row.id);
+        Ok(())
     }
 
     async fn get_credential(&self, id: &str) -> Result<Option<CredentialRow>, StoreError> {
@@ -183,6 +256,7 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| BACKEND.map(e))?;
         if let Some(record) = updated {
+            self.announce(&row.id);
             return credential(record);
         }
         // Nothing matched: tell a missing row from a stale version. Credentials are never
@@ -246,23 +320,28 @@ impl Store for SqliteStore {
             .map_err(|e| BACKEND.map(e))
     }
 
-    async fn list_audit(
-        &self,
-        credential_id: Option<&str>,
-        after_id: i64,
-        limit: u32,
-    ) -> Result<Vec<AuditRow>, StoreError> {
-        let query = match credential_id {
-            Some(id) => sqlx::query_as::<Sqlite, AuditRow>(sql::LIST_AUDIT_FOR_CREDENTIAL)
-                .bind(id)
-                .bind(after_id),
-            None => sqlx::query_as::<Sqlite, AuditRow>(sql::LIST_AUDIT_ALL).bind(after_id),
-        };
-        query
-            .bind(i64::from(limit))
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let text = sql::list_audit_sql(q);
+        sql::bind_audit_query!(sqlx::query_as::<Sqlite, AuditRow>(AssertSqlSafe(text)), q)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql::PRUNE_AUDIT_BATCH)
+                .bind(older_than)
+                .bind(sql::PRUNE_BATCH_SIZE)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| BACKEND.map(e))?;
+            total += done.rows_affected();
+            if done.rows_affected() < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
+                return Ok(total);
+            }
+        }
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
@@ -270,5 +349,173 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
+        let map = |e| BACKEND.map(e);
+        // IMMEDIATE takes the database write lock before the admin count is read, so two
+        // changes to one credential cannot both count the other's admin as still present.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map)?;
+        // An error drops `tx`, which rolls back.
+        apply_member_change(&mut tx, change).await?;
+        tx.commit().await.map_err(map)?;
+        self.announce(change.credential_id());
+        Ok(())
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        sqlx::query_as::<Sqlite, CredentialRecord>(sql::ACQUIRE_REFRESH_LEASE)
+            .bind(id)
+            .bind(holder)
+            .bind(now)
+            .bind(lease_until)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?
+            .map(credential)
+            .transpose()
+    }
+
+    async fn complete_refresh(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+    ) -> Result<CredentialRow, StoreError> {
+        let updated = sql::bind_complete_refresh!(
+            sqlx::query_as::<Sqlite, CredentialRecord>(sql::COMPLETE_REFRESH),
+            row,
+            fence
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| BACKEND.map(e))?;
+        let record = updated.ok_or(StoreError::LeaseLost)?;
+        self.announce(&row.id);
+        credential(record)
+    }
+
+    async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::RELEASE_REFRESH_LEASE)
+            .bind(id)
+            .bind(fence)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn due_for_refresh(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<Sqlite, String>(sql::DUE_FOR_REFRESH)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let merged = sql::merge_usage(batch);
+        let map = |e| BACKEND.map(e);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(map)?;
+        for (credential_id, at) in &merged.credentials {
+            sqlx::query(sql::TOUCH_CREDENTIAL_USAGE)
+                .bind(*credential_id)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+        }
+        for ((credential_id, workflow_id), at) in &merged.workflows {
+            sqlx::query(sql::UPSERT_WORKFLOW_USAGE)
+                .bind(*credential_id)
+                .bind(*workflow_id)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+        }
+        tx.commit().await.map_err(map)
+    }
+
+    async fn recent_workflows(
+        &self,
+        credential_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, i64)>, u64), StoreError> {
+        let map = |e| BACKEND.map(e);
+        let recent = sqlx::query_as::<Sqlite, (String, i64)>(sql::RECENT_WORKFLOWS)
+            .bind(credential_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map)?;
+        let total = sqlx::query_scalar::<Sqlite, i64>(sql::COUNT_WORKFLOWS)
+            .bind(credential_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map)?;
+        Ok((recent, total.unsigned_abs()))
+    }
+
+    async fn insert_connect_session(&self, s: &ConnectSessionRow) -> Result<(), StoreError> {
+        sql::bind_connect_session!(sqlx::query::<Sqlite>(sql::INSERT_CONNECT_SESSION), s)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?;
+        Ok(())
+    }
+
+    async fn get_connect_session(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<ConnectSessionRow>, StoreError> {
+        sqlx::query_as::<Sqlite, ConnectSessionRow>(sql::GET_CONNECT_SESSION)
+            .bind(state_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn consume_connect_session(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::CONSUME_CONNECT_SESSION)
+            .bind(state_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql::PRUNE_CONNECT_SESSIONS_BATCH)
+                .bind(older_than)
+                .bind(sql::PRUNE_BATCH_SIZE)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| BACKEND.map(e))?;
+            total += done.rows_affected();
+            if done.rows_affected() < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.changes.subscribe()
     }
 }

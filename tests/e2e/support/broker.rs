@@ -62,6 +62,7 @@ impl TestBroker {
             &config,
             BuildOptions {
                 clock: Arc::new(clock.clone()),
+                env: Arc::new(std::collections::HashMap::<String, String>::new()),
             },
         )
         .await?;
@@ -95,6 +96,16 @@ impl TestBroker {
     /// A MembershipService client.
     pub async fn members(&self) -> MembershipServiceClient<Channel> {
         MembershipServiceClient::new(self.channel().await)
+    }
+
+    /// Issuance counters of the running server.
+    pub fn issuance_stats(&self) -> cb_broker::issuance::StatsSnapshot {
+        self.app.as_ref().unwrap().issuance_stats()
+    }
+
+    /// One refresh-ahead pass.
+    pub async fn refresh_due(&self) -> usize {
+        self.app.as_ref().unwrap().refresh_due().await
     }
 
     /// Stops the server (graceful).
@@ -148,4 +159,161 @@ pub fn error_details(s: &tonic::Status) -> (String, Vec<String>) {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default();
     (reason, fields)
+}
+
+/// The redirect URI the fake provider and the test brokers agree on.
+pub const REDIRECT_URI: &str = "https://broker.test/oauth/callback";
+
+/// Declares `fake` as custom provider `id` in `config`, with its client credentials.
+pub fn with_fake_provider(
+    config: &mut Config,
+    fake: &crate::support::fake_provider::FakeProvider,
+    id: &str,
+    quirks: &[cb_oauth::catalog::Quirk],
+) {
+    use cb_oauth::catalog::{AuthStyle, Pkce};
+    let fc = fake.config();
+    config.oauth.allow_insecure_loopback = true;
+    if !config.oauth.redirect_uris.iter().any(|u| u == REDIRECT_URI) {
+        config.oauth.redirect_uris.push(REDIRECT_URI.to_owned());
+    }
+    config.custom_providers.retain(|p| p.id != id);
+    config
+        .custom_providers
+        .push(fake.spec(id, AuthStyle::Basic, Pkce::Supported, quirks));
+    let settings: credential_broker::config::ProviderSettings = Config::parse(&format!(
+        "[providers.{id}]\nclient_id = {:?}\nclient_secret = {:?}\n",
+        fc.client_id, fc.client_secret
+    ))
+    .unwrap()
+    .providers
+    .remove(id)
+    .unwrap();
+    config.providers.insert(id.to_owned(), settings);
+}
+
+/// Serializes the parts of a test config that the broker binary needs into TOML.
+pub fn config_toml(config: &Config, database_url: &str) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(t, "listen = {:?}", config.listen.to_string());
+    let _ = writeln!(t, "shutdown_grace_seconds = 2");
+    let _ = writeln!(
+        t,
+        "[database]\nurl = {database_url:?}\nmax_connections = {}",
+        config.database.max_connections
+    );
+    let _ = writeln!(
+        t,
+        "[keys]\nlocal_key_file = {:?}",
+        config.keys.local_key_file.display().to_string()
+    );
+    let _ = writeln!(t, "[log]\nformat = \"json\"\nfilter = \"info\"");
+    let _ = writeln!(
+        t,
+        "[oauth]\nallow_insecure_loopback = {}\nredirect_uris = {:?}\nhttp_timeout_seconds = {}",
+        config.oauth.allow_insecure_loopback,
+        config.oauth.redirect_uris,
+        config.oauth.http_timeout_seconds
+    );
+    let _ = writeln!(
+        t,
+        "[tokens]\nlease_seconds = {}\nrefresh_scan_interval_seconds = {}\nprovider_attempts = {}",
+        config.tokens.lease_seconds,
+        config.tokens.refresh_scan_interval_seconds,
+        config.tokens.provider_attempts
+    );
+    t
+}
+
+/// A broker running as its own OS process (the real binary).
+pub struct BrokerProcess {
+    child: std::process::Child,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Where its log goes.
+    pub log: std::path::PathBuf,
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl BrokerProcess {
+    /// Starts the binary with `toml` (which must listen on `addr`) plus extra TOML appended,
+    /// and waits until it answers health checks.
+    pub async fn spawn(dir: &std::path::Path, name: &str, toml: &str, addr: SocketAddr) -> Self {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cb-e2e-broker"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env_remove("CREDENTIAL_BROKER_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Self { child, addr, log };
+        p.wait_ready().await;
+        p
+    }
+
+    async fn wait_ready(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        for _ in 0..200 {
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                && HealthClient::new(ch)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "broker {} did not start; log:\n{}",
+            self.addr,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// A channel to it.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no chance to clean up (tests lease expiry).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

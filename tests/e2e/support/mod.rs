@@ -1,4 +1,6 @@
 //! Shared test support: servers, databases, helpers.
 
 pub mod broker;
+pub mod fake_provider;
+pub mod kms_server;
 pub mod pg;

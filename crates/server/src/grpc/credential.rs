@@ -1,7 +1,10 @@
 //! `credentialbroker.v1.CredentialService`.
 
-use super::{caller, respond, unimplemented};
+use super::{caller, respond};
 use crate::convert::{self, Importable, Listable, Updatable};
+use cb_broker::connect::ConnectService;
+use cb_broker::credential::CredentialView;
+use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_server::CredentialService as Rpc;
@@ -10,13 +13,23 @@ use tonic::{Request, Response, Status};
 
 /// The gRPC face of the credential use cases.
 pub struct CredentialApi {
-    service: Arc<CredentialService>,
+    credentials: Arc<CredentialService>,
+    tokens: Arc<TokenService>,
+    connect: Arc<ConnectService>,
 }
 
 impl CredentialApi {
-    /// Wraps the domain service.
-    pub fn new(service: Arc<CredentialService>) -> Self {
-        Self { service }
+    /// Wraps the domain services.
+    pub fn new(
+        credentials: Arc<CredentialService>,
+        tokens: Arc<TokenService>,
+        connect: Arc<ConnectService>,
+    ) -> Self {
+        Self {
+            credentials,
+            tokens,
+            connect,
+        }
     }
 }
 
@@ -24,42 +37,71 @@ impl CredentialApi {
 impl Rpc for CredentialApi {
     async fn list_providers(
         &self,
-        _req: Request<pb::ListProvidersRequest>,
+        req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        Err(unimplemented(
-            "ListProviders",
-            "the provider catalog (OAuth connect issue)",
-        ))
+        caller(&req)?;
+        let providers = self.connect.providers(req.get_ref().configured_only);
+        Ok(Response::new(pb::ListProvidersResponse {
+            providers: providers.iter().map(convert::provider).collect(),
+        }))
     }
 
     async fn start_connect(
         &self,
-        _req: Request<pb::StartConnectRequest>,
+        req: Request<pb::StartConnectRequest>,
     ) -> Result<Response<pb::StartConnectResponse>, Status> {
-        Err(unimplemented(
-            "StartConnect",
-            "the OAuth connect flow (OAuth connect issue)",
-        ))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = convert::start_connect(req.into_inner())?;
+            self.connect.start_connect(&caller, r).await
+        }
+        .await;
+        respond(result.map(|s| {
+            let (authorization_url, state, requested_scopes, expire_time) = convert::started(s);
+            pb::StartConnectResponse {
+                authorization_url,
+                state,
+                requested_scopes,
+                expire_time,
+            }
+        }))
     }
 
     async fn complete_connect(
         &self,
-        _req: Request<pb::CompleteConnectRequest>,
+        req: Request<pb::CompleteConnectRequest>,
     ) -> Result<Response<pb::CompleteConnectResponse>, Status> {
-        Err(unimplemented(
-            "CompleteConnect",
-            "the OAuth connect flow (OAuth connect issue)",
-        ))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = convert::complete_connect(req.into_inner())?;
+            self.connect.complete(&caller, r).await
+        }
+        .await;
+        respond(result.map(|(v, outcome)| pb::CompleteConnectResponse {
+            credential: Some(convert::credential(&v)),
+            outcome: convert::connect_outcome(outcome) as i32,
+        }))
     }
 
     async fn start_reconnect(
         &self,
-        _req: Request<pb::StartReconnectRequest>,
+        req: Request<pb::StartReconnectRequest>,
     ) -> Result<Response<pb::StartReconnectResponse>, Status> {
-        Err(unimplemented(
-            "StartReconnect",
-            "the OAuth reconnect flow (OAuth connect issue)",
-        ))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = convert::start_reconnect(req.into_inner())?;
+            self.connect.start_reconnect(&caller, r).await
+        }
+        .await;
+        respond(result.map(|s| {
+            let (authorization_url, state, requested_scopes, expire_time) = convert::started(s);
+            pb::StartReconnectResponse {
+                authorization_url,
+                state,
+                requested_scopes,
+                expire_time,
+            }
+        }))
     }
 
     async fn get_credential(
@@ -67,10 +109,25 @@ impl Rpc for CredentialApi {
         req: Request<pb::GetCredentialRequest>,
     ) -> Result<Response<pb::GetCredentialResponse>, Status> {
         let caller = caller(&req)?;
-        let id = convert::credential_id("credential_id", &req.get_ref().credential_id);
-        let result = async { self.service.get(&caller, &id?).await }.await;
-        respond(result.map(|v| pb::GetCredentialResponse {
-            credential: Some(convert::credential(&v)),
+        let result = async {
+            let id = convert::credential_id("credential_id", &req.get_ref().credential_id)?;
+            let view = self.credentials.get(&caller, &id).await?;
+            let usage = self.credentials.usage(&view.credential).await?;
+            Ok::<_, cb_broker::BrokerError>((view, usage))
+        }
+        .await;
+        respond(result.map(|(v, (recent, _total))| {
+            let mut c = convert::credential(&v);
+            c.recent_workflows = recent
+                .into_iter()
+                .map(|(workflow_id, at)| pb::WorkflowUsage {
+                    workflow_id,
+                    last_used_time: Some(convert::timestamp(at)),
+                })
+                .collect();
+            pb::GetCredentialResponse {
+                credential: Some(c),
+            }
         }))
     }
 
@@ -81,7 +138,7 @@ impl Rpc for CredentialApi {
         let caller = caller(&req)?;
         let result = async {
             let Listable(q) = req.into_inner().try_into()?;
-            self.service.list(&caller, q).await
+            self.credentials.list(&caller, q).await
         }
         .await;
         respond(result.map(|page| pb::ListCredentialsResponse {
@@ -97,12 +154,14 @@ impl Rpc for CredentialApi {
         let caller = caller(&req)?;
         let result = async {
             let Updatable(u) = req.into_inner().try_into()?;
-            self.service.update(&caller, u).await
+            self.credentials.update(&caller, u).await
         }
         .await;
-        respond(result.map(|v| pb::UpdateCredentialResponse {
-            credential: Some(convert::credential(&v)),
-        }))
+        respond(
+            result.map(|v: CredentialView| pb::UpdateCredentialResponse {
+                credential: Some(convert::credential(&v)),
+            }),
+        )
     }
 
     async fn disconnect_credential(
@@ -110,8 +169,11 @@ impl Rpc for CredentialApi {
         req: Request<pb::DisconnectCredentialRequest>,
     ) -> Result<Response<pb::DisconnectCredentialResponse>, Status> {
         let caller = caller(&req)?;
-        let id = convert::credential_id("credential_id", &req.get_ref().credential_id);
-        let result = async { self.service.disconnect(&caller, &id?).await }.await;
+        let result = async {
+            let id = convert::credential_id("credential_id", &req.get_ref().credential_id)?;
+            self.credentials.disconnect(&caller, &id).await
+        }
+        .await;
         respond(result.map(|(v, r)| {
             let (outcome, detail) = convert::revocation(&r);
             pb::DisconnectCredentialResponse {
@@ -124,12 +186,20 @@ impl Rpc for CredentialApi {
 
     async fn get_access_token(
         &self,
-        _req: Request<pb::GetAccessTokenRequest>,
+        req: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
-        Err(unimplemented(
-            "GetAccessToken",
-            "token issuance and the refresh coordinator (refresh issue)",
-        ))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let id = convert::credential_id("credential_id", &r.credential_id)?;
+            let min_valid = convert::min_valid_for(r.min_valid_for.as_ref())?;
+            let ctx = convert::usage_context(r)?;
+            self.tokens
+                .get_access_token(&caller, &id, min_valid, ctx)
+                .await
+        }
+        .await;
+        respond(result.map(convert::issued))
     }
 
     async fn import_credential(
@@ -139,7 +209,7 @@ impl Rpc for CredentialApi {
         let caller = caller(&req)?;
         let result = async {
             let Importable(i) = req.into_inner().try_into()?;
-            self.service.import(&caller, i).await
+            self.credentials.import(&caller, i).await
         }
         .await;
         respond(result.map(|v| pb::ImportCredentialResponse {
@@ -149,11 +219,17 @@ impl Rpc for CredentialApi {
 
     async fn list_audit_events(
         &self,
-        _req: Request<pb::ListAuditEventsRequest>,
+        req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        Err(unimplemented(
-            "ListAuditEvents",
-            "audit queries (members and access control issue)",
-        ))
+        let caller = caller(&req)?;
+        let result = async {
+            let filter = convert::audit_filter(req.get_ref())?;
+            self.credentials.audit().list(&caller, filter).await
+        }
+        .await;
+        respond(result.map(|(rows, next)| pb::ListAuditEventsResponse {
+            events: rows.into_iter().map(convert::audit_event).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 }

@@ -1,50 +1,151 @@
 //! `credentialbroker.v1.MembershipService`.
 
-use super::unimplemented;
+use super::{caller, respond};
+use crate::convert;
+use cb_broker::BrokerError;
+use cb_broker::members::{Member, MemberState, MembershipService};
+use cb_broker::types::{Email, Violations};
 use cb_proto::v1 as pb;
 use cb_proto::v1::membership_service_server::MembershipService as Rpc;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-const MISSING: &str = "member management (members and access control issue)";
-
 /// The gRPC face of membership management.
-#[derive(Default)]
-pub struct MembershipApi;
+pub struct MembershipApi {
+    service: Arc<MembershipService>,
+}
+
+impl MembershipApi {
+    /// Wraps the domain service.
+    pub fn new(service: Arc<MembershipService>) -> Self {
+        Self { service }
+    }
+}
+
+fn member(m: &Member) -> pb::Member {
+    pb::Member {
+        credential_id: m.credential_id.clone(),
+        email: m.email.clone(),
+        user_id: m.user_id.clone().unwrap_or_default(),
+        role: convert::role(m.role) as i32,
+        state: match m.state {
+            MemberState::Invited => pb::MemberState::Invited,
+            MemberState::Active => pb::MemberState::Active,
+        } as i32,
+        invited_by: m.invited_by.clone(),
+        create_time: Some(convert::timestamp(m.created_at)),
+        update_time: Some(convert::timestamp(m.updated_at)),
+    }
+}
+
+fn email(v: &mut Violations, raw: &str) -> Option<Email> {
+    v.check(Email::parse("email", raw))
+}
 
 #[tonic::async_trait]
 impl Rpc for MembershipApi {
     async fn list_members(
         &self,
-        _req: Request<pb::ListMembersRequest>,
+        req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        Err(unimplemented("ListMembers", MISSING))
+        let caller = caller(&req)?;
+        let result = async {
+            let id = convert::credential_id("credential_id", &req.get_ref().credential_id)?;
+            self.service.list(&caller, &id).await
+        }
+        .await;
+        respond(result.map(|ms| pb::ListMembersResponse {
+            members: ms.iter().map(member).collect(),
+        }))
     }
 
     async fn add_member(
         &self,
-        _req: Request<pb::AddMemberRequest>,
+        req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        Err(unimplemented("AddMember", MISSING))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let mut v = Violations::default();
+            let id = v.check(cb_broker::types::CredentialId::parse(
+                "credential_id",
+                &r.credential_id,
+            ));
+            let email = email(&mut v, &r.email);
+            let role = v.check(convert::parse_role("role", r.role));
+            v.finish()?;
+            let (Some(id), Some(email), Some(role)) = (id, email, role) else {
+                return Err(BrokerError::Internal("request parse inconsistency".into()));
+            };
+            self.service.add(&caller, &id, email, role).await
+        }
+        .await;
+        respond(result.map(|m| pb::AddMemberResponse {
+            member: Some(member(&m)),
+        }))
     }
 
     async fn update_member_role(
         &self,
-        _req: Request<pb::UpdateMemberRoleRequest>,
+        req: Request<pb::UpdateMemberRoleRequest>,
     ) -> Result<Response<pb::UpdateMemberRoleResponse>, Status> {
-        Err(unimplemented("UpdateMemberRole", MISSING))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let mut v = Violations::default();
+            let id = v.check(cb_broker::types::CredentialId::parse(
+                "credential_id",
+                &r.credential_id,
+            ));
+            let email = email(&mut v, &r.email);
+            let role = v.check(convert::parse_role("role", r.role));
+            v.finish()?;
+            let (Some(id), Some(email), Some(role)) = (id, email, role) else {
+                return Err(BrokerError::Internal("request parse inconsistency".into()));
+            };
+            self.service.update_role(&caller, &id, email, role).await
+        }
+        .await;
+        respond(result.map(|m| pb::UpdateMemberRoleResponse {
+            member: Some(member(&m)),
+        }))
     }
 
     async fn remove_member(
         &self,
-        _req: Request<pb::RemoveMemberRequest>,
+        req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        Err(unimplemented("RemoveMember", MISSING))
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let mut v = Violations::default();
+            let id = v.check(cb_broker::types::CredentialId::parse(
+                "credential_id",
+                &r.credential_id,
+            ));
+            let email = email(&mut v, &r.email);
+            v.finish()?;
+            let (Some(id), Some(email)) = (id, email) else {
+                return Err(BrokerError::Internal("request parse inconsistency".into()));
+            };
+            self.service.remove(&caller, &id, email).await
+        }
+        .await;
+        respond(result.map(|()| pb::RemoveMemberResponse {}))
     }
 
     async fn accept_invitation(
         &self,
-        _req: Request<pb::AcceptInvitationRequest>,
+        req: Request<pb::AcceptInvitationRequest>,
     ) -> Result<Response<pb::AcceptInvitationResponse>, Status> {
-        Err(unimplemented("AcceptInvitation", MISSING))
+        let caller = caller(&req)?;
+        let result = async {
+            let id = convert::credential_id("credential_id", &req.get_ref().credential_id)?;
+            self.service.accept(&caller, &id).await
+        }
+        .await;
+        respond(result.map(|m| pb::AcceptInvitationResponse {
+            member: Some(member(&m)),
+        }))
     }
 }

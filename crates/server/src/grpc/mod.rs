@@ -9,16 +9,11 @@ use tonic::{Request, Status};
 
 /// Identifies the caller of `req`, mapping failures to a status.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    crate::caller::caller_from_metadata(req.metadata()).map_err(crate::status::to_status)
+    crate::caller::caller_of(req).map_err(crate::status::to_status)
 }
 
 /// Maps a domain result to a tonic result.
 pub fn respond<T>(r: Result<T, BrokerError>) -> Result<tonic::Response<T>, Status> {
     r.map(tonic::Response::new)
         .map_err(crate::status::to_status)
-}
-
-/// The UNIMPLEMENTED answer of an RPC that a later version fills in.
-pub fn unimplemented(what: &'static str, missing: &'static str) -> Status {
-    crate::status::to_status(BrokerError::Unimplemented { what, missing })
 }

@@ -1,0 +1,781 @@
+//! The OAuth connect flow: StartConnect / StartReconnect store a single-use connect session and
+//! return the authorization URL; CompleteConnect consumes the session, exchanges the code,
+//! identifies the account and creates, updates or reconnects the credential. Nothing is written
+//! before every check has passed, so a failure never leaves a half-created credential.
+
+use crate::access::{Caller, Role};
+use crate::audit::{Audit, Outcome};
+use crate::clock::{Clock, Timestamp};
+use crate::credential::{Credential, CredentialView, Status};
+use crate::error::{BrokerError, FieldViolation, reason};
+use crate::gateway::{GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, ScopeInfo};
+use crate::issuance::TokenCache;
+use crate::policy::{Policy, require_actor};
+use crate::sealing;
+use crate::service::CredentialService;
+use crate::tokens::TokenBundle;
+use crate::types::{
+    CredentialId, Description, DisplayName, ProviderAccount, ProviderId, Scopes, WorkspaceId,
+};
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest::{SHA256, digest};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cb_crypto::{EncryptionContext, Envelope, KeyRef, SealedBlob, WrappedDek};
+use cb_store::{ConnectSessionRow, MemberRow, Store, StoreError};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a connect session (the `state`) stays valid.
+pub const SESSION_TTL: Duration = Duration::from_secs(600);
+
+/// A StartConnect request.
+#[derive(Clone, Debug)]
+pub struct StartConnect {
+    /// Owning workspace.
+    pub workspace_id: WorkspaceId,
+    /// Provider.
+    pub provider_id: ProviderId,
+    /// Requested scopes (empty: the provider's defaults).
+    pub scopes: Scopes,
+    /// Redirect URI (must be allowed exactly).
+    pub redirect_uri: String,
+    /// Draft display name.
+    pub display_name: Option<DisplayName>,
+    /// Draft description.
+    pub description: Option<Description>,
+}
+
+/// A StartReconnect request.
+#[derive(Clone, Debug)]
+pub struct StartReconnect {
+    /// The credential.
+    pub id: CredentialId,
+    /// Redirect URI.
+    pub redirect_uri: String,
+    /// Requested scopes (empty: the credential's current ones).
+    pub scopes: Scopes,
+}
+
+/// What to show the user before they leave for the provider.
+#[derive(Clone, Debug)]
+pub struct ConnectStarted {
+    /// Authorization URL.
+    pub authorization_url: String,
+    /// Opaque state (single use).
+    pub state: String,
+    /// The requested scopes with descriptions.
+    pub requested_scopes: Vec<ScopeInfo>,
+    /// Session expiry.
+    pub expires_at: Timestamp,
+}
+
+/// The provider's callback parameters.
+#[derive(Clone, Debug)]
+pub struct CompleteConnect {
+    /// `state`.
+    pub state: String,
+    /// `code` (absent on error).
+    pub code: Option<SecretString>,
+    /// `error`.
+    pub error: Option<String>,
+    /// `error_description`.
+    pub error_description: Option<String>,
+}
+
+/// What CompleteConnect did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// New credential.
+    Created,
+    /// Existing credential of the same account updated.
+    UpdatedExisting,
+    /// Reconnected via StartReconnect.
+    Reconnected,
+}
+
+fn state_hash(state: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest(&SHA256, state.as_bytes()))
+}
+
+fn pkce_aad(hash: &str) -> Vec<u8> {
+    format!("credential-broker/v1|connect|{hash}|pkce").into_bytes()
+}
+
+fn pkce_context(workspace: &str, hash: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("workspace_id", workspace)
+        .with("connect_session", hash)
+        .with("purpose", "pkce")
+}
+
+fn failed(reason: &'static str, message: impl Into<String>) -> BrokerError {
+    BrokerError::FailedPrecondition {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Keeps provider-supplied text printable and short before it reaches a response.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+fn provider_error(e: ProviderError) -> BrokerError {
+    match e {
+        ProviderError::Transient {
+            detail,
+            retry_after,
+        } => BrokerError::Unavailable {
+            reason: reason::PROVIDER_UNAVAILABLE,
+            message: format!("the provider is not answering: {detail}"),
+            retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
+        },
+        ProviderError::Denied(d) => failed(
+            reason::PROVIDER_DENIED,
+            format!("the provider refused: {d}"),
+        ),
+        ProviderError::Permanent(d) | ProviderError::Other(d) => failed(
+            reason::CODE_EXCHANGE_FAILED,
+            format!("the provider rejected the authorization code: {d}"),
+        ),
+    }
+}
+
+/// The connect flow use cases.
+pub struct ConnectService {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    clock: Arc<dyn Clock>,
+    gateway: Arc<dyn ProviderGateway>,
+    policy: Policy,
+    audit: Audit,
+    cache: Arc<TokenCache>,
+    credentials: Arc<CredentialService>,
+}
+
+impl ConnectService {
+    /// Wires the flow.
+    #[allow(clippy::too_many_arguments)] // each collaborator is needed
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn ProviderGateway>,
+        audit: Audit,
+        cache: Arc<TokenCache>,
+        credentials: Arc<CredentialService>,
+    ) -> Self {
+        Self {
+            policy: Policy::new(store.clone()),
+            store,
+            envelope,
+            clock,
+            gateway,
+            audit,
+            cache,
+            credentials,
+        }
+    }
+
+    /// The catalog.
+    pub fn providers(&self, configured_only: bool) -> Vec<ProviderInfo> {
+        self.gateway
+            .list()
+            .into_iter()
+            .filter(|p| p.configured || !configured_only)
+            .collect()
+    }
+
+    fn provider(&self, id: &str) -> Result<ProviderInfo, BrokerError> {
+        let p = self.gateway.get(id).ok_or(BrokerError::NotFound {
+            reason: reason::PROVIDER_NOT_FOUND,
+            what: "provider",
+        })?;
+        if !p.configured {
+            return Err(failed(
+                reason::PROVIDER_NOT_CONFIGURED,
+                format!(
+                    "provider {id} is not configured: set {} (see docs/providers.md)",
+                    p.missing_settings.join(" and ")
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    fn check_request(
+        &self,
+        p: &ProviderInfo,
+        scopes: &Scopes,
+        redirect_uri: &str,
+    ) -> Result<Vec<ScopeInfo>, BrokerError> {
+        let mut violations = Vec::new();
+        if !self.gateway.redirect_allowed(redirect_uri) {
+            violations.push(FieldViolation::new(
+                "redirect_uri",
+                "is not one of the configured redirect URIs (exact match)",
+            ));
+        }
+        let requested: Vec<ScopeInfo> = if scopes.as_slice().is_empty() {
+            p.scopes
+                .iter()
+                .filter(|s| s.default_selected)
+                .cloned()
+                .collect()
+        } else {
+            let mut out = Vec::new();
+            for (i, s) in scopes.as_slice().iter().enumerate() {
+                match p.scopes.iter().find(|o| &o.name == s) {
+                    Some(o) => out.push(o.clone()),
+                    None => violations.push(FieldViolation::new(
+                        format!("scopes[{i}]"),
+                        format!("is not offered by {}", p.id),
+                    )),
+                }
+            }
+            out
+        };
+        if violations.is_empty() {
+            Ok(requested)
+        } else {
+            Err(BrokerError::InvalidArgument(violations))
+        }
+    }
+
+    async fn start(
+        &self,
+        caller: &Caller,
+        workspace_id: &str,
+        p: &ProviderInfo,
+        requested: Vec<ScopeInfo>,
+        redirect_uri: &str,
+        reconnect: Option<&Credential>,
+        drafts: (Option<DisplayName>, Option<Description>),
+    ) -> Result<ConnectStarted, BrokerError> {
+        let actor = require_actor(caller)?;
+        let now = self.clock.now();
+        let state = cb_oauth::pkce::random_state();
+        let hash = state_hash(state.expose_secret());
+        let names: Vec<String> = requested.iter().map(|s| s.name.clone()).collect();
+        let (challenge, sealed_verifier) = if self.gateway.uses_pkce(&p.id) {
+            let pair = cb_oauth::pkce::pkce_pair();
+            let blob = self
+                .envelope
+                .seal_new(
+                    &pkce_context(workspace_id, &hash),
+                    &pkce_aad(&hash),
+                    pair.verifier.expose_secret().as_bytes(),
+                )
+                .await?;
+            (Some(pair.challenge), Some(blob))
+        } else {
+            (None, None)
+        };
+        let url = self
+            .gateway
+            .authorize_url(
+                &p.id,
+                redirect_uri,
+                &names,
+                state.expose_secret(),
+                challenge.as_deref(),
+            )
+            .map_err(|e| BrokerError::Internal(format!("authorization url: {e}")))?;
+        let expires_at = now.plus(SESSION_TTL);
+        let row = ConnectSessionRow {
+            state_hash: hash,
+            workspace_id: workspace_id.to_owned(),
+            provider_id: p.id.clone(),
+            scopes: names.join(" "),
+            redirect_uri: redirect_uri.to_owned(),
+            pkce_verifier: sealed_verifier.as_ref().map(|b| b.ciphertext.clone()),
+            pkce_dek_wrapped: sealed_verifier
+                .as_ref()
+                .map(|b| b.wrapped_dek.ciphertext.clone()),
+            pkce_dek_key_id: sealed_verifier
+                .as_ref()
+                .map(|b| b.wrapped_dek.key.key_id.clone()),
+            pkce_dek_key_version: sealed_verifier
+                .as_ref()
+                .map(|b| i64::from(b.wrapped_dek.key.version)),
+            reconnect_credential_id: reconnect.map(|c| c.id.to_string()),
+            display_name: drafts.0.map(|d| d.to_string()),
+            description: drafts.1.map(|d| d.to_string()),
+            created_by: actor.user_id.to_string(),
+            created_by_email: actor.email.to_string(),
+            created_at: now.as_millis(),
+            expires_at: expires_at.as_millis(),
+            consumed_at: None,
+        };
+        self.store.insert_connect_session(&row).await?;
+        Ok(ConnectStarted {
+            authorization_url: url,
+            state: state.expose_secret().to_owned(),
+            requested_scopes: requested,
+            expires_at,
+        })
+    }
+
+    /// Starts connecting a new account.
+    pub async fn start_connect(
+        &self,
+        caller: &Caller,
+        req: StartConnect,
+    ) -> Result<ConnectStarted, BrokerError> {
+        let result = async {
+            require_actor(caller)?;
+            let p = self.provider(req.provider_id.as_str())?;
+            let requested = self.check_request(&p, &req.scopes, &req.redirect_uri)?;
+            self.start(
+                caller,
+                req.workspace_id.as_str(),
+                &p,
+                requested,
+                &req.redirect_uri,
+                None,
+                (req.display_name, req.description),
+            )
+            .await
+        }
+        .await;
+        if result.is_err() {
+            self.audit
+                .record(
+                    caller,
+                    "connect.start",
+                    None,
+                    Outcome::of(&result),
+                    Some(format!("provider={}", req.provider_id)),
+                )
+                .await;
+        }
+        result
+    }
+
+    /// Starts re-authorizing an existing credential. Admin only.
+    pub async fn start_reconnect(
+        &self,
+        caller: &Caller,
+        req: StartReconnect,
+    ) -> Result<ConnectStarted, BrokerError> {
+        let result = async {
+            let (c, _) = self
+                .policy
+                .load_with_role(caller, &req.id, Role::Admin)
+                .await?;
+            if c.is_disconnected() {
+                return Err(crate::service::disconnected());
+            }
+            let p = self.provider(&c.provider_id)?;
+            let scopes = if req.scopes.as_slice().is_empty() {
+                c.scopes.clone()
+            } else {
+                req.scopes.clone()
+            };
+            let mut requested = self.check_request(&p, &scopes, &req.redirect_uri);
+            // A credential imported with scopes outside the catalog is reconnected with the catalog defaults.
+            if let Err(BrokerError::InvalidArgument(v)) = &requested
+                && req.scopes.as_slice().is_empty()
+                && v.iter().all(|f| f.field.starts_with("scopes"))
+            {
+                requested = self.check_request(&p, &Scopes::default(), &req.redirect_uri);
+            }
+            self.start(
+                caller,
+                &c.workspace_id,
+                &p,
+                requested?,
+                &req.redirect_uri,
+                Some(&c),
+                (None, None),
+            )
+            .await
+        }
+        .await;
+        if result.is_err() {
+            self.audit
+                .record(
+                    caller,
+                    "connect.reconnect_start",
+                    Some(req.id.as_str()),
+                    Outcome::of(&result),
+                    None,
+                )
+                .await;
+        }
+        result
+    }
+
+    /// Finishes a connect or reconnect.
+    pub async fn complete(
+        &self,
+        caller: &Caller,
+        req: CompleteConnect,
+    ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
+        let result = self.complete_inner(caller, req).await;
+        let (action, id) = match &result {
+            Ok((v, ConnectOutcome::Reconnected)) => {
+                ("credential.reconnect", Some(v.credential.id.to_string()))
+            }
+            Ok((v, _)) => ("credential.connect", Some(v.credential.id.to_string())),
+            Err(_) => ("credential.connect", None),
+        };
+        self.audit
+            .record(caller, action, id.as_deref(), Outcome::of(&result), None)
+            .await;
+        result
+    }
+
+    async fn complete_inner(
+        &self,
+        caller: &Caller,
+        req: CompleteConnect,
+    ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
+        let actor = require_actor(caller)?;
+        if req.state.is_empty() || req.state.len() > 256 {
+            return Err(BrokerError::invalid(
+                "state",
+                "must be the state returned by StartConnect",
+            ));
+        }
+        let hash = state_hash(&req.state);
+        let now = self.clock.now();
+        let session = self
+            .store
+            .get_connect_session(&hash)
+            .await?
+            .ok_or_else(|| {
+                failed(
+                    reason::CONNECT_STATE_UNKNOWN,
+                    "this connect attempt is unknown: start connecting again",
+                )
+            })?;
+        if verify_slices_are_equal(session.state_hash.as_bytes(), hash.as_bytes()).is_err() {
+            return Err(failed(
+                reason::CONNECT_STATE_UNKNOWN,
+                "this connect attempt is unknown: start connecting again",
+            ));
+        }
+        if session.consumed_at.is_some() {
+            return Err(failed(
+                reason::CONNECT_STATE_REPLAYED,
+                "this connect attempt was already completed: start connecting again",
+            ));
+        }
+        if session.expires_at <= now.as_millis() {
+            return Err(failed(
+                reason::CONNECT_STATE_EXPIRED,
+                "this connect attempt expired (10 minutes): start connecting again",
+            ));
+        }
+        if session.created_by != actor.user_id.as_str() {
+            return Err(BrokerError::PermissionDenied {
+                reason: reason::CONNECT_STATE_OTHER_USER,
+                message: "this connect attempt was started by another user".into(),
+            });
+        }
+        // Single use: exactly one completion wins, even when two race.
+        if !self
+            .store
+            .consume_connect_session(&hash, now.as_millis())
+            .await?
+        {
+            return Err(failed(
+                reason::CONNECT_STATE_REPLAYED,
+                "this connect attempt was already completed: start connecting again",
+            ));
+        }
+        if let Some(error) = &req.error {
+            let detail = req
+                .error_description
+                .as_deref()
+                .map(sanitize)
+                .unwrap_or_default();
+            return Err(failed(
+                reason::PROVIDER_DENIED,
+                format!("the provider returned {}: {detail}", sanitize(error)),
+            ));
+        }
+        let code = req
+            .code
+            .as_ref()
+            .ok_or_else(|| BrokerError::invalid("code", "is required when error is not set"))?;
+        let verifier = self.open_verifier(&session).await?;
+        let (granted, account) = self
+            .gateway
+            .exchange_code(
+                &session.provider_id,
+                code,
+                &session.redirect_uri,
+                verifier.as_ref(),
+            )
+            .await
+            .map_err(provider_error)?;
+        let account = ProviderAccount {
+            subject: account.subject,
+            label: account.label,
+        };
+        let requested = Scopes::from_stored(&session.scopes);
+        let scopes = granted
+            .scopes
+            .as_ref()
+            .map(|s| Scopes::from_stored(&s.join(" ")))
+            .unwrap_or(requested);
+        let tokens = bundle(granted, now);
+        match &session.reconnect_credential_id {
+            Some(id) => {
+                self.reconnect(caller, id, &account, scopes, &tokens, now)
+                    .await
+            }
+            None => {
+                self.connect(caller, &session, account, scopes, &tokens, now)
+                    .await
+            }
+        }
+    }
+
+    async fn open_verifier(
+        &self,
+        s: &ConnectSessionRow,
+    ) -> Result<Option<SecretString>, BrokerError> {
+        let (Some(ct), Some(wrapped), Some(key_id), Some(version)) = (
+            &s.pkce_verifier,
+            &s.pkce_dek_wrapped,
+            &s.pkce_dek_key_id,
+            s.pkce_dek_key_version,
+        ) else {
+            return Ok(None);
+        };
+        let blob = SealedBlob {
+            ciphertext: ct.clone(),
+            wrapped_dek: WrappedDek {
+                key: KeyRef {
+                    key_id: key_id.clone(),
+                    version: u32::try_from(version).unwrap_or(0),
+                },
+                ciphertext: wrapped.clone(),
+            },
+        };
+        let plain = self
+            .envelope
+            .open(
+                &blob,
+                &pkce_context(&s.workspace_id, &s.state_hash),
+                &pkce_aad(&s.state_hash),
+            )
+            .await?;
+        self.envelope.forget(&blob.wrapped_dek);
+        let text = String::from_utf8(plain.expose().to_vec())
+            .map_err(|_| BrokerError::Internal("stored verifier is not text".into()))?;
+        Ok(Some(SecretString::from(text)))
+    }
+
+    async fn reconnect(
+        &self,
+        caller: &Caller,
+        id: &str,
+        account: &ProviderAccount,
+        scopes: Scopes,
+        tokens: &TokenBundle,
+        now: Timestamp,
+    ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
+        let id = CredentialId::from_stored(id.to_owned());
+        let (mut c, role) = self.policy.load_with_role(caller, &id, Role::Admin).await?;
+        if c.is_disconnected() {
+            return Err(crate::service::disconnected());
+        }
+        if c.account.subject != account.subject {
+            return Err(failed(
+                reason::ACCOUNT_MISMATCH,
+                format!(
+                    "you authorized {} but this credential belongs to {}: sign in to the provider as that account, or connect a new credential",
+                    sanitize(&account.label),
+                    c.account.label
+                ),
+            ));
+        }
+        let stored = self
+            .store_tokens(&mut c, Some(account), scopes, tokens, now)
+            .await?;
+        Ok((
+            CredentialView {
+                credential: stored,
+                caller_role: Some(role),
+            },
+            ConnectOutcome::Reconnected,
+        ))
+    }
+
+    async fn connect(
+        &self,
+        caller: &Caller,
+        s: &ConnectSessionRow,
+        account: ProviderAccount,
+        scopes: Scopes,
+        tokens: &TokenBundle,
+        now: Timestamp,
+    ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
+        let actor = require_actor(caller)?;
+        for _ in 0..3 {
+            if let Some(row) = self
+                .store
+                .find_credential_by_account(&s.workspace_id, &s.provider_id, &account.subject)
+                .await?
+            {
+                let mut c = Credential::from_row(row)?;
+                let stored = self
+                    .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now)
+                    .await?;
+                // Whoever proves control of the account may use the credential: make them Admin.
+                let role = match self.policy.role_of(actor, &stored).await? {
+                    Some(r) => r,
+                    None => {
+                        self.store
+                            .change_member(&cb_store::MemberChange::Upsert(admin_row(
+                                &stored, caller, now,
+                            )))
+                            .await?;
+                        Role::Admin
+                    }
+                };
+                return Ok((
+                    CredentialView {
+                        credential: stored,
+                        caller_role: Some(role),
+                    },
+                    ConnectOutcome::UpdatedExisting,
+                ));
+            }
+            let provider_name = self
+                .gateway
+                .get(&s.provider_id)
+                .map_or_else(|| s.provider_id.clone(), |p| p.display_name);
+            let default_name = if account.label.is_empty() {
+                provider_name
+            } else {
+                format!("{provider_name} ({})", account.label)
+            };
+            let name = match &s.display_name {
+                Some(n) => DisplayName::from_stored(n.clone()),
+                None => DisplayName::parse(
+                    "display_name",
+                    &default_name
+                        .chars()
+                        .take(crate::types::DISPLAY_NAME_MAX)
+                        .collect::<String>(),
+                )
+                .map_err(|v| BrokerError::InvalidArgument(vec![v]))?,
+            };
+            let mut c = Credential::new(
+                CredentialId::generate(),
+                s.workspace_id.clone(),
+                s.provider_id.clone(),
+                account.clone(),
+                name,
+                Description::from_stored(s.description.clone().unwrap_or_default()),
+                scopes.clone(),
+                actor.user_id.to_string(),
+                now,
+            );
+            sealing::seal_into(&self.envelope, &mut c, tokens).await?;
+            self.credentials.schedule_refresh(&mut c, tokens, now);
+            c.last_refreshed_at = Some(now);
+            match self
+                .store
+                .insert_credential(&c.to_row(), &[admin_row(&c, caller, now)])
+                .await
+            {
+                Ok(()) => {
+                    return Ok((
+                        CredentialView {
+                            credential: c,
+                            caller_role: Some(Role::Admin),
+                        },
+                        ConnectOutcome::Created,
+                    ));
+                }
+                // Someone connected the same account a moment ago: update that one instead.
+                Err(StoreError::Duplicate(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BrokerError::Conflict {
+            message: "the account is being connected concurrently; retry".into(),
+        })
+    }
+
+    /// Seals new tokens into an existing credential and makes it ACTIVE again.
+    async fn store_tokens(
+        &self,
+        c: &mut Credential,
+        account: Option<&ProviderAccount>,
+        scopes: Scopes,
+        tokens: &TokenBundle,
+        now: Timestamp,
+    ) -> Result<Credential, BrokerError> {
+        for _ in 0..3 {
+            let expected = c.version;
+            if let Some(a) = account
+                && !a.label.is_empty()
+            {
+                c.account.label = a.label.clone();
+            }
+            c.scopes = scopes.clone();
+            c.status = Status::Active;
+            c.last_refreshed_at = Some(now);
+            c.updated_at = now;
+            sealing::seal_into(&self.envelope, c, tokens).await?;
+            self.credentials.schedule_refresh(c, tokens, now);
+            match self.store.update_credential(&c.to_row(), expected).await {
+                Ok(stored) => {
+                    self.cache.invalidate(c.id.as_str());
+                    return Credential::from_row(stored);
+                }
+                Err(StoreError::VersionConflict { .. }) => {
+                    let row = self
+                        .store
+                        .get_credential(c.id.as_str())
+                        .await?
+                        .ok_or_else(BrokerError::credential_not_found)?;
+                    *c = Credential::from_row(row)?;
+                    if c.is_disconnected() {
+                        return Err(crate::service::disconnected());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BrokerError::Conflict {
+            message: "the credential is changing concurrently; retry".into(),
+        })
+    }
+}
+
+fn admin_row(c: &Credential, caller: &Caller, now: Timestamp) -> MemberRow {
+    let actor = caller.actor.as_ref();
+    MemberRow {
+        credential_id: c.id.to_string(),
+        email: actor.map(|a| a.email.to_string()).unwrap_or_default(),
+        user_id: actor.map(|a| a.user_id.to_string()),
+        role: Role::Admin.as_str().to_owned(),
+        state: "ACTIVE".to_owned(),
+        invited_by: actor.map(|a| a.user_id.to_string()).unwrap_or_default(),
+        created_at: now.as_millis(),
+        updated_at: now.as_millis(),
+    }
+}
+
+/// The token bundle for tokens fresh from the provider.
+pub fn bundle(g: GrantedTokens, now: Timestamp) -> TokenBundle {
+    TokenBundle {
+        access_token: g.access_token,
+        refresh_token: g.refresh_token,
+        id_token: g.id_token,
+        token_type: g.token_type,
+        access_expires_at: g.expires_in.map(|d| now.plus(d)),
+        refresh_expires_at: g.refresh_expires_in.map(|d| now.plus(d)),
+        extras: g.extras,
+    }
+}

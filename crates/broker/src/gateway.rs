@@ -1,0 +1,147 @@
+//! What the domain needs from OAuth providers, as a trait: the server implements it with the
+//! `cb-oauth` HTTP client and the provider catalog; the domain stays free of HTTP.
+
+use crate::tokens::TokenBundle;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One scope offered by a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeInfo {
+    /// Scope string.
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// Requested when the caller names none.
+    pub default_selected: bool,
+}
+
+/// A provider as the UI sees it.
+#[derive(Clone, Debug)]
+pub struct ProviderInfo {
+    /// Catalog id.
+    pub id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Icon URL.
+    pub icon_url: String,
+    /// Category.
+    pub category: String,
+    /// Whether client credentials are configured.
+    pub configured: bool,
+    /// Settings missing to configure it.
+    pub missing_settings: Vec<String>,
+    /// Offered scopes.
+    pub scopes: Vec<ScopeInfo>,
+    /// Whether the provider can revoke grants.
+    pub supports_revocation: bool,
+    /// Declared in config rather than built in.
+    pub custom: bool,
+    /// Refresh token expires after this long without use (refresh it before).
+    pub refresh_token_idle: Option<Duration>,
+}
+
+/// Tokens a provider returned (code exchange or refresh).
+#[derive(Clone, Debug)]
+pub struct GrantedTokens {
+    /// Access token.
+    pub access_token: SecretString,
+    /// New refresh token, if the provider returned one (rotation); `None` keeps the old one.
+    pub refresh_token: Option<SecretString>,
+    /// OpenID id token.
+    pub id_token: Option<SecretString>,
+    /// Token type.
+    pub token_type: String,
+    /// Access token lifetime, if given.
+    pub expires_in: Option<Duration>,
+    /// Refresh token lifetime, if given.
+    pub refresh_expires_in: Option<Duration>,
+    /// Scopes granted, if the provider said.
+    pub scopes: Option<Vec<String>>,
+    /// Non-secret extras (instance_url, cloud_id, …).
+    pub extras: BTreeMap<String, String>,
+}
+
+/// The connected account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Stable id at the provider.
+    pub subject: String,
+    /// Email or login.
+    pub label: String,
+}
+
+/// How a provider call failed, as the domain classifies it.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The grant is dead (invalid_grant, revoked, unauthorized client): reconnect needed.
+    #[error("{0}")]
+    Permanent(String),
+    /// Try again later.
+    #[error("{detail}")]
+    Transient {
+        /// Non-secret detail.
+        detail: String,
+        /// Suggested delay (429 Retry-After).
+        retry_after: Option<Duration>,
+    },
+    /// The user or provider refused the authorization.
+    #[error("{0}")]
+    Denied(String),
+    /// Misconfiguration or protocol violation.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Result of a revocation attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeResult {
+    /// Revoked at the provider.
+    Revoked,
+    /// The provider has no revocation endpoint.
+    NotSupported,
+}
+
+/// The operations the domain performs against providers.
+#[async_trait::async_trait]
+pub trait ProviderGateway: Send + Sync + 'static {
+    /// Every provider, ordered by id.
+    fn list(&self) -> Vec<ProviderInfo>;
+    /// One provider.
+    fn get(&self, id: &str) -> Option<ProviderInfo>;
+    /// Whether `uri` is an allowed redirect URI (exact match).
+    fn redirect_allowed(&self, uri: &str) -> bool;
+    /// Builds the authorization URL.
+    fn authorize_url(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        scopes: &[String],
+        state: &str,
+        pkce_challenge: Option<&str>,
+    ) -> Result<String, ProviderError>;
+    /// Whether the provider uses PKCE.
+    fn uses_pkce(&self, provider: &str) -> bool;
+    /// Exchanges an authorization code and identifies the account the tokens belong to.
+    async fn exchange_code(
+        &self,
+        provider: &str,
+        code: &SecretString,
+        redirect_uri: &str,
+        pkce_verifier: Option<&SecretString>,
+    ) -> Result<(GrantedTokens, AccountInfo), ProviderError>;
+    /// Refreshes a grant.
+    async fn refresh(
+        &self,
+        provider: &str,
+        refresh_token: &SecretString,
+        extras: &BTreeMap<String, String>,
+    ) -> Result<GrantedTokens, ProviderError>;
+    /// Revokes a grant (refresh token preferred, else access token).
+    async fn revoke(
+        &self,
+        provider: &str,
+        tokens: &TokenBundle,
+    ) -> Result<RevokeResult, ProviderError>;
+}

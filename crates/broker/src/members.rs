@@ -1,0 +1,324 @@
+//! Per-credential members: invitations by email, roles, leaving, and the last-admin rule (held
+//! by the store in one transaction, so two admins demoting each other cannot both succeed).
+
+use crate::access::{Caller, Role};
+use crate::audit::{Audit, Outcome};
+use crate::clock::{Clock, Timestamp};
+use crate::error::{BrokerError, reason};
+use crate::issuance::TokenCache;
+use crate::policy::{Policy, require_actor};
+use crate::types::{CredentialId, Email};
+use cb_store::{MemberChange, MemberRow, Store, StoreError};
+use std::sync::Arc;
+
+/// Whether a membership has been accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Waiting for the invitee.
+    Invited,
+    /// Working.
+    Active,
+}
+
+/// One member of a credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The credential.
+    pub credential_id: String,
+    /// Lowercase email, the membership key.
+    pub email: String,
+    /// Bound user id (once accepted).
+    pub user_id: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// State.
+    pub state: MemberState,
+    /// Who invited them.
+    pub invited_by: String,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+impl Member {
+    fn from_row(r: MemberRow) -> Result<Self, BrokerError> {
+        let role = Role::from_stored(&r.role)
+            .ok_or_else(|| BrokerError::Internal(format!("unknown stored role {:?}", r.role)))?;
+        let state = match r.state.as_str() {
+            "INVITED" => MemberState::Invited,
+            "ACTIVE" => MemberState::Active,
+            other => {
+                return Err(BrokerError::Internal(format!(
+                    "unknown stored member state {other:?}"
+                )));
+            }
+        };
+        Ok(Self {
+            credential_id: r.credential_id,
+            email: r.email,
+            user_id: r.user_id,
+            role,
+            state,
+            invited_by: r.invited_by,
+            created_at: Timestamp::from_millis(r.created_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+        })
+    }
+
+    fn to_row(&self) -> MemberRow {
+        MemberRow {
+            credential_id: self.credential_id.clone(),
+            email: self.email.clone(),
+            user_id: self.user_id.clone(),
+            role: self.role.as_str().to_owned(),
+            state: match self.state {
+                MemberState::Invited => "INVITED",
+                MemberState::Active => "ACTIVE",
+            }
+            .to_owned(),
+            invited_by: self.invited_by.clone(),
+            created_at: self.created_at.as_millis(),
+            updated_at: self.updated_at.as_millis(),
+        }
+    }
+}
+
+fn last_admin() -> BrokerError {
+    BrokerError::FailedPrecondition {
+        reason: reason::LAST_ADMIN,
+        message: "a credential must keep at least one active Admin: make someone else Admin first"
+            .into(),
+    }
+}
+
+fn member_not_found() -> BrokerError {
+    BrokerError::NotFound {
+        reason: reason::MEMBER_NOT_FOUND,
+        what: "member",
+    }
+}
+
+fn map_change_error(e: StoreError) -> BrokerError {
+    match e {
+        StoreError::LastAdmin => last_admin(),
+        StoreError::NotFound => member_not_found(),
+        other => other.into(),
+    }
+}
+
+/// Member management use cases.
+pub struct MembershipService {
+    store: Arc<dyn Store>,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    audit: Audit,
+    cache: Arc<TokenCache>,
+}
+
+impl MembershipService {
+    /// Wires the use cases.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        audit: Audit,
+        cache: Arc<TokenCache>,
+    ) -> Self {
+        Self {
+            policy: Policy::new(store.clone()),
+            store,
+            clock,
+            audit,
+            cache,
+        }
+    }
+
+    /// Applies a guarded member change and drops the cached token entry (it holds the member list).
+    async fn apply(&self, change: MemberChange) -> Result<(), BrokerError> {
+        self.store
+            .change_member(&change)
+            .await
+            .map_err(map_change_error)?;
+        self.cache.invalidate(change.credential_id());
+        Ok(())
+    }
+
+    /// Lists members and invitations; any member (or an operator) may read them.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+    ) -> Result<Vec<Member>, BrokerError> {
+        self.policy.load_visible(caller, id).await?;
+        self.store
+            .list_members(id.as_str())
+            .await?
+            .into_iter()
+            .map(Member::from_row)
+            .collect()
+    }
+
+    /// Invites `email` with `role`. Admin only. An existing member → ALREADY_EXISTS.
+    pub async fn add(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+        email: Email,
+        role: Role,
+    ) -> Result<Member, BrokerError> {
+        let result = async {
+            let (c, _) = self.policy.load_with_role(caller, id, Role::Admin).await?;
+            if c.is_disconnected() {
+                return Err(crate::service::disconnected());
+            }
+            if self
+                .store
+                .get_member(id.as_str(), email.as_str())
+                .await?
+                .is_some()
+            {
+                return Err(BrokerError::AlreadyExists {
+                    reason: reason::MEMBER_EXISTS,
+                    message: format!(
+                        "{email} is already a member or invited; change their role instead"
+                    ),
+                });
+            }
+            let now = self.clock.now();
+            let m = Member {
+                credential_id: id.to_string(),
+                email: email.to_string(),
+                user_id: None,
+                role,
+                state: MemberState::Invited,
+                invited_by: require_actor(caller)?.user_id.to_string(),
+                created_at: now,
+                updated_at: now,
+            };
+            self.apply(MemberChange::Upsert(m.to_row())).await?;
+            Ok(m)
+        }
+        .await;
+        let detail = format!("email={email} role={}", role.as_str());
+        self.audit
+            .record(
+                caller,
+                "member.add",
+                Some(id.as_str()),
+                Outcome::of(&result),
+                Some(detail),
+            )
+            .await;
+        result
+    }
+
+    /// The actor accepts an invitation addressed to their verified email.
+    pub async fn accept(&self, caller: &Caller, id: &CredentialId) -> Result<Member, BrokerError> {
+        let result = async {
+            let actor = require_actor(caller)?;
+            // Invitees cannot see the credential yet: an unknown invitation is NOT_FOUND, the
+            // same answer as an unknown credential.
+            let row = self
+                .store
+                .get_member(id.as_str(), actor.email.as_str())
+                .await?
+                .ok_or_else(BrokerError::credential_not_found)?;
+            let mut m = Member::from_row(row)?;
+            if m.state == MemberState::Active {
+                if m.user_id
+                    .as_deref()
+                    .is_some_and(|u| u != actor.user_id.as_str())
+                {
+                    return Err(BrokerError::credential_not_found());
+                }
+                return Ok(m);
+            }
+            m.state = MemberState::Active;
+            m.user_id = Some(actor.user_id.to_string());
+            m.updated_at = self.clock.now();
+            self.apply(MemberChange::Upsert(m.to_row())).await?;
+            Ok(m)
+        }
+        .await;
+        self.audit
+            .record(
+                caller,
+                "member.accept",
+                Some(id.as_str()),
+                Outcome::of(&result),
+                None,
+            )
+            .await;
+        result
+    }
+
+    /// Changes a member's role. Admin only; demoting the last active Admin → LAST_ADMIN.
+    pub async fn update_role(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+        email: Email,
+        role: Role,
+    ) -> Result<Member, BrokerError> {
+        let result = async {
+            self.policy.load_with_role(caller, id, Role::Admin).await?;
+            let row = self
+                .store
+                .get_member(id.as_str(), email.as_str())
+                .await?
+                .ok_or_else(member_not_found)?;
+            let mut m = Member::from_row(row)?;
+            m.role = role;
+            m.updated_at = self.clock.now();
+            self.apply(MemberChange::Upsert(m.to_row())).await?;
+            Ok(m)
+        }
+        .await;
+        let detail = format!("email={email} role={}", role.as_str());
+        self.audit
+            .record(
+                caller,
+                "member.update_role",
+                Some(id.as_str()),
+                Outcome::of(&result),
+                Some(detail),
+            )
+            .await;
+        result
+    }
+
+    /// Removes a member; any member may remove themselves (leave). Removing the last active
+    /// Admin → LAST_ADMIN.
+    pub async fn remove(
+        &self,
+        caller: &Caller,
+        id: &CredentialId,
+        email: Email,
+    ) -> Result<(), BrokerError> {
+        let result = async {
+            let actor = require_actor(caller)?;
+            if actor.email == email {
+                self.policy.load_with_role(caller, id, Role::Member).await?;
+            } else {
+                self.policy.load_with_role(caller, id, Role::Admin).await?;
+            }
+            let change = MemberChange::Delete {
+                credential_id: id.to_string(),
+                email: email.to_string(),
+            };
+            self.apply(change).await
+        }
+        .await;
+        let detail = format!("email={email}");
+        self.audit
+            .record(
+                caller,
+                "member.remove",
+                Some(id.as_str()),
+                Outcome::of(&result),
+                Some(detail),
+            )
+            .await;
+        result
+    }
+}

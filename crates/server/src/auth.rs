@@ -1,0 +1,221 @@
+//! Caller authentication and the RPC allow-list, as a tower layer in front of every service:
+//! no RPC of ours runs without an identified, allowed caller. Health and reflection stay open
+//! (probes and grpcurl need them; they reveal no data).
+//!
+//! Each calling service presents `authorization: Bearer <token>`; the config holds only the
+//! token's SHA-256, compared in constant time. With no callers configured the broker runs in
+//! development mode: every call is `anonymous` and allowed, and only a loopback listener is
+//! permitted (config validation).
+
+use crate::rpc::Rpc;
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest::{SHA256, digest};
+use cb_broker::access::{Caller, ServiceRole};
+use cb_broker::audit::{Audit, Outcome};
+use cb_broker::error::reason;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::{Code, Status};
+
+/// The identity of an authenticated calling service, put into request extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceIdentity {
+    /// Configured name.
+    pub name: String,
+    /// Role (decides the allow-list).
+    pub role: ServiceRole,
+}
+
+/// One configured calling service.
+#[derive(Clone, Debug)]
+pub struct KnownCaller {
+    /// Identity granted on success.
+    pub identity: ServiceIdentity,
+    /// SHA-256 of its bearer token.
+    pub token_sha256: [u8; 32],
+}
+
+/// Who may call: configured services, or development mode when empty.
+#[derive(Clone, Debug, Default)]
+pub struct Callers(pub Vec<KnownCaller>);
+
+impl Callers {
+    /// Whether no caller authentication is configured.
+    pub fn is_development(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Authenticates the `authorization` header value.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<ServiceIdentity, Status> {
+        if self.is_development() {
+            return Ok(ServiceIdentity {
+                name: "anonymous".into(),
+                role: ServiceRole::Development,
+            });
+        }
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("missing authorization: Bearer <service token>"))?;
+        let presented = digest(&SHA256, token.as_bytes());
+        // Compare against every configured hash, without an early exit.
+        let mut found = None;
+        for c in &self.0 {
+            if verify_slices_are_equal(presented.as_ref(), &c.token_sha256).is_ok() {
+                found = Some(c.identity.clone());
+            }
+        }
+        found.ok_or_else(|| unauthenticated("the service token is not recognised"))
+    }
+}
+
+fn unauthenticated(message: &str) -> Status {
+    crate::status::to_status(cb_broker::BrokerError::Unauthenticated {
+        message: message.into(),
+    })
+}
+
+fn not_allowed(identity: &ServiceIdentity, rpc: Rpc) -> Status {
+    crate::status::to_status(cb_broker::BrokerError::PermissionDenied {
+        reason: reason::CALLER_NOT_ALLOWED,
+        message: format!(
+            "service {:?} (role {}) may not call {}",
+            identity.name,
+            identity.role.as_str(),
+            rpc.method()
+        ),
+    })
+}
+
+/// The layer.
+#[derive(Clone)]
+pub struct AuthLayer {
+    callers: Arc<Callers>,
+    audit: Audit,
+}
+
+impl AuthLayer {
+    /// Authenticates against `callers`; denials are audited.
+    pub fn new(callers: Callers, audit: Audit) -> Self {
+        Self {
+            callers: Arc::new(callers),
+            audit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            callers: self.callers.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    callers: Arc<Callers>,
+    audit: Audit,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for AuthService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+            return Box::pin(self.inner.call(req));
+        }
+        let Some(rpc) = Rpc::from_path(path) else {
+            let status = Status::new(Code::Unimplemented, "unknown method");
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let decision = self.callers.authenticate(header).and_then(|identity| {
+            if rpc.allows(identity.role) {
+                Ok(identity)
+            } else {
+                Err(not_allowed(&identity, rpc))
+            }
+        });
+        match decision {
+            Ok(identity) => {
+                req.extensions_mut().insert(identity);
+                // Swap in a clone so this call uses the instance that was polled ready.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(req).await })
+            }
+            Err(status) => {
+                let service = match status.code() {
+                    Code::PermissionDenied => self
+                        .callers
+                        .authenticate(header)
+                        .map(|i| i.name)
+                        .unwrap_or_default(),
+                    _ => "unauthenticated".to_owned(),
+                };
+                let caller = Caller {
+                    service,
+                    role: ServiceRole::Development,
+                    actor: None,
+                };
+                let audit = self.audit.clone();
+                let outcome = Outcome(format!("denied: {}", status.code().description()));
+                tracing::warn!(rpc = rpc.method(), caller = %caller.service, code = ?status.code(), "call denied");
+                Box::pin(async move {
+                    audit
+                        .record(
+                            &caller,
+                            &format!("rpc.{}", rpc.method()),
+                            None,
+                            outcome,
+                            None,
+                        )
+                        .await;
+                    Ok(status.into_http())
+                })
+            }
+        }
+    }
+}
+
+/// Hex SHA-256 of a token, as written into the config (`credential-broker hash-token`).
+pub fn token_sha256_hex(token: &str) -> String {
+    digest(&SHA256, token.trim().as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,299 @@
+//! The provider gateway: the catalog (built in + config), client credentials per provider, the
+//! redirect-URI allow-list and the OAuth HTTP client, behind the domain's `ProviderGateway`.
+
+use crate::config::{Config, ENV_PREFIX, EnvSource};
+use cb_broker::gateway::{
+    AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
+    ScopeInfo,
+};
+use cb_broker::tokens::TokenBundle;
+use cb_oauth::catalog::{Catalog, ProviderSpec};
+use cb_oauth::{
+    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
+};
+use secrecy::SecretString;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// The environment variable names that configure `provider`'s client.
+pub fn env_names(provider: &str) -> (String, String) {
+    let key = provider.to_uppercase().replace('-', "_");
+    (
+        format!("{ENV_PREFIX}PROVIDER_{key}_CLIENT_ID"),
+        format!("{ENV_PREFIX}PROVIDER_{key}_CLIENT_SECRET"),
+    )
+}
+
+/// Providers as the broker uses them.
+pub struct OAuthGateway {
+    catalog: Catalog,
+    clients: HashMap<String, ClientCredentials>,
+    placeholders: HashMap<String, BTreeMap<String, String>>,
+    custom: Vec<String>,
+    redirect_uris: Vec<String>,
+    http: OAuthHttp,
+}
+
+impl OAuthGateway {
+    /// Builds the catalog and clients from config and environment.
+    pub fn from_config(config: &Config, env: &dyn EnvSource) -> Result<Self, String> {
+        let loopback = config.oauth.allow_insecure_loopback;
+        let mut catalog = Catalog::builtin()
+            .map_err(|e| e.to_string())?
+            .with_http_loopback(loopback);
+        let mut custom = Vec::new();
+        for spec in &config.custom_providers {
+            catalog.insert(spec.clone()).map_err(|e| e.to_string())?;
+            custom.push(spec.id.clone());
+        }
+        let mut clients = HashMap::new();
+        let mut placeholders = HashMap::new();
+        for spec in catalog.iter() {
+            let settings = config.providers.get(&spec.id);
+            let (id_env, secret_env) = env_names(&spec.id);
+            let client_id = env
+                .get(&id_env)
+                .or_else(|| settings.and_then(|s| s.client_id.clone()));
+            let secret = env.get(&secret_env).or_else(|| {
+                settings.and_then(|s| s.client_secret.as_ref().map(|s| s.expose().to_owned()))
+            });
+            if let (Some(id), Some(secret)) = (client_id, secret) {
+                clients.insert(
+                    spec.id.clone(),
+                    ClientCredentials::new(id, SecretString::from(secret)),
+                );
+            }
+            if let Some(s) = settings {
+                placeholders.insert(spec.id.clone(), s.placeholders.clone());
+            }
+        }
+        for id in config.providers.keys() {
+            if catalog.get(id).is_none() {
+                return Err(format!(
+                    "providers.{id}: no such provider in the catalog or custom_providers"
+                ));
+            }
+        }
+        let http = OAuthHttp::new(HttpConfig {
+            total_timeout: Duration::from_secs(config.oauth.http_timeout_seconds),
+            allow_http_loopback: loopback,
+            ..HttpConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            catalog,
+            clients,
+            placeholders,
+            custom,
+            redirect_uris: config.oauth.redirect_uris.clone(),
+            http,
+        })
+    }
+
+    fn spec(&self, id: &str) -> Result<(&ProviderSpec, &ClientCredentials), ProviderError> {
+        let spec = self
+            .catalog
+            .get(id)
+            .ok_or_else(|| ProviderError::Other(format!("unknown provider {id}")))?;
+        let client = self
+            .clients
+            .get(id)
+            .ok_or_else(|| ProviderError::Other(format!("provider {id} is not configured")))?;
+        Ok((spec, client))
+    }
+
+    fn placeholders(&self, id: &str) -> BTreeMap<String, String> {
+        self.placeholders.get(id).cloned().unwrap_or_default()
+    }
+
+    fn info(&self, spec: &ProviderSpec) -> ProviderInfo {
+        let configured = self.clients.contains_key(&spec.id);
+        let (id_env, secret_env) = env_names(&spec.id);
+        ProviderInfo {
+            id: spec.id.clone(),
+            display_name: spec.display_name.clone(),
+            icon_url: spec.icon_url.clone(),
+            category: spec.category.clone(),
+            configured,
+            missing_settings: if configured {
+                Vec::new()
+            } else {
+                vec![
+                    format!("providers.{}.client_id (or {id_env})", spec.id),
+                    format!("providers.{}.client_secret (or {secret_env})", spec.id),
+                ]
+            },
+            scopes: spec
+                .scopes
+                .iter()
+                .map(|s| ScopeInfo {
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                    default_selected: spec.default_scopes.contains(&s.name),
+                })
+                .collect(),
+            supports_revocation: spec.revocation_url.is_some(),
+            custom: self.custom.contains(&spec.id),
+            refresh_token_idle: spec
+                .refresh
+                .refresh_token_idle_seconds
+                .map(Duration::from_secs),
+        }
+    }
+}
+
+fn classify(e: OAuthError) -> ProviderError {
+    match e {
+        OAuthError::InvalidGrant { error, description }
+        | OAuthError::InvalidClient { error, description } => {
+            ProviderError::Permanent(match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            })
+        }
+        OAuthError::AccessDenied { description } => {
+            ProviderError::Denied(description.unwrap_or_else(|| "access_denied".into()))
+        }
+        OAuthError::RateLimited { retry_after } => ProviderError::Transient {
+            detail: "rate limited by the provider (429)".into(),
+            retry_after,
+        },
+        e @ OAuthError::Transient { .. } => ProviderError::Transient {
+            detail: e.to_string(),
+            retry_after: None,
+        },
+        other => ProviderError::Other(other.to_string()),
+    }
+}
+
+fn granted(t: TokenResponse) -> GrantedTokens {
+    GrantedTokens {
+        access_token: t.access_token,
+        refresh_token: t.refresh_token,
+        id_token: t.id_token,
+        token_type: t.token_type,
+        expires_in: t.expires_in,
+        refresh_expires_in: t.refresh_token_expires_in,
+        scopes: t.scope,
+        extras: t.extras,
+    }
+}
+
+#[async_trait::async_trait]
+impl ProviderGateway for OAuthGateway {
+    fn list(&self) -> Vec<ProviderInfo> {
+        self.catalog.iter().map(|s| self.info(s)).collect()
+    }
+
+    fn get(&self, id: &str) -> Option<ProviderInfo> {
+        self.catalog.get(id).map(|s| self.info(s))
+    }
+
+    fn redirect_allowed(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|u| u == uri)
+    }
+
+    fn authorize_url(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        scopes: &[String],
+        state: &str,
+        pkce_challenge: Option<&str>,
+    ) -> Result<String, ProviderError> {
+        let (spec, client) = self.spec(provider)?;
+        let placeholders = self.placeholders(provider);
+        let req = AuthorizeRequest {
+            redirect_uri,
+            scopes,
+            state,
+            pkce_challenge,
+            placeholders: &placeholders,
+        };
+        cb_oauth::authorize_url(spec, client, &req)
+            .map(|u| u.to_string())
+            .map_err(classify)
+    }
+
+    fn uses_pkce(&self, provider: &str) -> bool {
+        self.catalog
+            .get(provider)
+            .is_some_and(|s| s.pkce != cb_oauth::catalog::Pkce::None)
+    }
+
+    async fn exchange_code(
+        &self,
+        provider: &str,
+        code: &SecretString,
+        redirect_uri: &str,
+        pkce_verifier: Option<&SecretString>,
+    ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
+        let (spec, client) = self.spec(provider)?;
+        let placeholders = self.placeholders(provider);
+        let tokens = self
+            .http
+            .exchange_code(
+                spec,
+                client,
+                code,
+                redirect_uri,
+                pkce_verifier,
+                &placeholders,
+            )
+            .await
+            .map_err(classify)?;
+        let account = self
+            .http
+            .identify(spec, &tokens, &placeholders)
+            .await
+            .map_err(classify)?;
+        Ok((
+            granted(tokens),
+            AccountInfo {
+                subject: account.subject,
+                label: account.label,
+            },
+        ))
+    }
+
+    async fn refresh(
+        &self,
+        provider: &str,
+        refresh_token: &SecretString,
+        extras: &BTreeMap<String, String>,
+    ) -> Result<GrantedTokens, ProviderError> {
+        let (spec, client) = self.spec(provider)?;
+        let placeholders = self.placeholders(provider);
+        self.http
+            .refresh(spec, client, refresh_token, extras, &placeholders)
+            .await
+            .map(granted)
+            .map_err(classify)
+    }
+
+    async fn revoke(
+        &self,
+        provider: &str,
+        tokens: &TokenBundle,
+    ) -> Result<RevokeResult, ProviderError> {
+        let (spec, client) = self.spec(provider)?;
+        let placeholders = self.placeholders(provider);
+        // Revoking the refresh token ends the whole grant where the provider supports it.
+        let (token, hint) = match (
+            &tokens.refresh_token,
+            cb_oauth::revokes_with_access_token(spec),
+        ) {
+            (Some(rt), false) => (rt, "refresh_token"),
+            _ => (&tokens.access_token, "access_token"),
+        };
+        match self
+            .http
+            .revoke(spec, client, token, hint, &placeholders)
+            .await
+            .map_err(classify)?
+        {
+            cb_oauth::RevokeOutcome::Revoked => Ok(RevokeResult::Revoked),
+            cb_oauth::RevokeOutcome::NotSupported => Ok(RevokeResult::NotSupported),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Every RPC of the API and which calling-service roles may call it: the allow-list.
+
+use cb_broker::access::ServiceRole;
+
+/// One RPC of `credentialbroker.v1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    /// CredentialService/ListProviders
+    ListProviders,
+    /// CredentialService/StartConnect
+    StartConnect,
+    /// CredentialService/CompleteConnect
+    CompleteConnect,
+    /// CredentialService/StartReconnect
+    StartReconnect,
+    /// CredentialService/GetCredential
+    GetCredential,
+    /// CredentialService/ListCredentials
+    ListCredentials,
+    /// CredentialService/UpdateCredential
+    UpdateCredential,
+    /// CredentialService/DisconnectCredential
+    DisconnectCredential,
+    /// CredentialService/GetAccessToken
+    GetAccessToken,
+    /// CredentialService/ImportCredential
+    ImportCredential,
+    /// CredentialService/ListAuditEvents
+    ListAuditEvents,
+    /// MembershipService/ListMembers
+    ListMembers,
+    /// MembershipService/AddMember
+    AddMember,
+    /// MembershipService/UpdateMemberRole
+    UpdateMemberRole,
+    /// MembershipService/RemoveMember
+    RemoveMember,
+    /// MembershipService/AcceptInvitation
+    AcceptInvitation,
+}
+
+const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
+const MEMBERSHIP_SERVICE: &str = "credentialbroker.v1.MembershipService";
+
+impl Rpc {
+    /// Every RPC.
+    pub const ALL: [Rpc; 16] = [
+        Rpc::ListProviders,
+        Rpc::StartConnect,
+        Rpc::CompleteConnect,
+        Rpc::StartReconnect,
+        Rpc::GetCredential,
+        Rpc::ListCredentials,
+        Rpc::UpdateCredential,
+        Rpc::DisconnectCredential,
+        Rpc::GetAccessToken,
+        Rpc::ImportCredential,
+        Rpc::ListAuditEvents,
+        Rpc::ListMembers,
+        Rpc::AddMember,
+        Rpc::UpdateMemberRole,
+        Rpc::RemoveMember,
+        Rpc::AcceptInvitation,
+    ];
+
+    /// The service's full name.
+    pub fn service(self) -> &'static str {
+        match self {
+            Rpc::ListMembers
+            | Rpc::AddMember
+            | Rpc::UpdateMemberRole
+            | Rpc::RemoveMember
+            | Rpc::AcceptInvitation => MEMBERSHIP_SERVICE,
+            _ => CREDENTIAL_SERVICE,
+        }
+    }
+
+    /// The method name.
+    pub fn method(self) -> &'static str {
+        match self {
+            Rpc::ListProviders => "ListProviders",
+            Rpc::StartConnect => "StartConnect",
+            Rpc::CompleteConnect => "CompleteConnect",
+            Rpc::StartReconnect => "StartReconnect",
+            Rpc::GetCredential => "GetCredential",
+            Rpc::ListCredentials => "ListCredentials",
+            Rpc::UpdateCredential => "UpdateCredential",
+            Rpc::DisconnectCredential => "DisconnectCredential",
+            Rpc::GetAccessToken => "GetAccessToken",
+            Rpc::ImportCredential => "ImportCredential",
+            Rpc::ListAuditEvents => "ListAuditEvents",
+            Rpc::ListMembers => "ListMembers",
+            Rpc::AddMember => "AddMember",
+            Rpc::UpdateMemberRole => "UpdateMemberRole",
+            Rpc::RemoveMember => "RemoveMember",
+            Rpc::AcceptInvitation => "AcceptInvitation",
+        }
+    }
+
+    /// The HTTP/2 path, `/package.Service/Method`.
+    pub fn path(self) -> String {
+        format!("/{}/{}", self.service(), self.method())
+    }
+
+    /// The RPC of a request path, if it is one of ours.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        Self::ALL
+            .into_iter()
+            .find(|r| r.service() == service && r.method() == method)
+    }
+
+    /// The allow-list: which calling-service roles may call this RPC.
+    pub fn allows(self, role: ServiceRole) -> bool {
+        use Rpc::*;
+        match role {
+            ServiceRole::Development => true,
+            ServiceRole::Executor => {
+                matches!(self, GetAccessToken | GetCredential | ListCredentials)
+            }
+            ServiceRole::Web => {
+                !matches!(self, GetAccessToken | ImportCredential | ListAuditEvents)
+            }
+            ServiceRole::Operator => {
+                matches!(
+                    self,
+                    ImportCredential
+                        | ListAuditEvents
+                        | ListProviders
+                        | GetCredential
+                        | ListCredentials
+                        | ListMembers
+                )
+            }
+        }
+    }
+}

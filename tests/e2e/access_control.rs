@@ -1,0 +1,567 @@
+//! Caller authentication, the RPC allow-list and the per-credential roles, on every RPC.
+//!
+//! The authorization matrix is generated from one table: every RPC found in the API descriptor ×
+//! {no identity, bad token, executor, web, operator} × {non-member, invited, member, admin,
+//! workspace admin}. An RPC added to the proto without a row here fails the test.
+
+use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
+use crate::support::fake_provider::{FakeConfig, FakeProvider};
+use cb_proto::v1 as pb;
+use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use cb_proto::v1::membership_service_client::MembershipServiceClient;
+use credential_broker::auth::token_sha256_hex;
+use credential_broker::config::CallerConfig;
+use prost::Message;
+use std::collections::BTreeSet;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
+const WEB_TOKEN: &str = "web-token-77b1";
+const OPERATOR_TOKEN: &str = "operator-token-c0de";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Service {
+    NoIdentity,
+    BadToken,
+    Executor,
+    Web,
+    Operator,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Persona {
+    NonMember,
+    Invited,
+    Member,
+    Admin,
+    WorkspaceAdmin,
+}
+
+impl Persona {
+    fn actor(self) -> (&'static str, &'static str) {
+        match self {
+            Persona::NonMember => ("u-stranger", "stranger@example.com"),
+            Persona::Invited => ("u-invited", "invited@example.com"),
+            Persona::Member => ("u-member", "member@example.com"),
+            Persona::Admin => ("u-admin", "admin@example.com"),
+            Persona::WorkspaceAdmin => ("u-wsadmin", "wsadmin@example.com"),
+        }
+    }
+    fn sees(self) -> bool {
+        matches!(
+            self,
+            Persona::Member | Persona::Admin | Persona::WorkspaceAdmin
+        )
+    }
+    fn administers(self) -> bool {
+        matches!(self, Persona::Admin | Persona::WorkspaceAdmin)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Ok,
+    Code(Code),
+}
+
+/// What the actor needs on the credential, per RPC — the one table.
+#[derive(Clone, Copy, Debug)]
+enum Needs {
+    /// No credential involved (catalog, import, audit, connect start/finish).
+    Nothing,
+    /// Sees the credential (Member or above); ListCredentials filters instead of failing.
+    Sees,
+    /// Admin on the credential.
+    Admin,
+    /// An invitation or membership of their own.
+    OwnMembership,
+    /// Filters what it returns.
+    Filtered,
+}
+
+const TABLE: &[(&str, &[Service], Needs)] = &[
+    (
+        "ListProviders",
+        &[Service::Web, Service::Operator],
+        Needs::Nothing,
+    ),
+    ("StartConnect", &[Service::Web], Needs::Nothing),
+    ("CompleteConnect", &[Service::Web], Needs::Nothing),
+    ("StartReconnect", &[Service::Web], Needs::Admin),
+    (
+        "GetCredential",
+        &[Service::Executor, Service::Web, Service::Operator],
+        Needs::Sees,
+    ),
+    (
+        "ListCredentials",
+        &[Service::Executor, Service::Web, Service::Operator],
+        Needs::Filtered,
+    ),
+    ("UpdateCredential", &[Service::Web], Needs::Admin),
+    ("DisconnectCredential", &[Service::Web], Needs::Admin),
+    ("GetAccessToken", &[Service::Executor], Needs::Sees),
+    ("ImportCredential", &[Service::Operator], Needs::Nothing),
+    ("ListAuditEvents", &[Service::Operator], Needs::Nothing),
+    (
+        "ListMembers",
+        &[Service::Web, Service::Operator],
+        Needs::Sees,
+    ),
+    ("AddMember", &[Service::Web], Needs::Admin),
+    ("UpdateMemberRole", &[Service::Web], Needs::Admin),
+    ("RemoveMember", &[Service::Web], Needs::Admin),
+    ("AcceptInvitation", &[Service::Web], Needs::OwnMembership),
+];
+
+fn expected(rpc: &str, service: Service, persona: Persona) -> Expect {
+    let (_, allowed, needs) = TABLE.iter().find(|(name, ..)| *name == rpc).unwrap();
+    match service {
+        Service::NoIdentity | Service::BadToken => return Expect::Code(Code::Unauthenticated),
+        s if !allowed.contains(&s) => return Expect::Code(Code::PermissionDenied),
+        _ => {}
+    }
+    let visible_or_404 = |ok: bool| {
+        if ok {
+            Expect::Ok
+        } else {
+            Expect::Code(Code::NotFound)
+        }
+    };
+    match needs {
+        Needs::Nothing | Needs::Filtered => Expect::Ok,
+        Needs::Sees => visible_or_404(persona.sees()),
+        Needs::Admin if persona == Persona::Member => Expect::Code(Code::PermissionDenied),
+        Needs::Admin => visible_or_404(persona.administers()),
+        Needs::OwnMembership => visible_or_404(matches!(
+            persona,
+            Persona::Invited | Persona::Member | Persona::Admin
+        )),
+    }
+}
+
+fn rpcs_in_descriptor() -> BTreeSet<String> {
+    let fds = prost_types::FileDescriptorSet::decode(cb_proto::FILE_DESCRIPTOR_SET).unwrap();
+    fds.file
+        .iter()
+        .filter(|f| f.package() == "credentialbroker.v1")
+        .flat_map(|f| f.service.iter())
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
+        .collect()
+}
+
+/// A broker with three calling services and a fake provider configured as `fake`.
+pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, url);
+    config.callers = [
+        ("executor", "executor", EXECUTOR_TOKEN),
+        ("web", "web", WEB_TOKEN),
+        ("operator", "operator", OPERATOR_TOKEN),
+    ]
+    .into_iter()
+    .map(|(name, role, token)| CallerConfig {
+        name: name.into(),
+        role: role.into(),
+        token_sha256: token_sha256_hex(token),
+    })
+    .collect();
+    with_fake_provider(&mut config, fake, "fake", &[]);
+    TestBroker::start(config, dir).await.unwrap()
+}
+
+fn request<T>(msg: T, service: Service, persona: Option<Persona>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let token = match service {
+        Service::NoIdentity => None,
+        Service::BadToken => Some("not-a-configured-token"),
+        Service::Executor => Some(EXECUTOR_TOKEN),
+        Service::Web => Some(WEB_TOKEN),
+        Service::Operator => Some(OPERATOR_TOKEN),
+    };
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    if let Some(p) = persona {
+        let (id, email) = p.actor();
+        r.metadata_mut().insert("x-actor-id", id.parse().unwrap());
+        r.metadata_mut()
+            .insert("x-actor-email", email.parse().unwrap());
+        if p == Persona::WorkspaceAdmin {
+            r.metadata_mut()
+                .insert("x-actor-workspace-id", "ws1".parse().unwrap());
+            r.metadata_mut()
+                .insert("x-actor-workspace-role", "admin".parse().unwrap());
+        }
+    }
+    r
+}
+
+struct Clients {
+    creds: CredentialServiceClient<Channel>,
+    members: MembershipServiceClient<Channel>,
+}
+
+/// A fresh credential in ws1: admin@ is Admin, member@ and other@ are active Members, invited@ is
+/// invited. Returns its id.
+async fn fresh_credential(c: &mut Clients, fake: &FakeProvider, n: usize) -> String {
+    let (access, refresh) = fake.issue_grant(&format!("acct-{n}"));
+    let imported = c
+        .creds
+        .import_credential(request(
+            pb::ImportCredentialRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: format!("acct-{n}"),
+                    label: "acct".into(),
+                }),
+                display_name: format!("cred {n}"),
+                tokens: Some(pb::TokenSet {
+                    access_token: access,
+                    refresh_token: refresh,
+                    access_token_expire_time: Some(prost_types::Timestamp {
+                        seconds: 4_000_000_000,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                admin_email: "admin@example.com".into(),
+                ..Default::default()
+            },
+            Service::Operator,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .credential_id;
+    for (email, role) in [
+        ("member@example.com", pb::MemberRole::Member),
+        ("other@example.com", pb::MemberRole::Member),
+        ("invited@example.com", pb::MemberRole::Member),
+    ] {
+        c.members
+            .add_member(request(
+                pb::AddMemberRequest {
+                    credential_id: imported.clone(),
+                    email: email.into(),
+                    role: role as i32,
+                },
+                Service::Web,
+                Some(Persona::Admin),
+            ))
+            .await
+            .unwrap();
+    }
+    for who in [
+        ("u-member", "member@example.com"),
+        ("u-other", "other@example.com"),
+    ] {
+        let mut r = request(
+            pb::AcceptInvitationRequest {
+                credential_id: imported.clone(),
+            },
+            Service::Web,
+            None,
+        );
+        r.metadata_mut()
+            .insert("x-actor-id", who.0.parse().unwrap());
+        r.metadata_mut()
+            .insert("x-actor-email", who.1.parse().unwrap());
+        c.members.accept_invitation(r).await.unwrap();
+    }
+    imported
+}
+
+async fn call(
+    c: &mut Clients,
+    rpc: &str,
+    id: &str,
+    service: Service,
+    persona: Persona,
+) -> Result<(), tonic::Status> {
+    let p = Some(persona);
+    let cid = id.to_owned();
+    match rpc {
+        "ListProviders" => c
+            .creds
+            .list_providers(request(pb::ListProvidersRequest::default(), service, p))
+            .await
+            .map(drop),
+        "StartConnect" => c
+            .creds
+            .start_connect(request(
+                pb::StartConnectRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id: "fake".into(),
+                    redirect_uri: REDIRECT_URI.into(),
+                    ..Default::default()
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "CompleteConnect" => {
+            // Start as the same persona, then deny at the provider: a clean, authorized outcome.
+            let started = c
+                .creds
+                .start_connect(request(
+                    pb::StartConnectRequest {
+                        workspace_id: "ws1".into(),
+                        provider_id: "fake".into(),
+                        redirect_uri: REDIRECT_URI.into(),
+                        ..Default::default()
+                    },
+                    Service::Web,
+                    p,
+                ))
+                .await;
+            let state = started.map(|r| r.into_inner().state).unwrap_or_default();
+            let r = c
+                .creds
+                .complete_connect(request(
+                    pb::CompleteConnectRequest {
+                        state,
+                        error: "access_denied".into(),
+                        ..Default::default()
+                    },
+                    service,
+                    p,
+                ))
+                .await;
+            // A provider denial is the expected, authorized answer.
+            match r {
+                Err(s)
+                    if s.code() == Code::FailedPrecondition
+                        && error_details(&s).0 == "PROVIDER_DENIED" =>
+                {
+                    Ok(())
+                }
+                other => other.map(drop),
+            }
+        }
+        "StartReconnect" => c
+            .creds
+            .start_reconnect(request(
+                pb::StartReconnectRequest {
+                    credential_id: cid,
+                    redirect_uri: REDIRECT_URI.into(),
+                    ..Default::default()
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "GetCredential" => c
+            .creds
+            .get_credential(request(
+                pb::GetCredentialRequest { credential_id: cid },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "ListCredentials" => c
+            .creds
+            .list_credentials(request(
+                pb::ListCredentialsRequest {
+                    workspace_id: "ws1".into(),
+                    ..Default::default()
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "UpdateCredential" => c
+            .creds
+            .update_credential(request(
+                pb::UpdateCredentialRequest {
+                    credential: Some(pb::Credential {
+                        credential_id: cid,
+                        display_name: "renamed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "DisconnectCredential" => c
+            .creds
+            .disconnect_credential(request(
+                pb::DisconnectCredentialRequest { credential_id: cid },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "GetAccessToken" => c
+            .creds
+            .get_access_token(request(
+                pb::GetAccessTokenRequest {
+                    credential_id: cid,
+                    ..Default::default()
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "ImportCredential" => c
+            .creds
+            .import_credential(request(
+                pb::ImportCredentialRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id: "fake".into(),
+                    account: Some(pb::ProviderAccount {
+                        subject: format!("imp-{}", cb_broker::types::CredentialId::generate()),
+                        label: "x".into(),
+                    }),
+                    display_name: "imported".into(),
+                    tokens: Some(pb::TokenSet {
+                        access_token: "at".into(),
+                        ..Default::default()
+                    }),
+                    admin_email: "admin@example.com".into(),
+                    ..Default::default()
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "ListAuditEvents" => c
+            .creds
+            .list_audit_events(request(pb::ListAuditEventsRequest::default(), service, p))
+            .await
+            .map(drop),
+        "ListMembers" => c
+            .members
+            .list_members(request(
+                pb::ListMembersRequest { credential_id: cid },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "AddMember" => c
+            .members
+            .add_member(request(
+                pb::AddMemberRequest {
+                    credential_id: cid,
+                    email: "new@example.com".into(),
+                    role: pb::MemberRole::Member as i32,
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "UpdateMemberRole" => c
+            .members
+            .update_member_role(request(
+                pb::UpdateMemberRoleRequest {
+                    credential_id: cid,
+                    email: "other@example.com".into(),
+                    role: pb::MemberRole::Admin as i32,
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "RemoveMember" => c
+            .members
+            .remove_member(request(
+                pb::RemoveMemberRequest {
+                    credential_id: cid,
+                    email: "other@example.com".into(),
+                },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        "AcceptInvitation" => c
+            .members
+            .accept_invitation(request(
+                pb::AcceptInvitationRequest { credential_id: cid },
+                service,
+                p,
+            ))
+            .await
+            .map(drop),
+        other => panic!("the matrix has no call for RPC {other}: add it to TABLE and call()"),
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix_covers_every_rpc() {
+    let in_api = rpcs_in_descriptor();
+    let in_table: BTreeSet<String> = TABLE.iter().map(|(n, ..)| (*n).to_owned()).collect();
+    assert_eq!(
+        in_api, in_table,
+        "every RPC of the API needs a row in the authorization table"
+    );
+
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker_with_callers(&fake).await;
+    let channel = b.channel().await;
+    let mut c = Clients {
+        creds: CredentialServiceClient::new(channel.clone()),
+        members: MembershipServiceClient::new(channel),
+    };
+    let services = [
+        Service::NoIdentity,
+        Service::BadToken,
+        Service::Executor,
+        Service::Web,
+        Service::Operator,
+    ];
+    let personas = [
+        Persona::NonMember,
+        Persona::Invited,
+        Persona::Member,
+        Persona::Admin,
+        Persona::WorkspaceAdmin,
+    ];
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for (rpc, ..) in TABLE {
+        for service in services {
+            for persona in personas {
+                n += 1;
+                let id = fresh_credential(&mut c, &fake, n).await;
+                let got = match call(&mut c, rpc, &id, service, persona).await {
+                    Ok(()) => Expect::Ok,
+                    Err(s) => Expect::Code(s.code()),
+                };
+                let want = expected(rpc, service, persona);
+                if got != want {
+                    failures.push(format!(
+                        "{rpc} as {service:?}/{persona:?}: expected {want:?}, got {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cells wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

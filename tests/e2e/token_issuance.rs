@@ -1,0 +1,672 @@
+//! GetAccessToken and the refresh coordinator against a real HTTP fake provider that rotates
+//! refresh tokens and, like real servers, revokes the whole grant when an old one is reused.
+
+use crate::support::broker::{
+    BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details, free_port,
+    with_fake_provider,
+};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::pg;
+use cb_proto::v1 as pb;
+use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+
+fn rotating() -> FakeConfig {
+    FakeConfig {
+        rotate_refresh_tokens: true,
+        reuse_revokes_grant: true,
+        ..FakeConfig::default()
+    }
+}
+
+async fn broker_on(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = database_url.map_or_else(
+        || format!("sqlite://{}", dir.path().join("broker.db").display()),
+        str::to_owned,
+    );
+    let mut config = TestBroker::config(&dir, url);
+    with_fake_provider(&mut config, fake, "fake", &[]);
+    config.tokens.refresh_scan_interval_seconds = 0; // tests drive refresh-ahead themselves
+    config.tokens.breaker_cooldown_seconds = 2;
+    TestBroker::start(config, dir).await.unwrap()
+}
+
+/// Imports a grant issued by `fake` whose access token expires `expires_in_secs` after `now_secs`.
+async fn import(
+    client: &mut CredentialServiceClient<Channel>,
+    fake: &FakeProvider,
+    subject: &str,
+    expires_at_secs: i64,
+) -> String {
+    let (access, refresh) = fake.issue_grant(subject);
+    client
+        .import_credential(as_actor(
+            pb::ImportCredentialRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: subject.into(),
+                    label: format!("{subject}@example.com"),
+                }),
+                display_name: format!("Fake {subject}"),
+                tokens: Some(pb::TokenSet {
+                    access_token: access,
+                    refresh_token: refresh,
+                    access_token_expire_time: Some(prost_types::Timestamp {
+                        seconds: expires_at_secs,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                granted_scopes: vec!["read".into()],
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .credential_id
+}
+
+fn t0_secs() -> i64 {
+    T0.as_millis() / 1000
+}
+
+async fn token(
+    client: &mut CredentialServiceClient<Channel>,
+    id: &str,
+) -> Result<pb::GetAccessTokenResponse, tonic::Status> {
+    client
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.into(),
+                workflow_id: "wf-1".into(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_callers_cause_exactly_one_refresh() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    // Expires in one minute: inside the default min_valid_for (3m45s), so it must be refreshed.
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 60).await;
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = client.clone();
+            let id = id.clone();
+            tokio::spawn(async move { token(&mut c, &id).await })
+        })
+        .collect();
+    let mut tokens = std::collections::BTreeSet::new();
+    for c in calls {
+        tokens.insert(c.await.unwrap().unwrap().access_token);
+    }
+    assert_eq!(
+        fake.refresh_calls(),
+        1,
+        "exactly one refresh for 200 callers"
+    );
+    assert_eq!(tokens.len(), 1, "every caller got the refreshed token");
+    let t = tokens.into_iter().next().unwrap();
+    assert!(fake.is_valid_access_token(&t));
+    assert_eq!(fake.reuse_detections(), 0);
+
+    // The rotated refresh token was persisted: the next refresh (after expiry) still works.
+    b.clock.advance(Duration::from_secs(3600));
+    let again = token(&mut client, &id).await.unwrap();
+    assert_ne!(again.access_token, t);
+    assert_eq!(fake.refresh_calls(), 2);
+    assert_eq!(
+        fake.reuse_detections(),
+        0,
+        "no refresh token was ever reused"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_is_served_from_memory() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 3600).await;
+    let first = token(&mut client, &id).await.unwrap();
+    let before = b.issuance_stats();
+    for _ in 0..50 {
+        assert_eq!(
+            token(&mut client, &id).await.unwrap().access_token,
+            first.access_token
+        );
+    }
+    let after = b.issuance_stats();
+    assert_eq!(
+        after.cache_hits - before.cache_hits,
+        50,
+        "hot path served from memory"
+    );
+    assert_eq!(after.cache_misses, before.cache_misses);
+    assert_eq!(fake.refresh_calls(), 0, "a valid token is not refreshed");
+    // The caller may ask for more validity than is left: that forces a refresh.
+    b.clock.advance(Duration::from_secs(600));
+    let longer = client
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                min_valid_for: Some(prost_types::Duration {
+                    seconds: 3300,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(longer.access_token, first.access_token);
+    assert_eq!(fake.refresh_calls(), 1);
+}
+
+#[tokio::test]
+async fn invalid_grant_needs_reconnect_and_fails_fast() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() - 10).await;
+    fake.push_token_failure(TokenFailure::InvalidGrant);
+    let err = token(&mut client, &id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
+    assert!(
+        err.message()
+            .contains("reconnect Fake acct-1 in Settings → Integrations"),
+        "{}",
+        err.message()
+    );
+    let calls = fake.refresh_calls();
+    let err = token(&mut client, &id).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
+    assert_eq!(
+        fake.refresh_calls(),
+        calls,
+        "no provider call once the grant is known dead"
+    );
+    let c = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::NeedsReconnect as i32);
+    assert!(
+        c.status_reason.contains("invalid_grant"),
+        "{}",
+        c.status_reason
+    );
+
+    // Reconnect restores it: same id, ACTIVE, tokens served again.
+    fake.configure(|f| f.subject = "acct-1".into());
+    let started = client
+        .start_reconnect(as_actor(
+            pb::StartReconnectRequest {
+                credential_id: id.clone(),
+                redirect_uri: REDIRECT_URI.into(),
+                scopes: vec![],
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let back = fake
+        .approve(&url::Url::parse(&started.authorization_url).unwrap())
+        .await;
+    let q: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    let done = client
+        .complete_connect(as_actor(
+            pb::CompleteConnectRequest {
+                state: q["state"].clone(),
+                code: q["code"].clone(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
+    let c = done.credential.unwrap();
+    assert_eq!(c.credential_id, id);
+    assert_eq!(c.status, pb::CredentialStatus::Active as i32);
+    assert!(token(&mut client, &id).await.is_ok());
+}
+
+#[tokio::test]
+async fn transient_failures_retry_then_serve_the_still_valid_token_or_report_unavailable() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+
+    // One 500 then success: retried within the call.
+    let id = import(&mut client, &fake, "acct-1", t0_secs() - 10).await;
+    fake.push_token_failure(TokenFailure::ServerError);
+    assert!(token(&mut client, &id).await.is_ok());
+    assert_eq!(fake.refresh_calls(), 2, "one failed attempt, one retry");
+
+    // 429 with Retry-After: honoured, then success.
+    let id2 = import(&mut client, &fake, "acct-2", t0_secs() - 10).await;
+    fake.push_token_failure(TokenFailure::RateLimited {
+        retry_after_secs: 1,
+    });
+    assert!(token(&mut client, &id2).await.is_ok());
+
+    // Provider down, token still valid for 2 minutes (less than asked): served anyway.
+    let id3 = import(&mut client, &fake, "acct-3", t0_secs() + 120).await;
+    fake.configure(|f| f.token_failure = Some(TokenFailure::ServerError));
+    let served = token(&mut client, &id3).await.unwrap();
+    assert!(fake.is_valid_access_token(&served.access_token));
+
+    // Provider down and the token expired: UNAVAILABLE with retry info, after bounded attempts.
+    let id4 = import(&mut client, &fake, "acct-4", t0_secs() - 10).await;
+    let before = fake.refresh_calls();
+    let err = token(&mut client, &id4).await.unwrap_err();
+    // By now the provider failed often enough to open its circuit: calls stop reaching it.
+    let during = fake.refresh_calls();
+    assert!(token(&mut client, &id4).await.is_err());
+    assert_eq!(
+        fake.refresh_calls(),
+        during,
+        "an open circuit does not hammer the provider"
+    );
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(error_details(&err).0, "PROVIDER_UNAVAILABLE");
+    use tonic_types::StatusExt;
+    assert!(err.get_error_details().retry_info().is_some());
+    let attempts = fake.refresh_calls() - before;
+    assert!(
+        (1..=3).contains(&attempts),
+        "bounded retries, got {attempts}"
+    );
+    // Still ACTIVE: a transient failure does not need a reconnect.
+    let c = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id4.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::Active as i32);
+    // The provider recovers: the next call succeeds (once the circuit lets calls through).
+    fake.configure(|f| f.token_failure = None);
+    let mut ok = false;
+    for _ in 0..40 {
+        if token(&mut client, &id4).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ok, "recovers when the provider does");
+}
+
+#[tokio::test]
+async fn refresh_ahead_refreshes_due_credentials_and_leaves_non_expiring_ones_alone() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let soon = import(&mut client, &fake, "acct-1", t0_secs() + 300).await; // inside the 10 min window
+    let later = import(&mut client, &fake, "acct-2", t0_secs() + 86_400).await;
+    // A token without expiry.
+    let (access, refresh) = fake.issue_grant("acct-3");
+    client
+        .import_credential(as_actor(
+            pb::ImportCredentialRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: "acct-3".into(),
+                    label: String::new(),
+                }),
+                display_name: "no expiry".into(),
+                tokens: Some(pb::TokenSet {
+                    access_token: access,
+                    refresh_token: refresh,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(b.refresh_due().await, 0, "nothing is due yet");
+    b.clock.advance(Duration::from_secs(200));
+    let refreshed = b.refresh_due().await;
+    assert_eq!(refreshed, 1, "only the credential inside the window");
+    assert_eq!(fake.refresh_calls(), 1);
+    let c = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: soon,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert!(c.last_refresh_time.is_some());
+    // A day later the second one is due; the token without expiry never is.
+    b.clock.advance(Duration::from_secs(86_400));
+    assert_eq!(
+        b.refresh_due().await,
+        2,
+        "the refreshed one again (1h tokens) and the day-long one"
+    );
+    let c = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: later,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert!(c.last_refresh_time.is_some());
+    assert_eq!(fake.refresh_calls(), 3);
+}
+
+#[tokio::test]
+async fn disconnect_stops_issuance_immediately_and_usage_is_recorded() {
+    let fake = FakeProvider::start(rotating()).await;
+    let mut b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 3600).await;
+    token(&mut client, &id).await.unwrap();
+    b.stop().await; // flushes buffered usage
+    let b2 = TestBroker::start(b.config.clone(), b.dir.clone())
+        .await
+        .unwrap();
+    let mut client = b2.credentials().await;
+    let c = client
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert!(c.last_used_time.is_some());
+    assert_eq!(
+        c.recent_workflows
+            .iter()
+            .map(|w| w.workflow_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["wf-1"]
+    );
+    token(&mut client, &id).await.unwrap();
+    let disc = client
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(disc.revocation, pb::RevocationOutcome::Revoked as i32);
+    assert!(fake.revocations() >= 1);
+    let err = token(&mut client, &id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "CREDENTIAL_DISCONNECTED");
+}
+
+#[tokio::test]
+async fn disconnect_on_one_replica_is_seen_by_another_within_two_seconds() {
+    let Some(db) = pg::fresh_database("cross_replica_disconnect").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    // Replica B shares the database and the key file.
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", t0_secs() + 3600).await;
+    token(&mut cb, &id).await.unwrap(); // cached on B
+    ca.disconnect_credential(as_actor(
+        pb::DisconnectCredentialRequest {
+            credential_id: id.clone(),
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if token(&mut cb, &id).await.is_err() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "replica B still serves a disconnected credential"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.drop_database().await;
+}
+
+/// Three broker processes on one PostgreSQL, 100 concurrent callers each, 20 expired
+/// credentials: exactly 20 provider refreshes, every call succeeds, no refresh token reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_refresh_each_credential_exactly_once() {
+    let Some(db) = pg::fresh_database("three_replicas").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = TestBroker::config(&dir, db.url.clone());
+        config.listen = addr;
+        config.tokens.refresh_scan_interval_seconds = 0;
+        with_fake_provider(&mut config, &fake, "fake", &[]);
+        let toml = config_toml(&config, &db.url) + &provider_toml(&fake);
+        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml, addr).await);
+    }
+    let mut c0 = CredentialServiceClient::new(replicas[0].channel().await);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(import(&mut c0, &fake, &format!("acct-{n}"), 1_000_000_000).await); // long expired
+    }
+    let mut calls = Vec::new();
+    for r in &replicas {
+        let client = CredentialServiceClient::new(r.channel().await);
+        for k in 0..100 {
+            let mut c = client.clone();
+            let id = ids[k % ids.len()].clone();
+            calls.push(tokio::spawn(async move { token(&mut c, &id).await }));
+        }
+    }
+    let mut failed = 0;
+    for c in calls {
+        if c.await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "every call succeeds");
+    assert_eq!(
+        fake.refresh_calls(),
+        20,
+        "exactly one refresh per credential across 3 replicas"
+    );
+    assert_eq!(fake.reuse_detections(), 0, "no refresh token reused");
+    drop(replicas);
+    db.drop_database().await;
+}
+
+/// The leader is SIGKILLed mid-refresh: another replica completes after the lease expires and
+/// the chain of refresh tokens stays valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_delays_others_by_at_most_the_lease() {
+    let Some(db) = pg::fresh_database("killed_leader").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |i: usize| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = TestBroker::config(&dir, db.url.clone());
+        config.listen = addr;
+        config.tokens.refresh_scan_interval_seconds = 0;
+        config.tokens.lease_seconds = 4;
+        config.tokens.provider_attempts = 1;
+        config.oauth.http_timeout_seconds = 3;
+        with_fake_provider(&mut config, &fake, "fake", &[]);
+        (
+            config_toml(&config, &db.url) + &provider_toml(&fake),
+            addr,
+            format!("replica-{i}"),
+        )
+    };
+    let (toml_a, addr_a, name_a) = spawn(0);
+    let (toml_b, addr_b, name_b) = spawn(1);
+    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a, addr_a).await;
+    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b, addr_b).await;
+    let mut ca = CredentialServiceClient::new(a.channel().await);
+    let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await;
+
+    // A slow provider: A takes the lease and is killed while its refresh is in flight.
+    fake.configure(|f| f.token_delay = Duration::from_secs(2));
+    let pending = {
+        let id = id.clone();
+        let mut ca = ca.clone();
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    let started = std::time::Instant::now();
+    while fake.refresh_calls() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A never called the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.kill();
+    let _ = pending.await;
+    fake.configure(|f| f.token_delay = Duration::ZERO);
+
+    // B waits for the lease to expire, then refreshes.
+    let mut cb = CredentialServiceClient::new(b.channel().await);
+    let t = std::time::Instant::now();
+    let got = token(&mut cb, &id).await;
+    assert!(got.is_ok(), "B completes: {got:?}\n{}", b.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "bounded by the lease"
+    );
+    // A's refresh reached the provider and rotated the token; whichever refresh token the
+    // database now holds must still be the live one, or the grant would be revoked.
+    assert_eq!(fake.reuse_detections(), 0, "\n{}", b.log());
+    let next = {
+        // Force one more refresh through B and check the chain still works.
+        cb.get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                min_valid_for: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+    };
+    assert!(next.is_ok(), "{next:?}");
+    db.drop_database().await;
+}
+
+fn provider_toml(fake: &FakeProvider) -> String {
+    let fc = fake.config();
+    format!(
+        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
+        fc.client_id, fc.client_secret
+    ) + &custom_provider_toml(fake)
+}
+
+fn custom_provider_toml(fake: &FakeProvider) -> String {
+    let base = fake.base_url();
+    format!(
+        r#"
+[[custom_providers]]
+id = "fake"
+display_name = "Fake"
+icon_url = "{base}/icon.png"
+category = "test"
+authorize_url = "{base}/authorize"
+token_url = "{base}/token"
+revocation_url = "{base}/revoke"
+default_scopes = ["read"]
+auth_style = "basic"
+pkce = "supported"
+docs_url = "{base}/docs"
+scopes = [{{ name = "read", description = "Read things" }}, {{ name = "write", description = "Write things" }}]
+[custom_providers.account]
+kind = "userinfo"
+url = "{base}/userinfo"
+subject_pointer = "/sub"
+label_pointer = "/email"
+"#
+    )
+}
