@@ -1,7 +1,9 @@
 //! End-to-end tests: one binary (see tests/Cargo.toml).
 mod access_control;
+mod connect_flow;
 mod credential_api;
 mod kms;
+mod members;
 mod oauth_client;
 mod service_surface;
 mod store_conformance;

@@ -106,6 +106,19 @@ async fn dropbox_offline_access_param_and_bearer_revocation() {
 
     // Dropbox revokes with the access token as Bearer; the whole grant goes.
     assert!(cb_oauth::revokes_with_access_token(&spec));
+    let refresh = tokens.refresh_token.clone().unwrap();
+    let err = http()
+        .revoke(
+            &spec,
+            &fake.client_credentials(),
+            &refresh,
+            "refresh_token",
+            &no_placeholders(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
+    assert_eq!(fake.revocations(), 0);
     let outcome = http()
         .revoke(
             &spec,

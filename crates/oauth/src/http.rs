@@ -178,6 +178,12 @@ impl OAuthHttp {
             return Ok(RevokeOutcome::NotSupported);
         };
         let style = quirks::revocation_style(spec, template);
+        if style != RevocationStyle::Rfc7009 && token_type_hint == "refresh_token" {
+            return Err(OAuthError::Config(format!(
+                "provider {} revokes with the access token, not the refresh token",
+                spec.id
+            )));
+        }
         let url = endpoint::fill(template, placeholders, Some(&client.client_id))?;
         let url = endpoint::parse_server_url("revocation_url", &url, self.allow_http_loopback)?;
         let sent = [token.expose_secret(), client.client_secret.expose_secret()];
@@ -325,11 +331,10 @@ impl OAuthHttp {
                 if spec.quirks.contains(&Quirk::OkFalseErrors)
                     && doc.get("ok").and_then(serde_json::Value::as_bool) == Some(false)
                 {
-                    if let serde_json::Value::Object(obj) = &doc {
-                        if let Some(e) = token::parse_error_object(obj, Operation::Identify, &sent)
-                        {
-                            return Err(e);
-                        }
+                    if let serde_json::Value::Object(obj) = &doc
+                        && let Some(e) = token::parse_error_object(obj, Operation::Identify, &sent)
+                    {
+                        return Err(e);
                     }
                     return Err(OAuthError::Protocol(
                         "userinfo answered ok:false".to_owned(),

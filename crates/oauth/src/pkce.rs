@@ -29,6 +29,7 @@ pub fn pkce_pair() -> PkcePair {
 }
 
 /// The S256 challenge of `verifier` (43 characters, as made by [`random_urlsafe`]).
+/// Private: the `oauth2` crate asserts the RFC 7636 length (43–128), which our verifiers meet.
 fn challenge_s256(verifier: &SecretString) -> String {
     let v = oauth2::PkceCodeVerifier::new(verifier.expose_secret().to_owned());
     oauth2::PkceCodeChallenge::from_code_verifier_sha256(&v)

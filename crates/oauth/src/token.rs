@@ -254,7 +254,7 @@ fn parse_scope_value(value: &Value) -> Option<Vec<String>> {
             items
                 .iter()
                 .filter_map(Value::as_str)
-                .flat_map(|s| parse_scope(s))
+                .flat_map(parse_scope)
                 .fold(Vec::new(), dedup_push),
         ),
         _ => None,
