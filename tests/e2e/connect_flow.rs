@@ -1,7 +1,9 @@
 //! The OAuth connect flow end to end: StartConnect → the provider's authorize page → CompleteConnect,
 //! reconnect, several accounts, every failure mode, and disconnect with revocation.
 
-use crate::support::broker::{REDIRECT_URI, TestBroker, as_actor, error_details, with_fake_provider};
+use crate::support::broker::{
+    REDIRECT_URI, TestBroker, as_actor, error_details, with_fake_provider,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -21,7 +23,10 @@ async fn broker(fake: &FakeProvider) -> TestBroker {
     TestBroker::start(config, dir).await.unwrap()
 }
 
-async fn start(c: &mut CredentialServiceClient<Channel>, scopes: &[&str]) -> pb::StartConnectResponse {
+async fn start(
+    c: &mut CredentialServiceClient<Channel>,
+    scopes: &[&str],
+) -> pb::StartConnectResponse {
     c.start_connect(as_actor(
         pb::StartConnectRequest {
             workspace_id: "ws1".into(),
@@ -40,10 +45,17 @@ async fn start(c: &mut CredentialServiceClient<Channel>, scopes: &[&str]) -> pb:
 
 /// Follows the authorization URL at the fake and returns the callback parameters.
 async fn approve(fake: &FakeProvider, url: &str) -> HashMap<String, String> {
-    fake.approve(&url::Url::parse(url).unwrap()).await.query_pairs().into_owned().collect()
+    fake.approve(&url::Url::parse(url).unwrap())
+        .await
+        .query_pairs()
+        .into_owned()
+        .collect()
 }
 
-async fn complete(c: &mut CredentialServiceClient<Channel>, q: &HashMap<String, String>) -> Result<pb::CompleteConnectResponse, tonic::Status> {
+async fn complete(
+    c: &mut CredentialServiceClient<Channel>,
+    q: &HashMap<String, String>,
+) -> Result<pb::CompleteConnectResponse, tonic::Status> {
     c.complete_connect(as_actor(
         pb::CompleteConnectRequest {
             state: q.get("state").cloned().unwrap_or_default(),
@@ -58,18 +70,28 @@ async fn complete(c: &mut CredentialServiceClient<Channel>, q: &HashMap<String, 
     .map(tonic::Response::into_inner)
 }
 
-async fn connect(fake: &FakeProvider, c: &mut CredentialServiceClient<Channel>) -> pb::CompleteConnectResponse {
+async fn connect(
+    fake: &FakeProvider,
+    c: &mut CredentialServiceClient<Channel>,
+) -> pb::CompleteConnectResponse {
     let s = start(c, &[]).await;
     let q = approve(fake, &s.authorization_url).await;
     complete(c, &q).await.unwrap()
 }
 
 async fn list(c: &mut CredentialServiceClient<Channel>) -> Vec<pb::Credential> {
-    c.list_credentials(as_actor(pb::ListCredentialsRequest { workspace_id: "ws1".into(), ..Default::default() }, ALICE.0, ALICE.1))
-        .await
-        .unwrap()
-        .into_inner()
-        .credentials
+    c.list_credentials(as_actor(
+        pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            ..Default::default()
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .credentials
 }
 
 #[tokio::test]
@@ -86,23 +108,42 @@ async fn the_catalog_lists_fifty_plus_services_with_described_scopes() {
         .providers;
     assert!(providers.len() >= 54, "{} providers", providers.len());
     for id in ["gmail", "slack", "github", "dropbox", "fake"] {
-        let p = providers.iter().find(|p| p.provider_id == id).unwrap_or_else(|| panic!("{id} missing"));
-        assert!(p.scopes.iter().all(|s| !s.description.is_empty()), "{id} has undescribed scopes");
+        let p = providers
+            .iter()
+            .find(|p| p.provider_id == id)
+            .unwrap_or_else(|| panic!("{id} missing"));
+        assert!(
+            p.scopes.iter().all(|s| !s.description.is_empty()),
+            "{id} has undescribed scopes"
+        );
     }
     let gmail = providers.iter().find(|p| p.provider_id == "gmail").unwrap();
     assert!(!gmail.configured);
-    assert!(gmail.missing_settings.iter().any(|s| s.contains("CREDENTIAL_BROKER_PROVIDER_GMAIL_CLIENT_SECRET")));
+    assert!(
+        gmail
+            .missing_settings
+            .iter()
+            .any(|s| s.contains("CREDENTIAL_BROKER_PROVIDER_GMAIL_CLIENT_SECRET"))
+    );
     let fake_entry = providers.iter().find(|p| p.provider_id == "fake").unwrap();
     assert!(fake_entry.configured && fake_entry.custom);
     let configured = b
         .credentials()
         .await
-        .list_providers(pb::ListProvidersRequest { configured_only: true })
+        .list_providers(pb::ListProvidersRequest {
+            configured_only: true,
+        })
         .await
         .unwrap()
         .into_inner()
         .providers;
-    assert_eq!(configured.iter().map(|p| p.provider_id.as_str()).collect::<Vec<_>>(), vec!["fake"]);
+    assert_eq!(
+        configured
+            .iter()
+            .map(|p| p.provider_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["fake"]
+    );
 }
 
 #[tokio::test]
@@ -111,21 +152,41 @@ async fn connect_creates_a_credential_and_the_same_account_again_updates_it() {
     let b = broker(&fake).await;
     let mut c = b.credentials().await;
     let s = start(&mut c, &[]).await;
-    assert_eq!(s.requested_scopes.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["read"]);
-    assert!(!s.requested_scopes[0].description.is_empty(), "scopes come with descriptions");
+    assert_eq!(
+        s.requested_scopes
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["read"]
+    );
+    assert!(
+        !s.requested_scopes[0].description.is_empty(),
+        "scopes come with descriptions"
+    );
     let url = url::Url::parse(&s.authorization_url).unwrap();
     let q: HashMap<_, _> = url.query_pairs().into_owned().collect();
     assert_eq!(q["state"], s.state);
     assert_eq!(q["code_challenge_method"], "S256", "PKCE is used");
-    assert!(!s.authorization_url.contains("secret"), "no client secret in the URL");
+    assert!(
+        !s.authorization_url.contains("secret"),
+        "no client secret in the URL"
+    );
 
     let q = approve(&fake, &s.authorization_url).await;
     let done = complete(&mut c, &q).await.unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::Created as i32);
     let cred = done.credential.unwrap();
-    assert_eq!(cred.caller_role, pb::MemberRole::Admin as i32, "the connector is Admin");
+    assert_eq!(
+        cred.caller_role,
+        pb::MemberRole::Admin as i32,
+        "the connector is Admin"
+    );
     assert_eq!(cred.account.as_ref().unwrap().subject, "user-1");
-    assert!(cred.display_name.starts_with("Fake"), "default name from service and account: {}", cred.display_name);
+    assert!(
+        cred.display_name.starts_with("Fake"),
+        "default name from service and account: {}",
+        cred.display_name
+    );
     assert!(cred.has_refresh_token);
 
     // The same account again: the existing credential's tokens are updated, no twin.
@@ -143,7 +204,11 @@ async fn connect_creates_a_credential_and_the_same_account_again_updates_it() {
 
 #[tokio::test]
 async fn a_partial_grant_stores_what_was_granted() {
-    let fake = FakeProvider::start(FakeConfig { granted_scopes: Some(vec!["read".into()]), ..FakeConfig::default() }).await;
+    let fake = FakeProvider::start(FakeConfig {
+        granted_scopes: Some(vec!["read".into()]),
+        ..FakeConfig::default()
+    })
+    .await;
     let b = broker(&fake).await;
     let mut c = b.credentials().await;
     let s = start(&mut c, &["read", "write"]).await;
@@ -163,7 +228,10 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let s = start(&mut c, &[]).await;
     let q = approve(&fake, &s.authorization_url).await;
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::FailedPrecondition, "PROVIDER_DENIED"));
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::FailedPrecondition, "PROVIDER_DENIED")
+    );
     fake.configure(|f| f.deny = false);
 
     // A state used twice.
@@ -191,7 +259,11 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let q = approve(&fake, &s.authorization_url).await;
     let err = c
         .complete_connect(as_actor(
-            pb::CompleteConnectRequest { state: q["state"].clone(), code: q["code"].clone(), ..Default::default() },
+            pb::CompleteConnectRequest {
+                state: q["state"].clone(),
+                code: q["code"].clone(),
+                ..Default::default()
+            },
             "u-mallory",
             "mallory@example.com",
         ))
@@ -204,7 +276,10 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let mut q = approve(&fake, &s.authorization_url).await;
     q.insert("code".into(), "code-for-someone-else".into());
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::FailedPrecondition, "CODE_EXCHANGE_FAILED"));
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::FailedPrecondition, "CODE_EXCHANGE_FAILED")
+    );
 
     // The token endpoint is down.
     let s = start(&mut c, &[]).await;
@@ -235,20 +310,49 @@ async fn start_connect_validates_its_input() {
             ALICE.1,
         )
     };
-    let err = c.start_connect(req("fake", vec![], "https://evil.example/cb")).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).1), (Code::InvalidArgument, vec!["redirect_uri".to_owned()]));
-    let err = c.start_connect(req("fake", vec!["admin"], REDIRECT_URI)).await.unwrap_err();
+    let err = c
+        .start_connect(req("fake", vec![], "https://evil.example/cb"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).1),
+        (Code::InvalidArgument, vec!["redirect_uri".to_owned()])
+    );
+    let err = c
+        .start_connect(req("fake", vec!["admin"], REDIRECT_URI))
+        .await
+        .unwrap_err();
     assert_eq!(error_details(&err).1, vec!["scopes[0]".to_owned()]);
-    let err = c.start_connect(req("gmail", vec![], REDIRECT_URI)).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::FailedPrecondition, "PROVIDER_NOT_CONFIGURED"));
-    assert!(err.message().contains("providers.gmail.client_id"), "{}", err.message());
-    let err = c.start_connect(req("no-such-service", vec![], REDIRECT_URI)).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::NotFound, "PROVIDER_NOT_FOUND"));
+    let err = c
+        .start_connect(req("gmail", vec![], REDIRECT_URI))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::FailedPrecondition, "PROVIDER_NOT_CONFIGURED")
+    );
+    assert!(
+        err.message().contains("providers.gmail.client_id"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .start_connect(req("no-such-service", vec![], REDIRECT_URI))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::NotFound, "PROVIDER_NOT_FOUND")
+    );
 }
 
 #[tokio::test]
 async fn reconnect_keeps_the_credential_and_rejects_another_account() {
-    let fake = FakeProvider::start(FakeConfig { rotate_refresh_tokens: true, ..FakeConfig::default() }).await;
+    let fake = FakeProvider::start(FakeConfig {
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
     let b = broker(&fake).await;
     let mut c = b.credentials().await;
     let cred = connect(&fake, &mut c).await.credential.unwrap();
@@ -258,7 +362,11 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
         let id = id.clone();
         async move {
             c.start_reconnect(as_actor(
-                pb::StartReconnectRequest { credential_id: id, redirect_uri: REDIRECT_URI.into(), scopes: vec![] },
+                pb::StartReconnectRequest {
+                    credential_id: id,
+                    redirect_uri: REDIRECT_URI.into(),
+                    scopes: vec![],
+                },
                 ALICE.0,
                 ALICE.1,
             ))
@@ -274,7 +382,14 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
     assert_eq!(done.credential.unwrap().credential_id, id);
     let before = c
-        .get_access_token(as_actor(pb::GetAccessTokenRequest { credential_id: id.clone(), ..Default::default() }, ALICE.0, ALICE.1))
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -285,16 +400,30 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     let s = reconnect(&mut c).await;
     let q = approve(&fake, &s.authorization_url).await;
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::FailedPrecondition, "ACCOUNT_MISMATCH"));
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::FailedPrecondition, "ACCOUNT_MISMATCH")
+    );
     let after = c
-        .get_access_token(as_actor(pb::GetAccessTokenRequest { credential_id: id.clone(), ..Default::default() }, ALICE.0, ALICE.1))
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
         .await
         .unwrap()
         .into_inner()
         .access_token;
     assert_eq!(after, before);
     assert!(fake.is_valid_access_token(&after));
-    assert_eq!(list(&mut c).await.len(), 1, "no credential for the other account either");
+    assert_eq!(
+        list(&mut c).await.len(),
+        1,
+        "no credential for the other account either"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +433,13 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
     let mut c = b.credentials().await;
     let first = connect(&fake, &mut c).await.credential.unwrap();
     let disc = c
-        .disconnect_credential(as_actor(pb::DisconnectCredentialRequest { credential_id: first.credential_id.clone() }, ALICE.0, ALICE.1))
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: first.credential_id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -317,7 +452,13 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
     });
     let second = connect(&fake, &mut c).await.credential.unwrap();
     let disc = c
-        .disconnect_credential(as_actor(pb::DisconnectCredentialRequest { credential_id: second.credential_id.clone() }, ALICE.0, ALICE.1))
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: second.credential_id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -325,5 +466,8 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
     assert!(!disc.revocation_detail.is_empty());
     let cred = disc.credential.unwrap();
     assert_eq!(cred.status, pb::CredentialStatus::Disconnected as i32);
-    assert!(!cred.has_refresh_token, "tokens destroyed although the provider did not revoke");
+    assert!(
+        !cred.has_refresh_token,
+        "tokens destroyed although the provider did not revoke"
+    );
 }

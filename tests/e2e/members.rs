@@ -26,12 +26,18 @@ async fn setup() -> (TestBroker, FakeProvider, String) {
             pb::ImportCredentialRequest {
                 workspace_id: "ws1".into(),
                 provider_id: "fake".into(),
-                account: Some(pb::ProviderAccount { subject: "acct-1".into(), label: "acct".into() }),
+                account: Some(pb::ProviderAccount {
+                    subject: "acct-1".into(),
+                    label: "acct".into(),
+                }),
                 display_name: "Shared".into(),
                 tokens: Some(pb::TokenSet {
                     access_token: access,
                     refresh_token: refresh,
-                    access_token_expire_time: Some(prost_types::Timestamp { seconds: 4_000_000_000, nanos: 0 }),
+                    access_token_expire_time: Some(prost_types::Timestamp {
+                        seconds: 4_000_000_000,
+                        nanos: 0,
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -49,44 +55,119 @@ async fn setup() -> (TestBroker, FakeProvider, String) {
 }
 
 fn add(id: &str, email: &str, role: pb::MemberRole) -> pb::AddMemberRequest {
-    pb::AddMemberRequest { credential_id: id.into(), email: email.into(), role: role as i32 }
+    pb::AddMemberRequest {
+        credential_id: id.into(),
+        email: email.into(),
+        role: role as i32,
+    }
 }
 
 #[tokio::test]
 async fn invitations_are_accepted_only_by_the_invited_email() {
     let (b, _fake, id) = setup().await;
     let mut m = b.members().await;
-    let invited = m.add_member(as_actor(add(&id, BEN.1, pb::MemberRole::Member), ADA.0, ADA.1)).await.unwrap().into_inner();
+    let invited = m
+        .add_member(as_actor(
+            add(&id, BEN.1, pb::MemberRole::Member),
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let member = invited.member.unwrap();
     assert_eq!(member.email, "ben@example.com", "emails are lowercased");
     assert_eq!(member.state, pb::MemberState::Invited as i32);
 
     // The same email in another case is the same member.
-    let err = m.add_member(as_actor(add(&id, "BEN@example.com", pb::MemberRole::Admin), ADA.0, ADA.1)).await.unwrap_err();
+    let err = m
+        .add_member(as_actor(
+            add(&id, "BEN@example.com", pb::MemberRole::Admin),
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     // An invitee cannot see the credential before accepting.
     let mut c = b.credentials().await;
-    let err = c.get_credential(as_actor(pb::GetCredentialRequest { credential_id: id.clone() }, BEN.0, BEN.1)).await.unwrap_err();
+    let err = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Someone else cannot accept Ben's invitation.
-    let err = m.accept_invitation(as_actor(pb::AcceptInvitationRequest { credential_id: id.clone() }, CY.0, CY.1)).await.unwrap_err();
+    let err = m
+        .accept_invitation(as_actor(
+            pb::AcceptInvitationRequest {
+                credential_id: id.clone(),
+            },
+            CY.0,
+            CY.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let accepted =
-        m.accept_invitation(as_actor(pb::AcceptInvitationRequest { credential_id: id.clone() }, BEN.0, BEN.1)).await.unwrap().into_inner();
+    let accepted = m
+        .accept_invitation(as_actor(
+            pb::AcceptInvitationRequest {
+                credential_id: id.clone(),
+            },
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let member = accepted.member.unwrap();
     assert_eq!(member.state, pb::MemberState::Active as i32);
     assert_eq!(member.user_id, BEN.0);
-    let got = c.get_credential(as_actor(pb::GetCredentialRequest { credential_id: id.clone() }, BEN.0, BEN.1)).await.unwrap();
-    assert_eq!(got.into_inner().credential.unwrap().caller_role, pb::MemberRole::Member as i32);
+    let got = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.into_inner().credential.unwrap().caller_role,
+        pb::MemberRole::Member as i32
+    );
 
     // Once bound, another user id presenting the same email is not that member.
-    let err = c.get_credential(as_actor(pb::GetCredentialRequest { credential_id: id.clone() }, "u-impostor", BEN.1)).await.unwrap_err();
+    let err = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            "u-impostor",
+            BEN.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let list = m.list_members(as_actor(pb::ListMembersRequest { credential_id: id }, BEN.0, BEN.1)).await.unwrap().into_inner();
+    let list = m
+        .list_members(as_actor(
+            pb::ListMembersRequest { credential_id: id },
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let emails: Vec<_> = list.members.iter().map(|m| m.email.as_str()).collect();
     assert_eq!(emails, vec!["ada@example.com", "ben@example.com"]);
 }
@@ -96,34 +177,95 @@ async fn members_use_admins_manage() {
     let (b, _fake, id) = setup().await;
     let mut m = b.members().await;
     let mut c = b.credentials().await;
-    m.add_member(as_actor(add(&id, BEN.1, pb::MemberRole::Member), ADA.0, ADA.1)).await.unwrap();
-    m.accept_invitation(as_actor(pb::AcceptInvitationRequest { credential_id: id.clone() }, BEN.0, BEN.1)).await.unwrap();
+    m.add_member(as_actor(
+        add(&id, BEN.1, pb::MemberRole::Member),
+        ADA.0,
+        ADA.1,
+    ))
+    .await
+    .unwrap();
+    m.accept_invitation(as_actor(
+        pb::AcceptInvitationRequest {
+            credential_id: id.clone(),
+        },
+        BEN.0,
+        BEN.1,
+    ))
+    .await
+    .unwrap();
 
     // A Member cannot rename, disconnect, invite or change roles.
     let rename = pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential { credential_id: id.clone(), display_name: "mine".into(), ..Default::default() }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["display_name".into()] }),
+        credential: Some(pb::Credential {
+            credential_id: id.clone(),
+            display_name: "mine".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
     };
-    let err = c.update_credential(as_actor(rename.clone(), BEN.0, BEN.1)).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::PermissionDenied, "ROLE_REQUIRED"));
     let err = c
-        .disconnect_credential(as_actor(pb::DisconnectCredentialRequest { credential_id: id.clone() }, BEN.0, BEN.1))
+        .update_credential(as_actor(rename.clone(), BEN.0, BEN.1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::PermissionDenied, "ROLE_REQUIRED")
+    );
+    let err = c
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: id.clone(),
+            },
+            BEN.0,
+            BEN.1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let err = m.add_member(as_actor(add(&id, CY.1, pb::MemberRole::Member), BEN.0, BEN.1)).await.unwrap_err();
+    let err = m
+        .add_member(as_actor(
+            add(&id, CY.1, pb::MemberRole::Member),
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let promote = pb::UpdateMemberRoleRequest { credential_id: id.clone(), email: BEN.1.into(), role: pb::MemberRole::Admin as i32 };
-    let err = m.update_member_role(as_actor(promote.clone(), BEN.0, BEN.1)).await.unwrap_err();
+    let promote = pb::UpdateMemberRoleRequest {
+        credential_id: id.clone(),
+        email: BEN.1.into(),
+        role: pb::MemberRole::Admin as i32,
+    };
+    let err = m
+        .update_member_role(as_actor(promote.clone(), BEN.0, BEN.1))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // The Admin promotes Ben; now Ben can rename.
-    let promoted = m.update_member_role(as_actor(promote, ADA.0, ADA.1)).await.unwrap().into_inner().member.unwrap();
+    let promoted = m
+        .update_member_role(as_actor(promote, ADA.0, ADA.1))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
     assert_eq!(promoted.role, pb::MemberRole::Admin as i32);
-    c.update_credential(as_actor(rename, BEN.0, BEN.1)).await.unwrap();
+    c.update_credential(as_actor(rename, BEN.0, BEN.1))
+        .await
+        .unwrap();
 
     // Unspecified roles are rejected, naming the field.
-    let err = m.add_member(as_actor(add(&id, CY.1, pb::MemberRole::Unspecified), ADA.0, ADA.1)).await.unwrap_err();
+    let err = m
+        .add_member(as_actor(
+            add(&id, CY.1, pb::MemberRole::Unspecified),
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(error_details(&err).1, vec!["role".to_owned()]);
 }
@@ -132,23 +274,65 @@ async fn members_use_admins_manage() {
 async fn the_last_admin_cannot_leave_be_removed_or_demoted() {
     let (b, _fake, id) = setup().await;
     let mut m = b.members().await;
-    let leave = pb::RemoveMemberRequest { credential_id: id.clone(), email: ADA.1.into() };
-    let err = m.remove_member(as_actor(leave.clone(), ADA.0, ADA.1)).await.unwrap_err();
-    assert_eq!((err.code(), error_details(&err).0.as_str()), (Code::FailedPrecondition, "LAST_ADMIN"));
-    let demote = pb::UpdateMemberRoleRequest { credential_id: id.clone(), email: ADA.1.into(), role: pb::MemberRole::Member as i32 };
-    let err = m.update_member_role(as_actor(demote.clone(), ADA.0, ADA.1)).await.unwrap_err();
+    let leave = pb::RemoveMemberRequest {
+        credential_id: id.clone(),
+        email: ADA.1.into(),
+    };
+    let err = m
+        .remove_member(as_actor(leave.clone(), ADA.0, ADA.1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::FailedPrecondition, "LAST_ADMIN")
+    );
+    let demote = pb::UpdateMemberRoleRequest {
+        credential_id: id.clone(),
+        email: ADA.1.into(),
+        role: pb::MemberRole::Member as i32,
+    };
+    let err = m
+        .update_member_role(as_actor(demote.clone(), ADA.0, ADA.1))
+        .await
+        .unwrap_err();
     assert_eq!(error_details(&err).0, "LAST_ADMIN");
 
     // An invited Admin does not count until accepted.
-    m.add_member(as_actor(add(&id, CY.1, pb::MemberRole::Admin), ADA.0, ADA.1)).await.unwrap();
-    let err = m.remove_member(as_actor(leave.clone(), ADA.0, ADA.1)).await.unwrap_err();
+    m.add_member(as_actor(
+        add(&id, CY.1, pb::MemberRole::Admin),
+        ADA.0,
+        ADA.1,
+    ))
+    .await
+    .unwrap();
+    let err = m
+        .remove_member(as_actor(leave.clone(), ADA.0, ADA.1))
+        .await
+        .unwrap_err();
     assert_eq!(error_details(&err).0, "LAST_ADMIN");
-    m.accept_invitation(as_actor(pb::AcceptInvitationRequest { credential_id: id.clone() }, CY.0, CY.1)).await.unwrap();
+    m.accept_invitation(as_actor(
+        pb::AcceptInvitationRequest {
+            credential_id: id.clone(),
+        },
+        CY.0,
+        CY.1,
+    ))
+    .await
+    .unwrap();
 
     // With a second active Admin, Ada may leave; then Cy is the last Admin.
-    m.remove_member(as_actor(leave, ADA.0, ADA.1)).await.unwrap();
+    m.remove_member(as_actor(leave, ADA.0, ADA.1))
+        .await
+        .unwrap();
     let err = m
-        .remove_member(as_actor(pb::RemoveMemberRequest { credential_id: id.clone(), email: CY.1.into() }, CY.0, CY.1))
+        .remove_member(as_actor(
+            pb::RemoveMemberRequest {
+                credential_id: id.clone(),
+                email: CY.1.into(),
+            },
+            CY.0,
+            CY.1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(error_details(&err).0, "LAST_ADMIN");
@@ -156,7 +340,11 @@ async fn the_last_admin_cannot_leave_be_removed_or_demoted() {
     let err = b
         .credentials()
         .await
-        .get_credential(as_actor(pb::GetCredentialRequest { credential_id: id }, ADA.0, ADA.1))
+        .get_credential(as_actor(
+            pb::GetCredentialRequest { credential_id: id },
+            ADA.0,
+            ADA.1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -168,26 +356,86 @@ async fn a_member_can_leave_and_the_credential_outlives_its_creator() {
     let mut m = b.members().await;
     let mut c = b.credentials().await;
     for who in [BEN, CY] {
-        let role = if who == BEN { pb::MemberRole::Admin } else { pb::MemberRole::Member };
-        m.add_member(as_actor(add(&id, who.1, role), ADA.0, ADA.1)).await.unwrap();
-        m.accept_invitation(as_actor(pb::AcceptInvitationRequest { credential_id: id.clone() }, who.0, who.1)).await.unwrap();
+        let role = if who == BEN {
+            pb::MemberRole::Admin
+        } else {
+            pb::MemberRole::Member
+        };
+        m.add_member(as_actor(add(&id, who.1, role), ADA.0, ADA.1))
+            .await
+            .unwrap();
+        m.accept_invitation(as_actor(
+            pb::AcceptInvitationRequest {
+                credential_id: id.clone(),
+            },
+            who.0,
+            who.1,
+        ))
+        .await
+        .unwrap();
     }
     // Cy (a Member) leaves on her own.
-    m.remove_member(as_actor(pb::RemoveMemberRequest { credential_id: id.clone(), email: CY.1.into() }, CY.0, CY.1)).await.unwrap();
+    m.remove_member(as_actor(
+        pb::RemoveMemberRequest {
+            credential_id: id.clone(),
+            email: CY.1.into(),
+        },
+        CY.0,
+        CY.1,
+    ))
+    .await
+    .unwrap();
     let err = c
-        .get_access_token(as_actor(pb::GetAccessTokenRequest { credential_id: id.clone(), ..Default::default() }, CY.0, CY.1))
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                ..Default::default()
+            },
+            CY.0,
+            CY.1,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "a former member gets no token");
 
     // Ada, the creator, leaves the workspace: Ben (Admin) removes her.
-    m.remove_member(as_actor(pb::RemoveMemberRequest { credential_id: id.clone(), email: ADA.1.into() }, BEN.0, BEN.1)).await.unwrap();
+    m.remove_member(as_actor(
+        pb::RemoveMemberRequest {
+            credential_id: id.clone(),
+            email: ADA.1.into(),
+        },
+        BEN.0,
+        BEN.1,
+    ))
+    .await
+    .unwrap();
     let t = c
-        .get_access_token(as_actor(pb::GetAccessTokenRequest { credential_id: id.clone(), ..Default::default() }, BEN.0, BEN.1))
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                ..Default::default()
+            },
+            BEN.0,
+            BEN.1,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert!(!t.access_token.is_empty(), "the credential keeps working for the remaining members");
-    let got = c.get_credential(as_actor(pb::GetCredentialRequest { credential_id: id }, BEN.0, BEN.1)).await.unwrap();
-    assert_eq!(got.into_inner().credential.unwrap().created_by, ADA.0, "history is kept");
+    assert!(
+        !t.access_token.is_empty(),
+        "the credential keeps working for the remaining members"
+    );
+    let got = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest { credential_id: id },
+            BEN.0,
+            BEN.1,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.into_inner().credential.unwrap().created_by,
+        ADA.0,
+        "history is kept"
+    );
 }

@@ -143,6 +143,17 @@ fn provider_error(e: ProviderError) -> BrokerError {
     }
 }
 
+/// What a connect session will produce.
+enum Target<'a> {
+    /// A new credential with optional drafts.
+    New {
+        display_name: Option<DisplayName>,
+        description: Option<Description>,
+    },
+    /// New tokens for an existing credential.
+    Reconnect(&'a Credential),
+}
+
 /// The connect flow use cases.
 pub struct ConnectService {
     store: Arc<dyn Store>,
@@ -251,9 +262,12 @@ impl ConnectService {
         p: &ProviderInfo,
         requested: Vec<ScopeInfo>,
         redirect_uri: &str,
-        reconnect: Option<&Credential>,
-        drafts: (Option<DisplayName>, Option<Description>),
+        target: Target<'_>,
     ) -> Result<ConnectStarted, BrokerError> {
+        let (reconnect, drafts) = match target {
+            Target::New { display_name, description } => (None, (display_name, description)),
+            Target::Reconnect(c) => (Some(c), (None, None)),
+        };
         let actor = require_actor(caller)?;
         let now = self.clock.now();
         let state = cb_oauth::pkce::random_state();
@@ -334,8 +348,10 @@ impl ConnectService {
                 &p,
                 requested,
                 &req.redirect_uri,
-                None,
-                (req.display_name, req.description),
+                Target::New {
+                    display_name: req.display_name,
+                    description: req.description,
+                },
             )
             .await
         }
@@ -388,8 +404,7 @@ impl ConnectService {
                 &p,
                 requested?,
                 &req.redirect_uri,
-                Some(&c),
-                (None, None),
+                Target::Reconnect(&c),
             )
             .await
         }

@@ -103,6 +103,10 @@ pub struct ProviderSettings {
 pub struct SecretValue(String);
 
 impl SecretValue {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
     /// The value, for use only.
     pub fn expose(&self) -> &str {
         &self.0

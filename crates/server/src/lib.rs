@@ -6,6 +6,7 @@ pub mod auth;
 pub mod caller;
 pub mod config;
 pub mod convert;
+pub mod devprovider;
 pub mod grpc;
 pub mod providers;
 pub mod rpc;

@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use credential_broker::app::{self, Application, BuildOptions};
-use credential_broker::config::{Config, ProcessEnv};
+use credential_broker::config::{Config, ProcessEnv, ProviderSettings, SecretValue};
+use credential_broker::devprovider::{self, DevProvider};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,7 +23,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the gRPC server (the default).
-    Serve,
+    Serve {
+        /// Also run a local OAuth provider (`dev`) that auto-approves everything, for trying the
+        /// connect flow without registering an app anywhere. Development only.
+        #[arg(long)]
+        dev_provider: bool,
+        /// Where the development provider listens.
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        dev_provider_listen: std::net::SocketAddr,
+    },
     /// Applies database migrations and exits.
     Migrate,
     /// Validates the configuration and prints every problem.
@@ -71,12 +80,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let command = cli.command.unwrap_or(Command::Serve {
+        dev_provider: false,
+        dev_provider_listen: DEV_LISTEN,
+    });
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
+        match command {
             Command::Migrate => app::open_store(&config)
                 .await
                 .map(|_| tracing::info!("migrations applied")),
-            Command::Serve | Command::CheckConfig | Command::HashToken => serve(&config).await,
+            Command::Serve {
+                dev_provider,
+                dev_provider_listen,
+            } => serve(config, dev_provider.then_some(dev_provider_listen)).await,
+            Command::CheckConfig | Command::HashToken => Ok(()),
         }
     });
     match result {
@@ -89,7 +106,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: &Config) -> Result<(), app::StartupError> {
+const DEV_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8765);
+
+async fn serve(
+    mut config: Config,
+    dev_provider: Option<std::net::SocketAddr>,
+) -> Result<(), app::StartupError> {
+    let _dev = match dev_provider {
+        Some(addr) => Some(add_dev_provider(&mut config, addr).await?),
+        None => None,
+    };
+    let config = &config;
     let app = Application::start(config, BuildOptions::default()).await?;
     shutdown_signal().await;
     tracing::info!(
@@ -122,4 +150,34 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Starts the development provider and declares it in `config` as provider `dev`.
+async fn add_dev_provider(
+    config: &mut Config,
+    addr: std::net::SocketAddr,
+) -> Result<DevProvider, app::StartupError> {
+    if !addr.ip().is_loopback() {
+        return Err(app::StartupError::Providers(
+            "--dev-provider-listen must be a loopback address".into(),
+        ));
+    }
+    let dev = DevProvider::start(addr)
+        .await
+        .map_err(|source| app::StartupError::Bind { addr, source })?;
+    config.oauth.allow_insecure_loopback = true;
+    config.oauth.redirect_uris.push(dev.redirect_uri());
+    config
+        .custom_providers
+        .push(dev.spec().map_err(app::StartupError::Providers)?);
+    config.providers.insert(
+        devprovider::ID.to_owned(),
+        ProviderSettings {
+            client_id: Some(devprovider::CLIENT_ID.to_owned()),
+            client_secret: Some(SecretValue::new(dev.client_secret().to_owned())),
+            placeholders: Default::default(),
+        },
+    );
+    tracing::info!(redirect_uri = %dev.redirect_uri(), "provider `dev` available for StartConnect");
+    Ok(dev)
 }
