@@ -5,6 +5,7 @@ mod credential_api;
 mod kms;
 mod members;
 mod oauth_client;
+mod secrets;
 mod service_surface;
 mod store_conformance;
 mod support;

@@ -645,7 +645,7 @@ fn provider_toml(fake: &FakeProvider) -> String {
     ) + &custom_provider_toml(fake)
 }
 
-fn custom_provider_toml(fake: &FakeProvider) -> String {
+pub fn custom_provider_toml(fake: &FakeProvider) -> String {
     let base = fake.base_url();
     format!(
         r#"
