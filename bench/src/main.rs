@@ -52,8 +52,8 @@ struct Args {
     /// Refresh storm: credentials with expired access tokens (N).
     #[arg(long, default_value_t = 20)]
     credentials: usize,
-    /// Refresh storm: callers per replica (M), each on its own connection, each asking for
-    /// every credential at once: N × M × R calls in flight together.
+    /// Refresh storm: concurrent callers per replica (M), each on its own connection, caller k
+    /// asking for credential k mod N: M × R calls released together.
     #[arg(long, default_value_t = 100)]
     callers: usize,
     /// Refresh storm: broker replicas sharing one database (R); SQLite allows only 1.
@@ -191,6 +191,26 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     sorted.get(i).map_or(f64::NAN, |&n| n as f64 / 1e6)
 }
 
+/// Sum of every sample of counter `name` (any labels) in OpenMetrics text.
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or(series);
+        let metric = metric.strip_suffix("_total").unwrap_or(metric);
+        if metric
+            .strip_suffix(name)
+            .is_some_and(|p| p.is_empty() || p.ends_with('_'))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
@@ -248,6 +268,22 @@ impl Load {
     fn per_second(&self) -> f64 {
         self.calls() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+    fn mean_ms(&self) -> f64 {
+        let sum: u64 = self.latencies.iter().sum();
+        sum as f64 / self.latencies.len().max(1) as f64 / 1e6
+    }
+}
+
+fn print_row(streams: usize, call: &str, load: &Load, tail: String) {
+    println!(
+        "   {streams:>7}  {call:<14} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.1} {:>6}{tail}",
+        load.per_second(),
+        load.mean_ms(),
+        percentile_ms(&load.latencies, 0.50),
+        percentile_ms(&load.latencies, 0.99),
+        percentile_ms(&load.latencies, 1.0),
+        load.errors,
+    );
 }
 
 /// Every stream calls `target` in a loop for `duration`; all start together.
@@ -377,10 +413,11 @@ async fn hot_path(args: &Args) -> Res<()> {
     );
     println!();
     println!(
-        "   {:>7}  {:>10} {:>7} {:>7}  {:>10} {:>7} {:>7}  {:>5}  {:>6}  ratio>=0.70",
-        "streams", "health/s", "p50 ms", "p99 ms", "token/s", "p50 ms", "p99 ms", "ratio", "errors"
+        "   {:>7}  {:<14} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6}   token/health",
+        "streams", "call", "calls/s", "mean ms", "p50 ms", "p99 ms", "max ms", "errors"
     );
     let stats_before = app.issuance_stats();
+    let metrics_before = app.metrics_text();
     let audit_before = audit_rows_settled(&db).await; // the warm-up call's row lands first
     let mut token_requests = 0u64;
     let mut worst_ratio: Option<(f64, usize)> = None;
@@ -400,18 +437,12 @@ async fn hot_path(args: &Args) -> Res<()> {
         if n == 64 {
             p99_at_64 = Some(token_p99);
         }
-        println!(
-            "   {:>7}  {:>10.0} {:>7.3} {:>7.3}  {:>10.0} {:>7.3} {:>7.3}  {:>5.2}  {:>6}  {}",
+        print_row(n, "health", &health, String::new());
+        print_row(
             n,
-            health.per_second(),
-            percentile_ms(&health.latencies, 0.50),
-            percentile_ms(&health.latencies, 0.99),
-            token.per_second(),
-            percentile_ms(&token.latencies, 0.50),
-            token_p99,
-            ratio,
-            health.errors + token.errors + warm.errors,
-            verdict(ratio >= 0.7)
+            "GetAccessToken",
+            &token,
+            format!("   {ratio:.2}  {}", verdict(ratio >= 0.7)),
         );
         for e in [&health.first_error, &token.first_error, &warm.first_error]
             .into_iter()
@@ -421,6 +452,7 @@ async fn hot_path(args: &Args) -> Res<()> {
         }
     }
     let stats_after = app.issuance_stats();
+    let metrics_after = app.metrics_text();
     println!();
     println!("   targets (informational; 2-core machine, client and server share it):");
     if let Some((ratio, n)) = worst_ratio {
@@ -439,23 +471,43 @@ async fn hot_path(args: &Args) -> Res<()> {
         ),
     }
 
-    // 2. Database and KMS calls: a cache hit returns before any store or envelope call, so the
-    // misses bound them. (The envelope's DEK cache counters are not reachable from Application.)
+    // 2. Database and KMS calls: a token-cache hit returns before any store or envelope call, so
+    // the token-cache misses bound the database calls; the DEK cache misses bound the KMS calls.
     let hits = stats_after.cache_hits - stats_before.cache_hits;
     let misses = stats_after.cache_misses - stats_before.cache_misses;
     let refreshes = stats_after.provider_refreshes - stats_before.provider_refreshes;
+    let delta =
+        |name: &str| Some(metric_sum(&metrics_after, name)? - metric_sum(&metrics_before, name)?);
+    let dek_hits = delta("dek_cache_hits");
+    let dek_misses = delta("dek_cache_misses");
+    let kms_calls = delta("kms_calls");
+    let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
     println!();
     println!(
-        "2. database and KMS calls on the hot path (Application::issuance_stats over every token cell, warm-ups included)"
+        "2. database and KMS calls on the hot path (counters over every token cell, warm-ups included)"
     );
-    println!("   GetAccessToken requests sent          {token_requests:>10}");
-    println!("   answered from memory (cache hits)     {hits:>10}");
-    println!("   cache misses (store + DEK/KMS path)   {misses:>10}");
-    println!("   provider refreshes                    {refreshes:>10}");
-    let per_request = if misses == 0 {
+    let row = |label: &str, value: String| println!("   {label:<46} {value:>10}");
+    row("GetAccessToken requests sent", token_requests.to_string());
+    row("token cache hits (issuance_stats)", hits.to_string());
+    row(
+        "token cache misses (store + envelope path)",
+        misses.to_string(),
+    );
+    row("provider refreshes", refreshes.to_string());
+    row("DEK cache hits (metrics_text)", show(dek_hits));
+    row("DEK cache misses (metrics_text)", show(dek_misses));
+    row(
+        "KMS calls, any operation (metrics_text)",
+        format!(
+            "{}   (includes the health monitor's periodic key round trip)",
+            show(kms_calls)
+        ),
+    );
+    let calls = misses as f64 + dek_misses.unwrap_or(0.0);
+    let per_request = if calls == 0.0 {
         "0".to_owned()
     } else {
-        format!("{:.6}", misses as f64 / token_requests.max(1) as f64)
+        format!("{:.6}", calls / token_requests.max(1) as f64)
     };
     println!("   db+kms calls per hot-path request: {per_request}");
     let audit_after = audit_rows_settled(&db).await;
@@ -651,12 +703,12 @@ async fn storm_on(
             ));
         }
     }
-    let total = callers.len() * n;
+    let total = callers.len();
     println!(
         "   N = {n} credentials (access tokens expired 1 h ago) × M = {m} callers per replica × R = {replicas} replica(s)"
     );
     println!(
-        "   = {total} GetAccessToken calls released together; each caller has its own connection;"
+        "   = {total} GetAccessToken calls released together (caller k asks for credential k mod N, each caller on its own connection);"
     );
     println!(
         "   provider latency {} ms, rotating refresh tokens; background refresher off",
@@ -665,17 +717,15 @@ async fn storm_on(
 
     let barrier = Arc::new(Barrier::new(total + 1));
     let mut tasks = Vec::with_capacity(total);
-    for client in &callers {
-        for id in &ids {
-            let (mut client, id, barrier) = (client.clone(), id.clone(), barrier.clone());
-            tasks.push(tokio::spawn(async move {
-                barrier.wait().await;
-                let started = Instant::now();
-                let answer = client.get_access_token(token_request(&id)).await;
-                let token = answer.map(|r| r.into_inner().access_token);
-                (Instant::now(), started.elapsed(), id, token)
-            }));
-        }
+    for (k, mut client) in callers.into_iter().enumerate() {
+        let (id, barrier) = (ids[k % n].clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let started = Instant::now();
+            let answer = client.get_access_token(token_request(&id)).await;
+            let token = answer.map(|r| r.into_inner().access_token);
+            (Instant::now(), started.elapsed(), id, token)
+        }));
     }
     barrier.wait().await;
     let start = Instant::now();

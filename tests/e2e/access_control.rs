@@ -165,7 +165,8 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
     .map(|(name, role, token)| CallerConfig {
         name: name.into(),
         role: role.into(),
-        token_sha256: token_sha256_hex(token),
+        token_sha256: Some(token_sha256_hex(token)),
+        mtls_identity: None,
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);

@@ -62,6 +62,7 @@ async fn complete(
             code: q.get("code").cloned().unwrap_or_default(),
             error: q.get("error").cloned().unwrap_or_default(),
             error_description: q.get("error_description").cloned().unwrap_or_default(),
+            ..Default::default()
         },
         ALICE.0,
         ALICE.1,
@@ -469,5 +470,57 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
     assert!(
         !cred.has_refresh_token,
         "tokens destroyed although the provider did not revoke"
+    );
+}
+
+#[tokio::test]
+async fn callback_parameters_become_provider_extras_where_the_provider_needs_them() {
+    use cb_oauth::catalog::Quirk;
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, url);
+    with_fake_provider(&mut config, &fake, "fake", &[Quirk::QuickbooksRealmId]);
+    let b = TestBroker::start(config, dir).await.unwrap();
+    let mut c = b.credentials().await;
+
+    // QuickBooks puts the company id (realmId) in the redirect; without it the connect fails.
+    let s = start(&mut c, &[]).await;
+    let q = approve(&fake, &s.authorization_url).await;
+    let err = complete(&mut c, &q).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    let s = start(&mut c, &[]).await;
+    let q = approve(&fake, &s.authorization_url).await;
+    let done = c
+        .complete_connect(as_actor(
+            pb::CompleteConnectRequest {
+                state: q["state"].clone(),
+                code: q["code"].clone(),
+                callback_params: [("realmId".to_owned(), "4620816365".to_owned())].into(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = done.credential.unwrap().credential_id;
+    let t = c
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id,
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        t.provider_extras.get("realmId").map(String::as_str),
+        Some("4620816365")
     );
 }

@@ -2,9 +2,12 @@
 mod access_control;
 mod connect_flow;
 mod credential_api;
+mod key_management;
 mod kms;
 mod members;
+mod mtls;
 mod oauth_client;
+mod observability;
 mod secrets;
 mod service_surface;
 mod store_conformance;

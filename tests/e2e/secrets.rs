@@ -2,7 +2,9 @@
 //! than GetAccessToken. The whole flow runs against the real binary with `log.filter = "trace"`,
 //! and everything it said is scanned for every secret the fake provider ever issued.
 
-use crate::support::broker::{BrokerProcess, REDIRECT_URI, TestBroker, config_toml, free_port, with_fake_provider};
+use crate::support::broker::{
+    BrokerProcess, REDIRECT_URI, TestBroker, config_toml, free_port, with_fake_provider,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -36,7 +38,11 @@ fn secrets_in(text: &str, port: u16) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_errors_audit_or_responses() {
-    let fake = FakeProvider::start(FakeConfig { rotate_refresh_tokens: true, ..FakeConfig::default() }).await;
+    let fake = FakeProvider::start(FakeConfig {
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
     let port: u16 = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -46,14 +52,17 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     with_fake_provider(&mut config, &fake, "fake", &[]);
     let fc = fake.config();
     let toml = config_toml(&config, &db).replace("filter = \"info\"", "filter = \"trace\"")
-        + &format!("[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n", fc.client_id, fc.client_secret)
+        + &format!(
+            "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
+            fc.client_id, fc.client_secret
+        )
         + &crate::token_issuance::custom_provider_toml(&fake);
     let broker = BrokerProcess::spawn(dir.path(), "traced", &toml, addr).await;
     let mut c = CredentialServiceClient::new(broker.channel().await);
 
     let mut said: Vec<u8> = Vec::new(); // every response and error except GetAccessToken
     let mut issued: Vec<String> = Vec::new(); // tokens legitimately returned by GetAccessToken
-    let mut record_err = |said: &mut Vec<u8>, s: &tonic::Status| {
+    let record_err = |said: &mut Vec<u8>, s: &tonic::Status| {
         said.extend(s.message().as_bytes());
         said.extend(s.details());
     };
@@ -70,10 +79,18 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .unwrap()
         .into_inner();
     said.extend(start.encode_to_vec());
-    let q: HashMap<String, String> =
-        fake.approve(&url::Url::parse(&start.authorization_url).unwrap()).await.query_pairs().into_owned().collect();
+    let q: HashMap<String, String> = fake
+        .approve(&url::Url::parse(&start.authorization_url).unwrap())
+        .await
+        .query_pairs()
+        .into_owned()
+        .collect();
     let done = c
-        .complete_connect(actor(pb::CompleteConnectRequest { state: q["state"].clone(), code: q["code"].clone(), ..Default::default() }))
+        .complete_connect(actor(pb::CompleteConnectRequest {
+            state: q["state"].clone(),
+            code: q["code"].clone(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -81,12 +98,21 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     let id = done.credential.unwrap().credential_id;
     let get_token = |min: i64| pb::GetAccessTokenRequest {
         credential_id: id.clone(),
-        min_valid_for: Some(prost_types::Duration { seconds: min, nanos: 0 }),
+        min_valid_for: Some(prost_types::Duration {
+            seconds: min,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     // Issue, then force refreshes (rotation).
     for min in [60, 3600, 3600] {
-        issued.push(c.get_access_token(actor(get_token(min))).await.unwrap().into_inner().access_token);
+        issued.push(
+            c.get_access_token(actor(get_token(min)))
+                .await
+                .unwrap()
+                .into_inner()
+                .access_token,
+        );
     }
     // A transient failure, then a dead grant.
     fake.push_token_failure(TokenFailure::ServerError);
@@ -94,59 +120,134 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         issued.push(t.into_inner().access_token);
     }
     fake.push_token_failure(TokenFailure::InvalidGrant);
-    let err = c.get_access_token(actor(get_token(3600))).await.unwrap_err();
+    let err = c
+        .get_access_token(actor(get_token(3600)))
+        .await
+        .unwrap_err();
     record_err(&mut said, &err);
     // Reconnect, rename, members, reads, disconnect, audit.
     let re = c
-        .start_reconnect(actor(pb::StartReconnectRequest { credential_id: id.clone(), redirect_uri: REDIRECT_URI.into(), scopes: vec![] }))
+        .start_reconnect(actor(pb::StartReconnectRequest {
+            credential_id: id.clone(),
+            redirect_uri: REDIRECT_URI.into(),
+            scopes: vec![],
+        }))
         .await
         .unwrap()
         .into_inner();
     said.extend(re.encode_to_vec());
-    let q: HashMap<String, String> =
-        fake.approve(&url::Url::parse(&re.authorization_url).unwrap()).await.query_pairs().into_owned().collect();
+    let q: HashMap<String, String> = fake
+        .approve(&url::Url::parse(&re.authorization_url).unwrap())
+        .await
+        .query_pairs()
+        .into_owned()
+        .collect();
     let back = c
-        .complete_connect(actor(pb::CompleteConnectRequest { state: q["state"].clone(), code: q["code"].clone(), ..Default::default() }))
+        .complete_connect(actor(pb::CompleteConnectRequest {
+            state: q["state"].clone(),
+            code: q["code"].clone(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
     said.extend(back.encode_to_vec());
     // A replayed code and state: errors must not echo them.
     let err = c
-        .complete_connect(actor(pb::CompleteConnectRequest { state: q["state"].clone(), code: q["code"].clone(), ..Default::default() }))
+        .complete_connect(actor(pb::CompleteConnectRequest {
+            state: q["state"].clone(),
+            code: q["code"].clone(),
+            ..Default::default()
+        }))
         .await
         .unwrap_err();
     record_err(&mut said, &err);
-    issued.push(c.get_access_token(actor(get_token(60))).await.unwrap().into_inner().access_token);
-    let got = c.get_credential(actor(pb::GetCredentialRequest { credential_id: id.clone() })).await.unwrap().into_inner();
+    issued.push(
+        c.get_access_token(actor(get_token(60)))
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token,
+    );
+    let got = c
+        .get_credential(actor(pb::GetCredentialRequest {
+            credential_id: id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     said.extend(got.encode_to_vec());
     let list = c
-        .list_credentials(actor(pb::ListCredentialsRequest { workspace_id: "ws1".into(), ..Default::default() }))
+        .list_credentials(actor(pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
     said.extend(list.encode_to_vec());
-    let disc = c.disconnect_credential(actor(pb::DisconnectCredentialRequest { credential_id: id.clone() })).await.unwrap().into_inner();
+    let disc = c
+        .disconnect_credential(actor(pb::DisconnectCredentialRequest {
+            credential_id: id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     said.extend(disc.encode_to_vec());
     let err = c.get_access_token(actor(get_token(60))).await.unwrap_err();
     record_err(&mut said, &err);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // buffered audit events land
-    let audit = c.list_audit_events(pb::ListAuditEventsRequest { page_size: 1000, ..Default::default() }).await.unwrap().into_inner();
-    assert!(audit.events.iter().any(|e| e.action == "token.issue"), "token issuance is audited");
-    assert!(audit.events.iter().any(|e| e.action == "credential.reconnect"));
-    assert!(audit.events.iter().any(|e| e.action == "credential.disconnect"));
+    let audit = c
+        .list_audit_events(pb::ListAuditEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        audit.events.iter().any(|e| e.action == "token.issue"),
+        "token issuance is audited"
+    );
+    assert!(
+        audit
+            .events
+            .iter()
+            .any(|e| e.action == "credential.reconnect")
+    );
+    assert!(
+        audit
+            .events
+            .iter()
+            .any(|e| e.action == "credential.disconnect")
+    );
     said.extend(audit.encode_to_vec());
 
     let log = broker.log();
-    assert!(log.contains("TRACE") || log.contains("\"level\":\"TRACE\""), "the broker really logged at TRACE");
+    assert!(
+        log.contains("TRACE") || log.contains("\"level\":\"TRACE\""),
+        "the broker really logged at TRACE"
+    );
     assert!(fake.refresh_calls() >= 2, "the flow refreshed");
     let said = String::from_utf8_lossy(&said).into_owned();
     let leaks_said = secrets_in(&said, port);
-    assert!(leaks_said.is_empty(), "secrets in responses, errors or audit events: {leaks_said:?}");
+    assert!(
+        leaks_said.is_empty(),
+        "secrets in responses, errors or audit events: {leaks_said:?}"
+    );
     let leaks_log = secrets_in(&log, port);
-    assert!(leaks_log.is_empty(), "secrets in the TRACE log: {leaks_log:?}");
-    for secret in [fc.client_secret.as_str()].into_iter().chain(issued.iter().map(String::as_str)) {
-        assert!(!said.contains(secret), "a secret reached a response other than GetAccessToken");
+    assert!(
+        leaks_log.is_empty(),
+        "secrets in the TRACE log: {leaks_log:?}"
+    );
+    for secret in [fc.client_secret.as_str()]
+        .into_iter()
+        .chain(issued.iter().map(String::as_str))
+    {
+        assert!(
+            !said.contains(secret),
+            "a secret reached a response other than GetAccessToken"
+        );
         assert!(!log.contains(secret), "a secret reached the log");
     }
     // The scan would have seen them: GetAccessToken did return fake tokens.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
     LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, Store, StoreError,
-    UsageRecord,
+    UsageRecord, WrappedDekRow,
 };
 use tokio::sync::broadcast;
 
@@ -46,6 +46,8 @@ store_suite!(
     active_twin_is_rejected_until_the_first_is_disconnected,
     find_credential_by_account_ignores_disconnected,
     list_filters_workspace_provider_and_status,
+    count_credentials_by_status_covers_every_workspace,
+    list_by_status_filters_workspace_and_pages,
     keyset_pagination_walks_every_row_once_in_id_order,
     update_writes_mutable_columns_and_bumps_version,
     stale_update_conflicts_and_leaves_row_unchanged,
@@ -60,6 +62,8 @@ store_suite!(
     audit_paging_walks_newest_first_once,
     audit_prune_deletes_only_older_events,
     key_usage_counts_sealed_credentials_per_key_version,
+    dek_rows_not_on_key_pages_through_other_keys_only,
+    rewrap_dek_swaps_only_the_data_key_while_unchanged,
     errors_do_not_echo_bound_values,
     concurrent_updates_have_exactly_one_winner,
     last_admin_cannot_be_demoted_or_deleted,
@@ -471,6 +475,100 @@ async fn list_filters_workspace_provider_and_status(store: Arc<dyn Store>) {
         .await
         .expect("list");
     assert!(none.is_empty());
+}
+
+async fn count_credentials_by_status_covers_every_workspace(store: Arc<dyn Store>) {
+    assert!(
+        store
+            .count_credentials_by_status()
+            .await
+            .expect("count empty")
+            .is_empty()
+    );
+    for row in [
+        credential("a1", "ws", "google", "s1"),
+        credential("a2", "ws", "github", "s2"),
+        bare_credential("a3", "ws", "google", "s3"),
+        credential("a4", "ws", "google", "s4"),
+        bare_credential("b1", "ws-other", "google", "s1"),
+        credential("b2", "ws-other", "google", "s2"),
+    ] {
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+    disconnect(&*store, "a4").await;
+    let counts = store
+        .count_credentials_by_status()
+        .await
+        .expect("count_credentials_by_status");
+    assert_eq!(
+        counts,
+        [
+            ("ACTIVE".to_owned(), 3),
+            ("DISCONNECTED".to_owned(), 1),
+            ("NEEDS_RECONNECT".to_owned(), 2),
+        ]
+    );
+}
+
+async fn list_by_status_filters_workspace_and_pages(store: Arc<dyn Store>) {
+    use cb_store::StatusQuery;
+    for row in [
+        bare_credential("c3", "ws", "google", "s3"),
+        credential("c1", "ws", "google", "s1"),
+        bare_credential("c2", "ws", "github", "s2"),
+        bare_credential("d1", "ws-other", "google", "s1"),
+        credential("d2", "ws-other", "google", "s2"),
+    ] {
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+    let needs = |workspace: Option<&str>, after: Option<&str>, limit| StatusQuery {
+        status: "NEEDS_RECONNECT".to_owned(),
+        workspace_id: workspace.map(str::to_owned),
+        after_id: after.map(str::to_owned),
+        limit,
+    };
+    let all = store
+        .list_credentials_by_status(&needs(None, None, 100))
+        .await
+        .expect("list");
+    assert_eq!(ids(&all), ["c2", "c3", "d1"]);
+    assert_eq!(all[0], must_get(&*store, "c2").await);
+    let ws = store
+        .list_credentials_by_status(&needs(Some("ws"), None, 100))
+        .await
+        .expect("list ws");
+    assert_eq!(ids(&ws), ["c2", "c3"]);
+    let first = store
+        .list_credentials_by_status(&needs(None, None, 2))
+        .await
+        .expect("page 1");
+    assert_eq!(ids(&first), ["c2", "c3"]);
+    let second = store
+        .list_credentials_by_status(&needs(None, Some("c3"), 2))
+        .await
+        .expect("page 2");
+    assert_eq!(ids(&second), ["d1"]);
+    let in_ws_after = store
+        .list_credentials_by_status(&needs(Some("ws"), Some("c2"), 2))
+        .await
+        .expect("ws page 2");
+    assert_eq!(ids(&in_ws_after), ["c3"]);
+    assert!(
+        store
+            .list_credentials_by_status(&needs(None, None, 0))
+            .await
+            .expect("limit 0")
+            .is_empty()
+    );
+    let active = store
+        .list_credentials_by_status(&StatusQuery {
+            status: "ACTIVE".to_owned(),
+            limit: 10,
+            ..StatusQuery::default()
+        })
+        .await
+        .expect("active");
+    assert_eq!(ids(&active), ["c1", "d2"]);
 }
 
 async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store>) {
@@ -1193,6 +1291,165 @@ async fn key_usage_counts_sealed_credentials_per_key_version(store: Arc<dyn Stor
     assert_eq!(
         store.key_usage().await.expect("usage"),
         [usage("k1", 1, 2, "c1"), usage("k1", 2, 1, "c2")]
+    );
+}
+
+/// A credential sealed under (key_id, version) with wrapped bytes naming its id.
+fn sealed_under(id: &str, key_id: &str, version: i64) -> CredentialRow {
+    CredentialRow {
+        sealed: Some(SealedColumns {
+            dek_wrapped: format!("wrapped-{id}-{key_id}-{version}").into_bytes(),
+            dek_key_id: key_id.to_owned(),
+            dek_key_version: version,
+            ..credential("x", "ws", "google", "x")
+                .sealed
+                .expect("fixture is sealed")
+        }),
+        ..credential(id, &format!("ws-{id}"), "google", &format!("sub-{id}"))
+    }
+}
+
+fn dek_row(row: &CredentialRow) -> WrappedDekRow {
+    let s = row.sealed.as_ref().expect("sealed");
+    WrappedDekRow {
+        credential_id: row.id.clone(),
+        workspace_id: row.workspace_id.clone(),
+        dek_wrapped: s.dek_wrapped.clone(),
+        dek_key_id: s.dek_key_id.clone(),
+        dek_key_version: s.dek_key_version,
+    }
+}
+
+async fn dek_rows_not_on_key_pages_through_other_keys_only(store: Arc<dyn Store>) {
+    let rows = [
+        sealed_under("c3", "k1", 1),
+        sealed_under("c1", "k1", 1),
+        sealed_under("c2", "k1", 2),
+        sealed_under("c4", "k0", 5),
+        sealed_under("c6", "k1", 2),
+    ];
+    for row in &rows {
+        store.insert_credential(row, &[]).await.expect("insert");
+    }
+    store
+        .insert_credential(&bare_credential("c5", "ws", "google", "sub-c5"), &[])
+        .await
+        .expect("insert bare");
+    let page = |after: Option<&'static str>, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .dek_rows_not_on_key("k1", 2, after, limit)
+                .await
+                .expect("dek rows")
+        }
+    };
+    // k1 version 2 is current: version 1 of the same key and other keys are listed; rows
+    // without tokens are not.
+    let first = page(None, 2).await;
+    assert_eq!(first, [dek_row(&rows[1]), dek_row(&rows[0])]);
+    assert_eq!(first[0].workspace_id, "ws-c1");
+    assert_eq!(page(Some("c3"), 2).await, [dek_row(&rows[3])]);
+    assert!(page(Some("c4"), 2).await.is_empty());
+    assert!(page(None, 0).await.is_empty());
+    // Other current key: everything sealed except its own rows.
+    let ids: Vec<String> = store
+        .dek_rows_not_on_key("k0", 5, None, 100)
+        .await
+        .expect("dek rows")
+        .into_iter()
+        .map(|r| r.credential_id)
+        .collect();
+    assert_eq!(ids, ["c1", "c2", "c3", "c6"]);
+    // Disconnected rows hold no data key.
+    disconnect(&*store, "c1").await;
+    assert_eq!(page(None, 1).await, [dek_row(&rows[0])]);
+}
+
+async fn rewrap_dek_swaps_only_the_data_key_while_unchanged(store: Arc<dyn Store>) {
+    let original = sealed_under("c1", "k1", 1);
+    store
+        .insert_credential(&original, &[])
+        .await
+        .expect("insert");
+    let old = dek_row(&original);
+
+    assert!(
+        store
+            .rewrap_dek(&old, b"rewrapped-under-k2", "k2", 0)
+            .await
+            .expect("rewrap")
+    );
+    let after = must_get(&*store, "c1").await;
+    let expected = CredentialRow {
+        sealed: Some(SealedColumns {
+            dek_wrapped: b"rewrapped-under-k2".to_vec(),
+            dek_key_id: "k2".to_owned(),
+            dek_key_version: 0,
+            ciphertext: original.sealed.clone().expect("sealed").ciphertext,
+        }),
+        ..original.clone()
+    };
+    // Ciphertext, row_version, updated_at and the lease are untouched.
+    assert_eq!(after, expected);
+    assert!(
+        store
+            .dek_rows_not_on_key("k2", 0, None, 10)
+            .await
+            .expect("dek rows")
+            .is_empty()
+    );
+
+    // The same swap again no longer matches: the row holds the new wrapping.
+    assert!(
+        !store
+            .rewrap_dek(&old, b"another", "k3", 0)
+            .await
+            .expect("stale rewrap")
+    );
+    assert_eq!(must_get(&*store, "c1").await, expected);
+
+    // A writer that put another wrapping meanwhile wins; the rotation's swap does nothing.
+    let current = dek_row(&after);
+    let rewritten = CredentialRow {
+        sealed: Some(SealedColumns {
+            dek_wrapped: b"written-by-a-refresh".to_vec(),
+            ..after.sealed.clone().expect("sealed")
+        }),
+        ..after.clone()
+    };
+    let stored = store
+        .update_credential(&rewritten, after.row_version)
+        .await
+        .expect("update");
+    assert!(
+        !store
+            .rewrap_dek(&current, b"late", "k3", 0)
+            .await
+            .expect("raced rewrap")
+    );
+    assert_eq!(must_get(&*store, "c1").await, stored);
+
+    // A disconnected credential has no data key left to re-wrap.
+    let live = dek_row(&stored);
+    disconnect(&*store, "c1").await;
+    assert!(
+        !store
+            .rewrap_dek(&live, b"late", "k3", 0)
+            .await
+            .expect("rewrap after disconnect")
+    );
+    assert_eq!(must_get(&*store, "c1").await.sealed, None);
+    // Unknown credential.
+    let unknown = WrappedDekRow {
+        credential_id: "nope".to_owned(),
+        ..live
+    };
+    assert!(
+        !store
+            .rewrap_dek(&unknown, b"late", "k3", 0)
+            .await
+            .expect("unknown")
     );
 }
 

@@ -82,6 +82,8 @@ pub struct CompleteConnect {
     pub error: Option<String>,
     /// `error_description`.
     pub error_description: Option<String>,
+    /// Other callback parameters (e.g. QuickBooks `realmId`).
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// What CompleteConnect did.
@@ -265,7 +267,10 @@ impl ConnectService {
         target: Target<'_>,
     ) -> Result<ConnectStarted, BrokerError> {
         let (reconnect, drafts) = match target {
-            Target::New { display_name, description } => (None, (display_name, description)),
+            Target::New {
+                display_name,
+                description,
+            } => (None, (display_name, description)),
             Target::Reconnect(c) => (Some(c), (None, None)),
         };
         let actor = require_actor(caller)?;
@@ -525,6 +530,7 @@ impl ConnectService {
                 code,
                 &session.redirect_uri,
                 verifier.as_ref(),
+                &req.params,
             )
             .await
             .map_err(provider_error)?;

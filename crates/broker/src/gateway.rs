@@ -124,12 +124,15 @@ pub trait ProviderGateway: Send + Sync + 'static {
     /// Whether the provider uses PKCE.
     fn uses_pkce(&self, provider: &str) -> bool;
     /// Exchanges an authorization code and identifies the account the tokens belong to.
+    /// `callback_params` are the redirect's other query parameters (e.g. QuickBooks `realmId`),
+    /// kept as extras where the provider needs them.
     async fn exchange_code(
         &self,
         provider: &str,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
+        callback_params: &BTreeMap<String, String>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError>;
     /// Refreshes a grant.
     async fn refresh(

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Tunables of issuance and refresh.
 #[derive(Clone, Debug)]
@@ -105,6 +106,12 @@ pub struct IssuanceStats {
     pub provider_refreshes: AtomicU64,
     /// Times a leader found the lease held by another replica and waited.
     pub lease_waits: AtomicU64,
+    /// Issuance results: (`OK` or the error reason, answered from memory) → count.
+    pub issued: Mutex<BTreeMap<(&'static str, bool), u64>>,
+    /// Refreshes under the lease: (provider, outcome) → count. Outcomes: `refreshed`,
+    /// `already_fresh` (another replica did it), `needs_reconnect`, `served_stale` (provider
+    /// failed, the old token is still valid), `failed`.
+    pub refreshes: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 /// A snapshot of [`IssuanceStats`].
@@ -273,6 +280,38 @@ impl TokenService {
         }
     }
 
+    /// Issuance results since start: (`OK` or the error reason, cache hit, count).
+    pub fn issuance_results(&self) -> Vec<(&'static str, bool, u64)> {
+        lock(&self.stats.issued)
+            .iter()
+            .map(|(&(result, hit), &n)| (result, hit, n))
+            .collect()
+    }
+
+    /// Refreshes under the lease since start: (provider, outcome, count).
+    pub fn refresh_outcomes(&self) -> Vec<(String, &'static str, u64)> {
+        lock(&self.stats.refreshes)
+            .iter()
+            .map(|((provider, outcome), &n)| (provider.clone(), *outcome, n))
+            .collect()
+    }
+
+    /// Each provider's circuit breaker: (provider, open now) for every provider seen so far.
+    pub fn circuit_states(&self) -> Vec<(String, bool)> {
+        let now = Instant::now();
+        lock(&self.breakers)
+            .iter()
+            .map(|(p, b)| (p.clone(), b.open_until.is_some_and(|u| now < u)))
+            .collect()
+    }
+
+    fn count_refresh(&self, provider: &str, outcome: &'static str) {
+        tracing::Span::current().record("outcome", outcome);
+        *lock(&self.stats.refreshes)
+            .entry((provider.to_owned(), outcome))
+            .or_default() += 1;
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.stats;
@@ -298,7 +337,10 @@ impl TokenService {
         min_valid: Option<Duration>,
         ctx: UsageContext,
     ) -> Result<IssuedToken, BrokerError> {
-        let result = self.issue(caller, id, min_valid, &ctx).await;
+        let mut hit = false;
+        let result = self.issue(caller, id, min_valid, &ctx, &mut hit).await;
+        let label = result.as_ref().map_or_else(BrokerError::reason, |_| "OK");
+        *lock(&self.stats.issued).entry((label, hit)).or_default() += 1;
         let detail = [
             ("workflow", &ctx.workflow_id),
             ("block", &ctx.block_id),
@@ -333,6 +375,7 @@ impl TokenService {
         id: &CredentialId,
         min_valid: Option<Duration>,
         _ctx: &UsageContext,
+        hit: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
         require_token_issuer(caller)?;
         let min_valid = min_valid.unwrap_or(self.config.default_min_valid);
@@ -347,6 +390,7 @@ impl TokenService {
         }
         let now = self.clock.now();
         if let Some(e) = self.cache.get(id.as_str()) {
+            *hit = true;
             authorize(caller, &e)?;
             if valid_for(e.token.expires_at, now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -356,6 +400,7 @@ impl TokenService {
             // Cold path: check membership before doing any work for this caller.
             self.policy.load_visible(caller, id).await?;
         }
+        *hit = false;
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry = self.flight(id.as_str(), min_valid, false).await?;
         authorize(caller, &entry)?;
@@ -382,14 +427,18 @@ impl TokenService {
                     flights.insert(id.to_owned(), rx.clone());
                     let this = self.clone();
                     let id = id.to_owned();
-                    tokio::spawn(async move {
-                        let result = this.resolve(&id, min_valid, force).await;
-                        if let Ok(e) = &result {
-                            this.cache.put(&id, e.clone());
+                    // The leader's spans belong to the request that started the flight.
+                    tokio::spawn(
+                        async move {
+                            let result = this.resolve(&id, min_valid, force).await;
+                            if let Ok(e) = &result {
+                                this.cache.put(&id, e.clone());
+                            }
+                            lock(&this.flights).remove(&id);
+                            tx.send_replace(Some(result));
                         }
-                        lock(&this.flights).remove(&id);
-                        tx.send_replace(Some(result));
-                    });
+                        .in_current_span(),
+                    );
                     rx
                 }
             }
@@ -486,6 +535,11 @@ impl TokenService {
         Err(err)
     }
 
+    #[tracing::instrument(
+        name = "refresh",
+        skip_all,
+        fields(credential_id = %row.id, provider = %row.provider_id, outcome = tracing::field::Empty)
+    )]
     async fn refresh_under_lease(
         &self,
         row: cb_store::CredentialRow,
@@ -495,6 +549,7 @@ impl TokenService {
         let fence = row.lease.fence;
         let mut c = Credential::from_row(row)?;
         let id = c.id.to_string();
+        let provider = c.provider_id.clone();
         let now = self.clock.now();
         let result = async {
             let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
@@ -502,6 +557,7 @@ impl TokenService {
             let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
             if valid_for(bundle.access_expires_at, now, min_valid) && !due {
                 self.store.release_refresh_lease(&id, fence).await?;
+                self.count_refresh(&c.provider_id, "already_fresh");
                 return self.entry(&c, &bundle).await;
             }
             let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
@@ -528,6 +584,7 @@ impl TokenService {
                         }
                         other => other.into(),
                     })?;
+                    self.count_refresh(&c.provider_id, "refreshed");
                     self.entry(&Credential::from_row(stored)?, &fresh).await
                 }
                 Err(ProviderError::Permanent(why)) => {
@@ -537,12 +594,14 @@ impl TokenService {
                     c.updated_at = now;
                     self.store.complete_refresh(&c.to_row(), fence).await?;
                     self.cache.invalidate(&id);
+                    self.count_refresh(&c.provider_id, "needs_reconnect");
                     tracing::warn!(credential_id = %id, provider = %c.provider_id, reason = %why, "grant can no longer be refreshed: needs reconnect");
                     Err(err)
                 }
                 Err(e) => {
                     self.store.release_refresh_lease(&id, fence).await?;
                     if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+                        self.count_refresh(&c.provider_id, "served_stale");
                         tracing::warn!(credential_id = %id, error = %e, "refresh failed; serving the still-valid token");
                         return self.entry(&c, &bundle).await;
                     }
@@ -550,6 +609,7 @@ impl TokenService {
                         ProviderError::Transient { retry_after, .. } => *retry_after,
                         _ => None,
                     };
+                    self.count_refresh(&c.provider_id, "failed");
                     Err(BrokerError::Unavailable {
                         reason: reason::PROVIDER_UNAVAILABLE,
                         message: format!("the provider could not refresh the token: {e}"),
@@ -559,6 +619,15 @@ impl TokenService {
             }
         }
         .await;
+        if let Err(e) = &result
+            && !matches!(
+                e.reason(),
+                reason::CREDENTIAL_NEEDS_RECONNECT | reason::PROVIDER_UNAVAILABLE
+            )
+        {
+            // A database or KMS error on the way: not counted above.
+            self.count_refresh(&provider, "error");
+        }
         if result.is_err() {
             // Failure paths that did not already release it (database errors) leave the lease to expire.
             let _ = self.store.release_refresh_lease(&id, fence).await;
@@ -567,6 +636,7 @@ impl TokenService {
     }
 
     /// Calls the provider with bounded retries (backoff with jitter) behind a circuit breaker.
+    #[tracing::instrument(name = "provider.refresh", skip_all, fields(provider = %provider, attempts = tracing::field::Empty))]
     async fn call_refresh(
         &self,
         provider: &str,
@@ -578,6 +648,7 @@ impl TokenService {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            tracing::Span::current().record("attempts", attempt);
             if let Some(until) = lock(&self.breakers)
                 .get(provider)
                 .and_then(|b| b.open_until)

@@ -6,10 +6,13 @@
 
 pub mod aws_kms;
 mod cache;
+mod deferred;
 mod envelope;
 mod error;
 mod key_provider;
 mod local;
+mod local_watch;
+mod multi;
 mod primitives;
 mod secret;
 #[cfg(test)]
@@ -17,8 +20,11 @@ mod test_support;
 
 pub use aws_kms::{AwsKmsConfig, AwsKmsKeyProvider};
 pub use cache::{CacheStats, DekCacheConfig};
+pub use deferred::{ConnectFn, DeferredKeyProvider};
 pub use envelope::{Envelope, SealedBlob};
 pub use error::CryptoError;
 pub use key_provider::{EncryptionContext, KeyProvider, KeyRef, WrappedDek};
 pub use local::LocalKeyProvider;
+pub use local_watch::WatchedLocalKeyProvider;
+pub use multi::MultiKeyProvider;
 pub use secret::{DataKey, SecretBytes};

@@ -135,6 +135,41 @@ impl LocalKeyProvider {
         })
     }
 
+    /// Removes a version that no longer wraps anything (after `rotate-keys` moved every row to
+    /// a newer one), rewriting the file atomically. DEKs wrapped by it, including copies in
+    /// backups, can then no longer be unwrapped with this file: this is what completes the
+    /// crypto-shredding of disconnected credentials. The current version cannot be retired.
+    pub fn retire_version(path: &Path, version: u32) -> Result<(), CryptoError> {
+        let mut file = read_file(path)?;
+        Self::from_file(path, &file)?;
+        if version == file.current {
+            return Err(key_file_error(
+                path,
+                format!("version {version} is the current version: add a newer one first"),
+            ));
+        }
+        let before = file.versions.len();
+        file.versions.retain(|v| v.version != version);
+        if file.versions.len() == before {
+            return Err(key_file_error(
+                path,
+                format!("version {version} is not in the file"),
+            ));
+        }
+        let tmp = write_temp(path, &file)?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(key_file_error(path, format!("cannot replace: {e}")));
+        }
+        sync_parent(path);
+        Ok(())
+    }
+
+    /// The versions this file holds, oldest first.
+    pub fn versions(&self) -> Vec<u32> {
+        self.keks.keys().copied().collect()
+    }
+
     /// Fingerprint of the current key (first 8 bytes of its SHA-256, hex): safe to log, and
     /// tells apart "a different key file" at a glance.
     pub fn fingerprint(&self) -> String {
@@ -400,6 +435,37 @@ mod tests {
         .unwrap();
         let err = LocalKeyProvider::load(&path).unwrap_err().to_string();
         assert!(err.contains("32 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn retired_version_no_longer_unwraps_and_current_cannot_be_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let (v1, _) = LocalKeyProvider::load_or_create(&path).unwrap();
+        let ctx = EncryptionContext::for_credential("w", "c", "token");
+        let (_, old) = v1.generate_data_key(&ctx).await.unwrap();
+        let err = LocalKeyProvider::retire_version(&path, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("current version"), "{err}");
+        LocalKeyProvider::add_version(&path).unwrap();
+        LocalKeyProvider::retire_version(&path, 1).unwrap();
+        let err = LocalKeyProvider::retire_version(&path, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not in the file"), "{err}");
+        let p = LocalKeyProvider::load(&path).unwrap();
+        assert_eq!(p.versions(), [2]);
+        assert!(matches!(
+            p.unwrap_data_key(&old, &ctx).await,
+            Err(CryptoError::UnknownKey { version: 1, .. })
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[tokio::test]

@@ -4,16 +4,16 @@ use crate::auth::AuthLayer;
 use crate::config::{Config, EnvSource, ProcessEnv};
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
+use crate::keys::{self, KeyHealth, KeyOptions};
 use crate::providers::OAuthGateway;
 use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
-use cb_broker::credential::Credential;
 use cb_broker::gateway::ProviderGateway;
 use cb_broker::issuance::{IssuanceConfig, StatsSnapshot, TokenCache, TokenService};
 use cb_broker::members::MembershipService;
 use cb_broker::service::CredentialService;
-use cb_crypto::{DekCacheConfig, Envelope, LocalKeyProvider};
+use cb_crypto::Envelope;
 use cb_proto::v1::credential_service_server::CredentialServiceServer;
 use cb_proto::v1::membership_service_server::MembershipServiceServer;
 use cb_store::Store;
@@ -43,6 +43,12 @@ pub enum StartupError {
     /// The provider catalog or provider settings are invalid.
     #[error("providers: {0}")]
     Providers(String),
+    /// The TLS files could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// An operator command (`providers --check`, `credentials`) found a problem.
+    #[error("{0}")]
+    Command(String),
     /// The embedded API descriptors are broken (a build problem).
     #[error("reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -91,65 +97,27 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError>
     Ok(store)
 }
 
-/// Loads (or, on first start, creates) the configured key-encryption key.
-pub fn open_envelope(config: &Config) -> Result<Arc<Envelope>, StartupError> {
-    let path = &config.keys.local_key_file;
-    let (provider, created) =
-        LocalKeyProvider::load_or_create(path).map_err(|e| StartupError::Keys(e.to_string()))?;
-    if created {
-        tracing::warn!(
-            path = %path.display(),
-            "DEVELOPMENT KEY generated: tokens are only as safe as this file; back it up, and use aws-kms in production"
-        );
-    }
-    tracing::info!(path = %path.display(), fingerprint = %provider.fingerprint(), "local key loaded");
-    let cache = DekCacheConfig {
-        max_entries: config.keys.dek_cache_max_entries,
-        max_age: Duration::from_secs(config.keys.dek_cache_max_age_seconds),
-    };
-    Ok(Arc::new(Envelope::new(Arc::new(provider), cache)))
-}
-
-/// Refuses to start when stored tokens were sealed by a key the configured provider cannot use:
-/// better a clear failure now than errors at first use.
-async fn check_keys_open_stored_tokens(
-    store: &dyn Store,
-    service: &CredentialService,
+/// Opens the configured key provider (creating a local key file on first start) and runs the
+/// start-up self-check through it: a round trip through the key. A failure refuses the start,
+/// naming the key and what to check, unless `keys.start_degraded` (then [`KeyHealth::Degraded`]).
+pub async fn open_envelope(
     config: &Config,
-) -> Result<(), StartupError> {
-    let usage = store
-        .key_usage()
-        .await
-        .map_err(|source| StartupError::Database {
-            url: config.database.url.redacted(),
-            source,
-        })?;
-    for k in usage {
-        let row = store
-            .get_credential(&k.sample_credential_id)
-            .await
-            .ok()
-            .flatten();
-        let opened = match row.map(Credential::from_row) {
-            Some(Ok(c)) => service
-                .open_tokens(&c)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            _ => Ok(()), // the row changed since the scan; nothing to check
-        };
-        if let Err(e) = opened {
-            return Err(StartupError::Keys(format!(
-                "{} stored credential(s) are sealed with key {} version {}, which the configured key file {} cannot open ({e}); \
-                 start with the key file that sealed them",
-                k.credentials,
-                k.key_id,
-                k.key_version,
-                config.keys.local_key_file.display()
-            )));
-        }
-    }
-    Ok(())
+    env: &dyn EnvSource,
+) -> Result<(Arc<Envelope>, KeyHealth), StartupError> {
+    let degraded = config.keys.start_degraded;
+    let provider = keys::open_key_provider(
+        &config.keys,
+        env,
+        KeyOptions {
+            create_local: true,
+            allow_degraded: degraded,
+            ..KeyOptions::default()
+        },
+    )
+    .await?;
+    let envelope = Arc::new(Envelope::new(provider, keys::dek_cache(&config.keys)));
+    let health = keys::self_check(&envelope, &config.keys, degraded).await?;
+    Ok((envelope, health))
 }
 
 /// A started broker.
@@ -159,6 +127,9 @@ pub struct Application {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     tokens: Arc<TokenService>,
+    health: tonic_health::server::HealthReporter,
+    metrics: Arc<crate::metrics::Metrics>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn hostname() -> String {
@@ -222,11 +193,23 @@ impl Application {
     /// Opens storage and keys, checks them, binds the listener and starts serving.
     pub async fn start(config: &Config, options: BuildOptions) -> Result<Self, StartupError> {
         config.validate()?;
-        let store = open_store(config).await?;
-        let envelope = open_envelope(config)?;
-        let gateway: Arc<dyn ProviderGateway> = Arc::new(
-            OAuthGateway::from_config(config, options.env.as_ref())
-                .map_err(StartupError::Providers)?,
+        let metrics = crate::metrics::Metrics::new();
+        let store = crate::instrument::TracedStore::wrap(open_store(config).await?);
+        let (envelope, key_health) = open_envelope(config, options.env.as_ref()).await?;
+        // The same key provider behind spans and metrics, with a fresh DEK cache.
+        let envelope = Arc::new(Envelope::new(
+            crate::instrument::InstrumentedKeyProvider::wrap(
+                envelope.provider().clone(),
+                metrics.clone(),
+            ),
+            keys::dek_cache(&config.keys),
+        ));
+        let gateway: Arc<dyn ProviderGateway> = crate::instrument::InstrumentedGateway::wrap(
+            Arc::new(
+                OAuthGateway::from_config(config, options.env.as_ref())
+                    .map_err(StartupError::Providers)?,
+            ),
+            metrics.clone(),
         );
         let clock = options.clock;
         let audit = Audit::new(store.clone(), clock.clone());
@@ -248,7 +231,14 @@ impl Application {
             audit.clone(),
             issuance_config.refresh_ahead_window,
         ));
-        check_keys_open_stored_tokens(store.as_ref(), &credentials, config).await?;
+        match key_health {
+            KeyHealth::Ok => {
+                keys::check_stored_tokens_open(store.as_ref(), &credentials, config).await?;
+            }
+            KeyHealth::Degraded => tracing::warn!(
+                "stored credentials not checked at start: the key provider is not usable yet"
+            ),
+        }
         let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
         let tokens = Arc::new(TokenService::new(
             store.clone(),
@@ -260,6 +250,8 @@ impl Application {
             issuance_config,
             holder,
         ));
+        metrics.register_domain(tokens.clone(), envelope.clone());
+        let kms_check = envelope.clone();
         let connect = Arc::new(ConnectService::new(
             store.clone(),
             envelope,
@@ -282,15 +274,36 @@ impl Application {
                 "no calling services configured: caller authentication is OFF (development mode, loopback only)"
             );
         }
-        let background = spawn_background(config, &store, &tokens, &audit, &clock);
+        let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
+        background.push(metrics.spawn_credentials_gauge(
+            store.clone(),
+            Duration::from_secs(config.telemetry.credentials_gauge_seconds),
+        ));
+        let metrics_addr = match config.telemetry.metrics_listen {
+            Some(addr) => {
+                let (bound, task) = metrics
+                    .serve(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?;
+                background.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<CredentialServiceServer<CredentialApi>>()
-            .await;
-        health
-            .set_serving::<MembershipServiceServer<MembershipApi>>()
-            .await;
+        background.push(
+            crate::health::spawn_monitor(
+                health.clone(),
+                crate::health::Dependencies {
+                    store: store.clone(),
+                    envelope: kms_check,
+                },
+                &config.health,
+                metrics.clone(),
+            )
+            .await,
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cb_proto::FILE_DESCRIPTOR_SET)
@@ -313,13 +326,30 @@ impl Application {
         })?;
         let (tx, rx) = oneshot::channel::<()>();
         let api = CredentialApi::new(credentials, tokens.clone(), connect);
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if config.tls.enabled() {
+            builder = builder
+                .tls_config(server_tls(&config.tls)?)
+                .map_err(|e| StartupError::Tls(e.to_string()))?;
+        }
+        let max_request = config.limits.max_request_bytes;
+        // Outermost first: span + metrics + deadline, then authentication, then the caller's
+        // concurrency limit (it needs the identity the auth layer found).
+        let router = builder
+            .layer(crate::observe::ObserveLayer::new(metrics.clone()))
             .layer(AuthLayer::new(callers, audit))
+            .layer(crate::limits::CallerLimitLayer::new(
+                config.limits.max_concurrent_per_caller,
+                metrics.clone(),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CredentialServiceServer::new(api))
-            .add_service(MembershipServiceServer::new(MembershipApi::new(members)));
+            .add_service(CredentialServiceServer::new(api).max_decoding_message_size(max_request))
+            .add_service(
+                MembershipServiceServer::new(MembershipApi::new(members))
+                    .max_decoding_message_size(max_request),
+            );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = rx.await;
@@ -331,7 +361,20 @@ impl Application {
             server,
             background,
             tokens,
+            health,
+            metrics,
+            metrics_addr,
         })
+    }
+
+    /// Where the Prometheus endpoint listens, when `telemetry.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics in OpenMetrics text (what `GET /metrics` returns).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     /// Runs one refresh-ahead pass now (the background task does this periodically).
@@ -354,6 +397,8 @@ impl Application {
         for task in &self.background {
             task.abort();
         }
+        // Probes and health-checking clients see NOT_SERVING before the listener drains.
+        crate::health::set_stopping(&self.health).await;
         self.tokens.flush_usage().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -371,4 +416,29 @@ impl Application {
             }
         }
     }
+}
+
+/// The listener's TLS settings: server identity and, for mTLS callers, the client CA. Client
+/// certificates are optional at the TLS layer so token-authenticated callers can share the port;
+/// the auth layer decides who may call.
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, StartupError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StartupError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Err(StartupError::Tls(
+            "cert_file and key_file are required".into(),
+        ));
+    };
+    let mut cfg = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+    );
+    if let Some(ca) = &tls.client_ca_file {
+        cfg = cfg
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(cfg)
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
 /// The identity of an authenticated calling service, put into request extensions.
@@ -41,21 +42,41 @@ pub struct KnownCaller {
 
 /// Who may call: configured services, or development mode when empty.
 #[derive(Clone, Debug, Default)]
-pub struct Callers(pub Vec<KnownCaller>);
+pub struct Callers {
+    /// Services that present bearer tokens.
+    pub tokens: Vec<KnownCaller>,
+    /// Services that present client certificates: (identity in the certificate, service).
+    pub certificates: Vec<(String, ServiceIdentity)>,
+}
 
 impl Callers {
     /// Whether no caller authentication is configured.
     pub fn is_development(&self) -> bool {
-        self.0.is_empty()
+        self.tokens.is_empty() && self.certificates.is_empty()
     }
 
-    /// Authenticates the `authorization` header value.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<ServiceIdentity, Status> {
+    /// Authenticates a call: by its client certificate (already verified against the client CA
+    /// by TLS) when it presents one that names a configured service, else by bearer token.
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        client_cert: Option<&[u8]>,
+    ) -> Result<ServiceIdentity, Status> {
         if self.is_development() {
             return Ok(ServiceIdentity {
                 name: "anonymous".into(),
                 role: ServiceRole::Development,
             });
+        }
+        if let Some(der) = client_cert {
+            let names = certificate_names(der);
+            if let Some((_, identity)) = self
+                .certificates
+                .iter()
+                .find(|(subject, _)| names.iter().any(|n| n == subject))
+            {
+                return Ok(identity.clone());
+            }
         }
         let token = header
             .and_then(|h| {
@@ -64,17 +85,41 @@ impl Callers {
             })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthenticated("missing authorization: Bearer <service token>"))?;
+            .ok_or_else(|| {
+                unauthenticated(
+                    "missing authorization: Bearer <service token> (or a client certificate)",
+                )
+            })?;
         let presented = digest(&SHA256, token.as_bytes());
         // Compare against every configured hash, without an early exit.
         let mut found = None;
-        for c in &self.0 {
+        for c in &self.tokens {
             if verify_slices_are_equal(presented.as_ref(), &c.token_sha256).is_ok() {
                 found = Some(c.identity.clone());
             }
         }
         found.ok_or_else(|| unauthenticated("the service token is not recognised"))
     }
+}
+
+/// The DNS subject alternative names and common names of a DER certificate.
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push((*d).to_owned());
+            }
+        }
+    }
+    names
 }
 
 fn unauthenticated(message: &str) -> Status {
@@ -162,7 +207,13 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let decision = self.callers.authenticate(header).and_then(|identity| {
+        let cert = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let authenticated = self.callers.authenticate(header, cert.as_deref());
+        let decision = authenticated.clone().and_then(|identity| {
             if rpc.allows(identity.role) {
                 Ok(identity)
             } else {
@@ -178,14 +229,8 @@ where
                 Box::pin(async move { inner.call(req).await })
             }
             Err(status) => {
-                let service = match status.code() {
-                    Code::PermissionDenied => self
-                        .callers
-                        .authenticate(header)
-                        .map(|i| i.name)
-                        .unwrap_or_default(),
-                    _ => "unauthenticated".to_owned(),
-                };
+                let service =
+                    authenticated.map_or_else(|_| "unauthenticated".to_owned(), |i| i.name);
                 let caller = Caller {
                     service,
                     role: ServiceRole::Development,

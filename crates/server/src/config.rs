@@ -51,6 +51,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// Calling services and their bearer-token hashes. Empty: development mode (loopback only).
     pub callers: Vec<CallerConfig>,
+    /// TLS (and mTLS) for the listener.
+    pub tls: TlsConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
     /// OAuth connect settings.
@@ -61,6 +63,12 @@ pub struct Config {
     pub custom_providers: Vec<ProviderSpec>,
     /// Token issuance and refresh.
     pub tokens: TokensConfig,
+    /// Traces (OTLP) and metrics (Prometheus scrape endpoint).
+    pub telemetry: TelemetryConfig,
+    /// Dependency checks behind `grpc.health.v1`.
+    pub health: HealthConfig,
+    /// Per-caller concurrency and request size limits.
+    pub limits: LimitsConfig,
 }
 
 /// OAuth connect settings.
@@ -159,7 +167,31 @@ pub struct CallerConfig {
     /// Built-in role: `executor`, `web` or `operator`.
     pub role: String,
     /// Hex SHA-256 of the service's bearer token (`credential-broker hash-token`).
-    pub token_sha256: String,
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// Identity in the service's client certificate (a DNS subject alternative name, or the
+    /// common name) for mTLS; needs `[tls] client_ca_file`.
+    #[serde(default)]
+    pub mtls_identity: Option<String>,
+}
+
+/// TLS for the gRPC listener; with `client_ca_file`, callers may authenticate by certificate.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle that signs client certificates (enables mTLS caller identities).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
 }
 
 /// Audit log settings.
@@ -187,11 +219,15 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_grace_seconds: 20,
             callers: Vec::new(),
+            tls: TlsConfig::default(),
             audit: AuditConfig::default(),
             oauth: OAuthConfig::default(),
             providers: BTreeMap::new(),
             custom_providers: Vec::new(),
             tokens: TokensConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            health: HealthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -246,14 +282,70 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Key management settings.
+/// Which key provider wraps the per-credential data keys.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum KeyProviderKind {
+    /// A local key file (development, single node).
+    #[serde(rename = "local")]
+    Local,
+    /// An AWS KMS symmetric key (production).
+    #[serde(rename = "aws-kms")]
+    AwsKms,
+}
+
+impl KeyProviderKind {
+    /// Parses the config spelling: `local` or `aws-kms`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "aws-kms" => Some(Self::AwsKms),
+            _ => None,
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::AwsKms => "aws-kms",
+        }
+    }
+}
+
+impl fmt::Display for KeyProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Key management settings. AWS credentials never come from here: the standard AWS chain
+/// (environment, profile, web identity / IRSA, ECS, instance metadata) supplies them.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
-    /// `local` (a key file; the development default).
-    pub provider: String,
-    /// The local key file; created on first start when missing.
+    /// `local` (a key file; the development default) or `aws-kms`.
+    pub provider: KeyProviderKind,
+    /// The local key file (provider `local`); created on first start when missing.
     pub local_key_file: PathBuf,
+    /// Provider `aws-kms` only: the local key file the credentials were sealed with before the
+    /// move to KMS. Used only to OPEN data keys it wrapped (never to wrap new ones) until
+    /// `credential-broker rotate-keys` has moved them all; never created.
+    pub previous_local_key_file: Option<PathBuf>,
+    /// Provider `aws-kms`: the key that wraps new data keys: key ARN, key id, or `alias/NAME`.
+    pub aws_kms_key_id: Option<String>,
+    /// Provider `aws-kms`: region; default the key ARN's region, else the AWS chain (`AWS_REGION`).
+    pub aws_region: Option<String>,
+    /// Provider `aws-kms`: endpoint override (VPC endpoint, or a KMS-compatible test server).
+    pub aws_endpoint_url: Option<String>,
+    /// Provider `aws-kms`: timeout of one KMS call attempt, connecting included.
+    pub aws_timeout_seconds: u64,
+    /// Provider `aws-kms`: attempts per KMS call, the first included (1 disables retries).
+    pub aws_max_attempts: u32,
+    /// Start even when the start-up self-check (a round trip through the key) fails, e.g. the
+    /// KMS is unreachable: the broker then serves only what needs no new key operation —
+    /// tokens and data keys already cached, which after a fresh start is nothing — and
+    /// connects, imports and cache misses fail with UNAVAILABLE until the KMS answers again.
+    pub start_degraded: bool,
     /// Bound of the in-memory cache of unwrapped data keys.
     pub dek_cache_max_entries: usize,
     /// Maximum age of a cached data key.
@@ -263,10 +355,100 @@ pub struct KeysConfig {
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
-            provider: "local".into(),
+            provider: KeyProviderKind::Local,
             local_key_file: PathBuf::from("./data/local-key.json"),
+            previous_local_key_file: None,
+            aws_kms_key_id: None,
+            aws_region: None,
+            aws_endpoint_url: None,
+            aws_timeout_seconds: 5,
+            aws_max_attempts: 3,
+            start_degraded: false,
             dek_cache_max_entries: 10_000,
             dek_cache_max_age_seconds: 3600,
+        }
+    }
+}
+
+impl KeysConfig {
+    /// The `aws-kms` provider settings (without credentials: the standard AWS chain supplies
+    /// them); `None` unless the provider is `aws-kms` with a key id.
+    pub fn aws_kms(&self) -> Option<cb_crypto::AwsKmsConfig> {
+        if self.provider != KeyProviderKind::AwsKms {
+            return None;
+        }
+        let key_id = self.aws_kms_key_id.as_deref()?.trim();
+        Some(cb_crypto::AwsKmsConfig {
+            region: self.aws_region.clone(),
+            endpoint_url: self.aws_endpoint_url.clone(),
+            timeout: std::time::Duration::from_secs(self.aws_timeout_seconds),
+            max_attempts: self.aws_max_attempts,
+            ..cb_crypto::AwsKmsConfig::new(key_id)
+        })
+    }
+
+    /// The configured key, for messages: the key file or the KMS key id.
+    pub fn describe(&self) -> String {
+        match self.provider {
+            KeyProviderKind::Local => format!("local key file {}", self.local_key_file.display()),
+            KeyProviderKind::AwsKms => format!(
+                "aws-kms key {}",
+                self.aws_kms_key_id.as_deref().unwrap_or("(unset)")
+            ),
+        }
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        let kms_settings: Vec<&str> = [
+            ("aws_kms_key_id", self.aws_kms_key_id.is_some()),
+            ("aws_region", self.aws_region.is_some()),
+            ("aws_endpoint_url", self.aws_endpoint_url.is_some()),
+            (
+                "previous_local_key_file",
+                self.previous_local_key_file.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        match self.provider {
+            KeyProviderKind::Local if !kms_settings.is_empty() => p.push(format!(
+                "keys: {} only apply to keys.provider = \"aws-kms\", but keys.provider is \"local\": \
+                 set keys.provider = \"aws-kms\" (env {ENV_PREFIX}KEYS_PROVIDER) or remove them",
+                kms_settings.join(", ")
+            )),
+            KeyProviderKind::Local => {}
+            KeyProviderKind::AwsKms => {
+                if self.aws_kms_key_id.as_deref().is_none_or(|k| k.trim().is_empty()) {
+                    p.push(format!(
+                        "keys.aws_kms_key_id: required with keys.provider = \"aws-kms\": the KMS key \
+                         ARN, key id or alias/NAME that wraps data keys (env {ENV_PREFIX}KEYS_AWS_KMS_KEY_ID)"
+                    ));
+                }
+                if let Some(region) = &self.aws_region
+                    && (region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                {
+                    p.push(format!(
+                        "keys.aws_region: {region:?} is not a region name like eu-west-1"
+                    ));
+                }
+                if let Some(url) = &self.aws_endpoint_url
+                    && !(url.starts_with("https://") || url.starts_with("http://"))
+                {
+                    p.push(format!(
+                        "keys.aws_endpoint_url: {url:?} must be an http:// or https:// URL"
+                    ));
+                }
+                if self.aws_timeout_seconds == 0 {
+                    p.push("keys.aws_timeout_seconds: must be at least 1".into());
+                }
+                if !(1..=10).contains(&self.aws_max_attempts) {
+                    p.push("keys.aws_max_attempts: must be between 1 and 10".into());
+                }
+            }
+        }
+        if self.dek_cache_max_entries == 0 {
+            p.push("keys.dek_cache_max_entries: must be at least 1".into());
         }
     }
 }
@@ -298,6 +480,144 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Traces and metrics. Both are off by default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector for traces, e.g. `http://otel-collector:4317`; unset: no traces.
+    /// When unset here, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME` when not set here).
+    pub service_name: Option<String>,
+    /// Address of the Prometheus scrape endpoint (`GET /metrics`), e.g. `0.0.0.0:9464`;
+    /// unset: no endpoint (env `CREDENTIAL_BROKER_METRICS_LISTEN`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the credentials-by-status gauge is read from the database.
+    pub credentials_gauge_seconds: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            metrics_listen: None,
+            credentials_gauge_seconds: 30,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The `service.name` of the spans.
+    pub fn service_name(&self) -> &str {
+        self.service_name.as_deref().unwrap_or("credential-broker")
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource, problems: &mut Vec<String>) {
+        // The standard OpenTelemetry variables fill in what the file leaves unset.
+        if self.otlp_endpoint.is_none() {
+            self.otlp_endpoint = env
+                .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .filter(|v| !v.trim().is_empty());
+        }
+        if self.service_name.is_none() {
+            self.service_name = env.get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty());
+        }
+        if env
+            .get("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            self.otlp_endpoint = None;
+        }
+        if let Some(v) = env.get(&format!("{ENV_PREFIX}METRICS_LISTEN")) {
+            match v.parse() {
+                Ok(a) => self.metrics_listen = Some(a),
+                Err(_) => problems.push(format!(
+                    "{ENV_PREFIX}METRICS_LISTEN: {v:?} is not an address like 0.0.0.0:9464"
+                )),
+            }
+        }
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        if let Some(e) = &self.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            p.push(format!(
+                "telemetry.otlp_endpoint: {e:?} must be an http:// or https:// URL (OTLP/gRPC, usually port 4317)"
+            ));
+        }
+        if self.credentials_gauge_seconds == 0 {
+            p.push("telemetry.credentials_gauge_seconds: must be at least 1".into());
+        }
+    }
+}
+
+/// The background checks that turn `grpc.health.v1` NOT_SERVING while a dependency is down.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the database is pinged.
+    pub database_check_seconds: u64,
+    /// How often the key provider (KMS) does a round trip.
+    pub kms_check_seconds: u64,
+    /// A check that takes longer than this counts as failed.
+    pub check_timeout_seconds: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            database_check_seconds: 5,
+            kms_check_seconds: 30,
+            check_timeout_seconds: 3,
+        }
+    }
+}
+
+impl HealthConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        for (key, v) in [
+            ("database_check_seconds", self.database_check_seconds),
+            ("kms_check_seconds", self.kms_check_seconds),
+            ("check_timeout_seconds", self.check_timeout_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("health.{key}: must be at least 1"));
+            }
+        }
+    }
+}
+
+/// Limits that keep one caller or one request from exhausting the broker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Calls one calling service may have in flight at once; more get RESOURCE_EXHAUSTED.
+    /// 0: no limit.
+    pub max_concurrent_per_caller: usize,
+    /// Largest request message accepted (bytes, after decompression).
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_per_caller: 256,
+            max_request_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.max_request_bytes < 1024 {
+            p.push("limits.max_request_bytes: must be at least 1024".into());
+        }
+    }
 }
 
 /// Everything wrong with a configuration, each problem on its own line.
@@ -350,10 +670,27 @@ impl Config {
             }
         }
         if let Some(v) = var("KEYS_PROVIDER") {
-            self.keys.provider = v;
+            match KeyProviderKind::parse(&v) {
+                Some(k) => self.keys.provider = k,
+                None => problems.push(format!(
+                    "{ENV_PREFIX}KEYS_PROVIDER: {v:?} must be local or aws-kms"
+                )),
+            }
         }
         if let Some(v) = var("KEYS_LOCAL_KEY_FILE") {
             self.keys.local_key_file = PathBuf::from(v);
+        }
+        if let Some(v) = var("KEYS_PREVIOUS_LOCAL_KEY_FILE") {
+            self.keys.previous_local_key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("KEYS_AWS_KMS_KEY_ID") {
+            self.keys.aws_kms_key_id = Some(v);
+        }
+        if let Some(v) = var("KEYS_AWS_REGION") {
+            self.keys.aws_region = Some(v);
+        }
+        if let Some(v) = var("KEYS_AWS_ENDPOINT_URL") {
+            self.keys.aws_endpoint_url = Some(v);
         }
         if let Some(v) = var("LOG_FORMAT") {
             match v.as_str() {
@@ -367,6 +704,7 @@ impl Config {
         if let Some(v) = var("LOG_FILTER") {
             self.log.filter = v;
         }
+        self.telemetry.apply_env(env, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -390,15 +728,7 @@ impl Config {
         if self.database.max_connections == 0 {
             p.push("database.max_connections: must be at least 1".into());
         }
-        if self.keys.provider != "local" {
-            p.push(format!(
-                "keys.provider: {:?} is not supported; use \"local\"",
-                self.keys.provider
-            ));
-        }
-        if self.keys.dek_cache_max_entries == 0 {
-            p.push("keys.dek_cache_max_entries: must be at least 1".into());
-        }
+        self.keys.validate(&mut p);
         let mut names = std::collections::BTreeSet::new();
         for (i, c) in self.callers.iter().enumerate() {
             if c.name.is_empty()
@@ -420,10 +750,17 @@ impl Config {
                     c.role
                 ));
             }
-            if decode_sha256(&c.token_sha256).is_none() {
-                p.push(format!(
+            match (&c.token_sha256, &c.mtls_identity) {
+                (None, None) => p.push(format!(
+                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`) or mtls_identity"
+                )),
+                (Some(h), _) if decode_sha256(h).is_none() => p.push(format!(
                     "callers[{i}].token_sha256: must be 64 hex characters (run `credential-broker hash-token`)"
-                ));
+                )),
+                _ => {}
+            }
+            if c.mtls_identity.is_some() && self.tls.client_ca_file.is_none() {
+                p.push(format!("callers[{i}].mtls_identity: needs [tls] client_ca_file (and cert_file, key_file)"));
             }
         }
         for (i, uri) in self.oauth.redirect_uris.iter().enumerate() {
@@ -461,6 +798,12 @@ impl Config {
                 }
             }
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            p.push("tls: cert_file and key_file go together".into());
+        }
+        if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
+            p.push("tls.client_ca_file: needs tls.cert_file and tls.key_file".into());
+        }
         if self.callers.is_empty() && !self.listen.ip().is_loopback() {
             p.push(format!(
                 "listen: {} is not a loopback address, and no caller authentication is configured; \
@@ -468,6 +811,9 @@ impl Config {
                 self.listen
             ));
         }
+        self.telemetry.validate(&mut p);
+        self.health.validate(&mut p);
+        self.limits.validate(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -477,20 +823,26 @@ impl Config {
 
     /// The configured calling services (empty: development mode).
     pub fn callers(&self) -> Callers {
-        Callers(
-            self.callers
-                .iter()
-                .filter_map(|c| {
-                    Some(KnownCaller {
-                        identity: ServiceIdentity {
-                            name: c.name.clone(),
-                            role: ServiceRole::parse(&c.role)?,
-                        },
-                        token_sha256: decode_sha256(&c.token_sha256)?,
-                    })
-                })
-                .collect(),
-        )
+        let mut callers = Callers::default();
+        for c in &self.callers {
+            let Some(role) = ServiceRole::parse(&c.role) else {
+                continue;
+            };
+            let identity = ServiceIdentity {
+                name: c.name.clone(),
+                role,
+            };
+            if let Some(hash) = c.token_sha256.as_deref().and_then(decode_sha256) {
+                callers.tokens.push(KnownCaller {
+                    identity: identity.clone(),
+                    token_sha256: hash,
+                });
+            }
+            if let Some(subject) = &c.mtls_identity {
+                callers.certificates.push((subject.clone(), identity));
+            }
+        }
+        callers
     }
 }
 
@@ -561,7 +913,7 @@ mod tests {
         );
         let c = Config::parse(&ok).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.callers().0.len(), 1);
+        assert_eq!(c.callers().tokens.len(), 1);
         let bad = "[[callers]]\nname = \"web\"\nrole = \"admin\"\ntoken_sha256 = \"xyz\"\n";
         let e = Config::parse(bad)
             .unwrap()
@@ -591,5 +943,107 @@ mod tests {
             )
             .contains("hunter2")
         );
+    }
+
+    #[test]
+    fn aws_kms_keys_parse_with_env_overrides() {
+        let file = "[keys]\nprovider = \"aws-kms\"\naws_kms_key_id = \"alias/credential-broker\"\n\
+                    aws_region = \"eu-west-1\"\nstart_degraded = true\n";
+        let c = Config::parse(file).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.keys.provider, KeyProviderKind::AwsKms);
+        assert!(c.keys.start_degraded);
+        let kms = c.keys.aws_kms().unwrap();
+        assert_eq!(kms.key_id, "alias/credential-broker");
+        assert_eq!(kms.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(kms.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(kms.max_attempts, 3);
+        assert!(
+            kms.static_credentials.is_none(),
+            "AWS credentials come from the chain"
+        );
+
+        let c = Config::load(
+            None,
+            &env(&[
+                ("CREDENTIAL_BROKER_KEYS_PROVIDER", "aws-kms"),
+                (
+                    "CREDENTIAL_BROKER_KEYS_AWS_KMS_KEY_ID",
+                    "arn:aws:kms:us-east-1:1:key/k",
+                ),
+                ("CREDENTIAL_BROKER_KEYS_AWS_REGION", "us-east-1"),
+                (
+                    "CREDENTIAL_BROKER_KEYS_AWS_ENDPOINT_URL",
+                    "http://127.0.0.1:5599",
+                ),
+                (
+                    "CREDENTIAL_BROKER_KEYS_PREVIOUS_LOCAL_KEY_FILE",
+                    "/keys/old.json",
+                ),
+            ]),
+        )
+        .unwrap();
+        let kms = c.keys.aws_kms().unwrap();
+        assert_eq!(kms.key_id, "arn:aws:kms:us-east-1:1:key/k");
+        assert_eq!(kms.endpoint_url.as_deref(), Some("http://127.0.0.1:5599"));
+        assert_eq!(
+            c.keys.previous_local_key_file.as_deref(),
+            Some(Path::new("/keys/old.json"))
+        );
+        assert_eq!(
+            c.keys.describe(),
+            "aws-kms key arn:aws:kms:us-east-1:1:key/k"
+        );
+        assert_eq!(Config::default().keys.aws_kms().map(|k| k.key_id), None);
+    }
+
+    #[test]
+    fn keys_problems_say_what_is_missing() {
+        let e = Config::load(
+            None,
+            &env(&[("CREDENTIAL_BROKER_KEYS_PROVIDER", "aws-kms")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("keys.aws_kms_key_id: required") && e.contains("KEYS_AWS_KMS_KEY_ID"),
+            "{e}"
+        );
+        let e = Config::load(None, &env(&[("CREDENTIAL_BROKER_KEYS_PROVIDER", "vault")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be local or aws-kms"), "{e}");
+        let e = Config::parse("[keys]\nprovider = \"vault\"\n").unwrap_err();
+        assert!(e.contains("local") && e.contains("aws-kms"), "{e}");
+
+        let local_with_kms =
+            "[keys]\naws_kms_key_id = \"alias/x\"\nprevious_local_key_file = \"/k\"\n";
+        let e = Config::parse(local_with_kms)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "aws_kms_key_id, previous_local_key_file only apply to keys.provider = \"aws-kms\""
+            ),
+            "{e}"
+        );
+
+        let bad = "[keys]\nprovider = \"aws-kms\"\naws_kms_key_id = \"alias/x\"\naws_region = \"eu west\"\n\
+                   aws_endpoint_url = \"kms.local\"\naws_timeout_seconds = 0\naws_max_attempts = 0\n";
+        let e = Config::parse(bad)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for field in [
+            "keys.aws_region",
+            "keys.aws_endpoint_url",
+            "keys.aws_timeout_seconds",
+            "keys.aws_max_attempts",
+        ] {
+            assert!(e.contains(field), "{field} in {e}");
+        }
     }
 }

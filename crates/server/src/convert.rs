@@ -100,6 +100,7 @@ pub fn credential(v: &CredentialView) -> pb::Credential {
         caller_role: v.caller_role.map_or(pb::MemberRole::Unspecified, role) as i32,
         version: c.version,
         recent_workflows: Vec::new(),
+        workflow_count: 0,
     }
 }
 
@@ -525,6 +526,16 @@ pub fn complete_connect(r: pb::CompleteConnectRequest) -> Result<CompleteConnect
             "is required when error is not set",
         ));
     }
+    if r.callback_params.len() > 16
+        || r.callback_params
+            .iter()
+            .any(|(k, v)| k.len() > 64 || v.len() > 512)
+    {
+        v.push(FieldViolation::new(
+            "callback_params",
+            "must hold at most 16 short parameters",
+        ));
+    }
     if r.code.len() > 4096 || r.error.len() > 256 || r.error_description.len() > 2048 {
         v.push(FieldViolation::new("code", "is too long"));
     }
@@ -534,6 +545,7 @@ pub fn complete_connect(r: pb::CompleteConnectRequest) -> Result<CompleteConnect
         code: (!r.code.is_empty()).then(|| SecretString::from(r.code)),
         error: (!r.error.is_empty()).then_some(r.error),
         error_description: (!r.error_description.is_empty()).then_some(r.error_description),
+        params: r.callback_params.into_iter().collect(),
     })
 }
 

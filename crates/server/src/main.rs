@@ -1,9 +1,12 @@
-//! The `credential-broker` binary: `serve`, `migrate`, `check-config`.
+//! The `credential-broker` binary: `serve`, `migrate`, `check-config`, `hash-token`, `rotate-keys`,
+//! `keys`, `providers`, `credentials`.
 
 use clap::{Parser, Subcommand};
 use credential_broker::app::{self, Application, BuildOptions};
 use credential_broker::config::{Config, ProcessEnv, ProviderSettings, SecretValue};
 use credential_broker::devprovider::{self, DevProvider};
+use credential_broker::ops;
+use credential_broker::rotate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +41,90 @@ enum Command {
     CheckConfig,
     /// Reads a service token from stdin and prints the `token_sha256` for `[[callers]]`.
     HashToken,
+    /// Lists the provider catalog: which providers are configured and what each one misses.
+    Providers {
+        /// Exit non-zero when a provider named in the config is not fully configured.
+        #[arg(long)]
+        check: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspects stored credentials (metadata only, never tokens), straight from the database.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// Re-wraps every credential's data key under the current key-encryption key, online and
+    /// resumable (tokens are never decrypted): after adding a local key version, configuring a
+    /// new KMS key, or moving from `local` to `aws-kms`. See docs/key-management.md.
+    RotateKeys {
+        /// Credentials per batch (progress is printed per batch).
+        #[arg(long, default_value_t = 100)]
+        batch_size: u32,
+        /// Re-wraps in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// First add a new version to the local key file (provider `local`) and make it current.
+        #[arg(long)]
+        new_local_version: bool,
+        /// The old local key file, to unwrap data keys it wrapped (moving to `aws-kms` or to
+        /// another key file); default `keys.previous_local_key_file`.
+        #[arg(long, value_name = "PATH")]
+        from_local_key_file: Option<PathBuf>,
+    },
+    /// Key-encryption key reports and maintenance.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Prints how many credentials each key-encryption key (id and version) still wraps.
+    Report,
+    /// Removes a version from the local key file once no credential uses it (completes the
+    /// crypto-shredding of credentials disconnected while it was current).
+    RetireLocalVersion {
+        /// The version to remove.
+        version: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Shows one credential: status, provider account, expiries, key, lease and members.
+    Show {
+        /// The credential id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists credentials with one status, across workspaces unless `--workspace` is given.
+    List {
+        /// `needs-reconnect`, `active` or `disconnected`.
+        #[arg(long, value_parser = ["needs-reconnect", "active", "disconnected"])]
+        status: String,
+        /// Only this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn format(json: bool) -> ops::Format {
+    if json {
+        ops::Format::Json
+    } else {
+        ops::Format::Text
+    }
 }
 
 fn main() -> ExitCode {
@@ -66,10 +153,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = credential_broker::telemetry::init(&config.log) {
-        eprintln!("credential-broker: {e}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +167,16 @@ fn main() -> ExitCode {
         dev_provider: false,
         dev_provider_listen: DEV_LISTEN,
     });
+    // Traces are the server's only; the exporter's gRPC channel lives on the runtime.
+    let traces = matches!(command, Command::Serve { .. }).then_some(&config.telemetry);
+    let telemetry =
+        match runtime.block_on(async { credential_broker::telemetry::init(&config.log, traces) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("credential-broker: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let result = runtime.block_on(async {
         match command {
             Command::Migrate => app::open_store(&config)
@@ -93,9 +186,70 @@ fn main() -> ExitCode {
                 dev_provider,
                 dev_provider_listen,
             } => serve(config, dev_provider.then_some(dev_provider_listen)).await,
+            Command::RotateKeys {
+                batch_size,
+                concurrency,
+                new_local_version,
+                from_local_key_file,
+            } => {
+                let args = rotate::RotateKeysArgs {
+                    options: rotate::RotateOptions {
+                        batch_size,
+                        concurrency,
+                        ..rotate::RotateOptions::default()
+                    },
+                    new_local_version,
+                    from_local_key_file,
+                };
+                rotate::rotate_keys_command(&config, &ProcessEnv, args, &mut std::io::stdout())
+                    .await
+            }
+            Command::Keys {
+                command: KeysCommand::Report,
+            } => rotate::keys_report_command(&config, &ProcessEnv, &mut std::io::stdout()).await,
+            Command::Keys {
+                command: KeysCommand::RetireLocalVersion { version },
+            } => {
+                rotate::retire_local_version_command(&config, version, &mut std::io::stdout()).await
+            }
+            Command::Providers { check, json } => ops::providers_command(
+                &config,
+                &ProcessEnv,
+                check,
+                format(json),
+                &mut std::io::stdout(),
+            ),
+            Command::Credentials {
+                command: CredentialsCommand::Show { id, json },
+            } => {
+                ops::show_credential_command(&config, &id, format(json), &mut std::io::stdout())
+                    .await
+            }
+            Command::Credentials {
+                command:
+                    CredentialsCommand::List {
+                        status,
+                        workspace,
+                        limit,
+                        json,
+                    },
+            } => {
+                let status = status.to_uppercase().replace('-', "_");
+                ops::list_credentials_command(
+                    &config,
+                    &status,
+                    workspace,
+                    limit,
+                    format(json),
+                    &mut std::io::stdout(),
+                )
+                .await
+            }
             Command::CheckConfig | Command::HashToken => Ok(()),
         }
     });
+    // Flushes the spans still buffered (the runtime is still alive for the exporter).
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

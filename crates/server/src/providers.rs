@@ -227,9 +227,23 @@ impl ProviderGateway for OAuthGateway {
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
+        callback_params: &BTreeMap<String, String>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
         let (spec, client) = self.spec(provider)?;
         let placeholders = self.placeholders(provider);
+        // Provider values that arrive with the callback (QuickBooks realmId), validated by the
+        // same parser that reads real callbacks.
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("code", "-").append_pair("state", "-");
+            for (k, v) in callback_params {
+                q.append_pair(k, v);
+            }
+            q.finish()
+        };
+        let callback_extras = cb_oauth::callback::parse_callback(spec, &query)
+            .map_err(classify)?
+            .extras;
         let tokens = self
             .http
             .exchange_code(
@@ -247,8 +261,10 @@ impl ProviderGateway for OAuthGateway {
             .identify(spec, &tokens, &placeholders)
             .await
             .map_err(classify)?;
+        let mut granted = granted(tokens);
+        granted.extras.extend(callback_extras);
         Ok((
-            granted(tokens),
+            granted,
             AccountInfo {
                 subject: account.subject,
                 label: account.label,

@@ -17,7 +17,8 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, UsageRecord,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, StatusQuery, UsageRecord,
+    WrappedDekRow,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -65,6 +66,17 @@ pub trait Store: Send + Sync + 'static {
     /// Lists a workspace's credentials ordered by id, one keyset page at a time.
     async fn list_credentials(&self, q: &CredentialQuery)
     -> Result<Vec<CredentialRow>, StoreError>;
+
+    /// Credentials with one status, in one workspace or all of them, ordered by id, one keyset
+    /// page at a time (operator tools).
+    async fn list_credentials_by_status(
+        &self,
+        q: &StatusQuery,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
+
+    /// How many credentials have each status, over every workspace, ordered by status;
+    /// statuses with no credential are absent (metrics).
+    async fn count_credentials_by_status(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Optimistic write of every mutable column (everything except id, workspace_id,
     /// provider_id, created_by, created_at, lease columns and row_version) WHERE id = row.id
@@ -130,6 +142,36 @@ pub trait Store: Send + Sync + 'static {
     /// Counts sealed credentials per key-encryption key version, ordered by key id and
     /// version (startup checks and key rotation).
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError>;
+
+    /// Credentials whose sealed tokens have a data key wrapped by any key other than
+    /// (`key_id`, `key_version`), ordered by id, only ids greater than `after_id` (keyset
+    /// paging; `None` starts at the beginning), at most `limit`. Key rotation walks these.
+    async fn dek_rows_not_on_key(
+        &self,
+        key_id: &str,
+        key_version: i64,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WrappedDekRow>, StoreError>;
+
+    /// Replaces a credential's wrapped data key with `new_wrapped` under (`new_key_id`,
+    /// `new_key_version`) (key rotation), in one compare-and-swap UPDATE that matches only
+    /// while the row still holds exactly `old`'s wrapped bytes, key id and version. Returns
+    /// whether it replaced; `false` when the row changed meanwhile (disconnected, or another
+    /// wrapping written) or is unknown.
+    ///
+    /// Writes ONLY the three data-key columns: the token ciphertext, `row_version`,
+    /// `updated_at` and the lease stay, so no concurrent writer conflicts or retries. Safe
+    /// because the new wrapping holds the same data key as the old one: whatever ciphertext the
+    /// row holds with `old` still opens with the new wrapping. Announces nothing (cached tokens
+    /// stay valid; every writer re-reads the row before writing).
+    async fn rewrap_dek(
+        &self,
+        old: &WrappedDekRow,
+        new_wrapped: &[u8],
+        new_key_id: &str,
+        new_key_version: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Takes the refresh lease if it is free or lapsed, in one conditional UPDATE:
     /// `lease_holder = holder, lease_fence = lease_fence + 1, lease_expires_at = lease_until`

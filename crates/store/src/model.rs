@@ -161,6 +161,35 @@ pub struct KeyUsage {
     pub sample_credential_id: String,
 }
 
+/// A credential's wrapped data key, without its token ciphertext: what key rotation reads and
+/// re-wraps ([`Store::dek_rows_not_on_key`](crate::Store::dek_rows_not_on_key)).
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WrappedDekRow {
+    /// The credential.
+    pub credential_id: String,
+    /// Its workspace (part of the data key's encryption context).
+    pub workspace_id: String,
+    /// The data key, wrapped by the key provider.
+    pub dek_wrapped: Vec<u8>,
+    /// Id of the key-encryption key that wrapped it.
+    pub dek_key_id: String,
+    /// Version of that key.
+    pub dek_key_version: i64,
+}
+
+// Lengths only for the wrapped key.
+impl fmt::Debug for WrappedDekRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedDekRow")
+            .field("credential_id", &self.credential_id)
+            .field("workspace_id", &self.workspace_id)
+            .field("dek_wrapped_len", &self.dek_wrapped.len())
+            .field("dek_key_id", &self.dek_key_id)
+            .field("dek_key_version", &self.dek_key_version)
+            .finish()
+    }
+}
+
 /// Filter and page for [`Store::list_credentials`](crate::Store::list_credentials).
 #[derive(Clone, Debug, Default)]
 pub struct CredentialQuery {
@@ -174,6 +203,20 @@ pub struct CredentialQuery {
     pub limit: u32,
     /// Also return `DISCONNECTED` credentials.
     pub include_disconnected: bool,
+}
+
+/// Filter and page for
+/// [`Store::list_credentials_by_status`](crate::Store::list_credentials_by_status).
+#[derive(Clone, Debug, Default)]
+pub struct StatusQuery {
+    /// Only credentials with this status (`ACTIVE`, `NEEDS_RECONNECT`, `DISCONNECTED`).
+    pub status: String,
+    /// Only credentials of this workspace; `None` lists every workspace.
+    pub workspace_id: Option<String>,
+    /// Keyset pagination: only ids greater than this one (results are ordered by id ascending).
+    pub after_id: Option<String>,
+    /// Maximum number of rows; 0 returns no rows.
+    pub limit: u32,
 }
 
 /// One change to a credential's members, applied by

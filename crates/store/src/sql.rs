@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use crate::error::StoreError;
 use crate::model::{
-    AuditQuery, CredentialQuery, CredentialRow, LeaseColumns, SealedColumns, UsageRecord,
+    AuditQuery, CredentialQuery, CredentialRow, LeaseColumns, SealedColumns, StatusQuery,
+    UsageRecord,
 };
 
 /// Every column of `credentials`, in [`CredentialRecord`] order.
@@ -254,6 +255,19 @@ pub(crate) const KEY_USAGE: &str = "SELECT dek_key_id AS key_id, dek_key_version
      WHERE dek_key_id IS NOT NULL GROUP BY dek_key_id, dek_key_version \
      ORDER BY dek_key_id, dek_key_version";
 
+/// Key rotation: data keys not wrapped by the given key, in id order (keyset on the primary
+/// key; `''` starts at the beginning). Bind: key_id, key_version, after_id, limit.
+pub(crate) const DEK_ROWS_NOT_ON_KEY: &str = "SELECT id AS credential_id, workspace_id, \
+     dek_wrapped, dek_key_id, dek_key_version FROM credentials \
+     WHERE dek_wrapped IS NOT NULL AND NOT (dek_key_id = $1 AND dek_key_version = $2) \
+     AND id > $3 ORDER BY id LIMIT $4";
+
+/// Key rotation: compare-and-swap of the wrapped data key only. Bind: id, old wrapped, old key
+/// id, old version, new wrapped, new key id, new version.
+pub(crate) const REWRAP_DEK: &str = "UPDATE credentials \
+     SET dek_wrapped = $5, dek_key_id = $6, dek_key_version = $7 \
+     WHERE id = $1 AND dek_wrapped = $2 AND dek_key_id = $3 AND dek_key_version = $4";
+
 /// Builds the `list_credentials` statement from constant fragments only (values are bound).
 /// Bind order: workspace_id, [provider_id], [after_id], limit.
 pub(crate) fn list_credentials_sql(q: &CredentialQuery) -> String {
@@ -273,6 +287,32 @@ pub(crate) fn list_credentials_sql(q: &CredentialQuery) -> String {
     }
     if !q.include_disconnected {
         sql.push_str(" AND status <> 'DISCONNECTED'");
+    }
+    n += 1;
+    let _ = write!(sql, " ORDER BY id LIMIT ${n}");
+    sql
+}
+
+/// Credentials per status, every workspace (metrics); a full scan, run every few seconds at most.
+pub(crate) const COUNT_CREDENTIALS_BY_STATUS: &str =
+    "SELECT status, COUNT(*) FROM credentials GROUP BY status ORDER BY status";
+
+/// Builds the `list_credentials_by_status` statement from constant fragments only.
+/// Bind order: status, [workspace_id], [after_id], limit.
+pub(crate) fn list_credentials_by_status_sql(q: &StatusQuery) -> String {
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        credential_columns!(),
+        " FROM credentials WHERE status = $1"
+    ));
+    let mut n = 1;
+    if q.workspace_id.is_some() {
+        n += 1;
+        let _ = write!(sql, " AND workspace_id = ${n}");
+    }
+    if q.after_id.is_some() {
+        n += 1;
+        let _ = write!(sql, " AND id > ${n}");
     }
     n += 1;
     let _ = write!(sql, " ORDER BY id LIMIT ${n}");

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use crate::error::{Backend, StoreError};
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, UsageRecord,
+    MemberChange, MemberRow, NewAuditEvent, StatusQuery, UsageRecord, WrappedDekRow,
 };
 use crate::sql::{self, CredentialRecord};
 use crate::{CHANGE_EVENT_CAPACITY, Store};
@@ -242,6 +242,36 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn list_credentials_by_status(
+        &self,
+        q: &StatusQuery,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let text = sql::list_credentials_by_status_sql(q);
+        let mut query =
+            sqlx::query_as::<Sqlite, CredentialRecord>(AssertSqlSafe(text)).bind(&q.status);
+        if let Some(workspace_id) = &q.workspace_id {
+            query = query.bind(workspace_id);
+        }
+        if let Some(after_id) = &q.after_id {
+            query = query.bind(after_id);
+        }
+        query
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?
+            .into_iter()
+            .map(credential)
+            .collect()
+    }
+
+    async fn count_credentials_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as::<Sqlite, (String, i64)>(sql::COUNT_CREDENTIALS_BY_STATUS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))
+    }
+
     async fn update_credential(
         &self,
         row: &CredentialRow,
@@ -349,6 +379,44 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn dek_rows_not_on_key(
+        &self,
+        key_id: &str,
+        key_version: i64,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WrappedDekRow>, StoreError> {
+        sqlx::query_as::<Sqlite, WrappedDekRow>(sql::DEK_ROWS_NOT_ON_KEY)
+            .bind(key_id)
+            .bind(key_version)
+            .bind(after_id.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))
+    }
+
+    async fn rewrap_dek(
+        &self,
+        old: &WrappedDekRow,
+        new_wrapped: &[u8],
+        new_key_id: &str,
+        new_key_version: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::REWRAP_DEK)
+            .bind(&old.credential_id)
+            .bind(old.dek_wrapped.as_slice())
+            .bind(&old.dek_key_id)
+            .bind(old.dek_key_version)
+            .bind(new_wrapped)
+            .bind(new_key_id)
+            .bind(new_key_version)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| BACKEND.map(e))?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {

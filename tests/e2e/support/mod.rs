@@ -3,4 +3,6 @@
 pub mod broker;
 pub mod fake_provider;
 pub mod kms_server;
+pub mod otlp_collector;
 pub mod pg;
+pub mod tcp_proxy;

@@ -116,8 +116,9 @@ impl Rpc for CredentialApi {
             Ok::<_, cb_broker::BrokerError>((view, usage))
         }
         .await;
-        respond(result.map(|(v, (recent, _total))| {
+        respond(result.map(|(v, (recent, total))| {
             let mut c = convert::credential(&v);
+            c.workflow_count = i64::try_from(total).unwrap_or(i64::MAX);
             c.recent_workflows = recent
                 .into_iter()
                 .map(|(workflow_id, at)| pb::WorkflowUsage {

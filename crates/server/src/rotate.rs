@@ -1,0 +1,737 @@
+//! Key rotation: `credential-broker rotate-keys` re-wraps every credential's data key (DEK)
+//! under the provider's CURRENT key, online, and `credential-broker keys report` shows how many
+//! credentials each key-encryption key still wraps.
+//!
+//! Only DEKs move: token ciphertext is never read, decrypted or re-encrypted. With `aws-kms`
+//! a DEK wrapped by another KMS key is moved by KMS `ReEncrypt` (the DEK never leaves KMS); a
+//! DEK of a local key is unwrapped locally and wrapped by the current key.
+//!
+//! Each row is written by a compare-and-swap on its old wrapped bytes ([`Store::rewrap_dek`]),
+//! so the broker can serve and refresh meanwhile: a row that changed under us is left alone and
+//! picked up by the next pass. The work list is "rows not on the current key"
+//! ([`Store::dek_rows_not_on_key`]), so an interrupted run simply resumes when started again.
+
+use crate::app::{self, StartupError};
+use crate::config::{Config, EnvSource, KeyProviderKind};
+use crate::keys::{self, KeyOptions, key_label};
+use cb_crypto::{
+    CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef, LocalKeyProvider, WrappedDek,
+};
+use cb_store::{Store, StoreError, WrappedDekRow};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// The purpose in a credential DEK's encryption context; must equal the one
+/// `cb_broker::sealing` seals with (the e2e rotation tests read rotated rows through the broker).
+const TOKENS_PURPOSE: &str = "tokens";
+
+/// How a rotation runs.
+#[derive(Clone, Debug)]
+pub struct RotateOptions {
+    /// Rows read and re-wrapped per batch (progress is reported per batch).
+    pub batch_size: u32,
+    /// Re-wraps in flight at once within a batch.
+    pub concurrency: usize,
+    /// Passes over the table at most: a pass after the first catches rows that a concurrent
+    /// write put back on an old key (it read the row before it was re-wrapped).
+    pub max_passes: u32,
+}
+
+impl Default for RotateOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            concurrency: 4,
+            max_passes: 5,
+        }
+    }
+}
+
+/// Progress after each batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Pass number, from 1.
+    pub pass: u32,
+    /// Re-wrapped so far in this pass.
+    pub rewrapped: u64,
+    /// Credentials not on the current key when the pass started.
+    pub total: u64,
+    /// Rows that changed while being re-wrapped (left for the next pass).
+    pub changed: u64,
+    /// Rows whose DEK could not be re-wrapped (see [`RotationOutcome::failures`]).
+    pub failed: u64,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pass {}: rewrapped {}/{}",
+            self.pass, self.rewrapped, self.total
+        )?;
+        if self.changed > 0 {
+            write!(
+                f,
+                ", {} changed meanwhile (retried next pass)",
+                self.changed
+            )?;
+        }
+        if self.failed > 0 {
+            write!(f, ", {} failed", self.failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// How many credentials one key-encryption key (id and version) wraps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCount {
+    /// Key id (local key id, or KMS key ARN).
+    pub key_id: String,
+    /// Key version (0 for KMS keys).
+    pub key_version: i64,
+    /// Credentials with sealed tokens whose DEK it wraps.
+    pub credentials: i64,
+}
+
+/// Credentials per key-encryption key, and which key is current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyReport {
+    /// `local` or `aws-kms`.
+    pub provider: String,
+    /// The key new DEKs are wrapped with; `None` when the provider could not be reached.
+    pub current: Option<KeyRef>,
+    /// Every key that wraps at least one credential, plus (after a rotation) the keys that
+    /// did before, at 0.
+    pub keys: Vec<KeyCount>,
+}
+
+impl KeyReport {
+    fn is_current(&self, k: &KeyCount) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.key_id == k.key_id && i64::from(c.version) == k.key_version)
+    }
+
+    /// Credentials whose DEK is wrapped by a key other than the current one.
+    pub fn on_other_keys(&self) -> i64 {
+        self.keys
+            .iter()
+            .filter(|k| !self.is_current(k))
+            .map(|k| k.credentials)
+            .sum()
+    }
+
+    /// Credentials wrapped by (`key_id`, `key_version`); 0 when none.
+    pub fn count(&self, key_id: &str, key_version: i64) -> i64 {
+        self.keys
+            .iter()
+            .find(|k| k.key_id == key_id && k.key_version == key_version)
+            .map_or(0, |k| k.credentials)
+    }
+
+    /// Adds the keys of `earlier` that no longer wrap anything, at 0, so a report after a
+    /// rotation shows the old key reaching zero.
+    fn with_retired_from(mut self, earlier: &KeyReport) -> Self {
+        for k in &earlier.keys {
+            if self.count(&k.key_id, k.key_version) == 0
+                && !self
+                    .keys
+                    .iter()
+                    .any(|m| m.key_id == k.key_id && m.key_version == k.key_version)
+            {
+                self.keys.push(KeyCount {
+                    credentials: 0,
+                    ..k.clone()
+                });
+            }
+        }
+        self.keys
+            .sort_by(|a, b| (&a.key_id, a.key_version).cmp(&(&b.key_id, b.key_version)));
+        self
+    }
+}
+
+impl fmt::Display for KeyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.current {
+            Some(c) => writeln!(
+                f,
+                "provider {}, current key {}",
+                self.provider,
+                key_label(&c.key_id, i64::from(c.version))
+            )?,
+            None => writeln!(f, "provider {}, current key unknown", self.provider)?,
+        }
+        writeln!(f, "credentials per key-encryption key:")?;
+        if self.keys.is_empty() {
+            writeln!(f, "  (no credential holds sealed tokens)")?;
+        }
+        for k in &self.keys {
+            let mark = if self.is_current(k) {
+                "  (current)"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "  {:<72} {:>9}{mark}",
+                key_label(&k.key_id, k.key_version),
+                k.credentials
+            )?;
+        }
+        if self.current.is_some() {
+            write!(
+                f,
+                "credentials not on the current key: {}",
+                self.on_other_keys()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One credential whose DEK could not be re-wrapped (its old wrapping stays in place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RewrapFailure {
+    /// The credential.
+    pub credential_id: String,
+    /// The key that wraps its DEK.
+    pub key: String,
+    /// Why (never key material).
+    pub error: String,
+}
+
+/// What a rotation did.
+#[derive(Clone, Debug)]
+pub struct RotationOutcome {
+    /// Usage before.
+    pub before: KeyReport,
+    /// Usage after (old keys listed at 0 once they wrap nothing).
+    pub after: KeyReport,
+    /// DEKs re-wrapped, every pass together.
+    pub rewrapped: u64,
+    /// Passes run.
+    pub passes: u32,
+    /// Credentials left on an old key because their DEK could not be re-wrapped.
+    pub failures: Vec<RewrapFailure>,
+}
+
+/// Why a rotation stopped. Rows already re-wrapped stay re-wrapped: run it again to resume.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The key provider cannot do the work (unreachable, access denied, unknown old key, …).
+    #[error(
+        "stopped after re-wrapping {rewrapped} data key(s) (nothing is lost: run rotate-keys again to resume): credential {credential_id}, key {key}: {source}{hint}"
+    )]
+    Key {
+        /// Re-wrapped before the stop.
+        rewrapped: u64,
+        /// The credential whose DEK failed.
+        credential_id: String,
+        /// The key that wraps it.
+        key: String,
+        /// The provider's error.
+        source: CryptoError,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Invalid options.
+    #[error("{0}")]
+    Options(String),
+    /// A re-wrap task failed unexpectedly.
+    #[error("re-wrap task failed: {0}")]
+    Task(String),
+}
+
+/// Usage per key now; `provider` names the current key.
+pub async fn key_report(
+    store: &dyn Store,
+    provider: &dyn KeyProvider,
+) -> Result<KeyReport, StoreError> {
+    Ok(KeyReport {
+        provider: provider.kind().to_owned(),
+        current: Some(provider.current_key()),
+        keys: usage(store).await?,
+    })
+}
+
+async fn usage(store: &dyn Store) -> Result<Vec<KeyCount>, StoreError> {
+    Ok(store
+        .key_usage()
+        .await?
+        .into_iter()
+        .map(|u| KeyCount {
+            key_id: u.key_id,
+            key_version: u.key_version,
+            credentials: u.credentials,
+        })
+        .collect())
+}
+
+enum RowOutcome {
+    Rewrapped,
+    Changed,
+}
+
+fn wrapped_dek(row: &WrappedDekRow) -> Result<WrappedDek, CryptoError> {
+    let version = u32::try_from(row.dek_key_version).map_err(|_| CryptoError::UnknownKey {
+        key_id: row.dek_key_id.clone(),
+        version: 0,
+    })?;
+    Ok(WrappedDek {
+        key: KeyRef {
+            key_id: row.dek_key_id.clone(),
+            version,
+        },
+        ciphertext: row.dek_wrapped.clone(),
+    })
+}
+
+enum RowError {
+    Store(StoreError),
+    Key(CryptoError),
+}
+
+/// Re-wraps one row's DEK and writes it back only if the row still holds the old wrapping.
+async fn rewrap_one(
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    row: WrappedDekRow,
+) -> (WrappedDekRow, Result<RowOutcome, RowError>) {
+    let result = async {
+        let old = wrapped_dek(&row).map_err(RowError::Key)?;
+        let ctx = EncryptionContext::for_credential(
+            &row.workspace_id,
+            &row.credential_id,
+            TOKENS_PURPOSE,
+        );
+        let new = envelope.rewrap(&old, &ctx).await.map_err(RowError::Key)?;
+        let swapped = store
+            .rewrap_dek(
+                &row,
+                &new.ciphertext,
+                &new.key.key_id,
+                i64::from(new.key.version),
+            )
+            .await
+            .map_err(RowError::Store)?;
+        Ok(if swapped {
+            RowOutcome::Rewrapped
+        } else {
+            RowOutcome::Changed
+        })
+    }
+    .await;
+    (row, result)
+}
+
+/// What to do about a provider error that stops the rotation.
+fn stop_hint(err: &CryptoError) -> &'static str {
+    match err {
+        CryptoError::UnknownKey { .. } => {
+            "; the configured provider does not hold that key: when moving from a local key file \
+             pass --from-local-key-file (or set keys.previous_local_key_file); for local key \
+             versions use the key file that holds them"
+        }
+        CryptoError::Unavailable(_) => "; the key service is unreachable: retry when it is back",
+        _ => "",
+    }
+}
+
+/// What every pass of one rotation shares.
+struct Rotation<'a> {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    opts: &'a RotateOptions,
+    failures: BTreeMap<String, RewrapFailure>,
+}
+
+impl Rotation<'_> {
+    /// One pass over the rows not on `current`; returns how many it re-wrapped.
+    async fn pass(
+        &mut self,
+        current: &KeyRef,
+        progress: &mut Progress,
+        report: &mut (dyn FnMut(&Progress) + Send),
+        rewrapped_before: u64,
+    ) -> Result<u64, RotateError> {
+        let (store, envelope, opts) = (&self.store, &self.envelope, self.opts);
+        let failures = &mut self.failures;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = store
+                .dek_rows_not_on_key(
+                    &current.key_id,
+                    i64::from(current.version),
+                    after.as_deref(),
+                    opts.batch_size,
+                )
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(progress.rewrapped);
+            };
+            after = Some(last.credential_id.clone());
+            let mut rows = rows.into_iter();
+            let mut tasks = JoinSet::new();
+            loop {
+                while tasks.len() < opts.concurrency.max(1) {
+                    let Some(row) = rows.next() else { break };
+                    tasks.spawn(rewrap_one(store.clone(), envelope.clone(), row));
+                }
+                let Some(joined) = tasks.join_next().await else {
+                    break;
+                };
+                let (row, result) = joined.map_err(|e| RotateError::Task(e.to_string()))?;
+                match result {
+                    Ok(RowOutcome::Rewrapped) => progress.rewrapped += 1,
+                    Ok(RowOutcome::Changed) => progress.changed += 1,
+                    // One row's DEK does not open (its row was tampered with, or its context does
+                    // not match): record it and go on; the others are fine.
+                    Err(RowError::Key(CryptoError::Decrypt)) => {
+                        progress.failed += 1;
+                        failures.insert(
+                            row.credential_id.clone(),
+                            RewrapFailure {
+                                key: key_label(&row.dek_key_id, row.dek_key_version),
+                                error: CryptoError::Decrypt.to_string(),
+                                credential_id: row.credential_id,
+                            },
+                        );
+                    }
+                    // Anything else is about the key or the service and would fail every row.
+                    Err(RowError::Key(source)) => {
+                        tasks.abort_all();
+                        return Err(RotateError::Key {
+                            rewrapped: rewrapped_before + progress.rewrapped,
+                            credential_id: row.credential_id,
+                            key: key_label(&row.dek_key_id, row.dek_key_version),
+                            hint: stop_hint(&source),
+                            source,
+                        });
+                    }
+                    Err(RowError::Store(e)) => {
+                        tasks.abort_all();
+                        return Err(e.into());
+                    }
+                }
+            }
+            report(progress);
+        }
+    }
+}
+
+/// Re-wraps every credential's DEK under the envelope provider's current key, in batches and
+/// passes (see [`RotateOptions`]), calling `report` after each batch.
+pub async fn rotate(
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    opts: &RotateOptions,
+    report: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RotationOutcome, RotateError> {
+    if opts.batch_size == 0 {
+        return Err(RotateError::Options(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
+    let before = key_report(store.as_ref(), envelope.provider().as_ref()).await?;
+    let mut rotation = Rotation {
+        store: store.clone(),
+        envelope: envelope.clone(),
+        opts,
+        failures: BTreeMap::new(),
+    };
+    let mut rewrapped = 0;
+    let mut passes = 0;
+    while passes < opts.max_passes.max(1) {
+        let now = key_report(store.as_ref(), envelope.provider().as_ref()).await?;
+        let Some(current) = now.current.clone() else {
+            break;
+        };
+        let todo = u64::try_from(now.on_other_keys()).unwrap_or(0);
+        if todo == 0 {
+            break;
+        }
+        passes += 1;
+        let mut progress = Progress {
+            pass: passes,
+            rewrapped: 0,
+            total: todo,
+            changed: 0,
+            failed: 0,
+        };
+        let done = rotation
+            .pass(&current, &mut progress, report, rewrapped)
+            .await?;
+        rewrapped += done;
+        if done == 0 {
+            break;
+        }
+    }
+    let after = key_report(store.as_ref(), envelope.provider().as_ref())
+        .await?
+        .with_retired_from(&before);
+    Ok(RotationOutcome {
+        before,
+        after,
+        rewrapped,
+        passes,
+        failures: rotation.failures.into_values().collect(),
+    })
+}
+
+/// Options of `credential-broker rotate-keys`.
+#[derive(Clone, Debug, Default)]
+pub struct RotateKeysArgs {
+    /// Rotation tuning.
+    pub options: RotateOptions,
+    /// Add a new version to the local key file first (provider `local`).
+    pub new_local_version: bool,
+    /// An old local key file to unwrap with (a move from `local` to `aws-kms`, or to another
+    /// key file); default `keys.previous_local_key_file`.
+    pub from_local_key_file: Option<PathBuf>,
+}
+
+fn say(out: &mut (dyn Write + Send), text: impl fmt::Display) {
+    // Output is best effort: a closed stdout must not stop a rotation half way.
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+fn keys_error(e: impl fmt::Display) -> StartupError {
+    StartupError::Keys(e.to_string())
+}
+
+/// `credential-broker rotate-keys`: re-wraps every DEK under the current key and prints the
+/// progress and the final report. Fails unless every credential ends on the current key.
+pub async fn rotate_keys_command(
+    config: &Config,
+    env: &dyn EnvSource,
+    args: RotateKeysArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<(), StartupError> {
+    if args.new_local_version && config.keys.provider != KeyProviderKind::Local {
+        return Err(keys_error(
+            "--new-local-version needs keys.provider = \"local\"; with aws-kms, configure the new \
+             key in keys.aws_kms_key_id and run rotate-keys",
+        ));
+    }
+    let store = app::open_store(config).await?;
+    if args.new_local_version {
+        let path = &config.keys.local_key_file;
+        let key = LocalKeyProvider::add_version(path).map_err(keys_error)?;
+        say(
+            out,
+            format_args!(
+                "added version {} to key file {}: running brokers pick it up without a restart",
+                key.version,
+                path.display()
+            ),
+        );
+    }
+    let provider = keys::open_key_provider(
+        &config.keys,
+        env,
+        KeyOptions {
+            decrypt_only_local: args.from_local_key_file.as_deref(),
+            ..KeyOptions::default()
+        },
+    )
+    .await?;
+    // Rewrap uses no cache; the self-check proves the current key wraps and unwraps.
+    let envelope = Arc::new(Envelope::new(provider, keys::dek_cache(&config.keys)));
+    keys::self_check(&envelope, &config.keys, false).await?;
+    let mut progress = |p: &Progress| say(out, p);
+    let outcome = rotate(store, envelope, &args.options, &mut progress)
+        .await
+        .map_err(keys_error)?;
+    say(
+        out,
+        format_args!(
+            "re-wrapped {} data key(s) in {} pass(es); token ciphertext untouched",
+            outcome.rewrapped, outcome.passes
+        ),
+    );
+    for f in &outcome.failures {
+        say(
+            out,
+            format_args!(
+                "FAILED credential {} (key {}): {}",
+                f.credential_id, f.key, f.error
+            ),
+        );
+    }
+    say(out, &outcome.after);
+    let left = outcome.after.on_other_keys();
+    if left > 0 {
+        return Err(keys_error(format_args!(
+            "{left} credential(s) still have data keys wrapped by a key other than the current \
+             one ({} could not be re-wrapped, the rest changed during the run): run rotate-keys \
+             again; do not disable or retire old keys before this report shows 0",
+            outcome.failures.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `credential-broker keys report`: credentials per key-encryption key. Works without the KMS
+/// (the current key is then shown as unknown).
+pub async fn keys_report_command(
+    config: &Config,
+    env: &dyn EnvSource,
+    out: &mut (dyn Write + Send),
+) -> Result<(), StartupError> {
+    let store = app::open_store(config).await?;
+    let keys_now = usage(store.as_ref())
+        .await
+        .map_err(|source| StartupError::Database {
+            url: config.database.url.redacted(),
+            source,
+        })?;
+    let opened = keys::open_key_provider(&config.keys, env, KeyOptions::default()).await;
+    let report = match &opened {
+        Ok(p) => KeyReport {
+            provider: p.kind().to_owned(),
+            current: Some(p.current_key()),
+            keys: keys_now,
+        },
+        Err(e) => {
+            say(out, format_args!("cannot open the key provider: {e}"));
+            KeyReport {
+                provider: config.keys.provider.to_string(),
+                current: None,
+                keys: keys_now,
+            }
+        }
+    };
+    say(out, &report);
+    Ok(())
+}
+
+/// `credential-broker keys retire-local-version N`: removes version N from the local key file
+/// once no credential's DEK uses it, which completes the crypto-shredding of credentials
+/// disconnected while it was in use (their copies in backups can no longer be opened).
+pub async fn retire_local_version_command(
+    config: &Config,
+    version: u32,
+    out: &mut (dyn Write + Send),
+) -> Result<(), StartupError> {
+    if config.keys.provider != KeyProviderKind::Local {
+        return Err(keys_error(
+            "retire-local-version applies to keys.provider = \"local\"; after a move to aws-kms, \
+             destroy the whole previous key file instead (and schedule deletion of retired KMS \
+             keys in KMS)",
+        ));
+    }
+    let path = &config.keys.local_key_file;
+    let provider = LocalKeyProvider::load(path).map_err(keys_error)?;
+    let key_id = provider.current_key().key_id;
+    let store = app::open_store(config).await?;
+    let report = KeyReport {
+        provider: "local".into(),
+        current: Some(provider.current_key()),
+        keys: usage(store.as_ref())
+            .await
+            .map_err(|source| StartupError::Database {
+                url: config.database.url.redacted(),
+                source,
+            })?,
+    };
+    let in_use = report.count(&key_id, i64::from(version));
+    if in_use > 0 {
+        return Err(keys_error(format_args!(
+            "{in_use} credential(s) still have data keys wrapped by {key_id} version {version}: run \
+             rotate-keys first"
+        )));
+    }
+    LocalKeyProvider::retire_version(path, version).map_err(keys_error)?;
+    say(
+        out,
+        format_args!(
+            "retired version {version} of key {key_id} from {}: data keys it wrapped, including \
+             copies in database backups, can no longer be unwrapped with this file (older copies of \
+             the key file still can: destroy them too). Connect sessions started in the last 10 \
+             minutes under that version fail and must be restarted",
+            path.display()
+        ),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(key_id: &str, key_version: i64, credentials: i64) -> KeyCount {
+        KeyCount {
+            key_id: key_id.into(),
+            key_version,
+            credentials,
+        }
+    }
+
+    #[test]
+    fn report_counts_other_keys_and_shows_retired_ones_at_zero() {
+        let a = "arn:aws:kms:us-east-1:111122223333:key/aaaa";
+        let b = "arn:aws:kms:us-east-1:111122223333:key/bbbb";
+        let before = KeyReport {
+            provider: "aws-kms".into(),
+            current: Some(KeyRef {
+                key_id: b.into(),
+                version: 0,
+            }),
+            keys: vec![count("local-1", 1, 4), count(a, 0, 7), count(b, 0, 1)],
+        };
+        assert_eq!(before.on_other_keys(), 11);
+        let after = KeyReport {
+            keys: vec![count(b, 0, 12)],
+            ..before.clone()
+        }
+        .with_retired_from(&before);
+        assert_eq!(after.on_other_keys(), 0);
+        assert_eq!(after.count(a, 0), 0);
+        assert_eq!(after.keys.len(), 3);
+        let text = after.to_string();
+        assert!(text.contains(&format!("current key {b}")), "{text}");
+        assert!(text.contains("local-1 version 1"), "{text}");
+        assert!(text.contains("(current)"), "{text}");
+        assert!(
+            text.ends_with("credentials not on the current key: 0"),
+            "{text}"
+        );
+
+        let unknown = KeyReport {
+            current: None,
+            ..before
+        };
+        assert!(unknown.to_string().contains("current key unknown"));
+    }
+
+    #[test]
+    fn progress_reads_like_a_counter() {
+        let p = Progress {
+            pass: 1,
+            rewrapped: 300,
+            total: 1200,
+            changed: 0,
+            failed: 0,
+        };
+        assert_eq!(p.to_string(), "pass 1: rewrapped 300/1200");
+        let p = Progress {
+            changed: 2,
+            failed: 1,
+            ..p
+        };
+        assert_eq!(
+            p.to_string(),
+            "pass 1: rewrapped 300/1200, 2 changed meanwhile (retried next pass), 1 failed"
+        );
+    }
+}

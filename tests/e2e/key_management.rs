@@ -1,0 +1,1143 @@
+//! Key management end to end: the broker on `aws-kms` (moto), key rotation (new local version,
+//! `local` → `aws-kms`, KMS key A → key B) while serving, KMS outages and degraded start, the
+//! start-up self-check, and what crypto-shredding on disconnect does and does not guarantee.
+//!
+//! KMS tests need `TEST_KMS_ENDPOINT` (scripts/kms-server.sh); without it they are skipped
+//! loudly, and in CI they fail (see `support::kms_server::endpoint`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cb_broker::clock::ManualClock;
+use cb_crypto::{
+    AwsKmsKeyProvider, CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef,
+    LocalKeyProvider, SealedBlob, WrappedDek,
+};
+use cb_proto::v1 as pb;
+use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use cb_store::{SealedColumns, Store};
+use credential_broker::app::{Application, BuildOptions, StartupError};
+use credential_broker::config::{Config, KeyProviderKind};
+use credential_broker::keys::{self, KeyOptions};
+use credential_broker::rotate::{self, RotateKeysArgs, RotateOptions};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::broker::{REDIRECT_URI, T0, TestBroker, as_actor, with_fake_provider};
+use crate::support::fake_provider::{FakeConfig, FakeProvider};
+use crate::support::kms_server::{self, REGION};
+
+const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+
+// ---- harness ------------------------------------------------------------------------------
+
+/// The environment the brokers under test see: static AWS credentials for moto (the first
+/// link of the AWS chain, read through the injected environment).
+fn aws_env() -> HashMap<String, String> {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// An in-process broker started with [`aws_env`].
+struct Broker {
+    app: Option<Application>,
+    clock: ManualClock,
+}
+
+impl Broker {
+    async fn start(config: &Config) -> Result<Self, StartupError> {
+        let clock = ManualClock::new(T0);
+        let app = Application::start(
+            config,
+            BuildOptions {
+                clock: Arc::new(clock.clone()),
+                env: Arc::new(aws_env()),
+            },
+        )
+        .await?;
+        Ok(Self {
+            app: Some(app),
+            clock,
+        })
+    }
+
+    async fn client(&self) -> CredentialServiceClient<Channel> {
+        let addr = self.app.as_ref().unwrap().local_addr();
+        CredentialServiceClient::new(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// A data directory, a fake OAuth provider, and a `local` config on SQLite using both.
+struct Setup {
+    dir: Arc<tempfile::TempDir>,
+    fake: FakeProvider,
+    config: Config,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let fake = FakeProvider::start(FakeConfig {
+            rotate_refresh_tokens: true,
+            ..FakeConfig::default()
+        })
+        .await;
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let mut config = TestBroker::config(&dir, url);
+        with_fake_provider(&mut config, &fake, "fake", &[]);
+        config.tokens.refresh_scan_interval_seconds = 0;
+        Self { dir, fake, config }
+    }
+
+    /// The config on `aws-kms` with `key` (no decrypt-only local key).
+    fn kms(&self, endpoint: &str, key: &str) -> Config {
+        let mut c = self.config.clone();
+        c.keys.provider = KeyProviderKind::AwsKms;
+        c.keys.aws_kms_key_id = Some(key.to_owned());
+        c.keys.aws_region = Some(REGION.to_owned());
+        c.keys.aws_endpoint_url = Some(endpoint.to_owned());
+        c.keys.aws_timeout_seconds = 2;
+        c.keys.aws_max_attempts = 1;
+        c
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        cb_store::open(self.config.database.url.expose(), 2)
+            .await
+            .unwrap()
+    }
+
+    /// Every byte of the SQLite database, WAL included.
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("broker.db")
+            {
+                all.extend(std::fs::read(&path).unwrap());
+            }
+        }
+        all
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// An imported credential: id and the tokens given to the broker.
+struct Imported {
+    id: String,
+    access: String,
+    refresh: String,
+}
+
+/// Imports a grant of `fake` whose access token expires `ttl_secs` after T0.
+async fn import(
+    client: &mut CredentialServiceClient<Channel>,
+    fake: &FakeProvider,
+    subject: &str,
+    ttl_secs: i64,
+) -> Result<Imported, tonic::Status> {
+    let (access, refresh) = fake.issue_grant(subject);
+    let response = client
+        .import_credential(as_actor(
+            pb::ImportCredentialRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: subject.into(),
+                    label: format!("{subject}@example.com"),
+                }),
+                display_name: format!("Fake {subject}"),
+                tokens: Some(pb::TokenSet {
+                    access_token: access.clone(),
+                    refresh_token: refresh.clone(),
+                    access_token_expire_time: Some(prost_types::Timestamp {
+                        seconds: T0.as_millis() / 1000 + ttl_secs,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                granted_scopes: vec!["read".into()],
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await?;
+    Ok(Imported {
+        id: response.into_inner().credential.unwrap().credential_id,
+        access,
+        refresh,
+    })
+}
+
+/// GetAccessToken with an optional `min_valid_for`.
+async fn token(
+    client: &mut CredentialServiceClient<Channel>,
+    id: &str,
+    min_valid: Option<Duration>,
+) -> Result<String, tonic::Status> {
+    client
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.into(),
+                workflow_id: "wf-keys".into(),
+                min_valid_for: min_valid.map(|d| prost_types::Duration {
+                    seconds: i64::try_from(d.as_secs()).unwrap(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+/// The whole connect flow: StartConnect, the provider's consent, CompleteConnect.
+async fn connect(
+    client: &mut CredentialServiceClient<Channel>,
+    fake: &FakeProvider,
+) -> Result<String, tonic::Status> {
+    let started = client
+        .start_connect(as_actor(
+            pb::StartConnectRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                redirect_uri: REDIRECT_URI.into(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await?
+        .into_inner();
+    let callback = fake
+        .approve(&url::Url::parse(&started.authorization_url).unwrap())
+        .await;
+    let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+    let done = client
+        .complete_connect(as_actor(
+            pb::CompleteConnectRequest {
+                state: q.get("state").cloned().unwrap_or_default(),
+                code: q.get("code").cloned().unwrap_or_default(),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await?
+        .into_inner();
+    Ok(done.credential.unwrap().credential_id)
+}
+
+/// Reads every token through a broker started now (empty caches: every data key is unwrapped
+/// by the key provider).
+async fn read_all_with_fresh_broker(config: &Config, creds: &[Imported]) {
+    let b = Broker::start(config).await.unwrap();
+    let mut client = b.client().await;
+    for c in creds {
+        assert_eq!(token(&mut client, &c.id, None).await.unwrap(), c.access);
+    }
+    b.stop().await;
+}
+
+async fn run_rotate_keys(
+    config: &Config,
+    args: RotateKeysArgs,
+) -> (Result<(), StartupError>, String) {
+    let mut out = Vec::new();
+    let result = rotate::rotate_keys_command(config, &aws_env(), args, &mut out).await;
+    (result, String::from_utf8(out).unwrap())
+}
+
+fn batches_of(batch_size: u32) -> RotateKeysArgs {
+    RotateKeysArgs {
+        options: RotateOptions {
+            batch_size,
+            ..RotateOptions::default()
+        },
+        ..RotateKeysArgs::default()
+    }
+}
+
+/// The sealed columns of a credential, as stored.
+async fn sealed(store: &dyn Store, id: &str) -> Option<SealedColumns> {
+    store.get_credential(id).await.unwrap().unwrap().sealed
+}
+
+/// The context and AAD the broker seals a credential's tokens with (cb_broker::sealing).
+fn token_binding(id: &str) -> (EncryptionContext, Vec<u8>) {
+    (
+        EncryptionContext::for_credential("ws1", id, "tokens"),
+        format!("credential-broker/v1|credential|{id}|tokens").into_bytes(),
+    )
+}
+
+fn blob(s: &SealedColumns) -> SealedBlob {
+    SealedBlob {
+        ciphertext: s.ciphertext.clone(),
+        wrapped_dek: WrappedDek {
+            key: KeyRef {
+                key_id: s.dek_key_id.clone(),
+                version: u32::try_from(s.dek_key_version).unwrap(),
+            },
+            ciphertext: s.dek_wrapped.clone(),
+        },
+    }
+}
+
+/// A TCP forwarder to the KMS server that can be taken down and brought back on the same
+/// port (a KMS outage): down, it closes every open connection and every new one at once.
+struct SwitchableKms {
+    url: String,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<AbortHandle>>>,
+    task: JoinHandle<()>,
+}
+
+impl SwitchableKms {
+    async fn start(endpoint: &str) -> Self {
+        let upstream = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let up = Arc::new(AtomicBool::new(true));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let upstream = upstream.clone();
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                open2.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        Self {
+            url,
+            up,
+            open,
+            task,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for h in self.open.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SwitchableKms {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.down();
+    }
+}
+
+/// An HTTP proxy to the KMS server that answers AccessDeniedException to every request that
+/// names `denied` (a key id), as IAM would for a role with no grant on that key; counts them.
+struct DenyKeyProxy {
+    url: String,
+    denied: Arc<AtomicUsize>,
+    forwarded: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl DenyKeyProxy {
+    async fn start(endpoint: &str, denied_key: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let denied = Arc::new(AtomicUsize::new(0));
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        // The bare key id appears in ARNs and in bare-id requests alike.
+        let needle = denied_key.rsplit('/').next().unwrap().to_owned();
+        let upstream = endpoint.trim_end_matches('/').to_owned();
+        let (denied2, forwarded2) = (denied.clone(), forwarded.clone());
+        let http = reqwest::Client::new();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (needle, upstream, http) = (needle.clone(), upstream.clone(), http.clone());
+                let (denied, forwarded) = (denied2.clone(), forwarded2.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (needle, upstream, http) =
+                                (needle.clone(), upstream.clone(), http.clone());
+                            let (denied, forwarded) = (denied.clone(), forwarded.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body: Bytes = body.collect().await.unwrap().to_bytes();
+                                if contains(&body, &needle) {
+                                    denied.fetch_add(1, Ordering::SeqCst);
+                                    let refusal = hyper::Response::builder()
+                                    .status(400)
+                                    .header("content-type", "application/x-amz-json-1.1")
+                                    .body(Full::new(Bytes::from_static(
+                                        br#"{"__type":"AccessDeniedException","message":"no grant on this key"}"#,
+                                    )))
+                                    .unwrap();
+                                    return Ok::<_, Infallible>(refusal);
+                                }
+                                forwarded.fetch_add(1, Ordering::SeqCst);
+                                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                                let mut headers = parts.headers.clone();
+                                headers.remove(hyper::header::HOST);
+                                headers.remove(hyper::header::CONTENT_LENGTH);
+                                let answer = http
+                                    .request(parts.method, format!("{upstream}{path}"))
+                                    .headers(headers)
+                                    .body(body)
+                                    .send()
+                                    .await
+                                    .unwrap();
+                                let mut response =
+                                    hyper::Response::builder().status(answer.status());
+                                if let Some(ct) = answer.headers().get("content-type") {
+                                    response = response.header("content-type", ct);
+                                }
+                                let bytes = answer.bytes().await.unwrap();
+                                Ok(response.body(Full::new(bytes)).unwrap())
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url,
+            denied,
+            forwarded,
+            task,
+        }
+    }
+}
+
+impl Drop for DenyKeyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---- aws-kms: connect, issue, refresh ----------------------------------------------------------
+
+#[tokio::test]
+async fn aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_database() {
+    let Some(endpoint) = kms_server::endpoint(
+        "aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_database",
+    ) else {
+        return;
+    };
+    let key = kms_server::create_key(&endpoint).await;
+    let s = Setup::new().await;
+    let config = s.kms(&endpoint, &kms_server::create_alias(&endpoint, &key).await);
+    let b = Broker::start(&config).await.unwrap();
+    let mut client = b.client().await;
+
+    // The full connect flow: the PKCE verifier and the tokens are sealed under KMS data keys.
+    let connected = connect(&mut client, &s.fake).await.unwrap();
+    let connected_token = token(&mut client, &connected, None).await.unwrap();
+    // An import whose access token expires within min_valid_for: issuing it refreshes.
+    let imported = import(&mut client, &s.fake, "acct-2", 60).await.unwrap();
+    let refreshed = token(&mut client, &imported.id, None).await.unwrap();
+    assert_ne!(refreshed, imported.access);
+    assert_eq!(s.fake.refresh_calls(), 1);
+    b.stop().await;
+
+    // Each row records the key ARN (configured by alias) that wrapped its data key.
+    let store = s.store().await;
+    for id in [&connected, &imported.id] {
+        let sealed = sealed(store.as_ref(), id).await.unwrap();
+        assert_eq!(sealed.dek_key_id, key);
+        assert_eq!(sealed.dek_key_version, 0);
+    }
+    // A broker started now has no cached keys: every open is a KMS Decrypt.
+    let again = Broker::start(&config).await.unwrap();
+    let mut client = again.client().await;
+    assert_eq!(
+        token(&mut client, &connected, None).await.unwrap(),
+        connected_token
+    );
+    assert_eq!(
+        token(&mut client, &imported.id, None).await.unwrap(),
+        refreshed
+    );
+    again.stop().await;
+
+    // No token in plaintext anywhere in the database files.
+    let bytes = s.database_bytes();
+    assert!(contains(&bytes, "acct-2"), "the scan must see the rows");
+    for secret in [
+        &connected_token,
+        &imported.access,
+        &imported.refresh,
+        &refreshed,
+    ] {
+        assert!(!contains(&bytes, secret), "token plaintext in the database");
+    }
+
+    // The data key is bound to its credential by the KMS encryption context: one credential's
+    // wrapped key does not unwrap under another's context.
+    let provider = AwsKmsKeyProvider::connect(kms_server::config(&endpoint, &key))
+        .await
+        .unwrap();
+    let wrapped = blob(&sealed(store.as_ref(), &connected).await.unwrap()).wrapped_dek;
+    let (own, _) = token_binding(&connected);
+    let (other, _) = token_binding(&imported.id);
+    assert!(provider.unwrap_data_key(&wrapped, &own).await.is_ok());
+    assert!(matches!(
+        provider.unwrap_data_key(&wrapped, &other).await,
+        Err(CryptoError::Decrypt)
+    ));
+}
+
+// ---- rotation -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
+    let s = Setup::new().await;
+    let b = Broker::start(&s.config).await.unwrap();
+    let mut client = b.client().await;
+    let mut creds = Vec::new();
+    for i in 0..5 {
+        creds.push(
+            import(&mut client, &s.fake, &format!("acct-{i}"), 3600)
+                .await
+                .unwrap(),
+        );
+    }
+    let store = s.store().await;
+    let key_id = sealed(store.as_ref(), &creds[0].id)
+        .await
+        .unwrap()
+        .dek_key_id;
+
+    // Retiring a version still in use is refused.
+    let mut out = Vec::new();
+    let err = rotate::retire_local_version_command(&s.config, 1, &mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("5 credential(s) still have data keys") && err.contains("rotate-keys"));
+
+    // While the broker serves: add version 2 and re-wrap every data key under it.
+    let (result, out) = run_rotate_keys(
+        &s.config,
+        RotateKeysArgs {
+            new_local_version: true,
+            ..batches_of(2)
+        },
+    )
+    .await;
+    result.unwrap();
+    assert!(out.contains("added version 2"), "{out}");
+    assert!(
+        out.contains("pass 1: rewrapped 2/5") && out.contains("pass 1: rewrapped 5/5"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("current key {key_id} version 2")),
+        "{out}"
+    );
+    assert!(
+        out.contains("credentials not on the current key: 0"),
+        "{out}"
+    );
+    for c in &creds {
+        assert_eq!(
+            sealed(store.as_ref(), &c.id).await.unwrap().dek_key_version,
+            2
+        );
+    }
+
+    // The running broker loaded only version 1: it follows the key file, so a forced refresh
+    // (which opens the re-wrapped row) works, and new credentials get version 2.
+    b.clock.advance(Duration::from_secs(3500));
+    for c in &creds {
+        let fresh = token(&mut client, &c.id, None).await.unwrap();
+        assert_ne!(fresh, c.access);
+    }
+    let newer = import(&mut client, &s.fake, "acct-new", 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        sealed(store.as_ref(), &newer.id)
+            .await
+            .unwrap()
+            .dek_key_version,
+        2
+    );
+    b.stop().await;
+
+    let mut out = Vec::new();
+    rotate::keys_report_command(&s.config, &aws_env(), &mut out)
+        .await
+        .unwrap();
+    let report = String::from_utf8(out).unwrap();
+    assert!(
+        report.contains(&format!("{key_id} version 2")) && !report.contains("version 1 "),
+        "{report}"
+    );
+
+    // Nothing uses version 1 any more: retire it; everything still opens with version 2.
+    let mut out = Vec::new();
+    rotate::retire_local_version_command(&s.config, 1, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        LocalKeyProvider::load(&s.config.keys.local_key_file)
+            .unwrap()
+            .versions(),
+        [2]
+    );
+    let b = Broker::start(&s.config).await.unwrap();
+    let mut client = b.client().await;
+    for c in creds.iter().chain([&newer]) {
+        token(&mut client, &c.id, None).await.unwrap();
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() {
+    let Some(endpoint) = kms_server::endpoint(
+        "rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable",
+    ) else {
+        return;
+    };
+    let s = Setup::new().await;
+    let store = s.store().await;
+
+    // 1. Seven credentials sealed with the local key.
+    let b = Broker::start(&s.config).await.unwrap();
+    let mut client = b.client().await;
+    let mut creds = Vec::new();
+    for i in 0..7 {
+        creds.push(
+            import(&mut client, &s.fake, &format!("acct-{i}"), 3600)
+                .await
+                .unwrap(),
+        );
+    }
+    b.stop().await;
+    let local_key = sealed(store.as_ref(), &creds[0].id)
+        .await
+        .unwrap()
+        .dek_key_id;
+
+    // 2. Configure KMS key A. Without the old key file the broker refuses to start: the
+    //    stored credentials could not be opened.
+    let key_a = kms_server::create_key(&endpoint).await;
+    let kms_a = s.kms(&endpoint, &key_a);
+    let err = Broker::start(&kms_a).await.err().unwrap().to_string();
+    assert!(
+        err.contains(&format!(
+            "7 stored credential(s) have data keys wrapped by key {local_key} version 1"
+        )) && err.contains("keys.previous_local_key_file"),
+        "{err}"
+    );
+    // With it, the broker serves old rows (local) and wraps new ones with KMS.
+    let mut serving_config = kms_a.clone();
+    serving_config.keys.previous_local_key_file = Some(s.config.keys.local_key_file.clone());
+    let serving = Broker::start(&serving_config).await.unwrap();
+    let mut client = serving.client().await;
+    creds.push(
+        import(&mut client, &s.fake, "acct-kms", 3600)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        sealed(store.as_ref(), &creds[7].id)
+            .await
+            .unwrap()
+            .dek_key_id,
+        key_a
+    );
+
+    // 3. Rotate local → KMS (old key file passed on the command line) while the broker reads
+    //    every row (its token cache is cold for the imported seven).
+    let readers: Vec<_> = creds
+        .iter()
+        .map(|c| {
+            let (mut client, id, access) = (client.clone(), c.id.clone(), c.access.clone());
+            tokio::spawn(async move {
+                assert_eq!(token(&mut client, &id, None).await.unwrap(), access);
+            })
+        })
+        .collect();
+    let (result, out) = run_rotate_keys(
+        &kms_a,
+        RotateKeysArgs {
+            from_local_key_file: Some(s.config.keys.local_key_file.clone()),
+            ..batches_of(3)
+        },
+    )
+    .await;
+    for r in readers {
+        r.await.unwrap();
+    }
+    result.unwrap();
+    assert!(
+        out.contains("pass 1: rewrapped 3/7") && out.contains("pass 1: rewrapped 7/7"),
+        "{out}"
+    );
+    let local_line = out
+        .lines()
+        .find(|l| l.contains(&local_key))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(local_line.trim_end().ends_with(" 0"), "{out}");
+    assert!(
+        out.contains("credentials not on the current key: 0"),
+        "{out}"
+    );
+    for c in &creds {
+        assert_eq!(
+            sealed(store.as_ref(), &c.id).await.unwrap().dek_key_id,
+            key_a
+        );
+    }
+    // The serving broker keeps working after the rotation (refresh writes keep key A).
+    serving.clock.advance(Duration::from_secs(3500));
+    let fresh = token(&mut client, &creds[0].id, None).await.unwrap();
+    assert_ne!(fresh, creds[0].access);
+    assert_eq!(
+        sealed(store.as_ref(), &creds[0].id)
+            .await
+            .unwrap()
+            .dek_key_id,
+        key_a
+    );
+    serving.stop().await;
+    let creds: Vec<Imported> = {
+        // creds[0] was refreshed: read its current access token from now on.
+        let b = Broker::start(&kms_a).await.unwrap();
+        let mut client = b.client().await;
+        let mut out = Vec::new();
+        for c in creds {
+            let access = token(&mut client, &c.id, None).await.unwrap();
+            out.push(Imported { access, ..c });
+        }
+        b.stop().await;
+        out
+    };
+    // KMS only, no local key file at all: everything opens.
+    read_all_with_fresh_broker(&kms_a, &creds).await;
+
+    // 4. KMS key A → key B (KMS ReEncrypt: the data keys never leave KMS). A run interrupted
+    //    by a KMS outage stops cleanly and the next run resumes.
+    let key_b = kms_server::create_key(&endpoint).await;
+    let flaky = SwitchableKms::start(&endpoint).await;
+    let kms_b_flaky = s.kms(&flaky.url, &key_b);
+    let provider = keys::open_key_provider(&kms_b_flaky.keys, &aws_env(), KeyOptions::default())
+        .await
+        .unwrap();
+    let envelope = Arc::new(Envelope::new(provider, keys::dek_cache(&kms_b_flaky.keys)));
+    let opts = RotateOptions {
+        batch_size: 2,
+        concurrency: 1,
+        ..RotateOptions::default()
+    };
+    let mut take_kms_down = |_: &rotate::Progress| flaky.down();
+    let err = rotate::rotate(store.clone(), envelope.clone(), &opts, &mut take_kms_down)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            rotate::RotateError::Key {
+                rewrapped: 2,
+                source: CryptoError::Unavailable(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("run rotate-keys again"), "{err}");
+    let report = rotate::key_report(store.as_ref(), envelope.provider().as_ref())
+        .await
+        .unwrap();
+    assert_eq!((report.count(&key_a, 0), report.count(&key_b, 0)), (6, 2));
+    flaky.up();
+
+    let (result, out) = run_rotate_keys(&s.kms(&endpoint, &key_b), batches_of(100)).await;
+    result.unwrap();
+    assert!(out.contains("pass 1: rewrapped 6/6"), "{out}");
+
+    // A writer that read a row before it was re-wrapped puts the old wrapping back (the same
+    // data key under key A, so nothing breaks); the next run finds the row and moves it again.
+    let raced = store.get_credential(&creds[0].id).await.unwrap().unwrap();
+    let on_b = raced.sealed.clone().unwrap();
+    assert_eq!(on_b.dek_key_id, key_b);
+    let (ctx, _) = token_binding(&raced.id);
+    let provider_a = AwsKmsKeyProvider::connect(kms_server::config(&endpoint, &key_a))
+        .await
+        .unwrap();
+    let provider_b = AwsKmsKeyProvider::connect(kms_server::config(&endpoint, &key_b))
+        .await
+        .unwrap();
+    let dek = provider_b
+        .unwrap_data_key(&blob(&on_b).wrapped_dek, &ctx)
+        .await
+        .unwrap();
+    let wrapped_a = provider_a.wrap_data_key(&dek, &ctx).await.unwrap();
+    let mut stale = raced.clone();
+    stale.sealed = Some(SealedColumns {
+        dek_wrapped: wrapped_a.ciphertext,
+        dek_key_id: wrapped_a.key.key_id,
+        dek_key_version: 0,
+        ..on_b
+    });
+    store
+        .update_credential(&stale, raced.row_version)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    rotate::keys_report_command(&s.kms(&endpoint, &key_b), &aws_env(), &mut out)
+        .await
+        .unwrap();
+    let report = String::from_utf8(out).unwrap();
+    assert!(
+        report.contains("credentials not on the current key: 1"),
+        "{report}"
+    );
+    let (result, out) = run_rotate_keys(&s.kms(&endpoint, &key_b), batches_of(100)).await;
+    result.unwrap();
+    assert!(out.contains("pass 1: rewrapped 1/1"), "{out}");
+    let a_line = out
+        .lines()
+        .find(|l| l.contains(&key_a))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(a_line.trim_end().ends_with(" 0"), "{out}");
+    assert!(
+        out.contains("credentials not on the current key: 0"),
+        "{out}"
+    );
+
+    // 5. Key A can go. moto does not enforce key state (a disabled key still decrypts there),
+    //    so prove it twice: no row names A, and a broker whose KMS refuses every request that
+    //    names A (as IAM would without a grant) starts and reads every token.
+    kms_server::disable_key(&endpoint, &key_a).await;
+    let usage = store.key_usage().await.unwrap();
+    assert!(usage.iter().all(|u| u.key_id == key_b), "{usage:?}");
+    let no_a = DenyKeyProxy::start(&endpoint, &key_a).await;
+    // The proxy does refuse key A (an A-wrapped data key kept from before).
+    let probe = AwsKmsKeyProvider::connect(kms_server::config(&no_a.url, &key_b))
+        .await
+        .unwrap();
+    let before = no_a.denied.load(Ordering::SeqCst);
+    assert!(matches!(
+        probe
+            .unwrap_data_key(&blob(stale.sealed.as_ref().unwrap()).wrapped_dek, &ctx)
+            .await,
+        Err(CryptoError::AccessDenied { .. })
+    ));
+    assert_eq!(no_a.denied.load(Ordering::SeqCst), before + 1);
+    let denied_before = no_a.denied.load(Ordering::SeqCst);
+    read_all_with_fresh_broker(&s.kms(&no_a.url, &key_b), &creds).await;
+    assert_eq!(
+        no_a.denied.load(Ordering::SeqCst),
+        denied_before,
+        "no call after the rotation used key A"
+    );
+    assert!(no_a.forwarded.load(Ordering::SeqCst) > creds.len());
+}
+
+// ---- outages, degraded start, self-check ---------------------------------------------------------
+
+#[tokio::test]
+async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
+    let Some(endpoint) =
+        kms_server::endpoint("kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly")
+    else {
+        return;
+    };
+    let key = kms_server::create_key(&endpoint).await;
+    let kms = SwitchableKms::start(&endpoint).await;
+    let s = Setup::new().await;
+    let config = s.kms(&kms.url, &key);
+    let b = Broker::start(&config).await.unwrap();
+    let mut client = b.client().await;
+    let steady = import(&mut client, &s.fake, "acct-steady", 3600)
+        .await
+        .unwrap();
+    let expiring = import(&mut client, &s.fake, "acct-expiring", 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        token(&mut client, &steady.id, None).await.unwrap(),
+        steady.access
+    );
+    let store = s.store().await;
+
+    kms.down();
+    // Cached tokens are served; so is a refresh, whose data key is cached (reseal, no KMS).
+    assert_eq!(
+        token(&mut client, &steady.id, None).await.unwrap(),
+        steady.access
+    );
+    b.clock.advance(Duration::from_secs(3590));
+    let refreshed = token(&mut client, &expiring.id, None).await.unwrap();
+    assert_ne!(refreshed, expiring.access);
+    // New data keys need KMS: import and connect fail with UNAVAILABLE, writing nothing.
+    let err = import(&mut client, &s.fake, "acct-new", 3600)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = connect(&mut client, &s.fake).await.err().unwrap();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let all = store
+        .list_credentials(&cb_store::CredentialQuery {
+            workspace_id: "ws1".into(),
+            limit: 100,
+            include_disconnected: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2, "nothing half-written");
+    // A broker started now refuses: its self-check cannot reach the key.
+    let err = Broker::start(&config).await.err().unwrap().to_string();
+    assert!(
+        err.contains(&key) && err.contains("reachable") && err.contains("start_degraded"),
+        "{err}"
+    );
+
+    kms.up();
+    // (The broker's clock stands at T0 + 3590 s now.)
+    let newer = import(&mut client, &s.fake, "acct-new", 7200)
+        .await
+        .unwrap();
+    connect(&mut client, &s.fake).await.unwrap();
+    assert_eq!(
+        token(&mut client, &newer.id, None).await.unwrap(),
+        newer.access
+    );
+    b.stop().await;
+    // Every row written during and after the outage opens with a fresh broker.
+    let b = Broker::start(&config).await.unwrap();
+    let mut client = b.client().await;
+    assert_eq!(
+        token(&mut client, &expiring.id, None).await.unwrap(),
+        refreshed
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
+    let Some(endpoint) =
+        kms_server::endpoint("start_degraded_starts_without_kms_and_recovers_when_it_returns")
+    else {
+        return;
+    };
+    let key = kms_server::create_key(&endpoint).await;
+    let kms = SwitchableKms::start(&endpoint).await;
+    let s = Setup::new().await;
+    let mut config = s.kms(&kms.url, &key);
+    let b = Broker::start(&config).await.unwrap();
+    let stored = import(&mut b.client().await, &s.fake, "acct-1", 3600)
+        .await
+        .unwrap();
+    b.stop().await;
+
+    kms.down();
+    let err = Broker::start(&config).await.err().unwrap().to_string();
+    assert!(err.contains("start_degraded"), "{err}");
+    config.keys.start_degraded = true;
+    let b = Broker::start(&config).await.unwrap();
+    let mut client = b.client().await;
+    // Degraded and freshly started: nothing is cached, so nothing can be served yet.
+    let err = token(&mut client, &stored.id, None).await.err().unwrap();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = import(&mut client, &s.fake, "acct-2", 3600)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    kms.up();
+    // The provider reconnects on demand (at most every few seconds).
+    let mut served = None;
+    for _ in 0..60 {
+        match token(&mut client, &stored.id, None).await {
+            Ok(t) => {
+                served = Some(t);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(served.as_deref(), Some(stored.access.as_str()));
+    let newer = import(&mut client, &s.fake, "acct-2", 3600).await.unwrap();
+    let store = s.store().await;
+    assert_eq!(
+        sealed(store.as_ref(), &newer.id).await.unwrap().dek_key_id,
+        key
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn self_check_refuses_a_missing_disabled_or_unreachable_key_clearly() {
+    let Some(endpoint) =
+        kms_server::endpoint("self_check_refuses_a_missing_disabled_or_unreachable_key_clearly")
+    else {
+        return;
+    };
+    let s = Setup::new().await;
+    let start_err = |config: Config| async move {
+        match Broker::start(&config).await {
+            Ok(b) => {
+                b.stop().await;
+                panic!("the broker must refuse to start");
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+
+    let missing = "alias/cb-e2e-no-such-key";
+    let err = start_err(s.kms(&endpoint, missing)).await;
+    assert!(
+        err.starts_with("keys: ")
+            && err.contains(missing)
+            && err.contains("not found")
+            && err.contains("keys.aws_kms_key_id"),
+        "{err}"
+    );
+
+    let disabled = kms_server::create_key(&endpoint).await;
+    kms_server::disable_key(&endpoint, &disabled).await;
+    let err = start_err(s.kms(&endpoint, &disabled)).await;
+    assert!(err.contains(&disabled) && err.contains("disabled"), "{err}");
+
+    let err = start_err(s.kms("http://127.0.0.1:1", "alias/cb-e2e")).await;
+    assert!(
+        err.contains("alias/cb-e2e") && err.contains("reachable") && err.contains("start_degraded"),
+        "{err}"
+    );
+}
+
+// ---- crypto-shredding -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn disconnect_shreds_the_row_and_retiring_the_key_version_shreds_old_copies() {
+    let s = Setup::new().await;
+    let b = Broker::start(&s.config).await.unwrap();
+    let mut client = b.client().await;
+    let gone = import(&mut client, &s.fake, "acct-gone", 3600)
+        .await
+        .unwrap();
+    let kept = import(&mut client, &s.fake, "acct-kept", 3600)
+        .await
+        .unwrap();
+    token(&mut client, &gone.id, None).await.unwrap();
+    let store = s.store().await;
+    // What a database backup taken now holds for the credential.
+    let copy = sealed(store.as_ref(), &gone.id).await.unwrap();
+
+    client
+        .disconnect_credential(as_actor(
+            pb::DisconnectCredentialRequest {
+                credential_id: gone.id.clone(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    // The row holds nothing to open: ciphertext, wrapped data key and key reference are gone.
+    let row = store.get_credential(&gone.id).await.unwrap().unwrap();
+    assert_eq!(row.status, "DISCONNECTED");
+    assert_eq!(row.sealed, None);
+    assert!(!row.has_refresh_token);
+    // And the broker serves nothing for it (its data key left the cache with it).
+    let err = token(&mut client, &gone.id, None).await.err().unwrap();
+    assert_ne!(err.code(), Code::Ok);
+    b.stop().await;
+
+    // What disconnect alone does NOT do: a copy of the old row bytes (a backup) still opens
+    // with the key file, because the key version that wrapped its data key still exists.
+    let (ctx, aad) = token_binding(&gone.id);
+    let key_file = &s.config.keys.local_key_file;
+    let with_key_file = |path: &std::path::Path| {
+        Envelope::new(
+            Arc::new(LocalKeyProvider::load(path).unwrap()),
+            cb_crypto::DekCacheConfig::default(),
+        )
+    };
+    let opened = with_key_file(key_file)
+        .open(&blob(&copy), &ctx, &aad)
+        .await
+        .unwrap();
+    assert!(contains(opened.expose(), &gone.refresh));
+
+    // Rotating to a new version and retiring the old one completes the shred: the copy's data
+    // key was wrapped by a version that no longer exists anywhere (destroy old key-file copies).
+    let (result, _) = run_rotate_keys(
+        &s.config,
+        RotateKeysArgs {
+            new_local_version: true,
+            ..batches_of(100)
+        },
+    )
+    .await;
+    result.unwrap();
+    rotate::retire_local_version_command(&s.config, 1, &mut Vec::new())
+        .await
+        .unwrap();
+    assert!(matches!(
+        with_key_file(key_file).open(&blob(&copy), &ctx, &aad).await,
+        Err(CryptoError::UnknownKey { version: 1, .. })
+    ));
+    // The credential that stayed connected was moved to version 2 and still works.
+    read_all_with_fresh_broker(&s.config, &[kept]).await;
+}
