@@ -524,3 +524,48 @@ async fn callback_parameters_become_provider_extras_where_the_provider_needs_the
         Some("4620816365")
     );
 }
+
+#[tokio::test]
+async fn the_atlassian_cloud_id_and_xero_tenant_are_looked_up_after_connecting() {
+    use cb_oauth::catalog::Quirk;
+    for (quirk, extra) in [
+        (Quirk::AtlassianCloudId, "cloud_id"),
+        (Quirk::XeroTenantId, "tenant_id"),
+    ] {
+        let fake = FakeProvider::start(FakeConfig::default()).await;
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let mut config = TestBroker::config(&dir, url);
+        with_fake_provider(&mut config, &fake, "fake", &[quirk]);
+        let b = TestBroker::start(config, dir).await.unwrap();
+        let mut c = b.credentials().await;
+        let id = connect(&fake, &mut c)
+            .await
+            .credential
+            .unwrap()
+            .credential_id;
+        let t = c
+            .get_access_token(as_actor(
+                pb::GetAccessTokenRequest {
+                    credential_id: id,
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let port = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
+        let prefix = if extra == "cloud_id" {
+            "cloud"
+        } else {
+            "tenant"
+        };
+        assert_eq!(
+            t.provider_extras.get(extra),
+            Some(&format!("{prefix}-{port}")),
+            "{quirk:?}"
+        );
+    }
+}

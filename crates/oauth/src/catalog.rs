@@ -160,6 +160,20 @@ pub struct ProviderSpec {
     pub quirks: Vec<Quirk>,
     /// Link to the provider's OAuth documentation the entry was checked against.
     pub docs_url: String,
+    /// A lookup made right after connecting whose answers are kept as provider extras
+    /// (Atlassian cloud id, Xero tenant id).
+    #[serde(default)]
+    pub post_connect: Option<PostConnectLookup>,
+}
+
+/// After connecting, GET `url` with the new access token and keep values from the JSON answer.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostConnectLookup {
+    /// The endpoint (https; placeholders allowed).
+    pub url: String,
+    /// Extra name → JSON pointer into the answer (e.g. `cloud_id = "/0/id"`).
+    pub extras: BTreeMap<String, String>,
 }
 
 /// The built-in catalog, compiled into the binary.
@@ -411,6 +425,19 @@ fn check_urls(spec: &ProviderSpec, allow_http_loopback: bool, problems: &mut Vec
     if let Some(url) = &spec.revocation_url {
         check_url("revocation_url", url, allow_http_loopback, problems);
     }
+    if let Some(lookup) = &spec.post_connect {
+        check_url(
+            "post_connect.url",
+            &lookup.url,
+            allow_http_loopback,
+            problems,
+        );
+        if lookup.extras.is_empty() || lookup.extras.values().any(|p| !p.starts_with('/')) {
+            problems.push(
+                "post_connect.extras must map names to JSON pointers starting with `/`".to_owned(),
+            );
+        }
+    }
     // Links shown to people (not called by the broker) may carry a fragment.
     if !spec.icon_url.trim().is_empty() {
         check_link("icon_url", &spec.icon_url, allow_http_loopback, problems);
@@ -518,6 +545,14 @@ fn check_quirks(spec: &ProviderSpec, problems: &mut Vec<String>) {
             problems.push(format!(
                 "quirk `{}` is listed more than once",
                 quirk_name(*quirk)
+            ));
+        }
+    }
+    for q in [Quirk::AtlassianCloudId, Quirk::XeroTenantId] {
+        if quirks.contains(&q) && spec.post_connect.is_none() {
+            problems.push(format!(
+                "quirk `{}` requires a post_connect lookup that finds the tenant",
+                quirk_name(q)
             ));
         }
     }

@@ -245,6 +245,62 @@ impl OAuthHttp {
         Err(status_error(&reply, Operation::Revoke, caller, &sent))
     }
 
+    /// Runs the spec's post-connect lookup (Atlassian cloud id, Xero tenant id) and returns the
+    /// extras it finds; empty when the spec has none.
+    pub async fn post_connect_extras(
+        &self,
+        spec: &ProviderSpec,
+        tokens: &TokenResponse,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, OAuthError> {
+        let Some(lookup) = &spec.post_connect else {
+            return Ok(BTreeMap::new());
+        };
+        let url = endpoint::fill(&lookup.url, placeholders, None)?;
+        let url = endpoint::parse_server_url("post_connect.url", &url, self.allow_http_loopback)?;
+        let mut auth = bearer_header(&tokens.access_token)
+            .ok_or_else(|| OAuthError::Protocol("access token is not a valid header".to_owned()))?;
+        auth.set_sensitive(true);
+        let request = self
+            .client
+            .get(url)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(AUTHORIZATION, auth);
+        let reply = self.send(request).await?;
+        let sent = [tokens.access_token.expose_secret()];
+        if !reply.status.is_success() {
+            return Err(status_error(
+                &reply,
+                Operation::Identify,
+                Caller::Token,
+                &sent,
+            ));
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&reply.body)
+            .map_err(|_| OAuthError::Protocol("post-connect lookup is not json".to_owned()))?;
+        let mut extras = BTreeMap::new();
+        for (name, pointer) in &lookup.extras {
+            let value = match doc.pointer(pointer) {
+                Some(serde_json::Value::String(v)) => v.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => {
+                    return Err(OAuthError::Protocol(format!(
+                        "the provider listed no {name}: is the app authorized for a site or organisation?"
+                    )));
+                }
+            };
+            extras.insert(
+                name.clone(),
+                value
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect(),
+            );
+        }
+        Ok(extras)
+    }
+
     /// Finds out which account the tokens belong to, per the spec's [`AccountSource`].
     pub async fn identify(
         &self,

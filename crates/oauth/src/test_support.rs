@@ -22,5 +22,6 @@ pub(crate) fn spec(authorize_url: &str, pkce: Pkce, quirks: &[Quirk]) -> Provide
         refresh: RefreshBehaviour::default(),
         quirks: quirks.to_vec(),
         docs_url: "https://example.com/docs".into(),
+        post_connect: None,
     }
 }

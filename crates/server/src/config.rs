@@ -543,11 +543,12 @@ impl TelemetryConfig {
     }
 
     fn validate(&self, p: &mut Vec<String>) {
+        // No TLS to the collector yet: the exporter has no trust roots (run a local agent).
         if let Some(e) = &self.otlp_endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
+            && !e.starts_with("http://")
         {
             p.push(format!(
-                "telemetry.otlp_endpoint: {e:?} must be an http:// or https:// URL (OTLP/gRPC, usually port 4317)"
+                "telemetry.otlp_endpoint: {e:?} must be a plain http:// URL of an OTLP/gRPC receiver (usually port 4317; TLS to the collector is not supported)"
             ));
         }
         if self.credentials_gauge_seconds == 0 {
@@ -922,6 +923,64 @@ mod tests {
             .to_string();
         assert!(
             e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_follows_the_otel_variables() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        assert_eq!(c.telemetry.metrics_listen, None);
+        assert_eq!(c.telemetry.service_name(), "credential-broker");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_SERVICE_NAME", "broker-eu"),
+                ("CREDENTIAL_BROKER_METRICS_LISTEN", "0.0.0.0:9464"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(c.telemetry.service_name(), "broker-eu");
+        assert_eq!(c.telemetry.metrics_listen.map(|a| a.port()), Some(9464));
+        // The file wins over the standard variables; OTEL_SDK_DISABLED turns export off.
+        let mut file = Config::parse(
+            "[telemetry]\notlp_endpoint = \"http://file:4317\"\nservice_name = \"from-file\"\n",
+        )
+        .unwrap();
+        file.apply_env(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_SERVICE_NAME", "from-env"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            file.telemetry.otlp_endpoint.as_deref(),
+            Some("http://file:4317")
+        );
+        assert_eq!(file.telemetry.service_name(), "from-file");
+        file.apply_env(&env(&[("OTEL_SDK_DISABLED", "true")]))
+            .unwrap();
+        assert_eq!(file.telemetry.otlp_endpoint, None);
+        let e = Config::load(
+            None,
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+        let e =
+            Config::parse("[limits]\nmax_request_bytes = 10\n[health]\nkms_check_seconds = 0\n")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("limits.max_request_bytes") && e.contains("health.kms_check_seconds"),
             "{e}"
         );
     }

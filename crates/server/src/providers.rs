@@ -261,8 +261,14 @@ impl ProviderGateway for OAuthGateway {
             .identify(spec, &tokens, &placeholders)
             .await
             .map_err(classify)?;
+        let lookup = self
+            .http
+            .post_connect_extras(spec, &tokens, &placeholders)
+            .await
+            .map_err(classify)?;
         let mut granted = granted(tokens);
         granted.extras.extend(callback_extras);
+        granted.extras.extend(lookup);
         Ok((
             granted,
             AccountInfo {

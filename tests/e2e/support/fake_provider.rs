@@ -353,6 +353,18 @@ impl FakeProvider {
             },
             quirks: quirks.to_vec(),
             docs_url: format!("{base}/docs"),
+            // Atlassian and Xero look up the tenant right after connecting.
+            post_connect: quirks
+                .iter()
+                .find_map(|q| match q {
+                    Quirk::AtlassianCloudId => Some(("cloud_id", "/0/id")),
+                    Quirk::XeroTenantId => Some(("tenant_id", "/0/tenantId")),
+                    _ => None,
+                })
+                .map(|(name, pointer)| cb_oauth::catalog::PostConnectLookup {
+                    url: format!("{base}/tenants"),
+                    extras: [(name.to_owned(), pointer.to_owned())].into(),
+                }),
         }
     }
 
@@ -551,6 +563,7 @@ async fn handle(
             token(&state, &req, &base).await
         }
         (&Method::GET, "/userinfo") => userinfo(&state, &req),
+        (&Method::GET, "/tenants") => tenants(&state, &req),
         (&Method::POST, "/revoke") => revoke_rfc7009(&state, &req),
         (&Method::POST, "/api/auth.revoke") => revoke_bearer(&state, &req, true),
         (&Method::POST, "/2/auth/token/revoke") => revoke_bearer(&state, &req, false),
@@ -1073,6 +1086,18 @@ fn userinfo(state: &Mutex<State>, req: &FakeRequest) -> Response<Full<Bytes>> {
         StatusCode::OK,
         &json!({"sub": subject, "email": format!("{subject}@example.com"), "id": id,
                 "login": subject, "name": format!("User {subject}")}),
+    )
+}
+
+/// The sites/organisations the grant may access (Atlassian accessible-resources, Xero connections).
+fn tenants(state: &Mutex<State>, req: &FakeRequest) -> Response<Full<Bytes>> {
+    let s = lock(state);
+    if bearer(req).and_then(|t| s.valid_access(&t)).is_none() {
+        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": "invalid_token"}));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!([{"id": format!("cloud-{}", s.port), "url": "https://acme.atlassian.net", "tenantId": format!("tenant-{}", s.port)}]),
     )
 }
 
