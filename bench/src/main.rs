@@ -268,6 +268,11 @@ impl Load {
     fn per_second(&self) -> f64 {
         self.calls() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+    /// Calls of 35 ms or more: the signature of a Nagle / delayed-ACK stall (40 ms on Linux).
+    fn slow(&self) -> usize {
+        let from = self.latencies.partition_point(|&n| n < 35_000_000);
+        self.latencies.len() - from
+    }
     fn mean_ms(&self) -> f64 {
         let sum: u64 = self.latencies.iter().sum();
         sum as f64 / self.latencies.len().max(1) as f64 / 1e6
@@ -276,12 +281,13 @@ impl Load {
 
 fn print_row(streams: usize, call: &str, load: &Load, tail: String) {
     println!(
-        "   {streams:>7}  {call:<14} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.1} {:>6}{tail}",
+        "   {streams:>7}  {call:<14} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.1} {:>7} {:>6}{tail}",
         load.per_second(),
         load.mean_ms(),
         percentile_ms(&load.latencies, 0.50),
         percentile_ms(&load.latencies, 0.99),
         percentile_ms(&load.latencies, 1.0),
+        load.slow(),
         load.errors,
     );
 }
@@ -413,8 +419,8 @@ async fn hot_path(args: &Args) -> Res<()> {
     );
     println!();
     println!(
-        "   {:>7}  {:<14} {:>9} {:>7} {:>7} {:>7} {:>7} {:>6}   token/health",
-        "streams", "call", "calls/s", "mean ms", "p50 ms", "p99 ms", "max ms", "errors"
+        "   {:>7}  {:<14} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}   token/health",
+        "streams", "call", "calls/s", "mean ms", "p50 ms", "p99 ms", "max ms", ">=35ms", "errors"
     );
     let stats_before = app.issuance_stats();
     let metrics_before = app.metrics_text();

@@ -626,10 +626,30 @@ async fn health_follows_the_database_down_and_back() {
     let mut client = b.credentials().await;
     import(&mut client, &fake, "after-outage", t0_secs() + 3600).await;
 
-    // Shutdown: NOT_SERVING before the listener drains.
-    let probe = channel.clone();
+    // Shutdown: a health-checking client (Watch) hears NOT_SERVING, then its stream ends
+    // instead of holding the drain open.
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let started = Instant::now();
     b.stop().await;
-    assert_ne!(serving(&probe, "").await, ServingStatus::Serving);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an open Watch stream held the shutdown until the grace period ended"
+    );
+    let last = watch.message().await;
+    assert!(
+        matches!(&last, Ok(Some(r)) if r.status() == ServingStatus::NotServing),
+        "{last:?}"
+    );
     drop(proxy);
     db.drop_database().await;
 }

@@ -14,7 +14,12 @@ fn aad(credential_id: &str) -> Vec<u8> {
 }
 
 fn context(c: &Credential) -> EncryptionContext {
-    EncryptionContext::for_credential(&c.workspace_id, c.id.as_str(), PURPOSE)
+    token_context(&c.workspace_id, c.id.as_str())
+}
+
+/// The KMS encryption context of a credential's token bundle (also used by key rotation).
+pub fn token_context(workspace_id: &str, credential_id: &str) -> EncryptionContext {
+    EncryptionContext::for_credential(workspace_id, credential_id, PURPOSE)
 }
 
 fn wrapped_dek(s: &SealedColumns) -> Result<WrappedDek, BrokerError> {

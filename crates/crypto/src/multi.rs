@@ -12,8 +12,9 @@ use crate::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, Wrappe
 ///
 /// Unwrapping tries the providers in order and moves on only when one answers
 /// [`CryptoError::UnknownKey`], which every provider returns, without any I/O, for a DEK whose
-/// recorded key is not one of its own. Any other error (wrong context, tampering, KMS down) is
-/// final, so a DEK is never "tried" against a KMS it does not belong to.
+/// recorded key is not one of its own, or [`CryptoError::Unavailable`] (a KMS that is down must
+/// not stop a local key from opening its own DEKs; the KMS error is returned if nothing else
+/// opens it). Any other error (wrong context, tampering, access denied) is final.
 pub struct MultiKeyProvider {
     current: Arc<dyn KeyProvider>,
     decrypt_only: Vec<Arc<dyn KeyProvider>>,
@@ -52,16 +53,20 @@ impl MultiKeyProvider {
         wrapped: &WrappedDek,
         ctx: &EncryptionContext,
     ) -> Result<DataKey, CryptoError> {
+        let mut unavailable = None;
         for provider in providers {
             match provider.unwrap_data_key(wrapped, ctx).await {
                 Err(CryptoError::UnknownKey { .. }) => {}
+                Err(e @ CryptoError::Unavailable(_)) => {
+                    unavailable.get_or_insert(e);
+                }
                 other => return other,
             }
         }
-        Err(CryptoError::UnknownKey {
+        Err(unavailable.unwrap_or_else(|| CryptoError::UnknownKey {
             key_id: wrapped.key.key_id.clone(),
             version: wrapped.key.version,
-        })
+        }))
     }
 }
 
@@ -188,6 +193,45 @@ mod tests {
             Err(CryptoError::Decrypt)
         ));
         assert_eq!(old.unwraps(), before);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_current_provider_does_not_stop_the_old_key() {
+        use crate::{ConnectFn, DeferredKeyProvider};
+        let dir = tempfile::tempdir().unwrap();
+        let old = Arc::new(local(&dir, "old.json"));
+        let c = ctx("c1");
+        let (dek, old_wrapped) = old.generate_data_key(&c).await.unwrap();
+        let down: ConnectFn =
+            Box::new(|| Box::pin(async { Err(CryptoError::Unavailable("kms down".into())) }));
+        let kms = DeferredKeyProvider::new(
+            "aws-kms",
+            KeyRef {
+                key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+                version: 0,
+            },
+            down,
+            std::time::Duration::ZERO,
+            None,
+        );
+        let multi = MultiKeyProvider::new(Arc::new(kms), vec![old.clone()]);
+        assert_eq!(
+            multi
+                .unwrap_data_key(&old_wrapped, &c)
+                .await
+                .unwrap()
+                .expose(),
+            dek.expose()
+        );
+        // A DEK nobody else knows reports the outage, not "unknown key".
+        let (_, foreign) = local(&dir, "stranger.json")
+            .generate_data_key(&c)
+            .await
+            .unwrap();
+        assert!(matches!(
+            multi.unwrap_data_key(&foreign, &c).await,
+            Err(CryptoError::Unavailable(_))
+        ));
     }
 
     #[tokio::test]

@@ -398,7 +398,7 @@ impl Application {
             task.abort();
         }
         // Probes and health-checking clients see NOT_SERVING before the listener drains.
-        crate::health::set_stopping(&self.health).await;
+        crate::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

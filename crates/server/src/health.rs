@@ -37,12 +37,17 @@ pub async fn set_ready(reporter: &HealthReporter, serving: bool) {
     }
 }
 
-/// Turns every name NOT_SERVING (shutdown: load balancers stop sending new calls).
-pub async fn set_stopping(reporter: &HealthReporter) {
+/// Shutdown: turns every name NOT_SERVING (load balancers and health-checking clients stop
+/// sending new calls), then forgets them, which ends open `Watch` streams after they delivered
+/// NOT_SERVING (an endless stream would otherwise hold the drain until the grace period ends).
+pub async fn set_stopping(reporter: &mut HealthReporter) {
     set_ready(reporter, false).await;
     reporter
         .set_service_status(LIVENESS, ServingStatus::NotServing)
         .await;
+    for name in READINESS.into_iter().chain([LIVENESS]) {
+        reporter.clear_service_status(name).await;
+    }
 }
 
 /// What the monitor checks.

@@ -14,9 +14,7 @@
 use crate::app::{self, StartupError};
 use crate::config::{Config, EnvSource, KeyProviderKind};
 use crate::keys::{self, KeyOptions, key_label};
-use cb_crypto::{
-    CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef, LocalKeyProvider, WrappedDek,
-};
+use cb_crypto::{CryptoError, Envelope, KeyProvider, KeyRef, LocalKeyProvider, WrappedDek};
 use cb_store::{Store, StoreError, WrappedDekRow};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,10 +22,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::task::JoinSet;
-
-/// The purpose in a credential DEK's encryption context; must equal the one
-/// `cb_broker::sealing` seals with (the e2e rotation tests read rotated rows through the broker).
-const TOKENS_PURPOSE: &str = "tokens";
 
 /// How a rotation runs.
 #[derive(Clone, Debug)]
@@ -308,11 +302,7 @@ async fn rewrap_one(
 ) -> (WrappedDekRow, Result<RowOutcome, RowError>) {
     let result = async {
         let old = wrapped_dek(&row).map_err(RowError::Key)?;
-        let ctx = EncryptionContext::for_credential(
-            &row.workspace_id,
-            &row.credential_id,
-            TOKENS_PURPOSE,
-        );
+        let ctx = cb_broker::sealing::token_context(&row.workspace_id, &row.credential_id);
         let new = envelope.rewrap(&old, &ctx).await.map_err(RowError::Key)?;
         let swapped = store
             .rewrap_dek(
