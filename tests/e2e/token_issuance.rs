@@ -670,3 +670,56 @@ label_pointer = "/email"
 "#
     )
 }
+
+/// A flight whose callers all went away before the provider was called is abandoned: it never
+/// calls the provider. (A refresh already sent always completes and is stored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_nobody_waits_for_is_abandoned_before_the_provider_call() {
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, None).await;
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", t0_secs() - 10).await;
+
+    // A takes the lease and waits on a slow provider that will fail.
+    fake.configure(|f| {
+        f.token_delay = Duration::from_millis(1500);
+        f.token_failure = Some(TokenFailure::ServerError);
+    });
+    let slow = {
+        let (mut ca, id) = (ca.clone(), id.clone());
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    while fake.refresh_calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B's caller gives up after 200 ms while B waits for A's lease.
+    let mut req = as_actor(
+        pb::GetAccessTokenRequest {
+            credential_id: id.clone(),
+            ..Default::default()
+        },
+        ALICE.0,
+        ALICE.1,
+    );
+    req.set_timeout(Duration::from_millis(200));
+    assert!(cb.get_access_token(req).await.is_err());
+    let attempts_by_a = {
+        let _ = slow.await;
+        fake.refresh_calls()
+    };
+    fake.configure(|f| {
+        f.token_delay = Duration::ZERO;
+        f.token_failure = None;
+    });
+    // A released the lease without new tokens; B's flight sees nobody waiting and stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.refresh_calls(),
+        attempts_by_a,
+        "B's abandoned flight never called the provider"
+    );
+}

@@ -206,6 +206,15 @@ fn needs_reconnect(c: &Credential, why: &str) -> BrokerError {
     }
 }
 
+/// The result of a flight nobody waits for any more (never seen by a caller).
+fn abandoned() -> BrokerError {
+    BrokerError::Unavailable {
+        reason: reason::PROVIDER_UNAVAILABLE,
+        message: "the refresh was abandoned: every caller went away before it started".into(),
+        retry_after: None,
+    }
+}
+
 fn check_usable(c: &Credential) -> Result<(), BrokerError> {
     match &c.status {
         Status::Active => Ok(()),
@@ -430,7 +439,9 @@ impl TokenService {
                     // The leader's spans belong to the request that started the flight.
                     tokio::spawn(
                         async move {
-                            let result = this.resolve(&id, min_valid, force).await;
+                            // Someone still waits if a receiver besides the map's own exists.
+                            let wanted = || tx.receiver_count() > 1;
+                            let result = this.resolve(&id, min_valid, force, &wanted).await;
                             if let Ok(e) = &result {
                                 this.cache.put(&id, e.clone());
                             }
@@ -453,11 +464,16 @@ impl TokenService {
     }
 
     /// Loads the credential and refreshes it if needed, through the lease.
+    /// `wanted` says whether anyone still waits for the result: a flight whose callers all went
+    /// away (cancelled or past their deadline) is abandoned before it calls the provider. Once a
+    /// refresh request is sent it always completes and is stored — a provider that rotated the
+    /// refresh token must have its answer kept.
     async fn resolve(
         &self,
         id: &str,
         min_valid: Duration,
         force: bool,
+        wanted: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Arc<Entry>, BrokerError> {
         let give_up = Instant::now() + self.config.lease_duration * 2 + Duration::from_secs(5);
         loop {
@@ -479,13 +495,18 @@ impl TokenService {
             if bundle.refresh_token.is_none() {
                 return self.without_refresh_token(c, bundle, now).await;
             }
+            if !wanted() {
+                return Err(abandoned());
+            }
             let until = now.plus(self.config.lease_duration);
             if let Some(leased) = self
                 .store
                 .acquire_refresh_lease(id, &self.holder, now.as_millis(), until.as_millis())
                 .await?
             {
-                return self.refresh_under_lease(leased, min_valid, force).await;
+                return self
+                    .refresh_under_lease(leased, min_valid, force, wanted)
+                    .await;
             }
             // Another replica holds the lease: wait for its write (or for the lease to expire).
             self.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
@@ -545,6 +566,7 @@ impl TokenService {
         row: cb_store::CredentialRow,
         min_valid: Duration,
         force: bool,
+        wanted: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Arc<Entry>, BrokerError> {
         let fence = row.lease.fence;
         let mut c = Credential::from_row(row)?;
@@ -561,6 +583,10 @@ impl TokenService {
                 return self.entry(&c, &bundle).await;
             }
             let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
+            if !wanted() {
+                self.store.release_refresh_lease(&id, fence).await?;
+                return Err(abandoned());
+            }
             match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
                 Ok(granted) => {
                     let fresh = merge(&bundle, granted.clone(), now);

@@ -3,8 +3,9 @@
 use super::{caller, respond};
 use crate::convert;
 use cb_broker::BrokerError;
+use cb_broker::access::Role;
 use cb_broker::members::{Member, MemberState, MembershipService};
-use cb_broker::types::{Email, Violations};
+use cb_broker::types::{CredentialId, Email, Violations};
 use cb_proto::v1 as pb;
 use cb_proto::v1::membership_service_server::MembershipService as Rpc;
 use std::sync::Arc;
@@ -38,8 +39,26 @@ fn member(m: &Member) -> pb::Member {
     }
 }
 
-fn email(v: &mut Violations, raw: &str) -> Option<Email> {
-    v.check(Email::parse("email", raw))
+/// Parses the (credential id, email[, role]) every member-changing request names, reporting
+/// every bad field at once.
+fn target(
+    credential_id: &str,
+    email: &str,
+    role: Option<i32>,
+) -> Result<(CredentialId, Email, Option<Role>), BrokerError> {
+    let mut v = Violations::default();
+    let id = v.check(CredentialId::parse("credential_id", credential_id));
+    let email = v.check(Email::parse("email", email));
+    let role = role.and_then(|r| v.check(convert::parse_role("role", r)));
+    v.finish()?;
+    match (id, email) {
+        (Some(id), Some(email)) => Ok((id, email, role)),
+        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
+    }
+}
+
+fn required(role: Option<Role>) -> Result<Role, BrokerError> {
+    role.ok_or_else(|| BrokerError::Internal("request parse inconsistency".into()))
 }
 
 #[tonic::async_trait]
@@ -66,17 +85,8 @@ impl Rpc for MembershipApi {
         let caller = caller(&req)?;
         let result = async {
             let r = req.get_ref();
-            let mut v = Violations::default();
-            let id = v.check(cb_broker::types::CredentialId::parse(
-                "credential_id",
-                &r.credential_id,
-            ));
-            let email = email(&mut v, &r.email);
-            let role = v.check(convert::parse_role("role", r.role));
-            v.finish()?;
-            let (Some(id), Some(email), Some(role)) = (id, email, role) else {
-                return Err(BrokerError::Internal("request parse inconsistency".into()));
-            };
+            let (id, email, role) = target(&r.credential_id, &r.email, Some(r.role))?;
+            let role = required(role)?;
             self.service.add(&caller, &id, email, role).await
         }
         .await;
@@ -92,17 +102,8 @@ impl Rpc for MembershipApi {
         let caller = caller(&req)?;
         let result = async {
             let r = req.get_ref();
-            let mut v = Violations::default();
-            let id = v.check(cb_broker::types::CredentialId::parse(
-                "credential_id",
-                &r.credential_id,
-            ));
-            let email = email(&mut v, &r.email);
-            let role = v.check(convert::parse_role("role", r.role));
-            v.finish()?;
-            let (Some(id), Some(email), Some(role)) = (id, email, role) else {
-                return Err(BrokerError::Internal("request parse inconsistency".into()));
-            };
+            let (id, email, role) = target(&r.credential_id, &r.email, Some(r.role))?;
+            let role = required(role)?;
             self.service.update_role(&caller, &id, email, role).await
         }
         .await;
@@ -118,16 +119,7 @@ impl Rpc for MembershipApi {
         let caller = caller(&req)?;
         let result = async {
             let r = req.get_ref();
-            let mut v = Violations::default();
-            let id = v.check(cb_broker::types::CredentialId::parse(
-                "credential_id",
-                &r.credential_id,
-            ));
-            let email = email(&mut v, &r.email);
-            v.finish()?;
-            let (Some(id), Some(email)) = (id, email) else {
-                return Err(BrokerError::Internal("request parse inconsistency".into()));
-            };
+            let (id, email, _) = target(&r.credential_id, &r.email, None)?;
             self.service.remove(&caller, &id, email).await
         }
         .await;
