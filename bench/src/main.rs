@@ -2,7 +2,8 @@
 //!
 //! 1. Hot path: GetAccessToken of a cached, valid token against the same server's
 //!    `grpc.health.v1.Health/Check` as the baseline, at several concurrency levels.
-//! 2. Database and KMS calls per hot-path request, from `Application::issuance_stats()`.
+//! 2. Database and KMS calls per hot-path request, from `Application::issuance_stats()` and the
+//!    DEK cache counters in `Application::metrics_text()`.
 //! 3. Refresh storm: N expired credentials × M callers × R replicas → provider refresh calls.
 //!
 //! Server(s) and client run in this one process on the same tokio runtime (one worker thread per
@@ -781,6 +782,14 @@ async fn storm_on(
         "   wall time until all answered    {:>8.1} ms",
         wall.as_secs_f64() * 1e3
     );
+    if let Some((first, latest)) = provider.arrivals() {
+        let after = |t: Instant| t.saturating_duration_since(start).as_secs_f64() * 1e3;
+        println!(
+            "   provider calls arrived          {:>8.1} ms .. {:.1} ms after the release",
+            after(first),
+            after(latest)
+        );
+    }
     println!(
         "   per-call latency                p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile_ms(&latencies, 0.50),

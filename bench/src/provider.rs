@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// The client registration the broker is configured with.
@@ -41,6 +41,8 @@ struct Shared {
 #[derive(Default)]
 struct Tokens {
     seq: u64,
+    /// When the first and the latest token request arrived.
+    arrivals: Option<(Instant, Instant)>,
     /// Live refresh token → grant number.
     live: HashMap<String, u64>,
     /// Refresh tokens replaced by a rotation.
@@ -106,6 +108,11 @@ impl Provider {
         self.shared.reuse_detections.load(Ordering::Relaxed)
     }
 
+    /// When the first and the latest token request arrived, if any did.
+    pub fn arrivals(&self) -> Option<(Instant, Instant)> {
+        lock(&self.shared.tokens).arrivals
+    }
+
     /// Requests answered with an error.
     pub fn rejected(&self) -> u64 {
         self.shared.rejected.load(Ordering::Relaxed)
@@ -127,6 +134,11 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return answer(StatusCode::NOT_FOUND, &json!({"error": "not_found"}));
     }
     s.refresh_calls.fetch_add(1, Ordering::Relaxed);
+    {
+        let now = Instant::now();
+        let mut t = lock(&s.tokens);
+        t.arrivals = Some(t.arrivals.map_or((now, now), |(first, _)| (first, now)));
+    }
     let basic = req
         .headers()
         .get(AUTHORIZATION)

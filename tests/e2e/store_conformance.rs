@@ -58,6 +58,7 @@ store_suite!(
     members_upsert_get_list_delete,
     member_of_unknown_credential_is_not_found,
     audit_append_returns_increasing_ids,
+    audit_batch_appends_every_event_in_order,
     audit_query_filters_each_column,
     audit_paging_walks_newest_first_once,
     audit_prune_deletes_only_older_events,
@@ -1089,6 +1090,28 @@ fn expected_audit(events: &[(i64, NewAuditEvent)], q: &AuditQuery) -> Vec<i64> {
     ids.sort_unstable_by(|a, b| b.cmp(a));
     ids.truncate(q.limit as usize);
     ids
+}
+
+async fn audit_batch_appends_every_event_in_order(store: Arc<dyn Store>) {
+    let events: Vec<NewAuditEvent> = (0..250)
+        .map(|n| NewAuditEvent {
+            at: 1_700_000_000_000 + n,
+            service: "executor".to_owned(),
+            actor: Some(format!("user-{n}")),
+            action: "token.issue".to_owned(),
+            credential_id: Some("c1".to_owned()),
+            outcome: "ok".to_owned(),
+            detail: None,
+        })
+        .collect();
+    store.append_audit_batch(&events).await.expect("batch");
+    store.append_audit_batch(&[]).await.expect("empty batch");
+    let rows = store.list_audit(&audit_query(1000)).await.expect("list");
+    assert_eq!(rows.len(), events.len());
+    // Newest first, so reversed they follow the batch order.
+    for (row, e) in rows.iter().rev().zip(&events) {
+        assert_eq!((row.at, row.actor.as_deref()), (e.at, e.actor.as_deref()));
+    }
 }
 
 async fn audit_query_filters_each_column(store: Arc<dyn Store>) {

@@ -30,10 +30,13 @@ pub struct Audit {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     buffer: Option<tokio::sync::mpsc::Sender<NewAuditEvent>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Events the buffer holds before `record_later` starts dropping (and logging) them.
 const BUFFER: usize = 10_000;
+/// Events written per transaction by the buffered writer.
+const BATCH: usize = 1_000;
 
 impl Audit {
     /// An audit writer on `store`. Inside a tokio runtime it also starts the writer task behind
@@ -43,10 +46,14 @@ impl Audit {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<NewAuditEvent>(BUFFER);
             let store = store.clone();
             rt.spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    if let Err(err) = store.append_audit(&e).await {
-                        tracing::error!(action = %e.action, error = %err, "audit event could not be written");
+                // Write whatever has queued up in one transaction: one commit per batch keeps
+                // up with token issuance at full speed.
+                let mut batch = Vec::with_capacity(BATCH);
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    if let Err(err) = store.append_audit_batch(&batch).await {
+                        tracing::error!(events = batch.len(), error = %err, "audit events could not be written");
                     }
+                    batch.clear();
                 }
             });
             tx
@@ -55,6 +62,7 @@ impl Audit {
             store,
             clock,
             buffer,
+            dropped: Arc::default(),
         }
     }
 
@@ -91,7 +99,18 @@ impl Audit {
         match &self.buffer {
             Some(tx) => {
                 if tx.try_send(event).is_err() {
-                    tracing::error!(action, "audit buffer full: event dropped");
+                    let n = self
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    // One line per power of two: a flood of drops does not flood the log.
+                    if n.is_power_of_two() {
+                        tracing::error!(
+                            action,
+                            dropped_total = n,
+                            "audit buffer full: events dropped"
+                        );
+                    }
                 }
             }
             None => tracing::error!(action, "audit buffer not running: event dropped"),

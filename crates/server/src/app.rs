@@ -350,7 +350,17 @@ impl Application {
                 MembershipServiceServer::new(MembershipApi::new(members))
                     .max_decoding_message_size(max_request),
             );
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // tonic's tcp_nodelay does not apply to an incoming stream: set it on each socket, or
+        // Nagle's algorithm adds ~40 ms stalls to small unary replies.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(sock) = &s {
+                    let _ = sock.set_nodelay(true);
+                }
+                s
+            },
+        );
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = rx.await;
         }));

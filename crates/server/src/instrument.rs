@@ -219,6 +219,15 @@ impl Store for TracedStore {
         .await
     }
 
+    async fn append_audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        self.traced(
+            "append_audit_batch",
+            None,
+            self.inner.append_audit_batch(events),
+        )
+        .await
+    }
+
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
         self.traced("list_audit", None, self.inner.list_audit(q))
             .await

@@ -132,6 +132,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an audit event and returns its id (increasing).
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError>;
 
+    /// Appends several audit events in one transaction (the buffered audit writer).
+    async fn append_audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError>;
+
     /// Reads audit events matching every filter set in `q`, newest first (id descending),
     /// at most `q.limit`. Page with `before_id` = the last id of the previous page.
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError>;

@@ -337,6 +337,18 @@ impl Store for PgStore {
             .map_err(|e| BACKEND.map(e))
     }
 
+    async fn append_audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        let map = |e| BACKEND.map(e);
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        for e in events {
+            sql::bind_audit!(sqlx::query_scalar::<Postgres, i64>(sql::APPEND_AUDIT), e)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map)?;
+        }
+        tx.commit().await.map_err(map)
+    }
+
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
         let text = sql::list_audit_sql(q);
         sql::bind_audit_query!(sqlx::query_as::<Postgres, AuditRow>(AssertSqlSafe(text)), q)
