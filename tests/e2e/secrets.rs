@@ -196,7 +196,7 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     said.extend(disc.encode_to_vec());
     let err = c.get_access_token(actor(get_token(60))).await.unwrap_err();
     record_err(&mut said, &err);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // buffered audit events land
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await; // buffered audit events land
     let audit = c
         .list_audit_events(pb::ListAuditEventsRequest {
             page_size: 1000,

@@ -723,3 +723,52 @@ async fn a_refresh_nobody_waits_for_is_abandoned_before_the_provider_call() {
         "B's abandoned flight never called the provider"
     );
 }
+
+/// Every issued token is audited; identical issuances close together share one row that counts them.
+#[tokio::test]
+async fn every_issued_token_is_counted_in_the_audit_log() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 3600).await;
+    for _ in 0..20 {
+        token(&mut client, &id).await.unwrap();
+    }
+    let mut other = as_actor(
+        pb::GetAccessTokenRequest {
+            credential_id: id.clone(),
+            workflow_id: "wf-2".into(),
+            ..Default::default()
+        },
+        ALICE.0,
+        ALICE.1,
+    );
+    other.set_timeout(Duration::from_secs(5));
+    client.get_access_token(other).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let events = client
+        .list_audit_events(pb::ListAuditEventsRequest {
+            credential_id: id,
+            action: "token.issue".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let count = |e: &pb::AuditEvent| {
+        e.detail
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("count="))
+            .map_or(1, |n| n.parse::<u64>().unwrap())
+    };
+    let total: u64 = events.iter().map(count).sum();
+    assert_eq!(total, 21, "{events:?}");
+    assert!(events.iter().any(|e| e.detail.contains("workflow=wf-2")));
+    assert!(events.len() < 21, "identical issuances share rows");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.outcome == "ok" && e.actor == ALICE.0)
+    );
+}

@@ -8,7 +8,9 @@ use crate::error::reason;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_store::{AuditQuery, AuditRow, NewAuditEvent, Store};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How an audited action ended: `ok` or the error's stable reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,41 +31,63 @@ impl Outcome {
 pub struct Audit {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    buffer: Option<tokio::sync::mpsc::Sender<NewAuditEvent>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    pending: Arc<Mutex<HashMap<Key, Tally>>>,
+    dropped: Arc<AtomicU64>,
 }
 
-/// Events the buffer holds before `record_later` starts dropping (and logging) them.
-const BUFFER: usize = 10_000;
-/// Events written per transaction by the buffered writer.
-const BATCH: usize = 1_000;
+/// Identical events recorded with [`Audit::record_later`] between two flushes become one row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    service: String,
+    actor: Option<String>,
+    action: String,
+    credential_id: Option<String>,
+    outcome: String,
+    detail: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tally {
+    first: i64,
+    last: i64,
+    count: u64,
+}
+
+/// Distinct pending events kept before `record_later` starts dropping (and counting) them.
+const MAX_PENDING: usize = 100_000;
+/// How often buffered events are written.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Audit {
-    /// An audit writer on `store`. Inside a tokio runtime it also starts the writer task behind
-    /// [`Audit::record_later`].
+    /// An audit writer on `store`. Inside a tokio runtime it also starts the task that writes
+    /// what [`Audit::record_later`] buffers, every 250 ms, in one transaction.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        let buffer = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<NewAuditEvent>(BUFFER);
-            let store = store.clone();
-            rt.spawn(async move {
-                // Write whatever has queued up in one transaction: one commit per batch keeps
-                // up with token issuance at full speed.
-                let mut batch = Vec::with_capacity(BATCH);
-                while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    if let Err(err) = store.append_audit_batch(&batch).await {
-                        tracing::error!(events = batch.len(), error = %err, "audit events could not be written");
-                    }
-                    batch.clear();
-                }
-            });
-            tx
-        });
-        Self {
+        let audit = Self {
             store,
             clock,
-            buffer,
+            pending: Arc::default(),
             dropped: Arc::default(),
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // The task holds only a weak reference: it ends when the last `Audit` is dropped.
+            let weak = Arc::downgrade(&audit.pending);
+            let store = audit.store.clone();
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(FLUSH_EVERY).await;
+                    let Some(pending) = weak.upgrade() else {
+                        return;
+                    };
+                    write_pending(store.as_ref(), &pending).await;
+                }
+            });
         }
+        audit
+    }
+
+    /// Writes everything buffered now (shutdown, tests).
+    pub async fn flush(&self) {
+        write_pending(self.store.as_ref(), &self.pending).await;
     }
 
     fn event(
@@ -85,8 +109,10 @@ impl Audit {
         }
     }
 
-    /// Records one event without waiting for the database (hot paths). The event is written by
-    /// a background task within moments; if the buffer is full it is dropped and logged.
+    /// Records one event without waiting for the database (hot paths): it is written by a
+    /// background task within 250 ms. Identical events in that window (same service, actor,
+    /// action, credential, outcome and detail) become one row whose detail carries
+    /// `count=N last_at=<ms>`, so every occurrence is accounted for at any request rate.
     pub fn record_later(
         &self,
         caller: &Caller,
@@ -95,25 +121,47 @@ impl Audit {
         outcome: Outcome,
         detail: Option<String>,
     ) {
-        let event = self.event(caller, action, credential_id, outcome, detail);
-        match &self.buffer {
-            Some(tx) => {
-                if tx.try_send(event).is_err() {
-                    let n = self
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
-                    // One line per power of two: a flood of drops does not flood the log.
-                    if n.is_power_of_two() {
-                        tracing::error!(
-                            action,
-                            dropped_total = n,
-                            "audit buffer full: events dropped"
-                        );
-                    }
+        let at = self.clock.now().as_millis();
+        let key = Key {
+            service: caller.service.clone(),
+            actor: caller.actor_label(),
+            action: action.to_owned(),
+            credential_id: credential_id.map(str::to_owned),
+            outcome: outcome.0,
+            detail,
+        };
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = pending.len() >= MAX_PENDING;
+        match pending.get_mut(&key) {
+            Some(t) => {
+                t.count += 1;
+                t.last = t.last.max(at);
+            }
+            None if !full => {
+                pending.insert(
+                    key,
+                    Tally {
+                        first: at,
+                        last: at,
+                        count: 1,
+                    },
+                );
+            }
+            None => {
+                drop(pending);
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per power of two: a flood of drops does not flood the log.
+                if n.is_power_of_two() {
+                    tracing::error!(
+                        action,
+                        dropped_total = n,
+                        "audit buffer full: events dropped"
+                    );
                 }
             }
-            None => tracing::error!(action, "audit buffer not running: event dropped"),
         }
     }
 
@@ -212,4 +260,40 @@ fn decode_token(t: &str) -> Result<i64, BrokerError> {
     s.strip_prefix("a1:")
         .and_then(|n| n.parse().ok())
         .ok_or_else(bad)
+}
+
+/// Writes the buffered events in one transaction; on failure they are logged as lost.
+async fn write_pending(store: &dyn Store, pending: &Mutex<HashMap<Key, Tally>>) {
+    let taken = std::mem::take(
+        &mut *pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if taken.is_empty() {
+        return;
+    }
+    let mut events: Vec<NewAuditEvent> = taken
+        .into_iter()
+        .map(|(k, t)| NewAuditEvent {
+            at: t.first,
+            service: k.service,
+            actor: k.actor,
+            action: k.action,
+            credential_id: k.credential_id,
+            outcome: k.outcome,
+            detail: if t.count > 1 {
+                let tally = format!("count={} last_at={}", t.count, t.last);
+                Some(
+                    k.detail
+                        .map_or_else(|| tally.clone(), |d| format!("{d} {tally}")),
+                )
+            } else {
+                k.detail
+            },
+        })
+        .collect();
+    events.sort_by_key(|e| e.at);
+    if let Err(err) = store.append_audit_batch(&events).await {
+        tracing::error!(events = events.len(), error = %err, "audit events could not be written");
+    }
 }

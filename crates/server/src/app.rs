@@ -127,6 +127,7 @@ pub struct Application {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     tokens: Arc<TokenService>,
+    audit: Audit,
     health: tonic_health::server::HealthReporter,
     metrics: Arc<crate::metrics::Metrics>,
     metrics_addr: Option<SocketAddr>,
@@ -213,6 +214,7 @@ impl Application {
         );
         let clock = options.clock;
         let audit = Audit::new(store.clone(), clock.clone());
+        let audit_for_shutdown = audit.clone();
         let cache = Arc::new(TokenCache::default());
         let issuance_config = IssuanceConfig {
             default_min_valid: Duration::from_secs(config.tokens.default_min_valid_seconds),
@@ -371,6 +373,7 @@ impl Application {
             server,
             background,
             tokens,
+            audit: audit_for_shutdown,
             health,
             metrics,
             metrics_addr,
@@ -410,6 +413,7 @@ impl Application {
         // Probes and health-checking clients see NOT_SERVING before the listener drains.
         crate::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
+        self.audit.flush().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
