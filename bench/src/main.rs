@@ -334,12 +334,15 @@ async fn run_load(streams: &[Stream], target: Target, duration: Duration) -> Res
     Ok(load)
 }
 
-/// `token.issue` audit rows in the SQLite file, or `None` when they cannot be counted.
+/// Token issuances recorded in the audit log of the SQLite file (a row may count several:
+/// `count=N` in its detail), or `None` when they cannot be counted.
 async fn audit_rows(db: &Path) -> Option<i64> {
     let url = format!("sqlite://{}?mode=ro", db.display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.ok()?;
     let n = sqlx::query_scalar::<_, i64>(
-        "SELECT COUNT(*) FROM audit_events WHERE action = 'token.issue'",
+        "SELECT COALESCE(SUM(CASE WHEN instr(detail, 'count=') > 0 \
+         THEN CAST(substr(detail, instr(detail, 'count=') + 6) AS INTEGER) ELSE 1 END), 0) \
+         FROM audit_events WHERE action = 'token.issue'",
     )
     .fetch_one(&mut conn)
     .await
@@ -521,7 +524,7 @@ async fn hot_path(args: &Args) -> Res<()> {
     if let (Some(before), Some(after)) = (audit_before, audit_after) {
         let written = u64::try_from(after - before).unwrap_or(0);
         println!(
-            "   off the request path: audit rows `token.issue` written {written} of {token_requests} requests ({} dropped: audit buffer full)",
+            "   off the request path: `token.issue` issuances audited {written} of {token_requests} requests ({} dropped: audit buffer full)",
             token_requests.saturating_sub(written)
         );
     }
