@@ -695,3 +695,48 @@ async fn no_token_plaintext_in_postgres_rows() {
     pool.close().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn without_an_update_mask_the_populated_fields_are_updated() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+    let renamed = client
+        .update_credential(as_actor(
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
+                    credential_id: id.clone(),
+                    display_name: "Renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    assert_eq!(renamed.display_name, "Renamed");
+    assert_eq!(
+        renamed.description, "imported for tests",
+        "unpopulated fields stay"
+    );
+    let err = client
+        .update_credential(as_actor(
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
+                    credential_id: id,
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}

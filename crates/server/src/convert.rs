@@ -320,7 +320,18 @@ impl TryFrom<pb::UpdateCredentialRequest> for Updatable {
             "credential.credential_id",
             &c.credential_id,
         ));
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        // AIP-134: without an update_mask, every populated updatable field is updated.
+        let paths = match r.update_mask {
+            Some(m) => m.paths,
+            None => [
+                ("display_name", &c.display_name),
+                ("description", &c.description),
+            ]
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(path, _)| path.to_owned())
+            .collect(),
+        };
         if paths.is_empty() {
             v.push(FieldViolation::new(
                 "update_mask",
