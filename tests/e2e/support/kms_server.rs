@@ -20,9 +20,9 @@ pub fn endpoint(test: &str) -> Option<String> {
             if env_is_set("CI") || env_is_set("CB_REQUIRE_SERVICES") {
                 panic!("TEST_KMS_ENDPOINT is required in CI: KMS tests must not be skipped");
             }
-            eprintln!(
-                "!!!!! SKIPPED (KMS): {test} — run scripts/kms-server.sh or set TEST_KMS_ENDPOINT !!!!!"
-            );
+            crate::support::skip_loudly(&format!(
+                "SKIPPED (KMS): {test} — run scripts/kms-server.sh or set TEST_KMS_ENDPOINT"
+            ));
             None
         }
     }

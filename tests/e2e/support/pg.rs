@@ -23,9 +23,9 @@ pub async fn fresh_database(label: &str) -> Option<TestPgDatabase> {
             if env_is_set("CI") || env_is_set("CB_REQUIRE_SERVICES") {
                 panic!("TEST_DATABASE_URL is required in CI: PostgreSQL tests must not be skipped");
             }
-            eprintln!(
-                "!!!!! SKIPPED (PostgreSQL): {label} — set TEST_DATABASE_URL to run it !!!!!"
-            );
+            crate::support::skip_loudly(&format!(
+                "SKIPPED (PostgreSQL): {label} — set TEST_DATABASE_URL to run it"
+            ));
             return None;
         }
     };
