@@ -879,7 +879,10 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         .expect("insert");
 
     let invited = member("c1", "carol@example.com", "MEMBER");
-    store.upsert_member(&invited).await.expect("upsert new");
+    store
+        .change_member(&MemberChange::Upsert(invited.clone()))
+        .await
+        .expect("upsert new");
     assert_eq!(
         store
             .get_member("c1", "carol@example.com")
@@ -905,7 +908,7 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         ..invited.clone()
     };
     store
-        .upsert_member(&accepted)
+        .change_member(&MemberChange::Upsert(accepted.clone()))
         .await
         .expect("upsert replace");
     assert_eq!(
@@ -917,7 +920,10 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
     );
 
     let bob = member("c1", "bob@example.com", "MEMBER");
-    store.upsert_member(&bob).await.expect("upsert bob");
+    store
+        .change_member(&MemberChange::Upsert(bob.clone()))
+        .await
+        .expect("upsert bob");
     let listed = store.list_members("c1").await.expect("list");
     assert_eq!(
         listed,
@@ -929,24 +935,31 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
     );
     assert!(store.list_members("c2").await.expect("list").is_empty());
 
-    assert!(
+    store
+        .change_member(&MemberChange::Delete {
+            credential_id: "c1".to_owned(),
+            email: "bob@example.com".to_owned(),
+        })
+        .await
+        .expect("delete");
+    assert!(matches!(
         store
-            .delete_member("c1", "bob@example.com")
-            .await
-            .expect("delete")
-    );
-    assert!(
-        !store
-            .delete_member("c1", "bob@example.com")
-            .await
-            .expect("delete again")
-    );
-    assert!(
-        !store
-            .delete_member("c2", "carol@example.com")
-            .await
-            .expect("delete other")
-    );
+            .change_member(&MemberChange::Delete {
+                credential_id: "c1".to_owned(),
+                email: "bob@example.com".to_owned()
+            })
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .change_member(&MemberChange::Delete {
+                credential_id: "c2".to_owned(),
+                email: "carol@example.com".to_owned()
+            })
+            .await,
+        Err(StoreError::NotFound)
+    ));
     assert_eq!(
         store
             .get_member("c1", "bob@example.com")
@@ -961,14 +974,17 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         ..member("c1", "dave@example.com", "MEMBER")
     };
     assert!(matches!(
-        store.upsert_member(&bad_role).await,
+        store.change_member(&MemberChange::Upsert(bad_role)).await,
         Err(StoreError::Database(_))
     ));
 }
 
 async fn member_of_unknown_credential_is_not_found(store: Arc<dyn Store>) {
     let orphan = member("ghost", "a@example.com", "ADMIN");
-    let err = store.upsert_member(&orphan).await.expect_err("orphan");
+    let err = store
+        .change_member(&MemberChange::Upsert(orphan))
+        .await
+        .expect_err("orphan");
     assert!(matches!(err, StoreError::NotFound), "got {err:?}");
     assert!(store.list_members("ghost").await.expect("list").is_empty());
 }

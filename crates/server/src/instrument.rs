@@ -183,24 +183,6 @@ impl Store for TracedStore {
         .await
     }
 
-    async fn upsert_member(&self, m: &MemberRow) -> Result<(), StoreError> {
-        self.traced(
-            "upsert_member",
-            Some(&m.credential_id),
-            self.inner.upsert_member(m),
-        )
-        .await
-    }
-
-    async fn delete_member(&self, credential_id: &str, email: &str) -> Result<bool, StoreError> {
-        self.traced(
-            "delete_member",
-            Some(credential_id),
-            self.inner.delete_member(credential_id, email),
-        )
-        .await
-    }
-
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
         self.traced(
             "change_member",

@@ -107,16 +107,6 @@ pub trait Store: Send + Sync + 'static {
         email: &str,
     ) -> Result<Option<MemberRow>, StoreError>;
 
-    /// Inserts or replaces (every column) the member (credential_id, email).
-    /// Unknown credential → [`StoreError::NotFound`].
-    ///
-    /// Raw write for tools and tests: no last-admin guard and no change notification. The
-    /// domain uses [`Store::change_member`].
-    async fn upsert_member(&self, m: &MemberRow) -> Result<(), StoreError>;
-
-    /// Removes a member; `false` when there was none. Raw write like [`Store::upsert_member`].
-    async fn delete_member(&self, credential_id: &str, email: &str) -> Result<bool, StoreError>;
-
     /// Applies one member change in a transaction serialized per credential (PostgreSQL: the
     /// credentials row is locked `FOR UPDATE` first; SQLite: `BEGIN IMMEDIATE`), and announces
     /// it as a change of the credential.

@@ -312,24 +312,6 @@ impl Store for PgStore {
             .map_err(|e| BACKEND.map(e))
     }
 
-    async fn upsert_member(&self, m: &MemberRow) -> Result<(), StoreError> {
-        sql::bind_member!(sqlx::query::<Postgres>(sql::UPSERT_MEMBER), m)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| BACKEND.map(e))?;
-        Ok(())
-    }
-
-    async fn delete_member(&self, credential_id: &str, email: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(sql::DELETE_MEMBER)
-            .bind(credential_id)
-            .bind(email)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| BACKEND.map(e))?;
-        Ok(done.rows_affected() > 0)
-    }
-
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError> {
         sql::bind_audit!(sqlx::query_scalar::<Postgres, i64>(sql::APPEND_AUDIT), e)
             .fetch_one(&self.pool)
