@@ -690,10 +690,16 @@ async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) 
         ..wanted.clone()
     };
     let stored = store.update_credential(&attempt, 1).await.expect("update");
+    let kept = original.sealed.clone().expect("sealed");
     let expected = CredentialRow {
         row_version: 2,
         // last_used_at never moves backwards: None keeps the stored use.
         last_used_at: original.last_used_at,
+        // The data key is the credential's for life: new ciphertext, same wrapped DEK.
+        sealed: Some(SealedColumns {
+            ciphertext: vec![9; 40],
+            ..kept
+        }),
         ..wanted
     };
     assert_eq!(stored, expected);
@@ -1448,26 +1454,28 @@ async fn rewrap_dek_swaps_only_the_data_key_while_unchanged(store: Arc<dyn Store
     );
     assert_eq!(must_get(&*store, "c1").await, expected);
 
-    // A writer that put another wrapping meanwhile wins; the rotation's swap does nothing.
-    let current = dek_row(&after);
-    let rewritten = CredentialRow {
-        sealed: Some(SealedColumns {
-            dek_wrapped: b"written-by-a-refresh".to_vec(),
-            ..after.sealed.clone().expect("sealed")
-        }),
-        ..after.clone()
+    // A writer that read the row before the re-wrap cannot put the old wrapping back: its
+    // update keeps the re-wrapped DEK (and changes the rest).
+    let stale_writer = CredentialRow {
+        display_name: "renamed from a stale read".to_owned(),
+        ..original.clone()
     };
     let stored = store
-        .update_credential(&rewritten, after.row_version)
+        .update_credential(&stale_writer, after.row_version)
         .await
         .expect("update");
-    assert!(
-        !store
-            .rewrap_dek(&current, b"late", "k3", 0)
-            .await
-            .expect("raced rewrap")
+    assert_eq!(stored.display_name, "renamed from a stale read");
+    assert_eq!(
+        stored.sealed, expected.sealed,
+        "the re-wrapped DEK survives"
     );
-    assert_eq!(must_get(&*store, "c1").await, stored);
+    assert!(
+        store
+            .dek_rows_not_on_key("k2", 0, None, 10)
+            .await
+            .expect("dek rows")
+            .is_empty()
+    );
 
     // A disconnected credential has no data key left to re-wrap.
     let live = dek_row(&stored);
@@ -1996,8 +2004,12 @@ async fn complete_refresh_keeps_a_concurrent_rename(store: Arc<dyn Store>) {
         .complete_refresh(&result, fence)
         .await
         .expect("complete");
+    // New ciphertext under the credential's own data key: the wrapping stays the stored one.
     let expected = CredentialRow {
-        sealed: result.sealed.clone(),
+        sealed: Some(SealedColumns {
+            ciphertext: result.sealed.clone().expect("sealed").ciphertext,
+            ..renamed.sealed.clone().expect("sealed")
+        }),
         has_refresh_token: result.has_refresh_token,
         access_expires_at: result.access_expires_at,
         refresh_token_expires_at: result.refresh_token_expires_at,

@@ -30,8 +30,8 @@ pub struct RotateOptions {
     pub batch_size: u32,
     /// Re-wraps in flight at once within a batch.
     pub concurrency: usize,
-    /// Passes over the table at most: a pass after the first catches rows that a concurrent
-    /// write put back on an old key (it read the row before it was re-wrapped).
+    /// Passes over the table at most: a pass after the first catches rows that changed while
+    /// being re-wrapped, and credentials a replica still on the old key created meanwhile.
     pub max_passes: u32,
 }
 

@@ -51,13 +51,23 @@ pub(crate) const FIND_CREDENTIAL_BY_ACCOUNT: &str = concat!(
 /// `last_used_at` only moves forward, NULL-safe (a NULL on either side keeps the other value):
 /// usage is flushed in the background without a version bump, and an edit built from an older
 /// read must not erase it.
+/// A credential keeps its data key for life, so writers re-seal under the same DEK: the
+/// wrapped-DEK columns are only set when the row has none, and cleared with the tokens. A
+/// writer that read the row before `rotate-keys` re-wrapped its DEK thus cannot put the old
+/// wrapping back.
 pub(crate) const UPDATE_CREDENTIAL: &str = concat!(
     "UPDATE credentials SET account_subject = $3, account_label = $4, display_name = $5, \
      description = $6, scopes = $7, status = $8, status_reason = $9, updated_at = $10, \
      last_used_at = CASE WHEN last_used_at IS NULL OR $11 > last_used_at THEN $11 \
      ELSE last_used_at END, last_refreshed_at = $12, access_expires_at = $13, \
      next_refresh_at = $14, refresh_token_expires_at = $15, sealed_tokens = $16, \
-     dek_wrapped = $17, dek_key_id = $18, dek_key_version = $19, has_refresh_token = $20, \
+     dek_wrapped = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $17 \
+     ELSE dek_wrapped END, \
+     dek_key_id = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $18 \
+     ELSE dek_key_id END, \
+     dek_key_version = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $19 \
+     ELSE dek_key_version END, \
+     has_refresh_token = $20, \
      lease_holder = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_holder END, \
      lease_expires_at = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_expires_at END, \
      row_version = row_version + 1 \
@@ -78,10 +88,17 @@ pub(crate) const ACQUIRE_REFRESH_LEASE: &str = concat!(
 );
 
 /// Writes a refresh result under the fencing token and releases the lease (fence unchanged).
-/// Only the columns a refresh owns are written, so a concurrent rename survives.
+/// Only the columns a refresh owns are written, so a concurrent rename survives. The wrapped
+/// DEK is kept when the row has one (see [`UPDATE_CREDENTIAL`]).
 pub(crate) const COMPLETE_REFRESH: &str = concat!(
-    "UPDATE credentials SET sealed_tokens = $3, dek_wrapped = $4, dek_key_id = $5, \
-     dek_key_version = $6, has_refresh_token = $7, access_expires_at = $8, \
+    "UPDATE credentials SET sealed_tokens = $3, \
+     dek_wrapped = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $4 \
+     ELSE dek_wrapped END, \
+     dek_key_id = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $5 \
+     ELSE dek_key_id END, \
+     dek_key_version = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $6 \
+     ELSE dek_key_version END, \
+     has_refresh_token = $7, access_expires_at = $8, \
      refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
      status = $12, status_reason = $13, updated_at = $14, \
      lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1 \
