@@ -30,7 +30,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::broker::{REDIRECT_URI, T0, TestBroker, as_actor, with_fake_provider};
+use crate::support::broker::{
+    REDIRECT_URI, T0, TestBroker, as_actor, fake_grant_import, with_fake_provider,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
 
@@ -167,32 +169,9 @@ async fn import(
     subject: &str,
     ttl_secs: i64,
 ) -> Result<Imported, tonic::Status> {
-    let (access, refresh) = fake.issue_grant(subject);
+    let (req, access, refresh) = fake_grant_import(fake, subject, T0.as_millis() / 1000 + ttl_secs);
     let response = client
-        .import_credential(as_actor(
-            pb::ImportCredentialRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                account: Some(pb::ProviderAccount {
-                    subject: subject.into(),
-                    label: format!("{subject}@example.com"),
-                }),
-                display_name: format!("Fake {subject}"),
-                tokens: Some(pb::TokenSet {
-                    access_token: access.clone(),
-                    refresh_token: refresh.clone(),
-                    access_token_expire_time: Some(prost_types::Timestamp {
-                        seconds: T0.as_millis() / 1000 + ttl_secs,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-                granted_scopes: vec!["read".into()],
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await?;
     Ok(Imported {
         id: response.into_inner().credential.unwrap().credential_id,

@@ -3,7 +3,8 @@
 //! operator commands print what they should (and no secret).
 
 use crate::support::broker::{
-    T0, TestBroker, as_actor, config_toml, error_details, free_port, with_fake_provider,
+    T0, TestBroker, as_actor, config_toml, error_details, fake_grant_import, free_port,
+    with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::otlp_collector::OtlpCollector;
@@ -34,35 +35,6 @@ fn t0_secs() -> i64 {
     T0.as_millis() / 1000
 }
 
-fn import_request(
-    fake: &FakeProvider,
-    subject: &str,
-    expires_at_secs: i64,
-) -> (pb::ImportCredentialRequest, String, String) {
-    let (access, refresh) = fake.issue_grant(subject);
-    let req = pb::ImportCredentialRequest {
-        workspace_id: "ws1".into(),
-        provider_id: "fake".into(),
-        account: Some(pb::ProviderAccount {
-            subject: subject.into(),
-            label: format!("{subject}@example.com"),
-        }),
-        display_name: format!("Fake {subject}"),
-        tokens: Some(pb::TokenSet {
-            access_token: access.clone(),
-            refresh_token: refresh.clone(),
-            access_token_expire_time: Some(prost_types::Timestamp {
-                seconds: expires_at_secs,
-                nanos: 0,
-            }),
-            ..Default::default()
-        }),
-        granted_scopes: vec!["read".into()],
-        ..Default::default()
-    };
-    (req, access, refresh)
-}
-
 /// Imports a grant of `fake` whose access token expires at `expires_at_secs`; returns its id.
 async fn import(
     client: &mut CredentialServiceClient<Channel>,
@@ -70,7 +42,7 @@ async fn import(
     subject: &str,
     expires_at_secs: i64,
 ) -> String {
-    let (req, _, _) = import_request(fake, subject, expires_at_secs);
+    let (req, _, _) = fake_grant_import(fake, subject, expires_at_secs);
     client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
@@ -238,7 +210,7 @@ async fn a_refreshing_get_access_token_is_traced_under_the_callers_span() {
         .unwrap();
     let mut client = CredentialServiceClient::new(channel);
     // Expired long ago by the real clock: the first GetAccessToken must refresh.
-    let (req, old_access, old_refresh) = import_request(&fake, "acct-trace", t0_secs() - 3600);
+    let (req, old_access, old_refresh) = fake_grant_import(&fake, "acct-trace", t0_secs() - 3600);
     let id = client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
@@ -703,7 +675,7 @@ async fn an_oversized_request_is_refused() {
     let fake = FakeProvider::start(rotating()).await;
     let b = broker(&fake, None, |c| c.limits.max_request_bytes = 4096).await;
     let mut client = b.credentials().await;
-    let (mut req, _, _) = import_request(&fake, "big", t0_secs() + 3600);
+    let (mut req, _, _) = fake_grant_import(&fake, "big", t0_secs() + 3600);
     req.description = "x".repeat(16 * 1024);
     let e = client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
@@ -765,7 +737,7 @@ async fn operator_commands_show_metadata_and_check_providers() {
     let fake = FakeProvider::start(rotating()).await;
     let mut b = broker(&fake, None, |_| {}).await;
     let mut client = b.credentials().await;
-    let (req, access, refresh) = import_request(&fake, "acct-ok", t0_secs() + 3600);
+    let (req, access, refresh) = fake_grant_import(&fake, "acct-ok", t0_secs() + 3600);
     let ok = client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await

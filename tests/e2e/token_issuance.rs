@@ -2,8 +2,8 @@
 //! refresh tokens and, like real servers, revokes the whole grant when an old one is reused.
 
 use crate::support::broker::{
-    BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details, free_port,
-    with_fake_provider,
+    BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
+    fake_grant_import, free_port, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
@@ -44,32 +44,9 @@ async fn import(
     subject: &str,
     expires_at_secs: i64,
 ) -> String {
-    let (access, refresh) = fake.issue_grant(subject);
+    let (req, _, _) = fake_grant_import(fake, subject, expires_at_secs);
     client
-        .import_credential(as_actor(
-            pb::ImportCredentialRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                account: Some(pb::ProviderAccount {
-                    subject: subject.into(),
-                    label: format!("{subject}@example.com"),
-                }),
-                display_name: format!("Fake {subject}"),
-                tokens: Some(pb::TokenSet {
-                    access_token: access,
-                    refresh_token: refresh,
-                    access_token_expire_time: Some(prost_types::Timestamp {
-                        seconds: expires_at_secs,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-                granted_scopes: vec!["read".into()],
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
         .unwrap()
         .into_inner()

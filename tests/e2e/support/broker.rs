@@ -317,3 +317,34 @@ impl Drop for BrokerProcess {
         self.kill();
     }
 }
+
+/// An ImportCredential request for a grant `fake` issues to `subject` (provider `fake`,
+/// workspace `ws1`), whose access token expires at `expires_at_secs`; with the raw tokens.
+pub fn fake_grant_import(
+    fake: &crate::support::fake_provider::FakeProvider,
+    subject: &str,
+    expires_at_secs: i64,
+) -> (cb_proto::v1::ImportCredentialRequest, String, String) {
+    let (access, refresh) = fake.issue_grant(subject);
+    let req = cb_proto::v1::ImportCredentialRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "fake".into(),
+        account: Some(cb_proto::v1::ProviderAccount {
+            subject: subject.into(),
+            label: format!("{subject}@example.com"),
+        }),
+        display_name: format!("Fake {subject}"),
+        tokens: Some(cb_proto::v1::TokenSet {
+            access_token: access.clone(),
+            refresh_token: refresh.clone(),
+            access_token_expire_time: Some(prost_types::Timestamp {
+                seconds: expires_at_secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        granted_scopes: vec!["read".into()],
+        ..Default::default()
+    };
+    (req, access, refresh)
+}
