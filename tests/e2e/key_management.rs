@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cb_broker::clock::ManualClock;
+use cb_broker::rotation::{self, RotateOptions};
 use cb_crypto::{
     AwsKmsKeyProvider, CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef,
     LocalKeyProvider, SealedBlob, WrappedDek,
@@ -19,10 +20,11 @@ use cb_crypto::{
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_store::{SealedColumns, Store};
-use credential_broker::app::{Application, BuildOptions, StartupError};
-use credential_broker::config::{Config, KeyProviderKind};
-use credential_broker::keys::{self, KeyOptions};
-use credential_broker::rotate::{self, RotateKeysArgs, RotateOptions};
+use credential_broker::cli::rotate::{self, RotateKeysArgs};
+use credential_broker::runtime::app::{Application, BuildOptions};
+use credential_broker::runtime::config::{Config, KeyProviderKind};
+use credential_broker::runtime::error::StartupError;
+use credential_broker::runtime::keys::{self, KeyOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::{TcpListener, TcpStream};
@@ -763,14 +765,14 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         concurrency: 1,
         ..RotateOptions::default()
     };
-    let mut take_kms_down = |_: &rotate::Progress| flaky.down();
-    let err = rotate::rotate(store.clone(), envelope.clone(), &opts, &mut take_kms_down)
+    let mut take_kms_down = |_: &rotation::Progress| flaky.down();
+    let err = rotation::rotate(store.clone(), envelope.clone(), &opts, &mut take_kms_down)
         .await
         .unwrap_err();
     assert!(
         matches!(
             &err,
-            rotate::RotateError::Key {
+            rotation::RotateError::Key {
                 rewrapped: 2,
                 source: CryptoError::Unavailable(_),
                 ..
@@ -779,7 +781,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         "{err}"
     );
     assert!(err.to_string().contains("run rotate-keys again"), "{err}");
-    let report = rotate::key_report(store.as_ref(), envelope.provider().as_ref())
+    let report = rotation::key_report(store.as_ref(), envelope.provider().as_ref())
         .await
         .unwrap();
     assert_eq!((report.count(&key_a, 0), report.count(&key_b, 0)), (6, 2));

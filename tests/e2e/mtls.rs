@@ -4,8 +4,8 @@
 use crate::support::broker::{TestBroker, as_actor, error_details};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
-use credential_broker::auth::token_sha256_hex;
-use credential_broker::config::CallerConfig;
+use credential_broker::layers::auth::token_sha256_hex;
+use credential_broker::runtime::config::CallerConfig;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::sync::Arc;
 use tonic::Code;

@@ -79,7 +79,7 @@ async fn token(
 async fn broker(
     fake: &FakeProvider,
     database_url: Option<&str>,
-    tune: impl FnOnce(&mut credential_broker::config::Config),
+    tune: impl FnOnce(&mut credential_broker::runtime::config::Config),
 ) -> TestBroker {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let url = database_url.map_or_else(

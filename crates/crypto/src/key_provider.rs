@@ -93,3 +93,12 @@ pub trait KeyProvider: Send + Sync + 'static {
         self.wrap_data_key(&dek, ctx).await
     }
 }
+
+/// `key version` for messages (KMS keys have no versions of their own: shown as the ARN).
+pub fn key_label(key_id: &str, version: i64) -> String {
+    if key_id.starts_with("arn:") && version == 0 {
+        key_id.to_owned()
+    } else {
+        format!("{key_id} version {version}")
+    }
+}

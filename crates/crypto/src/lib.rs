@@ -23,7 +23,7 @@ pub use cache::{CacheStats, DekCacheConfig};
 pub use deferred::{ConnectFn, DeferredKeyProvider};
 pub use envelope::{Envelope, SealedBlob};
 pub use error::CryptoError;
-pub use key_provider::{EncryptionContext, KeyProvider, KeyRef, WrappedDek};
+pub use key_provider::{EncryptionContext, KeyProvider, KeyRef, WrappedDek, key_label};
 pub use local::LocalKeyProvider;
 pub use local_watch::WatchedLocalKeyProvider;
 pub use multi::MultiKeyProvider;

@@ -1,22 +1,10 @@
-//! The credential-broker server: configuration, caller identity, the tonic services (protobuf <->
-//! domain at the boundary), error mapping and the application lifecycle.
+//! The credential-broker server: the tonic services (protobuf <-> domain at the boundary), the
+//! tower layers every request passes (RPC resolution, caller authentication, limits,
+//! observability), the runtime wiring (configuration, storage, keys, health, telemetry) and the
+//! operator commands of the binary. See docs/architecture.md.
 
-pub mod app;
-pub mod auth;
-pub mod caller;
-pub mod config;
-pub mod convert;
+pub mod cli;
 pub mod devprovider;
 pub mod grpc;
-pub mod health;
-pub mod instrument;
-pub mod keys;
-pub mod limits;
-pub mod metrics;
-pub mod observe;
-pub mod ops;
-pub mod providers;
-pub mod rotate;
-pub mod rpc;
-pub mod status;
-pub mod telemetry;
+pub mod layers;
+pub mod runtime;

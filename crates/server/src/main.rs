@@ -2,11 +2,12 @@
 //! `keys`, `providers`, `credentials`.
 
 use clap::{Parser, Subcommand};
-use credential_broker::app::{self, Application, BuildOptions};
-use credential_broker::config::{Config, ProcessEnv, ProviderSettings, SecretValue};
+use credential_broker::cli::ops;
+use credential_broker::cli::rotate;
 use credential_broker::devprovider::{self, DevProvider};
-use credential_broker::ops;
-use credential_broker::rotate;
+use credential_broker::runtime::app::{self, Application, BuildOptions};
+use credential_broker::runtime::config::{Config, ProcessEnv, ProviderSettings, SecretValue};
+use credential_broker::runtime::error::StartupError;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -135,7 +136,10 @@ fn main() -> ExitCode {
             eprintln!("credential-broker: pass the token on stdin");
             return ExitCode::from(2);
         }
-        println!("{}", credential_broker::auth::token_sha256_hex(&token));
+        println!(
+            "{}",
+            credential_broker::layers::auth::token_sha256_hex(&token)
+        );
         return ExitCode::SUCCESS;
     }
     let config = match Config::load(cli.config.as_deref(), &ProcessEnv) {
@@ -169,14 +173,15 @@ fn main() -> ExitCode {
     });
     // Traces are the server's only; the exporter's gRPC channel lives on the runtime.
     let traces = matches!(command, Command::Serve { .. }).then_some(&config.telemetry);
-    let telemetry =
-        match runtime.block_on(async { credential_broker::telemetry::init(&config.log, traces) }) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("credential-broker: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let telemetry = match runtime
+        .block_on(async { credential_broker::runtime::telemetry::init(&config.log, traces) })
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("credential-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = runtime.block_on(async {
         match command {
             Command::Migrate => app::open_store(&config)
@@ -266,7 +271,7 @@ const DEV_LISTEN: std::net::SocketAddr =
 async fn serve(
     mut config: Config,
     dev_provider: Option<std::net::SocketAddr>,
-) -> Result<(), app::StartupError> {
+) -> Result<(), StartupError> {
     let _dev = match dev_provider {
         Some(addr) => Some(add_dev_provider(&mut config, addr).await?),
         None => None,
@@ -310,20 +315,20 @@ async fn shutdown_signal() {
 async fn add_dev_provider(
     config: &mut Config,
     addr: std::net::SocketAddr,
-) -> Result<DevProvider, app::StartupError> {
+) -> Result<DevProvider, StartupError> {
     if !addr.ip().is_loopback() {
-        return Err(app::StartupError::Providers(
+        return Err(StartupError::Providers(
             "--dev-provider-listen must be a loopback address".into(),
         ));
     }
     let dev = DevProvider::start(addr)
         .await
-        .map_err(|source| app::StartupError::Bind { addr, source })?;
+        .map_err(|source| StartupError::Bind { addr, source })?;
     config.oauth.allow_insecure_loopback = true;
     config.oauth.redirect_uris.push(dev.redirect_uri());
     config
         .custom_providers
-        .push(dev.spec().map_err(app::StartupError::Providers)?);
+        .push(dev.spec().map_err(StartupError::Providers)?);
     config.providers.insert(
         devprovider::ID.to_owned(),
         ProviderSettings {

@@ -4,8 +4,9 @@
 use cb_broker::clock::{ManualClock, Timestamp};
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_proto::v1::membership_service_client::MembershipServiceClient;
-use credential_broker::app::{Application, BuildOptions, StartupError};
-use credential_broker::config::{Config, DatabaseConfig};
+use credential_broker::runtime::app::{Application, BuildOptions};
+use credential_broker::runtime::config::{Config, DatabaseConfig};
+use credential_broker::runtime::error::StartupError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,7 @@ impl TestBroker {
     }
 }
 
-fn toml_str(url: &str) -> credential_broker::config::DatabaseUrl {
+fn toml_str(url: &str) -> credential_broker::runtime::config::DatabaseUrl {
     // DatabaseUrl is deserialize-only by design (no public constructor that could log it).
     Config::parse(&format!("[database]\nurl = {url:?}\n"))
         .unwrap()
@@ -181,7 +182,7 @@ pub fn with_fake_provider(
     config
         .custom_providers
         .push(fake.spec(id, AuthStyle::Basic, Pkce::Supported, quirks));
-    let settings: credential_broker::config::ProviderSettings = Config::parse(&format!(
+    let settings: credential_broker::runtime::config::ProviderSettings = Config::parse(&format!(
         "[providers.{id}]\nclient_id = {:?}\nclient_secret = {:?}\n",
         fc.client_id, fc.client_secret
     ))

@@ -1,7 +1,7 @@
 //! `credentialbroker.v1.CredentialService`.
 
 use super::{caller, respond};
-use crate::convert::{self, Importable, Listable, Updatable};
+use crate::grpc::convert::{self, Importable, Listable, Updatable};
 use cb_broker::connect::ConnectService;
 use cb_broker::credential::CredentialView;
 use cb_broker::issuance::TokenService;

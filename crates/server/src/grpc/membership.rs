@@ -1,7 +1,7 @@
 //! `credentialbroker.v1.MembershipService`.
 
 use super::{caller, respond};
-use crate::convert;
+use crate::grpc::convert;
 use cb_broker::BrokerError;
 use cb_broker::access::Role;
 use cb_broker::members::{Member, MemberState, MembershipService};

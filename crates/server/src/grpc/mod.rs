@@ -1,7 +1,11 @@
-//! tonic adapters: thin translations between protobuf and the domain services.
+//! The gRPC boundary: tonic services ([`credential`], [`membership`]) as thin adapters over the
+//! domain, protobuf <-> domain conversion ([`convert`]) and the one domain-error -> status
+//! mapping ([`status`]).
 
+pub mod convert;
 pub mod credential;
 pub mod membership;
+pub mod status;
 
 use cb_broker::BrokerError;
 use cb_broker::access::Caller;
@@ -9,11 +13,11 @@ use tonic::{Request, Status};
 
 /// Identifies the caller of `req`, mapping failures to a status.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    crate::caller::caller_of(req).map_err(crate::status::to_status)
+    crate::layers::caller::caller_of(req).map_err(crate::grpc::status::to_status)
 }
 
 /// Maps a domain result to a tonic result.
 pub fn respond<T>(r: Result<T, BrokerError>) -> Result<tonic::Response<T>, Status> {
     r.map(tonic::Response::new)
-        .map_err(crate::status::to_status)
+        .map_err(crate::grpc::status::to_status)
 }

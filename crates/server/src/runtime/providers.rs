@@ -1,7 +1,7 @@
 //! The provider gateway: the catalog (built in + config), client credentials per provider, the
 //! redirect-URI allow-list and the OAuth HTTP client, behind the domain's `ProviderGateway`.
 
-use crate::config::{Config, ENV_PREFIX, EnvSource};
+use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
     AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
     ScopeInfo,

@@ -2,13 +2,14 @@
 //! local key while moving to KMS), the start-up self-check, and the check that the stored
 //! credentials can be opened. Every failure names the key and says what to check.
 
-use crate::app::StartupError;
-use crate::config::{Config, EnvSource, KeyProviderKind, KeysConfig};
+use crate::runtime::config::{Config, EnvSource, KeyProviderKind, KeysConfig};
+use crate::runtime::error::StartupError;
 use cb_broker::credential::Credential;
 use cb_broker::service::CredentialService;
 use cb_crypto::{
     AwsKmsConfig, AwsKmsKeyProvider, ConnectFn, CryptoError, DeferredKeyProvider, DekCacheConfig,
     Envelope, KeyProvider, KeyRef, LocalKeyProvider, MultiKeyProvider, WatchedLocalKeyProvider,
+    key_label,
 };
 use cb_store::{KeyUsage, Store};
 use std::path::Path;
@@ -230,15 +231,6 @@ pub async fn self_check(
             Ok(KeyHealth::Degraded)
         }
         Err(e) => Err(key_error(keys, "self-check failed for", &e)),
-    }
-}
-
-/// `key version` for messages (KMS keys have no versions of their own: shown as the ARN).
-pub fn key_label(key_id: &str, version: i64) -> String {
-    if key_id.starts_with("arn:") && version == 0 {
-        key_id.to_owned()
-    } else {
-        format!("{key_id} version {version}")
     }
 }
 

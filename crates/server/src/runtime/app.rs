@@ -1,11 +1,12 @@
 //! Building and running the server: storage, keys, services, health, reflection, shutdown.
 
-use crate::auth::AuthLayer;
-use crate::config::{Config, EnvSource, ProcessEnv};
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
-use crate::keys::{self, KeyHealth, KeyOptions};
-use crate::providers::OAuthGateway;
+use crate::layers::auth::AuthLayer;
+use crate::runtime::config::{Config, EnvSource, ProcessEnv};
+use crate::runtime::error::StartupError;
+use crate::runtime::keys::{self, KeyHealth, KeyOptions};
+use crate::runtime::providers::OAuthGateway;
 use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
@@ -22,45 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// Why the broker could not start. Each message says what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// Configuration problems.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The database could not be opened or migrated.
-    #[error("database {url}: {source}")]
-    Database {
-        /// Redacted URL.
-        url: String,
-        /// Cause.
-        source: cb_store::StoreError,
-    },
-    /// The key file could not be loaded or does not match the stored credentials.
-    #[error("keys: {0}")]
-    Keys(String),
-    /// The provider catalog or provider settings are invalid.
-    #[error("providers: {0}")]
-    Providers(String),
-    /// The TLS files could not be used.
-    #[error("tls: {0}")]
-    Tls(String),
-    /// An operator command (`providers --check`, `credentials`) found a problem.
-    #[error("{0}")]
-    Command(String),
-    /// The embedded API descriptors are broken (a build problem).
-    #[error("reflection: {0}")]
-    Reflection(tonic_reflection::server::Error),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
 
 /// Replaceable parts for tests (time, environment); production uses the defaults.
 #[derive(Clone)]
@@ -129,7 +91,7 @@ pub struct Application {
     tokens: Arc<TokenService>,
     audit: Audit,
     health: tonic_health::server::HealthReporter,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -194,24 +156,25 @@ impl Application {
     /// Opens storage and keys, checks them, binds the listener and starts serving.
     pub async fn start(config: &Config, options: BuildOptions) -> Result<Self, StartupError> {
         config.validate()?;
-        let metrics = crate::metrics::Metrics::new();
-        let store = crate::instrument::TracedStore::wrap(open_store(config).await?);
+        let metrics = crate::runtime::metrics::Metrics::new();
+        let store = crate::runtime::instrument::TracedStore::wrap(open_store(config).await?);
         let (envelope, key_health) = open_envelope(config, options.env.as_ref()).await?;
         // The same key provider behind spans and metrics, with a fresh DEK cache.
         let envelope = Arc::new(Envelope::new(
-            crate::instrument::InstrumentedKeyProvider::wrap(
+            crate::runtime::instrument::InstrumentedKeyProvider::wrap(
                 envelope.provider().clone(),
                 metrics.clone(),
             ),
             keys::dek_cache(&config.keys),
         ));
-        let gateway: Arc<dyn ProviderGateway> = crate::instrument::InstrumentedGateway::wrap(
-            Arc::new(
-                OAuthGateway::from_config(config, options.env.as_ref())
-                    .map_err(StartupError::Providers)?,
-            ),
-            metrics.clone(),
-        );
+        let gateway: Arc<dyn ProviderGateway> =
+            crate::runtime::instrument::InstrumentedGateway::wrap(
+                Arc::new(
+                    OAuthGateway::from_config(config, options.env.as_ref())
+                        .map_err(StartupError::Providers)?,
+                ),
+                metrics.clone(),
+            );
         let clock = options.clock;
         let audit = Audit::new(store.clone(), clock.clone());
         let audit_for_shutdown = audit.clone();
@@ -295,9 +258,9 @@ impl Application {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         background.push(
-            crate::health::spawn_monitor(
+            crate::runtime::health::spawn_monitor(
                 health.clone(),
-                crate::health::Dependencies {
+                crate::runtime::health::Dependencies {
                     store: store.clone(),
                     envelope: kms_check,
                 },
@@ -338,9 +301,9 @@ impl Application {
         // Outermost first: span + metrics + deadline, then authentication, then the caller's
         // concurrency limit (it needs the identity the auth layer found).
         let router = builder
-            .layer(crate::observe::ObserveLayer::new(metrics.clone()))
+            .layer(crate::layers::observe::ObserveLayer::new(metrics.clone()))
             .layer(AuthLayer::new(callers, audit))
-            .layer(crate::limits::CallerLimitLayer::new(
+            .layer(crate::layers::limits::CallerLimitLayer::new(
                 config.limits.max_concurrent_per_caller,
                 metrics.clone(),
             ))
@@ -411,7 +374,7 @@ impl Application {
             task.abort();
         }
         // Probes and health-checking clients see NOT_SERVING before the listener drains.
-        crate::health::set_stopping(&mut self.health).await;
+        crate::runtime::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
         self.audit.flush().await;
         if let Some(tx) = self.shutdown.take() {
@@ -436,7 +399,7 @@ impl Application {
 /// certificates are optional at the TLS layer so token-authenticated callers can share the port;
 /// the auth layer decides who may call.
 fn server_tls(
-    tls: &crate::config::TlsConfig,
+    tls: &crate::runtime::config::TlsConfig,
 ) -> Result<tonic::transport::ServerTlsConfig, StartupError> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| StartupError::Tls(format!("cannot read {}: {e}", p.display())))

@@ -1,7 +1,7 @@
 //! Configuration: one TOML file (unknown keys rejected) plus `CREDENTIAL_BROKER_*` environment
 //! overrides, read through [`EnvSource`] so tests inject values instead of mutating the process.
 
-use crate::auth::{Callers, KnownCaller, ServiceIdentity};
+use crate::layers::auth::{Callers, KnownCaller, ServiceIdentity};
 use cb_broker::access::ServiceRole;
 use cb_oauth::catalog::ProviderSpec;
 use serde::Deserialize;
@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn callers_are_validated_and_allow_non_loopback() {
-        let hash = crate::auth::token_sha256_hex("s3cret");
+        let hash = crate::layers::auth::token_sha256_hex("s3cret");
         let ok = format!(
             "listen = \"0.0.0.0:50051\"\n[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = \"{hash}\"\n"
         );

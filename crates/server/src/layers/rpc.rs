@@ -105,9 +105,26 @@ impl Rpc {
     /// The RPC of a request path, if it is one of ours.
     pub fn from_path(path: &str) -> Option<Self> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        Self::ALL
-            .into_iter()
-            .find(|r| r.service() == service && r.method() == method)
+        let rpc = match method {
+            "ListProviders" => Rpc::ListProviders,
+            "StartConnect" => Rpc::StartConnect,
+            "CompleteConnect" => Rpc::CompleteConnect,
+            "StartReconnect" => Rpc::StartReconnect,
+            "GetCredential" => Rpc::GetCredential,
+            "ListCredentials" => Rpc::ListCredentials,
+            "UpdateCredential" => Rpc::UpdateCredential,
+            "DisconnectCredential" => Rpc::DisconnectCredential,
+            "GetAccessToken" => Rpc::GetAccessToken,
+            "ImportCredential" => Rpc::ImportCredential,
+            "ListAuditEvents" => Rpc::ListAuditEvents,
+            "ListMembers" => Rpc::ListMembers,
+            "AddMember" => Rpc::AddMember,
+            "UpdateMemberRole" => Rpc::UpdateMemberRole,
+            "RemoveMember" => Rpc::RemoveMember,
+            "AcceptInvitation" => Rpc::AcceptInvitation,
+            _ => return None,
+        };
+        (rpc.service() == service).then_some(rpc)
     }
 
     /// The allow-list: which calling-service roles may call this RPC.
@@ -133,5 +150,28 @@ impl Rpc {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_is_resolved_from_its_own_path_only() {
+        for rpc in Rpc::ALL {
+            assert_eq!(Rpc::from_path(&rpc.path()), Some(rpc));
+            let other = if rpc.service() == CREDENTIAL_SERVICE {
+                MEMBERSHIP_SERVICE
+            } else {
+                CREDENTIAL_SERVICE
+            };
+            assert_eq!(Rpc::from_path(&format!("/{other}/{}", rpc.method())), None);
+        }
+        assert_eq!(
+            Rpc::from_path("/credentialbroker.v1.CredentialService/Nope"),
+            None
+        );
+        assert_eq!(Rpc::from_path("GetAccessToken"), None);
     }
 }

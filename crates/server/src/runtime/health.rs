@@ -5,8 +5,8 @@
 //! PostgreSQL is down (they could not start without it either). On shutdown everything turns
 //! NOT_SERVING before the listener drains.
 
-use crate::config::HealthConfig;
-use crate::metrics::Metrics;
+use crate::runtime::config::HealthConfig;
+use crate::runtime::metrics::Metrics;
 use cb_crypto::Envelope;
 use cb_store::Store;
 use std::sync::Arc;

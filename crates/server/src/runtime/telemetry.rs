@@ -3,7 +3,7 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`). Incoming W3C `traceparent` headers are continued
 //! ([`extract_trace_context`]); span attributes never carry a secret.
 
-use crate::config::{LogConfig, LogFormat, TelemetryConfig};
+use crate::runtime::config::{LogConfig, LogFormat, TelemetryConfig};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;

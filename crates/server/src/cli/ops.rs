@@ -2,9 +2,9 @@
 //! and `credentials show|list` (metadata straight from the configured database). They print no
 //! secret: no token, no ciphertext, no wrapped key, no client secret.
 
-use crate::app::StartupError;
-use crate::config::{Config, EnvSource};
-use crate::providers::OAuthGateway;
+use crate::runtime::config::{Config, EnvSource};
+use crate::runtime::error::StartupError;
+use crate::runtime::providers::OAuthGateway;
 use cb_broker::gateway::ProviderGateway;
 use cb_store::{CredentialRow, StatusQuery, Store};
 use std::collections::BTreeSet;

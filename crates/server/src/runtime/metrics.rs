@@ -4,7 +4,7 @@
 //! recorded by the RPC layer, the provider/KMS/database decorators and the health monitor.
 //! Metric names and example alerts: docs/operations.md.
 
-use crate::rpc::Rpc;
+use crate::layers::rpc::Rpc;
 use cb_broker::issuance::TokenService;
 use cb_crypto::Envelope;
 use cb_store::Store;

@@ -7,7 +7,7 @@
 //! development mode: every call is `anonymous` and allowed, and only a loopback listener is
 //! permitted (config validation).
 
-use crate::rpc::Rpc;
+use crate::layers::rpc::Rpc;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{SHA256, digest};
 use cb_broker::access::{Caller, ServiceRole};
@@ -123,13 +123,13 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
 }
 
 fn unauthenticated(message: &str) -> Status {
-    crate::status::to_status(cb_broker::BrokerError::Unauthenticated {
+    crate::grpc::status::to_status(cb_broker::BrokerError::Unauthenticated {
         message: message.into(),
     })
 }
 
 fn not_allowed(identity: &ServiceIdentity, rpc: Rpc) -> Status {
-    crate::status::to_status(cb_broker::BrokerError::PermissionDenied {
+    crate::grpc::status::to_status(cb_broker::BrokerError::PermissionDenied {
         reason: reason::CALLER_NOT_ALLOWED,
         message: format!(
             "service {:?} (role {}) may not call {}",
@@ -199,7 +199,8 @@ where
         if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
             return Box::pin(self.inner.call(req));
         }
-        let Some(rpc) = Rpc::from_path(path) else {
+        // Resolved by the observe layer, which runs first.
+        let Some(rpc) = req.extensions().get::<Rpc>().copied() else {
             let status = Status::new(Code::Unimplemented, "unknown method");
             return Box::pin(async move { Ok(status.into_http()) });
         };

@@ -4,9 +4,9 @@
 //! RESOURCE_EXHAUSTED (and RetryInfo) instead of queueing, so one busy caller cannot starve the
 //! others. The request-size limit is tonic's `max_decoding_message_size` (see app.rs).
 
-use crate::auth::ServiceIdentity;
-use crate::metrics::Metrics;
-use crate::status::ERROR_DOMAIN;
+use crate::grpc::status::ERROR_DOMAIN;
+use crate::layers::auth::ServiceIdentity;
+use crate::runtime::metrics::Metrics;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;

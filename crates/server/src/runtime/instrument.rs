@@ -4,7 +4,7 @@
 //! the domain does not know they exist. Span attributes are ids, names and outcomes, never a
 //! token, key or bound SQL value.
 
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
     AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
 };

@@ -1,7 +1,7 @@
 //! Who is calling: the calling service and the end user (actor) it acts for, read from request
 //! metadata. The actor contract is documented in docs/api.md.
 
-use crate::auth::ServiceIdentity;
+use crate::layers::auth::ServiceIdentity;
 use cb_broker::access::{Actor, Caller, WorkspaceRole};
 use cb_broker::types::{Email, UserId, Violations, WorkspaceId};
 use cb_broker::{BrokerError, FieldViolation};

@@ -3,8 +3,8 @@
 //! deadline (`grpc-timeout`) answered with DEADLINE_EXCEEDED. Health checks and reflection pass
 //! through untouched (probes would drown the traces).
 
-use crate::metrics::{Metrics, code_name};
-use crate::rpc::Rpc;
+use crate::layers::rpc::Rpc;
+use crate::runtime::metrics::{Metrics, code_name};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,13 +100,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         // Swap in a clone so this call uses the instance that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(rpc) = Rpc::from_path(req.uri().path()) else {
             return Box::pin(inner.call(req));
         };
+        // Resolved once here, the outermost layer; the layers and handlers below read it.
+        req.extensions_mut().insert(rpc);
         let span = tracing::info_span!(
             "rpc",
             otel.name = %format_args!("{}/{}", rpc.service(), rpc.method()),
@@ -119,7 +121,9 @@ where
             otel.status_code = Empty,
         );
         // No OpenTelemetry layer installed (tests, traces off): nothing to continue.
-        let _ = span.set_parent(crate::telemetry::extract_trace_context(req.headers()));
+        let _ = span.set_parent(crate::runtime::telemetry::extract_trace_context(
+            req.headers(),
+        ));
         let deadline = req
             .headers()
             .get("grpc-timeout")

@@ -1,0 +1,12 @@
+//! Runtime wiring: configuration, building the store, keys and provider gateway, health,
+//! metrics, telemetry and the decorators that instrument dependencies.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod instrument;
+pub mod keys;
+pub mod metrics;
+pub mod providers;
+pub mod telemetry;
