@@ -83,3 +83,105 @@ async fn reflection_v1alpha_answers_older_grpcurl() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 }
+
+#[tokio::test]
+async fn reflection_serves_the_error_detail_types() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let b = TestBroker::sqlite().await;
+    let mut client = ServerReflectionClient::new(b.channel().await);
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ] {
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
+            panic!("{symbol}: unexpected reply {:?}", resp.message_response)
+        };
+        assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+    }
+}
+
+/// Sends pre-encoded bytes as the request message (to send what no well-behaved client would).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn malformed_messages_are_invalid_argument_with_a_reason() {
+    use crate::support::broker::{as_actor, error_details};
+    let b = TestBroker::sqlite().await;
+    let mut grpc = tonic::client::Grpc::new(b.channel().await);
+    let cases: [(&str, &[u8]); 5] = [
+        ("bad UTF-8 in a string", &[0x0a, 0x02, 0xff, 0xfe]),
+        ("truncated varint", &[0x78, 0xff]),
+        ("wire type 7", &[0x0f]),
+        ("tag 0", &[0x00, 0x01]),
+        ("wrong wire type", &[0x08, 0x01]),
+    ];
+    for (what, bytes) in cases {
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/credentialbroker.v1.CredentialService/GetCredential",
+        );
+        let err = grpc
+            .unary::<Vec<u8>, Vec<u8>, _>(
+                as_actor(bytes.to_vec(), "u-alice", "alice@example.com"),
+                path,
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(error_details(&err).0, "MALFORMED_REQUEST", "{what}");
+    }
+}

@@ -53,8 +53,20 @@ pub mod reason {
     pub const ACCOUNT_MISMATCH: &str = "ACCOUNT_MISMATCH";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
-    /// The key management service cannot be reached or refused the key.
+    /// The key management service cannot be reached, or failed in an unexpected way.
     pub const KMS_UNAVAILABLE: &str = "KMS_UNAVAILABLE";
+    /// The key-encryption key is disabled or pending deletion (an operator must enable it).
+    pub const KMS_KEY_DISABLED: &str = "KMS_KEY_DISABLED";
+    /// The key-encryption key does not exist in the configured account and region.
+    pub const KMS_KEY_NOT_FOUND: &str = "KMS_KEY_NOT_FOUND";
+    /// The key policy or IAM policy refuses the broker the key.
+    pub const KMS_ACCESS_DENIED: &str = "KMS_ACCESS_DENIED";
+    /// The credential's data key was wrapped by a key this broker is not configured with.
+    pub const KMS_KEY_UNKNOWN: &str = "KMS_KEY_UNKNOWN";
+    /// The local key file cannot be read or used.
+    pub const KEY_FILE_UNUSABLE: &str = "KEY_FILE_UNUSABLE";
+    /// The stored tokens do not open under their key (corruption or a copied row).
+    pub const CREDENTIAL_UNREADABLE: &str = "CREDENTIAL_UNREADABLE";
     /// The RPC is part of the API but not implemented in this version.
     pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
     /// An unexpected internal failure (details are in the server log, not the response).
@@ -256,14 +268,28 @@ impl From<cb_store::StoreError> for BrokerError {
 }
 
 impl From<cb_crypto::CryptoError> for BrokerError {
+    /// Every key failure an operator can meet has its own reason; the messages name the key
+    /// (never key material) so the operator knows which one to fix.
     fn from(e: cb_crypto::CryptoError) -> Self {
-        match e {
-            cb_crypto::CryptoError::Unavailable(_) => Self::Unavailable {
+        use cb_crypto::CryptoError as C;
+        let precondition = |reason| Self::FailedPrecondition {
+            reason,
+            message: e.to_string(),
+        };
+        match &e {
+            C::KeyDisabled { .. } => precondition(reason::KMS_KEY_DISABLED),
+            C::KeyNotFound { .. } => precondition(reason::KMS_KEY_NOT_FOUND),
+            C::AccessDenied { .. } => precondition(reason::KMS_ACCESS_DENIED),
+            C::UnknownKey { .. } => precondition(reason::KMS_KEY_UNKNOWN),
+            C::KeyFile { .. } => precondition(reason::KEY_FILE_UNUSABLE),
+            C::Decrypt => precondition(reason::CREDENTIAL_UNREADABLE),
+            C::Unavailable(_) | C::Provider(_) => Self::Unavailable {
                 reason: reason::KMS_UNAVAILABLE,
-                message: "the key management service is unavailable".into(),
+                message: e.to_string(),
                 retry_after: Some(Duration::from_secs(1)),
             },
-            other => Self::Internal(other.to_string()),
+            // A variant added to the crypto crate later: a bug until it is mapped here.
+            _ => Self::Internal(e.to_string()),
         }
     }
 }

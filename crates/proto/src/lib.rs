@@ -1,5 +1,7 @@
-//! Generated protobuf messages and tonic services for `credentialbroker.v1`. No logic lives here:
+//! Generated protobuf messages and tonic services for `credentialbroker.v1`, and their codec. No logic lives here:
 //! the server crate converts these types to domain types at the boundary.
+
+pub mod codec;
 
 /// The `credentialbroker.v1` package.
 #[allow(clippy::all, missing_docs)] // generated code
