@@ -2,6 +2,7 @@
 mod access_control;
 mod connect_flow;
 mod credential_api;
+mod docs;
 mod key_management;
 mod kms;
 mod members;

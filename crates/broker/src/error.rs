@@ -71,6 +71,43 @@ pub mod reason {
     pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
     /// An unexpected internal failure (details are in the server log, not the response).
     pub const INTERNAL: &str = "INTERNAL";
+
+    /// Every reason above; with the transport layers' own, docs/api.md lists them (tested).
+    pub const ALL: &[&str] = &[
+        INVALID_ARGUMENT,
+        CREDENTIAL_NOT_FOUND,
+        CREDENTIAL_DISCONNECTED,
+        CREDENTIAL_NEEDS_RECONNECT,
+        VERSION_CONFLICT,
+        CREDENTIAL_ALREADY_EXISTS,
+        PROVIDER_NOT_FOUND,
+        PROVIDER_NOT_CONFIGURED,
+        ROLE_REQUIRED,
+        ACTOR_REQUIRED,
+        CALLER_NOT_ALLOWED,
+        UNAUTHENTICATED,
+        MEMBER_NOT_FOUND,
+        MEMBER_EXISTS,
+        LAST_ADMIN,
+        PROVIDER_UNAVAILABLE,
+        PROVIDER_DENIED,
+        CODE_EXCHANGE_FAILED,
+        CONNECT_STATE_UNKNOWN,
+        CONNECT_STATE_REPLAYED,
+        CONNECT_STATE_EXPIRED,
+        CONNECT_STATE_OTHER_USER,
+        ACCOUNT_MISMATCH,
+        STORAGE_UNAVAILABLE,
+        KMS_UNAVAILABLE,
+        KMS_KEY_DISABLED,
+        KMS_KEY_NOT_FOUND,
+        KMS_ACCESS_DENIED,
+        KMS_KEY_UNKNOWN,
+        KEY_FILE_UNUSABLE,
+        CREDENTIAL_UNREADABLE,
+        NOT_IMPLEMENTED,
+        INTERNAL,
+    ];
 }
 
 /// The closed set of error classes; each maps to exactly one gRPC code.
@@ -291,5 +328,30 @@ impl From<cb_crypto::CryptoError> for BrokerError {
             // A variant added to the crypto crate later: a bug until it is mapped here.
             _ => Self::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `reason::ALL` is written by hand: it must name every constant of the module.
+    #[test]
+    fn reason_all_names_every_reason_constant() {
+        let source = include_str!("error.rs");
+        let module = &source[source.find("pub mod reason {").unwrap_or(0)..];
+        let module = &module[..module.find("\n}\n").unwrap_or(module.len())];
+        let declared: Vec<&str> = module
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next())
+            .filter(|name| *name != "ALL")
+            .collect();
+        assert!(declared.len() > 20, "{declared:?}");
+        let mut listed = reason::ALL.to_vec();
+        listed.sort_unstable();
+        let mut declared = declared;
+        declared.sort_unstable();
+        assert_eq!(listed, declared);
     }
 }

@@ -9,6 +9,41 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// ErrorInfo domain of every error this service returns.
 pub const ERROR_DOMAIN: &str = "credentialbroker.v1";
 
+/// ErrorInfo reasons given by the transport layers, before a request reaches the domain.
+pub mod transport_reason {
+    /// The request message is not valid protobuf for its type.
+    pub use cb_proto::codec::MALFORMED_REQUEST;
+    /// The calling service has `limits.max_concurrent_per_caller` calls in flight.
+    pub const CALLER_CONCURRENCY_LIMIT: &str = "CALLER_CONCURRENCY_LIMIT";
+    /// The `grpc-timeout` header is not a valid gRPC timeout.
+    pub const INVALID_DEADLINE: &str = "INVALID_DEADLINE";
+}
+
+/// Every ErrorInfo reason the broker can return: the domain's and the transport layers'.
+pub fn all_reasons() -> impl Iterator<Item = &'static str> {
+    use transport_reason::*;
+    cb_broker::error::reason::ALL.iter().copied().chain([
+        MALFORMED_REQUEST,
+        CALLER_CONCURRENCY_LIMIT,
+        INVALID_DEADLINE,
+    ])
+}
+
+/// A status decided by a transport layer, with its ErrorInfo reason (and RetryInfo, if given).
+pub fn transport_status(
+    code: Code,
+    reason: &'static str,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+    if retry_after.is_some() {
+        details.set_retry_info(retry_after);
+    }
+    Status::with_error_details(code, message, details)
+}
+
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
         ErrorCode::InvalidArgument => Code::InvalidArgument,

@@ -4,7 +4,7 @@
 //! RESOURCE_EXHAUSTED (and RetryInfo) instead of queueing, so one busy caller cannot starve the
 //! others. The request-size limit is tonic's `max_decoding_message_size` (see app.rs).
 
-use crate::grpc::status::ERROR_DOMAIN;
+use crate::grpc::status::{transport_reason::CALLER_CONCURRENCY_LIMIT, transport_status};
 use crate::layers::auth::ServiceIdentity;
 use crate::runtime::metrics::Metrics;
 use std::collections::HashMap;
@@ -17,10 +17,6 @@ use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-/// ErrorInfo reason of a call refused by the per-caller concurrency limit.
-pub const CALLER_CONCURRENCY_LIMIT: &str = "CALLER_CONCURRENCY_LIMIT";
 
 /// The layer; `max == 0` disables the limit.
 #[derive(Clone)]
@@ -71,19 +67,13 @@ pub struct CallerLimitService<S> {
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 fn exhausted(caller: &str, max: usize) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        CALLER_CONCURRENCY_LIMIT,
-        ERROR_DOMAIN,
-        HashMap::<String, String>::new(),
-    );
-    details.set_retry_info(Some(Duration::from_millis(100)));
-    Status::with_error_details(
+    transport_status(
         Code::ResourceExhausted,
+        CALLER_CONCURRENCY_LIMIT,
         format!(
             "service {caller:?} already has {max} calls in flight (limits.max_concurrent_per_caller); retry shortly"
         ),
-        details,
+        Some(Duration::from_millis(100)),
     )
 }
 

@@ -3,6 +3,7 @@
 //! deadline (`grpc-timeout`) answered with DEADLINE_EXCEEDED. Health checks and reflection pass
 //! through untouched (probes would drown the traces).
 
+use crate::grpc::status::{transport_reason::INVALID_DEADLINE, transport_status};
 use crate::layers::rpc::Rpc;
 use crate::runtime::metrics::{Metrics, code_name};
 use std::future::Future;
@@ -124,11 +125,26 @@ where
         let _ = span.set_parent(crate::runtime::telemetry::extract_trace_context(
             req.headers(),
         ));
-        let deadline = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let deadline = match req.headers().get("grpc-timeout") {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(parse_grpc_timeout) {
+                Some(d) => Some(d),
+                None => {
+                    // An unreadable deadline is the caller's bug: say so rather than run without one.
+                    let status = transport_status(
+                        Code::InvalidArgument,
+                        INVALID_DEADLINE,
+                        "the grpc-timeout header is not a gRPC timeout (1 to 8 digits and a unit: \
+                         H, M, S, m, u or n)"
+                            .to_owned(),
+                        None,
+                    );
+                    self.metrics
+                        .observe_rpc(rpc, Code::InvalidArgument, Duration::ZERO);
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            },
+        };
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let call = {
