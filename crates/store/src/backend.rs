@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 
 use sqlx::Pool;
+use sqlx::migrate::{Migrate, Migrator};
 use tokio::sync::broadcast;
 
 use crate::error::{Dialect, StoreError};
@@ -13,7 +14,7 @@ use crate::model::ChangeEvent;
 
 /// A database [`SqlStore`](crate::SqlStore) runs on: implemented for [`sqlx::Sqlite`] and
 /// [`sqlx::Postgres`] only (the trait cannot be named outside this crate).
-pub trait Backend: sqlx::Database {
+pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// What [`Store::backend`](crate::Store::backend) answers.
     const BACKEND: &'static str;
     /// The OpenTelemetry `db.system` of this database.
@@ -38,8 +39,8 @@ pub trait Backend: sqlx::Database {
         max_connections: u32,
     ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
 
-    /// Applies this backend's embedded migrations.
-    fn migrate(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// This backend's embedded migrations.
+    fn migrator() -> &'static Migrator;
 
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;

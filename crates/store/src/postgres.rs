@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 use tokio::sync::broadcast;
@@ -13,7 +14,7 @@ use crate::error::{Dialect, StoreError};
 use crate::listener::ChangeHub;
 use crate::model::ChangeEvent;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 impl Backend for Postgres {
     const BACKEND: &'static str = "postgres";
@@ -46,11 +47,8 @@ impl Backend for Postgres {
             .map_err(|e| Self::DIALECT.map(e))
     }
 
-    async fn migrate(pool: &Pool<Self>) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(pool)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

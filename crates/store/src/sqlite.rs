@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Pool, Sqlite};
 use tokio::sync::broadcast;
@@ -13,7 +14,7 @@ use crate::backend::Backend;
 use crate::error::{Dialect, StoreError};
 use crate::model::ChangeEvent;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 impl Backend for Sqlite {
     const BACKEND: &'static str = "sqlite";
@@ -66,11 +67,8 @@ impl Backend for Sqlite {
             .map_err(|e| Self::DIALECT.map(e))
     }
 
-    async fn migrate(pool: &Pool<Self>) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(pool)
-            .await
-            .map_err(|e| StoreError::Migration(e.to_string()))
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

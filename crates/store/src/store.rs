@@ -224,6 +224,33 @@ where
             .map_err(map::<DB>)
     }
 
+    /// Finishes a credential `SELECT` with keyset paging (ids after `after_id`, in id order,
+    /// at most `limit`) and reads the page.
+    async fn credential_page(
+        &self,
+        mut select: QueryBuilder<DB>,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>
+    where
+        for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    {
+        if let Some(after_id) = after_id {
+            select.push(" AND id > ").push_bind(after_id);
+        }
+        select
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        select
+            .build_query_as::<CredentialRecord>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map::<DB>)?
+            .into_iter()
+            .map(CredentialRow::try_from)
+            .collect()
+    }
+
     /// Deletes with `batch` (bind: older_than, batch size) until a batch deletes fewer rows
     /// than its size, so no single statement holds locks on the whole backlog.
     async fn prune(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
@@ -317,7 +344,13 @@ where
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.traced("migrate", None, DB::migrate(&self.pool)).await
+        self.traced("migrate", None, async {
+            DB::migrator()
+                .run(&self.pool)
+                .await
+                .map_err(|e| StoreError::Migration(e.to_string()))
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -394,23 +427,11 @@ where
                     .push(" AND provider_id = ")
                     .push_bind(provider_id.as_str());
             }
-            if let Some(after_id) = &q.after_id {
-                select.push(" AND id > ").push_bind(after_id.as_str());
-            }
             if !q.include_disconnected {
                 select.push(" AND status <> 'DISCONNECTED'");
             }
-            select
-                .push(" ORDER BY id LIMIT ")
-                .push_bind(i64::from(q.limit));
-            select
-                .build_query_as::<CredentialRecord>()
-                .fetch_all(&self.pool)
+            self.credential_page(select, q.after_id.as_deref(), q.limit)
                 .await
-                .map_err(map::<DB>)?
-                .into_iter()
-                .map(CredentialRow::try_from)
-                .collect()
         })
         .await
     }
@@ -427,20 +448,8 @@ where
                     .push(" AND workspace_id = ")
                     .push_bind(workspace_id.as_str());
             }
-            if let Some(after_id) = &q.after_id {
-                select.push(" AND id > ").push_bind(after_id.as_str());
-            }
-            select
-                .push(" ORDER BY id LIMIT ")
-                .push_bind(i64::from(q.limit));
-            select
-                .build_query_as::<CredentialRecord>()
-                .fetch_all(&self.pool)
+            self.credential_page(select, q.after_id.as_deref(), q.limit)
                 .await
-                .map_err(map::<DB>)?
-                .into_iter()
-                .map(CredentialRow::try_from)
-                .collect()
         })
         .await
     }
