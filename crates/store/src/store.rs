@@ -111,6 +111,8 @@ fn map<DB: Backend>(e: sqlx::Error) -> StoreError {
     DB::DIALECT.map(e)
 }
 
+// The where clauses list what the queries bind and decode: Rust does not carry such bounds
+// with the `Backend` trait, so each generic impl states the ones it uses.
 impl<DB> SqlStore<DB>
 where
     DB: Backend,
@@ -118,9 +120,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'t> &'t str: Encode<'t, DB> + Type<DB>,
     for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<&'t [u8]>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
     for<'t> (i64,): FromRow<'t, DB::Row>,
 {
     /// Opens a write transaction (SQLite: takes the database write lock up front).
