@@ -41,14 +41,16 @@ pub enum StoreError {
     Migration(String),
 }
 
-/// Which backend produced an error; error codes differ between them.
+/// Which database produced an error; error codes differ between them.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Backend {
+pub enum Dialect {
+    /// SQLite extended result codes.
     Sqlite,
+    /// PostgreSQL SQLSTATE codes.
     Postgres,
 }
 
-impl Backend {
+impl Dialect {
     /// Maps a sqlx error from this backend to a [`StoreError`].
     pub(crate) fn map(self, err: sqlx::Error) -> StoreError {
         match err {
@@ -95,11 +97,11 @@ impl Backend {
         match self {
             // Extended result codes; the primary code is the low byte.
             // BUSY (5) / LOCKED (6) after busy_timeout, IOERR (10), CANTOPEN (14).
-            Backend::Sqlite => code
+            Dialect::Sqlite => code
                 .parse::<i32>()
                 .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14)),
             // Connection exceptions (08), insufficient resources (53), shutdown / starting (57P0x).
-            Backend::Postgres => {
+            Dialect::Postgres => {
                 code.starts_with("08") || code.starts_with("53") || code.starts_with("57P0")
             }
         }

@@ -1,16 +1,20 @@
-//! Persistence for the credential broker: one [`Store`] trait, two implementations
-//! ([`SqliteStore`] for a single process, [`PgStore`] for replicas sharing PostgreSQL).
+//! Persistence for the credential broker: one [`Store`] trait and one SQL implementation,
+//! [`SqlStore`], on two databases ([`SqliteStore`] for a single process, [`PgStore`] for
+//! replicas sharing PostgreSQL). What differs between them sits behind a small backend trait
+//! (`backend.rs`, implemented in `sqlite.rs` and `postgres.rs`).
 //!
 //! The store is deliberately thin: it reads and writes rows, enforces uniqueness and optimistic
 //! concurrency, and leaves every business rule to the domain. It never logs or reports bound
 //! values, because some of them are secrets.
 
+mod backend;
 mod error;
 mod listener;
 mod model;
 mod postgres;
 mod sql;
 mod sqlite;
+mod store;
 
 use std::sync::Arc;
 
@@ -20,8 +24,15 @@ pub use model::{
     LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, StatusQuery, UsageRecord,
     WrappedDekRow,
 };
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use store::SqlStore;
+
+/// [`Store`] on an SQLite database file (WAL, busy_timeout 5 s, foreign keys on). Change
+/// notifications stay in this process.
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+
+/// [`Store`] on a PostgreSQL database, through a connection pool; changes are announced to
+/// every replica.
+pub type PgStore = SqlStore<sqlx::Postgres>;
 
 /// How many change events a slow subscriber may fall behind before it sees
 /// [`tokio::sync::broadcast::error::RecvError::Lagged`].

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::CHANGE_EVENT_CAPACITY;
-use crate::error::Backend;
+use crate::error::Dialect;
 use crate::model::ChangeEvent;
 use crate::sql;
 
@@ -23,7 +23,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The broadcast channel of one store and the task that feeds it. Shared by the clones of a
 /// store; dropping the last clone aborts the task, which closes its connection.
-pub(crate) struct ChangeHub {
+pub struct ChangeHub {
     sender: broadcast::Sender<ChangeEvent>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -116,7 +116,7 @@ async fn listen(options: PgConnectOptions, sender: broadcast::Sender<ChangeEvent
             }
             Err(e) => {
                 tracing::warn!(
-                    error = %Backend::Postgres.map(e),
+                    error = %Dialect::Postgres.map(e),
                     retry_in_ms = backoff.as_millis(),
                     "cannot listen for credential changes"
                 );
@@ -149,7 +149,7 @@ async fn forward(listener: &mut PgListener, sender: &broadcast::Sender<ChangeEve
             }
             Err(e) => {
                 tracing::warn!(
-                    error = %Backend::Postgres.map(e),
+                    error = %Dialect::Postgres.map(e),
                     "credential change listener failed; reconnecting"
                 );
                 return;

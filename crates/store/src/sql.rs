@@ -1,16 +1,13 @@
-//! SQL text shared by both backends and the row <-> record conversions.
+//! SQL text of the store and the row <-> record conversions.
 //!
 //! Both dialects accept `$n` placeholders, `RETURNING` and `ON CONFLICT ... DO UPDATE`, so one
-//! statement text serves SQLite and PostgreSQL; only the migrations differ.
+//! statement text serves SQLite and PostgreSQL; only the migrations differ. Statements whose
+//! shape depends on the input are built in [`crate::store`] with `sqlx::QueryBuilder`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use crate::error::StoreError;
-use crate::model::{
-    AuditQuery, CredentialQuery, CredentialRow, LeaseColumns, SealedColumns, StatusQuery,
-    UsageRecord,
-};
+use crate::model::{CredentialRow, LeaseColumns, SealedColumns, UsageRecord};
 
 /// Every column of `credentials`, in [`CredentialRecord`] order.
 macro_rules! credential_columns {
@@ -122,12 +119,18 @@ pub(crate) const DUE_FOR_REFRESH: &str = "SELECT id FROM credentials \
 pub(crate) const TOUCH_CREDENTIAL_USAGE: &str = "UPDATE credentials SET last_used_at = $2 \
      WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
 
-/// Upserts (credential, workflow) → max(last_used_at); inserts nothing for an unknown
-/// credential. (SQLite needs the WHERE on `INSERT ... SELECT` before `ON CONFLICT`.)
-/// Bind: credential_id, workflow_id, at.
-pub(crate) const UPSERT_WORKFLOW_USAGE: &str = "INSERT INTO credential_workflow_usage \
+/// Upserts (credential, workflow) → max(last_used_at) for a `VALUES` list of (credential id,
+/// workflow id, at) spliced between the two halves; inserts nothing for an unknown credential.
+/// Rows are written in key order, so concurrent batches lock them in the same order. (SQLite
+/// needs the WHERE on `INSERT ... SELECT` before `ON CONFLICT`.)
+pub(crate) const UPSERT_WORKFLOW_USAGE_HEAD: &str = "INSERT INTO credential_workflow_usage \
      (credential_id, workflow_id, last_used_at) \
-     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM credentials WHERE id = $1) \
+     SELECT v.column1, v.column2, v.column3 FROM (";
+
+/// See [`UPSERT_WORKFLOW_USAGE_HEAD`].
+pub(crate) const UPSERT_WORKFLOW_USAGE_TAIL: &str = ") AS v \
+     WHERE EXISTS (SELECT 1 FROM credentials WHERE credentials.id = v.column1) \
+     ORDER BY v.column1, v.column2 \
      ON CONFLICT (credential_id, workflow_id) DO UPDATE SET last_used_at = excluded.last_used_at \
      WHERE credential_workflow_usage.last_used_at < excluded.last_used_at";
 
@@ -179,20 +182,20 @@ macro_rules! bind_connect_session {
     ($query:expr, $session:expr) => {{
         let s: &$crate::model::ConnectSessionRow = $session;
         $query
-            .bind(&s.state_hash)
-            .bind(&s.workspace_id)
-            .bind(&s.provider_id)
-            .bind(&s.scopes)
-            .bind(&s.redirect_uri)
+            .bind(s.state_hash.as_str())
+            .bind(s.workspace_id.as_str())
+            .bind(s.provider_id.as_str())
+            .bind(s.scopes.as_str())
+            .bind(s.redirect_uri.as_str())
             .bind(s.pkce_verifier.as_deref())
             .bind(s.pkce_dek_wrapped.as_deref())
-            .bind(&s.pkce_dek_key_id)
+            .bind(s.pkce_dek_key_id.as_deref())
             .bind(s.pkce_dek_key_version)
-            .bind(&s.reconnect_credential_id)
-            .bind(&s.display_name)
-            .bind(&s.description)
-            .bind(&s.created_by)
-            .bind(&s.created_by_email)
+            .bind(s.reconnect_credential_id.as_deref())
+            .bind(s.display_name.as_deref())
+            .bind(s.description.as_deref())
+            .bind(s.created_by.as_str())
+            .bind(s.created_by_email.as_str())
             .bind(s.created_at)
             .bind(s.expires_at)
             .bind(s.consumed_at)
@@ -206,20 +209,15 @@ macro_rules! member_columns {
     };
 }
 
-pub(crate) const INSERT_MEMBER: &str = concat!(
-    "INSERT INTO credential_members (",
-    member_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-);
+/// Followed by a `VALUES` list of [`MemberRow`](crate::model::MemberRow)s.
+pub(crate) const INSERT_MEMBERS: &str =
+    concat!("INSERT INTO credential_members (", member_columns!(), ") ");
 
-pub(crate) const UPSERT_MEMBER: &str = concat!(
-    "INSERT INTO credential_members (",
-    member_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-     ON CONFLICT (credential_id, email) DO UPDATE SET user_id = excluded.user_id, \
-     role = excluded.role, state = excluded.state, invited_by = excluded.invited_by, \
-     created_at = excluded.created_at, updated_at = excluded.updated_at"
-);
+/// Follows [`INSERT_MEMBERS`] and one row: replaces the member if it exists.
+pub(crate) const UPSERT_MEMBER_TAIL: &str = " ON CONFLICT (credential_id, email) DO UPDATE \
+     SET user_id = excluded.user_id, role = excluded.role, state = excluded.state, \
+     invited_by = excluded.invited_by, created_at = excluded.created_at, \
+     updated_at = excluded.updated_at";
 
 pub(crate) const LIST_MEMBERS: &str = concat!(
     "SELECT ",
@@ -236,28 +234,27 @@ pub(crate) const GET_MEMBER: &str = concat!(
 pub(crate) const DELETE_MEMBER: &str =
     "DELETE FROM credential_members WHERE credential_id = $1 AND email = $2";
 
-/// PostgreSQL: serializes member changes per credential (SQLite: `BEGIN IMMEDIATE` does).
-pub(crate) const LOCK_CREDENTIAL_FOR_UPDATE: &str =
-    "SELECT id FROM credentials WHERE id = $1 FOR UPDATE";
-
 pub(crate) const COUNT_ACTIVE_ADMINS: &str = "SELECT COUNT(*) FROM credential_members \
      WHERE credential_id = $1 AND role = 'ADMIN' AND state = 'ACTIVE'";
 
-/// PostgreSQL: the channel every replica LISTENs on; the payload is the credential id.
+/// PostgreSQL: the channel every replica LISTENs on; the payload is the credential id (see
+/// `NOTIFY_CHANGE` of the PostgreSQL backend).
 pub(crate) const CHANGE_CHANNEL: &str = "cb_credential_changed";
 
-/// PostgreSQL: queued with the transaction, delivered to listeners at commit.
-pub(crate) const NOTIFY_CHANGE: &str = "SELECT pg_notify('cb_credential_changed', $1)";
+/// Followed by a `VALUES` list of [`NewAuditEvent`](crate::model::NewAuditEvent)s.
+pub(crate) const INSERT_AUDIT_EVENTS: &str = "INSERT INTO audit_events \
+     (at, service, actor, action, credential_id, outcome, detail) ";
 
-pub(crate) const APPEND_AUDIT: &str = "INSERT INTO audit_events \
-     (at, service, actor, action, credential_id, outcome, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+/// Rows per multi-row INSERT: 8 binds each stay far below both databases' limits on bound
+/// parameters (SQLite 32766, PostgreSQL 65535).
+pub(crate) const ROWS_PER_INSERT: usize = 1_000;
 
 macro_rules! audit_columns {
     () => {
         "id, at, service, actor, action, credential_id, outcome, detail"
     };
 }
+pub(crate) use {audit_columns, credential_columns};
 
 /// Deletes at most one batch of old events (bind: older_than, batch size); `prune_audit`
 /// repeats it so no single statement holds locks on the whole backlog.
@@ -285,114 +282,9 @@ pub(crate) const REWRAP_DEK: &str = "UPDATE credentials \
      SET dek_wrapped = $5, dek_key_id = $6, dek_key_version = $7 \
      WHERE id = $1 AND dek_wrapped = $2 AND dek_key_id = $3 AND dek_key_version = $4";
 
-/// Builds the `list_credentials` statement from constant fragments only (values are bound).
-/// Bind order: workspace_id, [provider_id], [after_id], limit.
-pub(crate) fn list_credentials_sql(q: &CredentialQuery) -> String {
-    let mut sql = String::from(concat!(
-        "SELECT ",
-        credential_columns!(),
-        " FROM credentials WHERE workspace_id = $1"
-    ));
-    let mut n = 1;
-    if q.provider_id.is_some() {
-        n += 1;
-        let _ = write!(sql, " AND provider_id = ${n}");
-    }
-    if q.after_id.is_some() {
-        n += 1;
-        let _ = write!(sql, " AND id > ${n}");
-    }
-    if !q.include_disconnected {
-        sql.push_str(" AND status <> 'DISCONNECTED'");
-    }
-    n += 1;
-    let _ = write!(sql, " ORDER BY id LIMIT ${n}");
-    sql
-}
-
 /// Credentials per status, every workspace (metrics); a full scan, run every few seconds at most.
 pub(crate) const COUNT_CREDENTIALS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM credentials GROUP BY status ORDER BY status";
-
-/// Builds the `list_credentials_by_status` statement from constant fragments only.
-/// Bind order: status, [workspace_id], [after_id], limit.
-pub(crate) fn list_credentials_by_status_sql(q: &StatusQuery) -> String {
-    let mut sql = String::from(concat!(
-        "SELECT ",
-        credential_columns!(),
-        " FROM credentials WHERE status = $1"
-    ));
-    let mut n = 1;
-    if q.workspace_id.is_some() {
-        n += 1;
-        let _ = write!(sql, " AND workspace_id = ${n}");
-    }
-    if q.after_id.is_some() {
-        n += 1;
-        let _ = write!(sql, " AND id > ${n}");
-    }
-    n += 1;
-    let _ = write!(sql, " ORDER BY id LIMIT ${n}");
-    sql
-}
-
-/// Builds the `list_audit` statement from constant fragments only (values are bound): each
-/// combination of filters is its own statement text, so each gets a plan that uses the index
-/// for its filter instead of one generic plan for `($n IS NULL OR ...)`.
-/// Bind order: [credential_id], [actor], [action], [start_at], [end_at], [before_id], limit.
-pub(crate) fn list_audit_sql(q: &AuditQuery) -> String {
-    let mut sql = String::from(concat!(
-        "SELECT ",
-        audit_columns!(),
-        " FROM audit_events WHERE TRUE"
-    ));
-    let mut n = 0;
-    let clauses = [
-        (q.credential_id.is_some(), "credential_id ="),
-        (q.actor.is_some(), "actor ="),
-        (q.action.is_some(), "action ="),
-        (q.start_at.is_some(), "at >="),
-        (q.end_at.is_some(), "at <"),
-        (q.before_id.is_some(), "id <"),
-    ];
-    for (present, clause) in clauses {
-        if present {
-            n += 1;
-            let _ = write!(sql, " AND {clause} ${n}");
-        }
-    }
-    n += 1;
-    let _ = write!(sql, " ORDER BY id DESC LIMIT ${n}");
-    sql
-}
-
-/// Binds an [`AuditQuery`](crate::model::AuditQuery) in [`list_audit_sql`] order.
-macro_rules! bind_audit_query {
-    ($query:expr, $q:expr) => {{
-        let q: &$crate::model::AuditQuery = $q;
-        let mut query = $query;
-        if let Some(v) = &q.credential_id {
-            query = query.bind(v);
-        }
-        if let Some(v) = &q.actor {
-            query = query.bind(v);
-        }
-        if let Some(v) = &q.action {
-            query = query.bind(v);
-        }
-        if let Some(v) = q.start_at {
-            query = query.bind(v);
-        }
-        if let Some(v) = q.end_at {
-            query = query.bind(v);
-        }
-        if let Some(v) = q.before_id {
-            query = query.bind(v);
-        }
-        query.bind(i64::from(q.limit))
-    }};
-}
-pub(crate) use bind_audit_query;
 
 /// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$14).
 macro_rules! bind_complete_refresh {
@@ -400,7 +292,7 @@ macro_rules! bind_complete_refresh {
         let row: &$crate::model::CredentialRow = $row;
         let sealed = row.sealed.as_ref();
         $query
-            .bind(&row.id)
+            .bind(row.id.as_str())
             .bind($fence)
             .bind(sealed.map(|s| s.ciphertext.as_slice()))
             .bind(sealed.map(|s| s.dek_wrapped.as_slice()))
@@ -411,8 +303,8 @@ macro_rules! bind_complete_refresh {
             .bind(row.refresh_token_expires_at)
             .bind(row.next_refresh_at)
             .bind(row.last_refreshed_at)
-            .bind(&row.status)
-            .bind(&row.status_reason)
+            .bind(row.status.as_str())
+            .bind(row.status_reason.as_deref())
             .bind(row.updated_at)
     }};
 }
@@ -453,17 +345,17 @@ macro_rules! bind_insert_credential {
         let row: &$crate::model::CredentialRow = $row;
         let sealed = row.sealed.as_ref();
         $query
-            .bind(&row.id)
-            .bind(&row.workspace_id)
-            .bind(&row.provider_id)
-            .bind(&row.account_subject)
-            .bind(&row.account_label)
-            .bind(&row.display_name)
-            .bind(&row.description)
-            .bind(&row.scopes)
-            .bind(&row.status)
-            .bind(&row.status_reason)
-            .bind(&row.created_by)
+            .bind(row.id.as_str())
+            .bind(row.workspace_id.as_str())
+            .bind(row.provider_id.as_str())
+            .bind(row.account_subject.as_str())
+            .bind(row.account_label.as_str())
+            .bind(row.display_name.as_str())
+            .bind(row.description.as_str())
+            .bind(row.scopes.as_str())
+            .bind(row.status.as_str())
+            .bind(row.status_reason.as_deref())
+            .bind(row.created_by.as_str())
             .bind(row.created_at)
             .bind(row.updated_at)
             .bind(row.last_used_at)
@@ -477,7 +369,7 @@ macro_rules! bind_insert_credential {
             .bind(sealed.map(|s| s.dek_key_id.as_str()))
             .bind(sealed.map(|s| s.dek_key_version))
             .bind(row.row_version)
-            .bind(&row.lease.holder)
+            .bind(row.lease.holder.as_deref())
             .bind(row.lease.fence)
             .bind(row.lease.expires_at)
     }};
@@ -490,15 +382,15 @@ macro_rules! bind_update_credential {
         let row: &$crate::model::CredentialRow = $row;
         let sealed = row.sealed.as_ref();
         $query
-            .bind(&row.id)
+            .bind(row.id.as_str())
             .bind($expected)
-            .bind(&row.account_subject)
-            .bind(&row.account_label)
-            .bind(&row.display_name)
-            .bind(&row.description)
-            .bind(&row.scopes)
-            .bind(&row.status)
-            .bind(&row.status_reason)
+            .bind(row.account_subject.as_str())
+            .bind(row.account_label.as_str())
+            .bind(row.display_name.as_str())
+            .bind(row.description.as_str())
+            .bind(row.scopes.as_str())
+            .bind(row.status.as_str())
+            .bind(row.status_reason.as_deref())
             .bind(row.updated_at)
             .bind(row.last_used_at)
             .bind(row.last_refreshed_at)
@@ -513,39 +405,6 @@ macro_rules! bind_update_credential {
     }};
 }
 pub(crate) use bind_update_credential;
-
-/// Binds a [`MemberRow`](crate::model::MemberRow) to [`INSERT_MEMBER`] / [`UPSERT_MEMBER`].
-macro_rules! bind_member {
-    ($query:expr, $member:expr) => {{
-        let m: &$crate::model::MemberRow = $member;
-        $query
-            .bind(&m.credential_id)
-            .bind(&m.email)
-            .bind(&m.user_id)
-            .bind(&m.role)
-            .bind(&m.state)
-            .bind(&m.invited_by)
-            .bind(m.created_at)
-            .bind(m.updated_at)
-    }};
-}
-pub(crate) use bind_member;
-
-/// Binds a [`NewAuditEvent`](crate::model::NewAuditEvent) to [`APPEND_AUDIT`].
-macro_rules! bind_audit {
-    ($query:expr, $event:expr) => {{
-        let e: &$crate::model::NewAuditEvent = $event;
-        $query
-            .bind(e.at)
-            .bind(&e.service)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.credential_id)
-            .bind(&e.outcome)
-            .bind(&e.detail)
-    }};
-}
-pub(crate) use bind_audit;
 
 /// The flat `credentials` row as the database returns it.
 #[derive(sqlx::FromRow)]

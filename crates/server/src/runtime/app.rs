@@ -157,7 +157,7 @@ impl Application {
     pub async fn start(config: &Config, options: BuildOptions) -> Result<Self, StartupError> {
         config.validate()?;
         let metrics = crate::runtime::metrics::Metrics::new();
-        let store = crate::runtime::instrument::TracedStore::wrap(open_store(config).await?);
+        let store = open_store(config).await?;
         let (envelope, key_health) = open_envelope(config, options.env.as_ref()).await?;
         // The same key provider behind spans and metrics, with a fresh DEK cache.
         let envelope = Arc::new(Envelope::new(

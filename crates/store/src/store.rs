@@ -1,0 +1,859 @@
+//! The one SQL implementation of [`Store`], for every [`Backend`]: each query and each
+//! transaction is written here once; the backend supplies only what really differs.
+//!
+//! Every call runs in a `db <operation>` client span when it happens inside a traced
+//! operation. Span fields are ids and names only, never a bound value (some are secrets).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::query_builder::Separated;
+use sqlx::{Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Transaction, Type};
+use tokio::sync::broadcast;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::Store;
+use crate::backend::Backend;
+use crate::error::StoreError;
+use crate::model::{
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
+    MemberChange, MemberRow, NewAuditEvent, StatusQuery, UsageRecord, WrappedDekRow,
+};
+use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
+
+/// [`Store`] on a SQL database: [`SqliteStore`](crate::SqliteStore) or
+/// [`PgStore`](crate::PgStore).
+///
+/// Clones share the pool and the change fan-out. On SQLite changes are announced in-process
+/// after commit (one process only); on PostgreSQL with `pg_notify` at commit, and a listener
+/// (one extra connection, outside the pool) runs from the first
+/// [`Store::subscribe_changes`] until the last clone is dropped.
+pub struct SqlStore<DB: Backend> {
+    pool: Pool<DB>,
+    changes: Arc<DB::Changes>,
+}
+
+impl<DB: Backend> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            changes: Arc::clone(&self.changes),
+        }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &DB::BACKEND)
+            .field("pool", &self.pool)
+            .field("changes", &self.changes)
+            .finish()
+    }
+}
+
+impl<DB: Backend> SqlStore<DB> {
+    /// Opens a pool on `url` (see [`crate::open`] for the URL forms and options) and checks
+    /// one connection. Does NOT migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Ok(Self::from_pool(DB::connect(url, max_connections).await?))
+    }
+
+    /// Wraps an existing pool (SQLite: its connections must have foreign keys on).
+    pub fn from_pool(pool: Pool<DB>) -> Self {
+        Self {
+            pool,
+            changes: Arc::new(DB::changes()),
+        }
+    }
+
+    /// The underlying pool, for tests and tools that inspect raw rows.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Runs `call` in a `db <operation>` client span, recording a failure on it.
+    async fn traced<T>(
+        &self,
+        operation: &'static str,
+        credential_id: Option<&str>,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // Background upkeep (health pings, usage flushes, scans) would be a root trace every
+        // few seconds: database spans only exist inside a traced operation.
+        if tracing::Span::current().is_none() {
+            return call.await;
+        }
+        let span = tracing::info_span!(
+            "db",
+            otel.name = %format_args!("db.{operation}"),
+            otel.kind = "client",
+            db.system = DB::DB_SYSTEM,
+            db.operation = operation,
+            credential_id = credential_id,
+            otel.status_code = Empty,
+            error = Empty,
+        );
+        let result = call.instrument(span.clone()).await;
+        if let Err(e) = &result {
+            // StoreError messages never contain bound values.
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(e));
+        }
+        result
+    }
+}
+
+fn map<DB: Backend>(e: sqlx::Error) -> StoreError {
+    DB::DIALECT.map(e)
+}
+
+// The where clauses list what the queries bind and decode: Rust does not carry such bounds
+// with the `Backend` trait, so each generic impl states the ones it uses.
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> (i64,): FromRow<'t, DB::Row>,
+{
+    /// Opens a write transaction (SQLite: takes the database write lock up front).
+    async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
+        match DB::BEGIN_WRITE {
+            Some(statement) => self.pool.begin_with(statement).await,
+            None => self.pool.begin().await,
+        }
+        .map_err(map::<DB>)
+    }
+
+    /// Commits a transaction that changed `credential_id` and announces the change: inside
+    /// the transaction where the database delivers it at commit, after commit otherwise.
+    async fn commit_announcing(
+        &self,
+        mut tx: Transaction<'static, DB>,
+        credential_id: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(notify) = DB::NOTIFY_CHANGE {
+            sqlx::query(notify)
+                .bind(credential_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+        }
+        tx.commit().await.map_err(map::<DB>)?;
+        DB::announce_committed(&self.changes, credential_id);
+        Ok(())
+    }
+
+    /// Inserts `members` in as few statements as the bind limits allow.
+    async fn insert_members(
+        conn: &mut DB::Connection,
+        members: &[MemberRow],
+    ) -> Result<(), StoreError> {
+        for chunk in members.chunks(sql::ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
+            insert.push_values(chunk, push_member);
+            insert
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+        }
+        Ok(())
+    }
+
+    /// The body of `change_member`, inside the caller's write transaction.
+    async fn apply_member_change(
+        conn: &mut DB::Connection,
+        change: &MemberChange,
+    ) -> Result<(), StoreError> {
+        let credential_id = change.credential_id();
+        let locked = sqlx::query(DB::LOCK_CREDENTIAL)
+            .bind(credential_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map::<DB>)?;
+        if locked.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let admins_before = Self::count_active_admins(conn, credential_id).await?;
+        match change {
+            MemberChange::Upsert(m) => {
+                let mut upsert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
+                upsert.push_values([m], push_member);
+                upsert.push(sql::UPSERT_MEMBER_TAIL);
+                upsert
+                    .build()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map::<DB>)?;
+            }
+            MemberChange::Delete {
+                credential_id,
+                email,
+            } => {
+                let done = sqlx::query(sql::DELETE_MEMBER)
+                    .bind(credential_id.as_str())
+                    .bind(email.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map::<DB>)?;
+                if DB::rows_affected(&done) == 0 {
+                    return Err(StoreError::NotFound);
+                }
+            }
+        }
+        let admins_after = Self::count_active_admins(conn, credential_id).await?;
+        sql::check_last_admin(admins_before, admins_after)
+    }
+
+    async fn count_active_admins(
+        conn: &mut DB::Connection,
+        credential_id: &str,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar::<DB, i64>(sql::COUNT_ACTIVE_ADMINS)
+            .bind(credential_id)
+            .fetch_one(conn)
+            .await
+            .map_err(map::<DB>)
+    }
+
+    /// Finishes a credential `SELECT` with keyset paging (ids after `after_id`, in id order,
+    /// at most `limit`) and reads the page.
+    async fn credential_page(
+        &self,
+        mut select: QueryBuilder<DB>,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>
+    where
+        for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    {
+        if let Some(after_id) = after_id {
+            select.push(" AND id > ").push_bind(after_id);
+        }
+        select
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        select
+            .build_query_as::<CredentialRecord>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map::<DB>)?
+            .into_iter()
+            .map(CredentialRow::try_from)
+            .collect()
+    }
+
+    /// Deletes with `batch` (bind: older_than, batch size) until a batch deletes fewer rows
+    /// than its size, so no single statement holds locks on the whole backlog.
+    async fn prune(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(batch)
+                .bind(older_than)
+                .bind(sql::PRUNE_BATCH_SIZE)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            total += DB::rows_affected(&done);
+            if DB::rows_affected(&done) < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// One `credential_members` row of a `VALUES` list, in [`sql::INSERT_MEMBERS`] column order.
+fn push_member<DB>(mut row: Separated<'_, DB, &'static str>, m: &MemberRow)
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    row.push_bind(m.credential_id.as_str())
+        .push_bind(m.email.as_str())
+        .push_bind(m.user_id.as_deref())
+        .push_bind(m.role.as_str())
+        .push_bind(m.state.as_str())
+        .push_bind(m.invited_by.as_str())
+        .push_bind(m.created_at)
+        .push_bind(m.updated_at);
+}
+
+/// One `audit_events` row of a `VALUES` list, in [`sql::INSERT_AUDIT_EVENTS`] column order.
+fn push_audit<DB>(mut row: Separated<'_, DB, &'static str>, e: &NewAuditEvent)
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    row.push_bind(e.at)
+        .push_bind(e.service.as_str())
+        .push_bind(e.actor.as_deref())
+        .push_bind(e.action.as_str())
+        .push_bind(e.credential_id.as_deref())
+        .push_bind(e.outcome.as_str())
+        .push_bind(e.detail.as_deref());
+}
+
+/// `SELECT` of every credential column, the caller appends the WHERE clause.
+fn select_credentials<DB: Backend>(first_condition: &'static str) -> QueryBuilder<DB> {
+    let mut select = QueryBuilder::new(concat!(
+        "SELECT ",
+        credential_columns!(),
+        " FROM credentials WHERE "
+    ));
+    select.push(first_condition);
+    select
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t [u8]>: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> bool: Encode<'t, DB> + Type<DB>,
+    for<'t> (i64,): FromRow<'t, DB::Row>,
+    for<'t> (String,): FromRow<'t, DB::Row>,
+    for<'t> (String, i64): FromRow<'t, DB::Row>,
+    for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    for<'t> MemberRow: FromRow<'t, DB::Row>,
+    for<'t> AuditRow: FromRow<'t, DB::Row>,
+    for<'t> KeyUsage: FromRow<'t, DB::Row>,
+    for<'t> WrappedDekRow: FromRow<'t, DB::Row>,
+    for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
+{
+    fn backend(&self) -> &'static str {
+        DB::BACKEND
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.traced("migrate", None, async {
+            DB::migrator()
+                .run(&self.pool)
+                .await
+                .map_err(|e| StoreError::Migration(e.to_string()))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.traced("ping", None, async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_credential(
+        &self,
+        row: &CredentialRow,
+        members: &[MemberRow],
+    ) -> Result<(), StoreError> {
+        self.traced("insert_credential", Some(&row.id), async {
+            sql::check_new_credential(row, members)?;
+            let mut tx = self.begin_write().await?;
+            sql::bind_insert_credential!(sqlx::query::<DB>(sql::INSERT_CREDENTIAL), row)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            Self::insert_members(&mut tx, members).await?;
+            self.commit_announcing(tx, &row.id).await
+        })
+        .await
+    }
+
+    async fn get_credential(&self, id: &str) -> Result<Option<CredentialRow>, StoreError> {
+        self.traced("get_credential", Some(id), async {
+            sqlx::query_as::<DB, CredentialRecord>(sql::GET_CREDENTIAL)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .map(CredentialRow::try_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn find_credential_by_account(
+        &self,
+        workspace_id: &str,
+        provider_id: &str,
+        account_subject: &str,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        self.traced("find_credential_by_account", None, async {
+            sqlx::query_as::<DB, CredentialRecord>(sql::FIND_CREDENTIAL_BY_ACCOUNT)
+                .bind(workspace_id)
+                .bind(provider_id)
+                .bind(account_subject)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .map(CredentialRow::try_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_credentials(
+        &self,
+        q: &CredentialQuery,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("list_credentials", None, async {
+            let mut select = select_credentials::<DB>("workspace_id = ");
+            select.push_bind(q.workspace_id.as_str());
+            if let Some(provider_id) = &q.provider_id {
+                select
+                    .push(" AND provider_id = ")
+                    .push_bind(provider_id.as_str());
+            }
+            if !q.include_disconnected {
+                select.push(" AND status <> 'DISCONNECTED'");
+            }
+            self.credential_page(select, q.after_id.as_deref(), q.limit)
+                .await
+        })
+        .await
+    }
+
+    async fn list_credentials_by_status(
+        &self,
+        q: &StatusQuery,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("list_credentials_by_status", None, async {
+            let mut select = select_credentials::<DB>("status = ");
+            select.push_bind(q.status.as_str());
+            if let Some(workspace_id) = &q.workspace_id {
+                select
+                    .push(" AND workspace_id = ")
+                    .push_bind(workspace_id.as_str());
+            }
+            self.credential_page(select, q.after_id.as_deref(), q.limit)
+                .await
+        })
+        .await
+    }
+
+    async fn count_credentials_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.traced("count_credentials_by_status", None, async {
+            sqlx::query_as::<DB, (String, i64)>(sql::COUNT_CREDENTIALS_BY_STATUS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn update_credential(
+        &self,
+        row: &CredentialRow,
+        expected_version: i64,
+    ) -> Result<CredentialRow, StoreError> {
+        self.traced("update_credential", Some(&row.id), async {
+            let mut tx = self.begin_write().await?;
+            let updated = sql::bind_update_credential!(
+                sqlx::query_as::<DB, CredentialRecord>(sql::UPDATE_CREDENTIAL),
+                row,
+                expected_version
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map::<DB>)?;
+            if let Some(record) = updated {
+                self.commit_announcing(tx, &row.id).await?;
+                return CredentialRow::try_from(record);
+            }
+            // Nothing matched: tell a missing row from a stale version. Credentials are never
+            // deleted, so an existing row here means the version moved on.
+            let exists = sqlx::query(sql::CREDENTIAL_EXISTS)
+                .bind(row.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            tx.rollback().await.map_err(map::<DB>)?;
+            Err(match exists {
+                Some(_) => StoreError::VersionConflict {
+                    expected: expected_version,
+                },
+                None => StoreError::NotFound,
+            })
+        })
+        .await
+    }
+
+    async fn list_members(&self, credential_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        self.traced("list_members", Some(credential_id), async {
+            sqlx::query_as::<DB, MemberRow>(sql::LIST_MEMBERS)
+                .bind(credential_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn get_member(
+        &self,
+        credential_id: &str,
+        email: &str,
+    ) -> Result<Option<MemberRow>, StoreError> {
+        self.traced("get_member", Some(credential_id), async {
+            sqlx::query_as::<DB, MemberRow>(sql::GET_MEMBER)
+                .bind(credential_id)
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
+        let credential_id = change.credential_id();
+        self.traced("change_member", Some(credential_id), async {
+            let mut tx = self.begin_write().await?;
+            // An error drops `tx`, which rolls back (and releases any row lock).
+            Self::apply_member_change(&mut tx, change).await?;
+            self.commit_announcing(tx, credential_id).await
+        })
+        .await
+    }
+
+    async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError> {
+        self.traced("append_audit", e.credential_id.as_deref(), async {
+            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_AUDIT_EVENTS);
+            insert.push_values([e], push_audit).push(" RETURNING id");
+            insert
+                .build_query_scalar::<i64>()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn append_audit_batch(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        self.traced("append_audit_batch", None, async {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.begin_write().await?;
+            for chunk in events.chunks(sql::ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<DB>::new(sql::INSERT_AUDIT_EVENTS);
+                insert.push_values(chunk, push_audit);
+                insert.build().execute(&mut *tx).await.map_err(map::<DB>)?;
+            }
+            tx.commit().await.map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        self.traced("list_audit", None, async {
+            // Each combination of filters is its own statement text, so each gets a plan that
+            // uses the index for its filter instead of one generic plan for `($n IS NULL OR ...)`.
+            let mut select = QueryBuilder::<DB>::new(concat!(
+                "SELECT ",
+                audit_columns!(),
+                " FROM audit_events WHERE TRUE"
+            ));
+            let text_filters = [
+                (" AND credential_id = ", &q.credential_id),
+                (" AND actor = ", &q.actor),
+                (" AND action = ", &q.action),
+            ];
+            for (clause, value) in text_filters {
+                if let Some(value) = value {
+                    select.push(clause).push_bind(value.as_str());
+                }
+            }
+            let number_filters = [
+                (" AND at >= ", q.start_at),
+                (" AND at < ", q.end_at),
+                (" AND id < ", q.before_id),
+            ];
+            for (clause, value) in number_filters {
+                if let Some(value) = value {
+                    select.push(clause).push_bind(value);
+                }
+            }
+            select
+                .push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            select
+                .build_query_as::<AuditRow>()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.traced(
+            "prune_audit",
+            None,
+            self.prune(sql::PRUNE_AUDIT_BATCH, older_than),
+        )
+        .await
+    }
+
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        self.traced("key_usage", None, async {
+            sqlx::query_as::<DB, KeyUsage>(sql::KEY_USAGE)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn dek_rows_not_on_key(
+        &self,
+        key_id: &str,
+        key_version: i64,
+        after_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<WrappedDekRow>, StoreError> {
+        self.traced("dek_rows_not_on_key", None, async {
+            sqlx::query_as::<DB, WrappedDekRow>(sql::DEK_ROWS_NOT_ON_KEY)
+                .bind(key_id)
+                .bind(key_version)
+                .bind(after_id.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn rewrap_dek(
+        &self,
+        old: &WrappedDekRow,
+        new_wrapped: &[u8],
+        new_key_id: &str,
+        new_key_version: i64,
+    ) -> Result<bool, StoreError> {
+        self.traced("rewrap_dek", Some(&old.credential_id), async {
+            let done = sqlx::query(sql::REWRAP_DEK)
+                .bind(old.credential_id.as_str())
+                .bind(old.dek_wrapped.as_slice())
+                .bind(old.dek_key_id.as_str())
+                .bind(old.dek_key_version)
+                .bind(new_wrapped)
+                .bind(new_key_id)
+                .bind(new_key_version)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        self.traced("acquire_refresh_lease", Some(id), async {
+            // One conditional UPDATE: SQLite runs one writer at a time; on PostgreSQL
+            // concurrent acquirers queue on the row lock and each re-checks the WHERE clause
+            // against the winner's committed row (READ COMMITTED), so only one matches.
+            sqlx::query_as::<DB, CredentialRecord>(sql::ACQUIRE_REFRESH_LEASE)
+                .bind(id)
+                .bind(holder)
+                .bind(now)
+                .bind(lease_until)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .map(CredentialRow::try_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn complete_refresh(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+    ) -> Result<CredentialRow, StoreError> {
+        self.traced("complete_refresh", Some(&row.id), async {
+            let mut tx = self.begin_write().await?;
+            let updated = sql::bind_complete_refresh!(
+                sqlx::query_as::<DB, CredentialRecord>(sql::COMPLETE_REFRESH),
+                row,
+                fence
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map::<DB>)?;
+            let Some(record) = updated else {
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Err(StoreError::LeaseLost);
+            };
+            self.commit_announcing(tx, &row.id).await?;
+            CredentialRow::try_from(record)
+        })
+        .await
+    }
+
+    async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError> {
+        self.traced("release_refresh_lease", Some(id), async {
+            let done = sqlx::query(sql::RELEASE_REFRESH_LEASE)
+                .bind(id)
+                .bind(fence)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn due_for_refresh(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.traced("due_for_refresh", None, async {
+            sqlx::query_scalar::<DB, String>(sql::DUE_FOR_REFRESH)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        self.traced("record_usage", None, async {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let merged = sql::merge_usage(batch);
+            let mut tx = self.begin_write().await?;
+            // One UPDATE per credential in key order: concurrent batches lock the rows in the
+            // same order and cannot deadlock (a multi-row UPDATE has no defined row order).
+            for (credential_id, at) in &merged.credentials {
+                sqlx::query(sql::TOUCH_CREDENTIAL_USAGE)
+                    .bind(*credential_id)
+                    .bind(*at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map::<DB>)?;
+            }
+            let workflows: Vec<_> = merged.workflows.iter().collect();
+            for chunk in workflows.chunks(sql::ROWS_PER_INSERT) {
+                let mut upsert = QueryBuilder::<DB>::new(sql::UPSERT_WORKFLOW_USAGE_HEAD);
+                upsert.push_values(chunk, |mut row, ((credential_id, workflow_id), at)| {
+                    row.push_bind(*credential_id)
+                        .push_bind(*workflow_id)
+                        .push_bind(**at);
+                });
+                upsert.push(sql::UPSERT_WORKFLOW_USAGE_TAIL);
+                upsert.build().execute(&mut *tx).await.map_err(map::<DB>)?;
+            }
+            tx.commit().await.map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn recent_workflows(
+        &self,
+        credential_id: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, i64)>, u64), StoreError> {
+        self.traced("recent_workflows", Some(credential_id), async {
+            let recent = sqlx::query_as::<DB, (String, i64)>(sql::RECENT_WORKFLOWS)
+                .bind(credential_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            let total = sqlx::query_scalar::<DB, i64>(sql::COUNT_WORKFLOWS)
+                .bind(credential_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok((recent, total.unsigned_abs()))
+        })
+        .await
+    }
+
+    async fn insert_connect_session(&self, s: &ConnectSessionRow) -> Result<(), StoreError> {
+        self.traced("insert_connect_session", None, async {
+            sql::bind_connect_session!(sqlx::query::<DB>(sql::INSERT_CONNECT_SESSION), s)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_connect_session(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<ConnectSessionRow>, StoreError> {
+        self.traced("get_connect_session", None, async {
+            sqlx::query_as::<DB, ConnectSessionRow>(sql::GET_CONNECT_SESSION)
+                .bind(state_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn consume_connect_session(
+        &self,
+        state_hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.traced("consume_connect_session", None, async {
+            let done = sqlx::query(sql::CONSUME_CONNECT_SESSION)
+                .bind(state_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.traced(
+            "prune_connect_sessions",
+            None,
+            self.prune(sql::PRUNE_CONNECT_SESSIONS_BATCH, older_than),
+        )
+        .await
+    }
+
+    fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {
+        DB::subscribe(&self.changes, &self.pool)
+    }
+}
