@@ -45,8 +45,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/userinfo", get(userinfo))
         .route("/tenants", get(tenants))
         .route("/revoke", post(revoke))
-        .route("/api/auth.revoke", post(revoke_slack))
-        .route("/2/auth/token/revoke", post(revoke_dropbox))
+        .route(
+            "/api/auth.revoke",
+            post(|app: App, headers: HeaderMap| revoke_bearer(app, headers, true)),
+        )
+        .route(
+            "/2/auth/token/revoke",
+            post(|app: App, headers: HeaderMap| revoke_bearer(app, headers, false)),
+        )
         .route("/applications/{client_id}/grant", delete(revoke_github))
         .route("/redirect", post(redirect_token))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
@@ -450,36 +456,26 @@ async fn revoke(app: App, req: Request) -> Response {
     text(StatusCode::OK, "")
 }
 
-/// Slack `auth.revoke`: the access token as Bearer, `ok` in an HTTP 200 body.
-async fn revoke_slack(app: App, headers: HeaderMap) -> Response {
+/// Slack `auth.revoke` (`slack`: `ok` in an HTTP 200 body) and Dropbox `/2/auth/token/revoke`:
+/// the access token as Bearer revokes its grant.
+async fn revoke_bearer(app: App, headers: HeaderMap, slack: bool) -> Response {
     let mut s = app.lock();
     if s.config.revoke_fails {
         return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     }
-    if bearer(&headers).is_some_and(|t| s.revoke_by_access_token(&t)) {
-        json_response(StatusCode::OK, &json!({"ok": true, "revoked": true}))
-    } else {
-        json_response(
+    let revoked = bearer(&headers).is_some_and(|t| s.revoke_by_access_token(&t));
+    match (slack, revoked) {
+        (true, true) => json_response(StatusCode::OK, &json!({"ok": true, "revoked": true})),
+        (true, false) => json_response(
             StatusCode::OK,
             &json!({"ok": false, "error": "invalid_auth"}),
-        )
-    }
-}
-
-/// Dropbox `/2/auth/token/revoke`: the access token as Bearer.
-async fn revoke_dropbox(app: App, headers: HeaderMap) -> Response {
-    let mut s = app.lock();
-    if s.config.revoke_fails {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    }
-    if bearer(&headers).is_some_and(|t| s.revoke_by_access_token(&t)) {
-        json_response(StatusCode::OK, &Value::Null)
-    } else {
-        json_response(
+        ),
+        (false, true) => json_response(StatusCode::OK, &Value::Null),
+        (false, false) => json_response(
             StatusCode::UNAUTHORIZED,
             &json!({"error_summary": "invalid_access_token/",
                     "error": {".tag": "invalid_access_token"}}),
-        )
+        ),
     }
 }
 
