@@ -22,6 +22,8 @@
 mod config;
 mod routes;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ClientAuth, Dialect, FakeConfig, TokenFailure, TokenStyle};
 pub use state::{Counters, GrantStats, TokenRequestRecord};

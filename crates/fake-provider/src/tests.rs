@@ -1,10 +1,10 @@
-//! The fake's own protocol behaviour over HTTP: what the broker's tests build on (rotation, reuse
+//! The fake's own protocol behaviour over HTTP, through the public API only: what the broker's tests build on (rotation, reuse
 //! detection, per-grant counters, fault injection) and what `serve --dev-provider` needs (random
 //! tokens, Basic-only clients, the `/callback` page).
 
+use crate::{ClientAuth, FakeConfig, FakeProvider, TokenFailure, TokenStyle};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cb_fake_provider::{ClientAuth, FakeConfig, FakeProvider, TokenFailure, TokenStyle};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
