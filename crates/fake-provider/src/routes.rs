@@ -5,7 +5,7 @@ use crate::config::{Dialect, TokenFailure};
 use crate::state::{Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request};
+use axum::extract::{FromRequest, Path, Request};
 use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,8 +67,10 @@ struct FakeRequest {
     body: Bytes,
 }
 
-impl FakeRequest {
-    async fn read(req: Request) -> Result<Self, Response> {
+impl<S: Send + Sync> FromRequest<S> for FakeRequest {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Response> {
         let (parts, body) = req.into_parts();
         let body = axum::body::to_bytes(body, BODY_LIMIT)
             .await
@@ -84,7 +86,9 @@ impl FakeRequest {
             body,
         })
     }
+}
 
+impl FakeRequest {
     fn header(&self, name: HeaderName) -> Option<String> {
         self.headers
             .get(name)
@@ -134,11 +138,7 @@ impl FakeRequest {
 
 // --- authorization endpoint and the development callback -----------------------------------------
 
-async fn authorize(app: App, req: Request) -> Response {
-    let req = match FakeRequest::read(req).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn authorize(app: App, req: FakeRequest) -> Response {
     match app.lock().authorize(&req.query) {
         Authorization::Refused(why) => text(StatusCode::BAD_REQUEST, why),
         Authorization::Redirect(url) => redirect(StatusCode::FOUND, &url),
@@ -147,12 +147,8 @@ async fn authorize(app: App, req: Request) -> Response {
 
 /// A redirect target that answers with the JSON body CompleteConnect takes, so a person can walk
 /// the connect flow with curl (`redirect_uri` = this server's `/callback`).
-async fn callback(req: Request) -> Response {
-    let q = req
-        .uri()
-        .query()
-        .map(|q| form_map(q.as_bytes()))
-        .unwrap_or_default();
+async fn callback(req: FakeRequest) -> Response {
+    let q = &req.query;
     json_response(
         StatusCode::OK,
         &json!({"state": q.get("state"), "code": q.get("code"), "error": q.get("error")}),
@@ -161,11 +157,7 @@ async fn callback(req: Request) -> Response {
 
 // --- token endpoint ------------------------------------------------------------------------------
 
-async fn token(app: App, req: Request) -> Response {
-    let req = match FakeRequest::read(req).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn token(app: App, req: FakeRequest) -> Response {
     // Count on arrival, then wait (outside the lock), then process.
     let (delay, failure, dialect) = {
         let mut s = app.lock();
@@ -432,11 +424,7 @@ async fn tenants(app: App, headers: HeaderMap) -> Response {
 // --- revocation ----------------------------------------------------------------------------------
 
 /// RFC 7009 token revocation.
-async fn revoke(app: App, req: Request) -> Response {
-    let req = match FakeRequest::read(req).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn revoke(app: App, req: FakeRequest) -> Response {
     let mut s = app.lock();
     let dialect = s.config.dialect;
     if s.config.revoke_fails {
@@ -481,11 +469,7 @@ async fn revoke_bearer(app: App, headers: HeaderMap, slack: bool) -> Response {
 
 /// GitHub `DELETE /applications/{client_id}/grant`: Basic client credentials, the access token
 /// in a JSON body.
-async fn revoke_github(app: App, Path(path_client): Path<String>, req: Request) -> Response {
-    let req = match FakeRequest::read(req).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+async fn revoke_github(app: App, Path(path_client): Path<String>, req: FakeRequest) -> Response {
     let mut s = app.lock();
     if s.config.revoke_fails {
         return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
