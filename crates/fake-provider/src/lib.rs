@@ -18,6 +18,10 @@
 //! `GET /userinfo`, `GET /tenants`, `POST /revoke`, `POST /api/auth.revoke`,
 //! `POST /2/auth/token/revoke`, `DELETE /applications/{client_id}/grant`, and `POST /redirect`
 //! (a token endpoint that redirects, which a client must not follow).
+//!
+//! Where things go: a new behaviour is a [`FakeConfig`] field (default: today's behaviour), read
+//! in `state.rs` when it changes a protocol decision (which grant, which token, accept or refuse)
+//! or in `routes.rs` when it changes only the wire format (parameters, fields, status codes).
 
 mod config;
 mod routes;
