@@ -91,7 +91,7 @@ fn expected_fields(error: &str) -> Option<Vec<String>> {
 }
 
 /// Every key path the configuration parser accepts, found by asking the parser itself.
-fn accepted_keys(path: &mut Vec<Seg>, out: &mut BTreeSet<String>) {
+fn accepted_keys(path: &[Seg], out: &mut BTreeSet<String>) {
     let parse = |text: String| {
         credential_broker::runtime::config::Config::parse(&text)
             .err()
@@ -102,26 +102,26 @@ fn accepted_keys(path: &mut Vec<Seg>, out: &mut BTreeSet<String>) {
         return;
     };
     for field in fields {
-        let mut child = path.clone();
+        let mut child = path.to_vec();
         child.push(Seg::Table(field.clone()));
         let as_table = parse(probe_text(&child, "__probe = 1\n"));
         if expected_fields(&as_table).is_some() {
-            accepted_keys(&mut child, out);
+            accepted_keys(&child, out);
             continue;
         }
         if as_table.contains("expected struct") {
             // A map of tables keyed by an id.
             child.push(Seg::Map);
-            accepted_keys(&mut child, out);
+            accepted_keys(&child, out);
             continue;
         }
-        let mut as_array = path.clone();
+        let mut as_array = path.to_vec();
         as_array.push(Seg::Array(field.clone()));
         if expected_fields(&parse(probe_text(&as_array, "__probe = 1\n"))).is_some() {
-            accepted_keys(&mut as_array, out);
+            accepted_keys(&as_array, out);
             continue;
         }
-        let mut leaf = path.clone();
+        let mut leaf = path.to_vec();
         leaf.push(Seg::Table(field));
         out.insert(dotted(&leaf));
     }
@@ -183,7 +183,7 @@ fn documented_keys(doc: &str) -> BTreeSet<String> {
 #[test]
 fn configuration_md_names_every_key_the_parser_accepts() {
     let mut accepted = BTreeSet::new();
-    accepted_keys(&mut Vec::new(), &mut accepted);
+    accepted_keys(&[], &mut accepted);
     assert!(
         accepted.contains("tokens.lease_seconds") && accepted.contains("callers.role"),
         "the probe no longer finds the keys: {accepted:?}"
