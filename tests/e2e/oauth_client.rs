@@ -1013,6 +1013,7 @@ async fn rfc7009_revocation() {
         id_token: None,
         token_type: "Bearer".into(),
         expires_in: None,
+        access_token_lifetime: None,
         refresh_token_expires_in: None,
         scope: None,
         extras: BTreeMap::new(),

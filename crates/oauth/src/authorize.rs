@@ -22,7 +22,8 @@ pub struct AuthorizeRequest<'a> {
     pub placeholders: &'a BTreeMap<String, String>,
 }
 
-/// Builds the authorize URL: `response_type=code`, `client_id`, `redirect_uri`, `scope` (space-
+/// Builds the authorize URL: `response_type=code`, `client_id` (or the spec's
+/// `client_id_param`, TikTok `client_key`), `redirect_uri`, `scope` (space-
 /// or comma-separated per [`Quirk::CommaSeparatedScopes`]; `user_scope` for Slack user tokens),
 /// `state`, `code_challenge` + `code_challenge_method=S256` when the provider uses PKCE, then the
 /// spec's `extra_authorize_params` (which may not replace any of the former).
@@ -59,10 +60,11 @@ pub fn authorize_url(
         "code_challenge",
         "code_challenge_method",
     ];
+    let id_param = spec.client_id_param();
     if let Some(name) = spec
         .extra_authorize_params
         .keys()
-        .find(|k| reserved.contains(&k.as_str()))
+        .find(|k| reserved.contains(&k.as_str()) || k.as_str() == id_param)
     {
         return Err(OAuthError::Config(format!(
             "extra authorize parameter {name} would replace one the broker sets"
@@ -72,7 +74,7 @@ pub fn authorize_url(
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code");
-        q.append_pair("client_id", &client.client_id);
+        q.append_pair(id_param, &client.client_id);
         q.append_pair("redirect_uri", req.redirect_uri);
         if !scope.is_empty() {
             let name = if spec.quirks.contains(&Quirk::SlackAuthedUser) {

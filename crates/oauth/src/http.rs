@@ -112,6 +112,30 @@ impl OAuthHttp {
         pkce_verifier: Option<&SecretString>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
+        let req = self.exchange_request(
+            spec,
+            client,
+            code,
+            redirect_uri,
+            pkce_verifier,
+            placeholders,
+        )?;
+        let mut sent = vec![code.expose_secret(), client.client_secret.expose_secret()];
+        sent.extend(pkce_verifier.map(|v| v.expose_secret()));
+        self.token_call(spec, req, Operation::Exchange, &sent).await
+    }
+
+    /// The code exchange request, built but not sent: the standard parameters, then the spec's
+    /// `extra_token_params` (Shopify `expiring=1`), with the spec's client authentication.
+    fn exchange_request(
+        &self,
+        spec: &ProviderSpec,
+        client: &ClientCredentials,
+        code: &SecretString,
+        redirect_uri: &str,
+        pkce_verifier: Option<&SecretString>,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let url = endpoint::fill(&spec.token_url, placeholders, None)?;
         let url = endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?;
         let mut params = vec![
@@ -122,10 +146,12 @@ impl OAuthHttp {
         if let Some(v) = pkce_verifier {
             params.push(("code_verifier", v.expose_secret()));
         }
-        let mut sent = vec![code.expose_secret(), client.client_secret.expose_secret()];
-        sent.extend(pkce_verifier.map(|v| v.expose_secret()));
-        self.token_request(spec, client, url, params, Operation::Exchange, &sent)
-            .await
+        params.extend(
+            spec.extra_token_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.token_request(spec, client, url, params)
     }
 
     /// Refreshes an access token (RFC 6749 §6). A `refresh_token` in the result means the
@@ -140,6 +166,24 @@ impl OAuthHttp {
         extras: &BTreeMap<String, String>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
+        let req = self.refresh_request(spec, client, refresh_token, extras, placeholders)?;
+        let sent = [
+            refresh_token.expose_secret(),
+            client.client_secret.expose_secret(),
+        ];
+        self.token_call(spec, req, Operation::Refresh, &sent).await
+    }
+
+    /// The refresh request, built but not sent: `grant_type`, `refresh_token`, then the spec's
+    /// `extra_refresh_params`, with the spec's client authentication.
+    fn refresh_request(
+        &self,
+        spec: &ProviderSpec,
+        client: &ClientCredentials,
+        refresh_token: &SecretString,
+        extras: &BTreeMap<String, String>,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let instance = extras
             .get("instance_url")
             .filter(|_| spec.quirks.contains(&Quirk::SalesforceInstanceUrl));
@@ -150,16 +194,16 @@ impl OAuthHttp {
                 endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?
             }
         };
-        let params = vec![
+        let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let sent = [
-            refresh_token.expose_secret(),
-            client.client_secret.expose_secret(),
-        ];
-        self.token_request(spec, client, url, params, Operation::Refresh, &sent)
-            .await
+        params.extend(
+            spec.extra_refresh_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.token_request(spec, client, url, params)
     }
 
     /// Revokes a token. RFC 7009 endpoints take either token (`token_type_hint`
@@ -401,22 +445,29 @@ impl OAuthHttp {
         }
     }
 
-    /// POSTs a token request with the spec's client authentication and body format, then reads
-    /// the answer.
-    async fn token_request(
+    /// A token request POST with the spec's client authentication and body format.
+    fn token_request(
         &self,
         spec: &ProviderSpec,
         client: &ClientCredentials,
         url: url::Url,
         params: Vec<(&str, &str)>,
-        operation: Operation,
-        sent: &[&str],
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let mut headers = HeaderMap::new();
         // Always asked for: GitHub answers form-encoded otherwise; nobody else minds.
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let req = self.client.post(url);
-        let req = self.with_client_auth(spec, client, req, params, headers)?;
+        self.with_client_auth(spec, client, req, params, headers)
+    }
+
+    /// Sends a token request and reads the answer.
+    async fn token_call(
+        &self,
+        spec: &ProviderSpec,
+        req: reqwest::RequestBuilder,
+        operation: Operation,
+        sent: &[&str],
+    ) -> Result<TokenResponse, OAuthError> {
         let reply = self.send(req).await?;
         tracing::debug!(
             provider = %spec.id,
@@ -435,7 +486,7 @@ impl OAuthHttp {
     /// [`Quirk::JsonTokenRequest`].
     fn with_client_auth<'a>(
         &self,
-        spec: &ProviderSpec,
+        spec: &'a ProviderSpec,
         client: &'a ClientCredentials,
         req: reqwest::RequestBuilder,
         mut params: Vec<(&'a str, &'a str)>,
@@ -446,7 +497,7 @@ impl OAuthHttp {
                 headers.insert(AUTHORIZATION, basic(client)?);
             }
             AuthStyle::Post => {
-                params.push(("client_id", &client.client_id));
+                params.push((spec.client_id_param(), &client.client_id));
                 params.push(("client_secret", client.client_secret.expose_secret()));
             }
         }
