@@ -174,6 +174,30 @@ mod tests {
     }
 
     #[test]
+    fn tiktok_names_the_client_id_client_key() {
+        let mut s = spec("https://www.tiktok.com/v2/auth/authorize/", Pkce::None, &[]);
+        s.client_id_param = Some("client_key".to_owned());
+        let url = build(&s, &["user.info.basic"], None);
+        assert_eq!(get(&url, "client_key").as_deref(), Some("cid"));
+        assert_eq!(get(&url, "client_id"), None);
+        // An extra parameter may not replace it either.
+        s.extra_authorize_params
+            .insert("client_key".to_owned(), "other".to_owned());
+        let err = authorize_url(
+            &s,
+            &client(),
+            &AuthorizeRequest {
+                redirect_uri: "https://b/cb",
+                scopes: &[],
+                state: "s",
+                pkce_challenge: None,
+                placeholders: &BTreeMap::new(),
+            },
+        );
+        assert!(matches!(err, Err(OAuthError::Config(_))));
+    }
+
+    #[test]
     fn pkce_is_left_out_when_the_provider_does_not_use_it_and_required_otherwise() {
         let s = spec("https://auth.example.com/authorize", Pkce::None, &[]);
         let url = build(&s, &["a"], Some("chal"));

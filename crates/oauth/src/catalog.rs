@@ -865,7 +865,7 @@ fn check_refresh(spec: &ProviderSpec, problems: &mut Vec<String>) {
 }
 
 /// Token request parameters the broker always sets itself.
-const RESERVED_TOKEN_PARAMS: [&str; 8] = [
+const RESERVED_TOKEN_PARAMS: [&str; 7] = [
     "grant_type",
     "code",
     "redirect_uri",
@@ -873,7 +873,6 @@ const RESERVED_TOKEN_PARAMS: [&str; 8] = [
     "refresh_token",
     "client_id",
     "client_secret",
-    "scope",
 ];
 
 /// Extra parameters may not replace the ones the broker sets; the client id parameter name is
@@ -1549,6 +1548,236 @@ description = "Change your data"
         assert!(catalog.extend_from_toml(&text).is_err());
         assert_eq!(catalog.len(), before);
         assert!(catalog.get("acme").is_none());
+    }
+
+    /// The ids of the built-in entries not backed by sources.
+    fn unverified_ids() -> Vec<String> {
+        builtin()
+            .iter()
+            .filter(|p| !p.is_verified())
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn every_builtin_entry_is_sourced_or_marked_unverified() {
+        for spec in builtin().iter() {
+            assert!(spec.checked.is_some(), "{}: no checked date", spec.id);
+            if spec.verified {
+                assert!(
+                    !spec.sources.is_empty(),
+                    "{}: verified without sources",
+                    spec.id
+                );
+            } else {
+                assert!(
+                    !spec.unsure.is_empty(),
+                    "{}: unverified without saying what is unsure",
+                    spec.id
+                );
+            }
+        }
+        let unverified = unverified_ids();
+        for id in ["trello", "shopify", "calendly", "hubspot", "clickup"] {
+            assert!(
+                unverified.iter().any(|u| u == id),
+                "{id} should be unverified"
+            );
+        }
+        for id in ["gmail", "salesforce", "tiktok", "spotify", "box"] {
+            assert!(
+                !unverified.iter().any(|u| u == id),
+                "{id} should be verified"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_without_sources_are_reported_unverified() {
+        // A config entry that names no source is reported unverified.
+        let spec = good_spec();
+        assert!(spec.verified && spec.sources.is_empty());
+        assert!(!spec.is_verified());
+        let sourced = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nsources = [\"https://acme.example/docs/oauth\"]\nchecked = \"2026-11-29\"",
+        );
+        let catalog = Catalog::from_toml(&sourced).expect("valid");
+        assert!(catalog.get("acme").is_some_and(ProviderSpec::is_verified));
+        let doubted = sourced.replace(
+            "checked = \"2026-11-29\"",
+            "checked = \"2026-11-29\"\nverified = false\nunsure = [\"token_url\"]",
+        );
+        let catalog = Catalog::from_toml(&doubted).expect("valid");
+        assert!(!catalog.get("acme").is_some_and(ProviderSpec::is_verified));
+    }
+
+    #[test]
+    fn docs_list_exactly_the_unverified_entries() {
+        let docs = include_str!("../../../docs/providers.md");
+        let start = "<!-- unverified-providers:start -->";
+        let end = "<!-- unverified-providers:end -->";
+        let (Some(a), Some(b)) = (docs.find(start), docs.find(end)) else {
+            panic!("docs/providers.md has no unverified-providers list");
+        };
+        let listed: Vec<String> = docs[a + start.len()..b]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            listed,
+            unverified_ids(),
+            "update the list in docs/providers.md"
+        );
+    }
+
+    #[test]
+    fn the_audited_errors_stay_fixed() {
+        let catalog = builtin();
+        let get = |id: &str| catalog.get(id).cloned().expect(id);
+        // Salesforce sends no expires_in: the catalog lifetime is what the broker assumes.
+        for id in ["salesforce", "salesforce-sandbox"] {
+            assert_eq!(
+                get(id).fallback_access_token_lifetime(true),
+                Some(Duration::from_secs(7200)),
+                "{id}"
+            );
+        }
+        // Shopify issues expiring offline tokens only with expiring=1 on the code exchange.
+        let shopify = get("shopify");
+        assert_eq!(
+            shopify
+                .extra_token_params
+                .get("expiring")
+                .map(String::as_str),
+            Some("1")
+        );
+        // TikTok: client_key, 2-hour access tokens, 180-day single-use refresh tokens.
+        let tiktok = get("tiktok");
+        assert_eq!(tiktok.client_id_param(), "client_key");
+        assert_eq!(tiktok.refresh.access_token_lifetime_seconds, Some(7200));
+        assert_eq!(
+            tiktok.refresh.refresh_token_lifetime_seconds,
+            Some(180 * 86_400)
+        );
+        assert!(tiktok.refresh.single_use_refresh_tokens);
+        // Trello: only Trello's own scopes.
+        let trello = get("trello");
+        for scope in trello.scopes.iter().map(|s| s.name.as_str()) {
+            assert!(
+                scope.ends_with(":trello") || scope == "offline_access",
+                "trello scope {scope}"
+            );
+        }
+        assert!(trello.pkce == Pkce::Required);
+        // Calendly web clients authenticate with HTTP Basic.
+        assert_eq!(get("calendly").auth_style, AuthStyle::Basic);
+        // Spotify refresh tokens end 6 months after consent, refreshed or not.
+        let spotify = get("spotify").refresh;
+        assert!(
+            spotify
+                .refresh_token_absolute_seconds
+                .is_some_and(|s| s <= 183 * 86_400)
+        );
+        // The other findings.
+        assert!(!get("box").scopes.iter().any(|s| s.name == "manage_users"));
+        let zoom = get("zoom").refresh;
+        assert_eq!(zoom.refresh_token_idle_seconds, None);
+        assert_eq!(zoom.refresh_token_lifetime_seconds, Some(15 * 365 * 86_400));
+        assert!(matches!(
+            get("quickbooks").account,
+            AccountSource::Userinfo { .. }
+        ));
+        assert!(get("wealthbox").refresh.rotates_refresh_tokens);
+        assert!(get("hubspot").token_url.contains("/oauth/2026-03/"));
+        assert!(get("wordpress-com").token_url.contains("/oauth2-1/"));
+        assert_eq!(get("gmail").refresh.max_refresh_tokens_per_user, Some(100));
+        assert_eq!(
+            get("zoho-crm").refresh.max_refresh_tokens_per_user,
+            Some(20)
+        );
+        let jira = get("jira").refresh;
+        assert_eq!(jira.reuse_grace_seconds, Some(600));
+        assert_eq!(jira.refresh_token_absolute_seconds, Some(365 * 86_400));
+    }
+
+    #[test]
+    fn refresh_rules_must_agree() {
+        let with_refresh = |extra: &str| {
+            GOOD.replace(
+                "access_token_lifetime_seconds = 3600",
+                &format!("access_token_lifetime_seconds = 3600\n{extra}"),
+            )
+        };
+        assert_rejected(
+            &with_refresh("reuse_grace_seconds = 600"),
+            "reuse_grace_seconds requires refresh.rotates_refresh_tokens",
+        );
+        assert_rejected(
+            &with_refresh(
+                "refresh_token_idle_seconds = 900000\nrefresh_token_absolute_seconds = 86400",
+            ),
+            "exceeds refresh.refresh_token_absolute_seconds",
+        );
+        assert_rejected(
+            &with_refresh("refresh_token_idle_seconds = 3600"),
+            "must be shorter than refresh.refresh_token_idle_seconds",
+        );
+        assert_rejected(
+            &with_refresh("max_refresh_tokens_per_user = 0"),
+            "refresh.max_refresh_tokens_per_user must be positive",
+        );
+        assert!(
+            Catalog::from_toml(&with_refresh(
+                "rotates_refresh_tokens = true\nsingle_use_refresh_tokens = true\nreuse_grace_seconds = 600\nrefresh_token_idle_seconds = 7776000\nrefresh_token_absolute_seconds = 31536000\nmax_refresh_tokens_per_user = 20"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_parameters_and_provenance_are_checked() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                r#"docs_url = "https://acme.example/docs/oauth""#,
+                &format!("docs_url = \"https://acme.example/docs/oauth\"\n{extra}"),
+            )
+        };
+        assert_rejected(
+            &with("extra_token_params = { grant_type = \"password\" }"),
+            "extra_token_params may not set `grant_type`",
+        );
+        assert_rejected(
+            &with("extra_refresh_params = { client_secret = \"x\" }"),
+            "extra_refresh_params may not set `client_secret`",
+        );
+        assert_rejected(
+            &with("client_id_param = \"client key\""),
+            "client_id_param `client key` must be",
+        );
+        assert_rejected(
+            &with("client_id_param = \"redirect_uri\""),
+            "is a parameter the broker sets",
+        );
+        assert_rejected(
+            &with("client_id_param = \"client_key\"\nextra_token_params = { client_key = \"x\" }"),
+            "extra_token_params may not set `client_key`",
+        );
+        assert_rejected(&with("checked = \"29.11.2026\""), "checked `29.11.2026`");
+        assert_rejected(
+            &with("sources = [\"ftp://acme.example\"]"),
+            "sources `ftp://acme.example`",
+        );
+        let ok = with(
+            "client_id_param = \"client_key\"\nextra_token_params = { expiring = \"1\" }\nsources = [\"https://acme.example/docs\"]\nchecked = \"2026-11-29\"",
+        );
+        let catalog = Catalog::from_toml(&ok).expect("valid");
+        assert_eq!(
+            catalog.get("acme").map(ProviderSpec::client_id_param),
+            Some("client_key")
+        );
     }
 
     #[test]

@@ -641,3 +641,120 @@ fn transport_error(e: reqwest::Error) -> OAuthError {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The token requests as they would go on the wire, built but not sent.
+    use super::*;
+    use crate::catalog::Pkce;
+    use crate::test_support::spec;
+
+    fn oauth() -> OAuthHttp {
+        OAuthHttp::new(HttpConfig::default()).unwrap()
+    }
+
+    fn client() -> ClientCredentials {
+        ClientCredentials::new("cid", SecretString::from("csecret"))
+    }
+
+    /// The form fields and the Authorization header of a built request.
+    fn wire(req: reqwest::RequestBuilder) -> (Vec<(String, String)>, Option<String>) {
+        let req = req.build().unwrap();
+        let body = req.body().and_then(|b| b.as_bytes()).unwrap_or_default();
+        let form = url::form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let auth = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (form, auth)
+    }
+
+    fn exchange(spec: &ProviderSpec) -> (Vec<(String, String)>, Option<String>) {
+        let req = oauth()
+            .exchange_request(
+                spec,
+                &client(),
+                &SecretString::from("the-code"),
+                "https://broker.example/cb",
+                None,
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        wire(req)
+    }
+
+    fn refresh(spec: &ProviderSpec) -> (Vec<(String, String)>, Option<String>) {
+        let req = oauth()
+            .refresh_request(
+                spec,
+                &client(),
+                &SecretString::from("the-refresh-token"),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        wire(req)
+    }
+
+    fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn extra_token_params_go_on_the_exchange_only() {
+        let mut shopify = spec(
+            "https://acme.myshopify.com/admin/oauth/authorize",
+            Pkce::None,
+            &[],
+        );
+        shopify
+            .extra_token_params
+            .insert("expiring".to_owned(), "1".to_owned());
+        let (form, _) = exchange(&shopify);
+        assert_eq!(field(&form, "expiring"), Some("1"));
+        assert_eq!(field(&form, "grant_type"), Some("authorization_code"));
+        assert_eq!(field(&form, "code"), Some("the-code"));
+        let (form, _) = refresh(&shopify);
+        assert_eq!(field(&form, "expiring"), None);
+
+        shopify
+            .extra_refresh_params
+            .insert("scope".to_owned(), "read".to_owned());
+        let (form, _) = refresh(&shopify);
+        assert_eq!(field(&form, "grant_type"), Some("refresh_token"));
+        assert_eq!(field(&form, "refresh_token"), Some("the-refresh-token"));
+        assert_eq!(field(&form, "scope"), Some("read"));
+    }
+
+    #[test]
+    fn client_id_parameter_name_is_the_specs() {
+        let mut tiktok = spec("https://www.tiktok.com/v2/auth/authorize/", Pkce::None, &[]);
+        tiktok.client_id_param = Some("client_key".to_owned());
+        for (form, auth) in [exchange(&tiktok), refresh(&tiktok)] {
+            assert_eq!(field(&form, "client_key"), Some("cid"));
+            assert_eq!(field(&form, "client_id"), None);
+            assert_eq!(field(&form, "client_secret"), Some("csecret"));
+            assert_eq!(auth, None);
+        }
+    }
+
+    #[test]
+    fn basic_clients_send_no_credentials_in_the_body() {
+        let mut calendly = spec(
+            "https://auth.calendly.com/oauth/authorize",
+            Pkce::Supported,
+            &[],
+        );
+        calendly.auth_style = AuthStyle::Basic;
+        for (form, auth) in [exchange(&calendly), refresh(&calendly)] {
+            assert_eq!(field(&form, "client_id"), None);
+            assert_eq!(field(&form, "client_secret"), None);
+            let auth = auth.expect("basic header");
+            assert!(auth.starts_with("Basic "), "{auth}");
+        }
+    }
+}

@@ -405,6 +405,96 @@ mod tests {
     }
 
     #[test]
+    fn every_refresh_expiry_spelling_is_read() {
+        for key in [
+            "refresh_token_expires_in",
+            "x_refresh_token_expires_in",
+            "refresh_expires_in",
+        ] {
+            let t = parse(&plain(), json!({"access_token": "at", key: 15_552_000})).unwrap();
+            assert_eq!(
+                t.refresh_token_expires_in,
+                Some(Duration::from_secs(15_552_000)),
+                "{key}"
+            );
+        }
+        // TikTok's whole answer: `refresh_expires_in` next to `expires_in`.
+        let t = parse(
+            &plain(),
+            json!({"access_token": "act.1", "expires_in": 7200, "open_id": "o-1",
+                   "refresh_expires_in": 15_552_000, "refresh_token": "rft.1",
+                   "scope": "user.info.basic,video.list", "token_type": "Bearer"}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            t.refresh_token_expires_in,
+            Some(Duration::from_secs(15_552_000))
+        );
+    }
+
+    #[test]
+    fn access_token_lifetime_falls_back_to_the_catalog_then_the_default() {
+        let mut salesforce = plain();
+        salesforce.refresh.access_token_lifetime_seconds = Some(7200);
+        // Salesforce answers without expires_in.
+        let answer = json!({"access_token": "00D!x", "refresh_token": "5Aep",
+                            "instance_url": "https://acme.my.salesforce.com"});
+        let t = parse(&salesforce, answer.clone()).unwrap();
+        assert_eq!(
+            t.expires_in, None,
+            "expires_in stays what the provider said"
+        );
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+        // No catalog lifetime: the conservative default.
+        let t = parse(&plain(), answer).unwrap();
+        assert_eq!(
+            t.access_token_lifetime,
+            Some(crate::catalog::DEFAULT_ACCESS_TOKEN_LIFETIME)
+        );
+        // The provider's expires_in wins over the catalog.
+        let t = parse(
+            &salesforce,
+            json!({"access_token": "at", "refresh_token": "rt", "expires_in": 900}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(900)));
+        // A refresh answer without a new refresh token is still renewable (the stored one).
+        let t = parse_success(
+            &salesforce,
+            json!({"access_token": "00D!y"}).to_string().as_bytes(),
+            Operation::Refresh,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn tokens_nothing_can_renew_are_not_assumed_to_expire() {
+        let mut slack_like = plain();
+        slack_like.refresh.access_token_lifetime_seconds = Some(43_200);
+        // No expires_in and no refresh token: assuming expiry would strand a working token.
+        let t = parse(&slack_like, json!({"access_token": "xoxp-1"})).unwrap();
+        assert_eq!(t.access_token_lifetime, None);
+        // Tokens the catalog says never expire stay so even with a refresh token.
+        let github = spec(
+            "https://github.com/login/oauth/authorize",
+            Pkce::None,
+            &[Quirk::NonExpiringTokens],
+        );
+        let t = parse(
+            &github,
+            json!({"access_token": "gho_1", "refresh_token": "r"}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, None);
+        // Mailchimp's expires_in of 0 means "does not expire".
+        let t = parse(&github, json!({"access_token": "m", "expires_in": 0})).unwrap();
+        assert_eq!(t.access_token_lifetime, None);
+    }
+
+    #[test]
     fn scope_parsing() {
         assert_eq!(parse_scope("a b  c"), vec!["a", "b", "c"]);
         assert_eq!(parse_scope("repo,user, gist"), vec!["repo", "user", "gist"]);
