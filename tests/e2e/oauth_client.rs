@@ -2,7 +2,7 @@
 //! flow, refresh, rotation and reuse detection, revocation, account lookup, provider quirks, and
 //! failure classification.
 
-use crate::support::fake_provider::{Dialect, FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
     AuthorizeRequest, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome, TokenResponse,
@@ -137,8 +137,8 @@ async fn dropbox_offline_access_param_and_bearer_revocation() {
 #[tokio::test]
 async fn pkce_and_basic_auth_like_airtable_and_x() {
     let fake = FakeProvider::start(FakeConfig {
-        client_auth: Some(AuthStyle::Basic),
-        pkce: Pkce::Required,
+        client_auth: Some(ClientAuth::Basic),
+        require_pkce: true,
         ..FakeConfig::default()
     })
     .await;
@@ -180,7 +180,7 @@ async fn pkce_and_basic_auth_like_airtable_and_x() {
 #[tokio::test]
 async fn codes_are_single_use_and_bound_to_verifier_and_redirect_uri() {
     let fake = FakeProvider::start(FakeConfig {
-        pkce: Pkce::Required,
+        require_pkce: true,
         ..FakeConfig::default()
     })
     .await;
@@ -658,7 +658,7 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
 async fn notion_json_body_basic_auth_and_owner_account() {
     let fake = FakeProvider::start(FakeConfig {
         dialect: Dialect::Notion,
-        client_auth: Some(AuthStyle::Basic),
+        client_auth: Some(ClientAuth::Basic),
         access_token_ttl: None,
         ..FakeConfig::default()
     })
@@ -957,7 +957,7 @@ async fn redirects_from_the_token_endpoint_are_not_followed() {
 #[tokio::test]
 async fn rfc7009_revocation() {
     let fake = FakeProvider::start(FakeConfig {
-        client_auth: Some(AuthStyle::Basic),
+        client_auth: Some(ClientAuth::Basic),
         ..FakeConfig::default()
     })
     .await;
