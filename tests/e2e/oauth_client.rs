@@ -1039,3 +1039,209 @@ async fn rfc7009_revocation() {
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::NotSupported);
 }
+
+// --- built-in catalog entries against a fake that behaves like the real provider ---------------
+
+/// The built-in catalog entry `id` with its endpoints moved to `fake` (everything else — client
+/// authentication, PKCE, token parameters, lifetimes — as shipped). The account is read from the
+/// fake's userinfo unless the entry reads the id token.
+fn catalog_entry(fake: &FakeProvider, id: &str) -> ProviderSpec {
+    let catalog = cb_oauth::catalog::Catalog::builtin().unwrap();
+    let mut spec = catalog.get(id).unwrap().clone();
+    let base = fake.base_url();
+    spec.authorize_url = format!("{base}/authorize");
+    spec.token_url = format!("{base}/token");
+    spec.revocation_url = spec
+        .revocation_url
+        .as_ref()
+        .map(|_| format!("{base}/revoke"));
+    if spec.account != AccountSource::IdToken {
+        spec.account = AccountSource::Userinfo {
+            url: format!("{base}/userinfo"),
+            subject_pointer: "/sub".into(),
+            label_pointer: "/email".into(),
+            headers: BTreeMap::new(),
+            body: None,
+            token_header: None,
+        };
+    }
+    // Placeholders ({shop}) are gone with the real hosts.
+    spec.quirks.retain(|q| *q != Quirk::ShopSubdomain);
+    spec
+}
+
+#[tokio::test]
+async fn salesforce_tokens_without_expires_in_get_the_catalog_lifetime() {
+    // Salesforce: no expires_in on exchange or refresh; refreshes go to instance_url.
+    let fake = FakeProvider::start(FakeConfig {
+        dialect: Dialect::Salesforce,
+        client_auth: Some(ClientAuth::Post),
+        issue_id_token: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    for id in ["salesforce", "salesforce-sandbox"] {
+        let spec = catalog_entry(&fake, id);
+        let tokens = connect(&fake, &spec, &["api", "refresh_token", "openid", "email"]).await;
+        assert_eq!(
+            tokens.expires_in, None,
+            "{id}: the fake sends no expires_in"
+        );
+        assert_eq!(
+            tokens.access_token_lifetime,
+            Some(Duration::from_secs(7200)),
+            "{id}: a token without expires_in must still expire and be refreshed"
+        );
+        let account = http()
+            .identify(&spec, &tokens, &no_placeholders())
+            .await
+            .unwrap();
+        assert_eq!(account.subject, "user-1");
+        let refreshed = http()
+            .refresh(
+                &spec,
+                &fake.client_credentials(),
+                tokens.refresh_token.as_ref().unwrap(),
+                &tokens.extras,
+                &no_placeholders(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refreshed.expires_in, None);
+        assert_eq!(
+            refreshed.access_token_lifetime,
+            Some(Duration::from_secs(7200))
+        );
+    }
+}
+
+#[tokio::test]
+async fn shopify_asks_for_expiring_offline_tokens() {
+    // Shopify: expiring tokens (expires_in, rotating refresh token) only with expiring=1.
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Post),
+        expiring_only_with: Some(("expiring".into(), "1".into())),
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "shopify");
+    let tokens = connect(&fake, &spec, &["read_products"]).await;
+    assert_eq!(tokens.expires_in, Some(Duration::from_secs(3600)));
+    let first = tokens
+        .refresh_token
+        .expect("an expiring token comes with a refresh token");
+    let refreshed = http()
+        .refresh(
+            &spec,
+            &fake.client_credentials(),
+            &first,
+            &BTreeMap::new(),
+            &no_placeholders(),
+        )
+        .await
+        .unwrap();
+    let second = refreshed.refresh_token.expect("rotated");
+    assert_ne!(second.expose_secret(), first.expose_secret());
+
+    // Without the parameter (the catalog before the fix) the fake, like Shopify, hands out a
+    // token that never expires and cannot be refreshed.
+    let mut old = spec.clone();
+    old.extra_token_params.clear();
+    let tokens = connect(&fake, &old, &["read_products"]).await;
+    assert_eq!(tokens.expires_in, None);
+    assert!(tokens.refresh_token.is_none());
+}
+
+#[tokio::test]
+async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
+    // TikTok: `client_key` instead of `client_id`, credentials in the body, 2 h access tokens,
+    // 180-day single-use refresh tokens announced as `refresh_expires_in`.
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Post),
+        client_id_param: "client_key".into(),
+        access_token_ttl: Some(Duration::from_secs(7200)),
+        refresh_token_ttl: Some(Duration::from_secs(15_552_000)),
+        refresh_expiry_field: "refresh_expires_in".into(),
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "tiktok");
+    let tokens = connect(&fake, &spec, &["user.info.basic"]).await;
+    assert_eq!(tokens.expires_in, Some(Duration::from_secs(7200)));
+    assert_eq!(
+        tokens.refresh_token_expires_in,
+        Some(Duration::from_secs(15_552_000))
+    );
+    let client = fake.client_credentials();
+    let first = tokens.refresh_token.unwrap();
+    let refreshed = http()
+        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+        .await
+        .unwrap();
+    assert!(refreshed.refresh_token.is_some());
+    // The previous refresh token stops working once a new one is issued.
+    let err = http()
+        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
+
+    // Naming the client `client_id` (the catalog before the fix) gets nowhere.
+    let mut old = spec.clone();
+    old.client_id_param = None;
+    let url = authorize_url(
+        &old,
+        &client,
+        &AuthorizeRequest {
+            redirect_uri: REDIRECT,
+            scopes: &[],
+            state: "s",
+            pkce_challenge: None,
+            placeholders: &no_placeholders(),
+        },
+    )
+    .unwrap();
+    let status = reqwest::get(url).await.unwrap().status();
+    assert_eq!(
+        status, 400,
+        "the fake refuses an authorize request without client_key"
+    );
+    let (code, _) = authorize(&fake, &spec, &[]).await;
+    let err = http()
+        .exchange_code(&old, &client, &code, REDIRECT, None, &no_placeholders())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn calendly_authenticates_with_basic_only() {
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Basic),
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "calendly");
+    let tokens = connect(&fake, &spec, &["users:read"]).await;
+    assert_eq!(fake.token_requests().pop().unwrap().client_auth, "basic");
+    assert!(tokens.refresh_token.is_some());
+
+    // Credentials in the form body (the catalog before the fix) are refused.
+    let mut old = spec.clone();
+    old.auth_style = AuthStyle::Post;
+    let (code, verifier) = authorize(&fake, &old, &["users:read"]).await;
+    let err = http()
+        .exchange_code(
+            &old,
+            &fake.client_credentials(),
+            &code,
+            REDIRECT,
+            verifier.as_ref(),
+            &no_placeholders(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
+}
