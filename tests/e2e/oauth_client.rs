@@ -1,6 +1,8 @@
 //! The OAuth client (cb-oauth) against the fake authorization server: the authorization code
 //! flow, refresh, rotation and reuse detection, revocation, account lookup, provider quirks, and
-//! failure classification.
+//! failure classification; the shipped catalog entries of providers that bend the protocol against
+//! a fake that bends it the same way, and what the broker makes of them (lifetimes, the verified
+//! flag).
 
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
@@ -1244,4 +1246,119 @@ async fn calendly_authenticates_with_basic_only() {
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
+}
+
+// --- what the broker makes of it -----------------------------------------------------------------
+
+mod through_the_broker {
+    use super::*;
+    use crate::support::broker::{REDIRECT_URI, TestBroker, as_actor, with_fake_provider};
+    use cb_proto::v1 as pb;
+    use std::sync::Arc;
+
+    const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+
+    async fn broker(fake: &FakeProvider) -> TestBroker {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let mut config = TestBroker::config(&dir, url);
+        with_fake_provider(&mut config, fake, "fake", &[]);
+        config.tokens.refresh_scan_interval_seconds = 0; // the test drives time itself
+        TestBroker::start(config, dir).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_without_expires_in_are_refreshed_on_the_catalog_lifetime() {
+        // Salesforce-like: no expires_in ever; the entry says access tokens last an hour.
+        let fake = FakeProvider::start(FakeConfig {
+            dialect: Dialect::Salesforce,
+            ..FakeConfig::default()
+        })
+        .await;
+        let b = broker(&fake).await;
+        let mut c = b.credentials().await;
+        let started = c
+            .start_connect(as_actor(
+                pb::StartConnectRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id: "fake".into(),
+                    redirect_uri: REDIRECT_URI.into(),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let back = fake
+            .approve(&url::Url::parse(&started.authorization_url).unwrap())
+            .await;
+        let q: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+        let credential = c
+            .complete_connect(as_actor(
+                pb::CompleteConnectRequest {
+                    state: q["state"].clone(),
+                    code: q["code"].clone(),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .credential
+            .unwrap();
+        let get = || pb::GetAccessTokenRequest {
+            credential_id: credential.credential_id.clone(),
+            workflow_id: "wf-1".into(),
+            ..Default::default()
+        };
+        let first = c
+            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            first.expire_time.is_some(),
+            "a token without expires_in still gets an expiry"
+        );
+        assert_eq!(fake.refresh_calls(), 0);
+        // An hour later the broker refreshes instead of handing out a stale token.
+        b.clock.advance(Duration::from_secs(3600));
+        let second = c
+            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fake.refresh_calls(), 1);
+        assert_ne!(second.access_token, first.access_token);
+    }
+
+    #[tokio::test]
+    async fn list_providers_reports_which_entries_are_verified() {
+        let fake = FakeProvider::start(FakeConfig::default()).await;
+        let b = broker(&fake).await;
+        let providers = b
+            .credentials()
+            .await
+            .list_providers(pb::ListProvidersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .providers;
+        let verified = |id: &str| {
+            providers
+                .iter()
+                .find(|p| p.provider_id == id)
+                .unwrap_or_else(|| panic!("{id} missing"))
+                .verified
+        };
+        assert_eq!(verified("gmail"), Some(true));
+        assert_eq!(verified("salesforce"), Some(true));
+        assert_eq!(verified("trello"), Some(false));
+        // A provider declared in config without sources is reported unverified.
+        assert_eq!(verified("fake"), Some(false));
+    }
 }
