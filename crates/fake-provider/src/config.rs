@@ -110,6 +110,17 @@ pub struct FakeConfig {
     pub revoke_fails: bool,
     /// What codes and tokens look like.
     pub token_style: TokenStyle,
+    /// The parameter naming the client in `/authorize` and in form-posted client credentials:
+    /// `client_id`, or TikTok's `client_key` (a request naming `client_id` is then refused).
+    pub client_id_param: String,
+    /// Shopify: a code exchange issues an expiring token (with `expires_in` and a refresh token)
+    /// only when it carries this parameter with this value; without it the answer is a token with
+    /// neither. `None`: every exchange issues expiring tokens.
+    pub expiring_only_with: Option<(String, String)>,
+    /// The name the refresh token lifetime is sent under (`refresh_token_ttl`):
+    /// `refresh_token_expires_in`, Intuit's `x_refresh_token_expires_in`, TikTok's
+    /// `refresh_expires_in`.
+    pub refresh_expiry_field: String,
 }
 
 impl Default for FakeConfig {
@@ -135,6 +146,9 @@ impl Default for FakeConfig {
             token_delay: Duration::ZERO,
             revoke_fails: false,
             token_style: TokenStyle::Sequential,
+            client_id_param: "client_id".into(),
+            expiring_only_with: None,
+            refresh_expiry_field: "refresh_token_expires_in".into(),
         }
     }
 }
@@ -163,6 +177,9 @@ impl fmt::Debug for FakeConfig {
             .field("token_delay", &self.token_delay)
             .field("revoke_fails", &self.revoke_fails)
             .field("token_style", &self.token_style)
+            .field("client_id_param", &self.client_id_param)
+            .field("expiring_only_with", &self.expiring_only_with)
+            .field("refresh_expiry_field", &self.refresh_expiry_field)
             .finish()
     }
 }

@@ -7,7 +7,9 @@
 //! Dropbox revocation APIs, a userinfo and a tenants endpoint, and `/callback`, a redirect target
 //! that echoes `code` and `state` as JSON. [`Dialect`]s reproduce provider quirks (Slack `ok:false`
 //! with HTTP 200, GitHub errors with HTTP 200 and form-encoded answers without
-//! `Accept: application/json`, Notion JSON bodies, Salesforce `instance_url`). Failures (500, 429,
+//! `Accept: application/json`, Notion JSON bodies, Salesforce `instance_url` and no `expires_in`);
+//! options reproduce others (TikTok's `client_key` and `refresh_expires_in`, Shopify's expiring
+//! tokens only with `expiring=1`, Basic-only client authentication). Failures (500, 429,
 //! delays, invalid_grant, oversized or malformed bodies) can be switched on while it runs, and
 //! counters (global and per grant) tell what it was asked.
 //!

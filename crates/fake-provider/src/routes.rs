@@ -272,12 +272,12 @@ fn token_answer(
     if let Some(rt) = &issued.refresh {
         tokens.insert("refresh_token".into(), json!(rt));
     }
-    if dialect != Dialect::Salesforce {
+    if dialect != Dialect::Salesforce && issued.expiring {
         if let Some(ttl) = cfg.access_token_ttl {
             tokens.insert("expires_in".into(), json!(ttl.as_secs()));
         }
         if let (Some(ttl), Some(_)) = (cfg.refresh_token_ttl, &issued.refresh) {
-            tokens.insert("refresh_token_expires_in".into(), json!(ttl.as_secs()));
+            tokens.insert(cfg.refresh_expiry_field.clone(), json!(ttl.as_secs()));
         }
     }
     if cfg.return_scope {

@@ -77,6 +77,8 @@ pub(crate) enum TokenError {
 pub(crate) struct Issued {
     pub access: String,
     pub refresh: Option<String>,
+    /// Whether the answer says when the token expires (Shopify's non-expiring tokens do not).
+    pub expiring: bool,
     pub subject: String,
     pub scopes: Vec<String>,
     /// A stable numeric id for the subject (GitHub-style `id`, Notion `bot_id`).
@@ -161,7 +163,7 @@ impl State {
         self.counters.authorize_calls += 1;
         self.authorize_queries.push(q.clone());
         let cfg = &self.config;
-        if q.get("client_id") != Some(&cfg.client_id) {
+        if q.get(&cfg.client_id_param) != Some(&cfg.client_id) {
             return Authorization::Refused("unknown client_id");
         }
         let Some(redirect_uri) = q
@@ -303,11 +305,17 @@ impl State {
         if let Some(entry) = self.codes.get_mut(code) {
             entry.grant = Some(grant);
         }
-        let refresh = self
+        // Shopify hands out expiring tokens only to clients that ask (`expiring=1`).
+        let expiring = self
             .config
-            .issue_refresh_tokens
-            .then(|| self.new_refresh(grant));
-        Ok(self.issue(grant, refresh))
+            .expiring_only_with
+            .as_ref()
+            .is_none_or(|(name, value)| params.get(name) == Some(value));
+        let refresh =
+            (self.config.issue_refresh_tokens && expiring).then(|| self.new_refresh(grant));
+        let mut issued = self.issue(grant, refresh);
+        issued.expiring = expiring;
+        Ok(issued)
     }
 
     fn refresh(
@@ -351,6 +359,7 @@ impl State {
         Issued {
             access,
             refresh,
+            expiring: true,
             scopes: self.grants[grant].scopes.clone(),
             user_id: self.user_id(&subject),
             subject,
@@ -506,7 +515,10 @@ pub(crate) fn authenticate(
 ) -> (&'static str, Result<String, TokenError>) {
     let post = params.get("client_secret").map(|secret| {
         (
-            params.get("client_id").cloned().unwrap_or_default(),
+            params
+                .get(&cfg.client_id_param)
+                .cloned()
+                .unwrap_or_default(),
             secret.clone(),
         )
     });

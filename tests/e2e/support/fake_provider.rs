@@ -108,15 +108,22 @@ impl FakeProvider {
             auth_style: auth,
             pkce,
             extra_authorize_params: BTreeMap::new(),
+            extra_token_params: BTreeMap::new(),
+            extra_refresh_params: BTreeMap::new(),
+            client_id_param: None,
             refresh: RefreshBehaviour {
                 access_token_lifetime_seconds: cfg.access_token_ttl.map(|d| d.as_secs()),
                 rotates_refresh_tokens: cfg.rotate_refresh_tokens,
                 single_use_refresh_tokens: cfg.rotate_refresh_tokens,
                 refresh_token_lifetime_seconds: cfg.refresh_token_ttl.map(|d| d.as_secs()),
-                refresh_token_idle_seconds: None,
+                ..RefreshBehaviour::default()
             },
             quirks: quirks.to_vec(),
             docs_url: format!("{base}/docs"),
+            sources: vec![],
+            checked: None,
+            verified: true,
+            unsure: vec![],
             // Atlassian and Xero look up the tenant right after connecting.
             post_connect: quirks
                 .iter()
