@@ -797,6 +797,7 @@ pub fn bundle(g: GrantedTokens, now: Timestamp) -> TokenBundle {
         token_type: g.token_type,
         access_expires_at: g.expires_in.map(|d| now.plus(d)),
         refresh_expires_at: g.refresh_expires_in.map(|d| now.plus(d)),
+        obtained_at: Some(now),
         extras: g.extras,
     }
 }

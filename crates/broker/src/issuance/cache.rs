@@ -3,6 +3,7 @@
 //! notifications invalidate it for writes on other replicas.
 
 use super::IssuedToken;
+use crate::clock::Timestamp;
 use moka::sync::Cache;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,17 @@ const LONGEST_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
 pub(super) struct Entry {
     pub(super) workspace_id: String,
     pub(super) token: IssuedToken,
+    /// The token's lifetime, when known: it caps what a request may demand.
+    pub(super) lifetime: Option<Duration>,
     /// Active members allowed to use the credential: (email, bound user id).
     pub(super) users: Vec<(String, Option<String>)>,
+}
+
+impl Entry {
+    /// Whether the token is good enough at `now` for a request of `min_valid`.
+    pub(super) fn satisfies(&self, now: Timestamp, min_valid: Duration) -> bool {
+        super::schedule::satisfies(self.token.expires_at, self.lifetime, now, min_valid)
+    }
 }
 
 /// Limits of the token cache.
@@ -104,6 +114,7 @@ mod tests {
                 scopes: vec![],
                 extras: BTreeMap::new(),
             },
+            lifetime: None,
             users: vec![],
         })
     }

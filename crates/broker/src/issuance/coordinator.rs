@@ -6,7 +6,7 @@
 //! answered. Followers on other replicas wait for the row to change, then read it.
 
 use super::cache::Entry;
-use super::schedule::{merge, next_refresh_at, valid_for};
+use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
 use super::{IssuedToken, TokenService, lock};
 use crate::access::Role;
 use crate::clock::Timestamp;
@@ -27,6 +27,36 @@ use tracing::Instrument;
 
 /// What a flight's leader hands its followers: `None` until it has finished.
 pub(super) type FlightResult = Option<Result<Arc<Entry>, BrokerError>>;
+
+/// Flights one caller may take in turn when each falls short of its `min_valid`.
+const FLIGHT_ROUNDS: u32 = 3;
+
+/// Removes a leader's flight from the map however the leader ends, a panic included: a flight
+/// left behind would make every later call for the credential join a leader that is gone.
+struct FlightGuard {
+    service: Arc<TokenService>,
+    id: String,
+    rx: watch::Receiver<FlightResult>,
+}
+
+impl FlightGuard {
+    /// Removes the flight before its result is sent: callers after that start a new one.
+    fn finish(&self) {
+        let mut flights = lock(&self.service.flights);
+        if flights
+            .get(&self.id)
+            .is_some_and(|(_, rx)| rx.same_channel(&self.rx))
+        {
+            flights.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
 
 fn needs_reconnect(c: &Credential, why: &str) -> BrokerError {
     BrokerError::FailedPrecondition {
@@ -58,50 +88,74 @@ fn check_usable(c: &Credential) -> Result<(), BrokerError> {
 
 impl TokenService {
     /// Joins (or leads) the single flight for `id`. The leader runs in its own task, so a
-    /// cancelled caller never abandons a refresh that others wait for.
+    /// cancelled caller never abandons a refresh that others wait for. A caller that joined a
+    /// flight led for a smaller `min_valid` re-checks the result against its own and, when it
+    /// falls short, takes another flight (at most [`FLIGHT_ROUNDS`] in all).
     pub(super) async fn flight(
         self: &Arc<Self>,
         id: &str,
         min_valid: Duration,
         force: bool,
     ) -> Result<Arc<Entry>, BrokerError> {
-        let mut rx = {
-            let mut flights = lock(&self.flights);
-            match flights.get(id) {
-                Some(rx) => {
-                    self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
-                    rx.clone()
-                }
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    flights.insert(id.to_owned(), rx.clone());
-                    let this = self.clone();
-                    let id = id.to_owned();
-                    // The leader's spans belong to the request that started the flight.
-                    tokio::spawn(
-                        async move {
-                            // Someone still waits if a receiver besides the map's own exists.
-                            let wanted = || tx.receiver_count() > 1;
-                            let result = this.resolve(&id, min_valid, force, &wanted).await;
-                            if let Ok(e) = &result {
-                                this.cache.put(&id, e.clone());
-                            }
-                            lock(&this.flights).remove(&id);
-                            tx.send_replace(Some(result));
-                        }
-                        .in_current_span(),
-                    );
-                    rx
-                }
+        let mut round = 1;
+        loop {
+            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force);
+            let result = match rx.wait_for(Option::is_some).await {
+                Ok(settled) => settled
+                    .clone()
+                    .unwrap_or_else(|| Err(BrokerError::Internal("empty flight result".into()))),
+                // The leader's task died (a bug) before answering; its guard removed the flight.
+                Err(_) => Err(BrokerError::Internal(
+                    "refresh task ended without a result".into(),
+                )),
+            };
+            let short = led_for.is_some_and(|leader| leader < min_valid)
+                && result
+                    .as_ref()
+                    .is_ok_and(|e| !e.satisfies(self.clock.now(), min_valid));
+            if !short || round >= FLIGHT_ROUNDS {
+                return result;
             }
+            round += 1;
+        }
+    }
+
+    /// The receiver of the flight for `id`: another caller's (with the `min_valid` it was led
+    /// for) or a new one led by this call.
+    fn join_or_lead(
+        self: &Arc<Self>,
+        id: &str,
+        min_valid: Duration,
+        force: bool,
+    ) -> (watch::Receiver<FlightResult>, Option<Duration>) {
+        let mut flights = lock(&self.flights);
+        if let Some((led_for, rx)) = flights.get(id) {
+            self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
+            return (rx.clone(), Some(*led_for));
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(id.to_owned(), (min_valid, rx.clone()));
+        let guard = FlightGuard {
+            service: self.clone(),
+            id: id.to_owned(),
+            rx: rx.clone(),
         };
-        let settled = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| BrokerError::Internal("refresh task ended without a result".into()))?;
-        settled
-            .clone()
-            .unwrap_or_else(|| Err(BrokerError::Internal("empty flight result".into())))
+        // The leader's spans belong to the request that started the flight.
+        tokio::spawn(
+            async move {
+                let this = &guard.service;
+                // Someone still waits if a receiver besides the map's and the guard's exists.
+                let wanted = || tx.receiver_count() > 2;
+                let result = this.resolve(&guard.id, min_valid, force, &wanted).await;
+                if let Ok(e) = &result {
+                    this.cache.put(&guard.id, e.clone());
+                }
+                guard.finish();
+                tx.send_replace(Some(result));
+            }
+            .in_current_span(),
+        );
+        (rx, None)
     }
 
     /// Loads the credential and refreshes it if needed, through the lease.
@@ -132,11 +186,20 @@ impl TokenService {
                 .await?
                 .ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
             let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
-            if valid_for(bundle.access_expires_at, now, min_valid) && !due {
+            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
                 return self.entry(&c, &bundle).await;
             }
             if bundle.refresh_token.is_none() {
                 return self.without_refresh_token(c, bundle, now).await;
+            }
+            // A configuration error is not transient: no lease, no provider call, no retries,
+            // and the provider's circuit stays as it is.
+            if let Err(e) = self.provider_configured(&c.provider_id) {
+                if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+                    tracing::warn!(credential_id = %id, provider = %c.provider_id, "provider not configured; serving the still-valid token");
+                    return self.entry(&c, &bundle).await;
+                }
+                return Err(e);
             }
             if !wanted() {
                 return Err(abandoned());
@@ -220,7 +283,7 @@ impl TokenService {
             let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
             // Re-check after taking the lease: another replica may have refreshed meanwhile.
             let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
-            if valid_for(bundle.access_expires_at, now, min_valid) && !due {
+            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
                 self.store.release_refresh_lease(&id, fence).await?;
                 self.count_refresh(&c.provider_id, "already_fresh");
                 return self.entry(&c, &bundle).await;
@@ -322,6 +385,23 @@ impl TokenService {
             .await
     }
 
+    /// Whether refreshes can be sent to this provider at all (client credentials configured).
+    fn provider_configured(&self, provider: &str) -> Result<(), BrokerError> {
+        let message = match self.gateway.get(provider) {
+            Some(p) if p.configured => return Ok(()),
+            Some(_) => format!(
+                "the provider {provider} has no client credentials configured: an operator must configure it before its tokens can be refreshed"
+            ),
+            None => format!(
+                "the provider {provider} is no longer in the configuration: an operator must add it back before its tokens can be refreshed"
+            ),
+        };
+        Err(BrokerError::FailedPrecondition {
+            reason: reason::PROVIDER_NOT_CONFIGURED,
+            message,
+        })
+    }
+
     /// Builds (and caches) the in-memory entry for an open bundle.
     pub(super) async fn entry(
         &self,
@@ -345,6 +425,7 @@ impl TokenService {
                 scopes: c.scopes.as_slice().to_vec(),
                 extras: bundle.extras.clone(),
             },
+            lifetime: lifetime(bundle),
             users,
         }))
     }

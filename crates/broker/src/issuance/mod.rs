@@ -10,6 +10,8 @@ mod cache;
 mod coordinator;
 mod retry;
 pub mod schedule;
+#[cfg(test)]
+mod tests;
 
 pub use cache::{TokenCache, TokenCacheConfig};
 pub use retry::{Sleeper, TokioSleeper};
@@ -28,7 +30,6 @@ use cb_crypto::Envelope;
 use cb_store::{ChangeEvent, Store, UsageRecord};
 use coordinator::FlightResult;
 use retry::{RetryLimits, RetryPolicy};
-use schedule::valid_for;
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,7 +151,8 @@ pub struct TokenService {
     holder: String,
     random: Arc<dyn Random>,
     retry: RetryPolicy,
-    flights: Mutex<HashMap<String, watch::Receiver<FlightResult>>>,
+    /// The flight per credential in this process: the leader's `min_valid` and its result.
+    flights: Mutex<HashMap<String, (Duration, watch::Receiver<FlightResult>)>>,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
 }
@@ -325,7 +327,7 @@ impl TokenService {
         if let Some(e) = self.cache.get(id.as_str()) {
             *hit = true;
             authorize(caller, &e)?;
-            if valid_for(e.token.expires_at, now, min_valid) {
+            if e.satisfies(now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(e.token.clone());
             }
