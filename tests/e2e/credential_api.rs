@@ -686,7 +686,7 @@ async fn no_token_plaintext_in_postgres_rows() {
     }
     assert!(dump.contains("acct-1"), "the scan must see the row itself");
     for needle in [ACCESS, REFRESH] {
-        let hex: String = needle.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(needle);
         assert!(
             !dump.contains(needle) && !dump.contains(&hex),
             "token plaintext in PostgreSQL"

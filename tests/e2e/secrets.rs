@@ -17,6 +17,31 @@ fn actor<T>(msg: T) -> tonic::Request<T> {
     crate::support::broker::as_actor(msg, ALICE.0, ALICE.1)
 }
 
+/// Asks for tokens until the broker has refreshed (the fake saw another refresh call), keeping
+/// each token issued; a failing call ends it. With one-second tokens a refresh is due within a
+/// second.
+async fn issue_until_refreshed(
+    c: &mut CredentialServiceClient<tonic::transport::Channel>,
+    fake: &FakeProvider,
+    request: pb::GetAccessTokenRequest,
+    issued: &mut Vec<String>,
+) -> Result<(), tonic::Status> {
+    let before = fake.refresh_calls();
+    let started = std::time::Instant::now();
+    loop {
+        let t = c.get_access_token(actor(request.clone())).await?;
+        issued.push(t.into_inner().access_token);
+        if fake.refresh_calls() > before {
+            return Ok(());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no refresh came due"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Every secret-shaped value in `text`: the fake names its tokens `at_<port>_<n>`,
 /// `rt_<port>_<n>` and `code_<port>_<n>`.
 fn secrets_in(text: &str, port: u16) -> Vec<String> {
@@ -38,8 +63,10 @@ fn secrets_in(text: &str, port: u16) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_errors_audit_or_responses() {
+    // One-second tokens: a refresh comes due within a second (min_valid_for cannot force one).
     let fake = FakeProvider::start(FakeConfig {
         rotate_refresh_tokens: true,
+        access_token_ttl: Some(std::time::Duration::from_secs(1)),
         ..FakeConfig::default()
     })
     .await;
@@ -104,24 +131,24 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         }),
         ..Default::default()
     };
-    // Issue, then force refreshes (rotation).
-    for min in [60, 3600, 3600] {
-        issued.push(
-            c.get_access_token(actor(get_token(min)))
-                .await
-                .unwrap()
-                .into_inner()
-                .access_token,
-        );
+    // Issue, then refreshes (rotation).
+    issued.push(
+        c.get_access_token(actor(get_token(60)))
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token,
+    );
+    for _ in 0..2 {
+        issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued)
+            .await
+            .unwrap();
     }
     // A transient failure, then a dead grant.
     fake.push_token_failure(TokenFailure::ServerError);
-    if let Ok(t) = c.get_access_token(actor(get_token(3600))).await {
-        issued.push(t.into_inner().access_token);
-    }
+    let _ = issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued).await;
     fake.push_token_failure(TokenFailure::InvalidGrant);
-    let err = c
-        .get_access_token(actor(get_token(3600)))
+    let err = issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued)
         .await
         .unwrap_err();
     record_err(&mut said, &err);

@@ -161,6 +161,44 @@ async fn a_valid_token_is_served_from_memory() {
     assert_eq!(fake.refresh_calls(), 1);
 }
 
+/// A token fresh from the provider satisfies any request: with tokens shorter than the default
+/// `min_valid_for` (3 min 45 s) a credential is refreshed once per lifetime, not on every call.
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_once_per_lifetime_not_per_call() {
+    for lifetime in [60, 20] {
+        let lifetime = Duration::from_secs(lifetime);
+        let fake = FakeProvider::start(FakeConfig {
+            access_token_ttl: Some(lifetime),
+            ..rotating()
+        })
+        .await;
+        let b = broker_on(&fake, None).await;
+        let mut client = b.credentials().await;
+        let id = import(&mut client, &fake, "acct-1", t0_secs() - 10).await;
+        // 100 sequential calls with the default min_valid_for over 70 % of a lifetime (the
+        // broker's clock moves; nobody sleeps).
+        let mut tokens = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            tokens.insert(token(&mut client, &id).await.unwrap().access_token);
+            b.clock.advance(lifetime * 7 / 1000);
+        }
+        assert_eq!(
+            fake.refresh_calls(),
+            1,
+            "one refresh for {lifetime:?} tokens"
+        );
+        assert_eq!(tokens.len(), 1, "every call got the same fresh token");
+        // Steady state over ten more lifetimes, a call every tenth of one: a refresh each time a
+        // quarter of the lifetime is left (here every 8 tenths), never per call.
+        for _ in 0..100 {
+            token(&mut client, &id).await.unwrap();
+            b.clock.advance(lifetime / 10);
+        }
+        assert_eq!(fake.refresh_calls(), 14, "{lifetime:?} tokens");
+        assert_eq!(fake.reuse_detections(), 0);
+    }
+}
+
 #[tokio::test]
 async fn invalid_grant_needs_reconnect_and_fails_fast() {
     let fake = FakeProvider::start(rotating()).await;
@@ -305,16 +343,11 @@ async fn transient_failures_retry_then_serve_the_still_valid_token_or_report_una
         .credential
         .unwrap();
     assert_eq!(c.status, pb::CredentialStatus::Active as i32);
-    // The provider recovers: the next call succeeds (once the circuit lets calls through).
+    // The provider recovers: the next call succeeds once the circuit lets calls through, after
+    // its cooldown (2 s here) on the broker's clock.
     fake.configure(|f| f.token_failure = None);
-    let mut ok = false;
-    for _ in 0..40 {
-        if token(&mut client, &id4).await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    b.clock.advance(Duration::from_secs(3));
+    let ok = token(&mut client, &id4).await.is_ok();
     assert!(ok, "recovers when the provider does");
 }
 
@@ -486,10 +519,28 @@ async fn disconnect_on_one_replica_is_seen_by_another_within_two_seconds() {
 /// credentials: exactly 20 provider refreshes, every call succeeds, no refresh token reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_refresh_each_credential_exactly_once() {
-    let Some(db) = pg::fresh_database("three_replicas").await else {
+    storm("three_replicas", rotating()).await;
+}
+
+/// The same storm with 20-second tokens and the default `min_valid_for` (3 min 45 s, longer than
+/// the lifetime): still exactly one refresh per credential, not one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_refresh_short_lived_tokens_exactly_once() {
+    storm(
+        "three_replicas_short",
+        FakeConfig {
+            access_token_ttl: Some(Duration::from_secs(20)),
+            ..rotating()
+        },
+    )
+    .await;
+}
+
+async fn storm(name: &str, provider: FakeConfig) {
+    let Some(db) = pg::fresh_database(name).await else {
         return;
     };
-    let fake = FakeProvider::start(rotating()).await;
+    let fake = FakeProvider::start(provider).await;
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
     for i in 0..3 {
@@ -580,7 +631,12 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
     }
     a.kill();
     let _ = pending.await;
-    fake.configure(|f| f.token_delay = Duration::ZERO);
+    // From now on tokens live one second: a refresh comes due within a second, which the chain
+    // check below needs (min_valid_for cannot force one: a fresh token satisfies any request).
+    fake.configure(|f| {
+        f.token_delay = Duration::ZERO;
+        f.access_token_ttl = Some(Duration::from_secs(1));
+    });
 
     // B waits for the lease to expire, then refreshes.
     let mut cb = CredentialServiceClient::new(b.channel().await);
@@ -594,23 +650,35 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
     // A's refresh reached the provider and rotated the token; whichever refresh token the
     // database now holds must still be the live one, or the grant would be revoked.
     assert_eq!(fake.reuse_detections(), 0, "\n{}", b.log());
-    let next = {
-        // Force one more refresh through B and check the chain still works.
-        cb.get_access_token(as_actor(
-            pb::GetAccessTokenRequest {
-                credential_id: id.clone(),
-                min_valid_for: Some(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-    };
-    assert!(next.is_ok(), "{next:?}");
+    // One more refresh through B (once B's one-second token is due) and the chain still works.
+    let refreshed = fake.refresh_calls();
+    let started = std::time::Instant::now();
+    loop {
+        let next = cb
+            .get_access_token(as_actor(
+                pb::GetAccessTokenRequest {
+                    credential_id: id.clone(),
+                    min_valid_for: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await;
+        assert!(next.is_ok(), "{next:?}");
+        if fake.refresh_calls() > refreshed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B's token never came due"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.reuse_detections(), 0, "\n{}", b.log());
     db.drop_database().await;
 }
 

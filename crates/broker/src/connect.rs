@@ -387,7 +387,7 @@ impl ConnectService {
                 .load_with_role(caller, &req.id, Role::Admin)
                 .await?;
             if c.is_disconnected() {
-                return Err(crate::service::disconnected());
+                return Err(BrokerError::disconnected());
             }
             let p = self.provider(&c.provider_id)?;
             let scopes = if req.scopes.as_slice().is_empty() {
@@ -605,7 +605,7 @@ impl ConnectService {
         let id = CredentialId::from_stored(id.to_owned());
         let (mut c, role) = self.policy.load_with_role(caller, &id, Role::Admin).await?;
         if c.is_disconnected() {
-            return Err(crate::service::disconnected());
+            return Err(BrokerError::disconnected());
         }
         if c.account.subject != account.subject {
             return Err(failed(
@@ -762,7 +762,7 @@ impl ConnectService {
                         .ok_or_else(BrokerError::credential_not_found)?;
                     *c = Credential::from_row(row)?;
                     if c.is_disconnected() {
-                        return Err(crate::service::disconnected());
+                        return Err(BrokerError::disconnected());
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -797,6 +797,7 @@ pub fn bundle(g: GrantedTokens, now: Timestamp) -> TokenBundle {
         token_type: g.token_type,
         access_expires_at: g.expires_in.map(|d| now.plus(d)),
         refresh_expires_at: g.refresh_expires_in.map(|d| now.plus(d)),
+        obtained_at: Some(now),
         extras: g.extras,
     }
 }

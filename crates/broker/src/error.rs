@@ -248,6 +248,14 @@ impl BrokerError {
         }
     }
 
+    /// The credential was disconnected: it can no longer be used or edited.
+    pub fn disconnected() -> Self {
+        Self::FailedPrecondition {
+            reason: reason::CREDENTIAL_DISCONNECTED,
+            message: "the credential was disconnected; connect the account again to use it".into(),
+        }
+    }
+
     /// The error class.
     pub fn code(&self) -> ErrorCode {
         match self {

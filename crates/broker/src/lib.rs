@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod issuance;
 pub mod members;
 pub mod policy;
+pub mod random;
 pub mod rotation;
 pub mod sealing;
 pub mod service;

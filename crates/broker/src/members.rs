@@ -169,7 +169,7 @@ impl MembershipService {
         let result = async {
             let (c, _) = self.policy.load_with_role(caller, id, Role::Admin).await?;
             if c.is_disconnected() {
-                return Err(crate::service::disconnected());
+                return Err(BrokerError::disconnected());
             }
             if self
                 .store

@@ -8,7 +8,9 @@ use crate::credential::{Credential, CredentialView, Status, StatusKind};
 use crate::error::{BrokerError, reason};
 use crate::gateway::{ProviderGateway, RevokeResult};
 use crate::issuance::TokenCache;
+use crate::issuance::schedule::next_refresh_at;
 use crate::policy::Policy;
+use crate::random::{Random, SystemRandom};
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::{
@@ -109,6 +111,7 @@ pub struct CredentialService {
     cache: Arc<TokenCache>,
     audit: Audit,
     refresh_ahead_window: Duration,
+    random: Arc<dyn Random>,
 }
 
 impl CredentialService {
@@ -131,7 +134,14 @@ impl CredentialService {
             cache,
             audit,
             refresh_ahead_window,
+            random: Arc::new(SystemRandom),
         }
+    }
+
+    /// Replaces the source of refresh-ahead jitter (tests pin the draw).
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = random;
+        self
     }
 
     /// When the background refresher should look at a credential holding `tokens`.
@@ -140,8 +150,13 @@ impl CredentialService {
             .gateway
             .get(&c.provider_id)
             .and_then(|p| p.refresh_token_idle);
-        c.next_refresh_at =
-            crate::issuance::next_refresh_at(now, tokens, self.refresh_ahead_window, idle);
+        c.next_refresh_at = next_refresh_at(
+            now,
+            tokens,
+            self.refresh_ahead_window,
+            idle,
+            self.random.fraction(),
+        );
     }
 
     /// The audit writer shared with other services.
@@ -379,7 +394,7 @@ impl CredentialService {
             .load_with_role(caller, &req.id, Role::Admin)
             .await?;
         if c.is_disconnected() {
-            return Err(disconnected());
+            return Err(BrokerError::disconnected());
         }
         if let Some(v) = req.expected_version
             && v != c.version
@@ -510,14 +525,6 @@ impl CredentialService {
     /// Current time of the injected clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
-    }
-}
-
-/// The error for acting on a disconnected credential.
-pub fn disconnected() -> BrokerError {
-    BrokerError::FailedPrecondition {
-        reason: reason::CREDENTIAL_DISCONNECTED,
-        message: "the credential was disconnected; connect the account again to use it".into(),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct TokenBundle {
     pub access_expires_at: Option<Timestamp>,
     /// When the refresh token expires, if the provider says.
     pub refresh_expires_at: Option<Timestamp>,
+    /// When the provider issued the access token, if known (not for imported tokens): with the
+    /// expiry it gives the token's lifetime.
+    pub obtained_at: Option<Timestamp>,
     /// Non-secret provider values (e.g. Salesforce `instance_url`).
     pub extras: BTreeMap<String, String>,
 }
@@ -40,6 +43,8 @@ struct Wire {
     access_expires_at: Option<i64>,
     #[serde(default)]
     refresh_expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    obtained_at: Option<i64>,
     #[serde(default)]
     extras: BTreeMap<String, String>,
 }
@@ -67,6 +72,7 @@ impl TokenBundle {
             token_type: self.token_type.clone(),
             access_expires_at: self.access_expires_at.map(Timestamp::as_millis),
             refresh_expires_at: self.refresh_expires_at.map(Timestamp::as_millis),
+            obtained_at: self.obtained_at.map(Timestamp::as_millis),
             extras: self.extras.clone(),
         };
         serde_json::to_vec(&wire)
@@ -91,6 +97,7 @@ impl TokenBundle {
             token_type: wire.token_type.clone(),
             access_expires_at: wire.access_expires_at.map(Timestamp::from_millis),
             refresh_expires_at: wire.refresh_expires_at.map(Timestamp::from_millis),
+            obtained_at: wire.obtained_at.map(Timestamp::from_millis),
             extras: wire.extras.clone(),
         })
     }
@@ -109,6 +116,7 @@ mod tests {
             token_type: "Bearer".into(),
             access_expires_at: Some(Timestamp::from_millis(42)),
             refresh_expires_at: None,
+            obtained_at: Some(Timestamp::from_millis(7)),
             extras: BTreeMap::from([("instance_url".into(), "https://x".into())]),
         };
         let dbg = format!("{b:?}");
@@ -120,6 +128,7 @@ mod tests {
         assert_eq!(back.access_token.expose_secret(), "at-secret-123");
         assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt-secret-456");
         assert_eq!(back.access_expires_at, Some(Timestamp::from_millis(42)));
+        assert_eq!(back.obtained_at, Some(Timestamp::from_millis(7)));
         assert_eq!(back.extras["instance_url"], "https://x");
     }
 

@@ -1,8 +1,14 @@
-//! A bounded, time-limited cache of unwrapped DEKs, so hot reads skip the key provider.
+//! A bounded, time-limited cache of unwrapped DEKs, so hot reads skip the key provider. It is a
+//! moka cache (concurrent, bounded, least recently used evicted first); every DEK that leaves it
+//! goes through the eviction listener, which zeroizes it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 use crate::primitives::{Canonical, sha256};
 use crate::{DataKey, EncryptionContext, WrappedDek};
@@ -10,7 +16,7 @@ use crate::{DataKey, EncryptionContext, WrappedDek};
 /// Limits of the DEK cache. `max_entries == 0` disables caching.
 #[derive(Clone, Debug)]
 pub struct DekCacheConfig {
-    /// Most DEKs held at once; the oldest is evicted first.
+    /// Most DEKs held at once; the least recently used is evicted first.
     pub max_entries: usize,
     /// How long a DEK stays cached after it was unwrapped.
     pub max_age: Duration,
@@ -38,52 +44,24 @@ pub struct CacheStats {
 
 type Digest = [u8; 32];
 
+/// moka rejects a time-to-live over 1000 years; a longer configured age means "no age limit".
+const LONGEST_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+#[derive(Clone)]
 struct Entry {
     dek: DataKey,
     /// Digest of the context the DEK was unwrapped with; a lookup with another context misses.
     ctx: Digest,
+    /// On the injected monotonic clock: ages the entry in tests that move time.
     inserted: Instant,
-    seq: u64,
 }
 
-#[derive(Default)]
-struct State {
-    entries: HashMap<Digest, Entry>,
-    /// Insertion order (seq → entry key): the front is both the oldest and the first to expire.
-    order: BTreeMap<u64, Digest>,
-    next_seq: u64,
-    hits: u64,
-    misses: u64,
-}
-
-impl State {
-    fn remove(&mut self, key: &Digest) {
-        // Dropping the Entry drops its DataKey, which zeroizes it.
-        if let Some(entry) = self.entries.remove(key) {
-            self.order.remove(&entry.seq);
-        }
-    }
-
-    fn remove_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_first() {
-            self.entries.remove(&key);
-        }
-    }
-
-    fn expire(&mut self, now: Instant, max_age: Duration) {
-        while let Some(key) = self.order.first_key_value().map(|(_, k)| *k) {
-            match self.entries.get(&key) {
-                Some(e) if now.saturating_duration_since(e.inserted) < max_age => break,
-                _ => self.remove_oldest(),
-            }
-        }
-    }
-}
-
-/// The cache itself; the lock is never held across an `.await`.
+/// The cache itself: lock-free reads, no lock held across an `.await`.
 pub(crate) struct DekCache {
     config: DekCacheConfig,
-    state: Mutex<State>,
+    entries: Cache<Digest, Entry>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 fn wrapped_digest(wrapped: &WrappedDek) -> Digest {
@@ -104,17 +82,30 @@ fn ctx_digest(ctx: &EncryptionContext) -> Digest {
     )
 }
 
+/// Evicted, expired, replaced or forgotten: the cache's copy of the key is wiped now.
+fn zeroize_evicted(_key: Arc<Digest>, entry: Entry, _cause: RemovalCause) {
+    // DataKey zeroizes its bytes on drop.
+    drop(entry);
+}
+
 impl DekCache {
     pub(crate) fn new(config: DekCacheConfig) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(u64::try_from(config.max_entries).unwrap_or(u64::MAX))
+            .eviction_policy(EvictionPolicy::lru())
+            .time_to_live(config.max_age.min(LONGEST_AGE))
+            .eviction_listener(zeroize_evicted)
+            .build();
         Self {
             config,
-            state: Mutex::new(State::default()),
+            entries,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked, so keep using it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn expired(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.inserted) >= self.config.max_age
     }
 
     /// The cached DEK for this wrapped DEK and context, counting a hit or a miss.
@@ -125,17 +116,20 @@ impl DekCache {
         now: Instant,
     ) -> Option<DataKey> {
         let (key, ctx) = (wrapped_digest(wrapped), ctx_digest(ctx));
-        let mut state = self.lock();
-        state.expire(now, self.config.max_age);
-        let found = state
-            .entries
-            .get(&key)
-            .filter(|e| e.ctx == ctx)
-            .map(|e| e.dek.clone());
-        match found {
-            Some(_) => state.hits += 1,
-            None => state.misses += 1,
-        }
+        let found = self.entries.get(&key).and_then(|e| {
+            if self.expired(&e, now) {
+                self.entries.invalidate(&key);
+                None
+            } else {
+                (e.ctx == ctx).then(|| e.dek.clone())
+            }
+        });
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
@@ -151,38 +145,33 @@ impl DekCache {
             return;
         }
         let (key, ctx) = (wrapped_digest(wrapped), ctx_digest(ctx));
-        let mut state = self.lock();
-        state.expire(now, self.config.max_age);
-        state.remove(&key);
-        while state.entries.len() >= self.config.max_entries {
-            state.remove_oldest();
-        }
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.order.insert(seq, key);
-        state.entries.insert(
+        self.entries.insert(
             key,
             Entry {
                 dek: dek.clone(),
                 ctx,
                 inserted: now,
-                seq,
             },
         );
     }
 
     /// Drops the DEK for this wrapped DEK, whatever context it was cached under.
     pub(crate) fn forget(&self, wrapped: &WrappedDek) {
-        let key = wrapped_digest(wrapped);
-        self.lock().remove(&key);
+        self.entries.invalidate(&wrapped_digest(wrapped));
     }
 
-    pub(crate) fn stats(&self) -> CacheStats {
-        let state = self.lock();
+    /// Counters, and the DEKs still usable at `now`.
+    pub(crate) fn stats(&self, now: Instant) -> CacheStats {
+        // Apply pending evictions first, so the count respects `max_entries`.
+        self.entries.run_pending_tasks();
         CacheStats {
-            hits: state.hits,
-            misses: state.misses,
-            entries: state.entries.len(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self
+                .entries
+                .iter()
+                .filter(|(_, e)| !self.expired(e, now))
+                .count(),
         }
     }
 }
@@ -231,7 +220,7 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         assert!(cache.get(&wrapped(1), &ctx, later).is_none());
         assert!(cache.get(&wrapped(2), &ctx, later).is_some());
-        assert_eq!(cache.stats().entries, 1);
+        assert_eq!(cache.stats(later).entries, 1);
     }
 
     #[test]

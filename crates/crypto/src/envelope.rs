@@ -30,7 +30,7 @@ impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
             .field("provider", &self.provider.kind())
-            .field("cache", &self.cache.stats())
+            .field("cache", &self.cache.stats((self.clock)()))
             .finish()
     }
 }
@@ -144,7 +144,7 @@ impl Envelope {
 
     /// Cache statistics (hits, misses, entries) for metrics/tests.
     pub fn cache_stats(&self) -> CacheStats {
-        self.cache.stats()
+        self.cache.stats((self.clock)())
     }
 
     /// Round trip through the provider (generate + unwrap + seal/open) — start-up self check.

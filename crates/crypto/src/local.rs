@@ -76,7 +76,7 @@ impl LocalKeyProvider {
         primitives::random_bytes(&mut key_id)?;
         let file = KeyFile {
             format: FORMAT.to_owned(),
-            key_id: format!("local-{}", primitives::hex(&key_id)),
+            key_id: format!("local-{}", hex::encode(key_id)),
             current: 1,
             versions: vec![new_version(1)?],
         };
@@ -202,7 +202,7 @@ impl LocalKeyProvider {
             }
             let kek = Kek {
                 key: primitives::aead_key(&bytes)?,
-                fingerprint: primitives::hex(&primitives::sha256(&bytes)[..8]),
+                fingerprint: hex::encode(&primitives::sha256(&bytes)[..8]),
             };
             if keks.insert(v.version, kek).is_some() {
                 return Err(key_file_error(
@@ -361,7 +361,7 @@ fn write_temp(path: &Path, file: &KeyFile) -> Result<PathBuf, CryptoError> {
     let tmp = parent_dir(path).join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
-        primitives::hex(&suffix)
+        hex::encode(suffix)
     ));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);

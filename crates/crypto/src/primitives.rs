@@ -65,17 +65,6 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
 /// An unambiguous byte encoding: a domain label, then length-prefixed fields, so no two
 /// different field lists encode to the same bytes.
 pub(crate) struct Canonical(Vec<u8>);
@@ -144,6 +133,7 @@ mod tests {
             open(&key, b"aad", &sealed[..20]),
             Err(CryptoError::Decrypt)
         ));
-        assert_eq!(hex(&[0x00, 0xff, 0x1a]), "00ff1a");
+        // Key ids and fingerprints are written in lowercase hex.
+        assert_eq!(hex::encode([0x00, 0xff, 0x1a]), "00ff1a");
     }
 }

@@ -44,10 +44,6 @@ impl ReceivedSpan {
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<ReceivedSpan>>>);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn render(kv: &KeyValue) -> (String, String) {
     let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => s.clone(),
@@ -79,9 +75,9 @@ impl TraceService for Sink {
                     spans.push(ReceivedSpan {
                         service_name: service_name.clone(),
                         name: s.name.clone(),
-                        trace_id: hex(&s.trace_id),
-                        span_id: hex(&s.span_id),
-                        parent_span_id: hex(&s.parent_span_id),
+                        trace_id: hex::encode(&s.trace_id),
+                        span_id: hex::encode(&s.span_id),
+                        parent_span_id: hex::encode(&s.parent_span_id),
                         kind: s.kind,
                         attributes: s.attributes.iter().map(render).collect(),
                     });

@@ -195,6 +195,8 @@ fn token_bundle(t: Option<&pb::TokenSet>, v: &mut Violations) -> Option<TokenBun
         token_type,
         access_expires_at: access_exp,
         refresh_expires_at: refresh_exp,
+        // An imported token's issue time is unknown, so its lifetime is too.
+        obtained_at: None,
         extras: t.provider_extras.clone().into_iter().collect(),
     })
 }

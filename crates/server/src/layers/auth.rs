@@ -268,9 +268,5 @@ where
 
 /// Hex SHA-256 of a token, as written into the config (`credential-broker hash-token`).
 pub fn token_sha256_hex(token: &str) -> String {
-    digest(&SHA256, token.trim().as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(digest(&SHA256, token.trim().as_bytes()))
 }

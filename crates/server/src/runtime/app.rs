@@ -11,7 +11,9 @@ use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
 use cb_broker::gateway::ProviderGateway;
-use cb_broker::issuance::{IssuanceConfig, StatsSnapshot, TokenCache, TokenService};
+use cb_broker::issuance::{
+    IssuanceConfig, StatsSnapshot, TokenCache, TokenCacheConfig, TokenService,
+};
 use cb_broker::members::MembershipService;
 use cb_broker::service::CredentialService;
 use cb_crypto::Envelope;
@@ -180,7 +182,10 @@ impl Application {
         let clock = options.clock;
         let audit = Audit::new(store.clone(), clock.clone());
         let audit_for_shutdown = audit.clone();
-        let cache = Arc::new(TokenCache::default());
+        let cache = Arc::new(TokenCache::new(TokenCacheConfig {
+            max_entries: config.tokens.cache_max_entries,
+            ..TokenCacheConfig::default()
+        }));
         let issuance_config = IssuanceConfig {
             default_min_valid: Duration::from_secs(config.tokens.default_min_valid_seconds),
             lease_duration: Duration::from_secs(config.tokens.lease_seconds),

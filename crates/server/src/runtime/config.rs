@@ -143,6 +143,8 @@ pub struct TokensConfig {
     pub provider_attempts: u32,
     /// How long a provider's open circuit rejects refreshes before letting one through.
     pub breaker_cooldown_seconds: u64,
+    /// Credentials whose token is kept in memory; past it the least useful are evicted.
+    pub cache_max_entries: u64,
 }
 
 impl Default for TokensConfig {
@@ -154,6 +156,7 @@ impl Default for TokensConfig {
             lease_seconds: 60,
             provider_attempts: 3,
             breaker_cooldown_seconds: 30,
+            cache_max_entries: 10_000,
         }
     }
 }
@@ -871,14 +874,8 @@ impl Config {
 }
 
 fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(hex.trim(), &mut out).ok()?;
     Some(out)
 }
 

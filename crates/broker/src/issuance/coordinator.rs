@@ -1,0 +1,432 @@
+//! The refresh coordinator: the single flight per credential in this process, the
+//! cross-replica lease, and the refresh itself. The flight's leader takes the lease in the
+//! database (a conditional update with a fencing token), re-reads the row (another replica may
+//! have refreshed already) and only then calls the provider. The new token set, including a
+//! rotated refresh token, is sealed and written under the fencing token before anyone is
+//! answered. Followers on other replicas wait for the row to change, then read it.
+
+use super::cache::Entry;
+use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
+use super::{IssuedToken, TokenService, lock};
+use crate::access::Role;
+use crate::clock::Timestamp;
+use crate::credential::{Credential, Status};
+use crate::error::{BrokerError, reason};
+use crate::gateway::{GrantedTokens, ProviderError};
+use crate::sealing;
+use crate::tokens::TokenBundle;
+use crate::types::Scopes;
+use cb_store::StoreError;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// What a flight's leader hands its followers: `None` until it has finished.
+pub(super) type FlightResult = Option<Result<Arc<Entry>, BrokerError>>;
+
+/// Flights one caller may take in turn when each falls short of its `min_valid`.
+const FLIGHT_ROUNDS: u32 = 3;
+
+/// Removes a leader's flight from the map however the leader ends, a panic included: a flight
+/// left behind would make every later call for the credential join a leader that is gone.
+struct FlightGuard {
+    service: Arc<TokenService>,
+    id: String,
+    rx: watch::Receiver<FlightResult>,
+}
+
+impl FlightGuard {
+    /// Removes the flight before its result is sent: callers after that start a new one.
+    fn finish(&self) {
+        let mut flights = lock(&self.service.flights);
+        if flights
+            .get(&self.id)
+            .is_some_and(|(_, rx)| rx.same_channel(&self.rx))
+        {
+            flights.remove(&self.id);
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn needs_reconnect(c: &Credential, why: &str) -> BrokerError {
+    BrokerError::FailedPrecondition {
+        reason: reason::CREDENTIAL_NEEDS_RECONNECT,
+        message: format!(
+            "the connection {:?} can no longer be refreshed ({why}): reconnect {} in Settings → Integrations",
+            c.display_name.as_str(),
+            c.display_name.as_str()
+        ),
+    }
+}
+
+/// The result of a flight nobody waits for any more (never seen by a caller).
+fn abandoned() -> BrokerError {
+    BrokerError::Unavailable {
+        reason: reason::PROVIDER_UNAVAILABLE,
+        message: "the refresh was abandoned: every caller went away before it started".into(),
+        retry_after: None,
+    }
+}
+
+fn check_usable(c: &Credential) -> Result<(), BrokerError> {
+    match &c.status {
+        Status::Active => Ok(()),
+        Status::NeedsReconnect { reason } => Err(needs_reconnect(c, reason)),
+        Status::Disconnected => Err(BrokerError::disconnected()),
+    }
+}
+
+impl TokenService {
+    /// Joins (or leads) the single flight for `id`. The leader runs in its own task, so a
+    /// cancelled caller never abandons a refresh that others wait for. A caller that joined a
+    /// flight led for a smaller `min_valid` re-checks the result against its own and, when it
+    /// falls short, takes another flight (at most [`FLIGHT_ROUNDS`] in all).
+    pub(super) async fn flight(
+        self: &Arc<Self>,
+        id: &str,
+        min_valid: Duration,
+        force: bool,
+    ) -> Result<Arc<Entry>, BrokerError> {
+        let mut round = 1;
+        loop {
+            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force);
+            let result = match rx.wait_for(Option::is_some).await {
+                Ok(settled) => settled
+                    .clone()
+                    .unwrap_or_else(|| Err(BrokerError::Internal("empty flight result".into()))),
+                // The leader's task died (a bug) before answering; its guard removed the flight.
+                Err(_) => Err(BrokerError::Internal(
+                    "refresh task ended without a result".into(),
+                )),
+            };
+            let short = led_for.is_some_and(|leader| leader < min_valid)
+                && result
+                    .as_ref()
+                    .is_ok_and(|e| !e.satisfies(self.clock.now(), min_valid));
+            if !short || round >= FLIGHT_ROUNDS {
+                return result;
+            }
+            round += 1;
+        }
+    }
+
+    /// The receiver of the flight for `id`: another caller's (with the `min_valid` it was led
+    /// for) or a new one led by this call.
+    fn join_or_lead(
+        self: &Arc<Self>,
+        id: &str,
+        min_valid: Duration,
+        force: bool,
+    ) -> (watch::Receiver<FlightResult>, Option<Duration>) {
+        let mut flights = lock(&self.flights);
+        if let Some((led_for, rx)) = flights.get(id) {
+            self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
+            return (rx.clone(), Some(*led_for));
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(id.to_owned(), (min_valid, rx.clone()));
+        let guard = FlightGuard {
+            service: self.clone(),
+            id: id.to_owned(),
+            rx: rx.clone(),
+        };
+        // The leader's spans belong to the request that started the flight.
+        tokio::spawn(
+            async move {
+                let this = &guard.service;
+                // Someone still waits if a receiver besides the map's and the guard's exists.
+                let wanted = || tx.receiver_count() > 2;
+                let result = this.resolve(&guard.id, min_valid, force, &wanted).await;
+                if let Ok(e) = &result {
+                    this.cache.put(&guard.id, e.clone());
+                }
+                guard.finish();
+                tx.send_replace(Some(result));
+            }
+            .in_current_span(),
+        );
+        (rx, None)
+    }
+
+    /// Loads the credential and refreshes it if needed, through the lease.
+    /// `wanted` says whether anyone still waits for the result: a flight whose callers all went
+    /// away (cancelled or past their deadline) is abandoned before it calls the provider. Once a
+    /// refresh request is sent it always completes and is stored — a provider that rotated the
+    /// refresh token must have its answer kept.
+    async fn resolve(
+        &self,
+        id: &str,
+        min_valid: Duration,
+        force: bool,
+        wanted: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Arc<Entry>, BrokerError> {
+        // A bound in real time, not on the injected clock: a test's manual clock may never move.
+        let give_up =
+            tokio::time::Instant::now() + self.config.lease_duration * 2 + Duration::from_secs(5);
+        loop {
+            let now = self.clock.now();
+            let row = self
+                .store
+                .get_credential(id)
+                .await?
+                .ok_or_else(BrokerError::credential_not_found)?;
+            let c = Credential::from_row(row)?;
+            check_usable(&c)?;
+            let bundle = sealing::open(&self.envelope, &c)
+                .await?
+                .ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
+            let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
+            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
+                return self.entry(&c, &bundle).await;
+            }
+            if bundle.refresh_token.is_none() {
+                return self.without_refresh_token(c, bundle, now).await;
+            }
+            // A configuration error is not transient: no lease, no provider call, no retries,
+            // and the provider's circuit stays as it is.
+            if let Err(e) = self.provider_configured(&c.provider_id) {
+                if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+                    tracing::warn!(credential_id = %id, provider = %c.provider_id, "provider not configured; serving the still-valid token");
+                    return self.entry(&c, &bundle).await;
+                }
+                return Err(e);
+            }
+            if !wanted() {
+                return Err(abandoned());
+            }
+            let until = now.plus(self.config.lease_duration);
+            if let Some(leased) = self
+                .store
+                .acquire_refresh_lease(id, &self.holder, now.as_millis(), until.as_millis())
+                .await?
+            {
+                return self
+                    .refresh_under_lease(leased, min_valid, force, wanted)
+                    .await;
+            }
+            // Another replica holds the lease: wait for its write (or for the lease to expire).
+            self.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
+            loop {
+                if tokio::time::Instant::now() > give_up {
+                    return Err(BrokerError::Unavailable {
+                        reason: reason::STORAGE_UNAVAILABLE,
+                        message:
+                            "another replica is refreshing this credential and has not finished"
+                                .into(),
+                        retry_after: Some(Duration::from_secs(1)),
+                    });
+                }
+                tokio::time::sleep(self.config.follower_poll).await;
+                let Some(r) = self.store.get_credential(id).await? else {
+                    break;
+                };
+                let lease_expired = r
+                    .lease
+                    .expires_at
+                    .is_none_or(|t| t <= self.clock.now().as_millis());
+                if r.row_version != c.version || lease_expired {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn without_refresh_token(
+        &self,
+        mut c: Credential,
+        bundle: TokenBundle,
+        now: Timestamp,
+    ) -> Result<Arc<Entry>, BrokerError> {
+        if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+            // Less validity than asked for, but the best there is until it expires.
+            return self.entry(&c, &bundle).await;
+        }
+        let why = "the access token expired and the grant has no refresh token".to_owned();
+        let err = needs_reconnect(&c, &why);
+        let expected = c.version;
+        c.status = Status::NeedsReconnect { reason: why };
+        c.next_refresh_at = None;
+        c.updated_at = now;
+        self.store.update_credential(&c.to_row(), expected).await?;
+        self.cache.invalidate(c.id.as_str());
+        Err(err)
+    }
+
+    #[tracing::instrument(
+        name = "refresh",
+        skip_all,
+        fields(credential_id = %row.id, provider = %row.provider_id, outcome = tracing::field::Empty)
+    )]
+    async fn refresh_under_lease(
+        &self,
+        row: cb_store::CredentialRow,
+        min_valid: Duration,
+        force: bool,
+        wanted: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Arc<Entry>, BrokerError> {
+        let fence = row.lease.fence;
+        let mut c = Credential::from_row(row)?;
+        let id = c.id.to_string();
+        let provider = c.provider_id.clone();
+        let now = self.clock.now();
+        let result = async {
+            let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
+            // Re-check after taking the lease: another replica may have refreshed meanwhile.
+            let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
+            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
+                self.store.release_refresh_lease(&id, fence).await?;
+                self.count_refresh(&c.provider_id, "already_fresh");
+                return self.entry(&c, &bundle).await;
+            }
+            let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
+            if !wanted() {
+                self.store.release_refresh_lease(&id, fence).await?;
+                return Err(abandoned());
+            }
+            match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
+                Ok(granted) => {
+                    let fresh = merge(&bundle, granted.clone(), now);
+                    if let Some(s) = granted.scopes.as_ref() {
+                        c.scopes = Scopes::from_stored(&s.join(" "));
+                    }
+                    sealing::seal_into(&self.envelope, &mut c, &fresh).await?;
+                    let idle = self.gateway.get(&c.provider_id).and_then(|p| p.refresh_token_idle);
+                    c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
+                    c.last_refreshed_at = Some(now);
+                    c.updated_at = now;
+                    let stored = self.store.complete_refresh(&c.to_row(), fence).await.map_err(|e| match e {
+                        StoreError::LeaseLost => {
+                            // The provider may have rotated the refresh token we hold: say so loudly.
+                            tracing::error!(credential_id = %id, "refresh lease lost before the new tokens were written");
+                            BrokerError::Unavailable {
+                                reason: reason::STORAGE_UNAVAILABLE,
+                                message: "the refresh lease expired before the new tokens were stored; retry".into(),
+                                retry_after: Some(Duration::from_secs(1)),
+                            }
+                        }
+                        other => other.into(),
+                    })?;
+                    self.count_refresh(&c.provider_id, "refreshed");
+                    self.entry(&Credential::from_row(stored)?, &fresh).await
+                }
+                Err(ProviderError::Permanent(why)) => {
+                    let err = needs_reconnect(&c, &why);
+                    c.status = Status::NeedsReconnect { reason: why.clone() };
+                    c.next_refresh_at = None;
+                    c.updated_at = now;
+                    self.store.complete_refresh(&c.to_row(), fence).await?;
+                    self.cache.invalidate(&id);
+                    self.count_refresh(&c.provider_id, "needs_reconnect");
+                    tracing::warn!(credential_id = %id, provider = %c.provider_id, reason = %why, "grant can no longer be refreshed: needs reconnect");
+                    Err(err)
+                }
+                Err(e) => {
+                    self.store.release_refresh_lease(&id, fence).await?;
+                    if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+                        self.count_refresh(&c.provider_id, "served_stale");
+                        tracing::warn!(credential_id = %id, error = %e, "refresh failed; serving the still-valid token");
+                        return self.entry(&c, &bundle).await;
+                    }
+                    let retry_after = match &e {
+                        ProviderError::Transient { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    self.count_refresh(&c.provider_id, "failed");
+                    Err(BrokerError::Unavailable {
+                        reason: reason::PROVIDER_UNAVAILABLE,
+                        message: format!("the provider could not refresh the token: {e}"),
+                        retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
+                    })
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result
+            && !matches!(
+                e.reason(),
+                reason::CREDENTIAL_NEEDS_RECONNECT | reason::PROVIDER_UNAVAILABLE
+            )
+        {
+            // A database or KMS error on the way: not counted above.
+            self.count_refresh(&provider, "error");
+        }
+        if result.is_err() {
+            // Failure paths that did not already release it (database errors) leave the lease to expire.
+            let _ = self.store.release_refresh_lease(&id, fence).await;
+        }
+        result
+    }
+
+    /// Calls the provider with bounded retries (backoff with jitter) behind a circuit breaker.
+    #[tracing::instrument(name = "provider.refresh", skip_all, fields(provider = %provider, attempts = tracing::field::Empty))]
+    async fn call_refresh(
+        &self,
+        provider: &str,
+        refresh_token: &SecretString,
+        extras: &BTreeMap<String, String>,
+    ) -> Result<GrantedTokens, ProviderError> {
+        self.retry
+            .run(provider, || {
+                self.stats
+                    .provider_refreshes
+                    .fetch_add(1, Ordering::Relaxed);
+                self.gateway.refresh(provider, refresh_token, extras)
+            })
+            .await
+    }
+
+    /// Whether refreshes can be sent to this provider at all (client credentials configured).
+    fn provider_configured(&self, provider: &str) -> Result<(), BrokerError> {
+        let message = match self.gateway.get(provider) {
+            Some(p) if p.configured => return Ok(()),
+            Some(_) => format!(
+                "the provider {provider} has no client credentials configured: an operator must configure it before its tokens can be refreshed"
+            ),
+            None => format!(
+                "the provider {provider} is no longer in the configuration: an operator must add it back before its tokens can be refreshed"
+            ),
+        };
+        Err(BrokerError::FailedPrecondition {
+            reason: reason::PROVIDER_NOT_CONFIGURED,
+            message,
+        })
+    }
+
+    /// Builds (and caches) the in-memory entry for an open bundle.
+    pub(super) async fn entry(
+        &self,
+        c: &Credential,
+        bundle: &TokenBundle,
+    ) -> Result<Arc<Entry>, BrokerError> {
+        let users = self
+            .store
+            .list_members(c.id.as_str())
+            .await?
+            .into_iter()
+            .filter(|m| m.state == "ACTIVE" && Role::from_stored(&m.role).is_some())
+            .map(|m| (m.email, m.user_id))
+            .collect();
+        Ok(Arc::new(Entry {
+            workspace_id: c.workspace_id.clone(),
+            token: IssuedToken {
+                access_token: bundle.access_token.clone(),
+                token_type: bundle.token_type.clone(),
+                expires_at: bundle.access_expires_at,
+                scopes: c.scopes.as_slice().to_vec(),
+                extras: bundle.extras.clone(),
+            },
+            lifetime: lifetime(bundle),
+            users,
+        }))
+    }
+}

@@ -1,0 +1,415 @@
+//! Token issuance: `GetAccessToken` and the refresh that keeps it exactly-once.
+//!
+//! A request is served from memory ([`cache`]) when a cached token stays valid long enough (no
+//! database, no KMS). Otherwise the caller joins the single flight for that credential in this
+//! process ([`coordinator`]): its leader takes the cross-replica refresh lease, re-reads the row
+//! and only then calls the provider, through the retry and circuit-breaker policy ([`retry`]).
+//! Expiry arithmetic and the token merge are pure functions ([`schedule`]).
+
+mod cache;
+mod coordinator;
+mod retry;
+pub mod schedule;
+#[cfg(test)]
+mod tests;
+
+pub use cache::{TokenCache, TokenCacheConfig};
+pub use retry::{Sleeper, TokioSleeper};
+pub use schedule::next_refresh_at;
+
+use crate::access::{Caller, ServiceRole};
+use crate::audit::{Audit, Outcome};
+use crate::clock::{Clock, Timestamp};
+use crate::error::BrokerError;
+use crate::gateway::ProviderGateway;
+use crate::policy::{Policy, actor_required, require_token_issuer};
+use crate::random::{Random, SystemRandom};
+use crate::types::CredentialId;
+use cache::Entry;
+use cb_crypto::Envelope;
+use cb_store::{ChangeEvent, Store, UsageRecord};
+use coordinator::FlightResult;
+use retry::{RetryLimits, RetryPolicy};
+use secrecy::SecretString;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Tunables of issuance and refresh.
+#[derive(Clone, Debug)]
+pub struct IssuanceConfig {
+    /// `min_valid_for` when the caller gives none (Google's libraries use 3 min 45 s).
+    pub default_min_valid: Duration,
+    /// Largest `min_valid_for` accepted.
+    pub max_min_valid: Duration,
+    /// Refresh lease lifetime; longer than every provider attempt together.
+    pub lease_duration: Duration,
+    /// Provider attempts per refresh (transient failures only).
+    pub provider_attempts: u32,
+    /// First backoff delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Refresh ahead when the access token expires within this window.
+    pub refresh_ahead_window: Duration,
+    /// How often a waiting replica re-reads the row.
+    pub follower_poll: Duration,
+    /// Consecutive transient failures that open a provider's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit rejects calls before letting one through.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        Self {
+            default_min_valid: Duration::from_secs(225),
+            max_min_valid: Duration::from_secs(3600),
+            lease_duration: Duration::from_secs(60),
+            provider_attempts: 3,
+            backoff_base: Duration::from_millis(200),
+            refresh_ahead_window: Duration::from_secs(600),
+            follower_poll: Duration::from_millis(50),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An issued access token: the only value of the domain that carries a token out.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    /// The access token.
+    pub access_token: SecretString,
+    /// Token type.
+    pub token_type: String,
+    /// Expiry, if known.
+    pub expires_at: Option<Timestamp>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Non-secret provider extras.
+    pub extras: BTreeMap<String, String>,
+}
+
+/// Where a token request comes from (recorded as usage and in the audit log).
+#[derive(Clone, Debug, Default)]
+pub struct UsageContext {
+    /// Workflow id.
+    pub workflow_id: Option<String>,
+    /// Block id.
+    pub block_id: Option<String>,
+    /// Execution id.
+    pub execution_id: Option<String>,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct IssuanceStats {
+    /// Requests answered from memory.
+    pub cache_hits: AtomicU64,
+    /// Requests that needed the database.
+    pub cache_misses: AtomicU64,
+    /// Requests that joined a flight led by another request.
+    pub flight_joins: AtomicU64,
+    /// Provider refresh calls made.
+    pub provider_refreshes: AtomicU64,
+    /// Times a leader found the lease held by another replica and waited.
+    pub lease_waits: AtomicU64,
+    /// Issuance results: (`OK` or the error reason, answered from memory) → count.
+    pub issued: Mutex<BTreeMap<(&'static str, bool), u64>>,
+    /// Refreshes under the lease: (provider, outcome) → count. Outcomes: `refreshed`,
+    /// `already_fresh` (another replica did it), `needs_reconnect`, `served_stale` (provider
+    /// failed, the old token is still valid), `failed`.
+    pub refreshes: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+/// A snapshot of [`IssuanceStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`IssuanceStats::cache_hits`].
+    pub cache_hits: u64,
+    /// See [`IssuanceStats::cache_misses`].
+    pub cache_misses: u64,
+    /// See [`IssuanceStats::flight_joins`].
+    pub flight_joins: u64,
+    /// See [`IssuanceStats::provider_refreshes`].
+    pub provider_refreshes: u64,
+    /// See [`IssuanceStats::lease_waits`].
+    pub lease_waits: u64,
+}
+
+/// Token issuance with exactly-once refresh.
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    clock: Arc<dyn Clock>,
+    gateway: Arc<dyn ProviderGateway>,
+    audit: Audit,
+    policy: Policy,
+    config: IssuanceConfig,
+    cache: Arc<TokenCache>,
+    holder: String,
+    random: Arc<dyn Random>,
+    retry: RetryPolicy,
+    /// The flight per credential in this process: the leader's `min_valid` and its result.
+    flights: Mutex<HashMap<String, (Duration, watch::Receiver<FlightResult>)>>,
+    usage: Mutex<HashMap<(String, Option<String>), i64>>,
+    stats: IssuanceStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short critical sections leaves consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl TokenService {
+    /// Wires issuance; `holder` names this replica in refresh leases.
+    #[allow(clippy::too_many_arguments)] // the coordinator's collaborators, each needed
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        clock: Arc<dyn Clock>,
+        gateway: Arc<dyn ProviderGateway>,
+        audit: Audit,
+        cache: Arc<TokenCache>,
+        config: IssuanceConfig,
+        holder: String,
+    ) -> Self {
+        let random: Arc<dyn Random> = Arc::new(SystemRandom);
+        let limits = RetryLimits {
+            attempts: config.provider_attempts,
+            backoff_base: config.backoff_base,
+            budget: config.lease_duration / 2,
+            breaker_threshold: config.breaker_threshold,
+            breaker_cooldown: config.breaker_cooldown,
+        };
+        Self {
+            policy: Policy::new(store.clone()),
+            retry: RetryPolicy::new(
+                limits,
+                clock.clone(),
+                random.clone(),
+                Arc::new(TokioSleeper),
+            ),
+            store,
+            envelope,
+            clock,
+            gateway,
+            audit,
+            config,
+            cache,
+            holder,
+            random,
+            flights: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
+            stats: IssuanceStats::default(),
+        }
+    }
+
+    /// Replaces the source of jitter (tests pin the draw).
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.retry.set_random(random.clone());
+        self.random = random;
+        self
+    }
+
+    /// Replaces how retry delays are waited out (tests move a clock instead of sleeping).
+    pub fn with_sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
+        self.retry.set_sleeper(sleeper);
+        self
+    }
+
+    /// Issuance results since start: (`OK` or the error reason, cache hit, count).
+    pub fn issuance_results(&self) -> Vec<(&'static str, bool, u64)> {
+        lock(&self.stats.issued)
+            .iter()
+            .map(|(&(result, hit), &n)| (result, hit, n))
+            .collect()
+    }
+
+    /// Refreshes under the lease since start: (provider, outcome, count).
+    pub fn refresh_outcomes(&self) -> Vec<(String, &'static str, u64)> {
+        lock(&self.stats.refreshes)
+            .iter()
+            .map(|((provider, outcome), &n)| (provider.clone(), *outcome, n))
+            .collect()
+    }
+
+    /// Each provider's circuit breaker: (provider, open now) for every provider seen so far.
+    pub fn circuit_states(&self) -> Vec<(String, bool)> {
+        self.retry.circuit_states()
+    }
+
+    fn count_refresh(&self, provider: &str, outcome: &'static str) {
+        tracing::Span::current().record("outcome", outcome);
+        *lock(&self.stats.refreshes)
+            .entry((provider.to_owned(), outcome))
+            .or_default() += 1;
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        StatsSnapshot {
+            cache_hits: s.cache_hits.load(Ordering::Relaxed),
+            cache_misses: s.cache_misses.load(Ordering::Relaxed),
+            flight_joins: s.flight_joins.load(Ordering::Relaxed),
+            provider_refreshes: s.provider_refreshes.load(Ordering::Relaxed),
+            lease_waits: s.lease_waits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &IssuanceConfig {
+        &self.config
+    }
+
+    /// Issues a token valid for at least `min_valid` (default when `None`).
+    pub async fn get_access_token(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &CredentialId,
+        min_valid: Option<Duration>,
+        ctx: UsageContext,
+    ) -> Result<IssuedToken, BrokerError> {
+        let mut hit = false;
+        let result = self.issue(caller, id, min_valid, &ctx, &mut hit).await;
+        let label = result.as_ref().map_or_else(BrokerError::reason, |_| "OK");
+        *lock(&self.stats.issued).entry((label, hit)).or_default() += 1;
+        let detail = [
+            ("workflow", &ctx.workflow_id),
+            ("block", &ctx.block_id),
+            ("execution", &ctx.execution_id),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+        let detail = (!detail.is_empty()).then_some(detail);
+        // Issued tokens are audited through the buffer: no database write on the hot path.
+        self.audit.record_later(
+            caller,
+            "token.issue",
+            Some(id.as_str()),
+            Outcome::of(&result),
+            detail,
+        );
+        if result.is_ok() {
+            let at = self.clock.now().as_millis();
+            lock(&self.usage)
+                .entry((id.to_string(), ctx.workflow_id))
+                .and_modify(|t| *t = (*t).max(at))
+                .or_insert(at);
+        }
+        result
+    }
+
+    async fn issue(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &CredentialId,
+        min_valid: Option<Duration>,
+        _ctx: &UsageContext,
+        hit: &mut bool,
+    ) -> Result<IssuedToken, BrokerError> {
+        require_token_issuer(caller)?;
+        let min_valid = min_valid.unwrap_or(self.config.default_min_valid);
+        if min_valid > self.config.max_min_valid {
+            return Err(BrokerError::invalid(
+                "min_valid_for",
+                format!(
+                    "must be at most {} seconds",
+                    self.config.max_min_valid.as_secs()
+                ),
+            ));
+        }
+        let now = self.clock.now();
+        if let Some(e) = self.cache.get(id.as_str()) {
+            *hit = true;
+            authorize(caller, &e)?;
+            if e.satisfies(now, min_valid) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(e.token.clone());
+            }
+        } else {
+            // Cold path: check membership before doing any work for this caller.
+            self.policy.load_visible(caller, id).await?;
+        }
+        *hit = false;
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let entry = self.flight(id.as_str(), min_valid, false).await?;
+        authorize(caller, &entry)?;
+        Ok(entry.token.clone())
+    }
+
+    /// Refreshes credentials whose `next_refresh_at` has come (the background refresher).
+    /// Returns how many were refreshed or found fresh; failures are logged.
+    pub async fn refresh_due(self: &Arc<Self>, limit: u32) -> usize {
+        let now = self.clock.now();
+        let ids = match self.store.due_for_refresh(now.as_millis(), limit).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "refresh-ahead scan failed");
+                return 0;
+            }
+        };
+        let mut done = 0;
+        for id in ids {
+            match self.flight(&id, Duration::ZERO, true).await {
+                Ok(_) => done += 1,
+                Err(e) => tracing::warn!(credential_id = %id, error = %e, "refresh-ahead failed"),
+            }
+        }
+        done
+    }
+
+    /// Writes buffered usage (last used, recent workflows) to the database.
+    pub async fn flush_usage(&self) {
+        let batch: Vec<UsageRecord> = std::mem::take(&mut *lock(&self.usage))
+            .into_iter()
+            .map(|((credential_id, workflow_id), at)| UsageRecord {
+                credential_id,
+                workflow_id,
+                at,
+            })
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_usage(&batch).await {
+            tracing::warn!(error = %e, records = batch.len(), "usage could not be recorded");
+        }
+    }
+
+    /// Applies change notifications from every replica to the cache until the feed closes.
+    pub async fn follow_changes(self: Arc<Self>) {
+        let mut rx = self.store.subscribe_changes();
+        loop {
+            match rx.recv().await {
+                Ok(ChangeEvent::Changed(id)) => self.cache.invalidate(&id),
+                Ok(ChangeEvent::Resync)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.cache.clear(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// May the caller receive this credential's token? Non-members: NOT_FOUND.
+fn authorize(caller: &Caller, e: &Entry) -> Result<(), BrokerError> {
+    match &caller.actor {
+        None if caller.role == ServiceRole::Development => Ok(()),
+        None => Err(actor_required()),
+        Some(a) if a.is_workspace_admin(&e.workspace_id) => Ok(()),
+        Some(a) => {
+            let member = e.users.iter().any(|(email, user)| {
+                email == a.email.as_str() && user.as_deref().is_none_or(|u| u == a.user_id.as_str())
+            });
+            if member {
+                Ok(())
+            } else {
+                Err(BrokerError::credential_not_found())
+            }
+        }
+    }
+}

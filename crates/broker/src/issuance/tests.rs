@@ -1,0 +1,327 @@
+//! Issuance against a real SQLite store, a local key and a scripted provider: time moves on a
+//! manual clock, retries do not sleep, jitter is pinned.
+
+use super::cache::Entry;
+use super::*;
+use crate::access::ServiceRole;
+use crate::clock::ManualClock;
+use crate::gateway::{AccountInfo, GrantedTokens, ProviderError, ProviderInfo, RevokeResult};
+use crate::random::{FixedRandom, Fraction};
+use crate::service::{CredentialService, ImportCredential};
+use crate::tokens::TokenBundle;
+use crate::types::{
+    Description, DisplayName, Email, ProviderAccount, ProviderId, Scopes, WorkspaceId,
+};
+use cb_crypto::{DekCacheConfig, LocalKeyProvider};
+use secrecy::ExposeSecret;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
+
+/// A provider whose refreshes hand out `at-N` / `rt-N`; it can be unconfigured or panic once.
+struct ScriptedProvider {
+    configured: bool,
+    lifetime: Duration,
+    refreshes: AtomicUsize,
+    panic_next: AtomicBool,
+}
+
+impl ScriptedProvider {
+    fn new(configured: bool) -> Self {
+        Self {
+            configured,
+            lifetime: Duration::from_secs(60),
+            refreshes: AtomicUsize::new(0),
+            panic_next: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ProviderGateway for ScriptedProvider {
+    fn list(&self) -> Vec<ProviderInfo> {
+        vec![]
+    }
+    fn get(&self, id: &str) -> Option<ProviderInfo> {
+        Some(ProviderInfo {
+            id: id.into(),
+            display_name: "Fake".into(),
+            icon_url: String::new(),
+            category: "test".into(),
+            configured: self.configured,
+            missing_settings: vec![],
+            scopes: vec![],
+            supports_revocation: false,
+            custom: true,
+            refresh_token_idle: None,
+        })
+    }
+    fn redirect_allowed(&self, _uri: &str) -> bool {
+        false
+    }
+    fn authorize_url(
+        &self,
+        _provider: &str,
+        _redirect_uri: &str,
+        _scopes: &[String],
+        _state: &str,
+        _pkce_challenge: Option<&str>,
+    ) -> Result<String, ProviderError> {
+        Err(ProviderError::Other("not used".into()))
+    }
+    fn uses_pkce(&self, _provider: &str) -> bool {
+        false
+    }
+    async fn exchange_code(
+        &self,
+        _provider: &str,
+        _code: &SecretString,
+        _redirect_uri: &str,
+        _pkce_verifier: Option<&SecretString>,
+        _callback_params: &BTreeMap<String, String>,
+    ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
+        Err(ProviderError::Other("not used".into()))
+    }
+    async fn refresh(
+        &self,
+        _provider: &str,
+        _refresh_token: &SecretString,
+        _extras: &BTreeMap<String, String>,
+    ) -> Result<GrantedTokens, ProviderError> {
+        let n = self.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("a bug in a provider adapter");
+        }
+        Ok(GrantedTokens {
+            access_token: SecretString::from(format!("at-{n}")),
+            refresh_token: Some(SecretString::from(format!("rt-{n}"))),
+            id_token: None,
+            token_type: "Bearer".into(),
+            expires_in: Some(self.lifetime),
+            refresh_expires_in: None,
+            scopes: None,
+            extras: BTreeMap::new(),
+        })
+    }
+    async fn revoke(
+        &self,
+        _provider: &str,
+        _tokens: &TokenBundle,
+    ) -> Result<RevokeResult, ProviderError> {
+        Ok(RevokeResult::NotSupported)
+    }
+}
+
+/// Retry delays pass at once.
+struct NoWait;
+
+impl Sleeper for NoWait {
+    fn sleep(&self, _d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+struct Kit {
+    _dir: tempfile::TempDir,
+    clock: ManualClock,
+    provider: Arc<ScriptedProvider>,
+    credentials: CredentialService,
+    tokens: Arc<TokenService>,
+}
+
+async fn kit(provider: ScriptedProvider) -> Kit {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let store = cb_store::open(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let (keys, _) = LocalKeyProvider::load_or_create(&dir.path().join("key.json")).unwrap();
+    let envelope = Arc::new(Envelope::new(Arc::new(keys), DekCacheConfig::default()));
+    let clock = ManualClock::new(T0);
+    let audit = Audit::new(store.clone(), Arc::new(clock.clone()));
+    let cache = Arc::new(TokenCache::default());
+    let provider = Arc::new(provider);
+    let pinned: Arc<dyn Random> = Arc::new(FixedRandom(Fraction::ZERO));
+    let credentials = CredentialService::new(
+        store.clone(),
+        envelope.clone(),
+        Arc::new(clock.clone()),
+        provider.clone(),
+        cache.clone(),
+        audit.clone(),
+        Duration::from_secs(600),
+    )
+    .with_random(pinned.clone());
+    let tokens = TokenService::new(
+        store,
+        envelope,
+        Arc::new(clock.clone()),
+        provider.clone(),
+        audit,
+        cache,
+        IssuanceConfig::default(),
+        "replica-1".into(),
+    )
+    .with_random(pinned)
+    .with_sleeper(Arc::new(NoWait));
+    Kit {
+        _dir: dir,
+        clock,
+        provider,
+        credentials,
+        tokens: Arc::new(tokens),
+    }
+}
+
+fn dev() -> Caller {
+    Caller {
+        service: "dev".into(),
+        role: ServiceRole::Development,
+        actor: None,
+    }
+}
+
+impl Kit {
+    /// Imports a grant whose access token `at-0` expires at `expires_at`.
+    async fn import(&self, expires_at: Timestamp) -> CredentialId {
+        let view = self
+            .credentials
+            .import(
+                &dev(),
+                ImportCredential {
+                    workspace_id: WorkspaceId::parse("workspace_id", "ws1").unwrap(),
+                    provider_id: ProviderId::parse("provider_id", "fake").unwrap(),
+                    account: ProviderAccount::parse("account", "acct-1", "").unwrap(),
+                    display_name: DisplayName::parse("display_name", "Fake").unwrap(),
+                    description: Description::parse("description", "").unwrap(),
+                    scopes: Scopes::default(),
+                    tokens: TokenBundle {
+                        access_token: SecretString::from("at-0"),
+                        refresh_token: Some(SecretString::from("rt-0")),
+                        id_token: None,
+                        token_type: "Bearer".into(),
+                        access_expires_at: Some(expires_at),
+                        refresh_expires_at: None,
+                        obtained_at: None,
+                        extras: BTreeMap::new(),
+                    },
+                    admin_email: Some(Email::parse("admin_email", "a@example.com").unwrap()),
+                },
+            )
+            .await
+            .unwrap();
+        view.credential.id
+    }
+
+    async fn token(
+        &self,
+        id: &CredentialId,
+        min_valid: Option<Duration>,
+    ) -> Result<String, BrokerError> {
+        self.tokens
+            .get_access_token(&dev(), id, min_valid, UsageContext::default())
+            .await
+            .map(|t| t.access_token.expose_secret().to_owned())
+    }
+
+    fn refreshes(&self) -> usize {
+        self.provider.refreshes.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_once_per_three_quarters_of_their_lifetime() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.minus(Duration::from_secs(1))).await;
+    // 60 s tokens, the default min_valid_for (3 min 45 s): one call a second for 10 minutes.
+    for _ in 0..600 {
+        kit.token(&id, None).await.unwrap();
+        kit.clock.advance(Duration::from_secs(1));
+    }
+    // A refresh at 0 s, then every 45 s (a quarter of the lifetime left): 14 in 600 s.
+    assert_eq!(kit.refreshes(), 14);
+    // A fresh token satisfies any request, even one longer than its lifetime.
+    let before = kit.refreshes();
+    kit.token(&id, Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(kit.refreshes(), before);
+}
+
+#[tokio::test]
+async fn a_leader_that_panics_leaves_no_flight_behind() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    kit.provider.panic_next.store(true, Ordering::SeqCst);
+    let err = kit.token(&id, None).await.unwrap_err();
+    assert_eq!(err.reason(), crate::error::reason::INTERNAL);
+    // The panicked leader's lease runs out; the next call leads a new flight and refreshes.
+    kit.clock.advance(IssuanceConfig::default().lease_duration);
+    assert_eq!(kit.token(&id, None).await.unwrap(), "at-2");
+    assert_eq!(kit.refreshes(), 2);
+}
+
+#[tokio::test]
+async fn a_provider_without_client_credentials_is_not_a_transient_failure() {
+    let kit = kit(ScriptedProvider::new(false)).await;
+    let expired = kit.import(T0.minus(Duration::from_secs(10))).await;
+    for _ in 0..10 {
+        let err = kit.token(&expired, None).await.unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::FailedPrecondition);
+        assert_eq!(err.reason(), crate::error::reason::PROVIDER_NOT_CONFIGURED);
+    }
+    assert_eq!(kit.refreshes(), 0, "never sent, never retried");
+    assert!(
+        kit.tokens.circuit_states().iter().all(|(_, open)| !open),
+        "the circuit stays closed"
+    );
+}
+
+#[tokio::test]
+async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    // An imported token (lifetime unknown) valid for 2 more minutes.
+    let expires = T0.plus(Duration::from_secs(120));
+    let id = kit.import(expires).await;
+    // A flight led for a request of 1 minute is in progress.
+    let (tx, rx) = watch::channel(None);
+    lock(&kit.tokens.flights).insert(id.to_string(), (Duration::from_secs(60), rx));
+    let joiner = {
+        let (tokens, id) = (kit.tokens.clone(), id.clone());
+        tokio::spawn(async move {
+            tokens
+                .get_access_token(
+                    &dev(),
+                    &id,
+                    Some(Duration::from_secs(300)),
+                    UsageContext::default(),
+                )
+                .await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while kit.tokens.stats().flight_joins == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    // The leader answers with the token that satisfied it: 2 minutes, less than the joiner's 5.
+    lock(&kit.tokens.flights).remove(id.as_str());
+    tx.send_replace(Some(Ok(Arc::new(Entry {
+        workspace_id: "ws1".into(),
+        token: IssuedToken {
+            access_token: SecretString::from("at-0"),
+            token_type: "Bearer".into(),
+            expires_at: Some(expires),
+            scopes: vec![],
+            extras: BTreeMap::new(),
+        },
+        lifetime: None,
+        users: vec![],
+    }))));
+    let got = joiner.await.unwrap().unwrap();
+    assert_eq!(got.access_token.expose_secret(), "at-1");
+    assert_eq!(kit.refreshes(), 1);
+}
