@@ -16,9 +16,9 @@ use std::collections::BTreeSet;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
-const WEB_TOKEN: &str = "web-token-77b1";
-const OPERATOR_TOKEN: &str = "operator-token-c0de";
+pub const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
+pub const WEB_TOKEN: &str = "web-token-77b1";
+pub const OPERATOR_TOKEN: &str = "operator-token-c0de";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Service {

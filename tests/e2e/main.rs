@@ -5,6 +5,7 @@ mod credential_api;
 mod docs;
 mod key_management;
 mod kms;
+mod load_protection;
 mod members;
 mod mtls;
 mod oauth_client;

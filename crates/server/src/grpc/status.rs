@@ -17,6 +17,8 @@ pub mod transport_reason {
     pub const CALLER_CONCURRENCY_LIMIT: &str = "CALLER_CONCURRENCY_LIMIT";
     /// The `grpc-timeout` header is not a valid gRPC timeout.
     pub const INVALID_DEADLINE: &str = "INVALID_DEADLINE";
+    /// The process has `limits.max_concurrent_calls` calls in flight; the call was shed.
+    pub const SERVER_OVERLOADED: &str = "SERVER_OVERLOADED";
 }
 
 /// Every ErrorInfo reason the broker can return: the domain's and the transport layers'.
@@ -26,6 +28,7 @@ pub fn all_reasons() -> impl Iterator<Item = &'static str> {
         MALFORMED_REQUEST,
         CALLER_CONCURRENCY_LIMIT,
         INVALID_DEADLINE,
+        SERVER_OVERLOADED,
     ])
 }
 

@@ -8,6 +8,7 @@
 //! permitted (config validation).
 
 use crate::layers::rpc::Rpc;
+use crate::runtime::listener::GuardedInfo;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{SHA256, digest};
 use cb_broker::access::{Caller, ServiceRole};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Code, Status};
 
 /// The identity of an authenticated calling service, put into request extensions.
@@ -210,7 +211,7 @@ where
             .and_then(|v| v.to_str().ok());
         let cert = req
             .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .get::<TlsConnectInfo<GuardedInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
         let authenticated = self.callers.authenticate(header, cert.as_deref());

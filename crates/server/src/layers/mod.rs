@@ -1,9 +1,10 @@
 //! The tower layers in front of the gRPC services, outermost first: [`observe`] (span, metrics,
-//! deadline), [`auth`] (which caller, allowed for this RPC?) and [`limits`] (per-caller
-//! concurrency, request size). [`rpc`] names every RPC once; [`caller`] reads the actor.
+//! deadline), [`overload`] (global concurrency limit, load shedding), [`auth`] (which caller,
+//! allowed for this RPC?) and [`limits`] (per-caller concurrency). [`rpc`] names every RPC once; [`caller`] reads the actor.
 
 pub mod auth;
 pub mod caller;
 pub mod limits;
 pub mod observe;
+pub mod overload;
 pub mod rpc;

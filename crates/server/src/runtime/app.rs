@@ -307,7 +307,11 @@ impl Application {
             source,
         })?;
         let api = CredentialApi::new(credentials, tokens.clone(), connect);
-        let mut builder = tonic::transport::Server::builder();
+        let limits = &config.limits;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.max_streams_per_connection))
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_seconds)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)));
         if config.tls.enabled() {
             builder = builder
                 .tls_config(server_tls(&config.tls)?)
@@ -318,6 +322,10 @@ impl Application {
         // concurrency limit (it needs the identity the auth layer found).
         let router = builder
             .layer(crate::layers::observe::ObserveLayer::new(metrics.clone()))
+            .layer(crate::layers::overload::OverloadLayer::new(
+                limits.max_concurrent_calls,
+                metrics.clone(),
+            ))
             .layer(AuthLayer::new(callers, audit))
             .layer(crate::layers::limits::CallerLimitLayer::new(
                 config.limits.max_concurrent_per_caller,
@@ -331,17 +339,8 @@ impl Application {
                 MembershipServiceServer::new(MembershipApi::new(members))
                     .max_decoding_message_size(max_request),
             );
-        // tonic's tcp_nodelay does not apply to an incoming stream: set it on each socket, or
-        // Nagle's algorithm adds ~40 ms stalls to small unary replies.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |s| {
-                if let Ok(sock) = &s {
-                    let _ = sock.set_nodelay(true);
-                }
-                s
-            },
-        );
+        let incoming =
+            crate::runtime::listener::incoming(listener, limits.connections(), metrics.clone());
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let (mut probes, mut probes_addr) = (None, None);
         if let Some(addr) = config.health.listen {
@@ -386,6 +385,11 @@ impl Application {
     /// The metrics in OpenMetrics text (what `GET /metrics` returns).
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
+    }
+
+    /// Writes the buffered audit events now (the background task does this every 250 ms).
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 
     /// Runs one refresh-ahead pass now (the background task does this periodically).

@@ -612,6 +612,22 @@ pub struct LimitsConfig {
     pub max_concurrent_per_caller: usize,
     /// Largest request message accepted (bytes, after decompression).
     pub max_request_bytes: usize,
+    /// API calls in flight in the whole process, before authentication; more are shed with
+    /// UNAVAILABLE. 0: no limit.
+    pub max_concurrent_calls: usize,
+    /// Open connections at most; more are closed at accept. 0: no cap.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// A new connection that has not sent its preface (or TLS hello) by then is closed.
+    pub handshake_timeout_seconds: u64,
+    /// A connection without calls for this long is closed. 0: never.
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 keepalive ping interval; a peer that does not answer within
+    /// `keepalive_timeout_seconds` is dropped.
+    pub keepalive_interval_seconds: u64,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -619,14 +635,47 @@ impl Default for LimitsConfig {
         Self {
             max_concurrent_per_caller: 256,
             max_request_bytes: 1024 * 1024,
+            max_concurrent_calls: 1024,
+            max_connections: 4096,
+            max_streams_per_connection: 256,
+            handshake_timeout_seconds: 10,
+            idle_timeout_seconds: 300,
+            keepalive_interval_seconds: 30,
+            keepalive_timeout_seconds: 10,
         }
     }
 }
 
 impl LimitsConfig {
+    /// What the listener enforces on each connection.
+    pub fn connections(&self) -> crate::runtime::listener::ConnectionLimits {
+        crate::runtime::listener::ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_seconds),
+            idle_timeout: (self.idle_timeout_seconds > 0)
+                .then(|| std::time::Duration::from_secs(self.idle_timeout_seconds)),
+        }
+    }
+
     fn validate(&self, p: &mut Vec<String>) {
         if self.max_request_bytes < 1024 {
             p.push("limits.max_request_bytes: must be at least 1024".into());
+        }
+        for (key, v) in [
+            (
+                "max_streams_per_connection",
+                u64::from(self.max_streams_per_connection),
+            ),
+            ("handshake_timeout_seconds", self.handshake_timeout_seconds),
+            (
+                "keepalive_interval_seconds",
+                self.keepalive_interval_seconds,
+            ),
+            ("keepalive_timeout_seconds", self.keepalive_timeout_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{key}: must be at least 1"));
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod instrument;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod providers;
 pub mod telemetry;
