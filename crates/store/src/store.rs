@@ -184,15 +184,53 @@ where
         }
         let admins_before = Self::count_active_admins(conn, credential_id).await?;
         match change {
-            MemberChange::Upsert(m) => {
-                let mut upsert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
-                upsert.push_values([m], push_member);
-                upsert.push(sql::UPSERT_MEMBER_TAIL);
-                upsert
+            MemberChange::Upsert(m) | MemberChange::Add(m) => {
+                let mut insert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
+                insert.push_values([m], push_member);
+                if matches!(change, MemberChange::Upsert(_)) {
+                    insert.push(sql::UPSERT_MEMBER_TAIL);
+                }
+                insert
                     .build()
                     .execute(&mut *conn)
                     .await
                     .map_err(map::<DB>)?;
+            }
+            MemberChange::Accept {
+                credential_id,
+                email,
+                user_id,
+                updated_at,
+            } => {
+                let done = sqlx::query(sql::ACCEPT_MEMBER)
+                    .bind(credential_id.as_str())
+                    .bind(email.as_str())
+                    .bind(user_id.as_str())
+                    .bind(*updated_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map::<DB>)?;
+                if DB::rows_affected(&done) == 0 {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            MemberChange::SetRole {
+                credential_id,
+                email,
+                role,
+                updated_at,
+            } => {
+                let done = sqlx::query(sql::SET_MEMBER_ROLE)
+                    .bind(credential_id.as_str())
+                    .bind(email.as_str())
+                    .bind(role.as_str())
+                    .bind(*updated_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map::<DB>)?;
+                if DB::rows_affected(&done) == 0 {
+                    return Err(StoreError::NotFound);
+                }
             }
             MemberChange::Delete {
                 credential_id,
