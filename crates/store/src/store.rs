@@ -202,17 +202,8 @@ where
                 user_id,
                 updated_at,
             } => {
-                let done = sqlx::query(sql::ACCEPT_MEMBER)
-                    .bind(credential_id.as_str())
-                    .bind(email.as_str())
-                    .bind(user_id.as_str())
-                    .bind(*updated_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map::<DB>)?;
-                if DB::rows_affected(&done) == 0 {
-                    return Err(StoreError::NotFound);
-                }
+                let update = (sql::ACCEPT_MEMBER, user_id.as_str(), *updated_at);
+                Self::update_member(conn, credential_id, email, update).await?;
             }
             MemberChange::SetRole {
                 credential_id,
@@ -220,17 +211,8 @@ where
                 role,
                 updated_at,
             } => {
-                let done = sqlx::query(sql::SET_MEMBER_ROLE)
-                    .bind(credential_id.as_str())
-                    .bind(email.as_str())
-                    .bind(role.as_str())
-                    .bind(*updated_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map::<DB>)?;
-                if DB::rows_affected(&done) == 0 {
-                    return Err(StoreError::NotFound);
-                }
+                let update = (sql::SET_MEMBER_ROLE, role.as_str(), *updated_at);
+                Self::update_member(conn, credential_id, email, update).await?;
             }
             MemberChange::Delete {
                 credential_id,
@@ -249,6 +231,28 @@ where
         }
         let admins_after = Self::count_active_admins(conn, credential_id).await?;
         sql::check_last_admin(admins_before, admins_after)
+    }
+
+    /// Runs one conditional member UPDATE (bind: credential id, email, `value`, `at`); no row
+    /// matched → [`StoreError::NotFound`].
+    async fn update_member(
+        conn: &mut DB::Connection,
+        credential_id: &str,
+        email: &str,
+        (statement, value, at): (&'static str, &str, i64),
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(statement)
+            .bind(credential_id)
+            .bind(email)
+            .bind(value)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(map::<DB>)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     async fn count_active_admins(
