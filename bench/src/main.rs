@@ -9,15 +9,13 @@
 //! Server(s) and client run in this one process on the same tokio runtime (one worker thread per
 //! core), like executors sharing a small machine with the broker.
 
-mod provider;
-
 use cb_broker::clock::{Clock, SystemClock, Timestamp};
+use cb_fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use clap::Parser;
 use credential_broker::runtime::app::{Application, BuildOptions};
 use credential_broker::runtime::config::Config;
-use provider::Provider;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -537,9 +535,13 @@ async fn hot_path(args: &Args) -> Res<()> {
 
 /// Provider settings, the custom provider pointing at `provider`, no background refresher (the
 /// callers must meet the expired tokens themselves).
-fn storm_toml(provider: &Provider) -> String {
+fn storm_toml(provider: &FakeProvider) -> String {
     let base = provider.base_url();
-    let (id, secret) = (provider::CLIENT_ID, provider::CLIENT_SECRET);
+    let FakeConfig {
+        client_id: id,
+        client_secret: secret,
+        ..
+    } = provider.config();
     format!(
         r#"[oauth]
 allow_insecure_loopback = true
@@ -640,7 +642,15 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 async fn storm(args: &Args) -> Res<()> {
-    let provider = Provider::start(Duration::from_millis(args.provider_latency_ms)).await?;
+    // Rotating refresh tokens, every token request delayed by the configured latency.
+    let provider = FakeProvider::start(FakeConfig {
+        client_id: "bench-client".into(),
+        client_secret: "bench-secret".into(),
+        rotate_refresh_tokens: true,
+        token_delay: Duration::from_millis(args.provider_latency_ms),
+        ..FakeConfig::default()
+    })
+    .await?;
     let dir = tempfile::tempdir()?;
     println!();
     let (url, pg, replicas) = match &args.database_url {
@@ -673,7 +683,7 @@ async fn storm(args: &Args) -> Res<()> {
 
 async fn storm_on(
     args: &Args,
-    provider: &Provider,
+    provider: &FakeProvider,
     dir: &Path,
     url: &str,
     replicas: usize,
@@ -689,9 +699,9 @@ async fn storm_on(
     let expired = SystemClock.now().minus(Duration::from_secs(3600));
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let refresh = provider.issue_grant();
         let access = format!("expired-access-{i}");
         let subject = format!("acct-{i}");
+        let (_, refresh) = provider.issue_grant(&subject);
         let tokens = (access.as_str(), refresh.as_str());
         ids.push(
             import(
@@ -771,7 +781,7 @@ async fn storm_on(
     );
     println!(
         "   provider error answers          {:>8}",
-        provider.rejected()
+        provider.token_errors()
     );
     println!("   failed calls                    {failures:>8}   of {total}");
     if let Some(e) = first_error {
@@ -785,7 +795,9 @@ async fn storm_on(
         "   wall time until all answered    {:>8.1} ms",
         wall.as_secs_f64() * 1e3
     );
-    if let Some((first, latest)) = provider.arrivals() {
+    let requests = provider.token_requests();
+    if let (Some(first), Some(latest)) = (requests.first(), requests.last()) {
+        let (first, latest) = (first.received_at, latest.received_at);
         let after = |t: Instant| t.saturating_duration_since(start).as_secs_f64() * 1e3;
         println!(
             "   provider calls arrived          {:>8.1} ms .. {:.1} ms after the release",

@@ -1,8 +1,10 @@
 //! The OAuth client (cb-oauth) against the fake authorization server: the authorization code
 //! flow, refresh, rotation and reuse detection, revocation, account lookup, provider quirks, and
-//! failure classification.
+//! failure classification; the shipped catalog entries of providers that bend the protocol against
+//! a fake that bends it the same way, and what the broker makes of them (lifetimes, the verified
+//! flag).
 
-use crate::support::fake_provider::{Dialect, FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
     AuthorizeRequest, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome, TokenResponse,
@@ -137,8 +139,8 @@ async fn dropbox_offline_access_param_and_bearer_revocation() {
 #[tokio::test]
 async fn pkce_and_basic_auth_like_airtable_and_x() {
     let fake = FakeProvider::start(FakeConfig {
-        client_auth: Some(AuthStyle::Basic),
-        pkce: Pkce::Required,
+        client_auth: Some(ClientAuth::Basic),
+        require_pkce: true,
         ..FakeConfig::default()
     })
     .await;
@@ -180,7 +182,7 @@ async fn pkce_and_basic_auth_like_airtable_and_x() {
 #[tokio::test]
 async fn codes_are_single_use_and_bound_to_verifier_and_redirect_uri() {
     let fake = FakeProvider::start(FakeConfig {
-        pkce: Pkce::Required,
+        require_pkce: true,
         ..FakeConfig::default()
     })
     .await;
@@ -658,7 +660,7 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
 async fn notion_json_body_basic_auth_and_owner_account() {
     let fake = FakeProvider::start(FakeConfig {
         dialect: Dialect::Notion,
-        client_auth: Some(AuthStyle::Basic),
+        client_auth: Some(ClientAuth::Basic),
         access_token_ttl: None,
         ..FakeConfig::default()
     })
@@ -957,7 +959,7 @@ async fn redirects_from_the_token_endpoint_are_not_followed() {
 #[tokio::test]
 async fn rfc7009_revocation() {
     let fake = FakeProvider::start(FakeConfig {
-        client_auth: Some(AuthStyle::Basic),
+        client_auth: Some(ClientAuth::Basic),
         ..FakeConfig::default()
     })
     .await;
@@ -1013,6 +1015,7 @@ async fn rfc7009_revocation() {
         id_token: None,
         token_type: "Bearer".into(),
         expires_in: None,
+        access_token_lifetime: None,
         refresh_token_expires_in: None,
         scope: None,
         extras: BTreeMap::new(),
@@ -1037,4 +1040,325 @@ async fn rfc7009_revocation() {
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::NotSupported);
+}
+
+// --- built-in catalog entries against a fake that behaves like the real provider ---------------
+
+/// The built-in catalog entry `id` with its endpoints moved to `fake` (everything else — client
+/// authentication, PKCE, token parameters, lifetimes — as shipped). The account is read from the
+/// fake's userinfo unless the entry reads the id token.
+fn catalog_entry(fake: &FakeProvider, id: &str) -> ProviderSpec {
+    let catalog = cb_oauth::catalog::Catalog::builtin().unwrap();
+    let mut spec = catalog.get(id).unwrap().clone();
+    let base = fake.base_url();
+    spec.authorize_url = format!("{base}/authorize");
+    spec.token_url = format!("{base}/token");
+    spec.revocation_url = spec
+        .revocation_url
+        .as_ref()
+        .map(|_| format!("{base}/revoke"));
+    if spec.account != AccountSource::IdToken {
+        spec.account = AccountSource::Userinfo {
+            url: format!("{base}/userinfo"),
+            subject_pointer: "/sub".into(),
+            label_pointer: "/email".into(),
+            headers: BTreeMap::new(),
+            body: None,
+            token_header: None,
+        };
+    }
+    // Placeholders ({shop}) are gone with the real hosts.
+    spec.quirks.retain(|q| *q != Quirk::ShopSubdomain);
+    spec
+}
+
+#[tokio::test]
+async fn salesforce_tokens_without_expires_in_get_the_catalog_lifetime() {
+    // Salesforce: no expires_in on exchange or refresh; refreshes go to instance_url.
+    let fake = FakeProvider::start(FakeConfig {
+        dialect: Dialect::Salesforce,
+        client_auth: Some(ClientAuth::Post),
+        issue_id_token: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    for id in ["salesforce", "salesforce-sandbox"] {
+        let spec = catalog_entry(&fake, id);
+        let tokens = connect(&fake, &spec, &["api", "refresh_token", "openid", "email"]).await;
+        assert_eq!(
+            tokens.expires_in, None,
+            "{id}: the fake sends no expires_in"
+        );
+        assert_eq!(
+            tokens.access_token_lifetime,
+            Some(Duration::from_secs(7200)),
+            "{id}: a token without expires_in must still expire and be refreshed"
+        );
+        let account = http()
+            .identify(&spec, &tokens, &no_placeholders())
+            .await
+            .unwrap();
+        assert_eq!(account.subject, "user-1");
+        let refreshed = http()
+            .refresh(
+                &spec,
+                &fake.client_credentials(),
+                tokens.refresh_token.as_ref().unwrap(),
+                &tokens.extras,
+                &no_placeholders(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refreshed.expires_in, None);
+        assert_eq!(
+            refreshed.access_token_lifetime,
+            Some(Duration::from_secs(7200))
+        );
+    }
+}
+
+#[tokio::test]
+async fn shopify_asks_for_expiring_offline_tokens() {
+    // Shopify: expiring tokens (expires_in, rotating refresh token) only with expiring=1.
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Post),
+        expiring_only_with: Some(("expiring".into(), "1".into())),
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "shopify");
+    let tokens = connect(&fake, &spec, &["read_products"]).await;
+    assert_eq!(tokens.expires_in, Some(Duration::from_secs(3600)));
+    let first = tokens
+        .refresh_token
+        .expect("an expiring token comes with a refresh token");
+    let refreshed = http()
+        .refresh(
+            &spec,
+            &fake.client_credentials(),
+            &first,
+            &BTreeMap::new(),
+            &no_placeholders(),
+        )
+        .await
+        .unwrap();
+    let second = refreshed.refresh_token.expect("rotated");
+    assert_ne!(second.expose_secret(), first.expose_secret());
+
+    // Without the parameter (the catalog before the fix) the fake, like Shopify, hands out a
+    // token that never expires and cannot be refreshed.
+    let mut old = spec.clone();
+    old.extra_token_params.clear();
+    let tokens = connect(&fake, &old, &["read_products"]).await;
+    assert_eq!(tokens.expires_in, None);
+    assert!(tokens.refresh_token.is_none());
+}
+
+#[tokio::test]
+async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
+    // TikTok: `client_key` instead of `client_id`, credentials in the body, 2 h access tokens,
+    // 180-day single-use refresh tokens announced as `refresh_expires_in`.
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Post),
+        client_id_param: "client_key".into(),
+        access_token_ttl: Some(Duration::from_secs(7200)),
+        refresh_token_ttl: Some(Duration::from_secs(15_552_000)),
+        refresh_expiry_field: "refresh_expires_in".into(),
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "tiktok");
+    let tokens = connect(&fake, &spec, &["user.info.basic"]).await;
+    assert_eq!(tokens.expires_in, Some(Duration::from_secs(7200)));
+    assert_eq!(
+        tokens.refresh_token_expires_in,
+        Some(Duration::from_secs(15_552_000))
+    );
+    let client = fake.client_credentials();
+    let first = tokens.refresh_token.unwrap();
+    let refreshed = http()
+        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+        .await
+        .unwrap();
+    assert!(refreshed.refresh_token.is_some());
+    // The previous refresh token stops working once a new one is issued.
+    let err = http()
+        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
+
+    // Naming the client `client_id` (the catalog before the fix) gets nowhere.
+    let mut old = spec.clone();
+    old.client_id_param = None;
+    let url = authorize_url(
+        &old,
+        &client,
+        &AuthorizeRequest {
+            redirect_uri: REDIRECT,
+            scopes: &[],
+            state: "s",
+            pkce_challenge: None,
+            placeholders: &no_placeholders(),
+        },
+    )
+    .unwrap();
+    let status = reqwest::get(url).await.unwrap().status();
+    assert_eq!(
+        status, 400,
+        "the fake refuses an authorize request without client_key"
+    );
+    let (code, _) = authorize(&fake, &spec, &[]).await;
+    let err = http()
+        .exchange_code(&old, &client, &code, REDIRECT, None, &no_placeholders())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn calendly_authenticates_with_basic_only() {
+    let fake = FakeProvider::start(FakeConfig {
+        client_auth: Some(ClientAuth::Basic),
+        ..FakeConfig::default()
+    })
+    .await;
+    let spec = catalog_entry(&fake, "calendly");
+    let tokens = connect(&fake, &spec, &["users:read"]).await;
+    assert_eq!(fake.token_requests().pop().unwrap().client_auth, "basic");
+    assert!(tokens.refresh_token.is_some());
+
+    // Credentials in the form body (the catalog before the fix) are refused.
+    let mut old = spec.clone();
+    old.auth_style = AuthStyle::Post;
+    let (code, verifier) = authorize(&fake, &old, &["users:read"]).await;
+    let err = http()
+        .exchange_code(
+            &old,
+            &fake.client_credentials(),
+            &code,
+            REDIRECT,
+            verifier.as_ref(),
+            &no_placeholders(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
+}
+
+// --- what the broker makes of it -----------------------------------------------------------------
+
+mod through_the_broker {
+    use super::*;
+    use crate::support::broker::{REDIRECT_URI, TestBroker, as_actor, with_fake_provider};
+    use cb_proto::v1 as pb;
+    use std::sync::Arc;
+
+    const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+
+    async fn broker(fake: &FakeProvider) -> TestBroker {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let mut config = TestBroker::config(&dir, url);
+        with_fake_provider(&mut config, fake, "fake", &[]);
+        config.tokens.refresh_scan_interval_seconds = 0; // the test drives time itself
+        TestBroker::start(config, dir).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_without_expires_in_are_refreshed_on_the_catalog_lifetime() {
+        // Salesforce-like: no expires_in ever; the entry says access tokens last an hour.
+        let fake = FakeProvider::start(FakeConfig {
+            dialect: Dialect::Salesforce,
+            ..FakeConfig::default()
+        })
+        .await;
+        let b = broker(&fake).await;
+        let mut c = b.credentials().await;
+        let started = c
+            .start_connect(as_actor(
+                pb::StartConnectRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id: "fake".into(),
+                    redirect_uri: REDIRECT_URI.into(),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let back = fake
+            .approve(&url::Url::parse(&started.authorization_url).unwrap())
+            .await;
+        let q: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
+        let credential = c
+            .complete_connect(as_actor(
+                pb::CompleteConnectRequest {
+                    state: q["state"].clone(),
+                    code: q["code"].clone(),
+                    ..Default::default()
+                },
+                ALICE.0,
+                ALICE.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .credential
+            .unwrap();
+        let get = || pb::GetAccessTokenRequest {
+            credential_id: credential.credential_id.clone(),
+            workflow_id: "wf-1".into(),
+            ..Default::default()
+        };
+        let first = c
+            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            first.expire_time.is_some(),
+            "a token without expires_in still gets an expiry"
+        );
+        assert_eq!(fake.refresh_calls(), 0);
+        // An hour later the broker refreshes instead of handing out a stale token.
+        b.clock.advance(Duration::from_secs(3600));
+        let second = c
+            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fake.refresh_calls(), 1);
+        assert_ne!(second.access_token, first.access_token);
+    }
+
+    #[tokio::test]
+    async fn list_providers_reports_which_entries_are_verified() {
+        let fake = FakeProvider::start(FakeConfig::default()).await;
+        let b = broker(&fake).await;
+        let providers = b
+            .credentials()
+            .await
+            .list_providers(pb::ListProvidersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .providers;
+        let verified = |id: &str| {
+            providers
+                .iter()
+                .find(|p| p.provider_id == id)
+                .unwrap_or_else(|| panic!("{id} missing"))
+                .verified
+        };
+        assert_eq!(verified("gmail"), Some(true));
+        assert_eq!(verified("salesforce"), Some(true));
+        assert_eq!(verified("trello"), Some(false));
+        // A provider declared in config without sources is reported unverified.
+        assert_eq!(verified("fake"), Some(false));
+    }
 }

@@ -185,3 +185,32 @@ async fn malformed_messages_are_invalid_argument_with_a_reason() {
         assert_eq!(error_details(&err).0, "MALFORMED_REQUEST", "{what}");
     }
 }
+
+#[tokio::test]
+async fn the_health_listener_answers_probes_in_plaintext_and_nothing_else() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, url);
+    config.health.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let b = TestBroker::start(config, dir).await.unwrap();
+    let addr = b.app().health_addr().unwrap();
+    assert_ne!(addr, b.addr());
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: SERVICES[0].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, ServingStatus::Serving as i32);
+    let err = cb_proto::v1::credential_service_client::CredentialServiceClient::new(channel)
+        .list_providers(cb_proto::v1::ListProvidersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+}

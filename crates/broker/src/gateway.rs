@@ -40,6 +40,8 @@ pub struct ProviderInfo {
     pub custom: bool,
     /// Refresh token expires after this long without use (refresh it before).
     pub refresh_token_idle: Option<Duration>,
+    /// Whether the catalog entry's values are backed by documented sources.
+    pub verified: bool,
 }
 
 /// Tokens a provider returned (code exchange or refresh).

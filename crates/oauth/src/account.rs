@@ -107,6 +107,7 @@ mod tests {
             id_token: id_token.map(SecretString::from),
             token_type: "Bearer".into(),
             expires_in: None,
+            access_token_lifetime: None,
             refresh_token_expires_in: None,
             scope: None,
             extras: BTreeMap::new(),

@@ -22,7 +22,8 @@ pub struct AuthorizeRequest<'a> {
     pub placeholders: &'a BTreeMap<String, String>,
 }
 
-/// Builds the authorize URL: `response_type=code`, `client_id`, `redirect_uri`, `scope` (space-
+/// Builds the authorize URL: `response_type=code`, `client_id` (or the spec's
+/// `client_id_param`, TikTok `client_key`), `redirect_uri`, `scope` (space-
 /// or comma-separated per [`Quirk::CommaSeparatedScopes`]; `user_scope` for Slack user tokens),
 /// `state`, `code_challenge` + `code_challenge_method=S256` when the provider uses PKCE, then the
 /// spec's `extra_authorize_params` (which may not replace any of the former).
@@ -59,10 +60,11 @@ pub fn authorize_url(
         "code_challenge",
         "code_challenge_method",
     ];
+    let id_param = spec.client_id_param();
     if let Some(name) = spec
         .extra_authorize_params
         .keys()
-        .find(|k| reserved.contains(&k.as_str()))
+        .find(|k| reserved.contains(&k.as_str()) || k.as_str() == id_param)
     {
         return Err(OAuthError::Config(format!(
             "extra authorize parameter {name} would replace one the broker sets"
@@ -72,7 +74,7 @@ pub fn authorize_url(
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code");
-        q.append_pair("client_id", &client.client_id);
+        q.append_pair(id_param, &client.client_id);
         q.append_pair("redirect_uri", req.redirect_uri);
         if !scope.is_empty() {
             let name = if spec.quirks.contains(&Quirk::SlackAuthedUser) {
@@ -169,6 +171,30 @@ mod tests {
             ]
         );
         assert!(!url.as_str().contains("never-in-urls"));
+    }
+
+    #[test]
+    fn tiktok_names_the_client_id_client_key() {
+        let mut s = spec("https://www.tiktok.com/v2/auth/authorize/", Pkce::None, &[]);
+        s.client_id_param = Some("client_key".to_owned());
+        let url = build(&s, &["user.info.basic"], None);
+        assert_eq!(get(&url, "client_key").as_deref(), Some("cid"));
+        assert_eq!(get(&url, "client_id"), None);
+        // An extra parameter may not replace it either.
+        s.extra_authorize_params
+            .insert("client_key".to_owned(), "other".to_owned());
+        let err = authorize_url(
+            &s,
+            &client(),
+            &AuthorizeRequest {
+                redirect_uri: "https://b/cb",
+                scopes: &[],
+                state: "s",
+                pkce_challenge: None,
+                placeholders: &BTreeMap::new(),
+            },
+        );
+        assert!(matches!(err, Err(OAuthError::Config(_))));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -76,7 +77,17 @@ pub struct RefreshBehaviour {
     /// Refresh token lifetime in seconds, if bounded.
     pub refresh_token_lifetime_seconds: Option<u64>,
     /// Refresh token expires after this many seconds without use (Microsoft ~90 days, Xero 60 days).
+    /// A keep-alive refresh before this limit keeps the grant alive.
     pub refresh_token_idle_seconds: Option<u64>,
+    /// The grant ends this many seconds after the user's consent whatever the broker does
+    /// (Spotify 6 months, Atlassian 365 days): refreshing does not extend it, only reconnecting.
+    pub refresh_token_absolute_seconds: Option<u64>,
+    /// How long a rotated-out refresh token is still accepted (Atlassian 10 minutes, Xero 30):
+    /// a refresh whose answer was lost may be retried with the old token within this window.
+    pub reuse_grace_seconds: Option<u64>,
+    /// Most live refresh tokens the provider keeps per user and client (Google 100, Zoho 20): one
+    /// more silently invalidates the oldest, so connecting the same account again kills a grant.
+    pub max_refresh_tokens_per_user: Option<u32>,
 }
 
 /// A provider behaviour that the generic RFC 6749 code does not cover; handled in code.
@@ -152,6 +163,16 @@ pub struct ProviderSpec {
     /// Extra authorize parameters (e.g. Google `access_type=offline`, `prompt=consent`).
     #[serde(default)]
     pub extra_authorize_params: BTreeMap<String, String>,
+    /// Extra parameters of the code exchange (Shopify `expiring=1` for expiring offline tokens).
+    #[serde(default)]
+    pub extra_token_params: BTreeMap<String, String>,
+    /// Extra parameters of every refresh request.
+    #[serde(default)]
+    pub extra_refresh_params: BTreeMap<String, String>,
+    /// Name of the client id parameter in the authorize URL and, with `auth_style = "post"`, in
+    /// token requests; `client_id` when unset (TikTok: `client_key`).
+    #[serde(default)]
+    pub client_id_param: Option<String>,
     /// Token lifetimes and rotation.
     #[serde(default)]
     pub refresh: RefreshBehaviour,
@@ -160,10 +181,62 @@ pub struct ProviderSpec {
     pub quirks: Vec<Quirk>,
     /// Link to the provider's OAuth documentation the entry was checked against.
     pub docs_url: String,
+    /// The documents the entry's values come from (https URLs): provider docs, changelogs,
+    /// discovery documents, official SDKs.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The day the entry was last checked against its sources (`YYYY-MM-DD`).
+    #[serde(default)]
+    pub checked: Option<String>,
+    /// `false` when a value the broker relies on (endpoints, client authentication, account,
+    /// lifetimes) could not be confirmed from a source; see [`ProviderSpec::is_verified`].
+    #[serde(default = "default_true")]
+    pub verified: bool,
+    /// The values not confirmed by any source, in words (`"token_url"`, `"1-hour access tokens"`).
+    #[serde(default)]
+    pub unsure: Vec<String>,
     /// A lookup made right after connecting whose answers are kept as provider extras
     /// (Atlassian cloud id, Xero tenant id).
     #[serde(default)]
     pub post_connect: Option<PostConnectLookup>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Access token lifetime assumed when neither the provider's answer (`expires_in`) nor the
+/// catalog gives one but a refresh token can renew the token: an hour, the most common lifetime;
+/// refreshing too early costs a request, refreshing too late hands out dead tokens.
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+impl ProviderSpec {
+    /// The parameter that carries the client id (`client_id` unless the entry names another).
+    pub fn client_id_param(&self) -> &str {
+        self.client_id_param.as_deref().unwrap_or("client_id")
+    }
+
+    /// Whether the entry's values are backed by sources: marked verified and naming at least
+    /// one source. Entries declared in config without `sources` are reported unverified.
+    pub fn is_verified(&self) -> bool {
+        self.verified && !self.sources.is_empty()
+    }
+
+    /// The access token lifetime to assume when the provider sent no `expires_in`: the catalog's
+    /// `access_token_lifetime_seconds`, else [`DEFAULT_ACCESS_TOKEN_LIFETIME`]. `None` when the
+    /// tokens do not expire (`non_expiring_tokens`) or when nothing could renew the token
+    /// (`refreshable` false): a token assumed dead without a refresh token could never be used
+    /// again, while a wrongly assumed live one is only rejected at use.
+    pub fn fallback_access_token_lifetime(&self, refreshable: bool) -> Option<Duration> {
+        if !refreshable || self.quirks.contains(&Quirk::NonExpiringTokens) {
+            return None;
+        }
+        Some(
+            self.refresh
+                .access_token_lifetime_seconds
+                .map_or(DEFAULT_ACCESS_TOKEN_LIFETIME, Duration::from_secs),
+        )
+    }
 }
 
 /// After connecting, GET `url` with the new access token and keep values from the JSON answer.
@@ -346,8 +419,9 @@ impl Catalog {
         check_quirks(spec, &mut problems);
         check_placeholders(spec, &mut problems);
         check_account(spec, allow_http_loopback, &mut problems);
-        check_refresh(&spec.refresh, &mut problems);
+        check_refresh(spec, &mut problems);
         check_extra_params(spec, &mut problems);
+        check_provenance(spec, allow_http_loopback, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -714,8 +788,9 @@ fn valid_header_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
-/// Lifetimes must be positive when given.
-fn check_refresh(refresh: &RefreshBehaviour, problems: &mut Vec<String>) {
+/// Lifetimes are positive and agree with each other and with the rotation rules.
+fn check_refresh(spec: &ProviderSpec, problems: &mut Vec<String>) {
+    let refresh = &spec.refresh;
     for (field, value) in [
         (
             "access_token_lifetime_seconds",
@@ -729,28 +804,165 @@ fn check_refresh(refresh: &RefreshBehaviour, problems: &mut Vec<String>) {
             "refresh_token_idle_seconds",
             refresh.refresh_token_idle_seconds,
         ),
+        (
+            "refresh_token_absolute_seconds",
+            refresh.refresh_token_absolute_seconds,
+        ),
+        ("reuse_grace_seconds", refresh.reuse_grace_seconds),
+        (
+            "max_refresh_tokens_per_user",
+            refresh.max_refresh_tokens_per_user.map(u64::from),
+        ),
     ] {
         if value == Some(0) {
             problems.push(format!("refresh.{field} must be positive"));
         }
     }
+    if refresh.reuse_grace_seconds.is_some() && !refresh.rotates_refresh_tokens {
+        problems.push(
+            "refresh.reuse_grace_seconds requires refresh.rotates_refresh_tokens (only a rotated-out token has a grace period)"
+                .to_owned(),
+        );
+    }
+    let idle = refresh.refresh_token_idle_seconds;
+    for (field, limit) in [
+        (
+            "refresh_token_lifetime_seconds",
+            refresh.refresh_token_lifetime_seconds,
+        ),
+        (
+            "refresh_token_absolute_seconds",
+            refresh.refresh_token_absolute_seconds,
+        ),
+    ] {
+        if let (Some(idle), Some(limit)) = (idle, limit)
+            && idle > limit
+        {
+            problems.push(format!(
+                "refresh.refresh_token_idle_seconds ({idle}) exceeds refresh.{field} ({limit}): the token ends before it can idle out"
+            ));
+        }
+    }
+    if let Some(access) = refresh.access_token_lifetime_seconds {
+        for (field, limit) in [
+            (
+                "refresh_token_lifetime_seconds",
+                refresh.refresh_token_lifetime_seconds,
+            ),
+            ("refresh_token_idle_seconds", idle),
+            (
+                "refresh_token_absolute_seconds",
+                refresh.refresh_token_absolute_seconds,
+            ),
+        ] {
+            if limit.is_some_and(|limit| access >= limit) {
+                problems.push(format!(
+                    "refresh.access_token_lifetime_seconds ({access}) must be shorter than refresh.{field}"
+                ));
+            }
+        }
+    }
 }
 
-/// Extra authorize parameters may not replace the ones the broker sets.
+/// Token request parameters the broker always sets itself.
+const RESERVED_TOKEN_PARAMS: [&str; 7] = [
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+];
+
+/// Extra parameters may not replace the ones the broker sets; the client id parameter name is
+/// a plain parameter name.
 fn check_extra_params(spec: &ProviderSpec, problems: &mut Vec<String>) {
-    for (name, value) in &spec.extra_authorize_params {
-        if name.trim().is_empty() {
-            problems.push("extra_authorize_params has an empty parameter name".to_owned());
-        } else if RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str()) {
+    let id_param = spec.client_id_param();
+    if let Some(name) = &spec.client_id_param {
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !plain {
             problems.push(format!(
-                "extra_authorize_params may not set `{name}` (the broker sets it)"
+                "client_id_param `{name}` must be letters, digits, `_`, `-` or `.`"
+            ));
+        } else if name != "client_id"
+            && (RESERVED_AUTHORIZE_PARAMS.contains(&name.as_str())
+                || RESERVED_TOKEN_PARAMS.contains(&name.as_str())
+                || name == "user_scope")
+        {
+            problems.push(format!(
+                "client_id_param `{name}` is a parameter the broker sets for something else"
             ));
         }
-        if value.is_empty() {
-            problems.push(format!(
-                "extra_authorize_params `{name}` has an empty value"
-            ));
+    }
+    let sets: [(&str, &BTreeMap<String, String>, &[&str]); 3] = [
+        (
+            "extra_authorize_params",
+            &spec.extra_authorize_params,
+            &RESERVED_AUTHORIZE_PARAMS,
+        ),
+        (
+            "extra_token_params",
+            &spec.extra_token_params,
+            &RESERVED_TOKEN_PARAMS,
+        ),
+        (
+            "extra_refresh_params",
+            &spec.extra_refresh_params,
+            &RESERVED_TOKEN_PARAMS,
+        ),
+    ];
+    for (field, params, reserved) in sets {
+        for (name, value) in params {
+            if name.trim().is_empty() {
+                problems.push(format!("{field} has an empty parameter name"));
+            } else if reserved.contains(&name.as_str())
+                || name == id_param
+                || (field == "extra_authorize_params" && name == "user_scope")
+            {
+                problems.push(format!("{field} may not set `{name}` (the broker sets it)"));
+            }
+            if value.is_empty() {
+                problems.push(format!("{field} `{name}` has an empty value"));
+            }
         }
+    }
+}
+
+/// Sources are https links and `checked` is a `YYYY-MM-DD` date. (Whether an entry has sources
+/// decides [`ProviderSpec::is_verified`], not validity: config entries need none.)
+fn check_provenance(spec: &ProviderSpec, allow_http_loopback: bool, problems: &mut Vec<String>) {
+    for url in &spec.sources {
+        check_link("sources", url, allow_http_loopback, problems);
+    }
+    if let Some(day) = &spec.checked
+        && !valid_date(day)
+    {
+        problems.push(format!("checked `{day}` must be a date like 2026-11-29"));
+    }
+    if spec.unsure.iter().any(|u| u.trim().is_empty()) {
+        problems.push("unsure has an empty entry".to_owned());
+    }
+}
+
+/// Whether `day` looks like `YYYY-MM-DD` with a month 01–12 and a day 01–31.
+fn valid_date(day: &str) -> bool {
+    let parts: Vec<&str> = day.split('-').collect();
+    let number = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    match parts.as_slice() {
+        [y, m, d] => {
+            number(y, 4).is_some()
+                && number(m, 2).is_some_and(|m| (1..=12).contains(&m))
+                && number(d, 2).is_some_and(|d| (1..=31).contains(&d))
+        }
+        _ => false,
     }
 }
 
@@ -1336,6 +1548,236 @@ description = "Change your data"
         assert!(catalog.extend_from_toml(&text).is_err());
         assert_eq!(catalog.len(), before);
         assert!(catalog.get("acme").is_none());
+    }
+
+    /// The ids of the built-in entries not backed by sources.
+    fn unverified_ids() -> Vec<String> {
+        builtin()
+            .iter()
+            .filter(|p| !p.is_verified())
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn every_builtin_entry_is_sourced_or_marked_unverified() {
+        for spec in builtin().iter() {
+            assert!(spec.checked.is_some(), "{}: no checked date", spec.id);
+            if spec.verified {
+                assert!(
+                    !spec.sources.is_empty(),
+                    "{}: verified without sources",
+                    spec.id
+                );
+            } else {
+                assert!(
+                    !spec.unsure.is_empty(),
+                    "{}: unverified without saying what is unsure",
+                    spec.id
+                );
+            }
+        }
+        let unverified = unverified_ids();
+        for id in ["trello", "shopify", "calendly", "hubspot", "clickup"] {
+            assert!(
+                unverified.iter().any(|u| u == id),
+                "{id} should be unverified"
+            );
+        }
+        for id in ["gmail", "salesforce", "tiktok", "spotify", "box"] {
+            assert!(
+                !unverified.iter().any(|u| u == id),
+                "{id} should be verified"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_without_sources_are_reported_unverified() {
+        // A config entry that names no source is reported unverified.
+        let spec = good_spec();
+        assert!(spec.verified && spec.sources.is_empty());
+        assert!(!spec.is_verified());
+        let sourced = GOOD.replace(
+            r#"docs_url = "https://acme.example/docs/oauth""#,
+            "docs_url = \"https://acme.example/docs/oauth\"\nsources = [\"https://acme.example/docs/oauth\"]\nchecked = \"2026-11-29\"",
+        );
+        let catalog = Catalog::from_toml(&sourced).expect("valid");
+        assert!(catalog.get("acme").is_some_and(ProviderSpec::is_verified));
+        let doubted = sourced.replace(
+            "checked = \"2026-11-29\"",
+            "checked = \"2026-11-29\"\nverified = false\nunsure = [\"token_url\"]",
+        );
+        let catalog = Catalog::from_toml(&doubted).expect("valid");
+        assert!(!catalog.get("acme").is_some_and(ProviderSpec::is_verified));
+    }
+
+    #[test]
+    fn docs_list_exactly_the_unverified_entries() {
+        let docs = include_str!("../../../docs/providers.md");
+        let start = "<!-- unverified-providers:start -->";
+        let end = "<!-- unverified-providers:end -->";
+        let (Some(a), Some(b)) = (docs.find(start), docs.find(end)) else {
+            panic!("docs/providers.md has no unverified-providers list");
+        };
+        let listed: Vec<String> = docs[a + start.len()..b]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            listed,
+            unverified_ids(),
+            "update the list in docs/providers.md"
+        );
+    }
+
+    #[test]
+    fn the_audited_errors_stay_fixed() {
+        let catalog = builtin();
+        let get = |id: &str| catalog.get(id).cloned().expect(id);
+        // Salesforce sends no expires_in: the catalog lifetime is what the broker assumes.
+        for id in ["salesforce", "salesforce-sandbox"] {
+            assert_eq!(
+                get(id).fallback_access_token_lifetime(true),
+                Some(Duration::from_secs(7200)),
+                "{id}"
+            );
+        }
+        // Shopify issues expiring offline tokens only with expiring=1 on the code exchange.
+        let shopify = get("shopify");
+        assert_eq!(
+            shopify
+                .extra_token_params
+                .get("expiring")
+                .map(String::as_str),
+            Some("1")
+        );
+        // TikTok: client_key, 2-hour access tokens, 180-day single-use refresh tokens.
+        let tiktok = get("tiktok");
+        assert_eq!(tiktok.client_id_param(), "client_key");
+        assert_eq!(tiktok.refresh.access_token_lifetime_seconds, Some(7200));
+        assert_eq!(
+            tiktok.refresh.refresh_token_lifetime_seconds,
+            Some(180 * 86_400)
+        );
+        assert!(tiktok.refresh.single_use_refresh_tokens);
+        // Trello: only Trello's own scopes.
+        let trello = get("trello");
+        for scope in trello.scopes.iter().map(|s| s.name.as_str()) {
+            assert!(
+                scope.ends_with(":trello") || scope == "offline_access",
+                "trello scope {scope}"
+            );
+        }
+        assert!(trello.pkce == Pkce::Required);
+        // Calendly web clients authenticate with HTTP Basic.
+        assert_eq!(get("calendly").auth_style, AuthStyle::Basic);
+        // Spotify refresh tokens end 6 months after consent, refreshed or not.
+        let spotify = get("spotify").refresh;
+        assert!(
+            spotify
+                .refresh_token_absolute_seconds
+                .is_some_and(|s| s <= 183 * 86_400)
+        );
+        // The other findings.
+        assert!(!get("box").scopes.iter().any(|s| s.name == "manage_users"));
+        let zoom = get("zoom").refresh;
+        assert_eq!(zoom.refresh_token_idle_seconds, None);
+        assert_eq!(zoom.refresh_token_lifetime_seconds, Some(15 * 365 * 86_400));
+        assert!(matches!(
+            get("quickbooks").account,
+            AccountSource::Userinfo { .. }
+        ));
+        assert!(get("wealthbox").refresh.rotates_refresh_tokens);
+        assert!(get("hubspot").token_url.contains("/oauth/2026-03/"));
+        assert!(get("wordpress-com").token_url.contains("/oauth2-1/"));
+        assert_eq!(get("gmail").refresh.max_refresh_tokens_per_user, Some(100));
+        assert_eq!(
+            get("zoho-crm").refresh.max_refresh_tokens_per_user,
+            Some(20)
+        );
+        let jira = get("jira").refresh;
+        assert_eq!(jira.reuse_grace_seconds, Some(600));
+        assert_eq!(jira.refresh_token_absolute_seconds, Some(365 * 86_400));
+    }
+
+    #[test]
+    fn refresh_rules_must_agree() {
+        let with_refresh = |extra: &str| {
+            GOOD.replace(
+                "access_token_lifetime_seconds = 3600",
+                &format!("access_token_lifetime_seconds = 3600\n{extra}"),
+            )
+        };
+        assert_rejected(
+            &with_refresh("reuse_grace_seconds = 600"),
+            "reuse_grace_seconds requires refresh.rotates_refresh_tokens",
+        );
+        assert_rejected(
+            &with_refresh(
+                "refresh_token_idle_seconds = 900000\nrefresh_token_absolute_seconds = 86400",
+            ),
+            "exceeds refresh.refresh_token_absolute_seconds",
+        );
+        assert_rejected(
+            &with_refresh("refresh_token_idle_seconds = 3600"),
+            "must be shorter than refresh.refresh_token_idle_seconds",
+        );
+        assert_rejected(
+            &with_refresh("max_refresh_tokens_per_user = 0"),
+            "refresh.max_refresh_tokens_per_user must be positive",
+        );
+        assert!(
+            Catalog::from_toml(&with_refresh(
+                "rotates_refresh_tokens = true\nsingle_use_refresh_tokens = true\nreuse_grace_seconds = 600\nrefresh_token_idle_seconds = 7776000\nrefresh_token_absolute_seconds = 31536000\nmax_refresh_tokens_per_user = 20"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_parameters_and_provenance_are_checked() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                r#"docs_url = "https://acme.example/docs/oauth""#,
+                &format!("docs_url = \"https://acme.example/docs/oauth\"\n{extra}"),
+            )
+        };
+        assert_rejected(
+            &with("extra_token_params = { grant_type = \"password\" }"),
+            "extra_token_params may not set `grant_type`",
+        );
+        assert_rejected(
+            &with("extra_refresh_params = { client_secret = \"x\" }"),
+            "extra_refresh_params may not set `client_secret`",
+        );
+        assert_rejected(
+            &with("client_id_param = \"client key\""),
+            "client_id_param `client key` must be",
+        );
+        assert_rejected(
+            &with("client_id_param = \"redirect_uri\""),
+            "is a parameter the broker sets",
+        );
+        assert_rejected(
+            &with("client_id_param = \"client_key\"\nextra_token_params = { client_key = \"x\" }"),
+            "extra_token_params may not set `client_key`",
+        );
+        assert_rejected(&with("checked = \"29.11.2026\""), "checked `29.11.2026`");
+        assert_rejected(
+            &with("sources = [\"ftp://acme.example\"]"),
+            "sources `ftp://acme.example`",
+        );
+        let ok = with(
+            "client_id_param = \"client_key\"\nextra_token_params = { expiring = \"1\" }\nsources = [\"https://acme.example/docs\"]\nchecked = \"2026-11-29\"",
+        );
+        let catalog = Catalog::from_toml(&ok).expect("valid");
+        assert_eq!(
+            catalog.get("acme").map(ProviderSpec::client_id_param),
+            Some("client_key")
+        );
     }
 
     #[test]

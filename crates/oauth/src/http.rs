@@ -112,6 +112,30 @@ impl OAuthHttp {
         pkce_verifier: Option<&SecretString>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
+        let req = self.exchange_request(
+            spec,
+            client,
+            code,
+            redirect_uri,
+            pkce_verifier,
+            placeholders,
+        )?;
+        let mut sent = vec![code.expose_secret(), client.client_secret.expose_secret()];
+        sent.extend(pkce_verifier.map(|v| v.expose_secret()));
+        self.token_call(spec, req, Operation::Exchange, &sent).await
+    }
+
+    /// The code exchange request, built but not sent: the standard parameters, then the spec's
+    /// `extra_token_params` (Shopify `expiring=1`), with the spec's client authentication.
+    fn exchange_request(
+        &self,
+        spec: &ProviderSpec,
+        client: &ClientCredentials,
+        code: &SecretString,
+        redirect_uri: &str,
+        pkce_verifier: Option<&SecretString>,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let url = endpoint::fill(&spec.token_url, placeholders, None)?;
         let url = endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?;
         let mut params = vec![
@@ -122,10 +146,12 @@ impl OAuthHttp {
         if let Some(v) = pkce_verifier {
             params.push(("code_verifier", v.expose_secret()));
         }
-        let mut sent = vec![code.expose_secret(), client.client_secret.expose_secret()];
-        sent.extend(pkce_verifier.map(|v| v.expose_secret()));
-        self.token_request(spec, client, url, params, Operation::Exchange, &sent)
-            .await
+        params.extend(
+            spec.extra_token_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.token_request(spec, client, url, params)
     }
 
     /// Refreshes an access token (RFC 6749 §6). A `refresh_token` in the result means the
@@ -140,6 +166,24 @@ impl OAuthHttp {
         extras: &BTreeMap<String, String>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
+        let req = self.refresh_request(spec, client, refresh_token, extras, placeholders)?;
+        let sent = [
+            refresh_token.expose_secret(),
+            client.client_secret.expose_secret(),
+        ];
+        self.token_call(spec, req, Operation::Refresh, &sent).await
+    }
+
+    /// The refresh request, built but not sent: `grant_type`, `refresh_token`, then the spec's
+    /// `extra_refresh_params`, with the spec's client authentication.
+    fn refresh_request(
+        &self,
+        spec: &ProviderSpec,
+        client: &ClientCredentials,
+        refresh_token: &SecretString,
+        extras: &BTreeMap<String, String>,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let instance = extras
             .get("instance_url")
             .filter(|_| spec.quirks.contains(&Quirk::SalesforceInstanceUrl));
@@ -150,16 +194,16 @@ impl OAuthHttp {
                 endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?
             }
         };
-        let params = vec![
+        let mut params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let sent = [
-            refresh_token.expose_secret(),
-            client.client_secret.expose_secret(),
-        ];
-        self.token_request(spec, client, url, params, Operation::Refresh, &sent)
-            .await
+        params.extend(
+            spec.extra_refresh_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.token_request(spec, client, url, params)
     }
 
     /// Revokes a token. RFC 7009 endpoints take either token (`token_type_hint`
@@ -401,22 +445,29 @@ impl OAuthHttp {
         }
     }
 
-    /// POSTs a token request with the spec's client authentication and body format, then reads
-    /// the answer.
-    async fn token_request(
+    /// A token request POST with the spec's client authentication and body format.
+    fn token_request(
         &self,
         spec: &ProviderSpec,
         client: &ClientCredentials,
         url: url::Url,
         params: Vec<(&str, &str)>,
-        operation: Operation,
-        sent: &[&str],
-    ) -> Result<TokenResponse, OAuthError> {
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let mut headers = HeaderMap::new();
         // Always asked for: GitHub answers form-encoded otherwise; nobody else minds.
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let req = self.client.post(url);
-        let req = self.with_client_auth(spec, client, req, params, headers)?;
+        self.with_client_auth(spec, client, req, params, headers)
+    }
+
+    /// Sends a token request and reads the answer.
+    async fn token_call(
+        &self,
+        spec: &ProviderSpec,
+        req: reqwest::RequestBuilder,
+        operation: Operation,
+        sent: &[&str],
+    ) -> Result<TokenResponse, OAuthError> {
         let reply = self.send(req).await?;
         tracing::debug!(
             provider = %spec.id,
@@ -435,7 +486,7 @@ impl OAuthHttp {
     /// [`Quirk::JsonTokenRequest`].
     fn with_client_auth<'a>(
         &self,
-        spec: &ProviderSpec,
+        spec: &'a ProviderSpec,
         client: &'a ClientCredentials,
         req: reqwest::RequestBuilder,
         mut params: Vec<(&'a str, &'a str)>,
@@ -446,7 +497,7 @@ impl OAuthHttp {
                 headers.insert(AUTHORIZATION, basic(client)?);
             }
             AuthStyle::Post => {
-                params.push(("client_id", &client.client_id));
+                params.push((spec.client_id_param(), &client.client_id));
                 params.push(("client_secret", client.client_secret.expose_secret()));
             }
         }
@@ -588,5 +639,122 @@ fn transport_error(e: reqwest::Error) -> OAuthError {
     OAuthError::Transient {
         status: e.status().map(|s| s.as_u16()),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The token requests as they would go on the wire, built but not sent.
+    use super::*;
+    use crate::catalog::Pkce;
+    use crate::test_support::spec;
+
+    fn oauth() -> OAuthHttp {
+        OAuthHttp::new(HttpConfig::default()).unwrap()
+    }
+
+    fn client() -> ClientCredentials {
+        ClientCredentials::new("cid", SecretString::from("csecret"))
+    }
+
+    /// The form fields and the Authorization header of a built request.
+    fn wire(req: reqwest::RequestBuilder) -> (Vec<(String, String)>, Option<String>) {
+        let req = req.build().unwrap();
+        let body = req.body().and_then(|b| b.as_bytes()).unwrap_or_default();
+        let form = url::form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let auth = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (form, auth)
+    }
+
+    fn exchange(spec: &ProviderSpec) -> (Vec<(String, String)>, Option<String>) {
+        let req = oauth()
+            .exchange_request(
+                spec,
+                &client(),
+                &SecretString::from("the-code"),
+                "https://broker.example/cb",
+                None,
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        wire(req)
+    }
+
+    fn refresh(spec: &ProviderSpec) -> (Vec<(String, String)>, Option<String>) {
+        let req = oauth()
+            .refresh_request(
+                spec,
+                &client(),
+                &SecretString::from("the-refresh-token"),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        wire(req)
+    }
+
+    fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn extra_token_params_go_on_the_exchange_only() {
+        let mut shopify = spec(
+            "https://acme.myshopify.com/admin/oauth/authorize",
+            Pkce::None,
+            &[],
+        );
+        shopify
+            .extra_token_params
+            .insert("expiring".to_owned(), "1".to_owned());
+        let (form, _) = exchange(&shopify);
+        assert_eq!(field(&form, "expiring"), Some("1"));
+        assert_eq!(field(&form, "grant_type"), Some("authorization_code"));
+        assert_eq!(field(&form, "code"), Some("the-code"));
+        let (form, _) = refresh(&shopify);
+        assert_eq!(field(&form, "expiring"), None);
+
+        shopify
+            .extra_refresh_params
+            .insert("scope".to_owned(), "read".to_owned());
+        let (form, _) = refresh(&shopify);
+        assert_eq!(field(&form, "grant_type"), Some("refresh_token"));
+        assert_eq!(field(&form, "refresh_token"), Some("the-refresh-token"));
+        assert_eq!(field(&form, "scope"), Some("read"));
+    }
+
+    #[test]
+    fn client_id_parameter_name_is_the_specs() {
+        let mut tiktok = spec("https://www.tiktok.com/v2/auth/authorize/", Pkce::None, &[]);
+        tiktok.client_id_param = Some("client_key".to_owned());
+        for (form, auth) in [exchange(&tiktok), refresh(&tiktok)] {
+            assert_eq!(field(&form, "client_key"), Some("cid"));
+            assert_eq!(field(&form, "client_id"), None);
+            assert_eq!(field(&form, "client_secret"), Some("csecret"));
+            assert_eq!(auth, None);
+        }
+    }
+
+    #[test]
+    fn basic_clients_send_no_credentials_in_the_body() {
+        let mut calendly = spec(
+            "https://auth.calendly.com/oauth/authorize",
+            Pkce::Supported,
+            &[],
+        );
+        calendly.auth_style = AuthStyle::Basic;
+        for (form, auth) in [exchange(&calendly), refresh(&calendly)] {
+            assert_eq!(field(&form, "client_id"), None);
+            assert_eq!(field(&form, "client_secret"), None);
+            let auth = auth.expect("basic header");
+            assert!(auth.starts_with("Basic "), "{auth}");
+        }
     }
 }

@@ -19,9 +19,16 @@ pub(crate) fn spec(authorize_url: &str, pkce: Pkce, quirks: &[Quirk]) -> Provide
         auth_style: AuthStyle::Post,
         pkce,
         extra_authorize_params: BTreeMap::new(),
+        extra_token_params: BTreeMap::new(),
+        extra_refresh_params: BTreeMap::new(),
+        client_id_param: None,
         refresh: RefreshBehaviour::default(),
         quirks: quirks.to_vec(),
         docs_url: "https://example.com/docs".into(),
+        sources: vec![],
+        checked: None,
+        verified: true,
+        unsure: vec![],
         post_connect: None,
     }
 }

@@ -31,8 +31,12 @@ pub struct TokenResponse {
     /// Access token lifetime from the response; `None` when the provider gave none (tokens that
     /// do not expire, or an unknown lifetime). The caller turns it into an instant with its clock.
     pub expires_in: Option<Duration>,
-    /// Refresh token lifetime, when the provider gives one (`refresh_token_expires_in`, Intuit's
-    /// `x_refresh_token_expires_in`).
+    /// How long to treat the access token as valid: `expires_in` when the provider sent it, else
+    /// the spec's [`ProviderSpec::fallback_access_token_lifetime`] when a refresh token can renew
+    /// it (Salesforce sends no `expires_in`); `None` for tokens that do not expire.
+    pub access_token_lifetime: Option<Duration>,
+    /// Refresh token lifetime, when the provider gives one: `refresh_token_expires_in`, Intuit's
+    /// `x_refresh_token_expires_in`, or TikTok's and Keycloak's `refresh_expires_in`.
     pub refresh_token_expires_in: Option<Duration>,
     /// Granted scopes when the response lists them; `None` means "not said": keep the requested
     /// ones. A partial grant shows up here as fewer scopes than requested.
@@ -59,6 +63,13 @@ const EXTRA_KEYS: [&str; 12] = [
     "app_id", // Slack
     "bot_user_id",
     "realmId", // Intuit QuickBooks (normally from the callback query)
+];
+
+/// The spellings of the refresh token lifetime in token responses, in the order tried.
+const REFRESH_EXPIRY_KEYS: [&str; 3] = [
+    "refresh_token_expires_in",   // RFC-style (Zendesk, Shopify, Slack)
+    "x_refresh_token_expires_in", // Intuit QuickBooks
+    "refresh_expires_in",         // TikTok, Keycloak
 ];
 
 /// Nested non-secret fields copied into `extras` as (pointer, name).
@@ -110,8 +121,21 @@ pub(crate) fn parse_success(
         .ok_or_else(|| OAuthError::Protocol("token response has no access_token".to_owned()))?;
     let token_type = normalise_token_type(spec, token_source.get("token_type"));
     let expires_in = lifetime(token_source, "expires_in");
-    let refresh_token_expires_in = lifetime(token_source, "refresh_token_expires_in")
-        .or_else(|| lifetime(token_source, "x_refresh_token_expires_in"));
+    let refresh_token_expires_in = REFRESH_EXPIRY_KEYS
+        .iter()
+        .find_map(|key| lifetime(token_source, key));
+    let refresh_token = non_empty_str(token_source, "refresh_token");
+    // A refresh answer may omit the refresh token (no rotation): the stored one still renews.
+    let refreshable = refresh_token.is_some() || operation == Operation::Refresh;
+    let access_token_lifetime =
+        expires_in.or_else(|| spec.fallback_access_token_lifetime(refreshable));
+    if expires_in.is_none() && access_token_lifetime.is_some() {
+        tracing::debug!(
+            provider = %spec.id,
+            assumed_seconds = access_token_lifetime.map(|d| d.as_secs()),
+            "no expires_in in the token response, assuming the catalog lifetime"
+        );
+    }
     let scope = token_source.get("scope").and_then(parse_scope_value);
 
     let mut extras = BTreeMap::new();
@@ -134,11 +158,11 @@ pub(crate) fn parse_success(
 
     Ok(TokenResponse {
         access_token: SecretString::from(access_token.to_owned()),
-        refresh_token: non_empty_str(token_source, "refresh_token")
-            .map(|s| SecretString::from(s.to_owned())),
+        refresh_token: refresh_token.map(|s| SecretString::from(s.to_owned())),
         id_token: non_empty_str(&top, "id_token").map(|s| SecretString::from(s.to_owned())),
         token_type,
         expires_in,
+        access_token_lifetime,
         refresh_token_expires_in,
         scope,
         extras,
@@ -378,6 +402,96 @@ mod tests {
             t.refresh_token_expires_in,
             Some(Duration::from_secs(8_726_400))
         );
+    }
+
+    #[test]
+    fn every_refresh_expiry_spelling_is_read() {
+        for key in [
+            "refresh_token_expires_in",
+            "x_refresh_token_expires_in",
+            "refresh_expires_in",
+        ] {
+            let t = parse(&plain(), json!({"access_token": "at", key: 15_552_000})).unwrap();
+            assert_eq!(
+                t.refresh_token_expires_in,
+                Some(Duration::from_secs(15_552_000)),
+                "{key}"
+            );
+        }
+        // TikTok's whole answer: `refresh_expires_in` next to `expires_in`.
+        let t = parse(
+            &plain(),
+            json!({"access_token": "act.1", "expires_in": 7200, "open_id": "o-1",
+                   "refresh_expires_in": 15_552_000, "refresh_token": "rft.1",
+                   "scope": "user.info.basic,video.list", "token_type": "Bearer"}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            t.refresh_token_expires_in,
+            Some(Duration::from_secs(15_552_000))
+        );
+    }
+
+    #[test]
+    fn access_token_lifetime_falls_back_to_the_catalog_then_the_default() {
+        let mut salesforce = plain();
+        salesforce.refresh.access_token_lifetime_seconds = Some(7200);
+        // Salesforce answers without expires_in.
+        let answer = json!({"access_token": "00D!x", "refresh_token": "5Aep",
+                            "instance_url": "https://acme.my.salesforce.com"});
+        let t = parse(&salesforce, answer.clone()).unwrap();
+        assert_eq!(
+            t.expires_in, None,
+            "expires_in stays what the provider said"
+        );
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+        // No catalog lifetime: the conservative default.
+        let t = parse(&plain(), answer).unwrap();
+        assert_eq!(
+            t.access_token_lifetime,
+            Some(crate::catalog::DEFAULT_ACCESS_TOKEN_LIFETIME)
+        );
+        // The provider's expires_in wins over the catalog.
+        let t = parse(
+            &salesforce,
+            json!({"access_token": "at", "refresh_token": "rt", "expires_in": 900}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(900)));
+        // A refresh answer without a new refresh token is still renewable (the stored one).
+        let t = parse_success(
+            &salesforce,
+            json!({"access_token": "00D!y"}).to_string().as_bytes(),
+            Operation::Refresh,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, Some(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn tokens_nothing_can_renew_are_not_assumed_to_expire() {
+        let mut slack_like = plain();
+        slack_like.refresh.access_token_lifetime_seconds = Some(43_200);
+        // No expires_in and no refresh token: assuming expiry would strand a working token.
+        let t = parse(&slack_like, json!({"access_token": "xoxp-1"})).unwrap();
+        assert_eq!(t.access_token_lifetime, None);
+        // Tokens the catalog says never expire stay so even with a refresh token.
+        let github = spec(
+            "https://github.com/login/oauth/authorize",
+            Pkce::None,
+            &[Quirk::NonExpiringTokens],
+        );
+        let t = parse(
+            &github,
+            json!({"access_token": "gho_1", "refresh_token": "r"}),
+        )
+        .unwrap();
+        assert_eq!(t.access_token_lifetime, None);
+        // Mailchimp's expires_in of 0 means "does not expire".
+        let t = parse(&github, json!({"access_token": "m", "expires_in": 0})).unwrap();
+        assert_eq!(t.access_token_lifetime, None);
     }
 
     #[test]

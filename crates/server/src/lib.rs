@@ -4,7 +4,6 @@
 //! operator commands of the binary. See docs/architecture.md.
 
 pub mod cli;
-pub mod devprovider;
 pub mod grpc;
 pub mod layers;
 pub mod runtime;

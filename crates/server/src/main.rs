@@ -4,9 +4,9 @@
 use clap::{Parser, Subcommand};
 use credential_broker::cli::ops;
 use credential_broker::cli::rotate;
-use credential_broker::devprovider::{self, DevProvider};
 use credential_broker::runtime::app::{self, Application, BuildOptions};
-use credential_broker::runtime::config::{Config, ProcessEnv, ProviderSettings, SecretValue};
+use credential_broker::runtime::config::{Config, ProcessEnv};
+use credential_broker::runtime::devprovider;
 use credential_broker::runtime::error::StartupError;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -273,7 +273,7 @@ async fn serve(
     dev_provider: Option<std::net::SocketAddr>,
 ) -> Result<(), StartupError> {
     let _dev = match dev_provider {
-        Some(addr) => Some(add_dev_provider(&mut config, addr).await?),
+        Some(addr) => Some(devprovider::start(&mut config, addr).await?),
         None => None,
     };
     let config = &config;
@@ -309,34 +309,4 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// Starts the development provider and declares it in `config` as provider `dev`.
-async fn add_dev_provider(
-    config: &mut Config,
-    addr: std::net::SocketAddr,
-) -> Result<DevProvider, StartupError> {
-    if !addr.ip().is_loopback() {
-        return Err(StartupError::Providers(
-            "--dev-provider-listen must be a loopback address".into(),
-        ));
-    }
-    let dev = DevProvider::start(addr)
-        .await
-        .map_err(|source| StartupError::Bind { addr, source })?;
-    config.oauth.allow_insecure_loopback = true;
-    config.oauth.redirect_uris.push(dev.redirect_uri());
-    config
-        .custom_providers
-        .push(dev.spec().map_err(StartupError::Providers)?);
-    config.providers.insert(
-        devprovider::ID.to_owned(),
-        ProviderSettings {
-            client_id: Some(devprovider::CLIENT_ID.to_owned()),
-            client_secret: Some(SecretValue::new(dev.client_secret().to_owned())),
-            placeholders: Default::default(),
-        },
-    );
-    tracing::info!(redirect_uri = %dev.redirect_uri(), "provider `dev` available for StartConnect");
-    Ok(dev)
 }

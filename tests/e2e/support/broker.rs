@@ -75,6 +75,11 @@ impl TestBroker {
         })
     }
 
+    /// The running application.
+    pub fn app(&self) -> &Application {
+        self.app.as_ref().unwrap()
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.app.as_ref().unwrap().local_addr()

@@ -56,6 +56,7 @@ pub fn providers_command(
                         "named_in_config": named.contains(p.id.as_str()),
                         "missing_settings": p.missing_settings,
                         "supports_revocation": p.supports_revocation,
+                        "verified": p.verified,
                     })
                 })
                 .collect();
@@ -70,26 +71,28 @@ pub fn providers_command(
                 .max(2);
             writeln!(
                 out,
-                "{:width$}  {:10}  {:8}  MISSING",
-                "ID", "CONFIGURED", "SOURCE"
+                "{:width$}  {:10}  {:8}  {:8}  MISSING",
+                "ID", "CONFIGURED", "SOURCE", "VERIFIED"
             )
             .map_err(io)?;
             for p in &providers {
                 let source = if p.custom { "config" } else { "catalog" };
                 writeln!(
                     out,
-                    "{:width$}  {:10}  {:8}  {}",
+                    "{:width$}  {:10}  {:8}  {:8}  {}",
                     p.id,
                     if p.configured { "yes" } else { "no" },
                     source,
+                    if p.verified { "yes" } else { "no" },
                     p.missing_settings.join(", ")
                 )
                 .map_err(io)?;
             }
             let configured = providers.iter().filter(|p| p.configured).count();
+            let unverified = providers.iter().filter(|p| !p.verified).count();
             writeln!(
                 out,
-                "{} providers, {configured} configured",
+                "{} providers, {configured} configured, {unverified} unverified",
                 providers.len()
             )
             .map_err(io)?;

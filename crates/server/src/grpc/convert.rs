@@ -458,6 +458,7 @@ pub fn provider(p: &cb_broker::gateway::ProviderInfo) -> pb::Provider {
         scopes: p.scopes.iter().map(scope).collect(),
         supports_revocation: p.supports_revocation,
         custom: p.custom,
+        verified: Some(p.verified),
     }
 }
 

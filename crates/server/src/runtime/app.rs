@@ -21,7 +21,6 @@ use cb_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Replaceable parts for tests (time, environment); production uses the defaults.
@@ -85,7 +84,10 @@ pub async fn open_envelope(
 /// A started broker.
 pub struct Application {
     local_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// The plaintext health-only listener (`health.listen`), stopped with the main one.
+    probes: Option<JoinHandle<()>>,
+    probes_addr: Option<SocketAddr>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     tokens: Arc<TokenService>,
@@ -239,6 +241,14 @@ impl Application {
                 "no calling services configured: caller authentication is OFF (development mode, loopback only)"
             );
         }
+        if config.plaintext_bearer_off_loopback() {
+            tracing::warn!(
+                listen = %config.listen,
+                "PLAINTEXT LISTENER OFF LOOPBACK: bearer tokens are protected only by the service \
+                 mesh (tls.mesh_terminates_tls = true); make sure every caller reaches the broker \
+                 through it"
+            );
+        }
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),
@@ -291,7 +301,6 @@ impl Application {
             addr: config.listen,
             source,
         })?;
-        let (tx, rx) = oneshot::channel::<()>();
         let api = CredentialApi::new(credentials, tokens.clone(), connect);
         let mut builder = tonic::transport::Server::builder();
         if config.tls.enabled() {
@@ -309,7 +318,7 @@ impl Application {
                 config.limits.max_concurrent_per_caller,
                 metrics.clone(),
             ))
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(CredentialServiceServer::new(api).max_decoding_message_size(max_request))
@@ -328,13 +337,32 @@ impl Application {
                 s
             },
         );
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = rx.await;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (mut probes, mut probes_addr) = (None, None);
+        if let Some(addr) = config.health.listen {
+            let probe_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })?;
+            probes_addr = probe_listener.local_addr().ok();
+            let only_health =
+                tonic::transport::Server::builder().add_service(health_service.clone());
+            probes = Some(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(probe_listener);
+                if let Err(e) = only_health.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "health listener failed");
+                }
+            }));
+            tracing::info!(addr = ?probes_addr, "health checks (plaintext, grpc.health.v1 only) listening");
+        }
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
         tracing::info!(addr = %local_addr, database = %config.database.url.redacted(), "credential broker listening");
         Ok(Self {
             local_addr,
-            shutdown: Some(tx),
+            shutdown: stop_tx,
+            probes,
+            probes_addr,
             server,
             background,
             tokens,
@@ -365,6 +393,11 @@ impl Application {
         self.tokens.stats()
     }
 
+    /// Where the plaintext health-only listener is bound, when `health.listen` is set.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.probes_addr
+    }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -379,9 +412,7 @@ impl Application {
         crate::runtime::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
         self.audit.flush().await;
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(Ok(Ok(()))) => tracing::info!("stopped"),
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
@@ -393,6 +424,10 @@ impl Application {
                 );
                 self.server.abort();
             }
+        }
+        // Probes answered NOT_SERVING while the main listener drained; now they stop too.
+        if let Some(probes) = self.probes.take() {
+            probes.abort();
         }
     }
 }

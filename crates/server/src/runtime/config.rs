@@ -185,6 +185,9 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM CA bundle that signs client certificates (enables mTLS caller identities).
     pub client_ca_file: Option<PathBuf>,
+    /// The listener speaks plaintext off loopback because a service mesh sidecar terminates
+    /// (m)TLS in front of it. Without it, bearer-token callers on a non-loopback listener need TLS.
+    pub mesh_terminates_tls: bool,
 }
 
 impl TlsConfig {
@@ -590,6 +593,9 @@ pub struct HealthConfig {
     pub kms_check_seconds: u64,
     /// A check that takes longer than this counts as failed.
     pub check_timeout_seconds: u64,
+    /// A second, plaintext listener that serves only `grpc.health.v1` (for probes that cannot
+    /// speak TLS, such as the kubelet's gRPC probes, when the main listener uses TLS).
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for HealthConfig {
@@ -598,6 +604,7 @@ impl Default for HealthConfig {
             database_check_seconds: 5,
             kms_check_seconds: 30,
             check_timeout_seconds: 3,
+            listen: None,
         }
     }
 }
@@ -828,6 +835,14 @@ impl Config {
         if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
             p.push("tls.client_ca_file: needs tls.cert_file and tls.key_file".into());
         }
+        if self.plaintext_bearer_off_loopback() && !self.tls.mesh_terminates_tls {
+            p.push(format!(
+                "tls: bearer-token callers on {} (not loopback) without TLS would send their tokens \
+                 in clear; set [tls] cert_file and key_file, or tls.mesh_terminates_tls = true if a \
+                 service mesh terminates mTLS in front of the broker",
+                self.listen
+            ));
+        }
         if self.callers.is_empty() && !self.listen.ip().is_loopback() {
             p.push(format!(
                 "listen: {} is not a loopback address, and no caller authentication is configured; \
@@ -843,6 +858,14 @@ impl Config {
         } else {
             Err(ConfigError(p))
         }
+    }
+
+    /// Whether bearer tokens would cross a network in clear: token callers, a non-loopback
+    /// listener and no TLS of our own.
+    pub fn plaintext_bearer_off_loopback(&self) -> bool {
+        !self.listen.ip().is_loopback()
+            && !self.tls.enabled()
+            && self.callers.iter().any(|c| c.token_sha256.is_some())
     }
 
     /// The configured calling services (empty: development mode).
@@ -933,11 +956,12 @@ mod tests {
     fn callers_are_validated_and_allow_non_loopback() {
         let hash = crate::layers::auth::token_sha256_hex("s3cret");
         let ok = format!(
-            "listen = \"0.0.0.0:50051\"\n[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = \"{hash}\"\n"
+            "listen = \"0.0.0.0:50051\"\n[tls]\nmesh_terminates_tls = true\n[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = \"{hash}\"\n"
         );
         let c = Config::parse(&ok).unwrap();
         c.validate().unwrap();
         assert_eq!(c.callers().tokens.len(), 1);
+        assert!(c.plaintext_bearer_off_loopback());
         let bad = "[[callers]]\nname = \"web\"\nrole = \"admin\"\ntoken_sha256 = \"xyz\"\n";
         let e = Config::parse(bad)
             .unwrap()
@@ -948,6 +972,32 @@ mod tests {
             e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bearer_tokens_off_loopback_need_tls_or_an_explicit_mesh() {
+        let hash = crate::layers::auth::token_sha256_hex("s3cret");
+        let callers =
+            format!("[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = \"{hash}\"\n");
+        let plain = format!("listen = \"0.0.0.0:50051\"\n{callers}");
+        let e = Config::parse(&plain)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mesh_terminates_tls") && e.contains("cert_file"),
+            "{e}"
+        );
+        let tls = format!(
+            "listen = \"0.0.0.0:50051\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n{callers}"
+        );
+        let c = Config::parse(&tls).unwrap();
+        c.validate().unwrap();
+        assert!(!c.plaintext_bearer_off_loopback());
+        let loopback = Config::parse(&format!("listen = \"127.0.0.1:50051\"\n{callers}")).unwrap();
+        loopback.validate().unwrap();
+        assert!(!loopback.plaintext_bearer_off_loopback());
     }
 
     #[test]

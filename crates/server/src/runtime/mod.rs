@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod devprovider;
 pub mod error;
 pub mod health;
 pub mod instrument;

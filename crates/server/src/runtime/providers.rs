@@ -138,6 +138,7 @@ impl OAuthGateway {
                 .refresh
                 .refresh_token_idle_seconds
                 .map(Duration::from_secs),
+            verified: spec.is_verified(),
         }
     }
 }
@@ -172,7 +173,8 @@ fn granted(t: TokenResponse) -> GrantedTokens {
         refresh_token: t.refresh_token,
         id_token: t.id_token,
         token_type: t.token_type,
-        expires_in: t.expires_in,
+        // The catalog's lifetime stands in when the provider sent no expires_in (Salesforce).
+        expires_in: t.access_token_lifetime,
         refresh_expires_in: t.refresh_token_expires_in,
         scopes: t.scope,
         extras: t.extras,
