@@ -2,7 +2,7 @@
 //! reconnect, several accounts, every failure mode, and disconnect with revocation.
 
 use crate::support::broker::{
-    REDIRECT_URI, TestBroker, as_actor, error_details, with_fake_provider,
+    REDIRECT_URI, TestBroker, as_actor, as_workspace_admin, error_details, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use cb_proto::v1 as pb;
@@ -14,6 +14,26 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+const BEN: (&str, &str) = ("u-ben", "ben@example.com");
+const MALLORY: (&str, &str) = ("u-mallory", "mallory@example.com");
+/// An admin of workspace `ws1`, member of no credential.
+const WANDA: (&str, &str) = ("u-wanda", "wanda@example.com");
+
+/// Who a request acts for.
+#[derive(Clone, Copy)]
+enum Who {
+    /// An end user.
+    User((&'static str, &'static str)),
+    /// An end user who is an admin of `ws1`.
+    WorkspaceAdmin((&'static str, &'static str)),
+}
+
+fn request<T>(msg: T, who: Who) -> tonic::Request<T> {
+    match who {
+        Who::User((id, email)) => as_actor(msg, id, email),
+        Who::WorkspaceAdmin((id, email)) => as_workspace_admin(msg, id, email, "ws1"),
+    }
+}
 
 async fn broker(fake: &FakeProvider) -> TestBroker {
     let dir = Arc::new(tempfile::tempdir().unwrap());
@@ -27,7 +47,15 @@ async fn start(
     c: &mut CredentialServiceClient<Channel>,
     scopes: &[&str],
 ) -> pb::StartConnectResponse {
-    c.start_connect(as_actor(
+    start_as(c, scopes, Who::User(ALICE)).await
+}
+
+async fn start_as(
+    c: &mut CredentialServiceClient<Channel>,
+    scopes: &[&str],
+    who: Who,
+) -> pb::StartConnectResponse {
+    c.start_connect(request(
         pb::StartConnectRequest {
             workspace_id: "ws1".into(),
             provider_id: "fake".into(),
@@ -35,8 +63,7 @@ async fn start(
             redirect_uri: REDIRECT_URI.into(),
             ..Default::default()
         },
-        ALICE.0,
-        ALICE.1,
+        who,
     ))
     .await
     .unwrap()
@@ -56,7 +83,15 @@ async fn complete(
     c: &mut CredentialServiceClient<Channel>,
     q: &HashMap<String, String>,
 ) -> Result<pb::CompleteConnectResponse, tonic::Status> {
-    c.complete_connect(as_actor(
+    complete_as(c, q, Who::User(ALICE)).await
+}
+
+async fn complete_as(
+    c: &mut CredentialServiceClient<Channel>,
+    q: &HashMap<String, String>,
+    who: Who,
+) -> Result<pb::CompleteConnectResponse, tonic::Status> {
+    c.complete_connect(request(
         pb::CompleteConnectRequest {
             state: q.get("state").cloned().unwrap_or_default(),
             code: q.get("code").cloned().unwrap_or_default(),
@@ -64,11 +99,92 @@ async fn complete(
             error_description: q.get("error_description").cloned().unwrap_or_default(),
             ..Default::default()
         },
+        who,
+    ))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// StartConnect, the provider's consent, CompleteConnect, all as `who`.
+async fn connect_as(
+    fake: &FakeProvider,
+    c: &mut CredentialServiceClient<Channel>,
+    who: Who,
+) -> Result<pb::CompleteConnectResponse, tonic::Status> {
+    let s = start_as(c, &[], who).await;
+    let q = approve(fake, &s.authorization_url).await;
+    complete_as(c, &q, who).await
+}
+
+async fn access_token(c: &mut CredentialServiceClient<Channel>, id: &str) -> String {
+    c.get_access_token(as_actor(
+        pb::GetAccessTokenRequest {
+            credential_id: id.to_owned(),
+            ..Default::default()
+        },
         ALICE.0,
         ALICE.1,
     ))
     .await
-    .map(tonic::Response::into_inner)
+    .unwrap()
+    .into_inner()
+    .access_token
+}
+
+/// The credential as Alice sees it, without the usage columns (written in the background).
+async fn snapshot(c: &mut CredentialServiceClient<Channel>, id: &str) -> pb::Credential {
+    let mut cred = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.to_owned(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap();
+    cred.last_used_time = None;
+    cred.recent_workflows.clear();
+    cred.workflow_count = 0;
+    cred
+}
+
+async fn member_emails(b: &TestBroker, id: &str) -> Vec<String> {
+    b.members()
+        .await
+        .list_members(as_actor(
+            pb::ListMembersRequest {
+                credential_id: id.to_owned(),
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .into_iter()
+        .map(|m| m.email)
+        .collect()
+}
+
+/// The `credential.connect` / `credential.reconnect` events about `id`, newest first.
+async fn connect_events(c: &mut CredentialServiceClient<Channel>, id: &str) -> Vec<pb::AuditEvent> {
+    c.list_audit_events(pb::ListAuditEventsRequest {
+        credential_id: id.to_owned(),
+        page_size: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .events
+    .into_iter()
+    .filter(|e| e.action.starts_with("credential.") && e.action.ends_with("connect"))
+    .collect()
 }
 
 async fn connect(
@@ -358,6 +474,7 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     let mut c = b.credentials().await;
     let cred = connect(&fake, &mut c).await.credential.unwrap();
     let id = cred.credential_id.clone();
+    let original = access_token(&mut c, &id).await;
     let reconnect = |c: &mut CredentialServiceClient<Channel>| {
         let mut c = c.clone();
         let id = id.clone();
@@ -382,6 +499,9 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     let done = complete(&mut c, &q).await.unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
     assert_eq!(done.credential.unwrap().credential_id, id);
+    // The replaced grant is revoked once the new one is stored.
+    assert_eq!(fake.revocations(), 1);
+    assert!(fake.is_revoked(&original));
     let before = c
         .get_access_token(as_actor(
             pb::GetAccessTokenRequest {
@@ -425,6 +545,210 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
         1,
         "no credential for the other account either"
     );
+    assert_eq!(
+        fake.revocations(),
+        2,
+        "the other account's grant, exchanged but not kept, is revoked"
+    );
+    let events = connect_events(&mut c, &id).await;
+    let details: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str(), e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        details[..2],
+        [
+            (
+                "credential.connect",
+                "ACCOUNT_MISMATCH",
+                "new_grant=revoked"
+            ),
+            ("credential.reconnect", "ok", "replaced_grant=revoked"),
+        ],
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_without_a_new_refresh_token_keeps_the_grant_at_the_provider() {
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker(&fake).await;
+    let mut c = b.credentials().await;
+    let id = connect(&fake, &mut c)
+        .await
+        .credential
+        .unwrap()
+        .credential_id;
+    let original = access_token(&mut c, &id).await;
+    fake.configure(|f| f.issue_refresh_tokens = false);
+    let s = c
+        .start_reconnect(as_actor(
+            pb::StartReconnectRequest {
+                credential_id: id.clone(),
+                redirect_uri: REDIRECT_URI.into(),
+                scopes: vec![],
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let q = approve(&fake, &s.authorization_url).await;
+    let done = complete(&mut c, &q).await.unwrap();
+    assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
+    assert_eq!(
+        fake.revocations(),
+        0,
+        "no new refresh token: nothing revoked"
+    );
+    assert!(!fake.is_revoked(&original));
+    assert_eq!(
+        connect_events(&mut c, &id).await[0].detail,
+        "replaced_grant=kept"
+    );
+}
+
+#[tokio::test]
+async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_is_revoked() {
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker(&fake).await;
+    let mut c = b.credentials().await;
+    let id = connect(&fake, &mut c)
+        .await
+        .credential
+        .unwrap()
+        .credential_id;
+    let token = access_token(&mut c, &id).await;
+    let before = snapshot(&mut c, &id).await;
+
+    // Mallory knows the account's password (a shared mailbox): she consents as that account.
+    let err = connect_as(&fake, &mut c, Who::User(MALLORY))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), error_details(&err).0.as_str()),
+        (Code::AlreadyExists, "CREDENTIAL_ALREADY_CONNECTED")
+    );
+    assert!(
+        err.message().contains(&id),
+        "names the credential to ask an Admin about: {}",
+        err.message()
+    );
+    assert_eq!(
+        fake.revocations(),
+        1,
+        "the grant she just minted is revoked"
+    );
+
+    // The credential, its tokens and its members are as they were; she still cannot see it.
+    assert_eq!(snapshot(&mut c, &id).await, before);
+    assert!(fake.is_valid_access_token(&token));
+    assert_eq!(access_token(&mut c, &id).await, token);
+    assert_eq!(member_emails(&b, &id).await, [ALICE.1]);
+    let err = c
+        .get_credential(as_actor(
+            pb::GetCredentialRequest {
+                credential_id: id.clone(),
+            },
+            MALLORY.0,
+            MALLORY.1,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(list(&mut c).await.len(), 1);
+
+    // The refusal is audited: who, which credential, why, and what became of her grant.
+    let events = connect_events(&mut c, &id).await;
+    let denial = events
+        .iter()
+        .find(|e| e.actor == MALLORY.0)
+        .unwrap_or_else(|| panic!("no event for mallory: {events:?}"));
+    assert_eq!(
+        (
+            denial.action.as_str(),
+            denial.outcome.as_str(),
+            denial.detail.as_str()
+        ),
+        (
+            "credential.connect",
+            "CREDENTIAL_ALREADY_CONNECTED",
+            "new_grant=revoked"
+        )
+    );
+}
+
+#[tokio::test]
+async fn members_and_workspace_admins_refresh_it_by_connecting_and_the_replaced_grant_is_revoked() {
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker(&fake).await;
+    let mut c = b.credentials().await;
+    let mut m = b.members().await;
+    let id = connect(&fake, &mut c)
+        .await
+        .credential
+        .unwrap()
+        .credential_id;
+    m.add_member(as_actor(
+        pb::AddMemberRequest {
+            credential_id: id.clone(),
+            email: BEN.1.into(),
+            role: pb::MemberRole::Member as i32,
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap();
+    m.accept_invitation(as_actor(
+        pb::AcceptInvitationRequest {
+            credential_id: id.clone(),
+        },
+        BEN.0,
+        BEN.1,
+    ))
+    .await
+    .unwrap();
+
+    // A Member connecting the account again refreshes the credential and stays a Member.
+    let first = access_token(&mut c, &id).await;
+    let done = connect_as(&fake, &mut c, Who::User(BEN)).await.unwrap();
+    assert_eq!(done.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
+    let cred = done.credential.unwrap();
+    assert_eq!(
+        (cred.credential_id.as_str(), cred.caller_role),
+        (id.as_str(), pb::MemberRole::Member as i32)
+    );
+    assert_eq!(fake.revocations(), 1);
+    assert!(fake.is_revoked(&first), "the replaced grant is revoked");
+    let second = access_token(&mut c, &id).await;
+    assert_ne!(second, first);
+    assert!(fake.is_valid_access_token(&second));
+
+    // A workspace admin acts as Admin without becoming a member.
+    let done = connect_as(&fake, &mut c, Who::WorkspaceAdmin(WANDA))
+        .await
+        .unwrap();
+    assert_eq!(done.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
+    assert_eq!(
+        done.credential.unwrap().caller_role,
+        pb::MemberRole::Admin as i32
+    );
+    assert_eq!(fake.revocations(), 2);
+    assert!(fake.is_revoked(&second));
+    assert!(fake.is_valid_access_token(&access_token(&mut c, &id).await));
+    assert_eq!(member_emails(&b, &id).await, [ALICE.1, BEN.1]);
+
+    let events = connect_events(&mut c, &id).await;
+    let by = |actor: &str| {
+        events
+            .iter()
+            .find(|e| e.actor == actor)
+            .map(|e| (e.outcome.as_str(), e.detail.as_str()))
+    };
+    assert_eq!(by(BEN.0), Some(("ok", "replaced_grant=revoked")));
+    assert_eq!(by(WANDA.0), Some(("ok", "replaced_grant=revoked")));
 }
 
 #[tokio::test]

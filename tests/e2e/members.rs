@@ -439,3 +439,134 @@ async fn a_member_can_leave_and_the_credential_outlives_its_creator() {
         "history is kept"
     );
 }
+
+#[tokio::test]
+async fn concurrent_invitations_of_one_email_have_exactly_one_winner() {
+    const RACERS: usize = 8;
+    let (b, _fake, id) = setup().await;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let mut tasks = Vec::new();
+    for n in 0..RACERS {
+        let mut m = b.members().await;
+        let start = Arc::clone(&start);
+        let role = if n % 2 == 0 {
+            pb::MemberRole::Admin
+        } else {
+            pb::MemberRole::Member
+        };
+        let req = as_actor(add(&id, CY.1, role), ADA.0, ADA.1);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            m.add_member(req).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) => winners.push(r.into_inner().member.unwrap()),
+            Err(err) => assert_eq!(
+                (err.code(), error_details(&err).0.as_str()),
+                (Code::AlreadyExists, "MEMBER_EXISTS")
+            ),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let listed: Vec<_> = b
+        .members()
+        .await
+        .list_members(as_actor(
+            pb::ListMembersRequest {
+                credential_id: id.clone(),
+            },
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .into_iter()
+        .filter(|m| m.email == CY.1)
+        .collect();
+    assert_eq!(listed, winners, "the winner's invitation is the one stored");
+}
+
+#[tokio::test]
+async fn a_role_change_racing_the_acceptance_never_undoes_it() {
+    let (b, _fake, id) = setup().await;
+    let mut m = b.members().await;
+    for round in 0..6 {
+        m.add_member(as_actor(
+            add(&id, CY.1, pb::MemberRole::Member),
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap();
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let accept = {
+            let mut m = b.members().await;
+            let start = Arc::clone(&start);
+            let req = as_actor(
+                pb::AcceptInvitationRequest {
+                    credential_id: id.clone(),
+                },
+                CY.0,
+                CY.1,
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                m.accept_invitation(req).await
+            })
+        };
+        let promote = {
+            let mut m = b.members().await;
+            let start = Arc::clone(&start);
+            let req = as_actor(
+                pb::UpdateMemberRoleRequest {
+                    credential_id: id.clone(),
+                    email: CY.1.into(),
+                    role: pb::MemberRole::Admin as i32,
+                },
+                ADA.0,
+                ADA.1,
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                m.update_member_role(req).await
+            })
+        };
+        accept.await.unwrap().unwrap();
+        promote.await.unwrap().unwrap();
+        let cy = m
+            .list_members(as_actor(
+                pb::ListMembersRequest {
+                    credential_id: id.clone(),
+                },
+                ADA.0,
+                ADA.1,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .into_iter()
+            .find(|m| m.email == CY.1)
+            .unwrap();
+        assert_eq!(
+            (cy.state, cy.role),
+            (pb::MemberState::Active as i32, pb::MemberRole::Admin as i32),
+            "round {round}"
+        );
+        m.remove_member(as_actor(
+            pb::RemoveMemberRequest {
+                credential_id: id.clone(),
+                email: CY.1.into(),
+            },
+            ADA.0,
+            ADA.1,
+        ))
+        .await
+        .unwrap();
+    }
+}

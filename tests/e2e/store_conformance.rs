@@ -70,6 +70,10 @@ store_suite!(
     last_admin_cannot_be_demoted_or_deleted,
     invited_admin_does_not_count,
     racing_admins_cannot_remove_each_other,
+    member_writes_are_conditional,
+    concurrent_adds_of_one_email_have_exactly_one_winner,
+    concurrent_accepts_have_exactly_one_winner,
+    set_role_racing_accept_keeps_both,
     lease_has_one_holder_at_a_time,
     expired_lease_is_taken_over_and_fences_out_the_old_holder,
     complete_refresh_keeps_a_concurrent_rename,
@@ -1765,6 +1769,288 @@ async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
         assert_eq!(
             (left[0].role.as_str(), left[0].state.as_str()),
             ("ADMIN", "ACTIVE")
+        );
+    }
+}
+
+fn accept_change(credential_id: &str, email: &str, user_id: &str, at: i64) -> MemberChange {
+    MemberChange::Accept {
+        credential_id: credential_id.to_owned(),
+        email: email.to_owned(),
+        user_id: user_id.to_owned(),
+        updated_at: at,
+    }
+}
+
+fn set_role_change(credential_id: &str, email: &str, role: &str, at: i64) -> MemberChange {
+    MemberChange::SetRole {
+        credential_id: credential_id.to_owned(),
+        email: email.to_owned(),
+        role: role.to_owned(),
+        updated_at: at,
+    }
+}
+
+async fn must_get_member(store: &dyn Store, credential_id: &str, email: &str) -> MemberRow {
+    store
+        .get_member(credential_id, email)
+        .await
+        .expect("get_member")
+        .unwrap_or_else(|| panic!("member {email} missing"))
+}
+
+async fn member_writes_are_conditional(store: Arc<dyn Store>) {
+    let admin = active(member("c1", "admin@example.com", "ADMIN"));
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            std::slice::from_ref(&admin),
+        )
+        .await
+        .expect("insert");
+
+    // Add never replaces.
+    let carol = member("c1", "carol@example.com", "MEMBER");
+    store
+        .change_member(&MemberChange::Add(carol.clone()))
+        .await
+        .expect("add");
+    let again = MemberRow {
+        role: "ADMIN".to_owned(),
+        invited_by: "user-2".to_owned(),
+        ..carol.clone()
+    };
+    let r = store.change_member(&MemberChange::Add(again)).await;
+    assert!(
+        matches!(&r, Err(StoreError::Duplicate(what)) if what == "member email"),
+        "{r:?}"
+    );
+    assert_eq!(
+        must_get_member(&*store, "c1", "carol@example.com").await,
+        carol
+    );
+
+    // Accept binds the user once; a second accept finds no invitation and changes nothing.
+    store
+        .change_member(&accept_change(
+            "c1",
+            "carol@example.com",
+            "user-carol",
+            T0 + 1,
+        ))
+        .await
+        .expect("accept");
+    let accepted = MemberRow {
+        state: "ACTIVE".to_owned(),
+        user_id: Some("user-carol".to_owned()),
+        updated_at: T0 + 1,
+        ..carol.clone()
+    };
+    assert_eq!(
+        must_get_member(&*store, "c1", "carol@example.com").await,
+        accepted
+    );
+    let r = store
+        .change_member(&accept_change(
+            "c1",
+            "carol@example.com",
+            "user-eve",
+            T0 + 2,
+        ))
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert_eq!(
+        must_get_member(&*store, "c1", "carol@example.com").await,
+        accepted
+    );
+
+    // SetRole writes the role and the time, nothing else.
+    store
+        .change_member(&set_role_change("c1", "carol@example.com", "ADMIN", T0 + 3))
+        .await
+        .expect("set role");
+    let promoted = MemberRow {
+        role: "ADMIN".to_owned(),
+        updated_at: T0 + 3,
+        ..accepted
+    };
+    assert_eq!(
+        must_get_member(&*store, "c1", "carol@example.com").await,
+        promoted
+    );
+
+    // The last-admin guard holds for SetRole too.
+    store
+        .change_member(&delete_change("c1", "carol@example.com"))
+        .await
+        .expect("delete carol");
+    let r = store
+        .change_member(&set_role_change(
+            "c1",
+            "admin@example.com",
+            "MEMBER",
+            T0 + 4,
+        ))
+        .await;
+    assert!(is_last_admin(&r), "{r:?}");
+    assert_eq!(
+        must_get_member(&*store, "c1", "admin@example.com").await,
+        admin
+    );
+
+    // Missing member or credential.
+    for change in [
+        accept_change("c1", "nobody@example.com", "user-x", T0),
+        set_role_change("c1", "nobody@example.com", "ADMIN", T0),
+        accept_change("ghost", "admin@example.com", "user-x", T0),
+        set_role_change("ghost", "admin@example.com", "ADMIN", T0),
+        MemberChange::Add(member("ghost", "a@example.com", "MEMBER")),
+    ] {
+        let r = store.change_member(&change).await;
+        assert!(matches!(r, Err(StoreError::NotFound)), "{change:?}: {r:?}");
+    }
+    assert_eq!(store.list_members("c1").await.expect("list"), [admin]);
+}
+
+/// Runs every change at once (all tasks pass one barrier first) and returns the results in
+/// the order of `changes`.
+async fn race_member_changes(
+    store: &Arc<dyn Store>,
+    changes: Vec<MemberChange>,
+) -> Vec<Result<(), StoreError>> {
+    let start = Arc::new(tokio::sync::Barrier::new(changes.len()));
+    let tasks: Vec<_> = changes
+        .into_iter()
+        .map(|change| {
+            let store = Arc::clone(store);
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                store.change_member(&change).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    results
+}
+
+async fn concurrent_adds_of_one_email_have_exactly_one_winner(store: Arc<dyn Store>) {
+    const RACERS: usize = 10;
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            &[active(member("c1", "admin@example.com", "ADMIN"))],
+        )
+        .await
+        .expect("insert");
+    for round in 0..5 {
+        let email = format!("new-{round}@example.com");
+        let rows: Vec<MemberRow> = (0..RACERS)
+            .map(|n| MemberRow {
+                invited_by: format!("user-{n}"),
+                role: if n % 2 == 0 { "ADMIN" } else { "MEMBER" }.to_owned(),
+                ..member("c1", &email, "MEMBER")
+            })
+            .collect();
+        let results = race_member_changes(
+            &store,
+            rows.iter().cloned().map(MemberChange::Add).collect(),
+        )
+        .await;
+        let winners: Vec<usize> = (0..RACERS).filter(|&n| results[n].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (n, r) in results.iter().enumerate() {
+            assert!(
+                r.is_ok()
+                    || matches!(r, Err(StoreError::Duplicate(what)) if what == "member email"),
+                "round {round} racer {n}: {r:?}"
+            );
+        }
+        assert_eq!(
+            must_get_member(&*store, "c1", &email).await,
+            rows[winners[0]],
+            "round {round}: the winner's row is stored whole"
+        );
+    }
+    assert_eq!(store.list_members("c1").await.expect("list").len(), 6);
+}
+
+async fn concurrent_accepts_have_exactly_one_winner(store: Arc<dyn Store>) {
+    const RACERS: usize = 10;
+    let invited = member("c1", "bob@example.com", "MEMBER");
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            &[
+                active(member("c1", "admin@example.com", "ADMIN")),
+                invited.clone(),
+            ],
+        )
+        .await
+        .expect("insert");
+    let at = |n: usize| T0 + i64::try_from(n).expect("small");
+    let results = race_member_changes(
+        &store,
+        (0..RACERS)
+            .map(|n| accept_change("c1", "bob@example.com", &format!("user-{n}"), at(n)))
+            .collect(),
+    )
+    .await;
+    let winners: Vec<usize> = (0..RACERS).filter(|&n| results[n].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::NotFound))),
+        "{results:?}"
+    );
+    let w = winners[0];
+    assert_eq!(
+        must_get_member(&*store, "c1", "bob@example.com").await,
+        MemberRow {
+            state: "ACTIVE".to_owned(),
+            user_id: Some(format!("user-{w}")),
+            updated_at: at(w),
+            ..invited
+        }
+    );
+}
+
+async fn set_role_racing_accept_keeps_both(store: Arc<dyn Store>) {
+    store
+        .insert_credential(
+            &credential("c1", "ws", "google", "sub-1"),
+            &[active(member("c1", "admin@example.com", "ADMIN"))],
+        )
+        .await
+        .expect("insert");
+    for round in 0..10 {
+        let email = format!("racer-{round}@example.com");
+        store
+            .change_member(&MemberChange::Add(member("c1", &email, "MEMBER")))
+            .await
+            .expect("invite");
+        // Both orders must end ACTIVE with the new role: neither write undoes the other.
+        let mut changes = vec![
+            accept_change("c1", &email, "user-racer", T0 + 1),
+            set_role_change("c1", &email, "ADMIN", T0 + 2),
+        ];
+        if round % 2 == 1 {
+            changes.reverse();
+        }
+        let results = race_member_changes(&store, changes).await;
+        assert!(
+            results.iter().all(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+        let m = must_get_member(&*store, "c1", &email).await;
+        assert_eq!(
+            (m.state.as_str(), m.role.as_str(), m.user_id.as_deref()),
+            ("ACTIVE", "ADMIN", Some("user-racer")),
+            "round {round}"
         );
     }
 }

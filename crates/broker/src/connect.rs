@@ -8,7 +8,9 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::gateway::{GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, ScopeInfo};
+use crate::gateway::{
+    GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
+};
 use crate::issuance::TokenCache;
 use crate::policy::{Policy, require_actor};
 use crate::sealing;
@@ -142,6 +144,49 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::CODE_EXCHANGE_FAILED,
             format!("the provider rejected the authorization code: {d}"),
         ),
+    }
+}
+
+/// The refusal of a non-member connecting an account that is already a credential of the
+/// workspace: it names the credential so they can ask one of its Admins for an invitation.
+fn already_connected(c: &Credential) -> BrokerError {
+    BrokerError::AlreadyExists {
+        reason: reason::CREDENTIAL_ALREADY_CONNECTED,
+        message: format!(
+            "this account is already connected in this workspace as credential {}, and you are not a member of it: ask one of its Admins to invite you (or accept your invitation) and use that credential",
+            c.id
+        ),
+    }
+}
+
+/// Whether a failed completion certainly stored nothing, so the grant just minted is orphaned.
+/// A storage failure may hide a commit that happened: that grant is kept rather than risked.
+fn stored_nothing(e: &BrokerError) -> bool {
+    e.reason() != reason::STORAGE_UNAVAILABLE && !matches!(e, BrokerError::Internal(_))
+}
+
+/// The grant a reconnect replaced, when it should be revoked: only where the provider issued a
+/// new refresh token (an unchanged one may be the very grant just stored).
+fn replaced_grant(old: Option<TokenBundle>, new: &TokenBundle) -> Option<TokenBundle> {
+    let old = old?;
+    let (Some(before), Some(after)) = (&old.refresh_token, &new.refresh_token) else {
+        return None;
+    };
+    (before.expose_secret() != after.expose_secret()).then_some(old)
+}
+
+/// What CompleteConnect records in its audit event besides the outcome.
+#[derive(Default)]
+struct Trail {
+    /// The credential concerned, once known (also on failure).
+    credential_id: Option<String>,
+    /// Non-secret notes, e.g. `new_grant=revoked`.
+    notes: Vec<String>,
+}
+
+impl Trail {
+    fn detail(&self) -> Option<String> {
+        (!self.notes.is_empty()).then(|| self.notes.join(" "))
     }
 }
 
@@ -434,16 +479,23 @@ impl ConnectService {
         caller: &Caller,
         req: CompleteConnect,
     ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
-        let result = self.complete_inner(caller, req).await;
+        let mut trail = Trail::default();
+        let result = self.complete_inner(caller, req, &mut trail).await;
         let (action, id) = match &result {
             Ok((v, ConnectOutcome::Reconnected)) => {
                 ("credential.reconnect", Some(v.credential.id.to_string()))
             }
             Ok((v, _)) => ("credential.connect", Some(v.credential.id.to_string())),
-            Err(_) => ("credential.connect", None),
+            Err(_) => ("credential.connect", trail.credential_id.clone()),
         };
         self.audit
-            .record(caller, action, id.as_deref(), Outcome::of(&result), None)
+            .record(
+                caller,
+                action,
+                id.as_deref(),
+                Outcome::of(&result),
+                trail.detail(),
+            )
             .await;
         result
     }
@@ -452,6 +504,7 @@ impl ConnectService {
         &self,
         caller: &Caller,
         req: CompleteConnect,
+        trail: &mut Trail,
     ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
         let actor = require_actor(caller)?;
         if req.state.is_empty() || req.state.len() > 256 {
@@ -545,16 +598,76 @@ impl ConnectService {
             .map(|s| Scopes::from_stored(&s.join(" ")))
             .unwrap_or(requested);
         let tokens = bundle(granted, now);
-        match &session.reconnect_credential_id {
+        let result = match &session.reconnect_credential_id {
             Some(id) => {
-                self.reconnect(caller, id, &account, scopes, &tokens, now)
+                trail.credential_id = Some(id.clone());
+                self.reconnect(caller, id, &account, scopes, &tokens, now, trail)
                     .await
             }
             None => {
-                self.connect(caller, &session, account, scopes, &tokens, now)
+                self.connect(caller, &session, account, scopes, &tokens, now, trail)
                     .await
             }
+        };
+        // A grant the broker does not keep (refused, mismatched account, lost role) must not
+        // stay alive at the provider.
+        if let Err(e) = &result
+            && stored_nothing(e)
+        {
+            let revoked = self
+                .revoke_grant(
+                    &session.provider_id,
+                    trail.credential_id.as_deref(),
+                    &tokens,
+                    "new",
+                )
+                .await;
+            trail.notes.push(format!("new_grant={revoked}"));
         }
+        result
+    }
+
+    /// Revokes a grant at the provider, best effort: the outcome goes to the audit detail and
+    /// the log (never a token), and never changes the answer.
+    async fn revoke_grant(
+        &self,
+        provider: &str,
+        credential_id: Option<&str>,
+        tokens: &TokenBundle,
+        grant: &'static str,
+    ) -> &'static str {
+        match self.gateway.revoke(provider, tokens).await {
+            Ok(RevokeResult::Revoked) => "revoked",
+            Ok(RevokeResult::NotSupported) => "not_supported",
+            Err(e) => {
+                tracing::warn!(
+                    credential_id = credential_id.unwrap_or_default(),
+                    provider,
+                    grant,
+                    error = %e,
+                    "grant revocation failed"
+                );
+                "failed"
+            }
+        }
+    }
+
+    /// Revokes the grant `store_tokens` replaced, once the new one is stored.
+    async fn revoke_replaced(
+        &self,
+        c: &Credential,
+        replaced: Option<TokenBundle>,
+        tokens: &TokenBundle,
+        trail: &mut Trail,
+    ) {
+        let outcome = match replaced_grant(replaced, tokens) {
+            Some(old) => {
+                self.revoke_grant(&c.provider_id, Some(c.id.as_str()), &old, "replaced")
+                    .await
+            }
+            None => "kept",
+        };
+        trail.notes.push(format!("replaced_grant={outcome}"));
     }
 
     async fn open_verifier(
@@ -593,6 +706,7 @@ impl ConnectService {
         Ok(Some(SecretString::from(text)))
     }
 
+    #[allow(clippy::too_many_arguments)] // the completed flow's parts, each needed
     async fn reconnect(
         &self,
         caller: &Caller,
@@ -601,6 +715,7 @@ impl ConnectService {
         scopes: Scopes,
         tokens: &TokenBundle,
         now: Timestamp,
+        trail: &mut Trail,
     ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
         let id = CredentialId::from_stored(id.to_owned());
         let (mut c, role) = self.policy.load_with_role(caller, &id, Role::Admin).await?;
@@ -617,9 +732,10 @@ impl ConnectService {
                 ),
             ));
         }
-        let stored = self
+        let (stored, replaced) = self
             .store_tokens(&mut c, Some(account), scopes, tokens, now)
             .await?;
+        self.revoke_replaced(&stored, replaced, tokens, trail).await;
         Ok((
             CredentialView {
                 credential: stored,
@@ -629,6 +745,7 @@ impl ConnectService {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)] // the completed flow's parts, each needed
     async fn connect(
         &self,
         caller: &Caller,
@@ -637,6 +754,7 @@ impl ConnectService {
         scopes: Scopes,
         tokens: &TokenBundle,
         now: Timestamp,
+        trail: &mut Trail,
     ) -> Result<(CredentialView, ConnectOutcome), BrokerError> {
         let actor = require_actor(caller)?;
         for _ in 0..3 {
@@ -646,21 +764,17 @@ impl ConnectService {
                 .await?
             {
                 let mut c = Credential::from_row(row)?;
-                let stored = self
+                trail.credential_id = Some(c.id.to_string());
+                // Its members (any role) and the workspace's admins refresh it by connecting
+                // again. Controlling the account at the provider (a shared mailbox's password)
+                // grants no role: an Admin must invite them.
+                let Some(role) = self.policy.role_of(actor, &c).await? else {
+                    return Err(already_connected(&c));
+                };
+                let (stored, replaced) = self
                     .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now)
                     .await?;
-                // Whoever proves control of the account may use the credential: make them Admin.
-                let role = match self.policy.role_of(actor, &stored).await? {
-                    Some(r) => r,
-                    None => {
-                        self.store
-                            .change_member(&cb_store::MemberChange::Upsert(admin_row(
-                                &stored, caller, now,
-                            )))
-                            .await?;
-                        Role::Admin
-                    }
-                };
+                self.revoke_replaced(&stored, replaced, tokens, trail).await;
                 return Ok((
                     CredentialView {
                         credential: stored,
@@ -727,7 +841,8 @@ impl ConnectService {
         })
     }
 
-    /// Seals new tokens into an existing credential and makes it ACTIVE again.
+    /// Seals new tokens into an existing credential and makes it ACTIVE again. Also returns
+    /// the tokens it replaced, where they could be read.
     async fn store_tokens(
         &self,
         c: &mut Credential,
@@ -735,9 +850,17 @@ impl ConnectService {
         scopes: Scopes,
         tokens: &TokenBundle,
         now: Timestamp,
-    ) -> Result<Credential, BrokerError> {
+    ) -> Result<(Credential, Option<TokenBundle>), BrokerError> {
         for _ in 0..3 {
             let expected = c.version;
+            // An unreadable credential is exactly what a reconnect repairs: it is not refused.
+            let replaced = match sealing::open(&self.envelope, c).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(credential_id = %c.id, error = %e, "replaced tokens unreadable; not revoked");
+                    None
+                }
+            };
             if let Some(a) = account
                 && !a.label.is_empty()
             {
@@ -752,7 +875,7 @@ impl ConnectService {
             match self.store.update_credential(&c.to_row(), expected).await {
                 Ok(stored) => {
                     self.cache.invalidate(c.id.as_str());
-                    return Credential::from_row(stored);
+                    return Ok((Credential::from_row(stored)?, replaced));
                 }
                 Err(StoreError::VersionConflict { .. }) => {
                     let row = self

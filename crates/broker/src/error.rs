@@ -17,6 +17,9 @@ pub mod reason {
     pub const VERSION_CONFLICT: &str = "VERSION_CONFLICT";
     /// The account is already connected in this workspace.
     pub const CREDENTIAL_ALREADY_EXISTS: &str = "CREDENTIAL_ALREADY_EXISTS";
+    /// A non-member connected an account that is already a credential of the workspace; the
+    /// message names it (ask one of its Admins for an invitation).
+    pub const CREDENTIAL_ALREADY_CONNECTED: &str = "CREDENTIAL_ALREADY_CONNECTED";
     /// The provider is unknown.
     pub const PROVIDER_NOT_FOUND: &str = "PROVIDER_NOT_FOUND";
     /// The provider has no client id/secret configured.
@@ -80,6 +83,7 @@ pub mod reason {
         CREDENTIAL_NEEDS_RECONNECT,
         VERSION_CONFLICT,
         CREDENTIAL_ALREADY_EXISTS,
+        CREDENTIAL_ALREADY_CONNECTED,
         PROVIDER_NOT_FOUND,
         PROVIDER_NOT_CONFIGURED,
         ROLE_REQUIRED,

@@ -171,19 +171,6 @@ impl MembershipService {
             if c.is_disconnected() {
                 return Err(BrokerError::disconnected());
             }
-            if self
-                .store
-                .get_member(id.as_str(), email.as_str())
-                .await?
-                .is_some()
-            {
-                return Err(BrokerError::AlreadyExists {
-                    reason: reason::MEMBER_EXISTS,
-                    message: format!(
-                        "{email} is already a member or invited; change their role instead"
-                    ),
-                });
-            }
             let now = self.clock.now();
             let m = Member {
                 credential_id: id.to_string(),
@@ -195,8 +182,16 @@ impl MembershipService {
                 created_at: now,
                 updated_at: now,
             };
-            self.apply(MemberChange::Upsert(m.to_row())).await?;
-            Ok(m)
+            // The insert itself refuses an existing email, so two concurrent adds cannot both win.
+            match self.apply(MemberChange::Add(m.to_row())).await {
+                Err(BrokerError::AlreadyExists { .. }) => Err(BrokerError::AlreadyExists {
+                    reason: reason::MEMBER_EXISTS,
+                    message: format!(
+                        "{email} is already a member or invited; change their role instead"
+                    ),
+                }),
+                other => other.map(|()| m),
+            }
         }
         .await;
         let detail = format!("email={email} role={}", role.as_str());
@@ -223,21 +218,36 @@ impl MembershipService {
                 .get_member(id.as_str(), actor.email.as_str())
                 .await?
                 .ok_or_else(BrokerError::credential_not_found)?;
-            let mut m = Member::from_row(row)?;
-            if m.state == MemberState::Active {
-                if m.user_id
-                    .as_deref()
-                    .is_some_and(|u| u != actor.user_id.as_str())
-                {
-                    return Err(BrokerError::credential_not_found());
+            let m = Member::from_row(row)?;
+            if m.state == MemberState::Invited {
+                let change = MemberChange::Accept {
+                    credential_id: id.to_string(),
+                    email: actor.email.to_string(),
+                    user_id: actor.user_id.to_string(),
+                    updated_at: self.clock.now().as_millis(),
+                };
+                match self.apply(change).await {
+                    // Accepted, or removed, meanwhile: the row below says which.
+                    Ok(()) | Err(BrokerError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                return Ok(m);
             }
-            m.state = MemberState::Active;
-            m.user_id = Some(actor.user_id.to_string());
-            m.updated_at = self.clock.now();
-            self.apply(MemberChange::Upsert(m.to_row())).await?;
-            Ok(m)
+            // What is stored now: a concurrent role change or accept is reported as it is.
+            let row = self
+                .store
+                .get_member(id.as_str(), actor.email.as_str())
+                .await?
+                .ok_or_else(BrokerError::credential_not_found)?;
+            let m = Member::from_row(row)?;
+            let mine = m.state == MemberState::Active
+                && m.user_id
+                    .as_deref()
+                    .is_none_or(|u| u == actor.user_id.as_str());
+            if mine {
+                Ok(m)
+            } else {
+                Err(BrokerError::credential_not_found())
+            }
         }
         .await;
         self.audit
@@ -262,16 +272,20 @@ impl MembershipService {
     ) -> Result<Member, BrokerError> {
         let result = async {
             self.policy.load_with_role(caller, id, Role::Admin).await?;
+            // Only the role column is written, so an invitation accepted meanwhile stays accepted.
+            self.apply(MemberChange::SetRole {
+                credential_id: id.to_string(),
+                email: email.to_string(),
+                role: role.as_str().to_owned(),
+                updated_at: self.clock.now().as_millis(),
+            })
+            .await?;
             let row = self
                 .store
                 .get_member(id.as_str(), email.as_str())
                 .await?
                 .ok_or_else(member_not_found)?;
-            let mut m = Member::from_row(row)?;
-            m.role = role;
-            m.updated_at = self.clock.now();
-            self.apply(MemberChange::Upsert(m.to_row())).await?;
-            Ok(m)
+            Member::from_row(row)
         }
         .await;
         let detail = format!("email={email} role={}", role.as_str());

@@ -127,7 +127,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::LastAdmin`]. (`INVITED` admins do not count. A credential that had no
     /// active admin to begin with is not blocked, so it can be repaired.)
     /// Delete of a missing member, or any change for an unknown credential →
-    /// [`StoreError::NotFound`].
+    /// [`StoreError::NotFound`]. The conditional changes ([`MemberChange::Add`],
+    /// [`MemberChange::Accept`], [`MemberChange::SetRole`]) fail as their docs say instead of
+    /// overwriting a concurrent change.
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError>;
 
     /// Appends an audit event and returns its id (increasing).

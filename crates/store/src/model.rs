@@ -223,8 +223,39 @@ pub struct StatusQuery {
 /// [`Store::change_member`](crate::Store::change_member) under the last-admin guard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemberChange {
-    /// Inserts or replaces (every column) the member (`credential_id`, `email`).
+    /// Inserts or replaces (every column) the member (`credential_id`, `email`). A blind write
+    /// for repair tools and tests: the domain uses the conditional changes below, which cannot
+    /// undo a concurrent change.
     Upsert(MemberRow),
+    /// Inserts a new member (an invitation). An existing (`credential_id`, `email`) →
+    /// [`StoreError::Duplicate`](crate::StoreError::Duplicate)`("member email")` and nothing
+    /// changes: of two concurrent adds of one email exactly one succeeds.
+    Add(MemberRow),
+    /// Accepts an invitation: `state = 'ACTIVE'`, `user_id`, `updated_at` WHERE the member is
+    /// still `INVITED`. No `INVITED` member (missing, or already accepted) →
+    /// [`StoreError::NotFound`](crate::StoreError::NotFound).
+    Accept {
+        /// Credential the membership belongs to.
+        credential_id: String,
+        /// Member email, lowercase.
+        email: String,
+        /// The user the membership binds to.
+        user_id: String,
+        /// When (ms since the epoch).
+        updated_at: i64,
+    },
+    /// Changes only `role` and `updated_at` (the state is left alone, so a concurrent accept
+    /// survives). Missing member → [`StoreError::NotFound`](crate::StoreError::NotFound).
+    SetRole {
+        /// Credential the membership belongs to.
+        credential_id: String,
+        /// Member email, lowercase.
+        email: String,
+        /// `ADMIN` or `MEMBER`.
+        role: String,
+        /// When (ms since the epoch).
+        updated_at: i64,
+    },
     /// Removes the member (`credential_id`, `email`).
     Delete {
         /// Credential the membership belongs to.
@@ -238,8 +269,10 @@ impl MemberChange {
     /// The credential whose members change.
     pub fn credential_id(&self) -> &str {
         match self {
-            Self::Upsert(m) => &m.credential_id,
-            Self::Delete { credential_id, .. } => credential_id,
+            Self::Upsert(m) | Self::Add(m) => &m.credential_id,
+            Self::Accept { credential_id, .. }
+            | Self::SetRole { credential_id, .. }
+            | Self::Delete { credential_id, .. } => credential_id,
         }
     }
 }

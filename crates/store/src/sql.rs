@@ -231,6 +231,15 @@ pub(crate) const GET_MEMBER: &str = concat!(
     " FROM credential_members WHERE credential_id = $1 AND email = $2"
 );
 
+/// Accepts an invitation only while it is one. Bind: credential id, email, user id, updated_at.
+pub(crate) const ACCEPT_MEMBER: &str = "UPDATE credential_members \
+     SET state = 'ACTIVE', user_id = $3, updated_at = $4 \
+     WHERE credential_id = $1 AND email = $2 AND state = 'INVITED'";
+
+/// Writes the role alone. Bind: credential id, email, role, updated_at.
+pub(crate) const SET_MEMBER_ROLE: &str = "UPDATE credential_members \
+     SET role = $3, updated_at = $4 WHERE credential_id = $1 AND email = $2";
+
 pub(crate) const DELETE_MEMBER: &str =
     "DELETE FROM credential_members WHERE credential_id = $1 AND email = $2";
 

@@ -184,15 +184,35 @@ where
         }
         let admins_before = Self::count_active_admins(conn, credential_id).await?;
         match change {
-            MemberChange::Upsert(m) => {
-                let mut upsert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
-                upsert.push_values([m], push_member);
-                upsert.push(sql::UPSERT_MEMBER_TAIL);
-                upsert
+            MemberChange::Upsert(m) | MemberChange::Add(m) => {
+                let mut insert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
+                insert.push_values([m], push_member);
+                if matches!(change, MemberChange::Upsert(_)) {
+                    insert.push(sql::UPSERT_MEMBER_TAIL);
+                }
+                insert
                     .build()
                     .execute(&mut *conn)
                     .await
                     .map_err(map::<DB>)?;
+            }
+            MemberChange::Accept {
+                credential_id,
+                email,
+                user_id,
+                updated_at,
+            } => {
+                let update = (sql::ACCEPT_MEMBER, user_id.as_str(), *updated_at);
+                Self::update_member(conn, credential_id, email, update).await?;
+            }
+            MemberChange::SetRole {
+                credential_id,
+                email,
+                role,
+                updated_at,
+            } => {
+                let update = (sql::SET_MEMBER_ROLE, role.as_str(), *updated_at);
+                Self::update_member(conn, credential_id, email, update).await?;
             }
             MemberChange::Delete {
                 credential_id,
@@ -211,6 +231,28 @@ where
         }
         let admins_after = Self::count_active_admins(conn, credential_id).await?;
         sql::check_last_admin(admins_before, admins_after)
+    }
+
+    /// Runs one conditional member UPDATE (bind: credential id, email, `value`, `at`); no row
+    /// matched → [`StoreError::NotFound`].
+    async fn update_member(
+        conn: &mut DB::Connection,
+        credential_id: &str,
+        email: &str,
+        (statement, value, at): (&'static str, &str, i64),
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(statement)
+            .bind(credential_id)
+            .bind(email)
+            .bind(value)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(map::<DB>)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     async fn count_active_admins(

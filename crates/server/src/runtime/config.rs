@@ -267,18 +267,41 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    /// The URL with any password replaced.
+    /// The URL with any password replaced by `***`: the one in the userinfo (parsed as a URL,
+    /// so a password holding `@` is replaced whole) and `password` / `sslpassword` query
+    /// parameters. A URL that does not parse keeps nothing before its last `@`.
     pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
+        const MASK: &str = "***";
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return match (self.0.split_once(':'), self.0.rsplit_once('@')) {
+                (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{MASK}@{host}"),
+                _ => self.0.clone(),
+            };
         };
-        match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
-            }
-            None => self.0.clone(),
+        let secret_param =
+            |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+        let query_secret = url.query_pairs().any(|(k, _)| secret_param(&k));
+        if url.password().is_none() && !query_secret {
+            return self.0.clone();
         }
+        if url.password().is_some() && url.set_password(Some(MASK)).is_err() {
+            return format!("{}://{MASK}", url.scheme());
+        }
+        if query_secret {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if secret_param(&k) {
+                        MASK.into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 }
 
@@ -1098,6 +1121,32 @@ mod tests {
             )
             .contains("hunter2")
         );
+    }
+
+    #[test]
+    fn database_password_with_an_at_sign_is_redacted_whole() {
+        for (url, shown) in [
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:p%40ss:w@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgresql://:only-pw@h/db", "postgresql://:***@h/db"),
+            (
+                "postgres://u@h/db?sslmode=require&password=s3cr%40t",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("sqlite:///var/lib/cb/b@k.db", "sqlite:///var/lib/cb/b@k.db"),
+            ("sqlite:data/broker.db", "sqlite:data/broker.db"),
+            ("postgres://u:p@ss@[bad/db", "postgres://***@[bad/db"),
+        ] {
+            let redacted = DatabaseUrl(url.into()).redacted();
+            assert_eq!(redacted, shown, "{url}");
+            for secret in ["p@ss", "ss@", "only-pw", "s3cr", "p%40ss"] {
+                assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            }
+        }
     }
 
     #[test]
