@@ -893,3 +893,125 @@ async fn the_atlassian_cloud_id_and_xero_tenant_are_looked_up_after_connecting()
         );
     }
 }
+
+/// A broker whose provider `fake` ends the user's whole authorization on any revocation, as
+/// Google and GitHub do.
+async fn broker_sharing_authorization(fake: &FakeProvider) -> TestBroker {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, url);
+    with_fake_provider(&mut config, fake, "fake", &[]);
+    for spec in &mut config.custom_providers {
+        spec.revocation_ends_authorization = true;
+    }
+    TestBroker::start(config, dir).await.unwrap()
+}
+
+async fn disconnect(
+    c: &mut CredentialServiceClient<Channel>,
+    id: &str,
+) -> pb::DisconnectCredentialResponse {
+    c.disconnect_credential(as_actor(
+        pb::DisconnectCredentialRequest {
+            credential_id: id.to_owned(),
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test]
+async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked() {
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker_sharing_authorization(&fake).await;
+    let mut c = b.credentials().await;
+    let id = connect(&fake, &mut c)
+        .await
+        .credential
+        .unwrap()
+        .credential_id;
+
+    // Connecting the same account again replaces the grant: revoking the replaced one would end
+    // the new one too at such a provider.
+    let again = connect(&fake, &mut c).await;
+    assert_eq!(again.credential.unwrap().credential_id, id);
+    // A non-member's refused grant is of the same account: kept alive for the same reason.
+    let err = connect_as(&fake, &mut c, Who::User(MALLORY))
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "CREDENTIAL_ALREADY_CONNECTED");
+    assert_eq!(
+        fake.revocations(),
+        0,
+        "no revocation of a grant of a kept account"
+    );
+    let token = access_token(&mut c, &id).await;
+    assert!(fake.is_valid_access_token(&token));
+    let notes: Vec<_> = connect_events(&mut c, &id)
+        .await
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|d| d == "new_grant=kept_shared_authorization")
+            && notes
+                .iter()
+                .any(|d| d == "replaced_grant=kept_shared_authorization"),
+        "{notes:?}"
+    );
+
+    // The same account in another workspace: disconnecting one credential destroys its tokens
+    // but does not revoke, since that would end the other's grant.
+    let (access, refresh) = fake.issue_grant("user-1");
+    let other = c
+        .import_credential(as_actor(
+            pb::ImportCredentialRequest {
+                workspace_id: "ws2".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: "user-1".into(),
+                    label: "user-1".into(),
+                }),
+                display_name: "same account, other workspace".into(),
+                tokens: Some(pb::TokenSet {
+                    access_token: access.clone(),
+                    refresh_token: refresh,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .credential_id;
+    let first = disconnect(&mut c, &id).await;
+    assert_eq!(
+        first.revocation,
+        pb::RevocationOutcome::Skipped as i32,
+        "{first:?}"
+    );
+    assert!(
+        first.revocation_detail.contains("another credential"),
+        "{first:?}"
+    );
+    assert_eq!(fake.revocations(), 0);
+    assert!(fake.is_valid_access_token(&access));
+    // The last credential of the account: now revocation ends nothing that is kept.
+    let last = disconnect(&mut c, &other).await;
+    assert_eq!(
+        last.revocation,
+        pb::RevocationOutcome::Revoked as i32,
+        "{last:?}"
+    );
+    assert_eq!(fake.revocations(), 1);
+}

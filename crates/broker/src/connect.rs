@@ -598,6 +598,7 @@ impl ConnectService {
             .map(|s| Scopes::from_stored(&s.join(" ")))
             .unwrap_or(requested);
         let tokens = bundle(granted, now);
+        let subject = account.subject.clone();
         let result = match &session.reconnect_credential_id {
             Some(id) => {
                 trail.credential_id = Some(id.clone());
@@ -614,14 +615,20 @@ impl ConnectService {
         if let Err(e) = &result
             && stored_nothing(e)
         {
-            let revoked = self
-                .revoke_grant(
+            let revoked = if self
+                .shares_a_kept_grant(&session.provider_id, &subject)
+                .await
+            {
+                "kept_shared_authorization"
+            } else {
+                self.revoke_grant(
                     &session.provider_id,
                     trail.credential_id.as_deref(),
                     &tokens,
                     "new",
                 )
-                .await;
+                .await
+            };
             trail.notes.push(format!("new_grant={revoked}"));
         }
         result
@@ -652,6 +659,18 @@ impl ConnectService {
         }
     }
 
+    /// Whether revoking a grant of this account would end a grant a credential keeps.
+    async fn shares_a_kept_grant(&self, provider: &str, subject: &str) -> bool {
+        crate::revocation::would_end_a_kept_grant(
+            self.store.as_ref(),
+            self.gateway.as_ref(),
+            provider,
+            subject,
+            None,
+        )
+        .await
+    }
+
     /// Revokes the grant `store_tokens` replaced, once the new one is stored.
     async fn revoke_replaced(
         &self,
@@ -661,6 +680,14 @@ impl ConnectService {
         trail: &mut Trail,
     ) {
         let outcome = match replaced_grant(replaced, tokens) {
+            // `c` keeps the new grant of this very account.
+            Some(_)
+                if self
+                    .shares_a_kept_grant(&c.provider_id, &c.account.subject)
+                    .await =>
+            {
+                "kept_shared_authorization"
+            }
             Some(old) => {
                 self.revoke_grant(&c.provider_id, Some(c.id.as_str()), &old, "replaced")
                     .await

@@ -36,6 +36,9 @@ pub struct ProviderInfo {
     pub scopes: Vec<ScopeInfo>,
     /// Whether the provider can revoke grants.
     pub supports_revocation: bool,
+    /// Revoking one grant ends every grant of that account for the app (Google, GitHub): a grant
+    /// of an account the broker keeps another grant of must never be revoked.
+    pub revocation_ends_authorization: bool,
     /// Declared in config rather than built in.
     pub custom: bool,
     /// Refresh token expires after this long without use (refresh it before).

@@ -12,6 +12,7 @@ pub mod issuance;
 pub mod members;
 pub mod policy;
 pub mod random;
+mod revocation;
 pub mod rotation;
 pub mod sealing;
 pub mod service;

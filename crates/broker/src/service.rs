@@ -466,7 +466,23 @@ impl CredentialService {
         c.updated_at = self.clock.now();
         let stored = self.store.update_credential(&c.to_row(), expected).await?;
         self.cache.invalidate(c.id.as_str());
-        let revocation = self.revoke(&provider, c.id.as_str(), tokens).await;
+        let revocation = if crate::revocation::would_end_a_kept_grant(
+            self.store.as_ref(),
+            self.gateway.as_ref(),
+            &provider,
+            &c.account.subject,
+            Some(c.id.as_str()),
+        )
+        .await
+        {
+            Revocation::Skipped(
+                "another credential keeps a grant of this account, and this provider's revocation \
+                 would end it too; the tokens here are destroyed"
+                    .into(),
+            )
+        } else {
+            self.revoke(&provider, c.id.as_str(), tokens).await
+        };
         Ok((
             CredentialView {
                 credential: Credential::from_row(stored)?,

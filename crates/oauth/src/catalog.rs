@@ -150,6 +150,11 @@ pub struct ProviderSpec {
     pub token_url: String,
     /// Revocation endpoint (RFC 7009 or the provider's API), if any.
     pub revocation_url: Option<String>,
+    /// Revoking any token ends the user's whole authorization of the app, every grant of that
+    /// account included (Google, GitHub's grant endpoint), rather than that one grant (RFC 7009).
+    /// The broker then never revokes a grant of an account it keeps another grant of.
+    #[serde(default)]
+    pub revocation_ends_authorization: bool,
     /// How the connected account is identified.
     pub account: AccountSource,
     /// Scopes requested when the caller names none.

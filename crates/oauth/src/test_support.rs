@@ -13,6 +13,7 @@ pub(crate) fn spec(authorize_url: &str, pkce: Pkce, quirks: &[Quirk]) -> Provide
         authorize_url: authorize_url.into(),
         token_url: "https://example.com/token".into(),
         revocation_url: None,
+        revocation_ends_authorization: false,
         account: AccountSource::IdToken,
         default_scopes: vec![],
         scopes: vec![],

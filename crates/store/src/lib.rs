@@ -74,6 +74,13 @@ pub trait Store: Send + Sync + 'static {
         account_subject: &str,
     ) -> Result<Option<CredentialRow>, StoreError>;
 
+    /// Ids of the non-disconnected credentials of one provider account, in every workspace.
+    async fn live_credentials_of_account(
+        &self,
+        provider_id: &str,
+        account_subject: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Lists a workspace's credentials ordered by id, one keyset page at a time.
     async fn list_credentials(&self, q: &CredentialQuery)
     -> Result<Vec<CredentialRow>, StoreError>;

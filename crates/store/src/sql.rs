@@ -42,6 +42,9 @@ pub(crate) const FIND_CREDENTIAL_BY_ACCOUNT: &str = concat!(
      AND status <> 'DISCONNECTED'"
 );
 
+pub(crate) const LIVE_CREDENTIALS_OF_ACCOUNT: &str = "SELECT id FROM credentials \
+     WHERE provider_id = $1 AND account_subject = $2 AND status <> 'DISCONNECTED' ORDER BY id";
+
 /// Writes every mutable column; `row_version = row_version + 1` is safe because the WHERE
 /// clause pins the old value. Lease columns are left to the lease operations, except that a
 /// disconnect releases the lease (the fence stays), so an in-flight refresh cannot complete.

@@ -457,6 +457,22 @@ where
         .await
     }
 
+    async fn live_credentials_of_account(
+        &self,
+        provider_id: &str,
+        account_subject: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        self.traced("live_credentials_of_account", None, async {
+            sqlx::query_scalar::<DB, String>(sql::LIVE_CREDENTIALS_OF_ACCOUNT)
+                .bind(provider_id)
+                .bind(account_subject)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
     async fn list_credentials(
         &self,
         q: &CredentialQuery,

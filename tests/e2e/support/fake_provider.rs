@@ -93,6 +93,7 @@ impl FakeProvider {
             authorize_url: format!("{base}/authorize"),
             token_url: format!("{base}/token"),
             revocation_url: Some(revocation_url),
+            revocation_ends_authorization: false,
             account,
             default_scopes: vec!["read".into()],
             scopes: vec![

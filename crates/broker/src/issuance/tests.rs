@@ -54,6 +54,7 @@ impl ProviderGateway for ScriptedProvider {
             missing_settings: vec![],
             scopes: vec![],
             supports_revocation: false,
+            revocation_ends_authorization: false,
             custom: true,
             refresh_token_idle: None,
             verified: true,

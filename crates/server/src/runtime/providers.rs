@@ -133,6 +133,7 @@ impl OAuthGateway {
                 })
                 .collect(),
             supports_revocation: spec.revocation_url.is_some(),
+            revocation_ends_authorization: spec.revocation_ends_authorization,
             custom: self.custom.contains(&spec.id),
             refresh_token_idle: spec
                 .refresh
