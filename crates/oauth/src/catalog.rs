@@ -1052,6 +1052,22 @@ description = "Change your data"
         assert!(!catalog.is_empty());
     }
 
+    /// Google's revoke endpoint and GitHub's grant endpoint end the user's whole authorization
+    /// of the app: an entry that forgets to say so would let the broker revoke a kept grant.
+    #[test]
+    fn whole_authorization_revocation_is_declared() {
+        for spec in builtin().iter() {
+            let url = spec.revocation_url.as_deref().unwrap_or_default();
+            let ends = url.starts_with("https://oauth2.googleapis.com/revoke")
+                || url.ends_with("/applications/{client_id}/grant");
+            assert_eq!(
+                spec.revocation_ends_authorization, ends,
+                "{}: revocation_ends_authorization must be {ends} for {url:?}",
+                spec.id
+            );
+        }
+    }
+
     #[test]
     fn builtin_ids_are_unique_in_the_file() {
         let file: CatalogFile = toml::from_str(BUILTIN_TOML).expect("parses");
