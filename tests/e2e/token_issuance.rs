@@ -3,7 +3,7 @@
 
 use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
-    fake_grant_import, free_port, with_fake_provider,
+    fake_grant_import, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
@@ -493,13 +493,11 @@ async fn three_processes_refresh_each_credential_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
     for i in 0..3 {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = TestBroker::config(&dir, db.url.clone());
-        config.listen = addr;
         config.tokens.refresh_scan_interval_seconds = 0;
         with_fake_provider(&mut config, &fake, "fake", &[]);
         let toml = config_toml(&config, &db.url) + &provider_toml(&fake);
-        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml, addr).await);
+        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await);
     }
     let mut c0 = CredentialServiceClient::new(replicas[0].channel().await);
     let mut ids = Vec::new();
@@ -542,9 +540,7 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
     let fake = FakeProvider::start(rotating()).await;
     let dir = tempfile::tempdir().unwrap();
     let spawn = |i: usize| {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = TestBroker::config(&dir, db.url.clone());
-        config.listen = addr;
         config.tokens.refresh_scan_interval_seconds = 0;
         config.tokens.lease_seconds = 4;
         config.tokens.provider_attempts = 1;
@@ -552,14 +548,13 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
         with_fake_provider(&mut config, &fake, "fake", &[]);
         (
             config_toml(&config, &db.url) + &provider_toml(&fake),
-            addr,
             format!("replica-{i}"),
         )
     };
-    let (toml_a, addr_a, name_a) = spawn(0);
-    let (toml_b, addr_b, name_b) = spawn(1);
-    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a, addr_a).await;
-    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b, addr_b).await;
+    let (toml_a, name_a) = spawn(0);
+    let (toml_b, name_b) = spawn(1);
+    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a).await;
+    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b).await;
     let mut ca = CredentialServiceClient::new(a.channel().await);
     let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await;
 

@@ -393,6 +393,12 @@ impl Application {
         self.tokens.stats()
     }
 
+    /// Writes the audit events that hot paths buffer now, instead of at the writer's next tick:
+    /// tests read the audit log right after the calls they audit.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
+    }
+
     /// Where the plaintext health-only listener is bound, when `health.listen` is set.
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.probes_addr
