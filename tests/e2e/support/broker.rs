@@ -15,6 +15,11 @@ use tonic::transport::Channel;
 /// A start time for the manual clock: 2026-01-01T00:00:00Z.
 pub const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
 
+/// [`T0`] in Unix seconds, for token expiry times.
+pub fn t0_secs() -> i64 {
+    T0.as_millis() / 1000
+}
+
 /// A running broker under test.
 pub struct TestBroker {
     app: Option<Application>,
