@@ -237,6 +237,18 @@ impl Client {
         Ok(page.credentials)
     }
 
+    /// UpdateCredential.
+    pub async fn update(
+        &mut self,
+        req: pb::UpdateCredentialRequest,
+    ) -> Result<pb::Credential, Status> {
+        let request = self.request(req);
+        let response = self.creds.update_credential(request).await?.into_inner();
+        Ok(response
+            .credential
+            .expect("UpdateCredential answers the credential"))
+    }
+
     /// DisconnectCredential.
     pub async fn disconnect(
         &mut self,
