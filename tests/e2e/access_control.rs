@@ -5,16 +5,14 @@
 //! workspace admin}. An RPC added to the proto without a row here fails the test.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
+use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
-use cb_proto::v1::credential_service_client::CredentialServiceClient;
-use cb_proto::v1::membership_service_client::MembershipServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
 use credential_broker::runtime::config::CallerConfig;
 use prost::Message;
 use std::collections::BTreeSet;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
 const WEB_TOKEN: &str = "web-token-77b1";
@@ -201,14 +199,9 @@ fn request<T>(msg: T, service: Service, persona: Option<Persona>) -> tonic::Requ
     r
 }
 
-struct Clients {
-    creds: CredentialServiceClient<Channel>,
-    members: MembershipServiceClient<Channel>,
-}
-
 /// A fresh credential in ws1: admin@ is Admin, member@ and other@ are active Members, invited@ is
 /// invited. Returns its id.
-async fn fresh_credential(c: &mut Clients, fake: &FakeProvider, n: usize) -> String {
+async fn fresh_credential(c: &mut Client, fake: &FakeProvider, n: usize) -> String {
     let (access, refresh) = fake.issue_grant(&format!("acct-{n}"));
     let imported = c
         .creds
@@ -281,7 +274,7 @@ async fn fresh_credential(c: &mut Clients, fake: &FakeProvider, n: usize) -> Str
 }
 
 async fn call(
-    c: &mut Clients,
+    c: &mut Client,
     rpc: &str,
     id: &str,
     service: Service,
@@ -520,11 +513,8 @@ async fn authorization_matrix_covers_every_rpc() {
 
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker_with_callers(&fake).await;
-    let channel = b.channel().await;
-    let mut c = Clients {
-        creds: CredentialServiceClient::new(channel.clone()),
-        members: MembershipServiceClient::new(channel),
-    };
+    // Every call carries its own caller and actor metadata (`request`), not the client's actor.
+    let mut c = b.client(ALICE).await;
     let services = [
         Service::NoIdentity,
         Service::BadToken,

@@ -7,7 +7,6 @@ use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_proto::v1::membership_service_client::MembershipServiceClient;
 use std::collections::HashMap;
-use std::time::Duration;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -118,24 +117,6 @@ impl Client {
         .await
     }
 
-    /// GetAccessToken for `id`, valid for at least `min_valid` when given.
-    pub async fn token_valid_for(
-        &mut self,
-        id: &str,
-        min_valid: Option<Duration>,
-    ) -> Result<pb::GetAccessTokenResponse, Status> {
-        self.token_with(pb::GetAccessTokenRequest {
-            credential_id: id.into(),
-            workflow_id: "wf-1".into(),
-            min_valid_for: min_valid.map(|d| prost_types::Duration {
-                seconds: i64::try_from(d.as_secs()).unwrap(),
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-    }
-
     /// GetAccessToken with a request of the test's own.
     pub async fn token_with(
         &mut self,
@@ -224,17 +205,6 @@ impl Client {
             .list_credentials(request)
             .await
             .map(tonic::Response::into_inner)
-    }
-
-    /// The first page of ListCredentials in `workspace`.
-    pub async fn list(&mut self, workspace: &str) -> Result<Vec<pb::Credential>, Status> {
-        let page = self
-            .list_page(pb::ListCredentialsRequest {
-                workspace_id: workspace.into(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(page.credentials)
     }
 
     /// UpdateCredential.
