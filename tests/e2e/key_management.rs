@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cb_broker::clock::ManualClock;
@@ -25,8 +25,8 @@ use credential_broker::runtime::error::StartupError;
 use credential_broker::runtime::keys::{self, KeyOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -34,6 +34,7 @@ use crate::support::broker::{T0, TestBroker, t0_secs, with_fake_provider};
 use crate::support::client::{ALICE, Client, Imported};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
+use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::wait_for;
 
 // ---- harness ------------------------------------------------------------------------------
@@ -205,67 +206,6 @@ fn blob(s: &SealedColumns) -> SealedBlob {
             },
             ciphertext: s.dek_wrapped.clone(),
         },
-    }
-}
-
-/// A TCP forwarder to the KMS server that can be taken down and brought back on the same
-/// port (a KMS outage): down, it closes every open connection and every new one at once.
-struct SwitchableKms {
-    url: String,
-    up: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<AbortHandle>>>,
-    task: JoinHandle<()>,
-}
-
-impl SwitchableKms {
-    async fn start(endpoint: &str) -> Self {
-        let upstream = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(true));
-        let open = Arc::new(Mutex::new(Vec::new()));
-        let (up2, open2) = (up.clone(), open.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection closed
-                }
-                let upstream = upstream.clone();
-                let forward = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                open2.lock().unwrap().push(forward.abort_handle());
-            }
-        });
-        Self {
-            url,
-            up,
-            open,
-            task,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for h in self.open.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for SwitchableKms {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.down();
     }
 }
 
@@ -670,8 +610,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     // 4. KMS key A → key B (KMS ReEncrypt: the data keys never leave KMS). A run interrupted
     //    by a KMS outage stops cleanly and the next run resumes.
     let key_b = kms_server::create_key(&endpoint).await;
-    let flaky = SwitchableKms::start(&endpoint).await;
-    let kms_b_flaky = s.kms(&flaky.url, &key_b);
+    let flaky = TcpProxy::to_http(&endpoint).await;
+    let kms_b_flaky = s.kms(&flaky.url(), &key_b);
     let provider = keys::open_key_provider(&kms_b_flaky.keys, &aws_env(), KeyOptions::default())
         .await
         .unwrap();
@@ -681,7 +621,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         concurrency: 1,
         ..RotateOptions::default()
     };
-    let mut take_kms_down = |_: &rotation::Progress| flaky.down();
+    let mut take_kms_down = |_: &rotation::Progress| flaky.cut();
     let err = rotation::rotate(store.clone(), envelope.clone(), &opts, &mut take_kms_down)
         .await
         .unwrap_err();
@@ -701,7 +641,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         .await
         .unwrap();
     assert_eq!((report.count(&key_a, 0), report.count(&key_b, 0)), (6, 2));
-    flaky.up();
+    flaky.restore();
 
     let (result, out) = run_rotate_keys(&s.kms(&endpoint, &key_b), batches_of(100)).await;
     result.unwrap();
@@ -785,9 +725,9 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
         return;
     };
     let key = kms_server::create_key(&endpoint).await;
-    let kms = SwitchableKms::start(&endpoint).await;
+    let kms = TcpProxy::to_http(&endpoint).await;
     let s = Setup::new().await;
-    let config = s.kms(&kms.url, &key);
+    let config = s.kms(&kms.url(), &key);
     let b = Broker::start(&config).await.unwrap();
     let mut client = b.client().await;
     let steady = client
@@ -804,7 +744,7 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
     );
     let store = s.store().await;
 
-    kms.down();
+    kms.cut();
     // Cached tokens are served; so is a refresh, whose data key is cached (reseal, no KMS).
     assert_eq!(
         client.token(&steady.id).await.unwrap().access_token,
@@ -839,7 +779,7 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
         "{err}"
     );
 
-    kms.up();
+    kms.restore();
     // (The broker's clock stands at T0 + 3590 s now.)
     let newer = client
         .import_fake(&s.fake, "acct-new", t0_secs() + 7200)
@@ -869,9 +809,9 @@ async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
         return;
     };
     let key = kms_server::create_key(&endpoint).await;
-    let kms = SwitchableKms::start(&endpoint).await;
+    let kms = TcpProxy::to_http(&endpoint).await;
     let s = Setup::new().await;
-    let mut config = s.kms(&kms.url, &key);
+    let mut config = s.kms(&kms.url(), &key);
     let b = Broker::start(&config).await.unwrap();
     let stored = b
         .client()
@@ -881,7 +821,7 @@ async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
         .unwrap();
     b.stop().await;
 
-    kms.down();
+    kms.cut();
     let err = Broker::start(&config).await.err().unwrap().to_string();
     assert!(err.contains("start_degraded"), "{err}");
     config.keys.start_degraded = true;
@@ -897,7 +837,7 @@ async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
         .unwrap();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
-    kms.up();
+    kms.restore();
     // The provider reconnects on demand (at most every few seconds).
     let served = wait_for(Duration::from_secs(30), "served once KMS is back", || {
         let (mut client, id) = (client.clone(), stored.id.clone());
