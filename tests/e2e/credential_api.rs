@@ -4,6 +4,7 @@
 use crate::support::broker::{TestBroker, as_workspace_admin, error_details};
 use crate::support::client::{ALICE, BOB};
 use crate::support::pg;
+use crate::support::{contains, sqlite_bytes};
 use cb_proto::v1 as pb;
 use prost::Message;
 use tonic::Code;
@@ -485,28 +486,12 @@ async fn restart_keeps_credentials_and_a_foreign_key_file_fails_at_start_up() {
     );
 }
 
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 #[tokio::test]
 async fn no_token_plaintext_in_the_sqlite_file() {
     let mut b = TestBroker::sqlite().await;
     import_as_alice(&b, "acct-1", "Gmail").await;
     b.stop().await;
-    // Include the WAL and shared-memory files: a page may not be checkpointed yet.
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(b.dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("broker.db")
-        {
-            all.extend(std::fs::read(&path).unwrap());
-        }
-    }
+    let all = sqlite_bytes(b.dir.path());
     assert!(contains(&all, "acct-1"), "the scan must see the row itself");
     for needle in [ACCESS, REFRESH] {
         assert!(

@@ -36,6 +36,7 @@ use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::wait_for;
+use crate::support::{contains, sqlite_bytes};
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -130,27 +131,6 @@ impl Setup {
             .await
             .unwrap()
     }
-
-    /// Every byte of the SQLite database, WAL included.
-    fn database_bytes(&self) -> Vec<u8> {
-        let mut all = Vec::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("broker.db")
-            {
-                all.extend(std::fs::read(&path).unwrap());
-            }
-        }
-        all
-    }
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 /// Reads every token through a broker started now (empty caches: every data key is unwrapped
@@ -345,7 +325,7 @@ async fn aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_d
     again.stop().await;
 
     // No token in plaintext anywhere in the database files.
-    let bytes = s.database_bytes();
+    let bytes = sqlite_bytes(s.dir.path());
     assert!(contains(&bytes, "acct-2"), "the scan must see the rows");
     for secret in [
         &connected_token,

@@ -357,6 +357,8 @@ impl Application {
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
+        // Logged once bound: with `listen = "…:0"` this line is how a supervisor (and the e2e
+        // tests' child brokers) learns the port, so keep its message and `addr` field stable.
         tracing::info!(addr = %local_addr, database = %config.database.url.redacted(), "credential broker listening");
         Ok(Self {
             local_addr,
