@@ -717,7 +717,7 @@ async fn every_issued_token_is_counted_in_the_audit_log() {
     );
     other.set_timeout(Duration::from_secs(5));
     client.get_access_token(other).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.flush_audit().await;
     let events = client
         .list_audit_events(pb::ListAuditEventsRequest {
             credential_id: id,
