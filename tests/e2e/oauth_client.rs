@@ -1197,7 +1197,6 @@ mod through_the_broker {
     use super::*;
     use crate::support::broker::TestBroker;
     use crate::support::client::ALICE;
-    use cb_proto::v1 as pb;
 
     /// A broker with `fake` as provider `fake`; the test drives time itself.
     async fn broker(fake: &FakeProvider) -> TestBroker {
@@ -1232,14 +1231,7 @@ mod through_the_broker {
     async fn list_providers_reports_which_entries_are_verified() {
         let fake = FakeProvider::start(FakeConfig::default()).await;
         let b = broker(&fake).await;
-        let providers = b
-            .credentials()
-            .await
-            .list_providers(pb::ListProvidersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .providers;
+        let providers = b.client(ALICE).await.providers().await.unwrap();
         let verified = |id: &str| {
             providers
                 .iter()

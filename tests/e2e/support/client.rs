@@ -77,6 +77,13 @@ impl Client {
         crate::support::broker::as_actor(msg, self.actor.id, self.actor.email)
     }
 
+    /// ListProviders: the catalog as the broker serves it.
+    pub async fn providers(&mut self) -> Result<Vec<pb::Provider>, Status> {
+        let request = self.request(pb::ListProvidersRequest::default());
+        let response = self.creds.list_providers(request).await?.into_inner();
+        Ok(response.providers)
+    }
+
     /// ImportCredential.
     pub async fn import(
         &mut self,
