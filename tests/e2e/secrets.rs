@@ -9,6 +9,7 @@ use crate::support::client::ALICE;
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::wait::wait_for;
 use cb_proto::v1 as pb;
+use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use prost::Message;
 use std::time::Duration;
 

@@ -389,11 +389,6 @@ impl Application {
         self.metrics.encode()
     }
 
-    /// Writes the buffered audit events now (the background task does this every 250 ms).
-    pub async fn flush_audit(&self) {
-        self.audit.flush().await;
-    }
-
     /// Runs one refresh-ahead pass now (the background task does this periodically).
     pub async fn refresh_due(&self) -> usize {
         self.tokens.refresh_due(100).await
