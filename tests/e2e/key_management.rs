@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::broker::{T0, TestBroker, t0_secs, with_fake_provider};
+use crate::support::broker::{T0, TestBroker, error_details, t0_secs, with_fake_provider};
 use crate::support::client::{ALICE, Client, Imported};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
@@ -189,48 +189,55 @@ fn blob(s: &SealedColumns) -> SealedBlob {
     }
 }
 
-/// An HTTP proxy to the KMS server that answers AccessDeniedException to every request that
-/// names `denied` (a key id), as IAM would for a role with no grant on that key; counts them.
-struct DenyKeyProxy {
+/// A KMS in front of moto that answers a chosen KMS error (e.g. `DisabledException`) to every
+/// request naming a chosen key, as AWS does for key states and IAM refusals that moto does not
+/// enforce; every other request is forwarded. The fault can be switched while brokers run.
+struct KmsFaultProxy {
     url: String,
+    fault: Arc<std::sync::Mutex<Option<(String, &'static str)>>>,
     denied: Arc<AtomicUsize>,
     forwarded: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-impl DenyKeyProxy {
-    async fn start(endpoint: &str, denied_key: &str) -> Self {
+impl KmsFaultProxy {
+    async fn start(endpoint: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let fault: Arc<std::sync::Mutex<Option<(String, &'static str)>>> = Arc::default();
         let denied = Arc::new(AtomicUsize::new(0));
         let forwarded = Arc::new(AtomicUsize::new(0));
-        // The bare key id appears in ARNs and in bare-id requests alike.
-        let needle = denied_key.rsplit('/').next().unwrap().to_owned();
         let upstream = endpoint.trim_end_matches('/').to_owned();
-        let (denied2, forwarded2) = (denied.clone(), forwarded.clone());
+        let (fault2, denied2, forwarded2) = (fault.clone(), denied.clone(), forwarded.clone());
         let http = reqwest::Client::new();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (needle, upstream, http) = (needle.clone(), upstream.clone(), http.clone());
-                let (denied, forwarded) = (denied2.clone(), forwarded2.clone());
+                let (upstream, http) = (upstream.clone(), http.clone());
+                let (fault, denied, forwarded) =
+                    (fault2.clone(), denied2.clone(), forwarded2.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (needle, upstream, http) =
-                                (needle.clone(), upstream.clone(), http.clone());
-                            let (denied, forwarded) = (denied.clone(), forwarded.clone());
+                            let (upstream, http) = (upstream.clone(), http.clone());
+                            let (fault, denied, forwarded) =
+                                (fault.clone(), denied.clone(), forwarded.clone());
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body: Bytes = body.collect().await.unwrap().to_bytes();
-                                if contains(&body, &needle) {
+                                let refusal =
+                                    fault.lock().unwrap().as_ref().and_then(|(needle, error)| {
+                                        contains(&body, needle).then_some(*error)
+                                    });
+                                if let Some(error) = refusal {
                                     denied.fetch_add(1, Ordering::SeqCst);
+                                    let body = format!(
+                                        r#"{{"__type":"{error}","message":"refused by the test"}}"#
+                                    );
                                     let refusal = hyper::Response::builder()
-                                    .status(400)
-                                    .header("content-type", "application/x-amz-json-1.1")
-                                    .body(Full::new(Bytes::from_static(
-                                        br#"{"__type":"AccessDeniedException","message":"no grant on this key"}"#,
-                                    )))
-                                    .unwrap();
+                                        .status(400)
+                                        .header("content-type", "application/x-amz-json-1.1")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap();
                                     return Ok::<_, Infallible>(refusal);
                                 }
                                 forwarded.fetch_add(1, Ordering::SeqCst);
@@ -263,14 +270,22 @@ impl DenyKeyProxy {
         });
         Self {
             url,
+            fault,
             denied,
             forwarded,
             task,
         }
     }
+
+    /// From now on, requests naming `key` (its bare id appears in ARNs and bare-id requests
+    /// alike) get the KMS error `error`; `None` forwards everything again.
+    fn refuse(&self, fault: Option<(&str, &'static str)>) {
+        *self.fault.lock().unwrap() =
+            fault.map(|(key, error)| (key.rsplit('/').next().unwrap().to_owned(), error));
+    }
 }
 
-impl Drop for DenyKeyProxy {
+impl Drop for KmsFaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -672,7 +687,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     kms_server::disable_key(&endpoint, &key_a).await;
     let usage = store.key_usage().await.unwrap();
     assert!(usage.iter().all(|u| u.key_id == key_b), "{usage:?}");
-    let no_a = DenyKeyProxy::start(&endpoint, &key_a).await;
+    let no_a = KmsFaultProxy::start(&endpoint).await;
+    no_a.refuse(Some((&key_a, "AccessDeniedException")));
     // The proxy does refuse key A (an A-wrapped data key kept from before).
     let probe = AwsKmsKeyProvider::connect(kms_server::config(&no_a.url, &key_b))
         .await
@@ -842,6 +858,99 @@ async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
         sealed(store.as_ref(), &newer.id).await.unwrap().dek_key_id,
         key
     );
+    b.stop().await;
+}
+
+/// What KMS answers for a key's state or policy reaches the caller as its own reason, naming the
+/// key: never INTERNAL. moto does not enforce key states, so the fault proxy answers as AWS does.
+#[tokio::test]
+async fn kms_key_states_reach_callers_as_specific_reasons_naming_the_key() {
+    let Some(endpoint) =
+        kms_server::endpoint("kms_key_states_reach_callers_as_specific_reasons_naming_the_key")
+    else {
+        return;
+    };
+    let key = kms_server::create_key(&endpoint).await;
+    let kms = KmsFaultProxy::start(&endpoint).await;
+    let s = Setup::new().await;
+    let config = s.kms(&kms.url, &key);
+    let b = Broker::start(&config).await.unwrap();
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        let imported = b
+            .client()
+            .await
+            .import_fake(&s.fake, &format!("acct-kms-state-{n}"), t0_secs() + 3600)
+            .await
+            .unwrap();
+        stored.push(imported.id);
+    }
+    b.stop().await;
+    for (n, (error, reason, code)) in [
+        (
+            "DisabledException",
+            "KMS_KEY_DISABLED",
+            Code::FailedPrecondition,
+        ),
+        (
+            "KMSInvalidStateException",
+            "KMS_KEY_DISABLED",
+            Code::FailedPrecondition,
+        ),
+        (
+            "NotFoundException",
+            "KMS_KEY_NOT_FOUND",
+            Code::FailedPrecondition,
+        ),
+        (
+            "AccessDeniedException",
+            "KMS_ACCESS_DENIED",
+            Code::FailedPrecondition,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A fresh broker (empty caches, its start-up self-check passes), then the key turns.
+        kms.refuse(None);
+        let b = Broker::start(&config).await.unwrap();
+        kms.refuse(Some((&key, error)));
+        let mut client = b.client().await;
+        // The start-up check opened one stored credential per key (its data key is cached):
+        // the others need KMS.
+        let mut refused = Vec::new();
+        for id in &stored {
+            if let Err(e) = client.token(id).await {
+                refused.push(("GetAccessToken", e));
+            }
+        }
+        assert!(refused.len() >= 2, "{error}: {refused:?}");
+        let new = client
+            .import_fake(&s.fake, &format!("acct-new-{n}"), t0_secs() + 3600)
+            .await
+            .unwrap_err();
+        refused.push(("ImportCredential", new));
+        for (what, err) in &refused {
+            assert_eq!(
+                (err.code(), error_details(err).0.as_str()),
+                (code, reason),
+                "{error} at {what}: {err:?}"
+            );
+            assert!(
+                err.message().contains(&key),
+                "{what} names the key: {}",
+                err.message()
+            );
+        }
+        b.stop().await;
+    }
+    assert!(kms.denied.load(Ordering::SeqCst) >= 8);
+    kms.refuse(None);
+    // Once the key is usable again, so is the credential.
+    let b = Broker::start(&config).await.unwrap();
+    for id in &stored {
+        b.client().await.token(id).await.unwrap();
+    }
     b.stop().await;
 }
 
