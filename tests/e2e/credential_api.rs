@@ -1,7 +1,7 @@
 //! CredentialService through a real tonic client against the real server: the import → get →
 //! list → rename → disconnect lifecycle, input validation, visibility, restarts and key checks.
 
-use crate::support::broker::{TestBroker, as_workspace_admin, error_details};
+use crate::support::broker::{TestBroker, as_actor, as_workspace_admin, error_details};
 use crate::support::client::{ALICE, BOB};
 use crate::support::pg;
 use crate::support::{contains, sqlite_bytes};
@@ -571,4 +571,114 @@ async fn without_an_update_mask_the_populated_fields_are_updated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn durations_and_timestamps_outside_their_protobuf_range_are_invalid_arguments() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+    let duration = |seconds, nanos| prost_types::Duration { seconds, nanos };
+    let timestamp = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+
+    // google.protobuf.Duration: nanos within ±999999999 and of the sign of seconds, at most
+    // 10,000 years; a negative min_valid_for makes no sense either.
+    for (what, d) in [
+        ("nanos of 2 seconds", duration(0, 2_000_000_000)),
+        (
+            "negative nanos beyond a second",
+            duration(0, -1_000_000_000),
+        ),
+        ("positive seconds, negative nanos", duration(5, -1)),
+        ("negative seconds, positive nanos", duration(-5, 1)),
+        ("beyond 10,000 years", duration(315_576_000_001, 0)),
+        ("negative", duration(-1, 0)),
+        ("negative nanos only", duration(0, -1)),
+    ] {
+        let err = client
+            .get_access_token(as_actor(
+                pb::GetAccessTokenRequest {
+                    credential_id: id.clone(),
+                    min_valid_for: Some(d),
+                    ..Default::default()
+                },
+                ALICE.id,
+                ALICE.email,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(
+            error_details(&err),
+            (
+                "INVALID_ARGUMENT".to_owned(),
+                vec!["min_valid_for".to_owned()]
+            ),
+            "{what}"
+        );
+    }
+    let ok = client
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                min_valid_for: Some(duration(60, 500_000_000)),
+                ..Default::default()
+            },
+            ALICE.id,
+            ALICE.email,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ok.access_token.is_empty());
+
+    // google.protobuf.Timestamp: nanos 0 to 999999999, years 1 to 9999.
+    let bad_timestamps = [
+        ("nanos of a second", timestamp(1_900_000_000, 1_000_000_000)),
+        ("negative nanos", timestamp(1_900_000_000, -1)),
+        ("year 10000", timestamp(253_402_300_800, 0)),
+        ("before year 1", timestamp(-62_135_596_801, 0)),
+        ("i64::MAX seconds", timestamp(i64::MAX, 0)),
+    ];
+    for (what, t) in &bad_timestamps {
+        for field in [
+            "tokens.access_token_expire_time",
+            "tokens.refresh_token_expire_time",
+        ] {
+            let mut r = import_request("ws1", "acct-2", "n");
+            let tokens = r.tokens.as_mut().unwrap();
+            if field.ends_with("access_token_expire_time") {
+                tokens.access_token_expire_time = Some(*t);
+            } else {
+                tokens.refresh_token_expire_time = Some(*t);
+            }
+            let err = client
+                .import_credential(as_actor(r, ALICE.id, ALICE.email))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+            assert_eq!(error_details(&err).1, vec![field.to_owned()], "{what}");
+        }
+        let err = client
+            .list_audit_events(pb::ListAuditEventsRequest {
+                start_time: Some(*t),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(
+            error_details(&err).1,
+            vec!["start_time".to_owned()],
+            "{what}"
+        );
+    }
+    // The last second of year 9999 is still a timestamp.
+    client
+        .list_audit_events(pb::ListAuditEventsRequest {
+            end_time: Some(timestamp(253_402_300_799, 999_999_999)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }
