@@ -167,6 +167,7 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
         role: role.into(),
         token_sha256: Some(token_sha256_hex(token)),
         mtls_identity: None,
+        unsigned_actor: true,
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);

@@ -2,6 +2,7 @@
 
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
+use crate::layers::assertion::{ActorPolicy, ActorVerifier};
 use crate::layers::auth::AuthLayer;
 use crate::runtime::config::{Config, EnvSource, ProcessEnv};
 use crate::runtime::error::StartupError;
@@ -254,7 +255,27 @@ impl Application {
                  through it"
             );
         }
+        let actors = actor_policy(config, &clock)?;
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
+        if let Some(verifier) = &actors.verifier
+            && verifier.has_jwks()
+        {
+            // Keys in hand before the first call; an unreachable JWKS is retried, not fatal.
+            match verifier.refresh_jwks().await {
+                Ok(keys) => tracing::info!(keys, "actor assertion keys (jwks) fetched"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "actor assertion keys (jwks) could not be fetched; retrying"
+                ),
+            }
+            background.push(spawn_jwks_refresh(
+                verifier.clone(),
+                config
+                    .actor_assertions
+                    .as_ref()
+                    .map_or(300, |a| a.jwks_refresh_seconds),
+            ));
+        }
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),
             Duration::from_secs(config.telemetry.credentials_gauge_seconds),
@@ -326,11 +347,12 @@ impl Application {
                 limits.max_concurrent_calls,
                 metrics.clone(),
             ))
-            .layer(AuthLayer::new(callers, audit))
+            .layer(AuthLayer::new(callers, audit.clone()))
             .layer(crate::layers::limits::CallerLimitLayer::new(
                 config.limits.max_concurrent_per_caller,
                 metrics.clone(),
             ))
+            .layer(crate::layers::assertion::ActorLayer::new(actors, audit))
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -439,6 +461,52 @@ impl Application {
             probes.abort();
         }
     }
+}
+
+/// Who must prove the actor with a signed assertion, and the verifier of those assertions.
+fn actor_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<ActorPolicy, StartupError> {
+    let verifier = match &config.actor_assertions {
+        Some(a) => {
+            let v = ActorVerifier::from_config(a, clock.clone())?;
+            tracing::info!(
+                issuer = %a.issuer,
+                audience = %a.audience,
+                jwks_url = a.jwks_url.as_deref().unwrap_or(""),
+                static_keys = a.public_keys.len(),
+                "actor assertions verified"
+            );
+            Some(Arc::new(v))
+        }
+        None => None,
+    };
+    let unsigned_callers = config.unsigned_actor_callers();
+    for name in &unsigned_callers {
+        tracing::warn!(
+            caller = %name,
+            "caller may name the actor in plain metadata (unsigned_actor = true): its actors are not verified"
+        );
+    }
+    Ok(ActorPolicy {
+        unsigned_callers,
+        verifier,
+    })
+}
+
+/// Fetches the JWKS again every `every_seconds`; a failure keeps the keys it had.
+fn spawn_jwks_refresh(verifier: Arc<ActorVerifier>, every_seconds: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let period = Duration::from_secs(every_seconds.max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            match verifier.refresh_jwks().await {
+                Ok(keys) => tracing::debug!(keys, "actor assertion keys (jwks) fetched"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "actor assertion keys (jwks) could not be fetched");
+                }
+            }
+        }
+    })
 }
 
 /// The listener's TLS settings: server identity and, for mTLS callers, the client CA. Client

@@ -69,6 +69,122 @@ pub struct Config {
     pub health: HealthConfig,
     /// Per-caller concurrency and request size limits.
     pub limits: LimitsConfig,
+    /// Signed actor assertions: who may sign them and how they are checked. Unset: no caller
+    /// can prove an actor (only development mode and `unsigned_actor` callers name one).
+    pub actor_assertions: Option<ActorAssertionsConfig>,
+}
+
+/// How signed actor assertions (short-lived JWTs naming the end user) are verified.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorAssertionsConfig {
+    /// The `iss` every assertion must carry (the web backend or the platform's IdP).
+    pub issuer: String,
+    /// The `aud` every assertion must contain: this broker's name.
+    pub audience: String,
+    /// A JWKS URL (https, or http on loopback) holding the signing keys; fetched at start, every
+    /// `jwks_refresh_seconds`, and when an assertion names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Keys known without a JWKS (each with its `kid`).
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Clock skew tolerated on `exp`, `iat` and `nbf`.
+    pub leeway_seconds: u64,
+    /// The longest `exp - iat` accepted (at most 300).
+    pub max_lifetime_seconds: u64,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` fetches the JWKS again at most this often.
+    pub jwks_min_refetch_seconds: u64,
+    /// Live assertion ids remembered to refuse replays; past it new assertions are refused
+    /// (UNAVAILABLE) until old ones expire.
+    pub replay_cache_max_entries: usize,
+}
+
+impl Default for ActorAssertionsConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            public_keys: Vec::new(),
+            leeway_seconds: 30,
+            max_lifetime_seconds: 300,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
+            replay_cache_max_entries: 200_000,
+        }
+    }
+}
+
+/// One static verification key of actor assertions: a PEM public key (inline or a file) or a
+/// JWK; its algorithm follows from the key (Ed25519: EdDSA, P-256: ES256, RSA: RS256).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicKeyConfig {
+    /// The key id assertions name in their header.
+    pub kid: String,
+    /// A PEM `PUBLIC KEY` (SubjectPublicKeyInfo; RSA may also be `RSA PUBLIC KEY`).
+    pub pem: Option<String>,
+    /// A file holding such a PEM.
+    pub pem_file: Option<PathBuf>,
+    /// A public JWK, as JSON text.
+    pub jwk: Option<String>,
+}
+
+impl ActorAssertionsConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.issuer.trim().is_empty() {
+            p.push("actor_assertions.issuer: required (the iss of the assertions)".into());
+        }
+        if self.audience.trim().is_empty() {
+            p.push("actor_assertions.audience: required (this broker's name in aud)".into());
+        }
+        if self.jwks_url.is_none() && self.public_keys.is_empty() {
+            p.push("actor_assertions: set jwks_url or public_keys".into());
+        }
+        if let Some(u) = &self.jwks_url {
+            let loopback = u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost");
+            if !(u.starts_with("https://") || loopback) || url::Url::parse(u).is_err() {
+                p.push(format!(
+                    "actor_assertions.jwks_url: {u:?} must be an https:// URL (or http on loopback)"
+                ));
+            }
+        }
+        if !(1..=300).contains(&self.max_lifetime_seconds) {
+            p.push("actor_assertions.max_lifetime_seconds: must be between 1 and 300".into());
+        }
+        if self.leeway_seconds > 300 {
+            p.push("actor_assertions.leeway_seconds: must be at most 300".into());
+        }
+        for (key, v) in [
+            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
+            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("actor_assertions.{key}: must be at least 1"));
+            }
+        }
+        if self.replay_cache_max_entries == 0 {
+            p.push("actor_assertions.replay_cache_max_entries: must be at least 1".into());
+        }
+        let mut kids = std::collections::BTreeSet::new();
+        for (i, k) in self.public_keys.iter().enumerate() {
+            if k.kid.trim().is_empty() {
+                p.push(format!("actor_assertions.public_keys[{i}].kid: required"));
+            } else if !kids.insert(k.kid.as_str()) {
+                p.push(format!(
+                    "actor_assertions.public_keys[{i}].kid: {:?} is declared twice",
+                    k.kid
+                ));
+            }
+            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
+            if set.iter().filter(|s| **s).count() != 1 {
+                p.push(format!(
+                    "actor_assertions.public_keys[{i}]: set exactly one of pem, pem_file, jwk"
+                ));
+            }
+        }
+    }
 }
 
 /// OAuth connect settings.
@@ -176,6 +292,10 @@ pub struct CallerConfig {
     /// common name) for mTLS; needs `[tls] client_ca_file`.
     #[serde(default)]
     pub mtls_identity: Option<String>,
+    /// Accept the actor from plain `x-actor-*` metadata (no signed assertion) from this caller:
+    /// for migrating to actor assertions only; logged at start.
+    #[serde(default)]
+    pub unsigned_actor: bool,
 }
 
 /// TLS for the gRPC listener; with `client_ca_file`, callers may authenticate by certificate.
@@ -234,6 +354,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             health: HealthConfig::default(),
             limits: LimitsConfig::default(),
+            actor_assertions: None,
         }
     }
 }
@@ -905,6 +1026,9 @@ impl Config {
         self.telemetry.validate(&mut p);
         self.health.validate(&mut p);
         self.limits.validate(&mut p);
+        if let Some(a) = &self.actor_assertions {
+            a.validate(&mut p);
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -942,6 +1066,17 @@ impl Config {
             }
         }
         callers
+    }
+}
+
+impl Config {
+    /// The callers allowed to name the actor in plain metadata (`unsigned_actor = true`).
+    pub fn unsigned_actor_callers(&self) -> std::collections::BTreeSet<String> {
+        self.callers
+            .iter()
+            .filter(|c| c.unsigned_actor)
+            .map(|c| c.name.clone())
+            .collect()
     }
 }
 

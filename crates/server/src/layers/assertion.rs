@@ -1,0 +1,753 @@
+//! Verified actors: the end user a call acts for, proven by a short-lived signed assertion (a JWT
+//! in `x-actor-assertion`) instead of being named in plain metadata. A tower layer behind the
+//! auth layer verifies it (fetching the JWKS when needed, so it must be async) and hands the
+//! result on as [`ActorSource`]; [`crate::layers::caller`] reads the actor only from there.
+//!
+//! Plain `x-actor-*` metadata stays accepted in development mode and from callers configured
+//! with `unsigned_actor = true`; from any other caller it is refused.
+
+use crate::layers::auth::ServiceIdentity;
+use crate::layers::rpc::Rpc;
+use crate::runtime::config::{ActorAssertionsConfig, ConfigError, PublicKeyConfig};
+use aws_lc_rs::digest::{SHA256, digest};
+use cb_broker::access::{Actor, Caller, ServiceRole, WorkspaceRole};
+use cb_broker::audit::{Audit, Outcome};
+use cb_broker::clock::{Clock, Timestamp};
+use cb_broker::error::reason;
+use cb_broker::types::{Email, UserId, WorkspaceId};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::Code;
+use tonic::body::Body;
+use tonic::codegen::http;
+
+/// Metadata key: the signed actor assertion (a compact JWS).
+pub const ACTOR_ASSERTION: &str = "x-actor-assertion";
+
+/// Larger headers are refused before any parsing.
+const MAX_ASSERTION_BYTES: usize = 8 * 1024;
+/// Larger JWKS documents are refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// The unsigned actor metadata keys (see [`crate::layers::caller`]).
+const ACTOR_KEYS: [&str; 4] = [
+    crate::layers::caller::ACTOR_ID,
+    crate::layers::caller::ACTOR_EMAIL,
+    crate::layers::caller::ACTOR_WORKSPACE_ID,
+    crate::layers::caller::ACTOR_WORKSPACE_ROLE,
+];
+
+/// Where the actor of a request comes from, decided once by [`ActorLayer`] (request extension).
+#[derive(Clone, Debug)]
+pub enum ActorSource {
+    /// A verified assertion named this actor; metadata is ignored.
+    Verified(Actor),
+    /// The caller may name the actor in plain metadata (development, `unsigned_actor`).
+    Unsigned,
+    /// The call acts for no end user.
+    None,
+}
+
+/// Why an assertion was refused; each has its own ErrorInfo reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Plain actor metadata from a caller that must send an assertion.
+    Required,
+    /// Not a valid signed assertion (what is wrong is in the message).
+    Invalid(String),
+    /// `exp` (plus leeway) has passed.
+    Expired,
+    /// `aud` does not contain this broker.
+    WrongAudience,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// This `jti` was already used.
+    Replayed,
+    /// No configured or published key has this `kid`.
+    KeyUnknown(String),
+    /// Too many live assertions remembered to refuse replays: fail closed, retry shortly.
+    ReplayCacheFull,
+}
+
+impl Refusal {
+    /// The ErrorInfo reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Required => reason::ACTOR_ASSERTION_REQUIRED,
+            Self::Invalid(_) => reason::ACTOR_ASSERTION_INVALID,
+            Self::Expired => reason::ACTOR_ASSERTION_EXPIRED,
+            Self::WrongAudience => reason::ACTOR_ASSERTION_WRONG_AUDIENCE,
+            Self::WrongIssuer => reason::ACTOR_ASSERTION_WRONG_ISSUER,
+            Self::Replayed => reason::ACTOR_ASSERTION_REPLAYED,
+            Self::KeyUnknown(_) => reason::ACTOR_ASSERTION_KEY_UNKNOWN,
+            Self::ReplayCacheFull => crate::grpc::status::transport_reason::SERVER_OVERLOADED,
+        }
+    }
+
+    fn status(&self) -> tonic::Status {
+        let (code, message, retry) = match self {
+            Self::Required => (
+                Code::PermissionDenied,
+                format!(
+                    "this caller must prove the actor with a signed {ACTOR_ASSERTION}; plain x-actor-* metadata is refused"
+                ),
+                None,
+            ),
+            Self::Invalid(why) => (
+                Code::Unauthenticated,
+                format!("actor assertion refused: {why}"),
+                None,
+            ),
+            Self::Expired => (
+                Code::Unauthenticated,
+                "actor assertion expired".into(),
+                None,
+            ),
+            Self::WrongAudience => (
+                Code::Unauthenticated,
+                "actor assertion is addressed to another audience".into(),
+                None,
+            ),
+            Self::WrongIssuer => (
+                Code::Unauthenticated,
+                "actor assertion comes from another issuer".into(),
+                None,
+            ),
+            Self::Replayed => (
+                Code::Unauthenticated,
+                "actor assertion was already used (one assertion per call)".into(),
+                None,
+            ),
+            Self::KeyUnknown(why) => (
+                Code::Unauthenticated,
+                format!("actor assertion signed by an unknown key: {why}"),
+                None,
+            ),
+            Self::ReplayCacheFull => (
+                Code::Unavailable,
+                "too many live actor assertions to remember; retry shortly".into(),
+                Some(Duration::from_secs(1)),
+            ),
+        };
+        crate::grpc::status::transport_status(code, self.reason(), message, retry)
+    }
+}
+
+/// A key assertions may be signed with; its algorithm is fixed by the key, never by the token.
+#[derive(Clone)]
+struct VerifyingKey {
+    kid: String,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The claims of an actor assertion.
+#[derive(Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    aud: Option<Audience>,
+    sub: Option<String>,
+    email: Option<String>,
+    workspace_id: Option<String>,
+    workspace_role: Option<String>,
+    exp: Option<i64>,
+    iat: Option<i64>,
+    nbf: Option<i64>,
+    jti: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, aud: &str) -> bool {
+        match self {
+            Self::One(a) => a == aud,
+            Self::Many(all) => all.iter().any(|a| a == aud),
+        }
+    }
+}
+
+/// Assertion ids seen and still live, bounded; expired ones are forgotten first.
+struct ReplaySet {
+    until: HashMap<[u8; 32], i64>,
+    by_expiry: BinaryHeap<Reverse<(i64, [u8; 32])>>,
+    capacity: usize,
+}
+
+impl ReplaySet {
+    fn new(capacity: usize) -> Self {
+        Self {
+            until: HashMap::new(),
+            by_expiry: BinaryHeap::new(),
+            capacity,
+        }
+    }
+
+    /// Records `id` as used until `until_ms`.
+    fn insert(&mut self, id: [u8; 32], until_ms: i64, now_ms: i64) -> Result<(), Refusal> {
+        while let Some(Reverse((t, old))) = self.by_expiry.peek().copied() {
+            if t > now_ms {
+                break;
+            }
+            self.by_expiry.pop();
+            if self.until.get(&old) == Some(&t) {
+                self.until.remove(&old);
+            }
+        }
+        if self.until.contains_key(&id) {
+            return Err(Refusal::Replayed);
+        }
+        if self.until.len() >= self.capacity {
+            return Err(Refusal::ReplayCacheFull);
+        }
+        self.until.insert(id, until_ms);
+        self.by_expiry.push(Reverse((until_ms, id)));
+        Ok(())
+    }
+}
+
+struct JwksState {
+    keys: Vec<VerifyingKey>,
+    /// When the JWKS was last requested (successfully or not), for the refetch rate limit.
+    attempted: Option<Timestamp>,
+}
+
+/// Verifies actor assertions against static keys and a JWKS, refusing replays.
+pub struct ActorVerifier {
+    issuer: String,
+    audience: String,
+    leeway_s: i64,
+    max_lifetime_s: i64,
+    min_refetch: Duration,
+    static_keys: Vec<VerifyingKey>,
+    jwks_url: Option<String>,
+    jwks: RwLock<JwksState>,
+    /// One JWKS fetch at a time; waiters then find the keys it brought.
+    fetching: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+    seen: Mutex<ReplaySet>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ActorVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_url", &self.jwks_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn secs(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl ActorVerifier {
+    /// Builds the verifier from configuration, loading the static keys (a bad key refuses the
+    /// start, naming it).
+    pub fn from_config(
+        config: &ActorAssertionsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut static_keys = Vec::new();
+        for (i, k) in config.public_keys.iter().enumerate() {
+            match static_key(k) {
+                Ok(key) => static_keys.push(key),
+                Err(e) => problems.push(format!("actor_assertions.public_keys[{i}]: {e}")),
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build();
+        let http = match http {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(format!("actor_assertions.jwks_url: http client: {e}"));
+                return Err(ConfigError(problems));
+            }
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Self {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway_s: secs(config.leeway_seconds),
+            max_lifetime_s: secs(config.max_lifetime_seconds),
+            min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
+            static_keys,
+            jwks_url: config.jwks_url.clone(),
+            jwks: RwLock::new(JwksState {
+                keys: Vec::new(),
+                attempted: None,
+            }),
+            fetching: tokio::sync::Mutex::new(()),
+            http,
+            seen: Mutex::new(ReplaySet::new(config.replay_cache_max_entries)),
+            clock,
+        })
+    }
+
+    /// Whether a JWKS URL is configured.
+    pub fn has_jwks(&self) -> bool {
+        self.jwks_url.is_some()
+    }
+
+    fn find(&self, kid: &str) -> Option<VerifyingKey> {
+        if let Some(k) = self.static_keys.iter().find(|k| k.kid == kid) {
+            return Some(k.clone());
+        }
+        let state = self.jwks.read().ok()?;
+        state.keys.iter().find(|k| k.kid == kid).cloned()
+    }
+
+    /// Fetches the JWKS now and replaces the published keys (a failed fetch keeps the old
+    /// ones). Returns how many usable keys it holds.
+    pub async fn refresh_jwks(&self) -> Result<usize, String> {
+        let _one = self.fetching.lock().await;
+        self.fetch_locked().await
+    }
+
+    async fn fetch_locked(&self) -> Result<usize, String> {
+        let Some(url) = &self.jwks_url else {
+            return Ok(0);
+        };
+        if let Ok(mut s) = self.jwks.write() {
+            s.attempted = Some(self.clock.now());
+        }
+        let keys = fetch_jwks(&self.http, url).await?;
+        let n = keys.len();
+        if let Ok(mut s) = self.jwks.write() {
+            s.keys = keys;
+        }
+        Ok(n)
+    }
+
+    /// An unknown `kid`: fetch the JWKS again unless that was tried within `min_refetch`.
+    async fn refetch_for_unknown_kid(&self) {
+        let _one = self.fetching.lock().await;
+        let now = self.clock.now();
+        let recent = self
+            .jwks
+            .read()
+            .ok()
+            .and_then(|s| s.attempted)
+            .is_some_and(|t| t.plus(self.min_refetch) > now);
+        if recent {
+            return;
+        }
+        if let Err(e) = self.fetch_locked().await {
+            tracing::warn!(error = %e, "actor assertion keys (jwks) could not be fetched");
+        }
+    }
+
+    /// Verifies `token` and returns the actor it names. Checks, in order: size and header, the
+    /// algorithm against the key's own, the signature, then issuer, audience, time and replay.
+    pub async fn verify(&self, token: &str) -> Result<Actor, Refusal> {
+        if token.len() > MAX_ASSERTION_BYTES {
+            return Err(Refusal::Invalid("too large".into()));
+        }
+        // `none` and unknown algorithms fail to parse here.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Refusal::Invalid("not a signed JWT with an allowed algorithm".into()))?;
+        if !matches!(
+            header.alg,
+            Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256
+        ) {
+            return Err(Refusal::Invalid(
+                "algorithm not allowed (EdDSA, ES256 or RS256)".into(),
+            ));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Refusal::Invalid("the header names no kid".into()))?;
+        let key = match self.find(kid) {
+            Some(k) => k,
+            None if self.has_jwks() => {
+                self.refetch_for_unknown_kid().await;
+                self.find(kid).ok_or_else(|| {
+                    Refusal::KeyUnknown("no configured or published key has this kid".into())
+                })?
+            }
+            None => {
+                return Err(Refusal::KeyUnknown("no configured key has this kid".into()));
+            }
+        };
+        // The key decides the algorithm: a token cannot pick another (algorithm confusion).
+        if header.alg != key.alg {
+            return Err(Refusal::Invalid(
+                "the algorithm is not the one of the key named by kid".into(),
+            ));
+        }
+        let mut validation = Validation::new(key.alg);
+        // Time and audience are checked below against the broker's clock, with distinct reasons.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => Refusal::Invalid("the signature does not verify".into()),
+                K::Json(_) => Refusal::Invalid("malformed claims".into()),
+                _ => Refusal::Invalid("not a valid signed JWT".into()),
+            }
+        })?;
+        self.check_claims(data.claims)
+    }
+
+    fn check_claims(&self, c: Claims) -> Result<Actor, Refusal> {
+        let invalid = |why: &str| Refusal::Invalid(why.to_owned());
+        if c.iss.as_deref() != Some(self.issuer.as_str()) {
+            return Err(Refusal::WrongIssuer);
+        }
+        if !c.aud.as_ref().is_some_and(|a| a.contains(&self.audience)) {
+            return Err(Refusal::WrongAudience);
+        }
+        let now = self.clock.now().as_millis() / 1000;
+        let exp = c.exp.ok_or_else(|| invalid("exp is required"))?;
+        let iat = c.iat.ok_or_else(|| invalid("iat is required"))?;
+        if exp.saturating_add(self.leeway_s) <= now {
+            return Err(Refusal::Expired);
+        }
+        if iat.saturating_sub(self.leeway_s) > now
+            || c.nbf.is_some_and(|n| n.saturating_sub(self.leeway_s) > now)
+        {
+            return Err(invalid("not valid yet (iat or nbf in the future)"));
+        }
+        if exp.saturating_sub(iat) > self.max_lifetime_s || exp < iat {
+            return Err(invalid("lifetime (exp - iat) exceeds max_lifetime_seconds"));
+        }
+        let jti = c
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| invalid("jti is required (at most 256 characters)"))?;
+        let claim = |name: &str| format!("{ACTOR_ASSERTION}:{name}");
+        let describe = |v: cb_broker::FieldViolation| {
+            Refusal::Invalid(format!("{} {}", v.field, v.description))
+        };
+        let user_id =
+            UserId::parse(&claim("sub"), c.sub.as_deref().unwrap_or("")).map_err(describe)?;
+        let email =
+            Email::parse(&claim("email"), c.email.as_deref().unwrap_or("")).map_err(describe)?;
+        let workspace = match (c.workspace_id.as_deref(), c.workspace_role.as_deref()) {
+            (None, None) => None,
+            (Some(w), Some(r)) => {
+                let w = WorkspaceId::parse(&claim("workspace_id"), w).map_err(describe)?;
+                let r = match r {
+                    "admin" => WorkspaceRole::Admin,
+                    "member" => WorkspaceRole::Member,
+                    _ => return Err(invalid("workspace_role must be admin or member")),
+                };
+                Some((w, r))
+            }
+            _ => {
+                return Err(invalid(
+                    "workspace_id and workspace_role must be set together",
+                ));
+            }
+        };
+        // Remembered until the assertion could no longer pass the expiry check anyway.
+        let id: [u8; 32] = digest(&SHA256, jti.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| invalid("jti digest"))?;
+        let until_ms = exp.saturating_add(self.leeway_s).saturating_mul(1000);
+        self.seen
+            .lock()
+            .map_err(|_| invalid("replay set unavailable"))?
+            .insert(id, until_ms, self.clock.now().as_millis())?;
+        Ok(Actor {
+            user_id,
+            email,
+            workspace,
+        })
+    }
+}
+
+/// The algorithm a key is used with, from its type; other key types are refused.
+fn jwk_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
+    let kid = jwk
+        .common
+        .key_id
+        .clone()
+        .filter(|k| !k.is_empty())
+        .ok_or("the key has no kid")?;
+    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+        return Err("the key is not for signatures (use)".into());
+    }
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        _ => return Err("key type not allowed (Ed25519, P-256 or RSA public keys only)".into()),
+    };
+    let stated = jwk.common.key_algorithm;
+    let matches_stated = match stated {
+        None => true,
+        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(_) => false,
+    };
+    if !matches_stated {
+        return Err("the key's alg is not allowed for its type".into());
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
+    Ok(VerifyingKey { kid, alg, key })
+}
+
+fn static_key(config: &PublicKeyConfig) -> Result<VerifyingKey, String> {
+    if let Some(text) = &config.jwk {
+        let mut jwk: Jwk = serde_json::from_str(text).map_err(|e| format!("jwk: {e}"))?;
+        if jwk.common.key_id.is_none() {
+            jwk.common.key_id = Some(config.kid.clone());
+        }
+        if jwk.common.key_id.as_deref() != Some(config.kid.as_str()) {
+            return Err("jwk: its kid differs from kid".into());
+        }
+        return jwk_key(&jwk);
+    }
+    let pem = match (&config.pem, &config.pem_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("pem_file {}: {e}", path.display()))?,
+        (None, None) => return Err("set pem, pem_file or jwk".into()),
+    };
+    let pem = pem.as_bytes();
+    let (alg, key) = if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        (Algorithm::EdDSA, k)
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        // An uncompressed P-256 point is 65 bytes; other curves are refused.
+        if k.try_get_as_bytes().map(<[u8]>::len) != Ok(65) {
+            return Err("EC keys must be P-256 (ES256)".into());
+        }
+        (Algorithm::ES256, k)
+    } else if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        (Algorithm::RS256, k)
+    } else {
+        return Err("pem: not an Ed25519, P-256 or RSA public key".into());
+    };
+    Ok(VerifyingKey {
+        kid: config.kid.clone(),
+        alg,
+        key,
+    })
+}
+
+async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<VerifyingKey>, String> {
+    let mut response = http
+        .get(url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("jwks request failed: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("jwks answered {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("jwks read failed: {e}"))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_JWKS_BYTES {
+            return Err("jwks larger than 1 MiB".into());
+        }
+    }
+    // Keys one by one: a key of a type this crate cannot read (say, for encryption) must not
+    // hide the others.
+    #[derive(Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(&body).map_err(|e| format!("jwks: {e}"))?;
+    let mut keys = Vec::new();
+    let mut kids = BTreeSet::new();
+    for value in set.keys {
+        let parsed = serde_json::from_value::<Jwk>(value)
+            .map_err(|e| format!("unreadable key: {e}"))
+            .and_then(|jwk| jwk_key(&jwk));
+        match parsed {
+            Ok(k) if kids.insert(k.kid.clone()) => keys.push(k),
+            Ok(k) => tracing::warn!(kid = %k.kid, "jwks key skipped: kid published twice"),
+            Err(e) => tracing::warn!(problem = %e, "jwks key skipped"),
+        }
+    }
+    Ok(keys)
+}
+
+/// Who must prove the actor: everyone, except in development mode and the named callers.
+#[derive(Clone, Debug, Default)]
+pub struct ActorPolicy {
+    /// Callers that may name the actor in plain metadata (`unsigned_actor = true`).
+    pub unsigned_callers: BTreeSet<String>,
+    /// The verifier, when `[actor_assertions]` is configured.
+    pub verifier: Option<Arc<ActorVerifier>>,
+}
+
+impl ActorPolicy {
+    fn allows_unsigned(&self, identity: &ServiceIdentity) -> bool {
+        identity.role == ServiceRole::Development || self.unsigned_callers.contains(&identity.name)
+    }
+
+    /// Decides where the actor of a call comes from.
+    pub async fn resolve(
+        &self,
+        identity: &ServiceIdentity,
+        headers: &http::HeaderMap,
+    ) -> Result<ActorSource, Refusal> {
+        if let Some(value) = headers.get(ACTOR_ASSERTION) {
+            let token = value
+                .to_str()
+                .map_err(|_| Refusal::Invalid("not printable ASCII".into()))?
+                .trim();
+            let Some(verifier) = &self.verifier else {
+                return Err(Refusal::KeyUnknown(
+                    "this broker has no [actor_assertions] configured".into(),
+                ));
+            };
+            return verifier.verify(token).await.map(ActorSource::Verified);
+        }
+        if self.allows_unsigned(identity) {
+            return Ok(ActorSource::Unsigned);
+        }
+        if ACTOR_KEYS.iter().any(|k| headers.contains_key(*k)) {
+            return Err(Refusal::Required);
+        }
+        Ok(ActorSource::None)
+    }
+}
+
+/// The layer; it runs after authentication (it needs the [`ServiceIdentity`]).
+#[derive(Clone)]
+pub struct ActorLayer {
+    policy: Arc<ActorPolicy>,
+    audit: Audit,
+}
+
+impl ActorLayer {
+    /// Resolves actors by `policy`; refusals are audited (never with the assertion).
+    pub fn new(policy: ActorPolicy, audit: Audit) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            audit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ActorLayer {
+    type Service = ActorService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ActorService {
+            inner,
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around the router.
+#[derive(Clone)]
+pub struct ActorService<S> {
+    inner: S,
+    policy: Arc<ActorPolicy>,
+    audit: Audit,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for ActorService<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        // Swap in a clone so this call uses the instance that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Health and reflection carry no identity: they act for nobody.
+        let Some(identity) = req.extensions().get::<ServiceIdentity>().cloned() else {
+            return Box::pin(async move { inner.call(req).await });
+        };
+        let policy = self.policy.clone();
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            match policy.resolve(&identity, req.headers()).await {
+                Ok(source) => {
+                    req.extensions_mut().insert(source);
+                    inner.call(req).await
+                }
+                Err(refusal) => {
+                    let rpc = req
+                        .extensions()
+                        .get::<Rpc>()
+                        .map_or("unknown", |r| r.method());
+                    let reason = refusal.reason();
+                    tracing::warn!(rpc, caller = %identity.name, reason, "actor refused");
+                    let caller = Caller {
+                        service: identity.name.clone(),
+                        role: identity.role,
+                        actor: None,
+                    };
+                    audit.record_later(
+                        &caller,
+                        &format!("rpc.{rpc}"),
+                        None,
+                        Outcome(reason.to_owned()),
+                        None,
+                    );
+                    Ok(refusal.status().into_http())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_set_refuses_seen_ids_and_forgets_expired_ones() {
+        let mut s = ReplaySet::new(2);
+        s.insert([1; 32], 1_000, 0).unwrap();
+        assert_eq!(s.insert([1; 32], 1_000, 500), Err(Refusal::Replayed));
+        s.insert([2; 32], 2_000, 500).unwrap();
+        assert_eq!(s.insert([3; 32], 3_000, 500), Err(Refusal::ReplayCacheFull));
+        // Past the first id's expiry it is forgotten, making room.
+        s.insert([3; 32], 3_000, 1_000).unwrap();
+        assert_eq!(s.insert([2; 32], 2_000, 1_500), Err(Refusal::Replayed));
+    }
+}
