@@ -7,22 +7,21 @@
 //! with `unsigned_actor = true`; from any other caller it is refused.
 
 use crate::layers::auth::ServiceIdentity;
+use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource};
 use crate::layers::rpc::Rpc;
-use crate::runtime::config::{ActorAssertionsConfig, ConfigError, PublicKeyConfig};
+use crate::runtime::config::{ActorAssertionsConfig, ConfigError};
 use aws_lc_rs::digest::{SHA256, digest};
 use cb_broker::access::{Actor, Caller, ServiceRole, WorkspaceRole};
 use cb_broker::audit::{Audit, Outcome};
-use cb_broker::clock::{Clock, Timestamp};
+use cb_broker::clock::Clock;
 use cb_broker::error::reason;
 use cb_broker::types::{Email, UserId, WorkspaceId};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Code;
@@ -32,10 +31,6 @@ use tonic::codegen::http;
 /// Metadata key: the signed actor assertion (a compact JWS).
 pub const ACTOR_ASSERTION: &str = "x-actor-assertion";
 
-/// Larger headers are refused before any parsing.
-const MAX_ASSERTION_BYTES: usize = 8 * 1024;
-/// Larger JWKS documents are refused.
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// The unsigned actor metadata keys (see [`crate::layers::caller`]).
 const ACTOR_KEYS: [&str; 4] = [
     crate::layers::caller::ACTOR_ID,
@@ -140,14 +135,6 @@ impl Refusal {
     }
 }
 
-/// A key assertions may be signed with; its algorithm is fixed by the key, never by the token.
-#[derive(Clone)]
-struct VerifyingKey {
-    kid: String,
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
 /// The claims of an actor assertion.
 #[derive(Deserialize)]
 struct Claims {
@@ -161,22 +148,6 @@ struct Claims {
     iat: Option<i64>,
     nbf: Option<i64>,
     jti: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Audience {
-    fn contains(&self, aud: &str) -> bool {
-        match self {
-            Self::One(a) => a == aud,
-            Self::Many(all) => all.iter().any(|a| a == aud),
-        }
-    }
 }
 
 /// Assertion ids seen and still live, bounded; expired ones are forgotten first.
@@ -218,25 +189,13 @@ impl ReplaySet {
     }
 }
 
-struct JwksState {
-    keys: Vec<VerifyingKey>,
-    /// When the JWKS was last requested (successfully or not), for the refetch rate limit.
-    attempted: Option<Timestamp>,
-}
-
 /// Verifies actor assertions against static keys and a JWKS, refusing replays.
 pub struct ActorVerifier {
     issuer: String,
     audience: String,
     leeway_s: i64,
     max_lifetime_s: i64,
-    min_refetch: Duration,
-    static_keys: Vec<VerifyingKey>,
-    jwks_url: Option<String>,
-    jwks: RwLock<JwksState>,
-    /// One JWKS fetch at a time; waiters then find the keys it brought.
-    fetching: tokio::sync::Mutex<()>,
-    http: reqwest::Client,
+    keys: Arc<KeySet>,
     seen: Mutex<ReplaySet>,
     clock: Arc<dyn Clock>,
 }
@@ -246,12 +205,11 @@ impl std::fmt::Debug for ActorVerifier {
         f.debug_struct("ActorVerifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("jwks_url", &self.jwks_url)
             .finish_non_exhaustive()
     }
 }
 
-fn secs(v: u64) -> i64 {
+pub(crate) fn secs(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -262,155 +220,44 @@ impl ActorVerifier {
         config: &ActorAssertionsConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let mut static_keys = Vec::new();
-        for (i, k) in config.public_keys.iter().enumerate() {
-            match static_key(k) {
-                Ok(key) => static_keys.push(key),
-                Err(e) => problems.push(format!("actor_assertions.public_keys[{i}]: {e}")),
-            }
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build();
-        let http = match http {
-            Ok(h) => h,
-            Err(e) => {
-                problems.push(format!("actor_assertions.jwks_url: http client: {e}"));
-                return Err(ConfigError(problems));
-            }
-        };
-        if !problems.is_empty() {
-            return Err(ConfigError(problems));
-        }
+        let keys = KeySet::new(
+            &KeySource {
+                section: "actor_assertions",
+                public_keys: &config.public_keys,
+                jwks_url: config.jwks_url.as_deref(),
+                min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
+            },
+            clock.clone(),
+        )
+        .map_err(ConfigError)?;
         Ok(Self {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway_s: secs(config.leeway_seconds),
             max_lifetime_s: secs(config.max_lifetime_seconds),
-            min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
-            static_keys,
-            jwks_url: config.jwks_url.clone(),
-            jwks: RwLock::new(JwksState {
-                keys: Vec::new(),
-                attempted: None,
-            }),
-            fetching: tokio::sync::Mutex::new(()),
-            http,
+            keys: Arc::new(keys),
             seen: Mutex::new(ReplaySet::new(config.replay_cache_max_entries)),
             clock,
         })
     }
 
-    /// Whether a JWKS URL is configured.
-    pub fn has_jwks(&self) -> bool {
-        self.jwks_url.is_some()
-    }
-
-    fn find(&self, kid: &str) -> Option<VerifyingKey> {
-        if let Some(k) = self.static_keys.iter().find(|k| k.kid == kid) {
-            return Some(k.clone());
-        }
-        let state = self.jwks.read().ok()?;
-        state.keys.iter().find(|k| k.kid == kid).cloned()
-    }
-
-    /// Fetches the JWKS now and replaces the published keys (a failed fetch keeps the old
-    /// ones). Returns how many usable keys it holds.
-    pub async fn refresh_jwks(&self) -> Result<usize, String> {
-        let _one = self.fetching.lock().await;
-        self.fetch_locked().await
-    }
-
-    async fn fetch_locked(&self) -> Result<usize, String> {
-        let Some(url) = &self.jwks_url else {
-            return Ok(0);
-        };
-        if let Ok(mut s) = self.jwks.write() {
-            s.attempted = Some(self.clock.now());
-        }
-        let keys = fetch_jwks(&self.http, url).await?;
-        let n = keys.len();
-        if let Ok(mut s) = self.jwks.write() {
-            s.keys = keys;
-        }
-        Ok(n)
-    }
-
-    /// An unknown `kid`: fetch the JWKS again unless that was tried within `min_refetch`.
-    async fn refetch_for_unknown_kid(&self) {
-        let _one = self.fetching.lock().await;
-        let now = self.clock.now();
-        let recent = self
-            .jwks
-            .read()
-            .ok()
-            .and_then(|s| s.attempted)
-            .is_some_and(|t| t.plus(self.min_refetch) > now);
-        if recent {
-            return;
-        }
-        if let Err(e) = self.fetch_locked().await {
-            tracing::warn!(error = %e, "actor assertion keys (jwks) could not be fetched");
-        }
+    /// The verification keys (for the JWKS refresher).
+    pub fn keys(&self) -> &Arc<KeySet> {
+        &self.keys
     }
 
     /// Verifies `token` and returns the actor it names. Checks, in order: size and header, the
     /// algorithm against the key's own, the signature, then issuer, audience, time and replay.
     pub async fn verify(&self, token: &str) -> Result<Actor, Refusal> {
-        if token.len() > MAX_ASSERTION_BYTES {
-            return Err(Refusal::Invalid("too large".into()));
-        }
-        // `none` and unknown algorithms fail to parse here.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Refusal::Invalid("not a signed JWT with an allowed algorithm".into()))?;
-        if !matches!(
-            header.alg,
-            Algorithm::EdDSA | Algorithm::ES256 | Algorithm::RS256
-        ) {
-            return Err(Refusal::Invalid(
-                "algorithm not allowed (EdDSA, ES256 or RS256)".into(),
-            ));
-        }
-        let kid = header
-            .kid
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Refusal::Invalid("the header names no kid".into()))?;
-        let key = match self.find(kid) {
-            Some(k) => k,
-            None if self.has_jwks() => {
-                self.refetch_for_unknown_kid().await;
-                self.find(kid).ok_or_else(|| {
-                    Refusal::KeyUnknown("no configured or published key has this kid".into())
-                })?
-            }
-            None => {
-                return Err(Refusal::KeyUnknown("no configured key has this kid".into()));
-            }
-        };
-        // The key decides the algorithm: a token cannot pick another (algorithm confusion).
-        if header.alg != key.alg {
-            return Err(Refusal::Invalid(
-                "the algorithm is not the one of the key named by kid".into(),
-            ));
-        }
-        let mut validation = Validation::new(key.alg);
-        // Time and audience are checked below against the broker's clock, with distinct reasons.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => Refusal::Invalid("the signature does not verify".into()),
-                K::Json(_) => Refusal::Invalid("malformed claims".into()),
-                _ => Refusal::Invalid("not a valid signed JWT".into()),
-            }
-        })?;
-        self.check_claims(data.claims)
+        let claims = self
+            .keys
+            .verify::<Claims>(token)
+            .await
+            .map_err(|e| match e {
+                KeyRefusal::Invalid(why) => Refusal::Invalid(why),
+                KeyRefusal::KeyUnknown(why) => Refusal::KeyUnknown(why),
+            })?;
+        self.check_claims(claims)
     }
 
     fn check_claims(&self, c: Claims) -> Result<Actor, Refusal> {
@@ -480,121 +327,6 @@ impl ActorVerifier {
             workspace,
         })
     }
-}
-
-/// The algorithm a key is used with, from its type; other key types are refused.
-fn jwk_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
-    let kid = jwk
-        .common
-        .key_id
-        .clone()
-        .filter(|k| !k.is_empty())
-        .ok_or("the key has no kid")?;
-    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
-        return Err("the key is not for signatures (use)".into());
-    }
-    let alg = match &jwk.algorithm {
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            Algorithm::EdDSA
-        }
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        _ => return Err("key type not allowed (Ed25519, P-256 or RSA public keys only)".into()),
-    };
-    let stated = jwk.common.key_algorithm;
-    let matches_stated = match stated {
-        None => true,
-        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
-        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
-        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
-        Some(_) => false,
-    };
-    if !matches_stated {
-        return Err("the key's alg is not allowed for its type".into());
-    }
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-    Ok(VerifyingKey { kid, alg, key })
-}
-
-fn static_key(config: &PublicKeyConfig) -> Result<VerifyingKey, String> {
-    if let Some(text) = &config.jwk {
-        let mut jwk: Jwk = serde_json::from_str(text).map_err(|e| format!("jwk: {e}"))?;
-        if jwk.common.key_id.is_none() {
-            jwk.common.key_id = Some(config.kid.clone());
-        }
-        if jwk.common.key_id.as_deref() != Some(config.kid.as_str()) {
-            return Err("jwk: its kid differs from kid".into());
-        }
-        return jwk_key(&jwk);
-    }
-    let pem = match (&config.pem, &config.pem_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("pem_file {}: {e}", path.display()))?,
-        (None, None) => return Err("set pem, pem_file or jwk".into()),
-    };
-    let pem = pem.as_bytes();
-    let (alg, key) = if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        (Algorithm::EdDSA, k)
-    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        // An uncompressed P-256 point is 65 bytes; other curves are refused.
-        if k.try_get_as_bytes().map(<[u8]>::len) != Ok(65) {
-            return Err("EC keys must be P-256 (ES256)".into());
-        }
-        (Algorithm::ES256, k)
-    } else if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        (Algorithm::RS256, k)
-    } else {
-        return Err("pem: not an Ed25519, P-256 or RSA public key".into());
-    };
-    Ok(VerifyingKey {
-        kid: config.kid.clone(),
-        alg,
-        key,
-    })
-}
-
-async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<VerifyingKey>, String> {
-    let mut response = http
-        .get(url)
-        .header(http::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("jwks request failed: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("jwks answered {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("jwks read failed: {e}"))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_JWKS_BYTES {
-            return Err("jwks larger than 1 MiB".into());
-        }
-    }
-    // Keys one by one: a key of a type this crate cannot read (say, for encryption) must not
-    // hide the others.
-    #[derive(Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let set: Set = serde_json::from_slice(&body).map_err(|e| format!("jwks: {e}"))?;
-    let mut keys = Vec::new();
-    let mut kids = BTreeSet::new();
-    for value in set.keys {
-        let parsed = serde_json::from_value::<Jwk>(value)
-            .map_err(|e| format!("unreadable key: {e}"))
-            .and_then(|jwk| jwk_key(&jwk));
-        match parsed {
-            Ok(k) if kids.insert(k.kid.clone()) => keys.push(k),
-            Ok(k) => tracing::warn!(kid = %k.kid, "jwks key skipped: kid published twice"),
-            Err(e) => tracing::warn!(problem = %e, "jwks key skipped"),
-        }
-    }
-    Ok(keys)
 }
 
 /// Who must prove the actor: everyone, except in development mode and the named callers.

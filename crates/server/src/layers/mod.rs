@@ -7,6 +7,7 @@
 pub mod assertion;
 pub mod auth;
 pub mod caller;
+pub mod jwt;
 pub mod limits;
 pub mod observe;
 pub mod overload;

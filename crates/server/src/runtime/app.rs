@@ -258,23 +258,20 @@ impl Application {
         let actors = actor_policy(config, &clock)?;
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
         if let Some(verifier) = &actors.verifier
-            && verifier.has_jwks()
+            && verifier.keys().has_jwks()
         {
-            // Keys in hand before the first call; an unreachable JWKS is retried, not fatal.
-            match verifier.refresh_jwks().await {
-                Ok(keys) => tracing::info!(keys, "actor assertion keys (jwks) fetched"),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "actor assertion keys (jwks) could not be fetched; retrying"
-                ),
-            }
-            background.push(spawn_jwks_refresh(
-                verifier.clone(),
-                config
-                    .actor_assertions
-                    .as_ref()
-                    .map_or(300, |a| a.jwks_refresh_seconds),
-            ));
+            let every = config
+                .actor_assertions
+                .as_ref()
+                .map_or(300, |a| a.jwks_refresh_seconds);
+            background.push(
+                crate::layers::jwt::start_refreshing(
+                    verifier.keys().clone(),
+                    "actor assertions",
+                    every,
+                )
+                .await,
+            );
         }
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),
@@ -489,23 +486,6 @@ fn actor_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<ActorPolicy, 
     Ok(ActorPolicy {
         unsigned_callers,
         verifier,
-    })
-}
-
-/// Fetches the JWKS again every `every_seconds`; a failure keeps the keys it had.
-fn spawn_jwks_refresh(verifier: Arc<ActorVerifier>, every_seconds: u64) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let period = Duration::from_secs(every_seconds.max(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        loop {
-            tick.tick().await;
-            match verifier.refresh_jwks().await {
-                Ok(keys) => tracing::debug!(keys, "actor assertion keys (jwks) fetched"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "actor assertion keys (jwks) could not be fetched");
-                }
-            }
-        }
     })
 }
 
