@@ -1,6 +1,8 @@
-//! Verified actors: the end user is taken only from a signed, short-lived actor assertion (a JWT
-//! in `x-actor-assertion`), checked against static keys and a JWKS that rotates without restart.
-//! The signing keys exist only in this test.
+//! Provable identity. Verified actors: the end user is taken only from a signed, short-lived
+//! actor assertion (a JWT in `x-actor-assertion`), checked against static keys and a JWKS that
+//! rotates without restart. Workload identity: a caller authenticates with a Kubernetes-style
+//! service-account token and gets the role of the `[[callers]]` entry it maps to. The signing
+//! keys exist only in this test.
 
 use crate::support::broker::{TestBroker, error_details};
 use base64::Engine;
@@ -9,7 +11,9 @@ use cb_broker::clock::Clock;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
-use credential_broker::runtime::config::{ActorAssertionsConfig, CallerConfig, PublicKeyConfig};
+use credential_broker::runtime::config::{
+    ActorAssertionsConfig, CallerConfig, PublicKeyConfig, WorkloadIdentityConfig,
+};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -141,6 +145,7 @@ fn caller(name: &str, role: &str, token: &str, unsigned_actor: bool) -> CallerCo
         token_sha256: Some(token_sha256_hex(token)),
         mtls_identity: None,
         unsigned_actor,
+        service_account: None,
     }
 }
 
@@ -479,4 +484,111 @@ async fn keys_rotate_through_the_jwks_without_restart() {
     ))
     .await
     .unwrap();
+}
+
+const CLUSTER_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const OPS_SA: &str = "system:serviceaccount:ops:broker-admin";
+const EXECUTOR_SA: &str = "system:serviceaccount:workflows:executor";
+
+/// A projected service-account token as the kubelet would mount it.
+fn sa_token(b: &TestBroker, cluster: &Signer, sub: &str, aud: &str) -> String {
+    let now = b.clock.now().as_millis() / 1000;
+    cluster.sign(&json!({
+        "iss": CLUSTER_ISSUER,
+        "aud": [aud],
+        "sub": sub,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "kubernetes.io": {"namespace": "ops", "serviceaccount": {"name": "broker-admin"}},
+    }))
+}
+
+fn list_audit(token: &str) -> tonic::Request<pb::ListAuditEventsRequest> {
+    with_token(pb::ListAuditEventsRequest::default(), token)
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_map_to_caller_roles() {
+    let cluster = Signer::new("cluster-key-1", Algorithm::RS256);
+    let other_cluster = Signer::new("cluster-key-1", Algorithm::RS256);
+    let jwks = JwksServer::start(vec![cluster.jwk()]).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, url);
+    let by_service_account = |name: &str, role: &str, sa: &str| CallerConfig {
+        name: name.into(),
+        role: role.into(),
+        token_sha256: None,
+        mtls_identity: None,
+        unsigned_actor: false,
+        service_account: Some(sa.into()),
+    };
+    config.callers = vec![
+        by_service_account("ops", "operator", OPS_SA),
+        by_service_account("executor", "executor", EXECUTOR_SA),
+    ];
+    config.workload_identity = Some(WorkloadIdentityConfig {
+        issuer: CLUSTER_ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_url: Some(jwks.url.clone()),
+        ..Default::default()
+    });
+    let b = TestBroker::start(config, dir).await.unwrap();
+    let mut c = b.credentials().await;
+    let unauthenticated = |r: Result<_, tonic::Status>| {
+        let status = r.map(drop).expect_err("must be refused");
+        (status.code(), error_details(&status).0)
+    };
+    let refused_as_unknown = (Code::Unauthenticated, "UNAUTHENTICATED".to_owned());
+
+    // The operator's service account gets the operator role, for as long as its token lives.
+    let ops = sa_token(&b, &cluster, OPS_SA, AUDIENCE);
+    c.list_audit_events(list_audit(&ops)).await.unwrap();
+    c.list_credentials(with_token(
+        pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            ..Default::default()
+        },
+        &ops,
+    ))
+    .await
+    .unwrap();
+    c.list_audit_events(list_audit(&ops)).await.unwrap();
+    // The executor's gets the executor role: no audit log.
+    let exec = sa_token(&b, &cluster, EXECUTOR_SA, AUDIENCE);
+    let denied = c.list_audit_events(list_audit(&exec)).await.unwrap_err();
+    assert_eq!(
+        (denied.code(), error_details(&denied).0),
+        (Code::PermissionDenied, "CALLER_NOT_ALLOWED".into())
+    );
+
+    // A token for another audience (say, the cluster's own API), of an unmapped account, from
+    // another cluster's key, or with no token at all: unauthenticated.
+    for token in [
+        sa_token(&b, &cluster, OPS_SA, "https://kubernetes.default.svc"),
+        sa_token(
+            &b,
+            &cluster,
+            "system:serviceaccount:ops:someone-else",
+            AUDIENCE,
+        ),
+        sa_token(&b, &other_cluster, OPS_SA, AUDIENCE),
+    ] {
+        assert_eq!(
+            unauthenticated(c.list_audit_events(list_audit(&token)).await),
+            refused_as_unknown
+        );
+    }
+    let anonymous = c
+        .list_audit_events(pb::ListAuditEventsRequest::default())
+        .await;
+    assert_eq!(unauthenticated(anonymous), refused_as_unknown);
+
+    // Expired tokens stop working.
+    b.clock.advance(Duration::from_secs(3600 + 31));
+    assert_eq!(
+        unauthenticated(c.list_audit_events(list_audit(&ops)).await),
+        refused_as_unknown
+    );
 }

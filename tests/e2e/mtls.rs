@@ -82,6 +82,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             token_sha256: None,
             mtls_identity: Some("web.internal".into()),
             unsigned_actor: true,
+            service_account: None,
         },
         CallerConfig {
             name: "executor".into(),
@@ -89,6 +90,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             token_sha256: Some(token_sha256_hex("exec-token")),
             mtls_identity: None,
             unsigned_actor: true,
+            service_account: None,
         },
     ];
     let b = TestBroker::start(config, dir.clone()).await.unwrap();

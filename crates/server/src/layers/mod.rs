@@ -1,5 +1,6 @@
 //! The tower layers in front of the gRPC services, outermost first: [`observe`] (span, metrics,
-//! deadline), [`overload`] (global concurrency limit, load shedding), [`auth`] (which caller,
+//! deadline), [`overload`] (global concurrency limit, load shedding), [`workload`] (workload
+//! tokens: Kubernetes service-account JWTs), [`auth`] (which caller,
 //! allowed for this RPC?), [`limits`] (per-caller concurrency) and [`assertion`] (which actor:
 //! verified assertion, or plain metadata where allowed). [`rpc`] names every RPC once; [`caller`]
 //! reads the actor.
@@ -12,3 +13,4 @@ pub mod limits;
 pub mod observe;
 pub mod overload;
 pub mod rpc;
+pub mod workload;

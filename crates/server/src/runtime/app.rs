@@ -4,6 +4,7 @@ use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
 use crate::layers::assertion::{ActorPolicy, ActorVerifier};
 use crate::layers::auth::AuthLayer;
+use crate::layers::workload::WorkloadVerifier;
 use crate::runtime::config::{Config, EnvSource, ProcessEnv};
 use crate::runtime::error::StartupError;
 use crate::runtime::keys::{self, KeyHealth, KeyOptions};
@@ -256,6 +257,14 @@ impl Application {
             );
         }
         let actors = actor_policy(config, &clock)?;
+        let workloads = match &config.workload_identity {
+            Some(w) => Some(Arc::new(WorkloadVerifier::from_config(
+                w,
+                &callers.workloads,
+                clock.clone(),
+            )?)),
+            None => None,
+        };
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
         if let Some(verifier) = &actors.verifier
             && verifier.keys().has_jwks()
@@ -271,6 +280,18 @@ impl Application {
                     every,
                 )
                 .await,
+            );
+        }
+        if let Some(w) = &workloads
+            && w.keys().has_jwks()
+        {
+            let every = config
+                .workload_identity
+                .as_ref()
+                .map_or(300, |w| w.jwks_refresh_seconds);
+            background.push(
+                crate::layers::jwt::start_refreshing(w.keys().clone(), "workload identity", every)
+                    .await,
             );
         }
         background.push(metrics.spawn_credentials_gauge(
@@ -336,14 +357,16 @@ impl Application {
                 .map_err(|e| StartupError::Tls(e.to_string()))?;
         }
         let max_request = config.limits.max_request_bytes;
-        // Outermost first: span + metrics + deadline, then authentication, then the caller's
-        // concurrency limit (it needs the identity the auth layer found).
+        // Outermost first: span + metrics + deadline, load shedding, workload tokens, then
+        // authentication, the caller's concurrency limit (it needs the identity the auth layer
+        // found) and the actor (verified assertion or, where allowed, plain metadata).
         let router = builder
             .layer(crate::layers::observe::ObserveLayer::new(metrics.clone()))
             .layer(crate::layers::overload::OverloadLayer::new(
                 limits.max_concurrent_calls,
                 metrics.clone(),
             ))
+            .layer(crate::layers::workload::WorkloadLayer::new(workloads))
             .layer(AuthLayer::new(callers, audit.clone()))
             .layer(crate::layers::limits::CallerLimitLayer::new(
                 config.limits.max_concurrent_per_caller,

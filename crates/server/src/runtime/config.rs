@@ -72,6 +72,116 @@ pub struct Config {
     /// Signed actor assertions: who may sign them and how they are checked. Unset: no caller
     /// can prove an actor (only development mode and `unsigned_actor` callers name one).
     pub actor_assertions: Option<ActorAssertionsConfig>,
+    /// Callers that authenticate with a JWT their platform issues (Kubernetes projected
+    /// service-account tokens), mapped to `[[callers]]` by `service_account`.
+    pub workload_identity: Option<WorkloadIdentityConfig>,
+}
+
+/// How workload tokens (Kubernetes service-account JWTs) are verified.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadIdentityConfig {
+    /// The token issuer: the cluster's service-account issuer (`--service-account-issuer`).
+    pub issuer: String,
+    /// The audience the projected token is requested for; only tokens for it are accepted.
+    pub audience: String,
+    /// The issuer's JWKS (https, or http on loopback), e.g. the OIDC discovery `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Keys known without a JWKS (e.g. from `kubectl get --raw /openid/v1/jwks`).
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` fetches the JWKS again at most this often.
+    pub jwks_min_refetch_seconds: u64,
+}
+
+impl Default for WorkloadIdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            public_keys: Vec::new(),
+            leeway_seconds: 30,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
+        }
+    }
+}
+
+impl WorkloadIdentityConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        validate_issuer_keys(
+            "workload_identity",
+            &self.issuer,
+            &self.audience,
+            self.jwks_url.as_deref(),
+            &self.public_keys,
+            p,
+        );
+        if self.leeway_seconds > 300 {
+            p.push("workload_identity.leeway_seconds: must be at most 300".into());
+        }
+        for (key, v) in [
+            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
+            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("workload_identity.{key}: must be at least 1"));
+            }
+        }
+    }
+}
+
+/// Checks what every JWT issuer section shares: issuer, audience and where the keys come from.
+fn validate_issuer_keys(
+    section: &str,
+    issuer: &str,
+    audience: &str,
+    jwks_url: Option<&str>,
+    public_keys: &[PublicKeyConfig],
+    p: &mut Vec<String>,
+) {
+    if issuer.trim().is_empty() {
+        p.push(format!(
+            "{section}.issuer: required (the iss of the tokens)"
+        ));
+    }
+    if audience.trim().is_empty() {
+        p.push(format!(
+            "{section}.audience: required (this broker's name in aud)"
+        ));
+    }
+    if jwks_url.is_none() && public_keys.is_empty() {
+        p.push(format!("{section}: set jwks_url or public_keys"));
+    }
+    if let Some(u) = jwks_url {
+        let loopback = u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost");
+        if !(u.starts_with("https://") || loopback) || url::Url::parse(u).is_err() {
+            p.push(format!(
+                "{section}.jwks_url: {u:?} must be an https:// URL (or http on loopback)"
+            ));
+        }
+    }
+    let mut kids = std::collections::BTreeSet::new();
+    for (i, k) in public_keys.iter().enumerate() {
+        if k.kid.trim().is_empty() {
+            p.push(format!("{section}.public_keys[{i}].kid: required"));
+        } else if !kids.insert(k.kid.as_str()) {
+            p.push(format!(
+                "{section}.public_keys[{i}].kid: {:?} is declared twice",
+                k.kid
+            ));
+        }
+        let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            p.push(format!(
+                "{section}.public_keys[{i}]: set exactly one of pem, pem_file, jwk"
+            ));
+        }
+    }
 }
 
 /// How signed actor assertions (short-lived JWTs naming the end user) are verified.
@@ -133,23 +243,14 @@ pub struct PublicKeyConfig {
 
 impl ActorAssertionsConfig {
     fn validate(&self, p: &mut Vec<String>) {
-        if self.issuer.trim().is_empty() {
-            p.push("actor_assertions.issuer: required (the iss of the assertions)".into());
-        }
-        if self.audience.trim().is_empty() {
-            p.push("actor_assertions.audience: required (this broker's name in aud)".into());
-        }
-        if self.jwks_url.is_none() && self.public_keys.is_empty() {
-            p.push("actor_assertions: set jwks_url or public_keys".into());
-        }
-        if let Some(u) = &self.jwks_url {
-            let loopback = u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost");
-            if !(u.starts_with("https://") || loopback) || url::Url::parse(u).is_err() {
-                p.push(format!(
-                    "actor_assertions.jwks_url: {u:?} must be an https:// URL (or http on loopback)"
-                ));
-            }
-        }
+        validate_issuer_keys(
+            "actor_assertions",
+            &self.issuer,
+            &self.audience,
+            self.jwks_url.as_deref(),
+            &self.public_keys,
+            p,
+        );
         if !(1..=300).contains(&self.max_lifetime_seconds) {
             p.push("actor_assertions.max_lifetime_seconds: must be between 1 and 300".into());
         }
@@ -166,23 +267,6 @@ impl ActorAssertionsConfig {
         }
         if self.replay_cache_max_entries == 0 {
             p.push("actor_assertions.replay_cache_max_entries: must be at least 1".into());
-        }
-        let mut kids = std::collections::BTreeSet::new();
-        for (i, k) in self.public_keys.iter().enumerate() {
-            if k.kid.trim().is_empty() {
-                p.push(format!("actor_assertions.public_keys[{i}].kid: required"));
-            } else if !kids.insert(k.kid.as_str()) {
-                p.push(format!(
-                    "actor_assertions.public_keys[{i}].kid: {:?} is declared twice",
-                    k.kid
-                ));
-            }
-            let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
-            if set.iter().filter(|s| **s).count() != 1 {
-                p.push(format!(
-                    "actor_assertions.public_keys[{i}]: set exactly one of pem, pem_file, jwk"
-                ));
-            }
         }
     }
 }
@@ -296,6 +380,10 @@ pub struct CallerConfig {
     /// for migrating to actor assertions only; logged at start.
     #[serde(default)]
     pub unsigned_actor: bool,
+    /// The `sub` of the caller's workload token, e.g. `system:serviceaccount:NAMESPACE:NAME`
+    /// for a Kubernetes service account; needs `[workload_identity]`.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 /// TLS for the gRPC listener; with `client_ca_file`, callers may authenticate by certificate.
@@ -355,6 +443,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             limits: LimitsConfig::default(),
             actor_assertions: None,
+            workload_identity: None,
         }
     }
 }
@@ -955,13 +1044,18 @@ impl Config {
                 ));
             }
             match (&c.token_sha256, &c.mtls_identity) {
-                (None, None) => p.push(format!(
-                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`) or mtls_identity"
+                (None, None) if c.service_account.is_none() => p.push(format!(
+                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`), mtls_identity or service_account"
                 )),
                 (Some(h), _) if decode_sha256(h).is_none() => p.push(format!(
                     "callers[{i}].token_sha256: must be 64 hex characters (run `credential-broker hash-token`)"
                 )),
                 _ => {}
+            }
+            if c.service_account.is_some() && self.workload_identity.is_none() {
+                p.push(format!(
+                    "callers[{i}].service_account: needs [workload_identity] (issuer, audience, keys)"
+                ));
             }
             if c.mtls_identity.is_some() && self.tls.client_ca_file.is_none() {
                 p.push(format!("callers[{i}].mtls_identity: needs [tls] client_ca_file (and cert_file, key_file)"));
@@ -1029,6 +1123,9 @@ impl Config {
         if let Some(a) = &self.actor_assertions {
             a.validate(&mut p);
         }
+        if let Some(w) = &self.workload_identity {
+            w.validate(&mut p);
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -1041,7 +1138,10 @@ impl Config {
     pub fn plaintext_bearer_off_loopback(&self) -> bool {
         !self.listen.ip().is_loopback()
             && !self.tls.enabled()
-            && self.callers.iter().any(|c| c.token_sha256.is_some())
+            && self
+                .callers
+                .iter()
+                .any(|c| c.token_sha256.is_some() || c.service_account.is_some())
     }
 
     /// The configured calling services (empty: development mode).
@@ -1060,6 +1160,9 @@ impl Config {
                     identity: identity.clone(),
                     token_sha256: hash,
                 });
+            }
+            if let Some(subject) = &c.service_account {
+                callers.workloads.push((subject.clone(), identity.clone()));
             }
             if let Some(subject) = &c.mtls_identity {
                 callers.certificates.push((subject.clone(), identity));
@@ -1153,6 +1256,40 @@ mod tests {
             e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn actor_assertions_and_workload_identity_are_validated() {
+        let e = Config::parse(
+            "[[callers]]\nname = \"x\"\nrole = \"executor\"\nservice_account = \"system:serviceaccount:a:b\"\n\
+             [actor_assertions]\njwks_url = \"http://example.com/jwks\"\nmax_lifetime_seconds = 3600\n\
+             [[actor_assertions.public_keys]]\nkid = \"k\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        for problem in [
+            "callers[0].service_account: needs [workload_identity]",
+            "actor_assertions.issuer: required",
+            "actor_assertions.audience: required",
+            "actor_assertions.jwks_url",
+            "actor_assertions.max_lifetime_seconds",
+            "actor_assertions.public_keys[0]: set exactly one of pem, pem_file, jwk",
+        ] {
+            assert!(e.contains(problem), "{problem} in {e}");
+        }
+        let ok = Config::parse(
+            "listen = \"0.0.0.0:50051\"\n[tls]\nmesh_terminates_tls = true\n\
+             [[callers]]\nname = \"x\"\nrole = \"executor\"\nservice_account = \"system:serviceaccount:a:b\"\n\
+             [workload_identity]\nissuer = \"https://k8s\"\naudience = \"broker\"\njwks_url = \"https://k8s/keys\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        // Service-account tokens are bearer tokens too: off loopback they need TLS (or a mesh).
+        assert!(ok.plaintext_bearer_off_loopback());
+        assert_eq!(ok.callers().workloads.len(), 1);
+        assert!(!ok.callers().is_development());
     }
 
     #[test]
