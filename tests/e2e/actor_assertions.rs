@@ -4,7 +4,7 @@
 //! service-account token and gets the role of the `[[callers]]` entry it maps to. The signing
 //! keys exist only in this test.
 
-use crate::support::broker::{TestBroker, error_details};
+use crate::support::broker::{BrokerProcess, TestBroker, config_toml, error_details, free_port};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_broker::clock::Clock;
@@ -81,7 +81,10 @@ impl Signer {
 
 /// Claims of a valid assertion for `user` at the broker's current time.
 fn claims(b: &TestBroker, user: (&str, &str)) -> serde_json::Value {
-    let now = b.clock.now().as_millis() / 1000;
+    claims_at(b.clock.now().as_millis() / 1000, user)
+}
+
+fn claims_at(now: i64, user: (&str, &str)) -> serde_json::Value {
     json!({
         "iss": ISSUER,
         "aud": AUDIENCE,
@@ -591,4 +594,58 @@ async fn kubernetes_service_account_tokens_map_to_caller_roles() {
         unauthenticated(c.list_audit_events(list_audit(&ops)).await),
         refused_as_unknown
     );
+}
+
+/// The real binary at TRACE: assertions, accepted or refused, never reach its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertions_never_reach_the_trace_log() {
+    let key = Signer::new(STATIC_KID, Algorithm::EdDSA);
+    let impostor = Signer::new(STATIC_KID, Algorithm::EdDSA);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let db = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut config = TestBroker::config(&dir, db.clone());
+    config.listen = addr;
+    let pem = dir.path().join("actor-key.pem");
+    std::fs::write(&pem, &key.public_pem).unwrap();
+    let toml = config_toml(&config, &db).replace("filter = \"info\"", "filter = \"trace\"")
+        + &format!(
+            "[[callers]]\nname = \"web\"\nrole = \"web\"\ntoken_sha256 = {:?}\n\
+             [actor_assertions]\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n\
+             [[actor_assertions.public_keys]]\nkid = {STATIC_KID:?}\npem_file = {:?}\n",
+            token_sha256_hex(WEB_TOKEN),
+            pem.display().to_string()
+        );
+    let broker = BrokerProcess::spawn(dir.path(), "traced", &toml, addr).await;
+    let mut c = CredentialServiceClient::new(broker.channel().await);
+    // The binary runs on the system clock.
+    let now = cb_broker::clock::SystemClock.now().as_millis() / 1000;
+    let list = || pb::ListCredentialsRequest {
+        workspace_id: "ws1".into(),
+        ..Default::default()
+    };
+    let good = key.sign(&claims_at(now, ALICE));
+    let forged = impostor.sign(&claims_at(now, ALICE));
+    let mut expired = claims_at(now - 200, ALICE);
+    expired["exp"] = json!(now - 100);
+    let expired = key.sign(&expired);
+    c.list_credentials(with_assertion(list(), &good))
+        .await
+        .unwrap();
+    for token in [&good, &forged, &expired] {
+        c.list_credentials(with_assertion(list(), token))
+            .await
+            .unwrap_err();
+    }
+    let log = broker.log();
+    assert!(log.contains("TRACE"), "the broker really logged at TRACE");
+    assert!(
+        log.contains("ACTOR_ASSERTION_REPLAYED"),
+        "refusals are logged"
+    );
+    for token in [&good, &forged, &expired] {
+        for part in token.split('.').skip(1) {
+            assert!(!log.contains(part), "an assertion part reached the log");
+        }
+    }
 }

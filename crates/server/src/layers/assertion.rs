@@ -7,7 +7,7 @@
 //! with `unsigned_actor = true`; from any other caller it is refused.
 
 use crate::layers::auth::ServiceIdentity;
-use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource};
+use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource, secs};
 use crate::layers::rpc::Rpc;
 use crate::runtime::config::{ActorAssertionsConfig, ConfigError};
 use aws_lc_rs::digest::{SHA256, digest};
@@ -207,10 +207,6 @@ impl std::fmt::Debug for ActorVerifier {
             .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn secs(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl ActorVerifier {

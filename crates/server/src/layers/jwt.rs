@@ -19,6 +19,11 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Larger JWKS documents are refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// Configured seconds as the signed seconds of JWT time claims (saturating).
+pub fn secs(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Why a token's signature was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRefusal {

@@ -5,9 +5,8 @@
 //! hands the identity on; the auth layer then applies that caller's role as for any other.
 //! A token that does not verify is left to the auth layer, which refuses it as unknown.
 
-use crate::layers::assertion::secs;
 use crate::layers::auth::ServiceIdentity;
-use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource};
+use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource, secs};
 use crate::runtime::config::{ConfigError, WorkloadIdentityConfig};
 use cb_broker::clock::Clock;
 use serde::Deserialize;
