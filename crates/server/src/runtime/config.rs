@@ -158,8 +158,13 @@ fn validate_issuer_keys(
         p.push(format!("{section}: set jwks_url or public_keys"));
     }
     if let Some(u) = jwks_url {
-        let loopback = u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost");
-        if !(u.starts_with("https://") || loopback) || url::Url::parse(u).is_err() {
+        // The parsed host, not a prefix: `http://localhost.example.com` is not loopback.
+        let ok = url::Url::parse(u).is_ok_and(|url| match url.scheme() {
+            "https" => url.host_str().is_some(),
+            "http" => matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+            _ => false,
+        });
+        if !ok {
             p.push(format!(
                 "{section}.jwks_url: {u:?} must be an https:// URL (or http on loopback)"
             ));
@@ -1271,6 +1276,7 @@ mod tests {
         .to_string();
         for problem in [
             "callers[0].service_account: needs [workload_identity]",
+            "actor_assertions.jwks_url: \"http://example.com/jwks\"",
             "actor_assertions.issuer: required",
             "actor_assertions.audience: required",
             "actor_assertions.jwks_url",
@@ -1290,6 +1296,18 @@ mod tests {
         assert!(ok.plaintext_bearer_off_loopback());
         assert_eq!(ok.callers().workloads.len(), 1);
         assert!(!ok.callers().is_development());
+        for (url, accepted) in [
+            ("http://localhost.example.com/keys", false),
+            ("http://127.0.0.1@example.com/keys", false),
+            ("http://127.0.0.1:8080/keys", true),
+            ("https://k8s.example.com/keys", true),
+        ] {
+            let mut c = ok.clone();
+            if let Some(w) = c.workload_identity.as_mut() {
+                w.jwks_url = Some(url.into());
+            }
+            assert_eq!(c.validate().is_ok(), accepted, "{url}");
+        }
     }
 
     #[test]
