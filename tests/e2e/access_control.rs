@@ -165,6 +165,8 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
         role: role.into(),
         token_sha256: Some(token_sha256_hex(token)),
         mtls_identity: None,
+        unsigned_actor: true,
+        service_account: None,
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);

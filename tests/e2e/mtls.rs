@@ -81,12 +81,16 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             role: "web".into(),
             token_sha256: None,
             mtls_identity: Some("web.internal".into()),
+            unsigned_actor: true,
+            service_account: None,
         },
         CallerConfig {
             name: "executor".into(),
             role: "executor".into(),
             token_sha256: Some(token_sha256_hex("exec-token")),
             mtls_identity: None,
+            unsigned_actor: true,
+            service_account: None,
         },
     ];
     let b = TestBroker::start(config, dir.clone()).await.unwrap();

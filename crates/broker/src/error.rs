@@ -32,6 +32,21 @@ pub mod reason {
     pub const CALLER_NOT_ALLOWED: &str = "CALLER_NOT_ALLOWED";
     /// The calling service did not authenticate.
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// Actor metadata came without a signed actor assertion from a caller that must send one.
+    pub const ACTOR_ASSERTION_REQUIRED: &str = "ACTOR_ASSERTION_REQUIRED";
+    /// The actor assertion is not a valid signed assertion (bad signature, refused algorithm,
+    /// malformed, missing or bad claims, lifetime too long, issued in the future).
+    pub const ACTOR_ASSERTION_INVALID: &str = "ACTOR_ASSERTION_INVALID";
+    /// The actor assertion has expired.
+    pub const ACTOR_ASSERTION_EXPIRED: &str = "ACTOR_ASSERTION_EXPIRED";
+    /// The actor assertion is addressed to another audience.
+    pub const ACTOR_ASSERTION_WRONG_AUDIENCE: &str = "ACTOR_ASSERTION_WRONG_AUDIENCE";
+    /// The actor assertion was issued by another issuer.
+    pub const ACTOR_ASSERTION_WRONG_ISSUER: &str = "ACTOR_ASSERTION_WRONG_ISSUER";
+    /// The actor assertion (its `jti`) was already used.
+    pub const ACTOR_ASSERTION_REPLAYED: &str = "ACTOR_ASSERTION_REPLAYED";
+    /// The actor assertion names a key (`kid`) the broker does not know.
+    pub const ACTOR_ASSERTION_KEY_UNKNOWN: &str = "ACTOR_ASSERTION_KEY_UNKNOWN";
     /// The member does not exist.
     pub const MEMBER_NOT_FOUND: &str = "MEMBER_NOT_FOUND";
     /// The email is already a member or invited.
@@ -93,6 +108,13 @@ pub mod reason {
         ACTOR_REQUIRED,
         CALLER_NOT_ALLOWED,
         UNAUTHENTICATED,
+        ACTOR_ASSERTION_REQUIRED,
+        ACTOR_ASSERTION_INVALID,
+        ACTOR_ASSERTION_EXPIRED,
+        ACTOR_ASSERTION_WRONG_AUDIENCE,
+        ACTOR_ASSERTION_WRONG_ISSUER,
+        ACTOR_ASSERTION_REPLAYED,
+        ACTOR_ASSERTION_KEY_UNKNOWN,
         MEMBER_NOT_FOUND,
         MEMBER_EXISTS,
         LAST_ADMIN,

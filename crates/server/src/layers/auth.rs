@@ -48,12 +48,15 @@ pub struct Callers {
     pub tokens: Vec<KnownCaller>,
     /// Services that present client certificates: (identity in the certificate, service).
     pub certificates: Vec<(String, ServiceIdentity)>,
+    /// Services that present workload tokens, verified by [`crate::layers::workload`]: (the
+    /// token's subject, service).
+    pub workloads: Vec<(String, ServiceIdentity)>,
 }
 
 impl Callers {
     /// Whether no caller authentication is configured.
     pub fn is_development(&self) -> bool {
-        self.tokens.is_empty() && self.certificates.is_empty()
+        self.tokens.is_empty() && self.certificates.is_empty() && self.workloads.is_empty()
     }
 
     /// Authenticates a call: by its client certificate (already verified against the client CA
@@ -214,7 +217,14 @@ where
             .get::<TlsConnectInfo<GuardedInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        let authenticated = self.callers.authenticate(header, cert.as_deref());
+        // A workload token the workload layer (before this one) verified and mapped.
+        let authenticated = match req
+            .extensions()
+            .get::<crate::layers::workload::WorkloadIdentity>()
+        {
+            Some(w) => Ok(w.0.clone()),
+            None => self.callers.authenticate(header, cert.as_deref()),
+        };
         let decision = authenticated.clone().and_then(|identity| {
             if rpc.allows(identity.role) {
                 Ok(identity)

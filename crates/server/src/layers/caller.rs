@@ -1,6 +1,8 @@
-//! Who is calling: the calling service and the end user (actor) it acts for, read from request
-//! metadata. The actor contract is documented in docs/api.md.
+//! Who is calling: the calling service and the end user (actor) it acts for: from a verified
+//! actor assertion ([`crate::layers::assertion`]) or, where that layer allows it, from plain
+//! request metadata. The actor contract is documented in docs/api.md.
 
+use crate::layers::assertion::ActorSource;
 use crate::layers::auth::ServiceIdentity;
 use cb_broker::access::{Actor, Caller, WorkspaceRole};
 use cb_broker::types::{Email, UserId, Violations, WorkspaceId};
@@ -88,14 +90,25 @@ pub fn actor_from_metadata(md: &MetadataMap) -> Result<Option<Actor>, BrokerErro
     }
 }
 
-/// The caller of a request: the service identity the auth layer established, plus the actor.
+/// The caller of a request: the service identity the auth layer established, plus the actor
+/// the actor layer decided on (plain metadata is read only where it allowed that).
 pub fn caller_of<T>(req: &tonic::Request<T>) -> Result<Caller, BrokerError> {
     let identity = req.extensions().get::<ServiceIdentity>().ok_or_else(|| {
         BrokerError::Internal("request reached a service without passing authentication".into())
     })?;
+    let actor = match req.extensions().get::<ActorSource>() {
+        Some(ActorSource::Verified(actor)) => Some(actor.clone()),
+        Some(ActorSource::Unsigned) => actor_from_metadata(req.metadata())?,
+        Some(ActorSource::None) => None,
+        None => {
+            return Err(BrokerError::Internal(
+                "request reached a service without passing the actor layer".into(),
+            ));
+        }
+    };
     Ok(Caller {
         service: identity.name.clone(),
         role: identity.role,
-        actor: actor_from_metadata(req.metadata())?,
+        actor,
     })
 }

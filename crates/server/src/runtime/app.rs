@@ -2,7 +2,9 @@
 
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
+use crate::layers::assertion::{ActorPolicy, ActorVerifier};
 use crate::layers::auth::AuthLayer;
+use crate::layers::workload::WorkloadVerifier;
 use crate::runtime::config::{Config, EnvSource, ProcessEnv};
 use crate::runtime::error::StartupError;
 use crate::runtime::keys::{self, KeyHealth, KeyOptions};
@@ -254,7 +256,44 @@ impl Application {
                  through it"
             );
         }
+        let actors = actor_policy(config, &clock)?;
+        let workloads = match &config.workload_identity {
+            Some(w) => Some(Arc::new(WorkloadVerifier::from_config(
+                w,
+                &callers.workloads,
+                clock.clone(),
+            )?)),
+            None => None,
+        };
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
+        if let Some(verifier) = &actors.verifier
+            && verifier.keys().has_jwks()
+        {
+            let every = config
+                .actor_assertions
+                .as_ref()
+                .map_or(300, |a| a.jwks_refresh_seconds);
+            background.push(
+                crate::layers::jwt::start_refreshing(
+                    verifier.keys().clone(),
+                    "actor assertions",
+                    every,
+                )
+                .await,
+            );
+        }
+        if let Some(w) = &workloads
+            && w.keys().has_jwks()
+        {
+            let every = config
+                .workload_identity
+                .as_ref()
+                .map_or(300, |w| w.jwks_refresh_seconds);
+            background.push(
+                crate::layers::jwt::start_refreshing(w.keys().clone(), "workload identity", every)
+                    .await,
+            );
+        }
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),
             Duration::from_secs(config.telemetry.credentials_gauge_seconds),
@@ -318,19 +357,22 @@ impl Application {
                 .map_err(|e| StartupError::Tls(e.to_string()))?;
         }
         let max_request = config.limits.max_request_bytes;
-        // Outermost first: span + metrics + deadline, then authentication, then the caller's
-        // concurrency limit (it needs the identity the auth layer found).
+        // Outermost first: span + metrics + deadline, load shedding, workload tokens, then
+        // authentication, the caller's concurrency limit (it needs the identity the auth layer
+        // found) and the actor (verified assertion or, where allowed, plain metadata).
         let router = builder
             .layer(crate::layers::observe::ObserveLayer::new(metrics.clone()))
             .layer(crate::layers::overload::OverloadLayer::new(
                 limits.max_concurrent_calls,
                 metrics.clone(),
             ))
-            .layer(AuthLayer::new(callers, audit))
+            .layer(crate::layers::workload::WorkloadLayer::new(workloads))
+            .layer(AuthLayer::new(callers, audit.clone()))
             .layer(crate::layers::limits::CallerLimitLayer::new(
                 config.limits.max_concurrent_per_caller,
                 metrics.clone(),
             ))
+            .layer(crate::layers::assertion::ActorLayer::new(actors, audit))
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -442,6 +484,35 @@ impl Application {
             probes.abort();
         }
     }
+}
+
+/// Who must prove the actor with a signed assertion, and the verifier of those assertions.
+fn actor_policy(config: &Config, clock: &Arc<dyn Clock>) -> Result<ActorPolicy, StartupError> {
+    let verifier = match &config.actor_assertions {
+        Some(a) => {
+            let v = ActorVerifier::from_config(a, clock.clone())?;
+            tracing::info!(
+                issuer = %a.issuer,
+                audience = %a.audience,
+                jwks_url = a.jwks_url.as_deref().unwrap_or(""),
+                static_keys = a.public_keys.len(),
+                "actor assertions verified"
+            );
+            Some(Arc::new(v))
+        }
+        None => None,
+    };
+    let unsigned_callers = config.unsigned_actor_callers();
+    for name in &unsigned_callers {
+        tracing::warn!(
+            caller = %name,
+            "caller may name the actor in plain metadata (unsigned_actor = true): its actors are not verified"
+        );
+    }
+    Ok(ActorPolicy {
+        unsigned_callers,
+        verifier,
+    })
 }
 
 /// The listener's TLS settings: server identity and, for mTLS callers, the client CA. Client

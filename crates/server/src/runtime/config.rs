@@ -69,6 +69,211 @@ pub struct Config {
     pub health: HealthConfig,
     /// Per-caller concurrency and request size limits.
     pub limits: LimitsConfig,
+    /// Signed actor assertions: who may sign them and how they are checked. Unset: no caller
+    /// can prove an actor (only development mode and `unsigned_actor` callers name one).
+    pub actor_assertions: Option<ActorAssertionsConfig>,
+    /// Callers that authenticate with a JWT their platform issues (Kubernetes projected
+    /// service-account tokens), mapped to `[[callers]]` by `service_account`.
+    pub workload_identity: Option<WorkloadIdentityConfig>,
+}
+
+/// How workload tokens (Kubernetes service-account JWTs) are verified.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadIdentityConfig {
+    /// The token issuer: the cluster's service-account issuer (`--service-account-issuer`).
+    pub issuer: String,
+    /// The audience the projected token is requested for; only tokens for it are accepted.
+    pub audience: String,
+    /// The issuer's JWKS (https, or http on loopback), e.g. the OIDC discovery `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Keys known without a JWKS (e.g. from `kubectl get --raw /openid/v1/jwks`).
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` fetches the JWKS again at most this often.
+    pub jwks_min_refetch_seconds: u64,
+}
+
+impl Default for WorkloadIdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            public_keys: Vec::new(),
+            leeway_seconds: 30,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
+        }
+    }
+}
+
+impl WorkloadIdentityConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        validate_issuer_keys(
+            "workload_identity",
+            &self.issuer,
+            &self.audience,
+            self.jwks_url.as_deref(),
+            &self.public_keys,
+            p,
+        );
+        if self.leeway_seconds > 300 {
+            p.push("workload_identity.leeway_seconds: must be at most 300".into());
+        }
+        for (key, v) in [
+            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
+            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("workload_identity.{key}: must be at least 1"));
+            }
+        }
+    }
+}
+
+/// Checks what every JWT issuer section shares: issuer, audience and where the keys come from.
+fn validate_issuer_keys(
+    section: &str,
+    issuer: &str,
+    audience: &str,
+    jwks_url: Option<&str>,
+    public_keys: &[PublicKeyConfig],
+    p: &mut Vec<String>,
+) {
+    if issuer.trim().is_empty() {
+        p.push(format!(
+            "{section}.issuer: required (the iss of the tokens)"
+        ));
+    }
+    if audience.trim().is_empty() {
+        p.push(format!(
+            "{section}.audience: required (this broker's name in aud)"
+        ));
+    }
+    if jwks_url.is_none() && public_keys.is_empty() {
+        p.push(format!("{section}: set jwks_url or public_keys"));
+    }
+    if let Some(u) = jwks_url {
+        // The parsed host, not a prefix: `http://localhost.example.com` is not loopback.
+        let ok = url::Url::parse(u).is_ok_and(|url| match url.scheme() {
+            "https" => url.host_str().is_some(),
+            "http" => matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+            _ => false,
+        });
+        if !ok {
+            p.push(format!(
+                "{section}.jwks_url: {u:?} must be an https:// URL (or http on loopback)"
+            ));
+        }
+    }
+    let mut kids = std::collections::BTreeSet::new();
+    for (i, k) in public_keys.iter().enumerate() {
+        if k.kid.trim().is_empty() {
+            p.push(format!("{section}.public_keys[{i}].kid: required"));
+        } else if !kids.insert(k.kid.as_str()) {
+            p.push(format!(
+                "{section}.public_keys[{i}].kid: {:?} is declared twice",
+                k.kid
+            ));
+        }
+        let set = [k.pem.is_some(), k.pem_file.is_some(), k.jwk.is_some()];
+        if set.iter().filter(|s| **s).count() != 1 {
+            p.push(format!(
+                "{section}.public_keys[{i}]: set exactly one of pem, pem_file, jwk"
+            ));
+        }
+    }
+}
+
+/// How signed actor assertions (short-lived JWTs naming the end user) are verified.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorAssertionsConfig {
+    /// The `iss` every assertion must carry (the web backend or the platform's IdP).
+    pub issuer: String,
+    /// The `aud` every assertion must contain: this broker's name.
+    pub audience: String,
+    /// A JWKS URL (https, or http on loopback) holding the signing keys; fetched at start, every
+    /// `jwks_refresh_seconds`, and when an assertion names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Keys known without a JWKS (each with its `kid`).
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Clock skew tolerated on `exp`, `iat` and `nbf`.
+    pub leeway_seconds: u64,
+    /// The longest `exp - iat` accepted (at most 300).
+    pub max_lifetime_seconds: u64,
+    /// How often the JWKS is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` fetches the JWKS again at most this often.
+    pub jwks_min_refetch_seconds: u64,
+    /// Live assertion ids remembered to refuse replays; past it new assertions are refused
+    /// (UNAVAILABLE) until old ones expire.
+    pub replay_cache_max_entries: usize,
+}
+
+impl Default for ActorAssertionsConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            public_keys: Vec::new(),
+            leeway_seconds: 30,
+            max_lifetime_seconds: 300,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
+            replay_cache_max_entries: 200_000,
+        }
+    }
+}
+
+/// One static verification key of actor assertions: a PEM public key (inline or a file) or a
+/// JWK; its algorithm follows from the key (Ed25519: EdDSA, P-256: ES256, RSA: RS256).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicKeyConfig {
+    /// The key id assertions name in their header.
+    pub kid: String,
+    /// A PEM `PUBLIC KEY` (SubjectPublicKeyInfo; RSA may also be `RSA PUBLIC KEY`).
+    pub pem: Option<String>,
+    /// A file holding such a PEM.
+    pub pem_file: Option<PathBuf>,
+    /// A public JWK, as JSON text.
+    pub jwk: Option<String>,
+}
+
+impl ActorAssertionsConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        validate_issuer_keys(
+            "actor_assertions",
+            &self.issuer,
+            &self.audience,
+            self.jwks_url.as_deref(),
+            &self.public_keys,
+            p,
+        );
+        if !(1..=300).contains(&self.max_lifetime_seconds) {
+            p.push("actor_assertions.max_lifetime_seconds: must be between 1 and 300".into());
+        }
+        if self.leeway_seconds > 300 {
+            p.push("actor_assertions.leeway_seconds: must be at most 300".into());
+        }
+        for (key, v) in [
+            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
+            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
+        ] {
+            if v == 0 {
+                p.push(format!("actor_assertions.{key}: must be at least 1"));
+            }
+        }
+        if self.replay_cache_max_entries == 0 {
+            p.push("actor_assertions.replay_cache_max_entries: must be at least 1".into());
+        }
+    }
 }
 
 /// OAuth connect settings.
@@ -176,6 +381,14 @@ pub struct CallerConfig {
     /// common name) for mTLS; needs `[tls] client_ca_file`.
     #[serde(default)]
     pub mtls_identity: Option<String>,
+    /// Accept the actor from plain `x-actor-*` metadata (no signed assertion) from this caller:
+    /// for migrating to actor assertions only; logged at start.
+    #[serde(default)]
+    pub unsigned_actor: bool,
+    /// The `sub` of the caller's workload token, e.g. `system:serviceaccount:NAMESPACE:NAME`
+    /// for a Kubernetes service account; needs `[workload_identity]`.
+    #[serde(default)]
+    pub service_account: Option<String>,
 }
 
 /// TLS for the gRPC listener; with `client_ca_file`, callers may authenticate by certificate.
@@ -234,6 +447,8 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             health: HealthConfig::default(),
             limits: LimitsConfig::default(),
+            actor_assertions: None,
+            workload_identity: None,
         }
     }
 }
@@ -834,13 +1049,18 @@ impl Config {
                 ));
             }
             match (&c.token_sha256, &c.mtls_identity) {
-                (None, None) => p.push(format!(
-                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`) or mtls_identity"
+                (None, None) if c.service_account.is_none() => p.push(format!(
+                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`), mtls_identity or service_account"
                 )),
                 (Some(h), _) if decode_sha256(h).is_none() => p.push(format!(
                     "callers[{i}].token_sha256: must be 64 hex characters (run `credential-broker hash-token`)"
                 )),
                 _ => {}
+            }
+            if c.service_account.is_some() && self.workload_identity.is_none() {
+                p.push(format!(
+                    "callers[{i}].service_account: needs [workload_identity] (issuer, audience, keys)"
+                ));
             }
             if c.mtls_identity.is_some() && self.tls.client_ca_file.is_none() {
                 p.push(format!("callers[{i}].mtls_identity: needs [tls] client_ca_file (and cert_file, key_file)"));
@@ -905,6 +1125,12 @@ impl Config {
         self.telemetry.validate(&mut p);
         self.health.validate(&mut p);
         self.limits.validate(&mut p);
+        if let Some(a) = &self.actor_assertions {
+            a.validate(&mut p);
+        }
+        if let Some(w) = &self.workload_identity {
+            w.validate(&mut p);
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -917,7 +1143,10 @@ impl Config {
     pub fn plaintext_bearer_off_loopback(&self) -> bool {
         !self.listen.ip().is_loopback()
             && !self.tls.enabled()
-            && self.callers.iter().any(|c| c.token_sha256.is_some())
+            && self
+                .callers
+                .iter()
+                .any(|c| c.token_sha256.is_some() || c.service_account.is_some())
     }
 
     /// The configured calling services (empty: development mode).
@@ -937,11 +1166,25 @@ impl Config {
                     token_sha256: hash,
                 });
             }
+            if let Some(subject) = &c.service_account {
+                callers.workloads.push((subject.clone(), identity.clone()));
+            }
             if let Some(subject) = &c.mtls_identity {
                 callers.certificates.push((subject.clone(), identity));
             }
         }
         callers
+    }
+}
+
+impl Config {
+    /// The callers allowed to name the actor in plain metadata (`unsigned_actor = true`).
+    pub fn unsigned_actor_callers(&self) -> std::collections::BTreeSet<String> {
+        self.callers
+            .iter()
+            .filter(|c| c.unsigned_actor)
+            .map(|c| c.name.clone())
+            .collect()
     }
 }
 
@@ -1018,6 +1261,53 @@ mod tests {
             e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn actor_assertions_and_workload_identity_are_validated() {
+        let e = Config::parse(
+            "[[callers]]\nname = \"x\"\nrole = \"executor\"\nservice_account = \"system:serviceaccount:a:b\"\n\
+             [actor_assertions]\njwks_url = \"http://example.com/jwks\"\nmax_lifetime_seconds = 3600\n\
+             [[actor_assertions.public_keys]]\nkid = \"k\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        for problem in [
+            "callers[0].service_account: needs [workload_identity]",
+            "actor_assertions.jwks_url: \"http://example.com/jwks\"",
+            "actor_assertions.issuer: required",
+            "actor_assertions.audience: required",
+            "actor_assertions.jwks_url",
+            "actor_assertions.max_lifetime_seconds",
+            "actor_assertions.public_keys[0]: set exactly one of pem, pem_file, jwk",
+        ] {
+            assert!(e.contains(problem), "{problem} in {e}");
+        }
+        let ok = Config::parse(
+            "listen = \"0.0.0.0:50051\"\n[tls]\nmesh_terminates_tls = true\n\
+             [[callers]]\nname = \"x\"\nrole = \"executor\"\nservice_account = \"system:serviceaccount:a:b\"\n\
+             [workload_identity]\nissuer = \"https://k8s\"\naudience = \"broker\"\njwks_url = \"https://k8s/keys\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        // Service-account tokens are bearer tokens too: off loopback they need TLS (or a mesh).
+        assert!(ok.plaintext_bearer_off_loopback());
+        assert_eq!(ok.callers().workloads.len(), 1);
+        assert!(!ok.callers().is_development());
+        for (url, accepted) in [
+            ("http://localhost.example.com/keys", false),
+            ("http://127.0.0.1@example.com/keys", false),
+            ("http://127.0.0.1:8080/keys", true),
+            ("https://k8s.example.com/keys", true),
+        ] {
+            let mut c = ok.clone();
+            if let Some(w) = c.workload_identity.as_mut() {
+                w.jwks_url = Some(url.into());
+            }
+            assert_eq!(c.validate().is_ok(), accepted, "{url}");
+        }
     }
 
     #[test]
