@@ -4,7 +4,7 @@
 //! service-account token and gets the role of the `[[callers]]` entry it maps to. The signing
 //! keys exist only in this test.
 
-use crate::support::broker::{BrokerProcess, TestBroker, config_toml, error_details, free_port};
+use crate::support::broker::{BrokerProcess, TestBroker, config_toml, error_details};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_broker::clock::Clock;
@@ -602,10 +602,8 @@ async fn assertions_never_reach_the_trace_log() {
     let key = Signer::new(STATIC_KID, Algorithm::EdDSA);
     let impostor = Signer::new(STATIC_KID, Algorithm::EdDSA);
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let db = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, db.clone());
-    config.listen = addr;
+    let config = TestBroker::config(&dir, db.clone());
     let pem = dir.path().join("actor-key.pem");
     std::fs::write(&pem, &key.public_pem).unwrap();
     let toml = config_toml(&config, &db).replace("filter = \"info\"", "filter = \"trace\"")
@@ -616,7 +614,7 @@ async fn assertions_never_reach_the_trace_log() {
             token_sha256_hex(WEB_TOKEN),
             pem.display().to_string()
         );
-    let broker = BrokerProcess::spawn(dir.path(), "traced", &toml, addr).await;
+    let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
     let mut c = CredentialServiceClient::new(broker.channel().await);
     // The binary runs on the system clock.
     let now = cb_broker::clock::SystemClock.now().as_millis() / 1000;
