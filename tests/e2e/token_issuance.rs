@@ -7,6 +7,7 @@ use crate::support::broker::{
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
+use crate::support::tcp_proxy::TcpProxy;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use std::sync::Arc;
@@ -679,6 +680,168 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fake.reuse_detections(), 0, "\n{}", b.log());
+    db.drop_database().await;
+}
+
+/// The leader is SIGKILLed the moment the provider answered its refresh: the rotated refresh
+/// token dies with it. The survivor notices within a short lease (heartbeat, database clock),
+/// finds the leader's refresh intent, retries at once with the stored refresh token and, when
+/// the provider refuses it (reuse detected), says the refresh was interrupted. The other
+/// credential is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_after_the_provider_answered_is_replaced_within_seconds() {
+    let Some(db) = pg::fresh_database("killed_after_answer").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |i: usize| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = TestBroker::config(&dir, db.url.clone());
+        config.listen = addr;
+        config.tokens.refresh_scan_interval_seconds = 0;
+        config.tokens.lease_seconds = 5;
+        config.oauth.http_timeout_seconds = 3;
+        with_fake_provider(&mut config, &fake, "fake", &[]);
+        (
+            config_toml(&config, &db.url) + &provider_toml(&fake),
+            addr,
+            format!("replica-{i}"),
+        )
+    };
+    let (toml_a, addr_a, name_a) = spawn(0);
+    let (toml_b, addr_b, name_b) = spawn(1);
+    let a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a, addr_a).await;
+    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b, addr_b).await;
+    let mut ca = CredentialServiceClient::new(a.channel().await);
+    let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await; // long expired
+    let (req, other_access, _) = fake_grant_import(&fake, "acct-2", 4_000_000_000);
+    let other = ca
+        .import_credential(as_actor(req, ALICE.0, ALICE.1))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .credential_id;
+
+    let pid = a.pid().to_string();
+    fake.on_refresh_answered(move || {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+    });
+    let lost = token(&mut ca, &id).await;
+    assert!(lost.is_err(), "A died before answering: {lost:?}");
+    fake.clear_refresh_hook();
+    assert_eq!(fake.refresh_calls(), 1);
+
+    let mut cb = CredentialServiceClient::new(b.channel().await);
+    let started = std::time::Instant::now();
+    let got = token(&mut cb, &id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the survivor answered within 15 s\n{}",
+        b.log()
+    );
+    match &got {
+        Ok(t) => assert!(fake.is_valid_access_token(&t.access_token)),
+        Err(s) => {
+            assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+            assert_eq!(error_details(s).0, "REFRESH_INTERRUPTED", "{s:?}");
+        }
+    }
+    // The provider saw the stored refresh token once more (the interrupted retry), no more.
+    assert_eq!(fake.refresh_calls(), 2, "\n{}", b.log());
+    if got.is_err() {
+        // Later calls keep saying why.
+        let again = token(&mut cb, &id).await.unwrap_err();
+        assert_eq!(error_details(&again).0, "REFRESH_INTERRUPTED");
+    }
+    // The other credential was not touched.
+    let t = token(&mut cb, &other).await.unwrap();
+    assert_eq!(t.access_token, other_access);
+    let stats = fake.grant_stats(&other_access).unwrap();
+    assert_eq!((stats.refresh_calls, stats.revoked), (0, false));
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// A TCP proxy between the broker and PostgreSQL cuts every connection the moment the provider
+/// answers a refresh. A short outage: the write is retried under the lease and the call
+/// succeeds. An outage longer than the lease: the call fails, the rotated token set waits in
+/// memory and is written once the database is back, without a second provider call. Either
+/// way no rotated refresh token is lost and no old one is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_cut_at_the_write_loses_no_rotated_token() {
+    let Some(db) = pg::fresh_database("cut_at_write").await else {
+        return;
+    };
+    let direct = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = Arc::new(TcpProxy::start(&upstream).await);
+    let mut via = direct.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = TestBroker::config(&dir, via.to_string());
+    with_fake_provider(&mut config, &fake, "fake", &[]);
+    config.tokens.refresh_scan_interval_seconds = 0;
+    config.tokens.lease_seconds = 4;
+    config.oauth.http_timeout_seconds = 3;
+    let b = TestBroker::start(config, dir).await.unwrap();
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 60).await;
+    let p = proxy.clone();
+    fake.on_refresh_answered(move || p.cut());
+
+    // A short outage (the database is back after 2 s, within the 4 s lease).
+    let restore = {
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            p.restore();
+        })
+    };
+    let first = token(&mut client, &id).await;
+    restore.await.unwrap();
+    let first = first.expect("the write is retried until the database is back");
+    assert!(fake.is_valid_access_token(&first.access_token));
+    assert_eq!(fake.refresh_calls(), 1);
+
+    // An outage longer than the lease: the caller is told to retry.
+    b.clock.advance(Duration::from_secs(3600));
+    let failed = token(&mut client, &id).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert_eq!(fake.refresh_calls(), 2);
+    proxy.restore();
+    fake.clear_refresh_hook();
+    // Once the database is back the waiting token set is written: no provider call.
+    let second = token(&mut client, &id).await.unwrap();
+    assert_ne!(second.access_token, first.access_token);
+    assert!(fake.is_valid_access_token(&second.access_token));
+    assert_eq!(
+        fake.refresh_calls(),
+        2,
+        "no second use of the replaced refresh token"
+    );
+
+    // The database holds the live refresh token: the next refresh works.
+    b.clock.advance(Duration::from_secs(3600));
+    let third = token(&mut client, &id).await.unwrap();
+    assert_ne!(third.access_token, second.access_token);
+    assert_eq!(fake.refresh_calls(), 3);
+    assert_eq!(
+        fake.reuse_detections(),
+        0,
+        "no refresh token was ever reused"
+    );
+    drop(b);
     db.drop_database().await;
 }
 

@@ -51,6 +51,9 @@ pub mod reason {
     pub const CONNECT_STATE_OTHER_USER: &str = "CONNECT_STATE_OTHER_USER";
     /// A reconnect authorized a different provider account.
     pub const ACCOUNT_MISMATCH: &str = "ACCOUNT_MISMATCH";
+    /// A refresh died with the replica that ran it (after the provider may have rotated the
+    /// refresh token), and the provider refused the stored one: reconnect.
+    pub const REFRESH_INTERRUPTED: &str = "REFRESH_INTERRUPTED";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
     /// The key management service cannot be reached, or failed in an unexpected way.
@@ -97,6 +100,7 @@ pub mod reason {
         CONNECT_STATE_EXPIRED,
         CONNECT_STATE_OTHER_USER,
         ACCOUNT_MISMATCH,
+        REFRESH_INTERRUPTED,
         STORAGE_UNAVAILABLE,
         KMS_UNAVAILABLE,
         KMS_KEY_DISABLED,

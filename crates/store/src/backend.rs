@@ -30,6 +30,10 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// process on the database). Bind: credential id. `None`: announced after commit instead.
     const NOTIFY_CHANGE: Option<&'static str>;
 
+    /// The current time in ms as an SQL expression on the database clock, shared by every
+    /// replica (leases are judged by it); `None`: the caller's clock, bound as a parameter.
+    const DB_NOW_MS: Option<&'static str>;
+
     /// The change fan-out shared by the clones of one store.
     type Changes: Send + Sync + fmt::Debug + 'static;
 

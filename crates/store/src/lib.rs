@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, StatusQuery, UsageRecord,
-    WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns,
+    StatusQuery, UsageRecord, WrappedDekRow,
 };
 pub use store::SqlStore;
 
@@ -212,6 +212,47 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the lease without writing tokens (failure paths), only while `lease_fence =
     /// fence` and it is held. Returns whether it released.
     async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError>;
+
+    /// Takes the refresh lease if it is free or lapsed, judged by the DATABASE clock where there
+    /// is one shared by every replica (PostgreSQL `now()`; SQLite, one process: `local_now`):
+    /// `lease_holder = holder, lease_fence + 1, lease_expires_at = db_now + lease_ms` WHERE the
+    /// credential is `ACTIVE` and (no holder, or `lease_expires_at <= db_now`). Replica clock
+    /// skew thus cannot make a live lease look lapsed. Same answer as
+    /// [`Store::acquire_refresh_lease`].
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<Option<CredentialRow>, StoreError>;
+
+    /// Heartbeat of a live lease: `lease_expires_at = db_now + lease_ms` (database clock as in
+    /// [`Store::take_refresh_lease`]) while `lease_fence = fence` and it is held. Returns
+    /// whether it is still held.
+    async fn renew_refresh_lease(
+        &self,
+        id: &str,
+        fence: i64,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Whether the lease of `id` is free or lapsed by the database clock (as in
+    /// [`Store::take_refresh_lease`]); `true` for an unknown credential.
+    async fn refresh_lease_lapsed(&self, id: &str, local_now: i64) -> Result<bool, StoreError>;
+
+    /// Records the intent of the holder of lease `intent.fence` (only while it holds it).
+    /// Returns whether it was recorded. [`Store::complete_refresh`] clears it; releasing the
+    /// lease does not (a refresh whose outcome is unknown stays on record).
+    async fn record_refresh_intent(
+        &self,
+        id: &str,
+        intent: &RefreshIntent,
+    ) -> Result<bool, StoreError>;
+
+    /// The recorded refresh intent of `id`, if any.
+    async fn refresh_intent(&self, id: &str) -> Result<Option<RefreshIntent>, StoreError>;
 
     /// Ids of `ACTIVE` credentials with `next_refresh_at <= now`, soonest first (ties by id),
     /// at most `limit`. Reads the partial index `(next_refresh_at, id) WHERE status =

@@ -28,6 +28,10 @@ impl Backend for Postgres {
     const NOTIFY_CHANGE: Option<&'static str> =
         Some("SELECT pg_notify('cb_credential_changed', $1)");
 
+    // One clock for every replica: skew between replicas cannot end a live lease early.
+    const DB_NOW_MS: Option<&'static str> =
+        Some("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)");
+
     /// The listener (one extra connection, outside the pool) runs from the first subscription
     /// until the last clone of the store is dropped.
     type Changes = ChangeHub;

@@ -28,6 +28,9 @@ impl Backend for Sqlite {
     const LOCK_CREDENTIAL: &'static str = "SELECT id FROM credentials WHERE id = $1";
     const NOTIFY_CHANGE: Option<&'static str> = None;
 
+    // One process: its own clock is the only one.
+    const DB_NOW_MS: Option<&'static str> = None;
+
     /// Clones of a store share one channel; only this process's writes are announced.
     type Changes = broadcast::Sender<ChangeEvent>;
 

@@ -306,6 +306,11 @@ impl BrokerProcess {
             .unwrap()
     }
 
+    /// Its OS process id (a test may kill it from a callback).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to clean up (tests lease expiry).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

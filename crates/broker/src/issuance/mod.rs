@@ -8,6 +8,7 @@
 
 mod cache;
 mod coordinator;
+mod lease;
 mod retry;
 pub mod schedule;
 #[cfg(test)]
@@ -44,8 +45,11 @@ pub struct IssuanceConfig {
     pub default_min_valid: Duration,
     /// Largest `min_valid_for` accepted.
     pub max_min_valid: Duration,
-    /// Refresh lease lifetime; longer than every provider attempt together.
+    /// Refresh lease lifetime without renewal: the holder renews it every third of it, so a
+    /// dead holder is noticed within it. Longer than one provider attempt.
     pub lease_duration: Duration,
+    /// Provider attempts of one refresh start within this time after the first.
+    pub retry_budget: Duration,
     /// Provider attempts per refresh (transient failures only).
     pub provider_attempts: u32,
     /// First backoff delay; doubles per attempt, with jitter.
@@ -65,7 +69,8 @@ impl Default for IssuanceConfig {
         Self {
             default_min_valid: Duration::from_secs(225),
             max_min_valid: Duration::from_secs(3600),
-            lease_duration: Duration::from_secs(60),
+            lease_duration: Duration::from_secs(15),
+            retry_budget: Duration::from_secs(30),
             provider_attempts: 3,
             backoff_base: Duration::from_millis(200),
             refresh_ahead_window: Duration::from_secs(600),
@@ -153,6 +158,8 @@ pub struct TokenService {
     retry: RetryPolicy,
     /// The flight per credential in this process: the leader's `min_valid` and its result.
     flights: Mutex<HashMap<String, (Duration, watch::Receiver<FlightResult>)>>,
+    /// Refreshed token sets the database could not take yet (see [`lease::Pending`]).
+    pending: lease::PendingWrites,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
 }
@@ -179,7 +186,7 @@ impl TokenService {
         let limits = RetryLimits {
             attempts: config.provider_attempts,
             backoff_base: config.backoff_base,
-            budget: config.lease_duration / 2,
+            budget: config.retry_budget,
             breaker_threshold: config.breaker_threshold,
             breaker_cooldown: config.breaker_cooldown,
         };
@@ -201,6 +208,7 @@ impl TokenService {
             holder,
             random,
             flights: Mutex::new(HashMap::new()),
+            pending: lease::PendingWrites::default(),
             usage: Mutex::new(HashMap::new()),
             stats: IssuanceStats::default(),
         }

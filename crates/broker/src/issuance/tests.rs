@@ -56,6 +56,7 @@ impl ProviderGateway for ScriptedProvider {
             supports_revocation: false,
             custom: true,
             refresh_token_idle: None,
+            verified: true,
         })
     }
     fn redirect_allowed(&self, _uri: &str) -> bool {
