@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, Store, StoreError,
-    UsageRecord, WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns, Store,
+    StoreError, UsageRecord, WrappedDekRow,
 };
 use tokio::sync::broadcast;
 
@@ -75,6 +75,7 @@ store_suite!(
     complete_refresh_keeps_a_concurrent_rename,
     disconnect_fences_out_an_inflight_refresh,
     release_needs_the_current_fence,
+    lease_on_the_database_clock_is_renewed_and_keeps_the_intent,
     due_for_refresh_is_ordered_limited_and_active_only,
     record_usage_keeps_the_latest_use_without_a_version_bump,
     concurrent_usage_batches_do_not_deadlock,
@@ -1801,6 +1802,121 @@ fn refreshed(base: &CredentialRow, n: u8) -> CredentialRow {
         updated_at: T0 + 2,
         ..base.clone()
     }
+}
+
+/// The wall clock, for the leases judged by the database clock (SQLite: by this one).
+fn wall_ms() -> i64 {
+    use cb_broker::clock::Clock;
+    cb_broker::clock::SystemClock.now().as_millis()
+}
+
+async fn lease_on_the_database_clock_is_renewed_and_keeps_the_intent(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    let now = wall_ms();
+    let taken = store
+        .take_refresh_lease("c1", "replica-a", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("free lease is taken");
+    assert_eq!(taken.lease.holder.as_deref(), Some("replica-a"));
+    let fence = taken.lease.fence;
+    assert!(!store.refresh_lease_lapsed("c1", now).await.expect("lapsed"));
+    // A replica whose clock runs a minute ahead: on PostgreSQL the database clock judges, so it
+    // cannot take a live lease; SQLite has one process and one clock.
+    if store.backend() == "postgres" {
+        let skewed = now + 60_000;
+        let taken_over = store
+            .take_refresh_lease("c1", "replica-b", LEASE_MS, skewed)
+            .await
+            .expect("take");
+        assert!(taken_over.is_none(), "a skewed clock took a live lease");
+    }
+    assert!(
+        store
+            .renew_refresh_lease("c1", fence, LEASE_MS, now)
+            .await
+            .expect("renew")
+    );
+    assert!(
+        !store
+            .renew_refresh_lease("c1", fence + 1, LEASE_MS, now)
+            .await
+            .expect("renew")
+    );
+    let intent = RefreshIntent {
+        holder: "replica-a".into(),
+        fence,
+        started_at: now,
+        token_sha256: "ab".repeat(32),
+    };
+    assert!(
+        store
+            .record_refresh_intent("c1", &intent)
+            .await
+            .expect("intent")
+    );
+    assert_eq!(
+        store.refresh_intent("c1").await.expect("read"),
+        Some(intent.clone())
+    );
+    // A renewal into the past lets the lease lapse: another holder takes it, fencing A out.
+    assert!(
+        store
+            .renew_refresh_lease("c1", fence, -1_000, now)
+            .await
+            .expect("renew")
+    );
+    assert!(store.refresh_lease_lapsed("c1", now).await.expect("lapsed"));
+    let b = store
+        .take_refresh_lease("c1", "replica-b", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("a lapsed lease is taken over");
+    assert_eq!(b.lease.fence, fence + 1);
+    let stale = RefreshIntent {
+        fence,
+        ..intent.clone()
+    };
+    assert!(
+        !store
+            .record_refresh_intent("c1", &stale)
+            .await
+            .expect("intent"),
+        "only the holder records an intent"
+    );
+    // The interrupted intent stays for the new holder to find; releasing keeps it too.
+    assert_eq!(
+        store.refresh_intent("c1").await.expect("read"),
+        Some(intent)
+    );
+    assert!(
+        store
+            .release_refresh_lease("c1", b.lease.fence)
+            .await
+            .expect("release")
+    );
+    assert!(store.refresh_intent("c1").await.expect("read").is_some());
+    // Writing a refresh result clears it.
+    let c = store
+        .take_refresh_lease("c1", "replica-b", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("free");
+    store
+        .complete_refresh(&refreshed(&c, 1), c.lease.fence)
+        .await
+        .expect("complete");
+    assert_eq!(store.refresh_intent("c1").await.expect("read"), None);
+    assert!(store.refresh_intent("ghost").await.expect("read").is_none());
+    assert!(
+        store
+            .refresh_lease_lapsed("ghost", now)
+            .await
+            .expect("lapsed")
+    );
 }
 
 async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {

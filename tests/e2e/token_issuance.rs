@@ -845,6 +845,51 @@ async fn a_database_cut_at_the_write_loses_no_rotated_token() {
     db.drop_database().await;
 }
 
+/// Two replicas whose clocks are 30 s apart (more than the lease): the one ahead does not take
+/// the lease of the other while it talks to a slow provider, because leases are judged by the
+/// database clock. One refresh, both callers served with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
+    let Some(db) = pg::fresh_database("skewed_clocks").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    // Replica B shares the database and the key file; its clock runs 30 s ahead.
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    b.clock.advance(Duration::from_secs(30));
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await; // long expired
+    fake.configure(|f| f.token_delay = Duration::from_secs(2));
+    let first = {
+        let id = id.clone();
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    let started = std::time::Instant::now();
+    while fake.refresh_calls() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A never called the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = token(&mut cb, &id).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(fake.refresh_calls(), 1, "one refresh for the credential");
+    assert_eq!(first.access_token, second.access_token);
+    assert_eq!(
+        b.issuance_stats().lease_waits,
+        1,
+        "B waited on A's live lease"
+    );
+    assert_eq!(fake.reuse_detections(), 0);
+    drop((a, b));
+    db.drop_database().await;
+}
+
 fn provider_toml(fake: &FakeProvider) -> String {
     let fc = fake.config();
     format!(

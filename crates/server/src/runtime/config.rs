@@ -1159,4 +1159,22 @@ mod tests {
             assert!(e.contains(field), "{field} in {e}");
         }
     }
+
+    #[test]
+    fn the_lease_outlasts_one_provider_attempt_with_a_margin() {
+        let with = |lease: u64, timeout: u64| {
+            Config::parse(&format!(
+                "[tokens]\nlease_seconds = {lease}\n[oauth]\nhttp_timeout_seconds = {timeout}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        Config::default().validate().unwrap();
+        with(4, 3).unwrap();
+        with(12, 10).unwrap();
+        for (lease, timeout) in [(3, 3), (11, 10), (10, 10)] {
+            let e = with(lease, timeout).unwrap_err().to_string();
+            assert!(e.contains("tokens.lease_seconds"), "{lease}/{timeout}: {e}");
+        }
+    }
 }
