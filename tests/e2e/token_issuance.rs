@@ -890,6 +890,160 @@ async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
     db.drop_database().await;
 }
 
+/// Replica B reaches PostgreSQL through a proxy; its change feed (LISTEN) goes down with it.
+/// From then on B answers nothing from its cache: a disconnect on replica A, which B cannot
+/// hear about, is never hidden by a cached token. Once the database is back B reads it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_its_change_feed_a_replica_serves_nothing_from_its_cache() {
+    let Some(db) = pg::fresh_database("feed_down").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    let direct = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut via = direct.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    // B shares A's key file (same data directory).
+    let mut config_b = TestBroker::config(&a.dir, via.to_string());
+    with_fake_provider(&mut config_b, &fake, "fake", &[]);
+    config_b.tokens.refresh_scan_interval_seconds = 0;
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", t0_secs() + 3600).await;
+    // Once B's change feed is up, B serves from its cache.
+    let started = std::time::Instant::now();
+    while b.issuance_stats().cache_hits == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never served from its cache"
+        );
+        token(&mut cb, &id).await.unwrap();
+    }
+
+    proxy.cut();
+    // B notices that its feed is down and stops answering from memory (the database is
+    // unreachable for it too, so it answers UNAVAILABLE).
+    let started = std::time::Instant::now();
+    loop {
+        match token(&mut cb, &id).await {
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                break;
+            }
+            Ok(_) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "B kept serving from its cache without its change feed"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hits = b.issuance_stats().cache_hits;
+    ca.disconnect_credential(as_actor(
+        pb::DisconnectCredentialRequest {
+            credential_id: id.clone(),
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap();
+    assert!(token(&mut cb, &id).await.is_err());
+    proxy.restore();
+    let started = std::time::Instant::now();
+    loop {
+        let s = token(&mut cb, &id)
+            .await
+            .expect_err("a disconnected credential is never served");
+        if error_details(&s).0 == "CREDENTIAL_DISCONNECTED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never read the database again: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.issuance_stats().cache_hits,
+        hits,
+        "nothing served from memory"
+    );
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// An edit no change notification announces (made behind the broker's back) is seen once the
+/// cached entry reaches `tokens.cache_max_age_seconds`: the member list is read again.
+#[tokio::test]
+async fn a_cached_member_list_is_read_again_after_the_maximum_age() {
+    use sqlx::Connection;
+    const BOB: (&str, &str) = ("u-bob", "bob@example.com");
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 3600).await;
+    let mut members = b.members().await;
+    members
+        .add_member(as_actor(
+            pb::AddMemberRequest {
+                credential_id: id.clone(),
+                email: BOB.1.into(),
+                role: pb::MemberRole::Member as i32,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    members
+        .accept_invitation(as_actor(
+            pb::AcceptInvitationRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+        ))
+        .await
+        .unwrap();
+    let as_bob = |id: &str| {
+        as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.into(),
+                ..Default::default()
+            },
+            BOB.0,
+            BOB.1,
+        )
+    };
+    client.get_access_token(as_bob(&id)).await.unwrap();
+    let url = format!("sqlite://{}", b.dir.path().join("broker.db").display());
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM credential_members WHERE credential_id = $1 AND email = $2")
+        .bind(&id)
+        .bind(BOB.1)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    // Nothing announced the removal: the cached member list still lets Bob in...
+    client.get_access_token(as_bob(&id)).await.unwrap();
+    // ...until it is older than the maximum age.
+    b.clock.advance(Duration::from_secs(
+        b.config.tokens.cache_max_age_seconds + 1,
+    ));
+    let denied = client.get_access_token(as_bob(&id)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::NotFound, "{denied:?}");
+    // Alice, still a member, is served (from the database, then from memory again).
+    token(&mut client, &id).await.unwrap();
+}
+
 fn provider_toml(fake: &FakeProvider) -> String {
     let fc = fake.config();
     format!(

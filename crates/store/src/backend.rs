@@ -56,6 +56,10 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// database does not (see [`Backend::NOTIFY_CHANGE`]).
     fn announce_committed(changes: &Self::Changes, credential_id: &str);
 
+    /// The session of the change feed while it delivers every process's changes (see
+    /// [`Store::change_feed`](crate::Store::change_feed)).
+    fn feed_session(changes: &Self::Changes) -> Option<u64>;
+
     /// A new subscriber of the change fan-out.
     fn subscribe(changes: &Self::Changes, pool: &Pool<Self>) -> broadcast::Receiver<ChangeEvent>;
 }

@@ -313,6 +313,12 @@ pub trait Store: Send + Sync + 'static {
     /// like [`ChangeEvent::Resync`] (drop every cached entry): the receiver fell more than
     /// [`CHANGE_EVENT_CAPACITY`] events behind and some were discarded.
     fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
+
+    /// Whether changes made by other processes are being delivered right now: the session of
+    /// the change feed (a new number each time it (re)connects, notifications in between may
+    /// be lost), or `None` while it is down or not started. SQLite (one process): always
+    /// `Some(0)`.
+    fn change_feed(&self) -> Option<u64>;
 }
 
 /// Opens a store from a URL: `sqlite://path/to/file.db` or `sqlite:path` (creates the file and

@@ -67,6 +67,10 @@ impl Backend for Postgres {
         // NOTIFY_CHANGE did it, for every replica.
     }
 
+    fn feed_session(changes: &Self::Changes) -> Option<u64> {
+        changes.session()
+    }
+
     fn subscribe(changes: &Self::Changes, pool: &Pool<Self>) -> broadcast::Receiver<ChangeEvent> {
         changes.subscribe(pool)
     }

@@ -748,7 +748,8 @@ where
         lease_ms: i64,
         local_now: i64,
     ) -> Result<Option<CredentialRow>, StoreError> {
-        self.traced("take_refresh_lease", Some(id), async {
+        // The same operation as `acquire_refresh_lease`, on the database clock: one span name.
+        self.traced("acquire_refresh_lease", Some(id), async {
             let statement = sql::take_refresh_lease(db_now::<DB>("$4"));
             sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
                 .bind(id)
@@ -951,5 +952,9 @@ where
 
     fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {
         DB::subscribe(&self.changes, &self.pool)
+    }
+
+    fn change_feed(&self) -> Option<u64> {
+        DB::feed_session(&self.changes)
     }
 }

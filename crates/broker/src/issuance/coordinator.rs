@@ -171,9 +171,11 @@ impl TokenService {
                 let this = &guard.service;
                 // Someone still waits if a receiver besides the map's and the guard's exists.
                 let wanted = || tx.receiver_count() > 2;
+                // Taken before anything is read: an invalidation from now on refuses the put.
+                let seen = this.cache.generation(&guard.id);
                 let result = this.resolve(&guard.id, min_valid, force, &wanted).await;
                 if let Ok(e) = &result {
-                    this.cache.put(&guard.id, e.clone());
+                    this.cache.put(&guard.id, e.clone(), seen);
                 }
                 guard.finish();
                 tx.send_replace(Some(result));
@@ -627,6 +629,7 @@ impl TokenService {
             },
             lifetime: lifetime(bundle),
             users,
+            loaded_at: self.clock.now(),
         }))
     }
 }

@@ -56,6 +56,10 @@ pub struct IssuanceConfig {
     pub backoff_base: Duration,
     /// Refresh ahead when the access token expires within this window.
     pub refresh_ahead_window: Duration,
+    /// Longest a cached entry (the token with the members allowed to use it) is served before
+    /// the database is read again, should an invalidation have been missed without the change
+    /// feed noticing.
+    pub membership_max_age: Duration,
     /// How often a waiting replica re-reads the row.
     pub follower_poll: Duration,
     /// Consecutive transient failures that open a provider's circuit.
@@ -74,6 +78,7 @@ impl Default for IssuanceConfig {
             provider_attempts: 3,
             backoff_base: Duration::from_millis(200),
             refresh_ahead_window: Duration::from_secs(600),
+            membership_max_age: Duration::from_secs(60),
             follower_poll: Duration::from_millis(50),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
@@ -160,6 +165,8 @@ pub struct TokenService {
     flights: Mutex<HashMap<String, (Duration, watch::Receiver<FlightResult>)>>,
     /// Refreshed token sets the database could not take yet (see [`lease::Pending`]).
     pending: lease::PendingWrites,
+    /// The change feed session the cache was last emptied for (see `cache_usable`).
+    feed_session: AtomicU64,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
 }
@@ -209,6 +216,7 @@ impl TokenService {
             random,
             flights: Mutex::new(HashMap::new()),
             pending: lease::PendingWrites::default(),
+            feed_session: AtomicU64::new(0),
             usage: Mutex::new(HashMap::new()),
             stats: IssuanceStats::default(),
         }
@@ -332,7 +340,12 @@ impl TokenService {
             ));
         }
         let now = self.clock.now();
-        if let Some(e) = self.cache.get(id.as_str()) {
+        let cached = self
+            .cache_usable()
+            .then(|| self.cache.get(id.as_str()))
+            .flatten()
+            .filter(|e| e.loaded_at.plus(self.config.membership_max_age) > now);
+        if let Some(e) = cached {
             *hit = true;
             authorize(caller, &e)?;
             if e.satisfies(now, min_valid) {
@@ -348,6 +361,19 @@ impl TokenService {
         let entry = self.flight(id.as_str(), min_valid, false).await?;
         authorize(caller, &entry)?;
         Ok(entry.token.clone())
+    }
+
+    /// Whether the cache may be served: only while the change feed delivers every other
+    /// replica's invalidations. A new feed session (it reconnected) may have missed some: the
+    /// cache is emptied first.
+    fn cache_usable(&self) -> bool {
+        let Some(session) = self.store.change_feed() else {
+            return false;
+        };
+        if self.feed_session.swap(session, Ordering::SeqCst) != session {
+            self.cache.clear();
+        }
+        true
     }
 
     /// Refreshes credentials whose `next_refresh_at` has come (the background refresher).

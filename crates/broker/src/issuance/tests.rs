@@ -321,6 +321,7 @@ async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
         },
         lifetime: None,
         users: vec![],
+        loaded_at: kit.clock.now(),
     }))));
     let got = joiner.await.unwrap().unwrap();
     assert_eq!(got.access_token.expose_secret(), "at-1");

@@ -198,6 +198,7 @@ impl Application {
             provider_attempts: config.tokens.provider_attempts,
             refresh_ahead_window: Duration::from_secs(config.tokens.refresh_ahead_seconds),
             breaker_cooldown: Duration::from_secs(config.tokens.breaker_cooldown_seconds),
+            membership_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
             ..IssuanceConfig::default()
         };
         let credentials = Arc::new(CredentialService::new(

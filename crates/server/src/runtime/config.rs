@@ -151,6 +151,9 @@ pub struct TokensConfig {
     pub breaker_cooldown_seconds: u64,
     /// Credentials whose token is kept in memory; past it the least useful are evicted.
     pub cache_max_entries: u64,
+    /// Longest a cached token and its member list are served before the database is read
+    /// again (a backstop should an invalidation be missed unnoticed).
+    pub cache_max_age_seconds: u64,
 }
 
 impl Default for TokensConfig {
@@ -163,6 +166,7 @@ impl Default for TokensConfig {
             provider_attempts: 3,
             breaker_cooldown_seconds: 30,
             cache_max_entries: 10_000,
+            cache_max_age_seconds: 60,
         }
     }
 }
@@ -803,6 +807,9 @@ impl Config {
                 "tokens.lease_seconds: {} must be at least oauth.http_timeout_seconds plus a margin ({needed}) so a leader is never taken over while one provider attempt is in flight",
                 t.lease_seconds
             ));
+        }
+        if t.cache_max_age_seconds == 0 {
+            p.push("tokens.cache_max_age_seconds: must be at least 1".into());
         }
         if t.provider_attempts == 0 {
             p.push("tokens.provider_attempts: must be at least 1".into());
