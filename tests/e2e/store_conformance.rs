@@ -77,6 +77,7 @@ store_suite!(
     release_needs_the_current_fence,
     lease_on_the_database_clock_is_renewed_and_keeps_the_intent,
     due_for_refresh_is_ordered_limited_and_active_only,
+    claim_due_refreshes_leases_a_batch_and_skips_held_leases,
     record_usage_keeps_the_latest_use_without_a_version_bump,
     concurrent_usage_batches_do_not_deadlock,
     writes_are_announced_to_subscribers,
@@ -2269,6 +2270,79 @@ async fn release_needs_the_current_fence(store: Arc<dyn Store>) {
         .expect("acquire")
         .expect("lease");
     assert_eq!(again.lease.fence, fence + 1);
+}
+
+async fn claim_due_refreshes_leases_a_batch_and_skips_held_leases(store: Arc<dyn Store>) {
+    let due_at = |id: &str, next: Option<i64>| CredentialRow {
+        next_refresh_at: next,
+        ..leaseless(id)
+    };
+    for row in [
+        due_at("d1", Some(100)),
+        due_at("d2", Some(50)),
+        due_at("d3", Some(100)),
+        due_at("d4", Some(200)),
+        CredentialRow {
+            status: "NEEDS_RECONNECT".to_owned(),
+            ..due_at("d5", Some(10))
+        },
+        due_at("d6", None),
+    ] {
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+    let ids = |rows: &[CredentialRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    // Another replica holds d1's lease: it is skipped, not waited on.
+    store
+        .take_refresh_lease("d1", "replica-b", LEASE_MS, 150)
+        .await
+        .expect("take")
+        .expect("free");
+    let claimed = store
+        .claim_due_refreshes("replica-a", 150, LEASE_MS, 2)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), ["d2", "d3"]);
+    for row in &claimed {
+        assert_eq!(row.lease.holder.as_deref(), Some("replica-a"));
+        assert_eq!(row.lease.fence, 1);
+        assert_eq!(must_get(&*store, &row.id).await, *row);
+    }
+    let none = store
+        .claim_due_refreshes("replica-c", 150, LEASE_MS, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&none), Vec::<String>::new(), "held leases are skipped");
+    let later = store
+        .claim_due_refreshes("replica-c", 250, LEASE_MS, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&later), ["d4"]);
+
+    // Concurrent claims split the due credentials between them.
+    for n in 0..20 {
+        store
+            .insert_credential(&due_at(&format!("e{n:02}"), Some(300)), &[])
+            .await
+            .expect("insert");
+    }
+    let claims: Vec<_> = (0..4)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .claim_due_refreshes(&format!("replica-{n}"), 300, LEASE_MS, 10)
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claims {
+        all.extend(ids(&c.await.expect("task")));
+    }
+    all.sort();
+    let expected: Vec<_> = (0..20).map(|n| format!("e{n:02}")).collect();
+    assert_eq!(all, expected, "each due credential claimed exactly once");
 }
 
 async fn due_for_refresh_is_ordered_limited_and_active_only(store: Arc<dyn Store>) {

@@ -544,13 +544,18 @@ async fn storm(name: &str, provider: FakeConfig) {
     let fake = FakeProvider::start(provider).await;
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
+    let mut metrics = Vec::new();
     for i in 0..3 {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = TestBroker::config(&dir, db.url.clone());
         config.listen = addr;
         config.tokens.refresh_scan_interval_seconds = 0;
         with_fake_provider(&mut config, &fake, "fake", &[]);
-        let toml = config_toml(&config, &db.url) + &provider_toml(&fake);
+        let scrape = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        metrics.push(scrape);
+        let toml = config_toml(&config, &db.url)
+            + &provider_toml(&fake)
+            + &format!("[telemetry]\nmetrics_listen = \"{scrape}\"\n");
         replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml, addr).await);
     }
     let mut c0 = CredentialServiceClient::new(replicas[0].channel().await);
@@ -558,13 +563,21 @@ async fn storm(name: &str, provider: FakeConfig) {
     for n in 0..20 {
         ids.push(import(&mut c0, &fake, &format!("acct-{n}"), 1_000_000_000).await); // long expired
     }
+    // Overlap is forced: every caller starts at once (a barrier) and the provider is slow, so
+    // leaders of one credential on different replicas meet at its lease.
+    fake.configure(|f| f.token_delay = Duration::from_millis(500));
+    let barrier = Arc::new(tokio::sync::Barrier::new(300));
     let mut calls = Vec::new();
     for r in &replicas {
         let client = CredentialServiceClient::new(r.channel().await);
         for k in 0..100 {
             let mut c = client.clone();
             let id = ids[k % ids.len()].clone();
-            calls.push(tokio::spawn(async move { token(&mut c, &id).await }));
+            let barrier = barrier.clone();
+            calls.push(tokio::spawn(async move {
+                barrier.wait().await;
+                token(&mut c, &id).await
+            }));
         }
     }
     let mut failed = 0;
@@ -580,6 +593,23 @@ async fn storm(name: &str, provider: FakeConfig) {
         "exactly one refresh per credential across 3 replicas"
     );
     assert_eq!(fake.reuse_detections(), 0, "no refresh token reused");
+    // The lease did the work: replicas found it held and waited (were it always free, each
+    // replica would have refreshed on its own and the count above would be higher).
+    let mut waits = 0.0;
+    for m in metrics {
+        let text = reqwest::get(format!("http://{m}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        waits += text
+            .lines()
+            .find_map(|l| l.strip_prefix("credential_broker_lease_waits_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no lease_waits metric in:\n{text}"));
+    }
+    assert!(waits > 0.0, "leases were waited on");
     drop(replicas);
     db.drop_database().await;
 }
@@ -1042,6 +1072,45 @@ async fn a_cached_member_list_is_read_again_after_the_maximum_age() {
     assert_eq!(denied.code(), Code::NotFound, "{denied:?}");
     // Alice, still a member, is served (from the database, then from memory again).
     token(&mut client, &id).await.unwrap();
+}
+
+/// Refresh-ahead claims the due credentials in one batch and skips the one another replica is
+/// refreshing: it never waits on a lease it does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
+    let Some(db) = pg::fresh_database("refresh_ahead_skips").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(import(&mut ca, &fake, &format!("acct-{n}"), 1_000_000_000).await); // due
+    }
+    fake.configure(|f| f.token_delay = Duration::from_secs(2));
+    let busy = {
+        let id = ids[0].clone();
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    let started = std::time::Instant::now();
+    while fake.refresh_calls() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A never called the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.refresh_due().await, 2, "the two credentials nobody holds");
+    assert_eq!(b.issuance_stats().lease_waits, 0, "no lease waited on");
+    busy.await.unwrap().unwrap();
+    assert_eq!(fake.refresh_calls(), 3, "one refresh per credential");
+    assert_eq!(fake.reuse_detections(), 0);
+    drop((a, b));
+    db.drop_database().await;
 }
 
 fn provider_toml(fake: &FakeProvider) -> String {

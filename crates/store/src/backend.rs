@@ -34,6 +34,10 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// replica (leases are judged by it); `None`: the caller's clock, bound as a parameter.
     const DB_NOW_MS: Option<&'static str>;
 
+    /// Appended to the sub-select of a batch claim: rows another transaction is claiming are
+    /// skipped rather than waited for (`""` where writers are serialized anyway).
+    const SKIP_LOCKED: &'static str;
+
     /// The change fan-out shared by the clones of one store.
     type Changes: Send + Sync + fmt::Debug + 'static;
 

@@ -254,6 +254,20 @@ pub trait Store: Send + Sync + 'static {
     /// The recorded refresh intent of `id`, if any.
     async fn refresh_intent(&self, id: &str) -> Result<Option<RefreshIntent>, StoreError>;
 
+    /// The refresh-ahead claim: takes the refresh lease (as [`Store::take_refresh_lease`], for
+    /// `holder`, on the database clock) of up to `limit` `ACTIVE` credentials with
+    /// `next_refresh_at <= local_now` whose lease is free or lapsed, in one statement, and
+    /// returns them soonest first. Credentials leased by others are skipped, never waited for;
+    /// on PostgreSQL so are rows a concurrent claim is taking (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas scanning together split the due credentials between them.
+    async fn claim_due_refreshes(
+        &self,
+        holder: &str,
+        local_now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
+
     /// Ids of `ACTIVE` credentials with `next_refresh_at <= now`, soonest first (ties by id),
     /// at most `limit`. Reads the partial index `(next_refresh_at, id) WHERE status =
     /// 'ACTIVE'`, so its cost grows with the number of due credentials, not the table. Leased

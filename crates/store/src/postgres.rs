@@ -32,6 +32,8 @@ impl Backend for Postgres {
     const DB_NOW_MS: Option<&'static str> =
         Some("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)");
 
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// The listener (one extra connection, outside the pool) runs from the first subscription
     /// until the last clone of the store is dropped.
     type Changes = ChangeHub;

@@ -140,6 +140,24 @@ pub(crate) fn refresh_lease_lapsed(now: &str) -> String {
     )
 }
 
+/// Leases up to `limit` due credentials at once, soonest first, skipping leases held by others
+/// and (`skip_locked`, PostgreSQL) rows another transaction is claiming.
+/// Bind: holder, local_now, lease_ms, limit.
+pub(crate) fn claim_due_refreshes(now: &str, skip_locked: &str) -> String {
+    format!(
+        "UPDATE credentials SET lease_holder = $1, lease_fence = lease_fence + 1, \
+         lease_expires_at = {now} + $3 \
+         WHERE id IN (SELECT id FROM credentials WHERE status = 'ACTIVE' \
+         AND next_refresh_at <= $2 \
+         AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+         ORDER BY next_refresh_at, id LIMIT $4{skip_locked}) \
+         AND status = 'ACTIVE' \
+         AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+         RETURNING {}",
+        credential_columns!()
+    )
+}
+
 /// Bind: id, fence, holder, started_at, token_sha256.
 pub(crate) const RECORD_REFRESH_INTENT: &str = "UPDATE credentials \
      SET refresh_intent_holder = $3, refresh_intent_fence = $2, \

@@ -31,6 +31,9 @@ impl Backend for Sqlite {
     // One process: its own clock is the only one.
     const DB_NOW_MS: Option<&'static str> = None;
 
+    // One writer at a time: nothing to skip.
+    const SKIP_LOCKED: &'static str = "";
+
     /// Clones of a store share one channel; only this process's writes are announced.
     type Changes = broadcast::Sender<ChangeEvent>;
 

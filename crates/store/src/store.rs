@@ -765,6 +765,33 @@ where
         .await
     }
 
+    async fn claim_due_refreshes(
+        &self,
+        holder: &str,
+        local_now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("claim_due_refreshes", None, async {
+            let statement = sql::claim_due_refreshes(db_now::<DB>("$2"), DB::SKIP_LOCKED);
+            let mut rows = sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
+                .bind(holder)
+                .bind(local_now)
+                .bind(lease_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .into_iter()
+                .map(CredentialRow::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            // RETURNING has no defined order.
+            rows.sort_by(|a, b| (a.next_refresh_at, &a.id).cmp(&(b.next_refresh_at, &b.id)));
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn renew_refresh_lease(
         &self,
         id: &str,

@@ -6,7 +6,7 @@
 //! answered. Followers on other replicas wait for the row to change, then read it.
 
 use super::cache::Entry;
-use super::lease::{LeaseKeeper, Pending, millis, token_sha256};
+use super::lease::{Claim, LeaseKeeper, Pending, millis, token_sha256};
 use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
 use super::{IssuedToken, TokenService, lock};
 use crate::access::Role;
@@ -121,10 +121,11 @@ impl TokenService {
         id: &str,
         min_valid: Duration,
         force: bool,
+        mut claim: Option<Claim>,
     ) -> Result<Arc<Entry>, BrokerError> {
         let mut round = 1;
         loop {
-            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force);
+            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force, claim.take());
             let result = match rx.wait_for(Option::is_some).await {
                 Ok(settled) => settled
                     .clone()
@@ -152,9 +153,12 @@ impl TokenService {
         id: &str,
         min_valid: Duration,
         force: bool,
+        claim: Option<Claim>,
     ) -> (watch::Receiver<FlightResult>, Option<Duration>) {
         let mut flights = lock(&self.flights);
         if let Some((led_for, rx)) = flights.get(id) {
+            // A flight here already refreshes it: a claimed lease is released, not waited on.
+            drop(claim);
             self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
             return (rx.clone(), Some(*led_for));
         }
@@ -173,7 +177,9 @@ impl TokenService {
                 let wanted = || tx.receiver_count() > 2;
                 // Taken before anything is read: an invalidation from now on refuses the put.
                 let seen = this.cache.generation(&guard.id);
-                let result = this.resolve(&guard.id, min_valid, force, &wanted).await;
+                let result = this
+                    .resolve(&guard.id, min_valid, force, &wanted, claim)
+                    .await;
                 if let Ok(e) = &result {
                     this.cache.put(&guard.id, e.clone(), seen);
                 }
@@ -196,6 +202,7 @@ impl TokenService {
         min_valid: Duration,
         force: bool,
         wanted: &(dyn Fn() -> bool + Send + Sync),
+        mut claim: Option<Claim>,
     ) -> Result<Arc<Entry>, BrokerError> {
         // A bound in real time, not on the injected clock: a test's manual clock may never move.
         let give_up =
@@ -218,6 +225,8 @@ impl TokenService {
                     continue; // it no longer applied: start over with the stored tokens
                 }
             } else {
+                let (row_fence, row_holder) = (row.lease.fence, row.lease.holder.clone());
+                let claimed_row = claim.is_some().then(|| row.clone());
                 let c = Credential::from_row(row)?;
                 check_usable(&c)?;
                 let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| {
@@ -241,6 +250,17 @@ impl TokenService {
                 }
                 if !wanted() {
                     return Err(abandoned());
+                }
+                // The refresh-ahead claim already holds the lease (unless it was lost since).
+                let claimed = claim.take().filter(|c| {
+                    c.fence() == row_fence && row_holder.as_deref() == Some(self.holder.as_str())
+                });
+                if let (Some(keeper), Some(leased)) =
+                    (claimed.and_then(Claim::into_keeper), claimed_row)
+                {
+                    return self
+                        .refresh_under_lease(leased, min_valid, force, wanted, &keeper)
+                        .await;
                 }
                 if let Some(leased) = self.take_lease(id).await? {
                     let keeper = LeaseKeeper::start(

@@ -95,6 +95,58 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// A lease the refresh-ahead claim took, with its heartbeat. Dropped unused (the credential no
+/// longer needed a refresh, or a flight in this process already runs it), it is released.
+pub(super) struct Claim {
+    row: Option<CredentialRow>,
+    keeper: Option<LeaseKeeper>,
+    store: Arc<dyn Store>,
+}
+
+impl Claim {
+    /// Starts the heartbeat of a lease just claimed.
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        row: CredentialRow,
+        lease: Duration,
+    ) -> Self {
+        let keeper = LeaseKeeper::start(store.clone(), clock, &row.id, row.lease.fence, lease);
+        Self {
+            row: Some(row),
+            keeper: Some(keeper),
+            store,
+        }
+    }
+
+    /// The claimed credential's id.
+    pub(super) fn id(&self) -> &str {
+        self.row.as_ref().map_or("", |r| r.id.as_str())
+    }
+
+    /// The fence of the claimed lease.
+    pub(super) fn fence(&self) -> i64 {
+        self.row.as_ref().map_or(0, |r| r.lease.fence)
+    }
+
+    /// Uses the lease: its heartbeat goes to the refresh, which releases it.
+    pub(super) fn into_keeper(mut self) -> Option<LeaseKeeper> {
+        self.row = None;
+        self.keeper.take()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(row) = self.row.take() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let _ = store.release_refresh_lease(&row.id, row.lease.fence).await;
+            });
+        }
+    }
+}
+
 /// A token set the provider answered whose write failed (the database stayed away while the
 /// lease lasted). Kept sealed in memory: the next leader in this process writes it instead of
 /// calling the provider again with the refresh token it replaced.

@@ -36,7 +36,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Tunables of issuance and refresh.
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ pub struct IssuanceConfig {
     pub membership_max_age: Duration,
     /// How often a waiting replica re-reads the row.
     pub follower_poll: Duration,
+    /// Refresh-ahead refreshes run at once, at most.
+    pub refresh_ahead_concurrency: usize,
     /// Consecutive transient failures that open a provider's circuit.
     pub breaker_threshold: u32,
     /// How long an open circuit rejects calls before letting one through.
@@ -80,6 +84,7 @@ impl Default for IssuanceConfig {
             refresh_ahead_window: Duration::from_secs(600),
             membership_max_age: Duration::from_secs(60),
             follower_poll: Duration::from_millis(50),
+            refresh_ahead_concurrency: 8,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
         }
@@ -358,7 +363,7 @@ impl TokenService {
         }
         *hit = false;
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let entry = self.flight(id.as_str(), min_valid, false).await?;
+        let entry = self.flight(id.as_str(), min_valid, false, None).await?;
         authorize(caller, &entry)?;
         Ok(entry.token.clone())
     }
@@ -376,22 +381,49 @@ impl TokenService {
         true
     }
 
-    /// Refreshes credentials whose `next_refresh_at` has come (the background refresher).
-    /// Returns how many were refreshed or found fresh; failures are logged.
+    /// Refreshes credentials whose `next_refresh_at` has come (the background refresher): claims
+    /// the leases of up to `limit` of them in one statement (skipping those other replicas hold
+    /// or are claiming, never waiting on them) and refreshes them, at most
+    /// `refresh_ahead_concurrency` at a time. Returns how many were refreshed or found fresh;
+    /// failures are logged.
     pub async fn refresh_due(self: &Arc<Self>, limit: u32) -> usize {
         let now = self.clock.now();
-        let ids = match self.store.due_for_refresh(now.as_millis(), limit).await {
-            Ok(ids) => ids,
+        let lease = self.config.lease_duration;
+        let claimed = match self
+            .store
+            .claim_due_refreshes(&self.holder, now.as_millis(), lease::millis(lease), limit)
+            .await
+        {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "refresh-ahead scan failed");
                 return 0;
             }
         };
+        let permits = Arc::new(Semaphore::new(self.config.refresh_ahead_concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for row in claimed {
+            // The heartbeat starts now: a claim waiting for a permit keeps its lease.
+            let claim = lease::Claim::new(self.store.clone(), self.clock.clone(), row, lease);
+            let (this, permits) = (self.clone(), permits.clone());
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await.ok();
+                    let id = claim.id().to_owned();
+                    let result = this.flight(&id, Duration::ZERO, true, Some(claim)).await;
+                    (id, result)
+                }
+                .in_current_span(),
+            );
+        }
         let mut done = 0;
-        for id in ids {
-            match self.flight(&id, Duration::ZERO, true).await {
-                Ok(_) => done += 1,
-                Err(e) => tracing::warn!(credential_id = %id, error = %e, "refresh-ahead failed"),
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(_))) => done += 1,
+                Ok((id, Err(e))) => {
+                    tracing::warn!(credential_id = %id, error = %e, "refresh-ahead failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "refresh-ahead task failed"),
             }
         }
         done

@@ -199,6 +199,7 @@ impl Application {
             refresh_ahead_window: Duration::from_secs(config.tokens.refresh_ahead_seconds),
             breaker_cooldown: Duration::from_secs(config.tokens.breaker_cooldown_seconds),
             membership_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
+            refresh_ahead_concurrency: config.tokens.refresh_ahead_concurrency,
             ..IssuanceConfig::default()
         };
         let credentials = Arc::new(CredentialService::new(

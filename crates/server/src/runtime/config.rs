@@ -141,6 +141,8 @@ pub struct TokensConfig {
     pub refresh_ahead_seconds: u64,
     /// How often the background refresher scans for due credentials (0 disables it).
     pub refresh_scan_interval_seconds: u64,
+    /// Refresh-ahead refreshes run at once by one replica, at most.
+    pub refresh_ahead_concurrency: usize,
     /// Cross-replica refresh lease, renewed every third of it while its holder lives (judged by
     /// the database clock): a crashed holder is noticed within it. At least one provider attempt
     /// (`oauth.http_timeout_seconds`) plus a margin.
@@ -162,6 +164,7 @@ impl Default for TokensConfig {
             default_min_valid_seconds: 225,
             refresh_ahead_seconds: 600,
             refresh_scan_interval_seconds: 15,
+            refresh_ahead_concurrency: 8,
             lease_seconds: 15,
             provider_attempts: 3,
             breaker_cooldown_seconds: 30,
@@ -807,6 +810,9 @@ impl Config {
                 "tokens.lease_seconds: {} must be at least oauth.http_timeout_seconds plus a margin ({needed}) so a leader is never taken over while one provider attempt is in flight",
                 t.lease_seconds
             ));
+        }
+        if t.refresh_ahead_concurrency == 0 {
+            p.push("tokens.refresh_ahead_concurrency: must be at least 1".into());
         }
         if t.cache_max_age_seconds == 0 {
             p.push("tokens.cache_max_age_seconds: must be at least 1".into());
