@@ -180,6 +180,13 @@ impl TokenService {
                 let result = this
                     .resolve(&guard.id, min_valid, force, &wanted, claim)
                     .await;
+                #[cfg(test)]
+                let pause = lock(&this.before_put).take();
+                #[cfg(test)]
+                if let Some((reached, resume)) = pause {
+                    reached.notify_one();
+                    resume.notified().await;
+                }
                 if let Ok(e) = &result {
                     this.cache.put(&guard.id, e.clone(), seen);
                 }

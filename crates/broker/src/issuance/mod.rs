@@ -172,6 +172,9 @@ pub struct TokenService {
     pending: lease::PendingWrites,
     /// The change feed session the cache was last emptied for (see `cache_usable`).
     feed_session: AtomicU64,
+    /// Tests pause a leader between its reads and its cache put: (reached, resume).
+    #[cfg(test)]
+    before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
 }
@@ -222,6 +225,8 @@ impl TokenService {
             flights: Mutex::new(HashMap::new()),
             pending: lease::PendingWrites::default(),
             feed_session: AtomicU64::new(0),
+            #[cfg(test)]
+            before_put: Mutex::new(None),
             usage: Mutex::new(HashMap::new()),
             stats: IssuanceStats::default(),
         }

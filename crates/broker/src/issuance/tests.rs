@@ -368,3 +368,39 @@ async fn refresh_ahead_refreshes_a_batch_with_bounded_concurrency() {
     assert_eq!(kit.tokens.refresh_due(100).await, 0);
     assert_eq!(kit.refreshes(), 20);
 }
+
+/// A credential disconnected while a leader holds what it read (between its database reads and
+/// its cache put): the stale entry is never put, so the disconnect is never hidden.
+#[tokio::test]
+async fn an_invalidation_while_the_leader_reads_is_not_lost() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.plus(Duration::from_secs(3600))).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    *lock(&kit.tokens.before_put) = Some((reached.clone(), resume.clone()));
+    let call = {
+        let (tokens, id) = (kit.tokens.clone(), id.clone());
+        tokio::spawn(async move {
+            tokens
+                .get_access_token(&dev(), &id, None, UsageContext::default())
+                .await
+        })
+    };
+    reached.notified().await;
+    let admin = Caller {
+        service: "web".into(),
+        role: ServiceRole::Web,
+        actor: Some(crate::access::Actor {
+            user_id: crate::types::UserId::parse("actor", "u-a").unwrap(),
+            email: Email::parse("email", "a@example.com").unwrap(),
+            workspace: None,
+        }),
+    };
+    kit.credentials.disconnect(&admin, &id).await.unwrap();
+    resume.notify_one();
+    // The leader's own caller asked before the disconnect and gets what was read then.
+    call.await.unwrap().unwrap();
+    let err = kit.token(&id, None).await.unwrap_err();
+    assert_eq!(err.reason(), crate::error::reason::CREDENTIAL_DISCONNECTED);
+    assert_eq!(kit.refreshes(), 0);
+}
