@@ -51,8 +51,9 @@ pub mod reason {
     pub const CONNECT_STATE_OTHER_USER: &str = "CONNECT_STATE_OTHER_USER";
     /// A reconnect authorized a different provider account.
     pub const ACCOUNT_MISMATCH: &str = "ACCOUNT_MISMATCH";
-    /// A refresh died with the replica that ran it (after the provider may have rotated the
-    /// refresh token), and the provider refused the stored one: reconnect.
+    /// An earlier refresh was interrupted (the replica running it died, or its answer was lost)
+    /// after the provider may have rotated the refresh token, and the provider refused the
+    /// stored one: reconnect.
     pub const REFRESH_INTERRUPTED: &str = "REFRESH_INTERRUPTED";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";

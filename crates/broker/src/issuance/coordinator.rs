@@ -477,7 +477,8 @@ impl TokenService {
             let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
             let token_hash = token_sha256(&refresh_token);
             // A previous holder that recorded an intent for the refresh token still stored and
-            // never wrote a result died mid-refresh: the provider may have rotated that token.
+            // never wrote a result died mid-refresh or lost its answer (a timeout): the provider
+            // may have rotated that token.
             let interrupted = self
                 .store
                 .refresh_intent(&id)

@@ -138,9 +138,10 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Some(row) = self.row.take() {
+        // Outside a runtime (process teardown) the lease is left to lapse.
+        if let (Some(row), Ok(runtime)) = (self.row.take(), tokio::runtime::Handle::try_current()) {
             let store = self.store.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let _ = store.release_refresh_lease(&row.id, row.lease.fence).await;
             });
         }
