@@ -822,7 +822,7 @@ async fn a_database_cut_at_the_write_loses_no_rotated_token() {
     let mut config = TestBroker::config(&dir, via.to_string());
     with_fake_provider(&mut config, &fake, "fake", &[]);
     config.tokens.refresh_scan_interval_seconds = 0;
-    config.tokens.lease_seconds = 4;
+    config.tokens.lease_seconds = 6;
     config.oauth.http_timeout_seconds = 3;
     let b = TestBroker::start(config, dir).await.unwrap();
     let mut client = b.credentials().await;
@@ -830,7 +830,7 @@ async fn a_database_cut_at_the_write_loses_no_rotated_token() {
     let p = proxy.clone();
     fake.on_refresh_answered(move || p.cut());
 
-    // A short outage (the database is back after 2 s, within the 4 s lease).
+    // A short outage (the database is back after 2 s, within the 6 s lease).
     let restore = {
         let p = proxy.clone();
         tokio::spawn(async move {

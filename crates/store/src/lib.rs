@@ -185,6 +185,7 @@ pub trait Store: Send + Sync + 'static {
     /// token: pass it to [`Store::complete_refresh`] / [`Store::release_refresh_lease`]), or
     /// `None` when another holder has an unexpired lease or the credential is not `ACTIVE` or
     /// unknown. Concurrent callers (any replica) never both get `Some` for one lease period.
+    /// Times are the caller's: the broker uses [`Store::take_refresh_lease`] (database clock).
     async fn acquire_refresh_lease(
         &self,
         id: &str,

@@ -1,9 +1,11 @@
 //! The refresh coordinator: the single flight per credential in this process, the
 //! cross-replica lease, and the refresh itself. The flight's leader takes the lease in the
-//! database (a conditional update with a fencing token), re-reads the row (another replica may
-//! have refreshed already) and only then calls the provider. The new token set, including a
-//! rotated refresh token, is sealed and written under the fencing token before anyone is
-//! answered. Followers on other replicas wait for the row to change, then read it.
+//! database (a conditional update with a fencing token, expiry on the database clock, renewed
+//! by a heartbeat), re-reads the row (another replica may have refreshed already), records its
+//! refresh intent and only then calls the provider. The new token set, including a rotated
+//! refresh token, is sealed and written under the fencing token (retried while the lease is
+//! held, kept in memory if the database stays away) before anyone is answered. Followers on
+//! other replicas wait for the row to change or the lease to lapse, then read it.
 
 use super::cache::Entry;
 use super::lease::{Claim, LeaseKeeper, Pending, millis, token_sha256};

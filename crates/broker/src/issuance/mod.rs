@@ -4,7 +4,8 @@
 //! database, no KMS). Otherwise the caller joins the single flight for that credential in this
 //! process ([`coordinator`]): its leader takes the cross-replica refresh lease, re-reads the row
 //! and only then calls the provider, through the retry and circuit-breaker policy ([`retry`]).
-//! Expiry arithmetic and the token merge are pure functions ([`schedule`]).
+//! The lease's heartbeat, the refresh intent and the token sets waiting for the database live
+//! in `lease`. Expiry arithmetic and the token merge are pure functions ([`schedule`]).
 
 mod cache;
 mod coordinator;
