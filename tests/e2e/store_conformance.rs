@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, Store, StoreError,
-    UsageRecord, WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns, Store,
+    StoreError, UsageRecord, WrappedDekRow,
 };
 use tokio::sync::broadcast;
 
@@ -79,7 +79,9 @@ store_suite!(
     complete_refresh_keeps_a_concurrent_rename,
     disconnect_fences_out_an_inflight_refresh,
     release_needs_the_current_fence,
+    lease_on_the_database_clock_is_renewed_and_keeps_the_intent,
     due_for_refresh_is_ordered_limited_and_active_only,
+    claim_due_refreshes_leases_a_batch_and_skips_held_leases,
     record_usage_keeps_the_latest_use_without_a_version_bump,
     concurrent_usage_batches_do_not_deadlock,
     writes_are_announced_to_subscribers,
@@ -2089,6 +2091,121 @@ fn refreshed(base: &CredentialRow, n: u8) -> CredentialRow {
     }
 }
 
+/// The wall clock, for the leases judged by the database clock (SQLite: by this one).
+fn wall_ms() -> i64 {
+    use cb_broker::clock::Clock;
+    cb_broker::clock::SystemClock.now().as_millis()
+}
+
+async fn lease_on_the_database_clock_is_renewed_and_keeps_the_intent(store: Arc<dyn Store>) {
+    store
+        .insert_credential(&leaseless("c1"), &[])
+        .await
+        .expect("insert");
+    let now = wall_ms();
+    let taken = store
+        .take_refresh_lease("c1", "replica-a", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("free lease is taken");
+    assert_eq!(taken.lease.holder.as_deref(), Some("replica-a"));
+    let fence = taken.lease.fence;
+    assert!(!store.refresh_lease_lapsed("c1", now).await.expect("lapsed"));
+    // A replica whose clock runs a minute ahead: on PostgreSQL the database clock judges, so it
+    // cannot take a live lease; SQLite has one process and one clock.
+    if store.backend() == "postgres" {
+        let skewed = now + 60_000;
+        let taken_over = store
+            .take_refresh_lease("c1", "replica-b", LEASE_MS, skewed)
+            .await
+            .expect("take");
+        assert!(taken_over.is_none(), "a skewed clock took a live lease");
+    }
+    assert!(
+        store
+            .renew_refresh_lease("c1", fence, LEASE_MS, now)
+            .await
+            .expect("renew")
+    );
+    assert!(
+        !store
+            .renew_refresh_lease("c1", fence + 1, LEASE_MS, now)
+            .await
+            .expect("renew")
+    );
+    let intent = RefreshIntent {
+        holder: "replica-a".into(),
+        fence,
+        started_at: now,
+        token_sha256: "ab".repeat(32),
+    };
+    assert!(
+        store
+            .record_refresh_intent("c1", &intent)
+            .await
+            .expect("intent")
+    );
+    assert_eq!(
+        store.refresh_intent("c1").await.expect("read"),
+        Some(intent.clone())
+    );
+    // A renewal into the past lets the lease lapse: another holder takes it, fencing A out.
+    assert!(
+        store
+            .renew_refresh_lease("c1", fence, -1_000, now)
+            .await
+            .expect("renew")
+    );
+    assert!(store.refresh_lease_lapsed("c1", now).await.expect("lapsed"));
+    let b = store
+        .take_refresh_lease("c1", "replica-b", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("a lapsed lease is taken over");
+    assert_eq!(b.lease.fence, fence + 1);
+    let stale = RefreshIntent {
+        fence,
+        ..intent.clone()
+    };
+    assert!(
+        !store
+            .record_refresh_intent("c1", &stale)
+            .await
+            .expect("intent"),
+        "only the holder records an intent"
+    );
+    // The interrupted intent stays for the new holder to find; releasing keeps it too.
+    assert_eq!(
+        store.refresh_intent("c1").await.expect("read"),
+        Some(intent)
+    );
+    assert!(
+        store
+            .release_refresh_lease("c1", b.lease.fence)
+            .await
+            .expect("release")
+    );
+    assert!(store.refresh_intent("c1").await.expect("read").is_some());
+    // Writing a refresh result clears it.
+    let c = store
+        .take_refresh_lease("c1", "replica-b", LEASE_MS, now)
+        .await
+        .expect("take")
+        .expect("free");
+    store
+        .complete_refresh(&refreshed(&c, 1), c.lease.fence)
+        .await
+        .expect("complete");
+    assert_eq!(store.refresh_intent("c1").await.expect("read"), None);
+    assert!(store.refresh_intent("ghost").await.expect("read").is_none());
+    assert!(
+        store
+            .refresh_lease_lapsed("ghost", now)
+            .await
+            .expect("lapsed")
+    );
+}
+
 async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
     store
         .insert_credential(&leaseless("c1"), &[])
@@ -2439,6 +2556,79 @@ async fn release_needs_the_current_fence(store: Arc<dyn Store>) {
         .expect("acquire")
         .expect("lease");
     assert_eq!(again.lease.fence, fence + 1);
+}
+
+async fn claim_due_refreshes_leases_a_batch_and_skips_held_leases(store: Arc<dyn Store>) {
+    let due_at = |id: &str, next: Option<i64>| CredentialRow {
+        next_refresh_at: next,
+        ..leaseless(id)
+    };
+    for row in [
+        due_at("d1", Some(100)),
+        due_at("d2", Some(50)),
+        due_at("d3", Some(100)),
+        due_at("d4", Some(200)),
+        CredentialRow {
+            status: "NEEDS_RECONNECT".to_owned(),
+            ..due_at("d5", Some(10))
+        },
+        due_at("d6", None),
+    ] {
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+    let ids = |rows: &[CredentialRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    // Another replica holds d1's lease: it is skipped, not waited on.
+    store
+        .take_refresh_lease("d1", "replica-b", LEASE_MS, 150)
+        .await
+        .expect("take")
+        .expect("free");
+    let claimed = store
+        .claim_due_refreshes("replica-a", 150, LEASE_MS, 2)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), ["d2", "d3"]);
+    for row in &claimed {
+        assert_eq!(row.lease.holder.as_deref(), Some("replica-a"));
+        assert_eq!(row.lease.fence, 1);
+        assert_eq!(must_get(&*store, &row.id).await, *row);
+    }
+    let none = store
+        .claim_due_refreshes("replica-c", 150, LEASE_MS, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&none), Vec::<String>::new(), "held leases are skipped");
+    let later = store
+        .claim_due_refreshes("replica-c", 250, LEASE_MS, 10)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&later), ["d4"]);
+
+    // Concurrent claims split the due credentials between them.
+    for n in 0..20 {
+        store
+            .insert_credential(&due_at(&format!("e{n:02}"), Some(300)), &[])
+            .await
+            .expect("insert");
+    }
+    let claims: Vec<_> = (0..4)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .claim_due_refreshes(&format!("replica-{n}"), 300, LEASE_MS, 10)
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claims {
+        all.extend(ids(&c.await.expect("task")));
+    }
+    all.sort();
+    let expected: Vec<_> = (0..20).map(|n| format!("e{n:02}")).collect();
+    assert_eq!(all, expected, "each due credential claimed exactly once");
 }
 
 async fn due_for_refresh_is_ordered_limited_and_active_only(store: Arc<dyn Store>) {

@@ -7,6 +7,7 @@ use crate::support::broker::{
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
+use crate::support::tcp_proxy::TcpProxy;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use std::sync::Arc;
@@ -543,25 +544,38 @@ async fn storm(name: &str, provider: FakeConfig) {
     let fake = FakeProvider::start(provider).await;
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
+    let mut metrics = Vec::new();
     for i in 0..3 {
         let mut config = TestBroker::config(&dir, db.url.clone());
         config.tokens.refresh_scan_interval_seconds = 0;
         with_fake_provider(&mut config, &fake, "fake", &[]);
-        let toml = config_toml(&config, &db.url) + &provider_toml(&fake);
-        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await);
+        let toml = config_toml(&config, &db.url)
+            + &provider_toml(&fake)
+            + "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n";
+        let replica = BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await;
+        metrics.push(replica.metrics_addr());
+        replicas.push(replica);
     }
     let mut c0 = CredentialServiceClient::new(replicas[0].channel().await);
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(import(&mut c0, &fake, &format!("acct-{n}"), 1_000_000_000).await); // long expired
     }
+    // Overlap is forced: every caller starts at once (a barrier) and the provider is slow, so
+    // leaders of one credential on different replicas meet at its lease.
+    fake.configure(|f| f.token_delay = Duration::from_millis(500));
+    let barrier = Arc::new(tokio::sync::Barrier::new(300));
     let mut calls = Vec::new();
     for r in &replicas {
         let client = CredentialServiceClient::new(r.channel().await);
         for k in 0..100 {
             let mut c = client.clone();
             let id = ids[k % ids.len()].clone();
-            calls.push(tokio::spawn(async move { token(&mut c, &id).await }));
+            let barrier = barrier.clone();
+            calls.push(tokio::spawn(async move {
+                barrier.wait().await;
+                token(&mut c, &id).await
+            }));
         }
     }
     let mut failed = 0;
@@ -577,6 +591,23 @@ async fn storm(name: &str, provider: FakeConfig) {
         "exactly one refresh per credential across 3 replicas"
     );
     assert_eq!(fake.reuse_detections(), 0, "no refresh token reused");
+    // The lease did the work: replicas found it held and waited (were it always free, each
+    // replica would have refreshed on its own and the count above would be higher).
+    let mut waits = 0.0;
+    for m in metrics {
+        let text = reqwest::get(format!("http://{m}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        waits += text
+            .lines()
+            .find_map(|l| l.strip_prefix("credential_broker_lease_waits_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no lease_waits metric in:\n{text}"));
+    }
+    assert!(waits > 0.0, "leases were waited on");
     drop(replicas);
     db.drop_database().await;
 }
@@ -674,6 +705,399 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(fake.reuse_detections(), 0, "\n{}", b.log());
+    db.drop_database().await;
+}
+
+/// The leader is SIGKILLed the moment the provider answered its refresh: the rotated refresh
+/// token dies with it. The survivor notices within a short lease (heartbeat, database clock),
+/// finds the leader's refresh intent, retries at once with the stored refresh token and, when
+/// the provider refuses it (reuse detected), says the refresh was interrupted. The other
+/// credential is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_after_the_provider_answered_is_replaced_within_seconds() {
+    let Some(db) = pg::fresh_database("killed_after_answer").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |i: usize| {
+        let mut config = TestBroker::config(&dir, db.url.clone());
+        config.tokens.refresh_scan_interval_seconds = 0;
+        config.tokens.lease_seconds = 5;
+        config.oauth.http_timeout_seconds = 3;
+        with_fake_provider(&mut config, &fake, "fake", &[]);
+        (
+            config_toml(&config, &db.url) + &provider_toml(&fake),
+            format!("replica-{i}"),
+        )
+    };
+    let (toml_a, name_a) = spawn(0);
+    let (toml_b, name_b) = spawn(1);
+    let a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a).await;
+    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b).await;
+    let mut ca = CredentialServiceClient::new(a.channel().await);
+    let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await; // long expired
+    let (req, other_access, _) = fake_grant_import(&fake, "acct-2", 4_000_000_000);
+    let other = ca
+        .import_credential(as_actor(req, ALICE.0, ALICE.1))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+        .credential_id;
+
+    let pid = a.pid().to_string();
+    fake.on_refresh_answered(move || {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+    });
+    let lost = token(&mut ca, &id).await;
+    assert!(lost.is_err(), "A died before answering: {lost:?}");
+    fake.clear_refresh_hook();
+    assert_eq!(fake.refresh_calls(), 1);
+
+    let mut cb = CredentialServiceClient::new(b.channel().await);
+    let got = tokio::time::timeout(Duration::from_secs(15), token(&mut cb, &id))
+        .await
+        .unwrap_or_else(|_| panic!("the survivor did not answer within 15 s\n{}", b.log()));
+    match &got {
+        Ok(t) => assert!(fake.is_valid_access_token(&t.access_token)),
+        Err(s) => {
+            assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+            assert_eq!(error_details(s).0, "REFRESH_INTERRUPTED", "{s:?}");
+        }
+    }
+    // The provider saw the stored refresh token once more (the interrupted retry), no more.
+    assert_eq!(fake.refresh_calls(), 2, "\n{}", b.log());
+    if got.is_err() {
+        // Later calls keep saying why.
+        let again = token(&mut cb, &id).await.unwrap_err();
+        assert_eq!(error_details(&again).0, "REFRESH_INTERRUPTED");
+    }
+    // The other credential was not touched.
+    let t = token(&mut cb, &other).await.unwrap();
+    assert_eq!(t.access_token, other_access);
+    let stats = fake.grant_stats(&other_access).unwrap();
+    assert_eq!((stats.refresh_calls, stats.revoked), (0, false));
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// A TCP proxy between the broker and PostgreSQL cuts every connection the moment the provider
+/// answers a refresh. A short outage: the write is retried under the lease and the call
+/// succeeds. An outage longer than the lease: the call fails, the rotated token set waits in
+/// memory and is written once the database is back, without a second provider call. Either
+/// way no rotated refresh token is lost and no old one is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_cut_at_the_write_loses_no_rotated_token() {
+    let Some(db) = pg::fresh_database("cut_at_write").await else {
+        return;
+    };
+    let direct = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = Arc::new(TcpProxy::start(&upstream).await);
+    let mut via = direct.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut config = TestBroker::config(&dir, via.to_string());
+    with_fake_provider(&mut config, &fake, "fake", &[]);
+    config.tokens.refresh_scan_interval_seconds = 0;
+    config.tokens.lease_seconds = 6;
+    config.oauth.http_timeout_seconds = 3;
+    let b = TestBroker::start(config, dir).await.unwrap();
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 60).await;
+    let p = proxy.clone();
+    fake.on_refresh_answered(move || p.cut());
+
+    // A short outage (the database is back after 2 s, within the 6 s lease).
+    let restore = {
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            p.restore();
+        })
+    };
+    let first = token(&mut client, &id).await;
+    restore.await.unwrap();
+    let first = first.expect("the write is retried until the database is back");
+    assert!(fake.is_valid_access_token(&first.access_token));
+    assert_eq!(fake.refresh_calls(), 1);
+
+    // An outage longer than the lease: the caller is told to retry.
+    b.clock.advance(Duration::from_secs(3600));
+    let failed = token(&mut client, &id).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert_eq!(fake.refresh_calls(), 2);
+    proxy.restore();
+    fake.clear_refresh_hook();
+    // Once the database is back the waiting token set is written: no provider call.
+    let second = token(&mut client, &id).await.unwrap();
+    assert_ne!(second.access_token, first.access_token);
+    assert!(fake.is_valid_access_token(&second.access_token));
+    assert_eq!(
+        fake.refresh_calls(),
+        2,
+        "no second use of the replaced refresh token"
+    );
+
+    // The database holds the live refresh token: the next refresh works.
+    b.clock.advance(Duration::from_secs(3600));
+    let third = token(&mut client, &id).await.unwrap();
+    assert_ne!(third.access_token, second.access_token);
+    assert_eq!(fake.refresh_calls(), 3);
+    assert_eq!(
+        fake.reuse_detections(),
+        0,
+        "no refresh token was ever reused"
+    );
+    drop(b);
+    db.drop_database().await;
+}
+
+/// Two replicas whose clocks are 30 s apart (more than the lease): the one ahead does not take
+/// the lease of the other while it talks to a slow provider, because leases are judged by the
+/// database clock. One refresh, both callers served with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
+    let Some(db) = pg::fresh_database("skewed_clocks").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    // Replica B shares the database and the key file; its clock runs 30 s ahead.
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    b.clock.advance(Duration::from_secs(30));
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await; // long expired
+    fake.configure(|f| f.token_delay = Duration::from_secs(2));
+    let first = {
+        let id = id.clone();
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    let started = std::time::Instant::now();
+    while fake.refresh_calls() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A never called the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = token(&mut cb, &id).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(fake.refresh_calls(), 1, "one refresh for the credential");
+    assert_eq!(first.access_token, second.access_token);
+    assert_eq!(
+        b.issuance_stats().lease_waits,
+        1,
+        "B waited on A's live lease"
+    );
+    assert_eq!(fake.reuse_detections(), 0);
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// Replica B reaches PostgreSQL through a proxy; its change feed (LISTEN) goes down with it.
+/// From then on B answers nothing from its cache: a disconnect on replica A, which B cannot
+/// hear about, is never hidden by a cached token. Once the database is back B reads it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_its_change_feed_a_replica_serves_nothing_from_its_cache() {
+    let Some(db) = pg::fresh_database("feed_down").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    let direct = url::Url::parse(&db.url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut via = direct.clone();
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    // B shares A's key file (same data directory).
+    let mut config_b = TestBroker::config(&a.dir, via.to_string());
+    with_fake_provider(&mut config_b, &fake, "fake", &[]);
+    config_b.tokens.refresh_scan_interval_seconds = 0;
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut cb = b.credentials().await;
+    let id = import(&mut ca, &fake, "acct-1", t0_secs() + 3600).await;
+    // Once B's change feed is up, B serves from its cache.
+    let started = std::time::Instant::now();
+    while b.issuance_stats().cache_hits == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never served from its cache"
+        );
+        token(&mut cb, &id).await.unwrap();
+    }
+
+    proxy.cut();
+    // B notices that its feed is down and stops answering from memory (the database is
+    // unreachable for it too, so it answers UNAVAILABLE).
+    let started = std::time::Instant::now();
+    loop {
+        match token(&mut cb, &id).await {
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                break;
+            }
+            Ok(_) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "B kept serving from its cache without its change feed"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hits = b.issuance_stats().cache_hits;
+    ca.disconnect_credential(as_actor(
+        pb::DisconnectCredentialRequest {
+            credential_id: id.clone(),
+        },
+        ALICE.0,
+        ALICE.1,
+    ))
+    .await
+    .unwrap();
+    assert!(token(&mut cb, &id).await.is_err());
+    proxy.restore();
+    let started = std::time::Instant::now();
+    loop {
+        let s = token(&mut cb, &id)
+            .await
+            .expect_err("a disconnected credential is never served");
+        if error_details(&s).0 == "CREDENTIAL_DISCONNECTED" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never read the database again: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.issuance_stats().cache_hits,
+        hits,
+        "nothing served from memory"
+    );
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// An edit no change notification announces (made behind the broker's back) is seen once the
+/// cached entry reaches `tokens.cache_max_age_seconds`: the member list is read again.
+#[tokio::test]
+async fn a_cached_member_list_is_read_again_after_the_maximum_age() {
+    use sqlx::Connection;
+    const BOB: (&str, &str) = ("u-bob", "bob@example.com");
+    let fake = FakeProvider::start(rotating()).await;
+    let b = broker_on(&fake, None).await;
+    let mut client = b.credentials().await;
+    let id = import(&mut client, &fake, "acct-1", t0_secs() + 3600).await;
+    let mut members = b.members().await;
+    members
+        .add_member(as_actor(
+            pb::AddMemberRequest {
+                credential_id: id.clone(),
+                email: BOB.1.into(),
+                role: pb::MemberRole::Member as i32,
+            },
+            ALICE.0,
+            ALICE.1,
+        ))
+        .await
+        .unwrap();
+    members
+        .accept_invitation(as_actor(
+            pb::AcceptInvitationRequest {
+                credential_id: id.clone(),
+            },
+            BOB.0,
+            BOB.1,
+        ))
+        .await
+        .unwrap();
+    let as_bob = |id: &str| {
+        as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.into(),
+                ..Default::default()
+            },
+            BOB.0,
+            BOB.1,
+        )
+    };
+    client.get_access_token(as_bob(&id)).await.unwrap();
+    let url = format!("sqlite://{}", b.dir.path().join("broker.db").display());
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM credential_members WHERE credential_id = $1 AND email = $2")
+        .bind(&id)
+        .bind(BOB.1)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    // Nothing announced the removal: the cached member list still lets Bob in...
+    client.get_access_token(as_bob(&id)).await.unwrap();
+    // ...until it is older than the maximum age.
+    b.clock.advance(Duration::from_secs(
+        b.config.tokens.cache_max_age_seconds + 1,
+    ));
+    let denied = client.get_access_token(as_bob(&id)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::NotFound, "{denied:?}");
+    // Alice, still a member, is served (from the database, then from memory again).
+    token(&mut client, &id).await.unwrap();
+}
+
+/// Refresh-ahead claims the due credentials in one batch and skips the one another replica is
+/// refreshing: it never waits on a lease it does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
+    let Some(db) = pg::fresh_database("refresh_ahead_skips").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    let mut config_b = a.config.clone();
+    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let mut ca = a.credentials().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(import(&mut ca, &fake, &format!("acct-{n}"), 1_000_000_000).await); // due
+    }
+    fake.configure(|f| f.token_delay = Duration::from_secs(2));
+    let busy = {
+        let id = ids[0].clone();
+        tokio::spawn(async move { token(&mut ca, &id).await })
+    };
+    let started = std::time::Instant::now();
+    while fake.refresh_calls() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A never called the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.refresh_due().await, 2, "the two credentials nobody holds");
+    assert_eq!(b.issuance_stats().lease_waits, 0, "no lease waited on");
+    busy.await.unwrap().unwrap();
+    assert_eq!(fake.refresh_calls(), 3, "one refresh per credential");
+    assert_eq!(fake.reuse_detections(), 0);
+    drop((a, b));
     db.drop_database().await;
 }
 

@@ -72,6 +72,10 @@ pub mod reason {
     /// The authorization response's `iss` is missing or is not the provider's declared issuer
     /// (RFC 9207 mix-up defence); the code was not exchanged.
     pub const ISSUER_MISMATCH: &str = "ISSUER_MISMATCH";
+    /// An earlier refresh was interrupted (the replica running it died, or its answer was lost)
+    /// after the provider may have rotated the refresh token, and the provider refused the
+    /// stored one: reconnect.
+    pub const REFRESH_INTERRUPTED: &str = "REFRESH_INTERRUPTED";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
     /// The key management service cannot be reached, or failed in an unexpected way.
@@ -127,6 +131,7 @@ pub mod reason {
         CONNECT_STATE_OTHER_USER,
         ACCOUNT_MISMATCH,
         ISSUER_MISMATCH,
+        REFRESH_INTERRUPTED,
         STORAGE_UNAVAILABLE,
         KMS_UNAVAILABLE,
         KMS_KEY_DISABLED,

@@ -68,6 +68,7 @@ impl FakeProvider {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config, addr.port())),
             base_url: format!("http://{addr}"),
+            on_refresh_answered: Mutex::new(None),
         });
         // Small request/response pairs: do not let Nagle hold them back (benchmark latency).
         let listener = listener.tap_io(|tcp| {
@@ -98,6 +99,25 @@ impl FakeProvider {
     /// A copy of the current configuration.
     pub fn config(&self) -> FakeConfig {
         self.shared.lock().config.clone()
+    }
+
+    /// Calls `hook` after each successful refresh, right before its answer is sent: a test acts
+    /// at the moment the provider answered (the client has not seen the answer yet).
+    pub fn on_refresh_answered(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .shared
+            .on_refresh_answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// Removes the hook set with [`FakeProvider::on_refresh_answered`].
+    pub fn clear_refresh_hook(&self) {
+        *self
+            .shared
+            .on_refresh_answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Makes the next token endpoint request fail with `failure` (queued, one per request,

@@ -25,7 +25,13 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     /// `http://127.0.0.1:<port>`, for answers that name the server (Salesforce `instance_url`).
     pub base_url: String,
+    /// Called after a refresh succeeded, before its answer is sent (tests act "at the moment
+    /// the provider answered": cut the database, kill the client).
+    pub on_refresh_answered: Mutex<Option<RefreshHook>>,
 }
+
+/// See [`Shared::on_refresh_answered`].
+pub(crate) type RefreshHook = Arc<dyn Fn() + Send + Sync>;
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -194,7 +200,19 @@ async fn token(app: App, req: FakeRequest) -> Response {
         Err(kind) => return token_error(dialect, s.refuse(kind), refresh),
     };
     match s.token(&params, &client_id) {
-        Ok(issued) => token_answer(&s, &req, &app.base_url, &issued, refresh),
+        Ok(issued) => {
+            let answer = token_answer(&s, &req, &app.base_url, &issued, refresh);
+            drop(s);
+            let hook = app
+                .on_refresh_answered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let (true, Some(hook)) = (refresh, hook) {
+                hook();
+            }
+            answer
+        }
         Err(kind) => token_error(dialect, kind, refresh),
     }
 }

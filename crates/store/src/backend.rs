@@ -30,6 +30,14 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// process on the database). Bind: credential id. `None`: announced after commit instead.
     const NOTIFY_CHANGE: Option<&'static str>;
 
+    /// The current time in ms as an SQL expression on the database clock, shared by every
+    /// replica (leases are judged by it); `None`: the caller's clock, bound as a parameter.
+    const DB_NOW_MS: Option<&'static str>;
+
+    /// Appended to the sub-select of a batch claim: rows another transaction is claiming are
+    /// skipped rather than waited for (`""` where writers are serialized anyway).
+    const SKIP_LOCKED: &'static str;
+
     /// The change fan-out shared by the clones of one store.
     type Changes: Send + Sync + fmt::Debug + 'static;
 
@@ -51,6 +59,10 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// Announces a committed write of `credential_id` to this process's subscribers, where the
     /// database does not (see [`Backend::NOTIFY_CHANGE`]).
     fn announce_committed(changes: &Self::Changes, credential_id: &str);
+
+    /// The session of the change feed while it delivers every process's changes (see
+    /// [`Store::change_feed`](crate::Store::change_feed)).
+    fn feed_session(changes: &Self::Changes) -> Option<u64>;
 
     /// A new subscriber of the change fan-out.
     fn subscribe(changes: &Self::Changes, pool: &Pool<Self>) -> broadcast::Receiver<ChangeEvent>;

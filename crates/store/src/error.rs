@@ -65,6 +65,9 @@ impl Dialect {
             }
             sqlx::Error::Io(e) => StoreError::Unavailable(format!("io error: {e}")),
             sqlx::Error::Tls(e) => StoreError::Unavailable(format!("tls error: {e}")),
+            // The server hung up mid-conversation (a connection accepted and closed by a proxy
+            // or a restarting server reads as a garbled answer): the database is unreachable.
+            sqlx::Error::Protocol(e) => StoreError::Unavailable(format!("protocol error: {e}")),
             sqlx::Error::Migrate(e) => StoreError::Migration(e.to_string()),
             // The remaining variants (configuration, protocol, decode, ...) describe types and
             // settings, not the values bound to a statement.

@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, SealedColumns, StatusQuery, UsageRecord,
-    WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns,
+    StatusQuery, UsageRecord, WrappedDekRow,
 };
 pub use store::SqlStore;
 
@@ -194,6 +194,7 @@ pub trait Store: Send + Sync + 'static {
     /// token: pass it to [`Store::complete_refresh`] / [`Store::release_refresh_lease`]), or
     /// `None` when another holder has an unexpired lease or the credential is not `ACTIVE` or
     /// unknown. Concurrent callers (any replica) never both get `Some` for one lease period.
+    /// Times are the caller's: the broker uses [`Store::take_refresh_lease`] (database clock).
     async fn acquire_refresh_lease(
         &self,
         id: &str,
@@ -221,6 +222,61 @@ pub trait Store: Send + Sync + 'static {
     /// Releases the lease without writing tokens (failure paths), only while `lease_fence =
     /// fence` and it is held. Returns whether it released.
     async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError>;
+
+    /// Takes the refresh lease if it is free or lapsed, judged by the DATABASE clock where there
+    /// is one shared by every replica (PostgreSQL `now()`; SQLite, one process: `local_now`):
+    /// `lease_holder = holder, lease_fence + 1, lease_expires_at = db_now + lease_ms` WHERE the
+    /// credential is `ACTIVE` and (no holder, or `lease_expires_at <= db_now`). Replica clock
+    /// skew thus cannot make a live lease look lapsed. Same answer as
+    /// [`Store::acquire_refresh_lease`].
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<Option<CredentialRow>, StoreError>;
+
+    /// Heartbeat of a live lease: `lease_expires_at = db_now + lease_ms` (database clock as in
+    /// [`Store::take_refresh_lease`]) while `lease_fence = fence` and it is held. Returns
+    /// whether it is still held.
+    async fn renew_refresh_lease(
+        &self,
+        id: &str,
+        fence: i64,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Whether the lease of `id` is free or lapsed by the database clock (as in
+    /// [`Store::take_refresh_lease`]); `true` for an unknown credential.
+    async fn refresh_lease_lapsed(&self, id: &str, local_now: i64) -> Result<bool, StoreError>;
+
+    /// Records the intent of the holder of lease `intent.fence` (only while it holds it).
+    /// Returns whether it was recorded. [`Store::complete_refresh`] clears it; releasing the
+    /// lease does not (a refresh whose outcome is unknown stays on record).
+    async fn record_refresh_intent(
+        &self,
+        id: &str,
+        intent: &RefreshIntent,
+    ) -> Result<bool, StoreError>;
+
+    /// The recorded refresh intent of `id`, if any.
+    async fn refresh_intent(&self, id: &str) -> Result<Option<RefreshIntent>, StoreError>;
+
+    /// The refresh-ahead claim: takes the refresh lease (as [`Store::take_refresh_lease`], for
+    /// `holder`, on the database clock) of up to `limit` `ACTIVE` credentials with
+    /// `next_refresh_at <= local_now` whose lease is free or lapsed, in one statement, and
+    /// returns them soonest first. Credentials leased by others are skipped, never waited for;
+    /// on PostgreSQL so are rows a concurrent claim is taking (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas scanning together split the due credentials between them.
+    async fn claim_due_refreshes(
+        &self,
+        holder: &str,
+        local_now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
 
     /// Ids of `ACTIVE` credentials with `next_refresh_at <= now`, soonest first (ties by id),
     /// at most `limit`. Reads the partial index `(next_refresh_at, id) WHERE status =
@@ -281,6 +337,12 @@ pub trait Store: Send + Sync + 'static {
     /// like [`ChangeEvent::Resync`] (drop every cached entry): the receiver fell more than
     /// [`CHANGE_EVENT_CAPACITY`] events behind and some were discarded.
     fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
+
+    /// Whether changes made by other processes are being delivered right now: the session of
+    /// the change feed (a new number each time it (re)connects, notifications in between may
+    /// be lost), or `None` while it is down or not started. SQLite (one process): always
+    /// `Some(0)`.
+    fn change_feed(&self) -> Option<u64>;
 }
 
 /// Opens a store from a URL: `sqlite://path/to/file.db` or `sqlite:path` (creates the file and

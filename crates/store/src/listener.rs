@@ -5,7 +5,8 @@
 //! notification is delivered exactly when (and only if) the write commits, to every replica.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
@@ -26,6 +27,26 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct ChangeHub {
     sender: broadcast::Sender<ChangeEvent>,
     task: Mutex<Option<JoinHandle<()>>>,
+    feed: Arc<FeedState>,
+}
+
+/// Whether the listener is LISTENing, and in which session (bumped at every (re)connection).
+#[derive(Default)]
+struct FeedState {
+    live: AtomicBool,
+    session: AtomicU64,
+}
+
+impl FeedState {
+    /// LISTEN is (re-)established: a new session, in which every commit is delivered.
+    fn up(&self) {
+        self.session.fetch_add(1, Ordering::SeqCst);
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    fn down(&self) {
+        self.live.store(false, Ordering::SeqCst);
+    }
 }
 
 impl ChangeHub {
@@ -34,7 +55,16 @@ impl ChangeHub {
         Self {
             sender,
             task: Mutex::new(None),
+            feed: Arc::new(FeedState::default()),
         }
+    }
+
+    /// The current session while LISTENing, `None` while down or not started.
+    pub(crate) fn session(&self) -> Option<u64> {
+        self.feed
+            .live
+            .load(Ordering::SeqCst)
+            .then(|| self.feed.session.load(Ordering::SeqCst))
     }
 
     /// A new receiver; starts the listener on the current runtime if it is not running.
@@ -58,7 +88,7 @@ impl ChangeHub {
             return;
         };
         let options = (*pool.connect_options()).clone();
-        *task = Some(runtime.spawn(listen(options, self.sender.clone())));
+        *task = Some(runtime.spawn(listen(options, self.sender.clone(), self.feed.clone())));
     }
 }
 
@@ -89,7 +119,11 @@ impl fmt::Debug for ChangeHub {
 /// Runs until aborted: LISTENs on its own connection (not one of the store pool's), forwards
 /// every notification, and reconnects with backoff, announcing `Resync` whenever
 /// notifications may have been missed and once LISTEN is (re-)established.
-async fn listen(options: PgConnectOptions, sender: broadcast::Sender<ChangeEvent>) {
+async fn listen(
+    options: PgConnectOptions,
+    sender: broadcast::Sender<ChangeEvent>,
+    feed: Arc<FeedState>,
+) {
     let name = format!(
         "{}-listener",
         options
@@ -110,8 +144,10 @@ async fn listen(options: PgConnectOptions, sender: broadcast::Sender<ChangeEvent
             Ok(mut listener) => {
                 backoff = MIN_BACKOFF;
                 // From here on every commit is delivered; anything before may have been missed.
+                feed.up();
                 let _ = sender.send(ChangeEvent::Resync);
-                forward(&mut listener, &sender).await;
+                forward(&mut listener, &sender, &feed).await;
+                feed.down();
                 let _ = sender.send(ChangeEvent::Resync);
             }
             Err(e) => {
@@ -134,7 +170,11 @@ async fn start(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 }
 
 /// Forwards notifications until the listener fails.
-async fn forward(listener: &mut PgListener, sender: &broadcast::Sender<ChangeEvent>) {
+async fn forward(
+    listener: &mut PgListener,
+    sender: &broadcast::Sender<ChangeEvent>,
+    feed: &FeedState,
+) {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -145,6 +185,7 @@ async fn forward(listener: &mut PgListener, sender: &broadcast::Sender<ChangeEve
                 // The connection dropped and the listener re-established it (LISTEN included)
                 // before returning: notifications sent in between are lost.
                 tracing::warn!("credential change listener reconnected; announcing a resync");
+                feed.up();
                 let _ = sender.send(ChangeEvent::Resync);
             }
             Err(e) => {

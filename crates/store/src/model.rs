@@ -87,6 +87,21 @@ pub struct LeaseColumns {
     pub expires_at: Option<i64>,
 }
 
+/// A refresh a lease holder started: recorded right before the provider call, cleared when its
+/// result is written. Found by a later holder, it says the refresh may have died with its
+/// process after the provider rotated the refresh token.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefreshIntent {
+    /// Replica that started the refresh.
+    pub holder: String,
+    /// Its fencing token.
+    pub fence: i64,
+    /// When it started (the holder's clock, ms).
+    pub started_at: i64,
+    /// Hex SHA-256 of the refresh token it sent (never the token).
+    pub token_sha256: String,
+}
+
 /// One member of a credential (`credential_members` row).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct MemberRow {

@@ -28,6 +28,12 @@ impl Backend for Postgres {
     const NOTIFY_CHANGE: Option<&'static str> =
         Some("SELECT pg_notify('cb_credential_changed', $1)");
 
+    // One clock for every replica: skew between replicas cannot end a live lease early.
+    const DB_NOW_MS: Option<&'static str> =
+        Some("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)");
+
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+
     /// The listener (one extra connection, outside the pool) runs from the first subscription
     /// until the last clone of the store is dropped.
     type Changes = ChangeHub;
@@ -61,6 +67,10 @@ impl Backend for Postgres {
 
     fn announce_committed(_changes: &Self::Changes, _credential_id: &str) {
         // NOTIFY_CHANGE did it, for every replica.
+    }
+
+    fn feed_session(changes: &Self::Changes) -> Option<u64> {
+        changes.session()
     }
 
     fn subscribe(changes: &Self::Changes, pool: &Pool<Self>) -> broadcast::Receiver<ChangeEvent> {

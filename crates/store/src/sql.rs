@@ -101,7 +101,9 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
      has_refresh_token = $7, access_expires_at = $8, \
      refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
      status = $12, status_reason = $13, updated_at = $14, \
-     lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1 \
+     lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1, \
+     refresh_intent_holder = NULL, refresh_intent_fence = NULL, \
+     refresh_intent_started_at = NULL, refresh_intent_token_sha256 = NULL \
      WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL \
      AND status <> 'DISCONNECTED' RETURNING ",
     credential_columns!()
@@ -111,6 +113,66 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
 pub(crate) const RELEASE_REFRESH_LEASE: &str = "UPDATE credentials \
      SET lease_holder = NULL, lease_expires_at = NULL \
      WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL";
+
+/// [`ACQUIRE_REFRESH_LEASE`] on the database clock `now` (an SQL expression; SQLite: `$4`).
+/// Bind: id, holder, lease_ms, local_now.
+pub(crate) fn take_refresh_lease(now: &str) -> String {
+    format!(
+        "UPDATE credentials SET lease_holder = $2, lease_fence = lease_fence + 1, \
+         lease_expires_at = {now} + $3 \
+         WHERE id = $1 AND status = 'ACTIVE' \
+         AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+         RETURNING {}",
+        credential_columns!()
+    )
+}
+
+/// Extends a held lease from the database clock `now`. Bind: id, fence, lease_ms, local_now.
+pub(crate) fn renew_refresh_lease(now: &str) -> String {
+    format!(
+        "UPDATE credentials SET lease_expires_at = {now} + $3 \
+         WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL"
+    )
+}
+
+/// 1 when the lease is free or lapsed by the database clock `now`. Bind: id, local_now.
+pub(crate) fn refresh_lease_lapsed(now: &str) -> String {
+    format!(
+        "SELECT CAST(CASE WHEN lease_holder IS NULL OR lease_expires_at IS NULL \
+         OR lease_expires_at <= {now} THEN 1 ELSE 0 END AS BIGINT) FROM credentials WHERE id = $1"
+    )
+}
+
+/// Leases up to `limit` due credentials at once, soonest first, skipping leases held by others
+/// and (`skip_locked`, PostgreSQL) rows another transaction is claiming.
+/// Bind: holder, local_now, lease_ms, limit.
+pub(crate) fn claim_due_refreshes(now: &str, skip_locked: &str) -> String {
+    format!(
+        "UPDATE credentials SET lease_holder = $1, lease_fence = lease_fence + 1, \
+         lease_expires_at = {now} + $3 \
+         WHERE id IN (SELECT id FROM credentials WHERE status = 'ACTIVE' \
+         AND next_refresh_at <= $2 \
+         AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+         ORDER BY next_refresh_at, id LIMIT $4{skip_locked}) \
+         AND status = 'ACTIVE' \
+         AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
+         RETURNING {}",
+        credential_columns!()
+    )
+}
+
+/// Bind: id, fence, holder, started_at, token_sha256.
+pub(crate) const RECORD_REFRESH_INTENT: &str = "UPDATE credentials \
+     SET refresh_intent_holder = $3, refresh_intent_fence = $2, \
+     refresh_intent_started_at = $4, refresh_intent_token_sha256 = $5 \
+     WHERE id = $1 AND lease_fence = $2 AND lease_holder IS NOT NULL";
+
+/// Bind: id.
+pub(crate) const GET_REFRESH_INTENT: &str = "SELECT refresh_intent_holder AS holder, \
+     refresh_intent_fence AS fence, refresh_intent_started_at AS started_at, \
+     refresh_intent_token_sha256 AS token_sha256 FROM credentials \
+     WHERE id = $1 AND refresh_intent_fence IS NOT NULL AND refresh_intent_holder IS NOT NULL \
+     AND refresh_intent_started_at IS NOT NULL AND refresh_intent_token_sha256 IS NOT NULL";
 
 /// Reads the partial index `credentials_refresh_due_idx` in order. Bind: now, limit.
 pub(crate) const DUE_FOR_REFRESH: &str = "SELECT id FROM credentials \

@@ -28,6 +28,12 @@ impl Backend for Sqlite {
     const LOCK_CREDENTIAL: &'static str = "SELECT id FROM credentials WHERE id = $1";
     const NOTIFY_CHANGE: Option<&'static str> = None;
 
+    // One process: its own clock is the only one.
+    const DB_NOW_MS: Option<&'static str> = None;
+
+    // One writer at a time: nothing to skip.
+    const SKIP_LOCKED: &'static str = "";
+
     /// Clones of a store share one channel; only this process's writes are announced.
     type Changes = broadcast::Sender<ChangeEvent>;
 
@@ -82,6 +88,11 @@ impl Backend for Sqlite {
     fn announce_committed(changes: &Self::Changes, credential_id: &str) {
         // No receiver is not an error: nobody caches right now.
         let _ = changes.send(ChangeEvent::Changed(credential_id.to_owned()));
+    }
+
+    fn feed_session(_changes: &Self::Changes) -> Option<u64> {
+        // Every write of the one process is announced in-process.
+        Some(0)
     }
 
     fn subscribe(changes: &Self::Changes, _pool: &Pool<Self>) -> broadcast::Receiver<ChangeEvent> {

@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, StatusQuery, UsageRecord, WrappedDekRow,
+    MemberChange, MemberRow, NewAuditEvent, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -109,6 +109,11 @@ impl<DB: Backend> SqlStore<DB> {
 
 fn map<DB: Backend>(e: sqlx::Error) -> StoreError {
     DB::DIALECT.map(e)
+}
+
+/// "Now" for lease statements: the database clock, or the caller's bound at `placeholder`.
+fn db_now<DB: Backend>(placeholder: &'static str) -> &'static str {
+    DB::DB_NOW_MS.unwrap_or(placeholder)
 }
 
 // The where clauses list what the queries bind and decode: Rust does not carry such bounds
@@ -380,6 +385,7 @@ where
     for<'t> KeyUsage: FromRow<'t, DB::Row>,
     for<'t> WrappedDekRow: FromRow<'t, DB::Row>,
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
+    for<'t> RefreshIntent: FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -793,6 +799,124 @@ where
         .await
     }
 
+    async fn take_refresh_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        // The same operation as `acquire_refresh_lease`, on the database clock: one span name.
+        self.traced("acquire_refresh_lease", Some(id), async {
+            let statement = sql::take_refresh_lease(db_now::<DB>("$4"));
+            sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
+                .bind(id)
+                .bind(holder)
+                .bind(lease_ms)
+                .bind(local_now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .map(CredentialRow::try_from)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn claim_due_refreshes(
+        &self,
+        holder: &str,
+        local_now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("claim_due_refreshes", None, async {
+            let statement = sql::claim_due_refreshes(db_now::<DB>("$2"), DB::SKIP_LOCKED);
+            let mut rows = sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
+                .bind(holder)
+                .bind(local_now)
+                .bind(lease_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .into_iter()
+                .map(CredentialRow::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
+            // RETURNING has no defined order.
+            rows.sort_by(|a, b| (a.next_refresh_at, &a.id).cmp(&(b.next_refresh_at, &b.id)));
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn renew_refresh_lease(
+        &self,
+        id: &str,
+        fence: i64,
+        lease_ms: i64,
+        local_now: i64,
+    ) -> Result<bool, StoreError> {
+        self.traced("renew_refresh_lease", Some(id), async {
+            let statement = sql::renew_refresh_lease(db_now::<DB>("$4"));
+            let done = sqlx::query::<DB>(sqlx::AssertSqlSafe(statement))
+                .bind(id)
+                .bind(fence)
+                .bind(lease_ms)
+                .bind(local_now)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn refresh_lease_lapsed(&self, id: &str, local_now: i64) -> Result<bool, StoreError> {
+        self.traced("refresh_lease_lapsed", Some(id), async {
+            let statement = sql::refresh_lease_lapsed(db_now::<DB>("$2"));
+            let lapsed = sqlx::query_scalar::<DB, i64>(sqlx::AssertSqlSafe(statement))
+                .bind(id)
+                .bind(local_now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(lapsed.is_none_or(|l| l != 0))
+        })
+        .await
+    }
+
+    async fn record_refresh_intent(
+        &self,
+        id: &str,
+        intent: &RefreshIntent,
+    ) -> Result<bool, StoreError> {
+        self.traced("record_refresh_intent", Some(id), async {
+            let done = sqlx::query(sql::RECORD_REFRESH_INTENT)
+                .bind(id)
+                .bind(intent.fence)
+                .bind(intent.holder.as_str())
+                .bind(intent.started_at)
+                .bind(intent.token_sha256.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn refresh_intent(&self, id: &str) -> Result<Option<RefreshIntent>, StoreError> {
+        self.traced("refresh_intent", Some(id), async {
+            sqlx::query_as::<DB, RefreshIntent>(sql::GET_REFRESH_INTENT)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
     async fn due_for_refresh(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
         self.traced("due_for_refresh", None, async {
             sqlx::query_scalar::<DB, String>(sql::DUE_FOR_REFRESH)
@@ -913,5 +1037,9 @@ where
 
     fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {
         DB::subscribe(&self.changes, &self.pool)
+    }
+
+    fn change_feed(&self) -> Option<u64> {
+        DB::feed_session(&self.changes)
     }
 }

@@ -369,6 +369,18 @@ impl BrokerProcess {
         crate::support::client::Client::new(self.channel().await, actor)
     }
 
+    /// Where its Prometheus endpoint listens (`telemetry.metrics_listen`, port 0 allowed), read
+    /// from its log.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        logged_addr(&self.log(), "metrics endpoint listening")
+            .unwrap_or_else(|| panic!("no metrics endpoint in the log:\n{}", self.log()))
+    }
+
+    /// Its OS process id (a test may kill it from a callback).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to clean up (tests lease expiry).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -409,9 +421,14 @@ impl Drop for BrokerProcess {
 
 /// The address in the server's JSON "credential broker listening" line, once it is written.
 fn listening_addr(log: &str) -> Option<SocketAddr> {
+    logged_addr(log, "credential broker listening")
+}
+
+/// The `addr` field of the first JSON log event whose message is `message`.
+fn logged_addr(log: &str, message: &str) -> Option<SocketAddr> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|event| event["message"] == "credential broker listening")
+        .find(|event| event["message"] == message)
         .and_then(|event| event["addr"].as_str()?.parse().ok())
 }
 

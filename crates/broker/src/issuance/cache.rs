@@ -1,12 +1,30 @@
 //! The hot path's memory: each credential's last good token with what authorization needs, in
 //! a bounded concurrent cache (moka). Other use cases invalidate it on writes; change
 //! notifications invalidate it for writes on other replicas.
+//!
+//! An entry cannot outlive an invalidation: every invalidation bumps a generation, and an entry
+//! is only put if the generation its leader saw before reading the database is still current
+//! (checked again after the insert, so an invalidation racing the put removes it).
 
 use super::IssuedToken;
 use crate::clock::Timestamp;
 use moka::sync::Cache;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Generation counters, shared by the ids that hash to the same slot: bounded memory, and a
+/// collision only costs a spurious miss.
+const GENERATION_SLOTS: usize = 4096;
+
+/// What a leader saw before reading the database: the cache-wide epoch (bumped by
+/// [`TokenCache::clear`]) and its credential's slot (bumped by [`TokenCache::invalidate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Generation {
+    epoch: u64,
+    slot: u64,
+}
 
 /// moka rejects a time-to-live over 1000 years; a longer configured age means "no age limit".
 const LONGEST_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -20,6 +38,8 @@ pub(super) struct Entry {
     pub(super) lifetime: Option<Duration>,
     /// Active members allowed to use the credential: (email, bound user id).
     pub(super) users: Vec<(String, Option<String>)>,
+    /// When the row and the members were read (the injected clock): the snapshot's age.
+    pub(super) loaded_at: Timestamp,
 }
 
 impl Entry {
@@ -52,6 +72,8 @@ impl Default for TokenCacheConfig {
 /// The in-memory token cache shared with the other use cases, which invalidate it on writes.
 pub struct TokenCache {
     entries: Cache<String, Arc<Entry>>,
+    epoch: AtomicU64,
+    slots: Box<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -76,25 +98,56 @@ impl TokenCache {
                 .max_capacity(config.max_entries)
                 .time_to_live(config.max_age.min(LONGEST_AGE))
                 .build(),
+            epoch: AtomicU64::new(0),
+            slots: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Forgets one credential (after a write to it here or on another replica).
+    fn slot(&self, id: &str) -> &AtomicU64 {
+        // A fixed-key hasher: the slot of an id is the same for every caller.
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+        &self.slots[usize::try_from(hash % GENERATION_SLOTS as u64).unwrap_or(0)]
+    }
+
+    /// Forgets one credential (after a write to it here or on another replica); a put of a
+    /// value read before this call is refused.
     pub fn invalidate(&self, id: &str) {
+        self.slot(id).fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate(id);
     }
 
-    /// Forgets everything (change notifications may have been missed).
+    /// Forgets everything (change notifications may have been missed); puts of values read
+    /// before this call are refused.
     pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+    }
+
+    /// The generation of `id` now: take it before reading what will be put.
+    pub(super) fn generation(&self, id: &str) -> Generation {
+        Generation {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            slot: self.slot(id).load(Ordering::SeqCst),
+        }
     }
 
     pub(super) fn get(&self, id: &str) -> Option<Arc<Entry>> {
         self.entries.get(id)
     }
 
-    pub(super) fn put(&self, id: &str, e: Arc<Entry>) {
+    /// Puts an entry read when the generation was `seen`, unless an invalidation came since.
+    /// Returns whether it stays.
+    pub(super) fn put(&self, id: &str, e: Arc<Entry>, seen: Generation) -> bool {
+        if self.generation(id) != seen {
+            return false;
+        }
         self.entries.insert(id.to_owned(), e);
+        // An invalidation between the check and the insert may have missed the entry.
+        if self.generation(id) != seen {
+            self.entries.invalidate(id);
+            return false;
+        }
+        true
     }
 }
 
@@ -116,14 +169,37 @@ mod tests {
             },
             lifetime: None,
             users: vec![],
+            loaded_at: Timestamp::from_millis(0),
         })
+    }
+
+    #[test]
+    fn an_invalidation_after_the_read_refuses_the_put() {
+        let cache = TokenCache::default();
+        let seen = cache.generation("a");
+        cache.invalidate("a");
+        assert!(!cache.put("a", entry(), seen));
+        assert!(cache.get("a").is_none());
+        let seen = cache.generation("a");
+        cache.clear();
+        assert!(!cache.put("a", entry(), seen));
+        assert!(cache.get("a").is_none());
+        // Another credential's invalidation does not matter (unless it shares the slot).
+        let seen = cache.generation("a");
+        let other = (0..)
+            .map(|n| format!("c{n}"))
+            .find(|id| !std::ptr::eq(cache.slot(id), cache.slot("a")))
+            .unwrap();
+        cache.invalidate(&other);
+        assert!(cache.put("a", entry(), seen));
+        assert!(cache.get("a").is_some());
     }
 
     #[test]
     fn invalidation_forgets_one_or_all() {
         let cache = TokenCache::default();
-        cache.put("a", entry());
-        cache.put("b", entry());
+        cache.put("a", entry(), cache.generation("a"));
+        cache.put("b", entry(), cache.generation("b"));
         cache.invalidate("a");
         assert!(cache.get("a").is_none());
         assert!(cache.get("b").is_some());
@@ -138,9 +214,95 @@ mod tests {
             max_age: Duration::from_secs(60),
         });
         for n in 0..100 {
-            cache.put(&format!("c{n}"), entry());
+            let id = format!("c{n}");
+            cache.put(&id, entry(), cache.generation(&id));
         }
         cache.entries.run_pending_tasks();
         assert!(cache.entries.entry_count() <= 10);
+    }
+
+    /// A credential as big as real ones get: Google-sized tokens, three scopes, two extras,
+    /// five members with bound user ids.
+    fn realistic_entry(n: usize) -> Arc<Entry> {
+        Arc::new(Entry {
+            workspace_id: format!("ws-{n:030}"),
+            token: IssuedToken {
+                access_token: SecretString::from(format!("ya29.{n:0>250}")),
+                token_type: "Bearer".into(),
+                expires_at: Some(Timestamp::from_millis(0)),
+                scopes: (0..3)
+                    .map(|s| format!("https://www.googleapis.com/auth/scope{s}"))
+                    .collect(),
+                extras: (0..2)
+                    .map(|x| (format!("extra{x}"), format!("value-{n:020}")))
+                    .collect(),
+            },
+            lifetime: Some(Duration::from_secs(3600)),
+            users: (0..5)
+                .map(|u| {
+                    (
+                        format!("member{u}@example.com"),
+                        Some(format!("user-{n:020}")),
+                    )
+                })
+                .collect(),
+            loaded_at: Timestamp::from_millis(0),
+        })
+    }
+
+    /// Resident memory of this process, in bytes (Linux).
+    fn resident_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = status.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    /// The bound on entries is a bound on memory: an entry (moka's bookkeeping included) takes
+    /// about 3 KiB, measured as resident memory grown per entry (docs/operations.md). Measured
+    /// in a process of its own: tests running beside it would blur the number.
+    #[test]
+    fn an_entry_takes_about_three_kilobytes() {
+        const MEASURE: &str = "CB_MEASURE_TOKEN_CACHE";
+        if std::env::var_os(MEASURE).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "issuance::cache::tests::an_entry_takes_about_three_kilobytes",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(MEASURE, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            let Some(per_entry) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("token cache: "))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                return; // no /proc here: nothing measured
+            };
+            assert!(per_entry < 4096, "{per_entry} bytes per entry");
+            return;
+        }
+        const N: u64 = 20_000;
+        let cache = TokenCache::new(TokenCacheConfig {
+            max_entries: N,
+            max_age: Duration::from_secs(3600),
+        });
+        let Some(before) = resident_bytes() else {
+            return;
+        };
+        for n in 0..N as usize {
+            let id = format!("0194f5c2-7e1a-7c3b-9a4f-{n:012}");
+            cache.put(&id, realistic_entry(n), cache.generation(&id));
+        }
+        cache.entries.run_pending_tasks();
+        assert_eq!(cache.entries.entry_count(), N);
+        let per_entry = resident_bytes().unwrap_or(before).saturating_sub(before) / N;
+        eprintln!("token cache: {per_entry} bytes per entry");
     }
 }

@@ -1,11 +1,14 @@
 //! The refresh coordinator: the single flight per credential in this process, the
 //! cross-replica lease, and the refresh itself. The flight's leader takes the lease in the
-//! database (a conditional update with a fencing token), re-reads the row (another replica may
-//! have refreshed already) and only then calls the provider. The new token set, including a
-//! rotated refresh token, is sealed and written under the fencing token before anyone is
-//! answered. Followers on other replicas wait for the row to change, then read it.
+//! database (a conditional update with a fencing token, expiry on the database clock, renewed
+//! by a heartbeat), re-reads the row (another replica may have refreshed already), records its
+//! refresh intent and only then calls the provider. The new token set, including a rotated
+//! refresh token, is sealed and written under the fencing token (retried while the lease is
+//! held, kept in memory if the database stays away) before anyone is answered. Followers on
+//! other replicas wait for the row to change or the lease to lapse, then read it.
 
 use super::cache::Entry;
+use super::lease::{Claim, LeaseKeeper, Pending, millis, token_sha256};
 use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
 use super::{IssuedToken, TokenService, lock};
 use crate::access::Role;
@@ -16,7 +19,7 @@ use crate::gateway::{GrantedTokens, ProviderError};
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
-use cb_store::StoreError;
+use cb_store::{RefreshIntent, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,9 +61,33 @@ impl Drop for FlightGuard {
     }
 }
 
+/// Marks a NEEDS_RECONNECT reason whose refresh was interrupted by a crash: such credentials
+/// answer [`reason::REFRESH_INTERRUPTED`] rather than a bare provider error.
+pub(super) const INTERRUPTED_PREFIX: &str =
+    "refresh interrupted by a crashed replica, then refused: ";
+
+/// Polls of a waiting follower between two questions to the database about the lease.
+const LAPSE_CHECK_POLLS: u32 = 10;
+/// First and longest pause between attempts to write a refresh result.
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(1);
+
+fn lease_lost() -> BrokerError {
+    BrokerError::Unavailable {
+        reason: reason::STORAGE_UNAVAILABLE,
+        message: "the refresh lease expired before the new tokens were stored; retry".into(),
+        retry_after: Some(Duration::from_secs(1)),
+    }
+}
+
 fn needs_reconnect(c: &Credential, why: &str) -> BrokerError {
+    let reason = if why.starts_with(INTERRUPTED_PREFIX) {
+        reason::REFRESH_INTERRUPTED
+    } else {
+        reason::CREDENTIAL_NEEDS_RECONNECT
+    };
     BrokerError::FailedPrecondition {
-        reason: reason::CREDENTIAL_NEEDS_RECONNECT,
+        reason,
         message: format!(
             "the connection {:?} can no longer be refreshed ({why}): reconnect {} in Settings → Integrations",
             c.display_name.as_str(),
@@ -96,10 +123,11 @@ impl TokenService {
         id: &str,
         min_valid: Duration,
         force: bool,
+        mut claim: Option<Claim>,
     ) -> Result<Arc<Entry>, BrokerError> {
         let mut round = 1;
         loop {
-            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force);
+            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force, claim.take());
             let result = match rx.wait_for(Option::is_some).await {
                 Ok(settled) => settled
                     .clone()
@@ -127,9 +155,12 @@ impl TokenService {
         id: &str,
         min_valid: Duration,
         force: bool,
+        claim: Option<Claim>,
     ) -> (watch::Receiver<FlightResult>, Option<Duration>) {
         let mut flights = lock(&self.flights);
         if let Some((led_for, rx)) = flights.get(id) {
+            // A flight here already refreshes it: a claimed lease is released, not waited on.
+            drop(claim);
             self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
             return (rx.clone(), Some(*led_for));
         }
@@ -146,9 +177,20 @@ impl TokenService {
                 let this = &guard.service;
                 // Someone still waits if a receiver besides the map's and the guard's exists.
                 let wanted = || tx.receiver_count() > 2;
-                let result = this.resolve(&guard.id, min_valid, force, &wanted).await;
+                // Taken before anything is read: an invalidation from now on refuses the put.
+                let seen = this.cache.generation(&guard.id);
+                let result = this
+                    .resolve(&guard.id, min_valid, force, &wanted, claim)
+                    .await;
+                #[cfg(test)]
+                let pause = lock(&this.before_put).take();
+                #[cfg(test)]
+                if let Some((reached, resume)) = pause {
+                    reached.notify_one();
+                    resume.notified().await;
+                }
                 if let Ok(e) = &result {
-                    this.cache.put(&guard.id, e.clone());
+                    this.cache.put(&guard.id, e.clone(), seen);
                 }
                 guard.finish();
                 tx.send_replace(Some(result));
@@ -162,17 +204,19 @@ impl TokenService {
     /// `wanted` says whether anyone still waits for the result: a flight whose callers all went
     /// away (cancelled or past their deadline) is abandoned before it calls the provider. Once a
     /// refresh request is sent it always completes and is stored — a provider that rotated the
-    /// refresh token must have its answer kept.
+    /// refresh token must have its answer kept (in memory while the database is away).
     async fn resolve(
         &self,
         id: &str,
         min_valid: Duration,
         force: bool,
         wanted: &(dyn Fn() -> bool + Send + Sync),
+        mut claim: Option<Claim>,
     ) -> Result<Arc<Entry>, BrokerError> {
         // A bound in real time, not on the injected clock: a test's manual clock may never move.
         let give_up =
             tokio::time::Instant::now() + self.config.lease_duration * 2 + Duration::from_secs(5);
+        let mut waited = false;
         loop {
             let now = self.clock.now();
             let row = self
@@ -180,42 +224,74 @@ impl TokenService {
                 .get_credential(id)
                 .await?
                 .ok_or_else(BrokerError::credential_not_found)?;
-            let c = Credential::from_row(row)?;
-            check_usable(&c)?;
-            let bundle = sealing::open(&self.envelope, &c)
-                .await?
-                .ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
-            let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
-            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
-                return self.entry(&c, &bundle).await;
-            }
-            if bundle.refresh_token.is_none() {
-                return self.without_refresh_token(c, bundle, now).await;
-            }
-            // A configuration error is not transient: no lease, no provider call, no retries,
-            // and the provider's circuit stays as it is.
-            if let Err(e) = self.provider_configured(&c.provider_id) {
-                if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
-                    tracing::warn!(credential_id = %id, provider = %c.provider_id, "provider not configured; serving the still-valid token");
+            if let Some(p) = self.pending.get(id) {
+                // A token set the provider already answered waits to be written: write it, and
+                // never call the provider again with the refresh token it replaced.
+                if let Some(done) = self.write_pending(id, &row, p).await? {
+                    return Ok(done);
+                }
+                if self.pending.get(id).is_none() {
+                    continue; // it no longer applied: start over with the stored tokens
+                }
+            } else {
+                let (row_fence, row_holder) = (row.lease.fence, row.lease.holder.clone());
+                let claimed_row = claim.is_some().then(|| row.clone());
+                let c = Credential::from_row(row)?;
+                check_usable(&c)?;
+                let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| {
+                    BrokerError::Internal("active credential without tokens".into())
+                })?;
+                let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
+                if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
                     return self.entry(&c, &bundle).await;
                 }
-                return Err(e);
+                if bundle.refresh_token.is_none() {
+                    return self.without_refresh_token(c, bundle, now).await;
+                }
+                // A configuration error is not transient: no lease, no provider call, no
+                // retries, and the provider's circuit stays as it is.
+                if let Err(e) = self.provider_configured(&c.provider_id) {
+                    if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
+                        tracing::warn!(credential_id = %id, provider = %c.provider_id, "provider not configured; serving the still-valid token");
+                        return self.entry(&c, &bundle).await;
+                    }
+                    return Err(e);
+                }
+                if !wanted() {
+                    return Err(abandoned());
+                }
+                // The refresh-ahead claim already holds the lease (unless it was lost since).
+                let claimed = claim.take().filter(|c| {
+                    c.fence() == row_fence && row_holder.as_deref() == Some(self.holder.as_str())
+                });
+                if let (Some(keeper), Some(leased)) =
+                    (claimed.and_then(Claim::into_keeper), claimed_row)
+                {
+                    return self
+                        .refresh_under_lease(leased, min_valid, force, wanted, &keeper)
+                        .await;
+                }
+                if let Some(leased) = self.take_lease(id).await? {
+                    let keeper = LeaseKeeper::start(
+                        self.store.clone(),
+                        self.clock.clone(),
+                        id,
+                        leased.lease.fence,
+                        self.config.lease_duration,
+                    );
+                    return self
+                        .refresh_under_lease(leased, min_valid, force, wanted, &keeper)
+                        .await;
+                }
             }
-            if !wanted() {
-                return Err(abandoned());
+            // Another replica holds the lease: wait for its write (or for the lease to lapse,
+            // judged by the database clock).
+            if !waited {
+                waited = true;
+                self.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
             }
-            let until = now.plus(self.config.lease_duration);
-            if let Some(leased) = self
-                .store
-                .acquire_refresh_lease(id, &self.holder, now.as_millis(), until.as_millis())
-                .await?
-            {
-                return self
-                    .refresh_under_lease(leased, min_valid, force, wanted)
-                    .await;
-            }
-            // Another replica holds the lease: wait for its write (or for the lease to expire).
-            self.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
+            let version = self.store.get_credential(id).await?.map(|r| r.row_version);
+            let mut polls: u32 = 0;
             loop {
                 if tokio::time::Instant::now() > give_up {
                     return Err(BrokerError::Unavailable {
@@ -227,16 +303,129 @@ impl TokenService {
                     });
                 }
                 tokio::time::sleep(self.config.follower_poll).await;
+                polls += 1;
                 let Some(r) = self.store.get_credential(id).await? else {
                     break;
                 };
-                let lease_expired = r
-                    .lease
-                    .expires_at
-                    .is_none_or(|t| t <= self.clock.now().as_millis());
-                if r.row_version != c.version || lease_expired {
+                if Some(r.row_version) != version || r.lease.holder.is_none() {
                     break;
                 }
+                // Asking the database whether the lease lapsed costs a query: every few polls.
+                if polls.is_multiple_of(LAPSE_CHECK_POLLS)
+                    && self
+                        .store
+                        .refresh_lease_lapsed(id, self.clock.now().as_millis())
+                        .await?
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes the lease of `id` (free or lapsed by the database clock).
+    async fn take_lease(&self, id: &str) -> Result<Option<cb_store::CredentialRow>, BrokerError> {
+        Ok(self
+            .store
+            .take_refresh_lease(
+                id,
+                &self.holder,
+                millis(self.config.lease_duration),
+                self.clock.now().as_millis(),
+            )
+            .await?)
+    }
+
+    /// Writes a pending token set if the row still holds the tokens it replaced: under its own
+    /// fence if nobody took the lease since, else under a lease taken now. `None`: it could not
+    /// be written yet (another replica holds the lease; the caller waits), or it no longer
+    /// applies (dropped).
+    async fn write_pending(
+        &self,
+        id: &str,
+        row: &cb_store::CredentialRow,
+        p: Pending,
+    ) -> Result<Option<Arc<Entry>>, BrokerError> {
+        let base = row.sealed.as_ref().map(|s| s.ciphertext.as_slice());
+        if base.is_some() && base == p.row.sealed.as_ref().map(|s| s.ciphertext.as_slice()) {
+            // A write whose answer was lost did commit.
+            self.pending.remove(id);
+            return Ok(None);
+        }
+        if base != Some(p.base.as_slice()) {
+            // Another writer replaced the tokens (a reconnect, a disconnect): theirs stand.
+            tracing::error!(credential_id = %id, "the tokens changed while a refreshed token set waited to be written; dropping it");
+            self.pending.remove(id);
+            return Ok(None);
+        }
+        let stored = match self.store.complete_refresh(&p.row, p.fence).await {
+            Ok(stored) => stored,
+            Err(StoreError::LeaseLost) => {
+                let Some(leased) = self.take_lease(id).await? else {
+                    return Ok(None);
+                };
+                match self
+                    .store
+                    .complete_refresh(&p.row, leased.lease.fence)
+                    .await
+                {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        let _ = self
+                            .store
+                            .release_refresh_lease(id, leased.lease.fence)
+                            .await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.pending.remove(id);
+        tracing::info!(credential_id = %id, "refreshed token set written after the database came back");
+        let c = Credential::from_row(stored)?;
+        let bundle = sealing::open(&self.envelope, &c)
+            .await?
+            .ok_or_else(|| BrokerError::Internal("refreshed credential without tokens".into()))?;
+        self.entry(&c, &bundle).await.map(Some)
+    }
+
+    /// Writes a refresh result under the fence, retrying with backoff (the injected sleeper)
+    /// while the database is unavailable and the lease is still ours.
+    async fn store_refreshed(
+        &self,
+        row: &cb_store::CredentialRow,
+        fence: i64,
+        keeper: &LeaseKeeper,
+    ) -> Result<cb_store::CredentialRow, StoreError> {
+        let mut delay = WRITE_RETRY_FIRST;
+        let mut attempt: u32 = 1;
+        loop {
+            match self.store.complete_refresh(row, fence).await {
+                Ok(stored) => return Ok(stored),
+                Err(StoreError::LeaseLost) if attempt > 1 => {
+                    // An earlier attempt may have committed with its answer lost on the way.
+                    let written = self.store.get_credential(&row.id).await?;
+                    return match written {
+                        Some(w)
+                            if w.sealed.as_ref().map(|s| &s.ciphertext)
+                                == row.sealed.as_ref().map(|s| &s.ciphertext) =>
+                        {
+                            Ok(w)
+                        }
+                        _ => Err(StoreError::LeaseLost),
+                    };
+                }
+                Err(e @ (StoreError::LeaseLost | StoreError::NotFound)) => return Err(e),
+                // Connection errors do not all map to Unavailable (a cut connection can read as
+                // a protocol error): anything but a definite answer is worth another attempt.
+                Err(e) if keeper.held() => {
+                    tracing::warn!(credential_id = %row.id, attempt, error = %e, "refreshed tokens not written yet; retrying");
+                    self.retry.sleeper().sleep(delay).await;
+                    delay = (delay * 2).min(WRITE_RETRY_MAX);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -273,25 +462,54 @@ impl TokenService {
         min_valid: Duration,
         force: bool,
         wanted: &(dyn Fn() -> bool + Send + Sync),
+        keeper: &LeaseKeeper,
     ) -> Result<Arc<Entry>, BrokerError> {
         let fence = row.lease.fence;
+        let base = row
+            .sealed
+            .as_ref()
+            .map(|s| s.ciphertext.clone())
+            .unwrap_or_default();
         let mut c = Credential::from_row(row)?;
         let id = c.id.to_string();
         let provider = c.provider_id.clone();
         let now = self.clock.now();
         let result = async {
             let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
+            let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
+            let token_hash = token_sha256(&refresh_token);
+            // A previous holder that recorded an intent for the refresh token still stored and
+            // never wrote a result died mid-refresh or lost its answer (a timeout): the provider
+            // may have rotated that token.
+            let interrupted = self
+                .store
+                .refresh_intent(&id)
+                .await?
+                .filter(|i| i.fence != fence && i.token_sha256 == token_hash);
+            if let Some(i) = &interrupted {
+                tracing::warn!(credential_id = %id, previous_holder = %i.holder, previous_fence = i.fence, "found an interrupted refresh; retrying at once with the stored refresh token");
+            }
             // Re-check after taking the lease: another replica may have refreshed meanwhile.
+            // An interrupted refresh is retried whatever the validity: whether the grant survived
+            // is better learnt now, with the reason known.
             let due = force && c.next_refresh_at.is_some_and(|t| t <= now);
-            if satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
+            if interrupted.is_none() && satisfies(bundle.access_expires_at, lifetime(&bundle), now, min_valid) && !due {
                 self.store.release_refresh_lease(&id, fence).await?;
                 self.count_refresh(&c.provider_id, "already_fresh");
                 return self.entry(&c, &bundle).await;
             }
-            let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
             if !wanted() {
                 self.store.release_refresh_lease(&id, fence).await?;
                 return Err(abandoned());
+            }
+            let intent = RefreshIntent {
+                holder: self.holder.clone(),
+                fence,
+                started_at: now.as_millis(),
+                token_sha256: token_hash,
+            };
+            if !self.store.record_refresh_intent(&id, &intent).await? {
+                return Err(lease_lost());
             }
             match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
                 Ok(granted) => {
@@ -304,22 +522,34 @@ impl TokenService {
                     c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
                     c.last_refreshed_at = Some(now);
                     c.updated_at = now;
-                    let stored = self.store.complete_refresh(&c.to_row(), fence).await.map_err(|e| match e {
-                        StoreError::LeaseLost => {
+                    let new_row = c.to_row();
+                    let stored = match self.store_refreshed(&new_row, fence, keeper).await {
+                        Ok(stored) => stored,
+                        Err(StoreError::LeaseLost) => {
                             // The provider may have rotated the refresh token we hold: say so loudly.
                             tracing::error!(credential_id = %id, "refresh lease lost before the new tokens were written");
-                            BrokerError::Unavailable {
-                                reason: reason::STORAGE_UNAVAILABLE,
-                                message: "the refresh lease expired before the new tokens were stored; retry".into(),
-                                retry_after: Some(Duration::from_secs(1)),
-                            }
+                            return Err(lease_lost());
                         }
-                        other => other.into(),
-                    })?;
+                        Err(e @ (StoreError::Unavailable(_) | StoreError::Database(_))) => {
+                            // Kept for the next leader here: the rotated refresh token must not be lost.
+                            tracing::error!(credential_id = %id, error = %e, "database unavailable after the provider answered; the refreshed tokens wait in memory");
+                            self.pending.put(&id, Pending { base, row: new_row, fence });
+                            return Err(BrokerError::Unavailable {
+                                reason: reason::STORAGE_UNAVAILABLE,
+                                message: "the token was refreshed but cannot be stored yet; retry".into(),
+                                retry_after: Some(Duration::from_secs(1)),
+                            });
+                        }
+                        Err(other) => return Err(other.into()),
+                    };
                     self.count_refresh(&c.provider_id, "refreshed");
                     self.entry(&Credential::from_row(stored)?, &fresh).await
                 }
                 Err(ProviderError::Permanent(why)) => {
+                    let why = match &interrupted {
+                        Some(_) => format!("{INTERRUPTED_PREFIX}{why}"),
+                        None => why,
+                    };
                     let err = needs_reconnect(&c, &why);
                     c.status = Status::NeedsReconnect { reason: why.clone() };
                     c.next_refresh_at = None;
@@ -354,7 +584,9 @@ impl TokenService {
         if let Err(e) = &result
             && !matches!(
                 e.reason(),
-                reason::CREDENTIAL_NEEDS_RECONNECT | reason::PROVIDER_UNAVAILABLE
+                reason::CREDENTIAL_NEEDS_RECONNECT
+                    | reason::REFRESH_INTERRUPTED
+                    | reason::PROVIDER_UNAVAILABLE
             )
         {
             // A database or KMS error on the way: not counted above.
@@ -427,6 +659,7 @@ impl TokenService {
             },
             lifetime: lifetime(bundle),
             users,
+            loaded_at: self.clock.now(),
         }))
     }
 }

@@ -4,10 +4,12 @@
 //! database, no KMS). Otherwise the caller joins the single flight for that credential in this
 //! process ([`coordinator`]): its leader takes the cross-replica refresh lease, re-reads the row
 //! and only then calls the provider, through the retry and circuit-breaker policy ([`retry`]).
-//! Expiry arithmetic and the token merge are pure functions ([`schedule`]).
+//! The lease's heartbeat, the refresh intent and the token sets waiting for the database live
+//! in `lease`. Expiry arithmetic and the token merge are pure functions ([`schedule`]).
 
 mod cache;
 mod coordinator;
+mod lease;
 mod retry;
 pub mod schedule;
 #[cfg(test)]
@@ -35,7 +37,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Tunables of issuance and refresh.
 #[derive(Clone, Debug)]
@@ -44,16 +48,25 @@ pub struct IssuanceConfig {
     pub default_min_valid: Duration,
     /// Largest `min_valid_for` accepted.
     pub max_min_valid: Duration,
-    /// Refresh lease lifetime; longer than every provider attempt together.
+    /// Refresh lease lifetime without renewal: the holder renews it every third of it, so a
+    /// dead holder is noticed within it. Longer than one provider attempt.
     pub lease_duration: Duration,
+    /// Provider attempts of one refresh start within this time after the first.
+    pub retry_budget: Duration,
     /// Provider attempts per refresh (transient failures only).
     pub provider_attempts: u32,
     /// First backoff delay; doubles per attempt, with jitter.
     pub backoff_base: Duration,
     /// Refresh ahead when the access token expires within this window.
     pub refresh_ahead_window: Duration,
+    /// Longest a cached entry (the token with the members allowed to use it) is served before
+    /// the database is read again, should an invalidation have been missed without the change
+    /// feed noticing.
+    pub membership_max_age: Duration,
     /// How often a waiting replica re-reads the row.
     pub follower_poll: Duration,
+    /// Refresh-ahead refreshes run at once, at most.
+    pub refresh_ahead_concurrency: usize,
     /// Consecutive transient failures that open a provider's circuit.
     pub breaker_threshold: u32,
     /// How long an open circuit rejects calls before letting one through.
@@ -65,11 +78,14 @@ impl Default for IssuanceConfig {
         Self {
             default_min_valid: Duration::from_secs(225),
             max_min_valid: Duration::from_secs(3600),
-            lease_duration: Duration::from_secs(60),
+            lease_duration: Duration::from_secs(15),
+            retry_budget: Duration::from_secs(30),
             provider_attempts: 3,
             backoff_base: Duration::from_millis(200),
             refresh_ahead_window: Duration::from_secs(600),
+            membership_max_age: Duration::from_secs(60),
             follower_poll: Duration::from_millis(50),
+            refresh_ahead_concurrency: 8,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
         }
@@ -153,6 +169,13 @@ pub struct TokenService {
     retry: RetryPolicy,
     /// The flight per credential in this process: the leader's `min_valid` and its result.
     flights: Mutex<HashMap<String, (Duration, watch::Receiver<FlightResult>)>>,
+    /// Refreshed token sets the database could not take yet (see [`lease::Pending`]).
+    pending: lease::PendingWrites,
+    /// The change feed session the cache was last emptied for (see `cache_usable`).
+    feed_session: AtomicU64,
+    /// Tests pause a leader between its reads and its cache put: (reached, resume).
+    #[cfg(test)]
+    before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
 }
@@ -179,7 +202,7 @@ impl TokenService {
         let limits = RetryLimits {
             attempts: config.provider_attempts,
             backoff_base: config.backoff_base,
-            budget: config.lease_duration / 2,
+            budget: config.retry_budget,
             breaker_threshold: config.breaker_threshold,
             breaker_cooldown: config.breaker_cooldown,
         };
@@ -201,6 +224,10 @@ impl TokenService {
             holder,
             random,
             flights: Mutex::new(HashMap::new()),
+            pending: lease::PendingWrites::default(),
+            feed_session: AtomicU64::new(0),
+            #[cfg(test)]
+            before_put: Mutex::new(None),
             usage: Mutex::new(HashMap::new()),
             stats: IssuanceStats::default(),
         }
@@ -324,7 +351,12 @@ impl TokenService {
             ));
         }
         let now = self.clock.now();
-        if let Some(e) = self.cache.get(id.as_str()) {
+        let cached = self
+            .cache_usable()
+            .then(|| self.cache.get(id.as_str()))
+            .flatten()
+            .filter(|e| e.loaded_at.plus(self.config.membership_max_age) > now);
+        if let Some(e) = cached {
             *hit = true;
             authorize(caller, &e)?;
             if e.satisfies(now, min_valid) {
@@ -337,27 +369,67 @@ impl TokenService {
         }
         *hit = false;
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let entry = self.flight(id.as_str(), min_valid, false).await?;
+        let entry = self.flight(id.as_str(), min_valid, false, None).await?;
         authorize(caller, &entry)?;
         Ok(entry.token.clone())
     }
 
-    /// Refreshes credentials whose `next_refresh_at` has come (the background refresher).
-    /// Returns how many were refreshed or found fresh; failures are logged.
+    /// Whether the cache may be served: only while the change feed delivers every other
+    /// replica's invalidations. A new feed session (it reconnected) may have missed some: the
+    /// cache is emptied first.
+    fn cache_usable(&self) -> bool {
+        let Some(session) = self.store.change_feed() else {
+            return false;
+        };
+        if self.feed_session.swap(session, Ordering::SeqCst) != session {
+            self.cache.clear();
+        }
+        true
+    }
+
+    /// Refreshes credentials whose `next_refresh_at` has come (the background refresher): claims
+    /// the leases of up to `limit` of them in one statement (skipping those other replicas hold
+    /// or are claiming, never waiting on them) and refreshes them, at most
+    /// `refresh_ahead_concurrency` at a time. Returns how many were refreshed or found fresh;
+    /// failures are logged.
     pub async fn refresh_due(self: &Arc<Self>, limit: u32) -> usize {
         let now = self.clock.now();
-        let ids = match self.store.due_for_refresh(now.as_millis(), limit).await {
-            Ok(ids) => ids,
+        let lease = self.config.lease_duration;
+        let claimed = match self
+            .store
+            .claim_due_refreshes(&self.holder, now.as_millis(), lease::millis(lease), limit)
+            .await
+        {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "refresh-ahead scan failed");
                 return 0;
             }
         };
+        let permits = Arc::new(Semaphore::new(self.config.refresh_ahead_concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for row in claimed {
+            // The heartbeat starts now: a claim waiting for a permit keeps its lease.
+            let claim = lease::Claim::new(self.store.clone(), self.clock.clone(), row, lease);
+            let (this, permits) = (self.clone(), permits.clone());
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await.ok();
+                    let id = claim.id().to_owned();
+                    let result = this.flight(&id, Duration::ZERO, true, Some(claim)).await;
+                    (id, result)
+                }
+                .in_current_span(),
+            );
+        }
         let mut done = 0;
-        for id in ids {
-            match self.flight(&id, Duration::ZERO, true).await {
-                Ok(_) => done += 1,
-                Err(e) => tracing::warn!(credential_id = %id, error = %e, "refresh-ahead failed"),
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(_))) => done += 1,
+                Ok((id, Err(e))) => {
+                    tracing::warn!(credential_id = %id, error = %e, "refresh-ahead failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "refresh-ahead task failed"),
             }
         }
         done

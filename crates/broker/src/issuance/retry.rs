@@ -113,6 +113,11 @@ impl RetryPolicy {
         self.sleeper = sleeper;
     }
 
+    /// How delays are waited out (shared with the retries of a refresh result's write).
+    pub(super) fn sleeper(&self) -> &Arc<dyn Sleeper> {
+        &self.sleeper
+    }
+
     /// Each provider's circuit: (provider, open now) for every provider seen so far.
     pub(super) fn circuit_states(&self) -> Vec<(String, bool)> {
         let now = self.clock.now();

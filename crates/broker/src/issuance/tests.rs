@@ -26,6 +26,11 @@ struct ScriptedProvider {
     lifetime: Duration,
     refreshes: AtomicUsize,
     panic_next: AtomicBool,
+    /// Refreshes running now, and the most seen at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    /// How long a refresh takes (provider latency).
+    latency: Duration,
 }
 
 impl ScriptedProvider {
@@ -35,6 +40,9 @@ impl ScriptedProvider {
             lifetime: Duration::from_secs(60),
             refreshes: AtomicUsize::new(0),
             panic_next: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -95,6 +103,12 @@ impl ProviderGateway for ScriptedProvider {
         let n = self.refreshes.fetch_add(1, Ordering::SeqCst) + 1;
         if self.panic_next.swap(false, Ordering::SeqCst) {
             panic!("a bug in a provider adapter");
+        }
+        if !self.latency.is_zero() {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.latency).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(GrantedTokens {
             access_token: SecretString::from(format!("at-{n}")),
@@ -187,6 +201,11 @@ fn dev() -> Caller {
 impl Kit {
     /// Imports a grant whose access token `at-0` expires at `expires_at`.
     async fn import(&self, expires_at: Timestamp) -> CredentialId {
+        self.import_account("acct-1", expires_at).await
+    }
+
+    /// [`Kit::import`] for another provider account.
+    async fn import_account(&self, account: &str, expires_at: Timestamp) -> CredentialId {
         let view = self
             .credentials
             .import(
@@ -194,7 +213,7 @@ impl Kit {
                 ImportCredential {
                     workspace_id: WorkspaceId::parse("workspace_id", "ws1").unwrap(),
                     provider_id: ProviderId::parse("provider_id", "fake").unwrap(),
-                    account: ProviderAccount::parse("account", "acct-1", "").unwrap(),
+                    account: ProviderAccount::parse("account", account, "").unwrap(),
                     display_name: DisplayName::parse("display_name", "Fake").unwrap(),
                     description: Description::parse("description", "").unwrap(),
                     scopes: Scopes::default(),
@@ -322,8 +341,67 @@ async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
         },
         lifetime: None,
         users: vec![],
+        loaded_at: kit.clock.now(),
     }))));
     let got = joiner.await.unwrap().unwrap();
     assert_eq!(got.access_token.expose_secret(), "at-1");
     assert_eq!(kit.refreshes(), 1);
+}
+
+#[tokio::test]
+async fn refresh_ahead_refreshes_a_batch_with_bounded_concurrency() {
+    let kit = kit(ScriptedProvider {
+        latency: Duration::from_millis(20),
+        ..ScriptedProvider::new(true)
+    })
+    .await;
+    for n in 0..20 {
+        kit.import_account(&format!("acct-{n}"), T0.minus(Duration::from_secs(1)))
+            .await;
+    }
+    assert_eq!(kit.tokens.refresh_due(100).await, 20);
+    assert_eq!(kit.refreshes(), 20);
+    let most = kit.provider.most_in_flight.load(Ordering::SeqCst);
+    let bound = kit.tokens.config().refresh_ahead_concurrency;
+    assert!(most > 1, "refreshed one by one");
+    assert!(most <= bound, "{most} at once, more than {bound}");
+    // Nothing is due any more: the next pass claims nothing.
+    assert_eq!(kit.tokens.refresh_due(100).await, 0);
+    assert_eq!(kit.refreshes(), 20);
+}
+
+/// A credential disconnected while a leader holds what it read (between its database reads and
+/// its cache put): the stale entry is never put, so the disconnect is never hidden.
+#[tokio::test]
+async fn an_invalidation_while_the_leader_reads_is_not_lost() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.plus(Duration::from_secs(3600))).await;
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    *lock(&kit.tokens.before_put) = Some((reached.clone(), resume.clone()));
+    let call = {
+        let (tokens, id) = (kit.tokens.clone(), id.clone());
+        tokio::spawn(async move {
+            tokens
+                .get_access_token(&dev(), &id, None, UsageContext::default())
+                .await
+        })
+    };
+    reached.notified().await;
+    let admin = Caller {
+        service: "web".into(),
+        role: ServiceRole::Web,
+        actor: Some(crate::access::Actor {
+            user_id: crate::types::UserId::parse("actor", "u-a").unwrap(),
+            email: Email::parse("email", "a@example.com").unwrap(),
+            workspace: None,
+        }),
+    };
+    kit.credentials.disconnect(&admin, &id).await.unwrap();
+    resume.notify_one();
+    // The leader's own caller asked before the disconnect and gets what was read then.
+    call.await.unwrap().unwrap();
+    let err = kit.token(&id, None).await.unwrap_err();
+    assert_eq!(err.reason(), crate::error::reason::CREDENTIAL_DISCONNECTED);
+    assert_eq!(kit.refreshes(), 0);
 }

@@ -191,9 +191,17 @@ impl Application {
         let issuance_config = IssuanceConfig {
             default_min_valid: Duration::from_secs(config.tokens.default_min_valid_seconds),
             lease_duration: Duration::from_secs(config.tokens.lease_seconds),
+            retry_budget: Duration::from_secs(
+                config
+                    .oauth
+                    .http_timeout_seconds
+                    .saturating_mul(u64::from(config.tokens.provider_attempts.max(1))),
+            ),
             provider_attempts: config.tokens.provider_attempts,
             refresh_ahead_window: Duration::from_secs(config.tokens.refresh_ahead_seconds),
             breaker_cooldown: Duration::from_secs(config.tokens.breaker_cooldown_seconds),
+            membership_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
+            refresh_ahead_concurrency: config.tokens.refresh_ahead_concurrency,
             ..IssuanceConfig::default()
         };
         let credentials = Arc::new(CredentialService::new(

@@ -332,6 +332,10 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+/// Least margin of `tokens.lease_seconds` over one provider attempt (a quarter of the attempt
+/// when that is more): covers a renewal's round trip to the database.
+pub const LEASE_MARGIN_SECONDS: u64 = 1;
+
 /// Token issuance and refresh.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -342,7 +346,11 @@ pub struct TokensConfig {
     pub refresh_ahead_seconds: u64,
     /// How often the background refresher scans for due credentials (0 disables it).
     pub refresh_scan_interval_seconds: u64,
-    /// Cross-replica refresh lease; must exceed every provider attempt together.
+    /// Refresh-ahead refreshes run at once by one replica, at most.
+    pub refresh_ahead_concurrency: usize,
+    /// Cross-replica refresh lease, renewed every third of it while its holder lives (judged by
+    /// the database clock): a crashed holder is noticed within it. At least one provider attempt
+    /// (`oauth.http_timeout_seconds`) plus a margin.
     pub lease_seconds: u64,
     /// Provider attempts per refresh (transient failures).
     pub provider_attempts: u32,
@@ -350,6 +358,9 @@ pub struct TokensConfig {
     pub breaker_cooldown_seconds: u64,
     /// Credentials whose token is kept in memory; past it the least useful are evicted.
     pub cache_max_entries: u64,
+    /// Longest a cached token and its member list are served before the database is read
+    /// again (a backstop should an invalidation be missed unnoticed).
+    pub cache_max_age_seconds: u64,
 }
 
 impl Default for TokensConfig {
@@ -358,10 +369,12 @@ impl Default for TokensConfig {
             default_min_valid_seconds: 225,
             refresh_ahead_seconds: 600,
             refresh_scan_interval_seconds: 15,
-            lease_seconds: 60,
+            refresh_ahead_concurrency: 8,
+            lease_seconds: 15,
             provider_attempts: 3,
             breaker_cooldown_seconds: 30,
             cache_max_entries: 10_000,
+            cache_max_age_seconds: 60,
         }
     }
 }
@@ -1079,15 +1092,22 @@ impl Config {
             p.push("oauth.http_timeout_seconds: must be at least 1".into());
         }
         let t = &self.tokens;
-        let provider_time = self
-            .oauth
-            .http_timeout_seconds
-            .saturating_mul(u64::from(t.provider_attempts.max(1)));
-        if t.lease_seconds <= provider_time {
+        // The holder renews its lease every third of it; the lease must still outlast one
+        // provider attempt with a margin, so that a holder whose renewals fail (a database blip)
+        // is not taken over while its request (and the refresh token it sent) is in flight.
+        let attempt = self.oauth.http_timeout_seconds;
+        let needed = attempt + (attempt / 4).max(LEASE_MARGIN_SECONDS);
+        if t.lease_seconds < needed {
             p.push(format!(
-                "tokens.lease_seconds: {} must exceed oauth.http_timeout_seconds × tokens.provider_attempts ({provider_time}) so a slow refresh never outlives its lease",
+                "tokens.lease_seconds: {} must be at least oauth.http_timeout_seconds plus a margin ({needed}) so a leader is never taken over while one provider attempt is in flight",
                 t.lease_seconds
             ));
+        }
+        if t.refresh_ahead_concurrency == 0 {
+            p.push("tokens.refresh_ahead_concurrency: must be at least 1".into());
+        }
+        if t.cache_max_age_seconds == 0 {
+            p.push("tokens.cache_max_age_seconds: must be at least 1".into());
         }
         if t.provider_attempts == 0 {
             p.push("tokens.provider_attempts: must be at least 1".into());
@@ -1538,6 +1558,24 @@ mod tests {
             "keys.aws_max_attempts",
         ] {
             assert!(e.contains(field), "{field} in {e}");
+        }
+    }
+
+    #[test]
+    fn the_lease_outlasts_one_provider_attempt_with_a_margin() {
+        let with = |lease: u64, timeout: u64| {
+            Config::parse(&format!(
+                "[tokens]\nlease_seconds = {lease}\n[oauth]\nhttp_timeout_seconds = {timeout}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        Config::default().validate().unwrap();
+        with(4, 3).unwrap();
+        with(12, 10).unwrap();
+        for (lease, timeout) in [(3, 3), (11, 10), (10, 10)] {
+            let e = with(lease, timeout).unwrap_err().to_string();
+            assert!(e.contains("tokens.lease_seconds"), "{lease}/{timeout}: {e}");
         }
     }
 }

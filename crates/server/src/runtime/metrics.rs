@@ -357,7 +357,7 @@ impl Metrics {
                 });
             }
         });
-        tracing::info!(addr = %local, "metrics at http://{local}/metrics");
+        tracing::info!(addr = %local, path = "/metrics", "metrics endpoint listening");
         Ok((local, task))
     }
 }
