@@ -19,12 +19,13 @@ use crate::gateway::{GrantedTokens, ProviderError};
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
-use cb_store::{RefreshIntent, StoreError};
+use cb_store::{ChangeEvent, RefreshIntent, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -290,6 +291,8 @@ impl TokenService {
                 waited = true;
                 self.stats.lease_waits.fetch_add(1, Ordering::Relaxed);
             }
+            // Subscribed before reading the version: the leader's write cannot slip between.
+            let mut changes = self.store.subscribe_changes();
             let version = self.store.get_credential(id).await?.map(|r| r.row_version);
             let mut polls: u32 = 0;
             loop {
@@ -302,7 +305,13 @@ impl TokenService {
                         retry_after: Some(Duration::from_secs(1)),
                     });
                 }
-                tokio::time::sleep(self.config.follower_poll).await;
+                // Woken by the change feed when the leader writes (any replica: LISTEN/NOTIFY),
+                // so waiters are answered at provider speed; the poll is the fallback for a
+                // lease released without a write, or a feed that is down.
+                tokio::select! {
+                    () = announced(&mut changes, id) => {}
+                    () = tokio::time::sleep(self.config.follower_poll) => {}
+                }
                 polls += 1;
                 let Some(r) = self.store.get_credential(id).await? else {
                     break;
@@ -661,5 +670,18 @@ impl TokenService {
             users,
             loaded_at: self.clock.now(),
         }))
+    }
+}
+
+/// Resolves when the change feed announces `id`, or may have missed it (a resync, a lagging
+/// receiver); never when the feed is closed (the caller's poll then decides).
+async fn announced(rx: &mut broadcast::Receiver<ChangeEvent>, id: &str) {
+    loop {
+        match rx.recv().await {
+            Ok(ChangeEvent::Changed(changed)) if changed == id => return,
+            Ok(ChangeEvent::Changed(_)) => {}
+            Ok(ChangeEvent::Resync) | Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
     }
 }

@@ -145,6 +145,9 @@ struct Kit {
     provider: Arc<ScriptedProvider>,
     credentials: CredentialService,
     tokens: Arc<TokenService>,
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    audit: Audit,
 }
 
 async fn kit(provider: ScriptedProvider) -> Kit {
@@ -170,11 +173,11 @@ async fn kit(provider: ScriptedProvider) -> Kit {
     )
     .with_random(pinned.clone());
     let tokens = TokenService::new(
-        store,
-        envelope,
+        store.clone(),
+        envelope.clone(),
         Arc::new(clock.clone()),
         provider.clone(),
-        audit,
+        audit.clone(),
         cache,
         IssuanceConfig::default(),
         "replica-1".into(),
@@ -187,6 +190,9 @@ async fn kit(provider: ScriptedProvider) -> Kit {
         provider,
         credentials,
         tokens: Arc::new(tokens),
+        store,
+        envelope,
+        audit,
     }
 }
 
@@ -249,6 +255,73 @@ impl Kit {
     fn refreshes(&self) -> usize {
         self.provider.refreshes.load(Ordering::SeqCst)
     }
+
+    /// Another replica on the same database (its own cache and flights).
+    fn replica(&self, holder: &str, config: IssuanceConfig) -> Arc<TokenService> {
+        Arc::new(
+            TokenService::new(
+                self.store.clone(),
+                self.envelope.clone(),
+                Arc::new(self.clock.clone()),
+                self.provider.clone(),
+                self.audit.clone(),
+                Arc::new(TokenCache::default()),
+                config,
+                holder.into(),
+            )
+            .with_random(Arc::new(FixedRandom(Fraction::ZERO)))
+            .with_sleeper(Arc::new(NoWait)),
+        )
+    }
+}
+
+/// A replica waiting on another's lease answers when the leader's write is announced, not at
+/// its next poll: with an hour between polls it still answers at provider speed.
+#[tokio::test]
+async fn a_waiting_replica_is_woken_by_the_leaders_write() {
+    let mut slow = ScriptedProvider::new(true);
+    slow.latency = Duration::from_millis(300);
+    let kit = kit(slow).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    let patient = kit.replica(
+        "replica-2",
+        IssuanceConfig {
+            follower_poll: Duration::from_secs(3600),
+            ..IssuanceConfig::default()
+        },
+    );
+    let leader = {
+        let (tokens, id) = (kit.tokens.clone(), id.clone());
+        tokio::spawn(async move {
+            tokens
+                .get_access_token(&dev(), &id, None, UsageContext::default())
+                .await
+                .map(|t| t.access_token.expose_secret().to_owned())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while kit.provider.in_flight.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never called the provider"
+        );
+        tokio::task::yield_now().await;
+    }
+    let followed = tokio::time::timeout(
+        Duration::from_secs(10),
+        patient.get_access_token(&dev(), &id, None, UsageContext::default()),
+    )
+    .await
+    .expect("woken by the change feed, not by its hourly poll")
+    .unwrap();
+    assert_eq!(followed.access_token.expose_secret(), "at-1");
+    assert_eq!(leader.await.unwrap().unwrap(), "at-1");
+    assert_eq!(kit.refreshes(), 1);
+    assert_eq!(
+        patient.stats().lease_waits,
+        1,
+        "the follower did wait on the lease"
+    );
 }
 
 #[tokio::test]
