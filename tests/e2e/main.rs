@@ -1,5 +1,6 @@
 //! End-to-end tests: one binary (see tests/Cargo.toml).
 mod access_control;
+mod audit;
 mod connect_flow;
 mod credential_api;
 mod docs;

@@ -223,6 +223,7 @@ impl Application {
             holder,
         ));
         metrics.register_domain(tokens.clone(), envelope.clone());
+        metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
         let connect = Arc::new(ConnectService::new(
             store.clone(),
@@ -390,6 +391,11 @@ impl Application {
     /// Writes the buffered audit events now (the background task does this every 250 ms).
     pub async fn flush_audit(&self) {
         self.audit.flush().await;
+    }
+
+    /// The buffered audit writer's counters (also exported as metrics).
+    pub fn audit_stats(&self) -> cb_broker::audit::AuditStats {
+        self.audit.stats()
     }
 
     /// Runs one refresh-ahead pass now (the background task does this periodically).
