@@ -769,4 +769,81 @@ mod tests {
         assert_eq!(rows(&rt, store.as_ref()).len(), 30);
         assert_eq!(audit.stats().merged, 0);
     }
+
+    /// Records distinct-execution `token.issue` events from two threads for `secs`, paced to
+    /// `rate` events/s (`None`: as fast as they go), with the background writer running as in
+    /// production; prints what was recorded, written, merged and dropped.
+    fn drive(rate: Option<u64>, secs: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let (store, audit) = rt.block_on(async {
+            let store = cb_store::open(&url, 5).await.unwrap();
+            store.migrate().await.unwrap();
+            let clock = crate::clock::ManualClock::new(Timestamp::from_millis(0));
+            // Made inside the runtime: the periodic writer runs.
+            let audit = Audit::new(store.clone(), Arc::new(clock));
+            (store, audit)
+        });
+        const THREADS: u64 = 2;
+        const BATCH: u64 = 500;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(secs);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let audit = &audit;
+                s.spawn(move || {
+                    let caller = executor("u-alice");
+                    let mut n: u64 = 0;
+                    while Instant::now() < deadline {
+                        for _ in 0..BATCH {
+                            let detail = format!("workflow=wf-1 execution=ex-{t}-{n}");
+                            audit.record_later(
+                                &caller,
+                                "token.issue",
+                                Some("c1"),
+                                Outcome::ok(),
+                                Some(detail),
+                            );
+                            n += 1;
+                        }
+                        if let Some(rate) = rate {
+                            // Pacing (measurement only): the batch's place in the schedule.
+                            let due = start
+                                + Duration::from_secs_f64(n as f64 * THREADS as f64 / rate as f64);
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
+                    }
+                });
+            }
+        });
+        let produced = start.elapsed();
+        rt.block_on(audit.flush());
+        let total = start.elapsed();
+        let s = audit.stats();
+        let written: u64 = rows(&rt, store.as_ref()).iter().map(count).sum();
+        println!(
+            "rate {rate:?}: recorded {} in {:.2}s ({:.0}/s); written {} rows in {} flushes, \
+             {:.0} rows/s until the last flush ended ({:.2}s); counts sum {written}; merged {}, dropped {}",
+            s.recorded,
+            produced.as_secs_f64(),
+            s.recorded as f64 / produced.as_secs_f64(),
+            s.rows_written,
+            s.flushes,
+            s.rows_written as f64 / total.as_secs_f64(),
+            total.as_secs_f64(),
+            s.merged,
+            s.dropped_full + s.dropped_write_failed,
+        );
+        drop(dir);
+    }
+
+    /// The audit ceiling of docs/benchmarks.md. A measurement, never a check:
+    /// `cargo test --release -p cb-broker --lib -- --ignored --nocapture audit_ceiling`.
+    #[test]
+    #[ignore = "measurement for docs/benchmarks.md; asserts nothing about time"]
+    fn audit_ceiling() {
+        drive(Some(50_000), 5);
+        drive(None, 5);
+    }
 }
