@@ -428,4 +428,13 @@ async fn concurrent_issuances_with_distinct_executions_are_all_counted() {
         after.merged + after.dropped_full + after.dropped_write_failed,
         0
     );
+    // What a full buffer would do is exported, at 0 here.
+    let metrics = b.app().metrics_text();
+    for line in [
+        "credential_broker_audit_events_merged_total 0",
+        "credential_broker_audit_events_dropped_total{reason=\"buffer_full\"} 0",
+        "credential_broker_audit_events_dropped_total{reason=\"write_failed\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
