@@ -5,16 +5,14 @@
 //! workspace admin}. An RPC added to the proto without a row here fails the test.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
+use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
-use cb_proto::v1::credential_service_client::CredentialServiceClient;
-use cb_proto::v1::membership_service_client::MembershipServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
 use credential_broker::runtime::config::CallerConfig;
 use prost::Message;
 use std::collections::BTreeSet;
 use tonic::Code;
-use tonic::transport::Channel;
 
 pub const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
 pub const WEB_TOKEN: &str = "web-token-77b1";
@@ -201,14 +199,9 @@ fn request<T>(msg: T, service: Service, persona: Option<Persona>) -> tonic::Requ
     r
 }
 
-struct Clients {
-    creds: CredentialServiceClient<Channel>,
-    members: MembershipServiceClient<Channel>,
-}
-
 /// A fresh credential in ws1: admin@ is Admin, member@ and other@ are active Members, invited@ is
 /// invited. Returns its id.
-async fn fresh_credential(c: &mut Clients, fake: &FakeProvider, n: usize) -> String {
+async fn fresh_credential(c: &mut Client, fake: &FakeProvider, n: usize) -> String {
     let (access, refresh) = fake.issue_grant(&format!("acct-{n}"));
     let imported = c
         .creds
@@ -281,7 +274,7 @@ async fn fresh_credential(c: &mut Clients, fake: &FakeProvider, n: usize) -> Str
 }
 
 async fn call(
-    c: &mut Clients,
+    c: &mut Client,
     rpc: &str,
     id: &str,
     service: Service,
@@ -289,26 +282,26 @@ async fn call(
 ) -> Result<(), tonic::Status> {
     let p = Some(persona);
     let cid = id.to_owned();
+    // One RPC as this cell's caller and persona; only whether it was allowed matters.
+    macro_rules! rpc {
+        ($service:ident . $method:ident, $msg:expr) => {
+            c.$service
+                .$method(request($msg, service, p))
+                .await
+                .map(drop)
+        };
+    }
     match rpc {
-        "ListProviders" => c
-            .creds
-            .list_providers(request(pb::ListProvidersRequest::default(), service, p))
-            .await
-            .map(drop),
-        "StartConnect" => c
-            .creds
-            .start_connect(request(
-                pb::StartConnectRequest {
-                    workspace_id: "ws1".into(),
-                    provider_id: "fake".into(),
-                    redirect_uri: REDIRECT_URI.into(),
-                    ..Default::default()
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
+        "ListProviders" => rpc!(creds.list_providers, pb::ListProvidersRequest::default()),
+        "StartConnect" => rpc!(
+            creds.start_connect,
+            pb::StartConnectRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                redirect_uri: REDIRECT_URI.into(),
+                ..Default::default()
+            }
+        ),
         "CompleteConnect" => {
             // Start as the same persona, then deny at the provider: a clean, authorized outcome.
             let started = c
@@ -348,163 +341,102 @@ async fn call(
                 other => other.map(drop),
             }
         }
-        "StartReconnect" => c
-            .creds
-            .start_reconnect(request(
-                pb::StartReconnectRequest {
+        "StartReconnect" => rpc!(
+            creds.start_reconnect,
+            pb::StartReconnectRequest {
+                credential_id: cid,
+                redirect_uri: REDIRECT_URI.into(),
+                ..Default::default()
+            }
+        ),
+        "GetCredential" => rpc!(
+            creds.get_credential,
+            pb::GetCredentialRequest { credential_id: cid }
+        ),
+        "ListCredentials" => rpc!(
+            creds.list_credentials,
+            pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                ..Default::default()
+            }
+        ),
+        "UpdateCredential" => rpc!(
+            creds.update_credential,
+            pb::UpdateCredentialRequest {
+                credential: Some(pb::Credential {
                     credential_id: cid,
-                    redirect_uri: REDIRECT_URI.into(),
+                    display_name: "renamed".into(),
                     ..Default::default()
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "GetCredential" => c
-            .creds
-            .get_credential(request(
-                pb::GetCredentialRequest { credential_id: cid },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "ListCredentials" => c
-            .creds
-            .list_credentials(request(
-                pb::ListCredentialsRequest {
-                    workspace_id: "ws1".into(),
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            }
+        ),
+        "DisconnectCredential" => rpc!(
+            creds.disconnect_credential,
+            pb::DisconnectCredentialRequest { credential_id: cid }
+        ),
+        "GetAccessToken" => rpc!(
+            creds.get_access_token,
+            pb::GetAccessTokenRequest {
+                credential_id: cid,
+                ..Default::default()
+            }
+        ),
+        "ImportCredential" => rpc!(
+            creds.import_credential,
+            pb::ImportCredentialRequest {
+                workspace_id: "ws1".into(),
+                provider_id: "fake".into(),
+                account: Some(pb::ProviderAccount {
+                    subject: format!("imp-{}", cb_broker::types::CredentialId::generate()),
+                    label: "x".into(),
+                }),
+                display_name: "imported".into(),
+                tokens: Some(pb::TokenSet {
+                    access_token: "at".into(),
                     ..Default::default()
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "UpdateCredential" => c
-            .creds
-            .update_credential(request(
-                pb::UpdateCredentialRequest {
-                    credential: Some(pb::Credential {
-                        credential_id: cid,
-                        display_name: "renamed".into(),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["display_name".into()],
-                    }),
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "DisconnectCredential" => c
-            .creds
-            .disconnect_credential(request(
-                pb::DisconnectCredentialRequest { credential_id: cid },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "GetAccessToken" => c
-            .creds
-            .get_access_token(request(
-                pb::GetAccessTokenRequest {
-                    credential_id: cid,
-                    ..Default::default()
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "ImportCredential" => c
-            .creds
-            .import_credential(request(
-                pb::ImportCredentialRequest {
-                    workspace_id: "ws1".into(),
-                    provider_id: "fake".into(),
-                    account: Some(pb::ProviderAccount {
-                        subject: format!("imp-{}", cb_broker::types::CredentialId::generate()),
-                        label: "x".into(),
-                    }),
-                    display_name: "imported".into(),
-                    tokens: Some(pb::TokenSet {
-                        access_token: "at".into(),
-                        ..Default::default()
-                    }),
-                    admin_email: "admin@example.com".into(),
-                    ..Default::default()
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "ListAuditEvents" => c
-            .creds
-            .list_audit_events(request(pb::ListAuditEventsRequest::default(), service, p))
-            .await
-            .map(drop),
-        "ListMembers" => c
-            .members
-            .list_members(request(
-                pb::ListMembersRequest { credential_id: cid },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "AddMember" => c
-            .members
-            .add_member(request(
-                pb::AddMemberRequest {
-                    credential_id: cid,
-                    email: "new@example.com".into(),
-                    role: pb::MemberRole::Member as i32,
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "UpdateMemberRole" => c
-            .members
-            .update_member_role(request(
-                pb::UpdateMemberRoleRequest {
-                    credential_id: cid,
-                    email: "other@example.com".into(),
-                    role: pb::MemberRole::Admin as i32,
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "RemoveMember" => c
-            .members
-            .remove_member(request(
-                pb::RemoveMemberRequest {
-                    credential_id: cid,
-                    email: "other@example.com".into(),
-                },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
-        "AcceptInvitation" => c
-            .members
-            .accept_invitation(request(
-                pb::AcceptInvitationRequest { credential_id: cid },
-                service,
-                p,
-            ))
-            .await
-            .map(drop),
+                }),
+                admin_email: "admin@example.com".into(),
+                ..Default::default()
+            }
+        ),
+        "ListAuditEvents" => rpc!(
+            creds.list_audit_events,
+            pb::ListAuditEventsRequest::default()
+        ),
+        "ListMembers" => rpc!(
+            members.list_members,
+            pb::ListMembersRequest { credential_id: cid }
+        ),
+        "AddMember" => rpc!(
+            members.add_member,
+            pb::AddMemberRequest {
+                credential_id: cid,
+                email: "new@example.com".into(),
+                role: pb::MemberRole::Member as i32,
+            }
+        ),
+        "UpdateMemberRole" => rpc!(
+            members.update_member_role,
+            pb::UpdateMemberRoleRequest {
+                credential_id: cid,
+                email: "other@example.com".into(),
+                role: pb::MemberRole::Admin as i32,
+            }
+        ),
+        "RemoveMember" => rpc!(
+            members.remove_member,
+            pb::RemoveMemberRequest {
+                credential_id: cid,
+                email: "other@example.com".into(),
+            }
+        ),
+        "AcceptInvitation" => rpc!(
+            members.accept_invitation,
+            pb::AcceptInvitationRequest { credential_id: cid }
+        ),
         other => panic!("the matrix has no call for RPC {other}: add it to TABLE and call()"),
     }
 }
@@ -520,11 +452,8 @@ async fn authorization_matrix_covers_every_rpc() {
 
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker_with_callers(&fake).await;
-    let channel = b.channel().await;
-    let mut c = Clients {
-        creds: CredentialServiceClient::new(channel.clone()),
-        members: MembershipServiceClient::new(channel),
-    };
+    // Every call carries its own caller and actor metadata (`request`), not the client's actor.
+    let mut c = b.client(ALICE).await;
     let services = [
         Service::NoIdentity,
         Service::BadToken,

@@ -1015,3 +1015,144 @@ async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked(
     );
     assert_eq!(fake.revocations(), 1);
 }
+
+// --- RFC 9207: the authorization server's issuer in the redirect --------------------------------
+
+/// CompleteConnect with `iss` as its own field (empty: none) and, optionally, as
+/// `callback_params["iss"]`.
+async fn complete_with_iss(
+    c: &mut CredentialServiceClient<Channel>,
+    q: &HashMap<String, String>,
+    iss: &str,
+    param_iss: Option<&str>,
+) -> Result<pb::CompleteConnectResponse, tonic::Status> {
+    c.complete_connect(request(
+        pb::CompleteConnectRequest {
+            state: q.get("state").cloned().unwrap_or_default(),
+            code: q.get("code").cloned().unwrap_or_default(),
+            error: q.get("error").cloned().unwrap_or_default(),
+            error_description: q.get("error_description").cloned().unwrap_or_default(),
+            iss: iss.to_owned(),
+            callback_params: param_iss
+                .map(|i| [("iss".to_owned(), i.to_owned())].into())
+                .unwrap_or_default(),
+        },
+        Who::User(ALICE),
+    ))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
+    // The fake names itself in every redirect, and its catalog entry declares that issuer.
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let issuer = fake.base_url();
+    fake.configure(|c| c.issuer = Some(issuer.clone()));
+    let b = broker(&fake).await;
+    let mut c = b.credentials().await;
+    let mismatch = |err: &tonic::Status| (err.code(), error_details(err).0);
+    let refused = (Code::FailedPrecondition, "ISSUER_MISMATCH".to_owned());
+    let exchanges = fake.token_calls();
+
+    // No iss where one is declared: refused, and the code never reached the token endpoint.
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    assert_eq!(q.get("iss"), Some(&issuer));
+    let err = complete(&mut c, &q).await.unwrap_err();
+    assert_eq!(mismatch(&err), refused, "{err:?}");
+    assert!(err.message().contains(&issuer), "{err:?}");
+    // The attempt is spent: it cannot be completed again, with or without iss.
+    let again = complete_with_iss(&mut c, &q, &issuer, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&again).0, "CONNECT_STATE_REPLAYED");
+
+    // Another server's iss (a mix-up), as the field or among callback_params: refused alike.
+    for (field, param) in [
+        ("https://other.test", None),
+        ("", Some("https://other.test")),
+    ] {
+        let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+        let err = complete_with_iss(&mut c, &q, field, param)
+            .await
+            .unwrap_err();
+        assert_eq!(mismatch(&err), refused, "{field:?} {param:?}: {err:?}");
+    }
+    // The right iss as the field with a different one among callback_params: not one of them
+    // silently chosen.
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let err = complete_with_iss(&mut c, &q, &issuer, Some("https://other.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(error_details(&err).1, vec!["callback_params".to_owned()]);
+    // An error response is checked too: without iss it is not taken for the provider's answer.
+    fake.configure(|c| c.deny = true);
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let err = complete(&mut c, &q).await.unwrap_err();
+    assert_eq!(mismatch(&err), refused, "{err:?}");
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let err = complete_with_iss(&mut c, &q, &issuer, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "PROVIDER_DENIED", "{err:?}");
+    fake.configure(|c| c.deny = false);
+    assert_eq!(
+        fake.token_calls(),
+        exchanges,
+        "no refused code was exchanged"
+    );
+
+    // The right iss, as the field or among callback_params: connected.
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let created = complete_with_iss(&mut c, &q, &issuer, None).await.unwrap();
+    assert_eq!(created.outcome, pb::ConnectOutcome::Created as i32);
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let updated = complete_with_iss(&mut c, &q, "", Some(&issuer))
+        .await
+        .unwrap();
+    assert_eq!(updated.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
+    let id = created.credential.unwrap().credential_id;
+    assert_eq!(updated.credential.unwrap().credential_id, id);
+    // A refusal is audited with its reason.
+    let refusals = c
+        .list_audit_events(pb::ListAuditEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.action == "credential.connect" && e.outcome == "ISSUER_MISMATCH")
+        .count();
+    assert_eq!(refusals, 4);
+}
+
+#[tokio::test]
+async fn without_a_declared_issuer_iss_is_optional_and_not_compared() {
+    let fake = FakeProvider::start(FakeConfig::default()).await;
+    let b = broker(&fake).await;
+    let mut c = b.credentials().await;
+    // No iss at all, as before RFC 9207.
+    let first = connect(&fake, &mut c).await;
+    assert_eq!(first.outcome, pb::ConnectOutcome::Created as i32);
+    // A provider that starts sending iss although its entry declares no issuer: nothing to
+    // compare it with, so it is neither required nor refused.
+    fake.configure(|c| c.issuer = Some("https://somewhere.test".into()));
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    assert_eq!(
+        q.get("iss").map(String::as_str),
+        Some("https://somewhere.test")
+    );
+    let again = complete_with_iss(&mut c, &q, "https://somewhere.test", None)
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
+    let q = approve(&fake, &start(&mut c, &[]).await.authorization_url).await;
+    let third = complete_with_iss(&mut c, &q, "", Some("https://elsewhere.test"))
+        .await
+        .unwrap();
+    assert_eq!(third.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
+}

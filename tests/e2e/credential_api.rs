@@ -2,15 +2,15 @@
 //! list → rename → disconnect lifecycle, input validation, visibility, restarts and key checks.
 
 use crate::support::broker::{TestBroker, as_actor, as_workspace_admin, error_details};
+use crate::support::client::{ALICE, BOB};
 use crate::support::pg;
+use crate::support::{contains, sqlite_bytes};
 use cb_proto::v1 as pb;
 use prost::Message;
 use tonic::Code;
 
 const ACCESS: &str = "ya29.ACCESS-TOKEN-sentinel-5f1c";
 const REFRESH: &str = "1//REFRESH-TOKEN-sentinel-9a2e";
-const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
-const BOB: (&str, &str) = ("u-bob", "bob@example.com");
 
 fn import_request(workspace: &str, subject: &str, name: &str) -> pb::ImportCredentialRequest {
     pb::ImportCredentialRequest {
@@ -49,26 +49,21 @@ fn assert_no_token<M: Message>(m: &M) {
 }
 
 async fn import_as_alice(b: &TestBroker, subject: &str, name: &str) -> pb::Credential {
-    let mut client = b.credentials().await;
-    let resp = client
-        .import_credential(as_actor(
-            import_request("ws1", subject, name),
-            ALICE.0,
-            ALICE.1,
-        ))
+    let mut client = b.client(ALICE).await;
+    let credential = client
+        .import(import_request("ws1", subject, name))
         .await
-        .unwrap()
-        .into_inner();
-    assert_no_token(&resp);
-    resp.credential.unwrap()
+        .unwrap();
+    assert_no_token(&credential);
+    credential
 }
 
 async fn lifecycle(mut b: TestBroker) {
-    let mut client = b.credentials().await;
+    let mut client = b.client(ALICE).await;
     let created = import_as_alice(&b, "acct-1", "Work Gmail").await;
     assert_eq!(created.status, pb::CredentialStatus::Active as i32);
     assert_eq!(created.caller_role, pb::MemberRole::Admin as i32);
-    assert_eq!(created.created_by, ALICE.0);
+    assert_eq!(created.created_by, ALICE.id);
     assert!(created.has_refresh_token);
     assert_eq!(
         created.access_token_expire_time.unwrap().seconds,
@@ -76,57 +71,42 @@ async fn lifecycle(mut b: TestBroker) {
     );
     let id = created.credential_id.clone();
 
-    let got = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = client.get(&id).await.unwrap();
     assert_no_token(&got);
-    assert_eq!(got.credential.unwrap().display_name, "Work Gmail");
+    assert_eq!(got.display_name, "Work Gmail");
 
     // More credentials, one in another workspace, then walk the pages.
     for i in 2..=5 {
         import_as_alice(&b, &format!("acct-{i}"), &format!("Gmail {i}")).await;
     }
     client
-        .import_credential(as_actor(
-            import_request("ws2", "acct-x", "Other workspace"),
-            ALICE.0,
-            ALICE.1,
-        ))
+        .import(import_request("ws2", "acct-x", "Other workspace"))
         .await
         .unwrap();
     let mut seen = Vec::new();
     let mut token = String::new();
-    loop {
+    let mut last_page = false;
+    // Five credentials in pages of two: three pages, so ten reads bound the walk.
+    for _ in 0..10 {
         let page = client
-            .list_credentials(as_actor(
-                pb::ListCredentialsRequest {
-                    workspace_id: "ws1".into(),
-                    page_size: 2,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
+            .list_page(pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert_no_token(&page);
         assert!(page.credentials.len() <= 2);
         seen.extend(page.credentials.into_iter().map(|c| c.credential_id));
         if page.next_page_token.is_empty() {
+            last_page = true;
             break;
         }
         token = page.next_page_token;
     }
+    assert!(last_page, "the pages end");
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
@@ -135,43 +115,31 @@ async fn lifecycle(mut b: TestBroker) {
 
     // Provider filter.
     let other = client
-        .list_credentials(as_actor(
-            pb::ListCredentialsRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "slack".into(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .list_page(pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "slack".into(),
+            ..Default::default()
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(other.credentials.is_empty());
 
     // Rename (with the version read) and edit the description.
     b.clock.advance(std::time::Duration::from_secs(60));
     let renamed = client
-        .update_credential(as_actor(
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: id.clone(),
-                    display_name: "  Support inbox ".into(),
-                    description: "shared by support".into(),
-                    version: created.version,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["display_name".into(), "description".into()],
-                }),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: id.clone(),
+                display_name: "  Support inbox ".into(),
+                description: "shared by support".into(),
+                version: created.version,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into(), "description".into()],
+            }),
+        })
         .await
-        .unwrap()
-        .into_inner()
-        .credential
         .unwrap();
     assert_eq!(renamed.display_name, "Support inbox");
     assert_eq!(renamed.description, "shared by support");
@@ -180,55 +148,29 @@ async fn lifecycle(mut b: TestBroker) {
 
     // A stale version is rejected.
     let stale = client
-        .update_credential(as_actor(
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: id.clone(),
-                    display_name: "lost update".into(),
-                    version: created.version,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["display_name".into()],
-                }),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: id.clone(),
+                display_name: "lost update".into(),
+                version: created.version,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
     assert_eq!(error_details(&stale).0, "VERSION_CONFLICT");
 
     // Disconnect, then the credential reads as DISCONNECTED with no tokens.
-    let disc = client
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let disc = client.disconnect(&id).await.unwrap();
     assert_no_token(&disc);
     let c = disc.credential.unwrap();
     assert_eq!(c.status, pb::CredentialStatus::Disconnected as i32);
     assert!(!c.has_refresh_token);
-    let got = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let got = client.get(&id).await.unwrap();
     assert_eq!(got.status, pb::CredentialStatus::Disconnected as i32);
     assert_eq!(got.display_name, "Support inbox");
 
@@ -238,35 +180,23 @@ async fn lifecycle(mut b: TestBroker) {
         include_disconnected,
         ..Default::default()
     };
-    let visible = client
-        .list_credentials(as_actor(list(false), ALICE.0, ALICE.1))
-        .await
-        .unwrap()
-        .into_inner();
+    let visible = client.list_page(list(false)).await.unwrap();
     assert_eq!(visible.credentials.len(), 4);
-    let all = client
-        .list_credentials(as_actor(list(true), ALICE.0, ALICE.1))
-        .await
-        .unwrap()
-        .into_inner();
+    let all = client.list_page(list(true)).await.unwrap();
     assert_eq!(all.credentials.len(), 5);
 
     // A disconnected credential can no longer be edited.
     let err = client
-        .update_credential(as_actor(
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: id,
-                    display_name: "x".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["display_name".into()],
-                }),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: id,
+                display_name: "x".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -291,7 +221,7 @@ async fn lifecycle_on_postgres() {
 #[tokio::test]
 async fn bad_input_names_the_offending_field() {
     let b = TestBroker::sqlite().await;
-    let mut client = b.credentials().await;
+    let mut client = b.client(ALICE).await;
     let existing = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
 
     let mut cases: Vec<(&str, pb::ImportCredentialRequest, &str)> = Vec::new();
@@ -323,10 +253,7 @@ async fn bad_input_names_the_offending_field() {
     r.admin_email = "not-an-email".into();
     cases.push(("bad admin email", r.clone(), "admin_email"));
     for (what, req, field) in cases {
-        let err = client
-            .import_credential(as_actor(req, ALICE.0, ALICE.1))
-            .await
-            .unwrap_err();
+        let err = client.import(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}");
         let (reason, fields) = error_details(&err);
         assert_eq!(reason, "INVALID_ARGUMENT", "{what}");
@@ -342,16 +269,7 @@ async fn bad_input_names_the_offending_field() {
         ("malformed id", "../../etc"),
         ("uppercase uuid", &existing.to_uppercase()),
     ] {
-        let err = client
-            .get_credential(as_actor(
-                pb::GetCredentialRequest {
-                    credential_id: id.into(),
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
-            .await
-            .unwrap_err();
+        let err = client.get(id).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}");
         assert_eq!(
             error_details(&err).1,
@@ -388,10 +306,7 @@ async fn bad_input_names_the_offending_field() {
             "credential.display_name",
         ),
     ] {
-        let err = client
-            .update_credential(as_actor(req, ALICE.0, ALICE.1))
-            .await
-            .unwrap_err();
+        let err = client.update(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}");
         assert!(
             error_details(&err).1.iter().any(|f| f == field),
@@ -434,10 +349,7 @@ async fn bad_input_names_the_offending_field() {
             "page_token",
         ),
     ] {
-        let err = client
-            .list_credentials(as_actor(req, ALICE.0, ALICE.1))
-            .await
-            .unwrap_err();
+        let err = client.list_page(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}");
         assert!(
             error_details(&err).1.iter().any(|f| f == field),
@@ -454,7 +366,7 @@ async fn bad_input_names_the_offending_field() {
         .insert("x-actor-id", "u-alice".parse().unwrap());
     req.metadata_mut()
         .insert("x-actor-email", "nope".parse().unwrap());
-    let err = client.get_credential(req).await.unwrap_err();
+    let err = client.creds.get_credential(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(
         error_details(&err).1,
@@ -465,68 +377,38 @@ async fn bad_input_names_the_offending_field() {
 #[tokio::test]
 async fn unknown_and_invisible_credentials_are_not_found() {
     let b = TestBroker::sqlite().await;
-    let mut client = b.credentials().await;
+    let mut client = b.client(ALICE).await;
     let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
 
+    let mut bob = client.acting_as(BOB);
     let unknown = cb_broker::types::CredentialId::generate().to_string();
-    let err = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: unknown,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap_err();
+    let err = client.get(&unknown).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(error_details(&err).0, "CREDENTIAL_NOT_FOUND");
 
     // Bob is not a member: the credential does not exist for him, in reads, lists and writes.
-    let err = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            BOB.0,
-            BOB.1,
-        ))
-        .await
-        .unwrap_err();
+    let err = bob.get(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let list = client
-        .list_credentials(as_actor(
-            pb::ListCredentialsRequest {
-                workspace_id: "ws1".into(),
-                ..Default::default()
-            },
-            BOB.0,
-            BOB.1,
-        ))
+    let list = bob
+        .list_page(pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            ..Default::default()
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(list.credentials.is_empty());
-    let err = client
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: id.clone(),
-            },
-            BOB.0,
-            BOB.1,
-        ))
-        .await
-        .unwrap_err();
+    let err = bob.disconnect(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // A workspace admin acts as Admin on the workspace's credentials, but not on another workspace's.
     let got = client
+        .creds
         .get_credential(as_workspace_admin(
             pb::GetCredentialRequest {
                 credential_id: id.clone(),
             },
-            BOB.0,
-            BOB.1,
+            BOB.id,
+            BOB.email,
             "ws1",
         ))
         .await
@@ -536,12 +418,13 @@ async fn unknown_and_invisible_credentials_are_not_found() {
         .unwrap();
     assert_eq!(got.caller_role, pb::MemberRole::Admin as i32);
     let err = client
+        .creds
         .get_credential(as_workspace_admin(
             pb::GetCredentialRequest {
                 credential_id: id.clone(),
             },
-            BOB.0,
-            BOB.1,
+            BOB.id,
+            BOB.email,
             "ws2",
         ))
         .await
@@ -550,6 +433,7 @@ async fn unknown_and_invisible_credentials_are_not_found() {
 
     // Edits need an actor.
     let err = client
+        .creds
         .disconnect_credential(tonic::Request::new(pb::DisconnectCredentialRequest {
             credential_id: id,
         }))
@@ -562,27 +446,14 @@ async fn unknown_and_invisible_credentials_are_not_found() {
 #[tokio::test]
 async fn the_same_account_cannot_be_imported_twice_while_connected() {
     let b = TestBroker::sqlite().await;
-    let mut client = b.credentials().await;
+    let mut client = b.client(ALICE).await;
     let first = import_as_alice(&b, "acct-1", "Gmail").await;
     let err = client
-        .import_credential(as_actor(
-            import_request("ws1", "acct-1", "Twin"),
-            ALICE.0,
-            ALICE.1,
-        ))
+        .import(import_request("ws1", "acct-1", "Twin"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    client
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: first.credential_id,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap();
+    client.disconnect(&first.credential_id).await.unwrap();
     import_as_alice(&b, "acct-1", "Gmail again").await;
 }
 
@@ -597,19 +468,7 @@ async fn restart_keeps_credentials_and_a_foreign_key_file_fails_at_start_up() {
     let mut again = TestBroker::start(config.clone(), b.dir.clone())
         .await
         .unwrap();
-    let got = again
-        .credentials()
-        .await
-        .get_credential(as_actor(
-            pb::GetCredentialRequest { credential_id: id },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let got = again.client(ALICE).await.get(&id).await.unwrap();
     assert_eq!(got.display_name, "Gmail");
     again.stop().await;
 
@@ -627,28 +486,12 @@ async fn restart_keeps_credentials_and_a_foreign_key_file_fails_at_start_up() {
     );
 }
 
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
 #[tokio::test]
 async fn no_token_plaintext_in_the_sqlite_file() {
     let mut b = TestBroker::sqlite().await;
     import_as_alice(&b, "acct-1", "Gmail").await;
     b.stop().await;
-    // Include the WAL and shared-memory files: a page may not be checkpointed yet.
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(b.dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("broker.db")
-        {
-            all.extend(std::fs::read(&path).unwrap());
-        }
-    }
+    let all = sqlite_bytes(b.dir.path());
     assert!(contains(&all, "acct-1"), "the scan must see the row itself");
     for needle in [ACCESS, REFRESH] {
         assert!(
@@ -699,25 +542,18 @@ async fn no_token_plaintext_in_postgres_rows() {
 #[tokio::test]
 async fn without_an_update_mask_the_populated_fields_are_updated() {
     let b = TestBroker::sqlite().await;
-    let mut client = b.credentials().await;
+    let mut client = b.client(ALICE).await;
     let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
     let renamed = client
-        .update_credential(as_actor(
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: id.clone(),
-                    display_name: "Renamed".into(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: id.clone(),
+                display_name: "Renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
         .await
-        .unwrap()
-        .into_inner()
-        .credential
         .unwrap();
     assert_eq!(renamed.display_name, "Renamed");
     assert_eq!(
@@ -725,18 +561,124 @@ async fn without_an_update_mask_the_populated_fields_are_updated() {
         "unpopulated fields stay"
     );
     let err = client
-        .update_credential(as_actor(
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: id,
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: id,
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn durations_and_timestamps_outside_their_protobuf_range_are_invalid_arguments() {
+    let b = TestBroker::sqlite().await;
+    let mut client = b.credentials().await;
+    let id = import_as_alice(&b, "acct-1", "Gmail").await.credential_id;
+    let duration = |seconds, nanos| prost_types::Duration { seconds, nanos };
+    let timestamp = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+
+    // google.protobuf.Duration: nanos within ±999999999 and of the sign of seconds, at most
+    // 10,000 years; a negative min_valid_for makes no sense either.
+    for (what, d) in [
+        ("nanos of 2 seconds", duration(0, 2_000_000_000)),
+        (
+            "negative nanos beyond a second",
+            duration(0, -1_000_000_000),
+        ),
+        ("positive seconds, negative nanos", duration(5, -1)),
+        ("negative seconds, positive nanos", duration(-5, 1)),
+        ("beyond 10,000 years", duration(315_576_000_001, 0)),
+        ("negative", duration(-1, 0)),
+        ("negative nanos only", duration(0, -1)),
+    ] {
+        let err = client
+            .get_access_token(as_actor(
+                pb::GetAccessTokenRequest {
+                    credential_id: id.clone(),
+                    min_valid_for: Some(d),
+                    ..Default::default()
+                },
+                ALICE.id,
+                ALICE.email,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(
+            error_details(&err),
+            (
+                "INVALID_ARGUMENT".to_owned(),
+                vec!["min_valid_for".to_owned()]
+            ),
+            "{what}"
+        );
+    }
+    let ok = client
+        .get_access_token(as_actor(
+            pb::GetAccessTokenRequest {
+                credential_id: id.clone(),
+                min_valid_for: Some(duration(60, 500_000_000)),
+                ..Default::default()
+            },
+            ALICE.id,
+            ALICE.email,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ok.access_token.is_empty());
+
+    // google.protobuf.Timestamp: nanos 0 to 999999999, years 1 to 9999.
+    let bad_timestamps = [
+        ("nanos of a second", timestamp(1_900_000_000, 1_000_000_000)),
+        ("negative nanos", timestamp(1_900_000_000, -1)),
+        ("year 10000", timestamp(253_402_300_800, 0)),
+        ("before year 1", timestamp(-62_135_596_801, 0)),
+        ("i64::MAX seconds", timestamp(i64::MAX, 0)),
+    ];
+    for (what, t) in &bad_timestamps {
+        for field in [
+            "tokens.access_token_expire_time",
+            "tokens.refresh_token_expire_time",
+        ] {
+            let mut r = import_request("ws1", "acct-2", "n");
+            let tokens = r.tokens.as_mut().unwrap();
+            if field.ends_with("access_token_expire_time") {
+                tokens.access_token_expire_time = Some(*t);
+            } else {
+                tokens.refresh_token_expire_time = Some(*t);
+            }
+            let err = client
+                .import_credential(as_actor(r, ALICE.id, ALICE.email))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+            assert_eq!(error_details(&err).1, vec![field.to_owned()], "{what}");
+        }
+        let err = client
+            .list_audit_events(pb::ListAuditEventsRequest {
+                start_time: Some(*t),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert_eq!(
+            error_details(&err).1,
+            vec!["start_time".to_owned()],
+            "{what}"
+        );
+    }
+    // The last second of year 9999 is still a timestamp.
+    client
+        .list_audit_events(pb::ListAuditEventsRequest {
+            end_time: Some(timestamp(253_402_300_799, 999_999_999)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 }

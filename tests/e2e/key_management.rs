@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cb_broker::clock::ManualClock;
@@ -17,8 +17,6 @@ use cb_crypto::{
     AwsKmsKeyProvider, CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef,
     LocalKeyProvider, SealedBlob, WrappedDek,
 };
-use cb_proto::v1 as pb;
-use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_store::{SealedColumns, Store};
 use credential_broker::cli::rotate::{self, RotateKeysArgs};
 use credential_broker::runtime::app::{Application, BuildOptions};
@@ -27,18 +25,18 @@ use credential_broker::runtime::error::StartupError;
 use credential_broker::runtime::keys::{self, KeyOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::broker::{
-    REDIRECT_URI, T0, TestBroker, as_actor, fake_grant_import, with_fake_provider,
-};
+use crate::support::broker::{T0, TestBroker, error_details, t0_secs, with_fake_provider};
+use crate::support::client::{ALICE, Client, Imported};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
-
-const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+use crate::support::tcp_proxy::TcpProxy;
+use crate::support::wait::wait_for;
+use crate::support::{contains, sqlite_bytes};
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -77,15 +75,14 @@ impl Broker {
         })
     }
 
-    async fn client(&self) -> CredentialServiceClient<Channel> {
+    async fn client(&self) -> Client {
         let addr = self.app.as_ref().unwrap().local_addr();
-        CredentialServiceClient::new(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Client::new(channel, ALICE)
     }
 
     async fn stop(mut self) {
@@ -134,113 +131,6 @@ impl Setup {
             .await
             .unwrap()
     }
-
-    /// Every byte of the SQLite database, WAL included.
-    fn database_bytes(&self) -> Vec<u8> {
-        let mut all = Vec::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("broker.db")
-            {
-                all.extend(std::fs::read(&path).unwrap());
-            }
-        }
-        all
-    }
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// An imported credential: id and the tokens given to the broker.
-struct Imported {
-    id: String,
-    access: String,
-    refresh: String,
-}
-
-/// Imports a grant of `fake` whose access token expires `ttl_secs` after T0.
-async fn import(
-    client: &mut CredentialServiceClient<Channel>,
-    fake: &FakeProvider,
-    subject: &str,
-    ttl_secs: i64,
-) -> Result<Imported, tonic::Status> {
-    let (req, access, refresh) = fake_grant_import(fake, subject, T0.as_millis() / 1000 + ttl_secs);
-    let response = client
-        .import_credential(as_actor(req, ALICE.0, ALICE.1))
-        .await?;
-    Ok(Imported {
-        id: response.into_inner().credential.unwrap().credential_id,
-        access,
-        refresh,
-    })
-}
-
-/// GetAccessToken with an optional `min_valid_for`.
-async fn token(
-    client: &mut CredentialServiceClient<Channel>,
-    id: &str,
-    min_valid: Option<Duration>,
-) -> Result<String, tonic::Status> {
-    client
-        .get_access_token(as_actor(
-            pb::GetAccessTokenRequest {
-                credential_id: id.into(),
-                workflow_id: "wf-keys".into(),
-                min_valid_for: min_valid.map(|d| prost_types::Duration {
-                    seconds: i64::try_from(d.as_secs()).unwrap(),
-                    nanos: 0,
-                }),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .map(|r| r.into_inner().access_token)
-}
-
-/// The whole connect flow: StartConnect, the provider's consent, CompleteConnect.
-async fn connect(
-    client: &mut CredentialServiceClient<Channel>,
-    fake: &FakeProvider,
-) -> Result<String, tonic::Status> {
-    let started = client
-        .start_connect(as_actor(
-            pb::StartConnectRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                redirect_uri: REDIRECT_URI.into(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await?
-        .into_inner();
-    let callback = fake
-        .approve(&url::Url::parse(&started.authorization_url).unwrap())
-        .await;
-    let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
-    let done = client
-        .complete_connect(as_actor(
-            pb::CompleteConnectRequest {
-                state: q.get("state").cloned().unwrap_or_default(),
-                code: q.get("code").cloned().unwrap_or_default(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await?
-        .into_inner();
-    Ok(done.credential.unwrap().credential_id)
 }
 
 /// Reads every token through a broker started now (empty caches: every data key is unwrapped
@@ -249,7 +139,7 @@ async fn read_all_with_fresh_broker(config: &Config, creds: &[Imported]) {
     let b = Broker::start(config).await.unwrap();
     let mut client = b.client().await;
     for c in creds {
-        assert_eq!(token(&mut client, &c.id, None).await.unwrap(), c.access);
+        assert_eq!(client.token(&c.id).await.unwrap().access_token, c.access);
     }
     b.stop().await;
 }
@@ -299,109 +189,55 @@ fn blob(s: &SealedColumns) -> SealedBlob {
     }
 }
 
-/// A TCP forwarder to the KMS server that can be taken down and brought back on the same
-/// port (a KMS outage): down, it closes every open connection and every new one at once.
-struct SwitchableKms {
+/// A KMS in front of moto that answers a chosen KMS error (e.g. `DisabledException`) to every
+/// request naming a chosen key, as AWS does for key states and IAM refusals that moto does not
+/// enforce; every other request is forwarded. The fault can be switched while brokers run.
+struct KmsFaultProxy {
     url: String,
-    up: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<AbortHandle>>>,
-    task: JoinHandle<()>,
-}
-
-impl SwitchableKms {
-    async fn start(endpoint: &str) -> Self {
-        let upstream = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(true));
-        let open = Arc::new(Mutex::new(Vec::new()));
-        let (up2, open2) = (up.clone(), open.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection closed
-                }
-                let upstream = upstream.clone();
-                let forward = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                open2.lock().unwrap().push(forward.abort_handle());
-            }
-        });
-        Self {
-            url,
-            up,
-            open,
-            task,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for h in self.open.lock().unwrap().drain(..) {
-            h.abort();
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for SwitchableKms {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.down();
-    }
-}
-
-/// An HTTP proxy to the KMS server that answers AccessDeniedException to every request that
-/// names `denied` (a key id), as IAM would for a role with no grant on that key; counts them.
-struct DenyKeyProxy {
-    url: String,
+    fault: Arc<std::sync::Mutex<Option<(String, &'static str)>>>,
     denied: Arc<AtomicUsize>,
     forwarded: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-impl DenyKeyProxy {
-    async fn start(endpoint: &str, denied_key: &str) -> Self {
+impl KmsFaultProxy {
+    async fn start(endpoint: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let fault: Arc<std::sync::Mutex<Option<(String, &'static str)>>> = Arc::default();
         let denied = Arc::new(AtomicUsize::new(0));
         let forwarded = Arc::new(AtomicUsize::new(0));
-        // The bare key id appears in ARNs and in bare-id requests alike.
-        let needle = denied_key.rsplit('/').next().unwrap().to_owned();
         let upstream = endpoint.trim_end_matches('/').to_owned();
-        let (denied2, forwarded2) = (denied.clone(), forwarded.clone());
+        let (fault2, denied2, forwarded2) = (fault.clone(), denied.clone(), forwarded.clone());
         let http = reqwest::Client::new();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (needle, upstream, http) = (needle.clone(), upstream.clone(), http.clone());
-                let (denied, forwarded) = (denied2.clone(), forwarded2.clone());
+                let (upstream, http) = (upstream.clone(), http.clone());
+                let (fault, denied, forwarded) =
+                    (fault2.clone(), denied2.clone(), forwarded2.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (needle, upstream, http) =
-                                (needle.clone(), upstream.clone(), http.clone());
-                            let (denied, forwarded) = (denied.clone(), forwarded.clone());
+                            let (upstream, http) = (upstream.clone(), http.clone());
+                            let (fault, denied, forwarded) =
+                                (fault.clone(), denied.clone(), forwarded.clone());
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body: Bytes = body.collect().await.unwrap().to_bytes();
-                                if contains(&body, &needle) {
+                                let refusal =
+                                    fault.lock().unwrap().as_ref().and_then(|(needle, error)| {
+                                        contains(&body, needle).then_some(*error)
+                                    });
+                                if let Some(error) = refusal {
                                     denied.fetch_add(1, Ordering::SeqCst);
+                                    let body = format!(
+                                        r#"{{"__type":"{error}","message":"refused by the test"}}"#
+                                    );
                                     let refusal = hyper::Response::builder()
-                                    .status(400)
-                                    .header("content-type", "application/x-amz-json-1.1")
-                                    .body(Full::new(Bytes::from_static(
-                                        br#"{"__type":"AccessDeniedException","message":"no grant on this key"}"#,
-                                    )))
-                                    .unwrap();
+                                        .status(400)
+                                        .header("content-type", "application/x-amz-json-1.1")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap();
                                     return Ok::<_, Infallible>(refusal);
                                 }
                                 forwarded.fetch_add(1, Ordering::SeqCst);
@@ -434,14 +270,22 @@ impl DenyKeyProxy {
         });
         Self {
             url,
+            fault,
             denied,
             forwarded,
             task,
         }
     }
+
+    /// From now on, requests naming `key` (its bare id appears in ARNs and bare-id requests
+    /// alike) get the KMS error `error`; `None` forwards everything again.
+    fn refuse(&self, fault: Option<(&str, &'static str)>) {
+        *self.fault.lock().unwrap() =
+            fault.map(|(key, error)| (key.rsplit('/').next().unwrap().to_owned(), error));
+    }
 }
 
-impl Drop for DenyKeyProxy {
+impl Drop for KmsFaultProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -463,11 +307,14 @@ async fn aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_d
     let mut client = b.client().await;
 
     // The full connect flow: the PKCE verifier and the tokens are sealed under KMS data keys.
-    let connected = connect(&mut client, &s.fake).await.unwrap();
-    let connected_token = token(&mut client, &connected, None).await.unwrap();
+    let connected = client.connect(&s.fake).await.unwrap().credential_id;
+    let connected_token = client.token(&connected).await.unwrap().access_token;
     // An import whose access token expires within min_valid_for: issuing it refreshes.
-    let imported = import(&mut client, &s.fake, "acct-2", 60).await.unwrap();
-    let refreshed = token(&mut client, &imported.id, None).await.unwrap();
+    let imported = client
+        .import_fake(&s.fake, "acct-2", t0_secs() + 60)
+        .await
+        .unwrap();
+    let refreshed = client.token(&imported.id).await.unwrap().access_token;
     assert_ne!(refreshed, imported.access);
     assert_eq!(s.fake.refresh_calls(), 1);
     b.stop().await;
@@ -483,17 +330,17 @@ async fn aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_d
     let again = Broker::start(&config).await.unwrap();
     let mut client = again.client().await;
     assert_eq!(
-        token(&mut client, &connected, None).await.unwrap(),
+        client.token(&connected).await.unwrap().access_token,
         connected_token
     );
     assert_eq!(
-        token(&mut client, &imported.id, None).await.unwrap(),
+        client.token(&imported.id).await.unwrap().access_token,
         refreshed
     );
     again.stop().await;
 
     // No token in plaintext anywhere in the database files.
-    let bytes = s.database_bytes();
+    let bytes = sqlite_bytes(s.dir.path());
     assert!(contains(&bytes, "acct-2"), "the scan must see the rows");
     for secret in [
         &connected_token,
@@ -529,7 +376,8 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     let mut creds = Vec::new();
     for i in 0..5 {
         creds.push(
-            import(&mut client, &s.fake, &format!("acct-{i}"), 3600)
+            client
+                .import_fake(&s.fake, &format!("acct-{i}"), t0_secs() + 3600)
                 .await
                 .unwrap(),
         );
@@ -582,10 +430,11 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     // (which opens the re-wrapped row) works, and new credentials get version 2.
     b.clock.advance(Duration::from_secs(3500));
     for c in &creds {
-        let fresh = token(&mut client, &c.id, None).await.unwrap();
+        let fresh = client.token(&c.id).await.unwrap().access_token;
         assert_ne!(fresh, c.access);
     }
-    let newer = import(&mut client, &s.fake, "acct-new", 3600)
+    let newer = client
+        .import_fake(&s.fake, "acct-new", t0_secs() + 3600)
         .await
         .unwrap();
     assert_eq!(
@@ -621,7 +470,7 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     let b = Broker::start(&s.config).await.unwrap();
     let mut client = b.client().await;
     for c in creds.iter().chain([&newer]) {
-        token(&mut client, &c.id, None).await.unwrap();
+        client.token(&c.id).await.unwrap();
     }
     b.stop().await;
 }
@@ -642,7 +491,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     let mut creds = Vec::new();
     for i in 0..7 {
         creds.push(
-            import(&mut client, &s.fake, &format!("acct-{i}"), 3600)
+            client
+                .import_fake(&s.fake, &format!("acct-{i}"), t0_secs() + 3600)
                 .await
                 .unwrap(),
         );
@@ -670,7 +520,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     let serving = Broker::start(&serving_config).await.unwrap();
     let mut client = serving.client().await;
     creds.push(
-        import(&mut client, &s.fake, "acct-kms", 3600)
+        client
+            .import_fake(&s.fake, "acct-kms", t0_secs() + 3600)
             .await
             .unwrap(),
     );
@@ -689,7 +540,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         .map(|c| {
             let (mut client, id, access) = (client.clone(), c.id.clone(), c.access.clone());
             tokio::spawn(async move {
-                assert_eq!(token(&mut client, &id, None).await.unwrap(), access);
+                assert_eq!(client.token(&id).await.unwrap().access_token, access);
             })
         })
         .collect();
@@ -726,7 +577,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     }
     // The serving broker keeps working after the rotation (refresh writes keep key A).
     serving.clock.advance(Duration::from_secs(3500));
-    let fresh = token(&mut client, &creds[0].id, None).await.unwrap();
+    let fresh = client.token(&creds[0].id).await.unwrap().access_token;
     assert_ne!(fresh, creds[0].access);
     assert_eq!(
         sealed(store.as_ref(), &creds[0].id)
@@ -742,7 +593,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         let mut client = b.client().await;
         let mut out = Vec::new();
         for c in creds {
-            let access = token(&mut client, &c.id, None).await.unwrap();
+            let access = client.token(&c.id).await.unwrap().access_token;
             out.push(Imported { access, ..c });
         }
         b.stop().await;
@@ -754,8 +605,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     // 4. KMS key A → key B (KMS ReEncrypt: the data keys never leave KMS). A run interrupted
     //    by a KMS outage stops cleanly and the next run resumes.
     let key_b = kms_server::create_key(&endpoint).await;
-    let flaky = SwitchableKms::start(&endpoint).await;
-    let kms_b_flaky = s.kms(&flaky.url, &key_b);
+    let flaky = TcpProxy::to_http(&endpoint).await;
+    let kms_b_flaky = s.kms(&flaky.url(), &key_b);
     let provider = keys::open_key_provider(&kms_b_flaky.keys, &aws_env(), KeyOptions::default())
         .await
         .unwrap();
@@ -765,7 +616,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         concurrency: 1,
         ..RotateOptions::default()
     };
-    let mut take_kms_down = |_: &rotation::Progress| flaky.down();
+    let mut take_kms_down = |_: &rotation::Progress| flaky.cut();
     let err = rotation::rotate(store.clone(), envelope.clone(), &opts, &mut take_kms_down)
         .await
         .unwrap_err();
@@ -785,7 +636,7 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
         .await
         .unwrap();
     assert_eq!((report.count(&key_a, 0), report.count(&key_b, 0)), (6, 2));
-    flaky.up();
+    flaky.restore();
 
     let (result, out) = run_rotate_keys(&s.kms(&endpoint, &key_b), batches_of(100)).await;
     result.unwrap();
@@ -836,7 +687,8 @@ async fn rotation_local_to_kms_then_key_a_to_key_b_keeps_every_token_readable() 
     kms_server::disable_key(&endpoint, &key_a).await;
     let usage = store.key_usage().await.unwrap();
     assert!(usage.iter().all(|u| u.key_id == key_b), "{usage:?}");
-    let no_a = DenyKeyProxy::start(&endpoint, &key_a).await;
+    let no_a = KmsFaultProxy::start(&endpoint).await;
+    no_a.refuse(Some((&key_a, "AccessDeniedException")));
     // The proxy does refuse key A (an A-wrapped data key kept from before).
     let probe = AwsKmsKeyProvider::connect(kms_server::config(&no_a.url, &key_b))
         .await
@@ -869,39 +721,42 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
         return;
     };
     let key = kms_server::create_key(&endpoint).await;
-    let kms = SwitchableKms::start(&endpoint).await;
+    let kms = TcpProxy::to_http(&endpoint).await;
     let s = Setup::new().await;
-    let config = s.kms(&kms.url, &key);
+    let config = s.kms(&kms.url(), &key);
     let b = Broker::start(&config).await.unwrap();
     let mut client = b.client().await;
-    let steady = import(&mut client, &s.fake, "acct-steady", 3600)
+    let steady = client
+        .import_fake(&s.fake, "acct-steady", t0_secs() + 3600)
         .await
         .unwrap();
-    let expiring = import(&mut client, &s.fake, "acct-expiring", 3600)
+    let expiring = client
+        .import_fake(&s.fake, "acct-expiring", t0_secs() + 3600)
         .await
         .unwrap();
     assert_eq!(
-        token(&mut client, &steady.id, None).await.unwrap(),
+        client.token(&steady.id).await.unwrap().access_token,
         steady.access
     );
     let store = s.store().await;
 
-    kms.down();
+    kms.cut();
     // Cached tokens are served; so is a refresh, whose data key is cached (reseal, no KMS).
     assert_eq!(
-        token(&mut client, &steady.id, None).await.unwrap(),
+        client.token(&steady.id).await.unwrap().access_token,
         steady.access
     );
     b.clock.advance(Duration::from_secs(3590));
-    let refreshed = token(&mut client, &expiring.id, None).await.unwrap();
+    let refreshed = client.token(&expiring.id).await.unwrap().access_token;
     assert_ne!(refreshed, expiring.access);
     // New data keys need KMS: import and connect fail with UNAVAILABLE, writing nothing.
-    let err = import(&mut client, &s.fake, "acct-new", 3600)
+    let err = client
+        .import_fake(&s.fake, "acct-new", t0_secs() + 3600)
         .await
         .err()
         .unwrap();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let err = connect(&mut client, &s.fake).await.err().unwrap();
+    let err = client.connect(&s.fake).await.err().unwrap();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     let all = store
         .list_credentials(&cb_store::CredentialQuery {
@@ -920,14 +775,15 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
         "{err}"
     );
 
-    kms.up();
+    kms.restore();
     // (The broker's clock stands at T0 + 3590 s now.)
-    let newer = import(&mut client, &s.fake, "acct-new", 7200)
+    let newer = client
+        .import_fake(&s.fake, "acct-new", t0_secs() + 7200)
         .await
         .unwrap();
-    connect(&mut client, &s.fake).await.unwrap();
+    client.connect(&s.fake).await.unwrap();
     assert_eq!(
-        token(&mut client, &newer.id, None).await.unwrap(),
+        client.token(&newer.id).await.unwrap().access_token,
         newer.access
     );
     b.stop().await;
@@ -935,7 +791,7 @@ async fn kms_outage_serves_cached_tokens_and_fails_new_connects_cleanly() {
     let b = Broker::start(&config).await.unwrap();
     let mut client = b.client().await;
     assert_eq!(
-        token(&mut client, &expiring.id, None).await.unwrap(),
+        client.token(&expiring.id).await.unwrap().access_token,
         refreshed
     );
     b.stop().await;
@@ -949,50 +805,152 @@ async fn start_degraded_starts_without_kms_and_recovers_when_it_returns() {
         return;
     };
     let key = kms_server::create_key(&endpoint).await;
-    let kms = SwitchableKms::start(&endpoint).await;
+    let kms = TcpProxy::to_http(&endpoint).await;
     let s = Setup::new().await;
-    let mut config = s.kms(&kms.url, &key);
+    let mut config = s.kms(&kms.url(), &key);
     let b = Broker::start(&config).await.unwrap();
-    let stored = import(&mut b.client().await, &s.fake, "acct-1", 3600)
+    let stored = b
+        .client()
+        .await
+        .import_fake(&s.fake, "acct-1", t0_secs() + 3600)
         .await
         .unwrap();
     b.stop().await;
 
-    kms.down();
+    kms.cut();
     let err = Broker::start(&config).await.err().unwrap().to_string();
     assert!(err.contains("start_degraded"), "{err}");
     config.keys.start_degraded = true;
     let b = Broker::start(&config).await.unwrap();
     let mut client = b.client().await;
     // Degraded and freshly started: nothing is cached, so nothing can be served yet.
-    let err = token(&mut client, &stored.id, None).await.err().unwrap();
+    let err = client.token(&stored.id).await.err().unwrap();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let err = import(&mut client, &s.fake, "acct-2", 3600)
+    let err = client
+        .import_fake(&s.fake, "acct-2", t0_secs() + 3600)
         .await
         .err()
         .unwrap();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 
-    kms.up();
+    kms.restore();
     // The provider reconnects on demand (at most every few seconds).
-    let mut served = None;
-    for _ in 0..60 {
-        match token(&mut client, &stored.id, None).await {
-            Ok(t) => {
-                served = Some(t);
-                break;
+    let served = wait_for(Duration::from_secs(30), "served once KMS is back", || {
+        let (mut client, id) = (client.clone(), stored.id.clone());
+        async move {
+            match client.token(&id).await {
+                Ok(t) => Ok(t.access_token),
+                Err(e) => {
+                    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                    Err(e)
+                }
             }
-            Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(served.as_deref(), Some(stored.access.as_str()));
-    let newer = import(&mut client, &s.fake, "acct-2", 3600).await.unwrap();
+    })
+    .await;
+    assert_eq!(served, stored.access);
+    let newer = client
+        .import_fake(&s.fake, "acct-2", t0_secs() + 3600)
+        .await
+        .unwrap();
     let store = s.store().await;
     assert_eq!(
         sealed(store.as_ref(), &newer.id).await.unwrap().dek_key_id,
         key
     );
+    b.stop().await;
+}
+
+/// What KMS answers for a key's state or policy reaches the caller as its own reason, naming the
+/// key: never INTERNAL. moto does not enforce key states, so the fault proxy answers as AWS does.
+#[tokio::test]
+async fn kms_key_states_reach_callers_as_specific_reasons_naming_the_key() {
+    let Some(endpoint) =
+        kms_server::endpoint("kms_key_states_reach_callers_as_specific_reasons_naming_the_key")
+    else {
+        return;
+    };
+    let key = kms_server::create_key(&endpoint).await;
+    let kms = KmsFaultProxy::start(&endpoint).await;
+    let s = Setup::new().await;
+    let config = s.kms(&kms.url, &key);
+    let b = Broker::start(&config).await.unwrap();
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        let imported = b
+            .client()
+            .await
+            .import_fake(&s.fake, &format!("acct-kms-state-{n}"), t0_secs() + 3600)
+            .await
+            .unwrap();
+        stored.push(imported.id);
+    }
+    b.stop().await;
+    for (n, (error, reason, code)) in [
+        (
+            "DisabledException",
+            "KMS_KEY_DISABLED",
+            Code::FailedPrecondition,
+        ),
+        (
+            "KMSInvalidStateException",
+            "KMS_KEY_DISABLED",
+            Code::FailedPrecondition,
+        ),
+        (
+            "NotFoundException",
+            "KMS_KEY_NOT_FOUND",
+            Code::FailedPrecondition,
+        ),
+        (
+            "AccessDeniedException",
+            "KMS_ACCESS_DENIED",
+            Code::FailedPrecondition,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A fresh broker (empty caches, its start-up self-check passes), then the key turns.
+        kms.refuse(None);
+        let b = Broker::start(&config).await.unwrap();
+        kms.refuse(Some((&key, error)));
+        let mut client = b.client().await;
+        // The start-up check opened one stored credential per key (its data key is cached):
+        // the others need KMS.
+        let mut refused = Vec::new();
+        for id in &stored {
+            if let Err(e) = client.token(id).await {
+                refused.push(("GetAccessToken", e));
+            }
+        }
+        assert!(refused.len() >= 2, "{error}: {refused:?}");
+        let new = client
+            .import_fake(&s.fake, &format!("acct-new-{n}"), t0_secs() + 3600)
+            .await
+            .unwrap_err();
+        refused.push(("ImportCredential", new));
+        for (what, err) in &refused {
+            assert_eq!(
+                (err.code(), error_details(err).0.as_str()),
+                (code, reason),
+                "{error} at {what}: {err:?}"
+            );
+            assert!(
+                err.message().contains(&key),
+                "{what} names the key: {}",
+                err.message()
+            );
+        }
+        b.stop().await;
+    }
+    assert!(kms.denied.load(Ordering::SeqCst) >= 8);
+    kms.refuse(None);
+    // Once the key is usable again, so is the credential.
+    let b = Broker::start(&config).await.unwrap();
+    for id in &stored {
+        b.client().await.token(id).await.unwrap();
+    }
     b.stop().await;
 }
 
@@ -1043,34 +1001,27 @@ async fn disconnect_shreds_the_row_and_retiring_the_key_version_shreds_old_copie
     let s = Setup::new().await;
     let b = Broker::start(&s.config).await.unwrap();
     let mut client = b.client().await;
-    let gone = import(&mut client, &s.fake, "acct-gone", 3600)
+    let gone = client
+        .import_fake(&s.fake, "acct-gone", t0_secs() + 3600)
         .await
         .unwrap();
-    let kept = import(&mut client, &s.fake, "acct-kept", 3600)
+    let kept = client
+        .import_fake(&s.fake, "acct-kept", t0_secs() + 3600)
         .await
         .unwrap();
-    token(&mut client, &gone.id, None).await.unwrap();
+    client.token(&gone.id).await.unwrap();
     let store = s.store().await;
     // What a database backup taken now holds for the credential.
     let copy = sealed(store.as_ref(), &gone.id).await.unwrap();
 
-    client
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: gone.id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap();
+    client.disconnect(&gone.id).await.unwrap();
     // The row holds nothing to open: ciphertext, wrapped data key and key reference are gone.
     let row = store.get_credential(&gone.id).await.unwrap().unwrap();
     assert_eq!(row.status, "DISCONNECTED");
     assert_eq!(row.sealed, None);
     assert!(!row.has_refresh_token);
     // And the broker serves nothing for it (its data key left the cache with it).
-    let err = token(&mut client, &gone.id, None).await.err().unwrap();
+    let err = client.token(&gone.id).await.err().unwrap();
     assert_ne!(err.code(), Code::Ok);
     b.stop().await;
 

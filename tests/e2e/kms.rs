@@ -8,7 +8,8 @@ use cb_crypto::{
     KeyRef, SealedBlob,
 };
 
-use crate::support::kms_server::{self, HungServer, KmsProxy, REGION};
+use crate::support::kms_server::{self, HungServer, REGION};
+use crate::support::tcp_proxy::TcpProxy;
 
 fn ctx(credential_id: &str) -> EncryptionContext {
     EncryptionContext::for_credential("w1", credential_id, "oauth-token")
@@ -316,8 +317,11 @@ async fn kms_outage_is_unavailable_but_cached_deks_still_open() {
         return;
     };
     let key = kms_server::create_key(&endpoint).await;
-    let proxy = KmsProxy::start(&endpoint).await;
-    let cfg = kms_server::impatient(kms_server::config(&proxy.url, &key), Duration::from_secs(2));
+    let proxy = TcpProxy::to_http(&endpoint).await;
+    let cfg = kms_server::impatient(
+        kms_server::config(&proxy.url(), &key),
+        Duration::from_secs(2),
+    );
     let provider = Arc::new(AwsKmsKeyProvider::connect(cfg).await.unwrap());
     let env = envelope(provider.clone());
     let c = ctx("c1");

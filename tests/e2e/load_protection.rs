@@ -292,7 +292,7 @@ async fn ten_thousand_unauthenticated_calls_cost_few_writes_and_executors_keep_w
         "executor calls failed during the flood"
     );
 
-    b.app().flush_audit().await;
+    b.flush_audit().await;
     let mut rows = Vec::new();
     let mut page_token = String::new();
     loop {

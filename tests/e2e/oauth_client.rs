@@ -7,8 +7,8 @@
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
-    AuthorizeRequest, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome, TokenResponse,
-    authorize_url, parse_callback, pkce_pair, random_state,
+    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome,
+    TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -22,6 +22,24 @@ fn http() -> OAuthHttp {
 
 fn no_placeholders() -> BTreeMap<String, String> {
     BTreeMap::new()
+}
+
+/// A refresh without extras or placeholders.
+async fn plain_refresh(
+    oauth: &OAuthHttp,
+    spec: &ProviderSpec,
+    client: &ClientCredentials,
+    refresh_token: &SecretString,
+) -> Result<TokenResponse, OAuthError> {
+    oauth
+        .refresh(
+            spec,
+            client,
+            refresh_token,
+            &BTreeMap::new(),
+            &no_placeholders(),
+        )
+        .await
 }
 
 /// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
@@ -258,14 +276,7 @@ async fn wrong_client_secret_is_invalid_client() {
     let (_, refresh) = fake.issue_grant("user-9");
     let mut client = fake.client_credentials();
     client.client_secret = SecretString::from("not-the-secret");
-    let err = http()
-        .refresh(
-            &spec,
-            &client,
-            &SecretString::from(refresh),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let err = plain_refresh(&http(), &spec, &client, &SecretString::from(refresh))
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
@@ -304,14 +315,7 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
     let spec = fake.spec("google", AuthStyle::Post, Pkce::None, &[]);
     let (access, refresh) = fake.issue_grant("imported-user");
     let refresh = SecretString::from(refresh);
-    let t = http()
-        .refresh(
-            &spec,
-            &fake.client_credentials(),
-            &refresh,
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let t = plain_refresh(&http(), &spec, &fake.client_credentials(), &refresh)
         .await
         .unwrap();
     assert_ne!(t.access_token.expose_secret(), access);
@@ -339,14 +343,7 @@ async fn rotating_refresh_tokens_like_atlassian_and_microsoft() {
     let tokens = connect(&fake, &spec, &["read"]).await;
     let mut current = tokens.refresh_token.unwrap();
     for _ in 0..3 {
-        let t = oauth
-            .refresh(
-                &spec,
-                &client,
-                &current,
-                &BTreeMap::new(),
-                &no_placeholders(),
-            )
+        let t = plain_refresh(&oauth, &spec, &client, &current)
             .await
             .unwrap();
         let next = t.refresh_token.expect("rotated refresh token");
@@ -371,13 +368,9 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
     let (_, first) = fake.issue_grant("user-1");
     let first = SecretString::from(first);
     let oauth = http();
-    let t = oauth
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
-        .await
-        .unwrap();
+    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
     let second = t.refresh_token.unwrap();
-    let err = oauth
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+    let err = plain_refresh(&oauth, &spec, &client, &first)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
@@ -386,14 +379,7 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
     // The chain is dead: the newest refresh token and the access token with it.
     assert!(!fake.is_current_refresh_token(second.expose_secret()));
     assert!(fake.is_revoked(t.access_token.expose_secret()));
-    let err = oauth
-        .refresh(
-            &spec,
-            &client,
-            &second,
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let err = plain_refresh(&oauth, &spec, &client, &second)
         .await
         .unwrap_err();
     assert!(err.is_permanent());
@@ -412,25 +398,14 @@ async fn box_single_use_refresh_tokens() {
     let (_, first) = fake.issue_grant("user-1");
     let first = SecretString::from(first);
     let oauth = http();
-    let t = oauth
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
-        .await
-        .unwrap();
+    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
     let second = t.refresh_token.unwrap();
-    let err = oauth
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+    let err = plain_refresh(&oauth, &spec, &client, &first)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }));
     // Without grant-wide revocation the new token still works.
-    oauth
-        .refresh(
-            &spec,
-            &client,
-            &second,
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    plain_refresh(&oauth, &spec, &client, &second)
         .await
         .unwrap();
 }
@@ -518,23 +493,13 @@ async fn slack_v2_user_tokens_rotation_and_ok_false_errors() {
     // Rotation: the refreshed user token comes at the top level.
     let client = fake.client_credentials();
     let old = tokens.refresh_token.unwrap();
-    let t = oauth
-        .refresh(&spec, &client, &old, &BTreeMap::new(), &no_placeholders())
-        .await
-        .unwrap();
+    let t = plain_refresh(&oauth, &spec, &client, &old).await.unwrap();
     let new = t.refresh_token.unwrap();
     assert_ne!(new.expose_secret(), old.expose_secret());
     assert!(fake.is_current_refresh_token(new.expose_secret()));
 
     // A bad refresh token: HTTP 200 with ok:false, classified as invalid grant.
-    let err = oauth
-        .refresh(
-            &spec,
-            &client,
-            &SecretString::from("xoxe-unknown"),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let err = plain_refresh(&oauth, &spec, &client, &SecretString::from("xoxe-unknown"))
         .await
         .unwrap_err();
     match &err {
@@ -626,16 +591,14 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
         other => panic!("unexpected {other:?}"),
     }
     // A bad refresh token (GitHub App expiring tokens): bad_refresh_token.
-    let err = http()
-        .refresh(
-            &spec,
-            &fake.client_credentials(),
-            &SecretString::from("ghr_bogus"),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = plain_refresh(
+        &http(),
+        &spec,
+        &fake.client_credentials(),
+        &SecretString::from("ghr_bogus"),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err, OAuthError::InvalidGrant { error, .. } if error == "bad_refresh_token"),
         "{err:?}"
@@ -895,16 +858,14 @@ async fn slow_provider_times_out_as_transient() {
         ..FakeProvider::http_config()
     })
     .unwrap();
-    let err = oauth
-        .refresh(
-            &spec,
-            &fake.client_credentials(),
-            &SecretString::from(refresh.clone()),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = plain_refresh(
+        &oauth,
+        &spec,
+        &fake.client_credentials(),
+        &SecretString::from(refresh.clone()),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, OAuthError::Transient { status: None, .. }),
         "{err:?}"
@@ -923,14 +884,7 @@ async fn connection_refused_is_transient() {
     let client = fake.client_credentials();
     drop(fake);
     tokio::task::yield_now().await;
-    let err = http()
-        .refresh(
-            &spec,
-            &client,
-            &SecretString::from("rt"),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let err = plain_refresh(&http(), &spec, &client, &SecretString::from("rt"))
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
@@ -942,16 +896,14 @@ async fn redirects_from_the_token_endpoint_are_not_followed() {
     let mut spec = fake.spec("generic", AuthStyle::Post, Pkce::None, &[]);
     spec.token_url = format!("{}/redirect", fake.base_url());
     let (_, refresh) = fake.issue_grant("user-1");
-    let err = http()
-        .refresh(
-            &spec,
-            &fake.client_credentials(),
-            &SecretString::from(refresh),
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = plain_refresh(
+        &http(),
+        &spec,
+        &fake.client_credentials(),
+        &SecretString::from(refresh),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, OAuthError::Protocol(_)), "{err:?}");
     assert_eq!(fake.token_calls(), 0);
 }
@@ -1133,14 +1085,7 @@ async fn shopify_asks_for_expiring_offline_tokens() {
     let first = tokens
         .refresh_token
         .expect("an expiring token comes with a refresh token");
-    let refreshed = http()
-        .refresh(
-            &spec,
-            &fake.client_credentials(),
-            &first,
-            &BTreeMap::new(),
-            &no_placeholders(),
-        )
+    let refreshed = plain_refresh(&http(), &spec, &fake.client_credentials(), &first)
         .await
         .unwrap();
     let second = refreshed.refresh_token.expect("rotated");
@@ -1178,14 +1123,12 @@ async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
     );
     let client = fake.client_credentials();
     let first = tokens.refresh_token.unwrap();
-    let refreshed = http()
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+    let refreshed = plain_refresh(&http(), &spec, &client, &first)
         .await
         .unwrap();
     assert!(refreshed.refresh_token.is_some());
     // The previous refresh token stops working once a new one is issued.
-    let err = http()
-        .refresh(&spec, &client, &first, &BTreeMap::new(), &no_placeholders())
+    let err = plain_refresh(&http(), &spec, &client, &first)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
@@ -1252,19 +1195,12 @@ async fn calendly_authenticates_with_basic_only() {
 
 mod through_the_broker {
     use super::*;
-    use crate::support::broker::{REDIRECT_URI, TestBroker, as_actor, with_fake_provider};
-    use cb_proto::v1 as pb;
-    use std::sync::Arc;
+    use crate::support::broker::TestBroker;
+    use crate::support::client::ALICE;
 
-    const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
-
+    /// A broker with `fake` as provider `fake`; the test drives time itself.
     async fn broker(fake: &FakeProvider) -> TestBroker {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-        let mut config = TestBroker::config(&dir, url);
-        with_fake_provider(&mut config, fake, "fake", &[]);
-        config.tokens.refresh_scan_interval_seconds = 0; // the test drives time itself
-        TestBroker::start(config, dir).await.unwrap()
+        TestBroker::with_fake(fake, None, |_| {}).await
     }
 
     #[tokio::test]
@@ -1276,50 +1212,9 @@ mod through_the_broker {
         })
         .await;
         let b = broker(&fake).await;
-        let mut c = b.credentials().await;
-        let started = c
-            .start_connect(as_actor(
-                pb::StartConnectRequest {
-                    workspace_id: "ws1".into(),
-                    provider_id: "fake".into(),
-                    redirect_uri: REDIRECT_URI.into(),
-                    ..Default::default()
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let back = fake
-            .approve(&url::Url::parse(&started.authorization_url).unwrap())
-            .await;
-        let q: BTreeMap<String, String> = back.query_pairs().into_owned().collect();
-        let credential = c
-            .complete_connect(as_actor(
-                pb::CompleteConnectRequest {
-                    state: q["state"].clone(),
-                    code: q["code"].clone(),
-                    ..Default::default()
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .credential
-            .unwrap();
-        let get = || pb::GetAccessTokenRequest {
-            credential_id: credential.credential_id.clone(),
-            workflow_id: "wf-1".into(),
-            ..Default::default()
-        };
-        let first = c
-            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut c = b.client(ALICE).await;
+        let id = c.connect(&fake).await.unwrap().credential_id;
+        let first = c.token(&id).await.unwrap();
         assert!(
             first.expire_time.is_some(),
             "a token without expires_in still gets an expiry"
@@ -1327,11 +1222,7 @@ mod through_the_broker {
         assert_eq!(fake.refresh_calls(), 0);
         // An hour later the broker refreshes instead of handing out a stale token.
         b.clock.advance(Duration::from_secs(3600));
-        let second = c
-            .get_access_token(as_actor(get(), ALICE.0, ALICE.1))
-            .await
-            .unwrap()
-            .into_inner();
+        let second = c.token(&id).await.unwrap();
         assert_eq!(fake.refresh_calls(), 1);
         assert_ne!(second.access_token, first.access_token);
     }
@@ -1340,14 +1231,7 @@ mod through_the_broker {
     async fn list_providers_reports_which_entries_are_verified() {
         let fake = FakeProvider::start(FakeConfig::default()).await;
         let b = broker(&fake).await;
-        let providers = b
-            .credentials()
-            .await
-            .list_providers(pb::ListProvidersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .providers;
+        let providers = b.client(ALICE).await.providers().await.unwrap();
         let verified = |id: &str| {
             providers
                 .iter()

@@ -3,18 +3,18 @@
 //! and everything it said is scanned for every secret the fake provider ever issued.
 
 use crate::support::broker::{
-    BrokerProcess, REDIRECT_URI, TestBroker, config_toml, free_port, with_fake_provider,
+    BrokerProcess, REDIRECT_URI, TestBroker, config_toml, with_fake_provider,
 };
+use crate::support::client::ALICE;
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::wait::wait_for;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use prost::Message;
-use std::collections::HashMap;
-
-const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
+use std::time::Duration;
 
 fn actor<T>(msg: T) -> tonic::Request<T> {
-    crate::support::broker::as_actor(msg, ALICE.0, ALICE.1)
+    crate::support::broker::as_actor(msg, ALICE.id, ALICE.email)
 }
 
 /// Asks for tokens until the broker has refreshed (the fake saw another refresh call), keeping
@@ -72,10 +72,8 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     .await;
     let port: u16 = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let db = format!("sqlite://{}", dir.path().join("broker.db").display());
     let mut config = TestBroker::config(&dir, db.clone());
-    config.listen = addr;
     with_fake_provider(&mut config, &fake, "fake", &[]);
     let fc = fake.config();
     let toml = config_toml(&config, &db).replace("filter = \"info\"", "filter = \"trace\"")
@@ -84,8 +82,9 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             fc.client_id, fc.client_secret
         )
         + &crate::token_issuance::custom_provider_toml(&fake);
-    let broker = BrokerProcess::spawn(dir.path(), "traced", &toml, addr).await;
-    let mut c = CredentialServiceClient::new(broker.channel().await);
+    let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
+    let mut client = broker.client(ALICE).await;
+    let mut c = client.creds.clone();
 
     let mut said: Vec<u8> = Vec::new(); // every response and error except GetAccessToken
     let mut issued: Vec<String> = Vec::new(); // tokens legitimately returned by GetAccessToken
@@ -106,21 +105,10 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .unwrap()
         .into_inner();
     said.extend(start.encode_to_vec());
-    let q: HashMap<String, String> = fake
+    let callback = fake
         .approve(&url::Url::parse(&start.authorization_url).unwrap())
-        .await
-        .query_pairs()
-        .into_owned()
-        .collect();
-    let done = c
-        .complete_connect(actor(pb::CompleteConnectRequest {
-            state: q["state"].clone(),
-            code: q["code"].clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
+    let done = client.complete_connect_response(&callback).await.unwrap();
     said.extend(done.encode_to_vec());
     let id = done.credential.unwrap().credential_id;
     let get_token = |min: i64| pb::GetAccessTokenRequest {
@@ -163,29 +151,14 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .unwrap()
         .into_inner();
     said.extend(re.encode_to_vec());
-    let q: HashMap<String, String> = fake
+    let callback = fake
         .approve(&url::Url::parse(&re.authorization_url).unwrap())
-        .await
-        .query_pairs()
-        .into_owned()
-        .collect();
-    let back = c
-        .complete_connect(actor(pb::CompleteConnectRequest {
-            state: q["state"].clone(),
-            code: q["code"].clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
+    let back = client.complete_connect_response(&callback).await.unwrap();
     said.extend(back.encode_to_vec());
     // A replayed code and state: errors must not echo them.
-    let err = c
-        .complete_connect(actor(pb::CompleteConnectRequest {
-            state: q["state"].clone(),
-            code: q["code"].clone(),
-            ..Default::default()
-        }))
+    let err = client
+        .complete_connect_response(&callback)
         .await
         .unwrap_err();
     record_err(&mut said, &err);
@@ -223,15 +196,31 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     said.extend(disc.encode_to_vec());
     let err = c.get_access_token(actor(get_token(60))).await.unwrap_err();
     record_err(&mut said, &err);
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await; // buffered audit events land
-    let audit = c
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Token issuance is audited through a buffer the child writes within a moment.
+    let audit = wait_for(
+        Duration::from_secs(10),
+        "buffered audit events land",
+        || {
+            let mut c = c.clone();
+            async move {
+                let audit = c
+                    .list_audit_events(pb::ListAuditEventsRequest {
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let actions: Vec<String> = audit.events.iter().map(|e| e.action.clone()).collect();
+                if actions.iter().any(|a| a == "token.issue") {
+                    Ok(audit)
+                } else {
+                    Err(actions)
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         audit.events.iter().any(|e| e.action == "token.issue"),
         "token issuance is audited"

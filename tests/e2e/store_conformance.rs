@@ -600,7 +600,7 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
     for limit in [1, 3, 4, 11, 50] {
         let mut seen = Vec::new();
         let mut after_id = None;
-        loop {
+        for _page in 0..100 {
             let page = store
                 .list_credentials(&CredentialQuery {
                     after_id: after_id.clone(),
@@ -620,7 +620,7 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
     // Pagination combines with the provider filter.
     let mut seen = Vec::new();
     let mut after_id = None;
-    loop {
+    for _page in 0..100 {
         let page = store
             .list_credentials(&CredentialQuery {
                 provider_id: Some("github".to_owned()),
@@ -1258,7 +1258,7 @@ async fn audit_paging_walks_newest_first_once(store: Arc<dyn Store>) {
         for limit in [1, 4, 7, 30, 100] {
             let mut seen = Vec::new();
             let mut before_id = None;
-            loop {
+            for _page in 0..1000 {
                 let page = store
                     .list_audit(&AuditQuery {
                         before_id,
@@ -2714,7 +2714,7 @@ async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
         .expect("insert");
 
     let mut seen = Vec::new();
-    loop {
+    for _event in 0..100 {
         let event = next_event(&mut rx, Duration::from_secs(2)).await;
         let done = event == ChangeEvent::Changed("marker".to_owned());
         seen.push(event);
@@ -3344,15 +3344,12 @@ async fn postgres_changes_reach_another_replica() {
             closed.is_ok(),
             "the channel closes once the store is dropped"
         );
-        let mut sessions = listener_sessions(&a).await;
-        for _ in 0..50 {
-            if sessions == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            sessions = listener_sessions(&a).await;
-        }
-        assert_eq!(sessions, 0, "the listener connection is closed");
+        crate::support::wait::wait_until(
+            Duration::from_secs(5),
+            "the listener connection is closed",
+            || async { listener_sessions(&a).await == 0 },
+        )
+        .await;
     })
     .await;
 }

@@ -3,7 +3,7 @@
 
 use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
-    fake_grant_import, free_port, with_fake_provider,
+    fake_grant_import, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
@@ -544,13 +544,11 @@ async fn storm(name: &str, provider: FakeConfig) {
     let dir = tempfile::tempdir().unwrap();
     let mut replicas = Vec::new();
     for i in 0..3 {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = TestBroker::config(&dir, db.url.clone());
-        config.listen = addr;
         config.tokens.refresh_scan_interval_seconds = 0;
         with_fake_provider(&mut config, &fake, "fake", &[]);
         let toml = config_toml(&config, &db.url) + &provider_toml(&fake);
-        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml, addr).await);
+        replicas.push(BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await);
     }
     let mut c0 = CredentialServiceClient::new(replicas[0].channel().await);
     let mut ids = Vec::new();
@@ -593,9 +591,7 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
     let fake = FakeProvider::start(rotating()).await;
     let dir = tempfile::tempdir().unwrap();
     let spawn = |i: usize| {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut config = TestBroker::config(&dir, db.url.clone());
-        config.listen = addr;
         config.tokens.refresh_scan_interval_seconds = 0;
         config.tokens.lease_seconds = 4;
         config.tokens.provider_attempts = 1;
@@ -603,14 +599,13 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
         with_fake_provider(&mut config, &fake, "fake", &[]);
         (
             config_toml(&config, &db.url) + &provider_toml(&fake),
-            addr,
             format!("replica-{i}"),
         )
     };
-    let (toml_a, addr_a, name_a) = spawn(0);
-    let (toml_b, addr_b, name_b) = spawn(1);
-    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a, addr_a).await;
-    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b, addr_b).await;
+    let (toml_a, name_a) = spawn(0);
+    let (toml_b, name_b) = spawn(1);
+    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a).await;
+    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b).await;
     let mut ca = CredentialServiceClient::new(a.channel().await);
     let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await;
 
@@ -790,7 +785,7 @@ async fn every_issued_token_is_counted_in_the_audit_log() {
     );
     other.set_timeout(Duration::from_secs(5));
     client.get_access_token(other).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.flush_audit().await;
     let events = client
         .list_audit_events(pb::ListAuditEventsRequest {
             credential_id: id,

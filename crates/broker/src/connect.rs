@@ -86,6 +86,8 @@ pub struct CompleteConnect {
     pub error_description: Option<String>,
     /// Other callback parameters (e.g. QuickBooks `realmId`).
     pub params: std::collections::BTreeMap<String, String>,
+    /// `iss` (RFC 9207): the issuer the authorization response names, if any.
+    pub iss: Option<String>,
 }
 
 /// What CompleteConnect did.
@@ -553,6 +555,7 @@ impl ConnectService {
                 "this connect attempt was already completed: start connecting again",
             ));
         }
+        self.check_issuer(&session.provider_id, req.iss.as_deref())?;
         if let Some(error) = &req.error {
             let detail = req
                 .error_description
@@ -625,6 +628,26 @@ impl ConnectService {
             trail.notes.push(format!("new_grant={revoked}"));
         }
         result
+    }
+
+    /// RFC 9207 mix-up defence: where the provider declares its issuer, an authorization
+    /// response (error responses included) must name exactly it, or the code could be sent to a
+    /// token endpoint it was not issued for. Without a declared issuer, `iss` is not compared.
+    fn check_issuer(&self, provider: &str, iss: Option<&str>) -> Result<(), BrokerError> {
+        let Some(expected) = self.gateway.issuer(provider) else {
+            return Ok(());
+        };
+        let message = match iss {
+            Some(got) if got == expected => return Ok(()),
+            Some(got) => format!(
+                "the authorization response names issuer {} but provider {provider} is {expected}: it may come from another server, so the code was not used; start connecting again",
+                sanitize(got)
+            ),
+            None => format!(
+                "the authorization response has no iss but provider {provider} declares issuer {expected}: pass the redirect's iss parameter; start connecting again"
+            ),
+        };
+        Err(failed(reason::ISSUER_MISMATCH, message))
     }
 
     /// Revokes a grant at the provider, best effort: the outcome goes to the audit detail and

@@ -54,6 +54,9 @@ pub mod reason {
     pub const CONNECT_STATE_OTHER_USER: &str = "CONNECT_STATE_OTHER_USER";
     /// A reconnect authorized a different provider account.
     pub const ACCOUNT_MISMATCH: &str = "ACCOUNT_MISMATCH";
+    /// The authorization response's `iss` is missing or is not the provider's declared issuer
+    /// (RFC 9207 mix-up defence); the code was not exchanged.
+    pub const ISSUER_MISMATCH: &str = "ISSUER_MISMATCH";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
     /// The key management service cannot be reached, or failed in an unexpected way.
@@ -101,6 +104,7 @@ pub mod reason {
         CONNECT_STATE_EXPIRED,
         CONNECT_STATE_OTHER_USER,
         ACCOUNT_MISMATCH,
+        ISSUER_MISMATCH,
         STORAGE_UNAVAILABLE,
         KMS_UNAVAILABLE,
         KMS_KEY_DISABLED,

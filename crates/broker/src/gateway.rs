@@ -128,6 +128,11 @@ pub trait ProviderGateway: Send + Sync + 'static {
     ) -> Result<String, ProviderError>;
     /// Whether the provider uses PKCE.
     fn uses_pkce(&self, provider: &str) -> bool;
+    /// The issuer identifier the provider declares (RFC 9207): its authorization responses must
+    /// then carry exactly this `iss`. `None`: the provider declares none (the default).
+    fn issuer(&self, _provider: &str) -> Option<String> {
+        None
+    }
     /// Exchanges an authorization code and identifies the account the tokens belong to.
     /// `callback_params` are the redirect's other query parameters (e.g. QuickBooks `realmId`),
     /// kept as extras where the provider needs them.

@@ -121,6 +121,9 @@ pub struct FakeConfig {
     /// `refresh_token_expires_in`, Intuit's `x_refresh_token_expires_in`, TikTok's
     /// `refresh_expires_in`.
     pub refresh_expiry_field: String,
+    /// RFC 9207: every authorization response (errors included) carries `iss` with this value;
+    /// `None` sends no `iss`.
+    pub issuer: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -149,6 +152,7 @@ impl Default for FakeConfig {
             client_id_param: "client_id".into(),
             expiring_only_with: None,
             refresh_expiry_field: "refresh_token_expires_in".into(),
+            issuer: None,
         }
     }
 }
@@ -180,6 +184,7 @@ impl fmt::Debug for FakeConfig {
             .field("client_id_param", &self.client_id_param)
             .field("expiring_only_with", &self.expiring_only_with)
             .field("refresh_expiry_field", &self.refresh_expiry_field)
+            .field("issuer", &self.issuer)
             .finish()
     }
 }

@@ -149,10 +149,12 @@ async fn authorize(app: App, req: FakeRequest) -> Response {
 /// the connect flow with curl (`redirect_uri` = this server's `/callback`).
 async fn callback(req: FakeRequest) -> Response {
     let q = &req.query;
-    json_response(
-        StatusCode::OK,
-        &json!({"state": q.get("state"), "code": q.get("code"), "error": q.get("error")}),
-    )
+    let mut body = json!({"state": q.get("state"), "code": q.get("code"), "error": q.get("error")});
+    // Only when sent (RFC 9207), so the body stays as it was for a provider without an issuer.
+    if let (Some(iss), Some(fields)) = (q.get("iss"), body.as_object_mut()) {
+        fields.insert("iss".into(), json!(iss));
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 // --- token endpoint ------------------------------------------------------------------------------

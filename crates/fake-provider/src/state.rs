@@ -175,8 +175,17 @@ impl State {
             return Authorization::Refused("redirect_uri not registered");
         };
         let state = q.get("state").map(String::as_str).unwrap_or_default();
+        let iss = cfg.issuer.clone();
+        // RFC 9207 §2: `iss` goes into success and error responses alike.
+        let respond = |params: &[(&str, &str)]| {
+            let mut all = params.to_vec();
+            if let Some(iss) = &iss {
+                all.push(("iss", iss));
+            }
+            with_params(&redirect_uri, &all)
+        };
         let fail = |error: &str| {
-            with_params(&redirect_uri, &[("error", error), ("state", state)])
+            respond(&[("error", error), ("state", state)])
                 .map_or(Authorization::Refused("redirect_uri is not a url"), |url| {
                     Authorization::Redirect(url)
                 })
@@ -212,7 +221,7 @@ impl State {
             grant: None,
         };
         let code = self.next_token("code");
-        let Some(url) = with_params(&redirect_uri, &[("code", &code), ("state", state)]) else {
+        let Some(url) = respond(&[("code", &code), ("state", state)]) else {
             return Authorization::Refused("redirect_uri is not a url");
         };
         self.codes.insert(code, grant);

@@ -209,3 +209,49 @@ async fn dev_style_random_tokens_basic_only_and_the_callback_page() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn a_declared_issuer_goes_into_every_authorization_response() {
+    let fake = FakeProvider::start(FakeConfig::default()).await.unwrap();
+    let callback = format!("{}/callback", fake.base_url());
+    fake.configure(|c| c.redirect_uris = vec![REDIRECT.to_owned(), callback.clone()]);
+    let query = |resp: reqwest::Response| -> BTreeMap<String, String> {
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        url::Url::parse(&location)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect()
+    };
+
+    // Without an issuer: no `iss`, and /callback's body has no `iss` key.
+    let q = query(authorize(&no_redirects(), &fake, REDIRECT).await);
+    assert!(q.contains_key("code") && !q.contains_key("iss"), "{q:?}");
+    let page: Value = authorize(&reqwest::Client::new(), &fake, &callback)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(page.get("iss").is_none(), "{page}");
+
+    fake.configure(|c| c.issuer = Some("https://issuer.test".into()));
+    let q = query(authorize(&no_redirects(), &fake, REDIRECT).await);
+    assert_eq!(
+        q.get("iss").map(String::as_str),
+        Some("https://issuer.test")
+    );
+    let page: Value = authorize(&reqwest::Client::new(), &fake, &callback)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["iss"], "https://issuer.test");
+    // Error responses carry it too.
+    fake.configure(|c| c.deny = true);
+    let q = query(authorize(&no_redirects(), &fake, REDIRECT).await);
+    assert_eq!(q.get("error").map(String::as_str), Some("access_denied"));
+    assert_eq!(
+        q.get("iss").map(String::as_str),
+        Some("https://issuer.test")
+    );
+}

@@ -15,6 +15,9 @@ pub struct Callback {
     /// Non-secret values some providers put in the callback: `realmId` (QuickBooks, with
     /// [`Quirk::QuickbooksRealmId`]).
     pub extras: BTreeMap<String, String>,
+    /// The `iss` parameter (RFC 9207), compared to the provider's declared
+    /// [`ProviderSpec::issuer`] by the caller before the code is exchanged.
+    pub iss: Option<String>,
 }
 
 /// Reads the callback query string (without the leading `?`). An `error` parameter becomes the
@@ -59,6 +62,7 @@ pub fn parse_callback(spec: &ProviderSpec, query: &str) -> Result<Callback, OAut
         code: SecretString::from(code.clone()),
         state: SecretString::from(state.clone()),
         extras,
+        iss: params.get("iss").filter(|i| !i.is_empty()).cloned(),
     })
 }
 
@@ -76,7 +80,10 @@ mod tests {
         assert_eq!(c.code.expose_secret(), "abc/1");
         assert_eq!(c.state.expose_secret(), "xyz");
         assert!(c.extras.is_empty());
+        assert!(c.iss.is_none());
         assert!(!format!("{c:?}").contains("abc"));
+        let c = parse_callback(&s, "code=c&state=s&iss=https%3A%2F%2Fa").unwrap();
+        assert_eq!(c.iss.as_deref(), Some("https://a"));
         assert!(matches!(
             parse_callback(&s, "state=xyz"),
             Err(OAuthError::Protocol(_))

@@ -155,6 +155,11 @@ pub struct ProviderSpec {
     /// The broker then never revokes a grant of an account it keeps another grant of.
     #[serde(default)]
     pub revocation_ends_authorization: bool,
+    /// The authorization server's issuer identifier (RFC 9207), set only where the provider
+    /// documents that its authorization responses carry `iss`: CompleteConnect then refuses a
+    /// response whose `iss` is missing or different, before the code is exchanged (mix-up defence).
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// How the connected account is identified.
     pub account: AccountSource,
     /// Scopes requested when the caller names none.
@@ -503,6 +508,15 @@ fn check_urls(spec: &ProviderSpec, allow_http_loopback: bool, problems: &mut Vec
     check_url("token_url", &spec.token_url, allow_http_loopback, problems);
     if let Some(url) = &spec.revocation_url {
         check_url("revocation_url", url, allow_http_loopback, problems);
+    }
+    // RFC 8414 §2: an issuer identifier has no query and no fragment.
+    if let Some(issuer) = &spec.issuer
+        && check_link("issuer", issuer, allow_http_loopback, problems)
+        && issuer.contains(['?', '#'])
+    {
+        problems.push(format!(
+            "issuer `{issuer}` must not contain a query or fragment"
+        ));
     }
     if let Some(lookup) = &spec.post_connect {
         check_url(
@@ -1317,6 +1331,28 @@ description = "Change your data"
             &text,
             "token_url `http://acme.example/oauth/token` must use https",
         );
+    }
+
+    #[test]
+    fn issuer_must_be_an_https_identifier() {
+        let declare = |issuer: &str| {
+            GOOD.replacen(
+                "token_url = ",
+                &format!("issuer = \"{issuer}\"\ntoken_url = "),
+                1,
+            )
+        };
+        let ok = Catalog::from_toml(&declare("https://acme.example")).unwrap();
+        assert_eq!(
+            ok.get("acme").unwrap().issuer.as_deref(),
+            Some("https://acme.example")
+        );
+        assert!(good_spec().issuer.is_none());
+        assert_rejected(
+            &declare("https://acme.example/?tenant=1"),
+            "issuer `https://acme.example/?tenant=1` must not contain a query or fragment",
+        );
+        assert_rejected(&declare("acme.example"), "issuer `acme.example`");
     }
 
     #[test]

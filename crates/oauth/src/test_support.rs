@@ -14,6 +14,7 @@ pub(crate) fn spec(authorize_url: &str, pkce: Pkce, quirks: &[Quirk]) -> Provide
         token_url: "https://example.com/token".into(),
         revocation_url: None,
         revocation_ends_authorization: false,
+        issuer: None,
         account: AccountSource::IdToken,
         default_scopes: vec![],
         scopes: vec![],

@@ -15,6 +15,11 @@ use tonic::transport::Channel;
 /// A start time for the manual clock: 2026-01-01T00:00:00Z.
 pub const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
 
+/// [`T0`] in Unix seconds, for token expiry times.
+pub fn t0_secs() -> i64 {
+    T0.as_millis() / 1000
+}
+
 /// A running broker under test.
 pub struct TestBroker {
     app: Option<Application>,
@@ -104,6 +109,26 @@ impl TestBroker {
         MembershipServiceClient::new(self.channel().await)
     }
 
+    /// A typed client acting as `actor`.
+    pub async fn client(
+        &self,
+        actor: crate::support::client::Actor,
+    ) -> crate::support::client::Client {
+        crate::support::client::Client::new(self.channel().await, actor)
+    }
+
+    /// Writes the audit events buffered by hot paths now (instead of waiting for the writer).
+    pub async fn flush_audit(&self) {
+        self.app().flush_audit().await;
+    }
+
+    /// Where the metrics endpoint is bound (`telemetry.metrics_listen` set, port 0 is fine).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.app()
+            .metrics_addr()
+            .expect("metrics endpoint configured")
+    }
+
     /// Issuance counters of the running server.
     pub fn issuance_stats(&self) -> cb_broker::issuance::StatsSnapshot {
         self.app.as_ref().unwrap().issuance_stats()
@@ -116,9 +141,33 @@ impl TestBroker {
 
     /// Stops the server (graceful).
     pub async fn stop(&mut self) {
+        self.stop_with_grace(Duration::from_secs(5)).await;
+    }
+
+    /// Stops the server, giving in-flight calls up to `grace`.
+    pub async fn stop_with_grace(&mut self, grace: Duration) {
         if let Some(app) = self.app.take() {
-            app.shutdown(Duration::from_secs(5)).await;
+            app.shutdown(grace).await;
         }
+    }
+
+    /// A broker on SQLite (or `database_url`) with `fake` configured as provider `fake`, no
+    /// background refresh scan (tests drive refreshes), then `tune` applied.
+    pub async fn with_fake(
+        fake: &crate::support::fake_provider::FakeProvider,
+        database_url: Option<&str>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = database_url.map_or_else(
+            || format!("sqlite://{}", dir.path().join("broker.db").display()),
+            str::to_owned,
+        );
+        let mut config = Self::config(&dir, url);
+        with_fake_provider(&mut config, fake, "fake", &[]);
+        config.tokens.refresh_scan_interval_seconds = 0;
+        tune(&mut config);
+        Self::start(config, dir).await.unwrap()
     }
 }
 
@@ -235,37 +284,48 @@ pub fn config_toml(config: &Config, database_url: &str) -> String {
 /// A broker running as its own OS process (the real binary).
 pub struct BrokerProcess {
     child: std::process::Child,
-    /// Its address.
+    /// The address it bound (read back from its log: configs listen on port 0).
     pub addr: SocketAddr,
     /// Where its log goes.
     pub log: std::path::PathBuf,
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// How long a child broker may take to start or stop before the test fails.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
 
 impl BrokerProcess {
-    /// Starts the binary with `toml` (which must listen on `addr`) plus extra TOML appended,
-    /// and waits until it answers health checks.
-    pub async fn spawn(dir: &std::path::Path, name: &str, toml: &str, addr: SocketAddr) -> Self {
+    /// Starts the binary with `toml` (from [`config_toml`], listening on port 0, JSON logs at
+    /// `info` or below), reads the address it bound from its log and waits until it answers
+    /// health checks.
+    pub async fn spawn(dir: &std::path::Path, name: &str, toml: &str) -> Self {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cb-e2e-broker"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cb-e2e-broker"))
             .arg("--config")
             .arg(&config)
             .arg("serve")
             .env_remove("CREDENTIAL_BROKER_CONFIG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_SDK_DISABLED")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let addr =
+            crate::support::wait::wait_for(PROCESS_DEADLINE, "broker bound its listener", || {
+                let exited = child.try_wait().unwrap();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                std::future::ready(match (listening_addr(&text), exited) {
+                    (Some(addr), _) => Ok(addr),
+                    (None, Some(status)) => {
+                        panic!("broker exited ({status}) before listening; log:\n{text}")
+                    }
+                    (None, None) => Err(text),
+                })
+            })
+            .await;
         let p = Self { child, addr, log };
         p.wait_ready().await;
         p
@@ -274,27 +334,22 @@ impl BrokerProcess {
     async fn wait_ready(&self) {
         use tonic_health::pb::HealthCheckRequest;
         use tonic_health::pb::health_client::HealthClient;
-        for _ in 0..200 {
-            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .connect()
-                .await
-                && HealthClient::new(ch)
+        let url = format!("http://{}", self.addr);
+        crate::support::wait::wait_until(PROCESS_DEADLINE, "broker answers health checks", || {
+            let url = url.clone();
+            async move {
+                let Ok(ch) = Channel::from_shared(url).unwrap().connect().await else {
+                    return false;
+                };
+                HealthClient::new(ch)
                     .check(HealthCheckRequest {
                         service: String::new(),
                     })
                     .await
                     .is_ok()
-            {
-                return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "broker {} did not start; log:\n{}",
-            self.addr,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        })
+        .await;
     }
 
     /// A channel to it.
@@ -306,10 +361,38 @@ impl BrokerProcess {
             .unwrap()
     }
 
+    /// A typed client acting as `actor`.
+    pub async fn client(
+        &self,
+        actor: crate::support::client::Actor,
+    ) -> crate::support::client::Client {
+        crate::support::client::Client::new(self.channel().await, actor)
+    }
+
     /// SIGKILL: no chance to clean up (tests lease expiry).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit (graceful shutdown flushes buffers and spans).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let (child, log) = (&mut self.child, &self.log);
+        crate::support::wait::wait_for(PROCESS_DEADLINE, "broker stops on SIGTERM", || {
+            std::future::ready(
+                child
+                    .try_wait()
+                    .unwrap()
+                    .ok_or_else(|| std::fs::read_to_string(log).unwrap_or_default()),
+            )
+        })
+        .await
     }
 
     /// Its log so far.
@@ -322,6 +405,14 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The address in the server's JSON "credential broker listening" line, once it is written.
+fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "credential broker listening")
+        .and_then(|event| event["addr"].as_str()?.parse().ok())
 }
 
 /// An ImportCredential request for a grant `fake` issues to `subject` (provider `fake`,

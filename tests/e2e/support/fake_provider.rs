@@ -94,6 +94,7 @@ impl FakeProvider {
             token_url: format!("{base}/token"),
             revocation_url: Some(revocation_url),
             revocation_ends_authorization: false,
+            issuer: cfg.issuer.clone(),
             account,
             default_scopes: vec!["read".into()],
             scopes: vec![

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use cb_crypto::aws_kms::{AwsKmsConfig, KmsClient, kms_client};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 /// The region every KMS test uses.
 pub const REGION: &str = "us-east-1";
@@ -90,44 +90,6 @@ async fn admin_client(endpoint: &str) -> KmsClient {
 
 fn env_is_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
-}
-
-/// A TCP forwarder in front of the KMS server, to take it away while a provider uses it.
-pub struct KmsProxy {
-    /// `http://127.0.0.1:PORT` of the proxy.
-    pub url: String,
-    task: JoinHandle<()>,
-}
-
-impl KmsProxy {
-    /// Forwards a fresh loopback port to `endpoint` (an `http://host:port` URL).
-    pub async fn start(endpoint: &str) -> Self {
-        let upstream = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            // Dropped with this task on stop, which aborts every forwarded connection.
-            let mut connections = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { url, task }
-    }
-
-    /// Closes the port and every open connection: the KMS is gone for its clients.
-    pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
 }
 
 /// A server that accepts connections and never answers (a hung KMS); lives until dropped.

@@ -1,5 +1,5 @@
-//! A TCP proxy a test can cut and restore: puts a dependency (PostgreSQL) "down" for one broker
-//! without touching the server that other tests share.
+//! A TCP proxy a test can cut and restore: puts a dependency (PostgreSQL, KMS) "down" for one
+//! broker without touching the server that other tests share.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,22 @@ impl TcpProxy {
             }
         });
         Self { addr, state, task }
+    }
+
+    /// Forwards a free loopback port to an `http://host:port` endpoint.
+    pub async fn to_http(endpoint: &str) -> Self {
+        Self::start(endpoint.trim_start_matches("http://").trim_end_matches('/')).await
+    }
+
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes the port and every open connection for good: the dependency is gone.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 
     /// Closes every open connection and refuses new ones until [`TcpProxy::restore`].

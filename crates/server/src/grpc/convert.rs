@@ -35,18 +35,65 @@ fn opt_timestamp(t: Option<Timestamp>) -> Option<prost_types::Timestamp> {
     t.map(timestamp)
 }
 
-/// Protobuf timestamp → domain, rejecting out-of-range values.
+/// The seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range google.protobuf.Timestamp
+/// defines (RFC 3339 years 1 to 9999).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// The largest google.protobuf.Duration, in seconds (about 10,000 years either way).
+const DURATION_MAX_SECONDS: i64 = 315_576_000_000;
+
+/// Protobuf timestamp → domain, rejecting values google.protobuf.Timestamp does not define.
 pub fn parse_timestamp(
     field: &str,
     t: &prost_types::Timestamp,
 ) -> Result<Timestamp, FieldViolation> {
-    let ms = t
-        .seconds
-        .checked_mul(1000)
-        .and_then(|s| s.checked_add(i64::from(t.nanos) / 1_000_000))
-        .filter(|_| (0..1_000_000_000).contains(&t.nanos));
-    ms.map(Timestamp::from_millis)
-        .ok_or_else(|| FieldViolation::new(field, "is not a valid timestamp"))
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid timestamp: nanos must be 0 to 999999999",
+        ));
+    }
+    if !TIMESTAMP_SECONDS.contains(&t.seconds) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid timestamp: it must lie between the years 1 and 9999",
+        ));
+    }
+    // Within the range above the product cannot overflow.
+    Ok(Timestamp::from_millis(
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
+    ))
+}
+
+/// Protobuf duration → a non-negative std duration, rejecting values google.protobuf.Duration
+/// does not define (nanos beyond ±999999999, nanos of the other sign than seconds, beyond
+/// ±10,000 years).
+pub fn parse_duration(
+    field: &str,
+    d: &prost_types::Duration,
+) -> Result<std::time::Duration, FieldViolation> {
+    if !(-999_999_999..=999_999_999).contains(&d.nanos) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid duration: nanos must be within -999999999 to 999999999",
+        ));
+    }
+    if (d.seconds > 0 && d.nanos < 0) || (d.seconds < 0 && d.nanos > 0) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid duration: seconds and nanos must have the same sign",
+        ));
+    }
+    if !(-DURATION_MAX_SECONDS..=DURATION_MAX_SECONDS).contains(&d.seconds) {
+        return Err(FieldViolation::new(
+            field,
+            "is not a valid duration: it must be within 10,000 years",
+        ));
+    }
+    match (u64::try_from(d.seconds), u32::try_from(d.nanos)) {
+        (Ok(secs), Ok(nanos)) => Ok(std::time::Duration::new(secs, nanos)),
+        _ => Err(FieldViolation::new(field, "must not be negative")),
+    }
 }
 
 /// Domain role → protobuf enum.
@@ -553,13 +600,37 @@ pub fn complete_connect(r: pb::CompleteConnectRequest) -> Result<CompleteConnect
     if r.code.len() > 4096 || r.error.len() > 256 || r.error_description.len() > 2048 {
         v.push(FieldViolation::new("code", "is too long"));
     }
+    if r.iss.len() > 512 || r.iss.chars().any(char::is_control) {
+        v.push(FieldViolation::new(
+            "iss",
+            "must be the redirect's iss parameter (at most 512 printable characters)",
+        ));
+    }
+    // `iss` counts wherever it comes (its field or the other callback parameters): two
+    // different values are refused rather than one of them silently chosen.
+    let mut params: std::collections::BTreeMap<String, String> =
+        r.callback_params.into_iter().collect();
+    let iss = match (
+        (!r.iss.is_empty()).then_some(r.iss),
+        params.remove("iss").filter(|i| !i.is_empty()),
+    ) {
+        (Some(field), Some(param)) if field != param => {
+            v.push(FieldViolation::new(
+                "callback_params",
+                "holds an iss different from the iss field",
+            ));
+            None
+        }
+        (field, param) => field.or(param),
+    };
     v.finish()?;
     Ok(CompleteConnect {
         state: r.state,
         code: (!r.code.is_empty()).then(|| SecretString::from(r.code)),
         error: (!r.error.is_empty()).then_some(r.error),
         error_description: (!r.error_description.is_empty()).then_some(r.error_description),
-        params: r.callback_params.into_iter().collect(),
+        params,
+        iss,
     })
 }
 
@@ -593,17 +664,9 @@ pub fn connect_outcome(o: ConnectOutcome) -> pb::ConnectOutcome {
 pub fn min_valid_for(
     d: Option<&prost_types::Duration>,
 ) -> Result<Option<std::time::Duration>, BrokerError> {
-    match d {
-        None => Ok(None),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(BrokerError::invalid(
-            "min_valid_for",
-            "must not be negative",
-        )),
-        Some(d) => Ok(Some(
-            std::time::Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
-                + std::time::Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0)),
-        )),
-    }
+    d.map(|d| parse_duration("min_valid_for", d))
+        .transpose()
+        .map_err(|v| BrokerError::InvalidArgument(vec![v]))
 }
 
 /// Parses the optional workflow context of GetAccessToken.

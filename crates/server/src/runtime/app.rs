@@ -362,6 +362,8 @@ impl Application {
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }));
+        // Logged once bound: with `listen = "…:0"` this line is how a supervisor (and the e2e
+        // tests' child brokers) learns the port, so keep its message and `addr` field stable.
         tracing::info!(addr = %local_addr, database = %config.database.url.redacted(), "credential broker listening");
         Ok(Self {
             local_addr,
@@ -388,16 +390,6 @@ impl Application {
         self.metrics.encode()
     }
 
-    /// Writes the buffered audit events now (the background task does this every 250 ms).
-    pub async fn flush_audit(&self) {
-        self.audit.flush().await;
-    }
-
-    /// The buffered audit writer's counters (also exported as metrics).
-    pub fn audit_stats(&self) -> cb_broker::audit::AuditStats {
-        self.audit.stats()
-    }
-
     /// Runs one refresh-ahead pass now (the background task does this periodically).
     pub async fn refresh_due(&self) -> usize {
         self.tokens.refresh_due(100).await
@@ -406,6 +398,17 @@ impl Application {
     /// Issuance counters (cache hits, provider refreshes, …).
     pub fn issuance_stats(&self) -> StatsSnapshot {
         self.tokens.stats()
+    }
+
+    /// Writes the audit events that hot paths buffer now, instead of at the writer's next tick:
+    /// tests read the audit log right after the calls they audit.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
+    }
+
+    /// The buffered audit writer's counters (also exported as metrics).
+    pub fn audit_stats(&self) -> cb_broker::audit::AuditStats {
+        self.audit.stats()
     }
 
     /// Where the plaintext health-only listener is bound, when `health.listen` is set.

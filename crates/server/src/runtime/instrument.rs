@@ -227,6 +227,10 @@ impl ProviderGateway for InstrumentedGateway {
         self.inner.uses_pkce(provider)
     }
 
+    fn issuer(&self, provider: &str) -> Option<String> {
+        self.inner.issuer(provider)
+    }
+
     async fn exchange_code(
         &self,
         provider: &str,

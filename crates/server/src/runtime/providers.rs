@@ -224,6 +224,10 @@ impl ProviderGateway for OAuthGateway {
             .is_some_and(|s| s.pkce != cb_oauth::catalog::Pkce::None)
     }
 
+    fn issuer(&self, provider: &str) -> Option<String> {
+        self.catalog.get(provider).and_then(|s| s.issuer.clone())
+    }
+
     async fn exchange_code(
         &self,
         provider: &str,

@@ -1,0 +1,242 @@
+//! One typed client for the broker's API, acting as one user: the steps tests repeat (import a
+//! grant, connect through the fake provider, get a token, list, get) as one call each.
+
+use crate::support::broker::REDIRECT_URI;
+use crate::support::fake_provider::FakeProvider;
+use cb_proto::v1 as pb;
+use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use cb_proto::v1::membership_service_client::MembershipServiceClient;
+use std::collections::HashMap;
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// The end user a call is made for (`x-actor-*` metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// `x-actor-id`.
+    pub id: &'static str,
+    /// `x-actor-email`.
+    pub email: &'static str,
+}
+
+/// The user most tests act as.
+pub const ALICE: Actor = Actor {
+    id: "u-alice",
+    email: "alice@example.com",
+};
+
+/// A second user, for visibility and membership checks.
+pub const BOB: Actor = Actor {
+    id: "u-bob",
+    email: "bob@example.com",
+};
+
+/// A credential imported from a grant of the fake provider, with the tokens given to the broker.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// The credential's id.
+    pub id: String,
+    /// The imported access token.
+    pub access: String,
+    /// The imported refresh token.
+    pub refresh: String,
+}
+
+/// Both services over one channel, every call made as `actor`. The raw tonic clients stay
+/// public for calls with no helper here.
+#[derive(Clone)]
+pub struct Client {
+    /// CredentialService.
+    pub creds: CredentialServiceClient<Channel>,
+    /// MembershipService.
+    pub members: MembershipServiceClient<Channel>,
+    /// Who the calls are made for.
+    pub actor: Actor,
+}
+
+impl Client {
+    /// A client over `channel` acting as `actor`.
+    pub fn new(channel: Channel, actor: Actor) -> Self {
+        Self {
+            creds: CredentialServiceClient::new(channel.clone()),
+            members: MembershipServiceClient::new(channel),
+            actor,
+        }
+    }
+
+    /// The same connection acting as `actor`.
+    pub fn acting_as(&self, actor: Actor) -> Self {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// `msg` with this client's actor metadata.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        crate::support::broker::as_actor(msg, self.actor.id, self.actor.email)
+    }
+
+    /// ListProviders: the catalog as the broker serves it.
+    pub async fn providers(&mut self) -> Result<Vec<pb::Provider>, Status> {
+        let request = self.request(pb::ListProvidersRequest::default());
+        let response = self.creds.list_providers(request).await?.into_inner();
+        Ok(response.providers)
+    }
+
+    /// ImportCredential.
+    pub async fn import(
+        &mut self,
+        req: pb::ImportCredentialRequest,
+    ) -> Result<pb::Credential, Status> {
+        let request = self.request(req);
+        let response = self.creds.import_credential(request).await?.into_inner();
+        Ok(response
+            .credential
+            .expect("ImportCredential answers the credential"))
+    }
+
+    /// Imports a grant `fake` issues to `subject` (provider `fake`, workspace `ws1`) whose access
+    /// token expires at `expires_at_secs` (Unix seconds).
+    pub async fn import_fake(
+        &mut self,
+        fake: &FakeProvider,
+        subject: &str,
+        expires_at_secs: i64,
+    ) -> Result<Imported, Status> {
+        let (req, access, refresh) =
+            crate::support::broker::fake_grant_import(fake, subject, expires_at_secs);
+        let credential = self.import(req).await?;
+        Ok(Imported {
+            id: credential.credential_id,
+            access,
+            refresh,
+        })
+    }
+
+    /// GetAccessToken for `id` (workflow `wf-1`).
+    pub async fn token(&mut self, id: &str) -> Result<pb::GetAccessTokenResponse, Status> {
+        self.token_with(pb::GetAccessTokenRequest {
+            credential_id: id.into(),
+            workflow_id: "wf-1".into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// GetAccessToken with a request of the test's own.
+    pub async fn token_with(
+        &mut self,
+        req: pb::GetAccessTokenRequest,
+    ) -> Result<pb::GetAccessTokenResponse, Status> {
+        let request = self.request(req);
+        self.creds
+            .get_access_token(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// StartConnect for provider `provider_id` in workspace `ws1`, with the test redirect URI.
+    pub async fn start_connect(
+        &mut self,
+        provider_id: &str,
+    ) -> Result<pb::StartConnectResponse, Status> {
+        let request = self.request(pb::StartConnectRequest {
+            workspace_id: "ws1".into(),
+            provider_id: provider_id.into(),
+            redirect_uri: REDIRECT_URI.into(),
+            ..Default::default()
+        });
+        self.creds
+            .start_connect(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// CompleteConnect with what the provider's redirect to `callback` carries; the whole answer.
+    pub async fn complete_connect_response(
+        &mut self,
+        callback: &url::Url,
+    ) -> Result<pb::CompleteConnectResponse, Status> {
+        let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+        let request = self.request(pb::CompleteConnectRequest {
+            state: q.get("state").cloned().unwrap_or_default(),
+            code: q.get("code").cloned().unwrap_or_default(),
+            ..Default::default()
+        });
+        self.creds
+            .complete_connect(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// CompleteConnect with what the provider's redirect to `callback` carries.
+    pub async fn complete_connect(
+        &mut self,
+        callback: &url::Url,
+    ) -> Result<pb::Credential, Status> {
+        let done = self.complete_connect_response(callback).await?;
+        Ok(done
+            .credential
+            .expect("CompleteConnect answers the credential"))
+    }
+
+    /// The whole connect flow with provider `fake` (configured as `fake`): StartConnect, the
+    /// provider's consent, CompleteConnect.
+    pub async fn connect(&mut self, fake: &FakeProvider) -> Result<pb::Credential, Status> {
+        let started = self.start_connect("fake").await?;
+        let callback = fake
+            .approve(&url::Url::parse(&started.authorization_url).unwrap())
+            .await;
+        self.complete_connect(&callback).await
+    }
+
+    /// GetCredential.
+    pub async fn get(&mut self, id: &str) -> Result<pb::Credential, Status> {
+        let request = self.request(pb::GetCredentialRequest {
+            credential_id: id.into(),
+        });
+        let response = self.creds.get_credential(request).await?.into_inner();
+        Ok(response
+            .credential
+            .expect("GetCredential answers the credential"))
+    }
+
+    /// One page of ListCredentials.
+    pub async fn list_page(
+        &mut self,
+        req: pb::ListCredentialsRequest,
+    ) -> Result<pb::ListCredentialsResponse, Status> {
+        let request = self.request(req);
+        self.creds
+            .list_credentials(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// UpdateCredential.
+    pub async fn update(
+        &mut self,
+        req: pb::UpdateCredentialRequest,
+    ) -> Result<pb::Credential, Status> {
+        let request = self.request(req);
+        let response = self.creds.update_credential(request).await?.into_inner();
+        Ok(response
+            .credential
+            .expect("UpdateCredential answers the credential"))
+    }
+
+    /// DisconnectCredential.
+    pub async fn disconnect(
+        &mut self,
+        id: &str,
+    ) -> Result<pb::DisconnectCredentialResponse, Status> {
+        let request = self.request(pb::DisconnectCredentialRequest {
+            credential_id: id.into(),
+        });
+        self.creds
+            .disconnect_credential(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
