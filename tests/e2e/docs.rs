@@ -37,6 +37,21 @@ fn api_md_lists_every_error_reason_the_code_can_return() {
     );
 }
 
+#[test]
+fn api_md_lists_every_audit_action_the_code_can_record() {
+    let documented = table_keys(&read_doc("api.md"), "Audit");
+    let code: BTreeSet<String> = cb_broker::audit::ACTIONS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let missing: Vec<_> = code.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&code).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/api.md Audit table: missing {missing:?}, not recorded by the code {stale:?}"
+    );
+}
+
 /// One step of a configuration key path.
 #[derive(Clone, Debug)]
 enum Seg {

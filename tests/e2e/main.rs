@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary (see tests/Cargo.toml).
 mod access_control;
 mod actor_assertions;
+mod audit;
 mod connect_flow;
 mod credential_api;
 mod docs;

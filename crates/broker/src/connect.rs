@@ -408,17 +408,14 @@ impl ConnectService {
             .await
         }
         .await;
-        if result.is_err() {
-            self.audit
-                .record(
-                    caller,
-                    "connect.start",
-                    None,
-                    Outcome::of(&result),
-                    Some(format!("provider={}", req.provider_id)),
-                )
-                .await;
-        }
+        // Through the buffer: starting a flow writes only its session, never an audit row inline.
+        self.audit.record_later(
+            caller,
+            "connect.start",
+            None,
+            Outcome::of(&result),
+            Some(format!("provider={}", req.provider_id)),
+        );
         result
     }
 
@@ -461,17 +458,13 @@ impl ConnectService {
             .await
         }
         .await;
-        if result.is_err() {
-            self.audit
-                .record(
-                    caller,
-                    "connect.reconnect_start",
-                    Some(req.id.as_str()),
-                    Outcome::of(&result),
-                    None,
-                )
-                .await;
-        }
+        self.audit.record_later(
+            caller,
+            "connect.reconnect_start",
+            Some(req.id.as_str()),
+            Outcome::of(&result),
+            None,
+        );
         result
     }
 

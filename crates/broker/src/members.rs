@@ -149,13 +149,25 @@ impl MembershipService {
         caller: &Caller,
         id: &CredentialId,
     ) -> Result<Vec<Member>, BrokerError> {
-        self.policy.load_visible(caller, id).await?;
-        self.store
-            .list_members(id.as_str())
-            .await?
-            .into_iter()
-            .map(Member::from_row)
-            .collect()
+        let result = async {
+            self.policy.load_visible(caller, id).await?;
+            self.store
+                .list_members(id.as_str())
+                .await?
+                .into_iter()
+                .map(Member::from_row)
+                .collect()
+        }
+        .await;
+        // Reads are audited through the buffer: a read never waits for a database write.
+        self.audit.record_later(
+            caller,
+            "member.list",
+            Some(id.as_str()),
+            Outcome::of(&result),
+            None,
+        );
+        result
     }
 
     /// Invites `email` with `role`. Admin only. An existing member → ALREADY_EXISTS.

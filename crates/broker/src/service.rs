@@ -263,18 +263,14 @@ impl CredentialService {
         id: &CredentialId,
     ) -> Result<CredentialView, BrokerError> {
         let result = self.policy.load_visible(caller, id).await;
-        if let Err(e) = &result {
-            // Reads are not audited, but denied reads are.
-            if matches!(
-                e.code(),
-                crate::ErrorCode::NotFound | crate::ErrorCode::PermissionDenied
-            ) {
-                let outcome = Outcome(e.reason().to_owned());
-                self.audit
-                    .record(caller, "credential.get", Some(id.as_str()), outcome, None)
-                    .await;
-            }
-        }
+        // Reads are audited through the buffer: a read never waits for a database write.
+        self.audit.record_later(
+            caller,
+            "credential.get",
+            Some(id.as_str()),
+            Outcome::of(&result),
+            None,
+        );
         let (c, role) = result?;
         Ok(CredentialView {
             credential: c,
@@ -284,6 +280,23 @@ impl CredentialService {
 
     /// Lists the workspace's credentials visible to the caller, ordered by id.
     pub async fn list(
+        &self,
+        caller: &Caller,
+        q: ListCredentials,
+    ) -> Result<CredentialPage, BrokerError> {
+        let detail = format!("workspace={}", q.workspace_id);
+        let result = self.list_inner(caller, q).await;
+        self.audit.record_later(
+            caller,
+            "credential.list",
+            None,
+            Outcome::of(&result),
+            Some(detail),
+        );
+        result
+    }
+
+    async fn list_inner(
         &self,
         caller: &Caller,
         q: ListCredentials,

@@ -39,8 +39,16 @@ impl Rpc for CredentialApi {
         &self,
         req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        caller(&req)?;
+        let caller = caller(&req)?;
         let providers = self.connect.providers(req.get_ref().configured_only);
+        // The catalog has no use case of its own; its read is audited here, through the buffer.
+        self.credentials.audit().record_later(
+            &caller,
+            "provider.list",
+            None,
+            cb_broker::audit::Outcome::ok(),
+            None,
+        );
         Ok(Response::new(pb::ListProvidersResponse {
             providers: providers.iter().map(convert::provider).collect(),
         }))

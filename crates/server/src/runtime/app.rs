@@ -233,6 +233,7 @@ impl Application {
             holder,
         ));
         metrics.register_domain(tokens.clone(), envelope.clone());
+        metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
         let connect = Arc::new(ConnectService::new(
             store.clone(),
@@ -453,6 +454,11 @@ impl Application {
     /// tests read the audit log right after the calls they audit.
     pub async fn flush_audit(&self) {
         self.audit.flush().await;
+    }
+
+    /// The buffered audit writer's counters (also exported as metrics).
+    pub fn audit_stats(&self) -> cb_broker::audit::AuditStats {
+        self.audit.stats()
     }
 
     /// Where the plaintext health-only listener is bound, when `health.listen` is set.

@@ -5,6 +5,7 @@
 //! Metric names and example alerts: docs/operations.md.
 
 use crate::layers::rpc::Rpc;
+use cb_broker::audit::Audit;
 use cb_broker::issuance::TokenService;
 use cb_crypto::Envelope;
 use cb_store::Store;
@@ -202,6 +203,14 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .register_collector(Box::new(DomainCollector { tokens, envelope }));
+    }
+
+    /// Adds the buffered audit writer's counters (read at scrape time).
+    pub fn register_audit(&self, audit: Audit) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .register_collector(Box::new(AuditCollector { audit }));
     }
 
     /// Records one finished RPC.
@@ -498,5 +507,74 @@ impl Collector for DomainCollector {
         )?;
         entries.encode(m)?;
         Ok(())
+    }
+}
+
+/// Reads the audit writer's counters at scrape time.
+struct AuditCollector {
+    audit: Audit,
+}
+
+impl fmt::Debug for AuditCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditCollector")
+    }
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.audit.stats();
+        counter(
+            &mut encoder,
+            "audit_events_recorded",
+            "Events handed to the buffered audit writer (reads, denials, issued tokens)",
+            s.recorded,
+        )?;
+        counter(
+            &mut encoder,
+            "audit_events_written",
+            "Buffered events written, as the sum of the counts of the rows written",
+            s.events_written,
+        )?;
+        counter(
+            &mut encoder,
+            "audit_rows_written",
+            "Rows written by the buffered audit writer",
+            s.rows_written,
+        )?;
+        counter(
+            &mut encoder,
+            "audit_flushes",
+            "Flushes of the buffered audit writer that wrote rows (one transaction each)",
+            s.flushes,
+        )?;
+        counter(
+            &mut encoder,
+            "audit_events_merged",
+            "Events counted in an `overflow` row without their detail because the audit buffer held its maximum of distinct events",
+            s.merged,
+        )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "audit_events_dropped",
+                "Audit events lost: buffer_full (even rows without detail were at their maximum) or write_failed (the database refused the batch)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("buffer_full", s.dropped_full),
+                ("write_failed", s.dropped_write_failed),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        let pending = ConstGauge::new(i64::try_from(s.pending).unwrap_or(i64::MAX));
+        let m = encoder.encode_descriptor(
+            "audit_pending",
+            "Distinct audit events waiting for the next flush",
+            None,
+            pending.metric_type(),
+        )?;
+        pending.encode(m)
     }
 }
