@@ -149,6 +149,21 @@ mod tests {
         .unwrap()
     }
 
+    /// An authorize URL for `spec` with no scopes and no PKCE challenge, or why it was refused.
+    fn try_without_challenge(spec: &ProviderSpec) -> Result<url::Url, OAuthError> {
+        authorize_url(
+            spec,
+            &client(),
+            &AuthorizeRequest {
+                redirect_uri: "https://b/cb",
+                scopes: &[],
+                state: "s",
+                pkce_challenge: None,
+                placeholders: &BTreeMap::new(),
+            },
+        )
+    }
+
     #[test]
     fn standard_parameters_with_pkce() {
         let s = spec("https://auth.example.com/authorize", Pkce::Required, &[]);
@@ -183,17 +198,7 @@ mod tests {
         // An extra parameter may not replace it either.
         s.extra_authorize_params
             .insert("client_key".to_owned(), "other".to_owned());
-        let err = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
+        let err = try_without_challenge(&s);
         assert!(matches!(err, Err(OAuthError::Config(_))));
     }
 
@@ -203,17 +208,7 @@ mod tests {
         let url = build(&s, &["a"], Some("chal"));
         assert_eq!(get(&url, "code_challenge"), None);
         let s = spec("https://auth.example.com/authorize", Pkce::Supported, &[]);
-        let err = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
+        let err = try_without_challenge(&s);
         assert!(matches!(err, Err(OAuthError::Config(_))));
     }
 
@@ -257,17 +252,7 @@ mod tests {
         let mut s = spec("https://auth.example.com/a", Pkce::None, &[]);
         s.extra_authorize_params
             .insert("redirect_uri".into(), "https://evil.example".into());
-        let r = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
+        let r = try_without_challenge(&s);
         assert!(matches!(r, Err(OAuthError::Config(_))));
     }
 
@@ -334,17 +319,7 @@ mod tests {
         let s = spec("http://127.0.0.1:8080/authorize", Pkce::None, &[]);
         build(&s, &[], None);
         let s = spec("http://example.com/authorize", Pkce::None, &[]);
-        let r = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
+        let r = try_without_challenge(&s);
         assert!(matches!(r, Err(OAuthError::Config(_))));
     }
 }
