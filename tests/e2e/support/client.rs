@@ -52,6 +52,8 @@ pub struct Client {
     pub members: MembershipServiceClient<Channel>,
     /// Who the calls are made for.
     pub actor: Actor,
+    /// The workspace the calls say the actor is an admin of (`x-actor-workspace-*`), if any.
+    pub admin_of: Option<&'static str>,
 }
 
 impl Client {
@@ -61,6 +63,7 @@ impl Client {
             creds: CredentialServiceClient::new(channel.clone()),
             members: MembershipServiceClient::new(channel),
             actor,
+            admin_of: None,
         }
     }
 
@@ -72,9 +75,21 @@ impl Client {
         }
     }
 
+    /// The same connection and actor, as an admin of `workspace`.
+    pub fn admin_of(&self, workspace: &'static str) -> Self {
+        Self {
+            admin_of: Some(workspace),
+            ..self.clone()
+        }
+    }
+
     /// `msg` with this client's actor metadata.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        crate::support::broker::as_actor(msg, self.actor.id, self.actor.email)
+        let Actor { id, email } = self.actor;
+        match self.admin_of {
+            None => crate::support::broker::as_actor(msg, id, email),
+            Some(ws) => crate::support::broker::as_workspace_admin(msg, id, email, ws),
+        }
     }
 
     /// ListProviders: the catalog as the broker serves it.
@@ -238,5 +253,69 @@ impl Client {
             .disconnect_credential(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// AddMember: invites `email` to credential `id` with `role`.
+    pub async fn add_member(
+        &mut self,
+        id: &str,
+        email: &str,
+        role: pb::MemberRole,
+    ) -> Result<pb::Member, Status> {
+        let request = self.request(pb::AddMemberRequest {
+            credential_id: id.into(),
+            email: email.into(),
+            role: role as i32,
+        });
+        let response = self.members.add_member(request).await?.into_inner();
+        Ok(response.member.expect("AddMember answers the member"))
+    }
+
+    /// AcceptInvitation to credential `id`.
+    pub async fn accept_invitation(&mut self, id: &str) -> Result<pb::Member, Status> {
+        let request = self.request(pb::AcceptInvitationRequest {
+            credential_id: id.into(),
+        });
+        let response = self.members.accept_invitation(request).await?.into_inner();
+        Ok(response
+            .member
+            .expect("AcceptInvitation answers the member"))
+    }
+
+    /// UpdateMemberRole: gives `email` the role `role` on credential `id`.
+    pub async fn update_member_role(
+        &mut self,
+        id: &str,
+        email: &str,
+        role: pb::MemberRole,
+    ) -> Result<pb::Member, Status> {
+        let request = self.request(pb::UpdateMemberRoleRequest {
+            credential_id: id.into(),
+            email: email.into(),
+            role: role as i32,
+        });
+        let response = self.members.update_member_role(request).await?.into_inner();
+        Ok(response
+            .member
+            .expect("UpdateMemberRole answers the member"))
+    }
+
+    /// RemoveMember: removes `email` from credential `id`.
+    pub async fn remove_member(&mut self, id: &str, email: &str) -> Result<(), Status> {
+        let request = self.request(pb::RemoveMemberRequest {
+            credential_id: id.into(),
+            email: email.into(),
+        });
+        self.members.remove_member(request).await?;
+        Ok(())
+    }
+
+    /// ListMembers of credential `id`.
+    pub async fn list_members(&mut self, id: &str) -> Result<Vec<pb::Member>, Status> {
+        let request = self.request(pb::ListMembersRequest {
+            credential_id: id.into(),
+        });
+        let response = self.members.list_members(request).await?.into_inner();
+        Ok(response.members)
     }
 }
