@@ -8,18 +8,9 @@ use cb_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::Code;
 
-const ADA: Actor = Actor {
-    id: "u-ada",
-    email: "ada@example.com",
-};
-const BEN: Actor = Actor {
-    id: "u-ben",
-    email: "Ben@Example.com",
-};
-const CY: Actor = Actor {
-    id: "u-cy",
-    email: "cy@example.com",
-};
+const ADA: Actor = Actor::new("u-ada", "ada@example.com");
+const BEN: Actor = Actor::new("u-ben", "Ben@Example.com");
+const CY: Actor = Actor::new("u-cy", "cy@example.com");
 
 /// A broker with one credential Ada imported (she is its only Admin), and a client acting as Ada.
 async fn setup() -> (TestBroker, FakeProvider, String, Client) {
@@ -32,6 +23,24 @@ async fn setup() -> (TestBroker, FakeProvider, String, Client) {
         .unwrap()
         .id;
     (b, fake, id, ada)
+}
+
+/// The members of credential `id` with `email`, as `c` lists them.
+async fn members_with_email(c: &mut Client, id: &str, email: &str) -> Vec<pb::Member> {
+    let all = c.list_members(id).await.unwrap();
+    all.into_iter().filter(|m| m.email == email).collect()
+}
+
+/// Runs `call` in a task once every racer has reached `start`.
+fn race<T: Send + 'static>(
+    start: &Arc<tokio::sync::Barrier>,
+    call: impl Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let start = Arc::clone(start);
+    tokio::spawn(async move {
+        start.wait().await;
+        call.await
+    })
 }
 
 #[tokio::test]
@@ -67,10 +76,7 @@ async fn invitations_are_accepted_only_by_the_invited_email() {
     assert_eq!(got.caller_role, pb::MemberRole::Member as i32);
 
     // Once bound, another user id presenting the same email is not that member.
-    let impostor = Actor {
-        id: "u-impostor",
-        email: BEN.email,
-    };
+    let impostor = Actor::new("u-impostor", BEN.email);
     let err = ada.acting_as(impostor).get(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
@@ -210,15 +216,13 @@ async fn concurrent_invitations_of_one_email_have_exactly_one_winner() {
     let mut tasks = Vec::new();
     for n in 0..RACERS {
         let mut racer = b.client(ADA).await;
-        let start = Arc::clone(&start);
         let id = id.clone();
         let role = if n % 2 == 0 {
             pb::MemberRole::Admin
         } else {
             pb::MemberRole::Member
         };
-        tasks.push(tokio::spawn(async move {
-            start.wait().await;
+        tasks.push(race(&start, async move {
             racer.add_member(&id, CY.email, role).await
         }));
     }
@@ -233,13 +237,7 @@ async fn concurrent_invitations_of_one_email_have_exactly_one_winner() {
         }
     }
     assert_eq!(winners.len(), 1, "{winners:?}");
-    let listed: Vec<_> = ada
-        .list_members(&id)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.email == CY.email)
-        .collect();
+    let listed = members_with_email(&mut ada, &id, CY.email).await;
     assert_eq!(listed, winners, "the winner's invitation is the one stored");
 }
 
@@ -251,32 +249,20 @@ async fn a_role_change_racing_the_acceptance_never_undoes_it() {
             .await
             .unwrap();
         let start = Arc::new(tokio::sync::Barrier::new(2));
-        let accept = {
-            let mut cy = b.client(CY).await;
-            let (start, id) = (Arc::clone(&start), id.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                cy.accept_invitation(&id).await
-            })
-        };
-        let promote = {
-            let mut admin = b.client(ADA).await;
-            let (start, id) = (Arc::clone(&start), id.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                admin
-                    .update_member_role(&id, CY.email, pb::MemberRole::Admin)
-                    .await
-            })
-        };
+        let (mut cy, mut admin) = (b.client(CY).await, b.client(ADA).await);
+        let (id1, id2) = (id.clone(), id.clone());
+        let accept = race(&start, async move { cy.accept_invitation(&id1).await });
+        let promote = race(&start, async move {
+            admin
+                .update_member_role(&id2, CY.email, pb::MemberRole::Admin)
+                .await
+        });
         accept.await.unwrap().unwrap();
         promote.await.unwrap().unwrap();
-        let cy = ada
-            .list_members(&id)
+        let cy = members_with_email(&mut ada, &id, CY.email)
             .await
-            .unwrap()
             .into_iter()
-            .find(|m| m.email == CY.email)
+            .next()
             .unwrap();
         assert_eq!(
             (cy.state, cy.role),
