@@ -961,18 +961,7 @@ async fn rfc7009_revocation() {
     assert!(fake.is_revoked(&access));
 
     // The access token no longer identifies anyone.
-    let dead = TokenResponse {
-        access_token: SecretString::from(access),
-        refresh_token: None,
-        id_token: None,
-        token_type: "Bearer".into(),
-        expires_in: None,
-        access_token_lifetime: None,
-        refresh_token_expires_in: None,
-        scope: None,
-        extras: BTreeMap::new(),
-        raw_account: None,
-    };
+    let dead = TokenResponse::bearer(SecretString::from(access));
     let err = oauth
         .identify(&spec, &dead, &no_placeholders())
         .await
@@ -1010,14 +999,7 @@ fn catalog_entry(fake: &FakeProvider, id: &str) -> ProviderSpec {
         .as_ref()
         .map(|_| format!("{base}/revoke"));
     if spec.account != AccountSource::IdToken {
-        spec.account = AccountSource::Userinfo {
-            url: format!("{base}/userinfo"),
-            subject_pointer: "/sub".into(),
-            label_pointer: "/email".into(),
-            headers: BTreeMap::new(),
-            body: None,
-            token_header: None,
-        };
+        spec.account = fake.userinfo();
     }
     // Placeholders ({shop}) are gone with the real hosts.
     spec.quirks.retain(|q| *q != Quirk::ShopSubdomain);
