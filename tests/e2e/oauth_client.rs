@@ -356,58 +356,76 @@ async fn rotating_refresh_tokens_like_atlassian_and_microsoft() {
     assert_eq!(fake.reuse_detections(), 0);
 }
 
+/// A refresh token presented again after it was rotated, at a fake whose grant is revoked on
+/// reuse or not.
+struct RotatedReuse {
+    fake: FakeProvider,
+    spec: ProviderSpec,
+    /// The refresh token that was rotated, then reused.
+    first: SecretString,
+    /// The answer to the first (valid) refresh.
+    rotated: TokenResponse,
+    /// Its new refresh token.
+    second: SecretString,
+    /// What presenting `first` again answered.
+    reuse: OAuthError,
+}
+
+impl RotatedReuse {
+    async fn run(provider: &str, reuse_revokes_grant: bool) -> Self {
+        let fake = FakeProvider::start(FakeConfig {
+            rotate_refresh_tokens: true,
+            reuse_revokes_grant,
+            ..FakeConfig::default()
+        })
+        .await;
+        let spec = fake.spec(provider, AuthStyle::Post, Pkce::None, &[]);
+        let client = fake.client_credentials();
+        let (_, first) = fake.issue_grant("user-1");
+        let first = SecretString::from(first);
+        let oauth = http();
+        let rotated = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
+        let second = rotated.refresh_token.clone().unwrap();
+        let reuse = plain_refresh(&oauth, &spec, &client, &first)
+            .await
+            .unwrap_err();
+        Self {
+            fake,
+            spec,
+            first,
+            rotated,
+            second,
+            reuse,
+        }
+    }
+
+    /// Refreshes with the rotated (newest) refresh token.
+    async fn refresh_second(&self) -> Result<TokenResponse, OAuthError> {
+        let client = self.fake.client_credentials();
+        plain_refresh(&http(), &self.spec, &client, &self.second).await
+    }
+}
+
 #[tokio::test]
 async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
-    let fake = FakeProvider::start(FakeConfig {
-        rotate_refresh_tokens: true,
-        ..FakeConfig::default()
-    })
-    .await;
-    let spec = fake.spec("microsoft", AuthStyle::Post, Pkce::None, &[]);
-    let client = fake.client_credentials();
-    let (_, first) = fake.issue_grant("user-1");
-    let first = SecretString::from(first);
-    let oauth = http();
-    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
-    let second = t.refresh_token.unwrap();
-    let err = plain_refresh(&oauth, &spec, &client, &first)
-        .await
-        .unwrap_err();
+    let r = RotatedReuse::run("microsoft", true).await;
+    let err = &r.reuse;
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
-    assert!(!format!("{err:?} {err}").contains(first.expose_secret()));
-    assert_eq!(fake.reuse_detections(), 1);
+    assert!(!format!("{err:?} {err}").contains(r.first.expose_secret()));
+    assert_eq!(r.fake.reuse_detections(), 1);
     // The chain is dead: the newest refresh token and the access token with it.
-    assert!(!fake.is_current_refresh_token(second.expose_secret()));
-    assert!(fake.is_revoked(t.access_token.expose_secret()));
-    let err = plain_refresh(&oauth, &spec, &client, &second)
-        .await
-        .unwrap_err();
+    assert!(!r.fake.is_current_refresh_token(r.second.expose_secret()));
+    assert!(r.fake.is_revoked(r.rotated.access_token.expose_secret()));
+    let err = r.refresh_second().await.unwrap_err();
     assert!(err.is_permanent());
 }
 
 #[tokio::test]
 async fn box_single_use_refresh_tokens() {
-    let fake = FakeProvider::start(FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: false,
-        ..FakeConfig::default()
-    })
-    .await;
-    let spec = fake.spec("box", AuthStyle::Post, Pkce::None, &[]);
-    let client = fake.client_credentials();
-    let (_, first) = fake.issue_grant("user-1");
-    let first = SecretString::from(first);
-    let oauth = http();
-    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
-    let second = t.refresh_token.unwrap();
-    let err = plain_refresh(&oauth, &spec, &client, &first)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, OAuthError::InvalidGrant { .. }));
+    let r = RotatedReuse::run("box", false).await;
+    assert!(matches!(r.reuse, OAuthError::InvalidGrant { .. }));
     // Without grant-wide revocation the new token still works.
-    plain_refresh(&oauth, &spec, &client, &second)
-        .await
-        .unwrap();
+    r.refresh_second().await.unwrap();
 }
 
 #[tokio::test]
