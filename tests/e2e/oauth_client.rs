@@ -42,20 +42,40 @@ async fn plain_refresh(
         .await
 }
 
-/// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
-async fn connect(fake: &FakeProvider, spec: &ProviderSpec, scopes: &[&str]) -> TokenResponse {
-    let (code, verifier) = authorize(fake, spec, scopes).await;
+/// Exchanges `code` at `fake` with its client credentials, `redirect_uri` and `verifier`.
+async fn exchange(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    code: &SecretString,
+    redirect_uri: &str,
+    verifier: Option<&SecretString>,
+) -> Result<TokenResponse, OAuthError> {
+    let client = fake.client_credentials();
     http()
         .exchange_code(
             spec,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
+            &client,
+            code,
+            redirect_uri,
+            verifier,
             &no_placeholders(),
         )
         .await
-        .unwrap()
+}
+
+/// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
+async fn try_connect(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    scopes: &[&str],
+) -> Result<TokenResponse, OAuthError> {
+    let (code, verifier) = authorize(fake, spec, scopes).await;
+    exchange(fake, spec, &code, REDIRECT, verifier.as_ref()).await
+}
+
+/// [`try_connect`], which must succeed.
+async fn connect(fake: &FakeProvider, spec: &ProviderSpec, scopes: &[&str]) -> TokenResponse {
+    try_connect(fake, spec, scopes).await.unwrap()
 }
 
 /// Builds the authorize URL, lets the fake approve it, checks `state` and returns the code and
@@ -181,16 +201,7 @@ async fn pkce_and_basic_auth_like_airtable_and_x() {
 
     // The same spec with client_secret_post is refused by a server that wants Basic.
     let post = fake.spec("airtable", AuthStyle::Post, Pkce::Required, &[]);
-    let (code, verifier) = authorize(&fake, &post, &["data.records:read"]).await;
-    let err = http()
-        .exchange_code(
-            &post,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let err = try_connect(&fake, &post, &["data.records:read"])
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
@@ -205,59 +216,31 @@ async fn codes_are_single_use_and_bound_to_verifier_and_redirect_uri() {
     })
     .await;
     let spec = fake.spec("generic", AuthStyle::Post, Pkce::Required, &[]);
-    let client = fake.client_credentials();
-    let oauth = http();
 
     let (code, _) = authorize(&fake, &spec, &["read"]).await;
     let wrong = pkce_pair().verifier;
-    let err = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            Some(&wrong),
-            &no_placeholders(),
-        )
+    let err = exchange(&fake, &spec, &code, REDIRECT, Some(&wrong))
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let (code, verifier) = authorize(&fake, &spec, &["read"]).await;
-    let err = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            "https://elsewhere.test/cb",
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = exchange(
+        &fake,
+        &spec,
+        &code,
+        "https://elsewhere.test/cb",
+        verifier.as_ref(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let (code, verifier) = authorize(&fake, &spec, &["read"]).await;
-    let first = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let first = exchange(&fake, &spec, &code, REDIRECT, verifier.as_ref())
         .await
         .unwrap();
-    let replay = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let replay = exchange(&fake, &spec, &code, REDIRECT, verifier.as_ref())
         .await
         .unwrap_err();
     assert!(matches!(replay, OAuthError::InvalidGrant { .. }));
@@ -590,15 +573,8 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
     assert_eq!(account.label, "user-1");
 
     // A bad code: HTTP 200 with {"error": "bad_verification_code"}.
-    let err = http()
-        .exchange_code(
-            &spec,
-            &fake.client_credentials(),
-            &SecretString::from("bogus-code"),
-            REDIRECT,
-            None,
-            &no_placeholders(),
-        )
+    let bogus = SecretString::from("bogus-code");
+    let err = exchange(&fake, &spec, &bogus, REDIRECT, None)
         .await
         .unwrap_err();
     match &err {
@@ -1154,8 +1130,7 @@ async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
         "the fake refuses an authorize request without client_key"
     );
     let (code, _) = authorize(&fake, &spec, &[]).await;
-    let err = http()
-        .exchange_code(&old, &client, &code, REDIRECT, None, &no_placeholders())
+    let err = exchange(&fake, &old, &code, REDIRECT, None)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
@@ -1176,18 +1151,7 @@ async fn calendly_authenticates_with_basic_only() {
     // Credentials in the form body (the catalog before the fix) are refused.
     let mut old = spec.clone();
     old.auth_style = AuthStyle::Post;
-    let (code, verifier) = authorize(&fake, &old, &["users:read"]).await;
-    let err = http()
-        .exchange_code(
-            &old,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = try_connect(&fake, &old, &["users:read"]).await.unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
 }
 
