@@ -7,8 +7,8 @@
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
-    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome,
-    TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
+    AccountInfo, AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp,
+    RevokeOutcome, TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -61,6 +61,24 @@ async fn exchange(
             &no_placeholders(),
         )
         .await
+}
+
+/// Revokes `token` (with `hint`) at `fake` with its client credentials.
+async fn revoke(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    token: &SecretString,
+    hint: &str,
+) -> Result<RevokeOutcome, OAuthError> {
+    let client = fake.client_credentials();
+    http()
+        .revoke(spec, &client, token, hint, &no_placeholders())
+        .await
+}
+
+/// The account `tokens` identify at the provider of `spec`.
+async fn identify(spec: &ProviderSpec, tokens: &TokenResponse) -> Result<AccountInfo, OAuthError> {
+    http().identify(spec, tokens, &no_placeholders()).await
 }
 
 /// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
@@ -147,26 +165,12 @@ async fn dropbox_offline_access_param_and_bearer_revocation() {
     // Dropbox revokes with the access token as Bearer; the whole grant goes.
     assert!(cb_oauth::revokes_with_access_token(&spec));
     let refresh = tokens.refresh_token.clone().unwrap();
-    let err = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &refresh,
-            "refresh_token",
-            &no_placeholders(),
-        )
+    let err = revoke(&fake, &spec, &refresh, "refresh_token")
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
     assert_eq!(fake.revocations(), 0);
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &tokens.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &tokens.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
@@ -192,10 +196,7 @@ async fn pkce_and_basic_auth_like_airtable_and_x() {
     assert_eq!(tokens.expires_in, Some(Duration::from_secs(3600)));
     assert!(fake.is_valid_access_token(tokens.access_token.expose_secret()));
 
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
 
@@ -306,10 +307,7 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
     assert_eq!(t.expires_in, Some(Duration::from_secs(3600)));
     assert_eq!(fake.refresh_calls(), 1);
     assert!(fake.is_current_refresh_token(refresh.expose_secret()));
-    let account = http()
-        .identify(&spec, &t, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &t).await.unwrap();
     assert_eq!(account.subject, "imported-user");
 }
 
@@ -484,10 +482,7 @@ async fn slack_v2_user_tokens_rotation_and_ok_false_errors() {
     assert!(!raw.contains(tokens.access_token.expose_secret()));
 
     let oauth = http();
-    let account = oauth
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "Fake Team");
 
@@ -509,27 +504,13 @@ async fn slack_v2_user_tokens_rotation_and_ok_false_errors() {
     }
 
     // auth.revoke with the access token as Bearer.
-    let outcome = oauth
-        .revoke(
-            &spec,
-            &client,
-            &t.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &t.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert!(fake.is_revoked(new.expose_secret()));
     // Revoking again: Slack says ok:false invalid_auth.
-    let err = oauth
-        .revoke(
-            &spec,
-            &client,
-            &t.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let err = revoke(&fake, &spec, &t.access_token, "access_token")
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
@@ -565,10 +546,7 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
         tokens.scope,
         Some(vec!["repo".to_owned(), "read:user".to_owned()])
     );
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert!(account.subject.parse::<u64>().is_ok());
     assert_eq!(account.label, "user-1");
 
@@ -599,14 +577,7 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
     );
 
     // Revocation: DELETE /applications/{client_id}/grant with Basic auth.
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &tokens.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &tokens.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
@@ -641,24 +612,19 @@ async fn notion_json_body_basic_auth_and_owner_account() {
         tokens.extras.get("workspace_id").map(String::as_str),
         Some("ws-fake")
     );
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
 
     // Revocation with a JSON body too.
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            tokens.refresh_token.as_ref().unwrap(),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &spec,
+        tokens.refresh_token.as_ref().unwrap(),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert!(fake.is_revoked(tokens.access_token.expose_secret()));
 }
@@ -771,10 +737,7 @@ async fn id_token_account() {
     let mut spec = fake.spec("google", AuthStyle::Post, Pkce::Supported, &[]);
     spec.account = AccountSource::IdToken;
     let tokens = connect(&fake, &spec, &["openid", "email"]).await;
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
     assert_eq!(fake.userinfo_calls(), 0);
@@ -910,22 +873,18 @@ async fn rfc7009_revocation() {
     })
     .await;
     let spec = fake.spec("generic", AuthStyle::Basic, Pkce::None, &[]);
-    let client = fake.client_credentials();
     let (access, refresh) = fake.issue_grant("user-1");
-    let oauth = http();
     assert!(!cb_oauth::revokes_with_access_token(&spec));
 
     fake.configure(|c| c.revoke_fails = true);
-    let err = oauth
-        .revoke(
-            &spec,
-            &client,
-            &SecretString::from(refresh.clone()),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = revoke(
+        &fake,
+        &spec,
+        &SecretString::from(refresh.clone()),
+        "refresh_token",
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -939,16 +898,14 @@ async fn rfc7009_revocation() {
     assert!(!fake.is_revoked(&refresh));
 
     fake.configure(|c| c.revoke_fails = false);
-    let outcome = oauth
-        .revoke(
-            &spec,
-            &client,
-            &SecretString::from(refresh.clone()),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &spec,
+        &SecretString::from(refresh.clone()),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert_eq!(fake.revocations(), 1);
     assert!(fake.is_revoked(&refresh));
@@ -956,24 +913,19 @@ async fn rfc7009_revocation() {
 
     // The access token no longer identifies anyone.
     let dead = TokenResponse::bearer(SecretString::from(access));
-    let err = oauth
-        .identify(&spec, &dead, &no_placeholders())
-        .await
-        .unwrap_err();
+    let err = identify(&spec, &dead).await.unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let mut without = spec.clone();
     without.revocation_url = None;
-    let outcome = oauth
-        .revoke(
-            &without,
-            &client,
-            &SecretString::from(refresh),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &without,
+        &SecretString::from(refresh),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::NotSupported);
 }
 
@@ -1022,10 +974,7 @@ async fn salesforce_tokens_without_expires_in_get_the_catalog_lifetime() {
             Some(Duration::from_secs(7200)),
             "{id}: a token without expires_in must still expire and be refreshed"
         );
-        let account = http()
-            .identify(&spec, &tokens, &no_placeholders())
-            .await
-            .unwrap();
+        let account = identify(&spec, &tokens).await.unwrap();
         assert_eq!(account.subject, "user-1");
         let refreshed = http()
             .refresh(
