@@ -1,73 +1,42 @@
 //! The OAuth connect flow end to end: StartConnect → the provider's authorize page → CompleteConnect,
 //! reconnect, several accounts, every failure mode, and disconnect with revocation.
 
-use crate::support::broker::{
-    REDIRECT_URI, TestBroker, as_actor, as_workspace_admin, error_details, with_fake_provider,
-};
+use crate::support::broker::{TestBroker, error_details, with_fake_provider};
+use crate::support::client::{ALICE, Actor, Client, callback_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use cb_oauth::catalog::Quirk;
 use cb_proto::v1 as pb;
-use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use credential_broker::runtime::config::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
-use tonic::transport::Channel;
 
-const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
-const BEN: (&str, &str) = ("u-ben", "ben@example.com");
-const MALLORY: (&str, &str) = ("u-mallory", "mallory@example.com");
-/// An admin of workspace `ws1`, member of no credential.
-const WANDA: (&str, &str) = ("u-wanda", "wanda@example.com");
+const BEN: Actor = Actor::new("u-ben", "ben@example.com");
+const MALLORY: Actor = Actor::new("u-mallory", "mallory@example.com");
+/// An admin of workspace `ws1` (when the calls say so), member of no credential.
+const WANDA: Actor = Actor::new("u-wanda", "wanda@example.com");
 
-/// Who a request acts for.
-#[derive(Clone, Copy)]
-enum Who {
-    /// An end user.
-    User((&'static str, &'static str)),
-    /// An end user who is an admin of `ws1`.
-    WorkspaceAdmin((&'static str, &'static str)),
-}
-
-fn request<T>(msg: T, who: Who) -> tonic::Request<T> {
-    match who {
-        Who::User((id, email)) => as_actor(msg, id, email),
-        Who::WorkspaceAdmin((id, email)) => as_workspace_admin(msg, id, email, "ws1"),
-    }
-}
-
-async fn broker(fake: &FakeProvider) -> TestBroker {
+/// A broker on SQLite with `fake` as provider `fake` with `quirks`, then `tune` applied.
+async fn broker_with(
+    fake: &FakeProvider,
+    quirks: &[Quirk],
+    tune: impl FnOnce(&mut Config),
+) -> TestBroker {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let url = format!("sqlite://{}", dir.path().join("broker.db").display());
     let mut config = TestBroker::config(&dir, url);
-    with_fake_provider(&mut config, fake, "fake", &[]);
+    with_fake_provider(&mut config, fake, "fake", quirks);
+    tune(&mut config);
     TestBroker::start(config, dir).await.unwrap()
 }
 
-async fn start(
-    c: &mut CredentialServiceClient<Channel>,
-    scopes: &[&str],
-) -> pb::StartConnectResponse {
-    start_as(c, scopes, Who::User(ALICE)).await
+async fn broker(fake: &FakeProvider) -> TestBroker {
+    broker_with(fake, &[], |_| {}).await
 }
 
-async fn start_as(
-    c: &mut CredentialServiceClient<Channel>,
-    scopes: &[&str],
-    who: Who,
-) -> pb::StartConnectResponse {
-    c.start_connect(request(
-        pb::StartConnectRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "fake".into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            redirect_uri: REDIRECT_URI.into(),
-            ..Default::default()
-        },
-        who,
-    ))
-    .await
-    .unwrap()
-    .into_inner()
+async fn start(c: &mut Client, scopes: &[&str]) -> pb::StartConnectResponse {
+    c.start_connect_scopes("fake", scopes).await.unwrap()
 }
 
 /// Follows the authorization URL at the fake and returns the callback parameters.
@@ -80,135 +49,81 @@ async fn approve(fake: &FakeProvider, url: &str) -> HashMap<String, String> {
 }
 
 async fn complete(
-    c: &mut CredentialServiceClient<Channel>,
+    c: &mut Client,
     q: &HashMap<String, String>,
 ) -> Result<pb::CompleteConnectResponse, tonic::Status> {
-    complete_as(c, q, Who::User(ALICE)).await
+    c.complete_connect_with(callback_request(q)).await
 }
 
-async fn complete_as(
-    c: &mut CredentialServiceClient<Channel>,
-    q: &HashMap<String, String>,
-    who: Who,
-) -> Result<pb::CompleteConnectResponse, tonic::Status> {
-    c.complete_connect(request(
-        pb::CompleteConnectRequest {
-            state: q.get("state").cloned().unwrap_or_default(),
-            code: q.get("code").cloned().unwrap_or_default(),
-            error: q.get("error").cloned().unwrap_or_default(),
-            error_description: q.get("error_description").cloned().unwrap_or_default(),
-            ..Default::default()
-        },
-        who,
-    ))
-    .await
-    .map(tonic::Response::into_inner)
-}
-
-/// StartConnect, the provider's consent, CompleteConnect, all as `who`.
-async fn connect_as(
+/// StartConnect, the provider's consent, CompleteConnect, all by `c`.
+async fn try_connect(
     fake: &FakeProvider,
-    c: &mut CredentialServiceClient<Channel>,
-    who: Who,
+    c: &mut Client,
 ) -> Result<pb::CompleteConnectResponse, tonic::Status> {
-    let s = start_as(c, &[], who).await;
+    let s = start(c, &[]).await;
     let q = approve(fake, &s.authorization_url).await;
-    complete_as(c, &q, who).await
+    complete(c, &q).await
 }
 
-async fn access_token(c: &mut CredentialServiceClient<Channel>, id: &str) -> String {
-    c.get_access_token(as_actor(
-        pb::GetAccessTokenRequest {
-            credential_id: id.to_owned(),
-            ..Default::default()
-        },
-        ALICE.0,
-        ALICE.1,
-    ))
+async fn connect(fake: &FakeProvider, c: &mut Client) -> pb::CompleteConnectResponse {
+    try_connect(fake, c).await.unwrap()
+}
+
+async fn access_token(c: &mut Client, id: &str) -> String {
+    c.token_with(pb::GetAccessTokenRequest {
+        credential_id: id.to_owned(),
+        ..Default::default()
+    })
     .await
     .unwrap()
-    .into_inner()
     .access_token
 }
 
-/// The credential as Alice sees it, without the usage columns (written in the background).
-async fn snapshot(c: &mut CredentialServiceClient<Channel>, id: &str) -> pb::Credential {
-    let mut cred = c
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.to_owned(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+/// The credential as `c` sees it, without the usage columns (written in the background).
+async fn snapshot(c: &mut Client, id: &str) -> pb::Credential {
+    let mut cred = c.get(id).await.unwrap();
     cred.last_used_time = None;
     cred.recent_workflows.clear();
     cred.workflow_count = 0;
     cred
 }
 
-async fn member_emails(b: &TestBroker, id: &str) -> Vec<String> {
-    b.members()
-        .await
-        .list_members(as_actor(
-            pb::ListMembersRequest {
-                credential_id: id.to_owned(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.email)
-        .collect()
+async fn member_emails(c: &mut Client, id: &str) -> Vec<String> {
+    let members = c.list_members(id).await.unwrap();
+    members.into_iter().map(|m| m.email).collect()
 }
 
 /// The `credential.connect` / `credential.reconnect` events about `id`, newest first.
-async fn connect_events(c: &mut CredentialServiceClient<Channel>, id: &str) -> Vec<pb::AuditEvent> {
-    c.list_audit_events(pb::ListAuditEventsRequest {
-        credential_id: id.to_owned(),
-        page_size: 1000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .events
-    .into_iter()
-    .filter(|e| e.action.starts_with("credential.") && e.action.ends_with("connect"))
-    .collect()
-}
-
-async fn connect(
-    fake: &FakeProvider,
-    c: &mut CredentialServiceClient<Channel>,
-) -> pb::CompleteConnectResponse {
-    let s = start(c, &[]).await;
-    let q = approve(fake, &s.authorization_url).await;
-    complete(c, &q).await.unwrap()
-}
-
-async fn list(c: &mut CredentialServiceClient<Channel>) -> Vec<pb::Credential> {
-    c.list_credentials(as_actor(
-        pb::ListCredentialsRequest {
-            workspace_id: "ws1".into(),
+async fn connect_events(c: &mut Client, id: &str) -> Vec<pb::AuditEvent> {
+    c.creds
+        .list_audit_events(pb::ListAuditEventsRequest {
+            credential_id: id.to_owned(),
+            page_size: 1000,
             ..Default::default()
-        },
-        ALICE.0,
-        ALICE.1,
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-    .credentials
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter(|e| e.action.starts_with("credential.") && e.action.ends_with("connect"))
+        .collect()
+}
+
+async fn list(c: &mut Client) -> Vec<pb::Credential> {
+    c.list().await.unwrap()
+}
+
+/// A broker with `fake`, and Alice's client with the id of one credential she connected.
+async fn connected(fake: &FakeProvider) -> (TestBroker, Client, String) {
+    let b = broker(fake).await;
+    let mut c = b.client(ALICE).await;
+    let id = connect(fake, &mut c)
+        .await
+        .credential
+        .unwrap()
+        .credential_id;
+    (b, c, id)
 }
 
 #[tokio::test]
@@ -267,7 +182,7 @@ async fn the_catalog_lists_fifty_plus_services_with_described_scopes() {
 async fn connect_creates_a_credential_and_the_same_account_again_updates_it() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let s = start(&mut c, &[]).await;
     assert_eq!(
         s.requested_scopes
@@ -327,7 +242,7 @@ async fn a_partial_grant_stores_what_was_granted() {
     })
     .await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let s = start(&mut c, &["read", "write"]).await;
     let q = approve(&fake, &s.authorization_url).await;
     let cred = complete(&mut c, &q).await.unwrap().credential.unwrap();
@@ -338,7 +253,7 @@ async fn a_partial_grant_stores_what_was_granted() {
 async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
 
     // The user denies at the provider.
     fake.configure(|f| f.deny = true);
@@ -374,18 +289,7 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     // Another user cannot complete Alice's flow.
     let s = start(&mut c, &[]).await;
     let q = approve(&fake, &s.authorization_url).await;
-    let err = c
-        .complete_connect(as_actor(
-            pb::CompleteConnectRequest {
-                state: q["state"].clone(),
-                code: q["code"].clone(),
-                ..Default::default()
-            },
-            "u-mallory",
-            "mallory@example.com",
-        ))
-        .await
-        .unwrap_err();
+    let err = complete(&mut c.acting_as(MALLORY), &q).await.unwrap_err();
     assert_eq!(error_details(&err).0, "CONNECT_STATE_OTHER_USER");
 
     // A code the provider rejects (wrong, or for another client).
@@ -413,21 +317,19 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
 async fn start_connect_validates_its_input() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
+    let alice = c.clone();
     let req = |provider: &str, scopes: Vec<&str>, redirect: &str| {
-        as_actor(
-            pb::StartConnectRequest {
-                workspace_id: "ws1".into(),
-                provider_id: provider.into(),
-                scopes: scopes.into_iter().map(String::from).collect(),
-                redirect_uri: redirect.into(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        )
+        alice.request(pb::StartConnectRequest {
+            workspace_id: "ws1".into(),
+            provider_id: provider.into(),
+            scopes: scopes.into_iter().map(String::from).collect(),
+            redirect_uri: redirect.into(),
+            ..Default::default()
+        })
     };
     let err = c
+        .creds
         .start_connect(req("fake", vec![], "https://evil.example/cb"))
         .await
         .unwrap_err();
@@ -436,12 +338,18 @@ async fn start_connect_validates_its_input() {
         (Code::InvalidArgument, vec!["redirect_uri".to_owned()])
     );
     let err = c
-        .start_connect(req("fake", vec!["admin"], REDIRECT_URI))
+        .creds
+        .start_connect(req(
+            "fake",
+            vec!["admin"],
+            crate::support::broker::REDIRECT_URI,
+        ))
         .await
         .unwrap_err();
     assert_eq!(error_details(&err).1, vec!["scopes[0]".to_owned()]);
     let err = c
-        .start_connect(req("gmail", vec![], REDIRECT_URI))
+        .creds
+        .start_connect(req("gmail", vec![], crate::support::broker::REDIRECT_URI))
         .await
         .unwrap_err();
     assert_eq!(
@@ -454,7 +362,12 @@ async fn start_connect_validates_its_input() {
         err.message()
     );
     let err = c
-        .start_connect(req("no-such-service", vec![], REDIRECT_URI))
+        .creds
+        .start_connect(req(
+            "no-such-service",
+            vec![],
+            crate::support::broker::REDIRECT_URI,
+        ))
         .await
         .unwrap_err();
     assert_eq!(
@@ -471,30 +384,12 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     })
     .await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let cred = connect(&fake, &mut c).await.credential.unwrap();
     let id = cred.credential_id.clone();
     let original = access_token(&mut c, &id).await;
-    let reconnect = |c: &mut CredentialServiceClient<Channel>| {
-        let mut c = c.clone();
-        let id = id.clone();
-        async move {
-            c.start_reconnect(as_actor(
-                pb::StartReconnectRequest {
-                    credential_id: id,
-                    redirect_uri: REDIRECT_URI.into(),
-                    scopes: vec![],
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-        }
-    };
     // Same account: RECONNECTED, same id.
-    let s = reconnect(&mut c).await;
+    let s = c.start_reconnect(&id).await.unwrap();
     let q = approve(&fake, &s.authorization_url).await;
     let done = complete(&mut c, &q).await.unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
@@ -502,42 +397,18 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     // The replaced grant is revoked once the new one is stored.
     assert_eq!(fake.revocations(), 1);
     assert!(fake.is_revoked(&original));
-    let before = c
-        .get_access_token(as_actor(
-            pb::GetAccessTokenRequest {
-                credential_id: id.clone(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let before = access_token(&mut c, &id).await;
 
     // Another account: ACCOUNT_MISMATCH, and the old tokens stay.
     fake.configure(|f| f.subject = "someone-else".into());
-    let s = reconnect(&mut c).await;
+    let s = c.start_reconnect(&id).await.unwrap();
     let q = approve(&fake, &s.authorization_url).await;
     let err = complete(&mut c, &q).await.unwrap_err();
     assert_eq!(
         (err.code(), error_details(&err).0.as_str()),
         (Code::FailedPrecondition, "ACCOUNT_MISMATCH")
     );
-    let after = c
-        .get_access_token(as_actor(
-            pb::GetAccessTokenRequest {
-                credential_id: id.clone(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let after = access_token(&mut c, &id).await;
     assert_eq!(after, before);
     assert!(fake.is_valid_access_token(&after));
     assert_eq!(
@@ -572,28 +443,10 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
 #[tokio::test]
 async fn a_reconnect_without_a_new_refresh_token_keeps_the_grant_at_the_provider() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
-    let b = broker(&fake).await;
-    let mut c = b.credentials().await;
-    let id = connect(&fake, &mut c)
-        .await
-        .credential
-        .unwrap()
-        .credential_id;
+    let (_b, mut c, id) = connected(&fake).await;
     let original = access_token(&mut c, &id).await;
     fake.configure(|f| f.issue_refresh_tokens = false);
-    let s = c
-        .start_reconnect(as_actor(
-            pb::StartReconnectRequest {
-                credential_id: id.clone(),
-                redirect_uri: REDIRECT_URI.into(),
-                scopes: vec![],
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let s = c.start_reconnect(&id).await.unwrap();
     let q = approve(&fake, &s.authorization_url).await;
     let done = complete(&mut c, &q).await.unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::Reconnected as i32);
@@ -612,18 +465,12 @@ async fn a_reconnect_without_a_new_refresh_token_keeps_the_grant_at_the_provider
 #[tokio::test]
 async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_is_revoked() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
-    let b = broker(&fake).await;
-    let mut c = b.credentials().await;
-    let id = connect(&fake, &mut c)
-        .await
-        .credential
-        .unwrap()
-        .credential_id;
+    let (_b, mut c, id) = connected(&fake).await;
     let token = access_token(&mut c, &id).await;
     let before = snapshot(&mut c, &id).await;
 
     // Mallory knows the account's password (a shared mailbox): she consents as that account.
-    let err = connect_as(&fake, &mut c, Who::User(MALLORY))
+    let err = try_connect(&fake, &mut c.acting_as(MALLORY))
         .await
         .unwrap_err();
     assert_eq!(
@@ -645,17 +492,8 @@ async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_
     assert_eq!(snapshot(&mut c, &id).await, before);
     assert!(fake.is_valid_access_token(&token));
     assert_eq!(access_token(&mut c, &id).await, token);
-    assert_eq!(member_emails(&b, &id).await, [ALICE.1]);
-    let err = c
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            MALLORY.0,
-            MALLORY.1,
-        ))
-        .await
-        .unwrap_err();
+    assert_eq!(member_emails(&mut c, &id).await, [ALICE.email]);
+    let err = c.acting_as(MALLORY).get(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(list(&mut c).await.len(), 1);
 
@@ -663,7 +501,7 @@ async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_
     let events = connect_events(&mut c, &id).await;
     let denial = events
         .iter()
-        .find(|e| e.actor == MALLORY.0)
+        .find(|e| e.actor == MALLORY.id)
         .unwrap_or_else(|| panic!("no event for mallory: {events:?}"));
     assert_eq!(
         (
@@ -682,38 +520,15 @@ async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_
 #[tokio::test]
 async fn members_and_workspace_admins_refresh_it_by_connecting_and_the_replaced_grant_is_revoked() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
-    let b = broker(&fake).await;
-    let mut c = b.credentials().await;
-    let mut m = b.members().await;
-    let id = connect(&fake, &mut c)
+    let (_b, mut c, id) = connected(&fake).await;
+    c.add_member(&id, BEN.email, pb::MemberRole::Member)
         .await
-        .credential
-        .unwrap()
-        .credential_id;
-    m.add_member(as_actor(
-        pb::AddMemberRequest {
-            credential_id: id.clone(),
-            email: BEN.1.into(),
-            role: pb::MemberRole::Member as i32,
-        },
-        ALICE.0,
-        ALICE.1,
-    ))
-    .await
-    .unwrap();
-    m.accept_invitation(as_actor(
-        pb::AcceptInvitationRequest {
-            credential_id: id.clone(),
-        },
-        BEN.0,
-        BEN.1,
-    ))
-    .await
-    .unwrap();
+        .unwrap();
+    c.acting_as(BEN).accept_invitation(&id).await.unwrap();
 
     // A Member connecting the account again refreshes the credential and stays a Member.
     let first = access_token(&mut c, &id).await;
-    let done = connect_as(&fake, &mut c, Who::User(BEN)).await.unwrap();
+    let done = try_connect(&fake, &mut c.acting_as(BEN)).await.unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
     let cred = done.credential.unwrap();
     assert_eq!(
@@ -727,7 +542,7 @@ async fn members_and_workspace_admins_refresh_it_by_connecting_and_the_replaced_
     assert!(fake.is_valid_access_token(&second));
 
     // A workspace admin acts as Admin without becoming a member.
-    let done = connect_as(&fake, &mut c, Who::WorkspaceAdmin(WANDA))
+    let done = try_connect(&fake, &mut c.acting_as(WANDA).admin_of("ws1"))
         .await
         .unwrap();
     assert_eq!(done.outcome, pb::ConnectOutcome::UpdatedExisting as i32);
@@ -738,7 +553,7 @@ async fn members_and_workspace_admins_refresh_it_by_connecting_and_the_replaced_
     assert_eq!(fake.revocations(), 2);
     assert!(fake.is_revoked(&second));
     assert!(fake.is_valid_access_token(&access_token(&mut c, &id).await));
-    assert_eq!(member_emails(&b, &id).await, [ALICE.1, BEN.1]);
+    assert_eq!(member_emails(&mut c, &id).await, [ALICE.email, BEN.email]);
 
     let events = connect_events(&mut c, &id).await;
     let by = |actor: &str| {
@@ -747,27 +562,17 @@ async fn members_and_workspace_admins_refresh_it_by_connecting_and_the_replaced_
             .find(|e| e.actor == actor)
             .map(|e| (e.outcome.as_str(), e.detail.as_str()))
     };
-    assert_eq!(by(BEN.0), Some(("ok", "replaced_grant=revoked")));
-    assert_eq!(by(WANDA.0), Some(("ok", "replaced_grant=revoked")));
+    assert_eq!(by(BEN.id), Some(("ok", "replaced_grant=revoked")));
+    assert_eq!(by(WANDA.id), Some(("ok", "replaced_grant=revoked")));
 }
 
 #[tokio::test]
 async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revocation_fails() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let first = connect(&fake, &mut c).await.credential.unwrap();
-    let disc = c
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: first.credential_id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let disc = disconnect(&mut c, &first.credential_id).await;
     assert_eq!(disc.revocation, pb::RevocationOutcome::Revoked as i32);
     assert_eq!(fake.revocations(), 1, "revocation observed at the provider");
 
@@ -776,17 +581,7 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
         f.revoke_fails = true;
     });
     let second = connect(&fake, &mut c).await.credential.unwrap();
-    let disc = c
-        .disconnect_credential(as_actor(
-            pb::DisconnectCredentialRequest {
-                credential_id: second.credential_id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let disc = disconnect(&mut c, &second.credential_id).await;
     assert_eq!(disc.revocation, pb::RevocationOutcome::Failed as i32);
     assert!(!disc.revocation_detail.is_empty());
     let cred = disc.credential.unwrap();
@@ -799,14 +594,9 @@ async fn disconnect_revokes_at_the_provider_and_destroys_tokens_even_when_revoca
 
 #[tokio::test]
 async fn callback_parameters_become_provider_extras_where_the_provider_needs_them() {
-    use cb_oauth::catalog::Quirk;
     let fake = FakeProvider::start(FakeConfig::default()).await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, url);
-    with_fake_provider(&mut config, &fake, "fake", &[Quirk::QuickbooksRealmId]);
-    let b = TestBroker::start(config, dir).await.unwrap();
-    let mut c = b.credentials().await;
+    let b = broker_with(&fake, &[Quirk::QuickbooksRealmId], |_| {}).await;
+    let mut c = b.client(ALICE).await;
 
     // QuickBooks puts the company id (realmId) in the redirect; without it the connect fails.
     let s = start(&mut c, &[]).await;
@@ -817,32 +607,20 @@ async fn callback_parameters_become_provider_extras_where_the_provider_needs_the
     let s = start(&mut c, &[]).await;
     let q = approve(&fake, &s.authorization_url).await;
     let done = c
-        .complete_connect(as_actor(
-            pb::CompleteConnectRequest {
-                state: q["state"].clone(),
-                code: q["code"].clone(),
-                callback_params: [("realmId".to_owned(), "4620816365".to_owned())].into(),
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .complete_connect_with(pb::CompleteConnectRequest {
+            callback_params: [("realmId".to_owned(), "4620816365".to_owned())].into(),
+            ..callback_request(&q)
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let id = done.credential.unwrap().credential_id;
     let t = c
-        .get_access_token(as_actor(
-            pb::GetAccessTokenRequest {
-                credential_id: id,
-                ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+        .token_with(pb::GetAccessTokenRequest {
+            credential_id: id,
+            ..Default::default()
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
         t.provider_extras.get("realmId").map(String::as_str),
         Some("4620816365")
@@ -851,35 +629,25 @@ async fn callback_parameters_become_provider_extras_where_the_provider_needs_the
 
 #[tokio::test]
 async fn the_atlassian_cloud_id_and_xero_tenant_are_looked_up_after_connecting() {
-    use cb_oauth::catalog::Quirk;
     for (quirk, extra) in [
         (Quirk::AtlassianCloudId, "cloud_id"),
         (Quirk::XeroTenantId, "tenant_id"),
     ] {
         let fake = FakeProvider::start(FakeConfig::default()).await;
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-        let mut config = TestBroker::config(&dir, url);
-        with_fake_provider(&mut config, &fake, "fake", &[quirk]);
-        let b = TestBroker::start(config, dir).await.unwrap();
-        let mut c = b.credentials().await;
+        let b = broker_with(&fake, &[quirk], |_| {}).await;
+        let mut c = b.client(ALICE).await;
         let id = connect(&fake, &mut c)
             .await
             .credential
             .unwrap()
             .credential_id;
         let t = c
-            .get_access_token(as_actor(
-                pb::GetAccessTokenRequest {
-                    credential_id: id,
-                    ..Default::default()
-                },
-                ALICE.0,
-                ALICE.1,
-            ))
+            .token_with(pb::GetAccessTokenRequest {
+                credential_id: id,
+                ..Default::default()
+            })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         let port = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
         let prefix = if extra == "cloud_id" {
             "cloud"
@@ -897,37 +665,23 @@ async fn the_atlassian_cloud_id_and_xero_tenant_are_looked_up_after_connecting()
 /// A broker whose provider `fake` ends the user's whole authorization on any revocation, as
 /// Google and GitHub do.
 async fn broker_sharing_authorization(fake: &FakeProvider) -> TestBroker {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, url);
-    with_fake_provider(&mut config, fake, "fake", &[]);
-    for spec in &mut config.custom_providers {
-        spec.revocation_ends_authorization = true;
-    }
-    TestBroker::start(config, dir).await.unwrap()
+    broker_with(fake, &[], |config| {
+        for spec in &mut config.custom_providers {
+            spec.revocation_ends_authorization = true;
+        }
+    })
+    .await
 }
 
-async fn disconnect(
-    c: &mut CredentialServiceClient<Channel>,
-    id: &str,
-) -> pb::DisconnectCredentialResponse {
-    c.disconnect_credential(as_actor(
-        pb::DisconnectCredentialRequest {
-            credential_id: id.to_owned(),
-        },
-        ALICE.0,
-        ALICE.1,
-    ))
-    .await
-    .unwrap()
-    .into_inner()
+async fn disconnect(c: &mut Client, id: &str) -> pb::DisconnectCredentialResponse {
+    c.disconnect(id).await.unwrap()
 }
 
 #[tokio::test]
 async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker_sharing_authorization(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let id = connect(&fake, &mut c)
         .await
         .credential
@@ -939,7 +693,7 @@ async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked(
     let again = connect(&fake, &mut c).await;
     assert_eq!(again.credential.unwrap().credential_id, id);
     // A non-member's refused grant is of the same account: kept alive for the same reason.
-    let err = connect_as(&fake, &mut c, Who::User(MALLORY))
+    let err = try_connect(&fake, &mut c.acting_as(MALLORY))
         .await
         .unwrap_err();
     assert_eq!(error_details(&err).0, "CREDENTIAL_ALREADY_CONNECTED");
@@ -969,29 +723,22 @@ async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked(
     // but does not revoke, since that would end the other's grant.
     let (access, refresh) = fake.issue_grant("user-1");
     let other = c
-        .import_credential(as_actor(
-            pb::ImportCredentialRequest {
-                workspace_id: "ws2".into(),
-                provider_id: "fake".into(),
-                account: Some(pb::ProviderAccount {
-                    subject: "user-1".into(),
-                    label: "user-1".into(),
-                }),
-                display_name: "same account, other workspace".into(),
-                tokens: Some(pb::TokenSet {
-                    access_token: access.clone(),
-                    refresh_token: refresh,
-                    ..Default::default()
-                }),
+        .import(pb::ImportCredentialRequest {
+            workspace_id: "ws2".into(),
+            provider_id: "fake".into(),
+            account: Some(pb::ProviderAccount {
+                subject: "user-1".into(),
+                label: "user-1".into(),
+            }),
+            display_name: "same account, other workspace".into(),
+            tokens: Some(pb::TokenSet {
+                access_token: access.clone(),
+                refresh_token: refresh,
                 ..Default::default()
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
+            }),
+            ..Default::default()
+        })
         .await
-        .unwrap()
-        .into_inner()
-        .credential
         .unwrap()
         .credential_id;
     let first = disconnect(&mut c, &id).await;
@@ -1021,26 +768,19 @@ async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked(
 /// CompleteConnect with `iss` as its own field (empty: none) and, optionally, as
 /// `callback_params["iss"]`.
 async fn complete_with_iss(
-    c: &mut CredentialServiceClient<Channel>,
+    c: &mut Client,
     q: &HashMap<String, String>,
     iss: &str,
     param_iss: Option<&str>,
 ) -> Result<pb::CompleteConnectResponse, tonic::Status> {
-    c.complete_connect(request(
-        pb::CompleteConnectRequest {
-            state: q.get("state").cloned().unwrap_or_default(),
-            code: q.get("code").cloned().unwrap_or_default(),
-            error: q.get("error").cloned().unwrap_or_default(),
-            error_description: q.get("error_description").cloned().unwrap_or_default(),
-            iss: iss.to_owned(),
-            callback_params: param_iss
-                .map(|i| [("iss".to_owned(), i.to_owned())].into())
-                .unwrap_or_default(),
-        },
-        Who::User(ALICE),
-    ))
+    c.complete_connect_with(pb::CompleteConnectRequest {
+        iss: iss.to_owned(),
+        callback_params: param_iss
+            .map(|i| [("iss".to_owned(), i.to_owned())].into())
+            .unwrap_or_default(),
+        ..callback_request(q)
+    })
     .await
-    .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -1050,7 +790,7 @@ async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
     let issuer = fake.base_url();
     fake.configure(|c| c.issuer = Some(issuer.clone()));
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     let mismatch = |err: &tonic::Status| (err.code(), error_details(err).0);
     let refused = (Code::FailedPrecondition, "ISSUER_MISMATCH".to_owned());
     let exchanges = fake.token_calls();
@@ -1116,6 +856,7 @@ async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
     assert_eq!(updated.credential.unwrap().credential_id, id);
     // A refusal is audited with its reason.
     let refusals = c
+        .creds
         .list_audit_events(pb::ListAuditEventsRequest {
             page_size: 1000,
             ..Default::default()
@@ -1134,7 +875,7 @@ async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
 async fn without_a_declared_issuer_iss_is_optional_and_not_compared() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker(&fake).await;
-    let mut c = b.credentials().await;
+    let mut c = b.client(ALICE).await;
     // No iss at all, as before RFC 9207.
     let first = connect(&fake, &mut c).await;
     assert_eq!(first.outcome, pb::ConnectOutcome::Created as i32);

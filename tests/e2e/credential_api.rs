@@ -1,7 +1,7 @@
 //! CredentialService through a real tonic client against the real server: the import → get →
 //! list → rename → disconnect lifecycle, input validation, visibility, restarts and key checks.
 
-use crate::support::broker::{TestBroker, as_actor, as_workspace_admin, error_details};
+use crate::support::broker::{TestBroker, as_actor, error_details};
 use crate::support::client::{ALICE, BOB};
 use crate::support::pg;
 use crate::support::{contains, sqlite_bytes};
@@ -35,6 +35,37 @@ fn import_request(workspace: &str, subject: &str, name: &str) -> pb::ImportCrede
         granted_scopes: vec!["https://www.googleapis.com/auth/gmail.readonly".into()],
         admin_email: String::new(),
     }
+}
+
+/// An UpdateCredential of `credential` with the mask `paths`.
+fn update_request(credential: pb::Credential, paths: &[&str]) -> pb::UpdateCredentialRequest {
+    pb::UpdateCredentialRequest {
+        credential: Some(credential),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    }
+}
+
+/// Renames credential `id` to `name`, expecting `version` (0: any).
+fn rename_request(id: &str, name: &str, version: i64) -> pb::UpdateCredentialRequest {
+    let credential = pb::Credential {
+        credential_id: id.into(),
+        display_name: name.into(),
+        version,
+        ..Default::default()
+    };
+    update_request(credential, &["display_name"])
+}
+
+/// Fails unless `err` is INVALID_ARGUMENT naming `field` (case `what`).
+fn assert_invalid_field(err: &tonic::Status, what: &str, field: &str) {
+    assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+    assert!(
+        error_details(err).1.iter().any(|f| f == field),
+        "{what}: {:?}",
+        error_details(err).1
+    );
 }
 
 /// Fails if an encoded response holds any token material.
@@ -127,18 +158,16 @@ async fn lifecycle(mut b: TestBroker) {
     // Rename (with the version read) and edit the description.
     b.clock.advance(std::time::Duration::from_secs(60));
     let renamed = client
-        .update(pb::UpdateCredentialRequest {
-            credential: Some(pb::Credential {
+        .update(update_request(
+            pb::Credential {
                 credential_id: id.clone(),
                 display_name: "  Support inbox ".into(),
                 description: "shared by support".into(),
                 version: created.version,
                 ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into(), "description".into()],
-            }),
-        })
+            },
+            &["display_name", "description"],
+        ))
         .await
         .unwrap();
     assert_eq!(renamed.display_name, "Support inbox");
@@ -148,17 +177,7 @@ async fn lifecycle(mut b: TestBroker) {
 
     // A stale version is rejected.
     let stale = client
-        .update(pb::UpdateCredentialRequest {
-            credential: Some(pb::Credential {
-                credential_id: id.clone(),
-                display_name: "lost update".into(),
-                version: created.version,
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        })
+        .update(rename_request(&id, "lost update", created.version))
         .await
         .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted);
@@ -187,16 +206,7 @@ async fn lifecycle(mut b: TestBroker) {
 
     // A disconnected credential can no longer be edited.
     let err = client
-        .update(pb::UpdateCredentialRequest {
-            credential: Some(pb::Credential {
-                credential_id: id,
-                display_name: "x".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        })
+        .update(rename_request(&id, "x", 0))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -278,15 +288,13 @@ async fn bad_input_names_the_offending_field() {
         );
     }
 
-    let update = |paths: Vec<&str>, name: &str| pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential {
+    let update = |paths: Vec<&str>, name: &str| {
+        let credential = pb::Credential {
             credential_id: existing.clone(),
             display_name: name.into(),
             ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: paths.into_iter().map(String::from).collect(),
-        }),
+        };
+        update_request(credential, &paths)
     };
     for (what, req, field) in [
         (
@@ -307,12 +315,7 @@ async fn bad_input_names_the_offending_field() {
         ),
     ] {
         let err = client.update(req).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
-        assert!(
-            error_details(&err).1.iter().any(|f| f == field),
-            "{what}: {:?}",
-            error_details(&err).1
-        );
+        assert_invalid_field(&err, what, field);
     }
 
     for (what, req, field) in [
@@ -350,12 +353,7 @@ async fn bad_input_names_the_offending_field() {
         ),
     ] {
         let err = client.list_page(req).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
-        assert!(
-            error_details(&err).1.iter().any(|f| f == field),
-            "{what}: {:?}",
-            error_details(&err).1
-        );
+        assert_invalid_field(&err, what, field);
     }
 
     // Bad actor metadata is named too.
@@ -389,46 +387,14 @@ async fn unknown_and_invisible_credentials_are_not_found() {
     // Bob is not a member: the credential does not exist for him, in reads, lists and writes.
     let err = bob.get(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let list = bob
-        .list_page(pb::ListCredentialsRequest {
-            workspace_id: "ws1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(list.credentials.is_empty());
+    assert!(bob.list().await.unwrap().is_empty());
     let err = bob.disconnect(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // A workspace admin acts as Admin on the workspace's credentials, but not on another workspace's.
-    let got = client
-        .creds
-        .get_credential(as_workspace_admin(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            BOB.id,
-            BOB.email,
-            "ws1",
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let got = bob.admin_of("ws1").get(&id).await.unwrap();
     assert_eq!(got.caller_role, pb::MemberRole::Admin as i32);
-    let err = client
-        .creds
-        .get_credential(as_workspace_admin(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            BOB.id,
-            BOB.email,
-            "ws2",
-        ))
-        .await
-        .unwrap_err();
+    let err = bob.admin_of("ws2").get(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
     // Edits need an actor.

@@ -7,8 +7,8 @@
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
-    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, RevokeOutcome,
-    TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
+    AccountInfo, AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp,
+    RevokeOutcome, TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
@@ -42,20 +42,58 @@ async fn plain_refresh(
         .await
 }
 
-/// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
-async fn connect(fake: &FakeProvider, spec: &ProviderSpec, scopes: &[&str]) -> TokenResponse {
-    let (code, verifier) = authorize(fake, spec, scopes).await;
+/// Exchanges `code` at `fake` with its client credentials, `redirect_uri` and `verifier`.
+async fn exchange(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    code: &SecretString,
+    redirect_uri: &str,
+    verifier: Option<&SecretString>,
+) -> Result<TokenResponse, OAuthError> {
+    let client = fake.client_credentials();
     http()
         .exchange_code(
             spec,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
+            &client,
+            code,
+            redirect_uri,
+            verifier,
             &no_placeholders(),
         )
         .await
-        .unwrap()
+}
+
+/// Revokes `token` (with `hint`) at `fake` with its client credentials.
+async fn revoke(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    token: &SecretString,
+    hint: &str,
+) -> Result<RevokeOutcome, OAuthError> {
+    let client = fake.client_credentials();
+    http()
+        .revoke(spec, &client, token, hint, &no_placeholders())
+        .await
+}
+
+/// The account `tokens` identify at the provider of `spec`.
+async fn identify(spec: &ProviderSpec, tokens: &TokenResponse) -> Result<AccountInfo, OAuthError> {
+    http().identify(spec, tokens, &no_placeholders()).await
+}
+
+/// Runs the browser half (authorize URL → fake approval → callback) and the code exchange.
+async fn try_connect(
+    fake: &FakeProvider,
+    spec: &ProviderSpec,
+    scopes: &[&str],
+) -> Result<TokenResponse, OAuthError> {
+    let (code, verifier) = authorize(fake, spec, scopes).await;
+    exchange(fake, spec, &code, REDIRECT, verifier.as_ref()).await
+}
+
+/// [`try_connect`], which must succeed.
+async fn connect(fake: &FakeProvider, spec: &ProviderSpec, scopes: &[&str]) -> TokenResponse {
+    try_connect(fake, spec, scopes).await.unwrap()
 }
 
 /// Builds the authorize URL, lets the fake approve it, checks `state` and returns the code and
@@ -127,26 +165,12 @@ async fn dropbox_offline_access_param_and_bearer_revocation() {
     // Dropbox revokes with the access token as Bearer; the whole grant goes.
     assert!(cb_oauth::revokes_with_access_token(&spec));
     let refresh = tokens.refresh_token.clone().unwrap();
-    let err = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &refresh,
-            "refresh_token",
-            &no_placeholders(),
-        )
+    let err = revoke(&fake, &spec, &refresh, "refresh_token")
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
     assert_eq!(fake.revocations(), 0);
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &tokens.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &tokens.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
@@ -172,25 +196,13 @@ async fn pkce_and_basic_auth_like_airtable_and_x() {
     assert_eq!(tokens.expires_in, Some(Duration::from_secs(3600)));
     assert!(fake.is_valid_access_token(tokens.access_token.expose_secret()));
 
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
 
     // The same spec with client_secret_post is refused by a server that wants Basic.
     let post = fake.spec("airtable", AuthStyle::Post, Pkce::Required, &[]);
-    let (code, verifier) = authorize(&fake, &post, &["data.records:read"]).await;
-    let err = http()
-        .exchange_code(
-            &post,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let err = try_connect(&fake, &post, &["data.records:read"])
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
@@ -205,59 +217,31 @@ async fn codes_are_single_use_and_bound_to_verifier_and_redirect_uri() {
     })
     .await;
     let spec = fake.spec("generic", AuthStyle::Post, Pkce::Required, &[]);
-    let client = fake.client_credentials();
-    let oauth = http();
 
     let (code, _) = authorize(&fake, &spec, &["read"]).await;
     let wrong = pkce_pair().verifier;
-    let err = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            Some(&wrong),
-            &no_placeholders(),
-        )
+    let err = exchange(&fake, &spec, &code, REDIRECT, Some(&wrong))
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let (code, verifier) = authorize(&fake, &spec, &["read"]).await;
-    let err = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            "https://elsewhere.test/cb",
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = exchange(
+        &fake,
+        &spec,
+        &code,
+        "https://elsewhere.test/cb",
+        verifier.as_ref(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let (code, verifier) = authorize(&fake, &spec, &["read"]).await;
-    let first = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let first = exchange(&fake, &spec, &code, REDIRECT, verifier.as_ref())
         .await
         .unwrap();
-    let replay = oauth
-        .exchange_code(
-            &spec,
-            &client,
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
+    let replay = exchange(&fake, &spec, &code, REDIRECT, verifier.as_ref())
         .await
         .unwrap_err();
     assert!(matches!(replay, OAuthError::InvalidGrant { .. }));
@@ -323,10 +307,7 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
     assert_eq!(t.expires_in, Some(Duration::from_secs(3600)));
     assert_eq!(fake.refresh_calls(), 1);
     assert!(fake.is_current_refresh_token(refresh.expose_secret()));
-    let account = http()
-        .identify(&spec, &t, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &t).await.unwrap();
     assert_eq!(account.subject, "imported-user");
 }
 
@@ -356,58 +337,76 @@ async fn rotating_refresh_tokens_like_atlassian_and_microsoft() {
     assert_eq!(fake.reuse_detections(), 0);
 }
 
+/// A refresh token presented again after it was rotated, at a fake whose grant is revoked on
+/// reuse or not.
+struct RotatedReuse {
+    fake: FakeProvider,
+    spec: ProviderSpec,
+    /// The refresh token that was rotated, then reused.
+    first: SecretString,
+    /// The answer to the first (valid) refresh.
+    rotated: TokenResponse,
+    /// Its new refresh token.
+    second: SecretString,
+    /// What presenting `first` again answered.
+    reuse: OAuthError,
+}
+
+impl RotatedReuse {
+    async fn run(provider: &str, reuse_revokes_grant: bool) -> Self {
+        let fake = FakeProvider::start(FakeConfig {
+            rotate_refresh_tokens: true,
+            reuse_revokes_grant,
+            ..FakeConfig::default()
+        })
+        .await;
+        let spec = fake.spec(provider, AuthStyle::Post, Pkce::None, &[]);
+        let client = fake.client_credentials();
+        let (_, first) = fake.issue_grant("user-1");
+        let first = SecretString::from(first);
+        let oauth = http();
+        let rotated = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
+        let second = rotated.refresh_token.clone().unwrap();
+        let reuse = plain_refresh(&oauth, &spec, &client, &first)
+            .await
+            .unwrap_err();
+        Self {
+            fake,
+            spec,
+            first,
+            rotated,
+            second,
+            reuse,
+        }
+    }
+
+    /// Refreshes with the rotated (newest) refresh token.
+    async fn refresh_second(&self) -> Result<TokenResponse, OAuthError> {
+        let client = self.fake.client_credentials();
+        plain_refresh(&http(), &self.spec, &client, &self.second).await
+    }
+}
+
 #[tokio::test]
 async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
-    let fake = FakeProvider::start(FakeConfig {
-        rotate_refresh_tokens: true,
-        ..FakeConfig::default()
-    })
-    .await;
-    let spec = fake.spec("microsoft", AuthStyle::Post, Pkce::None, &[]);
-    let client = fake.client_credentials();
-    let (_, first) = fake.issue_grant("user-1");
-    let first = SecretString::from(first);
-    let oauth = http();
-    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
-    let second = t.refresh_token.unwrap();
-    let err = plain_refresh(&oauth, &spec, &client, &first)
-        .await
-        .unwrap_err();
+    let r = RotatedReuse::run("microsoft", true).await;
+    let err = &r.reuse;
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
-    assert!(!format!("{err:?} {err}").contains(first.expose_secret()));
-    assert_eq!(fake.reuse_detections(), 1);
+    assert!(!format!("{err:?} {err}").contains(r.first.expose_secret()));
+    assert_eq!(r.fake.reuse_detections(), 1);
     // The chain is dead: the newest refresh token and the access token with it.
-    assert!(!fake.is_current_refresh_token(second.expose_secret()));
-    assert!(fake.is_revoked(t.access_token.expose_secret()));
-    let err = plain_refresh(&oauth, &spec, &client, &second)
-        .await
-        .unwrap_err();
+    assert!(!r.fake.is_current_refresh_token(r.second.expose_secret()));
+    assert!(r.fake.is_revoked(r.rotated.access_token.expose_secret()));
+    let err = r.refresh_second().await.unwrap_err();
     assert!(err.is_permanent());
 }
 
 #[tokio::test]
 async fn box_single_use_refresh_tokens() {
-    let fake = FakeProvider::start(FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: false,
-        ..FakeConfig::default()
-    })
-    .await;
-    let spec = fake.spec("box", AuthStyle::Post, Pkce::None, &[]);
-    let client = fake.client_credentials();
-    let (_, first) = fake.issue_grant("user-1");
-    let first = SecretString::from(first);
-    let oauth = http();
-    let t = plain_refresh(&oauth, &spec, &client, &first).await.unwrap();
-    let second = t.refresh_token.unwrap();
-    let err = plain_refresh(&oauth, &spec, &client, &first)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, OAuthError::InvalidGrant { .. }));
+    let r = RotatedReuse::run("box", false).await;
+    assert!(matches!(r.reuse, OAuthError::InvalidGrant { .. }));
     // Without grant-wide revocation the new token still works.
-    plain_refresh(&oauth, &spec, &client, &second)
-        .await
-        .unwrap();
+    r.refresh_second().await.unwrap();
 }
 
 #[tokio::test]
@@ -483,10 +482,7 @@ async fn slack_v2_user_tokens_rotation_and_ok_false_errors() {
     assert!(!raw.contains(tokens.access_token.expose_secret()));
 
     let oauth = http();
-    let account = oauth
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "Fake Team");
 
@@ -508,27 +504,13 @@ async fn slack_v2_user_tokens_rotation_and_ok_false_errors() {
     }
 
     // auth.revoke with the access token as Bearer.
-    let outcome = oauth
-        .revoke(
-            &spec,
-            &client,
-            &t.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &t.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert!(fake.is_revoked(new.expose_secret()));
     // Revoking again: Slack says ok:false invalid_auth.
-    let err = oauth
-        .revoke(
-            &spec,
-            &client,
-            &t.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let err = revoke(&fake, &spec, &t.access_token, "access_token")
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
@@ -564,23 +546,13 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
         tokens.scope,
         Some(vec!["repo".to_owned(), "read:user".to_owned()])
     );
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert!(account.subject.parse::<u64>().is_ok());
     assert_eq!(account.label, "user-1");
 
     // A bad code: HTTP 200 with {"error": "bad_verification_code"}.
-    let err = http()
-        .exchange_code(
-            &spec,
-            &fake.client_credentials(),
-            &SecretString::from("bogus-code"),
-            REDIRECT,
-            None,
-            &no_placeholders(),
-        )
+    let bogus = SecretString::from("bogus-code");
+    let err = exchange(&fake, &spec, &bogus, REDIRECT, None)
         .await
         .unwrap_err();
     match &err {
@@ -605,14 +577,7 @@ async fn github_json_accept_errors_with_200_and_no_expiry() {
     );
 
     // Revocation: DELETE /applications/{client_id}/grant with Basic auth.
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            &tokens.access_token,
-            "access_token",
-            &no_placeholders(),
-        )
+    let outcome = revoke(&fake, &spec, &tokens.access_token, "access_token")
         .await
         .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
@@ -647,24 +612,19 @@ async fn notion_json_body_basic_auth_and_owner_account() {
         tokens.extras.get("workspace_id").map(String::as_str),
         Some("ws-fake")
     );
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
 
     // Revocation with a JSON body too.
-    let outcome = http()
-        .revoke(
-            &spec,
-            &fake.client_credentials(),
-            tokens.refresh_token.as_ref().unwrap(),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &spec,
+        tokens.refresh_token.as_ref().unwrap(),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert!(fake.is_revoked(tokens.access_token.expose_secret()));
 }
@@ -777,10 +737,7 @@ async fn id_token_account() {
     let mut spec = fake.spec("google", AuthStyle::Post, Pkce::Supported, &[]);
     spec.account = AccountSource::IdToken;
     let tokens = connect(&fake, &spec, &["openid", "email"]).await;
-    let account = http()
-        .identify(&spec, &tokens, &no_placeholders())
-        .await
-        .unwrap();
+    let account = identify(&spec, &tokens).await.unwrap();
     assert_eq!(account.subject, "user-1");
     assert_eq!(account.label, "user-1@example.com");
     assert_eq!(fake.userinfo_calls(), 0);
@@ -916,22 +873,18 @@ async fn rfc7009_revocation() {
     })
     .await;
     let spec = fake.spec("generic", AuthStyle::Basic, Pkce::None, &[]);
-    let client = fake.client_credentials();
     let (access, refresh) = fake.issue_grant("user-1");
-    let oauth = http();
     assert!(!cb_oauth::revokes_with_access_token(&spec));
 
     fake.configure(|c| c.revoke_fails = true);
-    let err = oauth
-        .revoke(
-            &spec,
-            &client,
-            &SecretString::from(refresh.clone()),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = revoke(
+        &fake,
+        &spec,
+        &SecretString::from(refresh.clone()),
+        "refresh_token",
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -945,52 +898,34 @@ async fn rfc7009_revocation() {
     assert!(!fake.is_revoked(&refresh));
 
     fake.configure(|c| c.revoke_fails = false);
-    let outcome = oauth
-        .revoke(
-            &spec,
-            &client,
-            &SecretString::from(refresh.clone()),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &spec,
+        &SecretString::from(refresh.clone()),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::Revoked);
     assert_eq!(fake.revocations(), 1);
     assert!(fake.is_revoked(&refresh));
     assert!(fake.is_revoked(&access));
 
     // The access token no longer identifies anyone.
-    let dead = TokenResponse {
-        access_token: SecretString::from(access),
-        refresh_token: None,
-        id_token: None,
-        token_type: "Bearer".into(),
-        expires_in: None,
-        access_token_lifetime: None,
-        refresh_token_expires_in: None,
-        scope: None,
-        extras: BTreeMap::new(),
-        raw_account: None,
-    };
-    let err = oauth
-        .identify(&spec, &dead, &no_placeholders())
-        .await
-        .unwrap_err();
+    let dead = TokenResponse::bearer(SecretString::from(access));
+    let err = identify(&spec, &dead).await.unwrap_err();
     assert!(matches!(err, OAuthError::InvalidGrant { .. }), "{err:?}");
 
     let mut without = spec.clone();
     without.revocation_url = None;
-    let outcome = oauth
-        .revoke(
-            &without,
-            &client,
-            &SecretString::from(refresh),
-            "refresh_token",
-            &no_placeholders(),
-        )
-        .await
-        .unwrap();
+    let outcome = revoke(
+        &fake,
+        &without,
+        &SecretString::from(refresh),
+        "refresh_token",
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, RevokeOutcome::NotSupported);
 }
 
@@ -1010,14 +945,7 @@ fn catalog_entry(fake: &FakeProvider, id: &str) -> ProviderSpec {
         .as_ref()
         .map(|_| format!("{base}/revoke"));
     if spec.account != AccountSource::IdToken {
-        spec.account = AccountSource::Userinfo {
-            url: format!("{base}/userinfo"),
-            subject_pointer: "/sub".into(),
-            label_pointer: "/email".into(),
-            headers: BTreeMap::new(),
-            body: None,
-            token_header: None,
-        };
+        spec.account = fake.userinfo();
     }
     // Placeholders ({shop}) are gone with the real hosts.
     spec.quirks.retain(|q| *q != Quirk::ShopSubdomain);
@@ -1046,10 +974,7 @@ async fn salesforce_tokens_without_expires_in_get_the_catalog_lifetime() {
             Some(Duration::from_secs(7200)),
             "{id}: a token without expires_in must still expire and be refreshed"
         );
-        let account = http()
-            .identify(&spec, &tokens, &no_placeholders())
-            .await
-            .unwrap();
+        let account = identify(&spec, &tokens).await.unwrap();
         assert_eq!(account.subject, "user-1");
         let refreshed = http()
             .refresh(
@@ -1154,8 +1079,7 @@ async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
         "the fake refuses an authorize request without client_key"
     );
     let (code, _) = authorize(&fake, &spec, &[]).await;
-    let err = http()
-        .exchange_code(&old, &client, &code, REDIRECT, None, &no_placeholders())
+    let err = exchange(&fake, &old, &code, REDIRECT, None)
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
@@ -1176,18 +1100,7 @@ async fn calendly_authenticates_with_basic_only() {
     // Credentials in the form body (the catalog before the fix) are refused.
     let mut old = spec.clone();
     old.auth_style = AuthStyle::Post;
-    let (code, verifier) = authorize(&fake, &old, &["users:read"]).await;
-    let err = http()
-        .exchange_code(
-            &old,
-            &fake.client_credentials(),
-            &code,
-            REDIRECT,
-            verifier.as_ref(),
-            &no_placeholders(),
-        )
-        .await
-        .unwrap_err();
+    let err = try_connect(&fake, &old, &["users:read"]).await.unwrap_err();
     assert!(matches!(err, OAuthError::InvalidClient { .. }), "{err:?}");
 }
 

@@ -2,26 +2,19 @@
 //! than GetAccessToken. The whole flow runs against the real binary with `log.filter = "trace"`,
 //! and everything it said is scanned for every secret the fake provider ever issued.
 
-use crate::support::broker::{
-    BrokerProcess, REDIRECT_URI, TestBroker, config_toml, with_fake_provider,
-};
-use crate::support::client::ALICE;
+use crate::support::broker::{BrokerProcess, TestBroker, config_toml, with_fake_provider};
+use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::wait::wait_for;
 use cb_proto::v1 as pb;
-use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use prost::Message;
 use std::time::Duration;
-
-fn actor<T>(msg: T) -> tonic::Request<T> {
-    crate::support::broker::as_actor(msg, ALICE.id, ALICE.email)
-}
 
 /// Asks for tokens until the broker has refreshed (the fake saw another refresh call), keeping
 /// each token issued; a failing call ends it. With one-second tokens a refresh is due within a
 /// second.
 async fn issue_until_refreshed(
-    c: &mut CredentialServiceClient<tonic::transport::Channel>,
+    client: &mut Client,
     fake: &FakeProvider,
     request: pb::GetAccessTokenRequest,
     issued: &mut Vec<String>,
@@ -29,8 +22,8 @@ async fn issue_until_refreshed(
     let before = fake.refresh_calls();
     let started = std::time::Instant::now();
     loop {
-        let t = c.get_access_token(actor(request.clone())).await?;
-        issued.push(t.into_inner().access_token);
+        let t = client.token_with(request.clone()).await?;
+        issued.push(t.access_token);
         if fake.refresh_calls() > before {
             return Ok(());
         }
@@ -40,6 +33,22 @@ async fn issue_until_refreshed(
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The provider's consent at `authorization_url`, then CompleteConnect; the answer is recorded
+/// in `said`. Returns it with the callback (to replay).
+async fn consent(
+    fake: &FakeProvider,
+    client: &mut Client,
+    authorization_url: &str,
+    said: &mut Vec<u8>,
+) -> (pb::CompleteConnectResponse, url::Url) {
+    let callback = fake
+        .approve(&url::Url::parse(authorization_url).unwrap())
+        .await;
+    let done = client.complete_connect_response(&callback).await.unwrap();
+    said.extend(done.encode_to_vec());
+    (done, callback)
 }
 
 /// Every secret-shaped value in `text`: the fake names its tokens `at_<port>_<n>`,
@@ -84,7 +93,7 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         + &crate::token_issuance::custom_provider_toml(&fake);
     let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
     let mut client = broker.client(ALICE).await;
-    let mut c = client.creds.clone();
+    let c = client.creds.clone();
 
     let mut said: Vec<u8> = Vec::new(); // every response and error except GetAccessToken
     let mut issued: Vec<String> = Vec::new(); // tokens legitimately returned by GetAccessToken
@@ -94,22 +103,9 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     };
 
     // Connect.
-    let start = c
-        .start_connect(actor(pb::StartConnectRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "fake".into(),
-            redirect_uri: REDIRECT_URI.into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let start = client.start_connect("fake").await.unwrap();
     said.extend(start.encode_to_vec());
-    let callback = fake
-        .approve(&url::Url::parse(&start.authorization_url).unwrap())
-        .await;
-    let done = client.complete_connect_response(&callback).await.unwrap();
-    said.extend(done.encode_to_vec());
+    let (done, _) = consent(&fake, &mut client, &start.authorization_url, &mut said).await;
     let id = done.credential.unwrap().credential_id;
     let get_token = |min: i64| pb::GetAccessTokenRequest {
         credential_id: id.clone(),
@@ -120,81 +116,52 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         ..Default::default()
     };
     // Issue, then refreshes (rotation).
-    issued.push(
-        c.get_access_token(actor(get_token(60)))
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token,
-    );
+    issued.push(client.token_with(get_token(60)).await.unwrap().access_token);
     for _ in 0..2 {
-        issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued)
+        issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued)
             .await
             .unwrap();
     }
     // A transient failure, then a dead grant.
     fake.push_token_failure(TokenFailure::ServerError);
-    let _ = issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued).await;
+    let _ = issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued).await;
     fake.push_token_failure(TokenFailure::InvalidGrant);
-    let err = issue_until_refreshed(&mut c, &fake, get_token(3600), &mut issued)
+    let err = issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued)
         .await
         .unwrap_err();
     record_err(&mut said, &err);
     // Reconnect, rename, members, reads, disconnect, audit.
+    let request = client.request(pb::StartReconnectRequest {
+        credential_id: id.clone(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+        scopes: vec![],
+    });
     let re = c
-        .start_reconnect(actor(pb::StartReconnectRequest {
-            credential_id: id.clone(),
-            redirect_uri: REDIRECT_URI.into(),
-            scopes: vec![],
-        }))
+        .clone()
+        .start_reconnect(request)
         .await
         .unwrap()
         .into_inner();
     said.extend(re.encode_to_vec());
-    let callback = fake
-        .approve(&url::Url::parse(&re.authorization_url).unwrap())
-        .await;
-    let back = client.complete_connect_response(&callback).await.unwrap();
-    said.extend(back.encode_to_vec());
+    let (_, callback) = consent(&fake, &mut client, &re.authorization_url, &mut said).await;
     // A replayed code and state: errors must not echo them.
     let err = client
         .complete_connect_response(&callback)
         .await
         .unwrap_err();
     record_err(&mut said, &err);
-    issued.push(
-        c.get_access_token(actor(get_token(60)))
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token,
-    );
-    let got = c
-        .get_credential(actor(pb::GetCredentialRequest {
-            credential_id: id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    said.extend(got.encode_to_vec());
-    let list = c
-        .list_credentials(actor(pb::ListCredentialsRequest {
+    issued.push(client.token_with(get_token(60)).await.unwrap().access_token);
+    said.extend(client.get(&id).await.unwrap().encode_to_vec());
+    let list = client
+        .list_page(pb::ListCredentialsRequest {
             workspace_id: "ws1".into(),
             ..Default::default()
-        }))
+        })
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     said.extend(list.encode_to_vec());
-    let disc = c
-        .disconnect_credential(actor(pb::DisconnectCredentialRequest {
-            credential_id: id.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    said.extend(disc.encode_to_vec());
-    let err = c.get_access_token(actor(get_token(60))).await.unwrap_err();
+    said.extend(client.disconnect(&id).await.unwrap().encode_to_vec());
+    let err = client.token_with(get_token(60)).await.unwrap_err();
     record_err(&mut said, &err);
     // Token issuance is audited through a buffer the child writes within a moment.
     let audit = wait_for(

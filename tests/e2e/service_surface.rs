@@ -33,25 +33,44 @@ async fn health_is_serving_for_the_server_and_each_service() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
+/// Defines `$name`: one reflection round trip over a channel with the `$version` protocol, the
+/// reply to `request`. v1 and v1alpha have the same shape in separate generated types.
+macro_rules! reflection_call {
+    ($name:ident, $version:ident) => {
+        async fn $name(
+            channel: tonic::transport::Channel,
+            request: tonic_reflection::pb::$version::server_reflection_request::MessageRequest,
+        ) -> Option<tonic_reflection::pb::$version::server_reflection_response::MessageResponse> {
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            let mut stream = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .unwrap()
+                .into_inner();
+            stream.message().await.unwrap().unwrap().message_response
+        }
+    };
+}
+
+reflection_call!(reflect_v1, v1);
+reflection_call!(reflect_v1alpha, v1alpha);
+
 #[tokio::test]
 async fn reflection_v1_lists_the_services() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let b = TestBroker::sqlite().await;
-    let mut client = ServerReflectionClient::new(b.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+    let reply = reflect_v1(
+        b.channel().await,
+        MessageRequest::ListServices(String::new()),
+    )
+    .await;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply else {
         panic!("unexpected reply")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -62,23 +81,15 @@ async fn reflection_v1_lists_the_services() {
 
 #[tokio::test]
 async fn reflection_v1alpha_answers_older_grpcurl() {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
     let b = TestBroker::sqlite().await;
-    let mut client = ServerReflectionClient::new(b.channel().await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(SERVICES[0].into())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
+    let reply = reflect_v1alpha(
+        b.channel().await,
+        MessageRequest::FileContainingSymbol(SERVICES[0].into()),
+    )
+    .await;
+    let Some(MessageResponse::FileDescriptorResponse(files)) = reply else {
         panic!("unexpected reply")
     };
     assert!(!files.file_descriptor_proto.is_empty());
@@ -86,29 +97,22 @@ async fn reflection_v1alpha_answers_older_grpcurl() {
 
 #[tokio::test]
 async fn reflection_serves_the_error_detail_types() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let b = TestBroker::sqlite().await;
-    let mut client = ServerReflectionClient::new(b.channel().await);
+    let channel = b.channel().await;
     for symbol in [
         "google.rpc.ErrorInfo",
         "google.rpc.BadRequest",
         "google.rpc.RetryInfo",
     ] {
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
-        };
-        let mut stream = client
-            .server_reflection_info(tokio_stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        let resp = stream.message().await.unwrap().unwrap();
-        let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
-            panic!("{symbol}: unexpected reply {:?}", resp.message_response)
+        let reply = reflect_v1(
+            channel.clone(),
+            MessageRequest::FileContainingSymbol(symbol.into()),
+        )
+        .await;
+        let Some(MessageResponse::FileDescriptorResponse(files)) = &reply else {
+            panic!("{symbol}: unexpected reply {reply:?}")
         };
         assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
     }

@@ -242,6 +242,21 @@ impl AwsKmsKeyProvider {
         }
         Ok(KeyRef { key_id, version: 0 })
     }
+
+    /// The wrapped DEK a GenerateDataKey, Encrypt or ReEncrypt answer carries.
+    fn wrapped(
+        &self,
+        ciphertext: Option<Blob>,
+        key_id: Option<String>,
+        call: &Calls<'_>,
+        op: &str,
+    ) -> Result<WrappedDek, CryptoError> {
+        let ciphertext = ciphertext
+            .ok_or_else(|| call.missing(op, "CiphertextBlob"))?
+            .into_inner();
+        let key = self.key_ref(key_id, call, op)?;
+        Ok(WrappedDek { key, ciphertext })
+    }
 }
 
 /// Refuses keys that cannot wrap DEKs, with the reason.
@@ -292,6 +307,19 @@ fn kms_context(ctx: &EncryptionContext) -> Option<HashMap<String, String>> {
     (!map.is_empty()).then_some(map)
 }
 
+/// The KMS key `wrapped` was made under; a DEK wrapped by anything else (e.g. a local key file)
+/// is refused before asking KMS.
+fn kms_key_of(wrapped: &WrappedDek) -> Result<&str, CryptoError> {
+    let key_id = &wrapped.key.key_id;
+    if wrapped.key.version != 0 || !is_key_arn(key_id) {
+        return Err(CryptoError::UnknownKey {
+            key_id: key_id.clone(),
+            version: wrapped.key.version,
+        });
+    }
+    Ok(key_id)
+}
+
 /// A plaintext DEK returned by KMS; the copy KMS handed over is zeroized.
 fn data_key(plaintext: Option<Blob>, call: &Calls<'_>, op: &str) -> Result<DataKey, CryptoError> {
     let bytes = Zeroizing::new(
@@ -331,13 +359,8 @@ impl KeyProvider for AwsKmsKeyProvider {
             .await
             .map_err(|e| call.error(OP, e))?;
         let dek = data_key(out.plaintext.take(), &call, OP)?;
-        let ciphertext = out
-            .ciphertext_blob
-            .take()
-            .ok_or_else(|| call.missing(OP, "CiphertextBlob"))?
-            .into_inner();
-        let key = self.key_ref(out.key_id.take(), &call, OP)?;
-        Ok((dek, WrappedDek { key, ciphertext }))
+        let wrapped = self.wrapped(out.ciphertext_blob.take(), out.key_id.take(), &call, OP)?;
+        Ok((dek, wrapped))
     }
 
     async fn unwrap_data_key(
@@ -346,14 +369,7 @@ impl KeyProvider for AwsKmsKeyProvider {
         ctx: &EncryptionContext,
     ) -> Result<DataKey, CryptoError> {
         const OP: &str = "Decrypt";
-        let key_id = &wrapped.key.key_id;
-        if wrapped.key.version != 0 || !is_key_arn(key_id) {
-            // Not wrapped by a KMS key (e.g. a local key file's DEK): do not ask KMS.
-            return Err(CryptoError::UnknownKey {
-                key_id: key_id.clone(),
-                version: wrapped.key.version,
-            });
-        }
+        let key_id = kms_key_of(wrapped)?;
         let call = self.calls(key_id);
         // KeyId pins the key: KMS refuses a blob made under any other key.
         let mut out = self
@@ -366,7 +382,7 @@ impl KeyProvider for AwsKmsKeyProvider {
             .await
             .map_err(|e| call.error(OP, e))?;
         let dek = data_key(out.plaintext.take(), &call, OP)?;
-        if out.key_id.as_deref() != Some(key_id.as_str()) {
+        if out.key_id.as_deref() != Some(key_id) {
             return Err(CryptoError::Decrypt);
         }
         Ok(dek)
@@ -389,13 +405,7 @@ impl KeyProvider for AwsKmsKeyProvider {
             .send()
             .await
             .map_err(|e| call.error(OP, e))?;
-        let ciphertext = out
-            .ciphertext_blob
-            .take()
-            .ok_or_else(|| call.missing(OP, "CiphertextBlob"))?
-            .into_inner();
-        let key = self.key_ref(out.key_id.take(), &call, OP)?;
-        Ok(WrappedDek { key, ciphertext })
+        self.wrapped(out.ciphertext_blob.take(), out.key_id.take(), &call, OP)
     }
 
     /// `ReEncrypt` inside KMS: the plaintext DEK never leaves it.
@@ -405,15 +415,9 @@ impl KeyProvider for AwsKmsKeyProvider {
         ctx: &EncryptionContext,
     ) -> Result<WrappedDek, CryptoError> {
         const OP: &str = "ReEncrypt";
-        let source = &wrapped.key.key_id;
-        if wrapped.key.version != 0 || !is_key_arn(source) {
-            return Err(CryptoError::UnknownKey {
-                key_id: source.clone(),
-                version: wrapped.key.version,
-            });
-        }
-        let keys = if *source == self.key_arn {
-            source.clone()
+        let source = kms_key_of(wrapped)?;
+        let keys = if source == self.key_arn {
+            source.to_owned()
         } else {
             format!("{source} or {}", self.key_arn)
         };
@@ -433,13 +437,7 @@ impl KeyProvider for AwsKmsKeyProvider {
         if out.source_key_id.as_deref().is_some_and(|id| id != source) {
             return Err(CryptoError::Decrypt);
         }
-        let ciphertext = out
-            .ciphertext_blob
-            .take()
-            .ok_or_else(|| call.missing(OP, "CiphertextBlob"))?
-            .into_inner();
-        let key = self.key_ref(out.key_id.take(), &call, OP)?;
-        Ok(WrappedDek { key, ciphertext })
+        self.wrapped(out.ciphertext_blob.take(), out.key_id.take(), &call, OP)
     }
 }
 

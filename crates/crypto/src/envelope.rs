@@ -189,7 +189,7 @@ mod tests {
 
     use super::*;
     use crate::LocalKeyProvider;
-    use crate::test_support::{CountingProvider, ctx, local};
+    use crate::test_support::{CountingProvider, ctx, local, opened};
 
     fn envelope(provider: Arc<dyn KeyProvider>) -> Envelope {
         Envelope::new(provider, DekCacheConfig::default())
@@ -204,10 +204,7 @@ mod tests {
             .seal_new(&c, b"row-1", b"refresh-token-1")
             .await
             .unwrap();
-        assert_eq!(
-            env.open(&blob, &c, b"row-1").await.unwrap().expose(),
-            b"refresh-token-1"
-        );
+        assert_eq!(opened(&env, &blob, &c, b"row-1").await, b"refresh-token-1");
 
         let again = env
             .reseal(&blob.wrapped_dek, &c, b"row-1", b"refresh-token-2")
@@ -216,10 +213,7 @@ mod tests {
         assert_eq!(again.wrapped_dek, blob.wrapped_dek);
         assert_eq!(again.ciphertext.len(), blob.ciphertext.len());
         assert_ne!(again.ciphertext[..12], blob.ciphertext[..12]);
-        assert_eq!(
-            env.open(&again, &c, b"row-1").await.unwrap().expose(),
-            b"refresh-token-2"
-        );
+        assert_eq!(opened(&env, &again, &c, b"row-1").await, b"refresh-token-2");
 
         let same = env
             .reseal(&blob.wrapped_dek, &c, b"row-1", b"refresh-token-1")
@@ -261,10 +255,7 @@ mod tests {
             wrapped_dek: blob.wrapped_dek.clone(),
         };
         assert!(is_decrypt(env.open(&swapped, &c, b"row-1").await));
-        assert_eq!(
-            env.open(&blob, &c, b"row-1").await.unwrap().expose(),
-            b"secret"
-        );
+        assert_eq!(opened(&env, &blob, &c, b"row-1").await, b"secret");
         let msg = CryptoError::Decrypt.to_string();
         assert!(!msg.contains("secret"));
     }
@@ -279,10 +270,7 @@ mod tests {
             .unwrap();
         let reloaded = LocalKeyProvider::load(&dir.path().join("k.json")).unwrap();
         let env = envelope(Arc::new(reloaded));
-        assert_eq!(
-            env.open(&blob, &c, b"row").await.unwrap().expose(),
-            b"secret"
-        );
+        assert_eq!(opened(&env, &blob, &c, b"row").await, b"secret");
 
         let other = envelope(Arc::new(local(&dir, "other.json")));
         assert!(matches!(
@@ -316,7 +304,7 @@ mod tests {
         let v2 = envelope(Arc::new(provider));
         let new = v2.seal_new(&c, b"row2", b"new").await.unwrap();
         assert_eq!(new.wrapped_dek.key, key);
-        assert_eq!(v2.open(&old, &c, b"row").await.unwrap().expose(), b"old");
+        assert_eq!(opened(&v2, &old, &c, b"row").await, b"old");
 
         let rewrapped = v2.rewrap(&old.wrapped_dek, &c).await.unwrap();
         assert_eq!(rewrapped.key.version, 2);
@@ -325,10 +313,7 @@ mod tests {
             wrapped_dek: rewrapped,
         };
         let fresh = envelope(Arc::new(LocalKeyProvider::load(&path).unwrap()));
-        assert_eq!(
-            fresh.open(&moved, &c, b"row").await.unwrap().expose(),
-            b"old"
-        );
+        assert_eq!(opened(&fresh, &moved, &c, b"row").await, b"old");
         // The rewrapped DEK is still bound to its context.
         assert!(fresh.rewrap(&moved.wrapped_dek, &ctx("c2")).await.is_err());
     }

@@ -127,7 +127,7 @@ impl KeyProvider for MultiKeyProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{CountingProvider, ctx, local};
+    use crate::test_support::{CountingProvider, ctx, local, opened, unwrapped};
     use crate::{DekCacheConfig, Envelope, LocalKeyProvider};
 
     #[tokio::test]
@@ -143,23 +143,13 @@ mod tests {
         assert_eq!(multi.current_key(), new.current_key());
         let (_, fresh) = multi.generate_data_key(&c).await.unwrap();
         assert_eq!(fresh.key, new.current_key());
-        assert_eq!(
-            multi
-                .unwrap_data_key(&old_wrapped, &c)
-                .await
-                .unwrap()
-                .expose(),
-            dek.expose()
-        );
+        assert_eq!(unwrapped(&multi, &old_wrapped, &c).await, dek.expose());
         assert!(new.unwrap_data_key(&fresh, &c).await.is_ok());
 
         // Re-wrap moves the DEK from the old provider to the current one.
         let moved = multi.rewrap_data_key(&old_wrapped, &c).await.unwrap();
         assert_eq!(moved.key, new.current_key());
-        assert_eq!(
-            new.unwrap_data_key(&moved, &c).await.unwrap().expose(),
-            dek.expose()
-        );
+        assert_eq!(unwrapped(&*new, &moved, &c).await, dek.expose());
         // Still bound to its context through the move.
         assert!(matches!(
             multi.rewrap_data_key(&old_wrapped, &ctx("c2")).await,
@@ -215,14 +205,7 @@ mod tests {
             None,
         );
         let multi = MultiKeyProvider::new(Arc::new(kms), vec![old.clone()]);
-        assert_eq!(
-            multi
-                .unwrap_data_key(&old_wrapped, &c)
-                .await
-                .unwrap()
-                .expose(),
-            dek.expose()
-        );
+        assert_eq!(unwrapped(&multi, &old_wrapped, &c).await, dek.expose());
         // A DEK nobody else knows reports the outage, not "unknown key".
         let (_, foreign) = local(&dir, "stranger.json")
             .generate_data_key(&c)
@@ -249,9 +232,6 @@ mod tests {
             vec![Arc::new(LocalKeyProvider::load(&path).unwrap())],
         );
         let env = Envelope::new(Arc::new(multi), DekCacheConfig::default());
-        assert_eq!(
-            env.open(&blob, &c, b"row").await.unwrap().expose(),
-            b"secret"
-        );
+        assert_eq!(opened(&env, &blob, &c, b"row").await, b"secret");
     }
 }

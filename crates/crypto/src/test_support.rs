@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{
-    CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, LocalKeyProvider, WrappedDek,
+    CryptoError, DataKey, EncryptionContext, Envelope, KeyProvider, KeyRef, LocalKeyProvider,
+    SealedBlob, WrappedDek,
 };
 
 /// A fresh local key file `name` inside `dir`.
@@ -16,6 +17,26 @@ pub(crate) fn local(dir: &tempfile::TempDir, name: &str) -> LocalKeyProvider {
 /// The context of credential `id` in workspace "w1".
 pub(crate) fn ctx(id: &str) -> EncryptionContext {
     EncryptionContext::for_credential("w1", id, "oauth-token")
+}
+
+/// The plaintext `env` opens `blob` (row `aad`, context `ctx`) to.
+pub(crate) async fn opened(
+    env: &Envelope,
+    blob: &SealedBlob,
+    ctx: &EncryptionContext,
+    aad: &[u8],
+) -> Vec<u8> {
+    env.open(blob, ctx, aad).await.unwrap().expose().to_vec()
+}
+
+/// The DEK `provider` unwraps `wrapped` (context `ctx`) to.
+pub(crate) async fn unwrapped(
+    provider: &dyn KeyProvider,
+    wrapped: &WrappedDek,
+    ctx: &EncryptionContext,
+) -> Vec<u8> {
+    let dek = provider.unwrap_data_key(wrapped, ctx).await.unwrap();
+    dek.expose().to_vec()
 }
 
 /// Wraps a provider and counts unwrap calls, to prove the cache's hot path skips it.

@@ -98,20 +98,11 @@ mod tests {
     use super::*;
     use secrecy::SecretString;
     use serde_json::json;
-    use std::collections::BTreeMap;
 
     fn tokens_with_id_token(id_token: Option<String>) -> TokenResponse {
         TokenResponse {
-            access_token: SecretString::from("at"),
-            refresh_token: None,
             id_token: id_token.map(SecretString::from),
-            token_type: "Bearer".into(),
-            expires_in: None,
-            access_token_lifetime: None,
-            refresh_token_expires_in: None,
-            scope: None,
-            extras: BTreeMap::new(),
-            raw_account: None,
+            ..TokenResponse::bearer(SecretString::from("at"))
         }
     }
 

@@ -149,6 +149,23 @@ mod tests {
         .unwrap()
     }
 
+    /// Whether an authorize URL for `spec` with no scopes and no PKCE challenge is refused as a
+    /// configuration error.
+    fn refused_without_challenge(spec: &ProviderSpec) -> bool {
+        let result = authorize_url(
+            spec,
+            &client(),
+            &AuthorizeRequest {
+                redirect_uri: "https://b/cb",
+                scopes: &[],
+                state: "s",
+                pkce_challenge: None,
+                placeholders: &BTreeMap::new(),
+            },
+        );
+        matches!(result, Err(OAuthError::Config(_)))
+    }
+
     #[test]
     fn standard_parameters_with_pkce() {
         let s = spec("https://auth.example.com/authorize", Pkce::Required, &[]);
@@ -183,18 +200,7 @@ mod tests {
         // An extra parameter may not replace it either.
         s.extra_authorize_params
             .insert("client_key".to_owned(), "other".to_owned());
-        let err = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
-        assert!(matches!(err, Err(OAuthError::Config(_))));
+        assert!(refused_without_challenge(&s));
     }
 
     #[test]
@@ -203,18 +209,7 @@ mod tests {
         let url = build(&s, &["a"], Some("chal"));
         assert_eq!(get(&url, "code_challenge"), None);
         let s = spec("https://auth.example.com/authorize", Pkce::Supported, &[]);
-        let err = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
-        assert!(matches!(err, Err(OAuthError::Config(_))));
+        assert!(refused_without_challenge(&s));
     }
 
     #[test]
@@ -257,18 +252,7 @@ mod tests {
         let mut s = spec("https://auth.example.com/a", Pkce::None, &[]);
         s.extra_authorize_params
             .insert("redirect_uri".into(), "https://evil.example".into());
-        let r = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
-        assert!(matches!(r, Err(OAuthError::Config(_))));
+        assert!(refused_without_challenge(&s));
     }
 
     #[test]
@@ -334,17 +318,6 @@ mod tests {
         let s = spec("http://127.0.0.1:8080/authorize", Pkce::None, &[]);
         build(&s, &[], None);
         let s = spec("http://example.com/authorize", Pkce::None, &[]);
-        let r = authorize_url(
-            &s,
-            &client(),
-            &AuthorizeRequest {
-                redirect_uri: "https://b/cb",
-                scopes: &[],
-                state: "s",
-                pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
-            },
-        );
-        assert!(matches!(r, Err(OAuthError::Config(_))));
+        assert!(refused_without_challenge(&s));
     }
 }

@@ -136,8 +136,7 @@ impl OAuthHttp {
         pkce_verifier: Option<&SecretString>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<reqwest::RequestBuilder, OAuthError> {
-        let url = endpoint::fill(&spec.token_url, placeholders, None)?;
-        let url = endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?;
+        let url = self.token_url(spec, placeholders)?;
         let mut params = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose_secret()),
@@ -146,12 +145,7 @@ impl OAuthHttp {
         if let Some(v) = pkce_verifier {
             params.push(("code_verifier", v.expose_secret()));
         }
-        params.extend(
-            spec.extra_token_params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        self.token_request(spec, client, url, params)
+        self.token_request(spec, client, url, params, &spec.extra_token_params)
     }
 
     /// Refreshes an access token (RFC 6749 §6). A `refresh_token` in the result means the
@@ -189,21 +183,13 @@ impl OAuthHttp {
             .filter(|_| spec.quirks.contains(&Quirk::SalesforceInstanceUrl));
         let url = match instance {
             Some(instance) => quirks::salesforce_token_url(instance, self.allow_http_loopback)?,
-            None => {
-                let url = endpoint::fill(&spec.token_url, placeholders, None)?;
-                endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)?
-            }
+            None => self.token_url(spec, placeholders)?,
         };
-        let mut params = vec![
+        let params = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        params.extend(
-            spec.extra_refresh_params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        self.token_request(spec, client, url, params)
+        self.token_request(spec, client, url, params, &spec.extra_refresh_params)
     }
 
     /// Revokes a token. RFC 7009 endpoints take either token (`token_type_hint`
@@ -310,18 +296,9 @@ impl OAuthHttp {
             .get(url)
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .header(AUTHORIZATION, auth);
-        let reply = self.send(request).await?;
-        let sent = [tokens.access_token.expose_secret()];
-        if !reply.status.is_success() {
-            return Err(status_error(
-                &reply,
-                Operation::Identify,
-                Caller::Token,
-                &sent,
-            ));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&reply.body)
-            .map_err(|_| OAuthError::Protocol("post-connect lookup is not json".to_owned()))?;
+        let doc = self
+            .identity_json(request, tokens, "post-connect lookup")
+            .await?;
         let mut extras = BTreeMap::new();
         for (name, pointer) in &lookup.extras {
             let value = match doc.pointer(pointer) {
@@ -416,18 +393,8 @@ impl OAuthHttp {
                     }
                     None => self.client.get(url).headers(headers),
                 };
-                let reply = self.send(request).await?;
+                let doc = self.identity_json(request, tokens, "userinfo").await?;
                 let sent = [tokens.access_token.expose_secret()];
-                if !reply.status.is_success() {
-                    return Err(status_error(
-                        &reply,
-                        Operation::Identify,
-                        Caller::Token,
-                        &sent,
-                    ));
-                }
-                let doc: serde_json::Value = serde_json::from_slice(&reply.body)
-                    .map_err(|_| OAuthError::Protocol("userinfo is not json".to_owned()))?;
                 if spec.quirks.contains(&Quirk::OkFalseErrors)
                     && doc.get("ok").and_then(serde_json::Value::as_bool) == Some(false)
                 {
@@ -445,14 +412,49 @@ impl OAuthHttp {
         }
     }
 
-    /// A token request POST with the spec's client authentication and body format.
-    fn token_request(
+    /// Sends a lookup made with the access token (userinfo, post-connect) and parses its JSON
+    /// answer; `what` names the lookup in errors.
+    async fn identity_json(
+        &self,
+        request: reqwest::RequestBuilder,
+        tokens: &TokenResponse,
+        what: &str,
+    ) -> Result<serde_json::Value, OAuthError> {
+        let reply = self.send(request).await?;
+        if !reply.status.is_success() {
+            let sent = [tokens.access_token.expose_secret()];
+            return Err(status_error(
+                &reply,
+                Operation::Identify,
+                Caller::Token,
+                &sent,
+            ));
+        }
+        serde_json::from_slice(&reply.body)
+            .map_err(|_| OAuthError::Protocol(format!("{what} is not json")))
+    }
+
+    /// The spec's token endpoint with its placeholders filled.
+    fn token_url(
+        &self,
+        spec: &ProviderSpec,
+        placeholders: &BTreeMap<String, String>,
+    ) -> Result<url::Url, OAuthError> {
+        let url = endpoint::fill(&spec.token_url, placeholders, None)?;
+        endpoint::parse_server_url("token_url", &url, self.allow_http_loopback)
+    }
+
+    /// A token request POST of `params` then `extra`, with the spec's client authentication and
+    /// body format.
+    fn token_request<'a>(
         &self,
         spec: &ProviderSpec,
         client: &ClientCredentials,
         url: url::Url,
-        params: Vec<(&str, &str)>,
+        mut params: Vec<(&'a str, &'a str)>,
+        extra: &'a BTreeMap<String, String>,
     ) -> Result<reqwest::RequestBuilder, OAuthError> {
+        params.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut headers = HeaderMap::new();
         // Always asked for: GitHub answers form-encoded otherwise; nobody else minds.
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));

@@ -49,6 +49,25 @@ pub struct TokenResponse {
     pub raw_account: Option<Value>,
 }
 
+impl TokenResponse {
+    /// A bearer access token and nothing else: what a caller holding only a stored access token
+    /// has to identify the account with.
+    pub fn bearer(access_token: SecretString) -> Self {
+        Self {
+            access_token,
+            refresh_token: None,
+            id_token: None,
+            token_type: "Bearer".into(),
+            expires_in: None,
+            access_token_lifetime: None,
+            refresh_token_expires_in: None,
+            scope: None,
+            extras: BTreeMap::new(),
+            raw_account: None,
+        }
+    }
+}
+
 /// Top-level scalar fields copied into `extras` under the same name.
 const EXTRA_KEYS: [&str; 12] = [
     "instance_url", // Salesforce: the org's API host; refreshes go there

@@ -3,7 +3,6 @@
 
 use cb_broker::clock::{ManualClock, Timestamp};
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
-use cb_proto::v1::membership_service_client::MembershipServiceClient;
 use credential_broker::runtime::app::{Application, BuildOptions};
 use credential_broker::runtime::config::{Config, DatabaseConfig};
 use credential_broker::runtime::error::StartupError;
@@ -102,11 +101,6 @@ impl TestBroker {
     /// A CredentialService client.
     pub async fn credentials(&self) -> CredentialServiceClient<Channel> {
         CredentialServiceClient::new(self.channel().await)
-    }
-
-    /// A MembershipService client.
-    pub async fn members(&self) -> MembershipServiceClient<Channel> {
-        MembershipServiceClient::new(self.channel().await)
     }
 
     /// A typed client acting as `actor`.

@@ -19,17 +19,18 @@ pub struct Actor {
     pub email: &'static str,
 }
 
+impl Actor {
+    /// The user `id` with `email`.
+    pub const fn new(id: &'static str, email: &'static str) -> Self {
+        Self { id, email }
+    }
+}
+
 /// The user most tests act as.
-pub const ALICE: Actor = Actor {
-    id: "u-alice",
-    email: "alice@example.com",
-};
+pub const ALICE: Actor = Actor::new("u-alice", "alice@example.com");
 
 /// A second user, for visibility and membership checks.
-pub const BOB: Actor = Actor {
-    id: "u-bob",
-    email: "bob@example.com",
-};
+pub const BOB: Actor = Actor::new("u-bob", "bob@example.com");
 
 /// A credential imported from a grant of the fake provider, with the tokens given to the broker.
 #[derive(Clone, Debug)]
@@ -52,6 +53,8 @@ pub struct Client {
     pub members: MembershipServiceClient<Channel>,
     /// Who the calls are made for.
     pub actor: Actor,
+    /// The workspace the calls say the actor is an admin of (`x-actor-workspace-*`), if any.
+    pub admin_of: Option<&'static str>,
 }
 
 impl Client {
@@ -61,6 +64,7 @@ impl Client {
             creds: CredentialServiceClient::new(channel.clone()),
             members: MembershipServiceClient::new(channel),
             actor,
+            admin_of: None,
         }
     }
 
@@ -72,9 +76,21 @@ impl Client {
         }
     }
 
+    /// The same connection and actor, as an admin of `workspace`.
+    pub fn admin_of(&self, workspace: &'static str) -> Self {
+        Self {
+            admin_of: Some(workspace),
+            ..self.clone()
+        }
+    }
+
     /// `msg` with this client's actor metadata.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        crate::support::broker::as_actor(msg, self.actor.id, self.actor.email)
+        let Actor { id, email } = self.actor;
+        match self.admin_of {
+            None => crate::support::broker::as_actor(msg, id, email),
+            Some(ws) => crate::support::broker::as_workspace_admin(msg, id, email, ws),
+        }
     }
 
     /// ListProviders: the catalog as the broker serves it.
@@ -141,14 +157,40 @@ impl Client {
         &mut self,
         provider_id: &str,
     ) -> Result<pb::StartConnectResponse, Status> {
+        self.start_connect_scopes(provider_id, &[]).await
+    }
+
+    /// [`Self::start_connect`] asking for `scopes`.
+    pub async fn start_connect_scopes(
+        &mut self,
+        provider_id: &str,
+        scopes: &[&str],
+    ) -> Result<pb::StartConnectResponse, Status> {
         let request = self.request(pb::StartConnectRequest {
             workspace_id: "ws1".into(),
             provider_id: provider_id.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             redirect_uri: REDIRECT_URI.into(),
             ..Default::default()
         });
         self.creds
             .start_connect(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// StartReconnect of credential `id`, with the test redirect URI and no extra scopes.
+    pub async fn start_reconnect(
+        &mut self,
+        id: &str,
+    ) -> Result<pb::StartReconnectResponse, Status> {
+        let request = self.request(pb::StartReconnectRequest {
+            credential_id: id.into(),
+            redirect_uri: REDIRECT_URI.into(),
+            scopes: vec![],
+        });
+        self.creds
+            .start_reconnect(request)
             .await
             .map(tonic::Response::into_inner)
     }
@@ -159,11 +201,15 @@ impl Client {
         callback: &url::Url,
     ) -> Result<pb::CompleteConnectResponse, Status> {
         let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
-        let request = self.request(pb::CompleteConnectRequest {
-            state: q.get("state").cloned().unwrap_or_default(),
-            code: q.get("code").cloned().unwrap_or_default(),
-            ..Default::default()
-        });
+        self.complete_connect_with(callback_request(&q)).await
+    }
+
+    /// CompleteConnect with a request of the test's own.
+    pub async fn complete_connect_with(
+        &mut self,
+        req: pb::CompleteConnectRequest,
+    ) -> Result<pb::CompleteConnectResponse, Status> {
+        let request = self.request(req);
         self.creds
             .complete_connect(request)
             .await
@@ -214,6 +260,17 @@ impl Client {
             .map(tonic::Response::into_inner)
     }
 
+    /// The first page of ListCredentials in workspace `ws1`.
+    pub async fn list(&mut self) -> Result<Vec<pb::Credential>, Status> {
+        let page = self
+            .list_page(pb::ListCredentialsRequest {
+                workspace_id: "ws1".into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(page.credentials)
+    }
+
     /// UpdateCredential.
     pub async fn update(
         &mut self,
@@ -238,5 +295,82 @@ impl Client {
             .disconnect_credential(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// AddMember: invites `email` to credential `id` with `role`.
+    pub async fn add_member(
+        &mut self,
+        id: &str,
+        email: &str,
+        role: pb::MemberRole,
+    ) -> Result<pb::Member, Status> {
+        let request = self.request(pb::AddMemberRequest {
+            credential_id: id.into(),
+            email: email.into(),
+            role: role as i32,
+        });
+        let response = self.members.add_member(request).await?.into_inner();
+        Ok(response.member.expect("AddMember answers the member"))
+    }
+
+    /// AcceptInvitation to credential `id`.
+    pub async fn accept_invitation(&mut self, id: &str) -> Result<pb::Member, Status> {
+        let request = self.request(pb::AcceptInvitationRequest {
+            credential_id: id.into(),
+        });
+        let response = self.members.accept_invitation(request).await?.into_inner();
+        Ok(response
+            .member
+            .expect("AcceptInvitation answers the member"))
+    }
+
+    /// UpdateMemberRole: gives `email` the role `role` on credential `id`.
+    pub async fn update_member_role(
+        &mut self,
+        id: &str,
+        email: &str,
+        role: pb::MemberRole,
+    ) -> Result<pb::Member, Status> {
+        let request = self.request(pb::UpdateMemberRoleRequest {
+            credential_id: id.into(),
+            email: email.into(),
+            role: role as i32,
+        });
+        let response = self.members.update_member_role(request).await?.into_inner();
+        Ok(response
+            .member
+            .expect("UpdateMemberRole answers the member"))
+    }
+
+    /// RemoveMember: removes `email` from credential `id`.
+    pub async fn remove_member(&mut self, id: &str, email: &str) -> Result<(), Status> {
+        let request = self.request(pb::RemoveMemberRequest {
+            credential_id: id.into(),
+            email: email.into(),
+        });
+        self.members.remove_member(request).await?;
+        Ok(())
+    }
+
+    /// ListMembers of credential `id`.
+    pub async fn list_members(&mut self, id: &str) -> Result<Vec<pb::Member>, Status> {
+        let request = self.request(pb::ListMembersRequest {
+            credential_id: id.into(),
+        });
+        let response = self.members.list_members(request).await?.into_inner();
+        Ok(response.members)
+    }
+}
+
+/// The CompleteConnect request for the parameters `q` of the provider's redirect (state, code,
+/// or error and its description).
+pub fn callback_request(q: &HashMap<String, String>) -> pb::CompleteConnectRequest {
+    let param = |name: &str| q.get(name).cloned().unwrap_or_default();
+    pb::CompleteConnectRequest {
+        state: param("state"),
+        code: param("code"),
+        error: param("error"),
+        error_description: param("error_description"),
+        ..Default::default()
     }
 }

@@ -50,6 +50,18 @@ impl FakeProvider {
         }
     }
 
+    /// The account read from this fake's OpenID-style userinfo endpoint (`sub`, `email`).
+    pub fn userinfo(&self) -> AccountSource {
+        AccountSource::Userinfo {
+            url: format!("{}/userinfo", self.base_url()),
+            subject_pointer: "/sub".into(),
+            label_pointer: "/email".into(),
+            headers: BTreeMap::new(),
+            body: None,
+            token_header: None,
+        }
+    }
+
     /// A provider spec pointing at this server. The account source follows the quirks: Slack
     /// (`SlackAuthedUser`) and Notion (`JsonTokenRequest`) read it from the token response,
     /// others from `/userinfo` (`/sub`, `/email`). The revocation URL follows them too: GitHub
@@ -69,14 +81,7 @@ impl FakeProvider {
                 label_pointer: "/owner/user/person/email".into(),
             }
         } else {
-            AccountSource::Userinfo {
-                url: format!("{base}/userinfo"),
-                subject_pointer: "/sub".into(),
-                label_pointer: "/email".into(),
-                headers: BTreeMap::new(),
-                body: None,
-                token_header: None,
-            }
+            self.userinfo()
         };
         let revocation_url = if has(Quirk::GithubJsonAccept) {
             format!("{base}/applications/{{client_id}}/grant")

@@ -166,6 +166,15 @@ pub fn credential_id(field: &str, raw: &str) -> Result<CredentialId, BrokerError
     CredentialId::parse(field, raw).map_err(|v| BrokerError::InvalidArgument(vec![v]))
 }
 
+/// An optional timestamp field: `None` when absent or invalid (then recorded in `v`).
+fn optional_timestamp(
+    field: &str,
+    raw: Option<&prost_types::Timestamp>,
+    v: &mut Violations,
+) -> Option<Timestamp> {
+    raw.and_then(|t| v.check(parse_timestamp(field, t)))
+}
+
 fn page_size(field: &str, raw: i32, v: &mut Violations) -> u32 {
     match raw {
         0 => DEFAULT_PAGE_SIZE,
@@ -217,14 +226,16 @@ fn token_bundle(t: Option<&pb::TokenSet>, v: &mut Violations) -> Option<TokenBun
             "must be a short token type such as Bearer",
         ));
     }
-    let access_exp = t
-        .access_token_expire_time
-        .as_ref()
-        .and_then(|ts| v.check(parse_timestamp("tokens.access_token_expire_time", ts)));
-    let refresh_exp = t
-        .refresh_token_expire_time
-        .as_ref()
-        .and_then(|ts| v.check(parse_timestamp("tokens.refresh_token_expire_time", ts)));
+    let access_exp = optional_timestamp(
+        "tokens.access_token_expire_time",
+        t.access_token_expire_time.as_ref(),
+        v,
+    );
+    let refresh_exp = optional_timestamp(
+        "tokens.refresh_token_expire_time",
+        t.refresh_token_expire_time.as_ref(),
+        v,
+    );
     if t.provider_extras.len() > 32
         || t.provider_extras
             .iter()
@@ -341,11 +352,8 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             ));
         }
         v.finish()?;
-        let Some(workspace_id) = workspace_id else {
-            return Err(BrokerError::Internal("request parse inconsistency".into()));
-        };
         Ok(Self(ListCredentials {
-            workspace_id,
+            workspace_id: parsed(workspace_id)?,
             provider_id,
             page_size,
             page_token: (!r.page_token.is_empty()).then_some(r.page_token),
@@ -353,6 +361,11 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             statuses,
         }))
     }
+}
+
+/// A field that was checked: once the violations are finished it is there, `None` is a parser bug.
+fn parsed<T>(value: Option<T>) -> Result<T, BrokerError> {
+    value.ok_or_else(|| BrokerError::Internal("request parse inconsistency".into()))
 }
 
 /// A parsed UpdateCredential request.
@@ -416,11 +429,8 @@ impl TryFrom<pb::UpdateCredentialRequest> for Updatable {
             ));
         }
         v.finish()?;
-        let Some(id) = id else {
-            return Err(BrokerError::Internal("request parse inconsistency".into()));
-        };
         Ok(Self(UpdateCredential {
-            id,
+            id: parsed(id)?,
             display_name,
             description,
             expected_version: (c.version > 0).then_some(c.version),
@@ -443,14 +453,8 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
             ));
         }
     }
-    let start = r
-        .start_time
-        .as_ref()
-        .and_then(|t| v.check(parse_timestamp("start_time", t)));
-    let end = r
-        .end_time
-        .as_ref()
-        .and_then(|t| v.check(parse_timestamp("end_time", t)));
+    let start = optional_timestamp("start_time", r.start_time.as_ref(), &mut v);
+    let end = optional_timestamp("end_time", r.end_time.as_ref(), &mut v);
     let page_size = match r.page_size {
         0 => AUDIT_DEFAULT_PAGE_SIZE,
         n if n < 0 => {
@@ -542,17 +546,14 @@ pub fn start_connect(r: pb::StartConnectRequest) -> Result<StartConnect, BrokerE
         v.check(Description::parse("description", &r.description))
     };
     v.finish()?;
-    match (workspace_id, provider_id, scopes) {
-        (Some(workspace_id), Some(provider_id), Some(scopes)) => Ok(StartConnect {
-            workspace_id,
-            provider_id,
-            scopes,
-            redirect_uri,
-            display_name,
-            description,
-        }),
-        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
-    }
+    Ok(StartConnect {
+        workspace_id: parsed(workspace_id)?,
+        provider_id: parsed(provider_id)?,
+        scopes: parsed(scopes)?,
+        redirect_uri,
+        display_name,
+        description,
+    })
 }
 
 /// Parses StartReconnect.
@@ -562,14 +563,11 @@ pub fn start_reconnect(r: pb::StartReconnectRequest) -> Result<StartReconnect, B
     let scopes = v.check(Scopes::parse("scopes", &r.scopes));
     let redirect_uri = redirect_uri("redirect_uri", &r.redirect_uri, &mut v);
     v.finish()?;
-    match (id, scopes) {
-        (Some(id), Some(scopes)) => Ok(StartReconnect {
-            id,
-            redirect_uri,
-            scopes,
-        }),
-        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
-    }
+    Ok(StartReconnect {
+        id: parsed(id)?,
+        redirect_uri,
+        scopes: parsed(scopes)?,
+    })
 }
 
 /// Parses CompleteConnect.

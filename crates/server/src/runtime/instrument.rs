@@ -18,6 +18,14 @@ use std::time::Instant;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+/// Records how a call ended on its span; a failure also marks the span as an error.
+fn record_outcome(span: &tracing::Span, outcome: &str, failed: bool) {
+    span.record("outcome", outcome);
+    if failed {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 // ---- KMS ---------------------------------------------------------------------------------------
 
 /// A [`KeyProvider`] whose calls are spans (`kms <operation>`) and metrics.
@@ -68,13 +76,21 @@ impl InstrumentedKeyProvider {
             Err(CryptoError::AccessDenied { .. }) => "denied",
             Err(_) => "error",
         };
-        span.record("outcome", outcome);
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
+        record_outcome(&span, outcome, result.is_err());
         self.metrics
             .observe_kms_call(operation, outcome, started.elapsed());
         result
+    }
+
+    /// [`Self::observed`] for a call that wraps under the current key.
+    async fn observed_current<T>(
+        &self,
+        operation: &'static str,
+        ctx: &EncryptionContext,
+        call: impl Future<Output = Result<T, CryptoError>>,
+    ) -> Result<T, CryptoError> {
+        let key = self.inner.current_key();
+        self.observed(operation, &key, ctx, call).await
     }
 }
 
@@ -92,14 +108,8 @@ impl KeyProvider for InstrumentedKeyProvider {
         &self,
         ctx: &EncryptionContext,
     ) -> Result<(DataKey, WrappedDek), CryptoError> {
-        let key = self.inner.current_key();
-        self.observed(
-            "generate_data_key",
-            &key,
-            ctx,
-            self.inner.generate_data_key(ctx),
-        )
-        .await
+        self.observed_current("generate_data_key", ctx, self.inner.generate_data_key(ctx))
+            .await
     }
 
     async fn unwrap_data_key(
@@ -121,14 +131,8 @@ impl KeyProvider for InstrumentedKeyProvider {
         dek: &DataKey,
         ctx: &EncryptionContext,
     ) -> Result<WrappedDek, CryptoError> {
-        let key = self.inner.current_key();
-        self.observed(
-            "wrap_data_key",
-            &key,
-            ctx,
-            self.inner.wrap_data_key(dek, ctx),
-        )
-        .await
+        self.observed_current("wrap_data_key", ctx, self.inner.wrap_data_key(dek, ctx))
+            .await
     }
 
     async fn rewrap_data_key(
@@ -187,10 +191,7 @@ impl InstrumentedGateway {
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",
         };
-        span.record("outcome", outcome);
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
+        record_outcome(&span, outcome, result.is_err());
         self.metrics
             .observe_provider_call(provider, operation, outcome, started.elapsed());
         result
