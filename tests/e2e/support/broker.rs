@@ -103,6 +103,13 @@ impl TestBroker {
         CredentialServiceClient::new(self.channel().await)
     }
 
+    /// A MembershipService client.
+    pub async fn members(
+        &self,
+    ) -> cb_proto::v1::membership_service_client::MembershipServiceClient<Channel> {
+        cb_proto::v1::membership_service_client::MembershipServiceClient::new(self.channel().await)
+    }
+
     /// A typed client acting as `actor`.
     pub async fn client(
         &self,
