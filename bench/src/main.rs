@@ -104,6 +104,10 @@ struct Args {
     /// of one per stream.
     #[arg(long)]
     distinct_executions: bool,
+    /// --remote: also load the broker with h2load (Debian package nghttp2-client) at every shape,
+    /// if it is on PATH, and print the commands that reproduce it.
+    #[arg(long)]
+    h2load: bool,
 }
 
 #[tokio::main]

@@ -457,9 +457,158 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
             verdict(p99 <= 1.3)
         );
     }
+    if args.h2load {
+        let token = pb::GetAccessTokenRequest {
+            credential_id: credential_id.to_string(),
+            workflow_id: "wf-bench".into(),
+            block_id: "block-bench".into(),
+            execution_id: "exec-bench".into(),
+            ..Default::default()
+        };
+        h2load(args, dir.path(), addr, &executor_token, &token)?;
+    }
     if let Some(mut s) = server {
         s.child.start_kill()?;
         let _ = s.child.wait().await;
     }
+    Ok(())
+}
+
+/// A unary gRPC request body: the uncompressed length-prefixed message.
+fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// `finished in …, N req/s` and the mean of `time for request:` from h2load's report.
+fn h2load_figures(report: &str) -> Option<(f64, String)> {
+    let line = report.lines().find(|l| l.starts_with("finished in"))?;
+    let rate = line
+        .split(", ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mean = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .unwrap_or("?")
+        .to_owned();
+    Some((rate, mean))
+}
+
+/// The same comparison with h2load as the load generator; gRPC errors travel in trailers, which
+/// h2load does not read, so the Rust run above is the check that the calls succeed.
+fn h2load(
+    args: &Args,
+    dir: &Path,
+    addr: SocketAddr,
+    executor_token: &str,
+    token: &pb::GetAccessTokenRequest,
+) -> Res<()> {
+    let health_body = dir.join("health.bin");
+    let token_body = dir.join("get-access-token.bin");
+    std::fs::write(&health_body, grpc_frame(&HealthCheckRequest::default()))?;
+    std::fs::write(&token_body, grpc_frame(token))?;
+    println!();
+    println!(
+        "h2load (same broker, same headers; body files in {})",
+        dir.display()
+    );
+    let command = |shape: Shape, body: &Path, path: &str| {
+        let mut c = std::process::Command::new("h2load");
+        c.arg("-D")
+            .arg(args.seconds.to_string())
+            .arg("--warm-up-time=1")
+            .arg("-c")
+            .arg(shape.connections.to_string())
+            .arg("-m")
+            .arg(shape.streams.to_string())
+            .arg(format!("--data={}", body.display()))
+            .arg("-H")
+            .arg("content-type: application/grpc")
+            .arg("-H")
+            .arg("te: trailers")
+            .arg("-H")
+            .arg(format!("authorization: Bearer {executor_token}"))
+            .arg("-H")
+            .arg(format!("x-actor-id: {ACTOR_ID}"))
+            .arg("-H")
+            .arg(format!("x-actor-email: {ACTOR_EMAIL}"))
+            .arg(format!("http://{addr}{path}"));
+        c
+    };
+    println!(
+        "   {:<20} {:>12} {:>10} {:>12} {:>10}   token/health",
+        "load", "health req/s", "mean", "token req/s", "mean"
+    );
+    for &shape in &args.shapes {
+        let mut figures = Vec::new();
+        for (body, path) in [
+            (&health_body, "/grpc.health.v1.Health/Check"),
+            (
+                &token_body,
+                "/credentialbroker.v1.CredentialService/GetAccessToken",
+            ),
+        ] {
+            let mut c = command(shape, body, path);
+            let out = match c.output() {
+                Ok(out) => out,
+                Err(e) => {
+                    println!("   h2load not run: {e} (apt-get install nghttp2-client)");
+                    return Ok(());
+                }
+            };
+            let report = String::from_utf8_lossy(&out.stdout);
+            match h2load_figures(&report) {
+                Some(f) => figures.push(f),
+                None => {
+                    println!(
+                        "   h2load gave no figures for {path}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if let [(health, health_mean), (token, token_mean)] = figures.as_slice() {
+            println!(
+                "   {:<20} {health:>12.0} {health_mean:>10} {token:>12.0} {token_mean:>10}   {:.2}",
+                shape.to_string(),
+                token / health.max(f64::EPSILON)
+            );
+        }
+    }
+    let example = command(
+        args.shapes.first().copied().unwrap_or(Shape {
+            connections: 4,
+            streams: 16,
+        }),
+        &token_body,
+        "/credentialbroker.v1.CredentialService/GetAccessToken",
+    );
+    let words: Vec<String> = std::iter::once(example.get_program())
+        .chain(example.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect();
+    // The token stays out of the output: the command names the environment variable instead.
+    let line = words.join(" ").replace(
+        &format!("'authorization: Bearer {executor_token}'"),
+        "\"authorization: Bearer $CB_BENCH_EXECUTOR_TOKEN\"",
+    );
+    println!("   e.g. {line}");
     Ok(())
 }
