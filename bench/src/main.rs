@@ -8,6 +8,9 @@
 //!
 //! Server(s) and client run in this one process on the same tokio runtime (one worker thread per
 //! core), like executors sharing a small machine with the broker.
+//!
+//! `--remote` instead starts the release `credential-broker serve` as a child process configured
+//! as in production (or uses `--addr`) and drives it over real connections (see `remote.rs`).
 
 use cb_broker::clock::{Clock, SystemClock, Timestamp};
 use cb_fake_provider::{FakeConfig, FakeProvider};
@@ -19,7 +22,7 @@ use credential_broker::runtime::config::Config;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
@@ -27,6 +30,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+
+mod remote;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -71,6 +76,38 @@ struct Args {
     /// Skip the refresh storm (3).
     #[arg(long)]
     skip_storm: bool,
+    /// Instead of 1-3: drive a broker in ANOTHER process over real connections, configured as in
+    /// production (bearer-token callers, actor metadata, SQLite + local key), at --shapes.
+    #[arg(long)]
+    remote: bool,
+    /// --remote: the `credential-broker` binary to start (default: the one next to cb-bench).
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
+    /// --remote: use the broker already listening here (plaintext) instead of starting one; it
+    /// needs an executor and an operator caller (--executor-token, --operator-token).
+    #[arg(long, requires_all = ["executor_token", "operator_token"])]
+    addr: Option<SocketAddr>,
+    /// --remote with --addr: bearer token of a caller with role `executor`.
+    #[arg(long, env = "CB_BENCH_EXECUTOR_TOKEN", hide_env_values = true)]
+    executor_token: Option<String>,
+    /// --remote with --addr: bearer token of a caller with role `operator` (imports the credential).
+    #[arg(long, env = "CB_BENCH_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
+    /// --remote: load shapes, CONNECTIONSxSTREAMS (streams per connection), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["1x1", "64x1", "4x16", "4x32"])]
+    shapes: Vec<remote::Shape>,
+    /// --remote: measure each shape this many times, health and token alternating (figures are
+    /// summed over the rounds), so that a change of machine load hits both alike.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// --remote: a distinct execution_id on every GetAccessToken (as executors send them) instead
+    /// of one per stream.
+    #[arg(long)]
+    distinct_executions: bool,
+    /// --remote: also load the broker with h2load (Debian package nghttp2-client) at every shape,
+    /// if it is on PATH, and print the commands that reproduce it.
+    #[arg(long)]
+    h2load: bool,
 }
 
 #[tokio::main]
@@ -83,6 +120,12 @@ async fn main() -> Result<(), BoxError> {
         return Err("--credentials, --callers and --replicas must be at least 1".into());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.remote {
+        if args.rounds == 0 || args.shapes.is_empty() {
+            return Err("--rounds and --shapes must not be empty".into());
+        }
+        return remote::run(&args, cores).await;
+    }
     println!(
         "cb-bench: {cores} cores; broker(s) and client share this process and its tokio runtime"
     );
@@ -147,33 +190,45 @@ async fn import(
     tokens: (&str, &str),
     access_expires: Timestamp,
 ) -> Res<String> {
+    let request = import_request(provider_id, scope, subject, tokens, access_expires);
     let response = client
-        .import_credential(as_actor(pb::ImportCredentialRequest {
-            workspace_id: "ws-bench".into(),
-            provider_id: provider_id.into(),
-            account: Some(pb::ProviderAccount {
-                subject: subject.into(),
-                label: format!("{subject}@example.com"),
-            }),
-            display_name: format!("bench {subject}"),
-            tokens: Some(pb::TokenSet {
-                access_token: tokens.0.into(),
-                refresh_token: tokens.1.into(),
-                access_token_expire_time: Some(prost_types::Timestamp {
-                    seconds: access_expires.as_millis() / 1000,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-            granted_scopes: vec![scope.into()],
-            ..Default::default()
-        }))
+        .import_credential(as_actor(request))
         .await?
         .into_inner();
     response
         .credential
         .map(|c| c.credential_id)
         .ok_or_else(|| "ImportCredential answered without a credential".into())
+}
+
+/// The ImportCredential request of [`import`]: workspace `ws-bench`, tokens as given.
+fn import_request(
+    provider_id: &str,
+    scope: &str,
+    subject: &str,
+    tokens: (&str, &str),
+    access_expires: Timestamp,
+) -> pb::ImportCredentialRequest {
+    pb::ImportCredentialRequest {
+        workspace_id: "ws-bench".into(),
+        provider_id: provider_id.into(),
+        account: Some(pb::ProviderAccount {
+            subject: subject.into(),
+            label: format!("{subject}@example.com"),
+        }),
+        display_name: format!("bench {subject}"),
+        tokens: Some(pb::TokenSet {
+            access_token: tokens.0.into(),
+            refresh_token: tokens.1.into(),
+            access_token_expire_time: Some(prost_types::Timestamp {
+                seconds: access_expires.as_millis() / 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        granted_scopes: vec![scope.into()],
+        ..Default::default()
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -223,6 +278,15 @@ enum Target {
     Token,
 }
 
+/// Something that makes one unary call of either kind: the load loops are written once for the
+/// in-process and the remote runs.
+trait Calls: Clone + Send + 'static {
+    fn call(
+        &mut self,
+        target: Target,
+    ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send;
+}
+
 /// One stream: a loop of unary calls on its own clients.
 #[derive(Clone)]
 struct Stream {
@@ -231,7 +295,7 @@ struct Stream {
     credential_id: Arc<str>,
 }
 
-impl Stream {
+impl Calls for Stream {
     async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
         match target {
             Target::Health => self
@@ -292,7 +356,7 @@ fn print_row(streams: usize, call: &str, load: &Load, tail: String) {
 }
 
 /// Every stream calls `target` in a loop for `duration`; all start together.
-async fn run_load(streams: &[Stream], target: Target, duration: Duration) -> Res<Load> {
+async fn run_load<S: Calls>(streams: &[S], target: Target, duration: Duration) -> Res<Load> {
     let barrier = Arc::new(Barrier::new(streams.len() + 1));
     let tasks: Vec<_> = streams
         .iter()

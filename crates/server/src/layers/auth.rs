@@ -3,10 +3,13 @@
 //! (probes and grpcurl need them; they reveal no data).
 //!
 //! Each calling service presents `authorization: Bearer <token>`; the config holds only the
-//! token's SHA-256, compared in constant time. With no callers configured the broker runs in
-//! development mode: every call is `anonymous` and allowed, and only a loopback listener is
-//! permitted (config validation).
+//! token's SHA-256, compared in constant time. Once a token has matched, the layer keeps it (one
+//! slot per configured caller, zeroized on drop) and recognises the caller's later calls by a
+//! constant-time comparison with it, without hashing again. With no callers configured the broker
+//! runs in development mode: every call is `anonymous` and allowed, and only a loopback listener
+//! is permitted (config validation).
 
+use crate::layers::limits::CallsInFlight;
 use crate::layers::rpc::Rpc;
 use crate::runtime::listener::GuardedInfo;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
@@ -14,9 +17,10 @@ use aws_lc_rs::digest::{SHA256, digest};
 use cb_broker::access::{Caller, ServiceRole};
 use cb_broker::audit::{Audit, Outcome};
 use cb_broker::error::reason;
+use secrecy::{ExposeSecret, SecretSlice};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -58,51 +62,152 @@ impl Callers {
     pub fn is_development(&self) -> bool {
         self.tokens.is_empty() && self.certificates.is_empty() && self.workloads.is_empty()
     }
+}
+
+/// The token of `authorization: Bearer <token>`.
+fn bearer_token(header: Option<&str>) -> Result<&str, Status> {
+    header
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            unauthenticated(
+                "missing authorization: Bearer <service token> (or a client certificate)",
+            )
+        })
+}
+
+/// An authenticated caller and what the layers below keep per caller, built once at start.
+#[derive(Debug)]
+struct Known {
+    identity: ServiceIdentity,
+    in_flight: CallsInFlight,
+}
+
+/// A configured bearer-token caller.
+#[derive(Debug)]
+struct TokenCaller {
+    known: Arc<Known>,
+    token_sha256: [u8; 32],
+    /// The token, once a call has presented one whose hash matched: set at most once, read
+    /// without a lock, zeroized on drop.
+    verified: OnceLock<SecretSlice<u8>>,
+}
+
+/// [`Callers`] resolved once: every configured caller with its per-caller state.
+#[derive(Debug)]
+struct Authenticator {
+    development: Option<Arc<Known>>,
+    tokens: Vec<TokenCaller>,
+    certificates: Vec<(String, Arc<Known>)>,
+    /// Services that present workload tokens (verified by the workload layer).
+    workloads: Vec<Arc<Known>>,
+}
+
+impl Authenticator {
+    fn new(callers: Callers) -> Self {
+        // One in-flight counter per service name, even when it authenticates both ways.
+        let mut by_name: Vec<Arc<Known>> = Vec::new();
+        let mut known = |identity: ServiceIdentity| {
+            if let Some(k) = by_name.iter().find(|k| k.identity.name == identity.name) {
+                return k.clone();
+            }
+            let k = Arc::new(Known {
+                identity,
+                in_flight: CallsInFlight::default(),
+            });
+            by_name.push(k.clone());
+            k
+        };
+        let development = callers.is_development().then(|| {
+            known(ServiceIdentity {
+                name: "anonymous".into(),
+                role: ServiceRole::Development,
+            })
+        });
+        let tokens = callers
+            .tokens
+            .into_iter()
+            .map(|c| TokenCaller {
+                known: known(c.identity),
+                token_sha256: c.token_sha256,
+                verified: OnceLock::new(),
+            })
+            .collect();
+        let certificates = callers
+            .certificates
+            .into_iter()
+            .map(|(subject, identity)| (subject, known(identity)))
+            .collect();
+        let workloads = callers
+            .workloads
+            .into_iter()
+            .map(|(_, identity)| known(identity))
+            .collect();
+        Self {
+            development,
+            tokens,
+            certificates,
+            workloads,
+        }
+    }
+
+    /// The configured caller a workload token was mapped to by the workload layer.
+    fn workload(&self, identity: &ServiceIdentity) -> Result<&Arc<Known>, Status> {
+        self.workloads
+            .iter()
+            .find(|k| k.identity == *identity)
+            .ok_or_else(|| unauthenticated("the workload identity is not configured"))
+    }
 
     /// Authenticates a call: by its client certificate (already verified against the client CA
     /// by TLS) when it presents one that names a configured service, else by bearer token.
-    pub fn authenticate(
+    fn authenticate(
         &self,
         header: Option<&str>,
         client_cert: Option<&[u8]>,
-    ) -> Result<ServiceIdentity, Status> {
-        if self.is_development() {
-            return Ok(ServiceIdentity {
-                name: "anonymous".into(),
-                role: ServiceRole::Development,
-            });
+    ) -> Result<&Arc<Known>, Status> {
+        if let Some(known) = &self.development {
+            return Ok(known);
         }
         if let Some(der) = client_cert {
             let names = certificate_names(der);
-            if let Some((_, identity)) = self
+            if let Some((_, known)) = self
                 .certificates
                 .iter()
                 .find(|(subject, _)| names.iter().any(|n| n == subject))
             {
-                return Ok(identity.clone());
+                return Ok(known);
             }
         }
-        let token = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthenticated(
-                    "missing authorization: Bearer <service token> (or a client certificate)",
-                )
-            })?;
-        let presented = digest(&SHA256, token.as_bytes());
+        let token = bearer_token(header)?.as_bytes();
+        // A token seen before: compared with every verified token, without an early exit.
+        let mut found = None;
+        for c in &self.tokens {
+            if let Some(verified) = c.verified.get()
+                && verify_slices_are_equal(token, verified.expose_secret()).is_ok()
+            {
+                found = Some(&c.known);
+            }
+        }
+        if let Some(known) = found {
+            return Ok(known);
+        }
+        let presented = digest(&SHA256, token);
         // Compare against every configured hash, without an early exit.
         let mut found = None;
         for c in &self.tokens {
             if verify_slices_are_equal(presented.as_ref(), &c.token_sha256).is_ok() {
-                found = Some(c.identity.clone());
+                found = Some(c);
             }
         }
-        found.ok_or_else(|| unauthenticated("the service token is not recognised"))
+        let c = found.ok_or_else(|| unauthenticated("the service token is not recognised"))?;
+        // Only a token whose hash matched is kept (a wrong token never fills a slot).
+        let _ = c.verified.set(SecretSlice::from(token.to_vec()));
+        Ok(&c.known)
     }
 }
 
@@ -147,7 +252,7 @@ fn not_allowed(identity: &ServiceIdentity, rpc: Rpc) -> Status {
 /// The layer.
 #[derive(Clone)]
 pub struct AuthLayer {
-    callers: Arc<Callers>,
+    callers: Arc<Authenticator>,
     audit: Audit,
 }
 
@@ -155,7 +260,7 @@ impl AuthLayer {
     /// Authenticates against `callers`; denials are audited.
     pub fn new(callers: Callers, audit: Audit) -> Self {
         Self {
-            callers: Arc::new(callers),
+            callers: Arc::new(Authenticator::new(callers)),
             audit,
         }
     }
@@ -176,7 +281,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    callers: Arc<Callers>,
+    callers: Arc<Authenticator>,
     audit: Audit,
 }
 
@@ -222,19 +327,20 @@ where
             .extensions()
             .get::<crate::layers::workload::WorkloadIdentity>()
         {
-            Some(w) => Ok(w.0.clone()),
+            Some(w) => self.callers.workload(&w.0),
             None => self.callers.authenticate(header, cert.as_deref()),
         };
-        let decision = authenticated.clone().and_then(|identity| {
-            if rpc.allows(identity.role) {
-                Ok(identity)
+        let decision = authenticated.clone().and_then(|known| {
+            if rpc.allows(known.identity.role) {
+                Ok(known)
             } else {
-                Err(not_allowed(&identity, rpc))
+                Err(not_allowed(&known.identity, rpc))
             }
         });
         match decision {
-            Ok(identity) => {
-                req.extensions_mut().insert(identity);
+            Ok(known) => {
+                req.extensions_mut().insert(known.identity.clone());
+                req.extensions_mut().insert(known.in_flight.clone());
                 // Swap in a clone so this call uses the instance that was polled ready.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -243,7 +349,7 @@ where
             Err(status) => {
                 let (service, role) = authenticated.map_or_else(
                     |_| ("unauthenticated".to_owned(), None),
-                    |i| (i.name, Some(i.role)),
+                    |k| (k.identity.name.clone(), Some(k.identity.role)),
                 );
                 // The actor the caller claims, for the record (a denied caller is not trusted,
                 // so it is labelled as claimed, never used for anything else).
@@ -280,4 +386,79 @@ where
 /// Hex SHA-256 of a token, as written into the config (`credential-broker hash-token`).
 pub fn token_sha256_hex(token: &str) -> String {
     hex::encode(digest(&SHA256, token.trim().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(name: &str, role: ServiceRole, token: &str) -> KnownCaller {
+        let mut token_sha256 = [0u8; 32];
+        token_sha256.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+        KnownCaller {
+            identity: ServiceIdentity {
+                name: name.into(),
+                role,
+            },
+            token_sha256,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_keeps_its_caller_and_no_other_token_passes() {
+        let auth = Authenticator::new(Callers {
+            tokens: vec![
+                caller("exec", ServiceRole::Executor, "exec-token"),
+                caller("web", ServiceRole::Web, "web-token"),
+            ],
+            certificates: Vec::new(),
+            workloads: Vec::new(),
+        });
+        let name = |header: &str| {
+            auth.authenticate(Some(header), None)
+                .map(|k| k.identity.name.clone())
+                .map_err(|s| s.code())
+        };
+        // The first call verifies by hash, the later ones against the kept token.
+        for _ in 0..3 {
+            assert_eq!(name("Bearer exec-token"), Ok("exec".to_owned()));
+            assert_eq!(name("bearer  web-token "), Ok("web".to_owned()));
+        }
+        for wrong in [
+            "Bearer exec-token2",
+            "Bearer exec-toke",
+            "Bearer web-token-exec-token",
+            "Bearer EXEC-TOKEN",
+            "Bearer ",
+            "exec-token",
+        ] {
+            assert_eq!(name(wrong), Err(Code::Unauthenticated), "{wrong}");
+        }
+        assert_eq!(
+            auth.authenticate(None, None).map_err(|s| s.code()).err(),
+            Some(Code::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn a_caller_has_one_in_flight_counter() {
+        let auth = Authenticator::new(Callers {
+            tokens: vec![caller("exec", ServiceRole::Executor, "exec-token")],
+            certificates: vec![(
+                "exec.example".into(),
+                ServiceIdentity {
+                    name: "exec".into(),
+                    role: ServiceRole::Executor,
+                },
+            )],
+            workloads: Vec::new(),
+        });
+        let by_token = auth.tokens.first().map(|c| c.known.clone());
+        let by_certificate = auth.certificates.first().map(|(_, k)| k.clone());
+        assert!(
+            by_token
+                .zip(by_certificate)
+                .is_some_and(|(a, b)| Arc::ptr_eq(&a, &b))
+        );
+    }
 }

@@ -3,47 +3,60 @@
 //! `[limits] max_concurrent_per_caller` calls in flight; more are refused at once with
 //! RESOURCE_EXHAUSTED (and RetryInfo) instead of queueing, so one busy caller cannot starve the
 //! others. The request-size limit is tonic's `max_decoding_message_size` (see app.rs).
+//!
+//! The count lives in the caller's [`CallsInFlight`], which the auth layer built once per
+//! configured caller and hands on in the request extensions: a call takes no lock and looks
+//! nothing up.
 
 use crate::grpc::status::{transport_reason::CALLER_CONCURRENCY_LIMIT, transport_status};
 use crate::layers::auth::ServiceIdentity;
 use crate::runtime::metrics::Metrics;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::{Code, Status};
+
+/// The calls one calling service has in flight. An atomic counter rather than a semaphore: calls
+/// over the limit are refused, never queued, and tokio's semaphore locks its waiter list on every
+/// release.
+#[derive(Clone, Debug, Default)]
+pub struct CallsInFlight(Arc<AtomicUsize>);
+
+impl CallsInFlight {
+    /// Counts one more call unless `max` are already in flight.
+    fn try_enter(&self, max: usize) -> Option<InFlight> {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        let call = InFlight(self.0.clone());
+        // Over the limit: dropping `call` takes the count back.
+        (before < max).then_some(call)
+    }
+}
+
+/// One counted call; leaving it (drop) frees its place.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The layer; `max == 0` disables the limit.
 #[derive(Clone)]
 pub struct CallerLimitLayer {
     max: usize,
-    permits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     metrics: Arc<Metrics>,
 }
 
 impl CallerLimitLayer {
     /// At most `max` calls in flight per calling service (0: unlimited).
     pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
-        Self {
-            max,
-            permits: Arc::default(),
-            metrics,
-        }
-    }
-
-    fn semaphore(&self, caller: &str) -> Arc<Semaphore> {
-        // Callers are the configured services (or `anonymous`): a small, fixed set.
-        self.permits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(caller.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
-            .clone()
+        Self { max, metrics }
     }
 }
 
@@ -97,30 +110,33 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Health checks and reflection carry no identity: never limited.
-        let Some(caller) = req
-            .extensions()
-            .get::<ServiceIdentity>()
-            .map(|i| i.name.clone())
-        else {
+        let Some(identity) = req.extensions().get::<ServiceIdentity>() else {
             return Box::pin(inner.call(req));
         };
-        tracing::Span::current().record("caller", caller.as_str());
+        tracing::Span::current().record("caller", identity.name.as_str());
         if self.limit.max == 0 {
             return Box::pin(inner.call(req));
         }
-        match self.limit.semaphore(&caller).try_acquire_owned() {
-            Ok(permit) => {
-                let call = inner.call(req);
+        let Some(calls) = req.extensions().get::<CallsInFlight>() else {
+            // The auth layer puts both in; an identity without a counter is a wiring bug.
+            tracing::error!(caller = %identity.name, "call refused: no in-flight counter for the caller");
+            let status = Status::internal("the caller's concurrency limit is not set up");
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        match calls.try_enter(self.limit.max) {
+            Some(call) => {
+                let response = inner.call(req);
                 Box::pin(async move {
-                    let response = call.await;
-                    drop(permit);
+                    let response = response.await;
+                    drop(call);
                     response
                 })
             }
-            Err(_) => {
-                self.limit.metrics.rejected(&caller, "concurrency_limit");
+            None => {
+                let caller = identity.name.as_str();
+                self.limit.metrics.rejected(caller, "concurrency_limit");
                 tracing::warn!(caller = %caller, max = self.limit.max, "call refused: caller concurrency limit");
-                let status = exhausted(&caller, self.limit.max);
+                let status = exhausted(caller, self.limit.max);
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

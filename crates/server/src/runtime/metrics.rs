@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -84,11 +84,21 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Every gRPC status code, by number (`Code as usize`).
+const CODES: usize = 17;
+
+/// The count and latency series of one (RPC, status code), resolved once.
+type RpcSeries = (Counter, Histogram);
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: HistogramFamily<RpcLabels>,
+    /// The series of `rpc_requests` and `rpc_duration` by `Rpc as usize * CODES + code`, filled on
+    /// first use (a series appears once it has a sample): a finished call takes neither family's
+    /// lock nor hashes labels.
+    rpc_series: Box<[OnceLock<RpcSeries>]>,
     rpc_rejected: Family<RejectedLabels, Counter>,
     provider_calls: Family<ProviderCallLabels, Counter>,
     provider_duration: HistogramFamily<ProviderOpLabels>,
@@ -135,6 +145,9 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             rpc_requests: Family::default(),
             rpc_duration: Family::new_with_constructor(latency_histogram),
+            rpc_series: (0..Rpc::ALL.len() * CODES)
+                .map(|_| OnceLock::new())
+                .collect(),
             rpc_rejected: Family::default(),
             provider_calls: Family::default(),
             provider_duration: Family::new_with_constructor(latency_histogram),
@@ -215,15 +228,29 @@ impl Metrics {
 
     /// Records one finished RPC.
     pub fn observe_rpc(&self, rpc: Rpc, code: Code, elapsed: Duration) {
-        let labels = RpcLabels {
-            service: rpc.service(),
-            method: rpc.method(),
-            code: code_name(code),
+        let create = || {
+            let labels = RpcLabels {
+                service: rpc.service(),
+                method: rpc.method(),
+                code: code_name(code),
+            };
+            (
+                self.rpc_requests.get_or_create(&labels).clone(),
+                self.rpc_duration.get_or_create(&labels).clone(),
+            )
         };
-        self.rpc_requests.get_or_create(&labels).inc();
-        self.rpc_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        let slot = (code as usize) < CODES;
+        let slot = slot.then(|| rpc as usize * CODES + code as usize);
+        let fallback;
+        let (count, duration) = match slot.and_then(|i| self.rpc_series.get(i)) {
+            Some(series) => series.get_or_init(create),
+            None => {
+                fallback = create();
+                &fallback
+            }
+        };
+        count.inc();
+        duration.observe(elapsed.as_secs_f64());
     }
 
     /// Records an RPC refused before it ran.
