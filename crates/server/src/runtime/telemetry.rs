@@ -12,8 +12,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::time::Duration;
 use tonic::codegen::http;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
