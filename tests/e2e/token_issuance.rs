@@ -8,7 +8,7 @@ use crate::support::broker::{
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
-use crate::support::wait::wait_until_sync;
+use crate::support::wait::{wait_for, wait_until_sync};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use std::sync::Arc;
@@ -503,17 +503,19 @@ async fn disconnect_on_one_replica_is_seen_by_another_within_two_seconds() {
     ))
     .await
     .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        if token(&mut cb, &id).await.is_err() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "replica B still serves a disconnected credential"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        Duration::from_secs(2),
+        "replica B stops serving a disconnected credential",
+        || {
+            let (mut c, id) = (cb.clone(), id.clone());
+            async move {
+                token(&mut c, &id)
+                    .await
+                    .map_or(Ok(()), |_| Err("still served"))
+            }
+        },
+    )
+    .await;
     db.drop_database().await;
 }
 
@@ -939,20 +941,16 @@ async fn without_its_change_feed_a_replica_serves_nothing_from_its_cache() {
     proxy.cut();
     // B notices that its feed is down and stops answering from memory (the database is
     // unreachable for it too, so it answers UNAVAILABLE).
-    let started = std::time::Instant::now();
-    loop {
-        match token(&mut cb, &id).await {
-            Err(s) => {
-                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
-                break;
-            }
-            Ok(_) => assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "B kept serving from its cache without its change feed"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = wait_for(
+        Duration::from_secs(5),
+        "B stops serving from its cache without its change feed",
+        || {
+            let (mut c, id) = (cb.clone(), id.clone());
+            async move { token(&mut c, &id).await.map_or_else(Ok, |_| Err("served")) }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     let hits = b.issuance_stats().cache_hits;
     ca.disconnect_credential(as_actor(
         pb::DisconnectCredentialRequest {
@@ -965,20 +963,24 @@ async fn without_its_change_feed_a_replica_serves_nothing_from_its_cache() {
     .unwrap();
     assert!(token(&mut cb, &id).await.is_err());
     proxy.restore();
-    let started = std::time::Instant::now();
-    loop {
-        let s = token(&mut cb, &id)
-            .await
-            .expect_err("a disconnected credential is never served");
-        if error_details(&s).0 == "CREDENTIAL_DISCONNECTED" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "B never read the database again: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        Duration::from_secs(10),
+        "B reads the database again",
+        || {
+            let (mut c, id) = (cb.clone(), id.clone());
+            async move {
+                let s = token(&mut c, &id)
+                    .await
+                    .expect_err("a disconnected credential is never served");
+                if error_details(&s).0 == "CREDENTIAL_DISCONNECTED" {
+                    Ok(())
+                } else {
+                    Err(s)
+                }
+            }
+        },
+    )
+    .await;
     assert_eq!(
         b.issuance_stats().cache_hits,
         hits,
