@@ -19,8 +19,6 @@ use cb_broker::types::{Email, UserId, WorkspaceId};
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -403,7 +401,7 @@ pub struct ActorService<S> {
     audit: Audit,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 impl<S> tower::Service<http::Request<Body>> for ActorService<S>
 where
@@ -422,9 +420,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        // Swap in a clone so this call uses the instance that was polled ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = ready_instance(&mut self.inner);
         // Health and reflection carry no identity: they act for nobody.
         let Some(identity) = req.extensions().get::<ServiceIdentity>().cloned() else {
             return Box::pin(async move { inner.call(req).await });

@@ -18,8 +18,6 @@ use cb_broker::access::{Caller, ServiceRole};
 use cb_broker::audit::{Audit, Outcome};
 use cb_broker::error::reason;
 use secrecy::{ExposeSecret, SecretSlice};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tonic::body::Body;
@@ -285,7 +283,7 @@ pub struct AuthService<S> {
     audit: Audit,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 impl<S> tower::Service<http::Request<Body>> for AuthService<S>
 where
@@ -341,9 +339,7 @@ where
             Ok(known) => {
                 req.extensions_mut().insert(known.identity.clone());
                 req.extensions_mut().insert(known.in_flight.clone());
-                // Swap in a clone so this call uses the instance that was polled ready.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let mut inner = ready_instance(&mut self.inner);
                 Box::pin(async move { inner.call(req).await })
             }
             Err(status) => {

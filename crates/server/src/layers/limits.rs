@@ -11,8 +11,6 @@
 use crate::grpc::status::{transport_reason::CALLER_CONCURRENCY_LIMIT, transport_status};
 use crate::layers::auth::ServiceIdentity;
 use crate::runtime::metrics::Metrics;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -77,7 +75,7 @@ pub struct CallerLimitService<S> {
     limit: CallerLimitLayer,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 fn exhausted(caller: &str, max: usize) -> Status {
     transport_status(
@@ -107,8 +105,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = ready_instance(&mut self.inner);
         // Health checks and reflection carry no identity: never limited.
         let Some(identity) = req.extensions().get::<ServiceIdentity>() else {
             return Box::pin(inner.call(req));

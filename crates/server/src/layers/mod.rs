@@ -14,3 +14,14 @@ pub mod observe;
 pub mod overload;
 pub mod rpc;
 pub mod workload;
+
+/// The boxed future every layer's service returns.
+pub(crate) type BoxFuture<T, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+/// The instance of `inner` that `poll_ready` prepared, leaving a clone in its place: a tower
+/// service must call the very instance it polled ready, and the call outlives `&mut self`.
+pub(crate) fn ready_instance<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

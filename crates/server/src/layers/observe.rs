@@ -6,8 +6,6 @@
 use crate::grpc::status::{transport_reason::INVALID_DEADLINE, transport_status};
 use crate::layers::rpc::Rpc;
 use crate::runtime::metrics::{Metrics, code_name};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -48,7 +46,7 @@ pub struct ObserveService<S> {
     metrics: Arc<Metrics>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -102,9 +100,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        // Swap in a clone so this call uses the instance that was polled ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = ready_instance(&mut self.inner);
         let Some(rpc) = Rpc::from_path(req.uri().path()) else {
             return Box::pin(inner.call(req));
         };

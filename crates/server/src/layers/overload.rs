@@ -6,8 +6,6 @@
 
 use crate::grpc::status::{transport_reason::SERVER_OVERLOADED, transport_status};
 use crate::runtime::metrics::Metrics;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,7 +63,7 @@ pub struct OverloadService<S> {
     metrics: Arc<Metrics>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 impl<S> tower::Service<http::Request<Body>> for OverloadService<S>
 where
@@ -90,9 +88,7 @@ where
         let path = req.uri().path();
         let exempt = path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.");
         let Some(limited) = self.limited.clone().filter(|_| !exempt) else {
-            // Swap in a clone so this call uses the instance that was polled ready.
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let mut inner = ready_instance(&mut self.inner);
             return Box::pin(async move {
                 let response = inner.call(req).await.map_err(Into::into);
                 drop(in_flight);

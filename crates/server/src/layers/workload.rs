@@ -11,8 +11,6 @@ use crate::runtime::config::{ConfigError, WorkloadIdentityConfig};
 use cb_broker::clock::Clock;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -131,7 +129,7 @@ pub struct WorkloadService<S> {
     verifier: Option<Arc<WorkloadVerifier>>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+use super::{BoxFuture, ready_instance};
 
 /// The bearer token when it has the shape of a JWT (three dot-separated parts).
 fn jwt_bearer(headers: &http::HeaderMap) -> Option<String> {
@@ -160,9 +158,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        // Swap in a clone so this call uses the instance that was polled ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = ready_instance(&mut self.inner);
         let (Some(verifier), Some(token)) = (self.verifier.clone(), jwt_bearer(req.headers()))
         else {
             return Box::pin(async move { inner.call(req).await });
