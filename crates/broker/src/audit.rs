@@ -34,6 +34,8 @@ pub const ACTIONS: &[&str] = &[
     "member.update_role",
     "provider.list",
     "rpc.<Method>",
+    "run_grant.create",
+    "run_grant.revoke",
     "token.issue",
 ];
 
@@ -383,6 +385,8 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     /// Only this action.
     pub action: Option<String>,
+    /// Only this outcome (`ok` or a reason).
+    pub outcome: Option<String>,
     /// At or after.
     pub start: Option<Timestamp>,
     /// Before.
@@ -440,6 +444,7 @@ impl Audit {
                 credential_id: f.credential_id,
                 actor: f.actor,
                 action: f.action,
+                outcome: f.outcome,
                 start_at: f.start.map(Timestamp::as_millis),
                 end_at: f.end.map(Timestamp::as_millis),
                 before_id,

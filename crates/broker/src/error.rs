@@ -47,6 +47,18 @@ pub mod reason {
     pub const ACTOR_ASSERTION_REPLAYED: &str = "ACTOR_ASSERTION_REPLAYED";
     /// The actor assertion names a key (`kid`) the broker does not know.
     pub const ACTOR_ASSERTION_KEY_UNKNOWN: &str = "ACTOR_ASSERTION_KEY_UNKNOWN";
+    /// An executor that must present a run grant called GetAccessToken without one.
+    pub const RUN_GRANT_REQUIRED: &str = "RUN_GRANT_REQUIRED";
+    /// The presented run grant is malformed or was never issued by this broker.
+    pub const RUN_GRANT_INVALID: &str = "RUN_GRANT_INVALID";
+    /// The presented run grant has expired.
+    pub const RUN_GRANT_EXPIRED: &str = "RUN_GRANT_EXPIRED";
+    /// The presented run grant was revoked.
+    pub const RUN_GRANT_REVOKED: &str = "RUN_GRANT_REVOKED";
+    /// The presented run grant does not name the requested credential.
+    pub const RUN_GRANT_NOT_COVERING: &str = "RUN_GRANT_NOT_COVERING";
+    /// RevokeRunGrant named a grant that does not exist or is not the actor's.
+    pub const RUN_GRANT_NOT_FOUND: &str = "RUN_GRANT_NOT_FOUND";
     /// The member does not exist.
     pub const MEMBER_NOT_FOUND: &str = "MEMBER_NOT_FOUND";
     /// The email is already a member or invited.
@@ -119,6 +131,12 @@ pub mod reason {
         ACTOR_ASSERTION_WRONG_ISSUER,
         ACTOR_ASSERTION_REPLAYED,
         ACTOR_ASSERTION_KEY_UNKNOWN,
+        RUN_GRANT_REQUIRED,
+        RUN_GRANT_INVALID,
+        RUN_GRANT_EXPIRED,
+        RUN_GRANT_REVOKED,
+        RUN_GRANT_NOT_COVERING,
+        RUN_GRANT_NOT_FOUND,
         MEMBER_NOT_FOUND,
         MEMBER_EXISTS,
         LAST_ADMIN,

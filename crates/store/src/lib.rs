@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns,
-    StatusQuery, UsageRecord, WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RUN_GRANT_CHANGE_PREFIX, RefreshIntent, RunGrantRow,
+    SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -319,6 +319,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the sessions with `expires_at < older_than` (consumed or not); returns how many.
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Inserts a run grant. An existing id or hash → [`StoreError::Duplicate`]`("run grant")`.
+    async fn insert_run_grant(&self, g: &RunGrantRow) -> Result<(), StoreError>;
+
+    /// Reads one run grant by the SHA-256 (hex) of the grant, revoked or expired included.
+    async fn get_run_grant(&self, grant_sha256: &str) -> Result<Option<RunGrantRow>, StoreError>;
+
+    /// Reads one run grant by id, revoked or expired included.
+    async fn get_run_grant_by_id(&self, id: &str) -> Result<Option<RunGrantRow>, StoreError>;
+
+    /// Sets `revoked_at = now` on a grant not yet revoked and announces
+    /// [`ChangeEvent::Changed`]`(`[`run_grant_change_id`]`(hash))` on the change feed (so every
+    /// replica drops it from memory). Returns whether THIS call revoked it (`false`: unknown or
+    /// already revoked).
+    async fn revoke_run_grant(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Deletes the grants with `expires_at < older_than`; returns how many.
+    async fn prune_run_grants(&self, older_than: i64) -> Result<u64, StoreError>;
 
     /// Subscribes to credential changes made by ANY process on this database:
     /// [`Store::insert_credential`], [`Store::update_credential`], [`Store::complete_refresh`]

@@ -302,6 +302,8 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     /// Only events with this action.
     pub action: Option<String>,
+    /// Only events with this outcome (`ok` or a reason).
+    pub outcome: Option<String>,
     /// Only events with `at >= start_at` (inclusive).
     pub start_at: Option<i64>,
     /// Only events with `at < end_at` (exclusive).
@@ -406,3 +408,44 @@ impl fmt::Debug for ConnectSessionRow {
             .finish()
     }
 }
+
+/// One run grant (`run_grants` row): which credentials one workflow run may use, for whom.
+/// Stored under the SHA-256 of the grant; the grant itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunGrantRow {
+    /// Public id (names the grant in audit events and RevokeRunGrant).
+    pub id: String,
+    /// Hex SHA-256 of the grant (unique).
+    pub grant_sha256: String,
+    /// The actor's user id.
+    pub user_id: String,
+    /// The actor's verified email.
+    pub email: String,
+    /// The workspace the actor's workspace role applied to, if any.
+    pub workspace_id: Option<String>,
+    /// That role (`admin` or `member`).
+    pub workspace_role: Option<String>,
+    /// The workflow of the run.
+    pub workflow_id: String,
+    /// The execution (run) id.
+    pub execution_id: String,
+    /// The credentials the run may use, space-separated.
+    pub credential_ids: String,
+    /// The calling service that created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Not valid at or after this time.
+    pub expires_at: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// The change-feed id announcing a write of the run grant with this hash (see
+/// [`Store::revoke_run_grant`](crate::Store::revoke_run_grant)).
+pub fn run_grant_change_id(grant_sha256: &str) -> String {
+    format!("{RUN_GRANT_CHANGE_PREFIX}{grant_sha256}")
+}
+
+/// Prefix of [`run_grant_change_id`]: credential ids never start with it.
+pub const RUN_GRANT_CHANGE_PREFIX: &str = "run_grant:";

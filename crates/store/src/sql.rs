@@ -598,3 +598,37 @@ pub(crate) fn check_new_credential(
     }
     Ok(())
 }
+
+/// Every column of `run_grants`, in [`RunGrantRow`](crate::model::RunGrantRow) order.
+macro_rules! run_grant_columns {
+    () => {
+        "id, grant_sha256, user_id, email, workspace_id, workspace_role, workflow_id, \
+         execution_id, credential_ids, created_by, created_at, expires_at, revoked_at"
+    };
+}
+
+pub(crate) const INSERT_RUN_GRANT: &str = concat!(
+    "INSERT INTO run_grants (",
+    run_grant_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+);
+
+pub(crate) const GET_RUN_GRANT_BY_HASH: &str = concat!(
+    "SELECT ",
+    run_grant_columns!(),
+    " FROM run_grants WHERE grant_sha256 = $1"
+);
+
+pub(crate) const GET_RUN_GRANT_BY_ID: &str = concat!(
+    "SELECT ",
+    run_grant_columns!(),
+    " FROM run_grants WHERE id = $1"
+);
+
+/// Revokes once (bind: id, now); returns the hash, announced on the change feed.
+pub(crate) const REVOKE_RUN_GRANT: &str = "UPDATE run_grants SET revoked_at = $2 \
+     WHERE id = $1 AND revoked_at IS NULL RETURNING grant_sha256";
+
+/// Deletes at most one batch of grants expired before $1 (bind: older_than, batch size).
+pub(crate) const PRUNE_RUN_GRANTS_BATCH: &str = "DELETE FROM run_grants \
+     WHERE id IN (SELECT id FROM run_grants WHERE expires_at < $1 LIMIT $2)";

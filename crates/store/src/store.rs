@@ -20,7 +20,8 @@ use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
+    MemberChange, MemberRow, NewAuditEvent, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord,
+    WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -363,6 +364,31 @@ fn select_credentials<DB: Backend>(first_condition: &'static str) -> QueryBuilde
     select
 }
 
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> RunGrantRow: FromRow<'t, DB::Row>,
+{
+    /// One run grant by `query` (bind: the key).
+    async fn run_grant_where(
+        &self,
+        query: &'static str,
+        key: &str,
+    ) -> Result<Option<RunGrantRow>, StoreError> {
+        self.traced("get_run_grant", None, async {
+            sqlx::query_as::<DB, RunGrantRow>(query)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl<DB> Store for SqlStore<DB>
 where
@@ -386,6 +412,7 @@ where
     for<'t> WrappedDekRow: FromRow<'t, DB::Row>,
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
     for<'t> RefreshIntent: FromRow<'t, DB::Row>,
+    for<'t> RunGrantRow: FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -645,6 +672,7 @@ where
                 (" AND credential_id = ", &q.credential_id),
                 (" AND actor = ", &q.actor),
                 (" AND action = ", &q.action),
+                (" AND outcome = ", &q.outcome),
             ];
             for (clause, value) in text_filters {
                 if let Some(value) = value {
@@ -1031,6 +1059,72 @@ where
             "prune_connect_sessions",
             None,
             self.prune(sql::PRUNE_CONNECT_SESSIONS_BATCH, older_than),
+        )
+        .await
+    }
+
+    async fn insert_run_grant(&self, g: &RunGrantRow) -> Result<(), StoreError> {
+        self.traced("insert_run_grant", None, async {
+            sqlx::query::<DB>(sql::INSERT_RUN_GRANT)
+                .bind(g.id.as_str())
+                .bind(g.grant_sha256.as_str())
+                .bind(g.user_id.as_str())
+                .bind(g.email.as_str())
+                .bind(g.workspace_id.as_deref())
+                .bind(g.workspace_role.as_deref())
+                .bind(g.workflow_id.as_str())
+                .bind(g.execution_id.as_str())
+                .bind(g.credential_ids.as_str())
+                .bind(g.created_by.as_str())
+                .bind(g.created_at)
+                .bind(g.expires_at)
+                .bind(g.revoked_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| match map::<DB>(e) {
+                    StoreError::Duplicate(_) => StoreError::Duplicate("run grant".into()),
+                    other => other,
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_run_grant(&self, grant_sha256: &str) -> Result<Option<RunGrantRow>, StoreError> {
+        self.run_grant_where(sql::GET_RUN_GRANT_BY_HASH, grant_sha256)
+            .await
+    }
+
+    async fn get_run_grant_by_id(&self, id: &str) -> Result<Option<RunGrantRow>, StoreError> {
+        self.run_grant_where(sql::GET_RUN_GRANT_BY_ID, id).await
+    }
+
+    async fn revoke_run_grant(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        self.traced("revoke_run_grant", None, async {
+            let mut tx = self.begin_write().await?;
+            let hash = sqlx::query_scalar::<DB, String>(sql::REVOKE_RUN_GRANT)
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            match hash {
+                Some(hash) => {
+                    self.commit_announcing(tx, &run_grant_change_id(&hash))
+                        .await?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn prune_run_grants(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.traced(
+            "prune_run_grants",
+            None,
+            self.prune(sql::PRUNE_RUN_GRANTS_BATCH, older_than),
         )
         .await
     }

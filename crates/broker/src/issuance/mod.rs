@@ -29,7 +29,9 @@ use crate::random::{Random, SystemRandom};
 use crate::types::CredentialId;
 use cache::Entry;
 use cb_crypto::Envelope;
-use cb_store::{ChangeEvent, Store, UsageRecord};
+use crate::grants::{RunGrantConfig, RunGrants};
+use cb_store::{ChangeEvent, RUN_GRANT_CHANGE_PREFIX, Store, UsageRecord};
+use std::borrow::Cow;
 use coordinator::FlightResult;
 use retry::{RetryLimits, RetryPolicy};
 use secrecy::SecretString;
@@ -116,6 +118,24 @@ pub struct UsageContext {
     pub block_id: Option<String>,
     /// Execution id.
     pub execution_id: Option<String>,
+    /// The run grant the caller presented, and whether it had to present one.
+    pub run_grant: RunGrantUse,
+}
+
+/// The run grant of a token request ([`crate::grants`]).
+#[derive(Clone, Debug, Default)]
+pub struct RunGrantUse {
+    /// The grant presented (`x-run-grant`), if any.
+    pub presented: Option<SecretString>,
+    /// The caller must present one (`run_grants = "required"`).
+    pub required: bool,
+}
+
+/// The context an issuance is recorded with, after the run grant was applied.
+struct Served {
+    usage: UsageContext,
+    /// The id of the run grant that authorized it.
+    run_grant_id: Option<String>,
 }
 
 /// Counters for metrics and benchmarks.
@@ -182,6 +202,7 @@ pub struct TokenService {
     before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
+    grants: Arc<RunGrants>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,7 +231,14 @@ impl TokenService {
             breaker_threshold: config.breaker_threshold,
             breaker_cooldown: config.breaker_cooldown,
         };
+        let grants = Arc::new(RunGrants::new(
+            store.clone(),
+            clock.clone(),
+            audit.clone(),
+            RunGrantConfig::default(),
+        ));
         Self {
+            grants,
             policy: Policy::new(store.clone()),
             retry: RetryPolicy::new(
                 limits,
@@ -235,6 +263,22 @@ impl TokenService {
             usage: Mutex::new(HashMap::new()),
             stats: IssuanceStats::default(),
         }
+    }
+
+    /// Sets the lifetimes and cache limits of run grants.
+    pub fn with_run_grants(mut self, config: RunGrantConfig) -> Self {
+        self.grants = Arc::new(RunGrants::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.audit.clone(),
+            config,
+        ));
+        self
+    }
+
+    /// The run grants GetAccessToken verifies (created and revoked through it too).
+    pub fn run_grants(&self) -> &Arc<RunGrants> {
+        &self.grants
     }
 
     /// Replaces the source of jitter (tests pin the draw).
@@ -307,7 +351,9 @@ impl TokenService {
         &self.config
     }
 
-    /// Issues a token valid for at least `min_valid` (default when `None`).
+    /// Issues a token valid for at least `min_valid` (default when `None`). A run grant in
+    /// `ctx` (required when `ctx.run_grant.required`) must cover `id`; the actor, workflow and
+    /// execution are then the grant's, whatever the call claimed.
     pub async fn get_access_token(
         self: &Arc<Self>,
         caller: &Caller,
@@ -316,7 +362,13 @@ impl TokenService {
         ctx: UsageContext,
     ) -> Result<IssuedToken, BrokerError> {
         let mut hit = false;
-        let result = self.issue(caller, id, min_valid, &ctx, &mut hit).await;
+        let (caller, ctx, result) = match self.apply_run_grant(caller, id, ctx).await {
+            Ok((caller, ctx)) => {
+                let result = self.issue(&caller, id, min_valid, &mut hit).await;
+                (caller, ctx, result)
+            }
+            Err((ctx, e)) => (Cow::Borrowed(caller), ctx, Err(e)),
+        };
         match (&result, hit) {
             (Ok(_), true) => {
                 self.stats.issued_ok_hit.fetch_add(1, Ordering::Relaxed);
@@ -330,10 +382,12 @@ impl TokenService {
                     .or_default() += 1;
             }
         }
+        let run_grant_id = ctx.run_grant_id;
         let detail = [
-            ("workflow", &ctx.workflow_id),
-            ("block", &ctx.block_id),
-            ("execution", &ctx.execution_id),
+            ("run_grant", &run_grant_id),
+            ("workflow", &ctx.usage.workflow_id),
+            ("block", &ctx.usage.block_id),
+            ("execution", &ctx.usage.execution_id),
         ]
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
@@ -342,7 +396,7 @@ impl TokenService {
         let detail = (!detail.is_empty()).then_some(detail);
         // Issued tokens are audited through the buffer: no database write on the hot path.
         self.audit.record_later(
-            caller,
+            &caller,
             "token.issue",
             Some(id.as_str()),
             Outcome::of(&result),
@@ -351,11 +405,67 @@ impl TokenService {
         if result.is_ok() {
             let at = self.clock.now().as_millis();
             lock(&self.usage)
-                .entry((id.to_string(), ctx.workflow_id))
+                .entry((id.to_string(), ctx.usage.workflow_id))
                 .and_modify(|t| *t = (*t).max(at))
                 .or_insert(at);
         }
         result
+    }
+
+    /// The caller and context a request is served as: unchanged without a run grant (refused
+    /// when one is required), else the grant's actor, workflow and execution.
+    async fn apply_run_grant<'c>(
+        &self,
+        caller: &'c Caller,
+        id: &CredentialId,
+        mut usage: UsageContext,
+    ) -> Result<(Cow<'c, Caller>, Served), (Served, BrokerError)> {
+        let presented = usage.run_grant.presented.take();
+        let required = usage.run_grant.required;
+        let Some(presented) = presented else {
+            let served = Served {
+                usage,
+                run_grant_id: None,
+            };
+            if required {
+                return Err((
+                    served,
+                    BrokerError::PermissionDenied {
+                        reason: crate::error::reason::RUN_GRANT_REQUIRED,
+                        message: "this caller must present the run's grant in x-run-grant".into(),
+                    },
+                ));
+            }
+            return Ok((Cow::Borrowed(caller), served));
+        };
+        let grant = match self
+            .grants
+            .resolve(&presented, id, self.cache_usable())
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                let served = Served {
+                    usage,
+                    run_grant_id: None,
+                };
+                return Err((served, e));
+            }
+        };
+        usage.workflow_id = Some(grant.workflow_id.clone());
+        usage.execution_id = Some(grant.execution_id.clone());
+        let caller = Caller {
+            service: caller.service.clone(),
+            role: caller.role,
+            actor: Some(grant.actor.clone()),
+        };
+        Ok((
+            Cow::Owned(caller),
+            Served {
+                usage,
+                run_grant_id: Some(grant.id.clone()),
+            },
+        ))
     }
 
     async fn issue(
@@ -363,7 +473,6 @@ impl TokenService {
         caller: &Caller,
         id: &CredentialId,
         min_valid: Option<Duration>,
-        _ctx: &UsageContext,
         hit: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
         require_token_issuer(caller)?;
@@ -413,6 +522,7 @@ impl TokenService {
             && self.feed_session.swap(session, Ordering::SeqCst) != session
         {
             self.cache.clear();
+            self.grants.clear();
         }
         true
     }
@@ -488,9 +598,15 @@ impl TokenService {
         let mut rx = self.store.subscribe_changes();
         loop {
             match rx.recv().await {
-                Ok(ChangeEvent::Changed(id)) => self.cache.invalidate(&id),
+                Ok(ChangeEvent::Changed(id)) => match id.strip_prefix(RUN_GRANT_CHANGE_PREFIX) {
+                    Some(grant) => self.grants.invalidate(grant),
+                    None => self.cache.invalidate(&id),
+                },
                 Ok(ChangeEvent::Resync)
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.cache.clear(),
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.cache.clear();
+                    self.grants.clear();
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
