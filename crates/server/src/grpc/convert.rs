@@ -8,7 +8,8 @@ use cb_broker::connect::{
     CompleteConnect, ConnectOutcome, ConnectStarted, StartConnect, StartReconnect,
 };
 use cb_broker::credential::{CredentialView, Status, StatusKind};
-use cb_broker::issuance::{IssuedToken, UsageContext};
+use cb_broker::grants::{CreatedRunGrant, MAX_CREDENTIALS_PER_GRANT, NewRunGrant};
+use cb_broker::issuance::{IssuedToken, RunGrantUse, UsageContext};
 use cb_broker::service::{
     DEFAULT_PAGE_SIZE, ImportCredential, ListCredentials, MAX_PAGE_SIZE, Revocation,
     UpdateCredential,
@@ -445,7 +446,11 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
     if !r.credential_id.is_empty() {
         v.check(CredentialId::parse("credential_id", &r.credential_id));
     }
-    for (field, value) in [("actor", &r.actor), ("action", &r.action)] {
+    for (field, value) in [
+        ("actor", &r.actor),
+        ("action", &r.action),
+        ("outcome", &r.outcome),
+    ] {
         if value.len() > 128 || value.chars().any(char::is_control) {
             v.push(FieldViolation::new(
                 field,
@@ -470,6 +475,7 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
         credential_id: non_empty(&r.credential_id),
         actor: non_empty(&r.actor),
         action: non_empty(&r.action),
+        outcome: non_empty(&r.outcome),
         start,
         end,
         page_size,
@@ -667,29 +673,85 @@ pub fn min_valid_for(
         .map_err(|v| BrokerError::InvalidArgument(vec![v]))
 }
 
-/// Parses the optional workflow context of GetAccessToken.
-pub fn usage_context(r: &pb::GetAccessTokenRequest) -> Result<UsageContext, BrokerError> {
+/// A workflow, block or execution id: `None` when empty; at most 128 characters without spaces.
+fn run_context_id(name: &str, raw: &str, v: &mut Violations) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    if raw.len() > 128 || raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        v.push(FieldViolation::new(
+            name,
+            "must be at most 128 characters without spaces",
+        ));
+        return None;
+    }
+    Some(raw.to_owned())
+}
+
+/// Parses the optional workflow context of GetAccessToken, with the run grant presented (if
+/// any) and whether the caller must present one.
+pub fn usage_context(
+    r: &pb::GetAccessTokenRequest,
+    run_grant: RunGrantUse,
+) -> Result<UsageContext, BrokerError> {
     let mut v = Violations::default();
-    let mut field = |name: &str, raw: &str| -> Option<String> {
-        if raw.is_empty() {
-            return None;
-        }
-        if raw.len() > 128 || raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            v.push(FieldViolation::new(
-                name,
-                "must be at most 128 characters without spaces",
-            ));
-            return None;
-        }
-        Some(raw.to_owned())
-    };
     let ctx = UsageContext {
-        workflow_id: field("workflow_id", &r.workflow_id),
-        block_id: field("block_id", &r.block_id),
-        execution_id: field("execution_id", &r.execution_id),
+        workflow_id: run_context_id("workflow_id", &r.workflow_id, &mut v),
+        block_id: run_context_id("block_id", &r.block_id, &mut v),
+        execution_id: run_context_id("execution_id", &r.execution_id, &mut v),
+        run_grant,
     };
     v.finish()?;
     Ok(ctx)
+}
+
+/// Parses CreateRunGrant.
+pub fn new_run_grant(r: pb::CreateRunGrantRequest) -> Result<NewRunGrant, BrokerError> {
+    let mut v = Violations::default();
+    let mut ids: Vec<CredentialId> = Vec::new();
+    for (i, raw) in r.credential_ids.iter().enumerate() {
+        if let Some(id) = v.check(CredentialId::parse(&format!("credential_ids[{i}]"), raw))
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    if r.credential_ids.is_empty() || r.credential_ids.len() > MAX_CREDENTIALS_PER_GRANT {
+        v.push(FieldViolation::new(
+            "credential_ids",
+            format!("must name 1 to {MAX_CREDENTIALS_PER_GRANT} credentials"),
+        ));
+    }
+    let mut required = |name: &str, raw: &str| {
+        let id = run_context_id(name, raw, &mut v);
+        if raw.is_empty() {
+            v.push(FieldViolation::new(name, "must not be empty"));
+        }
+        id.unwrap_or_default()
+    };
+    let workflow_id = required("workflow_id", &r.workflow_id);
+    let execution_id = required("execution_id", &r.execution_id);
+    let lifetime = r
+        .lifetime
+        .as_ref()
+        .and_then(|d| v.check(parse_duration("lifetime", d)));
+    v.finish()?;
+    Ok(NewRunGrant {
+        credential_ids: ids,
+        workflow_id,
+        execution_id,
+        lifetime,
+    })
+}
+
+/// A created run grant for the response: the only place a grant leaves the broker.
+pub fn created_run_grant(g: CreatedRunGrant) -> pb::CreateRunGrantResponse {
+    use secrecy::ExposeSecret;
+    pb::CreateRunGrantResponse {
+        run_grant: g.grant.expose_secret().to_owned(),
+        run_grant_id: g.id,
+        expire_time: Some(timestamp(g.expires_at)),
+    }
 }
 
 /// An issued token for the GetAccessToken response: the only place a token leaves the broker.

@@ -8,28 +8,57 @@ use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_server::CredentialService as Rpc;
+use crate::grpc::status::to_status;
+use cb_broker::access::Caller;
+use cb_broker::issuance::RunGrantUse;
+use secrecy::SecretString;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+
+/// Metadata key: the run grant an executor presents with GetAccessToken (docs/api.md).
+pub const RUN_GRANT: &str = "x-run-grant";
 
 /// The gRPC face of the credential use cases.
 pub struct CredentialApi {
     credentials: Arc<CredentialService>,
     tokens: Arc<TokenService>,
     connect: Arc<ConnectService>,
+    /// Callers that must present a run grant with GetAccessToken.
+    run_grant_required: BTreeSet<String>,
 }
 
 impl CredentialApi {
-    /// Wraps the domain services.
+    /// Wraps the domain services; the named callers must present run grants.
     pub fn new(
         credentials: Arc<CredentialService>,
         tokens: Arc<TokenService>,
         connect: Arc<ConnectService>,
+        run_grant_required: BTreeSet<String>,
     ) -> Self {
         Self {
             credentials,
             tokens,
             connect,
+            run_grant_required,
         }
+    }
+
+    /// The run grant of a GetAccessToken call and whether its caller must present one.
+    fn run_grant<T>(&self, req: &Request<T>, caller: &Caller) -> Result<RunGrantUse, Status> {
+        let presented = match req.metadata().get(RUN_GRANT) {
+            None => None,
+            Some(v) => Some(SecretString::from(v.to_str().map_err(|_| {
+                to_status(cb_broker::BrokerError::invalid(
+                    format!("metadata:{RUN_GRANT}"),
+                    "must be printable ASCII",
+                ))
+            })?)),
+        };
+        Ok(RunGrantUse {
+            presented,
+            required: self.run_grant_required.contains(&caller.service),
+        })
     }
 }
 
@@ -198,11 +227,12 @@ impl Rpc for CredentialApi {
         req: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
         let caller = caller(&req)?;
+        let run_grant = self.run_grant(&req, &caller)?;
         let result = async {
             let r = req.get_ref();
             let id = convert::credential_id("credential_id", &r.credential_id)?;
             let min_valid = convert::min_valid_for(r.min_valid_for.as_ref())?;
-            let ctx = convert::usage_context(r)?;
+            let ctx = convert::usage_context(r, run_grant)?;
             self.tokens
                 .get_access_token(&caller, &id, min_valid, ctx)
                 .await
@@ -240,5 +270,37 @@ impl Rpc for CredentialApi {
             events: rows.into_iter().map(convert::audit_event).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
+    }
+
+    async fn create_run_grant(
+        &self,
+        req: Request<pb::CreateRunGrantRequest>,
+    ) -> Result<Response<pb::CreateRunGrantResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = convert::new_run_grant(req.into_inner())?;
+            self.tokens.run_grants().create(&caller, r).await
+        }
+        .await;
+        respond(result.map(convert::created_run_grant))
+    }
+
+    async fn revoke_run_grant(
+        &self,
+        req: Request<pb::RevokeRunGrantRequest>,
+    ) -> Result<Response<pb::RevokeRunGrantResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let id = &req.get_ref().run_grant_id;
+            if id.is_empty() || id.len() > 64 {
+                return Err(cb_broker::BrokerError::invalid(
+                    "run_grant_id",
+                    "must be the id CreateRunGrant returned",
+                ));
+            }
+            self.tokens.run_grants().revoke(&caller, id).await
+        }
+        .await;
+        respond(result.map(|()| pb::RevokeRunGrantResponse {}))
     }
 }

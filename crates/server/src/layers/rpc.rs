@@ -27,6 +27,10 @@ pub enum Rpc {
     ImportCredential,
     /// CredentialService/ListAuditEvents
     ListAuditEvents,
+    /// CredentialService/CreateRunGrant
+    CreateRunGrant,
+    /// CredentialService/RevokeRunGrant
+    RevokeRunGrant,
     /// MembershipService/ListMembers
     ListMembers,
     /// MembershipService/AddMember
@@ -44,7 +48,7 @@ const MEMBERSHIP_SERVICE: &str = "credentialbroker.v1.MembershipService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 18] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -56,6 +60,8 @@ impl Rpc {
         Rpc::GetAccessToken,
         Rpc::ImportCredential,
         Rpc::ListAuditEvents,
+        Rpc::CreateRunGrant,
+        Rpc::RevokeRunGrant,
         Rpc::ListMembers,
         Rpc::AddMember,
         Rpc::UpdateMemberRole,
@@ -89,6 +95,8 @@ impl Rpc {
             Rpc::GetAccessToken => "GetAccessToken",
             Rpc::ImportCredential => "ImportCredential",
             Rpc::ListAuditEvents => "ListAuditEvents",
+            Rpc::CreateRunGrant => "CreateRunGrant",
+            Rpc::RevokeRunGrant => "RevokeRunGrant",
             Rpc::ListMembers => "ListMembers",
             Rpc::AddMember => "AddMember",
             Rpc::UpdateMemberRole => "UpdateMemberRole",
@@ -117,6 +125,8 @@ impl Rpc {
             "GetAccessToken" => Rpc::GetAccessToken,
             "ImportCredential" => Rpc::ImportCredential,
             "ListAuditEvents" => Rpc::ListAuditEvents,
+            "CreateRunGrant" => Rpc::CreateRunGrant,
+            "RevokeRunGrant" => Rpc::RevokeRunGrant,
             "ListMembers" => Rpc::ListMembers,
             "AddMember" => Rpc::AddMember,
             "UpdateMemberRole" => Rpc::UpdateMemberRole,

@@ -13,6 +13,7 @@ use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
 use cb_broker::gateway::ProviderGateway;
+use cb_broker::grants::RunGrantConfig;
 use cb_broker::issuance::{
     IssuanceConfig, StatsSnapshot, TokenCache, TokenCacheConfig, TokenService,
 };
@@ -153,6 +154,10 @@ fn spawn_background(
             if let Err(e) = store.prune_connect_sessions(day_ago).await {
                 tracing::warn!(error = %e, "connect session pruning failed");
             }
+            // Kept a day past expiry: a late executor is told EXPIRED rather than INVALID.
+            if let Err(e) = store.prune_run_grants(day_ago).await {
+                tracing::warn!(error = %e, "run grant pruning failed");
+            }
         }
     }));
     tasks
@@ -231,7 +236,13 @@ impl Application {
             cache.clone(),
             issuance_config,
             holder,
-        ));
+        )
+        .with_run_grants(RunGrantConfig {
+            default_lifetime: Duration::from_secs(config.run_grants.default_lifetime_seconds),
+            max_lifetime: Duration::from_secs(config.run_grants.max_lifetime_seconds),
+            cache_max_entries: config.run_grants.cache_max_entries,
+            cache_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
+        }));
         metrics.register_domain(tokens.clone(), envelope.clone());
         metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
@@ -354,7 +365,12 @@ impl Application {
             addr: config.listen,
             source,
         })?;
-        let api = CredentialApi::new(credentials, tokens.clone(), connect);
+        let api = CredentialApi::new(
+            credentials,
+            tokens.clone(),
+            connect,
+            config.run_grant_required_callers(),
+        );
         let limits = &config.limits;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.max_streams_per_connection))

@@ -75,6 +75,8 @@ pub struct Config {
     /// Callers that authenticate with a JWT their platform issues (Kubernetes projected
     /// service-account tokens), mapped to `[[callers]]` by `service_account`.
     pub workload_identity: Option<WorkloadIdentityConfig>,
+    /// Run grants for executors.
+    pub run_grants: RunGrantsConfig,
 }
 
 /// How workload tokens (Kubernetes service-account JWTs) are verified.
@@ -402,7 +404,46 @@ pub struct CallerConfig {
     /// for a Kubernetes service account; needs `[workload_identity]`.
     #[serde(default)]
     pub service_account: Option<String>,
+    /// Whether this executor must present a run grant with GetAccessToken (`required`, the
+    /// default) or may name the actor itself when it has none (`optional`, for migrating).
+    #[serde(default)]
+    pub run_grants: Option<RunGrantMode>,
 }
+
+/// Whether an executor must present a run grant (docs/api.md "Run grants").
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunGrantMode {
+    /// GetAccessToken without `x-run-grant` is refused (`RUN_GRANT_REQUIRED`).
+    Required,
+    /// A presented grant is used; without one the actor comes from the call as before.
+    Optional,
+}
+
+/// Run grants: lifetimes and memory.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunGrantsConfig {
+    /// Lifetime of a grant whose request names none.
+    pub default_lifetime_seconds: u64,
+    /// Longest lifetime a request may ask for (at most 86400).
+    pub max_lifetime_seconds: u64,
+    /// Grants kept in memory for GetAccessToken (a miss reads the database).
+    pub cache_max_entries: u64,
+}
+
+impl Default for RunGrantsConfig {
+    fn default() -> Self {
+        Self {
+            default_lifetime_seconds: 900,
+            max_lifetime_seconds: 86_400,
+            cache_max_entries: 100_000,
+        }
+    }
+}
+
+/// Longest run grant lifetime the configuration accepts.
+const MAX_RUN_GRANT_LIFETIME_SECONDS: u64 = 86_400;
 
 /// TLS for the gRPC listener; with `client_ca_file`, callers may authenticate by certificate.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -462,6 +503,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             actor_assertions: None,
             workload_identity: None,
+            run_grants: RunGrantsConfig::default(),
         }
     }
 }
@@ -1078,6 +1120,11 @@ impl Config {
             if c.mtls_identity.is_some() && self.tls.client_ca_file.is_none() {
                 p.push(format!("callers[{i}].mtls_identity: needs [tls] client_ca_file (and cert_file, key_file)"));
             }
+            if c.run_grants.is_some() && c.role != "executor" {
+                p.push(format!(
+                    "callers[{i}].run_grants: only executor callers present run grants"
+                ));
+            }
         }
         for (i, uri) in self.oauth.redirect_uris.iter().enumerate() {
             let ok = uri.starts_with("https://")
@@ -1111,6 +1158,18 @@ impl Config {
         }
         if t.provider_attempts == 0 {
             p.push("tokens.provider_attempts: must be at least 1".into());
+        }
+        let g = &self.run_grants;
+        if g.max_lifetime_seconds == 0 || g.max_lifetime_seconds > MAX_RUN_GRANT_LIFETIME_SECONDS {
+            p.push(format!(
+                "run_grants.max_lifetime_seconds: must be 1 to {MAX_RUN_GRANT_LIFETIME_SECONDS}"
+            ));
+        }
+        if g.default_lifetime_seconds == 0 || g.default_lifetime_seconds > g.max_lifetime_seconds {
+            p.push(
+                "run_grants.default_lifetime_seconds: must be at least 1 and at most run_grants.max_lifetime_seconds"
+                    .into(),
+            );
         }
         for spec in &self.custom_providers {
             if let Err(problems) =
@@ -1198,6 +1257,19 @@ impl Config {
 }
 
 impl Config {
+    /// The executors that must present a run grant: every executor-role caller whose
+    /// `run_grants` is not `optional`.
+    pub fn run_grant_required_callers(&self) -> std::collections::BTreeSet<String> {
+        self.callers
+            .iter()
+            .filter(|c| {
+                ServiceRole::parse(&c.role) == Some(ServiceRole::Executor)
+                    && c.run_grants != Some(RunGrantMode::Optional)
+            })
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The callers allowed to name the actor in plain metadata (`unsigned_actor = true`).
     pub fn unsigned_actor_callers(&self) -> std::collections::BTreeSet<String> {
         self.callers
