@@ -1,7 +1,8 @@
 //! Caller authentication, the RPC allow-list and the per-credential roles, on every RPC.
 //!
 //! The authorization matrix is generated from one table: every RPC found in the API descriptor ×
-//! {no identity, bad token, executor, web, operator} × {non-member, invited, member, admin,
+//! {no identity, bad token, executor (run grants optional), executor that must present run grants
+//! (without one, with the persona's own), web, operator} × {non-member, invited, member, admin,
 //! workspace admin}. An RPC added to the proto without a row here fails the test.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
@@ -9,7 +10,7 @@ use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use credential_broker::layers::auth::token_sha256_hex;
-use credential_broker::runtime::config::CallerConfig;
+use credential_broker::runtime::config::{CallerConfig, RunGrantMode};
 use prost::Message;
 use std::collections::BTreeSet;
 use tonic::Code;
@@ -17,12 +18,19 @@ use tonic::Code;
 pub const EXECUTOR_TOKEN: &str = "executor-token-1f3a";
 pub const WEB_TOKEN: &str = "web-token-77b1";
 pub const OPERATOR_TOKEN: &str = "operator-token-c0de";
+/// The executor configured with `run_grants = "required"`.
+pub const STRICT_EXECUTOR_TOKEN: &str = "strict-executor-token-9e2d";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Service {
     NoIdentity,
     BadToken,
     Executor,
+    /// `run_grants = "required"`, presenting no grant.
+    StrictExecutor,
+    /// `run_grants = "required"`, presenting a grant the web backend obtained for the persona
+    /// and the credential (or, where the persona could not get one, a made-up grant).
+    StrictExecutorWithGrant,
     Web,
     Operator,
 }
@@ -76,6 +84,12 @@ enum Needs {
     OwnMembership,
     /// Filters what it returns.
     Filtered,
+    /// A token: the actor must see the credential; an executor that must present a run grant
+    /// needs one covering it (the grant's actor then counts, not the metadata).
+    Token,
+    /// The run grant (created by the workspace admin) must be the actor's own or of a
+    /// workspace they administer.
+    OwnGrant,
 }
 
 const TABLE: &[(&str, &[Service], Needs)] = &[
@@ -87,19 +101,11 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
     ("StartConnect", &[Service::Web], Needs::Nothing),
     ("CompleteConnect", &[Service::Web], Needs::Nothing),
     ("StartReconnect", &[Service::Web], Needs::Admin),
-    (
-        "GetCredential",
-        &[Service::Executor, Service::Web, Service::Operator],
-        Needs::Sees,
-    ),
-    (
-        "ListCredentials",
-        &[Service::Executor, Service::Web, Service::Operator],
-        Needs::Filtered,
-    ),
+    ("GetCredential", READERS, Needs::Sees),
+    ("ListCredentials", READERS, Needs::Filtered),
     ("UpdateCredential", &[Service::Web], Needs::Admin),
     ("DisconnectCredential", &[Service::Web], Needs::Admin),
-    ("GetAccessToken", &[Service::Executor], Needs::Sees),
+    ("GetAccessToken", EXECUTORS, Needs::Token),
     ("ImportCredential", &[Service::Operator], Needs::Nothing),
     ("ListAuditEvents", &[Service::Operator], Needs::Nothing),
     (
@@ -111,6 +117,22 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
     ("UpdateMemberRole", &[Service::Web], Needs::Admin),
     ("RemoveMember", &[Service::Web], Needs::Admin),
     ("AcceptInvitation", &[Service::Web], Needs::OwnMembership),
+    ("CreateRunGrant", &[Service::Web], Needs::Sees),
+    ("RevokeRunGrant", &[Service::Web], Needs::OwnGrant),
+];
+
+const READERS: &[Service] = &[
+    Service::Executor,
+    Service::StrictExecutor,
+    Service::StrictExecutorWithGrant,
+    Service::Web,
+    Service::Operator,
+];
+
+const EXECUTORS: &[Service] = &[
+    Service::Executor,
+    Service::StrictExecutor,
+    Service::StrictExecutorWithGrant,
 ];
 
 fn expected(rpc: &str, service: Service, persona: Persona) -> Expect {
@@ -130,6 +152,14 @@ fn expected(rpc: &str, service: Service, persona: Persona) -> Expect {
     match needs {
         Needs::Nothing | Needs::Filtered => Expect::Ok,
         Needs::Sees => visible_or_404(persona.sees()),
+        Needs::Token => match service {
+            Service::StrictExecutor => Expect::Code(Code::PermissionDenied),
+            Service::StrictExecutorWithGrant if !persona.sees() => {
+                Expect::Code(Code::PermissionDenied)
+            }
+            _ => visible_or_404(persona.sees()),
+        },
+        Needs::OwnGrant => visible_or_404(persona == Persona::WorkspaceAdmin),
         Needs::Admin if persona == Persona::Member => Expect::Code(Code::PermissionDenied),
         Needs::Admin => visible_or_404(persona.administers()),
         Needs::OwnMembership => visible_or_404(matches!(
@@ -156,6 +186,7 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
     let mut config = TestBroker::config(&dir, url);
     config.callers = [
         ("executor", "executor", EXECUTOR_TOKEN),
+        ("strict-executor", "executor", STRICT_EXECUTOR_TOKEN),
         ("web", "web", WEB_TOKEN),
         ("operator", "operator", OPERATOR_TOKEN),
     ]
@@ -167,6 +198,9 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
         mtls_identity: None,
         unsigned_actor: true,
         service_account: None,
+        // The plain executor keeps working without grants (the migration mode); the strict
+        // one has the default.
+        run_grants: (name == "executor").then_some(RunGrantMode::Optional),
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);
@@ -179,6 +213,7 @@ fn request<T>(msg: T, service: Service, persona: Option<Persona>) -> tonic::Requ
         Service::NoIdentity => None,
         Service::BadToken => Some("not-a-configured-token"),
         Service::Executor => Some(EXECUTOR_TOKEN),
+        Service::StrictExecutor | Service::StrictExecutorWithGrant => Some(STRICT_EXECUTOR_TOKEN),
         Service::Web => Some(WEB_TOKEN),
         Service::Operator => Some(OPERATOR_TOKEN),
     };
@@ -284,14 +319,19 @@ async fn call(
 ) -> Result<(), tonic::Status> {
     let p = Some(persona);
     let cid = id.to_owned();
+    let grant = match service {
+        Service::StrictExecutorWithGrant => Some(grant_for(c, id, persona).await),
+        _ => None,
+    };
     // One RPC as this cell's caller and persona; only whether it was allowed matters.
     macro_rules! rpc {
-        ($service:ident . $method:ident, $msg:expr) => {
-            c.$service
-                .$method(request($msg, service, p))
-                .await
-                .map(drop)
-        };
+        ($service:ident . $method:ident, $msg:expr) => {{
+            let mut r = request($msg, service, p);
+            if let Some(g) = &grant {
+                r.metadata_mut().insert("x-run-grant", g.parse().unwrap());
+            }
+            c.$service.$method(r).await.map(drop)
+        }};
     }
     match rpc {
         "ListProviders" => rpc!(creds.list_providers, pb::ListProvidersRequest::default()),
@@ -439,7 +479,52 @@ async fn call(
             members.accept_invitation,
             pb::AcceptInvitationRequest { credential_id: cid }
         ),
+        "CreateRunGrant" => rpc!(creds.create_run_grant, run_grant_request(cid)),
+        "RevokeRunGrant" => {
+            // The workspace admin's grant for this run.
+            let run_grant_id = c
+                .creds
+                .create_run_grant(request(
+                    run_grant_request(cid),
+                    Service::Web,
+                    Some(Persona::WorkspaceAdmin),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .run_grant_id;
+            rpc!(
+                creds.revoke_run_grant,
+                pb::RevokeRunGrantRequest { run_grant_id }
+            )
+        }
         other => panic!("the matrix has no call for RPC {other}: add it to TABLE and call()"),
+    }
+}
+
+fn run_grant_request(credential_id: String) -> pb::CreateRunGrantRequest {
+    pb::CreateRunGrantRequest {
+        credential_ids: vec![credential_id],
+        workflow_id: "wf-matrix".into(),
+        execution_id: "ex-matrix".into(),
+        ..Default::default()
+    }
+}
+
+/// The grant the web backend gets for `persona` and credential `id`; a persona that may not use
+/// the credential gets none, and its executor can only present a made-up one.
+async fn grant_for(c: &mut Client, id: &str, persona: Persona) -> String {
+    match c
+        .creds
+        .create_run_grant(request(
+            run_grant_request(id.to_owned()),
+            Service::Web,
+            Some(persona),
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().run_grant,
+        Err(_) => "cbrg_made-up-by-the-executor".to_owned(),
     }
 }
 
@@ -460,6 +545,8 @@ async fn authorization_matrix_covers_every_rpc() {
         Service::NoIdentity,
         Service::BadToken,
         Service::Executor,
+        Service::StrictExecutor,
+        Service::StrictExecutorWithGrant,
         Service::Web,
         Service::Operator,
     ];

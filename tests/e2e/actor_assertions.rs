@@ -149,6 +149,7 @@ fn caller(name: &str, role: &str, token: &str, unsigned_actor: bool) -> CallerCo
         mtls_identity: None,
         unsigned_actor,
         service_account: None,
+        run_grants: None,
     }
 }
 
@@ -526,6 +527,7 @@ async fn kubernetes_service_account_tokens_map_to_caller_roles() {
         mtls_identity: None,
         unsigned_actor: false,
         service_account: Some(sa.into()),
+        run_grants: None,
     };
     config.callers = vec![
         by_service_account("ops", "operator", OPS_SA),

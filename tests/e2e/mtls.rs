@@ -83,6 +83,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             mtls_identity: Some("web.internal".into()),
             unsigned_actor: true,
             service_account: None,
+            run_grants: None,
         },
         CallerConfig {
             name: "executor".into(),
@@ -91,6 +92,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             mtls_identity: None,
             unsigned_actor: true,
             service_account: None,
+            run_grants: None,
         },
     ];
     let b = TestBroker::start(config, dir.clone()).await.unwrap();

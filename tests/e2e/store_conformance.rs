@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns, Store,
-    StoreError, UsageRecord, WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, RunGrantRow,
+    SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -92,6 +92,10 @@ store_suite!(
     expired_connect_session_cannot_be_consumed,
     concurrent_consumers_have_exactly_one_winner,
     prune_connect_sessions_deletes_only_expired,
+    run_grant_round_trips_by_hash_and_id,
+    duplicate_run_grant_is_rejected,
+    run_grant_is_revoked_once_and_announced,
+    prune_run_grants_deletes_only_expired,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -1079,7 +1083,7 @@ async fn seed_audit(store: &dyn Store) -> Vec<(i64, NewAuditEvent)> {
             actor: actors[n % 3].map(str::to_owned),
             action: actions[n % 4].to_owned(),
             credential_id: credentials[(n / 2) % 3].map(str::to_owned),
-            outcome: "OK".to_owned(),
+            outcome: if n % 5 == 0 { "ROLE_REQUIRED" } else { "OK" }.to_owned(),
             detail: None,
         };
         let id = store.append_audit(&e).await.expect("append");
@@ -1109,6 +1113,7 @@ fn expected_audit(events: &[(i64, NewAuditEvent)], q: &AuditQuery) -> Vec<i64> {
                 .is_none_or(|c| e.credential_id.as_ref() == Some(c))
                 && q.actor.as_ref().is_none_or(|a| e.actor.as_ref() == Some(a))
                 && q.action.as_ref().is_none_or(|a| &e.action == a)
+                && q.outcome.as_ref().is_none_or(|o| &e.outcome == o)
                 && q.start_at.is_none_or(|t| e.at >= t)
                 && q.end_at.is_none_or(|t| e.at < t)
                 && q.before_id.is_none_or(|b| *id < b)
@@ -1199,10 +1204,21 @@ async fn audit_query_filters_each_column(store: Arc<dyn Store>) {
             credential_id: some("c1"),
             actor: some("bob"),
             action: some("credential.rename"),
+            outcome: some("OK"),
             start_at: Some(1_000),
             end_at: Some(1_300),
             before_id: Some(events[29].0 + 1),
             limit: 100,
+        },
+        AuditQuery {
+            outcome: some("ROLE_REQUIRED"),
+            ..audit_query(100)
+        },
+        AuditQuery {
+            credential_id: some("c1"),
+            action: some("token.issue"),
+            outcome: some("OK"),
+            ..audit_query(100)
         },
         AuditQuery {
             actor: some("alice"),
@@ -3542,4 +3558,95 @@ async fn postgres_changes_reach_another_replica() {
         .await;
     })
     .await;
+}
+
+fn run_grant(id: &str, expires_at: i64) -> RunGrantRow {
+    RunGrantRow {
+        id: id.to_owned(),
+        grant_sha256: format!("{id:0>64}"),
+        user_id: "u-alice".to_owned(),
+        email: "alice@example.com".to_owned(),
+        workspace_id: Some("ws1".to_owned()),
+        workspace_role: Some("member".to_owned()),
+        workflow_id: "wf-1".to_owned(),
+        execution_id: "ex-1".to_owned(),
+        credential_ids: "c1 c2".to_owned(),
+        created_by: "web".to_owned(),
+        created_at: 1_000,
+        expires_at,
+        revoked_at: None,
+    }
+}
+
+async fn run_grant_round_trips_by_hash_and_id(store: Arc<dyn Store>) {
+    let g = run_grant("g1", 5_000);
+    let bare = RunGrantRow {
+        workspace_id: None,
+        workspace_role: None,
+        ..run_grant("g2", 6_000)
+    };
+    for row in [&g, &bare] {
+        store.insert_run_grant(row).await.expect("insert");
+        assert_eq!(
+            store.get_run_grant(&row.grant_sha256).await.expect("get"),
+            Some(row.clone())
+        );
+        assert_eq!(
+            store.get_run_grant_by_id(&row.id).await.expect("get by id"),
+            Some(row.clone())
+        );
+    }
+    assert_eq!(store.get_run_grant(&"f".repeat(64)).await.expect("get"), None);
+    assert_eq!(store.get_run_grant_by_id("nope").await.expect("get"), None);
+}
+
+async fn duplicate_run_grant_is_rejected(store: Arc<dyn Store>) {
+    store
+        .insert_run_grant(&run_grant("g1", 5_000))
+        .await
+        .expect("insert");
+    // Same id, or another id with the same hash.
+    let same_hash = RunGrantRow {
+        id: "g9".to_owned(),
+        ..run_grant("g1", 5_000)
+    };
+    for dup in [run_grant("g1", 7_000), same_hash] {
+        assert!(matches!(
+            store.insert_run_grant(&dup).await,
+            Err(StoreError::Duplicate(_))
+        ));
+    }
+}
+
+async fn run_grant_is_revoked_once_and_announced(store: Arc<dyn Store>) {
+    let mut rx = store.subscribe_changes();
+    wait_until_listening(&*store, &mut rx).await;
+    let g = run_grant("g1", 5_000);
+    store.insert_run_grant(&g).await.expect("insert");
+    assert!(store.revoke_run_grant("g1", 2_000).await.expect("revoke"));
+    assert_eq!(
+        next_event(&mut rx, Duration::from_secs(10)).await,
+        ChangeEvent::Changed(run_grant_change_id(&g.grant_sha256))
+    );
+    // A second revocation and an unknown id change nothing (and announce nothing).
+    assert!(!store.revoke_run_grant("g1", 3_000).await.expect("again"));
+    assert!(!store.revoke_run_grant("nope", 3_000).await.expect("unknown"));
+    let stored = store.get_run_grant(&g.grant_sha256).await.expect("get");
+    assert_eq!(stored.and_then(|r| r.revoked_at), Some(2_000));
+    assert!(matches!(
+        rx.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+}
+
+async fn prune_run_grants_deletes_only_expired(store: Arc<dyn Store>) {
+    for (id, expires_at) in [("g1", 1_000), ("g2", 2_000), ("g3", 3_000)] {
+        store
+            .insert_run_grant(&run_grant(id, expires_at))
+            .await
+            .expect("insert");
+    }
+    assert_eq!(store.prune_run_grants(2_500).await.expect("prune"), 2);
+    assert_eq!(store.get_run_grant_by_id("g1").await.expect("get"), None);
+    assert!(store.get_run_grant_by_id("g3").await.expect("get").is_some());
 }
