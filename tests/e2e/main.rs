@@ -12,6 +12,7 @@ mod members;
 mod mtls;
 mod oauth_client;
 mod observability;
+mod run_grants;
 mod secrets;
 mod service_surface;
 mod store_conformance;

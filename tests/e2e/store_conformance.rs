@@ -3596,7 +3596,10 @@ async fn run_grant_round_trips_by_hash_and_id(store: Arc<dyn Store>) {
             Some(row.clone())
         );
     }
-    assert_eq!(store.get_run_grant(&"f".repeat(64)).await.expect("get"), None);
+    assert_eq!(
+        store.get_run_grant(&"f".repeat(64)).await.expect("get"),
+        None
+    );
     assert_eq!(store.get_run_grant_by_id("nope").await.expect("get"), None);
 }
 
@@ -3630,7 +3633,12 @@ async fn run_grant_is_revoked_once_and_announced(store: Arc<dyn Store>) {
     );
     // A second revocation and an unknown id change nothing (and announce nothing).
     assert!(!store.revoke_run_grant("g1", 3_000).await.expect("again"));
-    assert!(!store.revoke_run_grant("nope", 3_000).await.expect("unknown"));
+    assert!(
+        !store
+            .revoke_run_grant("nope", 3_000)
+            .await
+            .expect("unknown")
+    );
     let stored = store.get_run_grant(&g.grant_sha256).await.expect("get");
     assert_eq!(stored.and_then(|r| r.revoked_at), Some(2_000));
     assert!(matches!(
@@ -3648,5 +3656,11 @@ async fn prune_run_grants_deletes_only_expired(store: Arc<dyn Store>) {
     }
     assert_eq!(store.prune_run_grants(2_500).await.expect("prune"), 2);
     assert_eq!(store.get_run_grant_by_id("g1").await.expect("get"), None);
-    assert!(store.get_run_grant_by_id("g3").await.expect("get").is_some());
+    assert!(
+        store
+            .get_run_grant_by_id("g3")
+            .await
+            .expect("get")
+            .is_some()
+    );
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RUN_GRANT_CHANGE_PREFIX, RefreshIntent, RunGrantRow,
-    SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RUN_GRANT_CHANGE_PREFIX, RefreshIntent,
+    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 

@@ -2,15 +2,15 @@
 
 use super::{caller, respond};
 use crate::grpc::convert::{self, Importable, Listable, Updatable};
+use crate::grpc::status::to_status;
+use cb_broker::access::Caller;
 use cb_broker::connect::ConnectService;
 use cb_broker::credential::CredentialView;
+use cb_broker::issuance::RunGrantUse;
 use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_server::CredentialService as Rpc;
-use crate::grpc::status::to_status;
-use cb_broker::access::Caller;
-use cb_broker::issuance::RunGrantUse;
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -227,22 +227,24 @@ impl Application {
             ),
         }
         let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
-        let tokens = Arc::new(TokenService::new(
-            store.clone(),
-            envelope.clone(),
-            clock.clone(),
-            gateway.clone(),
-            audit.clone(),
-            cache.clone(),
-            issuance_config,
-            holder,
-        )
-        .with_run_grants(RunGrantConfig {
-            default_lifetime: Duration::from_secs(config.run_grants.default_lifetime_seconds),
-            max_lifetime: Duration::from_secs(config.run_grants.max_lifetime_seconds),
-            cache_max_entries: config.run_grants.cache_max_entries,
-            cache_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
-        }));
+        let tokens = Arc::new(
+            TokenService::new(
+                store.clone(),
+                envelope.clone(),
+                clock.clone(),
+                gateway.clone(),
+                audit.clone(),
+                cache.clone(),
+                issuance_config,
+                holder,
+            )
+            .with_run_grants(RunGrantConfig {
+                default_lifetime: Duration::from_secs(config.run_grants.default_lifetime_seconds),
+                max_lifetime: Duration::from_secs(config.run_grants.max_lifetime_seconds),
+                cache_max_entries: config.run_grants.cache_max_entries,
+                cache_max_age: Duration::from_secs(config.tokens.cache_max_age_seconds),
+            }),
+        );
         metrics.register_domain(tokens.clone(), envelope.clone());
         metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
