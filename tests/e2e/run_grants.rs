@@ -454,6 +454,7 @@ async fn executor_is_limited_to_its_run_postgres() {
         return;
     };
     executor_is_limited_to_its_run(Some(&db.url)).await;
+    db.drop_database().await;
 }
 
 /// A grant revoked through one replica stops working on another that had it in memory.
@@ -468,14 +469,35 @@ async fn revocation_reaches_every_replica() {
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let second = TestBroker::start(config, first.dir.clone()).await.unwrap();
     let mut on_first = Api::new(&first).await;
-    let mut on_second = Api::new(&second).await;
+    let on_second = Api::new(&second).await;
     let a = on_first.import(&fake, "acct-a").await;
     let g = on_first.grant(ALICE, &[&a], "ex-1", None).await.unwrap();
-    // Used (and kept in memory) on the second replica.
-    on_second
-        .token(EXECUTOR, &a, None, Some(&g.run_grant))
-        .await
-        .unwrap();
+    // Used on the second replica until it answers from memory (its change feed is up, so the
+    // grant is kept in memory too).
+    let hits = second.issuance_stats().cache_hits;
+    wait_for(
+        Duration::from_secs(10),
+        "the second replica serves the run's token from memory",
+        || {
+            let (mut api, a, grant) = (on_second.creds.clone(), a.clone(), g.run_grant.clone());
+            let served_from_memory = second.issuance_stats().cache_hits > hits;
+            async move {
+                let req = pb::GetAccessTokenRequest {
+                    credential_id: a,
+                    ..Default::default()
+                };
+                api.get_access_token(call(req, EXECUTOR, None, Some(&grant)))
+                    .await
+                    .unwrap();
+                if served_from_memory {
+                    Ok(())
+                } else {
+                    Err("database")
+                }
+            }
+        },
+    )
+    .await;
     on_first
         .creds
         .revoke_run_grant(call(
@@ -510,4 +532,5 @@ async fn revocation_reaches_every_replica() {
         },
     )
     .await;
+    db.drop_database().await;
 }
