@@ -1,5 +1,5 @@
 //! Tokens and secrets never appear in logs (at TRACE), errors, audit events or any response other
-//! than GetAccessToken. The whole flow runs against the real binary with `log.filter = "trace"`,
+//! than GetAccessToken (and, for run grants, CreateRunGrant). The whole flow runs against the real binary with `log.filter = "trace"`,
 //! and everything it said is scanned for every secret the fake provider ever issued.
 
 use crate::support::broker::{BrokerProcess, TestBroker, config_toml, with_fake_provider};
@@ -117,6 +117,40 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     };
     // Issue, then refreshes (rotation).
     issued.push(client.token_with(get_token(60)).await.unwrap().access_token);
+    // A run grant: handed out once (CreateRunGrant, not scanned as `said`), used by an executor,
+    // and a made-up one refused.
+    let grant = c
+        .clone()
+        .create_run_grant(client.request(pb::CreateRunGrantRequest {
+            credential_ids: vec![id.clone()],
+            workflow_id: "wf-secret-scan".into(),
+            execution_id: "ex-secret-scan".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_grant;
+    let with_grant = |g: &str| {
+        let mut r = tonic::Request::new(get_token(60));
+        r.metadata_mut().insert("x-run-grant", g.parse().unwrap());
+        r
+    };
+    issued.push(
+        c.clone()
+            .get_access_token(with_grant(&grant))
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token,
+    );
+    let made_up = format!("cbrg_{}", "Zm9yZ2Vk".repeat(6));
+    let err = c
+        .clone()
+        .get_access_token(with_grant(&made_up))
+        .await
+        .unwrap_err();
+    record_err(&mut said, &err);
     for _ in 0..2 {
         issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued)
             .await
@@ -223,7 +257,13 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         leaks_log.is_empty(),
         "secrets in the TRACE log: {leaks_log:?}"
     );
-    for secret in [fc.client_secret.as_str()]
+    assert!(
+        audit.events.iter().any(|e| e.action == "run_grant.create"),
+        "the grant's creation is audited"
+    );
+    // No run grant at all (their prefix) in the log, errors or audit.
+    assert!(!log.contains("cbrg_") && !said.contains("cbrg_"));
+    for secret in [fc.client_secret.as_str(), grant.as_str(), made_up.as_str()]
         .into_iter()
         .chain(issued.iter().map(String::as_str))
     {
