@@ -219,6 +219,7 @@ impl ActorVerifier {
                 section: "actor_assertions",
                 public_keys: &config.public_keys,
                 jwks_url: config.jwks_url.as_deref(),
+                jwks_file: None,
                 min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
             },
             clock.clone(),

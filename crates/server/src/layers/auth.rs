@@ -53,12 +53,18 @@ pub struct Callers {
     /// Services that present workload tokens, verified by [`crate::layers::workload`]: (the
     /// token's subject, service).
     pub workloads: Vec<(String, ServiceIdentity)>,
+    /// Services with a SPIFFE ID: (the ID, service), proven by an X.509-SVID (its URI SAN, over
+    /// mTLS) or a JWT-SVID (verified by [`crate::layers::workload`]).
+    pub spiffe: Vec<(String, ServiceIdentity)>,
 }
 
 impl Callers {
     /// Whether no caller authentication is configured.
     pub fn is_development(&self) -> bool {
-        self.tokens.is_empty() && self.certificates.is_empty() && self.workloads.is_empty()
+        self.tokens.is_empty()
+            && self.certificates.is_empty()
+            && self.workloads.is_empty()
+            && self.spiffe.is_empty()
     }
 }
 
@@ -135,14 +141,17 @@ impl Authenticator {
                 verified: OnceLock::new(),
             })
             .collect();
+        // A SPIFFE ID is a certificate identity (X.509-SVID) and a workload one (JWT-SVID).
         let certificates = callers
             .certificates
             .into_iter()
+            .chain(callers.spiffe.iter().cloned())
             .map(|(subject, identity)| (subject, known(identity)))
             .collect();
         let workloads = callers
             .workloads
             .into_iter()
+            .chain(callers.spiffe)
             .map(|(_, identity)| known(identity))
             .collect();
         Self {
@@ -209,7 +218,8 @@ impl Authenticator {
     }
 }
 
-/// The DNS subject alternative names and common names of a DER certificate.
+/// The DNS subject alternative names, common names and SPIFFE IDs (URI SANs `spiffe://…`, as in
+/// an X.509-SVID) of a DER certificate.
 fn certificate_names(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
@@ -221,8 +231,12 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
         .collect();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                names.push((*d).to_owned());
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+                    names.push((*u).to_owned());
+                }
+                _ => {}
             }
         }
     }
@@ -409,6 +423,7 @@ mod tests {
             ],
             certificates: Vec::new(),
             workloads: Vec::new(),
+            spiffe: Vec::new(),
         });
         let name = |header: &str| {
             auth.authenticate(Some(header), None)
@@ -448,6 +463,7 @@ mod tests {
                 },
             )],
             workloads: Vec::new(),
+            spiffe: Vec::new(),
         });
         let by_token = auth.tokens.first().map(|c| c.known.clone());
         let by_certificate = auth.certificates.first().map(|(_, k)| k.clone());

@@ -47,7 +47,7 @@ struct JwksState {
     attempted: Option<Timestamp>,
 }
 
-/// Where keys come from: static keys and, optionally, a JWKS URL.
+/// Where keys come from: static keys and, optionally, a JWKS URL or file.
 pub struct KeySource<'a> {
     /// What the keys are for, in problems (`actor_assertions`).
     pub section: &'a str,
@@ -55,6 +55,9 @@ pub struct KeySource<'a> {
     pub public_keys: &'a [PublicKeyConfig],
     /// The JWKS URL.
     pub jwks_url: Option<&'a str>,
+    /// A JWKS file (e.g. a SPIFFE trust bundle written by the SPIRE agent), read like the URL:
+    /// at start, on every refresh and on an unknown `kid`.
+    pub jwks_file: Option<&'a std::path::Path>,
     /// An unknown `kid` fetches the JWKS again at most this often.
     pub min_refetch: Duration,
 }
@@ -63,6 +66,7 @@ pub struct KeySource<'a> {
 pub struct KeySet {
     static_keys: Vec<VerifyingKey>,
     jwks_url: Option<String>,
+    jwks_file: Option<std::path::PathBuf>,
     jwks: RwLock<JwksState>,
     /// One JWKS fetch at a time; waiters then find the keys it brought.
     fetching: tokio::sync::Mutex<()>,
@@ -93,6 +97,7 @@ impl KeySet {
         Ok(Self {
             static_keys,
             jwks_url: source.jwks_url.map(str::to_owned),
+            jwks_file: source.jwks_file.map(std::path::Path::to_path_buf),
             jwks: RwLock::new(JwksState {
                 keys: Vec::new(),
                 attempted: None,
@@ -104,9 +109,9 @@ impl KeySet {
         })
     }
 
-    /// Whether a JWKS URL is configured.
+    /// Whether a JWKS URL or file is configured.
     pub fn has_jwks(&self) -> bool {
-        self.jwks_url.is_some()
+        self.jwks_url.is_some() || self.jwks_file.is_some()
     }
 
     fn find(&self, kid: &str) -> Option<VerifyingKey> {
@@ -125,13 +130,25 @@ impl KeySet {
     }
 
     async fn fetch_locked(&self) -> Result<usize, String> {
-        let Some(url) = &self.jwks_url else {
+        if !self.has_jwks() {
             return Ok(0);
-        };
+        }
         if let Ok(mut s) = self.jwks.write() {
             s.attempted = Some(self.clock.now());
         }
-        let keys = fetch_jwks(&self.http, url).await?;
+        let keys = match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), _) => fetch_jwks(&self.http, url).await?,
+            (None, Some(file)) => {
+                let body = tokio::fs::read(file)
+                    .await
+                    .map_err(|e| format!("jwks file {}: {e}", file.display()))?;
+                if body.len() > MAX_JWKS_BYTES {
+                    return Err("jwks larger than 1 MiB".into());
+                }
+                parse_jwks(&body)?
+            }
+            (None, None) => Vec::new(),
+        };
         let n = keys.len();
         if let Ok(mut s) = self.jwks.write() {
             s.keys = keys;
@@ -274,7 +291,13 @@ fn jwk_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
         .clone()
         .filter(|k| !k.is_empty())
         .ok_or("the key has no kid")?;
-    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+    // SPIFFE bundles mark JWT-SVID signing keys `use: jwt-svid` (X.509 roots: `x509-svid`).
+    let signs = |u: &PublicKeyUse| match u {
+        PublicKeyUse::Signature => true,
+        PublicKeyUse::Other(other) => other == "jwt-svid",
+        _ => false,
+    };
+    if jwk.common.public_key_use.as_ref().is_some_and(|u| !signs(u)) {
         return Err("the key is not for signatures (use)".into());
     }
     let alg = match &jwk.algorithm {
@@ -358,13 +381,18 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<VerifyingKe
             return Err("jwks larger than 1 MiB".into());
         }
     }
+    parse_jwks(&body)
+}
+
+/// The usable signing keys of a JWKS document (RFC 7517, or a SPIFFE bundle).
+fn parse_jwks(body: &[u8]) -> Result<Vec<VerifyingKey>, String> {
     // Keys one by one: a key of a type this crate cannot read (say, for encryption) must not
     // hide the others.
     #[derive(Deserialize)]
     struct Set {
         keys: Vec<serde_json::Value>,
     }
-    let set: Set = serde_json::from_slice(&body).map_err(|e| format!("jwks: {e}"))?;
+    let set: Set = serde_json::from_slice(body).map_err(|e| format!("jwks: {e}"))?;
     let mut keys = Vec::new();
     let mut kids = BTreeSet::new();
     for value in set.keys {

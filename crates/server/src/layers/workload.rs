@@ -1,13 +1,14 @@
 //! Workload identity: callers that authenticate with a JWT their platform already issues
-//! (Kubernetes projected service-account tokens) instead of a broker token. A tower layer in
-//! front of [`crate::layers::auth`] verifies a JWT bearer against the configured issuer, its keys
-//! and a dedicated audience, maps its subject to a `[[callers]]` entry (`service_account`) and
-//! hands the identity on; the auth layer then applies that caller's role as for any other.
-//! A token that does not verify is left to the auth layer, which refuses it as unknown.
+//! (Kubernetes projected service-account tokens, SPIFFE JWT-SVIDs) instead of a broker token. A
+//! tower layer in front of [`crate::layers::auth`] verifies a JWT bearer against the configured
+//! issuer or trust domain, its keys and a dedicated audience, maps its subject to a `[[callers]]`
+//! entry (`service_account`, `spiffe_id`) and hands the identity on; the auth layer then applies
+//! that caller's role as for any other. A token that does not verify is left to the auth layer,
+//! which refuses it as unknown.
 
 use crate::layers::auth::ServiceIdentity;
 use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource, secs};
-use crate::runtime::config::{ConfigError, WorkloadIdentityConfig};
+use crate::runtime::config::{ConfigError, SpiffeConfig, WorkloadIdentityConfig};
 use cb_broker::clock::Clock;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -30,9 +31,13 @@ struct Claims {
     nbf: Option<i64>,
 }
 
-/// Verifies workload tokens and maps their subjects to callers.
+/// Verifies workload tokens of one issuer (or SPIFFE trust domain) and maps their subjects to
+/// callers.
 pub struct WorkloadVerifier {
-    issuer: String,
+    /// The `iss` every token carries (Kubernetes); SPIFFE JWT-SVIDs are not checked for one.
+    issuer: Option<String>,
+    /// `spiffe://<trust domain>/` for a SPIFFE verifier: only subjects under it are accepted.
+    spiffe_prefix: Option<String>,
     audience: String,
     leeway_s: i64,
     keys: Arc<KeySet>,
@@ -41,30 +46,73 @@ pub struct WorkloadVerifier {
 }
 
 impl WorkloadVerifier {
-    /// Builds the verifier; `callers` maps token subjects to services.
+    /// Builds the Kubernetes verifier; `callers` maps token subjects to services.
     pub fn from_config(
         config: &WorkloadIdentityConfig,
         callers: &[(String, ServiceIdentity)],
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
-        let keys = KeySet::new(
-            &KeySource {
-                section: "workload_identity",
-                public_keys: &config.public_keys,
-                jwks_url: config.jwks_url.as_deref(),
-                min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
-            },
-            clock.clone(),
+        let source = KeySource {
+            section: "workload_identity",
+            public_keys: &config.public_keys,
+            jwks_url: config.jwks_url.as_deref(),
+            jwks_file: None,
+            min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
+        };
+        Self::build(
+            (Some(config.issuer.clone()), None),
+            (&config.audience, config.leeway_seconds),
+            &source,
+            callers,
+            clock,
         )
-        .map_err(ConfigError)?;
+    }
+
+    /// Builds the SPIFFE JWT-SVID verifier of one trust domain; `callers` maps SPIFFE IDs to
+    /// services.
+    pub fn from_spiffe(
+        config: &SpiffeConfig,
+        callers: &[(String, ServiceIdentity)],
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let source = KeySource {
+            section: "spiffe",
+            public_keys: &config.public_keys,
+            jwks_url: config.jwks_url.as_deref(),
+            jwks_file: config.jwks_file.as_deref(),
+            min_refetch: Duration::from_secs(config.jwks_min_refetch_seconds),
+        };
+        Self::build(
+            (None, Some(config.id_prefix())),
+            (&config.audience, config.leeway_seconds),
+            &source,
+            callers,
+            clock,
+        )
+    }
+
+    fn build(
+        (issuer, spiffe_prefix): (Option<String>, Option<String>),
+        (audience, leeway_seconds): (&str, u64),
+        source: &KeySource<'_>,
+        callers: &[(String, ServiceIdentity)],
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let keys = KeySet::new(source, clock.clone()).map_err(ConfigError)?;
         Ok(Self {
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            leeway_s: secs(config.leeway_seconds),
+            issuer,
+            spiffe_prefix,
+            audience: audience.to_owned(),
+            leeway_s: secs(leeway_seconds),
             keys: Arc::new(keys),
             callers: callers.iter().cloned().collect(),
             clock,
         })
+    }
+
+    /// Whether this verifier is the one for SPIFFE JWT-SVIDs.
+    pub fn is_spiffe(&self) -> bool {
+        self.spiffe_prefix.is_some()
     }
 
     /// The verification keys (for the JWKS refresher).
@@ -77,7 +125,9 @@ impl WorkloadVerifier {
         let c: Claims = self.keys.verify(token).await.map_err(|e| match e {
             KeyRefusal::Invalid(why) | KeyRefusal::KeyUnknown(why) => why,
         })?;
-        if c.iss.as_deref() != Some(self.issuer.as_str()) {
+        if let Some(issuer) = &self.issuer
+            && c.iss.as_deref() != Some(issuer.as_str())
+        {
             return Err("issued by another issuer".into());
         }
         if !c.aud.as_ref().is_some_and(|a| a.contains(&self.audience)) {
@@ -92,23 +142,57 @@ impl WorkloadVerifier {
             return Err("not valid yet".into());
         }
         let sub = c.sub.unwrap_or_default();
+        if let Some(prefix) = &self.spiffe_prefix
+            && !sub.starts_with(prefix.as_str())
+        {
+            return Err("a SPIFFE ID of another trust domain".into());
+        }
         self.callers
             .get(&sub)
             .cloned()
-            .ok_or_else(|| "its subject is no configured caller's service_account".into())
+            .ok_or_else(|| "its subject is no configured caller's service_account or spiffe_id".into())
     }
 }
 
-/// The layer; a pass-through when no `[workload_identity]` is configured.
+/// The verifiers of the layer: Kubernetes service-account tokens, SPIFFE JWT-SVIDs.
+#[derive(Clone, Default)]
+pub struct Verifiers {
+    /// `[workload_identity]`.
+    pub kubernetes: Option<Arc<WorkloadVerifier>>,
+    /// `[spiffe]`.
+    pub spiffe: Option<Arc<WorkloadVerifier>>,
+}
+
+impl Verifiers {
+    /// The verifier for `token`: SPIFFE when its (still unverified) subject is a SPIFFE ID. The
+    /// peek only routes the token; the chosen verifier checks everything.
+    fn for_token(&self, token: &str) -> Option<Arc<WorkloadVerifier>> {
+        #[derive(Deserialize)]
+        struct Subject {
+            sub: Option<String>,
+        }
+        let spiffe = jsonwebtoken::dangerous::insecure_decode_claims::<Subject>(token)
+            .ok()
+            .and_then(|c| c.sub)
+            .is_some_and(|s| s.starts_with("spiffe://"));
+        if spiffe {
+            self.spiffe.clone()
+        } else {
+            self.kubernetes.clone()
+        }
+    }
+}
+
+/// The layer; a pass-through when no `[workload_identity]` or `[spiffe]` is configured.
 #[derive(Clone)]
 pub struct WorkloadLayer {
-    verifier: Option<Arc<WorkloadVerifier>>,
+    verifiers: Verifiers,
 }
 
 impl WorkloadLayer {
-    /// Verifies JWT bearers with `verifier`.
-    pub fn new(verifier: Option<Arc<WorkloadVerifier>>) -> Self {
-        Self { verifier }
+    /// Verifies JWT bearers with `verifiers`.
+    pub fn new(verifiers: Verifiers) -> Self {
+        Self { verifiers }
     }
 }
 
@@ -117,7 +201,7 @@ impl<S> tower::Layer<S> for WorkloadLayer {
     fn layer(&self, inner: S) -> Self::Service {
         WorkloadService {
             inner,
-            verifier: self.verifier.clone(),
+            verifiers: self.verifiers.clone(),
         }
     }
 }
@@ -126,7 +210,7 @@ impl<S> tower::Layer<S> for WorkloadLayer {
 #[derive(Clone)]
 pub struct WorkloadService<S> {
     inner: S,
-    verifier: Option<Arc<WorkloadVerifier>>,
+    verifiers: Verifiers,
 }
 
 use super::{BoxFuture, ready_instance};
@@ -159,7 +243,8 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let mut inner = ready_instance(&mut self.inner);
-        let (Some(verifier), Some(token)) = (self.verifier.clone(), jwt_bearer(req.headers()))
+        let Some((verifier, token)) = jwt_bearer(req.headers())
+            .and_then(|token| Some((self.verifiers.for_token(&token)?, token)))
         else {
             return Box::pin(async move { inner.call(req).await });
         };
@@ -168,7 +253,11 @@ where
                 Ok(identity) => {
                     req.extensions_mut().insert(WorkloadIdentity(identity));
                 }
-                Err(problem) => tracing::warn!(problem, "workload token refused"),
+                Err(problem) => tracing::warn!(
+                    problem,
+                    spiffe = verifier.is_spiffe(),
+                    "workload token refused"
+                ),
             }
             inner.call(req).await
         })

@@ -279,42 +279,52 @@ impl Application {
             );
         }
         let actors = actor_policy(config, &clock)?;
-        let workloads = match &config.workload_identity {
-            Some(w) => Some(Arc::new(WorkloadVerifier::from_config(
-                w,
-                &callers.workloads,
-                clock.clone(),
-            )?)),
-            None => None,
+        let workloads = crate::layers::workload::Verifiers {
+            kubernetes: match &config.workload_identity {
+                Some(w) => Some(Arc::new(WorkloadVerifier::from_config(
+                    w,
+                    &callers.workloads,
+                    clock.clone(),
+                )?)),
+                None => None,
+            },
+            spiffe: match &config.spiffe {
+                Some(sp) => Some(Arc::new(WorkloadVerifier::from_spiffe(
+                    sp,
+                    &callers.spiffe,
+                    clock.clone(),
+                )?)),
+                None => None,
+            },
         };
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
-        if let Some(verifier) = &actors.verifier
-            && verifier.keys().has_jwks()
-        {
-            let every = config
-                .actor_assertions
-                .as_ref()
-                .map_or(300, |a| a.jwks_refresh_seconds);
-            background.push(
-                crate::layers::jwt::start_refreshing(
-                    verifier.keys().clone(),
-                    "actor assertions",
-                    every,
-                )
-                .await,
-            );
-        }
-        if let Some(w) = &workloads
-            && w.keys().has_jwks()
-        {
-            let every = config
-                .workload_identity
-                .as_ref()
-                .map_or(300, |w| w.jwks_refresh_seconds);
-            background.push(
-                crate::layers::jwt::start_refreshing(w.keys().clone(), "workload identity", every)
-                    .await,
-            );
+        // Every key set with a JWKS (URL or file) is read at start and then periodically.
+        let key_sets = [
+            (
+                actors.verifier.as_ref().map(|v| v.keys()),
+                "actor assertions",
+                config.actor_assertions.as_ref().map(|a| a.jwks_refresh_seconds),
+            ),
+            (
+                workloads.kubernetes.as_ref().map(|w| w.keys()),
+                "workload identity",
+                config.workload_identity.as_ref().map(|w| w.jwks_refresh_seconds),
+            ),
+            (
+                workloads.spiffe.as_ref().map(|w| w.keys()),
+                "spiffe bundle",
+                config.spiffe.as_ref().map(|sp| sp.jwks_refresh_seconds),
+            ),
+        ];
+        for (keys, what, every) in key_sets {
+            if let Some(keys) = keys
+                && keys.has_jwks()
+            {
+                background.push(
+                    crate::layers::jwt::start_refreshing(keys.clone(), what, every.unwrap_or(300))
+                        .await,
+                );
+            }
         }
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),

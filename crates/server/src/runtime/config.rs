@@ -77,6 +77,9 @@ pub struct Config {
     pub workload_identity: Option<WorkloadIdentityConfig>,
     /// Run grants for executors.
     pub run_grants: RunGrantsConfig,
+    /// Callers that authenticate with a SPIFFE JWT-SVID, mapped to `[[callers]]` by
+    /// `spiffe_id` (X.509-SVIDs need only `[tls] client_ca_file`).
+    pub spiffe: Option<SpiffeConfig>,
 }
 
 /// How workload tokens (Kubernetes service-account JWTs) are verified.
@@ -117,22 +120,110 @@ impl WorkloadIdentityConfig {
     fn validate(&self, p: &mut Vec<String>) {
         validate_issuer_keys(
             "workload_identity",
-            &self.issuer,
+            ("issuer", &self.issuer),
             &self.audience,
-            self.jwks_url.as_deref(),
+            (self.jwks_url.as_deref(), false),
             &self.public_keys,
             p,
         );
-        if self.leeway_seconds > 300 {
-            p.push("workload_identity.leeway_seconds: must be at most 300".into());
+        validate_jwks_timing(
+            "workload_identity",
+            [
+                self.leeway_seconds,
+                self.jwks_refresh_seconds,
+                self.jwks_min_refetch_seconds,
+            ],
+            p,
+        );
+    }
+}
+
+/// SPIFFE workload identity: JWT-SVIDs of one trust domain, verified against its bundle.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpiffeConfig {
+    /// The trust domain (`example.org`): only SPIFFE IDs `spiffe://<trust_domain>/…` are accepted.
+    pub trust_domain: String,
+    /// The audience JWT-SVIDs are requested for; only SVIDs for it are accepted.
+    pub audience: String,
+    /// The trust domain's JWT bundle as a JWKS URL (a SPIRE bundle endpoint; https, or http on
+    /// loopback).
+    pub jwks_url: Option<String>,
+    /// … or as a JWKS file (the bundle the SPIRE agent or spiffe-helper writes), re-read on
+    /// every refresh and on an unknown `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// Static keys.
+    pub public_keys: Vec<PublicKeyConfig>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// How often the bundle is read again.
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` reads the bundle again at most this often.
+    pub jwks_min_refetch_seconds: u64,
+}
+
+impl Default for SpiffeConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            jwks_file: None,
+            public_keys: Vec::new(),
+            leeway_seconds: 30,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
         }
-        for (key, v) in [
-            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
-            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
-        ] {
-            if v == 0 {
-                p.push(format!("workload_identity.{key}: must be at least 1"));
-            }
+    }
+}
+
+impl SpiffeConfig {
+    fn validate(&self, p: &mut Vec<String>) {
+        validate_issuer_keys(
+            "spiffe",
+            ("trust_domain", &self.trust_domain),
+            &self.audience,
+            (self.jwks_url.as_deref(), self.jwks_file.is_some()),
+            &self.public_keys,
+            p,
+        );
+        if self.jwks_url.is_some() && self.jwks_file.is_some() {
+            p.push("spiffe: set jwks_url or jwks_file, not both".into());
+        }
+        if self.trust_domain.contains(['/', ':']) {
+            p.push(format!(
+                "spiffe.trust_domain: {:?} must be the bare trust domain (example.org)",
+                self.trust_domain
+            ));
+        }
+        validate_jwks_timing(
+            "spiffe",
+            [
+                self.leeway_seconds,
+                self.jwks_refresh_seconds,
+                self.jwks_min_refetch_seconds,
+            ],
+            p,
+        );
+    }
+
+    /// The prefix of every SPIFFE ID of the trust domain.
+    pub fn id_prefix(&self) -> String {
+        format!("spiffe://{}/", self.trust_domain)
+    }
+}
+
+/// Checks `[leeway_seconds, jwks_refresh_seconds, jwks_min_refetch_seconds]` of a JWT section.
+fn validate_jwks_timing(section: &str, [leeway, refresh, min_refetch]: [u64; 3], p: &mut Vec<String>) {
+    if leeway > 300 {
+        p.push(format!("{section}.leeway_seconds: must be at most 300"));
+    }
+    for (key, v) in [
+        ("jwks_refresh_seconds", refresh),
+        ("jwks_min_refetch_seconds", min_refetch),
+    ] {
+        if v == 0 {
+            p.push(format!("{section}.{key}: must be at least 1"));
         }
     }
 }
@@ -140,15 +231,15 @@ impl WorkloadIdentityConfig {
 /// Checks what every JWT issuer section shares: issuer, audience and where the keys come from.
 fn validate_issuer_keys(
     section: &str,
-    issuer: &str,
+    (issuer_key, issuer): (&str, &str),
     audience: &str,
-    jwks_url: Option<&str>,
+    (jwks_url, jwks_file): (Option<&str>, bool),
     public_keys: &[PublicKeyConfig],
     p: &mut Vec<String>,
 ) {
     if issuer.trim().is_empty() {
         p.push(format!(
-            "{section}.issuer: required (the iss of the tokens)"
+            "{section}.{issuer_key}: required (the iss of the tokens, or their trust domain)"
         ));
     }
     if audience.trim().is_empty() {
@@ -156,7 +247,7 @@ fn validate_issuer_keys(
             "{section}.audience: required (this broker's name in aud)"
         ));
     }
-    if jwks_url.is_none() && public_keys.is_empty() {
+    if jwks_url.is_none() && !jwks_file && public_keys.is_empty() {
         p.push(format!("{section}: set jwks_url or public_keys"));
     }
     if let Some(u) = jwks_url {
@@ -252,9 +343,9 @@ impl ActorAssertionsConfig {
     fn validate(&self, p: &mut Vec<String>) {
         validate_issuer_keys(
             "actor_assertions",
-            &self.issuer,
+            ("issuer", &self.issuer),
             &self.audience,
-            self.jwks_url.as_deref(),
+            (self.jwks_url.as_deref(), false),
             &self.public_keys,
             p,
         );
@@ -408,6 +499,11 @@ pub struct CallerConfig {
     /// default) or may name the actor itself when it has none (`optional`, for migrating).
     #[serde(default)]
     pub run_grants: Option<RunGrantMode>,
+    /// The caller's SPIFFE ID (`spiffe://trust-domain/path`): the URI SAN of its X.509-SVID
+    /// (mTLS; needs `[tls] client_ca_file` holding the trust domain's roots) or the `sub` of its
+    /// JWT-SVID (needs `[spiffe]`).
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
 }
 
 /// Whether an executor must present a run grant (docs/api.md "Run grants").
@@ -504,6 +600,7 @@ impl Default for Config {
             actor_assertions: None,
             workload_identity: None,
             run_grants: RunGrantsConfig::default(),
+            spiffe: None,
         }
     }
 }
@@ -1104,8 +1201,8 @@ impl Config {
                 ));
             }
             match (&c.token_sha256, &c.mtls_identity) {
-                (None, None) if c.service_account.is_none() => p.push(format!(
-                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`), mtls_identity or service_account"
+                (None, None) if c.service_account.is_none() && c.spiffe_id.is_none() => p.push(format!(
+                    "callers[{i}]: set token_sha256 (run `credential-broker hash-token`), mtls_identity, service_account or spiffe_id"
                 )),
                 (Some(h), _) if decode_sha256(h).is_none() => p.push(format!(
                     "callers[{i}].token_sha256: must be 64 hex characters (run `credential-broker hash-token`)"
@@ -1119,6 +1216,30 @@ impl Config {
             }
             if c.mtls_identity.is_some() && self.tls.client_ca_file.is_none() {
                 p.push(format!("callers[{i}].mtls_identity: needs [tls] client_ca_file (and cert_file, key_file)"));
+            }
+            if let Some(id) = &c.spiffe_id {
+                let valid = id
+                    .strip_prefix("spiffe://")
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(td, path)| !td.is_empty() && !path.is_empty());
+                if !valid {
+                    p.push(format!(
+                        "callers[{i}].spiffe_id: {id:?} must be spiffe://TRUST_DOMAIN/PATH"
+                    ));
+                }
+                if let Some(sp) = &self.spiffe
+                    && !id.starts_with(&sp.id_prefix())
+                {
+                    p.push(format!(
+                        "callers[{i}].spiffe_id: not in trust domain {:?} ([spiffe])",
+                        sp.trust_domain
+                    ));
+                }
+                if self.spiffe.is_none() && self.tls.client_ca_file.is_none() {
+                    p.push(format!(
+                        "callers[{i}].spiffe_id: needs [spiffe] (JWT-SVIDs) or [tls] client_ca_file (X.509-SVIDs)"
+                    ));
+                }
             }
             if c.run_grants.is_some() && c.role != "executor" {
                 p.push(format!(
@@ -1210,6 +1331,9 @@ impl Config {
         if let Some(w) = &self.workload_identity {
             w.validate(&mut p);
         }
+        if let Some(sp) = &self.spiffe {
+            sp.validate(&mut p);
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -1247,6 +1371,9 @@ impl Config {
             }
             if let Some(subject) = &c.service_account {
                 callers.workloads.push((subject.clone(), identity.clone()));
+            }
+            if let Some(id) = &c.spiffe_id {
+                callers.spiffe.push((id.clone(), identity.clone()));
             }
             if let Some(subject) = &c.mtls_identity {
                 callers.certificates.push((subject.clone(), identity));
