@@ -201,6 +201,7 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
         // The plain executor keeps working without grants (the migration mode); the strict
         // one has the default.
         run_grants: (name == "executor").then_some(RunGrantMode::Optional),
+        spiffe_id: None,
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);

@@ -150,6 +150,7 @@ fn caller(name: &str, role: &str, token: &str, unsigned_actor: bool) -> CallerCo
         unsigned_actor,
         service_account: None,
         run_grants: None,
+        spiffe_id: None,
     }
 }
 
@@ -528,6 +529,7 @@ async fn kubernetes_service_account_tokens_map_to_caller_roles() {
         unsigned_actor: false,
         service_account: Some(sa.into()),
         run_grants: None,
+        spiffe_id: None,
     };
     config.callers = vec![
         by_service_account("ops", "operator", OPS_SA),

@@ -84,6 +84,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             unsigned_actor: true,
             service_account: None,
             run_grants: None,
+            spiffe_id: None,
         },
         CallerConfig {
             name: "executor".into(),
@@ -93,6 +94,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
             unsigned_actor: true,
             service_account: None,
             run_grants: None,
+            spiffe_id: None,
         },
     ];
     let b = TestBroker::start(config, dir.clone()).await.unwrap();

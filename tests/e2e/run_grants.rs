@@ -52,6 +52,7 @@ async fn broker(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
                 unsigned_actor,
                 service_account: None,
                 run_grants,
+                spiffe_id: None,
             },
         )
         .collect();
