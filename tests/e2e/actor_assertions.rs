@@ -5,6 +5,7 @@
 //! keys exist only in this test.
 
 use crate::support::broker::{BrokerProcess, TestBroker, config_toml, error_details};
+use crate::support::jwt::{JwksServer, Signer};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_broker::clock::Clock;
@@ -14,11 +15,9 @@ use credential_broker::layers::auth::token_sha256_hex;
 use credential_broker::runtime::config::{
     ActorAssertionsConfig, CallerConfig, PublicKeyConfig, WorkloadIdentityConfig,
 };
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -29,55 +28,6 @@ const OPERATOR_TOKEN: &str = "operator-token-assert-3";
 const ISSUER: &str = "https://web.example.test";
 const AUDIENCE: &str = "credential-broker";
 const STATIC_KID: &str = "static-ed";
-
-/// A signing key held by the test, with its public halves for the broker.
-struct Signer {
-    kid: String,
-    alg: Algorithm,
-    key: EncodingKey,
-    public_pem: String,
-}
-
-impl Signer {
-    fn new(kid: &str, alg: Algorithm) -> Self {
-        let rc_alg = match alg {
-            Algorithm::EdDSA => &rcgen::PKCS_ED25519,
-            Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Algorithm::RS256 => &rcgen::PKCS_RSA_SHA256,
-            other => panic!("no test key for {other:?}"),
-        };
-        let pair = rcgen::KeyPair::generate_for(rc_alg).unwrap();
-        let private = pair.serialize_pem();
-        let key = match alg {
-            Algorithm::EdDSA => EncodingKey::from_ed_pem(private.as_bytes()),
-            Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()),
-            _ => EncodingKey::from_rsa_pem(private.as_bytes()),
-        }
-        .unwrap();
-        Self {
-            kid: kid.to_owned(),
-            alg,
-            key,
-            public_pem: pair.public_key_pem(),
-        }
-    }
-
-    fn jwk(&self) -> serde_json::Value {
-        let mut jwk = Jwk::from_encoding_key(&self.key, self.alg).unwrap();
-        jwk.common.key_id = Some(self.kid.clone());
-        serde_json::to_value(jwk).unwrap()
-    }
-
-    fn sign(&self, claims: &serde_json::Value) -> String {
-        self.sign_as(&self.kid, claims)
-    }
-
-    fn sign_as(&self, kid: &str, claims: &serde_json::Value) -> String {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(kid.to_owned());
-        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
-    }
-}
 
 /// Claims of a valid assertion for `user` at the broker's current time.
 fn claims(b: &TestBroker, user: (&str, &str)) -> serde_json::Value {
@@ -98,48 +48,6 @@ fn claims_at(now: i64, user: (&str, &str)) -> serde_json::Value {
 
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
 const BOB: (&str, &str) = ("u-bob", "bob@example.com");
-
-/// A JWKS served over HTTP on loopback; the test swaps its keys and counts fetches.
-struct JwksServer {
-    url: String,
-    keys: Arc<Mutex<Vec<serde_json::Value>>>,
-    fetches: Arc<AtomicUsize>,
-}
-
-impl JwksServer {
-    async fn start(keys: Vec<serde_json::Value>) -> Self {
-        let keys = Arc::new(Mutex::new(keys));
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let (k, f) = (keys.clone(), fetches.clone());
-        let app = axum::Router::new().route(
-            "/jwks.json",
-            axum::routing::get(move || {
-                let (k, f) = (k.clone(), f.clone());
-                async move {
-                    f.fetch_add(1, Ordering::SeqCst);
-                    let body = json!({ "keys": *k.lock().unwrap() }).to_string();
-                    ([("content-type", "application/json")], body)
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            url: format!("http://{addr}/jwks.json"),
-            keys,
-            fetches,
-        }
-    }
-
-    fn publish(&self, keys: Vec<serde_json::Value>) {
-        *self.keys.lock().unwrap() = keys;
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
-}
 
 fn caller(name: &str, role: &str, token: &str, unsigned_actor: bool) -> CallerConfig {
     CallerConfig {

@@ -2,61 +2,14 @@
 //! bearer-token callers on the same port.
 
 use crate::support::broker::{TestBroker, as_actor, error_details};
+use crate::support::pki::{Pki, channel};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
 use credential_broker::runtime::config::CallerConfig;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::sync::Arc;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-struct Pki {
-    ca_pem: String,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self {
-            ca_pem: issuer.pem(),
-            issuer,
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `names`.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-async fn channel(
-    addr: std::net::SocketAddr,
-    ca: &str,
-    client: Option<&(String, String)>,
-) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    if let Some((cert, key)) = client {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)?
-        .connect()
-        .await
-}
+use tonic::transport::Channel;
 
 #[tokio::test]
 async fn callers_authenticate_with_client_certificates_or_tokens() {

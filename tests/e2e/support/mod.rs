@@ -3,9 +3,11 @@
 pub mod broker;
 pub mod client;
 pub mod fake_provider;
+pub mod jwt;
 pub mod kms_server;
 pub mod otlp_collector;
 pub mod pg;
+pub mod pki;
 pub mod tcp_proxy;
 pub mod wait;
 

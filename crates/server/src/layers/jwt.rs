@@ -297,7 +297,12 @@ fn jwk_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
         PublicKeyUse::Other(other) => other == "jwt-svid",
         _ => false,
     };
-    if jwk.common.public_key_use.as_ref().is_some_and(|u| !signs(u)) {
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| !signs(u))
+    {
         return Err("the key is not for signatures (use)".into());
     }
     let alg = match &jwk.algorithm {

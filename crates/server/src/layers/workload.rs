@@ -147,10 +147,9 @@ impl WorkloadVerifier {
         {
             return Err("a SPIFFE ID of another trust domain".into());
         }
-        self.callers
-            .get(&sub)
-            .cloned()
-            .ok_or_else(|| "its subject is no configured caller's service_account or spiffe_id".into())
+        self.callers.get(&sub).cloned().ok_or_else(|| {
+            "its subject is no configured caller's service_account or spiffe_id".into()
+        })
     }
 }
 

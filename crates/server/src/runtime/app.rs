@@ -303,12 +303,18 @@ impl Application {
             (
                 actors.verifier.as_ref().map(|v| v.keys()),
                 "actor assertions",
-                config.actor_assertions.as_ref().map(|a| a.jwks_refresh_seconds),
+                config
+                    .actor_assertions
+                    .as_ref()
+                    .map(|a| a.jwks_refresh_seconds),
             ),
             (
                 workloads.kubernetes.as_ref().map(|w| w.keys()),
                 "workload identity",
-                config.workload_identity.as_ref().map(|w| w.jwks_refresh_seconds),
+                config
+                    .workload_identity
+                    .as_ref()
+                    .map(|w| w.jwks_refresh_seconds),
             ),
             (
                 workloads.spiffe.as_ref().map(|w| w.keys()),

@@ -214,7 +214,11 @@ impl SpiffeConfig {
 }
 
 /// Checks `[leeway_seconds, jwks_refresh_seconds, jwks_min_refetch_seconds]` of a JWT section.
-fn validate_jwks_timing(section: &str, [leeway, refresh, min_refetch]: [u64; 3], p: &mut Vec<String>) {
+fn validate_jwks_timing(
+    section: &str,
+    [leeway, refresh, min_refetch]: [u64; 3],
+    p: &mut Vec<String>,
+) {
     if leeway > 300 {
         p.push(format!("{section}.leeway_seconds: must be at most 300"));
     }
