@@ -15,6 +15,7 @@ mod observability;
 mod run_grants;
 mod secrets;
 mod service_surface;
+mod spiffe;
 mod store_conformance;
 mod support;
 mod token_issuance;
