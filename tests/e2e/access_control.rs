@@ -195,13 +195,11 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
         name: name.into(),
         role: role.into(),
         token_sha256: Some(token_sha256_hex(token)),
-        mtls_identity: None,
         unsigned_actor: true,
-        service_account: None,
         // The plain executor keeps working without grants (the migration mode); the strict
         // one has the default.
         run_grants: (name == "executor").then_some(RunGrantMode::Optional),
-        spiffe_id: None,
+        ..Default::default()
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);

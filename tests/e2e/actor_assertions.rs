@@ -54,11 +54,8 @@ fn caller(name: &str, role: &str, token: &str, unsigned_actor: bool) -> CallerCo
         name: name.into(),
         role: role.into(),
         token_sha256: Some(token_sha256_hex(token)),
-        mtls_identity: None,
         unsigned_actor,
-        service_account: None,
-        run_grants: None,
-        spiffe_id: None,
+        ..Default::default()
     }
 }
 
@@ -432,12 +429,8 @@ async fn kubernetes_service_account_tokens_map_to_caller_roles() {
     let by_service_account = |name: &str, role: &str, sa: &str| CallerConfig {
         name: name.into(),
         role: role.into(),
-        token_sha256: None,
-        mtls_identity: None,
-        unsigned_actor: false,
         service_account: Some(sa.into()),
-        run_grants: None,
-        spiffe_id: None,
+        ..Default::default()
     };
     config.callers = vec![
         by_service_account("ops", "operator", OPS_SA),

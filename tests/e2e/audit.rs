@@ -2,7 +2,9 @@
 //! credential, and issued tokens are all accounted for at any rate.
 
 use crate::access_control::{EXECUTOR_TOKEN, OPERATOR_TOKEN, WEB_TOKEN, broker_with_callers};
-use crate::support::broker::{REDIRECT_URI, T0, TestBroker, fake_grant_import};
+use crate::support::broker::{
+    REDIRECT_URI, T0, TestBroker, fake_grant_import, from_service as call,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -10,19 +12,6 @@ use tonic::transport::Channel;
 
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
 const BOB: (&str, &str) = ("u-bob", "bob@example.com");
-
-/// A request from the service holding `token`, acting for `actor`.
-fn call<T>(msg: T, token: &str, actor: Option<(&str, &str)>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    if let Some((id, email)) = actor {
-        r.metadata_mut().insert("x-actor-id", id.parse().unwrap());
-        r.metadata_mut()
-            .insert("x-actor-email", email.parse().unwrap());
-    }
-    r
-}
 
 /// Every event of the log (operator read, every page), after the buffered events are written.
 async fn all_events(

@@ -2,12 +2,11 @@
 //! bearer-token callers on the same port.
 
 use crate::support::broker::{TestBroker, as_actor, error_details};
-use crate::support::pki::{Pki, channel};
+use crate::support::pki::{Pki, channel, tls_config};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
 use credential_broker::runtime::config::CallerConfig;
-use std::sync::Arc;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -16,38 +15,21 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
     let server_pki = Pki::new("server ca");
     let client_pki = Pki::new("client ca");
     let other_pki = Pki::new("someone else's ca");
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let (server_cert, server_key) = server_pki.leaf(&["localhost"]);
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, url);
-    config.tls.cert_file = Some(write("server.crt", &server_cert));
-    config.tls.key_file = Some(write("server.key", &server_key));
-    config.tls.client_ca_file = Some(write("clients-ca.crt", &client_pki.ca_pem));
+    let (dir, mut config) = tls_config(&server_pki, &client_pki);
     config.callers = vec![
         CallerConfig {
             name: "web".into(),
             role: "web".into(),
-            token_sha256: None,
             mtls_identity: Some("web.internal".into()),
             unsigned_actor: true,
-            service_account: None,
-            run_grants: None,
-            spiffe_id: None,
+            ..Default::default()
         },
         CallerConfig {
             name: "executor".into(),
             role: "executor".into(),
             token_sha256: Some(token_sha256_hex("exec-token")),
-            mtls_identity: None,
             unsigned_actor: true,
-            service_account: None,
-            run_grants: None,
-            spiffe_id: None,
+            ..Default::default()
         },
     ];
     let b = TestBroker::start(config, dir.clone()).await.unwrap();

@@ -3,7 +3,9 @@
 //! is recorded as user → run → executor → credential, and the audit log answers "who received
 //! tokens of this credential, for which runs".
 
-use crate::support::broker::{T0, TestBroker, error_details, fake_grant_import};
+use crate::support::broker::{
+    T0, TestBroker, error_details, fake_grant_import, from_service, imported_id,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::pg;
 use crate::support::wait::wait_for;
@@ -48,11 +50,9 @@ async fn broker(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
                 name: name.into(),
                 role: role.into(),
                 token_sha256: Some(token_sha256_hex(token)),
-                mtls_identity: None,
                 unsigned_actor,
-                service_account: None,
                 run_grants,
-                spiffe_id: None,
+                ..Default::default()
             },
         )
         .collect();
@@ -67,18 +67,16 @@ fn call<T>(
     actor: Option<(&str, &str)>,
     grant: Option<&str>,
 ) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    if let Some((id, email)) = actor {
-        r.metadata_mut().insert("x-actor-id", id.parse().unwrap());
-        r.metadata_mut()
-            .insert("x-actor-email", email.parse().unwrap());
-    }
+    let mut r = from_service(msg, token, actor);
     if let Some(g) = grant {
         r.metadata_mut().insert("x-run-grant", g.parse().unwrap());
     }
     r
+}
+
+/// A request from the web backend for `actor`.
+fn web<T>(actor: (&str, &str), msg: T) -> tonic::Request<T> {
+    from_service(msg, WEB, Some(actor))
 }
 
 struct Api {
@@ -98,14 +96,11 @@ impl Api {
     async fn import(&mut self, fake: &FakeProvider, subject: &str) -> String {
         let (mut req, _, _) = fake_grant_import(fake, subject, T0.as_millis() / 1000 + 7200);
         req.admin_email = ALICE.1.into();
-        self.creds
-            .import_credential(call(req, OPERATOR, None, None))
-            .await
-            .unwrap()
-            .into_inner()
-            .credential
-            .unwrap()
-            .credential_id
+        imported_id(
+            self.creds
+                .import_credential(from_service(req, OPERATOR, None))
+                .await,
+        )
     }
 
     /// CreateRunGrant as the web backend for `actor`.
@@ -123,7 +118,7 @@ impl Api {
             lifetime: lifetime_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
         };
         self.creds
-            .create_run_grant(call(req, WEB, Some(actor), None))
+            .create_run_grant(web(actor, req))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -243,26 +238,22 @@ async fn executor_is_limited_to_its_run(database_url: Option<&str>) {
     let other = api.import(&fake, "acct-b").await;
     // Bob becomes a Member of `a` only.
     api.members
-        .add_member(call(
+        .add_member(web(
+            ALICE,
             pb::AddMemberRequest {
                 credential_id: a.clone(),
                 email: BOB.1.into(),
                 role: pb::MemberRole::Member as i32,
             },
-            WEB,
-            Some(ALICE),
-            None,
         ))
         .await
         .unwrap();
     api.members
-        .accept_invitation(call(
+        .accept_invitation(web(
+            BOB,
             pb::AcceptInvitationRequest {
                 credential_id: a.clone(),
             },
-            WEB,
-            Some(BOB),
-            None,
         ))
         .await
         .unwrap();
@@ -361,13 +352,11 @@ async fn executor_is_limited_to_its_run(database_url: Option<&str>) {
         ))
         .or_default() += 1;
     let revoke = |actor| {
-        call(
+        web(
+            actor,
             pb::RevokeRunGrantRequest {
                 run_grant_id: revocable.run_grant_id.clone(),
             },
-            WEB,
-            Some(actor),
-            None,
         )
     };
     assert_eq!(
@@ -399,14 +388,12 @@ async fn executor_is_limited_to_its_run(database_url: Option<&str>) {
 
     // Bob removed from `a`: his live grant gives nothing any more.
     api.members
-        .remove_member(call(
+        .remove_member(web(
+            ALICE,
             pb::RemoveMemberRequest {
                 credential_id: a.clone(),
                 email: BOB.1.into(),
             },
-            WEB,
-            Some(ALICE),
-            None,
         ))
         .await
         .unwrap();
@@ -418,13 +405,11 @@ async fn executor_is_limited_to_its_run(database_url: Option<&str>) {
     // Disconnected: Alice's live grant for `a` gives nothing, and no new grant names it.
     let before_disconnect = api.grant(ALICE, &[&a], "ex-4", None).await.unwrap();
     api.creds
-        .disconnect_credential(call(
+        .disconnect_credential(web(
+            ALICE,
             pb::DisconnectCredentialRequest {
                 credential_id: a.clone(),
             },
-            WEB,
-            Some(ALICE),
-            None,
         ))
         .await
         .unwrap();
@@ -501,13 +486,11 @@ async fn revocation_reaches_every_replica() {
     .await;
     on_first
         .creds
-        .revoke_run_grant(call(
+        .revoke_run_grant(web(
+            ALICE,
             pb::RevokeRunGrantRequest {
                 run_grant_id: g.run_grant_id.clone(),
             },
-            WEB,
-            Some(ALICE),
-            None,
         ))
         .await
         .unwrap();

@@ -4,14 +4,13 @@
 
 use crate::support::broker::{TestBroker, error_details};
 use crate::support::jwt::Signer;
-use crate::support::pki::{Pki, channel};
+use crate::support::pki::{Pki, channel, tls_config};
 use cb_broker::clock::Clock;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use credential_broker::runtime::config::{CallerConfig, SpiffeConfig};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 
@@ -25,12 +24,8 @@ fn caller(name: &str, role: &str, spiffe_id: &str) -> CallerConfig {
     CallerConfig {
         name: name.into(),
         role: role.into(),
-        token_sha256: None,
-        mtls_identity: None,
-        unsigned_actor: false,
-        service_account: None,
-        run_grants: None,
         spiffe_id: Some(spiffe_id.into()),
+        ..Default::default()
     }
 }
 
@@ -64,13 +59,11 @@ async fn audit_as(
 
 #[tokio::test]
 async fn jwt_svids_map_to_caller_roles_and_the_bundle_rotates() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let (dir, mut config) = TestBroker::sqlite_config();
     let bundle = dir.path().join("jwt-bundle.json");
     let spire = Signer::new("spire-1", Algorithm::ES256);
     let outsider = Signer::new("spire-1", Algorithm::ES256);
     write_bundle(&bundle, &[&spire]);
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, url);
     config.callers = vec![
         caller("ops", "operator", OPERATOR_ID),
         caller("executor", "executor", EXECUTOR_ID),
@@ -150,18 +143,8 @@ async fn jwt_svids_map_to_caller_roles_and_the_bundle_rotates() {
 async fn x509_svids_authenticate_by_their_spiffe_id() {
     let server_pki = Pki::new("server ca");
     let trust_domain_ca = Pki::new("example.org spire ca");
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let (server_cert, server_key) = server_pki.leaf(&["localhost"]);
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let mut config = TestBroker::config(&dir, url);
-    config.tls.cert_file = Some(write("server.crt", &server_cert));
-    config.tls.key_file = Some(write("server.key", &server_key));
-    config.tls.client_ca_file = Some(write("bundle.crt", &trust_domain_ca.ca_pem));
+    // The client CA is the trust domain's X.509 bundle.
+    let (dir, mut config) = tls_config(&server_pki, &trust_domain_ca);
     config.callers = vec![
         caller("web", "web", WEB_ID),
         caller("executor", "executor", EXECUTOR_ID),

@@ -3,7 +3,7 @@
 
 use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
-    fake_grant_import, with_fake_provider,
+    fake_grant_import, imported_id, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
@@ -47,14 +47,11 @@ async fn import(
     expires_at_secs: i64,
 ) -> String {
     let (req, _, _) = fake_grant_import(fake, subject, expires_at_secs);
-    client
-        .import_credential(as_actor(req, ALICE.0, ALICE.1))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
-        .credential_id
+    imported_id(
+        client
+            .import_credential(as_actor(req, ALICE.0, ALICE.1))
+            .await,
+    )
 }
 
 fn t0_secs() -> i64 {

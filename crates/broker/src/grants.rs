@@ -177,16 +177,17 @@ impl RunGrants {
         audit: Audit,
         config: RunGrantConfig,
     ) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(config.cache_max_entries)
+            .time_to_live(config.cache_max_age)
+            .build();
         Self {
-            policy: Policy::new(store.clone()),
-            store,
-            clock,
-            audit,
-            cache: Cache::builder()
-                .max_capacity(config.cache_max_entries)
-                .time_to_live(config.cache_max_age)
-                .build(),
+            cache,
             config,
+            policy: Policy::new(store.clone()),
+            audit,
+            clock,
+            store,
         }
     }
 

@@ -128,7 +128,24 @@ where
     for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> (i64,): FromRow<'t, DB::Row>,
+    for<'t> RunGrantRow: FromRow<'t, DB::Row>,
 {
+    /// One run grant by `query` (bind: the key).
+    async fn run_grant_where(
+        &self,
+        query: &'static str,
+        key: &str,
+    ) -> Result<Option<RunGrantRow>, StoreError> {
+        self.traced("get_run_grant", None, async {
+            sqlx::query_as::<DB, RunGrantRow>(query)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
     /// Opens a write transaction (SQLite: takes the database write lock up front).
     async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
         match DB::BEGIN_WRITE {
@@ -300,8 +317,19 @@ where
     }
 
     /// Deletes with `batch` (bind: older_than, batch size) until a batch deletes fewer rows
-    /// than its size, so no single statement holds locks on the whole backlog.
-    async fn prune(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
+    /// than its size, so no single statement holds locks on the whole backlog; traced as
+    /// `operation`.
+    async fn prune(
+        &self,
+        operation: &'static str,
+        batch: &'static str,
+        older_than: i64,
+    ) -> Result<u64, StoreError> {
+        self.traced(operation, None, self.prune_batches(batch, older_than))
+            .await
+    }
+
+    async fn prune_batches(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let done = sqlx::query(batch)
@@ -362,31 +390,6 @@ fn select_credentials<DB: Backend>(first_condition: &'static str) -> QueryBuilde
     ));
     select.push(first_condition);
     select
-}
-
-impl<DB> SqlStore<DB>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-    for<'t> RunGrantRow: FromRow<'t, DB::Row>,
-{
-    /// One run grant by `query` (bind: the key).
-    async fn run_grant_where(
-        &self,
-        query: &'static str,
-        key: &str,
-    ) -> Result<Option<RunGrantRow>, StoreError> {
-        self.traced("get_run_grant", None, async {
-            sqlx::query_as::<DB, RunGrantRow>(query)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
-    }
 }
 
 #[async_trait]
@@ -702,12 +705,8 @@ where
     }
 
     async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
-            "prune_audit",
-            None,
-            self.prune(sql::PRUNE_AUDIT_BATCH, older_than),
-        )
-        .await
+        self.prune("prune_audit", sql::PRUNE_AUDIT_BATCH, older_than)
+            .await
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
@@ -1055,10 +1054,10 @@ where
     }
 
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
+        self.prune(
             "prune_connect_sessions",
-            None,
-            self.prune(sql::PRUNE_CONNECT_SESSIONS_BATCH, older_than),
+            sql::PRUNE_CONNECT_SESSIONS_BATCH,
+            older_than,
         )
         .await
     }
@@ -1121,12 +1120,8 @@ where
     }
 
     async fn prune_run_grants(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
-            "prune_run_grants",
-            None,
-            self.prune(sql::PRUNE_RUN_GRANTS_BATCH, older_than),
-        )
-        .await
+        self.prune("prune_run_grants", sql::PRUNE_RUN_GRANTS_BATCH, older_than)
+            .await
     }
 
     fn subscribe_changes(&self) -> broadcast::Receiver<ChangeEvent> {

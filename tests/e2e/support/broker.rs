@@ -46,6 +46,14 @@ impl TestBroker {
             .unwrap()
     }
 
+    /// A fresh data directory and the test configuration on an SQLite file in it.
+    pub fn sqlite_config() -> (Arc<tempfile::TempDir>, Config) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+        let config = Self::config(&dir, url);
+        (dir, config)
+    }
+
     /// The test configuration: port 0, files under `dir`.
     pub fn config(dir: &tempfile::TempDir, database_url: String) -> Config {
         let mut c = Config {
@@ -178,6 +186,24 @@ fn toml_str(url: &str) -> credential_broker::runtime::config::DatabaseUrl {
         .unwrap()
         .database
         .url
+}
+
+/// A request from the service holding the bearer `token`, acting for `actor` (plain metadata).
+pub fn from_service<T>(msg: T, token: &str, actor: Option<(&str, &str)>) -> tonic::Request<T> {
+    let mut r = match actor {
+        Some((id, email)) => as_actor(msg, id, email),
+        None => tonic::Request::new(msg),
+    };
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The id of the credential an ImportCredential call created (the call must succeed).
+pub fn imported_id(
+    r: Result<tonic::Response<cb_proto::v1::ImportCredentialResponse>, tonic::Status>,
+) -> String {
+    r.unwrap().into_inner().credential.unwrap().credential_id
 }
 
 /// Adds actor metadata to a request.

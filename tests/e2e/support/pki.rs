@@ -1,6 +1,9 @@
 //! A test PKI (CA, server and client certificates, X.509-SVIDs) and TLS channels to the broker.
 
+use crate::support::broker::TestBroker;
+use credential_broker::runtime::config::Config;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use std::sync::Arc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A certificate authority held by the test.
@@ -44,6 +47,22 @@ impl Pki {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+}
+
+/// A test configuration (SQLite, in a fresh directory) whose listener serves TLS with a
+/// certificate of `server` for `localhost` and accepts client certificates issued by `clients`.
+pub fn tls_config(server: &Pki, clients: &Pki) -> (Arc<tempfile::TempDir>, Config) {
+    let (dir, mut config) = TestBroker::sqlite_config();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (server_cert, server_key) = server.leaf(&["localhost"]);
+    config.tls.cert_file = Some(write("server.crt", &server_cert));
+    config.tls.key_file = Some(write("server.key", &server_key));
+    config.tls.client_ca_file = Some(write("clients-ca.crt", &clients.ca_pem));
+    (dir, config)
 }
 
 /// A TLS channel to `addr` trusting `ca`, presenting `client` (certificate, key) if given.

@@ -477,7 +477,7 @@ impl Default for TokensConfig {
 }
 
 /// One calling service.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CallerConfig {
     /// Name recorded in the audit log (e.g. `web`, `executor-eu`).
