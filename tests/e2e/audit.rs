@@ -1,7 +1,9 @@
 //! The audit trail: every RPC of both services leaves an event naming its caller, actor and
 //! credential, and issued tokens are all accounted for at any rate.
 
-use crate::access_control::{EXECUTOR_TOKEN, OPERATOR_TOKEN, WEB_TOKEN, broker_with_callers};
+use crate::access_control::{
+    EXECUTOR_TOKEN, OPERATOR_TOKEN, STRICT_EXECUTOR_TOKEN, WEB_TOKEN, broker_with_callers,
+};
 use crate::support::broker::{
     REDIRECT_URI, T0, TestBroker, fake_grant_import, from_service as call,
 };
@@ -178,6 +180,44 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     ))
     .await
     .unwrap();
+    // A run grant: asked for by the web backend for Alice, presented by the executor that must
+    // present one, then revoked.
+    let grant = c
+        .create_run_grant(call(
+            pb::CreateRunGrantRequest {
+                credential_ids: vec![id.clone()],
+                workflow_id: "wf-2".into(),
+                execution_id: "ex-2".into(),
+                ..Default::default()
+            },
+            WEB_TOKEN,
+            alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut with_grant = call(
+        pb::GetAccessTokenRequest {
+            credential_id: id.clone(),
+            block_id: "blk-2".into(),
+            ..Default::default()
+        },
+        STRICT_EXECUTOR_TOKEN,
+        None,
+    );
+    with_grant
+        .metadata_mut()
+        .insert("x-run-grant", grant.run_grant.parse().unwrap());
+    c.get_access_token(with_grant).await.unwrap();
+    c.revoke_run_grant(call(
+        pb::RevokeRunGrantRequest {
+            run_grant_id: grant.run_grant_id.clone(),
+        },
+        WEB_TOKEN,
+        alice,
+    ))
+    .await
+    .unwrap();
     m.add_member(call(
         pb::AddMemberRequest {
             credential_id: id.clone(),
@@ -279,6 +319,9 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         ("connect.reconnect_start", "web", ALICE.0, cred, "ok"),
         ("credential.reconnect", "web", ALICE.0, cred, "ok"),
         ("token.issue", "executor", ALICE.0, cred, "ok"),
+        ("token.issue", "strict-executor", ALICE.0, cred, "ok"),
+        ("run_grant.create", "web", ALICE.0, cred, "ok"),
+        ("run_grant.revoke", "web", ALICE.0, "", "ok"),
         ("member.add", "web", ALICE.0, cred, "ok"),
         ("member.update_role", "web", ALICE.0, cred, "ok"),
         ("member.accept", "web", BOB.0, cred, "ok"),
@@ -315,8 +358,23 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
              events: {events:#?}"
         );
     }
-    let issued = events.iter().find(|e| e.action == "token.issue").unwrap();
-    assert_eq!(issued.detail, "workflow=wf-1 execution=ex-1");
+    let issued = |service: &str| {
+        events
+            .iter()
+            .find(|e| e.action == "token.issue" && e.service == service)
+            .unwrap()
+            .detail
+            .clone()
+    };
+    assert_eq!(issued("executor"), "workflow=wf-1 execution=ex-1");
+    // With a grant: its run, and the block the call named.
+    assert_eq!(
+        issued("strict-executor"),
+        format!(
+            "run_grant={} workflow=wf-2 block=blk-2 execution=ex-2",
+            grant.run_grant_id
+        )
+    );
     // Every action the code can record was met above (the docs list the same set).
     let met: std::collections::BTreeSet<String> = events
         .iter()

@@ -26,6 +26,7 @@ use cb_store::{RunGrantRow, Store};
 use moka::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Every run grant starts with this (lets secret scanners recognise one).
@@ -159,6 +160,8 @@ pub struct RunGrants {
     config: RunGrantConfig,
     /// Valid-when-read grants by hash; never a negative entry.
     cache: Cache<String, Arc<RunGrant>>,
+    /// Bumped by every invalidation: a grant read before one is not left in the cache.
+    invalidations: AtomicU64,
 }
 
 impl std::fmt::Debug for RunGrants {
@@ -183,6 +186,7 @@ impl RunGrants {
             .build();
         Self {
             cache,
+            invalidations: AtomicU64::new(0),
             config,
             policy: Policy::new(store.clone()),
             audit,
@@ -365,7 +369,7 @@ impl RunGrants {
             .revoke_run_grant(id, self.clock.now().as_millis())
             .await?;
         // This replica at once; the others through the change feed.
-        self.cache.invalidate(&row.grant_sha256);
+        self.invalidate(&row.grant_sha256);
         Ok(())
     }
 
@@ -398,10 +402,15 @@ impl RunGrants {
         let grant = match cached {
             Some(g) => g,
             None => {
+                let seen = self.invalidations.load(Ordering::SeqCst);
                 let row = self.store.get_run_grant(&hash).await?.ok_or_else(invalid)?;
                 let g = Arc::new(RunGrant::from_row(row)?);
                 if use_cache && !g.revoked {
-                    self.cache.insert(hash, g.clone());
+                    self.cache.insert(hash.clone(), g.clone());
+                    // A revocation while the row was read may have missed the entry.
+                    if self.invalidations.load(Ordering::SeqCst) != seen {
+                        self.cache.invalidate(&hash);
+                    }
                 }
                 g
             }
@@ -433,11 +442,13 @@ impl RunGrants {
 
     /// Forgets the grant with this hash (revoked on another replica).
     pub fn invalidate(&self, grant_sha256: &str) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(grant_sha256);
     }
 
     /// Forgets every grant (the change feed may have missed revocations).
     pub fn clear(&self) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 
