@@ -108,6 +108,11 @@ struct Args {
     /// if it is on PATH, and print the commands that reproduce it.
     #[arg(long)]
     h2load: bool,
+    /// --remote: afterwards, import this many credentials (Google-sized tokens, three scopes),
+    /// load each into the token cache with one GetAccessToken, and print the broker's resident
+    /// memory before and after (target: at most 256 MiB with 100,000).
+    #[arg(long, default_value_t = 0)]
+    hot_credentials: usize,
 }
 
 #[tokio::main]

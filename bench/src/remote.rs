@@ -154,6 +154,7 @@ fn start_server(
     dir: &Path,
     executor_token: &str,
     operator_token: &str,
+    cache_entries: usize,
 ) -> Res<(Server, SocketAddr)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let db = format!("sqlite://{}", dir.join("broker.db").display());
@@ -168,6 +169,8 @@ fn start_server(
 url = {db:?}
 [keys]
 local_key_file = {key:?}
+[tokens]
+cache_max_entries = {cache_entries}
 
 [[callers]]
 name = "bench-executor"
@@ -323,7 +326,10 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
                 None => std::env::current_exe()?.with_file_name("credential-broker"),
             };
             let (executor, operator) = (run_token("executor"), run_token("operator"));
-            let (server, addr) = start_server(&binary, dir.path(), &executor, &operator)?;
+            // The default bound, or room for every --hot-credentials credential.
+            let cache_entries = args.hot_credentials.saturating_add(1).max(10_000);
+            let (server, addr) =
+                start_server(&binary, dir.path(), &executor, &operator, cache_entries)?;
             println!(
                 "cb-bench --remote: {cores} cores; started {} (pid {}) on {addr}",
                 binary.display(),
@@ -471,10 +477,118 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
         };
         h2load(args, dir.path(), addr, &executor_token, &token)?;
     }
+    if args.hot_credentials > 0 {
+        let Some(pid) = server_pid else {
+            return Err("--hot-credentials needs the broker this run starts (not --addr)".into());
+        };
+        hot_memory(
+            addr,
+            pid,
+            args.hot_credentials,
+            Headers::new(&operator_token)?,
+            Headers::new(&executor_token)?,
+        )
+        .await?;
+    }
     if let Some(mut s) = server {
         s.child.start_kill()?;
         let _ = s.child.wait().await;
     }
+    Ok(())
+}
+
+/// Resident memory of a process in bytes, from `/proc/<pid>/status` (Linux).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// `--hot-credentials N`: imports N credentials as big as Google's (a ~260-byte access token,
+/// three scopes, the importing actor as Admin), asks for each one's token once so that all N are
+/// in the token cache, and prints the broker's resident memory before and after.
+async fn hot_memory(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    operator: Headers,
+    executor: Headers,
+) -> Res<()> {
+    const WORKERS: usize = 16;
+    let scopes = ["gmail.readonly", "gmail.send", "gmail.modify"]
+        .map(|s| format!("https://www.googleapis.com/auth/{s}"));
+    let before = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
+    println!();
+    println!(
+        "hot credentials: resident memory of the broker with {n} credentials in its token cache"
+    );
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let run = SystemClock.now().as_millis();
+    let expires = SystemClock.now().plus(Duration::from_secs(6 * 3600));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let channel = crate::connect(addr).await?;
+        let mut admin =
+            CredentialServiceClient::with_interceptor(channel.clone(), operator.clone());
+        let mut tokens = CredentialServiceClient::with_interceptor(channel, executor.clone());
+        let (next, scopes) = (next.clone(), scopes.clone());
+        workers.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n as u64 {
+                    return Ok::<(), tonic::Status>(());
+                }
+                let subject = format!("acct-hot-{run}-{k}");
+                let access = format!("ya29.a0{k:0>254}");
+                let mut request = import_request(
+                    "gmail",
+                    &scopes[0],
+                    &subject,
+                    (&access, &format!("1//0g{k:0>98}")),
+                    expires,
+                );
+                request.granted_scopes = scopes.to_vec();
+                let id = admin
+                    .import_credential(request)
+                    .await?
+                    .into_inner()
+                    .credential
+                    .map(|c| c.credential_id)
+                    .unwrap_or_default();
+                tokens
+                    .get_access_token(pb::GetAccessTokenRequest {
+                        credential_id: id,
+                        workflow_id: "wf-bench".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    let after = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let per_entry = after.saturating_sub(before) / n as u64;
+    println!(
+        "   imported and loaded {n} in {:.1} s; RSS {:.1} MiB before, {:.1} MiB after: {per_entry} bytes per credential",
+        started.elapsed().as_secs_f64(),
+        mib(before),
+        mib(after)
+    );
+    println!(
+        "   broker RSS with {n} hot credentials <= 256 MiB (target stated for 100,000)   {:.1} MiB   {}",
+        mib(after),
+        verdict(after <= 256 * 1024 * 1024)
+    );
     Ok(())
 }
 
