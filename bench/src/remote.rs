@@ -135,8 +135,8 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// The broker this run started: killed when dropped.
-struct Server {
+/// A broker this run started: killed when dropped.
+pub(crate) struct Server {
     child: Child,
     pid: u32,
     log: PathBuf,
@@ -148,16 +148,34 @@ fn free_port() -> Res<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Writes the production-like configuration and starts `credential-broker serve` with it.
-fn start_server(
+impl Server {
+    /// Stops the broker (SIGKILL: nothing is left to flush in a benchmark).
+    pub(crate) async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The `credential-broker` binary: `--server-binary`, else the one next to cb-bench.
+pub(crate) fn server_binary(args: &Args) -> Res<PathBuf> {
+    Ok(match &args.server_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("credential-broker"),
+    })
+}
+
+/// Writes a production-like configuration (`name`.toml in `dir`: bearer-token callers, the key
+/// file in `dir`, then `extra` TOML) and starts `credential-broker serve` with it.
+pub(crate) fn start_server(
     binary: &Path,
     dir: &Path,
+    name: &str,
+    database_url: &str,
+    extra: &str,
     executor_token: &str,
     operator_token: &str,
-    cache_entries: usize,
 ) -> Res<(Server, SocketAddr)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let db = format!("sqlite://{}", dir.join("broker.db").display());
     let key = dir.join("local-key.json").display().to_string();
     let (executor, operator) = (
         token_sha256_hex(executor_token),
@@ -166,11 +184,9 @@ fn start_server(
     let text = format!(
         r#"listen = "{addr}"
 [database]
-url = {db:?}
+url = {database_url:?}
 [keys]
 local_key_file = {key:?}
-[tokens]
-cache_max_entries = {cache_entries}
 
 [[callers]]
 name = "bench-executor"
@@ -185,13 +201,14 @@ name = "bench-operator"
 role = "operator"
 token_sha256 = "{operator}"
 unsigned_actor = true
-"#
+
+{extra}"#
     );
     // Fail here with the reason rather than with a child that exits at once.
     Config::parse(&text).map_err(|e| format!("bench configuration: {e}"))?;
-    let config = dir.join("broker.toml");
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text)?;
-    let log = dir.join("broker.log");
+    let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
     let child = Command::new(binary)
         .arg("--config")
@@ -207,7 +224,7 @@ unsigned_actor = true
 }
 
 /// Waits (at most 60 s) until the broker answers its health check as SERVING.
-async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
+pub(crate) async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut server = server;
     loop {
@@ -238,7 +255,7 @@ async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
 }
 
 /// A random-enough token for a broker that lives as long as this run.
-fn run_token(role: &str) -> String {
+pub(crate) fn run_token(role: &str) -> String {
     format!(
         "cb-bench-{role}-{}-{}",
         std::process::id(),
@@ -321,15 +338,21 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
             (None, addr, e.clone(), o.clone())
         }
         None => {
-            let binary = match &args.server_binary {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?.with_file_name("credential-broker"),
-            };
+            let binary = server_binary(args)?;
             let (executor, operator) = (run_token("executor"), run_token("operator"));
             // The default bound, or room for every --hot-credentials credential.
             let cache_entries = args.hot_credentials.saturating_add(1).max(10_000);
-            let (server, addr) =
-                start_server(&binary, dir.path(), &executor, &operator, cache_entries)?;
+            let db = format!("sqlite://{}", dir.path().join("broker.db").display());
+            let extra = format!("[tokens]\ncache_max_entries = {cache_entries}\n");
+            let (server, addr) = start_server(
+                &binary,
+                dir.path(),
+                "broker",
+                &db,
+                &extra,
+                &executor,
+                &operator,
+            )?;
             println!(
                 "cb-bench --remote: {cores} cores; started {} (pid {}) on {addr}",
                 binary.display(),
@@ -491,8 +514,7 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
         .await?;
     }
     if let Some(mut s) = server {
-        s.child.start_kill()?;
-        let _ = s.child.wait().await;
+        s.stop().await;
     }
     Ok(())
 }
