@@ -182,42 +182,30 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     .unwrap();
     // A run grant: asked for by the web backend for Alice, presented by the executor that must
     // present one, then revoked.
-    let grant = c
-        .create_run_grant(call(
-            pb::CreateRunGrantRequest {
-                credential_ids: vec![id.clone()],
-                workflow_id: "wf-2".into(),
-                execution_id: "ex-2".into(),
-                ..Default::default()
-            },
-            WEB_TOKEN,
-            alice,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut with_grant = call(
-        pb::GetAccessTokenRequest {
-            credential_id: id.clone(),
-            block_id: "blk-2".into(),
-            ..Default::default()
-        },
-        STRICT_EXECUTOR_TOKEN,
-        None,
-    );
+    let run = pb::CreateRunGrantRequest {
+        credential_ids: vec![id.clone()],
+        workflow_id: "wf-2".into(),
+        execution_id: "ex-2".into(),
+        ..Default::default()
+    };
+    let grant = c.create_run_grant(call(run, WEB_TOKEN, alice)).await;
+    let grant = grant.unwrap().into_inner();
+    let token = pb::GetAccessTokenRequest {
+        credential_id: id.clone(),
+        block_id: "blk-2".into(),
+        ..Default::default()
+    };
+    let mut with_grant = call(token, STRICT_EXECUTOR_TOKEN, None);
     with_grant
         .metadata_mut()
         .insert("x-run-grant", grant.run_grant.parse().unwrap());
     c.get_access_token(with_grant).await.unwrap();
-    c.revoke_run_grant(call(
-        pb::RevokeRunGrantRequest {
-            run_grant_id: grant.run_grant_id.clone(),
-        },
-        WEB_TOKEN,
-        alice,
-    ))
-    .await
-    .unwrap();
+    let revoke = pb::RevokeRunGrantRequest {
+        run_grant_id: grant.run_grant_id.clone(),
+    };
+    c.revoke_run_grant(call(revoke, WEB_TOKEN, alice))
+        .await
+        .unwrap();
     m.add_member(call(
         pb::AddMemberRequest {
             credential_id: id.clone(),
