@@ -5,6 +5,7 @@ use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
     fake_grant_import, with_fake_provider,
 };
+use crate::support::client::Answered;
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
@@ -27,16 +28,10 @@ fn rotating() -> FakeConfig {
 }
 
 async fn broker_on(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = database_url.map_or_else(
-        || format!("sqlite://{}", dir.path().join("broker.db").display()),
-        str::to_owned,
-    );
-    let mut config = TestBroker::config(&dir, url);
-    with_fake_provider(&mut config, fake, "fake", &[]);
-    config.tokens.refresh_scan_interval_seconds = 0; // tests drive refresh-ahead themselves
-    config.tokens.breaker_cooldown_seconds = 2;
-    TestBroker::start(config, dir).await.unwrap()
+    TestBroker::with_fake(fake, database_url, |config| {
+        config.tokens.breaker_cooldown_seconds = 2;
+    })
+    .await
 }
 
 /// Imports a grant issued by `fake` whose access token expires `expires_in_secs` after `now_secs`.
@@ -50,10 +45,7 @@ async fn import(
     client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id
 }
 
@@ -234,10 +226,7 @@ async fn invalid_grant_needs_reconnect_and_fails_fast() {
             ALICE.1,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert_eq!(c.status, pb::CredentialStatus::NeedsReconnect as i32);
     assert!(
         c.status_reason.contains("invalid_grant"),
@@ -340,10 +329,7 @@ async fn transient_failures_retry_then_serve_the_still_valid_token_or_report_una
             ALICE.1,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert_eq!(c.status, pb::CredentialStatus::Active as i32);
     // The provider recovers: the next call succeeds once the circuit lets calls through, after
     // its cooldown (2 s here) on the broker's clock.
@@ -398,10 +384,7 @@ async fn refresh_ahead_refreshes_due_credentials_and_leaves_non_expiring_ones_al
             ALICE.1,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert!(c.last_refresh_time.is_some());
     // A day later the second one is due; the token without expiry never is.
     b.clock.advance(Duration::from_secs(86_400));
@@ -419,10 +402,7 @@ async fn refresh_ahead_refreshes_due_credentials_and_leaves_non_expiring_ones_al
             ALICE.1,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert!(c.last_refresh_time.is_some());
     assert_eq!(fake.refresh_calls(), 3);
 }
@@ -448,10 +428,7 @@ async fn disconnect_stops_issuance_immediately_and_usage_is_recorded() {
             ALICE.1,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert!(c.last_used_time.is_some());
     assert_eq!(
         c.recent_workflows
@@ -737,10 +714,7 @@ async fn a_leader_killed_after_the_provider_answered_is_replaced_within_seconds(
     let other = ca
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
 
     let pid = a.pid().to_string();
