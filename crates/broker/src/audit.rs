@@ -41,6 +41,15 @@ pub const ACTIONS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome(pub String);
 
+/// How [`Audit::recorded`] writes an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Before the call answers (writes).
+    Inline,
+    /// Through the buffer (reads, issued tokens): the call never waits for a database write.
+    Buffered,
+}
+
 impl Outcome {
     /// The outcome of a result.
     pub fn of<T>(r: &Result<T, BrokerError>) -> Self {
@@ -358,6 +367,28 @@ impl Audit {
         p.wake.notify_one();
     }
 
+    /// Records how `result` of `action` ended (its outcome, with `detail`) as `write` says,
+    /// then returns it: the tail of every audited call.
+    pub async fn recorded<T>(
+        &self,
+        write: Write,
+        caller: &Caller,
+        action: &str,
+        credential_id: Option<&str>,
+        result: Result<T, BrokerError>,
+        detail: Option<String>,
+    ) -> Result<T, BrokerError> {
+        let outcome = Outcome::of(&result);
+        match write {
+            Write::Inline => {
+                self.record(caller, action, credential_id, outcome, detail)
+                    .await;
+            }
+            Write::Buffered => self.record_later(caller, action, credential_id, outcome, detail),
+        }
+        result
+    }
+
     /// Records one event. A failed write is logged, not returned: the action already happened.
     pub async fn record(
         &self,
@@ -408,14 +439,15 @@ impl Audit {
         let credential_id = f.credential_id.clone();
         let result = self.list_inner(caller, f).await;
         // Reading the log is itself audited, through the buffer like every read.
-        self.record_later(
+        self.recorded(
+            Write::Buffered,
             caller,
             "audit.list",
             credential_id.as_deref(),
-            Outcome::of(&result),
+            result,
             None,
-        );
-        result
+        )
+        .await
     }
 
     async fn list_inner(

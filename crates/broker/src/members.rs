@@ -2,7 +2,7 @@
 //! by the store in one transaction, so two admins demoting each other cannot both succeed).
 
 use crate::access::{Caller, Role};
-use crate::audit::{Audit, Outcome};
+use crate::audit::{Audit, Write};
 use crate::clock::{Clock, Timestamp};
 use crate::error::{BrokerError, reason};
 use crate::issuance::TokenCache;
@@ -160,14 +160,16 @@ impl MembershipService {
         }
         .await;
         // Reads are audited through the buffer: a read never waits for a database write.
-        self.audit.record_later(
-            caller,
-            "member.list",
-            Some(id.as_str()),
-            Outcome::of(&result),
-            None,
-        );
-        result
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "member.list",
+                Some(id.as_str()),
+                result,
+                None,
+            )
+            .await
     }
 
     /// Invites `email` with `role`. Admin only. An existing member → ALREADY_EXISTS.
@@ -208,15 +210,15 @@ impl MembershipService {
         .await;
         let detail = format!("email={email} role={}", role.as_str());
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.add",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 
     /// The actor accepts an invitation addressed to their verified email.
@@ -263,15 +265,15 @@ impl MembershipService {
         }
         .await;
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.accept",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 None,
             )
-            .await;
-        result
+            .await
     }
 
     /// Changes a member's role. Admin only; demoting the last active Admin → LAST_ADMIN.
@@ -302,15 +304,15 @@ impl MembershipService {
         .await;
         let detail = format!("email={email} role={}", role.as_str());
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.update_role",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 
     /// Removes a member; any member may remove themselves (leave). Removing the last active
@@ -337,14 +339,14 @@ impl MembershipService {
         .await;
         let detail = format!("email={email}");
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.remove",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 }
