@@ -114,7 +114,7 @@ fn join_scopes(spec: &ProviderSpec, scopes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::spec;
+    use crate::test_support::{github, spec};
     use secrecy::SecretString;
 
     fn client() -> ClientCredentials {
@@ -267,11 +267,7 @@ mod tests {
 
     #[test]
     fn comma_separated_scopes() {
-        let s = spec(
-            "https://github.com/login/oauth/authorize",
-            Pkce::None,
-            &[Quirk::CommaSeparatedScopes],
-        );
+        let s = github(&[Quirk::CommaSeparatedScopes]);
         let url = build(&s, &["repo", "read:user"], None);
         assert_eq!(get(&url, "scope").as_deref(), Some("repo,read:user"));
     }
