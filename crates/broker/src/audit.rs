@@ -660,6 +660,19 @@ mod tests {
         }
     }
 
+    /// A migrated store on a fresh SQLite file (`pool` connections) and a runtime to drive it.
+    fn sqlite_store(pool: u32) -> (tempfile::TempDir, tokio::runtime::Runtime, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = rt.block_on(async {
+            let store = cb_store::open(&url, pool).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        });
+        (dir, rt, store)
+    }
+
     /// A store on a fresh SQLite file and an `Audit` made outside the runtime: without the
     /// background writer, the test decides when the one flush happens.
     fn kit(
@@ -670,14 +683,7 @@ mod tests {
         Arc<dyn Store>,
         Audit,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let store = rt.block_on(async {
-            let store = cb_store::open(&url, 2).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        });
+        let (dir, rt, store) = sqlite_store(2);
         let clock = crate::clock::ManualClock::new(Timestamp::from_millis(1_767_225_600_000));
         let audit = Audit::with_limits(store.clone(), Arc::new(clock), limits);
         (dir, rt, store, audit)
@@ -806,16 +812,11 @@ mod tests {
     /// `rate` events/s (`None`: as fast as they go), with the background writer running as in
     /// production; prints what was recorded, written, merged and dropped.
     fn drive(rate: Option<u64>, secs: u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let (store, audit) = rt.block_on(async {
-            let store = cb_store::open(&url, 5).await.unwrap();
-            store.migrate().await.unwrap();
+        let (dir, rt, store) = sqlite_store(5);
+        let audit = rt.block_on(async {
             let clock = crate::clock::ManualClock::new(Timestamp::from_millis(0));
             // Made inside the runtime: the periodic writer runs.
-            let audit = Audit::new(store.clone(), Arc::new(clock));
-            (store, audit)
+            Audit::new(store.clone(), Arc::new(clock))
         });
         const THREADS: u64 = 2;
         const BATCH: u64 = 500;
