@@ -172,6 +172,17 @@ impl MembershipService {
             .await
     }
 
+    /// The stored membership of `email` in `id`; `missing` when there is none.
+    async fn stored(
+        &self,
+        id: &CredentialId,
+        email: &str,
+        missing: fn() -> BrokerError,
+    ) -> Result<Member, BrokerError> {
+        let row = self.store.get_member(id.as_str(), email).await?;
+        Member::from_row(row.ok_or_else(missing)?)
+    }
+
     /// Invites `email` with `role`. Admin only. An existing member → ALREADY_EXISTS.
     pub async fn add(
         &self,
@@ -227,12 +238,9 @@ impl MembershipService {
             let actor = require_actor(caller)?;
             // Invitees cannot see the credential yet: an unknown invitation is NOT_FOUND, the
             // same answer as an unknown credential.
-            let row = self
-                .store
-                .get_member(id.as_str(), actor.email.as_str())
-                .await?
-                .ok_or_else(BrokerError::credential_not_found)?;
-            let m = Member::from_row(row)?;
+            let m = self
+                .stored(id, actor.email.as_str(), BrokerError::credential_not_found)
+                .await?;
             if m.state == MemberState::Invited {
                 let change = MemberChange::Accept {
                     credential_id: id.to_string(),
@@ -247,12 +255,9 @@ impl MembershipService {
                 }
             }
             // What is stored now: a concurrent role change or accept is reported as it is.
-            let row = self
-                .store
-                .get_member(id.as_str(), actor.email.as_str())
-                .await?
-                .ok_or_else(BrokerError::credential_not_found)?;
-            let m = Member::from_row(row)?;
+            let m = self
+                .stored(id, actor.email.as_str(), BrokerError::credential_not_found)
+                .await?;
             let mine = m.state == MemberState::Active
                 && m.user_id
                     .as_deref()
@@ -294,12 +299,7 @@ impl MembershipService {
                 updated_at: self.clock.now().as_millis(),
             })
             .await?;
-            let row = self
-                .store
-                .get_member(id.as_str(), email.as_str())
-                .await?
-                .ok_or_else(member_not_found)?;
-            Member::from_row(row)
+            self.stored(id, email.as_str(), member_not_found).await
         }
         .await;
         let detail = format!("email={email} role={}", role.as_str());
