@@ -9,7 +9,8 @@
 //! `/proc/<pid>/stat`) is printed beside the throughput: it does not depend on the client.
 
 use crate::{
-    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Target, import_request, percentile_ms, verdict,
+    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Stream, Target, TokenRequest, import_request,
+    percentile_ms, verdict,
 };
 use cb_broker::clock::{Clock, SystemClock};
 use cb_proto::v1 as pb;
@@ -81,48 +82,6 @@ impl Interceptor for Headers {
         m.insert("x-actor-id", MetadataValue::from_static(ACTOR_ID));
         m.insert("x-actor-email", MetadataValue::from_static(ACTOR_EMAIL));
         Ok(req)
-    }
-}
-
-type Authed = InterceptedService<Channel, Headers>;
-
-/// One stream of a connection: clones of the connection's clients.
-#[derive(Clone)]
-struct RemoteStream {
-    health: HealthClient<Authed>,
-    tokens: CredentialServiceClient<Authed>,
-    credential_id: Arc<str>,
-    /// `Some`: a distinct execution id per call, from this counter.
-    executions: Option<Arc<AtomicU64>>,
-}
-
-impl Calls for RemoteStream {
-    async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
-        match target {
-            Target::Health => self
-                .health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop),
-            Target::Token => {
-                let execution_id = match &self.executions {
-                    Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
-                    None => "exec-bench".to_owned(),
-                };
-                self.tokens
-                    .get_access_token(pb::GetAccessTokenRequest {
-                        credential_id: self.credential_id.to_string(),
-                        workflow_id: "wf-bench".into(),
-                        block_id: "block-bench".into(),
-                        execution_id,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
-            }
-        }
     }
 }
 
@@ -292,7 +251,7 @@ impl Measured {
 
 /// Runs `target` on every stream for `duration`, with the CPU both processes used meanwhile.
 async fn measure(
-    streams: &[RemoteStream],
+    streams: &[Stream<InterceptedService<Channel, Headers>>],
     target: Target,
     duration: Duration,
     server_pid: Option<u32>,
@@ -392,11 +351,28 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
     let executions = args
         .distinct_executions
         .then(|| Arc::new(AtomicU64::new(0)));
-    let stream_on = |channel: Channel| RemoteStream {
-        health: HealthClient::with_interceptor(channel.clone(), executor.clone()),
-        tokens: CredentialServiceClient::with_interceptor(channel, executor.clone()),
-        credential_id: credential_id.clone(),
-        executions: executions.clone(),
+    let id = credential_id.clone();
+    let token_request: TokenRequest = Arc::new(move || {
+        // `Some`: a distinct execution id per call, from this counter.
+        let execution_id = match &executions {
+            Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
+            None => "exec-bench".to_owned(),
+        };
+        tonic::Request::new(pb::GetAccessTokenRequest {
+            credential_id: id.to_string(),
+            workflow_id: "wf-bench".into(),
+            block_id: "block-bench".into(),
+            execution_id,
+            ..Default::default()
+        })
+    });
+    let stream_on = |channel: Channel| {
+        let authed = InterceptedService::new(channel, executor.clone());
+        Stream {
+            health: HealthClient::new(authed.clone()),
+            tokens: CredentialServiceClient::new(authed),
+            token_request: token_request.clone(),
+        }
     };
     let mut warm = stream_on(crate::connect(addr).await?);
     warm.call(Target::Token).await?; // the first call loads the token into the cache

@@ -3,9 +3,8 @@
 //! is recorded as user → run → executor → credential, and the audit log answers "who received
 //! tokens of this credential, for which runs".
 
-use crate::support::broker::{
-    T0, TestBroker, error_details, fake_grant_import, from_service, imported_id,
-};
+use crate::support::broker::{T0, TestBroker, error_details, fake_grant_import, from_service};
+use crate::support::client::{Answered, audit_count, audit_events};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::pg;
 use crate::support::wait::wait_for;
@@ -96,11 +95,11 @@ impl Api {
     async fn import(&mut self, fake: &FakeProvider, subject: &str) -> String {
         let (mut req, _, _) = fake_grant_import(fake, subject, T0.as_millis() / 1000 + 7200);
         req.admin_email = ALICE.1.into();
-        imported_id(
-            self.creds
-                .import_credential(from_service(req, OPERATOR, None))
-                .await,
-        )
+        self.creds
+            .import_credential(from_service(req, OPERATOR, None))
+            .await
+            .credential()
+            .credential_id
     }
 
     /// CreateRunGrant as the web backend for `actor`.
@@ -161,63 +160,39 @@ type Recipient = (String, String, String, String, String);
 /// "Who received tokens of `credential`, for which runs": ListAuditEvents filtered on the
 /// credential, `token.issue` and outcome `ok`, every page, with each row's count.
 async fn recipients(b: &TestBroker, api: &mut Api, credential: &str) -> BTreeMap<Recipient, u64> {
-    b.flush_audit().await;
+    let filter = pb::ListAuditEventsRequest {
+        credential_id: credential.into(),
+        action: "token.issue".into(),
+        outcome: "ok".into(),
+        ..Default::default()
+    };
     let mut out = BTreeMap::new();
-    let mut page_token = String::new();
-    loop {
-        let page = api
-            .creds
-            .list_audit_events(call(
-                pb::ListAuditEventsRequest {
-                    credential_id: credential.into(),
-                    action: "token.issue".into(),
-                    outcome: "ok".into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-                OPERATOR,
-                None,
-                None,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        for e in page.events {
-            assert_eq!(
-                (
-                    e.action.as_str(),
-                    e.credential_id.as_str(),
-                    e.outcome.as_str()
-                ),
-                ("token.issue", credential, "ok")
-            );
-            let field = |k: &str| {
-                e.detail
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let count: u64 = e
-                .detail
+    for e in audit_events(b, &mut api.creds, OPERATOR, filter).await {
+        assert_eq!(
+            (
+                e.action.as_str(),
+                e.credential_id.as_str(),
+                e.outcome.as_str()
+            ),
+            ("token.issue", credential, "ok")
+        );
+        let field = |k: &str| {
+            e.detail
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("count="))
-                .map_or(1, |n| n.parse().unwrap());
-            *out.entry((
-                e.actor.clone(),
-                e.service.clone(),
-                field("run_grant"),
-                field("workflow"),
-                field("execution"),
-            ))
-            .or_default() += count;
-        }
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        *out.entry((
+            e.actor.clone(),
+            e.service.clone(),
+            field("run_grant"),
+            field("workflow"),
+            field("execution"),
+        ))
+        .or_default() += audit_count(&e);
     }
+    out
 }
 
 fn recipient(actor: &str, service: &str, grant: &str, wf: &str, ex: &str) -> Recipient {

@@ -298,8 +298,8 @@ impl Application {
             },
         };
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
-        // Every key set with a JWKS (URL or file) is read at start and then periodically.
-        let key_sets = [
+        // Each JWT issuer with a JWKS (URL or file) gets its refresher.
+        let issuers = [
             (
                 actors.verifier.as_ref().map(|v| v.keys()),
                 "actor assertions",
@@ -322,14 +322,11 @@ impl Application {
                 config.spiffe.as_ref().map(|sp| sp.jwks_refresh_seconds),
             ),
         ];
-        for (keys, what, every) in key_sets {
-            if let Some(keys) = keys
-                && keys.has_jwks()
-            {
-                background.push(
-                    crate::layers::jwt::start_refreshing(keys.clone(), what, every.unwrap_or(300))
-                        .await,
-                );
+        for (keys, what, every) in issuers {
+            if let Some(keys) = keys.filter(|k| k.has_jwks()) {
+                let every = every.unwrap_or(300);
+                let refresher = crate::layers::jwt::start_refreshing(keys.clone(), what, every);
+                background.push(refresher.await);
             }
         }
         background.push(metrics.spawn_credentials_gauge(
