@@ -151,9 +151,11 @@ local_key_file = {key:?}
 name = "bench-executor"
 role = "executor"
 token_sha256 = "{executor}"
-# Actor metadata as the executors send it today (signed assertions are for the web backend;
-# executors move to run grants, issue 16).
+# Actor metadata as executors sent it before run grants (signed assertions are for the web
+# backend): the migration mode, so the figures stay comparable with earlier runs. The run-grant
+# path adds one SHA-256 and one in-memory lookup per call (docs/decisions.md 24).
 unsigned_actor = true
+run_grants = "optional"
 
 [[callers]]
 name = "bench-operator"
