@@ -77,12 +77,34 @@ pub struct AccountInfo {
     pub label: String,
 }
 
+/// The client of a workspace's own OAuth app, used instead of the deployment's configured one.
+#[derive(Clone)]
+pub struct AppClient {
+    /// The client id registered at the provider.
+    pub client_id: String,
+    /// The client secret (never printed).
+    pub client_secret: SecretString,
+}
+
+impl std::fmt::Debug for AppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
 /// How a provider call failed, as the domain classifies it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The grant is dead (invalid_grant, revoked, unauthorized client): reconnect needed.
     #[error("{0}")]
     Permanent(String),
+    /// The provider refused the client's authentication (`invalid_client`): a wrong or retired
+    /// client secret, or an unknown client id.
+    #[error("{0}")]
+    InvalidClient(String),
     /// Try again later.
     #[error("{detail}")]
     Transient {
@@ -117,10 +139,12 @@ pub trait ProviderGateway: Send + Sync + 'static {
     fn get(&self, id: &str) -> Option<ProviderInfo>;
     /// Whether `uri` is an allowed redirect URI (exact match).
     fn redirect_allowed(&self, uri: &str) -> bool;
-    /// Builds the authorization URL.
+    /// Builds the authorization URL. `client`: a workspace app's client instead of the
+    /// configured one (the same for every call below).
     fn authorize_url(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
@@ -139,6 +163,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
     async fn exchange_code(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
@@ -148,6 +173,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
     async fn refresh(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError>;
@@ -155,6 +181,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
     async fn revoke(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError>;
 }

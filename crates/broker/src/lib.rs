@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod issuance;
 pub mod members;
+pub mod oauth_apps;
 pub mod policy;
 pub mod random;
 mod revocation;

@@ -182,6 +182,7 @@ pub struct TokenService {
     before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
     usage: Mutex<HashMap<(String, Option<String>), i64>>,
     stats: IssuanceStats,
+    apps: crate::oauth_apps::AppClients,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,6 +212,7 @@ impl TokenService {
             breaker_cooldown: config.breaker_cooldown,
         };
         Self {
+            apps: crate::oauth_apps::AppClients::new(store.clone(), envelope.clone()),
             policy: Policy::new(store.clone()),
             retry: RetryPolicy::new(
                 limits,
