@@ -6,7 +6,7 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -187,6 +187,7 @@ impl InstrumentedGateway {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ProviderError::Permanent(_)) => "permanent",
+            Err(ProviderError::InvalidClient(_)) => "invalid_client",
             Err(ProviderError::Transient { .. }) => "transient",
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",
@@ -215,13 +216,14 @@ impl ProviderGateway for InstrumentedGateway {
     fn authorize_url(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
         pkce_challenge: Option<&str>,
     ) -> Result<String, ProviderError> {
         self.inner
-            .authorize_url(provider, redirect_uri, scopes, state, pkce_challenge)
+            .authorize_url(provider, app, redirect_uri, scopes, state, pkce_challenge)
     }
 
     fn uses_pkce(&self, provider: &str) -> bool {
@@ -235,6 +237,7 @@ impl ProviderGateway for InstrumentedGateway {
     async fn exchange_code(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
@@ -244,7 +247,7 @@ impl ProviderGateway for InstrumentedGateway {
             "exchange_code",
             provider,
             self.inner
-                .exchange_code(provider, code, redirect_uri, pkce_verifier, callback_params),
+                .exchange_code(provider, app, code, redirect_uri, pkce_verifier, callback_params),
         )
         .await
     }
@@ -252,13 +255,14 @@ impl ProviderGateway for InstrumentedGateway {
     async fn refresh(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
         self.observed(
             "refresh",
             provider,
-            self.inner.refresh(provider, refresh_token, extras),
+            self.inner.refresh(provider, app, refresh_token, extras),
         )
         .await
     }
@@ -266,9 +270,10 @@ impl ProviderGateway for InstrumentedGateway {
     async fn revoke(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
-        self.observed("revoke", provider, self.inner.revoke(provider, tokens))
+        self.observed("revoke", provider, self.inner.revoke(provider, app, tokens))
             .await
     }
 }

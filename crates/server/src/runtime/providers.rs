@@ -3,7 +3,7 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
     ScopeInfo,
 };
 use cb_broker::tokens::TokenBundle;
@@ -12,6 +12,7 @@ use cb_oauth::{
     AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
 };
 use secrecy::SecretString;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -90,16 +91,26 @@ impl OAuthGateway {
         })
     }
 
-    fn spec(&self, id: &str) -> Result<(&ProviderSpec, &ClientCredentials), ProviderError> {
+    /// The provider and the client to call it with: the workspace app's when given, else the
+    /// configured one.
+    fn spec(
+        &self,
+        id: &str,
+        app: Option<&AppClient>,
+    ) -> Result<(&ProviderSpec, Cow<'_, ClientCredentials>), ProviderError> {
         let spec = self
             .catalog
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("unknown provider {id}")))?;
+        if let Some(app) = app {
+            let client = ClientCredentials::new(app.client_id.clone(), app.client_secret.clone());
+            return Ok((spec, Cow::Owned(client)));
+        }
         let client = self
             .clients
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("provider {id} is not configured")))?;
-        Ok((spec, client))
+        Ok((spec, Cow::Borrowed(client)))
     }
 
     fn placeholders(&self, id: &str) -> BTreeMap<String, String> {
@@ -146,9 +157,14 @@ impl OAuthGateway {
 
 fn classify(e: OAuthError) -> ProviderError {
     match e {
-        OAuthError::InvalidGrant { error, description }
-        | OAuthError::InvalidClient { error, description } => {
+        OAuthError::InvalidGrant { error, description } => {
             ProviderError::Permanent(match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            })
+        }
+        OAuthError::InvalidClient { error, description } => {
+            ProviderError::InvalidClient(match description {
                 Some(d) => format!("{error}: {d}"),
                 None => error,
             })
@@ -199,12 +215,13 @@ impl ProviderGateway for OAuthGateway {
     fn authorize_url(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
         pkce_challenge: Option<&str>,
     ) -> Result<String, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         let req = AuthorizeRequest {
             redirect_uri,
@@ -213,7 +230,7 @@ impl ProviderGateway for OAuthGateway {
             pkce_challenge,
             placeholders: &placeholders,
         };
-        cb_oauth::authorize_url(spec, client, &req)
+        cb_oauth::authorize_url(spec, &client, &req)
             .map(|u| u.to_string())
             .map_err(classify)
     }
@@ -231,12 +248,13 @@ impl ProviderGateway for OAuthGateway {
     async fn exchange_code(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
         callback_params: &BTreeMap<String, String>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Provider values that arrive with the callback (QuickBooks realmId), validated by the
         // same parser that reads real callbacks.
@@ -255,7 +273,7 @@ impl ProviderGateway for OAuthGateway {
             .http
             .exchange_code(
                 spec,
-                client,
+                &client,
                 code,
                 redirect_uri,
                 pkce_verifier,
@@ -288,13 +306,14 @@ impl ProviderGateway for OAuthGateway {
     async fn refresh(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         self.http
-            .refresh(spec, client, refresh_token, extras, &placeholders)
+            .refresh(spec, &client, refresh_token, extras, &placeholders)
             .await
             .map(granted)
             .map_err(classify)
@@ -303,9 +322,10 @@ impl ProviderGateway for OAuthGateway {
     async fn revoke(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Revoking the refresh token ends the whole grant where the provider supports it.
         let (token, hint) = match (
@@ -317,7 +337,7 @@ impl ProviderGateway for OAuthGateway {
         };
         match self
             .http
-            .revoke(spec, client, token, hint, &placeholders)
+            .revoke(spec, &client, token, hint, &placeholders)
             .await
             .map_err(classify)?
         {
