@@ -2,7 +2,10 @@
 //! the outcomes in the configured [`Dialect`] (error formats, body encodings, response fields).
 
 use crate::config::{Dialect, TokenFailure};
-use crate::state::{Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate};
+use crate::state::{
+    Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate,
+    presented_client_id,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request};
@@ -170,8 +173,11 @@ async fn token(app: App, req: FakeRequest) -> Response {
     let (delay, failure, dialect) = {
         let mut s = app.lock();
         let params = req.params(s.config.dialect).unwrap_or_default();
-        let (client_auth, _) = authenticate(&s.config, req.basic_credentials(), &params);
+        let basic = req.basic_credentials();
+        let client_id = presented_client_id(&s.config, basic.as_ref(), &params);
+        let (client_auth, _) = authenticate(&s.config, basic, &params);
         let record = TokenRequestRecord {
+            client_id,
             path: req.path.clone(),
             grant_type: params.get("grant_type").cloned(),
             client_auth,
@@ -453,13 +459,15 @@ async fn revoke(app: App, req: FakeRequest) -> Response {
     let Some(params) = req.params(dialect) else {
         return token_error(dialect, TokenError::InvalidRequest, false);
     };
-    if let Err(kind) = authenticate(&s.config, req.basic_credentials(), &params).1 {
-        return token_error(dialect, kind, false);
-    }
+    let client_id = match authenticate(&s.config, req.basic_credentials(), &params).1 {
+        Ok(id) => id,
+        Err(kind) => return token_error(dialect, kind, false),
+    };
     let Some(token) = params.get("token") else {
         return token_error(dialect, TokenError::InvalidRequest, false);
     };
     s.revoke(token);
+    s.revocation_clients.push(client_id);
     // RFC 7009 §2.2: unknown tokens are answered with 200 too.
     text(StatusCode::OK, "")
 }
@@ -496,9 +504,7 @@ async fn revoke_github(app: App, Path(path_client): Path<String>, req: FakeReque
     }
     match req.basic_credentials() {
         Some((id, secret))
-            if id == s.config.client_id
-                && secret == s.config.client_secret
-                && path_client == id => {}
+            if s.config.secret_of(&id) == Some(secret.as_str()) && path_client == id => {}
         _ => {
             return json_response(
                 StatusCode::UNAUTHORIZED,
