@@ -6,6 +6,7 @@ use crate::support::fake_provider::FakeProvider;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_proto::v1::membership_service_client::MembershipServiceClient;
+use cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient;
 use std::collections::HashMap;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -51,6 +52,8 @@ pub struct Client {
     pub creds: CredentialServiceClient<Channel>,
     /// MembershipService.
     pub members: MembershipServiceClient<Channel>,
+    /// OAuthAppService.
+    pub apps: OAuthAppServiceClient<Channel>,
     /// Who the calls are made for.
     pub actor: Actor,
     /// The workspace the calls say the actor is an admin of (`x-actor-workspace-*`), if any.
@@ -62,7 +65,8 @@ impl Client {
     pub fn new(channel: Channel, actor: Actor) -> Self {
         Self {
             creds: CredentialServiceClient::new(channel.clone()),
-            members: MembershipServiceClient::new(channel),
+            members: MembershipServiceClient::new(channel.clone()),
+            apps: OAuthAppServiceClient::new(channel),
             actor,
             admin_of: None,
         }
@@ -235,6 +239,26 @@ impl Client {
             .approve(&url::Url::parse(&started.authorization_url).unwrap())
             .await;
         self.complete_connect(&callback).await
+    }
+
+    /// CreateOAuthApp for provider `provider_id` in `workspace_id` (allowing every scope).
+    pub async fn create_app(
+        &mut self,
+        workspace_id: &str,
+        provider_id: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<pb::OAuthApp, Status> {
+        let request = self.request(pb::CreateOAuthAppRequest {
+            workspace_id: workspace_id.into(),
+            provider_id: provider_id.into(),
+            display_name: format!("App {client_id}"),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            allowed_scopes: vec![],
+        });
+        let response = self.apps.create_o_auth_app(request).await?.into_inner();
+        Ok(response.oauth_app.expect("CreateOAuthApp answers the app"))
     }
 
     /// GetCredential.
