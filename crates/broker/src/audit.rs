@@ -5,13 +5,12 @@ use crate::clock::Clock;
 use crate::clock::Timestamp;
 use crate::error::BrokerError;
 use crate::error::reason;
+use crate::sharded::ShardedMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_store::{AuditQuery, AuditRow, NewAuditEvent, Store};
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Every action an audit event can name (docs/api.md, section Audit, lists each; a test keeps
@@ -120,8 +119,6 @@ const FLUSH_SOON: usize = 20_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// At most one log line per this interval about merged or dropped events.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Shards of the pending map: concurrent recorders rarely wait for each other.
-const SHARDS: usize = 64;
 
 /// Counters of the buffered writer, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,11 +142,10 @@ pub struct AuditStats {
 }
 
 /// The buffer of [`Audit::record_later`]: a sharded map, so the hot path takes one lock out of
-/// [`SHARDS`] chosen by the event's hash instead of one process-wide lock.
+/// many, chosen by the event's hash, instead of one process-wide lock.
 struct Pending {
     limits: AuditLimits,
-    shards: Box<[Mutex<HashMap<Key, Tally>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    map: ShardedMap<Key, Tally>,
     distinct: AtomicUsize,
     wake: tokio::sync::Notify,
     recorded: AtomicU64,
@@ -174,8 +170,7 @@ impl Pending {
     fn new(limits: AuditLimits) -> Self {
         Self {
             limits,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            map: ShardedMap::default(),
             distinct: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
             recorded: AtomicU64::new(0),
@@ -190,20 +185,11 @@ impl Pending {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Pending {
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Tally>> {
-        let n = usize::try_from(self.hasher.hash_one(key)).unwrap_or_default();
-        &self.shards[n % self.shards.len()]
-    }
-
     /// Counts `key` at `at` if it is pending or fewer than `limit` distinct events are;
     /// gives the key back (`Some`) otherwise.
     fn add(&self, key: Key, at: i64, limit: usize) -> Option<Key> {
-        let mut shard = lock(self.shard(&key));
+        let mut shard = self.map.shard(&key);
         if let Some(t) = shard.get_mut(&key) {
             t.count += 1;
             t.first = t.first.min(at);
@@ -232,12 +218,8 @@ impl Pending {
 
     /// Empties every shard.
     fn take(&self) -> Vec<(Key, Tally)> {
-        let mut all = Vec::new();
-        for shard in &self.shards {
-            let taken = std::mem::take(&mut *lock(shard));
-            self.distinct.fetch_sub(taken.len(), Ordering::Relaxed);
-            all.extend(taken);
-        }
+        let all = self.map.take();
+        self.distinct.fetch_sub(all.len(), Ordering::Relaxed);
         all
     }
 }

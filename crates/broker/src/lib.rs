@@ -17,6 +17,7 @@ mod revocation;
 pub mod rotation;
 pub mod sealing;
 pub mod service;
+mod sharded;
 pub mod tokens;
 pub mod types;
 

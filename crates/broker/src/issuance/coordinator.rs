@@ -676,21 +676,21 @@ impl TokenService {
             .await?
             .into_iter()
             .filter(|m| m.state == "ACTIVE" && Role::from_stored(&m.role).is_some())
-            .map(|m| (m.email, m.user_id))
-            .collect();
-        Ok(Arc::new(Entry {
-            workspace_id: c.workspace_id.clone(),
-            token: IssuedToken {
-                access_token: bundle.access_token.clone(),
-                token_type: bundle.token_type.clone(),
-                expires_at: bundle.access_expires_at,
-                scopes: c.scopes.as_slice().to_vec(),
-                extras: bundle.extras.clone(),
-            },
-            lifetime: lifetime(bundle),
+            .map(|m| (m.email, m.user_id));
+        let token = IssuedToken {
+            access_token: bundle.access_token.clone(),
+            token_type: bundle.token_type.clone(),
+            expires_at: bundle.access_expires_at,
+            scopes: c.scopes.as_slice().to_vec(),
+            extras: bundle.extras.clone(),
+        };
+        Ok(Arc::new(Entry::new(
+            &c.workspace_id,
+            token,
+            lifetime(bundle),
             users,
-            loaded_at: self.clock.now(),
-        }))
+            self.clock.now(),
+        )))
     }
 }
 

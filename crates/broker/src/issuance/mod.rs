@@ -26,6 +26,7 @@ use crate::error::BrokerError;
 use crate::gateway::ProviderGateway;
 use crate::policy::{Policy, actor_required, require_token_issuer};
 use crate::random::{Random, SystemRandom};
+use crate::sharded::ShardedMap;
 use crate::types::CredentialId;
 use cache::Entry;
 use cb_crypto::Envelope;
@@ -180,7 +181,9 @@ pub struct TokenService {
     /// Tests pause a leader between its reads and its cache put: (reached, resume).
     #[cfg(test)]
     before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
-    usage: Mutex<HashMap<(String, Option<String>), i64>>,
+    /// Last use per credential and workflow ("" for none) since the last flush: sharded, so a
+    /// cache hit takes no process-wide lock, and allocating only for a pair not seen yet.
+    usage: ShardedMap<String, HashMap<String, i64>>,
     stats: IssuanceStats,
     apps: crate::oauth_apps::AppClients,
 }
@@ -234,7 +237,7 @@ impl TokenService {
             feed_session: AtomicU64::new(0),
             #[cfg(test)]
             before_put: Mutex::new(None),
-            usage: Mutex::new(HashMap::new()),
+            usage: ShardedMap::default(),
             stats: IssuanceStats::default(),
         }
     }
@@ -352,10 +355,18 @@ impl TokenService {
         );
         if result.is_ok() {
             let at = self.clock.now().as_millis();
-            lock(&self.usage)
-                .entry((id.to_string(), ctx.workflow_id))
-                .and_modify(|t| *t = (*t).max(at))
-                .or_insert(at);
+            let workflow = ctx.workflow_id.unwrap_or_default();
+            let mut shard = self.usage.shard(id.as_str());
+            let workflows = match shard.get_mut(id.as_str()) {
+                Some(w) => w,
+                None => shard.entry(id.to_string()).or_default(),
+            };
+            match workflows.get_mut(&workflow) {
+                Some(t) => *t = (*t).max(at),
+                None => {
+                    workflows.insert(workflow, at);
+                }
+            }
         }
         result
     }
@@ -390,7 +401,7 @@ impl TokenService {
             authorize(caller, &e)?;
             if e.satisfies(now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(e.token.clone());
+                return Ok(e.token());
             }
         } else {
             // Cold path: check membership before doing any work for this caller.
@@ -400,7 +411,7 @@ impl TokenService {
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry = self.flight(id.as_str(), min_valid, false, None).await?;
         authorize(caller, &entry)?;
-        Ok(entry.token.clone())
+        Ok(entry.token())
     }
 
     /// Whether the cache may be served: only while the change feed delivers every other
@@ -469,12 +480,18 @@ impl TokenService {
 
     /// Writes buffered usage (last used, recent workflows) to the database.
     pub async fn flush_usage(&self) {
-        let batch: Vec<UsageRecord> = std::mem::take(&mut *lock(&self.usage))
+        let batch: Vec<UsageRecord> = self
+            .usage
+            .take()
             .into_iter()
-            .map(|((credential_id, workflow_id), at)| UsageRecord {
-                credential_id,
-                workflow_id,
-                at,
+            .flat_map(|(credential_id, workflows)| {
+                workflows
+                    .into_iter()
+                    .map(move |(workflow, at)| UsageRecord {
+                        credential_id: credential_id.clone(),
+                        workflow_id: (!workflow.is_empty()).then_some(workflow),
+                        at,
+                    })
             })
             .collect();
         if batch.is_empty() {
@@ -504,12 +521,9 @@ fn authorize(caller: &Caller, e: &Entry) -> Result<(), BrokerError> {
     match &caller.actor {
         None if caller.role == ServiceRole::Development => Ok(()),
         None => Err(actor_required()),
-        Some(a) if a.is_workspace_admin(&e.workspace_id) => Ok(()),
+        Some(a) if a.is_workspace_admin(e.workspace_id()) => Ok(()),
         Some(a) => {
-            let member = e.users.iter().any(|(email, user)| {
-                email == a.email.as_str() && user.as_deref().is_none_or(|u| u == a.user_id.as_str())
-            });
-            if member {
+            if e.has_member(a.email.as_str(), a.user_id.as_str()) {
                 Ok(())
             } else {
                 Err(BrokerError::credential_not_found())

@@ -407,19 +407,19 @@ async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
     .unwrap();
     // The leader answers with the token that satisfied it: 2 minutes, less than the joiner's 5.
     lock(&kit.tokens.flights).remove(id.as_str());
-    tx.send_replace(Some(Ok(Arc::new(Entry {
-        workspace_id: "ws1".into(),
-        token: IssuedToken {
+    tx.send_replace(Some(Ok(Arc::new(Entry::new(
+        "ws1",
+        IssuedToken {
             access_token: SecretString::from("at-0"),
             token_type: "Bearer".into(),
             expires_at: Some(expires),
             scopes: vec![],
             extras: BTreeMap::new(),
         },
-        lifetime: None,
-        users: vec![],
-        loaded_at: kit.clock.now(),
-    }))));
+        None,
+        [],
+        kit.clock.now(),
+    )))));
     let got = joiner.await.unwrap().unwrap();
     assert_eq!(got.access_token.expose_secret(), "at-1");
     assert_eq!(kit.refreshes(), 1);
