@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow, RefreshIntent, SealedColumns, Store,
-    StoreError, UsageRecord, WrappedDekRow,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
+    RefreshIntent, SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow,
 };
 use tokio::sync::broadcast;
 
@@ -3581,7 +3581,10 @@ fn app_secret(app_id: &str, version: i64) -> OAuthAppSecretRow {
 
 async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
     let a = oauth_app("app-a", "ws1", "fake");
-    store.insert_oauth_app(&a, &app_secret("app-a", 1)).await.unwrap();
+    store
+        .insert_oauth_app(&a, &app_secret("app-a", 1))
+        .await
+        .unwrap();
     assert_eq!(store.get_oauth_app("app-a").await.unwrap(), Some(a.clone()));
     assert_eq!(store.get_oauth_app("nope").await.unwrap(), None);
     assert!(matches!(
@@ -3611,13 +3614,19 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
         ["app-0", "app-a", "app-b"]
     );
     // Secrets: newest first, one per version, deletable one by one.
-    store.insert_oauth_app_secret(&app_secret("app-a", 2)).await.unwrap();
+    store
+        .insert_oauth_app_secret(&app_secret("app-a", 2))
+        .await
+        .unwrap();
     assert!(matches!(
         store.insert_oauth_app_secret(&app_secret("app-a", 2)).await,
         Err(StoreError::Duplicate(_))
     ));
     let secrets = store.list_oauth_app_secrets("app-a").await.unwrap();
-    assert_eq!(secrets, vec![app_secret("app-a", 2), app_secret("app-a", 1)]);
+    assert_eq!(
+        secrets,
+        vec![app_secret("app-a", 2), app_secret("app-a", 1)]
+    );
     assert!(store.delete_oauth_app_secret("app-a", 1).await.unwrap());
     assert!(!store.delete_oauth_app_secret("app-a", 1).await.unwrap());
     assert_eq!(
@@ -3628,7 +3637,10 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
 
 async fn oauth_app_update_is_optimistic_and_delete_takes_the_secrets(store: Arc<dyn Store>) {
     let a = oauth_app("app-a", "ws1", "fake");
-    store.insert_oauth_app(&a, &app_secret("app-a", 1)).await.unwrap();
+    store
+        .insert_oauth_app(&a, &app_secret("app-a", 1))
+        .await
+        .unwrap();
     let edited = OAuthAppRow {
         display_name: "Renamed".to_owned(),
         client_id: "client-2".to_owned(),
@@ -3652,13 +3664,21 @@ async fn oauth_app_update_is_optimistic_and_delete_takes_the_secrets(store: Arc<
         Err(StoreError::VersionConflict { expected: 1 })
     ));
     assert!(matches!(
-        store.update_oauth_app(&oauth_app("nope", "ws1", "fake"), 1).await,
+        store
+            .update_oauth_app(&oauth_app("nope", "ws1", "fake"), 1)
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(store.delete_oauth_app("app-a").await.unwrap());
     assert!(!store.delete_oauth_app("app-a").await.unwrap());
     assert_eq!(store.get_oauth_app("app-a").await.unwrap(), None);
-    assert!(store.list_oauth_app_secrets("app-a").await.unwrap().is_empty());
+    assert!(
+        store
+            .list_oauth_app_secrets("app-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn credential_records_its_oauth_app(store: Arc<dyn Store>) {
@@ -3669,19 +3689,37 @@ async fn credential_records_its_oauth_app(store: Arc<dyn Store>) {
             .unwrap();
     }
     assert_eq!(store.credential_app("c1").await.unwrap(), None);
-    store.set_credential_app("c1", Some(("app-a", 2))).await.unwrap();
-    store.set_credential_app("c2", Some(("app-a", 1))).await.unwrap();
-    store.set_credential_app("c3", Some(("app-b", 1))).await.unwrap();
+    store
+        .set_credential_app("c1", Some(("app-a", 2)))
+        .await
+        .unwrap();
+    store
+        .set_credential_app("c2", Some(("app-a", 1)))
+        .await
+        .unwrap();
+    store
+        .set_credential_app("c3", Some(("app-b", 1)))
+        .await
+        .unwrap();
     assert_eq!(
         store.credential_app("c1").await.unwrap(),
         Some(("app-a".to_owned(), 2))
     );
     // Recording the app is not a change of the credential's row.
     assert_eq!(must_get(store.as_ref(), "c1").await.row_version, 1);
-    assert_eq!(store.credentials_using_app("app-a").await.unwrap(), ["c1", "c2"]);
+    assert_eq!(
+        store.credentials_using_app("app-a").await.unwrap(),
+        ["c1", "c2"]
+    );
     // Disconnected credentials no longer use it; cleared ones neither.
     disconnect(store.as_ref(), "c2").await;
     store.set_credential_app("c1", None).await.unwrap();
-    assert!(store.credentials_using_app("app-a").await.unwrap().is_empty());
+    assert!(
+        store
+            .credentials_using_app("app-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.credential_app("c1").await.unwrap(), None);
 }

@@ -146,10 +146,12 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::PROVIDER_DENIED,
             format!("the provider refused: {d}"),
         ),
-        ProviderError::Permanent(d) | ProviderError::InvalidClient(d) | ProviderError::Other(d) => failed(
-            reason::CODE_EXCHANGE_FAILED,
-            format!("the provider rejected the authorization code: {d}"),
-        ),
+        ProviderError::Permanent(d) | ProviderError::InvalidClient(d) | ProviderError::Other(d) => {
+            failed(
+                reason::CODE_EXCHANGE_FAILED,
+                format!("the provider rejected the authorization code: {d}"),
+            )
+        }
     }
 }
 
@@ -289,7 +291,10 @@ impl ConnectService {
             .map(|(i, _)| {
                 FieldViolation::new(
                     format!("scopes[{i}]"),
-                    format!("is not allowed by OAuth app {} ({})", app.display_name, app.id),
+                    format!(
+                        "is not allowed by OAuth app {} ({})",
+                        app.display_name, app.id
+                    ),
                 )
             })
             .collect();
@@ -339,6 +344,7 @@ impl ConnectService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the flow's parts, each needed; the app names the client
     async fn start(
         &self,
         caller: &Caller,
@@ -791,8 +797,14 @@ impl ConnectService {
                 // The replaced grant belongs to the client that minted it.
                 let app = self.apps.for_credential(c).await.ok().flatten();
                 let client = app.as_ref().and_then(ResolvedApp::newest).map(|(_, c)| c);
-                self.revoke_grant(&c.provider_id, client, Some(c.id.as_str()), &old, "replaced")
-                    .await
+                self.revoke_grant(
+                    &c.provider_id,
+                    client,
+                    Some(c.id.as_str()),
+                    &old,
+                    "replaced",
+                )
+                .await
             }
             None => "kept",
         };

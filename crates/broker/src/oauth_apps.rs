@@ -455,7 +455,10 @@ impl OAuthAppService {
             .enumerate()
             .filter(|(_, s)| !p.scopes.iter().any(|o| &o.name == *s))
             .map(|(i, _)| {
-                FieldViolation::new(format!("allowed_scopes[{i}]"), format!("is not offered by {provider}"))
+                FieldViolation::new(
+                    format!("allowed_scopes[{i}]"),
+                    format!("is not offered by {provider}"),
+                )
             })
             .collect();
         if violations.is_empty() {
@@ -479,7 +482,11 @@ impl OAuthAppService {
     }
 
     /// Creates an app with its first client secret.
-    pub async fn create(&self, caller: &Caller, req: CreateOAuthApp) -> Result<OAuthApp, BrokerError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: CreateOAuthApp,
+    ) -> Result<OAuthApp, BrokerError> {
         let id = uuid::Uuid::now_v7().hyphenated().to_string();
         let detail = format!("oauth_app={id} provider={}", req.provider_id);
         let result = async {
@@ -515,7 +522,8 @@ impl OAuthAppService {
             self.view(row).await
         }
         .await;
-        self.audited(caller, "oauth_app.create", detail, result).await
+        self.audited(caller, "oauth_app.create", detail, result)
+            .await
     }
 
     /// Reads one app.
@@ -562,7 +570,11 @@ impl OAuthAppService {
     }
 
     /// Edits an app's name, client id or allowed scopes.
-    pub async fn update(&self, caller: &Caller, req: UpdateOAuthApp) -> Result<OAuthApp, BrokerError> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        req: UpdateOAuthApp,
+    ) -> Result<OAuthApp, BrokerError> {
         let detail = format!("oauth_app={}", req.id);
         let result = async {
             let mut row = self.load(caller, &req.id).await?;
@@ -588,22 +600,33 @@ impl OAuthAppService {
             }
             row.updated_at = self.clock.now().as_millis();
             let expected = row.row_version;
-            let stored = self.store.update_oauth_app(&row, expected).await.map_err(|e| match e {
-                StoreError::VersionConflict { .. } => BrokerError::Conflict {
-                    message: "the OAuth app changed meanwhile; read it again and retry".into(),
-                },
-                StoreError::NotFound => app_not_found(),
-                other => other.into(),
-            })?;
+            let stored =
+                self.store
+                    .update_oauth_app(&row, expected)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::VersionConflict { .. } => BrokerError::Conflict {
+                            message: "the OAuth app changed meanwhile; read it again and retry"
+                                .into(),
+                        },
+                        StoreError::NotFound => app_not_found(),
+                        other => other.into(),
+                    })?;
             self.view(stored).await
         }
         .await;
-        self.audited(caller, "oauth_app.update", detail, result).await
+        self.audited(caller, "oauth_app.update", detail, result)
+            .await
     }
 
     /// Deletes an app. Refused while non-disconnected credentials were minted by it, unless
     /// `force`: they are then marked NEEDS_RECONNECT with a reason naming the app.
-    pub async fn delete(&self, caller: &Caller, id: &str, force: bool) -> Result<Deleted, BrokerError> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        id: &str,
+        force: bool,
+    ) -> Result<Deleted, BrokerError> {
         let result = async {
             let row = self.load(caller, id).await?;
             let using = self.store.credentials_using_app(id).await?;
@@ -640,7 +663,8 @@ impl OAuthAppService {
             ),
             Err(_) => format!("oauth_app={id} force={force}"),
         };
-        self.audited(caller, "oauth_app.delete", detail, result).await
+        self.audited(caller, "oauth_app.delete", detail, result)
+            .await
     }
 
     async fn mark_needs_reconnect(&self, id: &str, why: &str) -> Result<bool, BrokerError> {
@@ -718,7 +742,8 @@ impl OAuthAppService {
             ),
             Err(_) => format!("oauth_app={id}"),
         };
-        self.audited(caller, "oauth_app.rotate_secret", detail, result).await
+        self.audited(caller, "oauth_app.rotate_secret", detail, result)
+            .await
     }
 
     /// Retires every secret but the newest.
@@ -738,8 +763,12 @@ impl OAuthAppService {
             self.view(row).await
         }
         .await;
-        self.audited(caller, "oauth_app.retire_secret", format!("oauth_app={id}"), result)
-            .await
-    
+        self.audited(
+            caller,
+            "oauth_app.retire_secret",
+            format!("oauth_app={id}"),
+            result,
+        )
+        .await
     }
 }

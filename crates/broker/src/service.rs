@@ -499,7 +499,8 @@ impl CredentialService {
                     .into(),
             )
         } else {
-            self.revoke(&provider, app.as_ref(), c.id.as_str(), tokens).await
+            self.revoke(&provider, app.as_ref(), c.id.as_str(), tokens)
+                .await
         };
         Ok((
             CredentialView {

@@ -182,7 +182,11 @@ impl fmt::Debug for FakeConfig {
             .field("client_secret", &"[redacted]")
             .field(
                 "extra_clients",
-                &self.extra_clients.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                &self
+                    .extra_clients
+                    .iter()
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>(),
             )
             .field("redirect_uris", &self.redirect_uris)
             .field("client_auth", &self.client_auth)

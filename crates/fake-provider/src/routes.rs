@@ -3,8 +3,7 @@
 
 use crate::config::{Dialect, TokenFailure};
 use crate::state::{
-    Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate,
-    presented_client_id,
+    Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate, presented_client_id,
 };
 use axum::Router;
 use axum::body::Bytes;

@@ -22,8 +22,7 @@ pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
     LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
-    RefreshIntent, SealedColumns,
-    StatusQuery, UsageRecord, WrappedDekRow,
+    RefreshIntent, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow,
 };
 pub use store::SqlStore;
 

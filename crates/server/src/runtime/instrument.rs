@@ -6,7 +6,8 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo,
+    RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -246,8 +247,14 @@ impl ProviderGateway for InstrumentedGateway {
         self.observed(
             "exchange_code",
             provider,
-            self.inner
-                .exchange_code(provider, app, code, redirect_uri, pkce_verifier, callback_params),
+            self.inner.exchange_code(
+                provider,
+                app,
+                code,
+                redirect_uri,
+                pkce_verifier,
+                callback_params,
+            ),
         )
         .await
     }

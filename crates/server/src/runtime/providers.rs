@@ -3,8 +3,8 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
-    ScopeInfo,
+    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo,
+    RevokeResult, ScopeInfo,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
