@@ -856,15 +856,9 @@ async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
     assert_eq!(updated.credential.unwrap().credential_id, id);
     // A refusal is audited with its reason.
     let refusals = c
-        .creds
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
+        .audit_events()
         .await
         .unwrap()
-        .into_inner()
-        .events
         .into_iter()
         .filter(|e| e.action == "credential.connect" && e.outcome == "ISSUER_MISMATCH")
         .count();

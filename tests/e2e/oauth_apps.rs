@@ -26,6 +26,31 @@ async fn fake_with_app_client() -> FakeProvider {
     .await
 }
 
+/// The fake provider, a broker using it as `fake`, an admin of `ws1` (ALICE) and the app she
+/// created for `fake` in `ws1`.
+struct Scene {
+    fake: FakeProvider,
+    b: TestBroker,
+    alice: Client,
+    app: pb::OAuthApp,
+}
+
+async fn scene(db: Option<&str>) -> Scene {
+    let fake = fake_with_app_client().await;
+    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let app = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    Scene {
+        fake,
+        b,
+        alice,
+        app,
+    }
+}
+
 /// Runs `scenario` on SQLite, then on a fresh PostgreSQL database (when one is configured).
 macro_rules! on_both_backends {
     ($scenario:ident) => {
@@ -55,10 +80,31 @@ on_both_backends!(rotated_secret_keeps_refreshes_working);
 on_both_backends!(deleting_an_app_in_use_needs_force_and_names_it);
 on_both_backends!(without_a_configured_client_the_workspace_app_is_required);
 
-fn app_id(client: &Client, id: &str) -> tonic::Request<pb::GetOAuthAppRequest> {
-    client.request(pb::GetOAuthAppRequest {
+/// GetOAuthApp.
+async fn get_app(client: &mut Client, id: &str) -> Result<pb::OAuthApp, tonic::Status> {
+    let request = client.request(pb::GetOAuthAppRequest {
         oauth_app_id: id.into(),
-    })
+    });
+    let answer = client.apps.get_o_auth_app(request).await?.into_inner();
+    Ok(answer.oauth_app.expect("the answer holds the app"))
+}
+
+/// ListOAuthApps of `workspace` (`provider`: empty for all).
+async fn list_apps(
+    client: &mut Client,
+    workspace: &str,
+    provider: &str,
+) -> Result<Vec<pb::OAuthApp>, tonic::Status> {
+    let request = client.request(pb::ListOAuthAppsRequest {
+        workspace_id: workspace.into(),
+        provider_id: provider.into(),
+    });
+    Ok(client
+        .apps
+        .list_o_auth_apps(request)
+        .await?
+        .into_inner()
+        .oauth_apps)
 }
 
 async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
@@ -87,46 +133,18 @@ async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(error_details(&err).0, "WORKSPACE_ADMIN_REQUIRED");
-    let err = not_admin
-        .apps
-        .list_o_auth_apps(not_admin.request(pb::ListOAuthAppsRequest {
-            workspace_id: "ws1".into(),
-            provider_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
+    let err = list_apps(&mut not_admin, "ws1", "").await.unwrap_err();
     assert_eq!(error_details(&err).0, "WORKSPACE_ADMIN_REQUIRED");
     // An admin of another workspace does not even see it.
-    let other = plain.acting_as(BOB).admin_of("ws2");
-    let err = other
-        .apps
-        .clone()
-        .get_o_auth_app(app_id(&other, &app.oauth_app_id))
-        .await
-        .unwrap_err();
+    let mut other = plain.acting_as(BOB).admin_of("ws2");
+    let err = get_app(&mut other, &app.oauth_app_id).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
 
     // The admin reads, lists and edits it.
-    let got = admin
-        .apps
-        .get_o_auth_app(app_id(&admin, &app.oauth_app_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .oauth_app
-        .unwrap();
+    let got = get_app(&mut admin, &app.oauth_app_id).await.unwrap();
     assert_eq!(got.oauth_app_id, app.oauth_app_id);
-    let listed = admin
-        .apps
-        .list_o_auth_apps(admin.request(pb::ListOAuthAppsRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "fake".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .oauth_apps;
+    let listed = list_apps(&mut admin, "ws1", "fake").await.unwrap();
     assert_eq!(listed.len(), 1);
     let updated = admin
         .apps
@@ -168,16 +186,7 @@ async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
 
     // Every action is audited, never with the secret.
     b.flush_audit().await;
-    let events = admin
-        .creds
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = admin.audit_events().await.unwrap();
     for action in ["oauth_app.create", "oauth_app.update"] {
         assert!(
             events
@@ -203,13 +212,13 @@ fn token_clients(fake: &FakeProvider, grant_type: &str) -> Vec<String> {
         .collect()
 }
 
-async fn connect_in(client: &mut Client, fake: &FakeProvider, workspace: &str) -> pb::Credential {
-    let request = client.request(pb::StartConnectRequest {
-        workspace_id: workspace.into(),
-        provider_id: "fake".into(),
-        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
-        ..Default::default()
-    });
+/// StartConnect with `request` (as `client`), the fake's consent, CompleteConnect.
+async fn connect_with(
+    client: &mut Client,
+    fake: &FakeProvider,
+    request: pb::StartConnectRequest,
+) -> pb::Credential {
+    let request = client.request(request);
     let started = client
         .creds
         .start_connect(request)
@@ -222,15 +231,21 @@ async fn connect_in(client: &mut Client, fake: &FakeProvider, workspace: &str) -
     client.complete_connect(&callback).await.unwrap()
 }
 
-async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
-    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
-    let mut alice = b.client(ALICE).await.admin_of("ws1");
-    alice
-        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
-        .await
-        .unwrap();
+/// A connect to `fake` in `workspace` without naming an app.
+async fn connect_in(client: &mut Client, fake: &FakeProvider, workspace: &str) -> pb::Credential {
+    let request = pb::StartConnectRequest {
+        workspace_id: workspace.into(),
+        provider_id: "fake".into(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+        ..Default::default()
+    };
+    connect_with(client, fake, request).await
+}
 
+async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
+    let Scene {
+        fake, b, mut alice, ..
+    } = scene(db).await;
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     let authorized = fake.authorize_queries();
     assert_eq!(
@@ -272,31 +287,51 @@ async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
     );
 }
 
-async fn rotate(
+/// RotateOAuthAppSecret to `secret`, or RetireOAuthAppSecret when it is `None`.
+async fn change_secret(
     client: &mut Client,
     app: &str,
-    secret: &str,
+    secret: Option<&str>,
 ) -> Result<pb::OAuthApp, tonic::Status> {
-    let request = client.request(pb::RotateOAuthAppSecretRequest {
-        oauth_app_id: app.into(),
-        client_secret: secret.into(),
-    });
-    client
-        .apps
-        .rotate_o_auth_app_secret(request)
-        .await
-        .map(|r| r.into_inner().oauth_app.unwrap())
+    let answer = match secret {
+        Some(secret) => {
+            let request = client.request(pb::RotateOAuthAppSecretRequest {
+                oauth_app_id: app.into(),
+                client_secret: secret.into(),
+            });
+            client
+                .apps
+                .rotate_o_auth_app_secret(request)
+                .await?
+                .into_inner()
+                .oauth_app
+        }
+        None => {
+            let request = client.request(pb::RetireOAuthAppSecretRequest {
+                oauth_app_id: app.into(),
+            });
+            client
+                .apps
+                .retire_o_auth_app_secret(request)
+                .await?
+                .into_inner()
+                .oauth_app
+        }
+    };
+    Ok(answer.expect("the answer holds the app"))
 }
 
-async fn retire(client: &mut Client, app: &str) -> Result<pb::OAuthApp, tonic::Status> {
-    let request = client.request(pb::RetireOAuthAppSecretRequest {
-        oauth_app_id: app.into(),
-    });
-    client
-        .apps
-        .retire_o_auth_app_secret(request)
-        .await
-        .map(|r| r.into_inner().oauth_app.unwrap())
+/// Asserts the credential is NEEDS_RECONNECT with a reason containing each of `words`.
+async fn assert_needs_reconnect_naming(client: &mut Client, id: &str, words: &[&str]) {
+    let c = client.get(id).await.unwrap();
+    assert_eq!(c.status(), pb::CredentialStatus::NeedsReconnect);
+    for word in words {
+        assert!(
+            c.status_reason.contains(word),
+            "{word:?} not in {:?}",
+            c.status_reason
+        );
+    }
 }
 
 /// Moves the broker's clock past the token's lifetime and asks for a token: one refresh.
@@ -306,19 +341,18 @@ async fn refresh_now(b: &TestBroker, client: &mut Client, id: &str) -> pb::GetAc
 }
 
 async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
-    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
-    let mut alice = b.client(ALICE).await.admin_of("ws1");
-    let app = alice
-        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
-        .await
-        .unwrap();
+    let Scene {
+        fake,
+        b,
+        mut alice,
+        app,
+    } = scene(db).await;
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     refresh_now(&b, &mut alice, &cred.credential_id).await;
 
     // The admin adds the new secret before the provider knows it: the provider refuses the
     // newest secret, the previous one is tried once and the refresh still succeeds.
-    let rotated = rotate(&mut alice, &app.oauth_app_id, APP_SECRET_2)
+    let rotated = change_secret(&mut alice, &app.oauth_app_id, Some(APP_SECRET_2))
         .await
         .unwrap();
     assert_eq!(rotated.secret_versions, [2, 1]);
@@ -330,7 +364,7 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
         "the newest secret was tried first and refused"
     );
     // A third secret is refused until the previous one is retired.
-    let err = rotate(&mut alice, &app.oauth_app_id, "third")
+    let err = change_secret(&mut alice, &app.oauth_app_id, Some("third"))
         .await
         .unwrap_err();
     assert_eq!(error_details(&err).0, "OAUTH_APP_SECRET_LIMIT");
@@ -342,10 +376,14 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
     assert_eq!(fake.token_errors(), errors_before);
 
     // Retiring the old secret leaves the newest; refreshes go on.
-    let retired = retire(&mut alice, &app.oauth_app_id).await.unwrap();
+    let retired = change_secret(&mut alice, &app.oauth_app_id, None)
+        .await
+        .unwrap();
     assert_eq!(retired.secret_versions, [2]);
     refresh_now(&b, &mut alice, &cred.credential_id).await;
-    let err = retire(&mut alice, &app.oauth_app_id).await.unwrap_err();
+    let err = change_secret(&mut alice, &app.oauth_app_id, None)
+        .await
+        .unwrap_err();
     assert_eq!(error_details(&err).0, "OAUTH_APP_NO_PREVIOUS_SECRET");
     assert_eq!(
         token_clients(&fake, "refresh_token")
@@ -361,27 +399,21 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
     b.clock.advance(Duration::from_secs(3600));
     let err = alice.token(&cred.credential_id).await.unwrap_err();
     assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
-    let c = alice.get(&cred.credential_id).await.unwrap();
-    assert!(
-        c.status_reason.contains("invalid_client"),
-        "{}",
-        c.status_reason
-    );
-    assert!(
-        c.status_reason.contains(&app.oauth_app_id),
-        "{}",
-        c.status_reason
-    );
+    assert_needs_reconnect_naming(
+        &mut alice,
+        &cred.credential_id,
+        &["invalid_client", &app.oauth_app_id],
+    )
+    .await;
 }
 
 async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
-    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
-    let mut alice = b.client(ALICE).await.admin_of("ws1");
-    let app = alice
-        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
-        .await
-        .unwrap();
+    let Scene {
+        fake,
+        b: _broker, // keeps it running
+        mut alice,
+        app,
+    } = scene(db).await;
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     let delete = |force| pb::DeleteOAuthAppRequest {
         oauth_app_id: app.oauth_app_id.clone(),
@@ -408,25 +440,15 @@ async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
         done.needs_reconnect_credential_ids,
         std::slice::from_ref(&cred.credential_id)
     );
-    let c = alice.get(&cred.credential_id).await.unwrap();
-    assert_eq!(c.status(), pb::CredentialStatus::NeedsReconnect);
-    assert!(
-        c.status_reason.contains(&app.display_name),
-        "{}",
-        c.status_reason
-    );
-    assert!(
-        c.status_reason.contains(&app.oauth_app_id),
-        "{}",
-        c.status_reason
-    );
+    assert_needs_reconnect_naming(
+        &mut alice,
+        &cred.credential_id,
+        &[&app.display_name, &app.oauth_app_id],
+    )
+    .await;
     let err = alice.token(&cred.credential_id).await.unwrap_err();
     assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
-    let err = alice
-        .apps
-        .get_o_auth_app(app_id(&alice, &app.oauth_app_id))
-        .await
-        .unwrap_err();
+    let err = get_app(&mut alice, &app.oauth_app_id).await.unwrap_err();
     assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
     // Reconnecting goes through today's resolution (the deployment's client here).
     let started = alice.start_reconnect(&cred.credential_id).await.unwrap();
@@ -476,16 +498,7 @@ async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&s
         .await
         .unwrap_err();
     assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
-    let started = alice
-        .creds
-        .start_connect(alice.request(named(&app.oauth_app_id)))
-        .await
-        .unwrap()
-        .into_inner();
-    let callback = fake
-        .approve(&url::Url::parse(&started.authorization_url).unwrap())
-        .await;
-    let cred = alice.complete_connect(&callback).await.unwrap();
+    let cred = connect_with(&mut alice, &fake, named(&app.oauth_app_id)).await;
     refresh_now(&b, &mut alice, &cred.credential_id).await;
     assert_eq!(token_clients(&fake, "refresh_token"), [APP_CLIENT]);
 }

@@ -99,33 +99,29 @@ pub fn parse_app_id(field: &str, raw: &str) -> Result<String, FieldViolation> {
     }
 }
 
-/// Parses a client id: non-empty, printable, at most 512 characters.
-pub fn parse_client_id(field: &str, raw: &str) -> Result<String, FieldViolation> {
+/// `raw` when it is non-empty, printable and at most `max` characters; the violation never
+/// repeats the value.
+fn printable(field: &str, raw: &str, max: usize) -> Result<String, FieldViolation> {
     if raw.is_empty() {
         Err(FieldViolation::new(field, "must not be empty"))
-    } else if raw.len() > CLIENT_ID_MAX || raw.chars().any(char::is_control) {
+    } else if raw.len() > max || raw.chars().any(char::is_control) {
         Err(FieldViolation::new(
             field,
-            "must be at most 512 printable characters",
+            format!("must be at most {max} printable characters"),
         ))
     } else {
         Ok(raw.to_owned())
     }
 }
 
-/// Parses a client secret: non-empty, printable, at most 2048 characters. The violation never
-/// repeats the value.
+/// Parses a client id: non-empty, printable, at most 512 characters.
+pub fn parse_client_id(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    printable(field, raw, CLIENT_ID_MAX)
+}
+
+/// Parses a client secret: non-empty, printable, at most 2048 characters.
 pub fn parse_client_secret(field: &str, raw: &str) -> Result<SecretString, FieldViolation> {
-    if raw.is_empty() {
-        Err(FieldViolation::new(field, "must not be empty"))
-    } else if raw.len() > CLIENT_SECRET_MAX || raw.chars().any(char::is_control) {
-        Err(FieldViolation::new(
-            field,
-            "must be at most 2048 printable characters",
-        ))
-    } else {
-        Ok(SecretString::from(raw.to_owned()))
-    }
+    printable(field, raw, CLIENT_SECRET_MAX).map(SecretString::from)
 }
 
 fn app_not_found() -> BrokerError {
@@ -363,10 +359,10 @@ impl AppClients {
     }
 }
 
-/// The OAuth app use cases.
+/// The OAuth app use cases. Storage and sealing go through the [`AppClients`] they share
+/// with the flows that use the apps.
 pub struct OAuthAppService {
-    store: Arc<dyn Store>,
-    envelope: Arc<Envelope>,
+    apps: AppClients,
     clock: Arc<dyn Clock>,
     gateway: Arc<dyn ProviderGateway>,
     audit: Audit,
@@ -374,18 +370,17 @@ pub struct OAuthAppService {
 }
 
 impl OAuthAppService {
-    /// Wires the use cases.
+    /// Wires the use cases: `gateway` knows the providers' scopes, `cache` forgets the tokens
+    /// of credentials a forced delete disables.
     pub fn new(
-        store: Arc<dyn Store>,
-        envelope: Arc<Envelope>,
+        apps: AppClients,
         clock: Arc<dyn Clock>,
         gateway: Arc<dyn ProviderGateway>,
-        audit: Audit,
         cache: Arc<TokenCache>,
+        audit: Audit,
     ) -> Self {
         Self {
-            store,
-            envelope,
+            apps,
             clock,
             gateway,
             audit,
@@ -395,6 +390,7 @@ impl OAuthAppService {
 
     async fn view(&self, row: OAuthAppRow) -> Result<OAuthApp, BrokerError> {
         let secret_versions = self
+            .apps
             .store
             .list_oauth_app_secrets(&row.id)
             .await?
@@ -420,6 +416,7 @@ impl OAuthAppService {
     /// workspace admin, so ids of other workspaces' apps reveal nothing.
     async fn load(&self, caller: &Caller, id: &str) -> Result<OAuthAppRow, BrokerError> {
         let row = self
+            .apps
             .store
             .get_oauth_app(id)
             .await?
@@ -440,6 +437,17 @@ impl OAuthAppService {
                 Ok(row)
             }
         }
+    }
+
+    /// [`Self::load`], with the app's sealed secrets, newest first.
+    async fn load_with_secrets(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(OAuthAppRow, Vec<cb_store::OAuthAppSecretRow>), BrokerError> {
+        let row = self.load(caller, id).await?;
+        let held = self.apps.store.list_oauth_app_secrets(id).await?;
+        Ok((row, held))
     }
 
     fn check_scopes(&self, provider: &str, scopes: &Scopes) -> Result<(), BrokerError> {
@@ -468,16 +476,24 @@ impl OAuthAppService {
         }
     }
 
+    /// Audits `result`: changes at once, reads (`buffered`) through the audit buffer, which
+    /// never makes a read wait for a database write.
     async fn audited<T>(
         &self,
         caller: &Caller,
-        action: &str,
+        (action, buffered): (&str, bool),
         detail: String,
         result: Result<T, BrokerError>,
     ) -> Result<T, BrokerError> {
-        self.audit
-            .record(caller, action, None, Outcome::of(&result), Some(detail))
-            .await;
+        let outcome = Outcome::of(&result);
+        if buffered {
+            self.audit
+                .record_later(caller, action, None, outcome, Some(detail));
+        } else {
+            self.audit
+                .record(caller, action, None, outcome, Some(detail))
+                .await;
+        }
         result
     }
 
@@ -510,7 +526,7 @@ impl OAuthAppService {
                 row_version: 1,
             };
             let secret = sealing::seal_app_secret(
-                &self.envelope,
+                &self.apps.envelope,
                 &row.workspace_id,
                 &id,
                 1,
@@ -518,25 +534,24 @@ impl OAuthAppService {
                 now,
             )
             .await?;
-            self.store.insert_oauth_app(&row, &secret).await?;
+            self.apps.store.insert_oauth_app(&row, &secret).await?;
             self.view(row).await
         }
         .await;
-        self.audited(caller, "oauth_app.create", detail, result)
+        self.audited(caller, ("oauth_app.create", false), detail, result)
             .await
     }
 
     /// Reads one app.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<OAuthApp, BrokerError> {
         let result = async { self.view(self.load(caller, id).await?).await }.await;
-        self.audit.record_later(
+        self.audited(
             caller,
-            "oauth_app.get",
-            None,
-            Outcome::of(&result),
-            Some(format!("oauth_app={id}")),
-        );
-        result
+            ("oauth_app.get", true),
+            format!("oauth_app={id}"),
+            result,
+        )
+        .await
     }
 
     /// Lists a workspace's apps (one provider's, or all), oldest first.
@@ -549,6 +564,7 @@ impl OAuthAppService {
         let result = async {
             require_workspace_admin(caller, workspace.as_str())?;
             let rows = self
+                .apps
                 .store
                 .list_oauth_apps(workspace.as_str(), provider.map(ProviderId::as_str))
                 .await?;
@@ -559,14 +575,9 @@ impl OAuthAppService {
             Ok(apps)
         }
         .await;
-        self.audit.record_later(
-            caller,
-            "oauth_app.list",
-            None,
-            Outcome::of(&result),
-            Some(format!("workspace={workspace}")),
-        );
-        result
+        let detail = format!("workspace={workspace}");
+        self.audited(caller, ("oauth_app.list", true), detail, result)
+            .await
     }
 
     /// Edits an app's name, client id or allowed scopes.
@@ -600,22 +611,22 @@ impl OAuthAppService {
             }
             row.updated_at = self.clock.now().as_millis();
             let expected = row.row_version;
-            let stored =
-                self.store
-                    .update_oauth_app(&row, expected)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::VersionConflict { .. } => BrokerError::Conflict {
-                            message: "the OAuth app changed meanwhile; read it again and retry"
-                                .into(),
-                        },
-                        StoreError::NotFound => app_not_found(),
-                        other => other.into(),
-                    })?;
+            let stored = self
+                .apps
+                .store
+                .update_oauth_app(&row, expected)
+                .await
+                .map_err(|e| match e {
+                    StoreError::VersionConflict { .. } => BrokerError::Conflict {
+                        message: "the OAuth app changed meanwhile; read it again and retry".into(),
+                    },
+                    StoreError::NotFound => app_not_found(),
+                    other => other.into(),
+                })?;
             self.view(stored).await
         }
         .await;
-        self.audited(caller, "oauth_app.update", detail, result)
+        self.audited(caller, ("oauth_app.update", false), detail, result)
             .await
     }
 
@@ -629,7 +640,7 @@ impl OAuthAppService {
     ) -> Result<Deleted, BrokerError> {
         let result = async {
             let row = self.load(caller, id).await?;
-            let using = self.store.credentials_using_app(id).await?;
+            let using = self.apps.store.credentials_using_app(id).await?;
             if !using.is_empty() && !force {
                 return Err(failed(
                     reason::OAUTH_APP_IN_USE,
@@ -650,7 +661,7 @@ impl OAuthAppService {
                     marked.push(credential_id);
                 }
             }
-            self.store.delete_oauth_app(id).await?;
+            self.apps.store.delete_oauth_app(id).await?;
             Ok(Deleted {
                 marked_needs_reconnect: marked,
             })
@@ -663,13 +674,13 @@ impl OAuthAppService {
             ),
             Err(_) => format!("oauth_app={id} force={force}"),
         };
-        self.audited(caller, "oauth_app.delete", detail, result)
+        self.audited(caller, ("oauth_app.delete", false), detail, result)
             .await
     }
 
     async fn mark_needs_reconnect(&self, id: &str, why: &str) -> Result<bool, BrokerError> {
         for _ in 0..5 {
-            let Some(row) = self.store.get_credential(id).await? else {
+            let Some(row) = self.apps.store.get_credential(id).await? else {
                 return Ok(false);
             };
             let mut c = Credential::from_row(row)?;
@@ -682,7 +693,12 @@ impl OAuthAppService {
             };
             c.next_refresh_at = None;
             c.updated_at = self.clock.now();
-            match self.store.update_credential(&c.to_row(), expected).await {
+            match self
+                .apps
+                .store
+                .update_credential(&c.to_row(), expected)
+                .await
+            {
                 Ok(_) => {
                     self.cache.invalidate(id);
                     return Ok(true);
@@ -705,8 +721,7 @@ impl OAuthAppService {
         secret: SecretString,
     ) -> Result<OAuthApp, BrokerError> {
         let result = async {
-            let row = self.load(caller, id).await?;
-            let held = self.store.list_oauth_app_secrets(id).await?;
+            let (row, held) = self.load_with_secrets(caller, id).await?;
             if held.len() >= MAX_SECRETS {
                 return Err(failed(
                     reason::OAUTH_APP_SECRET_LIMIT,
@@ -718,7 +733,7 @@ impl OAuthAppService {
             let version = held.iter().map(|s| s.version).max().unwrap_or(0) + 1;
             let now = self.clock.now().as_millis();
             let sealed = sealing::seal_app_secret(
-                &self.envelope,
+                &self.apps.envelope,
                 &row.workspace_id,
                 id,
                 version,
@@ -726,7 +741,7 @@ impl OAuthAppService {
                 now,
             )
             .await?;
-            self.store.insert_oauth_app_secret(&sealed).await.map_err(|e| match e {
+            self.apps.store.insert_oauth_app_secret(&sealed).await.map_err(|e| match e {
                 StoreError::Duplicate(_) => BrokerError::Conflict {
                     message: "another rotation of this app's secret ran at the same time; read it again and retry".into(),
                 },
@@ -742,15 +757,14 @@ impl OAuthAppService {
             ),
             Err(_) => format!("oauth_app={id}"),
         };
-        self.audited(caller, "oauth_app.rotate_secret", detail, result)
+        self.audited(caller, ("oauth_app.rotate_secret", false), detail, result)
             .await
     }
 
     /// Retires every secret but the newest.
     pub async fn retire_secret(&self, caller: &Caller, id: &str) -> Result<OAuthApp, BrokerError> {
         let result = async {
-            let row = self.load(caller, id).await?;
-            let held = self.store.list_oauth_app_secrets(id).await?;
+            let (row, held) = self.load_with_secrets(caller, id).await?;
             if held.len() < 2 {
                 return Err(failed(
                     reason::OAUTH_APP_NO_PREVIOUS_SECRET,
@@ -758,14 +772,14 @@ impl OAuthAppService {
                 ));
             }
             for old in &held[1..] {
-                self.store.delete_oauth_app_secret(id, old.version).await?;
+                self.apps.store.delete_oauth_app_secret(id, old.version).await?;
             }
             self.view(row).await
         }
         .await;
         self.audited(
             caller,
-            "oauth_app.retire_secret",
+            ("oauth_app.retire_secret", false),
             format!("oauth_app={id}"),
             result,
         )

@@ -261,6 +261,17 @@ impl Client {
         Ok(response.oauth_app.expect("CreateOAuthApp answers the app"))
     }
 
+    /// The first 1000 audit events, newest first (ListAuditEvents: operators and development
+    /// mode only).
+    pub async fn audit_events(&mut self) -> Result<Vec<pb::AuditEvent>, Status> {
+        let request = self.request(pb::ListAuditEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        });
+        let response = self.creds.list_audit_events(request).await?.into_inner();
+        Ok(response.events)
+    }
+
     /// GetCredential.
     pub async fn get(&mut self, id: &str) -> Result<pb::Credential, Status> {
         let request = self.request(pb::GetCredentialRequest {

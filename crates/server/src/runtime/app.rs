@@ -18,7 +18,7 @@ use cb_broker::issuance::{
     IssuanceConfig, StatsSnapshot, TokenCache, TokenCacheConfig, TokenService,
 };
 use cb_broker::members::MembershipService;
-use cb_broker::oauth_apps::OAuthAppService;
+use cb_broker::oauth_apps::{AppClients, OAuthAppService};
 use cb_broker::service::CredentialService;
 use cb_crypto::Envelope;
 use cb_proto::v1::credential_service_server::CredentialServiceServer;
@@ -249,12 +249,11 @@ impl Application {
             credentials.clone(),
         ));
         let oauth_apps = Arc::new(OAuthAppService::new(
-            store.clone(),
-            app_envelope,
+            AppClients::new(store.clone(), app_envelope),
             clock.clone(),
             app_gateway,
-            audit.clone(),
             cache.clone(),
+            audit.clone(),
         ));
         let members = Arc::new(MembershipService::new(
             store.clone(),
