@@ -79,6 +79,7 @@ on_both_backends!(connect_refresh_and_revoke_use_the_workspace_app);
 on_both_backends!(rotated_secret_keeps_refreshes_working);
 on_both_backends!(deleting_an_app_in_use_needs_force_and_names_it);
 on_both_backends!(without_a_configured_client_the_workspace_app_is_required);
+on_both_backends!(diagnosis_names_a_wrong_secret_and_what_to_do);
 
 /// GetOAuthApp.
 async fn get_app(client: &mut Client, id: &str) -> Result<pb::OAuthApp, tonic::Status> {
@@ -501,4 +502,109 @@ async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&s
     let cred = connect_with(&mut alice, &fake, named(&app.oauth_app_id)).await;
     refresh_now(&b, &mut alice, &cred.credential_id).await;
     assert_eq!(token_clients(&fake, "refresh_token"), [APP_CLIENT]);
+}
+
+/// TestOAuthApp with the test redirect URI: (name, verdict, detail, hint) of each check, and
+/// whether the answer says ok.
+async fn diagnose(
+    client: &mut Client,
+    app: &str,
+) -> (Vec<(String, pb::CheckVerdict, String, String)>, bool) {
+    let request = client.request(pb::TestOAuthAppRequest {
+        oauth_app_id: app.into(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+    });
+    let answer = client
+        .apps
+        .test_o_auth_app(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let checks = answer
+        .checks
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.verdict(),
+                c.detail.clone(),
+                c.hint.clone(),
+            )
+        })
+        .collect();
+    (checks, answer.ok)
+}
+
+fn verdict_of(
+    checks: &[(String, pb::CheckVerdict, String, String)],
+    name: &str,
+) -> pb::CheckVerdict {
+    checks
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
+        .1
+}
+
+async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
+    let Scene {
+        fake,
+        b: _broker, // keeps it running
+        mut alice,
+        app,
+    } = scene(db).await;
+    use pb::CheckVerdict::{Fail, Pass, Skipped};
+
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(ok, "{checks:?}");
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
+    assert_eq!(verdict_of(&checks, "allowed_scopes"), Skipped);
+    // The probe is a deliberately invalid code under the app's client: refused as invalid_grant.
+    let probe = fake.token_requests().pop().unwrap();
+    assert_eq!(probe.client_id.as_deref(), Some(APP_CLIENT));
+
+    // The secret was changed at the provider: the diagnosis says so, and what to do.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
+    let auth = checks
+        .iter()
+        .find(|c| c.0 == "client_authentication")
+        .unwrap();
+    assert_eq!(auth.1, Fail);
+    assert!(auth.2.contains("invalid_client"), "{auth:?}");
+    assert!(auth.3.contains("RotateOAuthAppSecret"), "{auth:?}");
+    for (_, _, detail, hint) in &checks {
+        assert!(!detail.contains(APP_SECRET) && !detail.contains(APP_SECRET_2));
+        assert!(!hint.contains(APP_SECRET) && !hint.contains(APP_SECRET_2));
+    }
+
+    // After following the hint the newest secret passes; the stale one is named for retiring.
+    change_secret(&mut alice, &app.oauth_app_id, Some(APP_SECRET_2))
+        .await
+        .unwrap();
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
+    let previous = checks.iter().find(|c| c.0 == "previous_secret").unwrap();
+    assert_eq!(previous.1, Fail);
+    assert!(previous.3.contains("RetireOAuthAppSecret"), "{previous:?}");
+
+    // The provider does not answer: the token endpoint check fails with its own hint.
+    fake.configure(|c| {
+        c.token_failure = Some(crate::support::fake_provider::TokenFailure::ServerError)
+    });
+    let (checks, _) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Fail);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Skipped);
+
+    // A redirect URI the broker does not know is refused by name.
+    let request = alice.request(pb::TestOAuthAppRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+        redirect_uri: "https://elsewhere.test/cb".into(),
+    });
+    let err = alice.apps.test_o_auth_app(request).await.unwrap_err();
+    assert_eq!(error_details(&err).1, ["redirect_uri"]);
 }

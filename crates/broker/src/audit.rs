@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "oauth_app.list",
     "oauth_app.retire_secret",
     "oauth_app.rotate_secret",
+    "oauth_app.test",
     "oauth_app.update",
     "provider.list",
     "rpc.<Method>",

@@ -121,6 +121,19 @@ pub enum ProviderError {
     Other(String),
 }
 
+/// How a token endpoint answered a deliberately invalid authorization code (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientProbe {
+    /// `invalid_grant` (or an equivalent): the client authenticated, only the code was refused.
+    Accepted,
+    /// `invalid_client` (or an equivalent): the provider refused the client id or secret.
+    Refused(String),
+    /// No usable answer (timeout, connection refused, 5xx, 429).
+    Unreachable(String),
+    /// Another answer (another error code, a success, a malformed body).
+    Unexpected(String),
+}
+
 /// Result of a revocation attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevokeResult {
@@ -177,6 +190,14 @@ pub trait ProviderGateway: Send + Sync + 'static {
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError>;
+    /// Diagnosis: sends the provider's token endpoint an authorization code that cannot be valid,
+    /// authenticated as `client`, and says how it answered.
+    async fn probe_client(
+        &self,
+        provider: &str,
+        client: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe;
     /// Revokes a grant (refresh token preferred, else access token).
     async fn revoke(
         &self,

@@ -8,7 +8,7 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::gateway::{AppClient, ProviderError, ProviderGateway};
+use crate::gateway::{AppClient, ClientProbe, ProviderError, ProviderGateway};
 use crate::issuance::TokenCache;
 use crate::policy::actor_required;
 use crate::sealing;
@@ -88,6 +88,44 @@ pub struct UpdateOAuthApp {
 pub struct Deleted {
     /// Credentials the app minted that now need a reconnect (forced delete).
     pub marked_needs_reconnect: Vec<String>,
+}
+
+/// A diagnosis check's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The check passed.
+    Pass,
+    /// The check failed; the hint says what to do.
+    Fail,
+    /// The check could not run or does not apply; the detail says why.
+    Skipped,
+}
+
+/// One check of TestOAuthApp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// Stable name, e.g. `client_authentication`.
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was seen (never a secret).
+    pub detail: String,
+    /// What a person can do about a failure (empty when nothing is needed).
+    pub hint: String,
+}
+
+fn check(
+    name: &'static str,
+    verdict: Verdict,
+    detail: impl Into<String>,
+    hint: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        verdict,
+        detail: detail.into(),
+        hint: hint.into(),
+    }
 }
 
 /// Parses an app id (a UUID in canonical form) from request field `field`.
@@ -710,6 +748,120 @@ impl OAuthAppService {
         Err(BrokerError::Conflict {
             message: "a credential of this app is changing concurrently; retry".into(),
         })
+    }
+
+    /// Diagnosis of an app, without a user: is the provider's token endpoint answering, does it
+    /// accept the app's client id and each secret (a deliberately invalid code must be refused
+    /// with `invalid_grant`, not `invalid_client`), are the allowed scopes offered.
+    pub async fn test(
+        &self,
+        caller: &Caller,
+        id: &str,
+        redirect_uri: &str,
+    ) -> Result<Vec<Check>, BrokerError> {
+        let result = self.test_inner(caller, id, redirect_uri).await;
+        let detail = match &result {
+            Ok(checks) => {
+                let failed: Vec<&str> = checks
+                    .iter()
+                    .filter(|c| c.verdict == Verdict::Fail)
+                    .map(|c| c.name)
+                    .collect();
+                format!("oauth_app={id} failed={}", failed.join(","))
+            }
+            Err(_) => format!("oauth_app={id}"),
+        };
+        self.audited(caller, ("oauth_app.test", false), detail, result)
+            .await
+    }
+
+    async fn test_inner(
+        &self,
+        caller: &Caller,
+        id: &str,
+        redirect_uri: &str,
+    ) -> Result<Vec<Check>, BrokerError> {
+        let row = self.load(caller, id).await?;
+        if !self.gateway.redirect_allowed(redirect_uri) {
+            return Err(BrokerError::invalid(
+                "redirect_uri",
+                "is not one of the configured redirect URIs (exact match)",
+            ));
+        }
+        let resolved = self.apps.open(&row).await?;
+        let mut checks = Vec::new();
+        for (i, (version, client)) in resolved.secrets.iter().enumerate() {
+            let name = if i == 0 {
+                "client_authentication"
+            } else {
+                "previous_secret"
+            };
+            let probe = self
+                .gateway
+                .probe_client(&row.provider_id, Some(client), redirect_uri)
+                .await;
+            if i == 0 {
+                checks.push(match &probe {
+                    ClientProbe::Unreachable(d) => check(
+                        "token_endpoint",
+                        Verdict::Fail,
+                        format!("the token endpoint of {} did not answer usably: {d}", row.provider_id),
+                        "check the provider's status page and that the broker may reach it (proxy, firewall, outbound settings); then test again",
+                    ),
+                    _ => check("token_endpoint", Verdict::Pass, "the token endpoint answered with an OAuth error", ""),
+                });
+            }
+            checks.push(match probe {
+                ClientProbe::Accepted => check(
+                    name,
+                    Verdict::Pass,
+                    format!("an invalid code sent as client {} with secret version {version} was refused with invalid_grant: the client authenticated", row.client_id),
+                    "",
+                ),
+                ClientProbe::Refused(d) => check(
+                    name,
+                    Verdict::Fail,
+                    format!("the provider refused client {} with secret version {version}: {d}", row.client_id),
+                    if i == 0 {
+                        "the provider does not accept this client id with the app's newest secret: copy the secret from the provider's console and add it with RotateOAuthAppSecret (then RetireOAuthAppSecret), or correct the client id with UpdateOAuthApp"
+                    } else {
+                        "the provider no longer accepts the previous secret: retire it with RetireOAuthAppSecret"
+                    },
+                ),
+                ClientProbe::Unreachable(d) => check(
+                    name,
+                    Verdict::Skipped,
+                    format!("not checked: the token endpoint did not answer usably ({d})"),
+                    "",
+                ),
+                ClientProbe::Unexpected(d) => check(
+                    name,
+                    Verdict::Fail,
+                    format!("the token endpoint answered an invalid code with neither invalid_grant nor invalid_client: {d}"),
+                    format!("check that the app's client is registered for provider {} and for this redirect URI", row.provider_id),
+                ),
+            });
+        }
+        let allowed = Scopes::from_stored(&row.allowed_scopes);
+        checks.push(if allowed.as_slice().is_empty() {
+            check(
+                "allowed_scopes",
+                Verdict::Skipped,
+                "the app allows every scope the provider offers",
+                "",
+            )
+        } else {
+            match self.check_scopes(&row.provider_id, &allowed) {
+                Ok(()) => check("allowed_scopes", Verdict::Pass, "every allowed scope is offered by the provider", ""),
+                Err(e) => check(
+                    "allowed_scopes",
+                    Verdict::Fail,
+                    format!("{e}"),
+                    "remove the scopes the provider does not offer with UpdateOAuthApp (see ListProviders)",
+                ),
+            }
+        });
+        Ok(checks)
     }
 
     /// Adds a new client secret, used from now on; the previous one stays as a fallback until

@@ -124,6 +124,15 @@ impl ProviderGateway for ScriptedProvider {
             extras: BTreeMap::new(),
         })
     }
+    async fn probe_client(
+        &self,
+        _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
+        _redirect_uri: &str,
+    ) -> crate::gateway::ClientProbe {
+        crate::gateway::ClientProbe::Unexpected("not used".into())
+    }
+
     async fn revoke(
         &self,
         _provider: &str,

@@ -5,8 +5,8 @@ use super::{caller, respond};
 use crate::grpc::convert::{self, parsed};
 use cb_broker::BrokerError;
 use cb_broker::oauth_apps::{
-    CreateOAuthApp, OAuthApp, OAuthAppService, UpdateOAuthApp, parse_app_id, parse_client_id,
-    parse_client_secret,
+    Check, CreateOAuthApp, OAuthApp, OAuthAppService, UpdateOAuthApp, Verdict, parse_app_id,
+    parse_client_id, parse_client_secret,
 };
 use cb_broker::types::{DisplayName, ProviderId, Scopes, Violations, WorkspaceId};
 use cb_proto::v1 as pb;
@@ -88,8 +88,38 @@ fn update(r: &pb::UpdateOAuthAppRequest) -> Result<UpdateOAuthApp, BrokerError> 
     })
 }
 
+fn check(c: Check) -> pb::OAuthAppCheck {
+    pb::OAuthAppCheck {
+        name: c.name.to_owned(),
+        verdict: match c.verdict {
+            Verdict::Pass => pb::CheckVerdict::Pass,
+            Verdict::Fail => pb::CheckVerdict::Fail,
+            Verdict::Skipped => pb::CheckVerdict::Skipped,
+        } as i32,
+        detail: c.detail,
+        hint: c.hint,
+    }
+}
+
 #[tonic::async_trait]
 impl Rpc for OAuthAppApi {
+    async fn test_o_auth_app(
+        &self,
+        req: Request<pb::TestOAuthAppRequest>,
+    ) -> Result<Response<pb::TestOAuthAppResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let id = app_id(&r.oauth_app_id)?;
+            self.service.test(&caller, &id, &r.redirect_uri).await
+        }
+        .await;
+        respond(result.map(|checks| pb::TestOAuthAppResponse {
+            ok: checks.iter().all(|c| c.verdict != Verdict::Fail),
+            checks: checks.into_iter().map(check).collect(),
+        }))
+    }
+
     async fn create_o_auth_app(
         &self,
         req: Request<pb::CreateOAuthAppRequest>,

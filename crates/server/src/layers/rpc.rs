@@ -51,6 +51,8 @@ pub enum Rpc {
     RotateOAuthAppSecret,
     /// OAuthAppService/RetireOAuthAppSecret
     RetireOAuthAppSecret,
+    /// OAuthAppService/TestOAuthApp
+    TestOAuthApp,
 }
 
 const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
@@ -59,7 +61,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 23] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -83,6 +85,7 @@ impl Rpc {
         Rpc::DeleteOAuthApp,
         Rpc::RotateOAuthAppSecret,
         Rpc::RetireOAuthAppSecret,
+        Rpc::TestOAuthApp,
     ];
 
     /// The service's full name.
@@ -99,7 +102,8 @@ impl Rpc {
             | Rpc::UpdateOAuthApp
             | Rpc::DeleteOAuthApp
             | Rpc::RotateOAuthAppSecret
-            | Rpc::RetireOAuthAppSecret => OAUTH_APP_SERVICE,
+            | Rpc::RetireOAuthAppSecret
+            | Rpc::TestOAuthApp => OAUTH_APP_SERVICE,
             _ => CREDENTIAL_SERVICE,
         }
     }
@@ -130,6 +134,7 @@ impl Rpc {
             Rpc::DeleteOAuthApp => "DeleteOAuthApp",
             Rpc::RotateOAuthAppSecret => "RotateOAuthAppSecret",
             Rpc::RetireOAuthAppSecret => "RetireOAuthAppSecret",
+            Rpc::TestOAuthApp => "TestOAuthApp",
         }
     }
 
@@ -165,6 +170,7 @@ impl Rpc {
             "DeleteOAuthApp" => Rpc::DeleteOAuthApp,
             "RotateOAuthAppSecret" => Rpc::RotateOAuthAppSecret,
             "RetireOAuthAppSecret" => Rpc::RetireOAuthAppSecret,
+            "TestOAuthApp" => Rpc::TestOAuthApp,
             _ => return None,
         };
         (rpc.service() == service).then_some(rpc)

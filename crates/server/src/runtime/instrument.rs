@@ -6,8 +6,8 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo,
-    RevokeResult,
+    AccountInfo, AppClient, ClientProbe, GrantedTokens, ProviderError, ProviderGateway,
+    ProviderInfo, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -272,6 +272,15 @@ impl ProviderGateway for InstrumentedGateway {
             self.inner.refresh(provider, app, refresh_token, extras),
         )
         .await
+    }
+
+    async fn probe_client(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe {
+        self.inner.probe_client(provider, app, redirect_uri).await
     }
 
     async fn revoke(

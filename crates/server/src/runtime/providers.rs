@@ -3,8 +3,8 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo,
-    RevokeResult, ScopeInfo,
+    AccountInfo, AppClient, ClientProbe, GrantedTokens, ProviderError, ProviderGateway,
+    ProviderInfo, RevokeResult, ScopeInfo,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
@@ -317,6 +317,51 @@ impl ProviderGateway for OAuthGateway {
             .await
             .map(granted)
             .map_err(classify)
+    }
+
+    async fn probe_client(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe {
+        let (spec, client) = match self.spec(provider, app) {
+            Ok(found) => found,
+            Err(e) => return ClientProbe::Unexpected(e.to_string()),
+        };
+        let placeholders = self.placeholders(provider);
+        // A code no provider issued, and a well-formed verifier where PKCE is in use: only the
+        // client's authentication can decide the answer's kind.
+        let code = SecretString::from(format!(
+            "credential-broker-diagnosis-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let verifier = (spec.pkce != cb_oauth::catalog::Pkce::None)
+            .then(|| SecretString::from("d".repeat(64)));
+        match self
+            .http
+            .exchange_code(
+                spec,
+                &client,
+                &code,
+                redirect_uri,
+                verifier.as_ref(),
+                &placeholders,
+            )
+            .await
+        {
+            Ok(_) => ClientProbe::Unexpected(
+                "the token endpoint accepted an authorization code that cannot be valid".into(),
+            ),
+            Err(OAuthError::InvalidGrant { .. }) => ClientProbe::Accepted,
+            Err(OAuthError::InvalidClient { error, description }) => ClientProbe::Refused(
+                description.map_or_else(|| error.clone(), |d| format!("{error}: {d}")),
+            ),
+            Err(e @ (OAuthError::Transient { .. } | OAuthError::RateLimited { .. })) => {
+                ClientProbe::Unreachable(e.to_string())
+            }
+            Err(other) => ClientProbe::Unexpected(other.to_string()),
+        }
     }
 
     async fn revoke(
