@@ -327,14 +327,7 @@ async fn fresh_app(c: &mut Client) -> String {
     let created = c
         .apps
         .create_o_auth_app(request(
-            pb::CreateOAuthAppRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                display_name: "App".into(),
-                client_id: "app-client".into(),
-                client_secret: "app-secret-1".into(),
-                allowed_scopes: vec![],
-            },
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret-1"),
             Service::Operator,
             None,
         ))
@@ -523,14 +516,7 @@ async fn call(
         ),
         "CreateOAuthApp" => rpc!(
             apps.create_o_auth_app,
-            pb::CreateOAuthAppRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                display_name: "App".into(),
-                client_id: "app-client".into(),
-                client_secret: "app-secret".into(),
-                allowed_scopes: vec![],
-            }
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret")
         ),
         "ListOAuthApps" => rpc!(
             apps.list_o_auth_apps,

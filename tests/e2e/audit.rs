@@ -275,14 +275,7 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient::new(b.channel().await);
     let app = apps
         .create_o_auth_app(call(
-            pb::CreateOAuthAppRequest {
-                workspace_id: "ws1".into(),
-                provider_id: "fake".into(),
-                display_name: "App".into(),
-                client_id: "app-client".into(),
-                client_secret: "app-secret".into(),
-                allowed_scopes: vec![],
-            },
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret"),
             OPERATOR_TOKEN,
             None,
         ))

@@ -28,14 +28,7 @@ async fn fake_with_app_client() -> FakeProvider {
 
 /// The fake provider, a broker using it as `fake`, an admin of `ws1` (ALICE) and the app she
 /// created for `fake` in `ws1`.
-struct Scene {
-    fake: FakeProvider,
-    b: TestBroker,
-    alice: Client,
-    app: pb::OAuthApp,
-}
-
-async fn scene(db: Option<&str>) -> Scene {
+async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuthApp) {
     let fake = fake_with_app_client().await;
     let b = TestBroker::with_fake(&fake, db, |_| {}).await;
     let mut alice = b.client(ALICE).await.admin_of("ws1");
@@ -43,12 +36,7 @@ async fn scene(db: Option<&str>) -> Scene {
         .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
         .await
         .unwrap();
-    Scene {
-        fake,
-        b,
-        alice,
-        app,
-    }
+    (fake, b, alice, app)
 }
 
 /// Runs `scenario` on SQLite, then on a fresh PostgreSQL database (when one is configured).
@@ -244,9 +232,7 @@ async fn connect_in(client: &mut Client, fake: &FakeProvider, workspace: &str) -
 }
 
 async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
-    let Scene {
-        fake, b, mut alice, ..
-    } = scene(db).await;
+    let (fake, b, mut alice, _) = scene(db).await;
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     let authorized = fake.authorize_queries();
     assert_eq!(
@@ -342,12 +328,7 @@ async fn refresh_now(b: &TestBroker, client: &mut Client, id: &str) -> pb::GetAc
 }
 
 async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
-    let Scene {
-        fake,
-        b,
-        mut alice,
-        app,
-    } = scene(db).await;
+    let (fake, b, mut alice, app) = scene(db).await;
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     refresh_now(&b, &mut alice, &cred.credential_id).await;
 
@@ -409,12 +390,7 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
 }
 
 async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
-    let Scene {
-        fake,
-        b: _broker, // keeps it running
-        mut alice,
-        app,
-    } = scene(db).await;
+    let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
     let cred = connect_in(&mut alice, &fake, "ws1").await;
     let delete = |force| pb::DeleteOAuthAppRequest {
         oauth_app_id: app.oauth_app_id.clone(),
@@ -547,12 +523,7 @@ fn verdict_of(
 }
 
 async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
-    let Scene {
-        fake,
-        b: _broker, // keeps it running
-        mut alice,
-        app,
-    } = scene(db).await;
+    let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
     use pb::CheckVerdict::{Fail, Pass, Skipped};
 
     let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;

@@ -249,14 +249,12 @@ impl Client {
         client_id: &str,
         client_secret: &str,
     ) -> Result<pb::OAuthApp, Status> {
-        let request = self.request(pb::CreateOAuthAppRequest {
-            workspace_id: workspace_id.into(),
-            provider_id: provider_id.into(),
-            display_name: format!("App {client_id}"),
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
-            allowed_scopes: vec![],
-        });
+        let request = self.request(app_request(
+            workspace_id,
+            provider_id,
+            client_id,
+            client_secret,
+        ));
         let response = self.apps.create_o_auth_app(request).await?.into_inner();
         Ok(response.oauth_app.expect("CreateOAuthApp answers the app"))
     }
@@ -407,5 +405,23 @@ pub fn callback_request(q: &HashMap<String, String>) -> pb::CompleteConnectReque
         error: param("error"),
         error_description: param("error_description"),
         ..Default::default()
+    }
+}
+
+/// A CreateOAuthAppRequest for `provider_id` in `workspace_id`, named after its client id,
+/// allowing every scope.
+pub fn app_request(
+    workspace_id: &str,
+    provider_id: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> pb::CreateOAuthAppRequest {
+    pb::CreateOAuthAppRequest {
+        workspace_id: workspace_id.into(),
+        provider_id: provider_id.into(),
+        display_name: format!("App {client_id}"),
+        client_id: client_id.into(),
+        client_secret: client_secret.into(),
+        allowed_scopes: vec![],
     }
 }
