@@ -68,6 +68,7 @@ on_both_backends!(rotated_secret_keeps_refreshes_working);
 on_both_backends!(deleting_an_app_in_use_needs_force_and_names_it);
 on_both_backends!(without_a_configured_client_the_workspace_app_is_required);
 on_both_backends!(diagnosis_names_a_wrong_secret_and_what_to_do);
+on_both_backends!(diagnosis_compares_the_published_metadata);
 
 /// GetOAuthApp.
 async fn get_app(client: &mut Client, id: &str) -> Result<pb::OAuthApp, tonic::Status> {
@@ -531,6 +532,11 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
     assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
     assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
     assert_eq!(verdict_of(&checks, "allowed_scopes"), Skipped);
+    assert_eq!(
+        verdict_of(&checks, "discovery"),
+        Skipped,
+        "no issuer declared"
+    );
     // The probe is a deliberately invalid code under the app's client: refused as invalid_grant.
     let probe = fake.token_requests().pop().unwrap();
     assert_eq!(probe.client_id.as_deref(), Some(APP_CLIENT));
@@ -578,4 +584,50 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
     });
     let err = alice.apps.test_o_auth_app(request).await.unwrap_err();
     assert_eq!(error_details(&err).1, ["redirect_uri"]);
+}
+
+async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
+    let fake = fake_with_app_client().await;
+    let issuer = fake.base_url();
+    fake.configure(|c| c.issuer = Some(issuer.clone()));
+    // The fake listens on loopback over http: only an operator's outbound setting allows that.
+    let b = TestBroker::with_fake(&fake, db, |c| c.outbound.allow_loopback = true).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let app = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(ok, "{checks:?}");
+    assert_eq!(verdict_of(&checks, "discovery"), pb::CheckVerdict::Pass);
+    assert_eq!(
+        verdict_of(&checks, "advertised_scopes"),
+        pb::CheckVerdict::Pass
+    );
+
+    // The metadata names another issuer than the entry declares: a mix-up risk, said plainly.
+    fake.configure(|c| c.issuer = Some("https://elsewhere.example".into()));
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
+    assert_eq!(discovery.1, pb::CheckVerdict::Fail);
+    assert!(
+        discovery.2.contains("https://elsewhere.example"),
+        "{discovery:?}"
+    );
+    assert!(!discovery.3.is_empty());
+
+    // With the default outbound policy the broker does not fetch from loopback over http.
+    fake.configure(|c| c.issuer = Some(issuer.clone()));
+    let strict = TestBroker::with_fake(&fake, db, |_| {}).await;
+    // (Its own workspace and app: on PostgreSQL it shares the database but not the key.)
+    let mut admin = strict.client(ALICE).await.admin_of("ws9");
+    let app = admin
+        .create_app("ws9", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let (checks, _) = diagnose(&mut admin, &app.oauth_app_id).await;
+    let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
+    assert_eq!(discovery.1, pb::CheckVerdict::Fail);
+    assert!(discovery.2.contains("https"), "{discovery:?}");
 }

@@ -134,6 +134,23 @@ pub enum ClientProbe {
     Unexpected(String),
 }
 
+/// What the provider publishes about itself (RFC 8414 / OpenID discovery), compared with how the
+/// broker calls it (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    /// The provider's entry declares no issuer: there is nothing to discover.
+    NoIssuer,
+    /// The metadata could not be fetched or read (the reason names no secret).
+    Unreachable(String),
+    /// The metadata was read.
+    Found {
+        /// Where it disagrees with the entry (issuer, endpoints); empty when consistent.
+        mismatches: Vec<String>,
+        /// `scopes_supported`, when published.
+        scopes_supported: Option<Vec<String>>,
+    },
+}
+
 /// Result of a revocation attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevokeResult {
@@ -198,6 +215,9 @@ pub trait ProviderGateway: Send + Sync + 'static {
         client: Option<&AppClient>,
         redirect_uri: &str,
     ) -> ClientProbe;
+    /// Diagnosis: fetches the provider's published metadata from its declared issuer (through
+    /// the outbound guard) and compares it with the entry.
+    async fn discover(&self, provider: &str) -> Discovery;
     /// Revokes a grant (refresh token preferred, else access token).
     async fn revoke(
         &self,

@@ -8,7 +8,7 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::gateway::{AppClient, ClientProbe, ProviderError, ProviderGateway};
+use crate::gateway::{AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway};
 use crate::issuance::TokenCache;
 use crate::policy::actor_required;
 use crate::sealing;
@@ -843,6 +843,7 @@ impl OAuthAppService {
             });
         }
         let allowed = Scopes::from_stored(&row.allowed_scopes);
+        checks.extend(self.discovery_checks(&row.provider_id, &allowed).await);
         checks.push(if allowed.as_slice().is_empty() {
             check(
                 "allowed_scopes",
@@ -862,6 +863,77 @@ impl OAuthAppService {
             }
         });
         Ok(checks)
+    }
+
+    /// The `discovery` check (the provider's published metadata agrees with its entry) and, when
+    /// the metadata lists `scopes_supported`, the `advertised_scopes` check (the scopes the app
+    /// may request, or the provider's offered ones, are all advertised).
+    async fn discovery_checks(&self, provider: &str, allowed: &Scopes) -> Vec<Check> {
+        match self.gateway.discover(provider).await {
+            Discovery::NoIssuer => vec![check(
+                "discovery",
+                Verdict::Skipped,
+                format!("provider {provider} declares no issuer: there is no metadata to compare"),
+                "",
+            )],
+            Discovery::Unreachable(why) => vec![check(
+                "discovery",
+                Verdict::Fail,
+                format!("the metadata of provider {provider} could not be read: {why}"),
+                "check the issuer declared in the provider's entry (its metadata must be at /.well-known/oauth-authorization-server or /.well-known/openid-configuration) and that the broker may reach it (outbound settings)",
+            )],
+            Discovery::Found {
+                mismatches,
+                scopes_supported,
+            } => {
+                let mut checks = vec![if mismatches.is_empty() {
+                    check(
+                        "discovery",
+                        Verdict::Pass,
+                        "the published metadata agrees with the provider's entry",
+                        "",
+                    )
+                } else {
+                    check(
+                        "discovery",
+                        Verdict::Fail,
+                        mismatches.join("; "),
+                        "the provider's entry and its published metadata disagree: correct the entry's issuer or endpoints (docs/providers.md), or ask the provider which is right",
+                    )
+                }];
+                if let Some(supported) = scopes_supported {
+                    let wanted: Vec<String> = if allowed.as_slice().is_empty() {
+                        self.gateway
+                            .get(provider)
+                            .map(|p| p.scopes.into_iter().map(|s| s.name).collect())
+                            .unwrap_or_default()
+                    } else {
+                        allowed.as_slice().to_vec()
+                    };
+                    let missing: Vec<&str> = wanted
+                        .iter()
+                        .filter(|s| !supported.contains(s))
+                        .map(String::as_str)
+                        .collect();
+                    checks.push(if missing.is_empty() {
+                        check(
+                            "advertised_scopes",
+                            Verdict::Pass,
+                            "every scope the app may request is advertised in scopes_supported",
+                            "",
+                        )
+                    } else {
+                        check(
+                            "advertised_scopes",
+                            Verdict::Fail,
+                            format!("not advertised in scopes_supported: {}", missing.join(", ")),
+                            "connects asking for these scopes may be refused: limit the app's allowed scopes (UpdateOAuthApp) to advertised ones",
+                        )
+                    });
+                }
+                checks
+            }
+        }
     }
 
     /// Adds a new client secret, used from now on; the previous one stays as a fallback until

@@ -46,6 +46,10 @@ type App = axum::extract::State<Arc<Shared>>;
 /// Every endpoint of the fake.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(authorization_server_metadata),
+        )
         .route("/authorize", get(authorize))
         .route("/callback", get(callback))
         .route("/token", post(token))
@@ -163,6 +167,31 @@ async fn callback(req: FakeRequest) -> Response {
         fields.insert("iss".into(), json!(iss));
     }
     json_response(StatusCode::OK, &body)
+}
+
+// --- metadata --------------------------------------------------------------------------------
+
+/// RFC 8414 authorization server metadata, issued under the configured `issuer` (the base URL
+/// when none is set).
+async fn authorization_server_metadata(app: App) -> Response {
+    let s = app.lock();
+    let base = &app.base_url;
+    let issuer = s.config.issuer.clone().unwrap_or_else(|| base.clone());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "revocation_endpoint": format!("{base}/revoke"),
+            "userinfo_endpoint": format!("{base}/userinfo"),
+            "scopes_supported": ["read", "write"],
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        }),
+    )
 }
 
 // --- token endpoint ------------------------------------------------------------------------------

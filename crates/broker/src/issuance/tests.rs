@@ -133,6 +133,10 @@ impl ProviderGateway for ScriptedProvider {
         crate::gateway::ClientProbe::Unexpected("not used".into())
     }
 
+    async fn discover(&self, _provider: &str) -> crate::gateway::Discovery {
+        crate::gateway::Discovery::NoIssuer
+    }
+
     async fn revoke(
         &self,
         _provider: &str,

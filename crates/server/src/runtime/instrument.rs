@@ -6,7 +6,7 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, GrantedTokens, ProviderError, ProviderGateway,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
     ProviderInfo, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
@@ -281,6 +281,10 @@ impl ProviderGateway for InstrumentedGateway {
         redirect_uri: &str,
     ) -> ClientProbe {
         self.inner.probe_client(provider, app, redirect_uri).await
+    }
+
+    async fn discover(&self, provider: &str) -> Discovery {
+        self.inner.discover(provider).await
     }
 
     async fn revoke(

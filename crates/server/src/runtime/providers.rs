@@ -3,11 +3,12 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, GrantedTokens, ProviderError, ProviderGateway,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
     ProviderInfo, RevokeResult, ScopeInfo,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
+use cb_oauth::outbound::OutboundClient;
 use cb_oauth::{
     AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
 };
@@ -33,6 +34,8 @@ pub struct OAuthGateway {
     custom: Vec<String>,
     redirect_uris: Vec<String>,
     http: OAuthHttp,
+    /// Requests to URLs taken from a provider's own metadata (discovery) go through the guard.
+    outbound: OutboundClient,
 }
 
 impl OAuthGateway {
@@ -81,7 +84,9 @@ impl OAuthGateway {
             ..HttpConfig::default()
         })
         .map_err(|e| e.to_string())?;
+        let outbound = OutboundClient::new(config.outbound.policy()).map_err(|e| e.to_string())?;
         Ok(Self {
+            outbound,
             catalog,
             clients,
             placeholders,
@@ -152,6 +157,80 @@ impl OAuthGateway {
                 .map(Duration::from_secs),
             verified: spec.is_verified(),
         }
+    }
+}
+
+/// Where an issuer publishes its metadata: RFC 8414 (the well-known segment goes between host and
+/// path), then OpenID discovery (appended to the issuer).
+fn metadata_urls(issuer: &str) -> Vec<url::Url> {
+    let mut urls = Vec::new();
+    if let Ok(base) = url::Url::parse(issuer) {
+        let path = base.path().trim_end_matches('/').to_owned();
+        let mut rfc8414 = base.clone();
+        rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+        urls.push(rfc8414);
+        let mut openid = base;
+        openid.set_path(&format!("{path}/.well-known/openid-configuration"));
+        urls.push(openid);
+    }
+    urls
+}
+
+/// Compares published metadata with the entry the broker calls the provider by.
+fn compare_metadata(spec: &ProviderSpec, issuer: &str, metadata: &serde_json::Value) -> Discovery {
+    let text = |name: &str| metadata.get(name).and_then(serde_json::Value::as_str);
+    let mut mismatches = Vec::new();
+    // RFC 8414 §3.3: the metadata's issuer must be the issuer it was fetched for.
+    if text("issuer") != Some(issuer) {
+        mismatches.push(format!(
+            "the metadata names issuer {:?}, the entry declares {issuer}",
+            text("issuer").unwrap_or_default()
+        ));
+    }
+    for (field, entry) in [
+        ("token_endpoint", spec.token_url.as_str()),
+        ("authorization_endpoint", spec.authorize_url.as_str()),
+    ] {
+        // Templated entries ({tenant}) are filled per credential: not comparable here.
+        if !entry.contains('{') && text(field).is_some_and(|published| published != entry) {
+            mismatches.push(format!(
+                "the metadata's {field} is {:?}, the entry uses {entry}",
+                text(field).unwrap_or_default()
+            ));
+        }
+    }
+    let scopes_supported = metadata
+        .get("scopes_supported")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        });
+    Discovery::Found {
+        mismatches,
+        scopes_supported,
+    }
+}
+
+impl OAuthGateway {
+    /// GETs one metadata document through the outbound guard.
+    async fn fetch_metadata(&self, url: &url::Url) -> Result<serde_json::Value, String> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let response = self
+            .outbound
+            .send(self.outbound.inner().get(url.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status.is_success() {
+            return Err(format!(
+                "{host} answered HTTP {} for {}",
+                response.status.as_u16(),
+                url.path()
+            ));
+        }
+        serde_json::from_slice(&response.body)
+            .map_err(|_| format!("{host} did not answer JSON metadata at {}", url.path()))
     }
 }
 
@@ -362,6 +441,23 @@ impl ProviderGateway for OAuthGateway {
             }
             Err(other) => ClientProbe::Unexpected(other.to_string()),
         }
+    }
+
+    async fn discover(&self, provider: &str) -> Discovery {
+        let Some(spec) = self.catalog.get(provider) else {
+            return Discovery::Unreachable(format!("unknown provider {provider}"));
+        };
+        let Some(issuer) = spec.issuer.clone() else {
+            return Discovery::NoIssuer;
+        };
+        let mut last_error = String::new();
+        for url in metadata_urls(&issuer) {
+            match self.fetch_metadata(&url).await {
+                Ok(metadata) => return compare_metadata(spec, &issuer, &metadata),
+                Err(e) => last_error = e,
+            }
+        }
+        Discovery::Unreachable(last_error)
     }
 
     async fn revoke(
