@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body as HttpBody, Bytes, StdError};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -306,15 +308,26 @@ trait Calls: Clone + Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send;
 }
 
-/// One stream: a loop of unary calls on its own clients.
+/// Builds each GetAccessToken request of a stream.
+type TokenRequest = Arc<dyn Fn() -> tonic::Request<pb::GetAccessTokenRequest> + Send + Sync>;
+
+/// One stream: a loop of unary calls on its own clients, over `S` (a channel, or a channel that
+/// adds the caller's headers).
 #[derive(Clone)]
-struct Stream {
-    health: HealthClient<Channel>,
-    tokens: CredentialServiceClient<Channel>,
-    credential_id: Arc<str>,
+struct Stream<S> {
+    health: HealthClient<S>,
+    tokens: CredentialServiceClient<S>,
+    token_request: TokenRequest,
 }
 
-impl Calls for Stream {
+impl<S> Calls for Stream<S>
+where
+    S: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<StdError>,
+    S::ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
+    <S::ResponseBody as HttpBody>::Error: Into<StdError> + Send,
+{
     async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
         match target {
             Target::Health => self
@@ -324,11 +337,10 @@ impl Calls for Stream {
                 })
                 .await
                 .map(drop),
-            Target::Token => self
-                .tokens
-                .get_access_token(token_request(&self.credential_id, &None))
-                .await
-                .map(drop),
+            Target::Token => {
+                let request = (self.token_request)();
+                self.tokens.get_access_token(request).await.map(drop)
+            }
         }
     }
 }
@@ -470,6 +482,7 @@ async fn hot_path(args: &Args) -> Res<()> {
     .into();
     admin.get_access_token(token_request(&id, &None)).await?; // warms the in-memory entry
 
+    let request: TokenRequest = Arc::new(move || token_request(&id, &None));
     let most = args.streams.iter().copied().max().unwrap_or(1);
     let mut streams = Vec::with_capacity(most);
     for _ in 0..most {
@@ -481,7 +494,7 @@ async fn hot_path(args: &Args) -> Res<()> {
         streams.push(Stream {
             health: HealthClient::new(ch.clone()),
             tokens: CredentialServiceClient::new(ch),
-            credential_id: id.clone(),
+            token_request: request.clone(),
         });
     }
 

@@ -9,7 +9,8 @@
 //! `/proc/<pid>/stat`) is printed beside the throughput: it does not depend on the client.
 
 use crate::{
-    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Target, import_request, percentile_ms, verdict,
+    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Stream, Target, TokenRequest, import_request,
+    percentile_ms, verdict,
 };
 use cb_broker::clock::{Clock, SystemClock};
 use cb_proto::v1 as pb;
@@ -81,48 +82,6 @@ impl Interceptor for Headers {
         m.insert("x-actor-id", MetadataValue::from_static(ACTOR_ID));
         m.insert("x-actor-email", MetadataValue::from_static(ACTOR_EMAIL));
         Ok(req)
-    }
-}
-
-type Authed = InterceptedService<Channel, Headers>;
-
-/// One stream of a connection: clones of the connection's clients.
-#[derive(Clone)]
-struct RemoteStream {
-    health: HealthClient<Authed>,
-    tokens: CredentialServiceClient<Authed>,
-    credential_id: Arc<str>,
-    /// `Some`: a distinct execution id per call, from this counter.
-    executions: Option<Arc<AtomicU64>>,
-}
-
-impl Calls for RemoteStream {
-    async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
-        match target {
-            Target::Health => self
-                .health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop),
-            Target::Token => {
-                let execution_id = match &self.executions {
-                    Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
-                    None => "exec-bench".to_owned(),
-                };
-                self.tokens
-                    .get_access_token(pb::GetAccessTokenRequest {
-                        credential_id: self.credential_id.to_string(),
-                        workflow_id: "wf-bench".into(),
-                        block_id: "block-bench".into(),
-                        execution_id,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
-            }
-        }
     }
 }
 
@@ -292,7 +251,7 @@ impl Measured {
 
 /// Runs `target` on every stream for `duration`, with the CPU both processes used meanwhile.
 async fn measure(
-    streams: &[RemoteStream],
+    streams: &[Stream<InterceptedService<Channel, Headers>>],
     target: Target,
     duration: Duration,
     server_pid: Option<u32>,
@@ -330,6 +289,11 @@ fn print_row(shape: &str, call: &str, m: &Measured, tail: &str) {
 /// The `--remote` run.
 pub async fn run(args: &Args, cores: usize) -> Res<()> {
     let dir = tempfile::tempdir()?;
+    let binary = server_binary(args)?;
+    // The default bound, or room for every --hot-credentials credential.
+    let cache_entries = args.hot_credentials.saturating_add(1).max(10_000);
+    let db = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let extra = format!("[tokens]\ncache_max_entries = {cache_entries}\n");
     let (mut server, addr, executor_token, operator_token) = match args.addr {
         Some(addr) => {
             let (Some(e), Some(o)) = (&args.executor_token, &args.operator_token) else {
@@ -338,12 +302,7 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
             (None, addr, e.clone(), o.clone())
         }
         None => {
-            let binary = server_binary(args)?;
             let (executor, operator) = (run_token("executor"), run_token("operator"));
-            // The default bound, or room for every --hot-credentials credential.
-            let cache_entries = args.hot_credentials.saturating_add(1).max(10_000);
-            let db = format!("sqlite://{}", dir.path().join("broker.db").display());
-            let extra = format!("[tokens]\ncache_max_entries = {cache_entries}\n");
             let (server, addr) = start_server(
                 &binary,
                 dir.path(),
@@ -392,11 +351,28 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
     let executions = args
         .distinct_executions
         .then(|| Arc::new(AtomicU64::new(0)));
-    let stream_on = |channel: Channel| RemoteStream {
-        health: HealthClient::with_interceptor(channel.clone(), executor.clone()),
-        tokens: CredentialServiceClient::with_interceptor(channel, executor.clone()),
-        credential_id: credential_id.clone(),
-        executions: executions.clone(),
+    let id = credential_id.clone();
+    let token_request: TokenRequest = Arc::new(move || {
+        // `Some`: a distinct execution id per call, from this counter.
+        let execution_id = match &executions {
+            Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
+            None => "exec-bench".to_owned(),
+        };
+        tonic::Request::new(pb::GetAccessTokenRequest {
+            credential_id: id.to_string(),
+            workflow_id: "wf-bench".into(),
+            block_id: "block-bench".into(),
+            execution_id,
+            ..Default::default()
+        })
+    });
+    let stream_on = |channel: Channel| {
+        let authed = InterceptedService::new(channel, executor.clone());
+        Stream {
+            health: HealthClient::new(authed.clone()),
+            tokens: CredentialServiceClient::new(authed),
+            token_request: token_request.clone(),
+        }
     };
     let mut warm = stream_on(crate::connect(addr).await?);
     warm.call(Target::Token).await?; // the first call loads the token into the cache
@@ -501,17 +477,30 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
         h2load(args, dir.path(), addr, &executor_token, &token)?;
     }
     if args.hot_credentials > 0 {
-        let Some(pid) = server_pid else {
+        let Some(s) = server.as_mut() else {
             return Err("--hot-credentials needs the broker this run starts (not --addr)".into());
         };
-        hot_memory(
-            addr,
-            pid,
-            args.hot_credentials,
-            Headers::new(&operator_token)?,
-            Headers::new(&executor_token)?,
-        )
-        .await?;
+        println!();
+        println!(
+            "hot credentials: resident memory of a broker serving {} credentials from its token cache",
+            args.hot_credentials
+        );
+        let ids = hot_import(addr, args.hot_credentials, Headers::new(&operator_token)?).await?;
+        // A fresh process, as after a deploy: only what serving the credentials keeps is measured,
+        // not what importing them left behind.
+        s.stop().await;
+        let (fresh, addr) = start_server(
+            &binary,
+            dir.path(),
+            "broker",
+            &db,
+            &extra,
+            &executor_token,
+            &operator_token,
+        )?;
+        *s = fresh;
+        wait_ready(addr, Some(s)).await?;
+        hot_load(addr, s.pid, &ids, Headers::new(&executor_token)?).await?;
     }
     if let Some(mut s) = server {
         s.stop().await;
@@ -532,79 +521,107 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// `--hot-credentials N`: imports N credentials as big as Google's (a ~260-byte access token,
-/// three scopes, the importing actor as Admin), asks for each one's token once so that all N are
-/// in the token cache, and prints the broker's resident memory before and after.
-async fn hot_memory(
-    addr: SocketAddr,
-    pid: u32,
-    n: usize,
-    operator: Headers,
-    executor: Headers,
-) -> Res<()> {
-    const WORKERS: usize = 16;
-    let scopes = ["gmail.readonly", "gmail.send", "gmail.modify"]
-        .map(|s| format!("https://www.googleapis.com/auth/{s}"));
-    let before = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
-    println!();
-    println!(
-        "hot credentials: resident memory of the broker with {n} credentials in its token cache"
-    );
-    let started = Instant::now();
+/// Runs `work(k)` for k in 0..n on [`HOT_WORKERS`] connections at once.
+async fn on_connections<T, F, Fut>(addr: SocketAddr, n: usize, work: F) -> Res<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(Channel, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
-    let run = SystemClock.now().as_millis();
-    let expires = SystemClock.now().plus(Duration::from_secs(6 * 3600));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..WORKERS {
+    for _ in 0..HOT_WORKERS {
         let channel = crate::connect(addr).await?;
-        let mut admin =
-            CredentialServiceClient::with_interceptor(channel.clone(), operator.clone());
-        let mut tokens = CredentialServiceClient::with_interceptor(channel, executor.clone());
-        let (next, scopes) = (next.clone(), scopes.clone());
+        let (next, work) = (next.clone(), work.clone());
         workers.spawn(async move {
+            let mut done = Vec::new();
             loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= n as u64 {
-                    return Ok::<(), tonic::Status>(());
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if k >= n {
+                    return Ok::<_, tonic::Status>(done);
                 }
-                let subject = format!("acct-hot-{run}-{k}");
-                let access = format!("ya29.a0{k:0>254}");
-                let mut request = import_request(
-                    "gmail",
-                    &scopes[0],
-                    &subject,
-                    (&access, &format!("1//0g{k:0>98}")),
-                    expires,
-                );
-                request.granted_scopes = scopes.to_vec();
-                let id = admin
-                    .import_credential(request)
-                    .await?
-                    .into_inner()
-                    .credential
-                    .map(|c| c.credential_id)
-                    .unwrap_or_default();
-                tokens
-                    .get_access_token(pb::GetAccessTokenRequest {
-                        credential_id: id,
-                        workflow_id: "wf-bench".into(),
-                        ..Default::default()
-                    })
-                    .await?;
+                done.push((k, work(channel.clone(), k).await?));
             }
         });
     }
+    let mut all = Vec::with_capacity(n);
     while let Some(done) = workers.join_next().await {
-        done??;
+        all.extend(done??);
     }
+    all.sort_unstable_by_key(|(k, _)| *k);
+    Ok(all.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Connections of the `--hot-credentials` phases.
+const HOT_WORKERS: usize = 16;
+
+/// Imports `n` credentials as big as Google's: a ~260-byte access token, three scopes, the
+/// importing actor as Admin. Returns their ids.
+async fn hot_import(addr: SocketAddr, n: usize, operator: Headers) -> Res<Vec<String>> {
+    let started = Instant::now();
+    let run = SystemClock.now().as_millis();
+    let expires = SystemClock.now().plus(Duration::from_secs(6 * 3600));
+    let ids = on_connections(addr, n, move |channel, k| {
+        let mut admin = CredentialServiceClient::with_interceptor(channel, operator.clone());
+        async move {
+            let scopes = ["gmail.readonly", "gmail.send", "gmail.modify"]
+                .map(|s| format!("https://www.googleapis.com/auth/{s}"));
+            let subject = format!("acct-hot-{run}-{k}");
+            let access = format!("ya29.a0{k:0>254}");
+            let mut request = import_request(
+                "gmail",
+                &scopes[0],
+                &subject,
+                (&access, &format!("1//0g{k:0>98}")),
+                expires,
+            );
+            request.granted_scopes = scopes.to_vec();
+            let credential = admin
+                .import_credential(request)
+                .await?
+                .into_inner()
+                .credential;
+            Ok(credential.map(|c| c.credential_id).unwrap_or_default())
+        }
+    })
+    .await?;
+    println!(
+        "   imported {n} in {:.1} s; the broker is then restarted",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ids)
+}
+
+/// Asks once for each credential's token (each a cache miss that stays in the cache) and prints
+/// the broker's resident memory before and after.
+async fn hot_load(addr: SocketAddr, pid: u32, ids: &[String], executor: Headers) -> Res<()> {
+    let before = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
+    let started = Instant::now();
+    let ids: Arc<[String]> = ids.into();
+    let n = ids.len();
+    on_connections(addr, n, move |channel, k| {
+        let mut tokens = CredentialServiceClient::with_interceptor(channel, executor.clone());
+        let id = ids[k].clone();
+        async move {
+            tokens
+                .get_access_token(pb::GetAccessTokenRequest {
+                    credential_id: id,
+                    workflow_id: "wf-bench".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
     let after = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let per_entry = after.saturating_sub(before) / n as u64;
     println!(
-        "   imported and loaded {n} in {:.1} s; RSS {:.1} MiB before, {:.1} MiB after: {per_entry} bytes per credential",
+        "   loaded {n} into the token cache in {:.1} s; RSS {:.1} MiB before, {:.1} MiB after: {} bytes per credential",
         started.elapsed().as_secs_f64(),
         mib(before),
-        mib(after)
+        mib(after),
+        after.saturating_sub(before) / n.max(1) as u64
     );
     println!(
         "   broker RSS with {n} hot credentials <= 256 MiB (target stated for 100,000)   {:.1} MiB   {}",

@@ -176,7 +176,7 @@ async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
 
     // Every action is audited, never with the secret.
     b.flush_audit().await;
-    let events = admin.audit_events().await.unwrap();
+    let events = admin.audit_events("").await.unwrap();
     for action in ["oauth_app.create", "oauth_app.update"] {
         assert!(
             events

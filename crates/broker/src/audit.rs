@@ -48,6 +48,15 @@ pub const ACTIONS: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome(pub String);
 
+/// How [`Audit::recorded`] writes an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Before the call answers (writes).
+    Inline,
+    /// Through the buffer (reads, issued tokens): the call never waits for a database write.
+    Buffered,
+}
+
 impl Outcome {
     /// The outcome of a result.
     pub fn of<T>(r: &Result<T, BrokerError>) -> Self {
@@ -348,6 +357,28 @@ impl Audit {
         p.wake.notify_one();
     }
 
+    /// Records how `result` of `action` ended (its outcome, with `detail`) as `write` says,
+    /// then returns it: the tail of every audited call.
+    pub async fn recorded<T>(
+        &self,
+        write: Write,
+        caller: &Caller,
+        action: &str,
+        credential_id: Option<&str>,
+        result: Result<T, BrokerError>,
+        detail: Option<String>,
+    ) -> Result<T, BrokerError> {
+        let outcome = Outcome::of(&result);
+        match write {
+            Write::Inline => {
+                self.record(caller, action, credential_id, outcome, detail)
+                    .await;
+            }
+            Write::Buffered => self.record_later(caller, action, credential_id, outcome, detail),
+        }
+        result
+    }
+
     /// Records one event. A failed write is logged, not returned: the action already happened.
     pub async fn record(
         &self,
@@ -398,14 +429,15 @@ impl Audit {
         let credential_id = f.credential_id.clone();
         let result = self.list_inner(caller, f).await;
         // Reading the log is itself audited, through the buffer like every read.
-        self.record_later(
+        self.recorded(
+            Write::Buffered,
             caller,
             "audit.list",
             credential_id.as_deref(),
-            Outcome::of(&result),
+            result,
             None,
-        );
-        result
+        )
+        .await
     }
 
     async fn list_inner(
@@ -618,6 +650,19 @@ mod tests {
         }
     }
 
+    /// A migrated store on a fresh SQLite file (`pool` connections) and a runtime to drive it.
+    fn sqlite_store(pool: u32) -> (tempfile::TempDir, tokio::runtime::Runtime, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = rt.block_on(async {
+            let store = cb_store::open(&url, pool).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        });
+        (dir, rt, store)
+    }
+
     /// A store on a fresh SQLite file and an `Audit` made outside the runtime: without the
     /// background writer, the test decides when the one flush happens.
     fn kit(
@@ -628,14 +673,7 @@ mod tests {
         Arc<dyn Store>,
         Audit,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let store = rt.block_on(async {
-            let store = cb_store::open(&url, 2).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        });
+        let (dir, rt, store) = sqlite_store(2);
         let clock = crate::clock::ManualClock::new(Timestamp::from_millis(1_767_225_600_000));
         let audit = Audit::with_limits(store.clone(), Arc::new(clock), limits);
         (dir, rt, store, audit)
@@ -764,16 +802,11 @@ mod tests {
     /// `rate` events/s (`None`: as fast as they go), with the background writer running as in
     /// production; prints what was recorded, written, merged and dropped.
     fn drive(rate: Option<u64>, secs: u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let (store, audit) = rt.block_on(async {
-            let store = cb_store::open(&url, 5).await.unwrap();
-            store.migrate().await.unwrap();
+        let (dir, rt, store) = sqlite_store(5);
+        let audit = rt.block_on(async {
             let clock = crate::clock::ManualClock::new(Timestamp::from_millis(0));
             // Made inside the runtime: the periodic writer runs.
-            let audit = Audit::new(store.clone(), Arc::new(clock));
-            (store, audit)
+            Audit::new(store.clone(), Arc::new(clock))
         });
         const THREADS: u64 = 2;
         const BATCH: u64 = 500;

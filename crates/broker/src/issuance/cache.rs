@@ -6,11 +6,11 @@
 //! is only put if the generation its leader saw before reading the database is still current
 //! (checked again after the insert, so an invalidation racing the put removes it).
 
-use super::IssuedToken;
 use crate::clock::Timestamp;
 use moka::sync::Cache;
 use secrecy::SecretString;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +30,16 @@ pub(super) struct Generation {
 
 /// moka rejects a time-to-live over 1000 years; a longer configured age means "no age limit".
 const LONGEST_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A token set as read from the database, before it becomes an [`Entry`].
+#[derive(Debug)]
+pub(super) struct TokenParts {
+    pub(super) access_token: SecretString,
+    pub(super) token_type: String,
+    pub(super) expires_at: Option<Timestamp>,
+    pub(super) scopes: Vec<String>,
+    pub(super) extras: BTreeMap<String, String>,
+}
 
 /// An active member: email and, when the membership is bound to one, the user id.
 type Member = (Box<str>, Option<Box<str>>);
@@ -58,7 +68,7 @@ impl Entry {
     /// An entry for `token` of a credential in `workspace_id`, usable by `users`.
     pub(super) fn new(
         workspace_id: &str,
-        token: IssuedToken,
+        token: TokenParts,
         lifetime: Option<Duration>,
         users: impl IntoIterator<Item = (String, Option<String>)>,
         loaded_at: Timestamp,
@@ -91,19 +101,24 @@ impl Entry {
         }
     }
 
-    /// The token to hand out (a copy: the entry stays for the next request).
-    pub(super) fn token(&self) -> IssuedToken {
-        IssuedToken {
-            access_token: self.access_token.clone(),
-            token_type: self.token_type.clone().into_owned(),
-            expires_at: self.expires_at,
-            scopes: self.scopes.iter().map(|s| s.to_string()).collect(),
-            extras: self
-                .extras
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+    pub(super) fn access_token(&self) -> &SecretString {
+        &self.access_token
+    }
+
+    pub(super) fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    pub(super) fn expires_at(&self) -> Option<Timestamp> {
+        self.expires_at
+    }
+
+    pub(super) fn scopes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.scopes.iter().map(|s| &**s)
+    }
+
+    pub(super) fn extras(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.extras.iter().map(|(k, v)| (&**k, &**v))
     }
 
     /// The workspace the credential belongs to.
@@ -230,12 +245,11 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn entry() -> Arc<Entry> {
         Arc::new(Entry::new(
             "ws",
-            IssuedToken {
+            TokenParts {
                 access_token: SecretString::from("at"),
                 token_type: "Bearer".into(),
                 expires_at: None,
@@ -301,7 +315,7 @@ mod tests {
     fn realistic_entry(n: usize) -> Arc<Entry> {
         Arc::new(Entry::new(
             &format!("ws-{n:030}"),
-            IssuedToken {
+            TokenParts {
                 access_token: SecretString::from(format!("ya29.{n:0>250}")),
                 token_type: "Bearer".into(),
                 expires_at: Some(Timestamp::from_millis(0)),

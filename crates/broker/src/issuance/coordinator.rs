@@ -7,10 +7,10 @@
 //! held, kept in memory if the database stays away) before anyone is answered. Followers on
 //! other replicas wait for the row to change or the lease to lapse, then read it.
 
-use super::cache::Entry;
+use super::cache::{Entry, TokenParts};
 use super::lease::{Claim, LeaseKeeper, Pending, millis, token_sha256};
 use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
-use super::{IssuedToken, TokenService, lock};
+use super::{TokenService, lock};
 use crate::access::Role;
 use crate::clock::Timestamp;
 use crate::credential::{Credential, Status};
@@ -677,7 +677,7 @@ impl TokenService {
             .into_iter()
             .filter(|m| m.state == "ACTIVE" && Role::from_stored(&m.role).is_some())
             .map(|m| (m.email, m.user_id));
-        let token = IssuedToken {
+        let token = TokenParts {
             access_token: bundle.access_token.clone(),
             token_type: bundle.token_type.clone(),
             expires_at: bundle.access_expires_at,

@@ -93,19 +93,36 @@ impl Default for IssuanceConfig {
     }
 }
 
-/// An issued access token: the only value of the domain that carries a token out.
+/// An issued access token: the only value of the domain that carries a token out. A view of the
+/// cached entry, not a copy: the response is built from it with the token copied once.
 #[derive(Clone, Debug)]
-pub struct IssuedToken {
+pub struct IssuedToken(Arc<Entry>);
+
+impl IssuedToken {
     /// The access token.
-    pub access_token: SecretString,
-    /// Token type.
-    pub token_type: String,
+    pub fn access_token(&self) -> &SecretString {
+        self.0.access_token()
+    }
+
+    /// Token type ("Bearer" for nearly every provider).
+    pub fn token_type(&self) -> &str {
+        self.0.token_type()
+    }
+
     /// Expiry, if known.
-    pub expires_at: Option<Timestamp>,
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.0.expires_at()
+    }
+
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.0.scopes()
+    }
+
     /// Non-secret provider extras.
-    pub extras: BTreeMap<String, String>,
+    pub fn extras(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.extras()
+    }
 }
 
 /// Where a token request comes from (recorded as usage and in the audit log).
@@ -335,15 +352,20 @@ impl TokenService {
                     .or_default() += 1;
             }
         }
-        let detail = [
+        // `workflow=… block=… execution=…`, built in one allocation (this runs on every call).
+        let mut detail = String::new();
+        for (k, v) in [
             ("workflow", &ctx.workflow_id),
             ("block", &ctx.block_id),
             ("execution", &ctx.execution_id),
-        ]
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-        .collect::<Vec<_>>()
-        .join(" ");
+        ] {
+            if let Some(v) = v {
+                if !detail.is_empty() {
+                    detail.push(' ');
+                }
+                detail.extend([k, "=", v.as_str()]);
+            }
+        }
         let detail = (!detail.is_empty()).then_some(detail);
         // Issued tokens are audited through the buffer: no database write on the hot path.
         self.audit.record_later(
@@ -401,7 +423,7 @@ impl TokenService {
             authorize(caller, &e)?;
             if e.satisfies(now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(e.token());
+                return Ok(IssuedToken(e));
             }
         } else {
             // Cold path: check membership before doing any work for this caller.
@@ -411,7 +433,7 @@ impl TokenService {
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry = self.flight(id.as_str(), min_valid, false, None).await?;
         authorize(caller, &entry)?;
-        Ok(entry.token())
+        Ok(IssuedToken(entry))
     }
 
     /// Whether the cache may be served: only while the change feed delivers every other
