@@ -6,8 +6,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["types.proto", "credential.proto", "membership.proto"]
-        .map(|f| root.join("credentialbroker/v1").join(f));
+    let files = [
+        "types.proto",
+        "credential.proto",
+        "membership.proto",
+        "oauth_app.proto",
+    ]
+    .map(|f| root.join("credentialbroker/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -91,6 +91,10 @@ enum Needs {
     /// The run grant (created by the workspace admin) must be the actor's own or of a
     /// workspace they administer.
     OwnGrant,
+    /// An admin of the workspace (no credential involved): others are refused.
+    WorkspaceAdmin,
+    /// An admin of the workspace of an existing OAuth app: it does not exist for others.
+    WorkspaceAdminApp,
 }
 
 const TABLE: &[(&str, &[Service], Needs)] = &[
@@ -120,6 +124,46 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
     ("AcceptInvitation", &[Service::Web], Needs::OwnMembership),
     ("CreateRunGrant", &[Service::Web], Needs::Sees),
     ("RevokeRunGrant", &[Service::Web], Needs::OwnGrant),
+    (
+        "CreateOAuthApp",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "ListOAuthApps",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "GetOAuthApp",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "UpdateOAuthApp",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "DeleteOAuthApp",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "RotateOAuthAppSecret",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "RetireOAuthAppSecret",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "TestOAuthApp",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
 ];
 
 const READERS: &[Service] = &[
@@ -167,6 +211,9 @@ fn expected(rpc: &str, service: Service, persona: Persona) -> Expect {
             persona,
             Persona::Invited | Persona::Member | Persona::Admin
         )),
+        Needs::WorkspaceAdmin if persona == Persona::WorkspaceAdmin => Expect::Ok,
+        Needs::WorkspaceAdmin => Expect::Code(Code::PermissionDenied),
+        Needs::WorkspaceAdminApp => visible_or_404(persona == Persona::WorkspaceAdmin),
     }
 }
 
@@ -305,6 +352,34 @@ async fn fresh_credential(c: &mut Client, fake: &FakeProvider, n: usize) -> Stri
         c.members.accept_invitation(r).await.unwrap();
     }
     imported
+}
+
+/// An OAuth app of ws1 for `fake` holding two secrets, made by the operator service.
+async fn fresh_app(c: &mut Client) -> String {
+    let created = c
+        .apps
+        .create_o_auth_app(request(
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret-1"),
+            Service::Operator,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .oauth_app
+        .unwrap();
+    c.apps
+        .rotate_o_auth_app_secret(request(
+            pb::RotateOAuthAppSecretRequest {
+                oauth_app_id: created.oauth_app_id.clone(),
+                client_secret: "app-secret-2".into(),
+            },
+            Service::Operator,
+            None,
+        ))
+        .await
+        .unwrap();
+    created.oauth_app_id
 }
 
 async fn call(
@@ -495,7 +570,70 @@ async fn call(
                 pb::RevokeRunGrantRequest { run_grant_id }
             )
         }
-        other => panic!("the matrix has no call for RPC {other}: add it to TABLE and call()"),
+        "CreateOAuthApp" => rpc!(
+            apps.create_o_auth_app,
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret")
+        ),
+        "ListOAuthApps" => rpc!(
+            apps.list_o_auth_apps,
+            pb::ListOAuthAppsRequest {
+                workspace_id: "ws1".into(),
+                provider_id: String::new(),
+            }
+        ),
+        app_rpc => {
+            // The other app RPCs act on an app of ws1 that the operator made for this cell
+            // (with a second secret, so there is one to retire).
+            let oauth_app_id = fresh_app(c).await;
+            match app_rpc {
+                "GetOAuthApp" => rpc!(apps.get_o_auth_app, pb::GetOAuthAppRequest { oauth_app_id }),
+                "UpdateOAuthApp" => rpc!(
+                    apps.update_o_auth_app,
+                    pb::UpdateOAuthAppRequest {
+                        oauth_app_id,
+                        display_name: "Renamed".into(),
+                        ..Default::default()
+                    }
+                ),
+                "DeleteOAuthApp" => rpc!(
+                    apps.delete_o_auth_app,
+                    pb::DeleteOAuthAppRequest {
+                        oauth_app_id,
+                        force: false,
+                    }
+                ),
+                "RotateOAuthAppSecret" => {
+                    rpc!(
+                        apps.retire_o_auth_app_secret,
+                        pb::RetireOAuthAppSecretRequest {
+                            oauth_app_id: oauth_app_id.clone(),
+                        }
+                    )
+                    .ok();
+                    rpc!(
+                        apps.rotate_o_auth_app_secret,
+                        pb::RotateOAuthAppSecretRequest {
+                            oauth_app_id,
+                            client_secret: "app-secret-3".into(),
+                        }
+                    )
+                }
+                "RetireOAuthAppSecret" => rpc!(
+                    apps.retire_o_auth_app_secret,
+                    pb::RetireOAuthAppSecretRequest { oauth_app_id }
+                ),
+                "TestOAuthApp" => rpc!(
+                    apps.test_o_auth_app,
+                    pb::TestOAuthAppRequest {
+                        oauth_app_id,
+                        redirect_uri: REDIRECT_URI.into(),
+                    }
+                ),
+                other => {
+                    panic!("the matrix has no call for RPC {other}: add it to TABLE and call()")
+                }
+            }
+        }
     }
 }
 

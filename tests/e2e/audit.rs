@@ -260,6 +260,92 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         .await
         .unwrap_err();
 
+    // Workspace OAuth apps, managed by the operator service on its own.
+    let mut apps =
+        cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient::new(b.channel().await);
+    let app = apps
+        .create_o_auth_app(call(
+            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret"),
+            OPERATOR_TOKEN,
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .oauth_app
+        .unwrap()
+        .oauth_app_id;
+    let app_id = || app.clone();
+    apps.get_o_auth_app(call(
+        pb::GetOAuthAppRequest {
+            oauth_app_id: app_id(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.list_o_auth_apps(call(
+        pb::ListOAuthAppsRequest {
+            workspace_id: "ws1".into(),
+            provider_id: String::new(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.update_o_auth_app(call(
+        pb::UpdateOAuthAppRequest {
+            oauth_app_id: app_id(),
+            display_name: "Renamed".into(),
+            ..Default::default()
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.rotate_o_auth_app_secret(call(
+        pb::RotateOAuthAppSecretRequest {
+            oauth_app_id: app_id(),
+            client_secret: "app-secret-2".into(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.retire_o_auth_app_secret(call(
+        pb::RetireOAuthAppSecretRequest {
+            oauth_app_id: app_id(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.test_o_auth_app(call(
+        pb::TestOAuthAppRequest {
+            oauth_app_id: app_id(),
+            redirect_uri: REDIRECT_URI.into(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.delete_o_auth_app(call(
+        pb::DeleteOAuthAppRequest {
+            oauth_app_id: app_id(),
+            force: false,
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+
     let events = all_events(&b, &mut c, pb::ListAuditEventsRequest::default()).await;
     let cred = id.as_str();
     // (action, calling service, actor, credential id, outcome)
@@ -290,6 +376,14 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         ("member.remove", "web", ALICE.0, cred, "ok"),
         ("credential.disconnect", "web", ALICE.0, cred, "ok"),
         ("audit.list", "operator", ALICE.0, cred, "ok"),
+        ("oauth_app.create", "operator", "", "", "ok"),
+        ("oauth_app.get", "operator", "", "", "ok"),
+        ("oauth_app.list", "operator", "", "", "ok"),
+        ("oauth_app.update", "operator", "", "", "ok"),
+        ("oauth_app.rotate_secret", "operator", "", "", "ok"),
+        ("oauth_app.retire_secret", "operator", "", "", "ok"),
+        ("oauth_app.test", "operator", "", "", "ok"),
+        ("oauth_app.delete", "operator", "", "", "ok"),
         (
             "rpc.ListAuditEvents",
             "executor",

@@ -114,13 +114,7 @@ async fn connect_events(c: &mut Client, id: &str) -> Vec<pb::AuditEvent> {
 
 /// The newest 1000 audit events (about `credential_id` unless it is empty).
 async fn audit_page(c: &mut Client, credential_id: &str) -> Vec<pb::AuditEvent> {
-    let request = pb::ListAuditEventsRequest {
-        credential_id: credential_id.to_owned(),
-        page_size: 1000,
-        ..Default::default()
-    };
-    let page = c.creds.list_audit_events(request).await.unwrap();
-    page.into_inner().events
+    c.audit_events(credential_id).await.unwrap()
 }
 
 async fn list(c: &mut Client) -> Vec<pb::Credential> {

@@ -10,6 +10,7 @@ mod kms;
 mod load_protection;
 mod members;
 mod mtls;
+mod oauth_apps;
 mod oauth_client;
 mod observability;
 mod run_grants;

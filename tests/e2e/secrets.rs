@@ -70,10 +70,14 @@ fn secrets_in(text: &str, port: u16) -> Vec<String> {
     found
 }
 
+/// The client secrets of the workspace OAuth app the traced flow connects through.
+const APP_SECRETS: [&str; 2] = ["app-secret-traced-one", "app-secret-traced-two"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_errors_audit_or_responses() {
     // One-second tokens: a refresh comes due within a second (min_valid_for cannot force one).
     let fake = FakeProvider::start(FakeConfig {
+        extra_clients: vec![("traced-app".into(), APP_SECRETS[0].into())],
         rotate_refresh_tokens: true,
         access_token_ttl: Some(std::time::Duration::from_secs(1)),
         ..FakeConfig::default()
@@ -101,6 +105,19 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         said.extend(s.message().as_bytes());
         said.extend(s.details());
     };
+
+    // A workspace OAuth app: the whole flow below goes through its client.
+    let mut admin = client.admin_of("ws1");
+    let app = admin
+        .create_app("ws1", "fake", "traced-app", APP_SECRETS[0])
+        .await
+        .unwrap();
+    said.extend(app.encode_to_vec());
+    let err = admin
+        .create_app("ws1", "no-such-provider", "x", APP_SECRETS[1])
+        .await
+        .unwrap_err();
+    record_err(&mut said, &err);
 
     // Connect.
     let start = client.start_connect("fake").await.unwrap();
@@ -156,6 +173,23 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             .await
             .unwrap();
     }
+    // The app's secret is rotated before the provider knows the new one: the previous one is
+    // tried after invalid_client, then retired once the provider switched.
+    let rotate = admin.request(pb::RotateOAuthAppSecretRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+        client_secret: APP_SECRETS[1].into(),
+    });
+    let rotated = admin.apps.rotate_o_auth_app_secret(rotate).await.unwrap();
+    said.extend(rotated.into_inner().encode_to_vec());
+    issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued)
+        .await
+        .unwrap();
+    fake.configure(|c| c.extra_clients = vec![("traced-app".into(), APP_SECRETS[1].into())]);
+    let retire = admin.request(pb::RetireOAuthAppSecretRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+    });
+    let retired = admin.apps.retire_o_auth_app_secret(retire).await.unwrap();
+    said.extend(retired.into_inner().encode_to_vec());
     // A transient failure, then a dead grant.
     fake.push_token_failure(TokenFailure::ServerError);
     let _ = issue_until_refreshed(&mut client, &fake, get_token(3600), &mut issued).await;
@@ -263,8 +297,15 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     );
     // No run grant at all (their prefix) in the log, errors or audit.
     assert!(!log.contains("cbrg_") && !said.contains("cbrg_"));
+    assert!(
+        fake.token_requests()
+            .iter()
+            .any(|r| r.client_id.as_deref() == Some("traced-app")),
+        "the flow went through the workspace app"
+    );
     for secret in [fc.client_secret.as_str(), grant.as_str(), made_up.as_str()]
         .into_iter()
+        .chain(APP_SECRETS)
         .chain(issued.iter().map(String::as_str))
     {
         assert!(

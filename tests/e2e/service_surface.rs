@@ -5,16 +5,17 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVICES: [&str; 2] = [
+const SERVICES: [&str; 3] = [
     "credentialbroker.v1.CredentialService",
     "credentialbroker.v1.MembershipService",
+    "credentialbroker.v1.OAuthAppService",
 ];
 
 #[tokio::test]
 async fn health_is_serving_for_the_server_and_each_service() {
     let b = TestBroker::sqlite().await;
     let mut health = HealthClient::new(b.channel().await);
-    for service in ["", SERVICES[0], SERVICES[1]] {
+    for service in [""].into_iter().chain(SERVICES) {
         let r = health
             .check(HealthCheckRequest {
                 service: service.into(),

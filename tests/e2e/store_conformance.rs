@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, RunGrantRow,
-    SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow, run_grant_change_id,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
+    RefreshIntent, RunGrantRow, SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow,
+    run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -96,6 +97,9 @@ store_suite!(
     duplicate_run_grant_is_rejected,
     run_grant_is_revoked_once_and_announced,
     prune_run_grants_deletes_only_expired,
+    oauth_app_round_trips_and_holds_its_secrets,
+    oauth_app_update_is_optimistic_and_delete_takes_the_secrets,
+    credential_records_its_oauth_app,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -2957,6 +2961,7 @@ fn session(state_hash: &str, expires_at: i64) -> ConnectSessionRow {
         created_at: expires_at - 600_000,
         expires_at,
         consumed_at: None,
+        oauth_app_id: Some("app-1".to_owned()),
     }
 }
 
@@ -2970,6 +2975,7 @@ fn bare_session(state_hash: &str, expires_at: i64) -> ConnectSessionRow {
         reconnect_credential_id: None,
         display_name: None,
         description: None,
+        oauth_app_id: None,
         ..session(state_hash, expires_at)
     }
 }
@@ -3594,4 +3600,178 @@ async fn prune_run_grants_deletes_only_expired(store: Arc<dyn Store>) {
             .expect("get")
             .is_some()
     );
+}
+// ---- OAuth apps ----------------------------------------------------------------------------
+
+fn oauth_app(id: &str, workspace_id: &str, provider_id: &str) -> OAuthAppRow {
+    OAuthAppRow {
+        id: id.to_owned(),
+        workspace_id: workspace_id.to_owned(),
+        provider_id: provider_id.to_owned(),
+        display_name: format!("App {id}"),
+        client_id: format!("client-{id}"),
+        allowed_scopes: "read write".to_owned(),
+        created_by: "user-1".to_owned(),
+        created_at: 1_000,
+        updated_at: 1_000,
+        row_version: 1,
+    }
+}
+
+fn app_secret(app_id: &str, version: i64) -> OAuthAppSecretRow {
+    OAuthAppSecretRow {
+        app_id: app_id.to_owned(),
+        version,
+        // Every byte value: the column holds ciphertext.
+        sealed_secret: (0..=255u8).collect(),
+        dek_wrapped: vec![0, 255, u8::try_from(version).unwrap()],
+        dek_key_id: "local:k1".to_owned(),
+        dek_key_version: 3,
+        created_at: 1_000 + version,
+    }
+}
+
+async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
+    let a = oauth_app("app-a", "ws1", "fake");
+    store
+        .insert_oauth_app(&a, &app_secret("app-a", 1))
+        .await
+        .unwrap();
+    assert_eq!(store.get_oauth_app("app-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_oauth_app("nope").await.unwrap(), None);
+    assert!(matches!(
+        store.insert_oauth_app(&a, &app_secret("app-a", 1)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    // Listing: per workspace, optionally per provider, oldest (smallest id) first.
+    store
+        .insert_oauth_app(&oauth_app("app-b", "ws1", "other"), &app_secret("app-b", 1))
+        .await
+        .unwrap();
+    store
+        .insert_oauth_app(&oauth_app("app-0", "ws1", "fake"), &app_secret("app-0", 1))
+        .await
+        .unwrap();
+    store
+        .insert_oauth_app(&oauth_app("app-c", "ws2", "fake"), &app_secret("app-c", 1))
+        .await
+        .unwrap();
+    let ids = |rows: Vec<OAuthAppRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_oauth_apps("ws1", Some("fake")).await.unwrap()),
+        ["app-0", "app-a"]
+    );
+    assert_eq!(
+        ids(store.list_oauth_apps("ws1", None).await.unwrap()),
+        ["app-0", "app-a", "app-b"]
+    );
+    // Secrets: newest first, one per version, deletable one by one.
+    store
+        .insert_oauth_app_secret(&app_secret("app-a", 2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert_oauth_app_secret(&app_secret("app-a", 2)).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let secrets = store.list_oauth_app_secrets("app-a").await.unwrap();
+    assert_eq!(
+        secrets,
+        vec![app_secret("app-a", 2), app_secret("app-a", 1)]
+    );
+    assert!(store.delete_oauth_app_secret("app-a", 1).await.unwrap());
+    assert!(!store.delete_oauth_app_secret("app-a", 1).await.unwrap());
+    assert_eq!(
+        store.list_oauth_app_secrets("app-a").await.unwrap(),
+        vec![app_secret("app-a", 2)]
+    );
+}
+
+async fn oauth_app_update_is_optimistic_and_delete_takes_the_secrets(store: Arc<dyn Store>) {
+    let a = oauth_app("app-a", "ws1", "fake");
+    store
+        .insert_oauth_app(&a, &app_secret("app-a", 1))
+        .await
+        .unwrap();
+    let edited = OAuthAppRow {
+        display_name: "Renamed".to_owned(),
+        client_id: "client-2".to_owned(),
+        allowed_scopes: String::new(),
+        updated_at: 2_000,
+        // Not written by update_oauth_app.
+        workspace_id: "elsewhere".to_owned(),
+        ..a.clone()
+    };
+    let stored = store.update_oauth_app(&edited, 1).await.unwrap();
+    assert_eq!(
+        stored,
+        OAuthAppRow {
+            workspace_id: "ws1".to_owned(),
+            row_version: 2,
+            ..edited.clone()
+        }
+    );
+    assert!(matches!(
+        store.update_oauth_app(&edited, 1).await,
+        Err(StoreError::VersionConflict { expected: 1 })
+    ));
+    assert!(matches!(
+        store
+            .update_oauth_app(&oauth_app("nope", "ws1", "fake"), 1)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.delete_oauth_app("app-a").await.unwrap());
+    assert!(!store.delete_oauth_app("app-a").await.unwrap());
+    assert_eq!(store.get_oauth_app("app-a").await.unwrap(), None);
+    assert!(
+        store
+            .list_oauth_app_secrets("app-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn credential_records_its_oauth_app(store: Arc<dyn Store>) {
+    for (id, subject) in [("c1", "s1"), ("c2", "s2"), ("c3", "s3")] {
+        store
+            .insert_credential(&credential(id, "ws1", "fake", subject), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.credential_app("c1").await.unwrap(), None);
+    store
+        .set_credential_app("c1", Some(("app-a", 2)))
+        .await
+        .unwrap();
+    store
+        .set_credential_app("c2", Some(("app-a", 1)))
+        .await
+        .unwrap();
+    store
+        .set_credential_app("c3", Some(("app-b", 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.credential_app("c1").await.unwrap(),
+        Some(("app-a".to_owned(), 2))
+    );
+    // Recording the app is not a change of the credential's row.
+    assert_eq!(must_get(store.as_ref(), "c1").await.row_version, 1);
+    assert_eq!(
+        store.credentials_using_app("app-a").await.unwrap(),
+        ["c1", "c2"]
+    );
+    // Disconnected credentials no longer use it; cleared ones neither.
+    disconnect(store.as_ref(), "c2").await;
+    store.set_credential_app("c1", None).await.unwrap();
+    assert!(
+        store
+            .credentials_using_app("app-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.credential_app("c1").await.unwrap(), None);
 }

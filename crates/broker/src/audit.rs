@@ -31,6 +31,14 @@ pub const ACTIONS: &[&str] = &[
     "member.list",
     "member.remove",
     "member.update_role",
+    "oauth_app.create",
+    "oauth_app.delete",
+    "oauth_app.get",
+    "oauth_app.list",
+    "oauth_app.retire_secret",
+    "oauth_app.rotate_secret",
+    "oauth_app.test",
+    "oauth_app.update",
     "provider.list",
     "rpc.<Method>",
     "run_grant.create",
@@ -603,7 +611,7 @@ mod tests {
         sources(&root.join("src"), &mut files);
         sources(&root.join("../server/src/layers"), &mut files);
         let grpc = root.join("../server/src/grpc");
-        for name in ["credential.rs", "membership.rs"] {
+        for name in ["credential.rs", "membership.rs", "oauth_app.rs"] {
             let path = grpc.join(name);
             let text = std::fs::read_to_string(&path).unwrap();
             files.push((path, text));

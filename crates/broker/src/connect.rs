@@ -9,9 +9,10 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
-    GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
+    AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
 use crate::issuance::TokenCache;
+use crate::oauth_apps::{AppClients, ResolvedApp};
 use crate::policy::{Policy, require_actor};
 use crate::sealing;
 use crate::service::CredentialService;
@@ -47,6 +48,9 @@ pub struct StartConnect {
     pub display_name: Option<DisplayName>,
     /// Draft description.
     pub description: Option<Description>,
+    /// The workspace OAuth app to connect through (default: the workspace's app for the
+    /// provider, else the deployment's configured client).
+    pub oauth_app_id: Option<String>,
 }
 
 /// A StartReconnect request.
@@ -142,10 +146,12 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::PROVIDER_DENIED,
             format!("the provider refused: {d}"),
         ),
-        ProviderError::Permanent(d) | ProviderError::Other(d) => failed(
-            reason::CODE_EXCHANGE_FAILED,
-            format!("the provider rejected the authorization code: {d}"),
-        ),
+        ProviderError::Permanent(d) | ProviderError::InvalidClient(d) | ProviderError::Other(d) => {
+            failed(
+                reason::CODE_EXCHANGE_FAILED,
+                format!("the provider rejected the authorization code: {d}"),
+            )
+        }
     }
 }
 
@@ -213,6 +219,7 @@ pub struct ConnectService {
     audit: Audit,
     cache: Arc<TokenCache>,
     credentials: Arc<CredentialService>,
+    apps: AppClients,
 }
 
 impl ConnectService {
@@ -229,6 +236,7 @@ impl ConnectService {
     ) -> Self {
         Self {
             policy: Policy::new(store.clone()),
+            apps: AppClients::new(store.clone(), envelope.clone()),
             store,
             envelope,
             clock,
@@ -248,21 +256,53 @@ impl ConnectService {
             .collect()
     }
 
-    fn provider(&self, id: &str) -> Result<ProviderInfo, BrokerError> {
+    /// The provider, which must have a client: the workspace's app (`has_app`) or the
+    /// deployment's configured one.
+    fn provider(&self, id: &str, has_app: bool) -> Result<ProviderInfo, BrokerError> {
         let p = self.gateway.get(id).ok_or(BrokerError::NotFound {
             reason: reason::PROVIDER_NOT_FOUND,
             what: "provider",
         })?;
-        if !p.configured {
+        if !p.configured && !has_app {
             return Err(failed(
                 reason::PROVIDER_NOT_CONFIGURED,
                 format!(
-                    "provider {id} is not configured: set {} (see docs/providers.md)",
+                    "provider {id} has no OAuth client: a workspace admin can create an OAuth app for {id} in this workspace (CreateOAuthApp), or an operator can set {} (see docs/providers.md)",
                     p.missing_settings.join(" and ")
                 ),
             ));
         }
         Ok(p)
+    }
+
+    /// Refuses scopes the app does not allow (an app without a list allows every scope).
+    fn check_app_scopes(
+        app: Option<&cb_store::OAuthAppRow>,
+        requested: &[ScopeInfo],
+    ) -> Result<(), BrokerError> {
+        let Some(app) = app.filter(|a| !a.allowed_scopes.is_empty()) else {
+            return Ok(());
+        };
+        let allowed = Scopes::from_stored(&app.allowed_scopes);
+        let violations: Vec<FieldViolation> = requested
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !allowed.as_slice().contains(&s.name))
+            .map(|(i, _)| {
+                FieldViolation::new(
+                    format!("scopes[{i}]"),
+                    format!(
+                        "is not allowed by OAuth app {} ({})",
+                        app.display_name, app.id
+                    ),
+                )
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(BrokerError::InvalidArgument(violations))
+        }
     }
 
     fn check_request(
@@ -304,6 +344,7 @@ impl ConnectService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the flow's parts, each needed; the app names the client
     async fn start(
         &self,
         caller: &Caller,
@@ -312,6 +353,7 @@ impl ConnectService {
         requested: Vec<ScopeInfo>,
         redirect_uri: &str,
         target: Target<'_>,
+        app: Option<&ResolvedApp>,
     ) -> Result<ConnectStarted, BrokerError> {
         let (reconnect, drafts) = match target {
             Target::New {
@@ -343,6 +385,7 @@ impl ConnectService {
             .gateway
             .authorize_url(
                 &p.id,
+                app.and_then(ResolvedApp::newest).map(|(_, c)| c),
                 redirect_uri,
                 &names,
                 state.expose_secret(),
@@ -374,6 +417,7 @@ impl ConnectService {
             created_at: now.as_millis(),
             expires_at: expires_at.as_millis(),
             consumed_at: None,
+            oauth_app_id: app.map(|a| a.app_id.clone()),
         };
         self.store.insert_connect_session(&row).await?;
         Ok(ConnectStarted {
@@ -392,8 +436,17 @@ impl ConnectService {
     ) -> Result<ConnectStarted, BrokerError> {
         let result = async {
             require_actor(caller)?;
-            let p = self.provider(req.provider_id.as_str())?;
+            let app = self
+                .apps
+                .for_connect(
+                    req.workspace_id.as_str(),
+                    req.provider_id.as_str(),
+                    req.oauth_app_id.as_deref(),
+                )
+                .await?;
+            let p = self.provider(req.provider_id.as_str(), app.is_some())?;
             let requested = self.check_request(&p, &req.scopes, &req.redirect_uri)?;
+            Self::check_app_scopes(app.as_ref().map(|(row, _)| row), &requested)?;
             self.start(
                 caller,
                 req.workspace_id.as_str(),
@@ -404,6 +457,7 @@ impl ConnectService {
                     display_name: req.display_name,
                     description: req.description,
                 },
+                app.as_ref().map(|(_, resolved)| resolved),
             )
             .await
         }
@@ -435,7 +489,17 @@ impl ConnectService {
             if c.is_disconnected() {
                 return Err(BrokerError::disconnected());
             }
-            let p = self.provider(&c.provider_id)?;
+            // The app that minted the grant while it exists, else today's resolution.
+            let recorded = self.store.credential_app(c.id.as_str()).await?;
+            let named = match recorded {
+                Some((id, _)) if self.store.get_oauth_app(&id).await?.is_some() => Some(id),
+                _ => None,
+            };
+            let app = self
+                .apps
+                .for_connect(&c.workspace_id, &c.provider_id, named.as_deref())
+                .await?;
+            let p = self.provider(&c.provider_id, app.is_some())?;
             let scopes = if req.scopes.as_slice().is_empty() {
                 c.scopes.clone()
             } else {
@@ -456,6 +520,7 @@ impl ConnectService {
                 requested?,
                 &req.redirect_uri,
                 Target::Reconnect(&c),
+                app.as_ref().map(|(_, resolved)| resolved),
             )
             .await
         }
@@ -576,17 +641,30 @@ impl ConnectService {
             .as_ref()
             .ok_or_else(|| BrokerError::invalid("code", "is required when error is not set"))?;
         let verifier = self.open_verifier(&session).await?;
-        let (granted, account) = self
-            .gateway
-            .exchange_code(
-                &session.provider_id,
-                code,
-                &session.redirect_uri,
+        let app = self.apps.recorded(session.oauth_app_id.as_deref()).await?;
+        let gateway = self.gateway.as_ref();
+        let (exchanged, used) = AppClients::call(app.as_ref(), |client| {
+            let (provider, redirect, verifier, params) = (
+                session.provider_id.as_str(),
+                session.redirect_uri.as_str(),
                 verifier.as_ref(),
                 &req.params,
-            )
-            .await
-            .map_err(provider_error)?;
+            );
+            async move {
+                gateway
+                    .exchange_code(provider, client.as_ref(), code, redirect, verifier, params)
+                    .await
+            }
+        })
+        .await;
+        if let Some(note) = used.fallback {
+            trail.notes.push(note.to_owned());
+        }
+        let (granted, account) = exchanged.map_err(provider_error)?;
+        let client = app
+            .as_ref()
+            .and_then(|a| a.secrets.iter().find(|(v, _)| Some(*v) == used.version))
+            .map(|(_, c)| c.clone());
         let account = ProviderAccount {
             subject: account.subject,
             label: account.label,
@@ -610,6 +688,15 @@ impl ConnectService {
                     .await
             }
         };
+        // The credential now holds a grant of this client: refresh and revocation use it.
+        if let Ok((v, _)) = &result {
+            self.apps
+                .record(v.credential.id.as_str(), app.as_ref(), used.version)
+                .await?;
+            if let Some(a) = &app {
+                trail.notes.push(format!("oauth_app={}", a.app_id));
+            }
+        }
         // A grant the broker does not keep (refused, mismatched account, lost role) must not
         // stay alive at the provider.
         if let Err(e) = &result
@@ -623,6 +710,7 @@ impl ConnectService {
             } else {
                 self.revoke_grant(
                     &session.provider_id,
+                    client.as_ref(),
                     trail.credential_id.as_deref(),
                     &tokens,
                     "new",
@@ -659,11 +747,12 @@ impl ConnectService {
     async fn revoke_grant(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         credential_id: Option<&str>,
         tokens: &TokenBundle,
         grant: &'static str,
     ) -> &'static str {
-        match self.gateway.revoke(provider, tokens).await {
+        match self.gateway.revoke(provider, client, tokens).await {
             Ok(RevokeResult::Revoked) => "revoked",
             Ok(RevokeResult::NotSupported) => "not_supported",
             Err(e) => {
@@ -709,8 +798,17 @@ impl ConnectService {
                 "kept_shared_authorization"
             }
             Some(old) => {
-                self.revoke_grant(&c.provider_id, Some(c.id.as_str()), &old, "replaced")
-                    .await
+                // The replaced grant belongs to the client that minted it.
+                let app = self.apps.for_credential(c).await.ok().flatten();
+                let client = app.as_ref().and_then(ResolvedApp::newest).map(|(_, c)| c);
+                self.revoke_grant(
+                    &c.provider_id,
+                    client,
+                    Some(c.id.as_str()),
+                    &old,
+                    "replaced",
+                )
+                .await
             }
             None => "kept",
         };

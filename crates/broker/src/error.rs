@@ -107,6 +107,17 @@ pub mod reason {
     pub const KEY_FILE_UNUSABLE: &str = "KEY_FILE_UNUSABLE";
     /// The stored tokens do not open under their key (corruption or a copied row).
     pub const CREDENTIAL_UNREADABLE: &str = "CREDENTIAL_UNREADABLE";
+    /// The OAuth app does not exist (or belongs to another workspace), or the app a grant was
+    /// made with was deleted.
+    pub const OAUTH_APP_NOT_FOUND: &str = "OAUTH_APP_NOT_FOUND";
+    /// Only an admin of the workspace (or an operator) manages its OAuth apps.
+    pub const WORKSPACE_ADMIN_REQUIRED: &str = "WORKSPACE_ADMIN_REQUIRED";
+    /// Credentials were connected through the OAuth app: deleting it needs `force`.
+    pub const OAUTH_APP_IN_USE: &str = "OAUTH_APP_IN_USE";
+    /// The OAuth app already holds two client secrets: retire the previous one first.
+    pub const OAUTH_APP_SECRET_LIMIT: &str = "OAUTH_APP_SECRET_LIMIT";
+    /// The OAuth app holds only its current client secret: nothing to retire.
+    pub const OAUTH_APP_NO_PREVIOUS_SECRET: &str = "OAUTH_APP_NO_PREVIOUS_SECRET";
     /// The RPC is part of the API but not implemented in this version.
     pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
     /// An unexpected internal failure (details are in the server log, not the response).
@@ -160,6 +171,11 @@ pub mod reason {
         KMS_KEY_NOT_FOUND,
         KMS_ACCESS_DENIED,
         KMS_KEY_UNKNOWN,
+        OAUTH_APP_NOT_FOUND,
+        WORKSPACE_ADMIN_REQUIRED,
+        OAUTH_APP_IN_USE,
+        OAUTH_APP_SECRET_LIMIT,
+        OAUTH_APP_NO_PREVIOUS_SECRET,
         KEY_FILE_UNUSABLE,
         CREDENTIAL_UNREADABLE,
         NOT_IMPLEMENTED,

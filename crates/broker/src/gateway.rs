@@ -77,12 +77,34 @@ pub struct AccountInfo {
     pub label: String,
 }
 
+/// The client of a workspace's own OAuth app, used instead of the deployment's configured one.
+#[derive(Clone)]
+pub struct AppClient {
+    /// The client id registered at the provider.
+    pub client_id: String,
+    /// The client secret (never printed).
+    pub client_secret: SecretString,
+}
+
+impl std::fmt::Debug for AppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
 /// How a provider call failed, as the domain classifies it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The grant is dead (invalid_grant, revoked, unauthorized client): reconnect needed.
     #[error("{0}")]
     Permanent(String),
+    /// The provider refused the client's authentication (`invalid_client`): a wrong or retired
+    /// client secret, or an unknown client id.
+    #[error("{0}")]
+    InvalidClient(String),
     /// Try again later.
     #[error("{detail}")]
     Transient {
@@ -97,6 +119,36 @@ pub enum ProviderError {
     /// Misconfiguration or protocol violation.
     #[error("{0}")]
     Other(String),
+}
+
+/// How a token endpoint answered a deliberately invalid authorization code (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientProbe {
+    /// `invalid_grant` (or an equivalent): the client authenticated, only the code was refused.
+    Accepted,
+    /// `invalid_client` (or an equivalent): the provider refused the client id or secret.
+    Refused(String),
+    /// No usable answer (timeout, connection refused, 5xx, 429).
+    Unreachable(String),
+    /// Another answer (another error code, a success, a malformed body).
+    Unexpected(String),
+}
+
+/// What the provider publishes about itself (RFC 8414 / OpenID discovery), compared with how the
+/// broker calls it (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    /// The provider's entry declares no issuer: there is nothing to discover.
+    NoIssuer,
+    /// The metadata could not be fetched or read (the reason names no secret).
+    Unreachable(String),
+    /// The metadata was read.
+    Found {
+        /// Where it disagrees with the entry (issuer, endpoints); empty when consistent.
+        mismatches: Vec<String>,
+        /// `scopes_supported`, when published.
+        scopes_supported: Option<Vec<String>>,
+    },
 }
 
 /// Result of a revocation attempt.
@@ -117,10 +169,12 @@ pub trait ProviderGateway: Send + Sync + 'static {
     fn get(&self, id: &str) -> Option<ProviderInfo>;
     /// Whether `uri` is an allowed redirect URI (exact match).
     fn redirect_allowed(&self, uri: &str) -> bool;
-    /// Builds the authorization URL.
+    /// Builds the authorization URL. `client`: a workspace app's client instead of the
+    /// configured one (the same for every call below).
     fn authorize_url(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
@@ -139,6 +193,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
     async fn exchange_code(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
@@ -148,13 +203,26 @@ pub trait ProviderGateway: Send + Sync + 'static {
     async fn refresh(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError>;
+    /// Diagnosis: sends the provider's token endpoint an authorization code that cannot be valid,
+    /// authenticated as `client`, and says how it answered.
+    async fn probe_client(
+        &self,
+        provider: &str,
+        client: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe;
+    /// Diagnosis: fetches the provider's published metadata from its declared issuer (through
+    /// the outbound guard) and compares it with the entry.
+    async fn discover(&self, provider: &str) -> Discovery;
     /// Revokes a grant (refresh token preferred, else access token).
     async fn revoke(
         &self,
         provider: &str,
+        client: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError>;
 }

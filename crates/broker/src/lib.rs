@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod grants;
 pub mod issuance;
 pub mod members;
+pub mod oauth_apps;
 pub mod policy;
 pub mod random;
 mod revocation;

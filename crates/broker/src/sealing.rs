@@ -92,3 +92,75 @@ pub fn shred(envelope: &Envelope, c: &mut Credential) -> Result<(), BrokerError>
     c.next_refresh_at = None;
     Ok(())
 }
+
+const APP_SECRET_PURPOSE: &str = "client_secret";
+
+/// The AAD of an OAuth app's client secret: bound to the app and the secret's version, so a
+/// sealed secret copied to another app (or version) cannot be opened.
+fn app_secret_aad(app_id: &str, version: i64) -> Vec<u8> {
+    format!("credential-broker/v1|oauth_app|{app_id}|{APP_SECRET_PURPOSE}|{version}").into_bytes()
+}
+
+fn app_secret_context(workspace_id: &str, app_id: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("workspace_id", workspace_id)
+        .with("oauth_app", app_id)
+        .with("purpose", APP_SECRET_PURPOSE)
+}
+
+/// Seals an OAuth app's client secret under a new data key.
+pub async fn seal_app_secret(
+    envelope: &Envelope,
+    workspace_id: &str,
+    app_id: &str,
+    version: i64,
+    secret: &secrecy::SecretString,
+    now_ms: i64,
+) -> Result<cb_store::OAuthAppSecretRow, BrokerError> {
+    use secrecy::ExposeSecret as _;
+    let blob = envelope
+        .seal_new(
+            &app_secret_context(workspace_id, app_id),
+            &app_secret_aad(app_id, version),
+            secret.expose_secret().as_bytes(),
+        )
+        .await?;
+    let c = columns(blob);
+    Ok(cb_store::OAuthAppSecretRow {
+        app_id: app_id.to_owned(),
+        version,
+        sealed_secret: c.ciphertext,
+        dek_wrapped: c.dek_wrapped,
+        dek_key_id: c.dek_key_id,
+        dek_key_version: c.dek_key_version,
+        created_at: now_ms,
+    })
+}
+
+/// Opens an OAuth app's client secret.
+pub async fn open_app_secret(
+    envelope: &Envelope,
+    workspace_id: &str,
+    row: &cb_store::OAuthAppSecretRow,
+) -> Result<secrecy::SecretString, BrokerError> {
+    let sealed = SealedColumns {
+        ciphertext: row.sealed_secret.clone(),
+        dek_wrapped: row.dek_wrapped.clone(),
+        dek_key_id: row.dek_key_id.clone(),
+        dek_key_version: row.dek_key_version,
+    };
+    let blob = SealedBlob {
+        ciphertext: sealed.ciphertext.clone(),
+        wrapped_dek: wrapped_dek(&sealed)?,
+    };
+    let plaintext = envelope
+        .open(
+            &blob,
+            &app_secret_context(workspace_id, &row.app_id),
+            &app_secret_aad(&row.app_id, row.version),
+        )
+        .await?;
+    let text = String::from_utf8(plaintext.expose().to_vec())
+        .map_err(|_| BrokerError::Internal("stored client secret is not text".into()))?;
+    Ok(secrecy::SecretString::from(text))
+}

@@ -9,6 +9,7 @@ use crate::error::{BrokerError, reason};
 use crate::gateway::{ProviderGateway, RevokeResult};
 use crate::issuance::TokenCache;
 use crate::issuance::schedule::next_refresh_at;
+use crate::oauth_apps::{AppClients, ResolvedApp};
 use crate::policy::Policy;
 use crate::random::{Random, SystemRandom};
 use crate::sealing;
@@ -112,6 +113,7 @@ pub struct CredentialService {
     audit: Audit,
     refresh_ahead_window: Duration,
     random: Arc<dyn Random>,
+    apps: AppClients,
 }
 
 impl CredentialService {
@@ -127,6 +129,7 @@ impl CredentialService {
     ) -> Self {
         Self {
             policy: Policy::new(store.clone()),
+            apps: AppClients::new(store.clone(), envelope.clone()),
             store,
             envelope,
             clock,
@@ -477,6 +480,8 @@ impl CredentialService {
         // Destroy first, then revoke with the tokens held in memory: a slow or failing provider
         // never keeps tokens alive here.
         let tokens = sealing::open(&self.envelope, &c).await;
+        // Revoked with the client that minted the grant (an app deleted since: none left).
+        let app = self.apps.for_credential(&c).await.ok().flatten();
         let expected = c.version;
         let provider = c.provider_id.clone();
         sealing::shred(&self.envelope, &mut c)?;
@@ -499,7 +504,8 @@ impl CredentialService {
                     .into(),
             )
         } else {
-            self.revoke(&provider, c.id.as_str(), tokens).await
+            self.revoke(&provider, app.as_ref(), c.id.as_str(), tokens)
+                .await
         };
         Ok((
             CredentialView {
@@ -514,6 +520,7 @@ impl CredentialService {
     async fn revoke(
         &self,
         provider: &str,
+        app: Option<&ResolvedApp>,
         id: &str,
         tokens: Result<Option<TokenBundle>, BrokerError>,
     ) -> Revocation {
@@ -524,7 +531,12 @@ impl CredentialService {
                 return Revocation::Failed(format!("the stored tokens could not be opened: {e}"));
             }
         };
-        match self.gateway.revoke(provider, &tokens).await {
+        let (revoked, _) = AppClients::call(app, |client| {
+            let tokens = &tokens;
+            async move { self.gateway.revoke(provider, client.as_ref(), tokens).await }
+        })
+        .await;
+        match revoked {
             Ok(RevokeResult::Revoked) => Revocation::Revoked,
             Ok(RevokeResult::NotSupported) => Revocation::NotSupported(
                 "the provider offers no revocation; the grant stays valid there until it expires or the user removes it".into(),

@@ -71,6 +71,9 @@ pub struct FakeConfig {
     pub client_id: String,
     /// The registered client secret (a test fixture or a per-start random value: plain text).
     pub client_secret: String,
+    /// Further registered clients as (client id, client secret): each authorizes, exchanges,
+    /// refreshes and revokes its own grants, like the first (workspaces bringing their own app).
+    pub extra_clients: Vec<(String, String)>,
     /// Registered redirect URIs; `/authorize` refuses others (without redirecting).
     pub redirect_uris: Vec<String>,
     /// Client authentication the token and revocation endpoints demand; `None` accepts either
@@ -126,11 +129,25 @@ pub struct FakeConfig {
     pub issuer: Option<String>,
 }
 
+impl FakeConfig {
+    /// The registered secret of client `id` (the first client or one of `extra_clients`).
+    pub fn secret_of(&self, id: &str) -> Option<&str> {
+        if id == self.client_id {
+            return Some(&self.client_secret);
+        }
+        self.extra_clients
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, s)| s.as_str())
+    }
+}
+
 impl Default for FakeConfig {
     fn default() -> Self {
         Self {
             client_id: "fake-client".into(),
             client_secret: "fake-secret".into(),
+            extra_clients: Vec::new(),
             redirect_uris: vec!["https://broker.test/oauth/callback".into()],
             client_auth: None,
             require_pkce: false,
@@ -163,6 +180,14 @@ impl fmt::Debug for FakeConfig {
         f.debug_struct("FakeConfig")
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field(
+                "extra_clients",
+                &self
+                    .extra_clients
+                    .iter()
+                    .map(|(id, _)| id)
+                    .collect::<Vec<_>>(),
+            )
             .field("redirect_uris", &self.redirect_uris)
             .field("client_auth", &self.client_auth)
             .field("require_pkce", &self.require_pkce)

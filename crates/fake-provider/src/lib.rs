@@ -194,6 +194,11 @@ impl FakeProvider {
         self.shared.lock().token_requests.clone()
     }
 
+    /// The client id of each accepted RFC 7009 revocation (`/revoke`), in order.
+    pub fn revocation_clients(&self) -> Vec<String> {
+        self.shared.lock().revocation_clients.clone()
+    }
+
     /// The query parameters of each `/authorize` request, in order.
     pub fn authorize_queries(&self) -> Vec<BTreeMap<String, String>> {
         self.shared.lock().authorize_queries.clone()

@@ -2,7 +2,9 @@
 //! the outcomes in the configured [`Dialect`] (error formats, body encodings, response fields).
 
 use crate::config::{Dialect, TokenFailure};
-use crate::state::{Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate};
+use crate::state::{
+    Authorization, Issued, State, TokenError, TokenRequestRecord, authenticate, presented_client_id,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request};
@@ -44,6 +46,10 @@ type App = axum::extract::State<Arc<Shared>>;
 /// Every endpoint of the fake.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(authorization_server_metadata),
+        )
         .route("/authorize", get(authorize))
         .route("/callback", get(callback))
         .route("/token", post(token))
@@ -163,6 +169,31 @@ async fn callback(req: FakeRequest) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
+// --- metadata --------------------------------------------------------------------------------
+
+/// RFC 8414 authorization server metadata, issued under the configured `issuer` (the base URL
+/// when none is set).
+async fn authorization_server_metadata(app: App) -> Response {
+    let s = app.lock();
+    let base = &app.base_url;
+    let issuer = s.config.issuer.clone().unwrap_or_else(|| base.clone());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "revocation_endpoint": format!("{base}/revoke"),
+            "userinfo_endpoint": format!("{base}/userinfo"),
+            "scopes_supported": ["read", "write"],
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        }),
+    )
+}
+
 // --- token endpoint ------------------------------------------------------------------------------
 
 async fn token(app: App, req: FakeRequest) -> Response {
@@ -170,8 +201,11 @@ async fn token(app: App, req: FakeRequest) -> Response {
     let (delay, failure, dialect) = {
         let mut s = app.lock();
         let params = req.params(s.config.dialect).unwrap_or_default();
-        let (client_auth, _) = authenticate(&s.config, req.basic_credentials(), &params);
+        let basic = req.basic_credentials();
+        let client_id = presented_client_id(&s.config, basic.as_ref(), &params);
+        let (client_auth, _) = authenticate(&s.config, basic, &params);
         let record = TokenRequestRecord {
+            client_id,
             path: req.path.clone(),
             grant_type: params.get("grant_type").cloned(),
             client_auth,
@@ -453,13 +487,15 @@ async fn revoke(app: App, req: FakeRequest) -> Response {
     let Some(params) = req.params(dialect) else {
         return token_error(dialect, TokenError::InvalidRequest, false);
     };
-    if let Err(kind) = authenticate(&s.config, req.basic_credentials(), &params).1 {
-        return token_error(dialect, kind, false);
-    }
+    let client_id = match authenticate(&s.config, req.basic_credentials(), &params).1 {
+        Ok(id) => id,
+        Err(kind) => return token_error(dialect, kind, false),
+    };
     let Some(token) = params.get("token") else {
         return token_error(dialect, TokenError::InvalidRequest, false);
     };
     s.revoke(token);
+    s.revocation_clients.push(client_id);
     // RFC 7009 §2.2: unknown tokens are answered with 200 too.
     text(StatusCode::OK, "")
 }
@@ -496,9 +532,7 @@ async fn revoke_github(app: App, Path(path_client): Path<String>, req: FakeReque
     }
     match req.basic_credentials() {
         Some((id, secret))
-            if id == s.config.client_id
-                && secret == s.config.client_secret
-                && path_client == id => {}
+            if s.config.secret_of(&id) == Some(secret.as_str()) && path_client == id => {}
         _ => {
             return json_response(
                 StatusCode::UNAUTHORIZED,

@@ -57,6 +57,8 @@ pub struct TokenRequestRecord {
     pub content_type: Option<String>,
     /// The `Accept` header.
     pub accept: Option<String>,
+    /// The client id the request named (Basic or form), if any.
+    pub client_id: Option<String>,
     /// Whether a `code_verifier` was sent.
     pub has_code_verifier: bool,
     /// When it arrived (before any configured delay).
@@ -127,6 +129,8 @@ pub(crate) struct State {
     pub failures: VecDeque<TokenFailure>,
     pub counters: Counters,
     pub token_requests: Vec<TokenRequestRecord>,
+    /// The client id of each accepted RFC 7009 revocation, in order.
+    pub revocation_clients: Vec<String>,
     pub authorize_queries: Vec<BTreeMap<String, String>>,
     seq: u64,
     codes: HashMap<String, CodeGrant>,
@@ -145,6 +149,7 @@ impl State {
             failures: VecDeque::new(),
             counters: Counters::default(),
             token_requests: Vec::new(),
+            revocation_clients: Vec::new(),
             authorize_queries: Vec::new(),
             seq: 0,
             codes: HashMap::new(),
@@ -163,9 +168,13 @@ impl State {
         self.counters.authorize_calls += 1;
         self.authorize_queries.push(q.clone());
         let cfg = &self.config;
-        if q.get(&cfg.client_id_param) != Some(&cfg.client_id) {
+        let Some(client_id) = q
+            .get(&cfg.client_id_param)
+            .filter(|id| cfg.secret_of(id).is_some())
+            .cloned()
+        else {
             return Authorization::Refused("unknown client_id");
-        }
+        };
         let Some(redirect_uri) = q
             .get("redirect_uri")
             .filter(|r| cfg.redirect_uris.contains(r))
@@ -212,7 +221,7 @@ impl State {
         };
         let scopes = scope_param.map(|s| split_scopes(s)).unwrap_or_default();
         let grant = CodeGrant {
-            client_id: cfg.client_id.clone(),
+            client_id,
             redirect_uri: redirect_uri.clone(),
             challenge,
             subject: cfg.subject.clone(),
@@ -544,10 +553,22 @@ pub(crate) fn authenticate(
     if cfg.client_auth.is_some_and(|want| want != used) {
         return (label, Err(TokenError::InvalidClient));
     }
-    if id != cfg.client_id || secret != cfg.client_secret {
+    if cfg.secret_of(&id) != Some(secret.as_str()) {
         return (label, Err(TokenError::InvalidClient));
     }
     (label, Ok(id))
+}
+
+/// The client id a token or revocation request names (Basic first, else the form), whether or
+/// not it authenticates.
+pub(crate) fn presented_client_id(
+    cfg: &FakeConfig,
+    basic: Option<&(String, String)>,
+    params: &BTreeMap<String, String>,
+) -> Option<String> {
+    basic
+        .map(|(id, _)| id.clone())
+        .or_else(|| params.get(&cfg.client_id_param).cloned())
 }
 
 /// `redirect_uri` with extra query parameters appended; `None` if it is not a URL.

@@ -249,3 +249,90 @@ async fn a_declared_issuer_goes_into_every_authorization_response() {
         Some("https://issuer.test")
     );
 }
+
+/// Several registered clients: each authorizes and exchanges under its own id, a wrong secret is
+/// `invalid_client`, a grant is refreshed only by the client it was issued to, and revocations
+/// are recorded under the client that sent them.
+#[tokio::test]
+async fn extra_clients_each_own_their_grants() {
+    let fake = FakeProvider::start(FakeConfig {
+        extra_clients: vec![("second".into(), "second-secret".into())],
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let post = |params: Vec<(&'static str, String)>| {
+        let url = fake.base_url();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("{url}/token"))
+                .form(&params)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Authorize as the second client.
+    let mut url = url::Url::parse(&format!("{}/authorize", fake.base_url())).unwrap();
+    url.query_pairs_mut().extend_pairs([
+        ("response_type", "code"),
+        ("client_id", "second"),
+        ("redirect_uri", REDIRECT),
+        ("state", "st-2"),
+    ]);
+    let resp = no_redirects().get(url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 302);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let exchange = |secret: &str| {
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("client_id", "second".to_owned()),
+            ("client_secret", secret.to_owned()),
+        ]
+    };
+    let (status, body) = post(exchange("wrong")).await;
+    assert_eq!(
+        (status, field(&body, "error").as_str()),
+        (401, "invalid_client")
+    );
+    let (status, body) = post(exchange("second-secret")).await;
+    assert_eq!(status, 200, "{body}");
+    let refresh = field(&body, "refresh_token");
+    assert_eq!(
+        fake.token_requests().last().unwrap().client_id.as_deref(),
+        Some("second")
+    );
+    // The first client cannot refresh the second's grant.
+    let config = fake.config();
+    let (status, _) = post(vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh.clone()),
+        ("client_id", config.client_id.clone()),
+        ("client_secret", config.client_secret.clone()),
+    ])
+    .await;
+    assert_eq!(status, 400);
+    // Revocation is recorded under the client that sent it.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/revoke", fake.base_url()))
+        .form(&[
+            ("token", refresh.as_str()),
+            ("client_id", "second"),
+            ("client_secret", "second-secret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(fake.revocation_clients(), ["second"]);
+}

@@ -21,8 +21,9 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RUN_GRANT_CHANGE_PREFIX, RefreshIntent,
-    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
+    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
+    RUN_GRANT_CHANGE_PREFIX, RefreshIntent, RunGrantRow, SealedColumns, StatusQuery, UsageRecord,
+    WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -355,6 +356,68 @@ pub trait Store: Send + Sync + 'static {
     /// like [`ChangeEvent::Resync`] (drop every cached entry): the receiver fell more than
     /// [`CHANGE_EVENT_CAPACITY`] events behind and some were discarded.
     fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
+
+    /// Inserts an OAuth app (row_version 1) with its first client secret, in one transaction.
+    /// An existing id → [`StoreError::Duplicate`].
+    async fn insert_oauth_app(
+        &self,
+        app: &OAuthAppRow,
+        secret: &OAuthAppSecretRow,
+    ) -> Result<(), StoreError>;
+
+    /// Reads one OAuth app.
+    async fn get_oauth_app(&self, id: &str) -> Result<Option<OAuthAppRow>, StoreError>;
+
+    /// A workspace's OAuth apps (one provider's, or all), oldest first.
+    async fn list_oauth_apps(
+        &self,
+        workspace_id: &str,
+        provider_id: Option<&str>,
+    ) -> Result<Vec<OAuthAppRow>, StoreError>;
+
+    /// Writes `display_name`, `client_id`, `allowed_scopes` and `updated_at` WHERE id matches
+    /// AND row_version = expected_version; bumps the version and returns the stored row.
+    /// Missing → [`StoreError::NotFound`]; version mismatch → [`StoreError::VersionConflict`].
+    async fn update_oauth_app(
+        &self,
+        app: &OAuthAppRow,
+        expected_version: i64,
+    ) -> Result<OAuthAppRow, StoreError>;
+
+    /// Deletes an app and its secrets in one transaction; returns whether it existed.
+    /// Credentials keep naming it (the domain decides what happens to them first).
+    async fn delete_oauth_app(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Adds a client secret. An existing (app, version) → [`StoreError::Duplicate`].
+    async fn insert_oauth_app_secret(&self, secret: &OAuthAppSecretRow) -> Result<(), StoreError>;
+
+    /// An app's client secrets, newest first.
+    async fn list_oauth_app_secrets(
+        &self,
+        app_id: &str,
+    ) -> Result<Vec<OAuthAppSecretRow>, StoreError>;
+
+    /// Deletes one client secret; returns whether it existed.
+    async fn delete_oauth_app_secret(&self, app_id: &str, version: i64)
+    -> Result<bool, StoreError>;
+
+    /// Records which app (and secret version) minted a credential's grant (`None`: the
+    /// deployment's configured client). Does not bump the row version or announce a change:
+    /// it names the client, not the tokens.
+    async fn set_credential_app(
+        &self,
+        credential_id: &str,
+        app: Option<(&str, i64)>,
+    ) -> Result<(), StoreError>;
+
+    /// The app (and secret version) recorded for a credential, if any.
+    async fn credential_app(
+        &self,
+        credential_id: &str,
+    ) -> Result<Option<(String, i64)>, StoreError>;
+
+    /// Ids of the non-disconnected credentials minted by an app, ordered by id.
+    async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
 
     /// Whether changes made by other processes are being delivered right now: the session of
     /// the change feed (a new number each time it (re)connects, notifications in between may

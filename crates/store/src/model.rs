@@ -376,6 +376,9 @@ pub struct ConnectSessionRow {
     /// When the session was consumed; set once, by
     /// [`Store::consume_connect_session`](crate::Store::consume_connect_session).
     pub consumed_at: Option<i64>,
+    /// The workspace OAuth app the flow started with; `None`: the deployment's configured
+    /// client. The code is exchanged with the same client.
+    pub oauth_app_id: Option<String>,
 }
 
 // Lengths only for the sealed verifier and wrapped key.
@@ -405,6 +408,66 @@ impl fmt::Debug for ConnectSessionRow {
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("consumed_at", &self.consumed_at)
+            .field("oauth_app_id", &self.oauth_app_id)
+            .finish()
+    }
+}
+
+/// One OAuth app a workspace brings for a provider (`oauth_apps` row). Its client secrets are
+/// [`OAuthAppSecretRow`]s.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct OAuthAppRow {
+    /// Opaque id (primary key).
+    pub id: String,
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Provider catalog id.
+    pub provider_id: String,
+    /// Name shown to people.
+    pub display_name: String,
+    /// The client id registered at the provider (not a secret).
+    pub client_id: String,
+    /// Scopes the app may request, space-separated; empty: any the provider offers.
+    pub allowed_scopes: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// Optimistic concurrency version; 1 on insert.
+    pub row_version: i64,
+}
+
+/// One sealed client secret of an OAuth app (`oauth_app_secrets` row).
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OAuthAppSecretRow {
+    /// The app.
+    pub app_id: String,
+    /// 1 for the first secret, +1 per rotation; the newest is used.
+    pub version: i64,
+    /// The secret sealed under its data key.
+    pub sealed_secret: Vec<u8>,
+    /// The data key, wrapped by the key provider.
+    pub dek_wrapped: Vec<u8>,
+    /// Id of the key-encryption key.
+    pub dek_key_id: String,
+    /// Version of the key-encryption key.
+    pub dek_key_version: i64,
+    /// When it was added.
+    pub created_at: i64,
+}
+
+// Lengths only: ciphertext of a secret.
+impl fmt::Debug for OAuthAppSecretRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthAppSecretRow")
+            .field("app_id", &self.app_id)
+            .field("version", &self.version)
+            .field("sealed_secret_len", &self.sealed_secret.len())
+            .field("dek_key_id", &self.dek_key_id)
+            .field("dek_key_version", &self.dek_key_version)
+            .field("created_at", &self.created_at)
             .finish()
     }
 }

@@ -213,14 +213,14 @@ macro_rules! connect_session_columns {
         "state_hash, workspace_id, provider_id, scopes, redirect_uri, pkce_verifier, \
          pkce_dek_wrapped, pkce_dek_key_id, pkce_dek_key_version, reconnect_credential_id, \
          display_name, description, created_by, created_by_email, created_at, expires_at, \
-         consumed_at"
+         consumed_at, oauth_app_id"
     };
 }
 
 pub(crate) const INSERT_CONNECT_SESSION: &str = concat!(
     "INSERT INTO connect_sessions (",
     connect_session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
 );
 
 pub(crate) const GET_CONNECT_SESSION: &str = concat!(
@@ -264,6 +264,7 @@ macro_rules! bind_connect_session {
             .bind(s.created_at)
             .bind(s.expires_at)
             .bind(s.consumed_at)
+            .bind(s.oauth_app_id.as_deref())
     }};
 }
 pub(crate) use bind_connect_session;
@@ -632,3 +633,64 @@ pub(crate) const REVOKE_RUN_GRANT: &str = "UPDATE run_grants SET revoked_at = $2
 /// Deletes at most one batch of grants expired before $1 (bind: older_than, batch size).
 pub(crate) const PRUNE_RUN_GRANTS_BATCH: &str = "DELETE FROM run_grants \
      WHERE id IN (SELECT id FROM run_grants WHERE expires_at < $1 LIMIT $2)";
+/// Every column of `oauth_apps`, in [`OAuthAppRow`](crate::model::OAuthAppRow) order.
+macro_rules! oauth_app_columns {
+    () => {
+        "id, workspace_id, provider_id, display_name, client_id, allowed_scopes, created_by, \
+         created_at, updated_at, row_version"
+    };
+}
+
+pub(crate) const INSERT_OAUTH_APP: &str = concat!(
+    "INSERT INTO oauth_apps (",
+    oauth_app_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
+
+pub(crate) const GET_OAUTH_APP: &str = concat!(
+    "SELECT ",
+    oauth_app_columns!(),
+    " FROM oauth_apps WHERE id = $1"
+);
+
+/// A workspace's apps, oldest first (ids are time-ordered); `$2` NULL: every provider.
+pub(crate) const LIST_OAUTH_APPS: &str = concat!(
+    "SELECT ",
+    oauth_app_columns!(),
+    " FROM oauth_apps WHERE workspace_id = $1 AND ($2 IS NULL OR provider_id = $2) ORDER BY id"
+);
+
+/// Bind: id, expected version, display_name, client_id, allowed_scopes, updated_at.
+pub(crate) const UPDATE_OAUTH_APP: &str = concat!(
+    "UPDATE oauth_apps SET display_name = $3, client_id = $4, allowed_scopes = $5, \
+     updated_at = $6, row_version = row_version + 1 WHERE id = $1 AND row_version = $2 \
+     RETURNING ",
+    oauth_app_columns!()
+);
+
+pub(crate) const DELETE_OAUTH_APP: &str = "DELETE FROM oauth_apps WHERE id = $1";
+
+/// Secrets go first: SQLite only cascades with foreign keys on, so nothing relies on it.
+pub(crate) const DELETE_OAUTH_APP_SECRETS: &str = "DELETE FROM oauth_app_secrets WHERE app_id = $1";
+
+pub(crate) const INSERT_OAUTH_APP_SECRET: &str = "INSERT INTO oauth_app_secrets (app_id, version, \
+     sealed_secret, dek_wrapped, dek_key_id, dek_key_version, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Newest first.
+pub(crate) const LIST_OAUTH_APP_SECRETS: &str = "SELECT app_id, version, sealed_secret, \
+     dek_wrapped, dek_key_id, dek_key_version, created_at FROM oauth_app_secrets \
+     WHERE app_id = $1 ORDER BY version DESC";
+
+pub(crate) const DELETE_OAUTH_APP_SECRET: &str =
+    "DELETE FROM oauth_app_secrets WHERE app_id = $1 AND version = $2";
+
+/// Bind: credential id, app id, secret version.
+pub(crate) const SET_CREDENTIAL_APP: &str = "UPDATE credentials SET oauth_app_id = $2, \
+     oauth_app_secret_version = $3 WHERE id = $1";
+
+pub(crate) const GET_CREDENTIAL_APP: &str =
+    "SELECT oauth_app_id, oauth_app_secret_version FROM credentials WHERE id = $1";
+
+pub(crate) const CREDENTIALS_USING_APP: &str = "SELECT id FROM credentials \
+     WHERE oauth_app_id = $1 AND status <> 'DISCONNECTED' ORDER BY id";

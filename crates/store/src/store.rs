@@ -21,8 +21,8 @@ use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord,
-    WrappedDekRow, run_grant_change_id,
+    MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow, RefreshIntent,
+    RunGrantRow, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -521,6 +521,9 @@ where
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
     for<'t> RefreshIntent: FromRow<'t, DB::Row>,
     for<'t> RunGrantRow: FromRow<'t, DB::Row>,
+    for<'t> OAuthAppRow: FromRow<'t, DB::Row>,
+    for<'t> OAuthAppSecretRow: FromRow<'t, DB::Row>,
+    for<'t> (Option<String>, Option<i64>): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -1072,7 +1075,223 @@ where
         DB::subscribe(&self.changes, &self.pool)
     }
 
+    async fn insert_oauth_app(
+        &self,
+        app: &OAuthAppRow,
+        secret: &OAuthAppSecretRow,
+    ) -> Result<(), StoreError> {
+        self.traced("insert_oauth_app", None, async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query::<DB>(sql::INSERT_OAUTH_APP)
+                .bind(app.id.as_str())
+                .bind(app.workspace_id.as_str())
+                .bind(app.provider_id.as_str())
+                .bind(app.display_name.as_str())
+                .bind(app.client_id.as_str())
+                .bind(app.allowed_scopes.as_str())
+                .bind(app.created_by.as_str())
+                .bind(app.created_at)
+                .bind(app.updated_at)
+                .bind(app.row_version)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            tx.commit().await.map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn get_oauth_app(&self, id: &str) -> Result<Option<OAuthAppRow>, StoreError> {
+        self.traced("get_oauth_app", None, async {
+            sqlx::query_as::<DB, OAuthAppRow>(sql::GET_OAUTH_APP)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn list_oauth_apps(
+        &self,
+        workspace_id: &str,
+        provider_id: Option<&str>,
+    ) -> Result<Vec<OAuthAppRow>, StoreError> {
+        self.traced("list_oauth_apps", None, async {
+            sqlx::query_as::<DB, OAuthAppRow>(sql::LIST_OAUTH_APPS)
+                .bind(workspace_id)
+                .bind(provider_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn update_oauth_app(
+        &self,
+        app: &OAuthAppRow,
+        expected_version: i64,
+    ) -> Result<OAuthAppRow, StoreError> {
+        self.traced("update_oauth_app", None, async {
+            let updated = sqlx::query_as::<DB, OAuthAppRow>(sql::UPDATE_OAUTH_APP)
+                .bind(app.id.as_str())
+                .bind(expected_version)
+                .bind(app.display_name.as_str())
+                .bind(app.client_id.as_str())
+                .bind(app.allowed_scopes.as_str())
+                .bind(app.updated_at)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            match updated {
+                Some(row) => Ok(row),
+                None if self.get_oauth_app(&app.id).await?.is_some() => {
+                    Err(StoreError::VersionConflict {
+                        expected: expected_version,
+                    })
+                }
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn delete_oauth_app(&self, id: &str) -> Result<bool, StoreError> {
+        self.traced("delete_oauth_app", None, async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query(sql::DELETE_OAUTH_APP_SECRETS)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            let done = sqlx::query(sql::DELETE_OAUTH_APP)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            tx.commit().await.map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn insert_oauth_app_secret(&self, secret: &OAuthAppSecretRow) -> Result<(), StoreError> {
+        self.traced("insert_oauth_app_secret", None, async {
+            bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_oauth_app_secrets(
+        &self,
+        app_id: &str,
+    ) -> Result<Vec<OAuthAppSecretRow>, StoreError> {
+        self.traced("list_oauth_app_secrets", None, async {
+            sqlx::query_as::<DB, OAuthAppSecretRow>(sql::LIST_OAUTH_APP_SECRETS)
+                .bind(app_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn delete_oauth_app_secret(
+        &self,
+        app_id: &str,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        self.traced("delete_oauth_app_secret", None, async {
+            let done = sqlx::query(sql::DELETE_OAUTH_APP_SECRET)
+                .bind(app_id)
+                .bind(version)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn set_credential_app(
+        &self,
+        credential_id: &str,
+        app: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        self.traced("set_credential_app", Some(credential_id), async {
+            sqlx::query(sql::SET_CREDENTIAL_APP)
+                .bind(credential_id)
+                .bind(app.map(|(id, _)| id))
+                .bind(app.map(|(_, v)| v))
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn credential_app(
+        &self,
+        credential_id: &str,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        self.traced("credential_app", Some(credential_id), async {
+            let row = sqlx::query_as::<DB, (Option<String>, Option<i64>)>(sql::GET_CREDENTIAL_APP)
+                .bind(credential_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(match row {
+                Some((Some(app), version)) => Some((app, version.unwrap_or(0))),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
+        self.traced("credentials_using_app", None, async {
+            let rows = sqlx::query_as::<DB, (String,)>(sql::CREDENTIALS_USING_APP)
+                .bind(app_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(rows.into_iter().map(|(id,)| id).collect())
+        })
+        .await
+    }
+
     fn change_feed(&self) -> Option<u64> {
         DB::feed_session(&self.changes)
     }
+}
+
+/// Binds an [`OAuthAppSecretRow`] in `INSERT_OAUTH_APP_SECRET` order.
+fn bind_secret<'q, DB>(
+    statement: &'static str,
+    s: &'q OAuthAppSecretRow,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(statement)
+        .bind(s.app_id.as_str())
+        .bind(s.version)
+        .bind(s.sealed_secret.as_slice())
+        .bind(s.dek_wrapped.as_slice())
+        .bind(s.dek_key_id.as_str())
+        .bind(s.dek_key_version)
+        .bind(s.created_at)
 }

@@ -6,6 +6,7 @@ use crate::support::fake_provider::FakeProvider;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_proto::v1::membership_service_client::MembershipServiceClient;
+use cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient;
 use std::collections::HashMap;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -51,6 +52,8 @@ pub struct Client {
     pub creds: CredentialServiceClient<Channel>,
     /// MembershipService.
     pub members: MembershipServiceClient<Channel>,
+    /// OAuthAppService.
+    pub apps: OAuthAppServiceClient<Channel>,
     /// Who the calls are made for.
     pub actor: Actor,
     /// The workspace the calls say the actor is an admin of (`x-actor-workspace-*`), if any.
@@ -62,7 +65,8 @@ impl Client {
     pub fn new(channel: Channel, actor: Actor) -> Self {
         Self {
             creds: CredentialServiceClient::new(channel.clone()),
-            members: MembershipServiceClient::new(channel),
+            members: MembershipServiceClient::new(channel.clone()),
+            apps: OAuthAppServiceClient::new(channel),
             actor,
             admin_of: None,
         }
@@ -237,6 +241,39 @@ impl Client {
         self.complete_connect(&callback).await
     }
 
+    /// CreateOAuthApp for provider `provider_id` in `workspace_id` (allowing every scope).
+    pub async fn create_app(
+        &mut self,
+        workspace_id: &str,
+        provider_id: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<pb::OAuthApp, Status> {
+        let request = self.request(app_request(
+            workspace_id,
+            provider_id,
+            client_id,
+            client_secret,
+        ));
+        let response = self.apps.create_o_auth_app(request).await?.into_inner();
+        Ok(response.oauth_app.expect("CreateOAuthApp answers the app"))
+    }
+
+    /// The first 1000 audit events about `credential_id` (empty: all), newest first
+    /// (ListAuditEvents: operators and development mode only).
+    pub async fn audit_events(
+        &mut self,
+        credential_id: &str,
+    ) -> Result<Vec<pb::AuditEvent>, Status> {
+        let request = self.request(pb::ListAuditEventsRequest {
+            credential_id: credential_id.to_owned(),
+            page_size: 1000,
+            ..Default::default()
+        });
+        let response = self.creds.list_audit_events(request).await?.into_inner();
+        Ok(response.events)
+    }
+
     /// GetCredential.
     pub async fn get(&mut self, id: &str) -> Result<pb::Credential, Status> {
         let request = self.request(pb::GetCredentialRequest {
@@ -372,6 +409,24 @@ pub fn callback_request(q: &HashMap<String, String>) -> pb::CompleteConnectReque
         error: param("error"),
         error_description: param("error_description"),
         ..Default::default()
+    }
+}
+
+/// A CreateOAuthAppRequest for `provider_id` in `workspace_id`, named after its client id,
+/// allowing every scope.
+pub fn app_request(
+    workspace_id: &str,
+    provider_id: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> pb::CreateOAuthAppRequest {
+    pb::CreateOAuthAppRequest {
+        workspace_id: workspace_id.into(),
+        provider_id: provider_id.into(),
+        display_name: format!("App {client_id}"),
+        client_id: client_id.into(),
+        client_secret: client_secret.into(),
+        allowed_scopes: vec![],
     }
 }
 

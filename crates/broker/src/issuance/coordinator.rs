@@ -15,7 +15,8 @@ use crate::access::Role;
 use crate::clock::Timestamp;
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, reason};
-use crate::gateway::{GrantedTokens, ProviderError};
+use crate::gateway::{AppClient, GrantedTokens, ProviderError};
+use crate::oauth_apps::AppClients;
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
@@ -251,7 +252,7 @@ impl TokenService {
                 }
                 // A configuration error is not transient: no lease, no provider call, no
                 // retries, and the provider's circuit stays as it is.
-                if let Err(e) = self.provider_configured(&c.provider_id) {
+                if let Err(e) = self.provider_configured(&c).await {
                     if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
                         tracing::warn!(credential_id = %id, provider = %c.provider_id, "provider not configured; serving the still-valid token");
                         return self.entry(&c, &bundle).await;
@@ -520,7 +521,17 @@ impl TokenService {
             if !self.store.record_refresh_intent(&id, &intent).await? {
                 return Err(lease_lost());
             }
-            match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
+            // The client that minted the grant: a workspace app (newest secret, the previous one
+            // once on invalid_client) or the deployment's configured client.
+            let app = self.apps.for_credential(&c).await?;
+            let (answer, used) = AppClients::call(app.as_ref(), |client| {
+                self.call_refresh(&c.provider_id, client, &refresh_token, &bundle.extras)
+            })
+            .await;
+            if let (Some(a), Some(version)) = (&app, used.version) {
+                self.apps.record(&id, Some(a), Some(version)).await?;
+            }
+            match answer {
                 Ok(granted) => {
                     let fresh = merge(&bundle, granted.clone(), now);
                     if let Some(s) = granted.scopes.as_ref() {
@@ -554,7 +565,12 @@ impl TokenService {
                     self.count_refresh(&c.provider_id, "refreshed");
                     self.entry(&Credential::from_row(stored)?, &fresh).await
                 }
-                Err(ProviderError::Permanent(why)) => {
+                Err(ProviderError::Permanent(why) | ProviderError::InvalidClient(why)) => {
+                    let why = match (used.fallback, &app) {
+                        (Some(_), Some(a)) => format!("{why} (OAuth app {}: its previous client secret was refused too)", a.label()),
+                        (None, Some(a)) => format!("{why} (OAuth app {})", a.label()),
+                        _ => why,
+                    };
                     let why = match &interrupted {
                         Some(_) => format!("{INTERRUPTED_PREFIX}{why}"),
                         None => why,
@@ -613,6 +629,7 @@ impl TokenService {
     async fn call_refresh(
         &self,
         provider: &str,
+        client: Option<AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
@@ -621,15 +638,19 @@ impl TokenService {
                 self.stats
                     .provider_refreshes
                     .fetch_add(1, Ordering::Relaxed);
-                self.gateway.refresh(provider, refresh_token, extras)
+                self.gateway
+                    .refresh(provider, client.as_ref(), refresh_token, extras)
             })
             .await
     }
 
-    /// Whether refreshes can be sent to this provider at all (client credentials configured).
-    fn provider_configured(&self, provider: &str) -> Result<(), BrokerError> {
+    /// Whether refreshes can be sent for this credential at all: through the workspace app that
+    /// minted it, or the provider's configured client.
+    async fn provider_configured(&self, c: &Credential) -> Result<(), BrokerError> {
+        let provider = c.provider_id.as_str();
         let message = match self.gateway.get(provider) {
             Some(p) if p.configured => return Ok(()),
+            Some(_) if self.store.credential_app(c.id.as_str()).await?.is_some() => return Ok(()),
             Some(_) => format!(
                 "the provider {provider} has no client credentials configured: an operator must configure it before its tokens can be refreshed"
             ),

@@ -223,6 +223,7 @@ pub struct TokenService {
     usage: ShardedMap<String, HashMap<String, i64>>,
     stats: IssuanceStats,
     grants: Arc<RunGrants>,
+    apps: crate::oauth_apps::AppClients,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -259,6 +260,7 @@ impl TokenService {
         ));
         Self {
             grants,
+            apps: crate::oauth_apps::AppClients::new(store.clone(), envelope.clone()),
             policy: Policy::new(store.clone()),
             retry: RetryPolicy::new(
                 limits,

@@ -74,6 +74,7 @@ impl ProviderGateway for ScriptedProvider {
     fn authorize_url(
         &self,
         _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
         _redirect_uri: &str,
         _scopes: &[String],
         _state: &str,
@@ -87,6 +88,7 @@ impl ProviderGateway for ScriptedProvider {
     async fn exchange_code(
         &self,
         _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
         _code: &SecretString,
         _redirect_uri: &str,
         _pkce_verifier: Option<&SecretString>,
@@ -97,6 +99,7 @@ impl ProviderGateway for ScriptedProvider {
     async fn refresh(
         &self,
         _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
         _refresh_token: &SecretString,
         _extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
@@ -121,9 +124,23 @@ impl ProviderGateway for ScriptedProvider {
             extras: BTreeMap::new(),
         })
     }
+    async fn probe_client(
+        &self,
+        _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
+        _redirect_uri: &str,
+    ) -> crate::gateway::ClientProbe {
+        crate::gateway::ClientProbe::Unexpected("not used".into())
+    }
+
+    async fn discover(&self, _provider: &str) -> crate::gateway::Discovery {
+        crate::gateway::Discovery::NoIssuer
+    }
+
     async fn revoke(
         &self,
         _provider: &str,
+        _client: Option<&crate::gateway::AppClient>,
         _tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
         Ok(RevokeResult::NotSupported)

@@ -365,7 +365,7 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
 }
 
 /// A field that was checked: once the violations are finished it is there, `None` is a parser bug.
-fn parsed<T>(value: Option<T>) -> Result<T, BrokerError> {
+pub fn parsed<T>(value: Option<T>) -> Result<T, BrokerError> {
     value.ok_or_else(|| BrokerError::Internal("request parse inconsistency".into()))
 }
 
@@ -551,6 +551,14 @@ pub fn start_connect(r: pb::StartConnectRequest) -> Result<StartConnect, BrokerE
     } else {
         v.check(Description::parse("description", &r.description))
     };
+    let oauth_app_id = if r.oauth_app_id.is_empty() {
+        None
+    } else {
+        v.check(cb_broker::oauth_apps::parse_app_id(
+            "oauth_app_id",
+            &r.oauth_app_id,
+        ))
+    };
     v.finish()?;
     Ok(StartConnect {
         workspace_id: parsed(workspace_id)?,
@@ -559,6 +567,7 @@ pub fn start_connect(r: pb::StartConnectRequest) -> Result<StartConnect, BrokerE
         redirect_uri,
         display_name,
         description,
+        oauth_app_id,
     })
 }
 

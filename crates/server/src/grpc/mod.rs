@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod credential;
 pub mod membership;
+pub mod oauth_app;
 pub mod status;
 
 use cb_broker::BrokerError;

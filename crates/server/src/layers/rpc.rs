@@ -41,14 +41,31 @@ pub enum Rpc {
     RemoveMember,
     /// MembershipService/AcceptInvitation
     AcceptInvitation,
+    /// OAuthAppService/CreateOAuthApp
+    CreateOAuthApp,
+    /// OAuthAppService/GetOAuthApp
+    GetOAuthApp,
+    /// OAuthAppService/ListOAuthApps
+    ListOAuthApps,
+    /// OAuthAppService/UpdateOAuthApp
+    UpdateOAuthApp,
+    /// OAuthAppService/DeleteOAuthApp
+    DeleteOAuthApp,
+    /// OAuthAppService/RotateOAuthAppSecret
+    RotateOAuthAppSecret,
+    /// OAuthAppService/RetireOAuthAppSecret
+    RetireOAuthAppSecret,
+    /// OAuthAppService/TestOAuthApp
+    TestOAuthApp,
 }
 
 const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
 const MEMBERSHIP_SERVICE: &str = "credentialbroker.v1.MembershipService";
+const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 18] = [
+    pub const ALL: [Rpc; 26] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -67,6 +84,14 @@ impl Rpc {
         Rpc::UpdateMemberRole,
         Rpc::RemoveMember,
         Rpc::AcceptInvitation,
+        Rpc::CreateOAuthApp,
+        Rpc::GetOAuthApp,
+        Rpc::ListOAuthApps,
+        Rpc::UpdateOAuthApp,
+        Rpc::DeleteOAuthApp,
+        Rpc::RotateOAuthAppSecret,
+        Rpc::RetireOAuthAppSecret,
+        Rpc::TestOAuthApp,
     ];
 
     /// The service's full name.
@@ -77,6 +102,14 @@ impl Rpc {
             | Rpc::UpdateMemberRole
             | Rpc::RemoveMember
             | Rpc::AcceptInvitation => MEMBERSHIP_SERVICE,
+            Rpc::CreateOAuthApp
+            | Rpc::GetOAuthApp
+            | Rpc::ListOAuthApps
+            | Rpc::UpdateOAuthApp
+            | Rpc::DeleteOAuthApp
+            | Rpc::RotateOAuthAppSecret
+            | Rpc::RetireOAuthAppSecret
+            | Rpc::TestOAuthApp => OAUTH_APP_SERVICE,
             _ => CREDENTIAL_SERVICE,
         }
     }
@@ -102,6 +135,14 @@ impl Rpc {
             Rpc::UpdateMemberRole => "UpdateMemberRole",
             Rpc::RemoveMember => "RemoveMember",
             Rpc::AcceptInvitation => "AcceptInvitation",
+            Rpc::CreateOAuthApp => "CreateOAuthApp",
+            Rpc::GetOAuthApp => "GetOAuthApp",
+            Rpc::ListOAuthApps => "ListOAuthApps",
+            Rpc::UpdateOAuthApp => "UpdateOAuthApp",
+            Rpc::DeleteOAuthApp => "DeleteOAuthApp",
+            Rpc::RotateOAuthAppSecret => "RotateOAuthAppSecret",
+            Rpc::RetireOAuthAppSecret => "RetireOAuthAppSecret",
+            Rpc::TestOAuthApp => "TestOAuthApp",
         }
     }
 
@@ -132,9 +173,23 @@ impl Rpc {
             "UpdateMemberRole" => Rpc::UpdateMemberRole,
             "RemoveMember" => Rpc::RemoveMember,
             "AcceptInvitation" => Rpc::AcceptInvitation,
+            "CreateOAuthApp" => Rpc::CreateOAuthApp,
+            "GetOAuthApp" => Rpc::GetOAuthApp,
+            "ListOAuthApps" => Rpc::ListOAuthApps,
+            "UpdateOAuthApp" => Rpc::UpdateOAuthApp,
+            "DeleteOAuthApp" => Rpc::DeleteOAuthApp,
+            "RotateOAuthAppSecret" => Rpc::RotateOAuthAppSecret,
+            "RetireOAuthAppSecret" => Rpc::RetireOAuthAppSecret,
+            "TestOAuthApp" => Rpc::TestOAuthApp,
             _ => return None,
         };
         (rpc.service() == service).then_some(rpc)
+    }
+
+    /// Whether this RPC manages workspace OAuth apps (web backend for workspace admins, and
+    /// operators).
+    pub fn manages_oauth_apps(self) -> bool {
+        self.service() == OAUTH_APP_SERVICE
     }
 
     /// The allow-list: which calling-service roles may call this RPC.
@@ -157,7 +212,7 @@ impl Rpc {
                         | GetCredential
                         | ListCredentials
                         | ListMembers
-                )
+                ) || self.manages_oauth_apps()
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
+use crate::grpc::oauth_app::OAuthAppApi;
 use crate::layers::assertion::{ActorPolicy, ActorVerifier};
 use crate::layers::auth::AuthLayer;
 use crate::layers::workload::WorkloadVerifier;
@@ -18,10 +19,12 @@ use cb_broker::issuance::{
     IssuanceConfig, StatsSnapshot, TokenCache, TokenCacheConfig, TokenService,
 };
 use cb_broker::members::MembershipService;
+use cb_broker::oauth_apps::{AppClients, OAuthAppService};
 use cb_broker::service::CredentialService;
 use cb_crypto::Envelope;
 use cb_proto::v1::credential_service_server::CredentialServiceServer;
 use cb_proto::v1::membership_service_server::MembershipServiceServer;
+use cb_proto::v1::o_auth_app_service_server::OAuthAppServiceServer;
 use cb_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -248,6 +251,7 @@ impl Application {
         metrics.register_domain(tokens.clone(), envelope.clone());
         metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
+        let (app_envelope, app_gateway) = (envelope.clone(), gateway.clone());
         let connect = Arc::new(ConnectService::new(
             store.clone(),
             envelope,
@@ -256,6 +260,13 @@ impl Application {
             audit.clone(),
             cache.clone(),
             credentials.clone(),
+        ));
+        let oauth_apps = Arc::new(OAuthAppService::new(
+            AppClients::new(store.clone(), app_envelope),
+            clock.clone(),
+            app_gateway,
+            cache.clone(),
+            audit.clone(),
         ));
         let members = Arc::new(MembershipService::new(
             store.clone(),
@@ -419,6 +430,10 @@ impl Application {
             .add_service(CredentialServiceServer::new(api).max_decoding_message_size(max_request))
             .add_service(
                 MembershipServiceServer::new(MembershipApi::new(members))
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                OAuthAppServiceServer::new(OAuthAppApi::new(oauth_apps))
                     .max_decoding_message_size(max_request),
             );
         let incoming =

@@ -18,11 +18,12 @@ use tonic_health::server::HealthReporter;
 /// Health service name that only says the process runs (for liveness probes).
 pub const LIVENESS: &str = "liveness";
 
-/// The health service names that follow the dependencies: "" and both API services.
-pub const READINESS: [&str; 3] = [
+/// The health service names that follow the dependencies: "" and every API service.
+pub const READINESS: [&str; 4] = [
     "",
     "credentialbroker.v1.CredentialService",
     "credentialbroker.v1.MembershipService",
+    "credentialbroker.v1.OAuthAppService",
 ];
 
 /// Sets the readiness names (not `liveness`) to `status`.

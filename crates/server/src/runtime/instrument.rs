@@ -6,7 +6,8 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
+    ProviderInfo, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -191,6 +192,7 @@ impl InstrumentedGateway {
         let (result, outcome, took) = timed(span, call, |result| match result {
             Ok(_) => "ok",
             Err(ProviderError::Permanent(_)) => "permanent",
+            Err(ProviderError::InvalidClient(_)) => "invalid_client",
             Err(ProviderError::Transient { .. }) => "transient",
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",
@@ -219,13 +221,14 @@ impl ProviderGateway for InstrumentedGateway {
     fn authorize_url(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
         pkce_challenge: Option<&str>,
     ) -> Result<String, ProviderError> {
         self.inner
-            .authorize_url(provider, redirect_uri, scopes, state, pkce_challenge)
+            .authorize_url(provider, app, redirect_uri, scopes, state, pkce_challenge)
     }
 
     fn uses_pkce(&self, provider: &str) -> bool {
@@ -239,6 +242,7 @@ impl ProviderGateway for InstrumentedGateway {
     async fn exchange_code(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
@@ -247,8 +251,14 @@ impl ProviderGateway for InstrumentedGateway {
         self.observed(
             "exchange_code",
             provider,
-            self.inner
-                .exchange_code(provider, code, redirect_uri, pkce_verifier, callback_params),
+            self.inner.exchange_code(
+                provider,
+                app,
+                code,
+                redirect_uri,
+                pkce_verifier,
+                callback_params,
+            ),
         )
         .await
     }
@@ -256,23 +266,38 @@ impl ProviderGateway for InstrumentedGateway {
     async fn refresh(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
         self.observed(
             "refresh",
             provider,
-            self.inner.refresh(provider, refresh_token, extras),
+            self.inner.refresh(provider, app, refresh_token, extras),
         )
         .await
+    }
+
+    async fn probe_client(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe {
+        self.inner.probe_client(provider, app, redirect_uri).await
+    }
+
+    async fn discover(&self, provider: &str) -> Discovery {
+        self.inner.discover(provider).await
     }
 
     async fn revoke(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
-        self.observed("revoke", provider, self.inner.revoke(provider, tokens))
+        self.observed("revoke", provider, self.inner.revoke(provider, app, tokens))
             .await
     }
 }

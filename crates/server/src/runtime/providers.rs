@@ -3,15 +3,17 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult,
-    ScopeInfo,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
+    ProviderInfo, RevokeResult, ScopeInfo,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
+use cb_oauth::outbound::OutboundClient;
 use cb_oauth::{
     AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
 };
 use secrecy::SecretString;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -32,6 +34,8 @@ pub struct OAuthGateway {
     custom: Vec<String>,
     redirect_uris: Vec<String>,
     http: OAuthHttp,
+    /// Requests to URLs taken from a provider's own metadata (discovery) go through the guard.
+    outbound: OutboundClient,
 }
 
 impl OAuthGateway {
@@ -80,7 +84,9 @@ impl OAuthGateway {
             ..HttpConfig::default()
         })
         .map_err(|e| e.to_string())?;
+        let outbound = OutboundClient::new(config.outbound.policy()).map_err(|e| e.to_string())?;
         Ok(Self {
+            outbound,
             catalog,
             clients,
             placeholders,
@@ -90,16 +96,26 @@ impl OAuthGateway {
         })
     }
 
-    fn spec(&self, id: &str) -> Result<(&ProviderSpec, &ClientCredentials), ProviderError> {
+    /// The provider and the client to call it with: the workspace app's when given, else the
+    /// configured one.
+    fn spec(
+        &self,
+        id: &str,
+        app: Option<&AppClient>,
+    ) -> Result<(&ProviderSpec, Cow<'_, ClientCredentials>), ProviderError> {
         let spec = self
             .catalog
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("unknown provider {id}")))?;
+        if let Some(app) = app {
+            let client = ClientCredentials::new(app.client_id.clone(), app.client_secret.clone());
+            return Ok((spec, Cow::Owned(client)));
+        }
         let client = self
             .clients
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("provider {id} is not configured")))?;
-        Ok((spec, client))
+        Ok((spec, Cow::Borrowed(client)))
     }
 
     fn placeholders(&self, id: &str) -> BTreeMap<String, String> {
@@ -144,11 +160,90 @@ impl OAuthGateway {
     }
 }
 
+/// Where an issuer publishes its metadata: RFC 8414 (the well-known segment goes between host and
+/// path), then OpenID discovery (appended to the issuer).
+fn metadata_urls(issuer: &str) -> Vec<url::Url> {
+    let mut urls = Vec::new();
+    if let Ok(base) = url::Url::parse(issuer) {
+        let path = base.path().trim_end_matches('/').to_owned();
+        let mut rfc8414 = base.clone();
+        rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+        urls.push(rfc8414);
+        let mut openid = base;
+        openid.set_path(&format!("{path}/.well-known/openid-configuration"));
+        urls.push(openid);
+    }
+    urls
+}
+
+/// Compares published metadata with the entry the broker calls the provider by.
+fn compare_metadata(spec: &ProviderSpec, issuer: &str, metadata: &serde_json::Value) -> Discovery {
+    let text = |name: &str| metadata.get(name).and_then(serde_json::Value::as_str);
+    let mut mismatches = Vec::new();
+    // RFC 8414 §3.3: the metadata's issuer must be the issuer it was fetched for.
+    if text("issuer") != Some(issuer) {
+        mismatches.push(format!(
+            "the metadata names issuer {:?}, the entry declares {issuer}",
+            text("issuer").unwrap_or_default()
+        ));
+    }
+    for (field, entry) in [
+        ("token_endpoint", spec.token_url.as_str()),
+        ("authorization_endpoint", spec.authorize_url.as_str()),
+    ] {
+        // Templated entries ({tenant}) are filled per credential: not comparable here.
+        if !entry.contains('{') && text(field).is_some_and(|published| published != entry) {
+            mismatches.push(format!(
+                "the metadata's {field} is {:?}, the entry uses {entry}",
+                text(field).unwrap_or_default()
+            ));
+        }
+    }
+    let scopes_supported = metadata
+        .get("scopes_supported")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        });
+    Discovery::Found {
+        mismatches,
+        scopes_supported,
+    }
+}
+
+impl OAuthGateway {
+    /// GETs one metadata document through the outbound guard.
+    async fn fetch_metadata(&self, url: &url::Url) -> Result<serde_json::Value, String> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let response = self
+            .outbound
+            .send(self.outbound.inner().get(url.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status.is_success() {
+            return Err(format!(
+                "{host} answered HTTP {} for {}",
+                response.status.as_u16(),
+                url.path()
+            ));
+        }
+        serde_json::from_slice(&response.body)
+            .map_err(|_| format!("{host} did not answer JSON metadata at {}", url.path()))
+    }
+}
+
 fn classify(e: OAuthError) -> ProviderError {
     match e {
-        OAuthError::InvalidGrant { error, description }
-        | OAuthError::InvalidClient { error, description } => {
+        OAuthError::InvalidGrant { error, description } => {
             ProviderError::Permanent(match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            })
+        }
+        OAuthError::InvalidClient { error, description } => {
+            ProviderError::InvalidClient(match description {
                 Some(d) => format!("{error}: {d}"),
                 None => error,
             })
@@ -199,12 +294,13 @@ impl ProviderGateway for OAuthGateway {
     fn authorize_url(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         redirect_uri: &str,
         scopes: &[String],
         state: &str,
         pkce_challenge: Option<&str>,
     ) -> Result<String, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         let req = AuthorizeRequest {
             redirect_uri,
@@ -213,7 +309,7 @@ impl ProviderGateway for OAuthGateway {
             pkce_challenge,
             placeholders: &placeholders,
         };
-        cb_oauth::authorize_url(spec, client, &req)
+        cb_oauth::authorize_url(spec, &client, &req)
             .map(|u| u.to_string())
             .map_err(classify)
     }
@@ -231,12 +327,13 @@ impl ProviderGateway for OAuthGateway {
     async fn exchange_code(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         code: &SecretString,
         redirect_uri: &str,
         pkce_verifier: Option<&SecretString>,
         callback_params: &BTreeMap<String, String>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Provider values that arrive with the callback (QuickBooks realmId), validated by the
         // same parser that reads real callbacks.
@@ -255,7 +352,7 @@ impl ProviderGateway for OAuthGateway {
             .http
             .exchange_code(
                 spec,
-                client,
+                &client,
                 code,
                 redirect_uri,
                 pkce_verifier,
@@ -288,24 +385,88 @@ impl ProviderGateway for OAuthGateway {
     async fn refresh(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         self.http
-            .refresh(spec, client, refresh_token, extras, &placeholders)
+            .refresh(spec, &client, refresh_token, extras, &placeholders)
             .await
             .map(granted)
             .map_err(classify)
     }
 
+    async fn probe_client(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> ClientProbe {
+        let (spec, client) = match self.spec(provider, app) {
+            Ok(found) => found,
+            Err(e) => return ClientProbe::Unexpected(e.to_string()),
+        };
+        let placeholders = self.placeholders(provider);
+        // A code no provider issued, and a well-formed verifier where PKCE is in use: only the
+        // client's authentication can decide the answer's kind.
+        let code = SecretString::from(format!(
+            "credential-broker-diagnosis-{}",
+            uuid::Uuid::now_v7().simple()
+        ));
+        let verifier = (spec.pkce != cb_oauth::catalog::Pkce::None)
+            .then(|| SecretString::from("d".repeat(64)));
+        match self
+            .http
+            .exchange_code(
+                spec,
+                &client,
+                &code,
+                redirect_uri,
+                verifier.as_ref(),
+                &placeholders,
+            )
+            .await
+        {
+            Ok(_) => ClientProbe::Unexpected(
+                "the token endpoint accepted an authorization code that cannot be valid".into(),
+            ),
+            Err(OAuthError::InvalidGrant { .. }) => ClientProbe::Accepted,
+            Err(OAuthError::InvalidClient { error, description }) => ClientProbe::Refused(
+                description.map_or_else(|| error.clone(), |d| format!("{error}: {d}")),
+            ),
+            Err(e @ (OAuthError::Transient { .. } | OAuthError::RateLimited { .. })) => {
+                ClientProbe::Unreachable(e.to_string())
+            }
+            Err(other) => ClientProbe::Unexpected(other.to_string()),
+        }
+    }
+
+    async fn discover(&self, provider: &str) -> Discovery {
+        let Some(spec) = self.catalog.get(provider) else {
+            return Discovery::Unreachable(format!("unknown provider {provider}"));
+        };
+        let Some(issuer) = spec.issuer.clone() else {
+            return Discovery::NoIssuer;
+        };
+        let mut last_error = String::new();
+        for url in metadata_urls(&issuer) {
+            match self.fetch_metadata(&url).await {
+                Ok(metadata) => return compare_metadata(spec, &issuer, &metadata),
+                Err(e) => last_error = e,
+            }
+        }
+        Discovery::Unreachable(last_error)
+    }
+
     async fn revoke(
         &self,
         provider: &str,
+        app: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
-        let (spec, client) = self.spec(provider)?;
+        let (spec, client) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Revoking the refresh token ends the whole grant where the provider supports it.
         let (token, hint) = match (
@@ -317,7 +478,7 @@ impl ProviderGateway for OAuthGateway {
         };
         match self
             .http
-            .revoke(spec, client, token, hint, &placeholders)
+            .revoke(spec, &client, token, hint, &placeholders)
             .await
             .map_err(classify)?
         {

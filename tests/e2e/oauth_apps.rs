@@ -1,0 +1,633 @@
+//! Workspace OAuth apps through the real API, against the fake provider with several registered
+//! clients: who may manage them, which client the provider sees at authorization, exchange,
+//! refresh and revocation, secret rotation, deletion of an app in use, and resolution when the
+//! deployment has no client of its own. Each scenario runs on SQLite and on PostgreSQL.
+
+use crate::support::broker::{TestBroker, error_details};
+use crate::support::client::{ALICE, BOB, Client};
+use crate::support::fake_provider::{FakeConfig, FakeProvider};
+use crate::support::pg;
+use cb_proto::v1 as pb;
+use prost::Message;
+use std::time::Duration;
+use tonic::Code;
+
+const APP_CLIENT: &str = "ws1-app-client";
+const APP_SECRET: &str = "ws1-app-secret-one";
+const APP_SECRET_2: &str = "ws1-app-secret-two";
+
+/// A fake provider that knows its default client and the workspace app's client.
+async fn fake_with_app_client() -> FakeProvider {
+    FakeProvider::start(FakeConfig {
+        extra_clients: vec![(APP_CLIENT.into(), APP_SECRET.into())],
+        rotate_refresh_tokens: true,
+        ..FakeConfig::default()
+    })
+    .await
+}
+
+/// The fake provider, a broker using it as `fake`, an admin of `ws1` (ALICE) and the app she
+/// created for `fake` in `ws1`.
+async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuthApp) {
+    let fake = fake_with_app_client().await;
+    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let app = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    (fake, b, alice, app)
+}
+
+/// Runs `scenario` on SQLite, then on a fresh PostgreSQL database (when one is configured).
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$scenario(None).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                let Some(db) =
+                    super::pg::fresh_database(concat!("apps_", stringify!($scenario))).await
+                else {
+                    return;
+                };
+                super::$scenario(Some(&db.url)).await;
+                db.drop_database().await;
+            }
+        }
+    };
+}
+
+on_both_backends!(workspace_admins_manage_apps_and_others_are_refused);
+on_both_backends!(connect_refresh_and_revoke_use_the_workspace_app);
+on_both_backends!(rotated_secret_keeps_refreshes_working);
+on_both_backends!(deleting_an_app_in_use_needs_force_and_names_it);
+on_both_backends!(without_a_configured_client_the_workspace_app_is_required);
+on_both_backends!(diagnosis_names_a_wrong_secret_and_what_to_do);
+on_both_backends!(diagnosis_compares_the_published_metadata);
+
+/// GetOAuthApp.
+async fn get_app(client: &mut Client, id: &str) -> Result<pb::OAuthApp, tonic::Status> {
+    let request = client.request(pb::GetOAuthAppRequest {
+        oauth_app_id: id.into(),
+    });
+    let answer = client.apps.get_o_auth_app(request).await?.into_inner();
+    Ok(answer.oauth_app.expect("the answer holds the app"))
+}
+
+/// ListOAuthApps of `workspace` (`provider`: empty for all).
+async fn list_apps(
+    client: &mut Client,
+    workspace: &str,
+    provider: &str,
+) -> Result<Vec<pb::OAuthApp>, tonic::Status> {
+    let request = client.request(pb::ListOAuthAppsRequest {
+        workspace_id: workspace.into(),
+        provider_id: provider.into(),
+    });
+    Ok(client
+        .apps
+        .list_o_auth_apps(request)
+        .await?
+        .into_inner()
+        .oauth_apps)
+}
+
+async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
+    let fake = fake_with_app_client().await;
+    let b = TestBroker::with_fake(&fake, db, |_| {}).await;
+    let plain = b.client(ALICE).await;
+    let mut admin = plain.admin_of("ws1");
+
+    let app = admin
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    assert_eq!(app.client_id, APP_CLIENT);
+    assert_eq!(app.provider_id, "fake");
+    assert_eq!(app.secret_versions, [1]);
+    assert!(
+        !String::from_utf8_lossy(&app.encode_to_vec()).contains(APP_SECRET),
+        "the client secret is never returned"
+    );
+
+    // A user who is not an admin of ws1 cannot create, read or list ws1's apps.
+    let mut not_admin = plain.acting_as(BOB);
+    let err = not_admin
+        .create_app("ws1", "fake", "x", "y")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(error_details(&err).0, "WORKSPACE_ADMIN_REQUIRED");
+    let err = list_apps(&mut not_admin, "ws1", "").await.unwrap_err();
+    assert_eq!(error_details(&err).0, "WORKSPACE_ADMIN_REQUIRED");
+    // An admin of another workspace does not even see it.
+    let mut other = plain.acting_as(BOB).admin_of("ws2");
+    let err = get_app(&mut other, &app.oauth_app_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
+
+    // The admin reads, lists and edits it.
+    let got = get_app(&mut admin, &app.oauth_app_id).await.unwrap();
+    assert_eq!(got.oauth_app_id, app.oauth_app_id);
+    let listed = list_apps(&mut admin, "ws1", "fake").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let updated = admin
+        .apps
+        .update_o_auth_app(admin.request(pb::UpdateOAuthAppRequest {
+            oauth_app_id: app.oauth_app_id.clone(),
+            display_name: "Marketing app".into(),
+            allowed_scopes: vec!["read".into()],
+            update_allowed_scopes: true,
+            expected_version: app.version,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .oauth_app
+        .unwrap();
+    assert_eq!(updated.display_name, "Marketing app");
+    assert_eq!(updated.allowed_scopes, ["read"]);
+    assert_eq!(updated.version, app.version + 1);
+    // A scope the provider does not offer is refused by name.
+    let err = admin
+        .apps
+        .update_o_auth_app(admin.request(pb::UpdateOAuthAppRequest {
+            oauth_app_id: app.oauth_app_id.clone(),
+            allowed_scopes: vec!["admin".into()],
+            update_allowed_scopes: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).1, ["allowed_scopes[0]"]);
+    // The app's allowed scopes bound what a connect may ask for.
+    let err = admin
+        .start_connect_scopes("fake", &["write"])
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).1, ["scopes[0]"]);
+    assert!(err.message().contains("Marketing app"), "{}", err.message());
+
+    // Every action is audited, never with the secret.
+    b.flush_audit().await;
+    let events = admin.audit_events("").await.unwrap();
+    for action in ["oauth_app.create", "oauth_app.update"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.action == action && e.outcome == "ok"),
+            "{action} audited"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "oauth_app.create" && e.outcome == "WORKSPACE_ADMIN_REQUIRED")
+    );
+    assert!(events.iter().all(|e| !e.detail.contains(APP_SECRET)));
+}
+
+/// The client ids of the fake's token requests with `grant_type`, in order.
+fn token_clients(fake: &FakeProvider, grant_type: &str) -> Vec<String> {
+    fake.token_requests()
+        .into_iter()
+        .filter(|r| r.grant_type.as_deref() == Some(grant_type))
+        .filter_map(|r| r.client_id)
+        .collect()
+}
+
+/// StartConnect with `request` (as `client`), the fake's consent, CompleteConnect.
+async fn connect_with(
+    client: &mut Client,
+    fake: &FakeProvider,
+    request: pb::StartConnectRequest,
+) -> pb::Credential {
+    let request = client.request(request);
+    let started = client
+        .creds
+        .start_connect(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let callback = fake
+        .approve(&url::Url::parse(&started.authorization_url).unwrap())
+        .await;
+    client.complete_connect(&callback).await.unwrap()
+}
+
+/// A connect to `fake` in `workspace` without naming an app.
+async fn connect_in(client: &mut Client, fake: &FakeProvider, workspace: &str) -> pb::Credential {
+    let request = pb::StartConnectRequest {
+        workspace_id: workspace.into(),
+        provider_id: "fake".into(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+        ..Default::default()
+    };
+    connect_with(client, fake, request).await
+}
+
+async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
+    let (fake, b, mut alice, _) = scene(db).await;
+    let cred = connect_in(&mut alice, &fake, "ws1").await;
+    let authorized = fake.authorize_queries();
+    assert_eq!(
+        authorized
+            .last()
+            .unwrap()
+            .get("client_id")
+            .map(String::as_str),
+        Some(APP_CLIENT),
+        "the authorization request names the workspace app"
+    );
+    assert_eq!(token_clients(&fake, "authorization_code"), [APP_CLIENT]);
+
+    // Another workspace without an app keeps the deployment's client.
+    let mut bob = b.client(BOB).await;
+    let other = connect_in(&mut bob, &fake, "ws2").await;
+    let default_client = fake.config().client_id;
+    assert_eq!(
+        token_clients(&fake, "authorization_code"),
+        [APP_CLIENT, default_client.as_str()]
+    );
+
+    // Refreshes go out under the client that minted each grant.
+    b.clock.advance(Duration::from_secs(3600));
+    alice.token(&cred.credential_id).await.unwrap();
+    bob.token(&other.credential_id).await.unwrap();
+    let refreshed = token_clients(&fake, "refresh_token");
+    assert_eq!(refreshed.len(), 2);
+    assert!(refreshed.contains(&APP_CLIENT.to_owned()));
+    assert!(refreshed.contains(&default_client));
+
+    // And so does revocation.
+    alice.disconnect(&cred.credential_id).await.unwrap();
+    assert_eq!(fake.revocation_clients(), [APP_CLIENT]);
+    bob.disconnect(&other.credential_id).await.unwrap();
+    assert_eq!(
+        fake.revocation_clients(),
+        [APP_CLIENT, default_client.as_str()]
+    );
+}
+
+/// RotateOAuthAppSecret to `secret`, or RetireOAuthAppSecret when it is `None`.
+async fn change_secret(
+    client: &mut Client,
+    app: &str,
+    secret: Option<&str>,
+) -> Result<pb::OAuthApp, tonic::Status> {
+    let answer = match secret {
+        Some(secret) => {
+            let request = client.request(pb::RotateOAuthAppSecretRequest {
+                oauth_app_id: app.into(),
+                client_secret: secret.into(),
+            });
+            client
+                .apps
+                .rotate_o_auth_app_secret(request)
+                .await?
+                .into_inner()
+                .oauth_app
+        }
+        None => {
+            let request = client.request(pb::RetireOAuthAppSecretRequest {
+                oauth_app_id: app.into(),
+            });
+            client
+                .apps
+                .retire_o_auth_app_secret(request)
+                .await?
+                .into_inner()
+                .oauth_app
+        }
+    };
+    Ok(answer.expect("the answer holds the app"))
+}
+
+/// Asserts the credential is NEEDS_RECONNECT with a reason containing each of `words`.
+async fn assert_needs_reconnect_naming(client: &mut Client, id: &str, words: &[&str]) {
+    let c = client.get(id).await.unwrap();
+    assert_eq!(c.status(), pb::CredentialStatus::NeedsReconnect);
+    for word in words {
+        assert!(
+            c.status_reason.contains(word),
+            "{word:?} not in {:?}",
+            c.status_reason
+        );
+    }
+}
+
+/// Moves the broker's clock past the token's lifetime and asks for a token: one refresh.
+async fn refresh_now(b: &TestBroker, client: &mut Client, id: &str) -> pb::GetAccessTokenResponse {
+    b.clock.advance(Duration::from_secs(3600));
+    client.token(id).await.expect("the refresh succeeds")
+}
+
+async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
+    let (fake, b, mut alice, app) = scene(db).await;
+    let cred = connect_in(&mut alice, &fake, "ws1").await;
+    refresh_now(&b, &mut alice, &cred.credential_id).await;
+
+    // The admin adds the new secret before the provider knows it: the provider refuses the
+    // newest secret, the previous one is tried once and the refresh still succeeds.
+    let rotated = change_secret(&mut alice, &app.oauth_app_id, Some(APP_SECRET_2))
+        .await
+        .unwrap();
+    assert_eq!(rotated.secret_versions, [2, 1]);
+    let errors_before = fake.token_errors();
+    refresh_now(&b, &mut alice, &cred.credential_id).await;
+    assert_eq!(
+        fake.token_errors(),
+        errors_before + 1,
+        "the newest secret was tried first and refused"
+    );
+    // A third secret is refused until the previous one is retired.
+    let err = change_secret(&mut alice, &app.oauth_app_id, Some("third"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "OAUTH_APP_SECRET_LIMIT");
+
+    // The provider switches to the new secret: it is used straight away, no refusal.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
+    let errors_before = fake.token_errors();
+    refresh_now(&b, &mut alice, &cred.credential_id).await;
+    assert_eq!(fake.token_errors(), errors_before);
+
+    // Retiring the old secret leaves the newest; refreshes go on.
+    let retired = change_secret(&mut alice, &app.oauth_app_id, None)
+        .await
+        .unwrap();
+    assert_eq!(retired.secret_versions, [2]);
+    refresh_now(&b, &mut alice, &cred.credential_id).await;
+    let err = change_secret(&mut alice, &app.oauth_app_id, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "OAUTH_APP_NO_PREVIOUS_SECRET");
+    assert_eq!(
+        token_clients(&fake, "refresh_token")
+            .iter()
+            .filter(|c| c.as_str() != APP_CLIENT)
+            .count(),
+        0,
+        "every refresh went out under the app's client"
+    );
+
+    // A secret the provider does not accept at all: the refresh fails and says which app.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), "changed-at-provider".into())]);
+    b.clock.advance(Duration::from_secs(3600));
+    let err = alice.token(&cred.credential_id).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
+    assert_needs_reconnect_naming(
+        &mut alice,
+        &cred.credential_id,
+        &["invalid_client", &app.oauth_app_id],
+    )
+    .await;
+}
+
+async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
+    let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
+    let cred = connect_in(&mut alice, &fake, "ws1").await;
+    let delete = |force| pb::DeleteOAuthAppRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+        force,
+    };
+
+    let err = alice
+        .apps
+        .delete_o_auth_app(alice.request(delete(false)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "OAUTH_APP_IN_USE");
+    let c = alice.get(&cred.credential_id).await.unwrap();
+    assert_eq!(c.status(), pb::CredentialStatus::Active);
+
+    let done = alice
+        .apps
+        .delete_o_auth_app(alice.request(delete(true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.needs_reconnect_credential_ids,
+        std::slice::from_ref(&cred.credential_id)
+    );
+    assert_needs_reconnect_naming(
+        &mut alice,
+        &cred.credential_id,
+        &[&app.display_name, &app.oauth_app_id],
+    )
+    .await;
+    let err = alice.token(&cred.credential_id).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
+    let err = get_app(&mut alice, &app.oauth_app_id).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
+    // Reconnecting goes through today's resolution (the deployment's client here).
+    let started = alice.start_reconnect(&cred.credential_id).await.unwrap();
+    let callback = fake
+        .approve(&url::Url::parse(&started.authorization_url).unwrap())
+        .await;
+    let c = alice.complete_connect(&callback).await.unwrap();
+    assert_eq!(c.status(), pb::CredentialStatus::Active);
+    assert_eq!(
+        token_clients(&fake, "authorization_code").last().cloned(),
+        Some(fake.config().client_id)
+    );
+}
+
+async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&str>) {
+    let fake = fake_with_app_client().await;
+    let b = TestBroker::with_fake(&fake, db, |c| {
+        c.providers.remove("fake");
+    })
+    .await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let err = alice.start_connect("fake").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "PROVIDER_NOT_CONFIGURED");
+    assert!(err.message().contains("provider fake"), "{}", err.message());
+    assert!(
+        err.message().contains("CreateOAuthApp"),
+        "{}",
+        err.message()
+    );
+
+    let app = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    // Naming an app that does not exist, or one for another provider, is refused.
+    let named = |id: &str| pb::StartConnectRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "fake".into(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+        oauth_app_id: id.into(),
+        ..Default::default()
+    };
+    let err = alice
+        .creds
+        .start_connect(alice.request(named("0190c6d2-7a4e-7c39-9d3e-3b1f0d5c2a10")))
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
+    let cred = connect_with(&mut alice, &fake, named(&app.oauth_app_id)).await;
+    refresh_now(&b, &mut alice, &cred.credential_id).await;
+    assert_eq!(token_clients(&fake, "refresh_token"), [APP_CLIENT]);
+}
+
+/// TestOAuthApp with the test redirect URI: (name, verdict, detail, hint) of each check, and
+/// whether the answer says ok.
+async fn diagnose(
+    client: &mut Client,
+    app: &str,
+) -> (Vec<(String, pb::CheckVerdict, String, String)>, bool) {
+    let request = client.request(pb::TestOAuthAppRequest {
+        oauth_app_id: app.into(),
+        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+    });
+    let answer = client
+        .apps
+        .test_o_auth_app(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let checks = answer
+        .checks
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.verdict(),
+                c.detail.clone(),
+                c.hint.clone(),
+            )
+        })
+        .collect();
+    (checks, answer.ok)
+}
+
+fn verdict_of(
+    checks: &[(String, pb::CheckVerdict, String, String)],
+    name: &str,
+) -> pb::CheckVerdict {
+    checks
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
+        .1
+}
+
+async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
+    let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
+    use pb::CheckVerdict::{Fail, Pass, Skipped};
+
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(ok, "{checks:?}");
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
+    assert_eq!(verdict_of(&checks, "allowed_scopes"), Skipped);
+    assert_eq!(
+        verdict_of(&checks, "discovery"),
+        Skipped,
+        "no issuer declared"
+    );
+    // The probe is a deliberately invalid code under the app's client: refused as invalid_grant.
+    let probe = fake.token_requests().pop().unwrap();
+    assert_eq!(probe.client_id.as_deref(), Some(APP_CLIENT));
+
+    // The secret was changed at the provider: the diagnosis says so, and what to do.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
+    let auth = checks
+        .iter()
+        .find(|c| c.0 == "client_authentication")
+        .unwrap();
+    assert_eq!(auth.1, Fail);
+    assert!(auth.2.contains("invalid_client"), "{auth:?}");
+    assert!(auth.3.contains("RotateOAuthAppSecret"), "{auth:?}");
+    for (_, _, detail, hint) in &checks {
+        assert!(!detail.contains(APP_SECRET) && !detail.contains(APP_SECRET_2));
+        assert!(!hint.contains(APP_SECRET) && !hint.contains(APP_SECRET_2));
+    }
+
+    // After following the hint the newest secret passes; the stale one is named for retiring.
+    change_secret(&mut alice, &app.oauth_app_id, Some(APP_SECRET_2))
+        .await
+        .unwrap();
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
+    let previous = checks.iter().find(|c| c.0 == "previous_secret").unwrap();
+    assert_eq!(previous.1, Fail);
+    assert!(previous.3.contains("RetireOAuthAppSecret"), "{previous:?}");
+
+    // The provider does not answer: the token endpoint check fails with its own hint.
+    fake.configure(|c| {
+        c.token_failure = Some(crate::support::fake_provider::TokenFailure::ServerError)
+    });
+    let (checks, _) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert_eq!(verdict_of(&checks, "token_endpoint"), Fail);
+    assert_eq!(verdict_of(&checks, "client_authentication"), Skipped);
+
+    // A redirect URI the broker does not know is refused by name.
+    let request = alice.request(pb::TestOAuthAppRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+        redirect_uri: "https://elsewhere.test/cb".into(),
+    });
+    let err = alice.apps.test_o_auth_app(request).await.unwrap_err();
+    assert_eq!(error_details(&err).1, ["redirect_uri"]);
+}
+
+async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
+    let fake = fake_with_app_client().await;
+    let issuer = fake.base_url();
+    fake.configure(|c| c.issuer = Some(issuer.clone()));
+    // The fake listens on loopback over http: only an operator's outbound setting allows that.
+    let b = TestBroker::with_fake(&fake, db, |c| c.outbound.allow_loopback = true).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let app = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(ok, "{checks:?}");
+    assert_eq!(verdict_of(&checks, "discovery"), pb::CheckVerdict::Pass);
+    assert_eq!(
+        verdict_of(&checks, "advertised_scopes"),
+        pb::CheckVerdict::Pass
+    );
+
+    // The metadata names another issuer than the entry declares: a mix-up risk, said plainly.
+    fake.configure(|c| c.issuer = Some("https://elsewhere.example".into()));
+    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    assert!(!ok);
+    let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
+    assert_eq!(discovery.1, pb::CheckVerdict::Fail);
+    assert!(
+        discovery.2.contains("https://elsewhere.example"),
+        "{discovery:?}"
+    );
+    assert!(!discovery.3.is_empty());
+
+    // With the default outbound policy the broker does not fetch from loopback over http.
+    fake.configure(|c| c.issuer = Some(issuer.clone()));
+    let strict = TestBroker::with_fake(&fake, db, |_| {}).await;
+    // (Its own workspace and app: on PostgreSQL it shares the database but not the key.)
+    let mut admin = strict.client(ALICE).await.admin_of("ws9");
+    let app = admin
+        .create_app("ws9", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let (checks, _) = diagnose(&mut admin, &app.oauth_app_id).await;
+    let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
+    assert_eq!(discovery.1, pb::CheckVerdict::Fail);
+    assert!(discovery.2.contains("https"), "{discovery:?}");
+}
