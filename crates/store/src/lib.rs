@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, RefreshIntent, SealedColumns,
-    StatusQuery, UsageRecord, WrappedDekRow,
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialEventRow, CredentialQuery,
+    CredentialRow, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
+    NewAuditEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, SealedColumns, StatusQuery,
+    UsageRecord, WrappedDekRow,
 };
 pub use store::SqlStore;
 
@@ -62,6 +63,70 @@ pub trait Store: Send + Sync + 'static {
         row: &CredentialRow,
         members: &[MemberRow],
     ) -> Result<(), StoreError>;
+
+    /// [`Store::insert_credential`] that also appends `events` in the same transaction.
+    async fn insert_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        members: &[MemberRow],
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError>;
+
+    /// [`Store::update_credential`] that also appends `events` in the same transaction.
+    async fn update_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        expected_version: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError>;
+
+    /// [`Store::complete_refresh`] that also appends `events` in the same transaction.
+    async fn complete_refresh_with_events(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError>;
+
+    /// [`Store::change_member`] that also appends `events` in the same transaction.
+    async fn change_member_with_events(
+        &self,
+        change: &MemberChange,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Records a refresh failure that leaves the status and the tokens alone (a provider
+    /// outage, a rejected client): health, cause, error code, one more failure; `since` moves
+    /// only when the health changes. No row_version bump. Appends `events` in the same
+    /// transaction and announces the change. Returns the stored row; `None` for an unknown or
+    /// DISCONNECTED credential (nothing written).
+    async fn record_refresh_failure(
+        &self,
+        id: &str,
+        failure: &RefreshFailure,
+        events: &[NewCredentialEvent],
+    ) -> Result<Option<CredentialRow>, StoreError>;
+
+    /// Appends lifecycle events on their own (warnings that change no row), in one
+    /// transaction, announcing each credential concerned.
+    async fn append_credential_events(
+        &self,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Events matching every filter of `q` with `id > q.after_id`, oldest first, at most
+    /// `q.limit`. Ids appear in commit order (PostgreSQL: event-writing transactions are
+    /// serialized), so a reader resuming after the last id it saw misses nothing.
+    async fn list_credential_events(
+        &self,
+        q: &EventQuery,
+    ) -> Result<Vec<CredentialEventRow>, StoreError>;
+
+    /// Deletes events with `at < older_than` (retention) in bounded batches; returns how many.
+    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// How many non-disconnected credentials have each health, ordered by health (metrics).
+    async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Reads one credential by id.
     async fn get_credential(&self, id: &str) -> Result<Option<CredentialRow>, StoreError>;

@@ -49,6 +49,51 @@ pub struct CredentialRow {
     pub row_version: i64,
     /// Refresh lease; written only by the lease operations, never by `update_credential`.
     pub lease: LeaseColumns,
+    /// Health of the grant and the cause of the last refresh failure.
+    pub health: HealthColumns,
+}
+
+/// Health of a credential's grant: written with the credential by `insert_credential`,
+/// `update_credential` and `complete_refresh`, and by `record_refresh_failure`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthColumns {
+    /// `HEALTHY`, `PROVIDER_OUTAGE`, `GRANT_REVOKED`, `CLIENT_MISCONFIGURED`,
+    /// `SCOPES_REVOKED`, `REFRESH_INTERRUPTED` or `EXPIRING`.
+    pub health: String,
+    /// Human-readable cause of the current health (never a secret).
+    pub cause: Option<String>,
+    /// Since when the credential has had this health.
+    pub since: Option<i64>,
+    /// Consecutive refresh failures since the last success.
+    pub failures: i64,
+    /// The provider's last error code (e.g. `invalid_grant`), never a token.
+    pub error_code: Option<String>,
+}
+
+impl Default for HealthColumns {
+    fn default() -> Self {
+        Self {
+            health: "HEALTHY".into(),
+            cause: None,
+            since: None,
+            failures: 0,
+            error_code: None,
+        }
+    }
+}
+
+/// A refresh failure that leaves the credential's status and tokens alone
+/// ([`Store::record_refresh_failure`](crate::Store::record_refresh_failure)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshFailure {
+    /// The health it puts the credential in.
+    pub health: String,
+    /// Why, never a secret.
+    pub cause: String,
+    /// The provider's error code.
+    pub error_code: Option<String>,
+    /// When it failed.
+    pub at: i64,
 }
 
 /// The sealed token bundle: ciphertext plus the wrapped data key that opens it.
@@ -218,6 +263,8 @@ pub struct CredentialQuery {
     pub limit: u32,
     /// Also return `DISCONNECTED` credentials.
     pub include_disconnected: bool,
+    /// Only credentials with this health (`HEALTHY`, `PROVIDER_OUTAGE`, ...).
+    pub health: Option<String>,
 }
 
 /// Filter and page for
@@ -405,4 +452,67 @@ impl fmt::Debug for ConnectSessionRow {
             .field("consumed_at", &self.consumed_at)
             .finish()
     }
+}
+
+/// A lifecycle event to append in the transaction of the change it records; the store assigns
+/// the cursor id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCredentialEvent {
+    /// Stable public id (a UUID chosen by the domain).
+    pub event_id: String,
+    /// When it happened.
+    pub at: i64,
+    /// Workspace of the credential.
+    pub workspace_id: String,
+    /// The credential.
+    pub credential_id: String,
+    /// What happened (`connected`, `refresh_failed`, `recovered`, ...).
+    pub kind: String,
+    /// Acting user, if a person did it.
+    pub actor: Option<String>,
+    /// Why (a health, a status reason, a role); never a secret.
+    pub cause: Option<String>,
+    /// Extra context (the provider error code, a member's email); never a secret.
+    pub detail: Option<String>,
+}
+
+/// One stored lifecycle event.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CredentialEventRow {
+    /// The cursor: increasing in commit order, never reused.
+    pub id: i64,
+    /// Stable public id.
+    pub event_id: String,
+    /// When it happened.
+    pub at: i64,
+    /// Workspace of the credential.
+    pub workspace_id: String,
+    /// The credential.
+    pub credential_id: String,
+    /// What happened.
+    pub kind: String,
+    /// Acting user, if any.
+    pub actor: Option<String>,
+    /// Why; never a secret.
+    pub cause: Option<String>,
+    /// Extra context; never a secret.
+    pub detail: Option<String>,
+}
+
+/// Filter and page for [`Store::list_credential_events`](crate::Store::list_credential_events):
+/// events after the cursor, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// Only this workspace's events.
+    pub workspace_id: Option<String>,
+    /// Only this credential's events.
+    pub credential_id: Option<String>,
+    /// Only these kinds (empty: every kind).
+    pub kinds: Vec<String>,
+    /// Only events of credentials this user (id or email) is an ACTIVE member of.
+    pub member: Option<(String, String)>,
+    /// Only ids greater than this cursor (0: from the beginning).
+    pub after_id: i64,
+    /// Maximum number of rows.
+    pub limit: u32,
 }

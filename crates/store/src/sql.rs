@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::StoreError;
-use crate::model::{CredentialRow, LeaseColumns, SealedColumns, UsageRecord};
+use crate::model::{CredentialRow, HealthColumns, LeaseColumns, SealedColumns, UsageRecord};
 
 /// Every column of `credentials`, in [`CredentialRecord`] order.
 macro_rules! credential_columns {
@@ -16,7 +16,8 @@ macro_rules! credential_columns {
          description, scopes, status, status_reason, created_by, created_at, updated_at, \
          last_used_at, last_refreshed_at, access_expires_at, next_refresh_at, \
          refresh_token_expires_at, has_refresh_token, sealed_tokens, dek_wrapped, dek_key_id, \
-         dek_key_version, row_version, lease_holder, lease_fence, lease_expires_at"
+         dek_key_version, row_version, lease_holder, lease_fence, lease_expires_at, health, \
+         health_cause, health_since, health_failures, health_error_code"
     };
 }
 
@@ -24,7 +25,7 @@ pub(crate) const INSERT_CREDENTIAL: &str = concat!(
     "INSERT INTO credentials (",
     credential_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
 );
 
 pub(crate) const GET_CREDENTIAL: &str = concat!(
@@ -68,6 +69,8 @@ pub(crate) const UPDATE_CREDENTIAL: &str = concat!(
      dek_key_version = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $19 \
      ELSE dek_key_version END, \
      has_refresh_token = $20, \
+     health = $21, health_cause = $22, health_since = $23, health_failures = $24, \
+     health_error_code = $25, \
      lease_holder = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_holder END, \
      lease_expires_at = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_expires_at END, \
      row_version = row_version + 1 \
@@ -101,6 +104,8 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
      has_refresh_token = $7, access_expires_at = $8, \
      refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
      status = $12, status_reason = $13, updated_at = $14, \
+     health = $15, health_cause = $16, health_since = $17, health_failures = $18, \
+     health_error_code = $19, \
      lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1, \
      refresh_intent_holder = NULL, refresh_intent_fence = NULL, \
      refresh_intent_started_at = NULL, refresh_intent_token_sha256 = NULL \
@@ -108,6 +113,24 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
      AND status <> 'DISCONNECTED' RETURNING ",
     credential_columns!()
 );
+
+/// A refresh failure that leaves status and tokens alone: the health, its cause and error code,
+/// one more failure, and `health_since` kept while the health stays the same (SET expressions
+/// read the old row on both databases). No row_version bump: health is not an edit.
+/// Bind: id, health, cause, error_code, at.
+pub(crate) const RECORD_REFRESH_FAILURE: &str = concat!(
+    "UPDATE credentials SET \
+     health_since = CASE WHEN health = $2 AND health_since IS NOT NULL THEN health_since \
+     ELSE $5 END, \
+     health = $2, health_cause = $3, health_error_code = $4, \
+     health_failures = health_failures + 1 \
+     WHERE id = $1 AND status <> 'DISCONNECTED' RETURNING ",
+    credential_columns!()
+);
+
+/// Credentials per health, every workspace (metrics), DISCONNECTED ones excluded.
+pub(crate) const COUNT_CREDENTIALS_BY_HEALTH: &str = "SELECT health, COUNT(*) FROM credentials \
+     WHERE status <> 'DISCONNECTED' GROUP BY health ORDER BY health";
 
 /// Releases the lease without writing anything else. Bind: id, fence.
 pub(crate) const RELEASE_REFRESH_LEASE: &str = "UPDATE credentials \
@@ -335,6 +358,23 @@ pub(crate) use {audit_columns, credential_columns};
 pub(crate) const PRUNE_AUDIT_BATCH: &str = "DELETE FROM audit_events WHERE id IN \
      (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)";
 
+/// Followed by a `VALUES` list of [`NewCredentialEvent`](crate::model::NewCredentialEvent)s.
+pub(crate) const INSERT_CREDENTIAL_EVENTS: &str = "INSERT INTO credential_events \
+     (event_id, at, workspace_id, credential_id, kind, actor, cause, detail) ";
+
+/// Followed by the bound cursor and the filters of `list_credential_events`.
+pub(crate) const SELECT_CREDENTIAL_EVENTS: &str = "SELECT id, event_id, at, workspace_id, \
+     credential_id, kind, actor, cause, detail FROM credential_events WHERE id > ";
+
+/// Followed by the bound user id, `" OR email = "`, the bound email and `"))"`: events of
+/// credentials the user is an ACTIVE member of.
+pub(crate) const EVENTS_OF_MEMBER_HEAD: &str = " AND credential_id IN (SELECT credential_id \
+     FROM credential_members WHERE state = 'ACTIVE' AND (user_id = ";
+
+/// Deletes at most one batch of old lifecycle events, like [`PRUNE_AUDIT_BATCH`].
+pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_events \
+     WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
+
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
 
@@ -360,7 +400,7 @@ pub(crate) const REWRAP_DEK: &str = "UPDATE credentials \
 pub(crate) const COUNT_CREDENTIALS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM credentials GROUP BY status ORDER BY status";
 
-/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$14).
+/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$19).
 macro_rules! bind_complete_refresh {
     ($query:expr, $row:expr, $fence:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -380,6 +420,11 @@ macro_rules! bind_complete_refresh {
             .bind(row.status.as_str())
             .bind(row.status_reason.as_deref())
             .bind(row.updated_at)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_complete_refresh;
@@ -413,7 +458,7 @@ pub(crate) struct MergedUsage<'a> {
     pub(crate) workflows: BTreeMap<(&'a str, &'a str), i64>,
 }
 
-/// Binds a [`CredentialRow`] to [`INSERT_CREDENTIAL`] ($1..$27).
+/// Binds a [`CredentialRow`] to [`INSERT_CREDENTIAL`] ($1..$32).
 macro_rules! bind_insert_credential {
     ($query:expr, $row:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -446,11 +491,16 @@ macro_rules! bind_insert_credential {
             .bind(row.lease.holder.as_deref())
             .bind(row.lease.fence)
             .bind(row.lease.expires_at)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_insert_credential;
 
-/// Binds a [`CredentialRow`] and the expected version to [`UPDATE_CREDENTIAL`] ($1..$20).
+/// Binds a [`CredentialRow`] and the expected version to [`UPDATE_CREDENTIAL`] ($1..$25).
 macro_rules! bind_update_credential {
     ($query:expr, $row:expr, $expected:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -476,6 +526,11 @@ macro_rules! bind_update_credential {
             .bind(sealed.map(|s| s.dek_key_id.as_str()))
             .bind(sealed.map(|s| s.dek_key_version))
             .bind(row.has_refresh_token)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_update_credential;
@@ -510,6 +565,11 @@ pub(crate) struct CredentialRecord {
     lease_holder: Option<String>,
     lease_fence: i64,
     lease_expires_at: Option<i64>,
+    health: String,
+    health_cause: Option<String>,
+    health_since: Option<i64>,
+    health_failures: i64,
+    health_error_code: Option<String>,
 }
 
 impl TryFrom<CredentialRecord> for CredentialRow {
@@ -564,6 +624,13 @@ impl TryFrom<CredentialRecord> for CredentialRow {
                 holder: r.lease_holder,
                 fence: r.lease_fence,
                 expires_at: r.lease_expires_at,
+            },
+            health: HealthColumns {
+                health: r.health,
+                cause: r.health_cause,
+                since: r.health_since,
+                failures: r.health_failures,
+                error_code: r.health_error_code,
             },
         })
     }

@@ -19,8 +19,9 @@ use crate::Store;
 use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialEventRow, CredentialQuery,
+    CredentialRow, EventQuery, KeyUsage, MemberChange, MemberRow, NewAuditEvent,
+    NewCredentialEvent, RefreshFailure, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -143,7 +144,9 @@ where
         &self,
         mut tx: Transaction<'static, DB>,
         credential_id: &str,
+        events: &[NewCredentialEvent],
     ) -> Result<(), StoreError> {
+        Self::insert_events(&mut tx, events).await?;
         if let Some(notify) = DB::NOTIFY_CHANGE {
             sqlx::query(notify)
                 .bind(credential_id)
@@ -153,6 +156,34 @@ where
         }
         tx.commit().await.map_err(map::<DB>)?;
         DB::announce_committed(&self.changes, credential_id);
+        Ok(())
+    }
+
+    /// Appends lifecycle events inside the caller's write transaction. Where concurrent
+    /// transactions could commit ids out of order (PostgreSQL), event writers are serialized
+    /// first, so a reader resuming after the last id it saw never skips a later commit.
+    async fn insert_events(
+        conn: &mut DB::Connection,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Some(lock) = DB::LOCK_EVENTS {
+            sqlx::query(lock)
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+        }
+        for chunk in events.chunks(sql::ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_CREDENTIAL_EVENTS);
+            insert.push_values(chunk, push_event);
+            insert
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+        }
         Ok(())
     }
 
@@ -352,6 +383,24 @@ where
         .push_bind(e.detail.as_deref());
 }
 
+/// One `credential_events` row of a `VALUES` list, in [`sql::INSERT_CREDENTIAL_EVENTS`] order.
+fn push_event<DB>(mut row: Separated<'_, DB, &'static str>, e: &NewCredentialEvent)
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    row.push_bind(e.event_id.as_str())
+        .push_bind(e.at)
+        .push_bind(e.workspace_id.as_str())
+        .push_bind(e.credential_id.as_str())
+        .push_bind(e.kind.as_str())
+        .push_bind(e.actor.as_deref())
+        .push_bind(e.cause.as_deref())
+        .push_bind(e.detail.as_deref());
+}
+
 /// `SELECT` of every credential column, the caller appends the WHERE clause.
 fn select_credentials<DB: Backend>(first_condition: &'static str) -> QueryBuilder<DB> {
     let mut select = QueryBuilder::new(concat!(
@@ -386,6 +435,7 @@ where
     for<'t> WrappedDekRow: FromRow<'t, DB::Row>,
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
     for<'t> RefreshIntent: FromRow<'t, DB::Row>,
+    for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -417,6 +467,15 @@ where
         row: &CredentialRow,
         members: &[MemberRow],
     ) -> Result<(), StoreError> {
+        self.insert_credential_with_events(row, members, &[]).await
+    }
+
+    async fn insert_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        members: &[MemberRow],
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
         self.traced("insert_credential", Some(&row.id), async {
             sql::check_new_credential(row, members)?;
             let mut tx = self.begin_write().await?;
@@ -425,7 +484,7 @@ where
                 .await
                 .map_err(map::<DB>)?;
             Self::insert_members(&mut tx, members).await?;
-            self.commit_announcing(tx, &row.id).await
+            self.commit_announcing(tx, &row.id, events).await
         })
         .await
     }
@@ -494,6 +553,9 @@ where
             if !q.include_disconnected {
                 select.push(" AND status <> 'DISCONNECTED'");
             }
+            if let Some(health) = &q.health {
+                select.push(" AND health = ").push_bind(health.as_str());
+            }
             self.credential_page(select, q.after_id.as_deref(), q.limit)
                 .await
         })
@@ -533,6 +595,16 @@ where
         row: &CredentialRow,
         expected_version: i64,
     ) -> Result<CredentialRow, StoreError> {
+        self.update_credential_with_events(row, expected_version, &[])
+            .await
+    }
+
+    async fn update_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        expected_version: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError> {
         self.traced("update_credential", Some(&row.id), async {
             let mut tx = self.begin_write().await?;
             let updated = sql::bind_update_credential!(
@@ -544,7 +616,7 @@ where
             .await
             .map_err(map::<DB>)?;
             if let Some(record) = updated {
-                self.commit_announcing(tx, &row.id).await?;
+                self.commit_announcing(tx, &row.id, events).await?;
                 return CredentialRow::try_from(record);
             }
             // Nothing matched: tell a missing row from a stale version. Credentials are never
@@ -593,12 +665,126 @@ where
     }
 
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
+        self.change_member_with_events(change, &[]).await
+    }
+
+    async fn change_member_with_events(
+        &self,
+        change: &MemberChange,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
         let credential_id = change.credential_id();
         self.traced("change_member", Some(credential_id), async {
             let mut tx = self.begin_write().await?;
             // An error drops `tx`, which rolls back (and releases any row lock).
             Self::apply_member_change(&mut tx, change).await?;
-            self.commit_announcing(tx, credential_id).await
+            self.commit_announcing(tx, credential_id, events).await
+        })
+        .await
+    }
+
+    async fn record_refresh_failure(
+        &self,
+        id: &str,
+        failure: &RefreshFailure,
+        events: &[NewCredentialEvent],
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        self.traced("record_refresh_failure", Some(id), async {
+            let mut tx = self.begin_write().await?;
+            let updated = sqlx::query_as::<DB, CredentialRecord>(sql::RECORD_REFRESH_FAILURE)
+                .bind(id)
+                .bind(failure.health.as_str())
+                .bind(failure.cause.as_str())
+                .bind(failure.error_code.as_deref())
+                .bind(failure.at)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            let Some(record) = updated else {
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(None);
+            };
+            self.commit_announcing(tx, id, events).await?;
+            CredentialRow::try_from(record).map(Some)
+        })
+        .await
+    }
+
+    async fn append_credential_events(
+        &self,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
+        self.traced("append_credential_events", None, async {
+            let Some(first) = events.first() else {
+                return Ok(());
+            };
+            let tx = self.begin_write().await?;
+            // Every event names a credential: announce the first, watchers re-read by cursor.
+            self.commit_announcing(tx, &first.credential_id, events)
+                .await
+        })
+        .await
+    }
+
+    async fn list_credential_events(
+        &self,
+        q: &EventQuery,
+    ) -> Result<Vec<CredentialEventRow>, StoreError> {
+        self.traced("list_credential_events", None, async {
+            let mut select = QueryBuilder::<DB>::new(sql::SELECT_CREDENTIAL_EVENTS);
+            select.push_bind(q.after_id);
+            let text_filters = [
+                (" AND workspace_id = ", &q.workspace_id),
+                (" AND credential_id = ", &q.credential_id),
+            ];
+            for (clause, value) in text_filters {
+                if let Some(value) = value {
+                    select.push(clause).push_bind(value.as_str());
+                }
+            }
+            if !q.kinds.is_empty() {
+                select.push(" AND kind IN (");
+                let mut kinds = select.separated(", ");
+                for kind in &q.kinds {
+                    kinds.push_bind(kind.as_str());
+                }
+                select.push(")");
+            }
+            if let Some((user_id, email)) = &q.member {
+                select
+                    .push(sql::EVENTS_OF_MEMBER_HEAD)
+                    .push_bind(user_id.as_str())
+                    .push(" OR email = ")
+                    .push_bind(email.as_str())
+                    .push("))");
+            }
+            select
+                .push(" ORDER BY id LIMIT ")
+                .push_bind(i64::from(q.limit));
+            select
+                .build_query_as::<CredentialEventRow>()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.traced(
+            "prune_credential_events",
+            None,
+            self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
+        )
+        .await
+    }
+
+    async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.traced("count_credentials_by_health", None, async {
+            sqlx::query_as::<DB, (String, i64)>(sql::COUNT_CREDENTIALS_BY_HEALTH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
         })
         .await
     }
@@ -766,6 +952,15 @@ where
         row: &CredentialRow,
         fence: i64,
     ) -> Result<CredentialRow, StoreError> {
+        self.complete_refresh_with_events(row, fence, &[]).await
+    }
+
+    async fn complete_refresh_with_events(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError> {
         self.traced("complete_refresh", Some(&row.id), async {
             let mut tx = self.begin_write().await?;
             let updated = sql::bind_complete_refresh!(
@@ -780,7 +975,7 @@ where
                 tx.rollback().await.map_err(map::<DB>)?;
                 return Err(StoreError::LeaseLost);
             };
-            self.commit_announcing(tx, &row.id).await?;
+            self.commit_announcing(tx, &row.id, events).await?;
             CredentialRow::try_from(record)
         })
         .await

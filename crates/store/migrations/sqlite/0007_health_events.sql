@@ -1,0 +1,33 @@
+-- Credential health and lifecycle events (issue 14, SQLite dialect).
+--
+-- Health: besides its status, each credential carries the health of its grant and the cause
+-- of its last refresh failure. A provider outage is its own health (the grant is not broken);
+-- `health_error_code` is the provider's error code (e.g. `invalid_grant`), never a token.
+ALTER TABLE credentials ADD COLUMN health TEXT NOT NULL DEFAULT 'HEALTHY'
+    CHECK (health IN ('HEALTHY', 'PROVIDER_OUTAGE', 'GRANT_REVOKED', 'CLIENT_MISCONFIGURED',
+                      'SCOPES_REVOKED', 'REFRESH_INTERRUPTED', 'EXPIRING'));
+ALTER TABLE credentials ADD COLUMN health_cause TEXT NULL;
+ALTER TABLE credentials ADD COLUMN health_since INTEGER NULL;
+ALTER TABLE credentials ADD COLUMN health_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN health_error_code TEXT NULL;
+
+CREATE INDEX credentials_workspace_health_idx ON credentials (workspace_id, health, id);
+
+-- Lifecycle events: a durable, ordered log written in the same transaction as the change.
+-- `id` is the cursor (monotonic, never reused: AUTOINCREMENT); `event_id` the stable public id.
+-- No foreign key to credentials: events outlive the credentials they mention.
+CREATE TABLE credential_events (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id      TEXT    NOT NULL UNIQUE,
+    at            INTEGER NOT NULL,
+    workspace_id  TEXT    NOT NULL,
+    credential_id TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    actor         TEXT    NULL,
+    cause         TEXT    NULL,
+    detail        TEXT    NULL
+) STRICT;
+
+CREATE INDEX credential_events_workspace_idx ON credential_events (workspace_id, id);
+CREATE INDEX credential_events_credential_idx ON credential_events (credential_id, id);
+CREATE INDEX credential_events_at_idx ON credential_events (at);
