@@ -8,6 +8,7 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
+use crate::health::{EventKind, Health, HealthKind, event};
 use crate::gateway::{
     GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
@@ -142,7 +143,7 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::PROVIDER_DENIED,
             format!("the provider refused: {d}"),
         ),
-        ProviderError::Permanent(d) | ProviderError::Other(d) => failed(
+        ProviderError::Permanent(d) | ProviderError::ClientRejected(d) | ProviderError::Other(d) => failed(
             reason::CODE_EXCHANGE_FAILED,
             format!("the provider rejected the authorization code: {d}"),
         ),
@@ -776,7 +777,7 @@ impl ConnectService {
             ));
         }
         let (stored, replaced) = self
-            .store_tokens(&mut c, Some(account), scopes, tokens, now)
+            .store_tokens(&mut c, Some(account), scopes, tokens, now, caller.actor_label())
             .await?;
         self.revoke_replaced(&stored, replaced, tokens, trail).await;
         Ok((
@@ -815,7 +816,7 @@ impl ConnectService {
                     return Err(already_connected(&c));
                 };
                 let (stored, replaced) = self
-                    .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now)
+                    .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now, caller.actor_label())
                     .await?;
                 self.revoke_replaced(&stored, replaced, tokens, trail).await;
                 return Ok((
@@ -860,9 +861,10 @@ impl ConnectService {
             sealing::seal_into(&self.envelope, &mut c, tokens).await?;
             self.credentials.schedule_refresh(&mut c, tokens, now);
             c.last_refreshed_at = Some(now);
+            let events = [event(&c, EventKind::Connected, caller.actor_label().as_deref(), None, None, now)];
             match self
                 .store
-                .insert_credential(&c.to_row(), &[admin_row(&c, caller, now)])
+                .insert_credential_with_events(&c.to_row(), &[admin_row(&c, caller, now)], &events)
                 .await
             {
                 Ok(()) => {
@@ -893,6 +895,7 @@ impl ConnectService {
         scopes: Scopes,
         tokens: &TokenBundle,
         now: Timestamp,
+        actor: Option<String>,
     ) -> Result<(Credential, Option<TokenBundle>), BrokerError> {
         for _ in 0..3 {
             let expected = c.version;
@@ -910,12 +913,20 @@ impl ConnectService {
                 c.account.label = a.label.clone();
             }
             c.scopes = scopes.clone();
+            // Reconnecting repairs whatever was wrong with the grant.
+            let cause = (c.health.kind != HealthKind::Healthy).then(|| c.health.kind.class());
             c.status = Status::Active;
+            c.health = Health::healthy(Some(now));
             c.last_refreshed_at = Some(now);
             c.updated_at = now;
             sealing::seal_into(&self.envelope, c, tokens).await?;
             self.credentials.schedule_refresh(c, tokens, now);
-            match self.store.update_credential(&c.to_row(), expected).await {
+            let events = [event(c, EventKind::Reconnected, actor.as_deref(), cause, None, now)];
+            match self
+                .store
+                .update_credential_with_events(&c.to_row(), expected, &events)
+                .await
+            {
                 Ok(stored) => {
                     self.cache.invalidate(c.id.as_str());
                     return Ok((Credential::from_row(stored)?, replaced));

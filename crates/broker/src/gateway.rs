@@ -80,9 +80,14 @@ pub struct AccountInfo {
 /// How a provider call failed, as the domain classifies it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The grant is dead (invalid_grant, revoked, unauthorized client): reconnect needed.
+    /// The grant is dead (invalid_grant, revoked, expired): reconnect needed. Starts with the
+    /// provider's error code (`code: description`).
     #[error("{0}")]
     Permanent(String),
+    /// The provider rejected the client (`invalid_client`, `unauthorized_client`): the app
+    /// registration must be fixed; the grant itself may be fine. Starts with the error code.
+    #[error("{0}")]
+    ClientRejected(String),
     /// Try again later.
     #[error("{detail}")]
     Transient {
@@ -97,6 +102,28 @@ pub enum ProviderError {
     /// Misconfiguration or protocol violation.
     #[error("{0}")]
     Other(String),
+}
+
+impl ProviderError {
+    /// The provider's error code, never a token: the OAuth `error` of a refusal, or the class
+    /// of a transient failure (`rate_limited`, `temporarily_unavailable`).
+    pub fn code(&self) -> String {
+        match self {
+            Self::Permanent(why) | Self::ClientRejected(why) => {
+                why.split(':').next().unwrap_or_default().trim().to_owned()
+            }
+            Self::Transient {
+                retry_after: Some(_),
+                ..
+            } => "rate_limited".into(),
+            Self::Transient { detail, .. } if detail.contains("429") || detail.contains("rate") => {
+                "rate_limited".into()
+            }
+            Self::Transient { .. } => "temporarily_unavailable".into(),
+            Self::Denied(_) => "access_denied".into(),
+            Self::Other(_) => "protocol_error".into(),
+        }
+    }
 }
 
 /// Result of a revocation attempt.

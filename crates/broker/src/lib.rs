@@ -8,6 +8,7 @@ pub mod connect;
 pub mod credential;
 pub mod error;
 pub mod gateway;
+pub mod health;
 pub mod issuance;
 pub mod members;
 pub mod policy;

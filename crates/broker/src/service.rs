@@ -7,6 +7,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status, StatusKind};
 use crate::error::{BrokerError, reason};
 use crate::gateway::{ProviderGateway, RevokeResult};
+use crate::health::{EventKind, HealthKind, event};
 use crate::issuance::TokenCache;
 use crate::issuance::schedule::next_refresh_at;
 use crate::policy::Policy;
@@ -64,6 +65,8 @@ pub struct ListCredentials {
     pub include_disconnected: bool,
     /// Only these states (empty: all).
     pub statuses: Vec<StatusKind>,
+    /// Only this health.
+    pub health: Option<HealthKind>,
 }
 
 /// A metadata edit; `None` fields stay unchanged.
@@ -322,6 +325,7 @@ impl CredentialService {
                     limit: q.page_size,
                     include_disconnected: q.include_disconnected
                         || q.statuses.contains(&StatusKind::Disconnected),
+                    health: q.health.map(|h| h.as_str().to_owned()),
                 })
                 .await?;
             let exhausted = rows.len() < q.page_size as usize;
@@ -426,7 +430,12 @@ impl CredentialService {
             c.description = d.clone();
         }
         c.updated_at = self.clock.now();
-        let stored = self.store.update_credential(&c.to_row(), c.version).await?;
+        let actor = caller.actor_label();
+        let events = [event(&c, EventKind::Updated, actor.as_deref(), None, None, c.updated_at)];
+        let stored = self
+            .store
+            .update_credential_with_events(&c.to_row(), c.version, &events)
+            .await?;
         self.cache.invalidate(c.id.as_str());
         Ok(CredentialView {
             credential: Credential::from_row(stored)?,
@@ -477,7 +486,12 @@ impl CredentialService {
         sealing::shred(&self.envelope, &mut c)?;
         c.status = Status::Disconnected;
         c.updated_at = self.clock.now();
-        let stored = self.store.update_credential(&c.to_row(), expected).await?;
+        let actor = caller.actor_label();
+        let events = [event(&c, EventKind::Disconnected, actor.as_deref(), None, None, c.updated_at)];
+        let stored = self
+            .store
+            .update_credential_with_events(&c.to_row(), expected, &events)
+            .await?;
         self.cache.invalidate(c.id.as_str());
         let revocation = if crate::revocation::would_end_a_kept_grant(
             self.store.as_ref(),

@@ -19,7 +19,8 @@ use crate::gateway::{GrantedTokens, ProviderError};
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
-use cb_store::{ChangeEvent, RefreshIntent, StoreError};
+use crate::health::{self, EventKind, Health, HealthKind, event};
+use cb_store::{ChangeEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -406,11 +407,16 @@ impl TokenService {
         row: &cb_store::CredentialRow,
         fence: i64,
         keeper: &LeaseKeeper,
+        events: &[NewCredentialEvent],
     ) -> Result<cb_store::CredentialRow, StoreError> {
         let mut delay = WRITE_RETRY_FIRST;
         let mut attempt: u32 = 1;
         loop {
-            match self.store.complete_refresh(row, fence).await {
+            match self
+                .store
+                .complete_refresh_with_events(row, fence, events)
+                .await
+            {
                 Ok(stored) => return Ok(stored),
                 Err(StoreError::LeaseLost) if attempt > 1 => {
                     // An earlier attempt may have committed with its answer lost on the way.
@@ -452,10 +458,26 @@ impl TokenService {
         let why = "the access token expired and the grant has no refresh token".to_owned();
         let err = needs_reconnect(&c, &why);
         let expected = c.version;
+        c.health = c.health.failed(
+            HealthKind::GrantRevoked,
+            why.clone(),
+            "token_expired".into(),
+            now,
+        );
+        let events = [event(
+            &c,
+            EventKind::NeedsReconnect,
+            None,
+            Some(why.clone()),
+            Some(HealthKind::GrantRevoked.class()),
+            now,
+        )];
         c.status = Status::NeedsReconnect { reason: why };
         c.next_refresh_at = None;
         c.updated_at = now;
-        self.store.update_credential(&c.to_row(), expected).await?;
+        self.store
+            .update_credential_with_events(&c.to_row(), expected, &events)
+            .await?;
         self.cache.invalidate(c.id.as_str());
         Err(err)
     }
@@ -523,6 +545,7 @@ impl TokenService {
             match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
                 Ok(granted) => {
                     let fresh = merge(&bundle, granted.clone(), now);
+                    let previous_scopes = c.scopes.clone();
                     if let Some(s) = granted.scopes.as_ref() {
                         c.scopes = Scopes::from_stored(&s.join(" "));
                     }
@@ -531,8 +554,9 @@ impl TokenService {
                     c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
                     c.last_refreshed_at = Some(now);
                     c.updated_at = now;
+                    let events = self.refreshed_health(&mut c, &previous_scopes, &granted, now);
                     let new_row = c.to_row();
-                    let stored = match self.store_refreshed(&new_row, fence, keeper).await {
+                    let stored = match self.store_refreshed(&new_row, fence, keeper, &events).await {
                         Ok(stored) => stored,
                         Err(StoreError::LeaseLost) => {
                             // The provider may have rotated the refresh token we hold: say so loudly.
@@ -554,27 +578,43 @@ impl TokenService {
                     self.count_refresh(&c.provider_id, "refreshed");
                     self.entry(&Credential::from_row(stored)?, &fresh).await
                 }
-                Err(ProviderError::Permanent(why)) => {
-                    let why = match &interrupted {
-                        Some(_) => format!("{INTERRUPTED_PREFIX}{why}"),
-                        None => why,
+                Err(e @ ProviderError::Permanent(_)) => {
+                    let code = e.code();
+                    let (kind, why) = match &interrupted {
+                        Some(_) => (HealthKind::RefreshInterrupted, format!("{INTERRUPTED_PREFIX}{e}")),
+                        None => (HealthKind::GrantRevoked, e.to_string()),
                     };
                     let err = needs_reconnect(&c, &why);
+                    c.health = c.health.failed(kind, why.clone(), code.clone(), now);
+                    let events = [
+                        event(&c, EventKind::RefreshFailed, None, Some(kind.class()), Some(code), now),
+                        event(&c, EventKind::NeedsReconnect, None, Some(why.clone()), Some(kind.class()), now),
+                    ];
                     c.status = Status::NeedsReconnect { reason: why.clone() };
                     c.next_refresh_at = None;
                     c.updated_at = now;
-                    self.store.complete_refresh(&c.to_row(), fence).await?;
+                    self.store.complete_refresh_with_events(&c.to_row(), fence, &events).await?;
                     self.cache.invalidate(&id);
                     self.count_refresh(&c.provider_id, "needs_reconnect");
                     tracing::warn!(credential_id = %id, provider = %c.provider_id, reason = %why, "grant can no longer be refreshed: needs reconnect");
                     Err(err)
                 }
                 Err(e) => {
+                    // Neither an outage nor a rejected client says the grant is dead: the
+                    // status stays ACTIVE, the health records the cause.
+                    self.record_failure(&c, &e, now).await?;
                     self.store.release_refresh_lease(&id, fence).await?;
                     if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
                         self.count_refresh(&c.provider_id, "served_stale");
                         tracing::warn!(credential_id = %id, error = %e, "refresh failed; serving the still-valid token");
                         return self.entry(&c, &bundle).await;
+                    }
+                    if let ProviderError::ClientRejected(why) = &e {
+                        self.count_refresh(&c.provider_id, "client_rejected");
+                        return Err(BrokerError::FailedPrecondition {
+                            reason: reason::PROVIDER_CLIENT_REJECTED,
+                            message: format!("the provider {} rejected the broker's client registration ({why}): an operator must fix the app's client id, secret or permissions; the connection itself is kept", c.provider_id),
+                        });
                     }
                     let retry_after = match &e {
                         ProviderError::Transient { retry_after, .. } => *retry_after,
@@ -596,6 +636,7 @@ impl TokenService {
                 reason::CREDENTIAL_NEEDS_RECONNECT
                     | reason::REFRESH_INTERRUPTED
                     | reason::PROVIDER_UNAVAILABLE
+                    | reason::PROVIDER_CLIENT_REJECTED
             )
         {
             // A database or KMS error on the way: not counted above.
@@ -606,6 +647,84 @@ impl TokenService {
             let _ = self.store.release_refresh_lease(&id, fence).await;
         }
         result
+    }
+
+    /// The health after a successful refresh, and the events it raises: `recovered` when the
+    /// credential was failing; `refresh_failed` (scopes revoked) when the provider granted
+    /// fewer scopes than before.
+    fn refreshed_health(
+        &self,
+        c: &mut Credential,
+        previous: &Scopes,
+        granted: &GrantedTokens,
+        now: Timestamp,
+    ) -> Vec<NewCredentialEvent> {
+        let mut events = Vec::new();
+        let before = c.health.kind;
+        if before != HealthKind::Healthy {
+            events.push(event(c, EventKind::Recovered, None, Some(before.class()), None, now));
+        }
+        c.health = Health::healthy(Some(now));
+        if let Some(granted) = granted.scopes.as_ref() {
+            let lost: Vec<&str> = previous
+                .as_slice()
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !granted.iter().any(|g| g == s))
+                .collect();
+            if !lost.is_empty() {
+                let cause = format!("scopes no longer granted: {}", lost.join(" "));
+                c.health = Health::healthy(Some(now)).failed(
+                    HealthKind::ScopesRevoked,
+                    cause,
+                    "scopes_reduced".into(),
+                    now,
+                );
+                events.push(event(
+                    c,
+                    EventKind::RefreshFailed,
+                    None,
+                    Some(HealthKind::ScopesRevoked.class()),
+                    Some(lost.join(" ")),
+                    now,
+                ));
+            }
+        }
+        events
+    }
+
+    /// Records a refresh failure that leaves the status alone; a `refresh_failed` event is
+    /// written when the health class changes (not on every retry of a long outage).
+    async fn record_failure(
+        &self,
+        c: &Credential,
+        e: &ProviderError,
+        now: Timestamp,
+    ) -> Result<(), BrokerError> {
+        let kind = health::classify(e);
+        let code = e.code();
+        let events = if c.health.kind == kind {
+            Vec::new()
+        } else {
+            vec![event(
+                c,
+                EventKind::RefreshFailed,
+                None,
+                Some(kind.class()),
+                Some(code.clone()),
+                now,
+            )]
+        };
+        let failure = RefreshFailure {
+            health: kind.as_str().to_owned(),
+            cause: e.to_string(),
+            error_code: Some(code),
+            at: now.as_millis(),
+        };
+        self.store
+            .record_refresh_failure(c.id.as_str(), &failure, &events)
+            .await?;
+        Ok(())
     }
 
     /// Calls the provider with bounded retries (backoff with jitter) behind a circuit breaker.

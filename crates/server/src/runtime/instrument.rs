@@ -187,6 +187,7 @@ impl InstrumentedGateway {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ProviderError::Permanent(_)) => "permanent",
+            Err(ProviderError::ClientRejected(_)) => "client_rejected",
             Err(ProviderError::Transient { .. }) => "transient",
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",

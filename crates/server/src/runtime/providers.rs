@@ -144,14 +144,21 @@ impl OAuthGateway {
     }
 }
 
+/// `code: description`, or the code alone.
+fn with_description(error: String, description: Option<String>) -> String {
+    match description {
+        Some(d) => format!("{error}: {d}"),
+        None => error,
+    }
+}
+
 fn classify(e: OAuthError) -> ProviderError {
     match e {
-        OAuthError::InvalidGrant { error, description }
-        | OAuthError::InvalidClient { error, description } => {
-            ProviderError::Permanent(match description {
-                Some(d) => format!("{error}: {d}"),
-                None => error,
-            })
+        OAuthError::InvalidGrant { error, description } => {
+            ProviderError::Permanent(with_description(error, description))
+        }
+        OAuthError::InvalidClient { error, description } => {
+            ProviderError::ClientRejected(with_description(error, description))
         }
         OAuthError::AccessDenied { description } => {
             ProviderError::Denied(description.unwrap_or_else(|| "access_denied".into()))
