@@ -173,7 +173,27 @@ fn credential_json(c: &CredentialRow) -> serde_json::Value {
         "row_version": c.row_version,
         "lease_holder": c.lease.holder,
         "lease_expires_at": c.lease.expires_at.map(time),
+        "health": c.health.health,
+        "health_cause": c.health.cause,
+        "health_since": c.health.since.map(time),
+        "health_failures": c.health.failures,
+        "health_error_code": c.health.error_code,
     })
+}
+
+/// Health, cause, since, failures and error code on one line.
+fn health_line(c: &CredentialRow) -> String {
+    let h = &c.health;
+    match &h.cause {
+        None => h.health.clone(),
+        Some(cause) => format!(
+            "{} since {} ({} failure(s), last error {}): {cause}",
+            h.health,
+            opt_time(h.since),
+            h.failures,
+            h.error_code.as_deref().unwrap_or("-")
+        ),
+    }
 }
 
 /// `credential-broker credentials show ID`: one credential's metadata and members.
@@ -232,6 +252,7 @@ pub async fn show_credential_command(
         ("display name", c.display_name.clone()),
         ("description", c.description.clone()),
         ("status", status),
+        ("health", health_line(&c)),
         ("scopes", c.scopes.clone()),
         (
             "created",
@@ -307,20 +328,24 @@ pub async fn list_credentials_command(
     }
     writeln!(
         out,
-        "{:36}  {:20}  {:14}  {:28}  {:20}  REASON",
-        "ID", "WORKSPACE", "PROVIDER", "ACCOUNT", "UPDATED"
+        "{:36}  {:20}  {:14}  {:28}  {:20}  {:20}  REASON",
+        "ID", "WORKSPACE", "PROVIDER", "ACCOUNT", "UPDATED", "HEALTH"
     )
     .map_err(io)?;
     for c in &rows {
         writeln!(
             out,
-            "{:36}  {:20}  {:14}  {:28}  {:20}  {}",
+            "{:36}  {:20}  {:14}  {:28}  {:20}  {:20}  {}",
             c.id,
             c.workspace_id,
             c.provider_id,
             c.account_label,
             time(c.updated_at),
-            c.status_reason.as_deref().unwrap_or("")
+            c.health.health,
+            c.status_reason
+                .as_deref()
+                .or(c.health.cause.as_deref())
+                .unwrap_or("")
         )
         .map_err(io)?;
     }

@@ -8,6 +8,7 @@ use cb_broker::connect::{
     CompleteConnect, ConnectOutcome, ConnectStarted, StartConnect, StartReconnect,
 };
 use cb_broker::credential::{CredentialView, Status, StatusKind};
+use cb_broker::health::{Health, HealthKind};
 use cb_broker::issuance::{IssuedToken, UsageContext};
 use cb_broker::service::{
     DEFAULT_PAGE_SIZE, ImportCredential, ListCredentials, MAX_PAGE_SIZE, Revocation,
@@ -148,7 +149,36 @@ pub fn credential(v: &CredentialView) -> pb::Credential {
         version: c.version,
         recent_workflows: Vec::new(),
         workflow_count: 0,
+        health: Some(health(&c.health)),
     }
+}
+
+/// The protobuf name of a health is its stored name with the enum prefix.
+const HEALTH_PREFIX: &str = "CREDENTIAL_HEALTH_";
+
+/// Health with its cause for a response (never a token).
+fn health(h: &Health) -> pb::CredentialHealthInfo {
+    let kind = pb::CredentialHealth::from_str_name(&format!("{HEALTH_PREFIX}{}", h.kind.as_str()))
+        .unwrap_or(pb::CredentialHealth::Unspecified);
+    pb::CredentialHealthInfo {
+        health: kind as i32,
+        cause: h.cause.clone().unwrap_or_default(),
+        since_time: opt_timestamp(h.since),
+        failure_count: h.failures,
+        last_error_code: h.error_code.clone().unwrap_or_default(),
+    }
+}
+
+/// A health filter: `None` for UNSPECIFIED.
+fn health_filter(raw: i32, v: &mut Violations) -> Option<HealthKind> {
+    let parsed = pb::CredentialHealth::try_from(raw)
+        .ok()
+        .filter(|h| *h != pb::CredentialHealth::Unspecified)
+        .and_then(|h| h.as_str_name().strip_prefix(HEALTH_PREFIX).and_then(HealthKind::from_stored));
+    if parsed.is_none() && raw != 0 {
+        v.push(FieldViolation::new("health", format!("{raw} is not a credential health")));
+    }
+    parsed
 }
 
 /// Revocation outcome → protobuf enum and detail.
@@ -331,6 +361,7 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             v.check(ProviderId::parse("provider_id", &r.provider_id))
         };
         let page_size = page_size("page_size", r.page_size, &mut v);
+        let health = health_filter(r.health, &mut v);
         let mut statuses = Vec::new();
         for (i, raw) in r.statuses.iter().enumerate() {
             match pb::CredentialStatus::try_from(*raw) {
@@ -359,6 +390,7 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             include_disconnected: r.include_disconnected,
             statuses,
+            health,
         }))
     }
 }
