@@ -7,6 +7,7 @@ pub mod clock;
 pub mod connect;
 pub mod credential;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod health;
 pub mod issuance;

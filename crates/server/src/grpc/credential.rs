@@ -3,12 +3,16 @@
 use super::{caller, respond};
 use crate::grpc::convert::{self, Importable, Listable, Updatable};
 use cb_broker::connect::ConnectService;
+use cb_broker::events::EventService;
 use cb_broker::credential::CredentialView;
 use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_server::CredentialService as Rpc;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// The gRPC face of the credential use cases.
@@ -16,6 +20,7 @@ pub struct CredentialApi {
     credentials: Arc<CredentialService>,
     tokens: Arc<TokenService>,
     connect: Arc<ConnectService>,
+    events: Arc<EventService>,
 }
 
 impl CredentialApi {
@@ -24,17 +29,61 @@ impl CredentialApi {
         credentials: Arc<CredentialService>,
         tokens: Arc<TokenService>,
         connect: Arc<ConnectService>,
+        events: Arc<EventService>,
     ) -> Self {
         Self {
             credentials,
             tokens,
             connect,
+            events,
         }
     }
 }
 
+/// The stream of WatchCredentialEvents.
+type WatchStream = Pin<
+    Box<dyn Stream<Item = Result<pb::WatchCredentialEventsResponse, Status>> + Send + 'static>,
+>;
+
 #[tonic::async_trait]
 impl Rpc for CredentialApi {
+    type WatchCredentialEventsStream = WatchStream;
+
+    async fn list_credential_events(
+        &self,
+        req: Request<pb::ListCredentialEventsRequest>,
+    ) -> Result<Response<pb::ListCredentialEventsResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let filter = convert::event_list_filter(req.get_ref())?;
+            self.events.list(&caller, filter).await
+        }
+        .await;
+        respond(result.map(|(rows, next)| pb::ListCredentialEventsResponse {
+            events: rows.into_iter().map(convert::credential_event).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn watch_credential_events(
+        &self,
+        req: Request<pb::WatchCredentialEventsRequest>,
+    ) -> Result<Response<Self::WatchCredentialEventsStream>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let (filter, from_end) = convert::event_watch_filter(req.get_ref())?;
+            self.events.watch(&caller, filter, from_end).await
+        }
+        .await;
+        respond(result.map(|rx| {
+            let stream = ReceiverStream::new(rx).map(|item| {
+                item.map(convert::watch_item)
+                    .map_err(crate::grpc::status::to_status)
+            });
+            Box::pin(stream) as WatchStream
+        }))
+    }
+
     async fn list_providers(
         &self,
         req: Request<pb::ListProvidersRequest>,

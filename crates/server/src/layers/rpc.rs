@@ -27,6 +27,10 @@ pub enum Rpc {
     ImportCredential,
     /// CredentialService/ListAuditEvents
     ListAuditEvents,
+    /// CredentialService/ListCredentialEvents
+    ListCredentialEvents,
+    /// CredentialService/WatchCredentialEvents
+    WatchCredentialEvents,
     /// MembershipService/ListMembers
     ListMembers,
     /// MembershipService/AddMember
@@ -44,7 +48,7 @@ const MEMBERSHIP_SERVICE: &str = "credentialbroker.v1.MembershipService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 18] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -56,6 +60,8 @@ impl Rpc {
         Rpc::GetAccessToken,
         Rpc::ImportCredential,
         Rpc::ListAuditEvents,
+        Rpc::ListCredentialEvents,
+        Rpc::WatchCredentialEvents,
         Rpc::ListMembers,
         Rpc::AddMember,
         Rpc::UpdateMemberRole,
@@ -89,6 +95,8 @@ impl Rpc {
             Rpc::GetAccessToken => "GetAccessToken",
             Rpc::ImportCredential => "ImportCredential",
             Rpc::ListAuditEvents => "ListAuditEvents",
+            Rpc::ListCredentialEvents => "ListCredentialEvents",
+            Rpc::WatchCredentialEvents => "WatchCredentialEvents",
             Rpc::ListMembers => "ListMembers",
             Rpc::AddMember => "AddMember",
             Rpc::UpdateMemberRole => "UpdateMemberRole",
@@ -117,6 +125,8 @@ impl Rpc {
             "GetAccessToken" => Rpc::GetAccessToken,
             "ImportCredential" => Rpc::ImportCredential,
             "ListAuditEvents" => Rpc::ListAuditEvents,
+            "ListCredentialEvents" => Rpc::ListCredentialEvents,
+            "WatchCredentialEvents" => Rpc::WatchCredentialEvents,
             "ListMembers" => Rpc::ListMembers,
             "AddMember" => Rpc::AddMember,
             "UpdateMemberRole" => Rpc::UpdateMemberRole,
@@ -147,6 +157,8 @@ impl Rpc {
                         | GetCredential
                         | ListCredentials
                         | ListMembers
+                        | ListCredentialEvents
+                        | WatchCredentialEvents
                 )
             }
         }

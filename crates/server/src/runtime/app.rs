@@ -12,6 +12,7 @@ use crate::runtime::providers::OAuthGateway;
 use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
+use cb_broker::events::EventService;
 use cb_broker::gateway::ProviderGateway;
 use cb_broker::issuance::{
     IssuanceConfig, StatsSnapshot, TokenCache, TokenCacheConfig, TokenService,
@@ -114,6 +115,7 @@ fn spawn_background(
     tokens: &Arc<TokenService>,
     audit: &Audit,
     clock: &Arc<dyn Clock>,
+    events: &Arc<EventService>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(tokens.clone().follow_changes())];
     let t = tokens.clone();
@@ -137,7 +139,12 @@ fn spawn_background(
     }
     let retention = (config.audit.retention_days > 0)
         .then(|| Duration::from_secs(config.audit.retention_days.saturating_mul(86_400)));
-    let (audit, store, clock) = (audit.clone(), store.clone(), clock.clone());
+    let (audit, store, clock, events) = (
+        audit.clone(),
+        store.clone(),
+        clock.clone(),
+        events.clone(),
+    );
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -148,6 +155,11 @@ fn spawn_background(
                     Ok(n) => tracing::info!(pruned = n, "old audit events pruned"),
                     Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
                 }
+            }
+            match events.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "old credential events pruned"),
+                Err(e) => tracing::warn!(error = %e, "credential event pruning failed"),
             }
             let day_ago = clock.now().minus(Duration::from_secs(86_400)).as_millis();
             if let Err(e) = store.prune_connect_sessions(day_ago).await {
@@ -274,7 +286,13 @@ impl Application {
             )?)),
             None => None,
         };
-        let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
+        let events = Arc::new(EventService::new(
+            store.clone(),
+            audit.clone(),
+            clock.clone(),
+            config.events.domain(),
+        ));
+        let mut background = spawn_background(config, &store, &tokens, &audit, &clock, &events);
         if let Some(verifier) = &actors.verifier
             && verifier.keys().has_jwks()
         {
@@ -354,7 +372,7 @@ impl Application {
             addr: config.listen,
             source,
         })?;
-        let api = CredentialApi::new(credentials, tokens.clone(), connect);
+        let api = CredentialApi::new(credentials, tokens.clone(), connect, events);
         let limits = &config.limits;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.max_streams_per_connection))

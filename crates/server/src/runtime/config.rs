@@ -55,6 +55,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
+    /// Lifecycle event log settings.
+    pub events: EventsSettings,
     /// OAuth connect settings.
     pub oauth: OAuthConfig,
     /// Client credentials (and URL placeholders) per provider id.
@@ -434,6 +436,41 @@ pub struct AuditConfig {
     pub retention_days: u64,
 }
 
+/// Lifecycle event log and watch settings (`[events]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Events older than this many days are pruned (0 keeps them forever).
+    pub retention_days: u64,
+    /// Seconds between heartbeats on an idle WatchCredentialEvents stream.
+    pub heartbeat_seconds: u64,
+    /// Milliseconds between re-reads of the log by a watch that heard of no change (the change
+    /// feed wakes it at once otherwise).
+    pub watch_poll_ms: u64,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            heartbeat_seconds: 15,
+            watch_poll_ms: 1000,
+        }
+    }
+}
+
+impl EventsSettings {
+    /// The domain's view.
+    pub fn domain(&self) -> cb_broker::events::EventsConfig {
+        cb_broker::events::EventsConfig {
+            heartbeat: std::time::Duration::from_secs(self.heartbeat_seconds.max(1)),
+            poll: std::time::Duration::from_millis(self.watch_poll_ms.max(10)),
+            retention: (self.retention_days > 0)
+                .then(|| std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400))),
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -453,6 +490,7 @@ impl Default for Config {
             callers: Vec::new(),
             tls: TlsConfig::default(),
             audit: AuditConfig::default(),
+            events: EventsSettings::default(),
             oauth: OAuthConfig::default(),
             providers: BTreeMap::new(),
             custom_providers: Vec::new(),
