@@ -3,7 +3,7 @@
 //! operator commands print what they should (and no secret).
 
 use crate::support::broker::{
-    BrokerProcess, T0, TestBroker, config_toml, error_details, fake_grant_import,
+    BrokerProcess, T0, TestBroker, config_toml, error_details, fake_grant_import, provider_toml,
     with_fake_provider,
 };
 use crate::support::client::{ALICE, Client};
@@ -61,14 +61,6 @@ async fn broker(
 }
 
 // ---- traces ------------------------------------------------------------------------------------
-
-fn provider_toml(fake: &FakeProvider) -> String {
-    let fc = fake.config();
-    format!(
-        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
-        fc.client_id, fc.client_secret
-    ) + &crate::token_issuance::custom_provider_toml(fake)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refreshing_get_access_token_is_traced_under_the_callers_span() {

@@ -3,7 +3,7 @@
 
 use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
-    fake_grant_import, with_fake_provider,
+    fake_grant_import, provider_toml, with_fake_provider,
 };
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
@@ -1087,40 +1087,6 @@ async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
     assert_eq!(fake.reuse_detections(), 0);
     drop((a, b));
     db.drop_database().await;
-}
-
-fn provider_toml(fake: &FakeProvider) -> String {
-    let fc = fake.config();
-    format!(
-        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
-        fc.client_id, fc.client_secret
-    ) + &custom_provider_toml(fake)
-}
-
-pub fn custom_provider_toml(fake: &FakeProvider) -> String {
-    let base = fake.base_url();
-    format!(
-        r#"
-[[custom_providers]]
-id = "fake"
-display_name = "Fake"
-icon_url = "{base}/icon.png"
-category = "test"
-authorize_url = "{base}/authorize"
-token_url = "{base}/token"
-revocation_url = "{base}/revoke"
-default_scopes = ["read"]
-auth_style = "basic"
-pkce = "supported"
-docs_url = "{base}/docs"
-scopes = [{{ name = "read", description = "Read things" }}, {{ name = "write", description = "Write things" }}]
-[custom_providers.account]
-kind = "userinfo"
-url = "{base}/userinfo"
-subject_pointer = "/sub"
-label_pointer = "/email"
-"#
-    )
 }
 
 /// A flight whose callers all went away before the provider was called is abandoned: it never

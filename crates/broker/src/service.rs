@@ -241,7 +241,8 @@ impl CredentialService {
             created_at: now.as_millis(),
             updated_at: now.as_millis(),
         };
-        self.store.insert_credential(&c.to_row(), &[admin]).await.map_err(|e| match e {
+        let events = [event(&c, EventKind::Connected, caller.actor_label().as_deref(), Some("imported".into()), None, c.created_at)];
+        self.store.insert_credential_with_events(&c.to_row(), &[admin], &events).await.map_err(|e| match e {
             cb_store::StoreError::Duplicate(_) => BrokerError::AlreadyExists {
                 reason: reason::CREDENTIAL_ALREADY_EXISTS,
                 message: "this provider account is already connected in the workspace; reconnect or disconnect that credential instead".into(),

@@ -463,3 +463,40 @@ pub fn fake_grant_import(
     };
     (req, access, refresh)
 }
+
+/// The `[providers.fake]` credentials and the `[[custom_providers]]` entry of `fake`, as TOML
+/// for a broker process.
+pub fn provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
+    let fc = fake.config();
+    format!(
+        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
+        fc.client_id, fc.client_secret
+    ) + &custom_provider_toml(fake)
+}
+
+/// The `[[custom_providers]]` entry `fake` (userinfo account lookup), as TOML.
+pub fn custom_provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
+    let base = fake.base_url();
+    format!(
+        r#"
+[[custom_providers]]
+id = "fake"
+display_name = "Fake"
+icon_url = "{base}/icon.png"
+category = "test"
+authorize_url = "{base}/authorize"
+token_url = "{base}/token"
+revocation_url = "{base}/revoke"
+default_scopes = ["read"]
+auth_style = "basic"
+pkce = "supported"
+docs_url = "{base}/docs"
+scopes = [{{ name = "read", description = "Read things" }}, {{ name = "write", description = "Write things" }}]
+[custom_providers.account]
+kind = "userinfo"
+url = "{base}/userinfo"
+subject_pointer = "/sub"
+label_pointer = "/email"
+"#
+    )
+}

@@ -1,0 +1,393 @@
+//! Credential health and lifecycle events (issue 14): refresh failures classified by cause
+//! against the real-HTTP fake provider, the event log written with each change, and
+//! WatchCredentialEvents followed across broker processes and resumed by cursor.
+
+use crate::support::broker::{
+    BrokerProcess, TestBroker, config_toml, error_details, provider_toml, t0_secs,
+    with_fake_provider,
+};
+use crate::support::client::{ALICE, BOB, Client};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::pg;
+use cb_proto::v1 as pb;
+use std::time::Duration;
+use tonic::Code;
+
+fn rotating() -> FakeConfig {
+    FakeConfig {
+        rotate_refresh_tokens: true,
+        reuse_revokes_grant: true,
+        ..FakeConfig::default()
+    }
+}
+
+/// The events of one credential as (type, cause, detail), oldest first.
+async fn events_of(client: &mut Client, id: &str) -> Vec<(String, String, String)> {
+    client
+        .events_page(pb::ListCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            credential_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| (type_name(e.r#type), e.cause, e.detail))
+        .collect()
+}
+
+/// `CREDENTIAL_EVENT_TYPE_X` → `x`.
+fn type_name(t: i32) -> String {
+    pb::CredentialEventType::try_from(t)
+        .unwrap()
+        .as_str_name()
+        .trim_start_matches("CREDENTIAL_EVENT_TYPE_")
+        .to_ascii_lowercase()
+}
+
+fn event(kind: &str, cause: &str, detail: &str) -> (String, String, String) {
+    (kind.into(), cause.into(), detail.into())
+}
+
+fn health(c: &pb::Credential) -> pb::CredentialHealthInfo {
+    c.health.clone().expect("every credential carries its health")
+}
+
+/// An outage, a revoked grant and a rejected client, each against the real fake provider, are
+/// told apart: only the revoked grant needs a reconnect; the outage never does, and its
+/// recovery (clock moved past the circuit breaker's cooldown, not slept) writes `recovered`.
+async fn refresh_failures_are_classified_by_cause(database_url: Option<&str>) {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, database_url, |c| {
+        c.tokens.breaker_cooldown_seconds = 2;
+    })
+    .await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let expired = t0_secs() - 10;
+
+    // Revoked grant: NEEDS_RECONNECT, health GRANT_REVOKED with the provider's code.
+    let revoked = alice.import_fake(&fake, "acct-revoked", expired).await.unwrap();
+    fake.push_token_failure(TokenFailure::InvalidGrant);
+    let err = alice.token(&revoked.id).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
+    let c = alice.get(&revoked.id).await.unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::NeedsReconnect as i32);
+    let h = health(&c);
+    assert_eq!(h.health, pb::CredentialHealth::GrantRevoked as i32);
+    assert_eq!(h.last_error_code, "invalid_grant");
+    assert_eq!(h.failure_count, 1);
+    assert!(h.cause.contains("invalid_grant"), "{}", h.cause);
+    assert_eq!(h.since_time.map(|t| t.seconds), Some(t0_secs()));
+
+    // Rejected client: the app is at fault, not the grant: stays ACTIVE, its own reason.
+    let misconfigured = alice.import_fake(&fake, "acct-client", expired).await.unwrap();
+    fake.push_token_failure(TokenFailure::InvalidClient);
+    let err = alice.token(&misconfigured.id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(error_details(&err).0, "PROVIDER_CLIENT_REJECTED");
+    let c = alice.get(&misconfigured.id).await.unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::Active as i32);
+    let h = health(&c);
+    assert_eq!(h.health, pb::CredentialHealth::ClientMisconfigured as i32);
+    assert_eq!(h.last_error_code, "invalid_client");
+    // The operator fixed the client (the injected failure was one-shot): the grant was kept.
+    alice.token(&misconfigured.id).await.unwrap();
+    let h = health(&alice.get(&misconfigured.id).await.unwrap());
+    assert_eq!(h.health, pb::CredentialHealth::Healthy as i32);
+
+    // Provider outage: UNAVAILABLE, still ACTIVE, health PROVIDER_OUTAGE — never a reconnect.
+    let outage = alice.import_fake(&fake, "acct-outage", expired).await.unwrap();
+    fake.configure(|f| f.token_failure = Some(TokenFailure::ServerError));
+    for attempt in 0..3 {
+        let err = alice.token(&outage.id).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "attempt {attempt}");
+        assert_eq!(error_details(&err).0, "PROVIDER_UNAVAILABLE");
+        let c = alice.get(&outage.id).await.unwrap();
+        assert_eq!(
+            c.status,
+            pb::CredentialStatus::Active as i32,
+            "an outage never becomes NEEDS_RECONNECT"
+        );
+        let h = health(&c);
+        assert_eq!(h.health, pb::CredentialHealth::ProviderOutage as i32);
+        assert_eq!(h.failure_count, attempt + 1);
+        assert_eq!(h.since_time.map(|t| t.seconds), Some(t0_secs()));
+        assert!(
+            ["temporarily_unavailable", "rate_limited"].contains(&h.last_error_code.as_str()),
+            "{}",
+            h.last_error_code
+        );
+    }
+    // The health filter finds exactly the credentials in each state.
+    let by_health = |health: pb::CredentialHealth| pb::ListCredentialsRequest {
+        workspace_id: "ws1".into(),
+        include_disconnected: true,
+        health: health as i32,
+        ..Default::default()
+    };
+    let ids = |page: pb::ListCredentialsResponse| -> Vec<String> {
+        page.credentials
+            .into_iter()
+            .map(|c| c.credential_id)
+            .collect()
+    };
+    let page = alice
+        .list_page(by_health(pb::CredentialHealth::ProviderOutage))
+        .await
+        .unwrap();
+    assert_eq!(ids(page), vec![outage.id.clone()]);
+    let page = alice
+        .list_page(by_health(pb::CredentialHealth::GrantRevoked))
+        .await
+        .unwrap();
+    assert_eq!(ids(page), vec![revoked.id.clone()]);
+
+    // The provider is back; past the breaker's cooldown the next refresh recovers.
+    fake.configure(|f| f.token_failure = None);
+    b.clock.advance(Duration::from_secs(3));
+    alice.token(&outage.id).await.unwrap();
+    let c = alice.get(&outage.id).await.unwrap();
+    assert_eq!(c.status, pb::CredentialStatus::Active as i32);
+    let h = health(&c);
+    assert_eq!(h.health, pb::CredentialHealth::Healthy as i32);
+    assert_eq!((h.failure_count, h.last_error_code.as_str()), (0, ""));
+
+    // Each story is in the event log, in order; a long outage is one refresh_failed, not one
+    // per retry.
+    let outage_events = events_of(&mut alice, &outage.id).await;
+    assert_eq!(outage_events.len(), 3, "{outage_events:?}");
+    assert_eq!(outage_events[0], event("connected", "imported", ""));
+    assert_eq!(
+        (outage_events[1].0.as_str(), outage_events[1].1.as_str()),
+        ("refresh_failed", "provider_outage")
+    );
+    assert_eq!(outage_events[2], event("recovered", "provider_outage", ""));
+    let revoked_events = events_of(&mut alice, &revoked.id).await;
+    assert_eq!(revoked_events.len(), 3, "{revoked_events:?}");
+    assert_eq!(
+        revoked_events[1],
+        event("refresh_failed", "grant_revoked", "invalid_grant")
+    );
+    assert_eq!(revoked_events[2].0, "needs_reconnect");
+    assert_eq!(
+        events_of(&mut alice, &misconfigured.id).await[1..],
+        [
+            event("refresh_failed", "client_misconfigured", "invalid_client"),
+            event("recovered", "client_misconfigured", ""),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refresh_failures_are_classified_by_cause_on_sqlite() {
+    refresh_failures_are_classified_by_cause(None).await;
+}
+
+#[tokio::test]
+async fn refresh_failures_are_classified_by_cause_on_postgres() {
+    let Some(db) = pg::fresh_database("events_classified").await else {
+        return;
+    };
+    refresh_failures_are_classified_by_cause(Some(&db.url)).await;
+    db.drop_database().await;
+}
+
+/// Every change writes its event with the actor; a user who is not a workspace admin sees only
+/// the events of credentials they are a member of; a user must name the workspace.
+#[tokio::test]
+async fn events_record_each_change_and_are_visible_to_members_only() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, None, |_| {}).await;
+    let mut alice = b.client(ALICE).await;
+    let mut bob = b.client(BOB).await;
+    let shared = alice
+        .import_fake(&fake, "acct-shared", t0_secs() + 3600)
+        .await
+        .unwrap();
+    let private = alice
+        .import_fake(&fake, "acct-private", t0_secs() + 3600)
+        .await
+        .unwrap();
+    assert!(bob.events().await.unwrap().is_empty(), "not a member yet");
+
+    alice
+        .add_member(&shared.id, BOB.email, pb::MemberRole::Member)
+        .await
+        .unwrap();
+    bob.accept_invitation(&shared.id).await.unwrap();
+    alice
+        .update(pb::UpdateCredentialRequest {
+            credential: Some(pb::Credential {
+                credential_id: shared.id.clone(),
+                display_name: "Renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    alice.remove_member(&shared.id, BOB.email).await.unwrap();
+    alice.disconnect(&private.id).await.unwrap();
+
+    let all = alice.admin_of("ws1").events().await.unwrap();
+    let story: Vec<_> = all
+        .iter()
+        .map(|e| (e.credential_id.as_str(), type_name(e.r#type), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        story,
+        [
+            (shared.id.as_str(), "connected".to_owned(), ALICE.id),
+            (private.id.as_str(), "connected".to_owned(), ALICE.id),
+            (shared.id.as_str(), "member_invited".to_owned(), ALICE.id),
+            (shared.id.as_str(), "member_joined".to_owned(), BOB.id),
+            (shared.id.as_str(), "updated".to_owned(), ALICE.id),
+            (shared.id.as_str(), "member_removed".to_owned(), ALICE.id),
+            (private.id.as_str(), "disconnected".to_owned(), ALICE.id),
+        ]
+    );
+    let cursors: Vec<i64> = all.iter().map(|e| e.cursor).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    let ids: std::collections::BTreeSet<_> = all.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids.len(), all.len(), "event ids are unique");
+    assert!(all[2].detail.contains("bob@example.com"), "{}", all[2].detail);
+
+    // Bob was removed: he sees nothing any more. Alice (member of both, not a workspace admin)
+    // sees every event of her two credentials.
+    assert!(bob.events().await.unwrap().is_empty());
+    assert_eq!(alice.events().await.unwrap().len(), all.len());
+
+    // Paging: one event per page walks the same log.
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..=all.len() {
+        let page = alice
+            .events_page(pb::ListCredentialEventsRequest {
+                workspace_id: "ws1".into(),
+                page_size: 1,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        paged.extend(page.events);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+
+    let err = alice
+        .events_page(pb::ListCredentialEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(error_details(&err).1, vec!["workspace_id".to_owned()]);
+}
+
+/// The next event (not heartbeat) of a watch, within a deadline.
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::WatchCredentialEventsResponse>,
+    within: Duration,
+) -> pb::CredentialEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(pb::watch_credential_events_response::Message::Event(e)) = message.message {
+            return e;
+        }
+    }
+}
+
+/// A watch on broker process B sees a disconnect done on process A (PostgreSQL LISTEN/NOTIFY
+/// wakes it: the poll fallback is set to a minute, so only the notification can deliver it
+/// within the deadline). Killed mid-way and resumed from its last cursor, it misses nothing and
+/// repeats nothing; an idle watch sends heartbeats carrying its cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_one_replica_follows_another_and_resumes_from_its_cursor() {
+    let Some(db) = pg::fresh_database("events_watch").await else {
+        return;
+    };
+    let fake = FakeProvider::start(rotating()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestBroker::config(&dir, db.url.clone());
+    config.tokens.refresh_scan_interval_seconds = 0;
+    with_fake_provider(&mut config, &fake, "fake", &[]);
+    let toml = config_toml(&config, &db.url)
+        + &provider_toml(&fake)
+        + "[events]\nwatch_poll_ms = 60000\nheartbeat_seconds = 1\n";
+    let a = BrokerProcess::spawn(dir.path(), "replica-a", &toml).await;
+    let b = BrokerProcess::spawn(dir.path(), "replica-b", &toml).await;
+    let mut on_a = a.client(ALICE).await;
+    let mut on_b = b.client(ALICE).await.admin_of("ws1");
+    let expires = t0_secs() + 3600;
+
+    let first = on_a.import_fake(&fake, "acct-1", expires).await.unwrap();
+    let mut watch = on_b
+        .watch(pb::WatchCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            start_at_end: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    on_a.disconnect(&first.id).await.unwrap();
+    let seen = next_event(&mut watch, Duration::from_secs(5)).await;
+    assert_eq!(
+        (seen.credential_id.as_str(), type_name(seen.r#type)),
+        (first.id.as_str(), "disconnected".to_owned()),
+        "the watch starts at the end: the earlier connect is not replayed"
+    );
+
+    // Kill the stream; changes keep happening on A meanwhile.
+    let mut last = seen.cursor;
+    let second = on_a.import_fake(&fake, "acct-2", expires).await.unwrap();
+    let next = next_event(&mut watch, Duration::from_secs(5)).await;
+    assert_eq!(type_name(next.r#type), "connected");
+    last = last.max(next.cursor);
+    drop(watch);
+    let third = on_a.import_fake(&fake, "acct-3", expires).await.unwrap();
+    on_a.disconnect(&second.id).await.unwrap();
+    on_a.disconnect(&third.id).await.unwrap();
+
+    // Resume after the last cursor received: exactly the log's events after it.
+    let log = on_a.admin_of("ws1").events().await.unwrap();
+    let expected: Vec<_> = log.iter().filter(|e| e.cursor > last).cloned().collect();
+    assert_eq!(expected.len(), 3, "{expected:?}");
+    let mut resumed = on_b
+        .watch(pb::WatchCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            after_cursor: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        got.push(next_event(&mut resumed, Duration::from_secs(5)).await);
+    }
+    assert_eq!(got, expected, "no gap, no duplicate, same order");
+
+    // Idle: a heartbeat with the cursor reached.
+    let beat = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+        .await
+        .expect("a heartbeat on an idle stream")
+        .unwrap()
+        .unwrap();
+    match beat.message {
+        Some(pb::watch_credential_events_response::Message::Heartbeat(h)) => {
+            assert_eq!(h.cursor, expected.last().unwrap().cursor);
+        }
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+    drop((a, b));
+    db.drop_database().await;
+}
