@@ -79,6 +79,9 @@ pub mod reason {
     /// after the provider may have rotated the refresh token, and the provider refused the
     /// stored one: reconnect.
     pub const REFRESH_INTERRUPTED: &str = "REFRESH_INTERRUPTED";
+    /// A URL a workspace set (webhook endpoint, provider endpoint) is refused by the outbound
+    /// policy: not https, user info, a redirect, or an address the operator has not allowed.
+    pub const OUTBOUND_REFUSED: &str = "OUTBOUND_REFUSED";
     /// The database cannot be reached.
     pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
     /// The key management service cannot be reached, or failed in an unexpected way.
@@ -136,6 +139,7 @@ pub mod reason {
         ACCOUNT_MISMATCH,
         ISSUER_MISMATCH,
         REFRESH_INTERRUPTED,
+        OUTBOUND_REFUSED,
         STORAGE_UNAVAILABLE,
         KMS_UNAVAILABLE,
         KMS_KEY_DISABLED,
@@ -292,6 +296,23 @@ impl BrokerError {
         Self::FailedPrecondition {
             reason: reason::CREDENTIAL_DISCONNECTED,
             message: "the credential was disconnected; connect the account again to use it".into(),
+        }
+    }
+
+    /// A request to a workspace-chosen URL failed: a policy refusal is the workspace's to fix
+    /// (`OUTBOUND_REFUSED`), any other failure is the destination's (`PROVIDER_UNAVAILABLE`).
+    pub fn outbound(err: &cb_oauth::outbound::OutboundError) -> Self {
+        if err.is_refusal() {
+            Self::FailedPrecondition {
+                reason: reason::OUTBOUND_REFUSED,
+                message: err.to_string(),
+            }
+        } else {
+            Self::Unavailable {
+                reason: reason::PROVIDER_UNAVAILABLE,
+                message: err.to_string(),
+                retry_after: None,
+            }
         }
     }
 

@@ -14,6 +14,7 @@ pub mod client;
 mod endpoint;
 pub mod error;
 pub mod http;
+pub mod outbound;
 pub mod pkce;
 mod quirks;
 pub mod token;

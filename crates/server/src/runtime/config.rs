@@ -4,6 +4,7 @@
 use crate::layers::auth::{Callers, KnownCaller, ServiceIdentity};
 use cb_broker::access::ServiceRole;
 use cb_oauth::catalog::ProviderSpec;
+use cb_oauth::outbound::OutboundPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -77,6 +78,9 @@ pub struct Config {
     /// Callers that authenticate with a JWT their platform issues (Kubernetes projected
     /// service-account tokens), mapped to `[[callers]]` by `service_account`.
     pub workload_identity: Option<WorkloadIdentityConfig>,
+    /// What requests to workspace-chosen URLs (webhook endpoints, runtime-defined providers) may
+    /// reach.
+    pub outbound: OutboundConfig,
 }
 
 /// How workload tokens (Kubernetes service-account JWTs) are verified.
@@ -500,6 +504,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             actor_assertions: None,
             workload_identity: None,
+            outbound: OutboundConfig::default(),
         }
     }
 }
@@ -892,6 +897,54 @@ impl HealthConfig {
     }
 }
 
+/// Requests to URLs that workspaces choose: https only, no redirects, public addresses only unless
+/// allowed here (`cb_oauth::outbound`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Allow loopback addresses, and plain http to them (development and tests).
+    pub allow_loopback: bool,
+    /// Allow private, shared and unique-local addresses (internal receivers or providers).
+    pub allow_private_networks: bool,
+    /// Time allowed for a whole request.
+    pub timeout_seconds: u64,
+    /// Largest response body read.
+    pub max_response_bytes: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let policy = OutboundPolicy::default();
+        Self {
+            allow_loopback: policy.allow_loopback,
+            allow_private_networks: policy.allow_private_networks,
+            timeout_seconds: policy.timeout.as_secs(),
+            max_response_bytes: policy.max_response_bytes,
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// The policy the outbound client enforces.
+    pub fn policy(&self) -> OutboundPolicy {
+        OutboundPolicy {
+            allow_loopback: self.allow_loopback,
+            allow_private_networks: self.allow_private_networks,
+            timeout: std::time::Duration::from_secs(self.timeout_seconds),
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.timeout_seconds == 0 {
+            p.push("outbound.timeout_seconds: must be at least 1".into());
+        }
+        if self.max_response_bytes == 0 {
+            p.push("outbound.max_response_bytes: must be at least 1".into());
+        }
+    }
+}
+
 /// Limits that keep one caller or one request from exhausting the broker.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -1182,6 +1235,7 @@ impl Config {
         }
         self.telemetry.validate(&mut p);
         self.health.validate(&mut p);
+        self.outbound.validate(&mut p);
         self.limits.validate(&mut p);
         if let Some(a) = &self.actor_assertions {
             a.validate(&mut p);
