@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialEventRow, CredentialQuery,
-    CredentialRow, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
+    AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
     NewAuditEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, SealedColumns, StatusQuery,
     UsageRecord, WrappedDekRow,
 };
@@ -124,6 +124,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events with `at < older_than` (retention) in bounded batches; returns how many.
     async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Declares (or updates) a webhook endpoint. A changed URL or workspace re-enables it and
+    /// forgets its failures. Events written from now on get a delivery to it.
+    async fn upsert_webhook_endpoint(
+        &self,
+        id: &str,
+        workspace_id: &str,
+        url: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the endpoint is disabled (`None`: unknown).
+    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError>;
+
+    /// Claims up to `limit` due webhook deliveries for `holder` until `now + lease_ms`: pending,
+    /// `next_attempt_at <= now`, lease free or lapsed, endpoint enabled, and no earlier pending
+    /// delivery of the same endpoint and credential (deliveries are ordered per credential). On
+    /// PostgreSQL rows a concurrent claim is taking are skipped (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas never send one delivery concurrently. Oldest first, with their events.
+    async fn claim_webhook_deliveries(
+        &self,
+        holder: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records an attempt under its claim: delivered, or rescheduled at `next_attempt_at`; the
+    /// endpoint's failing period starts at its first failure and ends with a success; an
+    /// endpoint failing since `disable_failing_since` or earlier is disabled. Returns whether
+    /// this call disabled it.
+    async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError>;
+
+    /// An endpoint's delivery log, oldest first, at most `limit`.
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
 
     /// How many non-disconnected credentials have each health, ordered by health (metrics).
     async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -516,3 +516,64 @@ pub struct EventQuery {
     /// Maximum number of rows.
     pub limit: u32,
 }
+
+/// A webhook delivery claimed for sending, with the event it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    /// The delivery (log row) id.
+    pub id: i64,
+    /// The endpoint it goes to.
+    pub endpoint_id: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// The event.
+    pub event: CredentialEventRow,
+}
+
+/// How one webhook delivery attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The delivery.
+    pub id: i64,
+    /// Its endpoint.
+    pub endpoint_id: String,
+    /// The claim it was made under.
+    pub holder: String,
+    /// Whether the receiver accepted it (2xx).
+    pub delivered: bool,
+    /// The HTTP status, if a response arrived.
+    pub status: Option<i64>,
+    /// Why it failed (never a secret, never the URL's path or query).
+    pub error: Option<String>,
+    /// When it was made.
+    pub at: i64,
+    /// When to try again (failures).
+    pub next_attempt_at: i64,
+    /// Disable the endpoint when it has been failing since at or before this time.
+    pub disable_failing_since: i64,
+}
+
+/// One row of an endpoint's delivery log.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// The delivery id.
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's cursor.
+    pub event_row_id: i64,
+    /// The event's credential.
+    pub credential_id: String,
+    /// `PENDING` or `DELIVERED`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Next attempt (pending).
+    pub next_attempt_at: i64,
+    /// Last HTTP status.
+    pub last_status: Option<i64>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// When delivered.
+    pub delivered_at: Option<i64>,
+}

@@ -375,6 +375,80 @@ pub(crate) const EVENTS_OF_MEMBER_HEAD: &str = " AND credential_id IN (SELECT cr
 pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_events \
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
+/// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
+/// (enabled endpoint of the event's workspace, event).
+pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
+     (endpoint_id, event_row_id, credential_id, state, attempts, next_attempt_at, created_at) \
+     SELECT w.id, ev.id, ev.credential_id, 'PENDING', 0, ev.at, ev.at \
+     FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
+     WHERE w.disabled_at IS NULL AND ev.event_id IN (";
+
+/// Bind: id, workspace_id, url, now.
+pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
+     ON CONFLICT (id) DO UPDATE SET \
+     failing_since = CASE WHEN webhook_endpoints.url = excluded.url \
+       AND webhook_endpoints.workspace_id = excluded.workspace_id \
+       THEN webhook_endpoints.failing_since ELSE NULL END, \
+     disabled_at = CASE WHEN webhook_endpoints.url = excluded.url \
+       AND webhook_endpoints.workspace_id = excluded.workspace_id \
+       THEN webhook_endpoints.disabled_at ELSE NULL END, \
+     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
+
+/// Bind: id.
+pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str = "SELECT CAST(CASE WHEN disabled_at IS NULL \
+     THEN 0 ELSE 1 END AS BIGINT) FROM webhook_endpoints WHERE id = $1";
+
+/// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
+/// Bind: holder, now, lease_ms, limit.
+pub(crate) fn claim_webhook_deliveries(skip_locked: &str) -> String {
+    format!(
+        "UPDATE webhook_deliveries SET lease_holder = $1, lease_expires_at = $2 + $3 \
+         WHERE id IN (SELECT d.id FROM webhook_deliveries d WHERE d.state = 'PENDING' \
+         AND d.next_attempt_at <= $2 \
+         AND (d.lease_holder IS NULL OR d.lease_expires_at <= $2) \
+         AND d.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL) \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.endpoint_id = d.endpoint_id \
+           AND e.credential_id = d.credential_id AND e.state = 'PENDING' AND e.id < d.id) \
+         ORDER BY d.id LIMIT $4{skip_locked}) \
+         AND (lease_holder IS NULL OR lease_expires_at <= $2) RETURNING id"
+    )
+}
+
+/// The claimed deliveries of `holder` with their events. Bind: holder.
+pub(crate) const CLAIMED_DELIVERIES: &str = "SELECT d.id AS delivery_id, d.endpoint_id, \
+     d.attempts, ev.id, ev.event_id, ev.at, ev.workspace_id, ev.credential_id, ev.kind, \
+     ev.actor, ev.cause, ev.detail \
+     FROM webhook_deliveries d JOIN credential_events ev ON ev.id = d.event_row_id \
+     WHERE d.lease_holder = $1 AND d.state = 'PENDING' ORDER BY d.id";
+
+/// A delivered attempt. Bind: id, holder, at, status.
+pub(crate) const DELIVERY_SUCCEEDED: &str = "UPDATE webhook_deliveries SET state = 'DELIVERED', \
+     attempts = attempts + 1, delivered_at = $3, last_status = $4, last_error = NULL, \
+     lease_holder = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_holder = $2";
+
+/// A failed attempt. Bind: id, holder, next_attempt_at, status, error.
+pub(crate) const DELIVERY_FAILED: &str = "UPDATE webhook_deliveries SET \
+     attempts = attempts + 1, next_attempt_at = $3, last_status = $4, last_error = $5, \
+     lease_holder = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_holder = $2";
+
+/// Bind: endpoint id.
+pub(crate) const ENDPOINT_SUCCEEDED: &str =
+    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1";
+
+/// Bind: endpoint id, at.
+pub(crate) const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
+     SET failing_since = COALESCE(failing_since, $2) WHERE id = $1";
+
+/// Bind: endpoint id, at, disable_failing_since.
+pub(crate) const DISABLE_FAILING_ENDPOINT: &str = "UPDATE webhook_endpoints SET disabled_at = $2 \
+     WHERE id = $1 AND disabled_at IS NULL AND failing_since <= $3";
+
+/// Bind: endpoint id, limit.
+pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_row_id, \
+     credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
+     FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id LIMIT $2";
+
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
 
@@ -534,6 +608,16 @@ macro_rules! bind_update_credential {
     }};
 }
 pub(crate) use bind_update_credential;
+
+/// A claimed delivery as [`CLAIMED_DELIVERIES`] returns it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimedRecord {
+    pub(crate) delivery_id: i64,
+    pub(crate) endpoint_id: String,
+    pub(crate) attempts: i64,
+    #[sqlx(flatten)]
+    pub(crate) event: crate::model::CredentialEventRow,
+}
 
 /// The flat `credentials` row as the database returns it.
 #[derive(sqlx::FromRow)]

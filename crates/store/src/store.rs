@@ -19,8 +19,8 @@ use crate::Store;
 use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialEventRow, CredentialQuery,
-    CredentialRow, EventQuery, KeyUsage, MemberChange, MemberRow, NewAuditEvent,
+    AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage, MemberChange, MemberRow, NewAuditEvent,
     NewCredentialEvent, RefreshFailure, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
@@ -179,6 +179,18 @@ where
             let mut insert = QueryBuilder::<DB>::new(sql::INSERT_CREDENTIAL_EVENTS);
             insert.push_values(chunk, push_event);
             insert
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+            // Each event's webhook deliveries are born with it: none is lost between the two.
+            let mut fan_out = QueryBuilder::<DB>::new(sql::FAN_OUT_DELIVERIES_HEAD);
+            let mut ids = fan_out.separated(", ");
+            for e in chunk {
+                ids.push_bind(e.event_id.as_str());
+            }
+            fan_out.push(")");
+            fan_out
                 .build()
                 .execute(&mut *conn)
                 .await
@@ -436,6 +448,8 @@ where
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
     for<'t> RefreshIntent: FromRow<'t, DB::Row>,
     for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
+    for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
+    for<'t> DeliveryRow: FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -776,6 +790,141 @@ where
             None,
             self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
         )
+        .await
+    }
+
+    async fn upsert_webhook_endpoint(
+        &self,
+        id: &str,
+        workspace_id: &str,
+        url: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.traced("upsert_webhook_endpoint", None, async {
+            sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
+                .bind(id)
+                .bind(workspace_id)
+                .bind(url)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        self.traced("webhook_endpoint_disabled", None, async {
+            let disabled = sqlx::query_scalar::<DB, i64>(sql::WEBHOOK_ENDPOINT_DISABLED)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(disabled.map(|d| d != 0))
+        })
+        .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        holder: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.traced("claim_webhook_deliveries", None, async {
+            let statement = sql::claim_webhook_deliveries(DB::SKIP_LOCKED);
+            sqlx::query::<DB>(sqlx::AssertSqlSafe(statement))
+                .bind(holder)
+                .bind(now)
+                .bind(lease_ms)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            let claimed = sqlx::query_as::<DB, sql::ClaimedRecord>(sql::CLAIMED_DELIVERIES)
+                .bind(holder)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(claimed
+                .into_iter()
+                .map(|r| ClaimedDelivery {
+                    id: r.delivery_id,
+                    endpoint_id: r.endpoint_id,
+                    attempts: r.attempts,
+                    event: r.event,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError> {
+        self.traced("finish_webhook_delivery", None, async {
+            let mut tx = self.begin_write().await?;
+            let done = if a.delivered {
+                sqlx::query(sql::DELIVERY_SUCCEEDED)
+                    .bind(a.id)
+                    .bind(a.holder.as_str())
+                    .bind(a.at)
+                    .bind(a.status)
+            } else {
+                sqlx::query(sql::DELIVERY_FAILED)
+                    .bind(a.id)
+                    .bind(a.holder.as_str())
+                    .bind(a.next_attempt_at)
+                    .bind(a.status)
+                    .bind(a.error.as_deref())
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(map::<DB>)?;
+            if DB::rows_affected(&done) == 0 {
+                // The claim lapsed and another replica took the delivery: its answer counts.
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(false);
+            }
+            let endpoint = if a.delivered {
+                sqlx::query(sql::ENDPOINT_SUCCEEDED).bind(a.endpoint_id.as_str())
+            } else {
+                sqlx::query(sql::ENDPOINT_FAILED)
+                    .bind(a.endpoint_id.as_str())
+                    .bind(a.at)
+            };
+            endpoint.execute(&mut *tx).await.map_err(map::<DB>)?;
+            let disabled = if a.delivered {
+                false
+            } else {
+                let done = sqlx::query(sql::DISABLE_FAILING_ENDPOINT)
+                    .bind(a.endpoint_id.as_str())
+                    .bind(a.at)
+                    .bind(a.disable_failing_since)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map::<DB>)?;
+                DB::rows_affected(&done) > 0
+            };
+            tx.commit().await.map_err(map::<DB>)?;
+            Ok(disabled)
+        })
+        .await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.traced("list_webhook_deliveries", None, async {
+            sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
+                .bind(endpoint_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
         .await
     }
 

@@ -31,3 +31,39 @@ CREATE TABLE credential_events (
 CREATE INDEX credential_events_workspace_idx ON credential_events (workspace_id, id);
 CREATE INDEX credential_events_credential_idx ON credential_events (credential_id, id);
 CREATE INDEX credential_events_at_idx ON credential_events (at);
+
+-- Webhook endpoints (declared in the configuration, mirrored here so every replica shares
+-- their failure state) and the delivery log: one row per (endpoint, event), created in the
+-- transaction that writes the event, claimed with a lease by any replica.
+CREATE TABLE webhook_endpoints (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    workspace_id  TEXT    NOT NULL,
+    url           TEXT    NOT NULL,
+    failing_since BIGINT    NULL,
+    disabled_at   BIGINT    NULL,
+    updated_at    BIGINT    NOT NULL
+);
+
+CREATE INDEX webhook_endpoints_workspace_idx ON webhook_endpoints (workspace_id);
+
+CREATE TABLE webhook_deliveries (
+    id               BIGSERIAL PRIMARY KEY,
+    endpoint_id      TEXT    NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    event_row_id     BIGINT    NOT NULL,
+    credential_id    TEXT    NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('PENDING', 'DELIVERED')),
+    attempts         BIGINT    NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT    NOT NULL,
+    lease_holder     TEXT    NULL,
+    lease_expires_at BIGINT    NULL,
+    last_status      BIGINT    NULL,
+    last_error       TEXT    NULL,
+    delivered_at     BIGINT    NULL,
+    created_at       BIGINT    NOT NULL,
+    UNIQUE (endpoint_id, event_row_id)
+);
+
+-- The claim reads pending deliveries in order; the per-credential ordering check reads the
+-- pending ones of one (endpoint, credential).
+CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (state, next_attempt_at, id);
+CREATE INDEX webhook_deliveries_order_idx ON webhook_deliveries (endpoint_id, credential_id, state, id);
