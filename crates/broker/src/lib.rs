@@ -20,5 +20,6 @@ pub mod sealing;
 pub mod service;
 pub mod tokens;
 pub mod types;
+pub mod webhooks;
 
 pub use error::{BrokerError, ErrorCode, FieldViolation};
