@@ -9,6 +9,8 @@ use crate::support::broker::{
 use crate::support::client::{ALICE, BOB, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use crate::support::pg;
+use crate::support::wait::{wait_for, wait_until_sync};
+use crate::support::webhook_receiver::{Received, WebhookReceiver};
 use cb_proto::v1 as pb;
 use std::time::Duration;
 use tonic::Code;
@@ -389,5 +391,213 @@ async fn a_watch_on_one_replica_follows_another_and_resumes_from_its_cursor() {
         other => panic!("expected a heartbeat, got {other:?}"),
     }
     drop((a, b));
+    db.drop_database().await;
+}
+
+const SECRET_NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_OLD: &str = "whsec_c2VjcmV0LWJlZm9yZS10aGUtcm90YXRpb24tMTIzNDU2";
+
+fn endpoint(
+    id: &str,
+    receiver: &WebhookReceiver,
+    secrets: &[&str],
+) -> credential_broker::runtime::config::WebhookSettings {
+    credential_broker::runtime::config::WebhookSettings {
+        id: id.into(),
+        workspace_id: "ws1".into(),
+        url: receiver.url(),
+        secrets: secrets
+            .iter()
+            .map(|s| credential_broker::runtime::config::SecretValue::new((*s).to_owned()))
+            .collect(),
+    }
+}
+
+/// Runs the independent verifier (tests/e2e/support/verify_webhooks.py, Python's hmac) on
+/// `deliveries` with `secrets`; whether every signature verified.
+fn verified_independently(deliveries: &[Received], secrets: &[&str]) -> bool {
+    let doc = serde_json::json!({
+        "secrets": secrets,
+        "deliveries": deliveries.iter().map(|d| serde_json::json!({
+            "id": d.id, "timestamp": d.timestamp, "signature": d.signature, "body": d.body,
+        })).collect::<Vec<_>>(),
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), doc.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/support/verify_webhooks.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .output()
+        .expect("python3 runs the independent verifier");
+    out.status.success()
+}
+
+/// Moves every broker's injected clock (tests move time, they never sleep).
+fn advance(brokers: &[&TestBroker], d: Duration) {
+    for b in brokers {
+        b.clock.advance(d);
+    }
+}
+
+/// Webhooks: an endpoint down for 5 minutes of injected time, then up, receives every event,
+/// in order per credential, signed under both secrets of a rotation (checked by an independent
+/// verifier); retries carry the same `webhook-id`; an endpoint that never answers is disabled
+/// after the configured period. `second` is another broker on the same database (PostgreSQL):
+/// both dispatch, none sends a delivery twice concurrently.
+async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: Option<&str>) {
+    let receiver = WebhookReceiver::start(true).await;
+    let dead = WebhookReceiver::start(false).await;
+    let fake = FakeProvider::start(rotating()).await;
+    let tune = |c: &mut credential_broker::runtime::config::Config| {
+        c.outbound.allow_loopback = true;
+        c.events.webhook_poll_ms = 20;
+        c.events.webhook_backoff_seconds = 10;
+        c.events.webhook_max_backoff_seconds = 60;
+        c.events.webhook_disable_after_seconds = 400;
+        c.webhooks = vec![
+            endpoint("main", &receiver, &[SECRET_NEW, SECRET_OLD]),
+            endpoint("dead", &dead, &[SECRET_NEW]),
+        ];
+    };
+    let b = TestBroker::with_fake(&fake, database_url, tune).await;
+    let second = match database_url {
+        Some(url) => Some(TestBroker::with_fake(&fake, Some(url), tune).await),
+        None => None,
+    };
+    let brokers: Vec<&TestBroker> = std::iter::once(&b).chain(second.as_ref()).collect();
+    let mut alice = b.client(ALICE).await;
+    let expires = t0_secs() + 3600;
+    let delivered = |receiver: &WebhookReceiver| -> Vec<Received> {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.status == 204)
+            .collect()
+    };
+
+    let a = alice.import_fake(&fake, "acct-a", expires).await.unwrap();
+    wait_until_sync(Duration::from_secs(10), "the first event delivered", || {
+        delivered(&receiver).len() == 1
+    })
+    .await;
+
+    // Down: four more changes on two credentials.
+    receiver.set_up(false);
+    let rename = |id: &str, name: &str| pb::UpdateCredentialRequest {
+        credential: Some(pb::Credential {
+            credential_id: id.into(),
+            display_name: name.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+    };
+    alice.update(rename(&a.id, "A renamed")).await.unwrap();
+    let c2 = alice.import_fake(&fake, "acct-b", expires).await.unwrap();
+    alice.disconnect(&a.id).await.unwrap();
+    alice.update(rename(&c2.id, "B renamed")).await.unwrap();
+    wait_until_sync(Duration::from_secs(10), "first attempts refused", || {
+        receiver.received().iter().filter(|r| r.status == 503).count() >= 2
+    })
+    .await;
+    // Retries come with time: one minute, then the rest of five minutes, still down.
+    advance(&brokers, Duration::from_secs(60));
+    let head = receiver.received()[1].id.clone();
+    wait_until_sync(Duration::from_secs(10), "a retry of the same delivery", || {
+        receiver.received().iter().filter(|r| r.id == head).count() >= 2
+    })
+    .await;
+    advance(&brokers, Duration::from_secs(240));
+    wait_until_sync(Duration::from_secs(10), "another retry", || {
+        receiver.received().iter().filter(|r| r.id == head).count() >= 3
+    })
+    .await;
+
+    // Up again: past the longest backoff everything arrives.
+    receiver.set_up(true);
+    advance(&brokers, Duration::from_secs(120));
+    let log = alice.admin_of("ws1").events().await.unwrap();
+    assert_eq!(log.len(), 5, "{log:?}");
+    wait_until_sync(Duration::from_secs(20), "every event delivered", || {
+        delivered(&receiver).len() >= log.len()
+    })
+    .await;
+    let got = delivered(&receiver);
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "each event accepted once: {ids:?}");
+    for credential in [&a.id, &c2.id] {
+        let in_log: Vec<&str> = log
+            .iter()
+            .filter(|e| &e.credential_id == credential)
+            .map(|e| e.event_id.as_str())
+            .collect();
+        let in_order: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| in_log.contains(id))
+            .collect();
+        assert_eq!(in_order, in_log, "ordered per credential");
+    }
+    // Retries carry the webhook-id of their event; payloads name the event.
+    let all = receiver.received();
+    assert!(all.iter().all(|r| log.iter().any(|e| e.event_id == r.id)));
+    for r in &got {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let e = log.iter().find(|e| e.event_id == r.id).unwrap();
+        assert_eq!(body["data"]["event_id"], r.id.as_str());
+        assert_eq!(body["data"]["credential_id"], e.credential_id.as_str());
+        assert_eq!(body["type"], format!("credential.{}", type_name(e.r#type)));
+        assert!(!String::from_utf8_lossy(&r.body).contains("whsec_"));
+    }
+    // Every request, refused or accepted, verifies under each secret of the rotation, and
+    // fails under a secret the endpoint does not have.
+    assert!(verified_independently(&all, &[SECRET_NEW]));
+    assert!(verified_independently(&all, &[SECRET_OLD]));
+    assert!(!verified_independently(
+        &all,
+        &["whsec_b3RoZXItc2VjcmV0LXRoYXQtbm9ib2R5LWhhcw=="]
+    ));
+
+    // The endpoint that never answered: failing for longer than 400 s, it is disabled.
+    let store = cb_store::open(&b.config.database.url.expose(), 2)
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the dead endpoint disabled", || {
+        let store = store.clone();
+        async move {
+            match store.webhook_endpoint_disabled("dead").await.unwrap() {
+                Some(true) => Ok(()),
+                other => Err(other),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        store.webhook_endpoint_disabled("main").await.unwrap(),
+        Some(false),
+        "failing for 5 minutes, below the limit"
+    );
+    let log_rows = store.list_webhook_deliveries("main", 100).await.unwrap();
+    assert_eq!(log_rows.len(), log.len(), "one delivery log row per event");
+    assert!(log_rows.iter().all(|d| d.state == "DELIVERED"));
+    assert!(log_rows.iter().any(|d| d.attempts >= 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_delivered_signed_in_order_despite_an_outage_on_sqlite() {
+    webhooks_are_delivered_signed_in_order_despite_an_outage(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_delivered_signed_in_order_despite_an_outage_on_postgres_two_brokers() {
+    let Some(db) = pg::fresh_database("events_webhooks").await else {
+        return;
+    };
+    webhooks_are_delivered_signed_in_order_despite_an_outage(Some(&db.url)).await;
     db.drop_database().await;
 }
