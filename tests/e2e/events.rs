@@ -601,3 +601,82 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage_on_postgres_tw
     webhooks_are_delivered_signed_in_order_despite_an_outage(Some(&db.url)).await;
     db.drop_database().await;
 }
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A dormant grant whose refresh token dies after 90 idle days (catalog rule) is refreshed by
+/// refresh-ahead before day 90, though its access token needs nothing for a year. Clock moved.
+#[tokio::test]
+async fn a_dormant_grant_with_a_90_day_idle_expiry_is_refreshed_before_day_90() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, None, |c| {
+        for p in c.custom_providers.iter_mut().filter(|p| p.id == "fake") {
+            p.refresh.refresh_token_idle_seconds = Some(90 * 86_400);
+        }
+    })
+    .await;
+    let mut alice = b.client(ALICE).await;
+    let dormant = alice
+        .import_fake(&fake, "acct-dormant", t0_secs() + 365 * 86_400)
+        .await
+        .unwrap();
+    b.clock.advance(DAY * 80);
+    assert_eq!(b.refresh_due().await, 0, "not due on day 80");
+    assert_eq!(fake.refresh_calls(), 0);
+    b.clock.advance(DAY * 5);
+    assert_eq!(b.refresh_due().await, 1, "due before day 90");
+    assert_eq!(fake.refresh_calls(), 1);
+    let c = alice.get(&dormant.id).await.unwrap();
+    assert_eq!(
+        c.last_refresh_time.map(|t| t.seconds),
+        Some(t0_secs() + 85 * 86_400)
+    );
+    assert!(!fake.is_current_refresh_token(&dormant.refresh), "rotated");
+    assert_eq!(health(&c).health, pb::CredentialHealth::Healthy as i32);
+}
+
+/// A grant with an absolute end is marked EXPIRING with one `expiring` event when it is within
+/// the warning period (default 7 days); a refresh does not clear the warning (it does not move
+/// the end). Clock moved, not slept.
+#[tokio::test]
+async fn a_grant_ending_within_the_warning_period_raises_one_expiring_event() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, None, |_| {}).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let (mut req, _, _) = crate::support::broker::fake_grant_import(&fake, "acct-end", t0_secs() + 3600);
+    let ends_at = t0_secs() + 30 * 86_400;
+    req.tokens.as_mut().unwrap().refresh_token_expire_time = Some(prost_types::Timestamp {
+        seconds: ends_at,
+        nanos: 0,
+    });
+    let id = alice.import(req).await.unwrap().credential_id;
+    assert_eq!(b.warn_expiring().await, 0, "30 days left");
+    b.clock.advance(DAY * 22);
+    assert_eq!(b.warn_expiring().await, 0, "8 days left");
+    b.clock.advance(DAY * 2);
+    assert_eq!(b.warn_expiring().await, 1, "6 days left");
+    assert_eq!(b.warn_expiring().await, 0, "warned once");
+    let h = health(&alice.get(&id).await.unwrap());
+    assert_eq!(h.health, pb::CredentialHealth::Expiring as i32);
+    assert!(h.cause.contains("reconnect"), "{}", h.cause);
+    let expiring = events_of(&mut alice, &id).await;
+    assert_eq!(
+        expiring.last().unwrap(),
+        &event("expiring", "expiring", &format!("ends_at={}", ends_at * 1000))
+    );
+
+    // The access token expired long ago: a refresh succeeds, the warning stands.
+    alice.token(&id).await.unwrap();
+    let h = health(&alice.get(&id).await.unwrap());
+    assert_eq!(h.health, pb::CredentialHealth::Expiring as i32);
+    assert_eq!(events_of(&mut alice, &id).await, expiring, "no recovered event");
+    let page = alice
+        .list_page(pb::ListCredentialsRequest {
+            workspace_id: "ws1".into(),
+            health: pb::CredentialHealth::Expiring as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.credentials.len(), 1);
+}

@@ -11,7 +11,8 @@ use crate::access::Caller;
 use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::error::BrokerError;
-use crate::health::EventKind;
+use crate::credential::Credential;
+use crate::health::{EventKind, HealthKind, event};
 use crate::policy::require_actor;
 use crate::types::{CredentialId, WorkspaceId};
 use cb_store::{CredentialEventRow, EventQuery, Store};
@@ -67,6 +68,8 @@ pub struct EventsConfig {
     pub poll: Duration,
     /// Events older than this are pruned (`None`: kept forever).
     pub retention: Option<Duration>,
+    /// Grants ending within this are marked EXPIRING with an `expiring` event.
+    pub expiring_warning: Duration,
 }
 
 impl Default for EventsConfig {
@@ -75,6 +78,7 @@ impl Default for EventsConfig {
             heartbeat: Duration::from_secs(15),
             poll: Duration::from_secs(1),
             retention: Some(Duration::from_secs(90 * 86_400)),
+            expiring_warning: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -182,6 +186,58 @@ impl EventService {
                 Some(last) if rows.len() == WATCH_BATCH as usize => q.after_id = last.id,
                 Some(last) => return Ok(last.id),
                 None => return Ok(q.after_id),
+            }
+        }
+    }
+
+    /// Marks the ACTIVE credentials whose grant ends within the warning period EXPIRING and
+    /// writes one `expiring` event for each (once: a credential already EXPIRING is skipped;
+    /// reconnecting clears it). Returns how many were marked. Runs periodically on every
+    /// replica; of replicas racing on one credential, one marks it.
+    pub async fn warn_expiring(&self) -> Result<usize, BrokerError> {
+        const BATCH: u32 = 500;
+        let now = self.clock.now();
+        let horizon = now.plus(self.config.expiring_warning);
+        let mut marked = 0;
+        loop {
+            let rows = self
+                .store
+                .grants_ending(horizon.as_millis(), BATCH)
+                .await?;
+            let full = rows.len() == BATCH as usize;
+            let mut changed = 0;
+            for row in rows {
+                let c = Credential::from_row(row)?;
+                let Some(end) = c.refresh_expires_at else {
+                    continue;
+                };
+                let cause = "the grant ends soon and cannot be refreshed past its end: reconnect before it does";
+                let events = [event(
+                    &c,
+                    EventKind::Expiring,
+                    None,
+                    Some(HealthKind::Expiring.class()),
+                    Some(format!("ends_at={}", end.as_millis())),
+                    now,
+                )];
+                if self
+                    .store
+                    .mark_health(
+                        c.id.as_str(),
+                        HealthKind::Expiring.as_str(),
+                        cause,
+                        now.as_millis(),
+                        &events,
+                    )
+                    .await?
+                {
+                    changed += 1;
+                }
+            }
+            marked += changed;
+            // A full batch of which none changed (raced away) would repeat itself: stop.
+            if !full || changed == 0 {
+                return Ok(marked);
             }
         }
     }

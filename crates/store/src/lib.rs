@@ -107,12 +107,22 @@ pub trait Store: Send + Sync + 'static {
         events: &[NewCredentialEvent],
     ) -> Result<Option<CredentialRow>, StoreError>;
 
-    /// Appends lifecycle events on their own (warnings that change no row), in one
-    /// transaction, announcing each credential concerned.
-    async fn append_credential_events(
+    /// ACTIVE credentials whose grant ends (`refresh_token_expires_at`) at or before `horizon`
+    /// and whose health is not `EXPIRING` yet, soonest first, at most `limit`.
+    async fn grants_ending(&self, horizon: i64, limit: u32)
+    -> Result<Vec<CredentialRow>, StoreError>;
+
+    /// Sets a health that is not a refresh failure (`EXPIRING`): cause and since, failures kept,
+    /// only when the credential is ACTIVE and its health differs; `events` are appended in the
+    /// same transaction only then. Returns whether it changed (of racing replicas, one does).
+    async fn mark_health(
         &self,
+        id: &str,
+        health: &str,
+        cause: &str,
+        at: i64,
         events: &[NewCredentialEvent],
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Events matching every filter of `q` with `id > q.after_id`, oldest first, at most
     /// `q.limit`. Ids appear in commit order (PostgreSQL: event-writing transactions are

@@ -128,6 +128,22 @@ pub(crate) const RECORD_REFRESH_FAILURE: &str = concat!(
     credential_columns!()
 );
 
+/// ACTIVE credentials whose grant ends by the horizon and are not marked EXPIRING yet,
+/// soonest first. Bind: horizon, limit.
+pub(crate) const GRANTS_ENDING: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM credentials WHERE status = 'ACTIVE' AND refresh_token_expires_at IS NOT NULL \
+     AND refresh_token_expires_at <= $1 AND health <> 'EXPIRING' \
+     ORDER BY refresh_token_expires_at, id LIMIT $2"
+);
+
+/// Sets a health that is not a refresh failure (failures kept), only when it changes and the
+/// credential is ACTIVE. Bind: id, health, cause, at.
+pub(crate) const MARK_HEALTH: &str = "UPDATE credentials SET health = $2, health_cause = $3, \
+     health_since = $4, health_error_code = NULL \
+     WHERE id = $1 AND status = 'ACTIVE' AND health <> $2";
+
 /// Credentials per health, every workspace (metrics), DISCONNECTED ones excluded.
 pub(crate) const COUNT_CREDENTIALS_BY_HEALTH: &str = "SELECT health, COUNT(*) FROM credentials \
      WHERE status <> 'DISCONNECTED' GROUP BY health ORDER BY health";

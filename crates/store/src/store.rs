@@ -724,18 +724,49 @@ where
         .await
     }
 
-    async fn append_credential_events(
+    async fn grants_ending(
         &self,
-        events: &[NewCredentialEvent],
-    ) -> Result<(), StoreError> {
-        self.traced("append_credential_events", None, async {
-            let Some(first) = events.first() else {
-                return Ok(());
-            };
-            let tx = self.begin_write().await?;
-            // Every event names a credential: announce the first, watchers re-read by cursor.
-            self.commit_announcing(tx, &first.credential_id, events)
+        horizon: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("grants_ending", None, async {
+            sqlx::query_as::<DB, CredentialRecord>(sql::GRANTS_ENDING)
+                .bind(horizon)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
                 .await
+                .map_err(map::<DB>)?
+                .into_iter()
+                .map(CredentialRow::try_from)
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_health(
+        &self,
+        id: &str,
+        health: &str,
+        cause: &str,
+        at: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<bool, StoreError> {
+        self.traced("mark_health", Some(id), async {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(sql::MARK_HEALTH)
+                .bind(id)
+                .bind(health)
+                .bind(cause)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            if DB::rows_affected(&done) == 0 {
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(false);
+            }
+            self.commit_announcing(tx, id, events).await?;
+            Ok(true)
         })
         .await
     }

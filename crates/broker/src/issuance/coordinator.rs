@@ -545,7 +545,7 @@ impl TokenService {
             match self.call_refresh(&c.provider_id, &refresh_token, &bundle.extras).await {
                 Ok(granted) => {
                     let fresh = merge(&bundle, granted.clone(), now);
-                    let previous_scopes = c.scopes.clone();
+                    let previous = (c.scopes.clone(), c.refresh_expires_at);
                     if let Some(s) = granted.scopes.as_ref() {
                         c.scopes = Scopes::from_stored(&s.join(" "));
                     }
@@ -554,7 +554,7 @@ impl TokenService {
                     c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
                     c.last_refreshed_at = Some(now);
                     c.updated_at = now;
-                    let events = self.refreshed_health(&mut c, &previous_scopes, &granted, now);
+                    let events = self.refreshed_health(&mut c, (&previous.0, previous.1), &granted, now);
                     let new_row = c.to_row();
                     let stored = match self.store_refreshed(&new_row, fence, keeper, &events).await {
                         Ok(stored) => stored,
@@ -655,12 +655,17 @@ impl TokenService {
     fn refreshed_health(
         &self,
         c: &mut Credential,
-        previous: &Scopes,
+        (previous, previous_end): (&Scopes, Option<Timestamp>),
         granted: &GrantedTokens,
         now: Timestamp,
     ) -> Vec<NewCredentialEvent> {
         let mut events = Vec::new();
         let before = c.health.kind;
+        // A refresh does not move an absolute end: the warning stands until a reconnect (or a
+        // provider that extends the grant).
+        if before == HealthKind::Expiring && c.refresh_expires_at <= previous_end {
+            return events;
+        }
         if before != HealthKind::Healthy {
             events.push(event(c, EventKind::Recovered, None, Some(before.class()), None, now));
         }

@@ -96,6 +96,7 @@ pub struct Application {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     tokens: Arc<TokenService>,
+    events: Arc<EventService>,
     audit: Audit,
     health: tonic_health::server::HealthReporter,
     metrics: Arc<crate::runtime::metrics::Metrics>,
@@ -155,6 +156,11 @@ fn spawn_background(
                     Ok(n) => tracing::info!(pruned = n, "old audit events pruned"),
                     Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
                 }
+            }
+            match events.warn_expiring().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(marked = n, "grants ending soon marked EXPIRING"),
+                Err(e) => tracing::warn!(error = %e, "expiring scan failed"),
             }
             match events.prune().await {
                 Ok(0) => {}
@@ -377,7 +383,7 @@ impl Application {
             addr: config.listen,
             source,
         })?;
-        let api = CredentialApi::new(credentials, tokens.clone(), connect, events);
+        let api = CredentialApi::new(credentials, tokens.clone(), connect, events.clone());
         let limits = &config.limits;
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.max_streams_per_connection))
@@ -446,6 +452,7 @@ impl Application {
             server,
             background,
             tokens,
+            events,
             audit: audit_for_shutdown,
             health,
             metrics,
@@ -466,6 +473,11 @@ impl Application {
     /// Runs one refresh-ahead pass now (the background task does this periodically).
     pub async fn refresh_due(&self) -> usize {
         self.tokens.refresh_due(100).await
+    }
+
+    /// One pass of the expiring-grant scan (it runs hourly in the background).
+    pub async fn warn_expiring(&self) -> Result<usize, cb_broker::BrokerError> {
+        self.events.warn_expiring().await
     }
 
     /// Issuance counters (cache hits, provider refreshes, …).

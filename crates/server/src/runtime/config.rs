@@ -462,6 +462,9 @@ pub struct EventsSettings {
     pub webhook_max_backoff_seconds: u64,
     /// An endpoint failing for this many seconds without one success is disabled.
     pub webhook_disable_after_seconds: u64,
+    /// Grants whose absolute end is this many hours away or less are marked EXPIRING with an
+    /// `expiring` event.
+    pub expiring_warning_hours: u64,
 }
 
 impl Default for EventsSettings {
@@ -474,6 +477,7 @@ impl Default for EventsSettings {
             webhook_backoff_seconds: 5,
             webhook_max_backoff_seconds: 3600,
             webhook_disable_after_seconds: 3 * 86_400,
+            expiring_warning_hours: 7 * 24,
         }
     }
 }
@@ -537,6 +541,9 @@ impl EventsSettings {
             poll: std::time::Duration::from_millis(self.watch_poll_ms.max(10)),
             retention: (self.retention_days > 0)
                 .then(|| std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400))),
+            expiring_warning: std::time::Duration::from_secs(
+                self.expiring_warning_hours.saturating_mul(3600),
+            ),
         }
     }
 }

@@ -12,6 +12,8 @@ ALTER TABLE credentials ADD COLUMN health_failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE credentials ADD COLUMN health_error_code TEXT NULL;
 
 CREATE INDEX credentials_workspace_health_idx ON credentials (workspace_id, health, id);
+-- The hourly scan for grants that end soon (absolute refresh token expiry).
+CREATE INDEX credentials_grant_end_idx ON credentials (refresh_token_expires_at) WHERE status = 'ACTIVE';
 
 -- Lifecycle events: a durable, ordered log written in the same transaction as the change.
 -- `id` is the cursor (monotonic, never reused: AUTOINCREMENT); `event_id` the stable public id.
