@@ -53,7 +53,9 @@ fn event(kind: &str, cause: &str, detail: &str) -> (String, String, String) {
 }
 
 fn health(c: &pb::Credential) -> pb::CredentialHealthInfo {
-    c.health.clone().expect("every credential carries its health")
+    c.health
+        .clone()
+        .expect("every credential carries its health")
 }
 
 /// An outage, a revoked grant and a rejected client, each against the real fake provider, are
@@ -69,7 +71,10 @@ async fn refresh_failures_are_classified_by_cause(database_url: Option<&str>) {
     let expired = t0_secs() - 10;
 
     // Revoked grant: NEEDS_RECONNECT, health GRANT_REVOKED with the provider's code.
-    let revoked = alice.import_fake(&fake, "acct-revoked", expired).await.unwrap();
+    let revoked = alice
+        .import_fake(&fake, "acct-revoked", expired)
+        .await
+        .unwrap();
     fake.push_token_failure(TokenFailure::InvalidGrant);
     let err = alice.token(&revoked.id).await.unwrap_err();
     assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
@@ -83,7 +88,10 @@ async fn refresh_failures_are_classified_by_cause(database_url: Option<&str>) {
     assert_eq!(h.since_time.map(|t| t.seconds), Some(t0_secs()));
 
     // Rejected client: the app is at fault, not the grant: stays ACTIVE, its own reason.
-    let misconfigured = alice.import_fake(&fake, "acct-client", expired).await.unwrap();
+    let misconfigured = alice
+        .import_fake(&fake, "acct-client", expired)
+        .await
+        .unwrap();
     fake.push_token_failure(TokenFailure::InvalidClient);
     let err = alice.token(&misconfigured.id).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -99,7 +107,10 @@ async fn refresh_failures_are_classified_by_cause(database_url: Option<&str>) {
     assert_eq!(h.health, pb::CredentialHealth::Healthy as i32);
 
     // Provider outage: UNAVAILABLE, still ACTIVE, health PROVIDER_OUTAGE — never a reconnect.
-    let outage = alice.import_fake(&fake, "acct-outage", expired).await.unwrap();
+    let outage = alice
+        .import_fake(&fake, "acct-outage", expired)
+        .await
+        .unwrap();
     fake.configure(|f| f.token_failure = Some(TokenFailure::ServerError));
     for attempt in 0..3 {
         let err = alice.token(&outage.id).await.unwrap_err();
@@ -237,7 +248,13 @@ async fn events_record_each_change_and_are_visible_to_members_only() {
     let all = alice.admin_of("ws1").events().await.unwrap();
     let story: Vec<_> = all
         .iter()
-        .map(|e| (e.credential_id.as_str(), type_name(e.r#type), e.actor.as_str()))
+        .map(|e| {
+            (
+                e.credential_id.as_str(),
+                type_name(e.r#type),
+                e.actor.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         story,
@@ -255,7 +272,11 @@ async fn events_record_each_change_and_are_visible_to_members_only() {
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
     let ids: std::collections::BTreeSet<_> = all.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(ids.len(), all.len(), "event ids are unique");
-    assert!(all[2].detail.contains("bob@example.com"), "{}", all[2].detail);
+    assert!(
+        all[2].detail.contains("bob@example.com"),
+        "{}",
+        all[2].detail
+    );
 
     // Bob was removed: he sees nothing any more. Alice (member of both, not a workspace admin)
     // sees every event of her two credentials.
@@ -424,7 +445,10 @@ fn verified_independently(deliveries: &[Received], secrets: &[&str]) -> bool {
     });
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), doc.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/support/verify_webhooks.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/e2e/support/verify_webhooks.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(file.path())
@@ -499,15 +523,22 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     alice.disconnect(&a.id).await.unwrap();
     alice.update(rename(&c2.id, "B renamed")).await.unwrap();
     wait_until_sync(Duration::from_secs(10), "first attempts refused", || {
-        receiver.received().iter().filter(|r| r.status == 503).count() >= 2
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.status == 503)
+            .count()
+            >= 2
     })
     .await;
     // Retries come with time: one minute, then the rest of five minutes, still down.
     advance(&brokers, Duration::from_secs(60));
     let head = receiver.received()[1].id.clone();
-    wait_until_sync(Duration::from_secs(10), "a retry of the same delivery", || {
-        receiver.received().iter().filter(|r| r.id == head).count() >= 2
-    })
+    wait_until_sync(
+        Duration::from_secs(10),
+        "a retry of the same delivery",
+        || receiver.received().iter().filter(|r| r.id == head).count() >= 2,
+    )
     .await;
     advance(&brokers, Duration::from_secs(240));
     wait_until_sync(Duration::from_secs(10), "another retry", || {
@@ -564,18 +595,22 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     ));
 
     // The endpoint that never answered: failing for longer than 400 s, it is disabled.
-    let store = cb_store::open(&b.config.database.url.expose(), 2)
+    let store = cb_store::open(b.config.database.url.expose(), 2)
         .await
         .unwrap();
-    wait_for(Duration::from_secs(10), "the dead endpoint disabled", || {
-        let store = store.clone();
-        async move {
-            match store.webhook_endpoint_disabled("dead").await.unwrap() {
-                Some(true) => Ok(()),
-                other => Err(other),
+    wait_for(
+        Duration::from_secs(10),
+        "the dead endpoint disabled",
+        || {
+            let store = store.clone();
+            async move {
+                match store.webhook_endpoint_disabled("dead").await.unwrap() {
+                    Some(true) => Ok(()),
+                    other => Err(other),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(
         store.webhook_endpoint_disabled("main").await.unwrap(),
@@ -643,7 +678,8 @@ async fn a_grant_ending_within_the_warning_period_raises_one_expiring_event() {
     let fake = FakeProvider::start(rotating()).await;
     let b = TestBroker::with_fake(&fake, None, |_| {}).await;
     let mut alice = b.client(ALICE).await.admin_of("ws1");
-    let (mut req, _, _) = crate::support::broker::fake_grant_import(&fake, "acct-end", t0_secs() + 3600);
+    let (mut req, _, _) =
+        crate::support::broker::fake_grant_import(&fake, "acct-end", t0_secs() + 3600);
     let ends_at = t0_secs() + 30 * 86_400;
     req.tokens.as_mut().unwrap().refresh_token_expire_time = Some(prost_types::Timestamp {
         seconds: ends_at,
@@ -662,14 +698,22 @@ async fn a_grant_ending_within_the_warning_period_raises_one_expiring_event() {
     let expiring = events_of(&mut alice, &id).await;
     assert_eq!(
         expiring.last().unwrap(),
-        &event("expiring", "expiring", &format!("ends_at={}", ends_at * 1000))
+        &event(
+            "expiring",
+            "expiring",
+            &format!("ends_at={}", ends_at * 1000)
+        )
     );
 
     // The access token expired long ago: a refresh succeeds, the warning stands.
     alice.token(&id).await.unwrap();
     let h = health(&alice.get(&id).await.unwrap());
     assert_eq!(h.health, pb::CredentialHealth::Expiring as i32);
-    assert_eq!(events_of(&mut alice, &id).await, expiring, "no recovered event");
+    assert_eq!(
+        events_of(&mut alice, &id).await,
+        expiring,
+        "no recovered event"
+    );
     let page = alice
         .list_page(pb::ListCredentialsRequest {
             workspace_id: "ws1".into(),

@@ -3593,7 +3593,11 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         at,
     };
     let first = store
-        .record_refresh_failure("c1", &outage(10), &[credential_event("c1", "refresh_failed", 1)])
+        .record_refresh_failure(
+            "c1",
+            &outage(10),
+            &[credential_event("c1", "refresh_failed", 1)],
+        )
         .await
         .expect("first failure")
         .expect("row");
@@ -3603,7 +3607,11 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         .expect("second failure")
         .expect("row");
     assert_eq!(first.health.since, Some(10));
-    assert_eq!(second.health.since, Some(10), "a continuing outage keeps its since");
+    assert_eq!(
+        second.health.since,
+        Some(10),
+        "a continuing outage keeps its since"
+    );
     assert_eq!(second.health.failures, 2);
     assert_eq!(second.row_version, 1, "health is not an edit");
     let rejected = store
@@ -3620,7 +3628,10 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         .expect("third failure")
         .expect("row");
     assert_eq!(rejected.health.since, Some(30), "another cause starts anew");
-    assert_eq!(rejected.health.error_code.as_deref(), Some("invalid_client"));
+    assert_eq!(
+        rejected.health.error_code.as_deref(),
+        Some("invalid_client")
+    );
     assert_eq!(must_get(&*store, "c1").await.health, rejected.health);
     let events = store
         .list_credential_events(&events_after(0))
@@ -3647,7 +3658,11 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
         .await
         .expect("insert");
     store
-        .insert_credential_with_events(&leaseless("c2"), &[], &[credential_event("c2", "connected", 2)])
+        .insert_credential_with_events(
+            &leaseless("c2"),
+            &[],
+            &[credential_event("c2", "connected", 2)],
+        )
         .await
         .expect("insert c2");
     let renamed = store
@@ -3683,7 +3698,10 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
         .iter()
         .map(|e| (e.credential_id.as_str(), e.kind.as_str()))
         .collect();
-    assert_eq!(kinds, [("c1", "connected"), ("c2", "connected"), ("c1", "updated")]);
+    assert_eq!(
+        kinds,
+        [("c1", "connected"), ("c2", "connected"), ("c1", "updated")]
+    );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(all[2].event_id, "evt-c1-updated-3");
 
@@ -3780,7 +3798,10 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !writers.iter().all(tokio::task::JoinHandle::is_finished) {
-        assert!(tokio::time::Instant::now() < deadline, "writers did not finish");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writers did not finish"
+        );
         for e in follow(cursor).await {
             cursor = e.id;
             seen.push(e.event_id);
@@ -3795,5 +3816,8 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
     }
     let all: Vec<_> = follow(0).await.into_iter().map(|e| e.event_id).collect();
     assert_eq!(all.len(), WRITERS * EACH);
-    assert_eq!(seen, all, "a reader following the cursor saw every event once, in order");
+    assert_eq!(
+        seen, all,
+        "a reader following the cursor saw every event once, in order"
+    );
 }

@@ -8,10 +8,10 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::health::{EventKind, Health, HealthKind, event};
 use crate::gateway::{
     GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
+use crate::health::{EventKind, Health, HealthKind, event};
 use crate::issuance::TokenCache;
 use crate::policy::{Policy, require_actor};
 use crate::sealing;
@@ -143,7 +143,9 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::PROVIDER_DENIED,
             format!("the provider refused: {d}"),
         ),
-        ProviderError::Permanent(d) | ProviderError::ClientRejected(d) | ProviderError::Other(d) => failed(
+        ProviderError::Permanent(d)
+        | ProviderError::ClientRejected(d)
+        | ProviderError::Other(d) => failed(
             reason::CODE_EXCHANGE_FAILED,
             format!("the provider rejected the authorization code: {d}"),
         ),
@@ -777,7 +779,14 @@ impl ConnectService {
             ));
         }
         let (stored, replaced) = self
-            .store_tokens(&mut c, Some(account), scopes, tokens, now, caller.actor_label())
+            .store_tokens(
+                &mut c,
+                Some(account),
+                scopes,
+                tokens,
+                now,
+                caller.actor_label(),
+            )
             .await?;
         self.revoke_replaced(&stored, replaced, tokens, trail).await;
         Ok((
@@ -816,7 +825,14 @@ impl ConnectService {
                     return Err(already_connected(&c));
                 };
                 let (stored, replaced) = self
-                    .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now, caller.actor_label())
+                    .store_tokens(
+                        &mut c,
+                        Some(&account),
+                        scopes.clone(),
+                        tokens,
+                        now,
+                        caller.actor_label(),
+                    )
                     .await?;
                 self.revoke_replaced(&stored, replaced, tokens, trail).await;
                 return Ok((
@@ -861,7 +877,14 @@ impl ConnectService {
             sealing::seal_into(&self.envelope, &mut c, tokens).await?;
             self.credentials.schedule_refresh(&mut c, tokens, now);
             c.last_refreshed_at = Some(now);
-            let events = [event(&c, EventKind::Connected, caller.actor_label().as_deref(), None, None, now)];
+            let events = [event(
+                &c,
+                EventKind::Connected,
+                caller.actor_label().as_deref(),
+                None,
+                None,
+                now,
+            )];
             match self
                 .store
                 .insert_credential_with_events(&c.to_row(), &[admin_row(&c, caller, now)], &events)
@@ -921,7 +944,14 @@ impl ConnectService {
             c.updated_at = now;
             sealing::seal_into(&self.envelope, c, tokens).await?;
             self.credentials.schedule_refresh(c, tokens, now);
-            let events = [event(c, EventKind::Reconnected, actor.as_deref(), cause, None, now)];
+            let events = [event(
+                c,
+                EventKind::Reconnected,
+                actor.as_deref(),
+                cause,
+                None,
+                now,
+            )];
             match self
                 .store
                 .update_credential_with_events(&c.to_row(), expected, &events)

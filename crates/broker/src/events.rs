@@ -10,8 +10,8 @@
 use crate::access::Caller;
 use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
-use crate::error::BrokerError;
 use crate::credential::Credential;
+use crate::error::BrokerError;
 use crate::health::{EventKind, HealthKind, event};
 use crate::policy::require_actor;
 use crate::types::{CredentialId, WorkspaceId};
@@ -156,13 +156,8 @@ impl EventService {
             Ok(q)
         }
         .await;
-        self.audit.record_later(
-            caller,
-            "event.watch",
-            None,
-            Outcome::of(&result),
-            detail,
-        );
+        self.audit
+            .record_later(caller, "event.watch", None, Outcome::of(&result), detail);
         let mut q = result?;
         q.after_id = f.after;
         q.limit = WATCH_BATCH;
@@ -200,10 +195,7 @@ impl EventService {
         let horizon = now.plus(self.config.expiring_warning);
         let mut marked = 0;
         loop {
-            let rows = self
-                .store
-                .grants_ending(horizon.as_millis(), BATCH)
-                .await?;
+            let rows = self.store.grants_ending(horizon.as_millis(), BATCH).await?;
             let full = rows.len() == BATCH as usize;
             let mut changed = 0;
             for row in rows {
@@ -248,7 +240,10 @@ impl EventService {
             return Ok(0);
         };
         let cutoff = self.clock.now().minus(retention);
-        Ok(self.store.prune_credential_events(cutoff.as_millis()).await?)
+        Ok(self
+            .store
+            .prune_credential_events(cutoff.as_millis())
+            .await?)
     }
 }
 

@@ -151,7 +151,14 @@ impl MembershipService {
             .ok_or_else(BrokerError::credential_not_found)?;
         let c = Credential::from_row(row)?;
         let actor = caller.actor_label();
-        let events = [event(&c, kind, actor.as_deref(), None, Some(detail), self.clock.now())];
+        let events = [event(
+            &c,
+            kind,
+            actor.as_deref(),
+            None,
+            Some(detail),
+            self.clock.now(),
+        )];
         self.store
             .change_member_with_events(&change, &events)
             .await
@@ -214,7 +221,10 @@ impl MembershipService {
             // The insert itself refuses an existing email, so two concurrent adds cannot both win.
             let detail = format!("email={email} role={}", role.as_str());
             let change = MemberChange::Add(m.to_row());
-            match self.apply(caller, change, EventKind::MemberInvited, detail).await {
+            match self
+                .apply(caller, change, EventKind::MemberInvited, detail)
+                .await
+            {
                 Err(BrokerError::AlreadyExists { .. }) => Err(BrokerError::AlreadyExists {
                     reason: reason::MEMBER_EXISTS,
                     message: format!(
@@ -258,7 +268,10 @@ impl MembershipService {
                     updated_at: self.clock.now().as_millis(),
                 };
                 let detail = format!("email={}", actor.email);
-                match self.apply(caller, change, EventKind::MemberJoined, detail).await {
+                match self
+                    .apply(caller, change, EventKind::MemberJoined, detail)
+                    .await
+                {
                     // Accepted, or removed, meanwhile: the row below says which.
                     Ok(()) | Err(BrokerError::NotFound { .. }) => {}
                     Err(e) => return Err(e),

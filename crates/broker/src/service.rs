@@ -241,7 +241,14 @@ impl CredentialService {
             created_at: now.as_millis(),
             updated_at: now.as_millis(),
         };
-        let events = [event(&c, EventKind::Connected, caller.actor_label().as_deref(), Some("imported".into()), None, c.created_at)];
+        let events = [event(
+            &c,
+            EventKind::Connected,
+            caller.actor_label().as_deref(),
+            Some("imported".into()),
+            None,
+            c.created_at,
+        )];
         self.store.insert_credential_with_events(&c.to_row(), &[admin], &events).await.map_err(|e| match e {
             cb_store::StoreError::Duplicate(_) => BrokerError::AlreadyExists {
                 reason: reason::CREDENTIAL_ALREADY_EXISTS,
@@ -432,7 +439,14 @@ impl CredentialService {
         }
         c.updated_at = self.clock.now();
         let actor = caller.actor_label();
-        let events = [event(&c, EventKind::Updated, actor.as_deref(), None, None, c.updated_at)];
+        let events = [event(
+            &c,
+            EventKind::Updated,
+            actor.as_deref(),
+            None,
+            None,
+            c.updated_at,
+        )];
         let stored = self
             .store
             .update_credential_with_events(&c.to_row(), c.version, &events)
@@ -488,7 +502,14 @@ impl CredentialService {
         c.status = Status::Disconnected;
         c.updated_at = self.clock.now();
         let actor = caller.actor_label();
-        let events = [event(&c, EventKind::Disconnected, actor.as_deref(), None, None, c.updated_at)];
+        let events = [event(
+            &c,
+            EventKind::Disconnected,
+            actor.as_deref(),
+            None,
+            None,
+            c.updated_at,
+        )];
         let stored = self
             .store
             .update_credential_with_events(&c.to_row(), expected, &events)

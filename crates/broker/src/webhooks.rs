@@ -98,8 +98,12 @@ pub trait WebhookSender: Send + Sync + 'static {
     fn payload(&self, e: &CredentialEventRow) -> Vec<u8>;
 
     /// POSTs `body` (JSON) to `url` with `headers`.
-    async fn post(&self, url: &url::Url, headers: &[(&'static str, String)], body: Vec<u8>)
-    -> SendOutcome;
+    async fn post(
+        &self,
+        url: &url::Url,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> SendOutcome;
 }
 
 /// Retry and disable settings.
@@ -298,7 +302,12 @@ mod tests {
         let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let body = br#"{"test": 2432232314}"#;
         assert_eq!(
-            signature(&[secret], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body),
+            signature(
+                &[secret],
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                body
+            ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
     }

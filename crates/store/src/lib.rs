@@ -21,9 +21,9 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
-    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
-    NewAuditEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, SealedColumns, StatusQuery,
-    UsageRecord, WrappedDekRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
+    KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
+    RefreshFailure, RefreshIntent, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow,
 };
 pub use store::SqlStore;
 
@@ -109,8 +109,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// ACTIVE credentials whose grant ends (`refresh_token_expires_at`) at or before `horizon`
     /// and whose health is not `EXPIRING` yet, soonest first, at most `limit`.
-    async fn grants_ending(&self, horizon: i64, limit: u32)
-    -> Result<Vec<CredentialRow>, StoreError>;
+    async fn grants_ending(
+        &self,
+        horizon: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
 
     /// Sets a health that is not a refresh failure (`EXPIRING`): cause and since, failures kept,
     /// only when the credential is ACTIVE and its health differs; `events` are appended in the

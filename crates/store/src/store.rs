@@ -20,8 +20,9 @@ use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
-    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage, MemberChange, MemberRow, NewAuditEvent,
-    NewCredentialEvent, RefreshFailure, RefreshIntent, StatusQuery, UsageRecord, WrappedDekRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
+    MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, RefreshFailure, RefreshIntent,
+    StatusQuery, UsageRecord, WrappedDekRow,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 

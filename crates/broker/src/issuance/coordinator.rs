@@ -16,10 +16,10 @@ use crate::clock::Timestamp;
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, reason};
 use crate::gateway::{GrantedTokens, ProviderError};
+use crate::health::{self, EventKind, Health, HealthKind, event};
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
-use crate::health::{self, EventKind, Health, HealthKind, event};
 use cb_store::{ChangeEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -667,7 +667,14 @@ impl TokenService {
             return events;
         }
         if before != HealthKind::Healthy {
-            events.push(event(c, EventKind::Recovered, None, Some(before.class()), None, now));
+            events.push(event(
+                c,
+                EventKind::Recovered,
+                None,
+                Some(before.class()),
+                None,
+                now,
+            ));
         }
         c.health = Health::healthy(Some(now));
         if let Some(granted) = granted.scopes.as_ref() {

@@ -8,9 +8,7 @@ use cb_broker::connect::{
     CompleteConnect, ConnectOutcome, ConnectStarted, StartConnect, StartReconnect,
 };
 use cb_broker::credential::{CredentialView, Status, StatusKind};
-use cb_broker::events::{
-    EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE, EventFilter, WatchItem,
-};
+use cb_broker::events::{EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE, EventFilter, WatchItem};
 use cb_broker::health::{EventKind, Health, HealthKind};
 use cb_broker::issuance::{IssuedToken, UsageContext};
 use cb_broker::service::{
@@ -177,9 +175,16 @@ fn health_filter(raw: i32, v: &mut Violations) -> Option<HealthKind> {
     let parsed = pb::CredentialHealth::try_from(raw)
         .ok()
         .filter(|h| *h != pb::CredentialHealth::Unspecified)
-        .and_then(|h| h.as_str_name().strip_prefix(HEALTH_PREFIX).and_then(HealthKind::from_stored));
+        .and_then(|h| {
+            h.as_str_name()
+                .strip_prefix(HEALTH_PREFIX)
+                .and_then(HealthKind::from_stored)
+        });
     if parsed.is_none() && raw != 0 {
-        v.push(FieldViolation::new("health", format!("{raw} is not a credential health")));
+        v.push(FieldViolation::new(
+            "health",
+            format!("{raw} is not a credential health"),
+        ));
     }
     parsed
 }

@@ -3,8 +3,8 @@
 use super::{caller, respond};
 use crate::grpc::convert::{self, Importable, Listable, Updatable};
 use cb_broker::connect::ConnectService;
-use cb_broker::events::EventService;
 use cb_broker::credential::CredentialView;
+use cb_broker::events::EventService;
 use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
 use cb_proto::v1 as pb;
@@ -41,9 +41,8 @@ impl CredentialApi {
 }
 
 /// The stream of WatchCredentialEvents.
-type WatchStream = Pin<
-    Box<dyn Stream<Item = Result<pb::WatchCredentialEventsResponse, Status>> + Send + 'static>,
->;
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchCredentialEventsResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Rpc for CredentialApi {

@@ -140,12 +140,8 @@ fn spawn_background(
     }
     let retention = (config.audit.retention_days > 0)
         .then(|| Duration::from_secs(config.audit.retention_days.saturating_mul(86_400)));
-    let (audit, store, clock, events) = (
-        audit.clone(),
-        store.clone(),
-        clock.clone(),
-        events.clone(),
-    );
+    let (audit, store, clock, events) =
+        (audit.clone(), store.clone(), clock.clone(), events.clone());
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {

@@ -513,7 +513,9 @@ impl WebhookSettings {
             Err(_) => p.push(format!("{at}.url: not a URL")),
         }
         if self.secrets.is_empty() || self.secrets.len() > 2 {
-            p.push(format!("{at}.secrets: one secret, or two during a rotation"));
+            p.push(format!(
+                "{at}.secrets: one secret, or two during a rotation"
+            ));
         }
         for (i, s) in self.secrets.iter().enumerate() {
             if let Err(e) = cb_broker::webhooks::WebhookSecret::parse(s.expose()) {
@@ -539,8 +541,9 @@ impl EventsSettings {
         cb_broker::events::EventsConfig {
             heartbeat: std::time::Duration::from_secs(self.heartbeat_seconds.max(1)),
             poll: std::time::Duration::from_millis(self.watch_poll_ms.max(10)),
-            retention: (self.retention_days > 0)
-                .then(|| std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400))),
+            retention: (self.retention_days > 0).then(|| {
+                std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400))
+            }),
             expiring_warning: std::time::Duration::from_secs(
                 self.expiring_warning_hours.saturating_mul(3600),
             ),

@@ -69,11 +69,12 @@ pub fn dispatcher(
         return Ok(None);
     }
     let bad = |e: String| StartupError::Config(crate::runtime::config::ConfigError(vec![e]));
-    let client = OutboundClient::new(config.outbound.policy())
-        .map_err(|e| bad(format!("outbound: {e}")))?;
+    let client =
+        OutboundClient::new(config.outbound.policy()).map_err(|e| bad(format!("outbound: {e}")))?;
     let mut endpoints = Vec::new();
     for w in &config.webhooks {
-        let url = url::Url::parse(&w.url).map_err(|_| bad(format!("webhooks[{}].url: not a URL", w.id)))?;
+        let url = url::Url::parse(&w.url)
+            .map_err(|_| bad(format!("webhooks[{}].url: not a URL", w.id)))?;
         let secrets = w
             .secrets
             .iter()
