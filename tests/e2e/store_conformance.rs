@@ -3696,14 +3696,14 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
         .expect("list");
     let kinds: Vec<_> = all
         .iter()
-        .map(|e| (e.credential_id.as_str(), e.kind.as_str()))
+        .map(|e| (e.event.credential_id.as_str(), e.event.kind.as_str()))
         .collect();
     assert_eq!(
         kinds,
         [("c1", "connected"), ("c2", "connected"), ("c1", "updated")]
     );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-    assert_eq!(all[2].event_id, "evt-c1-updated-3");
+    assert_eq!(all[2].event.event_id, "evt-c1-updated-3");
 
     // Cursor, credential, kinds and membership filters.
     let after_first = store
@@ -3804,7 +3804,7 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
         );
         for e in follow(cursor).await {
             cursor = e.id;
-            seen.push(e.event_id);
+            seen.push(e.event.event_id);
         }
         tokio::task::yield_now().await;
     }
@@ -3812,9 +3812,13 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
         w.await.expect("writer");
     }
     for e in follow(cursor).await {
-        seen.push(e.event_id);
+        seen.push(e.event.event_id);
     }
-    let all: Vec<_> = follow(0).await.into_iter().map(|e| e.event_id).collect();
+    let all: Vec<_> = follow(0)
+        .await
+        .into_iter()
+        .map(|e| e.event.event_id)
+        .collect();
     assert_eq!(all.len(), WRITERS * EACH);
     assert_eq!(
         seen, all,

@@ -162,6 +162,25 @@ impl CredentialService {
         );
     }
 
+    /// Writes `c` against version `expected` with the caller's lifecycle event `kind` in the
+    /// same transaction, and drops its cached tokens.
+    async fn write_with_event(
+        &self,
+        caller: &Caller,
+        c: &Credential,
+        expected: i64,
+        kind: EventKind,
+    ) -> Result<cb_store::CredentialRow, BrokerError> {
+        let actor = caller.actor_label();
+        let events = [event(c, kind, actor.as_deref(), None, None, c.updated_at)];
+        let stored = self
+            .store
+            .update_credential_with_events(&c.to_row(), expected, &events)
+            .await?;
+        self.cache.invalidate(c.id.as_str());
+        Ok(stored)
+    }
+
     /// The audit writer shared with other services.
     pub fn audit(&self) -> &Audit {
         &self.audit
@@ -438,20 +457,9 @@ impl CredentialService {
             c.description = d.clone();
         }
         c.updated_at = self.clock.now();
-        let actor = caller.actor_label();
-        let events = [event(
-            &c,
-            EventKind::Updated,
-            actor.as_deref(),
-            None,
-            None,
-            c.updated_at,
-        )];
         let stored = self
-            .store
-            .update_credential_with_events(&c.to_row(), c.version, &events)
+            .write_with_event(caller, &c, c.version, EventKind::Updated)
             .await?;
-        self.cache.invalidate(c.id.as_str());
         Ok(CredentialView {
             credential: Credential::from_row(stored)?,
             caller_role: Some(role),
@@ -501,20 +509,9 @@ impl CredentialService {
         sealing::shred(&self.envelope, &mut c)?;
         c.status = Status::Disconnected;
         c.updated_at = self.clock.now();
-        let actor = caller.actor_label();
-        let events = [event(
-            &c,
-            EventKind::Disconnected,
-            actor.as_deref(),
-            None,
-            None,
-            c.updated_at,
-        )];
         let stored = self
-            .store
-            .update_credential_with_events(&c.to_row(), expected, &events)
+            .write_with_event(caller, &c, expected, EventKind::Disconnected)
             .await?;
-        self.cache.invalidate(c.id.as_str());
         let revocation = if crate::revocation::would_end_a_kept_grant(
             self.store.as_ref(),
             self.gateway.as_ref(),

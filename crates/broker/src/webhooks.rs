@@ -211,11 +211,11 @@ impl WebhookDispatcher {
         let body = self.sender.payload(&d.event);
         let timestamp = now.as_millis().div_euclid(1000);
         let headers = [
-            ("webhook-id", d.event.event_id.clone()),
+            ("webhook-id", d.event.event.event_id.clone()),
             ("webhook-timestamp", timestamp.to_string()),
             (
                 "webhook-signature",
-                signature(&endpoint.secrets, &d.event.event_id, timestamp, &body),
+                signature(&endpoint.secrets, &d.event.event.event_id, timestamp, &body),
             ),
             ("content-type", "application/json".to_owned()),
         ];
@@ -238,7 +238,7 @@ impl WebhookDispatcher {
         };
         let disabled = self.store.finish_webhook_delivery(&attempt).await?;
         if let Some(error) = error {
-            tracing::warn!(endpoint = %d.endpoint_id, event_id = %d.event.event_id, attempt = d.attempts + 1, error = %error, "webhook delivery failed; will retry");
+            tracing::warn!(endpoint = %d.endpoint_id, event_id = %d.event.event.event_id, attempt = d.attempts + 1, error = %error, "webhook delivery failed; will retry");
         }
         if disabled {
             tracing::error!(endpoint = %d.endpoint_id, "webhook endpoint disabled after failing for the configured period");

@@ -456,7 +456,7 @@ impl fmt::Debug for ConnectSessionRow {
 
 /// A lifecycle event to append in the transaction of the change it records; the store assigns
 /// the cursor id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct NewCredentialEvent {
     /// Stable public id (a UUID chosen by the domain).
     pub event_id: String,
@@ -476,27 +476,14 @@ pub struct NewCredentialEvent {
     pub detail: Option<String>,
 }
 
-/// One stored lifecycle event.
+/// One stored lifecycle event: the event as written, and its cursor.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct CredentialEventRow {
     /// The cursor: increasing in commit order, never reused.
     pub id: i64,
-    /// Stable public id.
-    pub event_id: String,
-    /// When it happened.
-    pub at: i64,
-    /// Workspace of the credential.
-    pub workspace_id: String,
-    /// The credential.
-    pub credential_id: String,
-    /// What happened.
-    pub kind: String,
-    /// Acting user, if any.
-    pub actor: Option<String>,
-    /// Why; never a secret.
-    pub cause: Option<String>,
-    /// Extra context; never a secret.
-    pub detail: Option<String>,
+    /// The event.
+    #[sqlx(flatten)]
+    pub event: NewCredentialEvent,
 }
 
 /// Filter and page for [`Store::list_credential_events`](crate::Store::list_credential_events):

@@ -342,22 +342,49 @@ where
             .collect()
     }
 
+    /// Finishes a `SELECT` with `order_limit` (`" ORDER BY … LIMIT "`) and `limit`, and reads it.
+    async fn fetch_page<T>(
+        &self,
+        mut select: QueryBuilder<DB>,
+        order_limit: &'static str,
+        limit: u32,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
+    {
+        select.push(order_limit).push_bind(i64::from(limit));
+        select
+            .build_query_as::<T>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map::<DB>)
+    }
+
     /// Deletes with `batch` (bind: older_than, batch size) until a batch deletes fewer rows
-    /// than its size, so no single statement holds locks on the whole backlog.
-    async fn prune(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let done = sqlx::query(batch)
-                .bind(older_than)
-                .bind(sql::PRUNE_BATCH_SIZE)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            total += DB::rows_affected(&done);
-            if DB::rows_affected(&done) < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
-                return Ok(total);
+    /// than its size, so no single statement holds locks on the whole backlog; traced as
+    /// `operation`.
+    async fn prune(
+        &self,
+        operation: &'static str,
+        batch: &'static str,
+        older_than: i64,
+    ) -> Result<u64, StoreError> {
+        self.traced(operation, None, async {
+            let mut total = 0;
+            loop {
+                let done = sqlx::query(batch)
+                    .bind(older_than)
+                    .bind(sql::PRUNE_BATCH_SIZE)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map::<DB>)?;
+                total += DB::rows_affected(&done);
+                if DB::rows_affected(&done) < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
+                    return Ok(total);
+                }
             }
-        }
+        })
+        .await
     }
 }
 
@@ -394,6 +421,21 @@ where
         .push_bind(e.credential_id.as_deref())
         .push_bind(e.outcome.as_str())
         .push_bind(e.detail.as_deref());
+}
+
+/// Appends `clause` and the bound value of each filter that is set.
+fn push_text_filters<DB, const N: usize>(
+    select: &mut QueryBuilder<DB>,
+    filters: [(&'static str, &Option<String>); N],
+) where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+{
+    for (clause, value) in filters {
+        if let Some(value) = value {
+            select.push(clause).push_bind(value.as_str());
+        }
+    }
 }
 
 /// One `credential_events` row of a `VALUES` list, in [`sql::INSERT_CREDENTIAL_EVENTS`] order.
@@ -779,15 +821,13 @@ where
         self.traced("list_credential_events", None, async {
             let mut select = QueryBuilder::<DB>::new(sql::SELECT_CREDENTIAL_EVENTS);
             select.push_bind(q.after_id);
-            let text_filters = [
-                (" AND workspace_id = ", &q.workspace_id),
-                (" AND credential_id = ", &q.credential_id),
-            ];
-            for (clause, value) in text_filters {
-                if let Some(value) = value {
-                    select.push(clause).push_bind(value.as_str());
-                }
-            }
+            push_text_filters(
+                &mut select,
+                [
+                    (" AND workspace_id = ", &q.workspace_id),
+                    (" AND credential_id = ", &q.credential_id),
+                ],
+            );
             if !q.kinds.is_empty() {
                 select.push(" AND kind IN (");
                 let mut kinds = select.separated(", ");
@@ -804,23 +844,17 @@ where
                     .push_bind(email.as_str())
                     .push("))");
             }
-            select
-                .push(" ORDER BY id LIMIT ")
-                .push_bind(i64::from(q.limit));
-            select
-                .build_query_as::<CredentialEventRow>()
-                .fetch_all(&self.pool)
+            self.fetch_page(select, " ORDER BY id LIMIT ", q.limit)
                 .await
-                .map_err(map::<DB>)
         })
         .await
     }
 
     async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
+        self.prune(
             "prune_credential_events",
-            None,
-            self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
+            sql::PRUNE_CREDENTIAL_EVENTS_BATCH,
+            older_than,
         )
         .await
     }
@@ -1008,16 +1042,14 @@ where
                 audit_columns!(),
                 " FROM audit_events WHERE TRUE"
             ));
-            let text_filters = [
-                (" AND credential_id = ", &q.credential_id),
-                (" AND actor = ", &q.actor),
-                (" AND action = ", &q.action),
-            ];
-            for (clause, value) in text_filters {
-                if let Some(value) = value {
-                    select.push(clause).push_bind(value.as_str());
-                }
-            }
+            push_text_filters(
+                &mut select,
+                [
+                    (" AND credential_id = ", &q.credential_id),
+                    (" AND actor = ", &q.actor),
+                    (" AND action = ", &q.action),
+                ],
+            );
             let number_filters = [
                 (" AND at >= ", q.start_at),
                 (" AND at < ", q.end_at),
@@ -1028,25 +1060,15 @@ where
                     select.push(clause).push_bind(value);
                 }
             }
-            select
-                .push(" ORDER BY id DESC LIMIT ")
-                .push_bind(i64::from(q.limit));
-            select
-                .build_query_as::<AuditRow>()
-                .fetch_all(&self.pool)
+            self.fetch_page(select, " ORDER BY id DESC LIMIT ", q.limit)
                 .await
-                .map_err(map::<DB>)
         })
         .await
     }
 
     async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
-            "prune_audit",
-            None,
-            self.prune(sql::PRUNE_AUDIT_BATCH, older_than),
-        )
-        .await
+        self.prune("prune_audit", sql::PRUNE_AUDIT_BATCH, older_than)
+            .await
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
@@ -1403,10 +1425,10 @@ where
     }
 
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
+        self.prune(
             "prune_connect_sessions",
-            None,
-            self.prune(sql::PRUNE_CONNECT_SESSIONS_BATCH, older_than),
+            sql::PRUNE_CONNECT_SESSIONS_BATCH,
+            older_than,
         )
         .await
     }

@@ -607,7 +607,8 @@ pub fn event_watch_filter(
 }
 
 /// A lifecycle event for a response (never a secret: the log holds none).
-pub fn credential_event(r: cb_store::CredentialEventRow) -> pb::CredentialEvent {
+pub fn credential_event(row: cb_store::CredentialEventRow) -> pb::CredentialEvent {
+    let r = row.event;
     let kind = pb::CredentialEventType::from_str_name(&format!(
         "{EVENT_TYPE_PREFIX}{}",
         r.kind.to_ascii_uppercase()
@@ -615,7 +616,7 @@ pub fn credential_event(r: cb_store::CredentialEventRow) -> pb::CredentialEvent 
     .unwrap_or(pb::CredentialEventType::Unspecified);
     pb::CredentialEvent {
         event_id: r.event_id,
-        cursor: r.id,
+        cursor: row.id,
         event_time: Some(timestamp(Timestamp::from_millis(r.at))),
         workspace_id: r.workspace_id,
         credential_id: r.credential_id,

@@ -21,13 +21,14 @@ pub struct OutboundWebhookSender {
 
 #[async_trait::async_trait]
 impl WebhookSender for OutboundWebhookSender {
-    fn payload(&self, e: &CredentialEventRow) -> Vec<u8> {
+    fn payload(&self, row: &CredentialEventRow) -> Vec<u8> {
+        let e = &row.event;
         serde_json::json!({
             "type": format!("credential.{}", e.kind),
             "timestamp": timestamp(Timestamp::from_millis(e.at)).to_string(),
             "data": {
                 "event_id": e.event_id,
-                "cursor": e.id,
+                "cursor": row.id,
                 "workspace_id": e.workspace_id,
                 "credential_id": e.credential_id,
                 "type": e.kind,
