@@ -336,6 +336,19 @@ async fn metrics_count_a_scripted_flow() {
         r#"credential_broker_credentials{status="DISCONNECTED"}"#,
         0.0,
     );
+    // Health beside status: the revoked grant is counted by its cause.
+    expect(
+        r#"credential_broker_credential_health{health="HEALTHY"}"#,
+        1.0,
+    );
+    expect(
+        r#"credential_broker_credential_health{health="GRANT_REVOKED"}"#,
+        1.0,
+    );
+    expect(
+        r#"credential_broker_credential_health{health="PROVIDER_OUTAGE"}"#,
+        0.0,
+    );
     expect(
         r#"credential_broker_dependency_up{dependency="database"}"#,
         1.0,
@@ -637,6 +650,7 @@ async fn operator_commands_show_metadata_and_check_providers() {
     assert!(ok_exit, "{err}");
     assert!(out.contains(&doomed) && !out.contains(&ok), "{out}");
     assert!(out.contains("invalid_grant"), "the reason is shown: {out}");
+    assert!(out.contains("GRANT_REVOKED"), "the health is shown: {out}");
     let (_, out, _) = run(
         &[
             "credentials",
@@ -673,6 +687,18 @@ async fn operator_commands_show_metadata_and_check_providers() {
     assert!(ok_exit);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["status"], "NEEDS_RECONNECT");
+    assert_eq!(shown["health"], "GRANT_REVOKED");
+    assert_eq!(shown["health_error_code"], "invalid_grant");
+    assert_eq!(shown["health_failures"], 1);
+    let (_, out, _) = run(&["credentials", "show", &doomed], &path);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("health:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("GRANT_REVOKED") && line.contains("last error invalid_grant"),
+        "{out}"
+    );
     assert_eq!(shown["members"][0]["role"], "ADMIN");
     let (missing_exit, _, err) = run(&["credentials", "show", "nope"], &path);
     assert!(!missing_exit && err.contains("nope"), "{err}");
