@@ -724,3 +724,40 @@ async fn a_grant_ending_within_the_warning_period_raises_one_expiring_event() {
         .unwrap();
     assert_eq!(page.credentials.len(), 1);
 }
+
+/// A provider whose grants end a fixed time after consent (catalog
+/// `refresh_token_absolute_seconds`, e.g. Spotify, Atlassian) and which says nothing of it in
+/// its token responses: the catalog's rule stands in, refreshes do not move it, and the grant is
+/// warned about a week before it ends.
+#[tokio::test]
+async fn the_catalogs_absolute_lifetime_raises_the_expiring_warning() {
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, None, |c| {
+        for p in c.custom_providers.iter_mut().filter(|p| p.id == "fake") {
+            p.refresh.refresh_token_absolute_seconds = Some(30 * 86_400);
+        }
+    })
+    .await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let id = alice
+        .import_fake(&fake, "acct-absolute", t0_secs() + 3600)
+        .await
+        .unwrap()
+        .id;
+    b.clock.advance(DAY * 10);
+    alice.token(&id).await.unwrap(); // a refresh on day 10
+    assert_eq!(fake.refresh_calls(), 1);
+    b.clock.advance(DAY * 12);
+    assert_eq!(b.warn_expiring().await, 0, "8 days left");
+    b.clock.advance(DAY * 2);
+    assert_eq!(b.warn_expiring().await, 1, "6 days left, counted from the import");
+    let events = events_of(&mut alice, &id).await;
+    assert_eq!(
+        events.last().unwrap(),
+        &event(
+            "expiring",
+            "expiring",
+            &format!("ends_at={}", (t0_secs() + 30 * 86_400) * 1000)
+        )
+    );
+}

@@ -43,6 +43,8 @@ pub struct ProviderInfo {
     pub custom: bool,
     /// Refresh token expires after this long without use (refresh it before).
     pub refresh_token_idle: Option<Duration>,
+    /// The grant ends this long after consent whatever is refreshed (reconnect before).
+    pub refresh_token_absolute: Option<Duration>,
     /// Whether the catalog entry's values are backed by documented sources.
     pub verified: bool,
 }

@@ -148,11 +148,16 @@ impl CredentialService {
     }
 
     /// When the background refresher should look at a credential holding `tokens`.
+    /// Where the provider says nothing of the grant's end, the catalog's absolute lifetime
+    /// (counted from now, the consent) stands in, so the grant is warned about before it ends.
     pub fn schedule_refresh(&self, c: &mut Credential, tokens: &TokenBundle, now: Timestamp) {
-        let idle = self
-            .gateway
-            .get(&c.provider_id)
-            .and_then(|p| p.refresh_token_idle);
+        let provider = self.gateway.get(&c.provider_id);
+        let idle = provider.as_ref().and_then(|p| p.refresh_token_idle);
+        if c.refresh_expires_at.is_none() {
+            c.refresh_expires_at = provider
+                .and_then(|p| p.refresh_token_absolute)
+                .map(|a| now.plus(a));
+        }
         c.next_refresh_at = next_refresh_at(
             now,
             tokens,

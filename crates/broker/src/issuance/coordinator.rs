@@ -554,6 +554,8 @@ impl TokenService {
                     c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
                     c.last_refreshed_at = Some(now);
                     c.updated_at = now;
+                    // A refresh never moves the grant's end unless the provider says so.
+                    c.refresh_expires_at = c.refresh_expires_at.or(previous.1);
                     let events = self.refreshed_health(&mut c, (&previous.0, previous.1), &granted, now);
                     let new_row = c.to_row();
                     let stored = match self.store_refreshed(&new_row, fence, keeper, &events).await {

@@ -139,6 +139,10 @@ impl OAuthGateway {
                 .refresh
                 .refresh_token_idle_seconds
                 .map(Duration::from_secs),
+            refresh_token_absolute: spec
+                .refresh
+                .refresh_token_absolute_seconds
+                .map(Duration::from_secs),
             verified: spec.is_verified(),
         }
     }
