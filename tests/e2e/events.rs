@@ -621,6 +621,23 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     assert_eq!(log_rows.len(), log.len(), "one delivery log row per event");
     assert!(log_rows.iter().all(|d| d.state == "DELIVERED"));
     assert!(log_rows.iter().any(|d| d.attempts >= 3));
+
+    // Operators read the log and the endpoint's state with `credential-broker webhooks`.
+    let mut out = Vec::new();
+    credential_broker::cli::ops::webhook_deliveries_command(
+        &b.config,
+        "dead",
+        100,
+        credential_broker::cli::ops::Format::Json,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(shown["disabled"], true);
+    assert_eq!(shown["deliveries"][0]["last_status"], 503);
+    assert_eq!(shown["deliveries"][0]["last_error"], "HTTP 503");
+    assert!(!String::from_utf8_lossy(&out).contains("whsec_"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -750,7 +767,11 @@ async fn the_catalogs_absolute_lifetime_raises_the_expiring_warning() {
     b.clock.advance(DAY * 12);
     assert_eq!(b.warn_expiring().await, 0, "8 days left");
     b.clock.advance(DAY * 2);
-    assert_eq!(b.warn_expiring().await, 1, "6 days left, counted from the import");
+    assert_eq!(
+        b.warn_expiring().await,
+        1,
+        "6 days left, counted from the import"
+    );
     let events = events_of(&mut alice, &id).await;
     assert_eq!(
         events.last().unwrap(),

@@ -56,6 +56,18 @@ enum Command {
         #[command(subcommand)]
         command: CredentialsCommand,
     },
+    /// Shows a webhook endpoint's state and delivery log (attempts, last status and error),
+    /// straight from the database.
+    Webhooks {
+        /// The endpoint's id (`[[webhooks]] id`).
+        endpoint: String,
+        /// At most this many deliveries, oldest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-wraps every credential's data key under the current key-encryption key, online and
     /// resumable (tokens are never decrypted): after adding a local key version, configuring a
     /// new KMS key, or moving from `local` to `aws-kms`. See docs/key-management.md.
@@ -244,6 +256,20 @@ fn main() -> ExitCode {
                     &config,
                     &status,
                     workspace,
+                    limit,
+                    format(json),
+                    &mut std::io::stdout(),
+                )
+                .await
+            }
+            Command::Webhooks {
+                endpoint,
+                limit,
+                json,
+            } => {
+                ops::webhook_deliveries_command(
+                    &config,
+                    &endpoint,
                     limit,
                     format(json),
                     &mut std::io::stdout(),

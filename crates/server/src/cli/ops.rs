@@ -361,6 +361,82 @@ pub async fn list_credentials_command(
     Ok(())
 }
 
+/// `credential-broker webhooks ENDPOINT`: whether the endpoint is enabled, and its delivery log
+/// (no payload, no secret).
+pub async fn webhook_deliveries_command(
+    config: &Config,
+    endpoint: &str,
+    limit: u32,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), StartupError> {
+    let store = open_read(config).await?;
+    let Some(disabled) = store
+        .webhook_endpoint_disabled(endpoint)
+        .await
+        .map_err(db_err(config))?
+    else {
+        return Err(StartupError::Command(format!(
+            "no webhook endpoint {endpoint:?} in {}",
+            config.database.url.redacted()
+        )));
+    };
+    let rows = store
+        .list_webhook_deliveries(endpoint, limit)
+        .await
+        .map_err(db_err(config))?;
+    if format == Format::Json {
+        let deliveries: Vec<_> = rows
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id,
+                    "event_cursor": d.event_row_id,
+                    "credential_id": d.credential_id,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "next_attempt_at": time(d.next_attempt_at),
+                    "last_status": d.last_status,
+                    "last_error": d.last_error,
+                    "delivered_at": d.delivered_at.map(time),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "endpoint": endpoint,
+            "disabled": disabled,
+            "deliveries": deliveries,
+        });
+        writeln!(out, "{doc}").map_err(io)?;
+        return Ok(());
+    }
+    let state = if disabled { "DISABLED" } else { "enabled" };
+    writeln!(out, "endpoint {endpoint}: {state}").map_err(io)?;
+    writeln!(
+        out,
+        "{:>8}  {:>8}  {:36}  {:9}  {:>8}  {:>6}  {:24}  ERROR",
+        "ID", "CURSOR", "CREDENTIAL", "STATE", "ATTEMPTS", "STATUS", "DELIVERED / NEXT"
+    )
+    .map_err(io)?;
+    for d in &rows {
+        writeln!(
+            out,
+            "{:>8}  {:>8}  {:36}  {:9}  {:>8}  {:>6}  {:24}  {}",
+            d.id,
+            d.event_row_id,
+            d.credential_id,
+            d.state,
+            d.attempts,
+            d.last_status
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            d.delivered_at.map_or_else(|| time(d.next_attempt_at), time),
+            d.last_error.as_deref().unwrap_or("")
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
