@@ -782,3 +782,29 @@ async fn the_catalogs_absolute_lifetime_raises_the_expiring_warning() {
         )
     );
 }
+
+/// A stopping broker closes its watch streams cleanly (the client then resumes elsewhere by
+/// cursor) instead of holding the shutdown until its grace period runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_ends_its_watches_cleanly() {
+    let fake = FakeProvider::start(rotating()).await;
+    let mut b = TestBroker::with_fake(&fake, None, |_| {}).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let mut watch = alice
+        .watch(pb::WatchCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    alice
+        .import_fake(&fake, "acct-1", t0_secs() + 3600)
+        .await
+        .unwrap();
+    next_event(&mut watch, Duration::from_secs(5)).await;
+    b.stop_with_grace(Duration::from_secs(60)).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the stream ended");
+    assert!(matches!(end, Ok(None)), "a clean end of stream: {end:?}");
+}

@@ -89,6 +89,8 @@ pub struct EventService {
     audit: Audit,
     clock: Arc<dyn Clock>,
     config: EventsConfig,
+    /// Set when the process stops: every watch ends (clients resume elsewhere by cursor).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl EventService {
@@ -104,7 +106,14 @@ impl EventService {
             audit,
             clock,
             config,
+            stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every open watch (the process is stopping): their streams close, and clients
+    /// resume from their last cursor on another replica.
+    pub fn stop_watches(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// One page of events, oldest first, and the token of the next page.
@@ -165,7 +174,13 @@ impl EventService {
         let store = self.store.clone();
         let clock = self.clock.clone();
         let config = self.config;
-        tokio::spawn(async move { follow(store, clock, config, q, tx).await });
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follow(store, clock, config, q, tx) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
+        });
         Ok(rx)
     }
 

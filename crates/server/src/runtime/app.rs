@@ -511,6 +511,8 @@ impl Application {
         crate::runtime::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
         self.audit.flush().await;
+        // Watch streams never end by themselves: close them so the listener can drain.
+        self.events.stop_watches();
         let _ = self.shutdown.send(true);
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(Ok(Ok(()))) => tracing::info!("stopped"),
