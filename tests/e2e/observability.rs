@@ -651,6 +651,23 @@ async fn operator_commands_show_metadata_and_check_providers() {
     assert!(out.contains(&doomed) && !out.contains(&ok), "{out}");
     assert!(out.contains("invalid_grant"), "the reason is shown: {out}");
     assert!(out.contains("GRANT_REVOKED"), "the health is shown: {out}");
+    let by_health = |health: &str| {
+        run(
+            &[
+                "credentials",
+                "list",
+                "--status",
+                "active",
+                "--health",
+                health,
+            ],
+            &path,
+        )
+    };
+    let (ok_exit, out, err) = by_health("healthy");
+    assert!(ok_exit && out.contains(&ok), "{out}{err}");
+    let (ok_exit, out, err) = by_health("provider-outage");
+    assert!(ok_exit && !out.contains(&ok), "{out}{err}");
     let (_, out, _) = run(
         &[
             "credentials",

@@ -545,6 +545,7 @@ async fn list_by_status_filters_workspace_and_pages(store: Arc<dyn Store>) {
         workspace_id: workspace.map(str::to_owned),
         after_id: after.map(str::to_owned),
         limit,
+        ..StatusQuery::default()
     };
     let all = store
         .list_credentials_by_status(&needs(None, None, 100))

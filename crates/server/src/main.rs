@@ -123,6 +123,10 @@ enum CredentialsCommand {
         /// Only this workspace.
         #[arg(long)]
         workspace: Option<String>,
+        /// Only credentials with this health.
+        #[arg(long, value_parser = ["healthy", "provider-outage", "grant-revoked",
+            "client-misconfigured", "scopes-revoked", "refresh-interrupted", "expiring"])]
+        health: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
@@ -247,15 +251,16 @@ fn main() -> ExitCode {
                     CredentialsCommand::List {
                         status,
                         workspace,
+                        health,
                         limit,
                         json,
                     },
             } => {
-                let status = status.to_uppercase().replace('-', "_");
+                let upper = |s: String| s.to_uppercase().replace('-', "_");
                 ops::list_credentials_command(
                     &config,
-                    &status,
-                    workspace,
+                    &upper(status),
+                    (workspace, health.map(upper)),
                     limit,
                     format(json),
                     &mut std::io::stdout(),

@@ -275,6 +275,8 @@ pub struct StatusQuery {
     pub status: String,
     /// Only credentials of this workspace; `None` lists every workspace.
     pub workspace_id: Option<String>,
+    /// Only credentials with this health; `None` lists every health.
+    pub health: Option<String>,
     /// Keyset pagination: only ids greater than this one (results are ordered by id ascending).
     pub after_id: Option<String>,
     /// Maximum number of rows; 0 returns no rows.

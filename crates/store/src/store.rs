@@ -626,11 +626,13 @@ where
         self.traced("list_credentials_by_status", None, async {
             let mut select = select_credentials::<DB>("status = ");
             select.push_bind(q.status.as_str());
-            if let Some(workspace_id) = &q.workspace_id {
-                select
-                    .push(" AND workspace_id = ")
-                    .push_bind(workspace_id.as_str());
-            }
+            push_text_filters(
+                &mut select,
+                [
+                    (" AND workspace_id = ", &q.workspace_id),
+                    (" AND health = ", &q.health),
+                ],
+            );
             self.credential_page(select, q.after_id.as_deref(), q.limit)
                 .await
         })

@@ -293,12 +293,13 @@ pub async fn show_credential_command(
     Ok(())
 }
 
-/// `credential-broker credentials list --status S [--workspace W]`: every credential with that
-/// status (all workspaces unless one is given), in id order, at most `limit`.
+/// `credential-broker credentials list --status S [--workspace W] [--health H]`: every
+/// credential with that status (and health), all workspaces unless one is given, in id order,
+/// at most `limit`.
 pub async fn list_credentials_command(
     config: &Config,
     status: &str,
-    workspace: Option<String>,
+    (workspace, health): (Option<String>, Option<String>),
     limit: u32,
     format: Format,
     out: &mut dyn Write,
@@ -312,6 +313,7 @@ pub async fn list_credentials_command(
             .list_credentials_by_status(&StatusQuery {
                 status: status.to_owned(),
                 workspace_id: workspace.clone(),
+                health: health.clone(),
                 after_id: after.clone(),
                 limit: (limit - rows.len() as u32).min(500),
             })
