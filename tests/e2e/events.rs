@@ -7,21 +7,13 @@ use crate::support::broker::{
     with_fake_provider,
 };
 use crate::support::client::{ALICE, BOB, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::wait::{wait_for, wait_until_sync};
 use crate::support::webhook_receiver::{Received, WebhookReceiver};
 use cb_proto::v1 as pb;
 use std::time::Duration;
 use tonic::Code;
-
-fn rotating() -> FakeConfig {
-    FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: true,
-        ..FakeConfig::default()
-    }
-}
 
 /// The events of one credential as (type, cause, detail), oldest first.
 async fn events_of(client: &mut Client, id: &str) -> Vec<(String, String, String)> {

@@ -7,7 +7,7 @@ use crate::support::broker::{
     with_fake_provider,
 };
 use crate::support::client::{ALICE, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::otlp_collector::OtlpCollector;
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
@@ -20,14 +20,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn rotating() -> FakeConfig {
-    FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: true,
-        ..FakeConfig::default()
-    }
-}
 
 fn t0_secs() -> i64 {
     T0.as_millis() / 1000

@@ -5,7 +5,7 @@ use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
     fake_grant_import, provider_toml, with_fake_provider,
 };
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::{wait_for, wait_until_sync};
@@ -17,14 +17,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
-
-fn rotating() -> FakeConfig {
-    FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: true,
-        ..FakeConfig::default()
-    }
-}
 
 async fn broker_on(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
     let dir = Arc::new(tempfile::tempdir().unwrap());

@@ -412,8 +412,8 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
      workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
 
 /// Bind: id.
-pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str = "SELECT CAST(CASE WHEN disabled_at IS NULL \
-     THEN 0 ELSE 1 END AS BIGINT) FROM webhook_endpoints WHERE id = $1";
+pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str =
+    "SELECT disabled_at FROM webhook_endpoints WHERE id = $1";
 
 /// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
 /// Bind: holder, now, lease_ms, limit.

@@ -493,6 +493,7 @@ where
     for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
     for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
     for<'t> DeliveryRow: FromRow<'t, DB::Row>,
+    for<'t> (Option<i64>,): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -884,12 +885,13 @@ where
 
     async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError> {
         self.traced("webhook_endpoint_disabled", None, async {
-            let disabled = sqlx::query_scalar::<DB, i64>(sql::WEBHOOK_ENDPOINT_DISABLED)
+            // Unknown: no row; known: a row whose disabled_at may be NULL.
+            let disabled_at = sqlx::query_scalar::<DB, Option<i64>>(sql::WEBHOOK_ENDPOINT_DISABLED)
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(map::<DB>)?;
-            Ok(disabled.map(|d| d != 0))
+            Ok(disabled_at.map(|at| at.is_some()))
         })
         .await
     }
