@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
-use tonic::metadata::MetadataValue;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body as HttpBody, Bytes, StdError};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -76,6 +78,10 @@ struct Args {
     /// Skip the refresh storm (3).
     #[arg(long)]
     skip_storm: bool,
+    /// Refresh storm: run the replicas as separate `credential-broker serve` processes in
+    /// production mode (bearer-token callers) instead of in this process.
+    #[arg(long)]
+    storm_processes: bool,
     /// Instead of 1-3: drive a broker in ANOTHER process over real connections, configured as in
     /// production (bearer-token callers, actor metadata, SQLite + local key), at --shapes.
     #[arg(long)]
@@ -108,6 +114,11 @@ struct Args {
     /// if it is on PATH, and print the commands that reproduce it.
     #[arg(long)]
     h2load: bool,
+    /// --remote: afterwards, import this many credentials (Google-sized tokens, three scopes),
+    /// load each into the token cache with one GetAccessToken, and print the broker's resident
+    /// memory before and after (target: at most 256 MiB with 100,000).
+    #[arg(long, default_value_t = 0)]
+    hot_credentials: usize,
 }
 
 #[tokio::main]
@@ -164,8 +175,14 @@ async fn connect(addr: SocketAddr) -> Res<Channel> {
         .await?)
 }
 
-fn as_actor<T>(msg: T) -> tonic::Request<T> {
+/// A bearer token to send (brokers in production mode), or none (development mode).
+type Bearer = Option<MetadataValue<Ascii>>;
+
+fn as_actor<T>(msg: T, bearer: &Bearer) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
+    if let Some(b) = bearer {
+        r.metadata_mut().insert("authorization", b.clone());
+    }
     r.metadata_mut()
         .insert("x-actor-id", MetadataValue::from_static(ACTOR_ID));
     r.metadata_mut()
@@ -173,17 +190,21 @@ fn as_actor<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-fn token_request(id: &str) -> tonic::Request<pb::GetAccessTokenRequest> {
-    as_actor(pb::GetAccessTokenRequest {
-        credential_id: id.to_owned(),
-        workflow_id: "wf-bench".into(),
-        ..Default::default()
-    })
+fn token_request(id: &str, bearer: &Bearer) -> tonic::Request<pb::GetAccessTokenRequest> {
+    as_actor(
+        pb::GetAccessTokenRequest {
+            credential_id: id.to_owned(),
+            workflow_id: "wf-bench".into(),
+            ..Default::default()
+        },
+        bearer,
+    )
 }
 
 /// Imports one credential as the bench actor (its Admin) and returns its id.
 async fn import(
     client: &mut CredentialServiceClient<Channel>,
+    bearer: &Bearer,
     provider_id: &str,
     scope: &str,
     subject: &str,
@@ -192,7 +213,7 @@ async fn import(
 ) -> Res<String> {
     let request = import_request(provider_id, scope, subject, tokens, access_expires);
     let response = client
-        .import_credential(as_actor(request))
+        .import_credential(as_actor(request, bearer))
         .await?
         .into_inner();
     response
@@ -287,15 +308,26 @@ trait Calls: Clone + Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send;
 }
 
-/// One stream: a loop of unary calls on its own clients.
+/// Builds each GetAccessToken request of a stream.
+type TokenRequest = Arc<dyn Fn() -> tonic::Request<pb::GetAccessTokenRequest> + Send + Sync>;
+
+/// One stream: a loop of unary calls on its own clients, over `S` (a channel, or a channel that
+/// adds the caller's headers).
 #[derive(Clone)]
-struct Stream {
-    health: HealthClient<Channel>,
-    tokens: CredentialServiceClient<Channel>,
-    credential_id: Arc<str>,
+struct Stream<S> {
+    health: HealthClient<S>,
+    tokens: CredentialServiceClient<S>,
+    token_request: TokenRequest,
 }
 
-impl Calls for Stream {
+impl<S> Calls for Stream<S>
+where
+    S: GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<StdError>,
+    S::ResponseBody: HttpBody<Data = Bytes> + Send + 'static,
+    <S::ResponseBody as HttpBody>::Error: Into<StdError> + Send,
+{
     async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
         match target {
             Target::Health => self
@@ -305,11 +337,10 @@ impl Calls for Stream {
                 })
                 .await
                 .map(drop),
-            Target::Token => self
-                .tokens
-                .get_access_token(token_request(&self.credential_id))
-                .await
-                .map(drop),
+            Target::Token => {
+                let request = (self.token_request)();
+                self.tokens.get_access_token(request).await.map(drop)
+            }
         }
     }
 }
@@ -440,6 +471,7 @@ async fn hot_path(args: &Args) -> Res<()> {
     let expires = SystemClock.now().plus(Duration::from_secs(6 * 3600));
     let id: Arc<str> = import(
         &mut admin,
+        &None,
         "gmail",
         "https://www.googleapis.com/auth/gmail.readonly",
         "acct-hot",
@@ -448,8 +480,9 @@ async fn hot_path(args: &Args) -> Res<()> {
     )
     .await?
     .into();
-    admin.get_access_token(token_request(&id)).await?; // warms the in-memory entry
+    admin.get_access_token(token_request(&id, &None)).await?; // warms the in-memory entry
 
+    let request: TokenRequest = Arc::new(move || token_request(&id, &None));
     let most = args.streams.iter().copied().max().unwrap_or(1);
     let mut streams = Vec::with_capacity(most);
     for _ in 0..most {
@@ -461,7 +494,7 @@ async fn hot_path(args: &Args) -> Res<()> {
         streams.push(Stream {
             health: HealthClient::new(ch.clone()),
             tokens: CredentialServiceClient::new(ch),
-            credential_id: id.clone(),
+            token_request: request.clone(),
         });
     }
 
@@ -753,13 +786,44 @@ async fn storm_on(
     replicas: usize,
 ) -> Res<()> {
     let (n, m) = (args.credentials, args.callers);
-    let config = broker_config(dir, url, &storm_toml(provider))?;
-    let mut apps = Vec::with_capacity(replicas);
-    for _ in 0..replicas {
-        // One after the other: the first migrates the database and creates the shared key file.
-        apps.push(start_broker(&config).await?);
-    }
-    let mut admin = CredentialServiceClient::new(connect(apps[0].local_addr()).await?);
+    let extra = storm_toml(provider);
+    // In-process replicas (development mode), or separate processes in production mode.
+    let mut apps = Vec::new();
+    let mut processes = Vec::new();
+    let (addrs, executor, operator): (Vec<SocketAddr>, Bearer, Bearer) = if args.storm_processes {
+        let binary = remote::server_binary(args)?;
+        let (executor, operator) = (remote::run_token("executor"), remote::run_token("operator"));
+        let mut addrs = Vec::with_capacity(replicas);
+        for i in 0..replicas {
+            // One after the other: the first migrates the database and creates the key file.
+            let (mut server, addr) = remote::start_server(
+                &binary,
+                dir,
+                &format!("replica-{i}"),
+                url,
+                &extra,
+                &executor,
+                &operator,
+            )?;
+            remote::wait_ready(addr, Some(&mut server)).await?;
+            processes.push(server);
+            addrs.push(addr);
+        }
+        let bearer = |t: &str| format!("Bearer {t}").parse().map(Some);
+        (addrs, bearer(&executor)?, bearer(&operator)?)
+    } else {
+        let config = broker_config(dir, url, &extra)?;
+        for _ in 0..replicas {
+            // One after the other: the first migrates the database and creates the shared key file.
+            apps.push(start_broker(&config).await?);
+        }
+        (
+            apps.iter().map(Application::local_addr).collect(),
+            None,
+            None,
+        )
+    };
+    let mut admin = CredentialServiceClient::new(connect(addrs[0]).await?);
     let expired = SystemClock.now().minus(Duration::from_secs(3600));
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -770,6 +834,7 @@ async fn storm_on(
         ids.push(
             import(
                 &mut admin,
+                &operator,
                 STORM_PROVIDER,
                 "read",
                 &subject,
@@ -780,11 +845,9 @@ async fn storm_on(
         );
     }
     let mut callers = Vec::with_capacity(replicas * m);
-    for app in &apps {
+    for &addr in &addrs {
         for _ in 0..m {
-            callers.push(CredentialServiceClient::new(
-                connect(app.local_addr()).await?,
-            ));
+            callers.push(CredentialServiceClient::new(connect(addr).await?));
         }
     }
     let total = callers.len();
@@ -798,15 +861,24 @@ async fn storm_on(
         "   provider latency {} ms, rotating refresh tokens; background refresher off",
         args.provider_latency_ms
     );
+    println!(
+        "   replicas: {}",
+        if args.storm_processes {
+            "separate `credential-broker serve` processes in production mode (bearer-token callers)"
+        } else {
+            "in this process (development mode)"
+        }
+    );
 
     let barrier = Arc::new(Barrier::new(total + 1));
     let mut tasks = Vec::with_capacity(total);
     for (k, mut client) in callers.into_iter().enumerate() {
         let (id, barrier) = (ids[k % n].clone(), barrier.clone());
+        let request = token_request(&id, &executor);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let started = Instant::now();
-            let answer = client.get_access_token(token_request(&id)).await;
+            let answer = client.get_access_token(request).await;
             let token = answer.map(|r| r.into_inner().access_token);
             (Instant::now(), started.elapsed(), id, token)
         }));
@@ -875,9 +947,17 @@ async fn storm_on(
         percentile_ms(&latencies, 0.99),
         percentile_ms(&latencies, 1.0)
     );
+    let p99_over = percentile_ms(&latencies, 0.99) - args.provider_latency_ms as f64;
     println!(
-        "   per replica                     provider refreshes led / flight joins / lease waits / cache misses"
+        "   p99 <= provider latency + 30 ms  {:>8.1} ms over   {}",
+        p99_over,
+        verdict(p99_over <= 30.0)
     );
+    if !apps.is_empty() {
+        println!(
+            "   per replica                     provider refreshes led / flight joins / lease waits / cache misses"
+        );
+    }
     for (i, app) in apps.iter().enumerate() {
         let s = app.issuance_stats();
         println!(
@@ -887,6 +967,9 @@ async fn storm_on(
     }
     for app in apps {
         app.shutdown(Duration::from_secs(5)).await;
+    }
+    for mut p in processes {
+        p.stop().await;
     }
     Ok(())
 }

@@ -9,7 +9,8 @@
 //! `/proc/<pid>/stat`) is printed beside the throughput: it does not depend on the client.
 
 use crate::{
-    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Target, import_request, percentile_ms, verdict,
+    ACTOR_EMAIL, ACTOR_ID, Args, Calls, Load, Res, Stream, Target, TokenRequest, import_request,
+    percentile_ms, verdict,
 };
 use cb_broker::clock::{Clock, SystemClock};
 use cb_proto::v1 as pb;
@@ -84,48 +85,6 @@ impl Interceptor for Headers {
     }
 }
 
-type Authed = InterceptedService<Channel, Headers>;
-
-/// One stream of a connection: clones of the connection's clients.
-#[derive(Clone)]
-struct RemoteStream {
-    health: HealthClient<Authed>,
-    tokens: CredentialServiceClient<Authed>,
-    credential_id: Arc<str>,
-    /// `Some`: a distinct execution id per call, from this counter.
-    executions: Option<Arc<AtomicU64>>,
-}
-
-impl Calls for RemoteStream {
-    async fn call(&mut self, target: Target) -> Result<(), tonic::Status> {
-        match target {
-            Target::Health => self
-                .health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop),
-            Target::Token => {
-                let execution_id = match &self.executions {
-                    Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
-                    None => "exec-bench".to_owned(),
-                };
-                self.tokens
-                    .get_access_token(pb::GetAccessTokenRequest {
-                        credential_id: self.credential_id.to_string(),
-                        workflow_id: "wf-bench".into(),
-                        block_id: "block-bench".into(),
-                        execution_id,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
-            }
-        }
-    }
-}
-
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat` (Linux).
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -135,8 +94,8 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// The broker this run started: killed when dropped.
-struct Server {
+/// A broker this run started: killed when dropped.
+pub(crate) struct Server {
     child: Child,
     pid: u32,
     log: PathBuf,
@@ -148,15 +107,34 @@ fn free_port() -> Res<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Writes the production-like configuration and starts `credential-broker serve` with it.
-fn start_server(
+impl Server {
+    /// Stops the broker (SIGKILL: nothing is left to flush in a benchmark).
+    pub(crate) async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The `credential-broker` binary: `--server-binary`, else the one next to cb-bench.
+pub(crate) fn server_binary(args: &Args) -> Res<PathBuf> {
+    Ok(match &args.server_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("credential-broker"),
+    })
+}
+
+/// Writes a production-like configuration (`name`.toml in `dir`: bearer-token callers, the key
+/// file in `dir`, then `extra` TOML) and starts `credential-broker serve` with it.
+pub(crate) fn start_server(
     binary: &Path,
     dir: &Path,
+    name: &str,
+    database_url: &str,
+    extra: &str,
     executor_token: &str,
     operator_token: &str,
 ) -> Res<(Server, SocketAddr)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let db = format!("sqlite://{}", dir.join("broker.db").display());
     let key = dir.join("local-key.json").display().to_string();
     let (executor, operator) = (
         token_sha256_hex(executor_token),
@@ -165,7 +143,7 @@ fn start_server(
     let text = format!(
         r#"listen = "{addr}"
 [database]
-url = {db:?}
+url = {database_url:?}
 [keys]
 local_key_file = {key:?}
 
@@ -182,13 +160,14 @@ name = "bench-operator"
 role = "operator"
 token_sha256 = "{operator}"
 unsigned_actor = true
-"#
+
+{extra}"#
     );
     // Fail here with the reason rather than with a child that exits at once.
     Config::parse(&text).map_err(|e| format!("bench configuration: {e}"))?;
-    let config = dir.join("broker.toml");
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text)?;
-    let log = dir.join("broker.log");
+    let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
     let child = Command::new(binary)
         .arg("--config")
@@ -204,7 +183,7 @@ unsigned_actor = true
 }
 
 /// Waits (at most 60 s) until the broker answers its health check as SERVING.
-async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
+pub(crate) async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut server = server;
     loop {
@@ -235,7 +214,7 @@ async fn wait_ready(addr: SocketAddr, server: Option<&mut Server>) -> Res<()> {
 }
 
 /// A random-enough token for a broker that lives as long as this run.
-fn run_token(role: &str) -> String {
+pub(crate) fn run_token(role: &str) -> String {
     format!(
         "cb-bench-{role}-{}-{}",
         std::process::id(),
@@ -272,7 +251,7 @@ impl Measured {
 
 /// Runs `target` on every stream for `duration`, with the CPU both processes used meanwhile.
 async fn measure(
-    streams: &[RemoteStream],
+    streams: &[Stream<InterceptedService<Channel, Headers>>],
     target: Target,
     duration: Duration,
     server_pid: Option<u32>,
@@ -318,12 +297,21 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
             (None, addr, e.clone(), o.clone())
         }
         None => {
-            let binary = match &args.server_binary {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?.with_file_name("credential-broker"),
-            };
+            let binary = server_binary(args)?;
             let (executor, operator) = (run_token("executor"), run_token("operator"));
-            let (server, addr) = start_server(&binary, dir.path(), &executor, &operator)?;
+            // The default bound, or room for every --hot-credentials credential.
+            let cache_entries = args.hot_credentials.saturating_add(1).max(10_000);
+            let db = format!("sqlite://{}", dir.path().join("broker.db").display());
+            let extra = format!("[tokens]\ncache_max_entries = {cache_entries}\n");
+            let (server, addr) = start_server(
+                &binary,
+                dir.path(),
+                "broker",
+                &db,
+                &extra,
+                &executor,
+                &operator,
+            )?;
             println!(
                 "cb-bench --remote: {cores} cores; started {} (pid {}) on {addr}",
                 binary.display(),
@@ -363,11 +351,28 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
     let executions = args
         .distinct_executions
         .then(|| Arc::new(AtomicU64::new(0)));
-    let stream_on = |channel: Channel| RemoteStream {
-        health: HealthClient::with_interceptor(channel.clone(), executor.clone()),
-        tokens: CredentialServiceClient::with_interceptor(channel, executor.clone()),
-        credential_id: credential_id.clone(),
-        executions: executions.clone(),
+    let id = credential_id.clone();
+    let token_request: TokenRequest = Arc::new(move || {
+        // `Some`: a distinct execution id per call, from this counter.
+        let execution_id = match &executions {
+            Some(n) => format!("exec-{}", n.fetch_add(1, Ordering::Relaxed)),
+            None => "exec-bench".to_owned(),
+        };
+        tonic::Request::new(pb::GetAccessTokenRequest {
+            credential_id: id.to_string(),
+            workflow_id: "wf-bench".into(),
+            block_id: "block-bench".into(),
+            execution_id,
+            ..Default::default()
+        })
+    });
+    let stream_on = |channel: Channel| {
+        let authed = InterceptedService::new(channel, executor.clone());
+        Stream {
+            health: HealthClient::new(authed.clone()),
+            tokens: CredentialServiceClient::new(authed),
+            token_request: token_request.clone(),
+        }
     };
     let mut warm = stream_on(crate::connect(addr).await?);
     warm.call(Target::Token).await?; // the first call loads the token into the cache
@@ -471,10 +476,117 @@ pub async fn run(args: &Args, cores: usize) -> Res<()> {
         };
         h2load(args, dir.path(), addr, &executor_token, &token)?;
     }
-    if let Some(mut s) = server {
-        s.child.start_kill()?;
-        let _ = s.child.wait().await;
+    if args.hot_credentials > 0 {
+        let Some(pid) = server_pid else {
+            return Err("--hot-credentials needs the broker this run starts (not --addr)".into());
+        };
+        hot_memory(
+            addr,
+            pid,
+            args.hot_credentials,
+            Headers::new(&operator_token)?,
+            Headers::new(&executor_token)?,
+        )
+        .await?;
     }
+    if let Some(mut s) = server {
+        s.stop().await;
+    }
+    Ok(())
+}
+
+/// Resident memory of a process in bytes, from `/proc/<pid>/status` (Linux).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// `--hot-credentials N`: imports N credentials as big as Google's (a ~260-byte access token,
+/// three scopes, the importing actor as Admin), asks for each one's token once so that all N are
+/// in the token cache, and prints the broker's resident memory before and after.
+async fn hot_memory(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    operator: Headers,
+    executor: Headers,
+) -> Res<()> {
+    const WORKERS: usize = 16;
+    let scopes = ["gmail.readonly", "gmail.send", "gmail.modify"]
+        .map(|s| format!("https://www.googleapis.com/auth/{s}"));
+    let before = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
+    println!();
+    println!(
+        "hot credentials: resident memory of the broker with {n} credentials in its token cache"
+    );
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let run = SystemClock.now().as_millis();
+    let expires = SystemClock.now().plus(Duration::from_secs(6 * 3600));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let channel = crate::connect(addr).await?;
+        let mut admin =
+            CredentialServiceClient::with_interceptor(channel.clone(), operator.clone());
+        let mut tokens = CredentialServiceClient::with_interceptor(channel, executor.clone());
+        let (next, scopes) = (next.clone(), scopes.clone());
+        workers.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n as u64 {
+                    return Ok::<(), tonic::Status>(());
+                }
+                let subject = format!("acct-hot-{run}-{k}");
+                let access = format!("ya29.a0{k:0>254}");
+                let mut request = import_request(
+                    "gmail",
+                    &scopes[0],
+                    &subject,
+                    (&access, &format!("1//0g{k:0>98}")),
+                    expires,
+                );
+                request.granted_scopes = scopes.to_vec();
+                let id = admin
+                    .import_credential(request)
+                    .await?
+                    .into_inner()
+                    .credential
+                    .map(|c| c.credential_id)
+                    .unwrap_or_default();
+                tokens
+                    .get_access_token(pb::GetAccessTokenRequest {
+                        credential_id: id,
+                        workflow_id: "wf-bench".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    let after = resident_bytes(pid).ok_or("cannot read the broker's resident memory")?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let per_entry = after.saturating_sub(before) / n as u64;
+    println!(
+        "   imported and loaded {n} in {:.1} s; RSS {:.1} MiB before, {:.1} MiB after: {per_entry} bytes per credential",
+        started.elapsed().as_secs_f64(),
+        mib(before),
+        mib(after)
+    );
+    println!(
+        "   broker RSS with {n} hot credentials <= 256 MiB (target stated for 100,000)   {:.1} MiB   {}",
+        mib(after),
+        verdict(after <= 256 * 1024 * 1024)
+    );
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! workspace admin}. An RPC added to the proto without a row here fails the test.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
+use crate::support::client::Answered;
 use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
@@ -242,10 +243,7 @@ async fn fresh_credential(c: &mut Client, fake: &FakeProvider, n: usize) -> Stri
             None,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
     for (email, role) in [
         ("member@example.com", pb::MemberRole::Member),

@@ -5,6 +5,7 @@
 //! keys exist only in this test.
 
 use crate::support::broker::{BrokerProcess, TestBroker, config_toml, error_details};
+use crate::support::client::Answered;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_broker::clock::Clock;
@@ -223,10 +224,7 @@ async fn alice_credential(c: &mut CredentialServiceClient<Channel>) -> String {
     };
     c.import_credential(with_token(request, OPERATOR_TOKEN))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id
 }
 
@@ -255,10 +253,7 @@ async fn the_actor_is_taken_only_from_a_verified_assertion() {
     let got = c
         .get_credential(with_assertion(get(&id), &key.sign(&claims(&b, ALICE))))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+        .credential();
     assert_eq!(got.caller_role, pb::MemberRole::Admin as i32);
 
     // Bob, proven, with plain metadata naming alice alongside: the assertion alone counts.

@@ -3,6 +3,7 @@
 
 use crate::access_control::{EXECUTOR_TOKEN, OPERATOR_TOKEN, WEB_TOKEN, broker_with_callers};
 use crate::support::broker::{REDIRECT_URI, T0, TestBroker, fake_grant_import};
+use crate::support::client::{Answered, audit_count, audit_events};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -30,37 +31,12 @@ async fn all_events(
     c: &mut CredentialServiceClient<Channel>,
     filter: pb::ListAuditEventsRequest,
 ) -> Vec<pb::AuditEvent> {
-    b.app().flush_audit().await;
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = c
-            .list_audit_events(call(
-                pb::ListAuditEventsRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..filter.clone()
-                },
-                OPERATOR_TOKEN,
-                None,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
-    }
+    audit_events(b, c, OPERATOR_TOKEN, filter).await
 }
 
 /// The `count=N` a buffered row carries (1 when absent).
 fn count(e: &pb::AuditEvent) -> u64 {
-    e.detail
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("count="))
-        .map_or(1, |n| n.parse().unwrap())
+    audit_count(e)
 }
 
 /// Calls every RPC of CredentialService and MembershipService once, as the services the docs
@@ -82,10 +58,7 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let id = c
         .import_credential(call(import, OPERATOR_TOKEN, alice))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
     let with_id = || pb::GetCredentialRequest {
         credential_id: id.clone(),
@@ -385,10 +358,7 @@ async fn concurrent_issuances_with_distinct_executions_are_all_counted() {
     let id = c
         .import_credential(call(import, OPERATOR_TOKEN, Some(ALICE)))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
     b.app().flush_audit().await;
     let before = b.app().audit_stats();

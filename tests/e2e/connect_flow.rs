@@ -1,7 +1,7 @@
 //! The OAuth connect flow end to end: StartConnect → the provider's authorize page → CompleteConnect,
 //! reconnect, several accounts, every failure mode, and disconnect with revocation.
 
-use crate::support::broker::{TestBroker, error_details, with_fake_provider};
+use crate::support::broker::{TestBroker, assert_status, error_details, with_fake_provider};
 use crate::support::client::{ALICE, Actor, Client, callback_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::Quirk;
@@ -69,14 +69,26 @@ async fn connect(fake: &FakeProvider, c: &mut Client) -> pb::CompleteConnectResp
     try_connect(fake, c).await.unwrap()
 }
 
-async fn access_token(c: &mut Client, id: &str) -> String {
+/// The id of the credential a successful connect through `fake` made.
+async fn connected_id(fake: &FakeProvider, c: &mut Client) -> String {
+    let done = connect(fake, c).await;
+    done.credential
+        .expect("a connect answers the credential")
+        .credential_id
+}
+
+/// GetAccessToken of `id` (no usage context).
+async fn token(c: &mut Client, id: &str) -> pb::GetAccessTokenResponse {
     c.token_with(pb::GetAccessTokenRequest {
         credential_id: id.to_owned(),
         ..Default::default()
     })
     .await
     .unwrap()
-    .access_token
+}
+
+async fn access_token(c: &mut Client, id: &str) -> String {
+    token(c, id).await.access_token
 }
 
 /// The credential as `c` sees it, without the usage columns (written in the background).
@@ -95,19 +107,20 @@ async fn member_emails(c: &mut Client, id: &str) -> Vec<String> {
 
 /// The `credential.connect` / `credential.reconnect` events about `id`, newest first.
 async fn connect_events(c: &mut Client, id: &str) -> Vec<pb::AuditEvent> {
-    c.creds
-        .list_audit_events(pb::ListAuditEventsRequest {
-            credential_id: id.to_owned(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .into_iter()
-        .filter(|e| e.action.starts_with("credential.") && e.action.ends_with("connect"))
-        .collect()
+    let mut events = audit_page(c, id).await;
+    events.retain(|e| e.action.starts_with("credential.") && e.action.ends_with("connect"));
+    events
+}
+
+/// The newest 1000 audit events (about `credential_id` unless it is empty).
+async fn audit_page(c: &mut Client, credential_id: &str) -> Vec<pb::AuditEvent> {
+    let request = pb::ListAuditEventsRequest {
+        credential_id: credential_id.to_owned(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let page = c.creds.list_audit_events(request).await.unwrap();
+    page.into_inner().events
 }
 
 async fn list(c: &mut Client) -> Vec<pb::Credential> {
@@ -118,11 +131,7 @@ async fn list(c: &mut Client) -> Vec<pb::Credential> {
 async fn connected(fake: &FakeProvider) -> (TestBroker, Client, String) {
     let b = broker(fake).await;
     let mut c = b.client(ALICE).await;
-    let id = connect(fake, &mut c)
-        .await
-        .credential
-        .unwrap()
-        .credential_id;
+    let id = connected_id(fake, &mut c).await;
     (b, c, id)
 }
 
@@ -260,10 +269,7 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let s = start(&mut c, &[]).await;
     let q = approve(&fake, &s.authorization_url).await;
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::FailedPrecondition, "PROVIDER_DENIED")
-    );
+    assert_status(&err, Code::FailedPrecondition, "PROVIDER_DENIED");
     fake.configure(|f| f.deny = false);
 
     // A state used twice.
@@ -297,10 +303,7 @@ async fn every_failure_is_distinct_and_leaves_nothing_behind() {
     let mut q = approve(&fake, &s.authorization_url).await;
     q.insert("code".into(), "code-for-someone-else".into());
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::FailedPrecondition, "CODE_EXCHANGE_FAILED")
-    );
+    assert_status(&err, Code::FailedPrecondition, "CODE_EXCHANGE_FAILED");
 
     // The token endpoint is down.
     let s = start(&mut c, &[]).await;
@@ -352,10 +355,7 @@ async fn start_connect_validates_its_input() {
         .start_connect(req("gmail", vec![], crate::support::broker::REDIRECT_URI))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::FailedPrecondition, "PROVIDER_NOT_CONFIGURED")
-    );
+    assert_status(&err, Code::FailedPrecondition, "PROVIDER_NOT_CONFIGURED");
     assert!(
         err.message().contains("providers.gmail.client_id"),
         "{}",
@@ -370,10 +370,7 @@ async fn start_connect_validates_its_input() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::NotFound, "PROVIDER_NOT_FOUND")
-    );
+    assert_status(&err, Code::NotFound, "PROVIDER_NOT_FOUND");
 }
 
 #[tokio::test]
@@ -404,10 +401,7 @@ async fn reconnect_keeps_the_credential_and_rejects_another_account() {
     let s = c.start_reconnect(&id).await.unwrap();
     let q = approve(&fake, &s.authorization_url).await;
     let err = complete(&mut c, &q).await.unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::FailedPrecondition, "ACCOUNT_MISMATCH")
-    );
+    assert_status(&err, Code::FailedPrecondition, "ACCOUNT_MISMATCH");
     let after = access_token(&mut c, &id).await;
     assert_eq!(after, before);
     assert!(fake.is_valid_access_token(&after));
@@ -473,10 +467,7 @@ async fn a_non_member_connecting_a_connected_account_gets_no_role_and_its_grant_
     let err = try_connect(&fake, &mut c.acting_as(MALLORY))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::AlreadyExists, "CREDENTIAL_ALREADY_CONNECTED")
-    );
+    assert_status(&err, Code::AlreadyExists, "CREDENTIAL_ALREADY_CONNECTED");
     assert!(
         err.message().contains(&id),
         "names the credential to ask an Admin about: {}",
@@ -614,13 +605,7 @@ async fn callback_parameters_become_provider_extras_where_the_provider_needs_the
         .await
         .unwrap();
     let id = done.credential.unwrap().credential_id;
-    let t = c
-        .token_with(pb::GetAccessTokenRequest {
-            credential_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let t = token(&mut c, &id).await;
     assert_eq!(
         t.provider_extras.get("realmId").map(String::as_str),
         Some("4620816365")
@@ -636,18 +621,8 @@ async fn the_atlassian_cloud_id_and_xero_tenant_are_looked_up_after_connecting()
         let fake = FakeProvider::start(FakeConfig::default()).await;
         let b = broker_with(&fake, &[quirk], |_| {}).await;
         let mut c = b.client(ALICE).await;
-        let id = connect(&fake, &mut c)
-            .await
-            .credential
-            .unwrap()
-            .credential_id;
-        let t = c
-            .token_with(pb::GetAccessTokenRequest {
-                credential_id: id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let id = connected_id(&fake, &mut c).await;
+        let t = token(&mut c, &id).await;
         let port = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
         let prefix = if extra == "cloud_id" {
             "cloud"
@@ -682,11 +657,7 @@ async fn where_revocation_ends_the_whole_authorization_no_kept_grant_is_revoked(
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let b = broker_sharing_authorization(&fake).await;
     let mut c = b.client(ALICE).await;
-    let id = connect(&fake, &mut c)
-        .await
-        .credential
-        .unwrap()
-        .credential_id;
+    let id = connected_id(&fake, &mut c).await;
 
     // Connecting the same account again replaces the grant: revoking the replaced one would end
     // the new one too at such a provider.
@@ -855,16 +826,8 @@ async fn a_declared_issuer_must_come_back_as_iss_before_the_code_is_used() {
     let id = created.credential.unwrap().credential_id;
     assert_eq!(updated.credential.unwrap().credential_id, id);
     // A refusal is audited with its reason.
-    let refusals = c
-        .creds
-        .list_audit_events(pb::ListAuditEventsRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
+    let refusals = audit_page(&mut c, "")
         .await
-        .unwrap()
-        .into_inner()
-        .events
         .into_iter()
         .filter(|e| e.action == "credential.connect" && e.outcome == "ISSUER_MISMATCH")
         .count();

@@ -23,18 +23,23 @@ fn table_keys(doc: &str, heading: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `documented` (in `table`) lists exactly what the code has (`verb` by the code).
+fn assert_same(code: &BTreeSet<String>, documented: &BTreeSet<String>, table: &str, verb: &str) {
+    let missing: Vec<_> = code.difference(documented).collect();
+    let stale: Vec<_> = documented.difference(code).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "{table}: missing {missing:?}, not {verb} by the code {stale:?}"
+    );
+}
+
 #[test]
 fn api_md_lists_every_error_reason_the_code_can_return() {
     let documented = table_keys(&read_doc("api.md"), "Errors");
     let code: BTreeSet<String> = credential_broker::grpc::status::all_reasons()
         .map(str::to_owned)
         .collect();
-    let missing: Vec<_> = code.difference(&documented).collect();
-    let stale: Vec<_> = documented.difference(&code).collect();
-    assert!(
-        missing.is_empty() && stale.is_empty(),
-        "docs/api.md Errors table: missing {missing:?}, not produced by the code {stale:?}"
-    );
+    assert_same(&code, &documented, "docs/api.md Errors table", "produced");
 }
 
 #[test]
@@ -44,12 +49,7 @@ fn api_md_lists_every_audit_action_the_code_can_record() {
         .iter()
         .map(|a| (*a).to_owned())
         .collect();
-    let missing: Vec<_> = code.difference(&documented).collect();
-    let stale: Vec<_> = documented.difference(&code).collect();
-    assert!(
-        missing.is_empty() && stale.is_empty(),
-        "docs/api.md Audit table: missing {missing:?}, not recorded by the code {stale:?}"
-    );
+    assert_same(&code, &documented, "docs/api.md Audit table", "recorded");
 }
 
 /// One step of a configuration key path.

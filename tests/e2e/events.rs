@@ -7,7 +7,7 @@ use crate::support::broker::{
     with_fake_provider,
 };
 use crate::support::client::{ALICE, BOB, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
+use crate::support::fake_provider::{FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::wait::{wait_for, wait_until_sync};
 use crate::support::webhook_receiver::{Received, WebhookReceiver};

@@ -6,6 +6,7 @@ use crate::access_control::{EXECUTOR_TOKEN, OPERATOR_TOKEN, broker_with_callers}
 use crate::support::broker::{
     TestBroker, as_actor, error_details, fake_grant_import, with_fake_provider,
 };
+use crate::support::client::{Answered, audit_count, audit_events};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use std::sync::Arc;
@@ -217,10 +218,7 @@ async fn ten_thousand_unauthenticated_calls_cost_few_writes_and_executors_keep_w
     let id = operator
         .import_credential(bearer(req, Some(OPERATOR_TOKEN)))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
 
     let executor_ok = Arc::new(AtomicUsize::new(0));
@@ -292,37 +290,16 @@ async fn ten_thousand_unauthenticated_calls_cost_few_writes_and_executors_keep_w
         "executor calls failed during the flood"
     );
 
-    b.flush_audit().await;
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = operator
-            .list_audit_events(bearer(
-                pb::ListAuditEventsRequest {
-                    action: "rpc.GetCredential".into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-                Some(OPERATOR_TOKEN),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        rows.extend(page.events);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let filter = pb::ListAuditEventsRequest {
+        action: "rpc.GetCredential".into(),
+        ..Default::default()
+    };
+    let rows = audit_events(&b, &mut operator, OPERATOR_TOKEN, filter).await;
     let counted: u64 = rows
         .iter()
         .map(|e| {
             assert_eq!(e.outcome, "UNAUTHENTICATED", "{e:?}");
-            e.detail
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("count="))
-                .map_or(1, |n| n.parse().unwrap())
+            audit_count(e)
         })
         .sum();
     assert_eq!(counted, FLOOD as u64, "every denial is accounted for");

@@ -1,7 +1,7 @@
 //! MembershipService: invitations, roles, leaving, the last-admin rule, and credentials that keep
 //! working when their creator leaves.
 
-use crate::support::broker::{TestBroker, error_details};
+use crate::support::broker::{TestBroker, assert_status, error_details};
 use crate::support::client::{Actor, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
@@ -106,10 +106,7 @@ async fn members_use_admins_manage() {
         }),
     };
     let err = ben.update(rename.clone()).await.unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::PermissionDenied, "ROLE_REQUIRED")
-    );
+    assert_status(&err, Code::PermissionDenied, "ROLE_REQUIRED");
     let err = ben.disconnect(&id).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = ben
@@ -144,10 +141,7 @@ async fn members_use_admins_manage() {
 async fn the_last_admin_cannot_leave_be_removed_or_demoted() {
     let (_b, _fake, id, mut ada) = setup().await;
     let err = ada.remove_member(&id, ADA.email).await.unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::FailedPrecondition, "LAST_ADMIN")
-    );
+    assert_status(&err, Code::FailedPrecondition, "LAST_ADMIN");
     let err = ada
         .update_member_role(&id, ADA.email, pb::MemberRole::Member)
         .await
@@ -230,10 +224,7 @@ async fn concurrent_invitations_of_one_email_have_exactly_one_winner() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(member) => winners.push(member),
-            Err(err) => assert_eq!(
-                (err.code(), error_details(&err).0.as_str()),
-                (Code::AlreadyExists, "MEMBER_EXISTS")
-            ),
+            Err(err) => assert_status(&err, Code::AlreadyExists, "MEMBER_EXISTS"),
         }
     }
     assert_eq!(winners.len(), 1, "{winners:?}");

@@ -1,7 +1,7 @@
 //! TLS on the listener and calling services identified by client certificates (mTLS), next to
 //! bearer-token callers on the same port.
 
-use crate::support::broker::{TestBroker, as_actor, error_details};
+use crate::support::broker::{TestBroker, as_actor, assert_status};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use credential_broker::layers::auth::token_sha256_hex;
@@ -122,10 +122,7 @@ async fn callers_authenticate_with_client_certificates_or_tokens() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.code(), error_details(&err).0.as_str()),
-        (Code::PermissionDenied, "CALLER_NOT_ALLOWED")
-    );
+    assert_status(&err, Code::PermissionDenied, "CALLER_NOT_ALLOWED");
 
     // A certificate from the right CA that names no configured service.
     let rogue = client_pki.leaf(&["rogue.internal"]);

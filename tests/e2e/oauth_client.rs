@@ -133,14 +133,9 @@ fn param(query: &BTreeMap<String, String>, name: &str) -> Option<String> {
 async fn google_extra_authorize_params_reach_the_provider() {
     let fake = FakeProvider::start(FakeConfig::default()).await;
     let mut spec = fake.spec("google", AuthStyle::Post, Pkce::Supported, &[]);
-    spec.extra_authorize_params = [
-        ("access_type", "offline"),
-        ("prompt", "consent"),
-        ("include_granted_scopes", "true"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
+    // Google's parameters as the built-in catalog declares them.
+    let gmail = cb_oauth::catalog::Catalog::builtin().unwrap();
+    spec.extra_authorize_params = gmail.get("gmail").unwrap().extra_authorize_params.clone();
     let tokens = connect(&fake, &spec, &["openid", "email"]).await;
     let q = fake.authorize_queries().pop().unwrap();
     assert_eq!(param(&q, "access_type").as_deref(), Some("offline"));

@@ -314,10 +314,7 @@ async fn duplicate_id_is_rejected(store: Arc<dyn Store>) {
         .insert_credential(&twin_id, &[])
         .await
         .expect_err("duplicate id");
-    assert!(
-        matches!(&err, StoreError::Duplicate(what) if what == "credential id"),
-        "got {err:?}"
-    );
+    assert_duplicate(&err, "credential id");
     assert_eq!(must_get(&*store, "c1").await, first);
 }
 
@@ -333,10 +330,7 @@ async fn failed_insert_leaves_nothing_behind(store: Arc<dyn Store>) {
         .insert_credential(&row, &members)
         .await
         .expect_err("dup member");
-    assert!(
-        matches!(&err, StoreError::Duplicate(what) if what == "member email"),
-        "got {err:?}"
-    );
+    assert_duplicate(&err, "member email");
     assert_eq!(store.get_credential("c1").await.expect("get"), None);
     assert!(store.list_members("c1").await.expect("members").is_empty());
     // The id and account are still free.
@@ -377,10 +371,7 @@ async fn active_twin_is_rejected_until_the_first_is_disconnected(store: Arc<dyn 
         .insert_credential(&twin, &[])
         .await
         .expect_err("active twin");
-    assert!(
-        matches!(&err, StoreError::Duplicate(what) if what == "credential account"),
-        "got {err:?}"
-    );
+    assert_duplicate(&err, "credential account");
 
     // The same account in another workspace or under another provider is a different key.
     store
@@ -822,10 +813,7 @@ async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
         .update_credential(&revive, disconnected.row_version)
         .await
         .expect_err("twin");
-    assert!(
-        matches!(&err, StoreError::Duplicate(what) if what == "credential account"),
-        "got {err:?}"
-    );
+    assert_duplicate(&err, "credential account");
     assert_eq!(must_get(&*store, "c1").await, disconnected);
 }
 
@@ -1954,13 +1942,7 @@ async fn race_member_changes(
 
 async fn concurrent_adds_of_one_email_have_exactly_one_winner(store: Arc<dyn Store>) {
     const RACERS: usize = 10;
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[active(member("c1", "admin@example.com", "ADMIN"))],
-        )
-        .await
-        .expect("insert");
+    insert_with_admin(&*store, "c1").await;
     for round in 0..5 {
         let email = format!("new-{round}@example.com");
         let rows: Vec<MemberRow> = (0..RACERS)
@@ -2035,13 +2017,7 @@ async fn concurrent_accepts_have_exactly_one_winner(store: Arc<dyn Store>) {
 }
 
 async fn set_role_racing_accept_keeps_both(store: Arc<dyn Store>) {
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[active(member("c1", "admin@example.com", "ADMIN"))],
-        )
-        .await
-        .expect("insert");
+    insert_with_admin(&*store, "c1").await;
     for round in 0..10 {
         let email = format!("racer-{round}@example.com");
         store
@@ -2083,6 +2059,95 @@ fn leaseless(id: &str) -> CredentialRow {
     }
 }
 
+/// `err` says a unique key was taken: `what`.
+fn assert_duplicate(err: &StoreError, what: &str) {
+    assert!(
+        matches!(err, StoreError::Duplicate(taken) if taken == what),
+        "got {err:?}"
+    );
+}
+
+/// Inserts credential `id` (`sub-1`) with its active Admin `admin@example.com`.
+async fn insert_with_admin(store: &dyn Store, id: &str) {
+    let admin = active(member(id, "admin@example.com", "ADMIN"));
+    store
+        .insert_credential(&credential(id, "ws", "google", "sub-1"), &[admin])
+        .await
+        .expect("insert");
+}
+
+/// Inserts [`leaseless`] `id` without members.
+async fn insert_leaseless(store: &dyn Store, id: &str) {
+    store
+        .insert_credential(&leaseless(id), &[])
+        .await
+        .expect("insert");
+}
+
+/// `replica-a` takes the free lease of `id` (at `T0`, for `LEASE_MS`).
+async fn lease_a(store: &dyn Store, id: &str) -> CredentialRow {
+    store
+        .acquire_refresh_lease(id, "replica-a", T0, T0 + LEASE_MS)
+        .await
+        .expect("acquire")
+        .expect("lease")
+}
+
+/// `racers` replicas try to take the free lease of `id` at the same moment; the rows of those
+/// that got it.
+async fn race_for_lease(store: &Arc<dyn Store>, id: &str, racers: usize) -> Vec<CredentialRow> {
+    let start = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|n| {
+            let store = Arc::clone(store);
+            let start = Arc::clone(&start);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .acquire_refresh_lease(&id, &format!("replica-{n}"), T0, T0 + LEASE_MS)
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        if let Some(row) = task.await.expect("task").expect("acquire") {
+            winners.push(row);
+        }
+    }
+    winners
+}
+
+/// The refresh-scan seed: `d1` and `d3` due at 100, `d2` at 50, `d4` at 200, `d5` at 10 but
+/// `NEEDS_RECONNECT`, then `more`.
+async fn seed_due(store: &dyn Store, more: &[(&str, Option<i64>)]) {
+    let common = [
+        ("d1", Some(100)),
+        ("d2", Some(50)),
+        ("d3", Some(100)),
+        ("d4", Some(200)),
+        ("d5", Some(10)),
+    ];
+    insert_due(store, &common).await;
+    insert_due(store, more).await;
+}
+
+/// Inserts [`leaseless`] credentials due for refresh at the given times; `d5` is
+/// `NEEDS_RECONNECT` (never due, however early).
+async fn insert_due(store: &dyn Store, due: &[(&str, Option<i64>)]) {
+    for &(id, next) in due {
+        let mut row = CredentialRow {
+            next_refresh_at: next,
+            ..leaseless(id)
+        };
+        if id == "d5" {
+            row.status = "NEEDS_RECONNECT".to_owned();
+        }
+        store.insert_credential(&row, &[]).await.expect("insert");
+    }
+}
+
 /// What a refresh writes: new tokens and timestamps, built on `base` (possibly stale).
 fn refreshed(base: &CredentialRow, n: u8) -> CredentialRow {
     CredentialRow {
@@ -2111,10 +2176,7 @@ fn wall_ms() -> i64 {
 }
 
 async fn lease_on_the_database_clock_is_renewed_and_keeps_the_intent(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&leaseless("c1"), &[])
-        .await
-        .expect("insert");
+    insert_leaseless(&*store, "c1").await;
     let now = wall_ms();
     let taken = store
         .take_refresh_lease("c1", "replica-a", LEASE_MS, now)
@@ -2220,15 +2282,8 @@ async fn lease_on_the_database_clock_is_renewed_and_keeps_the_intent(store: Arc<
 }
 
 async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&leaseless("c1"), &[])
-        .await
-        .expect("insert");
-    let won = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("free lease is taken");
+    insert_leaseless(&*store, "c1").await;
+    let won = lease_a(&*store, "c1").await;
     assert_eq!(
         won.lease,
         LeaseColumns {
@@ -2258,30 +2313,8 @@ async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
     }
 
     // Concurrent acquirers on a free lease: exactly one wins.
-    store
-        .insert_credential(&leaseless("c2"), &[])
-        .await
-        .expect("insert");
-    const RACERS: usize = 8;
-    let start = Arc::new(tokio::sync::Barrier::new(RACERS));
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|n| {
-            let store = Arc::clone(&store);
-            let start = Arc::clone(&start);
-            tokio::spawn(async move {
-                start.wait().await;
-                store
-                    .acquire_refresh_lease("c2", &format!("replica-{n}"), T0, T0 + LEASE_MS)
-                    .await
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        if let Some(row) = task.await.expect("task").expect("acquire") {
-            winners.push(row);
-        }
-    }
+    insert_leaseless(&*store, "c2").await;
+    let winners = race_for_lease(&store, "c2", 8).await;
     assert_eq!(winners.len(), 1, "{winners:?}");
     assert_eq!(winners[0].lease.fence, 1);
     assert_eq!(must_get(&*store, "c2").await, winners[0]);
@@ -2382,15 +2415,8 @@ async fn expired_lease_is_taken_over_and_fences_out_the_old_holder(store: Arc<dy
 }
 
 async fn complete_refresh_keeps_a_concurrent_rename(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&leaseless("c1"), &[])
-        .await
-        .expect("insert");
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    insert_leaseless(&*store, "c1").await;
+    let leased = lease_a(&*store, "c1").await;
     let fence = leased.lease.fence;
 
     // A rename lands while the provider call is in flight; it leaves the lease alone.
@@ -2446,11 +2472,7 @@ async fn complete_refresh_keeps_a_concurrent_rename(store: Arc<dyn Store>) {
     assert_eq!(must_get(&*store, "c1").await, expected);
 
     // A refresh may also record that the grant is gone.
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    let leased = lease_a(&*store, "c1").await;
     assert_eq!(leased.lease.fence, fence + 1);
     let revoked = CredentialRow {
         status: "NEEDS_RECONNECT".to_owned(),
@@ -2470,15 +2492,8 @@ async fn complete_refresh_keeps_a_concurrent_rename(store: Arc<dyn Store>) {
 }
 
 async fn disconnect_fences_out_an_inflight_refresh(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&leaseless("c1"), &[])
-        .await
-        .expect("insert");
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    insert_leaseless(&*store, "c1").await;
+    let leased = lease_a(&*store, "c1").await;
     let disconnected = disconnect(&*store, "c1").await;
     assert_eq!(
         disconnected.lease,
@@ -2514,16 +2529,9 @@ async fn disconnect_fences_out_an_inflight_refresh(store: Arc<dyn Store>) {
 }
 
 async fn release_needs_the_current_fence(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&leaseless("c1"), &[])
-        .await
-        .expect("insert");
+    insert_leaseless(&*store, "c1").await;
     assert!(!store.release_refresh_lease("c1", 0).await.expect("free"));
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    let leased = lease_a(&*store, "c1").await;
     let fence = leased.lease.fence;
     assert!(
         !store
@@ -2572,23 +2580,7 @@ async fn release_needs_the_current_fence(store: Arc<dyn Store>) {
 }
 
 async fn claim_due_refreshes_leases_a_batch_and_skips_held_leases(store: Arc<dyn Store>) {
-    let due_at = |id: &str, next: Option<i64>| CredentialRow {
-        next_refresh_at: next,
-        ..leaseless(id)
-    };
-    for row in [
-        due_at("d1", Some(100)),
-        due_at("d2", Some(50)),
-        due_at("d3", Some(100)),
-        due_at("d4", Some(200)),
-        CredentialRow {
-            status: "NEEDS_RECONNECT".to_owned(),
-            ..due_at("d5", Some(10))
-        },
-        due_at("d6", None),
-    ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
-    }
+    seed_due(&*store, &[("d6", None)]).await;
     let ids = |rows: &[CredentialRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     // Another replica holds d1's lease: it is skipped, not waited on.
     store
@@ -2618,12 +2610,9 @@ async fn claim_due_refreshes_leases_a_batch_and_skips_held_leases(store: Arc<dyn
     assert_eq!(ids(&later), ["d4"]);
 
     // Concurrent claims split the due credentials between them.
-    for n in 0..20 {
-        store
-            .insert_credential(&due_at(&format!("e{n:02}"), Some(300)), &[])
-            .await
-            .expect("insert");
-    }
+    let more: Vec<String> = (0..20).map(|n| format!("e{n:02}")).collect();
+    let more: Vec<_> = more.iter().map(|id| (id.as_str(), Some(300))).collect();
+    insert_due(&*store, &more).await;
     let claims: Vec<_> = (0..4)
         .map(|n| {
             let store = Arc::clone(&store);
@@ -2645,25 +2634,11 @@ async fn claim_due_refreshes_leases_a_batch_and_skips_held_leases(store: Arc<dyn
 }
 
 async fn due_for_refresh_is_ordered_limited_and_active_only(store: Arc<dyn Store>) {
-    let due_at = |id: &str, next: Option<i64>| CredentialRow {
-        next_refresh_at: next,
-        ..leaseless(id)
-    };
-    for row in [
-        due_at("d1", Some(100)),
-        due_at("d2", Some(50)),
-        due_at("d3", Some(100)),
-        due_at("d4", Some(200)),
-        CredentialRow {
-            status: "NEEDS_RECONNECT".to_owned(),
-            ..due_at("d5", Some(10))
-        },
-        due_at("d6", Some(10)),
-        due_at("d7", None),
-        due_at("d8", Some(150)),
-    ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
-    }
+    seed_due(
+        &*store,
+        &[("d6", Some(10)), ("d7", None), ("d8", Some(150))],
+    )
+    .await;
     disconnect(&*store, "d6").await;
 
     let due = |now, limit| {
@@ -2677,11 +2652,7 @@ async fn due_for_refresh_is_ordered_limited_and_active_only(store: Arc<dyn Store
     assert_eq!(due(i64::MAX, 0).await, Vec::<String>::new());
     assert_eq!(due(i64::MAX, 100).await, ["d2", "d1", "d3", "d8", "d4"]);
     // A leased credential is still listed (acquire sorts it out); a refresh moves it on.
-    let leased = store
-        .acquire_refresh_lease("d2", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    let leased = lease_a(&*store, "d2").await;
     assert_eq!(due(150, 1).await, ["d2"]);
     store
         .complete_refresh(
@@ -2799,10 +2770,7 @@ async fn record_usage_keeps_the_latest_use_without_a_version_bump(store: Arc<dyn
 async fn concurrent_usage_batches_do_not_deadlock(store: Arc<dyn Store>) {
     let ids: Vec<String> = (0..6).map(|n| format!("c{n}")).collect();
     for id in &ids {
-        store
-            .insert_credential(&leaseless(id), &[])
-            .await
-            .expect("insert");
+        insert_leaseless(&*store, id).await;
     }
     // Batches naming the same rows in opposite orders.
     let tasks: Vec<_> = (0..6i64)
@@ -2888,20 +2856,12 @@ async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
         )))
         .await
         .expect("add member");
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    let leased = lease_a(&*store, "c1").await;
     store
         .complete_refresh(&refreshed(&leased, 1), leased.lease.fence)
         .await
         .expect("complete");
-    let leased = store
-        .acquire_refresh_lease("c1", "replica-a", T0, T0 + LEASE_MS)
-        .await
-        .expect("acquire")
-        .expect("lease");
+    let leased = lease_a(&*store, "c1").await;
     store
         .release_refresh_lease("c1", leased.lease.fence)
         .await
@@ -2911,10 +2871,7 @@ async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
         .await
         .expect("usage");
     // A marker write: everything before it has been delivered when it arrives.
-    store
-        .insert_credential(&leaseless("marker"), &[])
-        .await
-        .expect("insert");
+    insert_leaseless(&*store, "marker").await;
 
     let mut seen = Vec::new();
     for _event in 0..100 {
@@ -3081,10 +3038,7 @@ async fn duplicate_connect_session_is_rejected(store: Arc<dyn Store>) {
         .insert_connect_session(&twin)
         .await
         .expect_err("duplicate hash");
-    assert!(
-        matches!(&err, StoreError::Duplicate(what) if what == "connect session"),
-        "got {err:?}"
-    );
+    assert_duplicate(&err, "connect session");
     assert!(!format!("{err} {err:?}").contains(HASH), "leaked: {err}");
     assert_eq!(must_get_session(&*store, HASH).await, first);
 }
@@ -3397,31 +3351,8 @@ async fn postgres_twenty_concurrent_acquirers_one_winner() {
             Arc::new(cb_store::PgStore::connect(&url, 24).await.expect("connect"));
         for round in 0..3 {
             let id = format!("c{round}");
-            store
-                .insert_credential(&leaseless(&id), &[])
-                .await
-                .expect("insert");
-            const RACERS: usize = 20;
-            let start = Arc::new(tokio::sync::Barrier::new(RACERS));
-            let tasks: Vec<_> = (0..RACERS)
-                .map(|n| {
-                    let store = Arc::clone(&store);
-                    let start = Arc::clone(&start);
-                    let id = id.clone();
-                    tokio::spawn(async move {
-                        start.wait().await;
-                        store
-                            .acquire_refresh_lease(&id, &format!("replica-{n}"), T0, T0 + LEASE_MS)
-                            .await
-                    })
-                })
-                .collect();
-            let mut winners = Vec::new();
-            for task in tasks {
-                if let Some(row) = task.await.expect("task").expect("acquire") {
-                    winners.push(row);
-                }
-            }
+            insert_leaseless(&*store, &id).await;
+            let winners = race_for_lease(&store, &id, 20).await;
             assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
             assert_eq!(winners[0].lease.fence, 1);
             assert_eq!(must_get(&*store, &id).await, winners[0]);

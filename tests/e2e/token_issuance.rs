@@ -5,12 +5,14 @@ use crate::support::broker::{
     BrokerProcess, REDIRECT_URI, T0, TestBroker, as_actor, config_toml, error_details,
     fake_grant_import, provider_toml, with_fake_provider,
 };
+use crate::support::client::Answered;
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::{wait_for, wait_until_sync};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
+use credential_broker::runtime::config::Config;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -19,16 +21,10 @@ use tonic::transport::Channel;
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
 
 async fn broker_on(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = database_url.map_or_else(
-        || format!("sqlite://{}", dir.path().join("broker.db").display()),
-        str::to_owned,
-    );
-    let mut config = TestBroker::config(&dir, url);
-    with_fake_provider(&mut config, fake, "fake", &[]);
-    config.tokens.refresh_scan_interval_seconds = 0; // tests drive refresh-ahead themselves
-    config.tokens.breaker_cooldown_seconds = 2;
-    TestBroker::start(config, dir).await.unwrap()
+    TestBroker::with_fake(fake, database_url, |config| {
+        config.tokens.breaker_cooldown_seconds = 2;
+    })
+    .await
 }
 
 /// Imports a grant issued by `fake` whose access token expires `expires_in_secs` after `now_secs`.
@@ -42,11 +38,19 @@ async fn import(
     client
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id
+}
+
+/// GetCredential of `id`, as Alice.
+async fn get(client: &mut CredentialServiceClient<Channel>, id: &str) -> pb::Credential {
+    let request = pb::GetCredentialRequest {
+        credential_id: id.to_owned(),
+    };
+    client
+        .get_credential(as_actor(request, ALICE.0, ALICE.1))
+        .await
+        .credential()
 }
 
 fn t0_secs() -> i64 {
@@ -217,19 +221,7 @@ async fn invalid_grant_needs_reconnect_and_fails_fast() {
         calls,
         "no provider call once the grant is known dead"
     );
-    let c = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let c = get(&mut client, &id).await;
     assert_eq!(c.status, pb::CredentialStatus::NeedsReconnect as i32);
     assert!(
         c.status_reason.contains("invalid_grant"),
@@ -323,19 +315,7 @@ async fn transient_failures_retry_then_serve_the_still_valid_token_or_report_una
         "bounded retries, got {attempts}"
     );
     // Still ACTIVE: a transient failure does not need a reconnect.
-    let c = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id4.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let c = get(&mut client, &id4).await;
     assert_eq!(c.status, pb::CredentialStatus::Active as i32);
     // The provider recovers: the next call succeeds once the circuit lets calls through, after
     // its cooldown (2 s here) on the broker's clock.
@@ -381,19 +361,7 @@ async fn refresh_ahead_refreshes_due_credentials_and_leaves_non_expiring_ones_al
     let refreshed = b.refresh_due().await;
     assert_eq!(refreshed, 1, "only the credential inside the window");
     assert_eq!(fake.refresh_calls(), 1);
-    let c = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: soon,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let c = get(&mut client, &soon).await;
     assert!(c.last_refresh_time.is_some());
     // A day later the second one is due; the token without expiry never is.
     b.clock.advance(Duration::from_secs(86_400));
@@ -402,19 +370,7 @@ async fn refresh_ahead_refreshes_due_credentials_and_leaves_non_expiring_ones_al
         2,
         "the refreshed one again (1h tokens) and the day-long one"
     );
-    let c = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: later,
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let c = get(&mut client, &later).await;
     assert!(c.last_refresh_time.is_some());
     assert_eq!(fake.refresh_calls(), 3);
 }
@@ -431,19 +387,7 @@ async fn disconnect_stops_issuance_immediately_and_usage_is_recorded() {
         .await
         .unwrap();
     let mut client = b2.credentials().await;
-    let c = client
-        .get_credential(as_actor(
-            pb::GetCredentialRequest {
-                credential_id: id.clone(),
-            },
-            ALICE.0,
-            ALICE.1,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap();
+    let c = get(&mut client, &id).await;
     assert!(c.last_used_time.is_some());
     assert_eq!(
         c.recent_workflows
@@ -479,9 +423,7 @@ async fn disconnect_on_one_replica_is_seen_by_another_within_two_seconds() {
     let fake = FakeProvider::start(rotating()).await;
     let a = broker_on(&fake, Some(&db.url)).await;
     // Replica B shares the database and the key file.
-    let mut config_b = a.config.clone();
-    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let b = a.replica().await;
     let mut ca = a.credentials().await;
     let mut cb = b.credentials().await;
     let id = import(&mut ca, &fake, "acct-1", t0_secs() + 3600).await;
@@ -532,6 +474,24 @@ async fn three_processes_refresh_short_lived_tokens_exactly_once() {
     .await;
 }
 
+/// Starts `replica-{i}` as its own process on the database at `db_url`, with `fake` as provider
+/// `fake` and no background refresh scan, `tune` applied and `extra` TOML appended.
+async fn replica_process(
+    dir: &tempfile::TempDir,
+    db_url: &str,
+    fake: &FakeProvider,
+    i: usize,
+    extra: &str,
+    tune: impl FnOnce(&mut Config),
+) -> BrokerProcess {
+    let mut config = TestBroker::config(dir, db_url.to_owned());
+    config.tokens.refresh_scan_interval_seconds = 0;
+    tune(&mut config);
+    with_fake_provider(&mut config, fake, "fake", &[]);
+    let toml = config_toml(&config, db_url) + &provider_toml(fake) + extra;
+    BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await
+}
+
 async fn storm(name: &str, provider: FakeConfig) {
     let Some(db) = pg::fresh_database(name).await else {
         return;
@@ -541,13 +501,8 @@ async fn storm(name: &str, provider: FakeConfig) {
     let mut replicas = Vec::new();
     let mut metrics = Vec::new();
     for i in 0..3 {
-        let mut config = TestBroker::config(&dir, db.url.clone());
-        config.tokens.refresh_scan_interval_seconds = 0;
-        with_fake_provider(&mut config, &fake, "fake", &[]);
-        let toml = config_toml(&config, &db.url)
-            + &provider_toml(&fake)
-            + "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n";
-        let replica = BrokerProcess::spawn(dir.path(), &format!("replica-{i}"), &toml).await;
+        let metrics_on = "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n";
+        let replica = replica_process(&dir, &db.url, &fake, i, metrics_on, |_| {}).await;
         metrics.push(replica.metrics_addr());
         replicas.push(replica);
     }
@@ -617,21 +572,14 @@ async fn a_killed_leader_delays_others_by_at_most_the_lease() {
     let fake = FakeProvider::start(rotating()).await;
     let dir = tempfile::tempdir().unwrap();
     let spawn = |i: usize| {
-        let mut config = TestBroker::config(&dir, db.url.clone());
-        config.tokens.refresh_scan_interval_seconds = 0;
-        config.tokens.lease_seconds = 4;
-        config.tokens.provider_attempts = 1;
-        config.oauth.http_timeout_seconds = 3;
-        with_fake_provider(&mut config, &fake, "fake", &[]);
-        (
-            config_toml(&config, &db.url) + &provider_toml(&fake),
-            format!("replica-{i}"),
-        )
+        replica_process(&dir, &db.url, &fake, i, "", |config| {
+            config.tokens.lease_seconds = 4;
+            config.tokens.provider_attempts = 1;
+            config.oauth.http_timeout_seconds = 3;
+        })
     };
-    let (toml_a, name_a) = spawn(0);
-    let (toml_b, name_b) = spawn(1);
-    let mut a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a).await;
-    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b).await;
+    let mut a = spawn(0).await;
+    let b = spawn(1).await;
     let mut ca = CredentialServiceClient::new(a.channel().await);
     let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await;
 
@@ -709,30 +657,20 @@ async fn a_leader_killed_after_the_provider_answered_is_replaced_within_seconds(
     let fake = FakeProvider::start(rotating()).await;
     let dir = tempfile::tempdir().unwrap();
     let spawn = |i: usize| {
-        let mut config = TestBroker::config(&dir, db.url.clone());
-        config.tokens.refresh_scan_interval_seconds = 0;
-        config.tokens.lease_seconds = 5;
-        config.oauth.http_timeout_seconds = 3;
-        with_fake_provider(&mut config, &fake, "fake", &[]);
-        (
-            config_toml(&config, &db.url) + &provider_toml(&fake),
-            format!("replica-{i}"),
-        )
+        replica_process(&dir, &db.url, &fake, i, "", |config| {
+            config.tokens.lease_seconds = 5;
+            config.oauth.http_timeout_seconds = 3;
+        })
     };
-    let (toml_a, name_a) = spawn(0);
-    let (toml_b, name_b) = spawn(1);
-    let a = BrokerProcess::spawn(dir.path(), &name_a, &toml_a).await;
-    let b = BrokerProcess::spawn(dir.path(), &name_b, &toml_b).await;
+    let a = spawn(0).await;
+    let b = spawn(1).await;
     let mut ca = CredentialServiceClient::new(a.channel().await);
     let id = import(&mut ca, &fake, "acct-1", 1_000_000_000).await; // long expired
     let (req, other_access, _) = fake_grant_import(&fake, "acct-2", 4_000_000_000);
     let other = ca
         .import_credential(as_actor(req, ALICE.0, ALICE.1))
         .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
+        .credential()
         .credential_id;
 
     let pid = a.pid().to_string();
@@ -862,9 +800,7 @@ async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
     let fake = FakeProvider::start(rotating()).await;
     let a = broker_on(&fake, Some(&db.url)).await;
     // Replica B shares the database and the key file; its clock runs 30 s ahead.
-    let mut config_b = a.config.clone();
-    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let b = a.replica().await;
     b.clock.advance(Duration::from_secs(30));
     let mut ca = a.credentials().await;
     let mut cb = b.credentials().await;
@@ -1055,9 +991,7 @@ async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
     };
     let fake = FakeProvider::start(rotating()).await;
     let a = broker_on(&fake, Some(&db.url)).await;
-    let mut config_b = a.config.clone();
-    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let b = a.replica().await;
     let mut ca = a.credentials().await;
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -1087,9 +1021,7 @@ async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
 async fn a_refresh_nobody_waits_for_is_abandoned_before_the_provider_call() {
     let fake = FakeProvider::start(rotating()).await;
     let a = broker_on(&fake, None).await;
-    let mut config_b = a.config.clone();
-    config_b.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
+    let b = a.replica().await;
     let mut ca = a.credentials().await;
     let mut cb = b.credentials().await;
     let id = import(&mut ca, &fake, "acct-1", t0_secs() - 10).await;

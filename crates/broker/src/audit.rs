@@ -5,13 +5,12 @@ use crate::clock::Clock;
 use crate::clock::Timestamp;
 use crate::error::BrokerError;
 use crate::error::reason;
+use crate::sharded::ShardedMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_store::{AuditQuery, AuditRow, NewAuditEvent, Store};
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Every action an audit event can name (docs/api.md, section Audit, lists each; a test keeps
@@ -42,6 +41,15 @@ pub const ACTIONS: &[&str] = &[
 /// How an audited action ended: `ok` or the error's stable reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome(pub String);
+
+/// How [`Audit::recorded`] writes an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Before the call answers (writes).
+    Inline,
+    /// Through the buffer (reads, issued tokens): the call never waits for a database write.
+    Buffered,
+}
 
 impl Outcome {
     /// The outcome of a result.
@@ -115,8 +123,6 @@ const FLUSH_SOON: usize = 20_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// At most one log line per this interval about merged or dropped events.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Shards of the pending map: concurrent recorders rarely wait for each other.
-const SHARDS: usize = 64;
 
 /// Counters of the buffered writer, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,11 +146,10 @@ pub struct AuditStats {
 }
 
 /// The buffer of [`Audit::record_later`]: a sharded map, so the hot path takes one lock out of
-/// [`SHARDS`] chosen by the event's hash instead of one process-wide lock.
+/// many, chosen by the event's hash, instead of one process-wide lock.
 struct Pending {
     limits: AuditLimits,
-    shards: Box<[Mutex<HashMap<Key, Tally>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    map: ShardedMap<Key, Tally>,
     distinct: AtomicUsize,
     wake: tokio::sync::Notify,
     recorded: AtomicU64,
@@ -169,8 +174,7 @@ impl Pending {
     fn new(limits: AuditLimits) -> Self {
         Self {
             limits,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            map: ShardedMap::default(),
             distinct: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
             recorded: AtomicU64::new(0),
@@ -185,20 +189,11 @@ impl Pending {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Pending {
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Tally>> {
-        let n = usize::try_from(self.hasher.hash_one(key)).unwrap_or_default();
-        &self.shards[n % self.shards.len()]
-    }
-
     /// Counts `key` at `at` if it is pending or fewer than `limit` distinct events are;
     /// gives the key back (`Some`) otherwise.
     fn add(&self, key: Key, at: i64, limit: usize) -> Option<Key> {
-        let mut shard = lock(self.shard(&key));
+        let mut shard = self.map.shard(&key);
         if let Some(t) = shard.get_mut(&key) {
             t.count += 1;
             t.first = t.first.min(at);
@@ -227,12 +222,8 @@ impl Pending {
 
     /// Empties every shard.
     fn take(&self) -> Vec<(Key, Tally)> {
-        let mut all = Vec::new();
-        for shard in &self.shards {
-            let taken = std::mem::take(&mut *lock(shard));
-            self.distinct.fetch_sub(taken.len(), Ordering::Relaxed);
-            all.extend(taken);
-        }
+        let all = self.map.take();
+        self.distinct.fetch_sub(all.len(), Ordering::Relaxed);
         all
     }
 }
@@ -360,6 +351,28 @@ impl Audit {
         p.wake.notify_one();
     }
 
+    /// Records how `result` of `action` ended (its outcome, with `detail`) as `write` says,
+    /// then returns it: the tail of every audited call.
+    pub async fn recorded<T>(
+        &self,
+        write: Write,
+        caller: &Caller,
+        action: &str,
+        credential_id: Option<&str>,
+        result: Result<T, BrokerError>,
+        detail: Option<String>,
+    ) -> Result<T, BrokerError> {
+        let outcome = Outcome::of(&result);
+        match write {
+            Write::Inline => {
+                self.record(caller, action, credential_id, outcome, detail)
+                    .await;
+            }
+            Write::Buffered => self.record_later(caller, action, credential_id, outcome, detail),
+        }
+        result
+    }
+
     /// Records one event. A failed write is logged, not returned: the action already happened.
     pub async fn record(
         &self,
@@ -410,14 +423,15 @@ impl Audit {
         let credential_id = f.credential_id.clone();
         let result = self.list_inner(caller, f).await;
         // Reading the log is itself audited, through the buffer like every read.
-        self.record_later(
+        self.recorded(
+            Write::Buffered,
             caller,
             "audit.list",
             credential_id.as_deref(),
-            Outcome::of(&result),
+            result,
             None,
-        );
-        result
+        )
+        .await
     }
 
     async fn list_inner(
@@ -630,6 +644,19 @@ mod tests {
         }
     }
 
+    /// A migrated store on a fresh SQLite file (`pool` connections) and a runtime to drive it.
+    fn sqlite_store(pool: u32) -> (tempfile::TempDir, tokio::runtime::Runtime, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = rt.block_on(async {
+            let store = cb_store::open(&url, pool).await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        });
+        (dir, rt, store)
+    }
+
     /// A store on a fresh SQLite file and an `Audit` made outside the runtime: without the
     /// background writer, the test decides when the one flush happens.
     fn kit(
@@ -640,14 +667,7 @@ mod tests {
         Arc<dyn Store>,
         Audit,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let store = rt.block_on(async {
-            let store = cb_store::open(&url, 2).await.unwrap();
-            store.migrate().await.unwrap();
-            store
-        });
+        let (dir, rt, store) = sqlite_store(2);
         let clock = crate::clock::ManualClock::new(Timestamp::from_millis(1_767_225_600_000));
         let audit = Audit::with_limits(store.clone(), Arc::new(clock), limits);
         (dir, rt, store, audit)
@@ -776,16 +796,11 @@ mod tests {
     /// `rate` events/s (`None`: as fast as they go), with the background writer running as in
     /// production; prints what was recorded, written, merged and dropped.
     fn drive(rate: Option<u64>, secs: u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-        let (store, audit) = rt.block_on(async {
-            let store = cb_store::open(&url, 5).await.unwrap();
-            store.migrate().await.unwrap();
+        let (dir, rt, store) = sqlite_store(5);
+        let audit = rt.block_on(async {
             let clock = crate::clock::ManualClock::new(Timestamp::from_millis(0));
             // Made inside the runtime: the periodic writer runs.
-            let audit = Audit::new(store.clone(), Arc::new(clock));
-            (store, audit)
+            Audit::new(store.clone(), Arc::new(clock))
         });
         const THREADS: u64 = 2;
         const BATCH: u64 = 500;

@@ -4,7 +4,7 @@
 //! before every check has passed, so a failure never leaves a half-created credential.
 
 use crate::access::{Caller, Role};
-use crate::audit::{Audit, Outcome};
+use crate::audit::{Audit, Write};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
@@ -412,14 +412,16 @@ impl ConnectService {
         }
         .await;
         // Through the buffer: starting a flow writes only its session, never an audit row inline.
-        self.audit.record_later(
-            caller,
-            "connect.start",
-            None,
-            Outcome::of(&result),
-            Some(format!("provider={}", req.provider_id)),
-        );
-        result
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "connect.start",
+                None,
+                result,
+                Some(format!("provider={}", req.provider_id)),
+            )
+            .await
     }
 
     /// Starts re-authorizing an existing credential. Admin only.
@@ -461,14 +463,16 @@ impl ConnectService {
             .await
         }
         .await;
-        self.audit.record_later(
-            caller,
-            "connect.reconnect_start",
-            Some(req.id.as_str()),
-            Outcome::of(&result),
-            None,
-        );
-        result
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "connect.reconnect_start",
+                Some(req.id.as_str()),
+                result,
+                None,
+            )
+            .await
     }
 
     /// Finishes a connect or reconnect.
@@ -487,15 +491,15 @@ impl ConnectService {
             Err(_) => ("credential.connect", trail.credential_id.clone()),
         };
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 action,
                 id.as_deref(),
-                Outcome::of(&result),
+                result,
                 trail.detail(),
             )
-            .await;
-        result
+            .await
     }
 
     async fn complete_inner(

@@ -18,6 +18,7 @@ mod revocation;
 pub mod rotation;
 pub mod sealing;
 pub mod service;
+mod sharded;
 pub mod tokens;
 pub mod types;
 pub mod webhooks;

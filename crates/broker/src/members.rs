@@ -2,7 +2,7 @@
 //! by the store in one transaction, so two admins demoting each other cannot both succeed).
 
 use crate::access::{Caller, Role};
-use crate::audit::{Audit, Outcome};
+use crate::audit::{Audit, Write};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::Credential;
 use crate::error::{BrokerError, reason};
@@ -184,14 +184,27 @@ impl MembershipService {
         }
         .await;
         // Reads are audited through the buffer: a read never waits for a database write.
-        self.audit.record_later(
-            caller,
-            "member.list",
-            Some(id.as_str()),
-            Outcome::of(&result),
-            None,
-        );
-        result
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "member.list",
+                Some(id.as_str()),
+                result,
+                None,
+            )
+            .await
+    }
+
+    /// The stored membership of `email` in `id`; `missing` when there is none.
+    async fn stored(
+        &self,
+        id: &CredentialId,
+        email: &str,
+        missing: fn() -> BrokerError,
+    ) -> Result<Member, BrokerError> {
+        let row = self.store.get_member(id.as_str(), email).await?;
+        Member::from_row(row.ok_or_else(missing)?)
     }
 
     /// Invites `email` with `role`. Admin only. An existing member → ALREADY_EXISTS.
@@ -237,15 +250,15 @@ impl MembershipService {
         .await;
         let detail = format!("email={email} role={}", role.as_str());
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.add",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 
     /// The actor accepts an invitation addressed to their verified email.
@@ -254,12 +267,9 @@ impl MembershipService {
             let actor = require_actor(caller)?;
             // Invitees cannot see the credential yet: an unknown invitation is NOT_FOUND, the
             // same answer as an unknown credential.
-            let row = self
-                .store
-                .get_member(id.as_str(), actor.email.as_str())
-                .await?
-                .ok_or_else(BrokerError::credential_not_found)?;
-            let m = Member::from_row(row)?;
+            let m = self
+                .stored(id, actor.email.as_str(), BrokerError::credential_not_found)
+                .await?;
             if m.state == MemberState::Invited {
                 let change = MemberChange::Accept {
                     credential_id: id.to_string(),
@@ -278,12 +288,9 @@ impl MembershipService {
                 }
             }
             // What is stored now: a concurrent role change or accept is reported as it is.
-            let row = self
-                .store
-                .get_member(id.as_str(), actor.email.as_str())
-                .await?
-                .ok_or_else(BrokerError::credential_not_found)?;
-            let m = Member::from_row(row)?;
+            let m = self
+                .stored(id, actor.email.as_str(), BrokerError::credential_not_found)
+                .await?;
             let mine = m.state == MemberState::Active
                 && m.user_id
                     .as_deref()
@@ -296,15 +303,15 @@ impl MembershipService {
         }
         .await;
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.accept",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 None,
             )
-            .await;
-        result
+            .await
     }
 
     /// Changes a member's role. Admin only; demoting the last active Admin → LAST_ADMIN.
@@ -327,25 +334,20 @@ impl MembershipService {
             let detail = format!("email={email} role={}", role.as_str());
             self.apply(caller, change, EventKind::MemberRoleChanged, detail)
                 .await?;
-            let row = self
-                .store
-                .get_member(id.as_str(), email.as_str())
-                .await?
-                .ok_or_else(member_not_found)?;
-            Member::from_row(row)
+            self.stored(id, email.as_str(), member_not_found).await
         }
         .await;
         let detail = format!("email={email} role={}", role.as_str());
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.update_role",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 
     /// Removes a member; any member may remove themselves (leave). Removing the last active
@@ -374,14 +376,14 @@ impl MembershipService {
         .await;
         let detail = format!("email={email}");
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "member.remove",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 }

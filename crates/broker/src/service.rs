@@ -2,7 +2,7 @@
 //! in the domain, so every transport gets the same rules.
 
 use crate::access::{Caller, Role};
-use crate::audit::{Audit, Outcome};
+use crate::audit::{Audit, Write};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status, StatusKind};
 use crate::error::{BrokerError, reason};
@@ -200,15 +200,15 @@ impl CredentialService {
         let result = self.import_inner(caller, req).await;
         let id = result.as_ref().ok().map(|v| v.credential.id.to_string());
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "credential.import",
                 id.as_deref(),
-                Outcome::of(&result),
+                result,
                 None,
             )
-            .await;
-        result
+            .await
     }
 
     async fn import_inner(
@@ -299,14 +299,17 @@ impl CredentialService {
     ) -> Result<CredentialView, BrokerError> {
         let result = self.policy.load_visible(caller, id).await;
         // Reads are audited through the buffer: a read never waits for a database write.
-        self.audit.record_later(
-            caller,
-            "credential.get",
-            Some(id.as_str()),
-            Outcome::of(&result),
-            None,
-        );
-        let (c, role) = result?;
+        let (c, role) = self
+            .audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "credential.get",
+                Some(id.as_str()),
+                result,
+                None,
+            )
+            .await?;
         Ok(CredentialView {
             credential: c,
             caller_role: role,
@@ -321,14 +324,16 @@ impl CredentialService {
     ) -> Result<CredentialPage, BrokerError> {
         let detail = format!("workspace={}", q.workspace_id);
         let result = self.list_inner(caller, q).await;
-        self.audit.record_later(
-            caller,
-            "credential.list",
-            None,
-            Outcome::of(&result),
-            Some(detail),
-        );
-        result
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "credential.list",
+                None,
+                result,
+                Some(detail),
+            )
+            .await
     }
 
     async fn list_inner(
@@ -422,15 +427,15 @@ impl CredentialService {
         }
         let detail = format!("fields={}", fields.join(","));
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "credential.update",
                 Some(req.id.as_str()),
-                Outcome::of(&result),
+                result,
                 Some(detail),
             )
-            .await;
-        result
+            .await
     }
 
     async fn update_inner(
@@ -479,15 +484,15 @@ impl CredentialService {
     ) -> Result<(CredentialView, Revocation), BrokerError> {
         let result = self.disconnect_inner(caller, id).await;
         self.audit
-            .record(
+            .recorded(
+                Write::Inline,
                 caller,
                 "credential.disconnect",
                 Some(id.as_str()),
-                Outcome::of(&result),
+                result,
                 None,
             )
-            .await;
-        result
+            .await
     }
 
     async fn disconnect_inner(

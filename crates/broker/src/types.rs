@@ -165,26 +165,32 @@ impl Email {
     }
 }
 
+/// `raw` trimmed, at most `max` characters, without control characters other than `allowed`.
+fn free_text(field: &str, raw: &str, max: usize, allowed: Option<char>) -> Parsed<String> {
+    let s = raw.trim();
+    if s.chars().count() > max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if s.chars().any(|c| c.is_control() && Some(c) != allowed) {
+        let description = match allowed {
+            None => "must not contain control characters",
+            Some(_) => "must not contain control characters other than newlines",
+        };
+        return Err(FieldViolation::new(field, description));
+    }
+    Ok(s.to_owned())
+}
+
 impl DisplayName {
     /// Parses a display name (surrounding white space is trimmed).
     pub fn parse(field: &str, raw: &str) -> Parsed<Self> {
-        let s = raw.trim();
-        if s.is_empty() {
+        if raw.trim().is_empty() {
             return Err(FieldViolation::new(field, "must not be empty"));
         }
-        if s.chars().count() > DISPLAY_NAME_MAX {
-            return Err(FieldViolation::new(
-                field,
-                format!("must be at most {DISPLAY_NAME_MAX} characters"),
-            ));
-        }
-        if s.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        free_text(field, raw, DISPLAY_NAME_MAX, None).map(Self)
     }
     /// Wraps a name read back from storage.
     pub fn from_stored(s: String) -> Self {
@@ -195,20 +201,7 @@ impl DisplayName {
 impl Description {
     /// Parses a description (surrounding white space is trimmed; may be empty).
     pub fn parse(field: &str, raw: &str) -> Parsed<Self> {
-        let s = raw.trim();
-        if s.chars().count() > DESCRIPTION_MAX {
-            return Err(FieldViolation::new(
-                field,
-                format!("must be at most {DESCRIPTION_MAX} characters"),
-            ));
-        }
-        if s.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(FieldViolation::new(
-                field,
-                "must not contain control characters other than newlines",
-            ));
-        }
-        Ok(Self(s.to_owned()))
+        free_text(field, raw, DESCRIPTION_MAX, Some('\n')).map(Self)
     }
     /// Wraps a description read back from storage.
     pub fn from_stored(s: String) -> Self {

@@ -202,12 +202,17 @@ mod tests {
         assert!(cache.get(&wrapped(1), &ctx, now).is_some());
     }
 
+    /// A cache of `max_entries` keys, each kept for a minute.
+    fn minute_cache(max_entries: usize) -> DekCache {
+        DekCache::new(DekCacheConfig {
+            max_entries,
+            max_age: Duration::from_secs(60),
+        })
+    }
+
     #[test]
     fn entries_expire_after_max_age() {
-        let cache = DekCache::new(DekCacheConfig {
-            max_entries: 10,
-            max_age: Duration::from_secs(60),
-        });
+        let cache = minute_cache(10);
         let ctx = EncryptionContext::new();
         let t0 = Instant::now();
         cache.insert(&wrapped(1), &ctx, &DataKey::generate().unwrap(), t0);
@@ -225,10 +230,7 @@ mod tests {
 
     #[test]
     fn zero_entries_disables_caching() {
-        let cache = DekCache::new(DekCacheConfig {
-            max_entries: 0,
-            max_age: Duration::from_secs(60),
-        });
+        let cache = minute_cache(0);
         let ctx = EncryptionContext::new();
         let now = Instant::now();
         cache.insert(&wrapped(1), &ctx, &DataKey::generate().unwrap(), now);

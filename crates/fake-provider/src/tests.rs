@@ -18,6 +18,12 @@ fn no_redirects() -> reqwest::Client {
         .unwrap()
 }
 
+/// The JSON page `/authorize` answers with for a redirect URI that returns one (the callback).
+async fn authorize_page(fake: &FakeProvider, redirect_uri: &str) -> Value {
+    let response = authorize(&reqwest::Client::new(), fake, redirect_uri).await;
+    response.json().await.unwrap()
+}
+
 /// `/authorize` with PKCE (`VERIFIER`) for `redirect_uri`: a redirect when approved.
 async fn authorize(
     client: &reqwest::Client,
@@ -167,11 +173,7 @@ async fn dev_style_random_tokens_basic_only_and_the_callback_page() {
     fake.configure(|c| c.redirect_uris = vec![callback.clone()]);
 
     // Following the redirect lands on /callback, which echoes what CompleteConnect needs.
-    let page: Value = authorize(&reqwest::Client::new(), &fake, &callback)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = authorize_page(&fake, &callback).await;
     assert_eq!(page["state"], "st-1");
     assert_eq!(page["error"], Value::Null);
     let code = field(&page, "code");
@@ -227,11 +229,7 @@ async fn a_declared_issuer_goes_into_every_authorization_response() {
     // Without an issuer: no `iss`, and /callback's body has no `iss` key.
     let q = query(authorize(&no_redirects(), &fake, REDIRECT).await);
     assert!(q.contains_key("code") && !q.contains_key("iss"), "{q:?}");
-    let page: Value = authorize(&reqwest::Client::new(), &fake, &callback)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = authorize_page(&fake, &callback).await;
     assert!(page.get("iss").is_none(), "{page}");
 
     fake.configure(|c| c.issuer = Some("https://issuer.test".into()));
@@ -240,11 +238,7 @@ async fn a_declared_issuer_goes_into_every_authorization_response() {
         q.get("iss").map(String::as_str),
         Some("https://issuer.test")
     );
-    let page: Value = authorize(&reqwest::Client::new(), &fake, &callback)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = authorize_page(&fake, &callback).await;
     assert_eq!(page["iss"], "https://issuer.test");
     // Error responses carry it too.
     fake.configure(|c| c.deny = true);

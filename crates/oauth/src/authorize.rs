@@ -114,7 +114,7 @@ fn join_scopes(spec: &ProviderSpec, scopes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::spec;
+    use crate::test_support::{github, spec};
     use secrecy::SecretString;
 
     fn client() -> ClientCredentials {
@@ -219,14 +219,9 @@ mod tests {
             Pkce::Supported,
             &[],
         );
-        s.extra_authorize_params = [
-            ("access_type", "offline"),
-            ("prompt", "consent"),
-            ("include_granted_scopes", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+        // Google's parameters as the built-in catalog declares them.
+        let catalog = crate::catalog::Catalog::builtin().unwrap();
+        s.extra_authorize_params = catalog.get("gmail").unwrap().extra_authorize_params.clone();
         let url = build(&s, &["openid", "email"], Some("c"));
         assert_eq!(get(&url, "access_type").as_deref(), Some("offline"));
         assert_eq!(get(&url, "prompt").as_deref(), Some("consent"));
@@ -272,11 +267,7 @@ mod tests {
 
     #[test]
     fn comma_separated_scopes() {
-        let s = spec(
-            "https://github.com/login/oauth/authorize",
-            Pkce::None,
-            &[Quirk::CommaSeparatedScopes],
-        );
+        let s = github(&[Quirk::CommaSeparatedScopes]);
         let url = build(&s, &["repo", "read:user"], None);
         assert_eq!(get(&url, "scope").as_deref(), Some("repo,read:user"));
     }

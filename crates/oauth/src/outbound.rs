@@ -535,45 +535,30 @@ mod tests {
             ..policy(true, false)
         })
         .expect("client");
-        let redirect = serve_once(
-            "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n",
-        )
-        .await;
-        let err = client
-            .send(
-                client
-                    .inner()
-                    .get(format!("http://127.0.0.1:{}/", redirect.port())),
-            )
-            .await
-            .expect_err("redirect");
-        assert_eq!(err, OutboundError::Redirect(302));
-        assert!(err.is_refusal());
-
-        let big = serve_once(
-            "HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123",
-        )
-        .await;
-        let err = client
-            .send(
-                client
-                    .inner()
-                    .get(format!("http://localhost:{}/", big.port())),
-            )
-            .await
-            .expect_err("too large");
-        assert_eq!(err, OutboundError::TooLarge(16));
-
-        let small = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let ok = client
-            .send(
-                client
-                    .inner()
-                    .get(format!("http://127.0.0.1:{}/", small.port())),
-            )
-            .await
-            .expect("ok");
-        assert_eq!(ok.status, StatusCode::OK);
-        assert_eq!(ok.body, b"ok");
+        let cases = [
+            (
+                "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n",
+                "127.0.0.1",
+                Err(OutboundError::Redirect(302)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123",
+                "localhost",
+                Err(OutboundError::TooLarge(16)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                "127.0.0.1",
+                Ok(b"ok".to_vec()),
+            ),
+        ];
+        for (response, host, expected) in cases {
+            let server = serve_once(response).await;
+            let url = format!("http://{host}:{}/", server.port());
+            let got = client.send(client.inner().get(url)).await;
+            assert_eq!(got.map(|r| r.body), expected, "{response:?}");
+        }
+        assert!(OutboundError::Redirect(302).is_refusal());
+        assert!(!OutboundError::TooLarge(16).is_refusal());
     }
 }

@@ -34,3 +34,12 @@ pub(crate) fn spec(authorize_url: &str, pkce: Pkce, quirks: &[Quirk]) -> Provide
         post_connect: None,
     }
 }
+
+/// A GitHub-like spec (its authorize URL, no PKCE) with `quirks`.
+pub(crate) fn github(quirks: &[Quirk]) -> ProviderSpec {
+    spec(
+        "https://github.com/login/oauth/authorize",
+        Pkce::None,
+        quirks,
+    )
+}

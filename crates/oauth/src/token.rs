@@ -357,7 +357,7 @@ fn strip_secret_keys(value: Value) -> Value {
 mod tests {
     use super::*;
     use crate::catalog::Pkce;
-    use crate::test_support::spec;
+    use crate::test_support::{github, spec};
     use secrecy::ExposeSecret;
     use serde_json::json;
 
@@ -497,11 +497,7 @@ mod tests {
         let t = parse(&slack_like, json!({"access_token": "xoxp-1"})).unwrap();
         assert_eq!(t.access_token_lifetime, None);
         // Tokens the catalog says never expire stay so even with a refresh token.
-        let github = spec(
-            "https://github.com/login/oauth/authorize",
-            Pkce::None,
-            &[Quirk::NonExpiringTokens],
-        );
+        let github = github(&[Quirk::NonExpiringTokens]);
         let t = parse(
             &github,
             json!({"access_token": "gho_1", "refresh_token": "r"}),
@@ -547,11 +543,7 @@ mod tests {
 
     #[test]
     fn errors_with_http_200_are_classified() {
-        let gh = spec(
-            "https://github.com/login/oauth/authorize",
-            Pkce::None,
-            &[Quirk::GithubJsonAccept],
-        );
+        let gh = github(&[Quirk::GithubJsonAccept]);
         let e = parse(
             &gh,
             json!({"error": "bad_verification_code",

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sqlx::query::{Query, QueryAs, QueryScalar};
 use sqlx::query_builder::Separated;
 use sqlx::{Encode, Executor, FromRow, IntoArguments, Pool, QueryBuilder, Transaction, Type};
 use tokio::sync::broadcast;
@@ -109,6 +110,14 @@ impl<DB: Backend> SqlStore<DB> {
     }
 }
 
+/// What a conditional credential write that matched no row means.
+enum Unmatched {
+    /// The row is missing or its version is no longer the expected one.
+    StaleVersion(i64),
+    /// The refresh lease is no longer held with this fence.
+    LeaseLost,
+}
+
 fn map<DB: Backend>(e: sqlx::Error) -> StoreError {
     DB::DIALECT.map(e)
 }
@@ -130,6 +139,74 @@ where
     for<'t> i64: Encode<'t, DB> + Type<DB>,
     for<'t> (i64,): FromRow<'t, DB::Row>,
 {
+    /// The row `select` finds on the pool, if any.
+    async fn optional<O>(
+        &self,
+        select: QueryAs<'_, DB, O, DB::Arguments>,
+    ) -> Result<Option<O>, StoreError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, DB::Row>,
+    {
+        select.fetch_optional(&self.pool).await.map_err(map::<DB>)
+    }
+
+    /// Every row `select` finds on the pool.
+    async fn all<O>(&self, select: QueryAs<'_, DB, O, DB::Arguments>) -> Result<Vec<O>, StoreError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, DB::Row>,
+    {
+        select.fetch_all(&self.pool).await.map_err(map::<DB>)
+    }
+
+    /// The single column of every row `select` finds on the pool.
+    async fn column<O>(
+        &self,
+        select: QueryScalar<'_, DB, O, DB::Arguments>,
+    ) -> Result<Vec<O>, StoreError>
+    where
+        O: Send + Unpin,
+        (O,): for<'r> FromRow<'r, DB::Row>,
+    {
+        select.fetch_all(&self.pool).await.map_err(map::<DB>)
+    }
+
+    /// The credential `select` (or `UPDATE ... RETURNING`) finds on the pool, if any.
+    async fn credential(
+        &self,
+        select: QueryAs<'_, DB, CredentialRecord, DB::Arguments>,
+    ) -> Result<Option<CredentialRow>, StoreError>
+    where
+        for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    {
+        self.optional(select)
+            .await?
+            .map(CredentialRow::try_from)
+            .transpose()
+    }
+
+    /// Every credential `select` (or `UPDATE ... RETURNING`) finds on the pool.
+    async fn credentials(
+        &self,
+        select: QueryAs<'_, DB, CredentialRecord, DB::Arguments>,
+    ) -> Result<Vec<CredentialRow>, StoreError>
+    where
+        for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    {
+        let records = self.all(select).await?;
+        records.into_iter().map(CredentialRow::try_from).collect()
+    }
+
+    /// Runs `statement` on the pool; how many rows it changed.
+    async fn execute(&self, statement: Query<'_, DB, DB::Arguments>) -> Result<u64, StoreError> {
+        let done = statement.execute(&self.pool).await.map_err(map::<DB>)?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    /// Runs `statement` on the pool; whether it changed any row.
+    async fn changed(&self, statement: Query<'_, DB, DB::Arguments>) -> Result<bool, StoreError> {
+        Ok(self.execute(statement).await? > 0)
+    }
+
     /// Opens a write transaction (SQLite: takes the database write lock up front).
     async fn begin_write(&self) -> Result<Transaction<'static, DB>, StoreError> {
         match DB::BEGIN_WRITE {
@@ -198,6 +275,45 @@ where
                 .map_err(map::<DB>)?;
         }
         Ok(())
+    }
+
+    /// Runs a conditional credential `UPDATE ... RETURNING` in a write transaction: commits
+    /// (announcing the change) when it matched, else rolls back and answers what `unmatched`
+    /// says.
+    async fn write_credential(
+        &self,
+        id: &str,
+        update: QueryAs<'_, DB, CredentialRecord, DB::Arguments>,
+        unmatched: Unmatched,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError>
+    where
+        for<'t> CredentialRecord: FromRow<'t, DB::Row>,
+    {
+        let mut tx = self.begin_write().await?;
+        let updated = update.fetch_optional(&mut *tx).await.map_err(map::<DB>)?;
+        if let Some(record) = updated {
+            self.commit_announcing(tx, id, events).await?;
+            return CredentialRow::try_from(record);
+        }
+        let error = match unmatched {
+            Unmatched::LeaseLost => StoreError::LeaseLost,
+            Unmatched::StaleVersion(expected) => {
+                // Tell a missing row from a stale version. Credentials are never deleted, so an
+                // existing row here means the version moved on.
+                let exists = sqlx::query(sql::CREDENTIAL_EXISTS)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map::<DB>)?;
+                match exists {
+                    Some(_) => StoreError::VersionConflict { expected },
+                    None => StoreError::NotFound,
+                }
+            }
+        };
+        tx.rollback().await.map_err(map::<DB>)?;
+        Err(error)
     }
 
     /// Inserts `members` in as few statements as the bind limits allow.
@@ -332,59 +448,23 @@ where
         select
             .push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(limit));
-        select
-            .build_query_as::<CredentialRecord>()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map::<DB>)?
-            .into_iter()
-            .map(CredentialRow::try_from)
-            .collect()
-    }
-
-    /// Finishes a `SELECT` with `order_limit` (`" ORDER BY … LIMIT "`) and `limit`, and reads it.
-    async fn fetch_page<T>(
-        &self,
-        mut select: QueryBuilder<DB>,
-        order_limit: &'static str,
-        limit: u32,
-    ) -> Result<Vec<T>, StoreError>
-    where
-        T: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
-    {
-        select.push(order_limit).push_bind(i64::from(limit));
-        select
-            .build_query_as::<T>()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map::<DB>)
+        self.credentials(select.build_query_as()).await
     }
 
     /// Deletes with `batch` (bind: older_than, batch size) until a batch deletes fewer rows
-    /// than its size, so no single statement holds locks on the whole backlog; traced as
-    /// `operation`.
-    async fn prune(
-        &self,
-        operation: &'static str,
-        batch: &'static str,
-        older_than: i64,
-    ) -> Result<u64, StoreError> {
-        self.traced(operation, None, async {
-            let mut total = 0;
-            loop {
-                let done = sqlx::query(batch)
-                    .bind(older_than)
-                    .bind(sql::PRUNE_BATCH_SIZE)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(map::<DB>)?;
-                total += DB::rows_affected(&done);
-                if DB::rows_affected(&done) < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
-                    return Ok(total);
-                }
+    /// than its size, so no single statement holds locks on the whole backlog.
+    async fn prune(&self, batch: &'static str, older_than: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let delete = sqlx::query(batch)
+                .bind(older_than)
+                .bind(sql::PRUNE_BATCH_SIZE);
+            let deleted = self.execute(delete).await?;
+            total += deleted;
+            if deleted < sql::PRUNE_BATCH_SIZE.unsigned_abs() {
+                return Ok(total);
             }
-        })
-        .await
+        }
     }
 }
 
@@ -423,17 +503,18 @@ where
         .push_bind(e.detail.as_deref());
 }
 
-/// Appends `clause` and the bound value of each filter that is set.
-fn push_text_filters<DB, const N: usize>(
+/// Appends `clause` and its bound value for each filter that is set (`clause` ends with the
+/// operator, e.g. `" AND actor = "`).
+fn push_filters<'t, DB, T>(
     select: &mut QueryBuilder<DB>,
-    filters: [(&'static str, &Option<String>); N],
+    filters: impl IntoIterator<Item = (&'static str, Option<T>)>,
 ) where
     DB: Backend,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    T: Encode<'t, DB> + Type<DB>,
 {
     for (clause, value) in filters {
         if let Some(value) = value {
-            select.push(clause).push_bind(value.as_str());
+            select.push(clause).push_bind(value);
         }
     }
 }
@@ -510,14 +591,9 @@ where
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.traced("ping", None, async {
-            sqlx::query("SELECT 1")
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(())
-        })
-        .await
+        let ping = self.execute(sqlx::query("SELECT 1"));
+        self.traced("ping", None, async { ping.await.map(drop) })
+            .await
     }
 
     async fn insert_credential(
@@ -548,16 +624,9 @@ where
     }
 
     async fn get_credential(&self, id: &str) -> Result<Option<CredentialRow>, StoreError> {
-        self.traced("get_credential", Some(id), async {
-            sqlx::query_as::<DB, CredentialRecord>(sql::GET_CREDENTIAL)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .map(CredentialRow::try_from)
-                .transpose()
-        })
-        .await
+        let select = sqlx::query_as(sql::GET_CREDENTIAL).bind(id);
+        self.traced("get_credential", Some(id), self.credential(select))
+            .await
     }
 
     async fn find_credential_by_account(
@@ -566,18 +635,12 @@ where
         provider_id: &str,
         account_subject: &str,
     ) -> Result<Option<CredentialRow>, StoreError> {
-        self.traced("find_credential_by_account", None, async {
-            sqlx::query_as::<DB, CredentialRecord>(sql::FIND_CREDENTIAL_BY_ACCOUNT)
-                .bind(workspace_id)
-                .bind(provider_id)
-                .bind(account_subject)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .map(CredentialRow::try_from)
-                .transpose()
-        })
-        .await
+        let select = sqlx::query_as(sql::FIND_CREDENTIAL_BY_ACCOUNT)
+            .bind(workspace_id)
+            .bind(provider_id)
+            .bind(account_subject);
+        self.traced("find_credential_by_account", None, self.credential(select))
+            .await
     }
 
     async fn live_credentials_of_account(
@@ -585,69 +648,52 @@ where
         provider_id: &str,
         account_subject: &str,
     ) -> Result<Vec<String>, StoreError> {
-        self.traced("live_credentials_of_account", None, async {
-            sqlx::query_scalar::<DB, String>(sql::LIVE_CREDENTIALS_OF_ACCOUNT)
-                .bind(provider_id)
-                .bind(account_subject)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_scalar(sql::LIVE_CREDENTIALS_OF_ACCOUNT)
+            .bind(provider_id)
+            .bind(account_subject);
+        self.traced("live_credentials_of_account", None, self.column(select))
+            .await
     }
 
     async fn list_credentials(
         &self,
         q: &CredentialQuery,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        self.traced("list_credentials", None, async {
-            let mut select = select_credentials::<DB>("workspace_id = ");
-            select.push_bind(q.workspace_id.as_str());
-            if let Some(provider_id) = &q.provider_id {
-                select
-                    .push(" AND provider_id = ")
-                    .push_bind(provider_id.as_str());
-            }
-            if !q.include_disconnected {
-                select.push(" AND status <> 'DISCONNECTED'");
-            }
-            if let Some(health) = &q.health {
-                select.push(" AND health = ").push_bind(health.as_str());
-            }
-            self.credential_page(select, q.after_id.as_deref(), q.limit)
-                .await
-        })
-        .await
+        let mut select = select_credentials::<DB>("workspace_id = ");
+        select.push_bind(q.workspace_id.as_str());
+        push_filters(
+            &mut select,
+            [(" AND provider_id = ", q.provider_id.as_deref())],
+        );
+        if !q.include_disconnected {
+            select.push(" AND status <> 'DISCONNECTED'");
+        }
+        push_filters(&mut select, [(" AND health = ", q.health.as_deref())]);
+        let page = self.credential_page(select, q.after_id.as_deref(), q.limit);
+        self.traced("list_credentials", None, page).await
     }
 
     async fn list_credentials_by_status(
         &self,
         q: &StatusQuery,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        self.traced("list_credentials_by_status", None, async {
-            let mut select = select_credentials::<DB>("status = ");
-            select.push_bind(q.status.as_str());
-            push_text_filters(
-                &mut select,
-                [
-                    (" AND workspace_id = ", &q.workspace_id),
-                    (" AND health = ", &q.health),
-                ],
-            );
-            self.credential_page(select, q.after_id.as_deref(), q.limit)
-                .await
-        })
-        .await
+        let mut select = select_credentials::<DB>("status = ");
+        select.push_bind(q.status.as_str());
+        push_filters(
+            &mut select,
+            [
+                (" AND workspace_id = ", q.workspace_id.as_deref()),
+                (" AND health = ", q.health.as_deref()),
+            ],
+        );
+        let page = self.credential_page(select, q.after_id.as_deref(), q.limit);
+        self.traced("list_credentials_by_status", None, page).await
     }
 
     async fn count_credentials_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.traced("count_credentials_by_status", None, async {
-            sqlx::query_as::<DB, (String, i64)>(sql::COUNT_CREDENTIALS_BY_STATUS)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::COUNT_CREDENTIALS_BY_STATUS);
+        self.traced("count_credentials_by_status", None, self.all(select))
+            .await
     }
 
     async fn update_credential(
@@ -665,47 +711,20 @@ where
         expected_version: i64,
         events: &[NewCredentialEvent],
     ) -> Result<CredentialRow, StoreError> {
-        self.traced("update_credential", Some(&row.id), async {
-            let mut tx = self.begin_write().await?;
-            let updated = sql::bind_update_credential!(
-                sqlx::query_as::<DB, CredentialRecord>(sql::UPDATE_CREDENTIAL),
-                row,
-                expected_version
-            )
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map::<DB>)?;
-            if let Some(record) = updated {
-                self.commit_announcing(tx, &row.id, events).await?;
-                return CredentialRow::try_from(record);
-            }
-            // Nothing matched: tell a missing row from a stale version. Credentials are never
-            // deleted, so an existing row here means the version moved on.
-            let exists = sqlx::query(sql::CREDENTIAL_EXISTS)
-                .bind(row.id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
-            tx.rollback().await.map_err(map::<DB>)?;
-            Err(match exists {
-                Some(_) => StoreError::VersionConflict {
-                    expected: expected_version,
-                },
-                None => StoreError::NotFound,
-            })
-        })
-        .await
+        let update = sql::bind_update_credential!(
+            sqlx::query_as(sql::UPDATE_CREDENTIAL),
+            row,
+            expected_version
+        );
+        let unmatched = Unmatched::StaleVersion(expected_version);
+        let write = self.write_credential(&row.id, update, unmatched, events);
+        self.traced("update_credential", Some(&row.id), write).await
     }
 
     async fn list_members(&self, credential_id: &str) -> Result<Vec<MemberRow>, StoreError> {
-        self.traced("list_members", Some(credential_id), async {
-            sqlx::query_as::<DB, MemberRow>(sql::LIST_MEMBERS)
-                .bind(credential_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::LIST_MEMBERS).bind(credential_id);
+        self.traced("list_members", Some(credential_id), self.all(select))
+            .await
     }
 
     async fn get_member(
@@ -713,15 +732,11 @@ where
         credential_id: &str,
         email: &str,
     ) -> Result<Option<MemberRow>, StoreError> {
-        self.traced("get_member", Some(credential_id), async {
-            sqlx::query_as::<DB, MemberRow>(sql::GET_MEMBER)
-                .bind(credential_id)
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::GET_MEMBER)
+            .bind(credential_id)
+            .bind(email);
+        self.traced("get_member", Some(credential_id), self.optional(select))
+            .await
     }
 
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
@@ -824,11 +839,11 @@ where
         self.traced("list_credential_events", None, async {
             let mut select = QueryBuilder::<DB>::new(sql::SELECT_CREDENTIAL_EVENTS);
             select.push_bind(q.after_id);
-            push_text_filters(
+            push_filters(
                 &mut select,
                 [
-                    (" AND workspace_id = ", &q.workspace_id),
-                    (" AND credential_id = ", &q.credential_id),
+                    (" AND workspace_id = ", q.workspace_id.as_deref()),
+                    (" AND credential_id = ", q.credential_id.as_deref()),
                 ],
             );
             if !q.kinds.is_empty() {
@@ -847,17 +862,19 @@ where
                     .push_bind(email.as_str())
                     .push("))");
             }
-            self.fetch_page(select, " ORDER BY id LIMIT ", q.limit)
-                .await
+            select
+                .push(" ORDER BY id LIMIT ")
+                .push_bind(i64::from(q.limit));
+            self.all(select.build_query_as()).await
         })
         .await
     }
 
     async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.prune(
+        self.traced(
             "prune_credential_events",
-            sql::PRUNE_CREDENTIAL_EVENTS_BATCH,
-            older_than,
+            None,
+            self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
         )
         .await
     }
@@ -1046,43 +1063,38 @@ where
                 audit_columns!(),
                 " FROM audit_events WHERE TRUE"
             ));
-            push_text_filters(
-                &mut select,
-                [
-                    (" AND credential_id = ", &q.credential_id),
-                    (" AND actor = ", &q.actor),
-                    (" AND action = ", &q.action),
-                ],
-            );
+            let text_filters = [
+                (" AND credential_id = ", q.credential_id.as_deref()),
+                (" AND actor = ", q.actor.as_deref()),
+                (" AND action = ", q.action.as_deref()),
+            ];
+            push_filters(&mut select, text_filters);
             let number_filters = [
                 (" AND at >= ", q.start_at),
                 (" AND at < ", q.end_at),
                 (" AND id < ", q.before_id),
             ];
-            for (clause, value) in number_filters {
-                if let Some(value) = value {
-                    select.push(clause).push_bind(value);
-                }
-            }
-            self.fetch_page(select, " ORDER BY id DESC LIMIT ", q.limit)
-                .await
+            push_filters(&mut select, number_filters);
+            select
+                .push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            self.all(select.build_query_as()).await
         })
         .await
     }
 
     async fn prune_audit(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.prune("prune_audit", sql::PRUNE_AUDIT_BATCH, older_than)
-            .await
+        self.traced(
+            "prune_audit",
+            None,
+            self.prune(sql::PRUNE_AUDIT_BATCH, older_than),
+        )
+        .await
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
-        self.traced("key_usage", None, async {
-            sqlx::query_as::<DB, KeyUsage>(sql::KEY_USAGE)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::KEY_USAGE);
+        self.traced("key_usage", None, self.all(select)).await
     }
 
     async fn dek_rows_not_on_key(
@@ -1092,17 +1104,13 @@ where
         after_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<WrappedDekRow>, StoreError> {
-        self.traced("dek_rows_not_on_key", None, async {
-            sqlx::query_as::<DB, WrappedDekRow>(sql::DEK_ROWS_NOT_ON_KEY)
-                .bind(key_id)
-                .bind(key_version)
-                .bind(after_id.unwrap_or(""))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::DEK_ROWS_NOT_ON_KEY)
+            .bind(key_id)
+            .bind(key_version)
+            .bind(after_id.unwrap_or(""))
+            .bind(i64::from(limit));
+        self.traced("dek_rows_not_on_key", None, self.all(select))
+            .await
     }
 
     async fn rewrap_dek(
@@ -1112,21 +1120,16 @@ where
         new_key_id: &str,
         new_key_version: i64,
     ) -> Result<bool, StoreError> {
-        self.traced("rewrap_dek", Some(&old.credential_id), async {
-            let done = sqlx::query(sql::REWRAP_DEK)
-                .bind(old.credential_id.as_str())
-                .bind(old.dek_wrapped.as_slice())
-                .bind(old.dek_key_id.as_str())
-                .bind(old.dek_key_version)
-                .bind(new_wrapped)
-                .bind(new_key_id)
-                .bind(new_key_version)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let update = sqlx::query(sql::REWRAP_DEK)
+            .bind(old.credential_id.as_str())
+            .bind(old.dek_wrapped.as_slice())
+            .bind(old.dek_key_id.as_str())
+            .bind(old.dek_key_version)
+            .bind(new_wrapped)
+            .bind(new_key_id)
+            .bind(new_key_version);
+        self.traced("rewrap_dek", Some(&old.credential_id), self.changed(update))
+            .await
     }
 
     async fn acquire_refresh_lease(
@@ -1136,22 +1139,16 @@ where
         now: i64,
         lease_until: i64,
     ) -> Result<Option<CredentialRow>, StoreError> {
-        self.traced("acquire_refresh_lease", Some(id), async {
-            // One conditional UPDATE: SQLite runs one writer at a time; on PostgreSQL
-            // concurrent acquirers queue on the row lock and each re-checks the WHERE clause
-            // against the winner's committed row (READ COMMITTED), so only one matches.
-            sqlx::query_as::<DB, CredentialRecord>(sql::ACQUIRE_REFRESH_LEASE)
-                .bind(id)
-                .bind(holder)
-                .bind(now)
-                .bind(lease_until)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .map(CredentialRow::try_from)
-                .transpose()
-        })
-        .await
+        // One conditional UPDATE: SQLite runs one writer at a time; on PostgreSQL
+        // concurrent acquirers queue on the row lock and each re-checks the WHERE clause
+        // against the winner's committed row (READ COMMITTED), so only one matches.
+        let select = sqlx::query_as(sql::ACQUIRE_REFRESH_LEASE)
+            .bind(id)
+            .bind(holder)
+            .bind(now)
+            .bind(lease_until);
+        self.traced("acquire_refresh_lease", Some(id), self.credential(select))
+            .await
     }
 
     async fn complete_refresh(
@@ -1168,37 +1165,15 @@ where
         fence: i64,
         events: &[NewCredentialEvent],
     ) -> Result<CredentialRow, StoreError> {
-        self.traced("complete_refresh", Some(&row.id), async {
-            let mut tx = self.begin_write().await?;
-            let updated = sql::bind_complete_refresh!(
-                sqlx::query_as::<DB, CredentialRecord>(sql::COMPLETE_REFRESH),
-                row,
-                fence
-            )
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map::<DB>)?;
-            let Some(record) = updated else {
-                tx.rollback().await.map_err(map::<DB>)?;
-                return Err(StoreError::LeaseLost);
-            };
-            self.commit_announcing(tx, &row.id, events).await?;
-            CredentialRow::try_from(record)
-        })
-        .await
+        let update = sql::bind_complete_refresh!(sqlx::query_as(sql::COMPLETE_REFRESH), row, fence);
+        let write = self.write_credential(&row.id, update, Unmatched::LeaseLost, events);
+        self.traced("complete_refresh", Some(&row.id), write).await
     }
 
     async fn release_refresh_lease(&self, id: &str, fence: i64) -> Result<bool, StoreError> {
-        self.traced("release_refresh_lease", Some(id), async {
-            let done = sqlx::query(sql::RELEASE_REFRESH_LEASE)
-                .bind(id)
-                .bind(fence)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let update = sqlx::query(sql::RELEASE_REFRESH_LEASE).bind(id).bind(fence);
+        self.traced("release_refresh_lease", Some(id), self.changed(update))
+            .await
     }
 
     async fn take_refresh_lease(
@@ -1208,21 +1183,15 @@ where
         lease_ms: i64,
         local_now: i64,
     ) -> Result<Option<CredentialRow>, StoreError> {
+        let statement = sql::take_refresh_lease(db_now::<DB>("$4"));
+        let update = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(id)
+            .bind(holder)
+            .bind(lease_ms)
+            .bind(local_now);
         // The same operation as `acquire_refresh_lease`, on the database clock: one span name.
-        self.traced("acquire_refresh_lease", Some(id), async {
-            let statement = sql::take_refresh_lease(db_now::<DB>("$4"));
-            sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
-                .bind(id)
-                .bind(holder)
-                .bind(lease_ms)
-                .bind(local_now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .map(CredentialRow::try_from)
-                .transpose()
-        })
-        .await
+        self.traced("acquire_refresh_lease", Some(id), self.credential(update))
+            .await
     }
 
     async fn claim_due_refreshes(
@@ -1232,19 +1201,14 @@ where
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<CredentialRow>, StoreError> {
+        let statement = sql::claim_due_refreshes(db_now::<DB>("$2"), DB::SKIP_LOCKED);
+        let claim = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(holder)
+            .bind(local_now)
+            .bind(lease_ms)
+            .bind(i64::from(limit));
         self.traced("claim_due_refreshes", None, async {
-            let statement = sql::claim_due_refreshes(db_now::<DB>("$2"), DB::SKIP_LOCKED);
-            let mut rows = sqlx::query_as::<DB, CredentialRecord>(sqlx::AssertSqlSafe(statement))
-                .bind(holder)
-                .bind(local_now)
-                .bind(lease_ms)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .into_iter()
-                .map(CredentialRow::try_from)
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = self.credentials(claim).await?;
             // RETURNING has no defined order.
             rows.sort_by(|a, b| (a.next_refresh_at, &a.id).cmp(&(b.next_refresh_at, &b.id)));
             Ok(rows)
@@ -1259,31 +1223,24 @@ where
         lease_ms: i64,
         local_now: i64,
     ) -> Result<bool, StoreError> {
-        self.traced("renew_refresh_lease", Some(id), async {
-            let statement = sql::renew_refresh_lease(db_now::<DB>("$4"));
-            let done = sqlx::query::<DB>(sqlx::AssertSqlSafe(statement))
-                .bind(id)
-                .bind(fence)
-                .bind(lease_ms)
-                .bind(local_now)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let statement = sql::renew_refresh_lease(db_now::<DB>("$4"));
+        let update = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(id)
+            .bind(fence)
+            .bind(lease_ms)
+            .bind(local_now);
+        self.traced("renew_refresh_lease", Some(id), self.changed(update))
+            .await
     }
 
     async fn refresh_lease_lapsed(&self, id: &str, local_now: i64) -> Result<bool, StoreError> {
+        let statement = sql::refresh_lease_lapsed(db_now::<DB>("$2"));
+        let select = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(id)
+            .bind(local_now);
         self.traced("refresh_lease_lapsed", Some(id), async {
-            let statement = sql::refresh_lease_lapsed(db_now::<DB>("$2"));
-            let lapsed = sqlx::query_scalar::<DB, i64>(sqlx::AssertSqlSafe(statement))
-                .bind(id)
-                .bind(local_now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(lapsed.is_none_or(|l| l != 0))
+            let lapsed: Option<(i64,)> = self.optional(select).await?;
+            Ok(lapsed.is_none_or(|(l,)| l != 0))
         })
         .await
     }
@@ -1293,42 +1250,28 @@ where
         id: &str,
         intent: &RefreshIntent,
     ) -> Result<bool, StoreError> {
-        self.traced("record_refresh_intent", Some(id), async {
-            let done = sqlx::query(sql::RECORD_REFRESH_INTENT)
-                .bind(id)
-                .bind(intent.fence)
-                .bind(intent.holder.as_str())
-                .bind(intent.started_at)
-                .bind(intent.token_sha256.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let update = sqlx::query(sql::RECORD_REFRESH_INTENT)
+            .bind(id)
+            .bind(intent.fence)
+            .bind(intent.holder.as_str())
+            .bind(intent.started_at)
+            .bind(intent.token_sha256.as_str());
+        self.traced("record_refresh_intent", Some(id), self.changed(update))
+            .await
     }
 
     async fn refresh_intent(&self, id: &str) -> Result<Option<RefreshIntent>, StoreError> {
-        self.traced("refresh_intent", Some(id), async {
-            sqlx::query_as::<DB, RefreshIntent>(sql::GET_REFRESH_INTENT)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::GET_REFRESH_INTENT).bind(id);
+        self.traced("refresh_intent", Some(id), self.optional(select))
+            .await
     }
 
     async fn due_for_refresh(&self, now: i64, limit: u32) -> Result<Vec<String>, StoreError> {
-        self.traced("due_for_refresh", None, async {
-            sqlx::query_scalar::<DB, String>(sql::DUE_FOR_REFRESH)
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_scalar(sql::DUE_FOR_REFRESH)
+            .bind(now)
+            .bind(i64::from(limit));
+        self.traced("due_for_refresh", None, self.column(select))
+            .await
     }
 
     async fn record_usage(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
@@ -1370,12 +1313,10 @@ where
         limit: u32,
     ) -> Result<(Vec<(String, i64)>, u64), StoreError> {
         self.traced("recent_workflows", Some(credential_id), async {
-            let recent = sqlx::query_as::<DB, (String, i64)>(sql::RECENT_WORKFLOWS)
+            let recent = sqlx::query_as(sql::RECENT_WORKFLOWS)
                 .bind(credential_id)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
+                .bind(i64::from(limit));
+            let recent = self.all(recent).await?;
             let total = sqlx::query_scalar::<DB, i64>(sql::COUNT_WORKFLOWS)
                 .bind(credential_id)
                 .fetch_one(&self.pool)
@@ -1387,12 +1328,10 @@ where
     }
 
     async fn insert_connect_session(&self, s: &ConnectSessionRow) -> Result<(), StoreError> {
+        let insert = sql::bind_connect_session!(sqlx::query(sql::INSERT_CONNECT_SESSION), s);
+        let inserted = self.execute(insert);
         self.traced("insert_connect_session", None, async {
-            sql::bind_connect_session!(sqlx::query::<DB>(sql::INSERT_CONNECT_SESSION), s)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(())
+            inserted.await.map(drop)
         })
         .await
     }
@@ -1401,14 +1340,9 @@ where
         &self,
         state_hash: &str,
     ) -> Result<Option<ConnectSessionRow>, StoreError> {
-        self.traced("get_connect_session", None, async {
-            sqlx::query_as::<DB, ConnectSessionRow>(sql::GET_CONNECT_SESSION)
-                .bind(state_hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::GET_CONNECT_SESSION).bind(state_hash);
+        self.traced("get_connect_session", None, self.optional(select))
+            .await
     }
 
     async fn consume_connect_session(
@@ -1416,23 +1350,18 @@ where
         state_hash: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.traced("consume_connect_session", None, async {
-            let done = sqlx::query(sql::CONSUME_CONNECT_SESSION)
-                .bind(state_hash)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let update = sqlx::query(sql::CONSUME_CONNECT_SESSION)
+            .bind(state_hash)
+            .bind(now);
+        self.traced("consume_connect_session", None, self.changed(update))
+            .await
     }
 
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.prune(
+        self.traced(
             "prune_connect_sessions",
-            sql::PRUNE_CONNECT_SESSIONS_BATCH,
-            older_than,
+            None,
+            self.prune(sql::PRUNE_CONNECT_SESSIONS_BATCH, older_than),
         )
         .await
     }

@@ -157,6 +157,14 @@ impl TestBroker {
         }
     }
 
+    /// Another replica: the same configuration (the same database and key file) on its own
+    /// port.
+    pub async fn replica(&self) -> Self {
+        let mut config = self.config.clone();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start(config, self.dir.clone()).await.unwrap()
+    }
+
     /// A broker on SQLite (or `database_url`) with `fake` configured as provider `fake`, no
     /// background refresh scan (tests drive refreshes), then `tune` applied.
     pub async fn with_fake(
@@ -175,6 +183,42 @@ impl TestBroker {
         tune(&mut config);
         Self::start(config, dir).await.unwrap()
     }
+}
+
+/// `[providers.fake]` with `fake`'s client credentials, and the custom provider `fake` it serves.
+pub fn provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
+    let fc = fake.config();
+    format!(
+        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
+        fc.client_id, fc.client_secret
+    ) + &custom_provider_toml(fake)
+}
+
+/// The `[[custom_providers]]` entry `fake`, served by `fake`.
+pub fn custom_provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
+    let base = fake.base_url();
+    format!(
+        r#"
+[[custom_providers]]
+id = "fake"
+display_name = "Fake"
+icon_url = "{base}/icon.png"
+category = "test"
+authorize_url = "{base}/authorize"
+token_url = "{base}/token"
+revocation_url = "{base}/revoke"
+default_scopes = ["read"]
+auth_style = "basic"
+pkce = "supported"
+docs_url = "{base}/docs"
+scopes = [{{ name = "read", description = "Read things" }}, {{ name = "write", description = "Write things" }}]
+[custom_providers.account]
+kind = "userinfo"
+url = "{base}/userinfo"
+subject_pointer = "/sub"
+label_pointer = "/email"
+"#
+    )
 }
 
 fn toml_str(url: &str) -> credential_broker::runtime::config::DatabaseUrl {
@@ -208,6 +252,11 @@ pub fn as_workspace_admin<T>(
     r.metadata_mut()
         .insert("x-actor-workspace-role", "admin".parse().unwrap());
     r
+}
+
+/// `err` has `code` and the `ErrorInfo` reason `reason`.
+pub fn assert_status(err: &tonic::Status, code: tonic::Code, reason: &str) {
+    assert_eq!((err.code(), error_details(err).0.as_str()), (code, reason));
 }
 
 /// The ErrorInfo reason and BadRequest fields of a status.
@@ -467,41 +516,4 @@ pub fn fake_grant_import(
         ..Default::default()
     };
     (req, access, refresh)
-}
-
-/// The `[providers.fake]` credentials and the `[[custom_providers]]` entry of `fake`, as TOML
-/// for a broker process.
-pub fn provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
-    let fc = fake.config();
-    format!(
-        "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
-        fc.client_id, fc.client_secret
-    ) + &custom_provider_toml(fake)
-}
-
-/// The `[[custom_providers]]` entry `fake` (userinfo account lookup), as TOML.
-pub fn custom_provider_toml(fake: &crate::support::fake_provider::FakeProvider) -> String {
-    let base = fake.base_url();
-    format!(
-        r#"
-[[custom_providers]]
-id = "fake"
-display_name = "Fake"
-icon_url = "{base}/icon.png"
-category = "test"
-authorize_url = "{base}/authorize"
-token_url = "{base}/token"
-revocation_url = "{base}/revoke"
-default_scopes = ["read"]
-auth_style = "basic"
-pkce = "supported"
-docs_url = "{base}/docs"
-scopes = [{{ name = "read", description = "Read things" }}, {{ name = "write", description = "Write things" }}]
-[custom_providers.account]
-kind = "userinfo"
-url = "{base}/userinfo"
-subject_pointer = "/sub"
-label_pointer = "/email"
-"#
-    )
 }

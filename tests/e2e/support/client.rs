@@ -418,3 +418,79 @@ pub fn callback_request(q: &HashMap<String, String>) -> pb::CompleteConnectReque
         ..Default::default()
     }
 }
+
+/// A response message that carries the credential the call acted on.
+pub trait CarriesCredential {
+    /// The credential, if the broker put it in.
+    fn into_credential(self) -> Option<pb::Credential>;
+}
+
+macro_rules! carries_credential {
+    ($($response:ty),*) => {
+        $(impl CarriesCredential for $response {
+            fn into_credential(self) -> Option<pb::Credential> {
+                self.credential
+            }
+        })*
+    };
+}
+
+carries_credential!(
+    pb::ImportCredentialResponse,
+    pb::GetCredentialResponse,
+    pb::CompleteConnectResponse,
+    pb::UpdateCredentialResponse,
+    pb::DisconnectCredentialResponse
+);
+
+/// The answer of a call made with a raw tonic client (custom metadata), when it must succeed.
+pub trait Answered {
+    /// The credential of a successful answer; panics on an error or a missing credential.
+    fn credential(self) -> pb::Credential;
+}
+
+impl<T: CarriesCredential> Answered for Result<tonic::Response<T>, Status> {
+    fn credential(self) -> pb::Credential {
+        self.expect("the call succeeds")
+            .into_inner()
+            .into_credential()
+            .expect("the answer carries the credential")
+    }
+}
+
+/// Every audit event matching `filter` (read with the bearer `token`, every page), after the
+/// events `b` buffers are written.
+pub async fn audit_events(
+    b: &crate::support::broker::TestBroker,
+    c: &mut CredentialServiceClient<Channel>,
+    token: &str,
+    filter: pb::ListAuditEventsRequest,
+) -> Vec<pb::AuditEvent> {
+    b.flush_audit().await;
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let mut request = tonic::Request::new(pb::ListAuditEventsRequest {
+            page_size: 1000,
+            page_token: page_token.clone(),
+            ..filter.clone()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let page = c.list_audit_events(request).await.unwrap().into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The `count=N` an aggregated audit row carries in its detail (1 when absent).
+pub fn audit_count(e: &pb::AuditEvent) -> u64 {
+    e.detail
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("count="))
+        .map_or(1, |n| n.parse().unwrap())
+}

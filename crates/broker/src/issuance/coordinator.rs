@@ -7,10 +7,10 @@
 //! held, kept in memory if the database stays away) before anyone is answered. Followers on
 //! other replicas wait for the row to change or the lease to lapse, then read it.
 
-use super::cache::Entry;
+use super::cache::{Entry, TokenParts};
 use super::lease::{Claim, LeaseKeeper, Pending, millis, token_sha256};
 use super::schedule::{lifetime, merge, next_refresh_at, satisfies, valid_for};
-use super::{IssuedToken, TokenService, lock};
+use super::{TokenService, lock};
 use crate::access::Role;
 use crate::clock::Timestamp;
 use crate::credential::{Credential, Status};
@@ -788,21 +788,21 @@ impl TokenService {
             .await?
             .into_iter()
             .filter(|m| m.state == "ACTIVE" && Role::from_stored(&m.role).is_some())
-            .map(|m| (m.email, m.user_id))
-            .collect();
-        Ok(Arc::new(Entry {
-            workspace_id: c.workspace_id.clone(),
-            token: IssuedToken {
-                access_token: bundle.access_token.clone(),
-                token_type: bundle.token_type.clone(),
-                expires_at: bundle.access_expires_at,
-                scopes: c.scopes.as_slice().to_vec(),
-                extras: bundle.extras.clone(),
-            },
-            lifetime: lifetime(bundle),
+            .map(|m| (m.email, m.user_id));
+        let token = TokenParts {
+            access_token: bundle.access_token.clone(),
+            token_type: bundle.token_type.clone(),
+            expires_at: bundle.access_expires_at,
+            scopes: c.scopes.as_slice().to_vec(),
+            extras: bundle.extras.clone(),
+        };
+        Ok(Arc::new(Entry::new(
+            &c.workspace_id,
+            token,
+            lifetime(bundle),
             users,
-            loaded_at: self.clock.now(),
-        }))
+            self.clock.now(),
+        )))
     }
 }
 

@@ -26,6 +26,7 @@ use crate::error::BrokerError;
 use crate::gateway::ProviderGateway;
 use crate::policy::{Policy, actor_required, require_token_issuer};
 use crate::random::{Random, SystemRandom};
+use crate::sharded::ShardedMap;
 use crate::types::CredentialId;
 use cache::Entry;
 use cb_crypto::Envelope;
@@ -92,19 +93,36 @@ impl Default for IssuanceConfig {
     }
 }
 
-/// An issued access token: the only value of the domain that carries a token out.
+/// An issued access token: the only value of the domain that carries a token out. A view of the
+/// cached entry, not a copy: the response is built from it with the token copied once.
 #[derive(Clone, Debug)]
-pub struct IssuedToken {
+pub struct IssuedToken(Arc<Entry>);
+
+impl IssuedToken {
     /// The access token.
-    pub access_token: SecretString,
-    /// Token type.
-    pub token_type: String,
+    pub fn access_token(&self) -> &SecretString {
+        self.0.access_token()
+    }
+
+    /// Token type ("Bearer" for nearly every provider).
+    pub fn token_type(&self) -> &str {
+        self.0.token_type()
+    }
+
     /// Expiry, if known.
-    pub expires_at: Option<Timestamp>,
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.0.expires_at()
+    }
+
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.0.scopes()
+    }
+
     /// Non-secret provider extras.
-    pub extras: BTreeMap<String, String>,
+    pub fn extras(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.extras()
+    }
 }
 
 /// Where a token request comes from (recorded as usage and in the audit log).
@@ -181,7 +199,9 @@ pub struct TokenService {
     /// Tests pause a leader between its reads and its cache put: (reached, resume).
     #[cfg(test)]
     before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
-    usage: Mutex<HashMap<(String, Option<String>), i64>>,
+    /// Last use per credential and workflow ("" for none) since the last flush: sharded, so a
+    /// cache hit takes no process-wide lock, and allocating only for a pair not seen yet.
+    usage: ShardedMap<String, HashMap<String, i64>>,
     stats: IssuanceStats,
 }
 
@@ -233,7 +253,7 @@ impl TokenService {
             feed_session: AtomicU64::new(0),
             #[cfg(test)]
             before_put: Mutex::new(None),
-            usage: Mutex::new(HashMap::new()),
+            usage: ShardedMap::default(),
             stats: IssuanceStats::default(),
         }
     }
@@ -331,15 +351,20 @@ impl TokenService {
                     .or_default() += 1;
             }
         }
-        let detail = [
+        // `workflow=… block=… execution=…`, built in one allocation (this runs on every call).
+        let mut detail = String::new();
+        for (k, v) in [
             ("workflow", &ctx.workflow_id),
             ("block", &ctx.block_id),
             ("execution", &ctx.execution_id),
-        ]
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-        .collect::<Vec<_>>()
-        .join(" ");
+        ] {
+            if let Some(v) = v {
+                if !detail.is_empty() {
+                    detail.push(' ');
+                }
+                detail.extend([k, "=", v.as_str()]);
+            }
+        }
         let detail = (!detail.is_empty()).then_some(detail);
         // Issued tokens are audited through the buffer: no database write on the hot path.
         self.audit.record_later(
@@ -351,10 +376,18 @@ impl TokenService {
         );
         if result.is_ok() {
             let at = self.clock.now().as_millis();
-            lock(&self.usage)
-                .entry((id.to_string(), ctx.workflow_id))
-                .and_modify(|t| *t = (*t).max(at))
-                .or_insert(at);
+            let workflow = ctx.workflow_id.unwrap_or_default();
+            let mut shard = self.usage.shard(id.as_str());
+            let workflows = match shard.get_mut(id.as_str()) {
+                Some(w) => w,
+                None => shard.entry(id.to_string()).or_default(),
+            };
+            match workflows.get_mut(&workflow) {
+                Some(t) => *t = (*t).max(at),
+                None => {
+                    workflows.insert(workflow, at);
+                }
+            }
         }
         result
     }
@@ -389,7 +422,7 @@ impl TokenService {
             authorize(caller, &e)?;
             if e.satisfies(now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(e.token.clone());
+                return Ok(IssuedToken(e));
             }
         } else {
             // Cold path: check membership before doing any work for this caller.
@@ -399,7 +432,7 @@ impl TokenService {
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry = self.flight(id.as_str(), min_valid, false, None).await?;
         authorize(caller, &entry)?;
-        Ok(entry.token.clone())
+        Ok(IssuedToken(entry))
     }
 
     /// Whether the cache may be served: only while the change feed delivers every other
@@ -468,12 +501,18 @@ impl TokenService {
 
     /// Writes buffered usage (last used, recent workflows) to the database.
     pub async fn flush_usage(&self) {
-        let batch: Vec<UsageRecord> = std::mem::take(&mut *lock(&self.usage))
+        let batch: Vec<UsageRecord> = self
+            .usage
+            .take()
             .into_iter()
-            .map(|((credential_id, workflow_id), at)| UsageRecord {
-                credential_id,
-                workflow_id,
-                at,
+            .flat_map(|(credential_id, workflows)| {
+                workflows
+                    .into_iter()
+                    .map(move |(workflow, at)| UsageRecord {
+                        credential_id: credential_id.clone(),
+                        workflow_id: (!workflow.is_empty()).then_some(workflow),
+                        at,
+                    })
             })
             .collect();
         if batch.is_empty() {
@@ -503,12 +542,9 @@ fn authorize(caller: &Caller, e: &Entry) -> Result<(), BrokerError> {
     match &caller.actor {
         None if caller.role == ServiceRole::Development => Ok(()),
         None => Err(actor_required()),
-        Some(a) if a.is_workspace_admin(&e.workspace_id) => Ok(()),
+        Some(a) if a.is_workspace_admin(e.workspace_id()) => Ok(()),
         Some(a) => {
-            let member = e.users.iter().any(|(email, user)| {
-                email == a.email.as_str() && user.as_deref().is_none_or(|u| u == a.user_id.as_str())
-            });
-            if member {
+            if e.has_member(a.email.as_str(), a.user_id.as_str()) {
                 Ok(())
             } else {
                 Err(BrokerError::credential_not_found())

@@ -1,7 +1,7 @@
 //! Issuance against a real SQLite store, a local key and a scripted provider: time moves on a
 //! manual clock, retries do not sleep, jitter is pinned.
 
-use super::cache::Entry;
+use super::cache::{Entry, TokenParts};
 use super::*;
 use crate::access::ServiceRole;
 use crate::clock::ManualClock;
@@ -250,7 +250,7 @@ impl Kit {
         self.tokens
             .get_access_token(&dev(), id, min_valid, UsageContext::default())
             .await
-            .map(|t| t.access_token.expose_secret().to_owned())
+            .map(|t| t.access_token().expose_secret().to_owned())
     }
 
     fn refreshes(&self) -> usize {
@@ -297,7 +297,7 @@ async fn a_waiting_replica_is_woken_by_the_leaders_write() {
             tokens
                 .get_access_token(&dev(), &id, None, UsageContext::default())
                 .await
-                .map(|t| t.access_token.expose_secret().to_owned())
+                .map(|t| t.access_token().expose_secret().to_owned())
         })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -315,7 +315,7 @@ async fn a_waiting_replica_is_woken_by_the_leaders_write() {
     .await
     .expect("woken by the change feed, not by its hourly poll")
     .unwrap();
-    assert_eq!(followed.access_token.expose_secret(), "at-1");
+    assert_eq!(followed.access_token().expose_secret(), "at-1");
     assert_eq!(leader.await.unwrap().unwrap(), "at-1");
     assert_eq!(kit.refreshes(), 1);
     assert_eq!(
@@ -404,21 +404,21 @@ async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
     .unwrap();
     // The leader answers with the token that satisfied it: 2 minutes, less than the joiner's 5.
     lock(&kit.tokens.flights).remove(id.as_str());
-    tx.send_replace(Some(Ok(Arc::new(Entry {
-        workspace_id: "ws1".into(),
-        token: IssuedToken {
+    tx.send_replace(Some(Ok(Arc::new(Entry::new(
+        "ws1",
+        TokenParts {
             access_token: SecretString::from("at-0"),
             token_type: "Bearer".into(),
             expires_at: Some(expires),
             scopes: vec![],
             extras: BTreeMap::new(),
         },
-        lifetime: None,
-        users: vec![],
-        loaded_at: kit.clock.now(),
-    }))));
+        None,
+        [],
+        kit.clock.now(),
+    )))));
     let got = joiner.await.unwrap().unwrap();
-    assert_eq!(got.access_token.expose_secret(), "at-1");
+    assert_eq!(got.access_token().expose_secret(), "at-1");
     assert_eq!(kit.refreshes(), 1);
 }
 

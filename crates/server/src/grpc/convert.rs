@@ -861,10 +861,13 @@ pub fn usage_context(r: &pb::GetAccessTokenRequest) -> Result<UsageContext, Brok
 pub fn issued(t: IssuedToken) -> pb::GetAccessTokenResponse {
     use secrecy::ExposeSecret;
     pb::GetAccessTokenResponse {
-        access_token: t.access_token.expose_secret().to_owned(),
-        token_type: t.token_type,
-        expire_time: opt_timestamp(t.expires_at),
-        granted_scopes: t.scopes,
-        provider_extras: t.extras.into_iter().collect(),
+        access_token: t.access_token().expose_secret().to_owned(),
+        token_type: t.token_type().to_owned(),
+        expire_time: opt_timestamp(t.expires_at()),
+        granted_scopes: t.scopes().map(str::to_owned).collect(),
+        provider_extras: t
+            .extras()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }

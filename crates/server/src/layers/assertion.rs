@@ -6,6 +6,7 @@
 //! Plain `x-actor-*` metadata stays accepted in development mode and from callers configured
 //! with `unsigned_actor = true`; from any other caller it is refused.
 
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::layers::auth::ServiceIdentity;
 use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource, secs};
 use crate::layers::rpc::Rpc;
@@ -20,10 +21,8 @@ use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Code;
-use tonic::body::Body;
 use tonic::codegen::http;
 
 /// Metadata key: the signed actor assertion (a compact JWS).
@@ -382,45 +381,12 @@ impl ActorLayer {
     }
 }
 
-impl<S> tower::Layer<S> for ActorLayer {
-    type Service = ActorService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ActorService {
-            inner,
-            policy: self.policy.clone(),
-            audit: self.audit.clone(),
-        }
-    }
-}
+super::middleware_layer!(ActorLayer);
 
-/// The service the layer wraps around the router.
-#[derive(Clone)]
-pub struct ActorService<S> {
-    inner: S,
-    policy: Arc<ActorPolicy>,
-    audit: Audit,
-}
-
-use super::{BoxFuture, ready_instance};
-
-impl<S> tower::Service<http::Request<Body>> for ActorService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
+impl<S: Inner> Middleware<S> for ActorLayer {
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let mut inner = ready_instance(&mut self.inner);
+    fn handle(&self, mut inner: S, mut req: Request) -> BoxFuture<Response, S::Error> {
         // Health and reflection carry no identity: they act for nobody.
         let Some(identity) = req.extensions().get::<ServiceIdentity>().cloned() else {
             return Box::pin(async move { inner.call(req).await });

@@ -9,6 +9,7 @@
 //! runs in development mode: every call is `anonymous` and allowed, and only a loopback listener
 //! is permitted (config validation).
 
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::layers::limits::CallsInFlight;
 use crate::layers::rpc::Rpc;
 use crate::runtime::listener::GuardedInfo;
@@ -19,8 +20,6 @@ use cb_broker::audit::{Audit, Outcome};
 use cb_broker::error::reason;
 use secrecy::{ExposeSecret, SecretSlice};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::TlsConnectInfo;
 use tonic::{Code, Status};
@@ -264,47 +263,15 @@ impl AuthLayer {
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            callers: self.callers.clone(),
-            audit: self.audit.clone(),
-        }
-    }
-}
+super::middleware_layer!(AuthLayer);
 
-/// The service the layer wraps around the router.
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    callers: Arc<Authenticator>,
-    audit: Audit,
-}
-
-use super::{BoxFuture, ready_instance};
-
-impl<S> tower::Service<http::Request<Body>> for AuthService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
+impl<S: Inner> Middleware<S> for AuthLayer {
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+    fn handle(&self, mut inner: S, mut req: Request) -> BoxFuture<Response, S::Error> {
         let path = req.uri().path();
         if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
-            return Box::pin(self.inner.call(req));
+            return Box::pin(inner.call(req));
         }
         // Resolved by the observe layer, which runs first.
         let Some(rpc) = req.extensions().get::<Rpc>().copied() else {
@@ -339,7 +306,6 @@ where
             Ok(known) => {
                 req.extensions_mut().insert(known.identity.clone());
                 req.extensions_mut().insert(known.in_flight.clone());
-                let mut inner = ready_instance(&mut self.inner);
                 Box::pin(async move { inner.call(req).await })
             }
             Err(status) => {

@@ -8,15 +8,13 @@
 //! configured caller and hands on in the request extensions: a call takes no lock and looks
 //! nothing up.
 
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::grpc::status::{transport_reason::CALLER_CONCURRENCY_LIMIT, transport_status};
 use crate::layers::auth::ServiceIdentity;
 use crate::runtime::metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tonic::body::Body;
-use tonic::codegen::http;
 use tonic::{Code, Status};
 
 /// The calls one calling service has in flight. An atomic counter rather than a semaphore: calls
@@ -58,24 +56,7 @@ impl CallerLimitLayer {
     }
 }
 
-impl<S> tower::Layer<S> for CallerLimitLayer {
-    type Service = CallerLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        CallerLimitService {
-            inner,
-            limit: self.clone(),
-        }
-    }
-}
-
-/// The service the layer wraps.
-#[derive(Clone)]
-pub struct CallerLimitService<S> {
-    inner: S,
-    limit: CallerLimitLayer,
-}
-
-use super::{BoxFuture, ready_instance};
+super::middleware_layer!(CallerLimitLayer);
 
 fn exhausted(caller: &str, max: usize) -> Status {
     transport_status(
@@ -88,30 +69,16 @@ fn exhausted(caller: &str, max: usize) -> Status {
     )
 }
 
-impl<S> tower::Service<http::Request<Body>> for CallerLimitService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
+impl<S: Inner> Middleware<S> for CallerLimitLayer {
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let mut inner = ready_instance(&mut self.inner);
+    fn handle(&self, mut inner: S, req: Request) -> BoxFuture<Response, S::Error> {
         // Health checks and reflection carry no identity: never limited.
         let Some(identity) = req.extensions().get::<ServiceIdentity>() else {
             return Box::pin(inner.call(req));
         };
         tracing::Span::current().record("caller", identity.name.as_str());
-        if self.limit.max == 0 {
+        if self.max == 0 {
             return Box::pin(inner.call(req));
         }
         let Some(calls) = req.extensions().get::<CallsInFlight>() else {
@@ -120,7 +87,7 @@ where
             let status = Status::internal("the caller's concurrency limit is not set up");
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        match calls.try_enter(self.limit.max) {
+        match calls.try_enter(self.max) {
             Some(call) => {
                 let response = inner.call(req);
                 Box::pin(async move {
@@ -131,9 +98,9 @@ where
             }
             None => {
                 let caller = identity.name.as_str();
-                self.limit.metrics.rejected(caller, "concurrency_limit");
-                tracing::warn!(caller = %caller, max = self.limit.max, "call refused: caller concurrency limit");
-                let status = exhausted(caller, self.limit.max);
+                self.metrics.rejected(caller, "concurrency_limit");
+                tracing::warn!(caller = %caller, max = self.max, "call refused: caller concurrency limit");
+                let status = exhausted(caller, self.max);
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

@@ -3,11 +3,11 @@
 //! deadline (`grpc-timeout`) answered with DEADLINE_EXCEEDED. Health checks and reflection pass
 //! through untouched (probes would drown the traces).
 
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::grpc::status::{transport_reason::INVALID_DEADLINE, transport_status};
 use crate::layers::rpc::Rpc;
 use crate::runtime::metrics::{Metrics, code_name};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -29,24 +29,7 @@ impl ObserveLayer {
     }
 }
 
-impl<S> tower::Layer<S> for ObserveLayer {
-    type Service = ObserveService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ObserveService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// The service the layer wraps around the router.
-#[derive(Clone)]
-pub struct ObserveService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-use super::{BoxFuture, ready_instance};
+super::middleware_layer!(ObserveLayer);
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -83,24 +66,10 @@ fn margin(timeout: Duration) -> Duration {
     (timeout / 20).min(Duration::from_millis(20))
 }
 
-impl<S> tower::Service<http::Request<Body>> for ObserveService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
+impl<S: Inner> Middleware<S> for ObserveLayer {
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let mut inner = ready_instance(&mut self.inner);
+    fn handle(&self, mut inner: S, mut req: Request) -> BoxFuture<Response, S::Error> {
         let Some(rpc) = Rpc::from_path(req.uri().path()) else {
             return Box::pin(inner.call(req));
         };

@@ -4,15 +4,13 @@
 //! queue. It runs before authentication, so unauthenticated floods are bounded too. Health checks
 //! and reflection are never shed: probes must see the truth while the broker is busy.
 
+use super::{BoxFuture, Inner, Layered, Middleware, Request, Response};
 use crate::grpc::status::{transport_reason::SERVER_OVERLOADED, transport_status};
 use crate::runtime::metrics::Metrics;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::Code;
-use tonic::body::Body;
-use tonic::codegen::http;
 use tower::ServiceExt;
 use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
 use tower::load_shed::{LoadShed, error::Overloaded};
@@ -45,50 +43,39 @@ impl<S: Clone> tower::Layer<S> for OverloadLayer {
                 inner.clone(),
             ))
         });
-        OverloadService {
-            inner,
+        let shed = Shed {
             limited,
             max: self.max,
             metrics: self.metrics.clone(),
-        }
+        };
+        Layered::new(shed, inner)
     }
 }
 
 /// The service the layer wraps.
+pub type OverloadService<S> = Layered<Shed<S>, S>;
+
+/// The layer's part of its service: the limited (and shedding) path to the inner service.
 #[derive(Clone)]
-pub struct OverloadService<S> {
-    inner: S,
+pub struct Shed<S> {
     limited: Option<LoadShed<ConcurrencyLimit<S>>>,
     max: usize,
     metrics: Arc<Metrics>,
 }
 
-use super::{BoxFuture, ready_instance};
-
-impl<S> tower::Service<http::Request<Body>> for OverloadService<S>
+impl<S> Middleware<S> for Shed<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Inner,
     S::Error: Into<tower::BoxError>,
-    S::Future: Send + 'static,
 {
-    type Response = http::Response<Body>;
     type Error = tower::BoxError;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn handle(&self, mut inner: S, req: Request) -> BoxFuture<Response, Self::Error> {
         // Every call, health checks included, keeps its connection from counting as idle.
         let in_flight = crate::runtime::listener::track_call(&req);
         let path = req.uri().path();
         let exempt = path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.");
         let Some(limited) = self.limited.clone().filter(|_| !exempt) else {
-            let mut inner = ready_instance(&mut self.inner);
             return Box::pin(async move {
                 let response = inner.call(req).await.map_err(Into::into);
                 drop(in_flight);

@@ -5,6 +5,7 @@
 //! hands the identity on; the auth layer then applies that caller's role as for any other.
 //! A token that does not verify is left to the auth layer, which refuses it as unknown.
 
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::layers::auth::ServiceIdentity;
 use crate::layers::jwt::{Audience, KeyRefusal, KeySet, KeySource, secs};
 use crate::runtime::config::{ConfigError, WorkloadIdentityConfig};
@@ -12,9 +13,7 @@ use cb_broker::clock::Clock;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tonic::body::Body;
 use tonic::codegen::http;
 
 /// A caller authenticated by its workload token (request extension, read by the auth layer).
@@ -112,24 +111,7 @@ impl WorkloadLayer {
     }
 }
 
-impl<S> tower::Layer<S> for WorkloadLayer {
-    type Service = WorkloadService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        WorkloadService {
-            inner,
-            verifier: self.verifier.clone(),
-        }
-    }
-}
-
-/// The service the layer wraps around the router.
-#[derive(Clone)]
-pub struct WorkloadService<S> {
-    inner: S,
-    verifier: Option<Arc<WorkloadVerifier>>,
-}
-
-use super::{BoxFuture, ready_instance};
+super::middleware_layer!(WorkloadLayer);
 
 /// The bearer token when it has the shape of a JWT (three dot-separated parts).
 fn jwt_bearer(headers: &http::HeaderMap) -> Option<String> {
@@ -141,24 +123,10 @@ fn jwt_bearer(headers: &http::HeaderMap) -> Option<String> {
     (token.split('.').count() == 3).then(|| token.to_owned())
 }
 
-impl<S> tower::Service<http::Request<Body>> for WorkloadService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
+impl<S: Inner> Middleware<S> for WorkloadLayer {
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let mut inner = ready_instance(&mut self.inner);
+    fn handle(&self, mut inner: S, mut req: Request) -> BoxFuture<Response, S::Error> {
         let (Some(verifier), Some(token)) = (self.verifier.clone(), jwt_bearer(req.headers()))
         else {
             return Box::pin(async move { inner.call(req).await });

@@ -300,33 +300,31 @@ impl Application {
             let poll = Duration::from_millis(config.events.webhook_poll_ms.max(10));
             background.push(tokio::spawn(d.run(poll)));
         }
-        if let Some(verifier) = &actors.verifier
-            && verifier.keys().has_jwks()
-        {
-            let every = config
-                .actor_assertions
-                .as_ref()
-                .map_or(300, |a| a.jwks_refresh_seconds);
-            background.push(
-                crate::layers::jwt::start_refreshing(
-                    verifier.keys().clone(),
-                    "actor assertions",
-                    every,
-                )
-                .await,
-            );
-        }
-        if let Some(w) = &workloads
-            && w.keys().has_jwks()
-        {
-            let every = config
-                .workload_identity
-                .as_ref()
-                .map_or(300, |w| w.jwks_refresh_seconds);
-            background.push(
-                crate::layers::jwt::start_refreshing(w.keys().clone(), "workload identity", every)
-                    .await,
-            );
+        // Each JWT issuer with a JWKS gets its refresher.
+        let issuers = [
+            (
+                actors.verifier.as_ref().map(|v| v.keys()),
+                "actor assertions",
+                config
+                    .actor_assertions
+                    .as_ref()
+                    .map(|a| a.jwks_refresh_seconds),
+            ),
+            (
+                workloads.as_ref().map(|w| w.keys()),
+                "workload identity",
+                config
+                    .workload_identity
+                    .as_ref()
+                    .map(|w| w.jwks_refresh_seconds),
+            ),
+        ];
+        for (keys, what, every) in issuers {
+            if let Some(keys) = keys.filter(|k| k.has_jwks()) {
+                let every = every.unwrap_or(300);
+                let refresher = crate::layers::jwt::start_refreshing(keys.clone(), what, every);
+                background.push(refresher.await);
+            }
         }
         background.push(metrics.spawn_credentials_gauge(
             store.clone(),

@@ -58,6 +58,62 @@ pub struct Dependencies {
     pub envelope: Arc<Envelope>,
 }
 
+/// One checked dependency and whether its last check passed.
+struct Dependency {
+    /// Its name in the `dependency_up` metric.
+    metric: &'static str,
+    /// Its name in the log.
+    label: &'static str,
+    up: bool,
+}
+
+impl Dependency {
+    /// Up: start-up just used it.
+    fn new(metric: &'static str, label: &'static str) -> Self {
+        Self {
+            metric,
+            label,
+            up: true,
+        }
+    }
+
+    /// Runs one check within `timeout`; a failure is logged when it is new, a change of state
+    /// goes to the metric.
+    async fn check<E: std::fmt::Display>(
+        &mut self,
+        timeout: Duration,
+        check: impl Future<Output = Result<(), E>>,
+        metrics: &Metrics,
+    ) {
+        let label = self.label;
+        let up = match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if self.up {
+                    tracing::warn!(error = %e, "{label} check failed");
+                }
+                false
+            }
+            Err(_) => {
+                if self.up {
+                    tracing::warn!(
+                        timeout_seconds = timeout.as_secs(),
+                        "{label} check timed out"
+                    );
+                }
+                false
+            }
+        };
+        if up != self.up {
+            metrics.set_dependency_up(self.metric, up);
+            if up {
+                tracing::info!("{label} reachable again");
+            }
+        }
+        self.up = up;
+    }
+}
+
 /// Starts the monitor; the statuses start SERVING (start-up just used both dependencies).
 pub async fn spawn_monitor(
     reporter: HealthReporter,
@@ -77,59 +133,15 @@ pub async fn spawn_monitor(
     db_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     kms_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::spawn(async move {
-        let (mut db_up, mut kms_up) = (true, true);
+        let mut db = Dependency::new("database", "database");
+        let mut kms = Dependency::new("kms", "key provider");
         let mut ready = true;
         loop {
             tokio::select! {
-                _ = db_tick.tick() => {
-                    let up = match tokio::time::timeout(timeout, deps.store.ping()).await {
-                        Ok(Ok(())) => true,
-                        Ok(Err(e)) => {
-                            if db_up {
-                                tracing::warn!(error = %e, "database check failed");
-                            }
-                            false
-                        }
-                        Err(_) => {
-                            if db_up {
-                                tracing::warn!(timeout_seconds = timeout.as_secs(), "database check timed out");
-                            }
-                            false
-                        }
-                    };
-                    if up != db_up {
-                        metrics.set_dependency_up("database", up);
-                        if up {
-                            tracing::info!("database reachable again");
-                        }
-                    }
-                    db_up = up;
-                }
-                _ = kms_tick.tick() => {
-                    let up = match tokio::time::timeout(timeout, deps.envelope.self_check()).await {
-                        Ok(Ok(())) => true,
-                        Ok(Err(e)) => {
-                            if kms_up {
-                                tracing::warn!(error = %e, "key provider check failed");
-                            }
-                            false
-                        }
-                        Err(_) => {
-                            if kms_up {
-                                tracing::warn!(timeout_seconds = timeout.as_secs(), "key provider check timed out");
-                            }
-                            false
-                        }
-                    };
-                    if up != kms_up {
-                        metrics.set_dependency_up("kms", up);
-                        if up {
-                            tracing::info!("key provider reachable again");
-                        }
-                    }
-                    kms_up = up;
-                }
+                _ = db_tick.tick() => db.check(timeout, deps.store.ping(), &metrics).await,
+                _ = kms_tick.tick() => kms.check(timeout, deps.envelope.self_check(), &metrics).await,
             }
+            let (db_up, kms_up) = (db.up, kms.up);
             let now_ready = db_up && kms_up;
             if now_ready != ready {
                 if now_ready {

@@ -18,12 +18,21 @@ use std::time::Instant;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-/// Records how a call ended on its span; a failure also marks the span as an error.
-fn record_outcome(span: &tracing::Span, outcome: &str, failed: bool) {
+/// Runs `call` in `span` and records how it ended (`outcome` names it) on the span, a failure
+/// also as an error; returns the result, its outcome and how long it took.
+async fn timed<T, E>(
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, E>>,
+    outcome: impl FnOnce(&Result<T, E>) -> &'static str,
+) -> (Result<T, E>, &'static str, std::time::Duration) {
+    let started = Instant::now();
+    let result = call.instrument(span.clone()).await;
+    let outcome = outcome(&result);
     span.record("outcome", outcome);
-    if failed {
+    if result.is_err() {
         span.record("otel.status_code", "ERROR");
     }
+    (result, outcome, started.elapsed())
 }
 
 // ---- KMS ---------------------------------------------------------------------------------------
@@ -68,17 +77,14 @@ impl InstrumentedKeyProvider {
                 otel.status_code = Empty,
             )
         };
-        let started = Instant::now();
-        let result = call.instrument(span.clone()).await;
-        let outcome = match &result {
+        let (result, outcome, took) = timed(span, call, |result| match result {
             Ok(_) => "ok",
             Err(CryptoError::Unavailable(_)) => "unavailable",
             Err(CryptoError::AccessDenied { .. }) => "denied",
             Err(_) => "error",
-        };
-        record_outcome(&span, outcome, result.is_err());
-        self.metrics
-            .observe_kms_call(operation, outcome, started.elapsed());
+        })
+        .await;
+        self.metrics.observe_kms_call(operation, outcome, took);
         result
     }
 
@@ -182,19 +188,17 @@ impl InstrumentedGateway {
             outcome = Empty,
             otel.status_code = Empty,
         );
-        let started = Instant::now();
-        let result = call.instrument(span.clone()).await;
-        let outcome = match &result {
+        let (result, outcome, took) = timed(span, call, |result| match result {
             Ok(_) => "ok",
             Err(ProviderError::Permanent(_)) => "permanent",
             Err(ProviderError::ClientRejected(_)) => "client_rejected",
             Err(ProviderError::Transient { .. }) => "transient",
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",
-        };
-        record_outcome(&span, outcome, result.is_err());
+        })
+        .await;
         self.metrics
-            .observe_provider_call(provider, operation, outcome, started.elapsed());
+            .observe_provider_call(provider, operation, outcome, took);
         result
     }
 }

@@ -300,14 +300,7 @@ pub async fn check_stored_tokens_open(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::runtime::config::tests::env;
 
     #[test]
     fn aws_credentials_come_from_the_environment_or_the_sdk_chain() {
