@@ -253,22 +253,35 @@ where
                 .await
                 .map_err(map::<DB>)?;
         }
-        for chunk in events.chunks(sql::ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_CREDENTIAL_EVENTS);
-            insert.push_values(chunk, push_event);
+        Self::insert_rows(conn, sql::INSERT_CREDENTIAL_EVENTS, events, push_event).await?;
+        // Each event's webhook deliveries are born with it: none is lost between the two. (A
+        // change writes a handful of events: one statement stays far below the bind limits.)
+        let mut fan_out = QueryBuilder::<DB>::new(sql::FAN_OUT_DELIVERIES_HEAD);
+        let mut ids = fan_out.separated(", ");
+        for e in events {
+            ids.push_bind(e.event_id.as_str());
+        }
+        fan_out.push(")");
+        fan_out
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(map::<DB>)?;
+        Ok(())
+    }
+
+    /// Inserts `rows` after `head` (`INSERT INTO … (columns) `), `push` writing one row of the
+    /// `VALUES` list, in as few statements as the bind limits allow.
+    async fn insert_rows<T>(
+        conn: &mut DB::Connection,
+        head: &'static str,
+        rows: &[T],
+        push: fn(Separated<'_, DB, &'static str>, &T),
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(sql::ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<DB>::new(head);
+            insert.push_values(chunk, push);
             insert
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(map::<DB>)?;
-            // Each event's webhook deliveries are born with it: none is lost between the two.
-            let mut fan_out = QueryBuilder::<DB>::new(sql::FAN_OUT_DELIVERIES_HEAD);
-            let mut ids = fan_out.separated(", ");
-            for e in chunk {
-                ids.push_bind(e.event_id.as_str());
-            }
-            fan_out.push(")");
-            fan_out
                 .build()
                 .execute(&mut *conn)
                 .await
@@ -321,16 +334,7 @@ where
         conn: &mut DB::Connection,
         members: &[MemberRow],
     ) -> Result<(), StoreError> {
-        for chunk in members.chunks(sql::ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
-            insert.push_values(chunk, push_member);
-            insert
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(map::<DB>)?;
-        }
-        Ok(())
+        Self::insert_rows(conn, sql::INSERT_MEMBERS, members, push_member).await
     }
 
     /// The body of `change_member`, inside the caller's write transaction.
@@ -870,15 +874,6 @@ where
         .await
     }
 
-    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
-        self.traced(
-            "prune_credential_events",
-            None,
-            self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
-        )
-        .await
-    }
-
     async fn upsert_webhook_endpoint(
         &self,
         id: &str,
@@ -1355,6 +1350,15 @@ where
             .bind(now);
         self.traced("consume_connect_session", None, self.changed(update))
             .await
+    }
+
+    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.traced(
+            "prune_credential_events",
+            None,
+            self.prune(sql::PRUNE_CREDENTIAL_EVENTS_BATCH, older_than),
+        )
+        .await
     }
 
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
