@@ -114,6 +114,16 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
     ("ImportCredential", &[Service::Operator], Needs::Nothing),
     ("ListAuditEvents", &[Service::Operator], Needs::Nothing),
     (
+        "ListCredentialEvents",
+        &[Service::Web, Service::Operator],
+        Needs::Filtered,
+    ),
+    (
+        "WatchCredentialEvents",
+        &[Service::Web, Service::Operator],
+        Needs::Filtered,
+    ),
+    (
         "ListMembers",
         &[Service::Web, Service::Operator],
         Needs::Sees,
@@ -519,6 +529,21 @@ async fn call(
         "ListAuditEvents" => rpc!(
             creds.list_audit_events,
             pb::ListAuditEventsRequest::default()
+        ),
+        "ListCredentialEvents" => rpc!(
+            creds.list_credential_events,
+            pb::ListCredentialEventsRequest {
+                workspace_id: "ws1".into(),
+                ..Default::default()
+            }
+        ),
+        "WatchCredentialEvents" => rpc!(
+            creds.watch_credential_events,
+            pb::WatchCredentialEventsRequest {
+                workspace_id: "ws1".into(),
+                start_at_end: true,
+                ..Default::default()
+            }
         ),
         "ListMembers" => rpc!(
             members.list_members,

@@ -248,6 +248,30 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     ))
     .await
     .unwrap();
+    c.list_credential_events(call(
+        pb::ListCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            credential_id: id.clone(),
+            ..Default::default()
+        },
+        WEB_TOKEN,
+        alice,
+    ))
+    .await
+    .unwrap();
+    drop(
+        c.watch_credential_events(call(
+            pb::WatchCredentialEventsRequest {
+                workspace_id: "ws1".into(),
+                start_at_end: true,
+                ..Default::default()
+            },
+            OPERATOR_TOKEN,
+            None,
+        ))
+        .await
+        .unwrap(),
+    );
     // Denied by the caller layer: an executor may not read the log; nobody may call unnamed.
     c.list_audit_events(call(
         pb::ListAuditEventsRequest::default(),
@@ -384,6 +408,8 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         ("oauth_app.retire_secret", "operator", "", "", "ok"),
         ("oauth_app.test", "operator", "", "", "ok"),
         ("oauth_app.delete", "operator", "", "", "ok"),
+        ("event.list", "web", ALICE.0, cred, "ok"),
+        ("event.watch", "operator", "", "", "ok"),
         (
             "rpc.ListAuditEvents",
             "executor",

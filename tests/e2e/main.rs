@@ -5,6 +5,7 @@ mod audit;
 mod connect_flow;
 mod credential_api;
 mod docs;
+mod events;
 mod key_management;
 mod kms;
 mod load_protection;

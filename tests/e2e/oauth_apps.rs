@@ -377,17 +377,21 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
         "every refresh went out under the app's client"
     );
 
-    // A secret the provider does not accept at all: the refresh fails and says which app.
+    // A secret the provider does not accept at all: the refresh fails, says which app, and the
+    // grant is kept (the app is to fix, not the user's connection: health CLIENT_MISCONFIGURED).
     fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), "changed-at-provider".into())]);
     b.clock.advance(Duration::from_secs(3600));
     let err = alice.token(&cred.credential_id).await.unwrap_err();
-    assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
-    assert_needs_reconnect_naming(
-        &mut alice,
-        &cred.credential_id,
-        &["invalid_client", &app.oauth_app_id],
-    )
-    .await;
+    assert_eq!(error_details(&err).0, "PROVIDER_CLIENT_REJECTED");
+    for word in ["invalid_client", app.oauth_app_id.as_str()] {
+        assert!(err.message().contains(word), "{word}: {}", err.message());
+    }
+    let c = alice.get(&cred.credential_id).await.unwrap();
+    assert_eq!(c.status(), pb::CredentialStatus::Active);
+    assert_eq!(
+        c.health.map(|h| h.health()),
+        Some(pb::CredentialHealth::ClientMisconfigured)
+    );
 }
 
 async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {

@@ -7,7 +7,7 @@ use crate::support::broker::{
     with_fake_provider,
 };
 use crate::support::client::{ALICE, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::otlp_collector::OtlpCollector;
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
@@ -20,14 +20,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn rotating() -> FakeConfig {
-    FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: true,
-        ..FakeConfig::default()
-    }
-}
 
 fn t0_secs() -> i64 {
     T0.as_millis() / 1000
@@ -336,6 +328,19 @@ async fn metrics_count_a_scripted_flow() {
         r#"credential_broker_credentials{status="DISCONNECTED"}"#,
         0.0,
     );
+    // Health beside status: the revoked grant is counted by its cause.
+    expect(
+        r#"credential_broker_credential_health{health="HEALTHY"}"#,
+        1.0,
+    );
+    expect(
+        r#"credential_broker_credential_health{health="GRANT_REVOKED"}"#,
+        1.0,
+    );
+    expect(
+        r#"credential_broker_credential_health{health="PROVIDER_OUTAGE"}"#,
+        0.0,
+    );
     expect(
         r#"credential_broker_dependency_up{dependency="database"}"#,
         1.0,
@@ -637,6 +642,24 @@ async fn operator_commands_show_metadata_and_check_providers() {
     assert!(ok_exit, "{err}");
     assert!(out.contains(&doomed) && !out.contains(&ok), "{out}");
     assert!(out.contains("invalid_grant"), "the reason is shown: {out}");
+    assert!(out.contains("GRANT_REVOKED"), "the health is shown: {out}");
+    let by_health = |health: &str| {
+        run(
+            &[
+                "credentials",
+                "list",
+                "--status",
+                "active",
+                "--health",
+                health,
+            ],
+            &path,
+        )
+    };
+    let (ok_exit, out, err) = by_health("healthy");
+    assert!(ok_exit && out.contains(&ok), "{out}{err}");
+    let (ok_exit, out, err) = by_health("provider-outage");
+    assert!(ok_exit && !out.contains(&ok), "{out}{err}");
     let (_, out, _) = run(
         &[
             "credentials",
@@ -673,6 +696,18 @@ async fn operator_commands_show_metadata_and_check_providers() {
     assert!(ok_exit);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["status"], "NEEDS_RECONNECT");
+    assert_eq!(shown["health"], "GRANT_REVOKED");
+    assert_eq!(shown["health_error_code"], "invalid_grant");
+    assert_eq!(shown["health_failures"], 1);
+    let (_, out, _) = run(&["credentials", "show", &doomed], &path);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("health:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("GRANT_REVOKED") && line.contains("last error invalid_grant"),
+        "{out}"
+    );
     assert_eq!(shown["members"][0]["role"], "ADMIN");
     let (missing_exit, _, err) = run(&["credentials", "show", "nope"], &path);
     assert!(!missing_exit && err.contains("nope"), "{err}");

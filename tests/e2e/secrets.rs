@@ -94,7 +94,7 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
             fc.client_id, fc.client_secret
         )
-        + &crate::token_issuance::custom_provider_toml(&fake);
+        + &crate::support::broker::custom_provider_toml(&fake);
     let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
     let mut client = broker.client(ALICE).await;
     let c = client.creds.clone();

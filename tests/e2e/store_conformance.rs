@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cb_store::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
-    RefreshIntent, RunGrantRow, SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow,
-    run_grant_change_id,
+    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow,
+    EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent,
+    NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, RefreshFailure, RefreshIntent, RunGrantRow,
+    SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -100,6 +100,9 @@ store_suite!(
     oauth_app_round_trips_and_holds_its_secrets,
     oauth_app_update_is_optimistic_and_delete_takes_the_secrets,
     credential_records_its_oauth_app,
+    refresh_failure_counts_and_keeps_since_without_a_version_bump,
+    events_are_written_with_their_change_and_read_by_cursor,
+    concurrent_event_writers_are_read_in_cursor_order_without_gaps,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -177,6 +180,13 @@ fn credential(id: &str, workspace_id: &str, provider_id: &str, subject: &str) ->
             fence: 7,
             expires_at: Some(1_700_000_010_000),
         },
+        health: HealthColumns {
+            health: "PROVIDER_OUTAGE".to_owned(),
+            cause: Some("provider temporarily unavailable: HTTP 503".to_owned()),
+            since: Some(1_700_000_000_004),
+            failures: 2,
+            error_code: Some("temporarily_unavailable".to_owned()),
+        },
     }
 }
 
@@ -198,6 +208,7 @@ fn bare_credential(
         has_refresh_token: false,
         sealed: None,
         lease: LeaseColumns::default(),
+        health: HealthColumns::default(),
         ..credential(id, workspace_id, provider_id, subject)
     }
 }
@@ -532,6 +543,7 @@ async fn list_by_status_filters_workspace_and_pages(store: Arc<dyn Store>) {
         workspace_id: workspace.map(str::to_owned),
         after_id: after.map(str::to_owned),
         limit,
+        ..StatusQuery::default()
     };
     let all = store
         .list_credentials_by_status(&needs(None, None, 100))
@@ -3774,4 +3786,274 @@ async fn credential_records_its_oauth_app(store: Arc<dyn Store>) {
             .is_empty()
     );
     assert_eq!(store.credential_app("c1").await.unwrap(), None);
+}
+
+fn credential_event(credential_id: &str, kind: &str, n: usize) -> NewCredentialEvent {
+    NewCredentialEvent {
+        event_id: format!("evt-{credential_id}-{kind}-{n}"),
+        at: 1_700_000_000_000 + i64::try_from(n).unwrap(),
+        workspace_id: "ws1".to_owned(),
+        credential_id: credential_id.to_owned(),
+        kind: kind.to_owned(),
+        actor: Some("user-1".to_owned()),
+        cause: None,
+        detail: None,
+    }
+}
+
+fn events_after(after_id: i64) -> EventQuery {
+    EventQuery {
+        after_id,
+        limit: 1000,
+        ..EventQuery::default()
+    }
+}
+
+async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Arc<dyn Store>) {
+    let healthy = CredentialRow {
+        health: HealthColumns::default(),
+        ..leaseless("c1")
+    };
+    store
+        .insert_credential(&healthy, &[])
+        .await
+        .expect("insert");
+    let outage = |at| RefreshFailure {
+        health: "PROVIDER_OUTAGE".to_owned(),
+        cause: "provider temporarily unavailable".to_owned(),
+        error_code: Some("temporarily_unavailable".to_owned()),
+        at,
+    };
+    let first = store
+        .record_refresh_failure(
+            "c1",
+            &outage(10),
+            &[credential_event("c1", "refresh_failed", 1)],
+        )
+        .await
+        .expect("first failure")
+        .expect("row");
+    let second = store
+        .record_refresh_failure("c1", &outage(20), &[])
+        .await
+        .expect("second failure")
+        .expect("row");
+    assert_eq!(first.health.since, Some(10));
+    assert_eq!(
+        second.health.since,
+        Some(10),
+        "a continuing outage keeps its since"
+    );
+    assert_eq!(second.health.failures, 2);
+    assert_eq!(second.row_version, 1, "health is not an edit");
+    let rejected = store
+        .record_refresh_failure(
+            "c1",
+            &RefreshFailure {
+                health: "CLIENT_MISCONFIGURED".to_owned(),
+                error_code: Some("invalid_client".to_owned()),
+                ..outage(30)
+            },
+            &[],
+        )
+        .await
+        .expect("third failure")
+        .expect("row");
+    assert_eq!(rejected.health.since, Some(30), "another cause starts anew");
+    assert_eq!(
+        rejected.health.error_code.as_deref(),
+        Some("invalid_client")
+    );
+    assert_eq!(must_get(&*store, "c1").await.health, rejected.health);
+    let events = store
+        .list_credential_events(&events_after(0))
+        .await
+        .expect("list");
+    assert_eq!(events.len(), 1);
+    assert!(
+        store
+            .record_refresh_failure("missing", &outage(40), &[])
+            .await
+            .expect("unknown")
+            .is_none()
+    );
+}
+
+async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn Store>) {
+    let admin = active(member("c1", "admin@example.com", "ADMIN"));
+    store
+        .insert_credential_with_events(
+            &leaseless("c1"),
+            std::slice::from_ref(&admin),
+            &[credential_event("c1", "connected", 1)],
+        )
+        .await
+        .expect("insert");
+    store
+        .insert_credential_with_events(
+            &leaseless("c2"),
+            &[],
+            &[credential_event("c2", "connected", 2)],
+        )
+        .await
+        .expect("insert c2");
+    let renamed = store
+        .update_credential_with_events(
+            &CredentialRow {
+                display_name: "renamed".to_owned(),
+                ..leaseless("c1")
+            },
+            1,
+            &[credential_event("c1", "updated", 3)],
+        )
+        .await
+        .expect("update");
+    // A write that fails writes no event: they share the transaction.
+    store
+        .update_credential_with_events(&renamed, 1, &[credential_event("c1", "updated", 4)])
+        .await
+        .expect_err("stale");
+    assert!(is_last_admin(
+        &store
+            .change_member_with_events(
+                &delete_change("c1", "admin@example.com"),
+                &[credential_event("c1", "member_removed", 5)],
+            )
+            .await
+    ));
+
+    let all = store
+        .list_credential_events(&events_after(0))
+        .await
+        .expect("list");
+    let kinds: Vec<_> = all
+        .iter()
+        .map(|e| (e.event.credential_id.as_str(), e.event.kind.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("c1", "connected"), ("c2", "connected"), ("c1", "updated")]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all[2].event.event_id, "evt-c1-updated-3");
+
+    // Cursor, credential, kinds and membership filters.
+    let after_first = store
+        .list_credential_events(&events_after(all[0].id))
+        .await
+        .expect("after");
+    assert_eq!(after_first, all[1..]);
+    let of_c1 = store
+        .list_credential_events(&EventQuery {
+            credential_id: Some("c1".to_owned()),
+            kinds: vec!["updated".to_owned()],
+            ..events_after(0)
+        })
+        .await
+        .expect("c1 updates");
+    assert_eq!(of_c1, all[2..]);
+    let of_member = |user: &str, email: &str| EventQuery {
+        workspace_id: Some("ws1".to_owned()),
+        member: Some((user.to_owned(), email.to_owned())),
+        ..events_after(0)
+    };
+    let admin_sees = store
+        .list_credential_events(&of_member("nobody", "admin@example.com"))
+        .await
+        .expect("by email");
+    assert_eq!(admin_sees.len(), 2, "the events of c1 only");
+    assert!(
+        store
+            .list_credential_events(&of_member("u-x", "x@example.com"))
+            .await
+            .expect("stranger")
+            .is_empty()
+    );
+
+    // Retention: older than the cutoff goes.
+    let pruned = store
+        .prune_credential_events(1_700_000_000_002)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 1);
+    let left = store
+        .list_credential_events(&events_after(0))
+        .await
+        .expect("left");
+    assert_eq!(left, all[1..]);
+}
+
+/// Writers on many connections and a reader that follows the log by cursor: whatever order the
+/// transactions commit in, the reader ends up with every event exactly once.
+async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: Arc<dyn Store>) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 15;
+    for w in 0..WRITERS {
+        store
+            .insert_credential(&leaseless(&format!("c{w}")), &[])
+            .await
+            .expect("insert");
+    }
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let id = format!("c{w}");
+                    let renamed = CredentialRow {
+                        display_name: format!("name {n}"),
+                        ..must_get(&*store, &id).await
+                    };
+                    let version = renamed.row_version;
+                    store
+                        .update_credential_with_events(
+                            &renamed,
+                            version,
+                            &[credential_event(&id, "updated", n)],
+                        )
+                        .await
+                        .expect("update");
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let follow = |cursor: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .list_credential_events(&events_after(cursor))
+                .await
+                .expect("follow")
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !writers.iter().all(tokio::task::JoinHandle::is_finished) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writers did not finish"
+        );
+        for e in follow(cursor).await {
+            cursor = e.id;
+            seen.push(e.event.event_id);
+        }
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for e in follow(cursor).await {
+        seen.push(e.event.event_id);
+    }
+    let all: Vec<_> = follow(0)
+        .await
+        .into_iter()
+        .map(|e| e.event.event_id)
+        .collect();
+    assert_eq!(all.len(), WRITERS * EACH);
+    assert_eq!(
+        seen, all,
+        "a reader following the cursor saw every event once, in order"
+    );
 }

@@ -6,7 +6,7 @@ use crate::support::broker::{
     fake_grant_import, provider_toml, with_fake_provider,
 };
 use crate::support::client::Answered;
-use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
+use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::{wait_for, wait_until_sync};
@@ -19,14 +19,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const ALICE: (&str, &str) = ("u-alice", "alice@example.com");
-
-fn rotating() -> FakeConfig {
-    FakeConfig {
-        rotate_refresh_tokens: true,
-        reuse_revokes_grant: true,
-        ..FakeConfig::default()
-    }
-}
 
 async fn broker_on(fake: &FakeProvider, database_url: Option<&str>) -> TestBroker {
     TestBroker::with_fake(fake, database_url, |config| {
@@ -1022,9 +1014,6 @@ async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
     drop((a, b));
     db.drop_database().await;
 }
-
-// Kept importable from here for the tests that name it so.
-pub use crate::support::broker::custom_provider_toml;
 
 /// A flight whose callers all went away before the provider was called is abandoned: it never
 /// calls the provider. (A refresh already sent always completes and is stored.)

@@ -26,6 +26,8 @@ pub const ACTIONS: &[&str] = &[
     "credential.list",
     "credential.reconnect",
     "credential.update",
+    "event.list",
+    "event.watch",
     "member.accept",
     "member.add",
     "member.list",

@@ -11,6 +11,7 @@ use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
     AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
+use crate::health::{EventKind, Health, HealthKind, event};
 use crate::issuance::TokenCache;
 use crate::oauth_apps::{AppClients, ResolvedApp};
 use crate::policy::{Policy, require_actor};
@@ -146,12 +147,12 @@ fn provider_error(e: ProviderError) -> BrokerError {
             reason::PROVIDER_DENIED,
             format!("the provider refused: {d}"),
         ),
-        ProviderError::Permanent(d) | ProviderError::InvalidClient(d) | ProviderError::Other(d) => {
-            failed(
-                reason::CODE_EXCHANGE_FAILED,
-                format!("the provider rejected the authorization code: {d}"),
-            )
-        }
+        ProviderError::Permanent(d)
+        | ProviderError::ClientRejected(d)
+        | ProviderError::Other(d) => failed(
+            reason::CODE_EXCHANGE_FAILED,
+            format!("the provider rejected the authorization code: {d}"),
+        ),
     }
 }
 
@@ -878,7 +879,14 @@ impl ConnectService {
             ));
         }
         let (stored, replaced) = self
-            .store_tokens(&mut c, Some(account), scopes, tokens, now)
+            .store_tokens(
+                &mut c,
+                Some(account),
+                scopes,
+                tokens,
+                now,
+                caller.actor_label(),
+            )
             .await?;
         self.revoke_replaced(&stored, replaced, tokens, trail).await;
         Ok((
@@ -917,7 +925,14 @@ impl ConnectService {
                     return Err(already_connected(&c));
                 };
                 let (stored, replaced) = self
-                    .store_tokens(&mut c, Some(&account), scopes.clone(), tokens, now)
+                    .store_tokens(
+                        &mut c,
+                        Some(&account),
+                        scopes.clone(),
+                        tokens,
+                        now,
+                        caller.actor_label(),
+                    )
                     .await?;
                 self.revoke_replaced(&stored, replaced, tokens, trail).await;
                 return Ok((
@@ -962,9 +977,17 @@ impl ConnectService {
             sealing::seal_into(&self.envelope, &mut c, tokens).await?;
             self.credentials.schedule_refresh(&mut c, tokens, now);
             c.last_refreshed_at = Some(now);
+            let events = [event(
+                &c,
+                EventKind::Connected,
+                caller.actor_label().as_deref(),
+                None,
+                None,
+                now,
+            )];
             match self
                 .store
-                .insert_credential(&c.to_row(), &[admin_row(&c, caller, now)])
+                .insert_credential_with_events(&c.to_row(), &[admin_row(&c, caller, now)], &events)
                 .await
             {
                 Ok(()) => {
@@ -995,6 +1018,7 @@ impl ConnectService {
         scopes: Scopes,
         tokens: &TokenBundle,
         now: Timestamp,
+        actor: Option<String>,
     ) -> Result<(Credential, Option<TokenBundle>), BrokerError> {
         for _ in 0..3 {
             let expected = c.version;
@@ -1012,12 +1036,27 @@ impl ConnectService {
                 c.account.label = a.label.clone();
             }
             c.scopes = scopes.clone();
+            // Reconnecting repairs whatever was wrong with the grant.
+            let cause = (c.health.kind != HealthKind::Healthy).then(|| c.health.kind.class());
             c.status = Status::Active;
+            c.health = Health::healthy(Some(now));
             c.last_refreshed_at = Some(now);
             c.updated_at = now;
             sealing::seal_into(&self.envelope, c, tokens).await?;
             self.credentials.schedule_refresh(c, tokens, now);
-            match self.store.update_credential(&c.to_row(), expected).await {
+            let events = [event(
+                c,
+                EventKind::Reconnected,
+                actor.as_deref(),
+                cause,
+                None,
+                now,
+            )];
+            match self
+                .store
+                .update_credential_with_events(&c.to_row(), expected, &events)
+                .await
+            {
                 Ok(stored) => {
                     self.cache.invalidate(c.id.as_str());
                     return Ok((Credential::from_row(stored)?, replaced));

@@ -3,6 +3,7 @@
 use crate::access::Role;
 use crate::clock::Timestamp;
 use crate::error::BrokerError;
+use crate::health::Health;
 use crate::types::{CredentialId, Description, DisplayName, ProviderAccount, Scopes};
 use cb_store::{CredentialRow, LeaseColumns, SealedColumns};
 
@@ -92,6 +93,8 @@ pub struct Credential {
     /// Row version for optimistic concurrency.
     pub version: i64,
     lease: LeaseColumns,
+    /// Health of the grant and the cause of its last failure.
+    pub health: Health,
 }
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
@@ -133,6 +136,7 @@ impl Credential {
             sealed: None,
             version: 1,
             lease: LeaseColumns::default(),
+            health: Health::healthy(Some(now)),
         }
     }
 
@@ -174,6 +178,7 @@ impl Credential {
             sealed: r.sealed,
             version: r.row_version,
             lease: r.lease,
+            health: Health::from_stored(r.health)?,
         })
     }
 
@@ -203,6 +208,7 @@ impl Credential {
             sealed: self.sealed.clone(),
             row_version: self.version,
             lease: self.lease.clone(),
+            health: self.health.to_stored(),
         }
     }
 

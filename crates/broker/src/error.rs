@@ -67,6 +67,9 @@ pub mod reason {
     pub const LAST_ADMIN: &str = "LAST_ADMIN";
     /// The provider could not refresh the token right now (timeouts, 5xx, 429).
     pub const PROVIDER_UNAVAILABLE: &str = "PROVIDER_UNAVAILABLE";
+    /// The provider rejected the broker's client registration on refresh (`invalid_client`,
+    /// `unauthorized_client`): an operator must fix the app; the grant is kept.
+    pub const PROVIDER_CLIENT_REJECTED: &str = "PROVIDER_CLIENT_REJECTED";
     /// The user or the provider refused the authorization.
     pub const PROVIDER_DENIED: &str = "PROVIDER_DENIED";
     /// The authorization code could not be exchanged (expired, for another client, rejected).
@@ -155,6 +158,7 @@ pub mod reason {
         MEMBER_EXISTS,
         LAST_ADMIN,
         PROVIDER_UNAVAILABLE,
+        PROVIDER_CLIENT_REJECTED,
         PROVIDER_DENIED,
         CODE_EXCHANGE_FAILED,
         CONNECT_STATE_UNKNOWN,

@@ -43,6 +43,8 @@ pub struct ProviderInfo {
     pub custom: bool,
     /// Refresh token expires after this long without use (refresh it before).
     pub refresh_token_idle: Option<Duration>,
+    /// The grant ends this long after consent whatever is refreshed (reconnect before).
+    pub refresh_token_absolute: Option<Duration>,
     /// Whether the catalog entry's values are backed by documented sources.
     pub verified: bool,
 }
@@ -98,13 +100,14 @@ impl std::fmt::Debug for AppClient {
 /// How a provider call failed, as the domain classifies it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProviderError {
-    /// The grant is dead (invalid_grant, revoked, unauthorized client): reconnect needed.
+    /// The grant is dead (invalid_grant, revoked, expired): reconnect needed. Starts with the
+    /// provider's error code (`code: description`).
     #[error("{0}")]
     Permanent(String),
-    /// The provider refused the client's authentication (`invalid_client`): a wrong or retired
-    /// client secret, or an unknown client id.
+    /// The provider rejected the client (`invalid_client`, `unauthorized_client`): the app
+    /// registration must be fixed; the grant itself may be fine. Starts with the error code.
     #[error("{0}")]
-    InvalidClient(String),
+    ClientRejected(String),
     /// Try again later.
     #[error("{detail}")]
     Transient {
@@ -149,6 +152,28 @@ pub enum Discovery {
         /// `scopes_supported`, when published.
         scopes_supported: Option<Vec<String>>,
     },
+}
+
+impl ProviderError {
+    /// The provider's error code, never a token: the OAuth `error` of a refusal, or the class
+    /// of a transient failure (`rate_limited`, `temporarily_unavailable`).
+    pub fn code(&self) -> String {
+        match self {
+            Self::Permanent(why) | Self::ClientRejected(why) => {
+                why.split(':').next().unwrap_or_default().trim().to_owned()
+            }
+            Self::Transient {
+                retry_after: Some(_),
+                ..
+            } => "rate_limited".into(),
+            Self::Transient { detail, .. } if detail.contains("429") || detail.contains("rate") => {
+                "rate_limited".into()
+            }
+            Self::Transient { .. } => "temporarily_unavailable".into(),
+            Self::Denied(_) => "access_denied".into(),
+            Self::Other(_) => "protocol_error".into(),
+        }
+    }
 }
 
 /// Result of a revocation attempt.

@@ -7,8 +7,10 @@ pub mod clock;
 pub mod connect;
 pub mod credential;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod grants;
+pub mod health;
 pub mod issuance;
 pub mod members;
 pub mod oauth_apps;
@@ -21,5 +23,6 @@ pub mod service;
 mod sharded;
 pub mod tokens;
 pub mod types;
+pub mod webhooks;
 
 pub use error::{BrokerError, ErrorCode, FieldViolation};

@@ -4,7 +4,9 @@
 use crate::access::{Caller, Role};
 use crate::audit::{Audit, Write};
 use crate::clock::{Clock, Timestamp};
+use crate::credential::Credential;
 use crate::error::{BrokerError, reason};
+use crate::health::{EventKind, event};
 use crate::issuance::TokenCache;
 use crate::policy::{Policy, require_actor};
 use crate::types::{CredentialId, Email};
@@ -134,9 +136,31 @@ impl MembershipService {
     }
 
     /// Applies a guarded member change and drops the cached token entry (it holds the member list).
-    async fn apply(&self, change: MemberChange) -> Result<(), BrokerError> {
+    /// Writes the lifecycle event `kind` (detail: the member's email, and role) with it.
+    async fn apply(
+        &self,
+        caller: &Caller,
+        change: MemberChange,
+        kind: EventKind,
+        detail: String,
+    ) -> Result<(), BrokerError> {
+        let row = self
+            .store
+            .get_credential(change.credential_id())
+            .await?
+            .ok_or_else(BrokerError::credential_not_found)?;
+        let c = Credential::from_row(row)?;
+        let actor = caller.actor_label();
+        let events = [event(
+            &c,
+            kind,
+            actor.as_deref(),
+            None,
+            Some(detail),
+            self.clock.now(),
+        )];
         self.store
-            .change_member(&change)
+            .change_member_with_events(&change, &events)
             .await
             .map_err(map_change_error)?;
         self.cache.invalidate(change.credential_id());
@@ -208,7 +232,12 @@ impl MembershipService {
                 updated_at: now,
             };
             // The insert itself refuses an existing email, so two concurrent adds cannot both win.
-            match self.apply(MemberChange::Add(m.to_row())).await {
+            let detail = format!("email={email} role={}", role.as_str());
+            let change = MemberChange::Add(m.to_row());
+            match self
+                .apply(caller, change, EventKind::MemberInvited, detail)
+                .await
+            {
                 Err(BrokerError::AlreadyExists { .. }) => Err(BrokerError::AlreadyExists {
                     reason: reason::MEMBER_EXISTS,
                     message: format!(
@@ -248,7 +277,11 @@ impl MembershipService {
                     user_id: actor.user_id.to_string(),
                     updated_at: self.clock.now().as_millis(),
                 };
-                match self.apply(change).await {
+                let detail = format!("email={}", actor.email);
+                match self
+                    .apply(caller, change, EventKind::MemberJoined, detail)
+                    .await
+                {
                     // Accepted, or removed, meanwhile: the row below says which.
                     Ok(()) | Err(BrokerError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -292,13 +325,15 @@ impl MembershipService {
         let result = async {
             self.policy.load_with_role(caller, id, Role::Admin).await?;
             // Only the role column is written, so an invitation accepted meanwhile stays accepted.
-            self.apply(MemberChange::SetRole {
+            let change = MemberChange::SetRole {
                 credential_id: id.to_string(),
                 email: email.to_string(),
                 role: role.as_str().to_owned(),
                 updated_at: self.clock.now().as_millis(),
-            })
-            .await?;
+            };
+            let detail = format!("email={email} role={}", role.as_str());
+            self.apply(caller, change, EventKind::MemberRoleChanged, detail)
+                .await?;
             self.stored(id, email.as_str(), member_not_found).await
         }
         .await;
@@ -334,7 +369,9 @@ impl MembershipService {
                 credential_id: id.to_string(),
                 email: email.to_string(),
             };
-            self.apply(change).await
+            let detail = format!("email={email}");
+            self.apply(caller, change, EventKind::MemberRemoved, detail)
+                .await
         }
         .await;
         let detail = format!("email={email}");

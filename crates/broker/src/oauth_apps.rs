@@ -372,7 +372,7 @@ impl AppClients {
             fallback: None,
         };
         match (first, secrets.next()) {
-            (Err(ProviderError::InvalidClient(_)), Some((previous, client))) => {
+            (Err(ProviderError::ClientRejected(_)), Some((previous, client))) => {
                 let second = f(Some(client.clone())).await;
                 let accepted = second.is_ok();
                 tracing::warn!(

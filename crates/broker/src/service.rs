@@ -7,6 +7,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status, StatusKind};
 use crate::error::{BrokerError, reason};
 use crate::gateway::{ProviderGateway, RevokeResult};
+use crate::health::{EventKind, HealthKind, event};
 use crate::issuance::TokenCache;
 use crate::issuance::schedule::next_refresh_at;
 use crate::oauth_apps::{AppClients, ResolvedApp};
@@ -65,6 +66,8 @@ pub struct ListCredentials {
     pub include_disconnected: bool,
     /// Only these states (empty: all).
     pub statuses: Vec<StatusKind>,
+    /// Only this health.
+    pub health: Option<HealthKind>,
 }
 
 /// A metadata edit; `None` fields stay unchanged.
@@ -148,11 +151,16 @@ impl CredentialService {
     }
 
     /// When the background refresher should look at a credential holding `tokens`.
+    /// Where the provider says nothing of the grant's end, the catalog's absolute lifetime
+    /// (counted from now, the consent) stands in, so the grant is warned about before it ends.
     pub fn schedule_refresh(&self, c: &mut Credential, tokens: &TokenBundle, now: Timestamp) {
-        let idle = self
-            .gateway
-            .get(&c.provider_id)
-            .and_then(|p| p.refresh_token_idle);
+        let provider = self.gateway.get(&c.provider_id);
+        let idle = provider.as_ref().and_then(|p| p.refresh_token_idle);
+        if c.refresh_expires_at.is_none() {
+            c.refresh_expires_at = provider
+                .and_then(|p| p.refresh_token_absolute)
+                .map(|a| now.plus(a));
+        }
         c.next_refresh_at = next_refresh_at(
             now,
             tokens,
@@ -160,6 +168,25 @@ impl CredentialService {
             idle,
             self.random.fraction(),
         );
+    }
+
+    /// Writes `c` against version `expected` with the caller's lifecycle event `kind` in the
+    /// same transaction, and drops its cached tokens.
+    async fn write_with_event(
+        &self,
+        caller: &Caller,
+        c: &Credential,
+        expected: i64,
+        kind: EventKind,
+    ) -> Result<cb_store::CredentialRow, BrokerError> {
+        let actor = caller.actor_label();
+        let events = [event(c, kind, actor.as_deref(), None, None, c.updated_at)];
+        let stored = self
+            .store
+            .update_credential_with_events(&c.to_row(), expected, &events)
+            .await?;
+        self.cache.invalidate(c.id.as_str());
+        Ok(stored)
     }
 
     /// The audit writer shared with other services.
@@ -241,7 +268,15 @@ impl CredentialService {
             created_at: now.as_millis(),
             updated_at: now.as_millis(),
         };
-        self.store.insert_credential(&c.to_row(), &[admin]).await.map_err(|e| match e {
+        let events = [event(
+            &c,
+            EventKind::Connected,
+            caller.actor_label().as_deref(),
+            Some("imported".into()),
+            None,
+            c.created_at,
+        )];
+        self.store.insert_credential_with_events(&c.to_row(), &[admin], &events).await.map_err(|e| match e {
             cb_store::StoreError::Duplicate(_) => BrokerError::AlreadyExists {
                 reason: reason::CREDENTIAL_ALREADY_EXISTS,
                 message: "this provider account is already connected in the workspace; reconnect or disconnect that credential instead".into(),
@@ -330,6 +365,7 @@ impl CredentialService {
                     limit: q.page_size,
                     include_disconnected: q.include_disconnected
                         || q.statuses.contains(&StatusKind::Disconnected),
+                    health: q.health.map(|h| h.as_str().to_owned()),
                 })
                 .await?;
             let exhausted = rows.len() < q.page_size as usize;
@@ -434,8 +470,9 @@ impl CredentialService {
             c.description = d.clone();
         }
         c.updated_at = self.clock.now();
-        let stored = self.store.update_credential(&c.to_row(), c.version).await?;
-        self.cache.invalidate(c.id.as_str());
+        let stored = self
+            .write_with_event(caller, &c, c.version, EventKind::Updated)
+            .await?;
         Ok(CredentialView {
             credential: Credential::from_row(stored)?,
             caller_role: Some(role),
@@ -487,8 +524,9 @@ impl CredentialService {
         sealing::shred(&self.envelope, &mut c)?;
         c.status = Status::Disconnected;
         c.updated_at = self.clock.now();
-        let stored = self.store.update_credential(&c.to_row(), expected).await?;
-        self.cache.invalidate(c.id.as_str());
+        let stored = self
+            .write_with_event(caller, &c, expected, EventKind::Disconnected)
+            .await?;
         let revocation = if crate::revocation::would_end_a_kept_grant(
             self.store.as_ref(),
             self.gateway.as_ref(),

@@ -44,6 +44,8 @@ pub enum TokenFailure {
     },
     /// `invalid_grant` in the dialect's format (Slack `ok:false`, GitHub 200, ...).
     InvalidGrant,
+    /// `invalid_client` in the dialect's format: the client registration is rejected.
+    InvalidClient,
     /// A 200 body larger than 512 KiB.
     OversizedBody,
     /// A 200 body that is not JSON.

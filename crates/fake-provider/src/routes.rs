@@ -265,6 +265,7 @@ fn injected_failure(dialect: Dialect, failure: TokenFailure) -> Response {
             r
         }
         TokenFailure::InvalidGrant => token_error(dialect, TokenError::InvalidGrant, true),
+        TokenFailure::InvalidClient => token_error(dialect, TokenError::InvalidClient, true),
         TokenFailure::OversizedBody => {
             let padding = "x".repeat(512 * 1024);
             json_response(

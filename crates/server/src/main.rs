@@ -56,6 +56,18 @@ enum Command {
         #[command(subcommand)]
         command: CredentialsCommand,
     },
+    /// Shows a webhook endpoint's state and delivery log (attempts, last status and error),
+    /// straight from the database.
+    Webhooks {
+        /// The endpoint's id (`[[webhooks]] id`).
+        endpoint: String,
+        /// At most this many deliveries, oldest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-wraps every credential's data key under the current key-encryption key, online and
     /// resumable (tokens are never decrypted): after adding a local key version, configuring a
     /// new KMS key, or moving from `local` to `aws-kms`. See docs/key-management.md.
@@ -111,6 +123,10 @@ enum CredentialsCommand {
         /// Only this workspace.
         #[arg(long)]
         workspace: Option<String>,
+        /// Only credentials with this health.
+        #[arg(long, value_parser = ["healthy", "provider-outage", "grant-revoked",
+            "client-misconfigured", "scopes-revoked", "refresh-interrupted", "expiring"])]
+        health: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
@@ -235,15 +251,30 @@ fn main() -> ExitCode {
                     CredentialsCommand::List {
                         status,
                         workspace,
+                        health,
                         limit,
                         json,
                     },
             } => {
-                let status = status.to_uppercase().replace('-', "_");
+                let upper = |s: String| s.to_uppercase().replace('-', "_");
                 ops::list_credentials_command(
                     &config,
-                    &status,
-                    workspace,
+                    &upper(status),
+                    (workspace, health.map(upper)),
+                    limit,
+                    format(json),
+                    &mut std::io::stdout(),
+                )
+                .await
+            }
+            Command::Webhooks {
+                endpoint,
+                limit,
+                json,
+            } => {
+                ops::webhook_deliveries_command(
+                    &config,
+                    &endpoint,
                     limit,
                     format(json),
                     &mut std::io::stdout(),

@@ -26,6 +26,10 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// Reads a credential's id inside a write transaction and holds it until commit, so that
     /// member changes of one credential are serialized. Bind: id.
     const LOCK_CREDENTIAL: &'static str;
+    /// Statement run inside a writing transaction before it appends lifecycle events, holding
+    /// until commit, so event ids commit in increasing order; `None` where writers are
+    /// serialized anyway (SQLite).
+    const LOCK_EVENTS: Option<&'static str>;
     /// Statement run inside a writing transaction to announce a change on commit (to every
     /// process on the database). Bind: credential id. `None`: announced after commit instead.
     const NOTIFY_CHANGE: Option<&'static str>;

@@ -20,10 +20,11 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    LeaseColumns, MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow,
-    RUN_GRANT_CHANGE_PREFIX, RefreshIntent, RunGrantRow, SealedColumns, StatusQuery, UsageRecord,
-    WrappedDekRow, run_grant_change_id,
+    AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
+    KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
+    OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
+    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -63,6 +64,122 @@ pub trait Store: Send + Sync + 'static {
         row: &CredentialRow,
         members: &[MemberRow],
     ) -> Result<(), StoreError>;
+
+    /// [`Store::insert_credential`] that also appends `events` in the same transaction.
+    async fn insert_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        members: &[MemberRow],
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError>;
+
+    /// [`Store::update_credential`] that also appends `events` in the same transaction.
+    async fn update_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        expected_version: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError>;
+
+    /// [`Store::complete_refresh`] that also appends `events` in the same transaction.
+    async fn complete_refresh_with_events(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError>;
+
+    /// [`Store::change_member`] that also appends `events` in the same transaction.
+    async fn change_member_with_events(
+        &self,
+        change: &MemberChange,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError>;
+
+    /// Records a refresh failure that leaves the status and the tokens alone (a provider
+    /// outage, a rejected client): health, cause, error code, one more failure; `since` moves
+    /// only when the health changes. No row_version bump. Appends `events` in the same
+    /// transaction and announces the change. Returns the stored row; `None` for an unknown or
+    /// DISCONNECTED credential (nothing written).
+    async fn record_refresh_failure(
+        &self,
+        id: &str,
+        failure: &RefreshFailure,
+        events: &[NewCredentialEvent],
+    ) -> Result<Option<CredentialRow>, StoreError>;
+
+    /// ACTIVE credentials whose grant ends (`refresh_token_expires_at`) at or before `horizon`
+    /// and whose health is not `EXPIRING` yet, soonest first, at most `limit`.
+    async fn grants_ending(
+        &self,
+        horizon: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
+
+    /// Sets a health that is not a refresh failure (`EXPIRING`): cause and since, failures kept,
+    /// only when the credential is ACTIVE and its health differs; `events` are appended in the
+    /// same transaction only then. Returns whether it changed (of racing replicas, one does).
+    async fn mark_health(
+        &self,
+        id: &str,
+        health: &str,
+        cause: &str,
+        at: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<bool, StoreError>;
+
+    /// Events matching every filter of `q` with `id > q.after_id`, oldest first, at most
+    /// `q.limit`. Ids appear in commit order (PostgreSQL: event-writing transactions are
+    /// serialized), so a reader resuming after the last id it saw misses nothing.
+    async fn list_credential_events(
+        &self,
+        q: &EventQuery,
+    ) -> Result<Vec<CredentialEventRow>, StoreError>;
+
+    /// Deletes events with `at < older_than` (retention) in bounded batches; returns how many.
+    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError>;
+
+    /// Declares (or updates) a webhook endpoint. A changed URL or workspace re-enables it and
+    /// forgets its failures. Events written from now on get a delivery to it.
+    async fn upsert_webhook_endpoint(
+        &self,
+        id: &str,
+        workspace_id: &str,
+        url: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the endpoint is disabled (`None`: unknown).
+    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError>;
+
+    /// Claims up to `limit` due webhook deliveries for `holder` until `now + lease_ms`: pending,
+    /// `next_attempt_at <= now`, lease free or lapsed, endpoint enabled, and no earlier pending
+    /// delivery of the same endpoint and credential (deliveries are ordered per credential). On
+    /// PostgreSQL rows a concurrent claim is taking are skipped (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas never send one delivery concurrently. Oldest first, with their events.
+    async fn claim_webhook_deliveries(
+        &self,
+        holder: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records an attempt under its claim: delivered, or rescheduled at `next_attempt_at`; the
+    /// endpoint's failing period starts at its first failure and ends with a success; an
+    /// endpoint failing since `disable_failing_since` or earlier is disabled. Returns whether
+    /// this call disabled it.
+    async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError>;
+
+    /// An endpoint's delivery log, oldest first, at most `limit`.
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// How many non-disconnected credentials have each health, ordered by health (metrics).
+    async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Reads one credential by id.
     async fn get_credential(&self, id: &str) -> Result<Option<CredentialRow>, StoreError>;

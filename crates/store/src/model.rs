@@ -49,6 +49,51 @@ pub struct CredentialRow {
     pub row_version: i64,
     /// Refresh lease; written only by the lease operations, never by `update_credential`.
     pub lease: LeaseColumns,
+    /// Health of the grant and the cause of the last refresh failure.
+    pub health: HealthColumns,
+}
+
+/// Health of a credential's grant: written with the credential by `insert_credential`,
+/// `update_credential` and `complete_refresh`, and by `record_refresh_failure`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthColumns {
+    /// `HEALTHY`, `PROVIDER_OUTAGE`, `GRANT_REVOKED`, `CLIENT_MISCONFIGURED`,
+    /// `SCOPES_REVOKED`, `REFRESH_INTERRUPTED` or `EXPIRING`.
+    pub health: String,
+    /// Human-readable cause of the current health (never a secret).
+    pub cause: Option<String>,
+    /// Since when the credential has had this health.
+    pub since: Option<i64>,
+    /// Consecutive refresh failures since the last success.
+    pub failures: i64,
+    /// The provider's last error code (e.g. `invalid_grant`), never a token.
+    pub error_code: Option<String>,
+}
+
+impl Default for HealthColumns {
+    fn default() -> Self {
+        Self {
+            health: "HEALTHY".into(),
+            cause: None,
+            since: None,
+            failures: 0,
+            error_code: None,
+        }
+    }
+}
+
+/// A refresh failure that leaves the credential's status and tokens alone
+/// ([`Store::record_refresh_failure`](crate::Store::record_refresh_failure)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshFailure {
+    /// The health it puts the credential in.
+    pub health: String,
+    /// Why, never a secret.
+    pub cause: String,
+    /// The provider's error code.
+    pub error_code: Option<String>,
+    /// When it failed.
+    pub at: i64,
 }
 
 /// The sealed token bundle: ciphertext plus the wrapped data key that opens it.
@@ -218,6 +263,8 @@ pub struct CredentialQuery {
     pub limit: u32,
     /// Also return `DISCONNECTED` credentials.
     pub include_disconnected: bool,
+    /// Only credentials with this health (`HEALTHY`, `PROVIDER_OUTAGE`, ...).
+    pub health: Option<String>,
 }
 
 /// Filter and page for
@@ -228,6 +275,8 @@ pub struct StatusQuery {
     pub status: String,
     /// Only credentials of this workspace; `None` lists every workspace.
     pub workspace_id: Option<String>,
+    /// Only credentials with this health; `None` lists every health.
+    pub health: Option<String>,
     /// Keyset pagination: only ids greater than this one (results are ordered by id ascending).
     pub after_id: Option<String>,
     /// Maximum number of rows; 0 returns no rows.
@@ -512,3 +561,114 @@ pub fn run_grant_change_id(grant_sha256: &str) -> String {
 
 /// Prefix of [`run_grant_change_id`]: credential ids never start with it.
 pub const RUN_GRANT_CHANGE_PREFIX: &str = "run_grant:";
+
+/// A lifecycle event to append in the transaction of the change it records; the store assigns
+/// the cursor id.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct NewCredentialEvent {
+    /// Stable public id (a UUID chosen by the domain).
+    pub event_id: String,
+    /// When it happened.
+    pub at: i64,
+    /// Workspace of the credential.
+    pub workspace_id: String,
+    /// The credential.
+    pub credential_id: String,
+    /// What happened (`connected`, `refresh_failed`, `recovered`, ...).
+    pub kind: String,
+    /// Acting user, if a person did it.
+    pub actor: Option<String>,
+    /// Why (a health, a status reason, a role); never a secret.
+    pub cause: Option<String>,
+    /// Extra context (the provider error code, a member's email); never a secret.
+    pub detail: Option<String>,
+}
+
+/// One stored lifecycle event: the event as written, and its cursor.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CredentialEventRow {
+    /// The cursor: increasing in commit order, never reused.
+    pub id: i64,
+    /// The event.
+    #[sqlx(flatten)]
+    pub event: NewCredentialEvent,
+}
+
+/// Filter and page for [`Store::list_credential_events`](crate::Store::list_credential_events):
+/// events after the cursor, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// Only this workspace's events.
+    pub workspace_id: Option<String>,
+    /// Only this credential's events.
+    pub credential_id: Option<String>,
+    /// Only these kinds (empty: every kind).
+    pub kinds: Vec<String>,
+    /// Only events of credentials this user (id or email) is an ACTIVE member of.
+    pub member: Option<(String, String)>,
+    /// Only ids greater than this cursor (0: from the beginning).
+    pub after_id: i64,
+    /// Maximum number of rows.
+    pub limit: u32,
+}
+
+/// A webhook delivery claimed for sending, with the event it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    /// The delivery (log row) id.
+    pub id: i64,
+    /// The endpoint it goes to.
+    pub endpoint_id: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// The event.
+    pub event: CredentialEventRow,
+}
+
+/// How one webhook delivery attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The delivery.
+    pub id: i64,
+    /// Its endpoint.
+    pub endpoint_id: String,
+    /// The claim it was made under.
+    pub holder: String,
+    /// Whether the receiver accepted it (2xx).
+    pub delivered: bool,
+    /// The HTTP status, if a response arrived.
+    pub status: Option<i64>,
+    /// Why it failed (never a secret, never the URL's path or query).
+    pub error: Option<String>,
+    /// When it was made.
+    pub at: i64,
+    /// When to try again (failures).
+    pub next_attempt_at: i64,
+    /// Disable the endpoint when it has been failing since at or before this time.
+    pub disable_failing_since: i64,
+}
+
+/// One row of an endpoint's delivery log.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// The delivery id.
+    pub id: i64,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event's cursor.
+    pub event_row_id: i64,
+    /// The event's credential.
+    pub credential_id: String,
+    /// `PENDING` or `DELIVERED`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Next attempt (pending).
+    pub next_attempt_at: i64,
+    /// Last HTTP status.
+    pub last_status: Option<i64>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// When delivered.
+    pub delivered_at: Option<i64>,
+}

@@ -25,6 +25,7 @@ impl Backend for Postgres {
     // changes cannot both count the other's admin as still present.
     const LOCK_CREDENTIAL: &'static str = "SELECT id FROM credentials WHERE id = $1 FOR UPDATE";
     // Queued with the transaction, delivered to every listener at commit.
+    const LOCK_EVENTS: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(7314002501)");
     const NOTIFY_CHANGE: Option<&'static str> =
         Some("SELECT pg_notify('cb_credential_changed', $1)");
 

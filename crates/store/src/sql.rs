@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::StoreError;
-use crate::model::{CredentialRow, LeaseColumns, SealedColumns, UsageRecord};
+use crate::model::{CredentialRow, HealthColumns, LeaseColumns, SealedColumns, UsageRecord};
 
 /// Every column of `credentials`, in [`CredentialRecord`] order.
 macro_rules! credential_columns {
@@ -16,7 +16,8 @@ macro_rules! credential_columns {
          description, scopes, status, status_reason, created_by, created_at, updated_at, \
          last_used_at, last_refreshed_at, access_expires_at, next_refresh_at, \
          refresh_token_expires_at, has_refresh_token, sealed_tokens, dek_wrapped, dek_key_id, \
-         dek_key_version, row_version, lease_holder, lease_fence, lease_expires_at"
+         dek_key_version, row_version, lease_holder, lease_fence, lease_expires_at, health, \
+         health_cause, health_since, health_failures, health_error_code"
     };
 }
 
@@ -24,7 +25,7 @@ pub(crate) const INSERT_CREDENTIAL: &str = concat!(
     "INSERT INTO credentials (",
     credential_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
 );
 
 pub(crate) const GET_CREDENTIAL: &str = concat!(
@@ -68,6 +69,8 @@ pub(crate) const UPDATE_CREDENTIAL: &str = concat!(
      dek_key_version = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $19 \
      ELSE dek_key_version END, \
      has_refresh_token = $20, \
+     health = $21, health_cause = $22, health_since = $23, health_failures = $24, \
+     health_error_code = $25, \
      lease_holder = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_holder END, \
      lease_expires_at = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_expires_at END, \
      row_version = row_version + 1 \
@@ -101,6 +104,8 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
      has_refresh_token = $7, access_expires_at = $8, \
      refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
      status = $12, status_reason = $13, updated_at = $14, \
+     health = $15, health_cause = $16, health_since = $17, health_failures = $18, \
+     health_error_code = $19, \
      lease_holder = NULL, lease_expires_at = NULL, row_version = row_version + 1, \
      refresh_intent_holder = NULL, refresh_intent_fence = NULL, \
      refresh_intent_started_at = NULL, refresh_intent_token_sha256 = NULL \
@@ -108,6 +113,40 @@ pub(crate) const COMPLETE_REFRESH: &str = concat!(
      AND status <> 'DISCONNECTED' RETURNING ",
     credential_columns!()
 );
+
+/// A refresh failure that leaves status and tokens alone: the health, its cause and error code,
+/// one more failure, and `health_since` kept while the health stays the same (SET expressions
+/// read the old row on both databases). No row_version bump: health is not an edit.
+/// Bind: id, health, cause, error_code, at.
+pub(crate) const RECORD_REFRESH_FAILURE: &str = concat!(
+    "UPDATE credentials SET \
+     health_since = CASE WHEN health = $2 AND health_since IS NOT NULL THEN health_since \
+     ELSE $5 END, \
+     health = $2, health_cause = $3, health_error_code = $4, \
+     health_failures = health_failures + 1 \
+     WHERE id = $1 AND status <> 'DISCONNECTED' RETURNING ",
+    credential_columns!()
+);
+
+/// ACTIVE credentials whose grant ends by the horizon and are not marked EXPIRING yet,
+/// soonest first. Bind: horizon, limit.
+pub(crate) const GRANTS_ENDING: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM credentials WHERE status = 'ACTIVE' AND refresh_token_expires_at IS NOT NULL \
+     AND refresh_token_expires_at <= $1 AND health <> 'EXPIRING' \
+     ORDER BY refresh_token_expires_at, id LIMIT $2"
+);
+
+/// Sets a health that is not a refresh failure (failures kept), only when it changes and the
+/// credential is ACTIVE. Bind: id, health, cause, at.
+pub(crate) const MARK_HEALTH: &str = "UPDATE credentials SET health = $2, health_cause = $3, \
+     health_since = $4, health_error_code = NULL \
+     WHERE id = $1 AND status = 'ACTIVE' AND health <> $2";
+
+/// Credentials per health, every workspace (metrics), DISCONNECTED ones excluded.
+pub(crate) const COUNT_CREDENTIALS_BY_HEALTH: &str = "SELECT health, COUNT(*) FROM credentials \
+     WHERE status <> 'DISCONNECTED' GROUP BY health ORDER BY health";
 
 /// Releases the lease without writing anything else. Bind: id, fence.
 pub(crate) const RELEASE_REFRESH_LEASE: &str = "UPDATE credentials \
@@ -336,6 +375,97 @@ pub(crate) use {audit_columns, credential_columns};
 pub(crate) const PRUNE_AUDIT_BATCH: &str = "DELETE FROM audit_events WHERE id IN \
      (SELECT id FROM audit_events WHERE at < $1 LIMIT $2)";
 
+/// Followed by a `VALUES` list of [`NewCredentialEvent`](crate::model::NewCredentialEvent)s.
+pub(crate) const INSERT_CREDENTIAL_EVENTS: &str = "INSERT INTO credential_events \
+     (event_id, at, workspace_id, credential_id, kind, actor, cause, detail) ";
+
+/// Followed by the bound cursor and the filters of `list_credential_events`.
+pub(crate) const SELECT_CREDENTIAL_EVENTS: &str = "SELECT id, event_id, at, workspace_id, \
+     credential_id, kind, actor, cause, detail FROM credential_events WHERE id > ";
+
+/// Followed by the bound user id, `" OR email = "`, the bound email and `"))"`: events of
+/// credentials the user is an ACTIVE member of.
+pub(crate) const EVENTS_OF_MEMBER_HEAD: &str = " AND credential_id IN (SELECT credential_id \
+     FROM credential_members WHERE state = 'ACTIVE' AND (user_id = ";
+
+/// Deletes at most one batch of old lifecycle events, like [`PRUNE_AUDIT_BATCH`].
+pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_events \
+     WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
+
+/// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
+/// (enabled endpoint of the event's workspace, event).
+pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
+     (endpoint_id, event_row_id, credential_id, state, attempts, next_attempt_at, created_at) \
+     SELECT w.id, ev.id, ev.credential_id, 'PENDING', 0, ev.at, ev.at \
+     FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
+     WHERE w.disabled_at IS NULL AND ev.event_id IN (";
+
+/// Bind: id, workspace_id, url, now.
+pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
+     ON CONFLICT (id) DO UPDATE SET \
+     failing_since = CASE WHEN webhook_endpoints.url = excluded.url \
+       AND webhook_endpoints.workspace_id = excluded.workspace_id \
+       THEN webhook_endpoints.failing_since ELSE NULL END, \
+     disabled_at = CASE WHEN webhook_endpoints.url = excluded.url \
+       AND webhook_endpoints.workspace_id = excluded.workspace_id \
+       THEN webhook_endpoints.disabled_at ELSE NULL END, \
+     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
+
+/// Bind: id.
+pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str =
+    "SELECT disabled_at FROM webhook_endpoints WHERE id = $1";
+
+/// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
+/// Bind: holder, now, lease_ms, limit.
+pub(crate) fn claim_webhook_deliveries(skip_locked: &str) -> String {
+    format!(
+        "UPDATE webhook_deliveries SET lease_holder = $1, lease_expires_at = $2 + $3 \
+         WHERE id IN (SELECT d.id FROM webhook_deliveries d WHERE d.state = 'PENDING' \
+         AND d.next_attempt_at <= $2 \
+         AND (d.lease_holder IS NULL OR d.lease_expires_at <= $2) \
+         AND d.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL) \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.endpoint_id = d.endpoint_id \
+           AND e.credential_id = d.credential_id AND e.state = 'PENDING' AND e.id < d.id) \
+         ORDER BY d.id LIMIT $4{skip_locked}) \
+         AND (lease_holder IS NULL OR lease_expires_at <= $2) RETURNING id"
+    )
+}
+
+/// The claimed deliveries of `holder` with their events. Bind: holder.
+pub(crate) const CLAIMED_DELIVERIES: &str = "SELECT d.id AS delivery_id, d.endpoint_id, \
+     d.attempts, ev.id, ev.event_id, ev.at, ev.workspace_id, ev.credential_id, ev.kind, \
+     ev.actor, ev.cause, ev.detail \
+     FROM webhook_deliveries d JOIN credential_events ev ON ev.id = d.event_row_id \
+     WHERE d.lease_holder = $1 AND d.state = 'PENDING' ORDER BY d.id";
+
+/// A delivered attempt. Bind: id, holder, at, status.
+pub(crate) const DELIVERY_SUCCEEDED: &str = "UPDATE webhook_deliveries SET state = 'DELIVERED', \
+     attempts = attempts + 1, delivered_at = $3, last_status = $4, last_error = NULL, \
+     lease_holder = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_holder = $2";
+
+/// A failed attempt. Bind: id, holder, next_attempt_at, status, error.
+pub(crate) const DELIVERY_FAILED: &str = "UPDATE webhook_deliveries SET \
+     attempts = attempts + 1, next_attempt_at = $3, last_status = $4, last_error = $5, \
+     lease_holder = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_holder = $2";
+
+/// Bind: endpoint id.
+pub(crate) const ENDPOINT_SUCCEEDED: &str =
+    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1";
+
+/// Bind: endpoint id, at.
+pub(crate) const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
+     SET failing_since = COALESCE(failing_since, $2) WHERE id = $1";
+
+/// Bind: endpoint id, at, disable_failing_since.
+pub(crate) const DISABLE_FAILING_ENDPOINT: &str = "UPDATE webhook_endpoints SET disabled_at = $2 \
+     WHERE id = $1 AND disabled_at IS NULL AND failing_since <= $3";
+
+/// Bind: endpoint id, limit.
+pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_row_id, \
+     credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
+     FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id LIMIT $2";
+
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
 
@@ -361,7 +491,7 @@ pub(crate) const REWRAP_DEK: &str = "UPDATE credentials \
 pub(crate) const COUNT_CREDENTIALS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM credentials GROUP BY status ORDER BY status";
 
-/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$14).
+/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$19).
 macro_rules! bind_complete_refresh {
     ($query:expr, $row:expr, $fence:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -381,6 +511,11 @@ macro_rules! bind_complete_refresh {
             .bind(row.status.as_str())
             .bind(row.status_reason.as_deref())
             .bind(row.updated_at)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_complete_refresh;
@@ -414,7 +549,7 @@ pub(crate) struct MergedUsage<'a> {
     pub(crate) workflows: BTreeMap<(&'a str, &'a str), i64>,
 }
 
-/// Binds a [`CredentialRow`] to [`INSERT_CREDENTIAL`] ($1..$27).
+/// Binds a [`CredentialRow`] to [`INSERT_CREDENTIAL`] ($1..$32).
 macro_rules! bind_insert_credential {
     ($query:expr, $row:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -447,11 +582,16 @@ macro_rules! bind_insert_credential {
             .bind(row.lease.holder.as_deref())
             .bind(row.lease.fence)
             .bind(row.lease.expires_at)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_insert_credential;
 
-/// Binds a [`CredentialRow`] and the expected version to [`UPDATE_CREDENTIAL`] ($1..$20).
+/// Binds a [`CredentialRow`] and the expected version to [`UPDATE_CREDENTIAL`] ($1..$25).
 macro_rules! bind_update_credential {
     ($query:expr, $row:expr, $expected:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
@@ -477,9 +617,24 @@ macro_rules! bind_update_credential {
             .bind(sealed.map(|s| s.dek_key_id.as_str()))
             .bind(sealed.map(|s| s.dek_key_version))
             .bind(row.has_refresh_token)
+            .bind(row.health.health.as_str())
+            .bind(row.health.cause.as_deref())
+            .bind(row.health.since)
+            .bind(row.health.failures)
+            .bind(row.health.error_code.as_deref())
     }};
 }
 pub(crate) use bind_update_credential;
+
+/// A claimed delivery as [`CLAIMED_DELIVERIES`] returns it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimedRecord {
+    pub(crate) delivery_id: i64,
+    pub(crate) endpoint_id: String,
+    pub(crate) attempts: i64,
+    #[sqlx(flatten)]
+    pub(crate) event: crate::model::CredentialEventRow,
+}
 
 /// The flat `credentials` row as the database returns it.
 #[derive(sqlx::FromRow)]
@@ -511,6 +666,11 @@ pub(crate) struct CredentialRecord {
     lease_holder: Option<String>,
     lease_fence: i64,
     lease_expires_at: Option<i64>,
+    health: String,
+    health_cause: Option<String>,
+    health_since: Option<i64>,
+    health_failures: i64,
+    health_error_code: Option<String>,
 }
 
 impl TryFrom<CredentialRecord> for CredentialRow {
@@ -565,6 +725,13 @@ impl TryFrom<CredentialRecord> for CredentialRow {
                 holder: r.lease_holder,
                 fence: r.lease_fence,
                 expires_at: r.lease_expires_at,
+            },
+            health: HealthColumns {
+                health: r.health,
+                cause: r.health_cause,
+                since: r.health_since,
+                failures: r.health_failures,
+                error_code: r.health_error_code,
             },
         })
     }

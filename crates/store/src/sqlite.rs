@@ -26,6 +26,7 @@ impl Backend for Sqlite {
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     // BEGIN IMMEDIATE already serializes every writer.
     const LOCK_CREDENTIAL: &'static str = "SELECT id FROM credentials WHERE id = $1";
+    const LOCK_EVENTS: Option<&'static str> = None;
     const NOTIFY_CHANGE: Option<&'static str> = None;
 
     // One process: its own clock is the only one.

@@ -20,9 +20,11 @@ use crate::Store;
 use crate::backend::Backend;
 use crate::error::StoreError;
 use crate::model::{
-    AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, OAuthAppRow, OAuthAppSecretRow, RefreshIntent,
-    RunGrantRow, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
+    AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
+    CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
+    MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
+    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WrappedDekRow,
+    run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -221,7 +223,9 @@ where
         &self,
         mut tx: Transaction<'static, DB>,
         credential_id: &str,
+        events: &[NewCredentialEvent],
     ) -> Result<(), StoreError> {
+        Self::insert_events(&mut tx, events).await?;
         if let Some(notify) = DB::NOTIFY_CHANGE {
             sqlx::query(notify)
                 .bind(credential_id)
@@ -234,6 +238,59 @@ where
         Ok(())
     }
 
+    /// Appends lifecycle events inside the caller's write transaction. Where concurrent
+    /// transactions could commit ids out of order (PostgreSQL), event writers are serialized
+    /// first, so a reader resuming after the last id it saw never skips a later commit.
+    async fn insert_events(
+        conn: &mut DB::Connection,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Some(lock) = DB::LOCK_EVENTS {
+            sqlx::query(lock)
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+        }
+        Self::insert_rows(conn, sql::INSERT_CREDENTIAL_EVENTS, events, push_event).await?;
+        // Each event's webhook deliveries are born with it: none is lost between the two. (A
+        // change writes a handful of events: one statement stays far below the bind limits.)
+        let mut fan_out = QueryBuilder::<DB>::new(sql::FAN_OUT_DELIVERIES_HEAD);
+        let mut ids = fan_out.separated(", ");
+        for e in events {
+            ids.push_bind(e.event_id.as_str());
+        }
+        fan_out.push(")");
+        fan_out
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(map::<DB>)?;
+        Ok(())
+    }
+
+    /// Inserts `rows` after `head` (`INSERT INTO … (columns) `), `push` writing one row of the
+    /// `VALUES` list, in as few statements as the bind limits allow.
+    async fn insert_rows<T>(
+        conn: &mut DB::Connection,
+        head: &'static str,
+        rows: &[T],
+        push: fn(Separated<'_, DB, &'static str>, &T),
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(sql::ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<DB>::new(head);
+            insert.push_values(chunk, push);
+            insert
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(map::<DB>)?;
+        }
+        Ok(())
+    }
+
     /// Runs a conditional credential `UPDATE ... RETURNING` in a write transaction: commits
     /// (announcing the change) when it matched, else rolls back and answers what `unmatched`
     /// says.
@@ -242,6 +299,7 @@ where
         id: &str,
         update: QueryAs<'_, DB, CredentialRecord, DB::Arguments>,
         unmatched: Unmatched,
+        events: &[NewCredentialEvent],
     ) -> Result<CredentialRow, StoreError>
     where
         for<'t> CredentialRecord: FromRow<'t, DB::Row>,
@@ -249,7 +307,7 @@ where
         let mut tx = self.begin_write().await?;
         let updated = update.fetch_optional(&mut *tx).await.map_err(map::<DB>)?;
         if let Some(record) = updated {
-            self.commit_announcing(tx, id).await?;
+            self.commit_announcing(tx, id, events).await?;
             return CredentialRow::try_from(record);
         }
         let error = match unmatched {
@@ -277,16 +335,7 @@ where
         conn: &mut DB::Connection,
         members: &[MemberRow],
     ) -> Result<(), StoreError> {
-        for chunk in members.chunks(sql::ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<DB>::new(sql::INSERT_MEMBERS);
-            insert.push_values(chunk, push_member);
-            insert
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(map::<DB>)?;
-        }
-        Ok(())
+        Self::insert_rows(conn, sql::INSERT_MEMBERS, members, push_member).await
     }
 
     /// The body of `change_member`, inside the caller's write transaction.
@@ -486,6 +535,24 @@ fn push_filters<'t, DB, T>(
     }
 }
 
+/// One `credential_events` row of a `VALUES` list, in [`sql::INSERT_CREDENTIAL_EVENTS`] order.
+fn push_event<DB>(mut row: Separated<'_, DB, &'static str>, e: &NewCredentialEvent)
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    row.push_bind(e.event_id.as_str())
+        .push_bind(e.at)
+        .push_bind(e.workspace_id.as_str())
+        .push_bind(e.credential_id.as_str())
+        .push_bind(e.kind.as_str())
+        .push_bind(e.actor.as_deref())
+        .push_bind(e.cause.as_deref())
+        .push_bind(e.detail.as_deref());
+}
+
 /// `SELECT` of every credential column, the caller appends the WHERE clause.
 fn select_credentials<DB: Backend>(first_condition: &'static str) -> QueryBuilder<DB> {
     let mut select = QueryBuilder::new(concat!(
@@ -524,6 +591,10 @@ where
     for<'t> OAuthAppRow: FromRow<'t, DB::Row>,
     for<'t> OAuthAppSecretRow: FromRow<'t, DB::Row>,
     for<'t> (Option<String>, Option<i64>): FromRow<'t, DB::Row>,
+    for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
+    for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
+    for<'t> DeliveryRow: FromRow<'t, DB::Row>,
+    for<'t> (Option<i64>,): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
@@ -550,6 +621,15 @@ where
         row: &CredentialRow,
         members: &[MemberRow],
     ) -> Result<(), StoreError> {
+        self.insert_credential_with_events(row, members, &[]).await
+    }
+
+    async fn insert_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        members: &[MemberRow],
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
         self.traced("insert_credential", Some(&row.id), async {
             sql::check_new_credential(row, members)?;
             let mut tx = self.begin_write().await?;
@@ -558,7 +638,7 @@ where
                 .await
                 .map_err(map::<DB>)?;
             Self::insert_members(&mut tx, members).await?;
-            self.commit_announcing(tx, &row.id).await
+            self.commit_announcing(tx, &row.id, events).await
         })
         .await
     }
@@ -608,6 +688,7 @@ where
         if !q.include_disconnected {
             select.push(" AND status <> 'DISCONNECTED'");
         }
+        push_filters(&mut select, [(" AND health = ", q.health.as_deref())]);
         let page = self.credential_page(select, q.after_id.as_deref(), q.limit);
         self.traced("list_credentials", None, page).await
     }
@@ -620,7 +701,10 @@ where
         select.push_bind(q.status.as_str());
         push_filters(
             &mut select,
-            [(" AND workspace_id = ", q.workspace_id.as_deref())],
+            [
+                (" AND workspace_id = ", q.workspace_id.as_deref()),
+                (" AND health = ", q.health.as_deref()),
+            ],
         );
         let page = self.credential_page(select, q.after_id.as_deref(), q.limit);
         self.traced("list_credentials_by_status", None, page).await
@@ -637,13 +721,23 @@ where
         row: &CredentialRow,
         expected_version: i64,
     ) -> Result<CredentialRow, StoreError> {
+        self.update_credential_with_events(row, expected_version, &[])
+            .await
+    }
+
+    async fn update_credential_with_events(
+        &self,
+        row: &CredentialRow,
+        expected_version: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError> {
         let update = sql::bind_update_credential!(
             sqlx::query_as(sql::UPDATE_CREDENTIAL),
             row,
             expected_version
         );
         let unmatched = Unmatched::StaleVersion(expected_version);
-        let write = self.write_credential(&row.id, update, unmatched);
+        let write = self.write_credential(&row.id, update, unmatched, events);
         self.traced("update_credential", Some(&row.id), write).await
     }
 
@@ -666,12 +760,278 @@ where
     }
 
     async fn change_member(&self, change: &MemberChange) -> Result<(), StoreError> {
+        self.change_member_with_events(change, &[]).await
+    }
+
+    async fn change_member_with_events(
+        &self,
+        change: &MemberChange,
+        events: &[NewCredentialEvent],
+    ) -> Result<(), StoreError> {
         let credential_id = change.credential_id();
         self.traced("change_member", Some(credential_id), async {
             let mut tx = self.begin_write().await?;
             // An error drops `tx`, which rolls back (and releases any row lock).
             Self::apply_member_change(&mut tx, change).await?;
-            self.commit_announcing(tx, credential_id).await
+            self.commit_announcing(tx, credential_id, events).await
+        })
+        .await
+    }
+
+    async fn record_refresh_failure(
+        &self,
+        id: &str,
+        failure: &RefreshFailure,
+        events: &[NewCredentialEvent],
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        self.traced("record_refresh_failure", Some(id), async {
+            let mut tx = self.begin_write().await?;
+            let updated = sqlx::query_as::<DB, CredentialRecord>(sql::RECORD_REFRESH_FAILURE)
+                .bind(id)
+                .bind(failure.health.as_str())
+                .bind(failure.cause.as_str())
+                .bind(failure.error_code.as_deref())
+                .bind(failure.at)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            let Some(record) = updated else {
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(None);
+            };
+            self.commit_announcing(tx, id, events).await?;
+            CredentialRow::try_from(record).map(Some)
+        })
+        .await
+    }
+
+    async fn grants_ending(
+        &self,
+        horizon: i64,
+        limit: u32,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.traced("grants_ending", None, async {
+            sqlx::query_as::<DB, CredentialRecord>(sql::GRANTS_ENDING)
+                .bind(horizon)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?
+                .into_iter()
+                .map(CredentialRow::try_from)
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_health(
+        &self,
+        id: &str,
+        health: &str,
+        cause: &str,
+        at: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<bool, StoreError> {
+        self.traced("mark_health", Some(id), async {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(sql::MARK_HEALTH)
+                .bind(id)
+                .bind(health)
+                .bind(cause)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            if DB::rows_affected(&done) == 0 {
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(false);
+            }
+            self.commit_announcing(tx, id, events).await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_credential_events(
+        &self,
+        q: &EventQuery,
+    ) -> Result<Vec<CredentialEventRow>, StoreError> {
+        self.traced("list_credential_events", None, async {
+            let mut select = QueryBuilder::<DB>::new(sql::SELECT_CREDENTIAL_EVENTS);
+            select.push_bind(q.after_id);
+            push_filters(
+                &mut select,
+                [
+                    (" AND workspace_id = ", q.workspace_id.as_deref()),
+                    (" AND credential_id = ", q.credential_id.as_deref()),
+                ],
+            );
+            if !q.kinds.is_empty() {
+                select.push(" AND kind IN (");
+                let mut kinds = select.separated(", ");
+                for kind in &q.kinds {
+                    kinds.push_bind(kind.as_str());
+                }
+                select.push(")");
+            }
+            if let Some((user_id, email)) = &q.member {
+                select
+                    .push(sql::EVENTS_OF_MEMBER_HEAD)
+                    .push_bind(user_id.as_str())
+                    .push(" OR email = ")
+                    .push_bind(email.as_str())
+                    .push("))");
+            }
+            select
+                .push(" ORDER BY id LIMIT ")
+                .push_bind(i64::from(q.limit));
+            self.all(select.build_query_as()).await
+        })
+        .await
+    }
+
+    async fn upsert_webhook_endpoint(
+        &self,
+        id: &str,
+        workspace_id: &str,
+        url: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.traced("upsert_webhook_endpoint", None, async {
+            sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
+                .bind(id)
+                .bind(workspace_id)
+                .bind(url)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        self.traced("webhook_endpoint_disabled", None, async {
+            // Unknown: no row; known: a row whose disabled_at may be NULL.
+            let disabled_at = sqlx::query_scalar::<DB, Option<i64>>(sql::WEBHOOK_ENDPOINT_DISABLED)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(disabled_at.map(|at| at.is_some()))
+        })
+        .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        holder: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.traced("claim_webhook_deliveries", None, async {
+            let statement = sql::claim_webhook_deliveries(DB::SKIP_LOCKED);
+            sqlx::query::<DB>(sqlx::AssertSqlSafe(statement))
+                .bind(holder)
+                .bind(now)
+                .bind(lease_ms)
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            let claimed = sqlx::query_as::<DB, sql::ClaimedRecord>(sql::CLAIMED_DELIVERIES)
+                .bind(holder)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
+            Ok(claimed
+                .into_iter()
+                .map(|r| ClaimedDelivery {
+                    id: r.delivery_id,
+                    endpoint_id: r.endpoint_id,
+                    attempts: r.attempts,
+                    event: r.event,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError> {
+        self.traced("finish_webhook_delivery", None, async {
+            let mut tx = self.begin_write().await?;
+            let done = if a.delivered {
+                sqlx::query(sql::DELIVERY_SUCCEEDED)
+                    .bind(a.id)
+                    .bind(a.holder.as_str())
+                    .bind(a.at)
+                    .bind(a.status)
+            } else {
+                sqlx::query(sql::DELIVERY_FAILED)
+                    .bind(a.id)
+                    .bind(a.holder.as_str())
+                    .bind(a.next_attempt_at)
+                    .bind(a.status)
+                    .bind(a.error.as_deref())
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(map::<DB>)?;
+            if DB::rows_affected(&done) == 0 {
+                // The claim lapsed and another replica took the delivery: its answer counts.
+                tx.rollback().await.map_err(map::<DB>)?;
+                return Ok(false);
+            }
+            let endpoint = if a.delivered {
+                sqlx::query(sql::ENDPOINT_SUCCEEDED).bind(a.endpoint_id.as_str())
+            } else {
+                sqlx::query(sql::ENDPOINT_FAILED)
+                    .bind(a.endpoint_id.as_str())
+                    .bind(a.at)
+            };
+            endpoint.execute(&mut *tx).await.map_err(map::<DB>)?;
+            let disabled = if a.delivered {
+                false
+            } else {
+                let done = sqlx::query(sql::DISABLE_FAILING_ENDPOINT)
+                    .bind(a.endpoint_id.as_str())
+                    .bind(a.at)
+                    .bind(a.disable_failing_since)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map::<DB>)?;
+                DB::rows_affected(&done) > 0
+            };
+            tx.commit().await.map_err(map::<DB>)?;
+            Ok(disabled)
+        })
+        .await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.traced("list_webhook_deliveries", None, async {
+            sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
+                .bind(endpoint_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.traced("count_credentials_by_health", None, async {
+            sqlx::query_as::<DB, (String, i64)>(sql::COUNT_CREDENTIALS_BY_HEALTH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
         })
         .await
     }
@@ -804,8 +1164,17 @@ where
         row: &CredentialRow,
         fence: i64,
     ) -> Result<CredentialRow, StoreError> {
+        self.complete_refresh_with_events(row, fence, &[]).await
+    }
+
+    async fn complete_refresh_with_events(
+        &self,
+        row: &CredentialRow,
+        fence: i64,
+        events: &[NewCredentialEvent],
+    ) -> Result<CredentialRow, StoreError> {
         let update = sql::bind_complete_refresh!(sqlx::query_as(sql::COMPLETE_REFRESH), row, fence);
-        let write = self.write_credential(&row.id, update, Unmatched::LeaseLost);
+        let write = self.write_credential(&row.id, update, Unmatched::LeaseLost, events);
         self.traced("complete_refresh", Some(&row.id), write).await
     }
 
@@ -996,6 +1365,15 @@ where
             .await
     }
 
+    async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError> {
+        self.prune(
+            "prune_credential_events",
+            sql::PRUNE_CREDENTIAL_EVENTS_BATCH,
+            older_than,
+        )
+        .await
+    }
+
     async fn prune_connect_sessions(&self, older_than: i64) -> Result<u64, StoreError> {
         self.prune(
             "prune_connect_sessions",
@@ -1056,7 +1434,7 @@ where
                 .map_err(map::<DB>)?;
             match hash {
                 Some(hash) => {
-                    self.commit_announcing(tx, &run_grant_change_id(&hash))
+                    self.commit_announcing(tx, &run_grant_change_id(&hash), &[])
                         .await?;
                     Ok(true)
                 }

@@ -148,6 +148,11 @@ impl TestBroker {
         self.app.as_ref().unwrap().refresh_due().await
     }
 
+    /// One pass of the expiring-grant scan.
+    pub async fn warn_expiring(&self) -> usize {
+        self.app.as_ref().unwrap().warn_expiring().await.unwrap()
+    }
+
     /// Stops the server (graceful).
     pub async fn stop(&mut self) {
         self.stop_with_grace(Duration::from_secs(5)).await;

@@ -320,6 +320,50 @@ impl Client {
             .expect("UpdateCredential answers the credential"))
     }
 
+    /// One page of ListCredentialEvents.
+    pub async fn events_page(
+        &mut self,
+        req: pb::ListCredentialEventsRequest,
+    ) -> Result<pb::ListCredentialEventsResponse, Status> {
+        let request = self.request(req);
+        self.creds
+            .list_credential_events(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every event of workspace `ws1` (all pages), oldest first.
+    pub async fn events(&mut self) -> Result<Vec<pb::CredentialEvent>, Status> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .events_page(pb::ListCredentialEventsRequest {
+                    workspace_id: "ws1".into(),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?;
+            all.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// WatchCredentialEvents: the open stream.
+    pub async fn watch(
+        &mut self,
+        req: pb::WatchCredentialEventsRequest,
+    ) -> Result<tonic::Streaming<pb::WatchCredentialEventsResponse>, Status> {
+        let request = self.request(req);
+        self.creds
+            .watch_credential_events(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// DisconnectCredential.
     pub async fn disconnect(
         &mut self,

@@ -13,6 +13,16 @@ use std::ops::Deref;
 
 pub use cb_fake_provider::{ClientAuth, Dialect, FakeConfig, TokenFailure};
 
+/// A fake that rotates refresh tokens and, like real servers, revokes the whole grant when a
+/// rotated-away one is presented again.
+pub fn rotating() -> FakeConfig {
+    FakeConfig {
+        rotate_refresh_tokens: true,
+        reuse_revokes_grant: true,
+        ..FakeConfig::default()
+    }
+}
+
 /// A running fake authorization server; stops when dropped. Everything the crate's
 /// [`cb_fake_provider::FakeProvider`] offers (configuration, fault injection, counters) is
 /// reachable through `Deref`.

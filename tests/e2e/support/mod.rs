@@ -10,6 +10,7 @@ pub mod pg;
 pub mod pki;
 pub mod tcp_proxy;
 pub mod wait;
+pub mod webhook_receiver;
 
 /// Says on the real stderr (not the test harness's captured output, which hides it for passing
 /// tests) that a test was skipped, and why.

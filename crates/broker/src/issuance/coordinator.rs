@@ -16,11 +16,12 @@ use crate::clock::Timestamp;
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, reason};
 use crate::gateway::{AppClient, GrantedTokens, ProviderError};
+use crate::health::{self, EventKind, Health, HealthKind, event};
 use crate::oauth_apps::AppClients;
 use crate::sealing;
 use crate::tokens::TokenBundle;
 use crate::types::Scopes;
-use cb_store::{ChangeEvent, RefreshIntent, StoreError};
+use cb_store::{ChangeEvent, NewCredentialEvent, RefreshFailure, RefreshIntent, StoreError};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -407,11 +408,16 @@ impl TokenService {
         row: &cb_store::CredentialRow,
         fence: i64,
         keeper: &LeaseKeeper,
+        events: &[NewCredentialEvent],
     ) -> Result<cb_store::CredentialRow, StoreError> {
         let mut delay = WRITE_RETRY_FIRST;
         let mut attempt: u32 = 1;
         loop {
-            match self.store.complete_refresh(row, fence).await {
+            match self
+                .store
+                .complete_refresh_with_events(row, fence, events)
+                .await
+            {
                 Ok(stored) => return Ok(stored),
                 Err(StoreError::LeaseLost) if attempt > 1 => {
                     // An earlier attempt may have committed with its answer lost on the way.
@@ -453,10 +459,26 @@ impl TokenService {
         let why = "the access token expired and the grant has no refresh token".to_owned();
         let err = needs_reconnect(&c, &why);
         let expected = c.version;
+        c.health = c.health.failed(
+            HealthKind::GrantRevoked,
+            why.clone(),
+            "token_expired".into(),
+            now,
+        );
+        let events = [event(
+            &c,
+            EventKind::NeedsReconnect,
+            None,
+            Some(why.clone()),
+            Some(HealthKind::GrantRevoked.class()),
+            now,
+        )];
         c.status = Status::NeedsReconnect { reason: why };
         c.next_refresh_at = None;
         c.updated_at = now;
-        self.store.update_credential(&c.to_row(), expected).await?;
+        self.store
+            .update_credential_with_events(&c.to_row(), expected, &events)
+            .await?;
         self.cache.invalidate(c.id.as_str());
         Err(err)
     }
@@ -534,6 +556,7 @@ impl TokenService {
             match answer {
                 Ok(granted) => {
                     let fresh = merge(&bundle, granted.clone(), now);
+                    let previous = (c.scopes.clone(), c.refresh_expires_at);
                     if let Some(s) = granted.scopes.as_ref() {
                         c.scopes = Scopes::from_stored(&s.join(" "));
                     }
@@ -542,8 +565,11 @@ impl TokenService {
                     c.next_refresh_at = next_refresh_at(now, &fresh, self.config.refresh_ahead_window, idle, self.random.fraction());
                     c.last_refreshed_at = Some(now);
                     c.updated_at = now;
+                    // A refresh never moves the grant's end unless the provider says so.
+                    c.refresh_expires_at = c.refresh_expires_at.or(previous.1);
+                    let events = self.refreshed_health(&mut c, (&previous.0, previous.1), &granted, now);
                     let new_row = c.to_row();
-                    let stored = match self.store_refreshed(&new_row, fence, keeper).await {
+                    let stored = match self.store_refreshed(&new_row, fence, keeper, &events).await {
                         Ok(stored) => stored,
                         Err(StoreError::LeaseLost) => {
                             // The provider may have rotated the refresh token we hold: say so loudly.
@@ -565,32 +591,52 @@ impl TokenService {
                     self.count_refresh(&c.provider_id, "refreshed");
                     self.entry(&Credential::from_row(stored)?, &fresh).await
                 }
-                Err(ProviderError::Permanent(why) | ProviderError::InvalidClient(why)) => {
-                    let why = match (used.fallback, &app) {
-                        (Some(_), Some(a)) => format!("{why} (OAuth app {}: its previous client secret was refused too)", a.label()),
-                        (None, Some(a)) => format!("{why} (OAuth app {})", a.label()),
-                        _ => why,
+                Err(e @ ProviderError::Permanent(_)) => {
+                    let code = e.code();
+                    let why = match &app {
+                        Some(a) => format!("{e} (OAuth app {})", a.label()),
+                        None => e.to_string(),
                     };
-                    let why = match &interrupted {
-                        Some(_) => format!("{INTERRUPTED_PREFIX}{why}"),
-                        None => why,
+                    let (kind, why) = match &interrupted {
+                        Some(_) => (HealthKind::RefreshInterrupted, format!("{INTERRUPTED_PREFIX}{why}")),
+                        None => (HealthKind::GrantRevoked, why),
                     };
                     let err = needs_reconnect(&c, &why);
+                    c.health = c.health.failed(kind, why.clone(), code.clone(), now);
+                    let events = [
+                        event(&c, EventKind::RefreshFailed, None, Some(kind.class()), Some(code), now),
+                        event(&c, EventKind::NeedsReconnect, None, Some(why.clone()), Some(kind.class()), now),
+                    ];
                     c.status = Status::NeedsReconnect { reason: why.clone() };
                     c.next_refresh_at = None;
                     c.updated_at = now;
-                    self.store.complete_refresh(&c.to_row(), fence).await?;
+                    self.store.complete_refresh_with_events(&c.to_row(), fence, &events).await?;
                     self.cache.invalidate(&id);
                     self.count_refresh(&c.provider_id, "needs_reconnect");
                     tracing::warn!(credential_id = %id, provider = %c.provider_id, reason = %why, "grant can no longer be refreshed: needs reconnect");
                     Err(err)
                 }
                 Err(e) => {
+                    // Neither an outage nor a rejected client says the grant is dead: the
+                    // status stays ACTIVE, the health records the cause.
+                    self.record_failure(&c, &e, now).await?;
                     self.store.release_refresh_lease(&id, fence).await?;
                     if valid_for(bundle.access_expires_at, now, Duration::ZERO) {
                         self.count_refresh(&c.provider_id, "served_stale");
                         tracing::warn!(credential_id = %id, error = %e, "refresh failed; serving the still-valid token");
                         return self.entry(&c, &bundle).await;
+                    }
+                    if let ProviderError::ClientRejected(why) = &e {
+                        self.count_refresh(&c.provider_id, "client_rejected");
+                        let client = match (&app, used.fallback) {
+                            (Some(a), Some(_)) => format!("OAuth app {} (its previous client secret was refused too)", a.label()),
+                            (Some(a), None) => format!("OAuth app {}", a.label()),
+                            (None, _) => "the broker's client registration".to_owned(),
+                        };
+                        return Err(BrokerError::FailedPrecondition {
+                            reason: reason::PROVIDER_CLIENT_REJECTED,
+                            message: format!("the provider {} rejected {client} ({why}): an admin must fix the app's client id, secret or permissions; the connection itself is kept", c.provider_id),
+                        });
                     }
                     let retry_after = match &e {
                         ProviderError::Transient { retry_after, .. } => *retry_after,
@@ -612,6 +658,7 @@ impl TokenService {
                 reason::CREDENTIAL_NEEDS_RECONNECT
                     | reason::REFRESH_INTERRUPTED
                     | reason::PROVIDER_UNAVAILABLE
+                    | reason::PROVIDER_CLIENT_REJECTED
             )
         {
             // A database or KMS error on the way: not counted above.
@@ -622,6 +669,96 @@ impl TokenService {
             let _ = self.store.release_refresh_lease(&id, fence).await;
         }
         result
+    }
+
+    /// The health after a successful refresh, and the events it raises: `recovered` when the
+    /// credential was failing; `refresh_failed` (scopes revoked) when the provider granted
+    /// fewer scopes than before.
+    fn refreshed_health(
+        &self,
+        c: &mut Credential,
+        (previous, previous_end): (&Scopes, Option<Timestamp>),
+        granted: &GrantedTokens,
+        now: Timestamp,
+    ) -> Vec<NewCredentialEvent> {
+        let mut events = Vec::new();
+        let before = c.health.kind;
+        // A refresh does not move an absolute end: the warning stands until a reconnect (or a
+        // provider that extends the grant).
+        if before == HealthKind::Expiring && c.refresh_expires_at <= previous_end {
+            return events;
+        }
+        if before != HealthKind::Healthy {
+            events.push(event(
+                c,
+                EventKind::Recovered,
+                None,
+                Some(before.class()),
+                None,
+                now,
+            ));
+        }
+        c.health = Health::healthy(Some(now));
+        if let Some(granted) = granted.scopes.as_ref() {
+            let lost: Vec<&str> = previous
+                .as_slice()
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !granted.iter().any(|g| g == s))
+                .collect();
+            if !lost.is_empty() {
+                let cause = format!("scopes no longer granted: {}", lost.join(" "));
+                c.health = Health::healthy(Some(now)).failed(
+                    HealthKind::ScopesRevoked,
+                    cause,
+                    "scopes_reduced".into(),
+                    now,
+                );
+                events.push(event(
+                    c,
+                    EventKind::RefreshFailed,
+                    None,
+                    Some(HealthKind::ScopesRevoked.class()),
+                    Some(lost.join(" ")),
+                    now,
+                ));
+            }
+        }
+        events
+    }
+
+    /// Records a refresh failure that leaves the status alone; a `refresh_failed` event is
+    /// written when the health class changes (not on every retry of a long outage).
+    async fn record_failure(
+        &self,
+        c: &Credential,
+        e: &ProviderError,
+        now: Timestamp,
+    ) -> Result<(), BrokerError> {
+        let kind = health::classify(e);
+        let code = e.code();
+        let events = if c.health.kind == kind {
+            Vec::new()
+        } else {
+            vec![event(
+                c,
+                EventKind::RefreshFailed,
+                None,
+                Some(kind.class()),
+                Some(code.clone()),
+                now,
+            )]
+        };
+        let failure = RefreshFailure {
+            health: kind.as_str().to_owned(),
+            cause: e.to_string(),
+            error_code: Some(code),
+            at: now.as_millis(),
+        };
+        self.store
+            .record_refresh_failure(c.id.as_str(), &failure, &events)
+            .await?;
+        Ok(())
     }
 
     /// Calls the provider with bounded retries (backoff with jitter) behind a circuit breaker.

@@ -177,7 +177,8 @@ pub struct IssuanceStats {
     pub issued: Mutex<BTreeMap<(&'static str, bool), u64>>,
     /// Refreshes under the lease: (provider, outcome) → count. Outcomes: `refreshed`,
     /// `already_fresh` (another replica did it), `needs_reconnect`, `served_stale` (provider
-    /// failed, the old token is still valid), `failed`.
+    /// failed, the old token is still valid), `client_rejected` (the provider refused the
+    /// client registration), `failed`.
     pub refreshes: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 

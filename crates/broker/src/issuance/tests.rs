@@ -65,6 +65,7 @@ impl ProviderGateway for ScriptedProvider {
             revocation_ends_authorization: false,
             custom: true,
             refresh_token_idle: None,
+            refresh_token_absolute: None,
             verified: true,
         })
     }

@@ -173,7 +173,27 @@ fn credential_json(c: &CredentialRow) -> serde_json::Value {
         "row_version": c.row_version,
         "lease_holder": c.lease.holder,
         "lease_expires_at": c.lease.expires_at.map(time),
+        "health": c.health.health,
+        "health_cause": c.health.cause,
+        "health_since": c.health.since.map(time),
+        "health_failures": c.health.failures,
+        "health_error_code": c.health.error_code,
     })
+}
+
+/// Health, cause, since, failures and error code on one line.
+fn health_line(c: &CredentialRow) -> String {
+    let h = &c.health;
+    match &h.cause {
+        None => h.health.clone(),
+        Some(cause) => format!(
+            "{} since {} ({} failure(s), last error {}): {cause}",
+            h.health,
+            opt_time(h.since),
+            h.failures,
+            h.error_code.as_deref().unwrap_or("-")
+        ),
+    }
 }
 
 /// `credential-broker credentials show ID`: one credential's metadata and members.
@@ -232,6 +252,7 @@ pub async fn show_credential_command(
         ("display name", c.display_name.clone()),
         ("description", c.description.clone()),
         ("status", status),
+        ("health", health_line(&c)),
         ("scopes", c.scopes.clone()),
         (
             "created",
@@ -272,12 +293,13 @@ pub async fn show_credential_command(
     Ok(())
 }
 
-/// `credential-broker credentials list --status S [--workspace W]`: every credential with that
-/// status (all workspaces unless one is given), in id order, at most `limit`.
+/// `credential-broker credentials list --status S [--workspace W] [--health H]`: every
+/// credential with that status (and health), all workspaces unless one is given, in id order,
+/// at most `limit`.
 pub async fn list_credentials_command(
     config: &Config,
     status: &str,
-    workspace: Option<String>,
+    (workspace, health): (Option<String>, Option<String>),
     limit: u32,
     format: Format,
     out: &mut dyn Write,
@@ -291,6 +313,7 @@ pub async fn list_credentials_command(
             .list_credentials_by_status(&StatusQuery {
                 status: status.to_owned(),
                 workspace_id: workspace.clone(),
+                health: health.clone(),
                 after_id: after.clone(),
                 limit: (limit - rows.len() as u32).min(500),
             })
@@ -307,20 +330,24 @@ pub async fn list_credentials_command(
     }
     writeln!(
         out,
-        "{:36}  {:20}  {:14}  {:28}  {:20}  REASON",
-        "ID", "WORKSPACE", "PROVIDER", "ACCOUNT", "UPDATED"
+        "{:36}  {:20}  {:14}  {:28}  {:20}  {:20}  REASON",
+        "ID", "WORKSPACE", "PROVIDER", "ACCOUNT", "UPDATED", "HEALTH"
     )
     .map_err(io)?;
     for c in &rows {
         writeln!(
             out,
-            "{:36}  {:20}  {:14}  {:28}  {:20}  {}",
+            "{:36}  {:20}  {:14}  {:28}  {:20}  {:20}  {}",
             c.id,
             c.workspace_id,
             c.provider_id,
             c.account_label,
             time(c.updated_at),
-            c.status_reason.as_deref().unwrap_or("")
+            c.health.health,
+            c.status_reason
+                .as_deref()
+                .or(c.health.cause.as_deref())
+                .unwrap_or("")
         )
         .map_err(io)?;
     }
@@ -333,6 +360,82 @@ pub async fn list_credentials_command(
             .unwrap_or_default()
     )
     .map_err(io)?;
+    Ok(())
+}
+
+/// `credential-broker webhooks ENDPOINT`: whether the endpoint is enabled, and its delivery log
+/// (no payload, no secret).
+pub async fn webhook_deliveries_command(
+    config: &Config,
+    endpoint: &str,
+    limit: u32,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), StartupError> {
+    let store = open_read(config).await?;
+    let Some(disabled) = store
+        .webhook_endpoint_disabled(endpoint)
+        .await
+        .map_err(db_err(config))?
+    else {
+        return Err(StartupError::Command(format!(
+            "no webhook endpoint {endpoint:?} in {}",
+            config.database.url.redacted()
+        )));
+    };
+    let rows = store
+        .list_webhook_deliveries(endpoint, limit)
+        .await
+        .map_err(db_err(config))?;
+    if format == Format::Json {
+        let deliveries: Vec<_> = rows
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id,
+                    "event_cursor": d.event_row_id,
+                    "credential_id": d.credential_id,
+                    "state": d.state,
+                    "attempts": d.attempts,
+                    "next_attempt_at": time(d.next_attempt_at),
+                    "last_status": d.last_status,
+                    "last_error": d.last_error,
+                    "delivered_at": d.delivered_at.map(time),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "endpoint": endpoint,
+            "disabled": disabled,
+            "deliveries": deliveries,
+        });
+        writeln!(out, "{doc}").map_err(io)?;
+        return Ok(());
+    }
+    let state = if disabled { "DISABLED" } else { "enabled" };
+    writeln!(out, "endpoint {endpoint}: {state}").map_err(io)?;
+    writeln!(
+        out,
+        "{:>8}  {:>8}  {:36}  {:9}  {:>8}  {:>6}  {:24}  ERROR",
+        "ID", "CURSOR", "CREDENTIAL", "STATE", "ATTEMPTS", "STATUS", "DELIVERED / NEXT"
+    )
+    .map_err(io)?;
+    for d in &rows {
+        writeln!(
+            out,
+            "{:>8}  {:>8}  {:36}  {:9}  {:>8}  {:>6}  {:24}  {}",
+            d.id,
+            d.event_row_id,
+            d.credential_id,
+            d.state,
+            d.attempts,
+            d.last_status
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            d.delivered_at.map_or_else(|| time(d.next_attempt_at), time),
+            d.last_error.as_deref().unwrap_or("")
+        )
+        .map_err(io)?;
+    }
     Ok(())
 }
 

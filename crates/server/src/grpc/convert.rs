@@ -8,7 +8,9 @@ use cb_broker::connect::{
     CompleteConnect, ConnectOutcome, ConnectStarted, StartConnect, StartReconnect,
 };
 use cb_broker::credential::{CredentialView, Status, StatusKind};
+use cb_broker::events::{EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE, EventFilter, WatchItem};
 use cb_broker::grants::{CreatedRunGrant, MAX_CREDENTIALS_PER_GRANT, NewRunGrant};
+use cb_broker::health::{EventKind, Health, HealthKind};
 use cb_broker::issuance::{IssuedToken, RunGrantUse, UsageContext};
 use cb_broker::service::{
     DEFAULT_PAGE_SIZE, ImportCredential, ListCredentials, MAX_PAGE_SIZE, Revocation,
@@ -149,7 +151,43 @@ pub fn credential(v: &CredentialView) -> pb::Credential {
         version: c.version,
         recent_workflows: Vec::new(),
         workflow_count: 0,
+        health: Some(health(&c.health)),
     }
+}
+
+/// The protobuf name of a health is its stored name with the enum prefix.
+const HEALTH_PREFIX: &str = "CREDENTIAL_HEALTH_";
+
+/// Health with its cause for a response (never a token).
+fn health(h: &Health) -> pb::CredentialHealthInfo {
+    let kind = pb::CredentialHealth::from_str_name(&format!("{HEALTH_PREFIX}{}", h.kind.as_str()))
+        .unwrap_or(pb::CredentialHealth::Unspecified);
+    pb::CredentialHealthInfo {
+        health: kind as i32,
+        cause: h.cause.clone().unwrap_or_default(),
+        since_time: opt_timestamp(h.since),
+        failure_count: h.failures,
+        last_error_code: h.error_code.clone().unwrap_or_default(),
+    }
+}
+
+/// A health filter: `None` for UNSPECIFIED.
+fn health_filter(raw: i32, v: &mut Violations) -> Option<HealthKind> {
+    let parsed = pb::CredentialHealth::try_from(raw)
+        .ok()
+        .filter(|h| *h != pb::CredentialHealth::Unspecified)
+        .and_then(|h| {
+            h.as_str_name()
+                .strip_prefix(HEALTH_PREFIX)
+                .and_then(HealthKind::from_stored)
+        });
+    if parsed.is_none() && raw != 0 {
+        v.push(FieldViolation::new(
+            "health",
+            format!("{raw} is not a credential health"),
+        ));
+    }
+    parsed
 }
 
 /// Revocation outcome → protobuf enum and detail.
@@ -177,13 +215,18 @@ fn optional_timestamp(
 }
 
 fn page_size(field: &str, raw: i32, v: &mut Violations) -> u32 {
+    page_size_within(field, raw, (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), v)
+}
+
+/// A page size: 0 is `default`, larger than `max` is `max`, negative is a violation.
+fn page_size_within(field: &str, raw: i32, (default, max): (u32, u32), v: &mut Violations) -> u32 {
     match raw {
-        0 => DEFAULT_PAGE_SIZE,
+        0 => default,
         n if n < 0 => {
             v.push(FieldViolation::new(field, "must not be negative"));
-            DEFAULT_PAGE_SIZE
+            default
         }
-        n => u32::try_from(n).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        n => u32::try_from(n).unwrap_or(max).min(max),
     }
 }
 
@@ -332,6 +375,7 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             v.check(ProviderId::parse("provider_id", &r.provider_id))
         };
         let page_size = page_size("page_size", r.page_size, &mut v);
+        let health = health_filter(r.health, &mut v);
         let mut statuses = Vec::new();
         for (i, raw) in r.statuses.iter().enumerate() {
             match pb::CredentialStatus::try_from(*raw) {
@@ -360,6 +404,7 @@ impl TryFrom<pb::ListCredentialsRequest> for Listable {
             page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             include_disconnected: r.include_disconnected,
             statuses,
+            health,
         }))
     }
 }
@@ -460,16 +505,12 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
     }
     let start = optional_timestamp("start_time", r.start_time.as_ref(), &mut v);
     let end = optional_timestamp("end_time", r.end_time.as_ref(), &mut v);
-    let page_size = match r.page_size {
-        0 => AUDIT_DEFAULT_PAGE_SIZE,
-        n if n < 0 => {
-            v.push(FieldViolation::new("page_size", "must not be negative"));
-            0
-        }
-        n => u32::try_from(n)
-            .unwrap_or(AUDIT_MAX_PAGE_SIZE)
-            .min(AUDIT_MAX_PAGE_SIZE),
-    };
+    let page_size = page_size_within(
+        "page_size",
+        r.page_size,
+        (AUDIT_DEFAULT_PAGE_SIZE, AUDIT_MAX_PAGE_SIZE),
+        &mut v,
+    );
     v.finish()?;
     Ok(AuditFilter {
         credential_id: non_empty(&r.credential_id),
@@ -481,6 +522,130 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
         page_size,
         page_token: non_empty(&r.page_token),
     })
+}
+
+/// The protobuf name of an event type is its stored name, uppercase, with the enum prefix.
+const EVENT_TYPE_PREFIX: &str = "CREDENTIAL_EVENT_TYPE_";
+
+/// Parses event type filters.
+fn event_kinds(field: &str, raw: &[i32], v: &mut Violations) -> Vec<EventKind> {
+    let mut kinds = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let kind = pb::CredentialEventType::try_from(*t).ok().and_then(|t| {
+            t.as_str_name()
+                .strip_prefix(EVENT_TYPE_PREFIX)
+                .and_then(|k| EventKind::parse(&k.to_ascii_lowercase()))
+        });
+        match kind {
+            Some(k) => kinds.push(k),
+            None => v.push(FieldViolation::new(
+                format!("{field}[{i}]"),
+                format!("{t} is not a credential event type"),
+            )),
+        }
+    }
+    kinds
+}
+
+/// A workspace id filter: `None` when empty.
+fn workspace_filter(raw: &str, v: &mut Violations) -> Option<WorkspaceId> {
+    (!raw.is_empty())
+        .then(|| v.check(WorkspaceId::parse("workspace_id", raw)))
+        .flatten()
+}
+
+/// Parses a ListCredentialEvents request.
+pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFilter, BrokerError> {
+    let mut v = Violations::default();
+    let workspace_id = workspace_filter(&r.workspace_id, &mut v);
+    let credential_id = (!r.credential_id.is_empty())
+        .then(|| v.check(CredentialId::parse("credential_id", &r.credential_id)))
+        .flatten();
+    let kinds = event_kinds("types", &r.types, &mut v);
+    let page_size = page_size_within(
+        "page_size",
+        r.page_size,
+        (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
+        &mut v,
+    );
+    let after = match r.page_token.as_str() {
+        "" => 0,
+        t => match t.parse::<i64>() {
+            Ok(n) if n >= 0 => n,
+            _ => {
+                v.push(FieldViolation::new(
+                    "page_token",
+                    "is not a token from a previous response",
+                ));
+                0
+            }
+        },
+    };
+    v.finish()?;
+    Ok(EventFilter {
+        workspace_id,
+        credential_id,
+        kinds,
+        after,
+        page_size,
+    })
+}
+
+/// Parses a WatchCredentialEvents request; also whether to start at the end of the log.
+pub fn event_watch_filter(
+    r: &pb::WatchCredentialEventsRequest,
+) -> Result<(EventFilter, bool), BrokerError> {
+    let mut v = Violations::default();
+    let workspace_id = workspace_filter(&r.workspace_id, &mut v);
+    let kinds = event_kinds("types", &r.types, &mut v);
+    if r.after_cursor < 0 {
+        v.push(FieldViolation::new("after_cursor", "must not be negative"));
+    }
+    v.finish()?;
+    let filter = EventFilter {
+        workspace_id,
+        credential_id: None,
+        kinds,
+        after: r.after_cursor,
+        page_size: 0,
+    };
+    Ok((filter, r.start_at_end))
+}
+
+/// A lifecycle event for a response (never a secret: the log holds none).
+pub fn credential_event(row: cb_store::CredentialEventRow) -> pb::CredentialEvent {
+    let r = row.event;
+    let kind = pb::CredentialEventType::from_str_name(&format!(
+        "{EVENT_TYPE_PREFIX}{}",
+        r.kind.to_ascii_uppercase()
+    ))
+    .unwrap_or(pb::CredentialEventType::Unspecified);
+    pb::CredentialEvent {
+        event_id: r.event_id,
+        cursor: row.id,
+        event_time: Some(timestamp(Timestamp::from_millis(r.at))),
+        workspace_id: r.workspace_id,
+        credential_id: r.credential_id,
+        r#type: kind as i32,
+        actor: r.actor.unwrap_or_default(),
+        cause: r.cause.unwrap_or_default(),
+        detail: r.detail.unwrap_or_default(),
+    }
+}
+
+/// One message of a watch.
+pub fn watch_item(item: WatchItem) -> pb::WatchCredentialEventsResponse {
+    use pb::watch_credential_events_response::Message;
+    let message = match item {
+        WatchItem::Event(row) => Message::Event(credential_event(row)),
+        WatchItem::Heartbeat { cursor, at } => Message::Heartbeat(pb::Heartbeat {
+            cursor,
+            heartbeat_time: Some(timestamp(at)),
+        }),
+    };
+    pb::WatchCredentialEventsResponse {
+        message: Some(message),
+    }
 }
 
 /// An audit row for a response.

@@ -6,6 +6,7 @@ use crate::grpc::status::to_status;
 use cb_broker::access::Caller;
 use cb_broker::connect::ConnectService;
 use cb_broker::credential::CredentialView;
+use cb_broker::events::EventService;
 use cb_broker::issuance::RunGrantUse;
 use cb_broker::issuance::TokenService;
 use cb_broker::service::CredentialService;
@@ -13,7 +14,10 @@ use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_server::CredentialService as Rpc;
 use secrecy::SecretString;
 use std::collections::BTreeSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// Metadata key: the run grant an executor presents with GetAccessToken (docs/api.md).
@@ -26,6 +30,7 @@ pub struct CredentialApi {
     connect: Arc<ConnectService>,
     /// Callers that must present a run grant with GetAccessToken.
     run_grant_required: BTreeSet<String>,
+    events: Arc<EventService>,
 }
 
 impl CredentialApi {
@@ -35,12 +40,14 @@ impl CredentialApi {
         tokens: Arc<TokenService>,
         connect: Arc<ConnectService>,
         run_grant_required: BTreeSet<String>,
+        events: Arc<EventService>,
     ) -> Self {
         Self {
             credentials,
             tokens,
             connect,
             run_grant_required,
+            events,
         }
     }
 
@@ -62,8 +69,49 @@ impl CredentialApi {
     }
 }
 
+/// The stream of WatchCredentialEvents.
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchCredentialEventsResponse, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Rpc for CredentialApi {
+    type WatchCredentialEventsStream = WatchStream;
+
+    async fn list_credential_events(
+        &self,
+        req: Request<pb::ListCredentialEventsRequest>,
+    ) -> Result<Response<pb::ListCredentialEventsResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let filter = convert::event_list_filter(req.get_ref())?;
+            self.events.list(&caller, filter).await
+        }
+        .await;
+        respond(result.map(|(rows, next)| pb::ListCredentialEventsResponse {
+            events: rows.into_iter().map(convert::credential_event).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn watch_credential_events(
+        &self,
+        req: Request<pb::WatchCredentialEventsRequest>,
+    ) -> Result<Response<Self::WatchCredentialEventsStream>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let (filter, from_end) = convert::event_watch_filter(req.get_ref())?;
+            self.events.watch(&caller, filter, from_end).await
+        }
+        .await;
+        respond(result.map(|rx| {
+            let stream = ReceiverStream::new(rx).map(|item| {
+                item.map(convert::watch_item)
+                    .map_err(crate::grpc::status::to_status)
+            });
+            Box::pin(stream) as WatchStream
+        }))
+    }
+
     async fn list_providers(
         &self,
         req: Request<pb::ListProvidersRequest>,

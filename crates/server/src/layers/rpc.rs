@@ -31,6 +31,10 @@ pub enum Rpc {
     CreateRunGrant,
     /// CredentialService/RevokeRunGrant
     RevokeRunGrant,
+    /// CredentialService/ListCredentialEvents
+    ListCredentialEvents,
+    /// CredentialService/WatchCredentialEvents
+    WatchCredentialEvents,
     /// MembershipService/ListMembers
     ListMembers,
     /// MembershipService/AddMember
@@ -65,7 +69,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 26] = [
+    pub const ALL: [Rpc; 28] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -79,6 +83,8 @@ impl Rpc {
         Rpc::ListAuditEvents,
         Rpc::CreateRunGrant,
         Rpc::RevokeRunGrant,
+        Rpc::ListCredentialEvents,
+        Rpc::WatchCredentialEvents,
         Rpc::ListMembers,
         Rpc::AddMember,
         Rpc::UpdateMemberRole,
@@ -130,6 +136,8 @@ impl Rpc {
             Rpc::ListAuditEvents => "ListAuditEvents",
             Rpc::CreateRunGrant => "CreateRunGrant",
             Rpc::RevokeRunGrant => "RevokeRunGrant",
+            Rpc::ListCredentialEvents => "ListCredentialEvents",
+            Rpc::WatchCredentialEvents => "WatchCredentialEvents",
             Rpc::ListMembers => "ListMembers",
             Rpc::AddMember => "AddMember",
             Rpc::UpdateMemberRole => "UpdateMemberRole",
@@ -168,6 +176,8 @@ impl Rpc {
             "ListAuditEvents" => Rpc::ListAuditEvents,
             "CreateRunGrant" => Rpc::CreateRunGrant,
             "RevokeRunGrant" => Rpc::RevokeRunGrant,
+            "ListCredentialEvents" => Rpc::ListCredentialEvents,
+            "WatchCredentialEvents" => Rpc::WatchCredentialEvents,
             "ListMembers" => Rpc::ListMembers,
             "AddMember" => Rpc::AddMember,
             "UpdateMemberRole" => Rpc::UpdateMemberRole,
@@ -212,6 +222,8 @@ impl Rpc {
                         | GetCredential
                         | ListCredentials
                         | ListMembers
+                        | ListCredentialEvents
+                        | WatchCredentialEvents
                 ) || self.manages_oauth_apps()
             }
         }

@@ -13,6 +13,7 @@ use crate::runtime::providers::OAuthGateway;
 use cb_broker::audit::Audit;
 use cb_broker::clock::{Clock, SystemClock};
 use cb_broker::connect::ConnectService;
+use cb_broker::events::EventService;
 use cb_broker::gateway::ProviderGateway;
 use cb_broker::grants::RunGrantConfig;
 use cb_broker::issuance::{
@@ -99,6 +100,7 @@ pub struct Application {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
     tokens: Arc<TokenService>,
+    events: Arc<EventService>,
     audit: Audit,
     health: tonic_health::server::HealthReporter,
     metrics: Arc<crate::runtime::metrics::Metrics>,
@@ -118,6 +120,7 @@ fn spawn_background(
     tokens: &Arc<TokenService>,
     audit: &Audit,
     clock: &Arc<dyn Clock>,
+    events: &Arc<EventService>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(tokens.clone().follow_changes())];
     let t = tokens.clone();
@@ -141,7 +144,8 @@ fn spawn_background(
     }
     let retention = (config.audit.retention_days > 0)
         .then(|| Duration::from_secs(config.audit.retention_days.saturating_mul(86_400)));
-    let (audit, store, clock) = (audit.clone(), store.clone(), clock.clone());
+    let (audit, store, clock, events) =
+        (audit.clone(), store.clone(), clock.clone(), events.clone());
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -152,6 +156,16 @@ fn spawn_background(
                     Ok(n) => tracing::info!(pruned = n, "old audit events pruned"),
                     Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
                 }
+            }
+            match events.warn_expiring().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(marked = n, "grants ending soon marked EXPIRING"),
+                Err(e) => tracing::warn!(error = %e, "expiring scan failed"),
+            }
+            match events.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "old credential events pruned"),
+                Err(e) => tracing::warn!(error = %e, "credential event pruning failed"),
             }
             let day_ago = clock.now().minus(Duration::from_secs(86_400)).as_millis();
             if let Err(e) = store.prune_connect_sessions(day_ago).await {
@@ -308,7 +322,18 @@ impl Application {
                 None => None,
             },
         };
-        let mut background = spawn_background(config, &store, &tokens, &audit, &clock);
+        let events = Arc::new(EventService::new(
+            store.clone(),
+            audit.clone(),
+            clock.clone(),
+            config.events.domain(),
+        ));
+        let mut background = spawn_background(config, &store, &tokens, &audit, &clock, &events);
+        let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
+        if let Some(d) = crate::runtime::webhooks::dispatcher(config, &store, &clock, holder)? {
+            let poll = Duration::from_millis(config.events.webhook_poll_ms.max(10));
+            background.push(tokio::spawn(d.run(poll)));
+        }
         // Each JWT issuer with a JWKS (URL or file) gets its refresher.
         let issuers = [
             (
@@ -396,6 +421,7 @@ impl Application {
             tokens.clone(),
             connect,
             config.run_grant_required_callers(),
+            events.clone(),
         );
         let limits = &config.limits;
         let mut builder = tonic::transport::Server::builder()
@@ -469,6 +495,7 @@ impl Application {
             server,
             background,
             tokens,
+            events,
             audit: audit_for_shutdown,
             health,
             metrics,
@@ -489,6 +516,11 @@ impl Application {
     /// Runs one refresh-ahead pass now (the background task does this periodically).
     pub async fn refresh_due(&self) -> usize {
         self.tokens.refresh_due(100).await
+    }
+
+    /// One pass of the expiring-grant scan (it runs hourly in the background).
+    pub async fn warn_expiring(&self) -> Result<usize, cb_broker::BrokerError> {
+        self.events.warn_expiring().await
     }
 
     /// Issuance counters (cache hits, provider refreshes, …).
@@ -526,6 +558,8 @@ impl Application {
         crate::runtime::health::set_stopping(&mut self.health).await;
         self.tokens.flush_usage().await;
         self.audit.flush().await;
+        // Watch streams never end by themselves: close them so the listener can drain.
+        self.events.stop_watches();
         let _ = self.shutdown.send(true);
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(Ok(Ok(()))) => tracing::info!("stopped"),

@@ -56,6 +56,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Audit log settings.
     pub audit: AuditConfig,
+    /// Lifecycle event log settings.
+    pub events: EventsSettings,
+    /// Webhook endpoints receiving a workspace's lifecycle events (Standard Webhooks).
+    pub webhooks: Vec<WebhookSettings>,
     /// OAuth connect settings.
     pub oauth: OAuthConfig,
     /// Client credentials (and URL placeholders) per provider id.
@@ -579,6 +583,115 @@ pub struct AuditConfig {
     pub retention_days: u64,
 }
 
+/// Lifecycle event log and watch settings (`[events]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Events older than this many days are pruned (0 keeps them forever).
+    pub retention_days: u64,
+    /// Seconds between heartbeats on an idle WatchCredentialEvents stream.
+    pub heartbeat_seconds: u64,
+    /// Milliseconds between re-reads of the log by a watch that heard of no change (the change
+    /// feed wakes it at once otherwise).
+    pub watch_poll_ms: u64,
+    /// Milliseconds between passes of the webhook dispatcher that heard of no change (retries
+    /// fall due with time).
+    pub webhook_poll_ms: u64,
+    /// First webhook retry delay in seconds; doubles per failed attempt.
+    pub webhook_backoff_seconds: u64,
+    /// Longest webhook retry delay in seconds.
+    pub webhook_max_backoff_seconds: u64,
+    /// An endpoint failing for this many seconds without one success is disabled.
+    pub webhook_disable_after_seconds: u64,
+    /// Grants whose absolute end is this many hours away or less are marked EXPIRING with an
+    /// `expiring` event.
+    pub expiring_warning_hours: u64,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            heartbeat_seconds: 15,
+            watch_poll_ms: 1000,
+            webhook_poll_ms: 1000,
+            webhook_backoff_seconds: 5,
+            webhook_max_backoff_seconds: 3600,
+            webhook_disable_after_seconds: 3 * 86_400,
+            expiring_warning_hours: 7 * 24,
+        }
+    }
+}
+
+/// One webhook endpoint (`[[webhooks]]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Stable name of the endpoint (its delivery log and failure state are kept under it).
+    pub id: String,
+    /// The workspace whose events it receives.
+    pub workspace_id: String,
+    /// Where events are POSTed: https (plain http only to loopback with
+    /// `outbound.allow_loopback`), public addresses unless `outbound.allow_private_networks`.
+    pub url: String,
+    /// Signing secrets `whsec_<base64>`, each signing every delivery: two during a rotation.
+    pub secrets: Vec<SecretValue>,
+}
+
+impl WebhookSettings {
+    /// Checks one endpoint; problems are pushed to `p` (never the secrets).
+    fn validate(&self, outbound: &OutboundConfig, p: &mut Vec<String>) {
+        let at = format!("webhooks[{}]", self.id);
+        if self.id.is_empty() || self.workspace_id.is_empty() {
+            p.push(format!("{at}: id and workspace_id must not be empty"));
+        }
+        match url::Url::parse(&self.url) {
+            Ok(u) => {
+                if let Err(e) = cb_oauth::outbound::check_url(&outbound.policy(), &u) {
+                    p.push(format!("{at}.url: {e}"));
+                }
+            }
+            Err(_) => p.push(format!("{at}.url: not a URL")),
+        }
+        if self.secrets.is_empty() || self.secrets.len() > 2 {
+            p.push(format!(
+                "{at}.secrets: one secret, or two during a rotation"
+            ));
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            if let Err(e) = cb_broker::webhooks::WebhookSecret::parse(s.expose()) {
+                p.push(format!("{at}.secrets[{i}]: {e}"));
+            }
+        }
+    }
+}
+
+impl EventsSettings {
+    /// The webhook dispatcher's settings.
+    pub fn webhooks(&self) -> cb_broker::webhooks::WebhookConfig {
+        cb_broker::webhooks::WebhookConfig {
+            backoff_base: std::time::Duration::from_secs(self.webhook_backoff_seconds.max(1)),
+            backoff_max: std::time::Duration::from_secs(self.webhook_max_backoff_seconds.max(1)),
+            disable_after: std::time::Duration::from_secs(self.webhook_disable_after_seconds),
+            ..cb_broker::webhooks::WebhookConfig::default()
+        }
+    }
+
+    /// The domain's view.
+    pub fn domain(&self) -> cb_broker::events::EventsConfig {
+        cb_broker::events::EventsConfig {
+            heartbeat: std::time::Duration::from_secs(self.heartbeat_seconds.max(1)),
+            poll: std::time::Duration::from_millis(self.watch_poll_ms.max(10)),
+            retention: (self.retention_days > 0).then(|| {
+                std::time::Duration::from_secs(self.retention_days.saturating_mul(86_400))
+            }),
+            expiring_warning: std::time::Duration::from_secs(
+                self.expiring_warning_hours.saturating_mul(3600),
+            ),
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -598,6 +711,8 @@ impl Default for Config {
             callers: Vec::new(),
             tls: TlsConfig::default(),
             audit: AuditConfig::default(),
+            events: EventsSettings::default(),
+            webhooks: Vec::new(),
             oauth: OAuthConfig::default(),
             providers: BTreeMap::new(),
             custom_providers: Vec::new(),
@@ -1382,6 +1497,13 @@ impl Config {
         self.telemetry.validate(&mut p);
         self.health.validate(&mut p);
         self.outbound.validate(&mut p);
+        let mut ids = std::collections::BTreeSet::new();
+        for w in &self.webhooks {
+            w.validate(&self.outbound, &mut p);
+            if !ids.insert(w.id.as_str()) {
+                p.push(format!("webhooks[{}]: the id is used twice", w.id));
+            }
+        }
         self.limits.validate(&mut p);
         if let Some(a) = &self.actor_assertions {
             a.validate(&mut p);

@@ -192,7 +192,7 @@ impl InstrumentedGateway {
         let (result, outcome, took) = timed(span, call, |result| match result {
             Ok(_) => "ok",
             Err(ProviderError::Permanent(_)) => "permanent",
-            Err(ProviderError::InvalidClient(_)) => "invalid_client",
+            Err(ProviderError::ClientRejected(_)) => "client_rejected",
             Err(ProviderError::Transient { .. }) => "transient",
             Err(ProviderError::Denied(_)) => "denied",
             Err(ProviderError::Other(_)) => "error",

@@ -6,6 +6,7 @@
 
 use crate::layers::rpc::Rpc;
 use cb_broker::audit::Audit;
+use cb_broker::health::HealthKind;
 use cb_broker::issuance::TokenService;
 use cb_crypto::Envelope;
 use cb_store::Store;
@@ -73,6 +74,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DependencyLabels {
     dependency: &'static str,
 }
@@ -105,6 +111,7 @@ pub struct Metrics {
     kms_calls: Family<KmsCallLabels, Counter>,
     kms_duration: HistogramFamily<KmsOpLabels>,
     credentials: Family<StatusLabels, Gauge>,
+    credential_health: Family<HealthLabels, Gauge>,
     dependency_up: Family<DependencyLabels, Gauge>,
 }
 
@@ -154,6 +161,7 @@ impl Metrics {
             kms_calls: Family::default(),
             kms_duration: Family::new_with_constructor(latency_histogram),
             credentials: Family::default(),
+            credential_health: Family::default(),
             dependency_up: Family::default(),
         };
         r.register(
@@ -198,6 +206,11 @@ impl Metrics {
             "credentials",
             "Stored credentials by status, every workspace (read from the database periodically)",
             m.credentials.clone(),
+        );
+        r.register(
+            "credential_health",
+            "Credentials not disconnected by health (HEALTHY, PROVIDER_OUTAGE, GRANT_REVOKED, CLIENT_MISCONFIGURED, SCOPES_REVOKED, REFRESH_INTERRUPTED, EXPIRING), every workspace (read from the database periodically)",
+            m.credential_health.clone(),
         );
         r.register(
             "dependency_up",
@@ -301,6 +314,22 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Sets the per-health gauge from [`cb_store::Store::count_credentials_by_health`]; a
+    /// health with no credential reads 0.
+    pub fn set_credential_health(&self, counts: &[(String, i64)]) {
+        for health in HealthKind::ALL {
+            let n = counts
+                .iter()
+                .find(|(h, _)| h == health.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.credential_health
+                .get_or_create(&HealthLabels {
+                    health: health.as_str().to_owned(),
+                })
+                .set(n);
+        }
+    }
+
     /// Replaces the credentials-by-status gauge (statuses absent from `counts` read 0).
     pub fn set_credentials(&self, counts: &[(String, i64)]) {
         for status in STATUSES {
@@ -362,6 +391,11 @@ impl Metrics {
                     Ok(Ok(counts)) => metrics.set_credentials(&counts),
                     Ok(Err(e)) => tracing::debug!(error = %e, "credentials gauge not refreshed"),
                     Err(_) => tracing::debug!("credentials gauge not refreshed: timeout"),
+                }
+                match tokio::time::timeout(every, store.count_credentials_by_health()).await {
+                    Ok(Ok(counts)) => metrics.set_credential_health(&counts),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "health gauge not refreshed"),
+                    Err(_) => tracing::debug!("health gauge not refreshed: timeout"),
                 }
             }
         })

@@ -12,3 +12,4 @@ pub mod listener;
 pub mod metrics;
 pub mod providers;
 pub mod telemetry;
+pub mod webhooks;

@@ -155,6 +155,10 @@ impl OAuthGateway {
                 .refresh
                 .refresh_token_idle_seconds
                 .map(Duration::from_secs),
+            refresh_token_absolute: spec
+                .refresh
+                .refresh_token_absolute_seconds
+                .map(Duration::from_secs),
             verified: spec.is_verified(),
         }
     }
@@ -234,19 +238,21 @@ impl OAuthGateway {
     }
 }
 
+/// `code: description`, or the code alone.
+fn with_description(error: String, description: Option<String>) -> String {
+    match description {
+        Some(d) => format!("{error}: {d}"),
+        None => error,
+    }
+}
+
 fn classify(e: OAuthError) -> ProviderError {
     match e {
         OAuthError::InvalidGrant { error, description } => {
-            ProviderError::Permanent(match description {
-                Some(d) => format!("{error}: {d}"),
-                None => error,
-            })
+            ProviderError::Permanent(with_description(error, description))
         }
         OAuthError::InvalidClient { error, description } => {
-            ProviderError::InvalidClient(match description {
-                Some(d) => format!("{error}: {d}"),
-                None => error,
-            })
+            ProviderError::ClientRejected(with_description(error, description))
         }
         OAuthError::AccessDenied { description } => {
             ProviderError::Denied(description.unwrap_or_else(|| "access_denied".into()))
