@@ -63,12 +63,13 @@ pub fn init(log: &LogConfig, traces: Option<&TelemetryConfig>) -> Result<Telemet
     // Below `debug` the log shows events only: formatting every request's span fields (the
     // `rpc` span and its children, which traces still get) cost ~9% of the hot path's CPU while
     // nothing was logged. At `debug` and `trace` log lines carry their spans again.
-    let spans_in_log = filter
-        .max_level_hint()
-        .is_some_and(|level| level >= LevelFilter::DEBUG);
-    let filter = filter.and(tracing_subscriber::filter::filter_fn(move |meta| {
-        spans_in_log || meta.is_event()
-    }));
+    let max_level = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let spans_in_log = max_level >= LevelFilter::DEBUG;
+    // The hint keeps callsites above the filter's level disabled at the macro (no per-call check).
+    let filter = filter.and(
+        tracing_subscriber::filter::filter_fn(move |meta| spans_in_log || meta.is_event())
+            .with_max_level_hint(max_level),
+    );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(otel);
     let result = match log.format {
