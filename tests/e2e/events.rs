@@ -9,6 +9,7 @@ use crate::support::broker::{
 use crate::support::client::{ALICE, BOB, Client};
 use crate::support::fake_provider::{FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
+use crate::support::sample;
 use crate::support::wait::{wait_for, wait_until_sync};
 use crate::support::webhook_receiver::{Received, WebhookReceiver};
 use cb_proto::v1 as pb;
@@ -541,10 +542,19 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     // Up again: past the longest backoff everything arrives.
     receiver.set_up(true);
     advance(&brokers, Duration::from_secs(120));
-    let log = alice.admin_of("ws1").events().await.unwrap();
+    // The credentials' events (the dead endpoint's disabling, a workspace event, may come).
+    let log: Vec<_> = alice
+        .admin_of("ws1")
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.credential_id.is_empty())
+        .collect();
     assert_eq!(log.len(), 5, "{log:?}");
     wait_until_sync(Duration::from_secs(20), "every event delivered", || {
-        delivered(&receiver).len() >= log.len()
+        let got = delivered(&receiver);
+        log.iter().all(|e| got.iter().any(|r| r.id == e.event_id))
     })
     .await;
     let got = delivered(&receiver);
@@ -567,9 +577,12 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         assert_eq!(in_order, in_log, "ordered per credential");
     }
     // Retries carry the webhook-id of their event; payloads name the event.
-    let all = receiver.received();
-    assert!(all.iter().all(|r| log.iter().any(|e| e.event_id == r.id)));
-    for r in &got {
+    let all: Vec<Received> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| log.iter().any(|e| e.event_id == r.id))
+        .collect();
+    for r in got.iter().filter(|r| all.iter().any(|a| a.id == r.id)) {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let e = log.iter().find(|e| e.event_id == r.id).unwrap();
         assert_eq!(body["data"]["event_id"], r.id.as_str());
@@ -609,8 +622,76 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         Some(false),
         "failing for 5 minutes, below the limit"
     );
+
+    // Its disabling is a workspace event (no credential), written with it: workspace admins
+    // read it (also by type), a member of every credential who is no admin does not, and the
+    // endpoint still enabled receives it, signed, typed `workspace.…`.
+    let disabled_type = pb::CredentialEventType::WebhookEndpointDisabled as i32;
+    let workspace_events: Vec<_> = alice
+        .admin_of("ws1")
+        .events_page(pb::ListCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            types: vec![disabled_type],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(workspace_events.len(), 1, "{workspace_events:?}");
+    let off = &workspace_events[0];
+    assert_eq!(
+        (
+            off.credential_id.as_str(),
+            off.detail.as_str(),
+            off.actor.as_str()
+        ),
+        ("", "endpoint=dead", "")
+    );
+    assert!(
+        alice
+            .events()
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.r#type != disabled_type),
+        "members of credentials do not see workspace events"
+    );
+    wait_until_sync(Duration::from_secs(10), "the disabling delivered", || {
+        delivered(&receiver).iter().any(|r| r.id == off.event_id)
+    })
+    .await;
+    let notice: Vec<Received> = delivered(&receiver)
+        .into_iter()
+        .filter(|r| r.id == off.event_id)
+        .collect();
+    let body: serde_json::Value = serde_json::from_slice(&notice[0].body).unwrap();
+    assert_eq!(body["type"], "workspace.webhook_endpoint_disabled");
+    assert_eq!(body["data"]["credential_id"], serde_json::Value::Null);
+    assert!(verified_independently(&notice, &[SECRET_OLD]));
+    assert!(dead.received().iter().all(|r| r.id != off.event_id));
+    // Counted once across the replicas; deliveries counted by outcome.
+    let counted = |series: &str| -> f64 {
+        brokers
+            .iter()
+            .map(|b| sample(&b.app().metrics_text(), series).unwrap_or(0.0))
+            .sum()
+    };
+    assert_eq!(
+        counted("credential_broker_webhook_endpoints_disabled_total"),
+        1.0
+    );
+    assert!(
+        counted("credential_broker_webhook_deliveries_total{outcome=\"delivered\"}")
+            >= (log.len() + 1) as f64
+    );
+    assert!(counted("credential_broker_webhook_deliveries_total{outcome=\"rejected\"}") >= 2.0);
+
     let log_rows = store.list_webhook_deliveries("main", 100).await.unwrap();
-    assert_eq!(log_rows.len(), log.len(), "one delivery log row per event");
+    assert_eq!(
+        log_rows.len(),
+        log.len() + 1,
+        "one delivery log row per event"
+    );
     assert!(log_rows.iter().all(|d| d.state == "DELIVERED"));
     assert!(log_rows.iter().any(|d| d.attempts >= 3));
 

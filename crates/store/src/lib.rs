@@ -167,8 +167,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an attempt under its claim: delivered, or rescheduled at `next_attempt_at`; the
     /// endpoint's failing period starts at its first failure and ends with a success; an
-    /// endpoint failing since `disable_failing_since` or earlier is disabled. Returns whether
-    /// this call disabled it.
+    /// endpoint failing since `disable_failing_since` or earlier is disabled, and its
+    /// `disabled_event` appended in the same transaction. Returns whether this call disabled it.
     async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError>;
 
     /// An endpoint's delivery log, oldest first, at most `limit`.

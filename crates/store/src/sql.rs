@@ -393,10 +393,11 @@ pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_e
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
 /// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
-/// (enabled endpoint of the event's workspace, event).
+/// (enabled endpoint of the event's workspace, event). Workspace events (no credential) are
+/// ordered among themselves under the empty credential id.
 pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
      (endpoint_id, event_row_id, credential_id, state, attempts, next_attempt_at, created_at) \
-     SELECT w.id, ev.id, ev.credential_id, 'PENDING', 0, ev.at, ev.at \
+     SELECT w.id, ev.id, COALESCE(ev.credential_id, ''), 'PENDING', 0, ev.at, ev.at \
      FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
      WHERE w.disabled_at IS NULL AND ev.event_id IN (";
 

@@ -546,7 +546,7 @@ where
     row.push_bind(e.event_id.as_str())
         .push_bind(e.at)
         .push_bind(e.workspace_id.as_str())
-        .push_bind(e.credential_id.as_str())
+        .push_bind(e.credential_id.as_deref())
         .push_bind(e.kind.as_str())
         .push_bind(e.actor.as_deref())
         .push_bind(e.cause.as_deref())
@@ -1004,7 +1004,15 @@ where
                     .map_err(map::<DB>)?;
                 DB::rows_affected(&done) > 0
             };
-            tx.commit().await.map_err(map::<DB>)?;
+            match (&a.disabled_event, disabled) {
+                // The event commits with the disabling: watchers and the other endpoints of
+                // the workspace learn of it exactly once. No credential changed.
+                (Some(e), true) => {
+                    self.commit_announcing(tx, "", std::slice::from_ref(e))
+                        .await?
+                }
+                _ => tx.commit().await.map_err(map::<DB>)?,
+            }
             Ok(disabled)
         })
         .await

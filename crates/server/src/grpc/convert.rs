@@ -625,7 +625,7 @@ pub fn credential_event(row: cb_store::CredentialEventRow) -> pb::CredentialEven
         cursor: row.id,
         event_time: Some(timestamp(Timestamp::from_millis(r.at))),
         workspace_id: r.workspace_id,
-        credential_id: r.credential_id,
+        credential_id: r.credential_id.unwrap_or_default(),
         r#type: kind as i32,
         actor: r.actor.unwrap_or_default(),
         cause: r.cause.unwrap_or_default(),

@@ -8,6 +8,7 @@ use crate::layers::rpc::Rpc;
 use cb_broker::audit::Audit;
 use cb_broker::health::HealthKind;
 use cb_broker::issuance::TokenService;
+use cb_broker::webhooks::WebhookDispatcher;
 use cb_crypto::Envelope;
 use cb_store::Store;
 use prometheus_client::collector::Collector;
@@ -225,18 +226,24 @@ impl Metrics {
 
     /// Adds the domain's own counters (read at scrape time).
     pub fn register_domain(&self, tokens: Arc<TokenService>, envelope: Arc<Envelope>) {
+        self.register_collector(Box::new(DomainCollector { tokens, envelope }));
+    }
+
+    fn register_collector(&self, collector: Box<dyn Collector>) {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register_collector(Box::new(DomainCollector { tokens, envelope }));
+            .register_collector(collector);
+    }
+
+    /// Adds the webhook dispatcher's counters (read at scrape time).
+    pub fn register_webhooks(&self, dispatcher: Arc<WebhookDispatcher>) {
+        self.register_collector(Box::new(WebhookCollector { dispatcher }));
     }
 
     /// Adds the buffered audit writer's counters (read at scrape time).
     pub fn register_audit(&self, audit: Audit) {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register_collector(Box::new(AuditCollector { audit }));
+        self.register_collector(Box::new(AuditCollector { audit }));
     }
 
     /// Records one finished RPC.
@@ -637,5 +644,43 @@ impl Collector for AuditCollector {
             pending.metric_type(),
         )?;
         pending.encode(m)
+    }
+}
+
+/// Reads the webhook dispatcher's counters at scrape time.
+struct WebhookCollector {
+    dispatcher: Arc<WebhookDispatcher>,
+}
+
+impl fmt::Debug for WebhookCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookCollector")
+    }
+}
+
+impl Collector for WebhookCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.dispatcher.stats();
+        {
+            let mut m = encoder.encode_descriptor(
+                "webhook_deliveries",
+                "Webhook delivery attempts by outcome: delivered (2xx), rejected (another HTTP status), failed (no answer: unreachable, timed out, refused by the outbound policy)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in [
+                ("delivered", s.delivered),
+                ("rejected", s.rejected),
+                ("failed", s.failed),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "webhook_endpoints_disabled",
+            "Webhook endpoints this replica disabled after they failed for events.webhook_disable_after_seconds",
+            s.endpoints_disabled,
+        )
     }
 }

@@ -24,7 +24,11 @@ impl WebhookSender for OutboundWebhookSender {
     fn payload(&self, row: &CredentialEventRow) -> Vec<u8> {
         let e = &row.event;
         serde_json::json!({
-            "type": format!("credential.{}", e.kind),
+            // A workspace event (no credential) is typed `workspace.…`.
+            "type": match e.credential_id {
+                Some(_) => format!("credential.{}", e.kind),
+                None => format!("workspace.{}", e.kind),
+            },
             "timestamp": timestamp(Timestamp::from_millis(e.at)).to_string(),
             "data": {
                 "event_id": e.event_id,
