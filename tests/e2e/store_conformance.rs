@@ -4001,7 +4001,7 @@ async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn 
         .expect("insert");
     for id in ["down", "up"] {
         store
-            .upsert_webhook_endpoint(id, "ws1", &format!("https://{id}.example/"), 1)
+            .upsert_webhook_endpoint(id, "ws1", &format!("https://{id}.example/"), 1, None)
             .await
             .expect("declare");
     }

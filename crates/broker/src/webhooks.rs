@@ -82,6 +82,8 @@ pub struct WebhookEndpoint {
     pub url: url::Url,
     /// Signing secrets, newest first; each signs every delivery.
     pub secrets: Vec<WebhookSecret>,
+    /// The event kinds it receives (empty: every kind).
+    pub event_types: Vec<EventKind>,
 }
 
 /// What sending a webhook produced.
@@ -190,8 +192,16 @@ impl WebhookDispatcher {
     pub async fn declare_endpoints(&self) -> Result<(), crate::BrokerError> {
         let now = self.clock.now().as_millis();
         for e in self.endpoints.values() {
+            let kinds: Vec<&str> = e.event_types.iter().map(|k| k.as_str()).collect();
+            let event_types = (!kinds.is_empty()).then(|| kinds.join(","));
             self.store
-                .upsert_webhook_endpoint(&e.id, &e.workspace_id, e.url.as_str(), now)
+                .upsert_webhook_endpoint(
+                    &e.id,
+                    &e.workspace_id,
+                    e.url.as_str(),
+                    now,
+                    event_types.as_deref(),
+                )
                 .await?;
         }
         Ok(())

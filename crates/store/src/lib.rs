@@ -140,13 +140,15 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError>;
 
     /// Declares (or updates) a webhook endpoint. A changed URL or workspace re-enables it and
-    /// forgets its failures. Events written from now on get a delivery to it.
+    /// forgets its failures. Events written from now on get a delivery to it if their kind is
+    /// in `event_types` (comma-separated; `None`: every kind).
     async fn upsert_webhook_endpoint(
         &self,
         id: &str,
         workspace_id: &str,
         url: &str,
         now: i64,
+        event_types: Option<&str>,
     ) -> Result<(), StoreError>;
 
     /// Whether the endpoint is disabled (`None`: unknown).

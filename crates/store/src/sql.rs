@@ -393,18 +393,22 @@ pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_e
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
 /// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
-/// (enabled endpoint of the event's workspace, event). Workspace events (no credential) are
+/// (enabled endpoint of the event's workspace whose type filter admits the event, event).
+/// Workspace events (no credential) are
 /// ordered among themselves under the empty credential id.
 pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
      (endpoint_id, event_row_id, credential_id, state, attempts, next_attempt_at, created_at) \
      SELECT w.id, ev.id, COALESCE(ev.credential_id, ''), 'PENDING', 0, ev.at, ev.at \
      FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
-     WHERE w.disabled_at IS NULL AND ev.event_id IN (";
+     WHERE w.disabled_at IS NULL \
+     AND (w.event_types IS NULL OR (',' || w.event_types || ',') LIKE ('%,' || ev.kind || ',%')) \
+     AND ev.event_id IN (";
 
-/// Bind: id, workspace_id, url, now.
+/// Bind: id, workspace_id, url, now, event_types.
 pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
-     (id, workspace_id, url, failing_since, disabled_at, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
-     ON CONFLICT (id) DO UPDATE SET \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at, event_types) \
+     VALUES ($1, $2, $3, NULL, NULL, $4, $5) \
+     ON CONFLICT (id) DO UPDATE SET event_types = excluded.event_types, \
      failing_since = CASE WHEN webhook_endpoints.url = excluded.url \
        AND webhook_endpoints.workspace_id = excluded.workspace_id \
        THEN webhook_endpoints.failing_since ELSE NULL END, \

@@ -896,6 +896,7 @@ where
         workspace_id: &str,
         url: &str,
         now: i64,
+        event_types: Option<&str>,
     ) -> Result<(), StoreError> {
         self.traced("upsert_webhook_endpoint", None, async {
             sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
@@ -903,6 +904,7 @@ where
                 .bind(workspace_id)
                 .bind(url)
                 .bind(now)
+                .bind(event_types)
                 .execute(&self.pool)
                 .await
                 .map_err(map::<DB>)?;

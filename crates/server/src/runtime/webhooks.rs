@@ -86,11 +86,15 @@ pub fn dispatcher(
             .map(|s| WebhookSecret::parse(s.expose()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(format!("webhooks[{}].secrets: {e}", w.id)))?;
+        let event_types = w
+            .kinds()
+            .map_err(|e| bad(format!("webhooks[{}].event_types: {e}", w.id)))?;
         endpoints.push(WebhookEndpoint {
             id: w.id.clone(),
             workspace_id: w.workspace_id.clone(),
             url,
             secrets,
+            event_types,
         });
     }
     Ok(Some(Arc::new(WebhookDispatcher::new(

@@ -30,3 +30,7 @@ ALTER TABLE credential_events_new RENAME TO credential_events;
 CREATE INDEX credential_events_workspace_idx ON credential_events (workspace_id, id);
 CREATE INDEX credential_events_credential_idx ON credential_events (credential_id, id);
 CREATE INDEX credential_events_at_idx ON credential_events (at);
+
+-- Per-endpoint event-type filter: the kinds an endpoint receives, comma-separated
+-- (`connected,disconnected`); NULL: every kind. Applied when an event fans out.
+ALTER TABLE webhook_endpoints ADD COLUMN event_types TEXT NULL;
