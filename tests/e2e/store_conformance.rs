@@ -3803,6 +3803,14 @@ fn credential_event(credential_id: &str, kind: &str, n: usize) -> NewCredentialE
     }
 }
 
+/// Every stored lifecycle event, oldest first.
+async fn all_events(store: &dyn Store) -> Vec<cb_store::CredentialEventRow> {
+    store
+        .list_credential_events(&events_after(0))
+        .await
+        .expect("events")
+}
+
 fn events_after(after_id: i64) -> EventQuery {
     EventQuery {
         after_id,
@@ -3867,10 +3875,7 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         Some("invalid_client")
     );
     assert_eq!(must_get(&*store, "c1").await.health, rejected.health);
-    let events = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("list");
+    let events = all_events(&*store).await;
     assert_eq!(events.len(), 1);
     assert!(
         store
@@ -3924,10 +3929,7 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
             .await
     ));
 
-    let all = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("list");
+    let all = all_events(&*store).await;
     let kinds: Vec<_> = all
         .iter()
         .map(|e| {
@@ -3983,10 +3985,7 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
         .await
         .expect("prune");
     assert_eq!(pruned, 1);
-    let left = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("left");
+    let left = all_events(&*store).await;
     assert_eq!(left, all[1..]);
 }
 
@@ -4022,9 +4021,7 @@ async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn 
             .claim_webhook_deliveries("h", at, 60_000, 10)
             .await
             .expect("claim");
-        let Some(d) = claimed.into_iter().find(|d| d.endpoint_id == "down") else {
-            return None;
-        };
+        let d = claimed.into_iter().find(|d| d.endpoint_id == "down")?;
         Some(
             store
                 .finish_webhook_delivery(&DeliveryAttempt {
@@ -4045,14 +4042,7 @@ async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn 
     };
     const T: i64 = 1_700_000_000_010; // after the event
     assert_eq!(attempt(T).await, Some(false), "failing since T: not yet");
-    assert!(
-        store
-            .list_credential_events(&events_after(0))
-            .await
-            .expect("list")
-            .len()
-            == 1
-    );
+    assert_eq!(all_events(&**store).await.len(), 1, "no event yet");
     assert_eq!(
         attempt(T + 2_000).await,
         Some(true),
@@ -4060,10 +4050,7 @@ async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn 
     );
     assert_eq!(attempt(T + 3_000).await, None, "disabled: nothing to claim");
 
-    let all = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("list");
+    let all = all_events(&**store).await;
     let workspace: Vec<_> = all
         .iter()
         .filter(|e| e.event.credential_id.is_none())

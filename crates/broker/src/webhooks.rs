@@ -150,6 +150,15 @@ pub struct WebhookDispatcher {
     stats: Stats,
 }
 
+impl fmt::Debug for WebhookDispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookDispatcher")
+            .field("holder", &self.holder)
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl WebhookDispatcher {
     /// Wires the dispatcher; `holder` names this replica's claims (unique per process).
     pub fn new(

@@ -8,7 +8,7 @@ use crate::layers::rpc::Rpc;
 use cb_broker::audit::Audit;
 use cb_broker::health::HealthKind;
 use cb_broker::issuance::TokenService;
-use cb_broker::webhooks::WebhookDispatcher;
+use cb_broker::webhooks::{WebhookDispatcher, WebhookStats};
 use cb_crypto::Envelope;
 use cb_store::Store;
 use prometheus_client::collector::Collector;
@@ -493,6 +493,21 @@ fn counter(
     c.encode(m)
 }
 
+/// A counter with one label, one sample per `(label value, count)`.
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(*n).encode(m.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for DomainCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let stats = self.tokens.stats();
@@ -622,20 +637,16 @@ impl Collector for AuditCollector {
             "Events counted in an `overflow` row without their detail because the audit buffer held its maximum of distinct events",
             s.merged,
         )?;
-        {
-            let mut m = encoder.encode_descriptor(
-                "audit_events_dropped",
-                "Audit events lost: buffer_full (even rows without detail were at their maximum) or write_failed (the database refused the batch)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (reason, n) in [
+        counter_family(
+            &mut encoder,
+            "audit_events_dropped",
+            "Audit events lost: buffer_full (even rows without detail were at their maximum) or write_failed (the database refused the batch)",
+            "reason",
+            &[
                 ("buffer_full", s.dropped_full),
                 ("write_failed", s.dropped_write_failed),
-            ] {
-                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
-            }
-        }
+            ],
+        )?;
         let pending = ConstGauge::new(i64::try_from(s.pending).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
             "audit_pending",
@@ -648,39 +659,36 @@ impl Collector for AuditCollector {
 }
 
 /// Reads the webhook dispatcher's counters at scrape time.
+#[derive(Debug)]
 struct WebhookCollector {
     dispatcher: Arc<WebhookDispatcher>,
 }
 
-impl fmt::Debug for WebhookCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookCollector")
-    }
-}
-
 impl Collector for WebhookCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.dispatcher.stats();
-        {
-            let mut m = encoder.encode_descriptor(
-                "webhook_deliveries",
-                "Webhook delivery attempts by outcome: delivered (2xx), rejected (another HTTP status), failed (no answer: unreachable, timed out, refused by the outbound policy)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (outcome, n) in [
-                ("delivered", s.delivered),
-                ("rejected", s.rejected),
-                ("failed", s.failed),
-            ] {
-                ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
-            }
-        }
+        let WebhookStats {
+            delivered,
+            rejected,
+            failed,
+            endpoints_disabled,
+        } = self.dispatcher.stats();
+        let outcomes = [
+            ("delivered", delivered),
+            ("rejected", rejected),
+            ("failed", failed),
+        ];
+        counter_family(
+            &mut encoder,
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), rejected (another HTTP status), failed (no answer: unreachable, timed out, refused by the outbound policy)",
+            "outcome",
+            &outcomes,
+        )?;
         counter(
             &mut encoder,
             "webhook_endpoints_disabled",
             "Webhook endpoints this replica disabled after they failed for events.webhook_disable_after_seconds",
-            s.endpoints_disabled,
+            endpoints_disabled,
         )
     }
 }
