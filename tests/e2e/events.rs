@@ -3,7 +3,7 @@
 //! WatchCredentialEvents followed across broker processes and resumed by cursor.
 
 use crate::support::broker::{
-    BrokerProcess, TestBroker, config_toml, error_details, provider_toml, t0_secs,
+    BrokerProcess, TestBroker, assert_status, config_toml, error_details, provider_toml, t0_secs,
     with_fake_provider,
 };
 use crate::support::client::{ALICE, BOB, Client};
@@ -708,7 +708,7 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     );
     assert!(counted("credential_broker_webhook_deliveries_total{outcome=\"rejected\"}") >= 2.0);
 
-    let log_rows = store.list_webhook_deliveries("main", 100).await.unwrap();
+    let log_rows = store.list_webhook_deliveries("main", 100, 0).await.unwrap();
     assert_eq!(
         log_rows.len(),
         log.len() + 1,
@@ -716,6 +716,89 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     );
     assert!(log_rows.iter().all(|d| d.state == "DELIVERED"));
     assert!(log_rows.iter().any(|d| d.attempts >= 3));
+
+    // The same log through ListWebhookDeliveries, page by page, for an admin of ws1: attempts,
+    // last status, the workspace event's empty credential; the dead endpoint shows disabled.
+    let admin = alice.admin_of("ws1");
+    let deliveries = |endpoint: &str, page_token: String| pb::ListWebhookDeliveriesRequest {
+        endpoint_id: endpoint.into(),
+        page_size: 2,
+        page_token,
+    };
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..=log_rows.len() {
+        let page = admin
+            .creds
+            .clone()
+            .list_webhook_deliveries(admin.request(deliveries("main", page_token)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((page.workspace_id.as_str(), page.disabled), ("ws1", false));
+        paged.extend(page.deliveries);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    let paged_ids: Vec<i64> = paged.iter().map(|d| d.delivery_id).collect();
+    let stored_ids: Vec<i64> = log_rows.iter().map(|d| d.id).collect();
+    assert_eq!(paged_ids, stored_ids);
+    assert!(
+        paged
+            .iter()
+            .all(|d| d.delivered && d.last_http_status == 204)
+    );
+    assert!(
+        paged
+            .iter()
+            .all(|d| d.deliver_time.is_some() && d.last_error.is_empty())
+    );
+    assert!(paged.iter().any(|d| d.attempts >= 3));
+    assert!(
+        paged.iter().any(|d| d.credential_id.is_empty()),
+        "the workspace event"
+    );
+    let dead_log = admin
+        .creds
+        .clone()
+        .list_webhook_deliveries(admin.request(deliveries("dead", String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dead_log.disabled);
+    let first = &dead_log.deliveries[0];
+    assert_eq!((first.delivered, first.last_http_status), (false, 503));
+    assert_eq!(first.last_error, "HTTP 503");
+    // A member of ws1 who is not its admin is refused; another workspace's admin, or an
+    // unknown endpoint, finds nothing.
+    let mut member = alice.request(deliveries("main", String::new()));
+    for (key, value) in [
+        ("x-actor-workspace-id", "ws1"),
+        ("x-actor-workspace-role", "member"),
+    ] {
+        member.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    let refused = alice.creds.clone().list_webhook_deliveries(member).await;
+    assert_status(
+        &refused.unwrap_err(),
+        Code::PermissionDenied,
+        "WORKSPACE_ADMIN_REQUIRED",
+    );
+    let other = alice.admin_of("ws2");
+    for endpoint in ["main", "nope"] {
+        let hidden = other
+            .creds
+            .clone()
+            .list_webhook_deliveries(other.request(deliveries(endpoint, String::new())))
+            .await;
+        assert_status(
+            &hidden.unwrap_err(),
+            Code::NotFound,
+            "WEBHOOK_ENDPOINT_NOT_FOUND",
+        );
+    }
 
     // Operators read the log and the endpoint's state with `credential-broker webhooks`.
     let mut out = Vec::new();

@@ -4085,13 +4085,16 @@ async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn 
     .await;
     assert_eq!(by_kind.len(), 1);
     // The endpoint still enabled has a delivery for it; the disabled one has none.
-    let up = store.list_webhook_deliveries("up", 10).await.expect("up");
+    let up = store
+        .list_webhook_deliveries("up", 10, 0)
+        .await
+        .expect("up");
     assert!(
         up.iter()
             .any(|d| d.event_row_id == workspace[0].id && d.credential_id.is_empty())
     );
     let down = store
-        .list_webhook_deliveries("down", 10)
+        .list_webhook_deliveries("down", 10, 0)
         .await
         .expect("down");
     assert!(down.iter().all(|d| d.event_row_id != workspace[0].id));

@@ -24,7 +24,8 @@ pub use model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
     KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
     OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
-    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WrappedDekRow, run_grant_change_id,
+    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WebhookEndpointRow, WrappedDekRow,
+    run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -173,12 +174,17 @@ pub trait Store: Send + Sync + 'static {
     /// `disabled_event` appended in the same transaction. Returns whether this call disabled it.
     async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError>;
 
-    /// An endpoint's delivery log, oldest first, at most `limit`.
+    /// An endpoint's delivery log after delivery `after_id` (0: from the start), oldest first,
+    /// at most `limit`.
     async fn list_webhook_deliveries(
         &self,
         endpoint_id: &str,
         limit: u32,
+        after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// A declared webhook endpoint (`None`: unknown).
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError>;
 
     /// How many non-disconnected credentials have each health, ordered by health (metrics).
     async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -651,6 +651,17 @@ pub struct DeliveryAttempt {
     pub disabled_event: Option<NewCredentialEvent>,
 }
 
+/// A declared webhook endpoint's shared state.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WebhookEndpointRow {
+    /// Its id.
+    pub id: String,
+    /// The workspace whose events it receives.
+    pub workspace_id: String,
+    /// When it was disabled after failing (`None`: enabled).
+    pub disabled_at: Option<i64>,
+}
+
 /// One row of an endpoint's delivery log.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeliveryRow {

@@ -466,10 +466,14 @@ pub(crate) const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
 pub(crate) const DISABLE_FAILING_ENDPOINT: &str = "UPDATE webhook_endpoints SET disabled_at = $2 \
      WHERE id = $1 AND disabled_at IS NULL AND failing_since <= $3";
 
-/// Bind: endpoint id, limit.
+/// Bind: endpoint id, limit, after id.
 pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_row_id, \
      credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
-     FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id LIMIT $2";
+     FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $3 ORDER BY id LIMIT $2";
+
+/// Bind: endpoint id.
+pub(crate) const WEBHOOK_ENDPOINT: &str =
+    "SELECT id, workspace_id, disabled_at FROM webhook_endpoints WHERE id = $1";
 
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;

@@ -23,8 +23,8 @@ use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
     MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
-    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WrappedDekRow,
-    run_grant_change_id,
+    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WebhookEndpointRow,
+    WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -594,6 +594,7 @@ where
     for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
     for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
     for<'t> DeliveryRow: FromRow<'t, DB::Row>,
+    for<'t> WebhookEndpointRow: FromRow<'t, DB::Row>,
     for<'t> (Option<i64>,): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
@@ -926,6 +927,17 @@ where
         .await
     }
 
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
+        self.traced("webhook_endpoint", None, async {
+            sqlx::query_as::<DB, WebhookEndpointRow>(sql::WEBHOOK_ENDPOINT)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
     async fn claim_webhook_deliveries(
         &self,
         holder: &str,
@@ -1024,11 +1036,13 @@ where
         &self,
         endpoint_id: &str,
         limit: u32,
+        after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.traced("list_webhook_deliveries", None, async {
             sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
                 .bind(endpoint_id)
                 .bind(i64::from(limit))
+                .bind(after_id)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map::<DB>)

@@ -384,7 +384,7 @@ pub async fn webhook_deliveries_command(
         )));
     };
     let rows = store
-        .list_webhook_deliveries(endpoint, limit)
+        .list_webhook_deliveries(endpoint, limit, 0)
         .await
         .map_err(db_err(config))?;
     if format == Format::Json {

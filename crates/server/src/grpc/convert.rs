@@ -568,7 +568,20 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
         (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
         &mut v,
     );
-    let after = match r.page_token.as_str() {
+    let after = id_page_token(&r.page_token, &mut v);
+    v.finish()?;
+    Ok(EventFilter {
+        workspace_id,
+        credential_id,
+        kinds,
+        after,
+        page_size,
+    })
+}
+
+/// A page token that is the last id of the previous page (empty: 0, from the start).
+fn id_page_token(raw: &str, v: &mut Violations) -> i64 {
+    match raw {
         "" => 0,
         t => match t.parse::<i64>() {
             Ok(n) if n >= 0 => n,
@@ -580,15 +593,48 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
                 0
             }
         },
-    };
+    }
+}
+
+/// Parses a ListWebhookDeliveries request: endpoint id, after id, page size.
+pub fn delivery_page(
+    r: &pb::ListWebhookDeliveriesRequest,
+) -> Result<(String, i64, u32), BrokerError> {
+    let mut v = Violations::default();
+    if r.endpoint_id.is_empty() || r.endpoint_id.len() > 200 {
+        v.push(FieldViolation::new(
+            "endpoint_id",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let page_size = page_size_within(
+        "page_size",
+        r.page_size,
+        (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
+        &mut v,
+    );
+    let after = id_page_token(&r.page_token, &mut v);
     v.finish()?;
-    Ok(EventFilter {
-        workspace_id,
-        credential_id,
-        kinds,
-        after,
-        page_size,
-    })
+    Ok((r.endpoint_id.clone(), after, page_size))
+}
+
+/// One row of a delivery log (never a payload or a secret).
+pub fn webhook_delivery(d: cb_store::DeliveryRow) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        delivery_id: d.id,
+        event_cursor: d.event_row_id,
+        credential_id: d.credential_id,
+        delivered: d.state == "DELIVERED",
+        attempts: d.attempts,
+        last_http_status: d
+            .last_status
+            .and_then(|s| i32::try_from(s).ok())
+            .unwrap_or_default(),
+        last_error: d.last_error.unwrap_or_default(),
+        deliver_time: d.delivered_at.map(|t| timestamp(Timestamp::from_millis(t))),
+        next_attempt_time: (d.state != "DELIVERED")
+            .then(|| timestamp(Timestamp::from_millis(d.next_attempt_at))),
+    }
 }
 
 /// Parses a WatchCredentialEvents request; also whether to start at the end of the log.
