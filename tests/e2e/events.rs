@@ -615,8 +615,8 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         || {
             let store = store.clone();
             async move {
-                match store.webhook_endpoint_disabled("dead").await.unwrap() {
-                    Some(true) => Ok(()),
+                match store.webhook_endpoint("dead").await.unwrap() {
+                    Some(e) if e.disabled_at.is_some() => Ok(()),
                     other => Err(other),
                 }
             }
@@ -624,8 +624,12 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     )
     .await;
     assert_eq!(
-        store.webhook_endpoint_disabled("main").await.unwrap(),
-        Some(false),
+        store
+            .webhook_endpoint("main")
+            .await
+            .unwrap()
+            .map(|e| e.disabled_at),
+        Some(None),
         "failing for 5 minutes, below the limit"
     );
 

@@ -152,9 +152,6 @@ pub trait Store: Send + Sync + 'static {
         event_types: Option<&str>,
     ) -> Result<(), StoreError>;
 
-    /// Whether the endpoint is disabled (`None`: unknown).
-    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError>;
-
     /// Claims up to `limit` due webhook deliveries for `holder` until `now + lease_ms`: pending,
     /// `next_attempt_at <= now`, lease free or lapsed, endpoint enabled, and no earlier pending
     /// delivery of the same endpoint and credential (deliveries are ordered per credential). On

@@ -417,10 +417,6 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
        THEN webhook_endpoints.disabled_at ELSE NULL END, \
      workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
 
-/// Bind: id.
-pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str =
-    "SELECT disabled_at FROM webhook_endpoints WHERE id = $1";
-
 /// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
 /// Bind: holder, now, lease_ms, limit.
 pub(crate) fn claim_webhook_deliveries(skip_locked: &str) -> String {

@@ -914,26 +914,10 @@ where
         .await
     }
 
-    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError> {
-        self.traced("webhook_endpoint_disabled", None, async {
-            // Unknown: no row; known: a row whose disabled_at may be NULL.
-            let disabled_at = sqlx::query_scalar::<DB, Option<i64>>(sql::WEBHOOK_ENDPOINT_DISABLED)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(disabled_at.map(|at| at.is_some()))
-        })
-        .await
-    }
-
     async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
         self.traced("webhook_endpoint", None, async {
-            sqlx::query_as::<DB, WebhookEndpointRow>(sql::WEBHOOK_ENDPOINT)
-                .bind(id)
-                .fetch_optional(&self.pool)
+            self.optional(sqlx::query_as(sql::WEBHOOK_ENDPOINT).bind(id))
                 .await
-                .map_err(map::<DB>)
         })
         .await
     }

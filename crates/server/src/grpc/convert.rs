@@ -562,13 +562,7 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
         .then(|| v.check(CredentialId::parse("credential_id", &r.credential_id)))
         .flatten();
     let kinds = event_kinds("types", &r.types, &mut v);
-    let page_size = page_size_within(
-        "page_size",
-        r.page_size,
-        (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
-        &mut v,
-    );
-    let after = id_page_token(&r.page_token, &mut v);
+    let (page_size, after) = id_page(r.page_size, &r.page_token, &mut v);
     v.finish()?;
     Ok(EventFilter {
         workspace_id,
@@ -579,9 +573,16 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
     })
 }
 
-/// A page token that is the last id of the previous page (empty: 0, from the start).
-fn id_page_token(raw: &str, v: &mut Violations) -> i64 {
-    match raw {
+/// The page size (default 100, at most 1000) and the id after which a page starts: the page
+/// token, which is the last id of the previous page (empty: 0, from the start).
+fn id_page(page_size: i32, page_token: &str, v: &mut Violations) -> (u32, i64) {
+    let size = page_size_within(
+        "page_size",
+        page_size,
+        (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
+        v,
+    );
+    let after = match page_token {
         "" => 0,
         t => match t.parse::<i64>() {
             Ok(n) if n >= 0 => n,
@@ -593,7 +594,8 @@ fn id_page_token(raw: &str, v: &mut Violations) -> i64 {
                 0
             }
         },
-    }
+    };
+    (size, after)
 }
 
 /// Parses a ListWebhookDeliveries request: endpoint id, after id, page size.
@@ -607,13 +609,7 @@ pub fn delivery_page(
             "must be 1 to 200 characters",
         ));
     }
-    let page_size = page_size_within(
-        "page_size",
-        r.page_size,
-        (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
-        &mut v,
-    );
-    let after = id_page_token(&r.page_token, &mut v);
+    let (page_size, after) = id_page(r.page_size, &r.page_token, &mut v);
     v.finish()?;
     Ok((r.endpoint_id.clone(), after, page_size))
 }
