@@ -46,6 +46,7 @@ pub const ACTIONS: &[&str] = &[
     "run_grant.create",
     "run_grant.revoke",
     "token.issue",
+    "webhook.list_deliveries",
 ];
 
 /// How an audited action ended: `ok` or the error's stable reason.

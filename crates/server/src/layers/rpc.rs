@@ -35,6 +35,8 @@ pub enum Rpc {
     ListCredentialEvents,
     /// CredentialService/WatchCredentialEvents
     WatchCredentialEvents,
+    /// CredentialService/ListWebhookDeliveries
+    ListWebhookDeliveries,
     /// MembershipService/ListMembers
     ListMembers,
     /// MembershipService/AddMember
@@ -69,7 +71,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 28] = [
+    pub const ALL: [Rpc; 29] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -85,6 +87,7 @@ impl Rpc {
         Rpc::RevokeRunGrant,
         Rpc::ListCredentialEvents,
         Rpc::WatchCredentialEvents,
+        Rpc::ListWebhookDeliveries,
         Rpc::ListMembers,
         Rpc::AddMember,
         Rpc::UpdateMemberRole,
@@ -138,6 +141,7 @@ impl Rpc {
             Rpc::RevokeRunGrant => "RevokeRunGrant",
             Rpc::ListCredentialEvents => "ListCredentialEvents",
             Rpc::WatchCredentialEvents => "WatchCredentialEvents",
+            Rpc::ListWebhookDeliveries => "ListWebhookDeliveries",
             Rpc::ListMembers => "ListMembers",
             Rpc::AddMember => "AddMember",
             Rpc::UpdateMemberRole => "UpdateMemberRole",
@@ -178,6 +182,7 @@ impl Rpc {
             "RevokeRunGrant" => Rpc::RevokeRunGrant,
             "ListCredentialEvents" => Rpc::ListCredentialEvents,
             "WatchCredentialEvents" => Rpc::WatchCredentialEvents,
+            "ListWebhookDeliveries" => Rpc::ListWebhookDeliveries,
             "ListMembers" => Rpc::ListMembers,
             "AddMember" => Rpc::AddMember,
             "UpdateMemberRole" => Rpc::UpdateMemberRole,
@@ -224,6 +229,7 @@ impl Rpc {
                         | ListMembers
                         | ListCredentialEvents
                         | WatchCredentialEvents
+                        | ListWebhookDeliveries
                 ) || self.manages_oauth_apps()
             }
         }
