@@ -564,7 +564,11 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     })
     .await;
     let got = delivered(&receiver);
-    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    // At least once: the injected clock jumps past the delivery lease, so a send in flight at
+    // that moment may be claimed and sent again by the other broker — with the same webhook-id,
+    // right after the first. Collapsed, every event is accepted once, in order.
+    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    ids.dedup();
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -889,20 +893,21 @@ async fn a_grant_ending_within_the_warning_period_raises_one_expiring_event() {
     b.clock.advance(DAY * 22);
     assert_eq!(b.warn_expiring().await, 0, "8 days left");
     b.clock.advance(DAY * 2);
-    assert_eq!(b.warn_expiring().await, 1, "6 days left");
+    // The broker's own hourly scan (first run at start-up, on the same clock) may get there first
+    // on a loaded machine: one of the two raises the warning, and only one.
+    assert!(b.warn_expiring().await <= 1, "6 days left");
     assert_eq!(b.warn_expiring().await, 0, "warned once");
     let h = health(&alice.get(&id).await.unwrap());
     assert_eq!(h.health, pb::CredentialHealth::Expiring as i32);
     assert!(h.cause.contains("reconnect"), "{}", h.cause);
     let expiring = events_of(&mut alice, &id).await;
-    assert_eq!(
-        expiring.last().unwrap(),
-        &event(
-            "expiring",
-            "expiring",
-            &format!("ends_at={}", ends_at * 1000)
-        )
+    let warning = event(
+        "expiring",
+        "expiring",
+        &format!("ends_at={}", ends_at * 1000),
     );
+    assert_eq!(expiring.last().unwrap(), &warning);
+    assert_eq!(expiring.iter().filter(|e| **e == warning).count(), 1);
 
     // The access token expired long ago: a refresh succeeds, the warning stands.
     alice.token(&id).await.unwrap();
