@@ -148,7 +148,11 @@ impl Definition {
             } else {
                 AuthStyle::Basic
             },
-            pkce: if self.pkce { Pkce::Required } else { Pkce::None },
+            pkce: if self.pkce {
+                Pkce::Required
+            } else {
+                Pkce::None
+            },
             extra_authorize_params: BTreeMap::new(),
             extra_token_params: BTreeMap::new(),
             extra_refresh_params: BTreeMap::new(),
@@ -306,7 +310,11 @@ impl OAuthAppService {
                 BrokerError::invalid(field, "is required (or discover it from an issuer)")
             })
         };
-        let authorize_url = required("authorize_url", &input.authorize_url, "authorization_endpoint")?;
+        let authorize_url = required(
+            "authorize_url",
+            &input.authorize_url,
+            "authorization_endpoint",
+        )?;
         let token_url = required("token_url", &input.token_url, "token_endpoint")?;
         let userinfo_url = required("userinfo_url", &input.userinfo_url, "userinfo_endpoint")?;
         let revocation_url = input
@@ -362,8 +370,14 @@ impl OAuthAppService {
             token_url,
             revocation_url,
             userinfo_url,
-            subject_pointer: input.subject_pointer.clone().unwrap_or_else(|| "/sub".into()),
-            label_pointer: input.label_pointer.clone().unwrap_or_else(|| "/email".into()),
+            subject_pointer: input
+                .subject_pointer
+                .clone()
+                .unwrap_or_else(|| "/sub".into()),
+            label_pointer: input
+                .label_pointer
+                .clone()
+                .unwrap_or_else(|| "/email".into()),
             issuer,
             client_auth,
             pkce,
@@ -373,14 +387,16 @@ impl OAuthAppService {
             discovered_from: metadata.as_ref().and(input.issuer.clone()),
         };
         let spec = definition.to_spec(input.id.as_str());
-        Catalog::validate(&spec, self.gateway().outbound_allows_loopback()).map_err(|problems| {
-            BrokerError::InvalidArgument(
-                problems
-                    .into_iter()
-                    .map(|p| FieldViolation::new("provider", p))
-                    .collect(),
-            )
-        })?;
+        Catalog::validate(&spec, self.gateway().outbound_allows_loopback()).map_err(
+            |problems| {
+                BrokerError::InvalidArgument(
+                    problems
+                        .into_iter()
+                        .map(|p| FieldViolation::new("provider", p))
+                        .collect(),
+                )
+            },
+        )?;
         Ok(definition)
     }
 
@@ -505,8 +521,9 @@ impl OAuthAppService {
                 .await
                 .map_err(|e| match e {
                     StoreError::VersionConflict { .. } => BrokerError::Conflict {
-                        message: "the workspace provider changed meanwhile; read it again and retry"
-                            .into(),
+                        message:
+                            "the workspace provider changed meanwhile; read it again and retry"
+                                .into(),
                     },
                     StoreError::NotFound => not_found(),
                     other => other.into(),

@@ -22,9 +22,9 @@ use crate::error::StoreError;
 use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
-    MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, WorkspaceProviderRow,
-    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WrappedDekRow,
-    run_grant_change_id,
+    MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
+    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WorkspaceProviderRow,
+    WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -1616,15 +1616,16 @@ where
         expected_version: i64,
     ) -> Result<WorkspaceProviderRow, StoreError> {
         self.traced("update_workspace_provider", None, async {
-            let updated = sqlx::query_as::<DB, WorkspaceProviderRow>(sql::UPDATE_WORKSPACE_PROVIDER)
-                .bind(row.workspace_id.as_str())
-                .bind(row.id.as_str())
-                .bind(expected_version)
-                .bind(row.definition.as_str())
-                .bind(row.updated_at)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
+            let updated =
+                sqlx::query_as::<DB, WorkspaceProviderRow>(sql::UPDATE_WORKSPACE_PROVIDER)
+                    .bind(row.workspace_id.as_str())
+                    .bind(row.id.as_str())
+                    .bind(expected_version)
+                    .bind(row.definition.as_str())
+                    .bind(row.updated_at)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map::<DB>)?;
             match updated {
                 Some(stored) => Ok(stored),
                 None if self

@@ -61,6 +61,16 @@ pub enum Rpc {
     RetireOAuthAppSecret,
     /// OAuthAppService/TestOAuthApp
     TestOAuthApp,
+    /// OAuthAppService/CreateWorkspaceProvider
+    CreateWorkspaceProvider,
+    /// OAuthAppService/GetWorkspaceProvider
+    GetWorkspaceProvider,
+    /// OAuthAppService/ListWorkspaceProviders
+    ListWorkspaceProviders,
+    /// OAuthAppService/UpdateWorkspaceProvider
+    UpdateWorkspaceProvider,
+    /// OAuthAppService/DeleteWorkspaceProvider
+    DeleteWorkspaceProvider,
 }
 
 const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
@@ -69,7 +79,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 28] = [
+    pub const ALL: [Rpc; 33] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -98,6 +108,11 @@ impl Rpc {
         Rpc::RotateOAuthAppSecret,
         Rpc::RetireOAuthAppSecret,
         Rpc::TestOAuthApp,
+        Rpc::CreateWorkspaceProvider,
+        Rpc::GetWorkspaceProvider,
+        Rpc::ListWorkspaceProviders,
+        Rpc::UpdateWorkspaceProvider,
+        Rpc::DeleteWorkspaceProvider,
     ];
 
     /// The service's full name.
@@ -115,7 +130,12 @@ impl Rpc {
             | Rpc::DeleteOAuthApp
             | Rpc::RotateOAuthAppSecret
             | Rpc::RetireOAuthAppSecret
-            | Rpc::TestOAuthApp => OAUTH_APP_SERVICE,
+            | Rpc::TestOAuthApp
+            | Rpc::CreateWorkspaceProvider
+            | Rpc::GetWorkspaceProvider
+            | Rpc::ListWorkspaceProviders
+            | Rpc::UpdateWorkspaceProvider
+            | Rpc::DeleteWorkspaceProvider => OAUTH_APP_SERVICE,
             _ => CREDENTIAL_SERVICE,
         }
     }
@@ -151,6 +171,11 @@ impl Rpc {
             Rpc::RotateOAuthAppSecret => "RotateOAuthAppSecret",
             Rpc::RetireOAuthAppSecret => "RetireOAuthAppSecret",
             Rpc::TestOAuthApp => "TestOAuthApp",
+            Rpc::CreateWorkspaceProvider => "CreateWorkspaceProvider",
+            Rpc::GetWorkspaceProvider => "GetWorkspaceProvider",
+            Rpc::ListWorkspaceProviders => "ListWorkspaceProviders",
+            Rpc::UpdateWorkspaceProvider => "UpdateWorkspaceProvider",
+            Rpc::DeleteWorkspaceProvider => "DeleteWorkspaceProvider",
         }
     }
 
@@ -191,6 +216,11 @@ impl Rpc {
             "RotateOAuthAppSecret" => Rpc::RotateOAuthAppSecret,
             "RetireOAuthAppSecret" => Rpc::RetireOAuthAppSecret,
             "TestOAuthApp" => Rpc::TestOAuthApp,
+            "CreateWorkspaceProvider" => Rpc::CreateWorkspaceProvider,
+            "GetWorkspaceProvider" => Rpc::GetWorkspaceProvider,
+            "ListWorkspaceProviders" => Rpc::ListWorkspaceProviders,
+            "UpdateWorkspaceProvider" => Rpc::UpdateWorkspaceProvider,
+            "DeleteWorkspaceProvider" => Rpc::DeleteWorkspaceProvider,
             _ => return None,
         };
         (rpc.service() == service).then_some(rpc)

@@ -6,12 +6,12 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError, ProviderGateway,
-    ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
+    ProviderGateway, ProviderInfo, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
-use cb_oauth::outbound::OutboundError;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
+use cb_oauth::outbound::OutboundError;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -108,8 +108,7 @@ impl OAuthGateway {
         &'a self,
         id: &str,
         app: Option<&'a AppClient>,
-    ) -> Result<(&'a ProviderSpec, Cow<'a, ClientCredentials>, &'a OAuthHttp), ProviderError>
-    {
+    ) -> Result<(&'a ProviderSpec, Cow<'a, ClientCredentials>, &'a OAuthHttp), ProviderError> {
         if let Some((app, spec)) = app.and_then(|a| a.provider.as_deref().map(|s| (a, s))) {
             let client = ClientCredentials::new(app.client_id.clone(), app.client_secret.clone());
             return Ok((spec, Cow::Owned(client), &self.workspace_http));
@@ -397,8 +396,7 @@ impl ProviderGateway for OAuthGateway {
     ) -> Result<GrantedTokens, ProviderError> {
         let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
-        http
-            .refresh(spec, &client, refresh_token, extras, &placeholders)
+        http.refresh(spec, &client, refresh_token, extras, &placeholders)
             .await
             .map(granted)
             .map_err(classify)
