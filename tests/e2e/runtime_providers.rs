@@ -5,7 +5,7 @@
 //! Scenarios touching storage run on SQLite and on PostgreSQL.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details};
-use crate::support::client::{ALICE, BOB, Client};
+use crate::support::client::{ALICE, BOB, Client, callback_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::pg;
 use cb_proto::v1 as pb;
@@ -119,6 +119,8 @@ async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&
     let replica = b.replica().await;
     let mut alice = b.client(ALICE).await.admin_of("ws1");
     let base = fake.base_url();
+    // The fake publishes itself as issuer and names itself in redirects (RFC 9207).
+    fake.configure(|c| c.issuer = Some(base.clone()));
 
     let created = create(&mut alice, "acme", discovered(&base)).await.unwrap();
     let d = created.definition.clone().unwrap();
@@ -157,8 +159,27 @@ async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&
     let query: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
     assert_eq!(query.get("client_id").map(String::as_str), Some(APP_CLIENT));
     assert!(query.contains_key("code_challenge"), "PKCE is used");
+    // The discovered issuer is declared (RFC 9207): a response without iss is refused...
     let callback = fake.approve(&authorize).await;
-    let cred = alice.complete_connect(&callback).await.unwrap();
+    let err = alice.complete_connect(&callback).await.unwrap_err();
+    assert_eq!(error_details(&err).0, "ISSUER_MISMATCH");
+    // ...and one naming it is accepted.
+    let started = start(&mut alice, "acme").await.unwrap();
+    let callback = fake
+        .approve(&url::Url::parse(&started.authorization_url).unwrap())
+        .await;
+    let q: std::collections::HashMap<String, String> =
+        callback.query_pairs().into_owned().collect();
+    assert_eq!(q.get("iss"), Some(&base), "the fake names itself");
+    let cred = alice
+        .complete_connect_with(pb::CompleteConnectRequest {
+            iss: base.clone(),
+            ..callback_request(&q)
+        })
+        .await
+        .unwrap()
+        .credential
+        .unwrap();
     assert_eq!(cred.provider_id, "acme");
     assert_eq!(token_clients(&fake, "authorization_code"), [APP_CLIENT]);
 
