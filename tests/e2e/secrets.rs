@@ -94,7 +94,9 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             "[providers.fake]\nclient_id = {:?}\nclient_secret = {:?}\n",
             fc.client_id, fc.client_secret
         )
-        + &crate::support::broker::custom_provider_toml(&fake);
+        + &crate::support::broker::custom_provider_toml(&fake)
+        // Workspace-defined providers reach the fake on loopback.
+        + "[outbound]\nallow_loopback = true\n";
     let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
     let mut client = broker.client(ALICE).await;
     let c = client.creds.clone();
@@ -118,6 +120,39 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .await
         .unwrap_err();
     record_err(&mut said, &err);
+
+    // A provider the workspace defines at runtime, connected through an app of its own: its
+    // client secret appears nowhere either.
+    let base = fake.base_url();
+    let defined = admin
+        .apps
+        .create_workspace_provider(admin.request(pb::CreateWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "traced-acme".into(),
+            definition: Some(pb::WorkspaceProviderDefinition {
+                authorize_url: format!("{base}/authorize"),
+                token_url: format!("{base}/token"),
+                revocation_url: format!("{base}/revoke"),
+                userinfo_url: format!("{base}/userinfo"),
+                scopes: vec!["read".into()],
+                default_scopes: vec!["read".into()],
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    said.extend(defined.into_inner().encode_to_vec());
+    let acme_app = admin
+        .create_app("ws1", "traced-acme", "traced-app", APP_SECRETS[0])
+        .await
+        .unwrap();
+    said.extend(acme_app.encode_to_vec());
+    let start = client.start_connect("traced-acme").await.unwrap();
+    said.extend(start.encode_to_vec());
+    let (done, _) = consent(&fake, &mut client, &start.authorization_url, &mut said).await;
+    let acme_id = done.credential.unwrap().credential_id;
+    issued.push(client.token(&acme_id).await.unwrap().access_token);
+    said.extend(client.disconnect(&acme_id).await.unwrap().encode_to_vec());
 
     // Connect.
     let start = client.start_connect("fake").await.unwrap();
