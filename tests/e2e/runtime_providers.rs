@@ -451,3 +451,65 @@ async fn a_token_endpoint_that_redirects_is_not_followed() {
         "the redirect to the real token endpoint was not followed"
     );
 }
+
+/// TestOAuthApp's `redirect_uri` check.
+async fn redirect_check(client: &mut Client, app_id: &str) -> (pb::OAuthAppCheck, bool) {
+    let answer = client
+        .apps
+        .test_o_auth_app(client.request(pb::TestOAuthAppRequest {
+            oauth_app_id: app_id.into(),
+            redirect_uri: REDIRECT_URI.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let check = answer
+        .checks
+        .into_iter()
+        .find(|c| c.name == "redirect_uri")
+        .expect("a redirect_uri check");
+    (check, answer.ok)
+}
+
+#[tokio::test]
+async fn diagnosis_tells_an_unregistered_redirect_uri_from_a_registered_one() {
+    // The app's client has another redirect URI registered than the broker's.
+    let fake = FakeProvider::start(FakeConfig {
+        extra_clients: vec![(APP_CLIENT.into(), APP_SECRET.into())],
+        client_redirect_uris: vec![(APP_CLIENT.into(), vec!["https://elsewhere.test/cb".into()])],
+        ..FakeConfig::default()
+    })
+    .await;
+    let b = broker(&fake, None).await;
+    let mut admin = b.client(ALICE).await.admin_of("ws1");
+    let app = admin
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+
+    let (check, ok) = redirect_check(&mut admin, &app.oauth_app_id).await;
+    assert_eq!(check.verdict(), pb::CheckVerdict::Fail, "{check:?}");
+    assert!(!ok);
+    assert!(check.detail.contains("HTTP 400"), "{}", check.detail);
+    assert!(
+        check.detail.contains("redirect_uri not registered"),
+        "{}",
+        check.detail
+    );
+    assert!(
+        check.hint.contains(REDIRECT_URI) && check.hint.contains("register"),
+        "{}",
+        check.hint
+    );
+    assert!(check.hint.contains(APP_CLIENT), "{}", check.hint);
+
+    // Registered at the provider: the endpoint takes the request (it redirects back).
+    fake.configure(|c| {
+        c.client_redirect_uris = vec![(APP_CLIENT.into(), vec![REDIRECT_URI.into()])];
+    });
+    let (check, _) = redirect_check(&mut admin, &app.oauth_app_id).await;
+    assert_eq!(check.verdict(), pb::CheckVerdict::Pass, "{check:?}");
+    assert!(check.hint.is_empty());
+    // The probe's redirect carried a code: never reported.
+    assert!(!check.detail.contains("code_"), "{}", check.detail);
+}

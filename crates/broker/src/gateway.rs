@@ -196,6 +196,20 @@ pub enum ClientProbe {
     Unexpected(String),
 }
 
+/// How an authorization endpoint answered an authorization request for a redirect URI, sent
+/// without a user and without following redirects (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedirectProbe {
+    /// A login or consent page, or a redirect (to the redirect URI or a login page): the
+    /// provider took the request. The detail names what was seen (never a code).
+    Accepted(String),
+    /// A 4xx page without a redirect: the provider refuses the request (an unregistered redirect
+    /// URI, an unknown client). The detail carries the status and a short excerpt of the page.
+    Refused(String),
+    /// No usable answer (timeout, connection refused, 5xx, refused by the outbound policy).
+    Unreachable(String),
+}
+
 /// What the provider publishes about itself (RFC 8414 / OpenID discovery), compared with how the
 /// broker calls it (diagnosis).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +316,16 @@ pub trait ProviderGateway: Send + Sync + 'static {
     /// Diagnosis: fetches the provider's published metadata from its declared issuer (through
     /// the outbound guard) and compares it with the entry.
     async fn discover(&self, provider: &str) -> Discovery;
+    /// Diagnosis: requests the authorization URL for `client` and `redirect_uri` (through the
+    /// outbound guard, no redirects followed) and says how the endpoint answered.
+    async fn probe_redirect(
+        &self,
+        _provider: &str,
+        _client: Option<&AppClient>,
+        _redirect_uri: &str,
+    ) -> RedirectProbe {
+        RedirectProbe::Unreachable("not supported by this gateway".into())
+    }
     /// Checks a URL a workspace sets (runtime-defined providers) against the outbound policy,
     /// without resolving it. The default applies the strictest policy.
     fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {

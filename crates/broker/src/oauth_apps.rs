@@ -8,7 +8,9 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::gateway::{AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway};
+use crate::gateway::{
+    AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway, RedirectProbe,
+};
 use crate::issuance::TokenCache;
 use crate::policy::actor_required;
 use crate::sealing;
@@ -896,6 +898,9 @@ impl OAuthAppService {
                 ),
             });
         }
+        if let Some((_, client)) = resolved.newest() {
+            checks.push(self.redirect_check(&row, client, redirect_uri).await);
+        }
         let allowed = Scopes::from_stored(&row.allowed_scopes);
         checks.extend(self.discovery_checks(&row.provider_id, &allowed).await);
         checks.push(if allowed.as_slice().is_empty() {
@@ -920,6 +925,42 @@ impl OAuthAppService {
             }
         });
         Ok(checks)
+    }
+
+    /// The `redirect_uri` check: the authorization endpoint, asked without a user for the app's
+    /// client and `redirect_uri`, shows a page or redirects (accepted), or refuses without a
+    /// redirect (an unregistered redirect URI, or an unknown client).
+    async fn redirect_check(
+        &self,
+        row: &OAuthAppRow,
+        client: &AppClient,
+        redirect_uri: &str,
+    ) -> Check {
+        match self
+            .gateway
+            .probe_redirect(&row.provider_id, Some(client), redirect_uri)
+            .await
+        {
+            RedirectProbe::Accepted(d) => check("redirect_uri", Verdict::Pass, d, ""),
+            RedirectProbe::Refused(d) => check(
+                "redirect_uri",
+                Verdict::Fail,
+                format!(
+                    "the authorization endpoint refused client {} with redirect URI {redirect_uri}: {d}",
+                    row.client_id
+                ),
+                format!(
+                    "register {redirect_uri} exactly (scheme, host, port, path) as a redirect URI of client {} in the provider's console; if it is registered, check the client id (UpdateOAuthApp)",
+                    row.client_id
+                ),
+            ),
+            RedirectProbe::Unreachable(d) => check(
+                "redirect_uri",
+                Verdict::Skipped,
+                format!("not checked: the authorization endpoint did not answer usably ({d})"),
+                "",
+            ),
+        }
     }
 
     /// The `discovery` check (the provider's published metadata agrees with its entry) and, when

@@ -7,7 +7,7 @@
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
     AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
-    ProviderGateway, ProviderInfo, RevokeResult,
+    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -294,6 +294,15 @@ impl ProviderGateway for InstrumentedGateway {
 
     fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {
         self.inner.check_outbound_url(url)
+    }
+
+    async fn probe_redirect(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> RedirectProbe {
+        self.inner.probe_redirect(provider, app, redirect_uri).await
     }
 
     fn outbound_allows_loopback(&self) -> bool {

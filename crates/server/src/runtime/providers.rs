@@ -4,7 +4,7 @@
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
     AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
-    ProviderGateway, ProviderInfo, RevokeResult,
+    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
@@ -240,6 +240,77 @@ impl OAuthGateway {
     }
 }
 
+/// GETs an authorization URL through the guard's client (URL checked, resolver guarded, no
+/// redirects followed) and classifies the answer. Never reports a redirect's query (it may hold
+/// a code).
+async fn probe_authorize(
+    outbound: &OutboundClient,
+    url: url::Url,
+    redirect_uri: &str,
+) -> RedirectProbe {
+    if let Err(e) = outbound.check_url(&url) {
+        return RedirectProbe::Unreachable(e.to_string());
+    }
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let response = match outbound.inner().get(url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return RedirectProbe::Unreachable(format!("{host} did not answer in time"));
+        }
+        Err(_) => return RedirectProbe::Unreachable(format!("{host} could not be reached")),
+    };
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let target = location.split(['?', '#']).next().unwrap_or_default();
+        return RedirectProbe::Accepted(if target == redirect_uri {
+            format!(
+                "the authorization endpoint redirected to the redirect URI (HTTP {})",
+                status.as_u16()
+            )
+        } else {
+            format!(
+                "the authorization endpoint redirected elsewhere (HTTP {}, a login page): it took the request",
+                status.as_u16()
+            )
+        });
+    }
+    if status.is_success() {
+        return RedirectProbe::Accepted(format!(
+            "the authorization endpoint showed a page (HTTP {}), a login or consent page",
+            status.as_u16()
+        ));
+    }
+    if status.is_client_error() {
+        // Only the page's beginning is read: the excerpt needs no more.
+        let mut response = response;
+        let mut body = Vec::new();
+        while body.len() < 4096 {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+        let excerpt: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(160)
+            .collect();
+        return RedirectProbe::Refused(format!(
+            "HTTP {} without a redirect: {}",
+            status.as_u16(),
+            excerpt.trim()
+        ));
+    }
+    RedirectProbe::Unreachable(format!("{host} answered HTTP {}", status.as_u16()))
+}
+
 /// `code: description`, or the code alone.
 fn with_description(error: String, description: Option<String>) -> String {
     match description {
@@ -461,6 +532,34 @@ impl ProviderGateway for OAuthGateway {
 
     fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {
         self.outbound.check_url(url)
+    }
+
+    async fn probe_redirect(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> RedirectProbe {
+        let (spec, client, _) = match self.spec(provider, app) {
+            Ok(found) => found,
+            Err(e) => return RedirectProbe::Unreachable(e.to_string()),
+        };
+        let placeholders = self.placeholders(provider);
+        // A well-formed S256 challenge where PKCE is in use: only the redirect URI and the
+        // client id can decide the answer.
+        let challenge = (spec.pkce != cb_oauth::catalog::Pkce::None).then(|| "c".repeat(43));
+        let req = AuthorizeRequest {
+            redirect_uri,
+            scopes: &spec.default_scopes,
+            state: "credential-broker-diagnosis",
+            pkce_challenge: challenge.as_deref(),
+            placeholders: &placeholders,
+        };
+        let url = match cb_oauth::authorize_url(spec, &client, &req) {
+            Ok(url) => url,
+            Err(e) => return RedirectProbe::Unreachable(e.to_string()),
+        };
+        probe_authorize(&self.outbound, url, redirect_uri).await
     }
 
     fn outbound_allows_loopback(&self) -> bool {
