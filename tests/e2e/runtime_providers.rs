@@ -7,7 +7,7 @@
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details};
 use crate::support::client::{ALICE, BOB, Client, callback_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
-use crate::support::pg;
+use crate::support::pg::on_both_backends;
 use cb_proto::v1 as pb;
 use prost::Message;
 use std::time::Duration;
@@ -15,15 +15,6 @@ use tonic::Code;
 
 const APP_CLIENT: &str = "acme-app-client";
 const APP_SECRET: &str = "acme-app-secret-9f1c";
-
-async fn fake_with_app_client() -> FakeProvider {
-    FakeProvider::start(FakeConfig {
-        extra_clients: vec![(APP_CLIENT.into(), APP_SECRET.into())],
-        rotate_refresh_tokens: true,
-        ..FakeConfig::default()
-    })
-    .await
-}
 
 /// A broker whose outbound policy lets it reach the fake provider on loopback.
 async fn broker(fake: &FakeProvider, db: Option<&str>) -> TestBroker {
@@ -60,15 +51,6 @@ async fn create(
     Ok(answer.provider.expect("the answer holds the provider"))
 }
 
-/// The client ids of the fake's token requests with `grant_type`, in order.
-fn token_clients(fake: &FakeProvider, grant_type: &str) -> Vec<String> {
-    fake.token_requests()
-        .into_iter()
-        .filter(|r| r.grant_type.as_deref() == Some(grant_type))
-        .filter_map(|r| r.client_id)
-        .collect()
-}
-
 /// StartConnect for `provider` in ws1.
 async fn start(
     client: &mut Client,
@@ -87,33 +69,17 @@ async fn start(
         .map(tonic::Response::into_inner)
 }
 
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test]
-            async fn on_sqlite() {
-                super::$scenario(None).await;
-            }
-
-            #[tokio::test]
-            async fn on_postgres() {
-                let Some(db) =
-                    super::pg::fresh_database(concat!("rtp_", stringify!($scenario))).await
-                else {
-                    return;
-                };
-                super::$scenario(Some(&db.url)).await;
-                db.drop_database().await;
-            }
-        }
-    };
-}
-
-on_both_backends!(discovered_provider_connects_and_refreshes_without_restart);
-on_both_backends!(workspace_admins_manage_providers_and_others_are_refused);
+on_both_backends!(
+    "rtp_",
+    discovered_provider_connects_and_refreshes_without_restart
+);
+on_both_backends!(
+    "rtp_",
+    workspace_admins_manage_providers_and_others_are_refused
+);
 
 async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = broker(&fake, db).await;
     // A second replica, running before the provider exists.
     let replica = b.replica().await;
@@ -181,12 +147,12 @@ async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&
         .credential
         .unwrap();
     assert_eq!(cred.provider_id, "acme");
-    assert_eq!(token_clients(&fake, "authorization_code"), [APP_CLIENT]);
+    assert_eq!(fake.token_clients("authorization_code"), [APP_CLIENT]);
 
     // Refresh goes out under the app's client, to the discovered token endpoint.
     b.clock.advance(Duration::from_secs(3600));
     alice.token(&cred.credential_id).await.unwrap();
-    assert_eq!(token_clients(&fake, "refresh_token"), [APP_CLIENT]);
+    assert_eq!(fake.token_clients("refresh_token"), [APP_CLIENT]);
 
     // The replica, started before the provider existed, uses it without a restart.
     let mut on_replica = replica.client(ALICE).await.admin_of("ws1");
@@ -217,7 +183,7 @@ async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&
 }
 
 async fn workspace_admins_manage_providers_and_others_are_refused(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = broker(&fake, db).await;
     let plain = b.client(ALICE).await;
     let mut admin = plain.admin_of("ws1");
@@ -349,7 +315,7 @@ async fn refused(
 
 #[tokio::test]
 async fn urls_outside_the_outbound_policy_are_refused_with_clear_reasons() {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     // The production policy: no loopback, no private networks.
     let strict = TestBroker::with_fake(&fake, None, |_| {}).await;
     let mut admin = strict.client(ALICE).await.admin_of("ws1");
@@ -416,7 +382,7 @@ async fn urls_outside_the_outbound_policy_are_refused_with_clear_reasons() {
 
 #[tokio::test]
 async fn discovery_of_an_issuer_without_metadata_names_the_problem() {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = broker(&fake, None).await;
     let mut admin = b.client(ALICE).await.admin_of("ws1");
     let issuer = format!("{}/nothing-here", fake.base_url());
@@ -428,7 +394,7 @@ async fn discovery_of_an_issuer_without_metadata_names_the_problem() {
 
 #[tokio::test]
 async fn a_token_endpoint_that_redirects_is_not_followed() {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = broker(&fake, None).await;
     let mut alice = b.client(ALICE).await.admin_of("ws1");
     let base = fake.base_url();
@@ -447,7 +413,7 @@ async fn a_token_endpoint_that_redirects_is_not_followed() {
     let err = alice.complete_connect(&callback).await.unwrap_err();
     assert!(err.message().contains("redirect"), "{}", err.message());
     assert!(
-        token_clients(&fake, "authorization_code").is_empty(),
+        fake.token_clients("authorization_code").is_empty(),
         "the redirect to the real token endpoint was not followed"
     );
 }

@@ -224,6 +224,10 @@ fn view(row: WorkspaceProviderRow) -> Result<WorkspaceProvider, BrokerError> {
     })
 }
 
+fn encode(definition: &Definition) -> Result<String, BrokerError> {
+    serde_json::to_string(definition).map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
 fn not_found() -> BrokerError {
     BrokerError::NotFound {
         reason: reason::WORKSPACE_PROVIDER_NOT_FOUND,
@@ -400,54 +404,16 @@ impl OAuthAppService {
         Ok(definition)
     }
 
-    /// Defines a provider in a workspace.
-    pub async fn create_provider(
+    /// The stored row of a workspace's provider; NOT_FOUND when the workspace defines none.
+    async fn stored(
         &self,
-        caller: &Caller,
-        input: ProviderInput,
-    ) -> Result<WorkspaceProvider, BrokerError> {
-        let detail = format!("workspace={} provider={}", input.workspace_id, input.id);
-        let result = async {
-            require_workspace_admin(caller, input.workspace_id.as_str())?;
-            if self.gateway().get(input.id.as_str()).is_some() {
-                return Err(BrokerError::AlreadyExists {
-                    reason: reason::WORKSPACE_PROVIDER_EXISTS,
-                    message: format!(
-                        "{} is a catalog provider: choose another id for the workspace's provider",
-                        input.id
-                    ),
-                });
-            }
-            let definition = self.definition(&input).await?;
-            let now = self.now_millis();
-            let row = WorkspaceProviderRow {
-                workspace_id: input.workspace_id.to_string(),
-                id: input.id.to_string(),
-                definition: serde_json::to_string(&definition)
-                    .map_err(|e| BrokerError::Internal(e.to_string()))?,
-                created_by: crate::oauth_apps::creator(caller),
-                created_at: now,
-                updated_at: now,
-                row_version: 1,
-            };
-            self.store()
-                .insert_workspace_provider(&row)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Duplicate(_) => BrokerError::AlreadyExists {
-                        reason: reason::WORKSPACE_PROVIDER_EXISTS,
-                        message: format!(
-                            "workspace {} already defines provider {}",
-                            input.workspace_id, input.id
-                        ),
-                    },
-                    other => other.into(),
-                })?;
-            view(row)
-        }
-        .await;
-        self.audited(caller, ("workspace_provider.create", false), detail, result)
-            .await
+        workspace: &WorkspaceId,
+        id: &ProviderId,
+    ) -> Result<WorkspaceProviderRow, BrokerError> {
+        self.store()
+            .get_workspace_provider(workspace.as_str(), id.as_str())
+            .await?
+            .ok_or_else(not_found)
     }
 
     /// Reads one workspace provider.
@@ -459,12 +425,7 @@ impl OAuthAppService {
     ) -> Result<WorkspaceProvider, BrokerError> {
         let result = async {
             require_workspace_admin(caller, workspace.as_str())?;
-            let row = self
-                .store()
-                .get_workspace_provider(workspace.as_str(), id.as_str())
-                .await?
-                .ok_or_else(not_found)?;
-            view(row)
+            view(self.stored(workspace, id).await?)
         }
         .await;
         let detail = format!("workspace={workspace} provider={id}");
@@ -493,46 +454,114 @@ impl OAuthAppService {
             .await
     }
 
+    /// Defines a provider in a workspace.
+    pub async fn create_provider(
+        &self,
+        caller: &Caller,
+        input: ProviderInput,
+    ) -> Result<WorkspaceProvider, BrokerError> {
+        self.write_provider(caller, input, true).await
+    }
+
     /// Replaces a provider's definition (discovering again when asked).
     pub async fn update_provider(
         &self,
         caller: &Caller,
         input: ProviderInput,
     ) -> Result<WorkspaceProvider, BrokerError> {
+        self.write_provider(caller, input, false).await
+    }
+
+    /// Creates (`create`) or replaces a definition, authorized and audited.
+    async fn write_provider(
+        &self,
+        caller: &Caller,
+        input: ProviderInput,
+        create: bool,
+    ) -> Result<WorkspaceProvider, BrokerError> {
         let detail = format!("workspace={} provider={}", input.workspace_id, input.id);
         let result = async {
             require_workspace_admin(caller, input.workspace_id.as_str())?;
-            let current = self
-                .store()
-                .get_workspace_provider(input.workspace_id.as_str(), input.id.as_str())
-                .await?
-                .ok_or_else(not_found)?;
-            let definition = self.definition(&input).await?;
-            let row = WorkspaceProviderRow {
-                definition: serde_json::to_string(&definition)
-                    .map_err(|e| BrokerError::Internal(e.to_string()))?,
-                updated_at: self.now_millis(),
-                ..current.clone()
+            let row = if create {
+                self.insert_provider(caller, &input).await?
+            } else {
+                self.replace_provider(&input).await?
             };
-            let expected = input.expected_version.unwrap_or(current.row_version);
-            let stored = self
-                .store()
-                .update_workspace_provider(&row, expected)
-                .await
-                .map_err(|e| match e {
-                    StoreError::VersionConflict { .. } => BrokerError::Conflict {
-                        message:
-                            "the workspace provider changed meanwhile; read it again and retry"
-                                .into(),
-                    },
-                    StoreError::NotFound => not_found(),
-                    other => other.into(),
-                })?;
-            view(stored)
+            view(row)
         }
         .await;
-        self.audited(caller, ("workspace_provider.update", false), detail, result)
+        let action = if create {
+            "workspace_provider.create"
+        } else {
+            "workspace_provider.update"
+        };
+        self.audited(caller, (action, false), detail, result).await
+    }
+
+    async fn insert_provider(
+        &self,
+        caller: &Caller,
+        input: &ProviderInput,
+    ) -> Result<WorkspaceProviderRow, BrokerError> {
+        if self.gateway().get(input.id.as_str()).is_some() {
+            return Err(BrokerError::AlreadyExists {
+                reason: reason::WORKSPACE_PROVIDER_EXISTS,
+                message: format!(
+                    "{} is a catalog provider: choose another id for the workspace's provider",
+                    input.id
+                ),
+            });
+        }
+        let definition = self.definition(input).await?;
+        let now = self.now_millis();
+        let row = WorkspaceProviderRow {
+            workspace_id: input.workspace_id.to_string(),
+            id: input.id.to_string(),
+            definition: encode(&definition)?,
+            created_by: crate::oauth_apps::creator(caller),
+            created_at: now,
+            updated_at: now,
+            row_version: 1,
+        };
+        self.store()
+            .insert_workspace_provider(&row)
             .await
+            .map_err(|e| match e {
+                StoreError::Duplicate(_) => BrokerError::AlreadyExists {
+                    reason: reason::WORKSPACE_PROVIDER_EXISTS,
+                    message: format!(
+                        "workspace {} already defines provider {}",
+                        input.workspace_id, input.id
+                    ),
+                },
+                other => other.into(),
+            })?;
+        Ok(row)
+    }
+
+    async fn replace_provider(
+        &self,
+        input: &ProviderInput,
+    ) -> Result<WorkspaceProviderRow, BrokerError> {
+        let current = self.stored(&input.workspace_id, &input.id).await?;
+        let definition = self.definition(input).await?;
+        let row = WorkspaceProviderRow {
+            definition: encode(&definition)?,
+            updated_at: self.now_millis(),
+            ..current.clone()
+        };
+        let expected = input.expected_version.unwrap_or(current.row_version);
+        self.store()
+            .update_workspace_provider(&row, expected)
+            .await
+            .map_err(|e| match e {
+                StoreError::VersionConflict { .. } => BrokerError::Conflict {
+                    message: "the workspace provider changed meanwhile; read it again and retry"
+                        .into(),
+                },
+                StoreError::NotFound => not_found(),
+                other => other.into(),
+            })
     }
 
     /// Deletes a provider; refused while OAuth apps of the workspace are for it.
