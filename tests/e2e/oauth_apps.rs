@@ -5,7 +5,7 @@
 
 use crate::support::broker::{TestBroker, error_details};
 use crate::support::client::{ALICE, BOB, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider};
+use crate::support::fake_provider::FakeProvider;
 use crate::support::pg::on_both_backends;
 use cb_proto::v1 as pb;
 use prost::Message;
