@@ -604,3 +604,59 @@ impl OAuthAppService {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition() -> Definition {
+        Definition {
+            display_name: "Acme".into(),
+            authorize_url: "https://id.acme.example/authorize".into(),
+            token_url: "https://id.acme.example/token".into(),
+            revocation_url: None,
+            userinfo_url: "https://id.acme.example/userinfo".into(),
+            subject_pointer: "/sub".into(),
+            label_pointer: "/email".into(),
+            issuer: Some("https://id.acme.example".into()),
+            client_auth: "post".into(),
+            pkce: true,
+            scope_separator: ",".into(),
+            scopes: vec!["read".into(), "write".into()],
+            default_scopes: vec!["read".into()],
+            discovered_from: None,
+        }
+    }
+
+    #[test]
+    fn a_definition_becomes_a_valid_catalog_entry() {
+        let spec = definition().to_spec("acme");
+        assert_eq!(Catalog::validate(&spec, false), Ok(()));
+        assert_eq!(spec.auth_style, AuthStyle::Post);
+        assert_eq!(spec.pkce, Pkce::Required);
+        assert_eq!(spec.quirks, [Quirk::CommaSeparatedScopes]);
+        assert_eq!(spec.issuer.as_deref(), Some("https://id.acme.example"));
+        assert!(
+            !spec.is_verified(),
+            "never presented as a verified catalog entry"
+        );
+        let info = info(&spec, false);
+        assert!(!info.configured && info.custom);
+        assert!(info.missing_settings[0].contains("CreateOAuthApp"));
+    }
+
+    #[test]
+    fn the_stored_document_round_trips() {
+        let d = definition();
+        let row = WorkspaceProviderRow {
+            workspace_id: "ws1".into(),
+            id: "acme".into(),
+            definition: encode(&d).unwrap(),
+            created_by: "u".into(),
+            created_at: 1,
+            updated_at: 1,
+            row_version: 1,
+        };
+        assert_eq!(parse_row(&row).unwrap(), d);
+    }
+}
