@@ -662,8 +662,11 @@ impl ConnectService {
                 "this connect attempt was already completed: start connecting again",
             ));
         }
-        let app = self.apps.recorded(session.oauth_app_id.as_deref()).await?;
-        self.check_issuer(&session.provider_id, app.as_ref(), req.iss.as_deref())?;
+        // The app (and the workspace provider it may carry, with its issuer); an app deleted
+        // since is reported after the provider's own answer.
+        let app = self.apps.recorded(session.oauth_app_id.as_deref()).await;
+        let declared = app.as_ref().ok().and_then(Option::as_ref);
+        self.check_issuer(&session.provider_id, declared, req.iss.as_deref())?;
         if let Some(error) = &req.error {
             let detail = req
                 .error_description
@@ -680,6 +683,7 @@ impl ConnectService {
             .as_ref()
             .ok_or_else(|| BrokerError::invalid("code", "is required when error is not set"))?;
         let verifier = self.open_verifier(&session).await?;
+        let app = app?;
         let gateway = self.gateway.as_ref();
         let (exchanged, used) = AppClients::call(app.as_ref(), |client| {
             let (provider, redirect, verifier, params) = (
