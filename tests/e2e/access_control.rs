@@ -93,7 +93,8 @@ enum Needs {
     OwnGrant,
     /// An admin of the workspace (no credential involved): others are refused.
     WorkspaceAdmin,
-    /// An admin of the workspace of an existing OAuth app: it does not exist for others.
+    /// An admin of the workspace of an existing OAuth app (or webhook endpoint): it does not
+    /// exist for others.
     WorkspaceAdminApp,
 }
 
@@ -122,6 +123,11 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
         "WatchCredentialEvents",
         &[Service::Web, Service::Operator],
         Needs::Filtered,
+    ),
+    (
+        "ListWebhookDeliveries",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
     ),
     (
         "ListMembers",
@@ -286,6 +292,18 @@ pub async fn broker_with_callers(fake: &FakeProvider) -> TestBroker {
     })
     .collect();
     with_fake_provider(&mut config, fake, "fake", &[]);
+    // A webhook endpoint of ws1 whose delivery log ListWebhookDeliveries reads (nothing
+    // listens: deliveries are refused at once and retried).
+    config.outbound.allow_loopback = true;
+    config.webhooks = vec![credential_broker::runtime::config::WebhookSettings {
+        id: "hook".into(),
+        workspace_id: "ws1".into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secrets: vec![credential_broker::runtime::config::SecretValue::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+        )],
+        event_types: Vec::new(),
+    }];
     TestBroker::start(config, dir).await.unwrap()
 }
 
@@ -601,6 +619,13 @@ async fn call(
             pb::WatchCredentialEventsRequest {
                 workspace_id: "ws1".into(),
                 start_at_end: true,
+                ..Default::default()
+            }
+        ),
+        "ListWebhookDeliveries" => rpc!(
+            creds.list_webhook_deliveries,
+            pb::ListWebhookDeliveriesRequest {
+                endpoint_id: "hook".into(),
                 ..Default::default()
             }
         ),

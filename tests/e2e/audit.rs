@@ -272,6 +272,17 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         .await
         .unwrap(),
     );
+    let unknown = c
+        .list_webhook_deliveries(call(
+            pb::ListWebhookDeliveriesRequest {
+                endpoint_id: "no-such-endpoint".into(),
+                ..Default::default()
+            },
+            OPERATOR_TOKEN,
+            None,
+        ))
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
     // Denied by the caller layer: an executor may not read the log; nobody may call unnamed.
     c.list_audit_events(call(
         pb::ListAuditEventsRequest::default(),

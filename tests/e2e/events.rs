@@ -3,12 +3,13 @@
 //! WatchCredentialEvents followed across broker processes and resumed by cursor.
 
 use crate::support::broker::{
-    BrokerProcess, TestBroker, config_toml, error_details, provider_toml, t0_secs,
+    BrokerProcess, TestBroker, assert_status, config_toml, error_details, provider_toml, t0_secs,
     with_fake_provider,
 };
 use crate::support::client::{ALICE, BOB, Client};
 use crate::support::fake_provider::{FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
+use crate::support::sample;
 use crate::support::wait::{wait_for, wait_until_sync};
 use crate::support::webhook_receiver::{Received, WebhookReceiver};
 use cb_proto::v1 as pb;
@@ -423,6 +424,7 @@ fn endpoint(
             .iter()
             .map(|s| credential_broker::runtime::config::SecretValue::new((*s).to_owned()))
             .collect(),
+        event_types: Vec::new(),
     }
 }
 
@@ -464,6 +466,7 @@ fn advance(brokers: &[&TestBroker], d: Duration) {
 async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: Option<&str>) {
     let receiver = WebhookReceiver::start(true).await;
     let dead = WebhookReceiver::start(false).await;
+    let filtered = WebhookReceiver::start(true).await;
     let fake = FakeProvider::start(rotating()).await;
     let tune = |c: &mut credential_broker::runtime::config::Config| {
         c.outbound.allow_loopback = true;
@@ -474,6 +477,10 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         c.webhooks = vec![
             endpoint("main", &receiver, &[SECRET_NEW, SECRET_OLD]),
             endpoint("dead", &dead, &[SECRET_NEW]),
+            credential_broker::runtime::config::WebhookSettings {
+                event_types: vec!["disconnected".into(), "webhook_endpoint_disabled".into()],
+                ..endpoint("filtered", &filtered, &[SECRET_NEW])
+            },
         ];
     };
     let b = TestBroker::with_fake(&fake, database_url, tune).await;
@@ -541,10 +548,19 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     // Up again: past the longest backoff everything arrives.
     receiver.set_up(true);
     advance(&brokers, Duration::from_secs(120));
-    let log = alice.admin_of("ws1").events().await.unwrap();
+    // The credentials' events (the dead endpoint's disabling, a workspace event, may come).
+    let log: Vec<_> = alice
+        .admin_of("ws1")
+        .events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.credential_id.is_empty())
+        .collect();
     assert_eq!(log.len(), 5, "{log:?}");
     wait_until_sync(Duration::from_secs(20), "every event delivered", || {
-        delivered(&receiver).len() >= log.len()
+        let got = delivered(&receiver);
+        log.iter().all(|e| got.iter().any(|r| r.id == e.event_id))
     })
     .await;
     let got = delivered(&receiver);
@@ -567,9 +583,12 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         assert_eq!(in_order, in_log, "ordered per credential");
     }
     // Retries carry the webhook-id of their event; payloads name the event.
-    let all = receiver.received();
-    assert!(all.iter().all(|r| log.iter().any(|e| e.event_id == r.id)));
-    for r in &got {
+    let all: Vec<Received> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| log.iter().any(|e| e.event_id == r.id))
+        .collect();
+    for r in got.iter().filter(|r| all.iter().any(|a| a.id == r.id)) {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let e = log.iter().find(|e| e.event_id == r.id).unwrap();
         assert_eq!(body["data"]["event_id"], r.id.as_str());
@@ -596,8 +615,8 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
         || {
             let store = store.clone();
             async move {
-                match store.webhook_endpoint_disabled("dead").await.unwrap() {
-                    Some(true) => Ok(()),
+                match store.webhook_endpoint("dead").await.unwrap() {
+                    Some(e) if e.disabled_at.is_some() => Ok(()),
                     other => Err(other),
                 }
             }
@@ -605,14 +624,185 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     )
     .await;
     assert_eq!(
-        store.webhook_endpoint_disabled("main").await.unwrap(),
-        Some(false),
+        store
+            .webhook_endpoint("main")
+            .await
+            .unwrap()
+            .map(|e| e.disabled_at),
+        Some(None),
         "failing for 5 minutes, below the limit"
     );
-    let log_rows = store.list_webhook_deliveries("main", 100).await.unwrap();
-    assert_eq!(log_rows.len(), log.len(), "one delivery log row per event");
+
+    // Its disabling is a workspace event (no credential), written with it: workspace admins
+    // read it (also by type), a member of every credential who is no admin does not, and the
+    // endpoint still enabled receives it, signed, typed `workspace.…`.
+    let disabled_type = pb::CredentialEventType::WebhookEndpointDisabled as i32;
+    let workspace_events: Vec<_> = alice
+        .admin_of("ws1")
+        .events_page(pb::ListCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            types: vec![disabled_type],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(workspace_events.len(), 1, "{workspace_events:?}");
+    let off = &workspace_events[0];
+    assert_eq!(
+        (
+            off.credential_id.as_str(),
+            off.detail.as_str(),
+            off.actor.as_str()
+        ),
+        ("", "endpoint=dead", "")
+    );
+    assert!(
+        alice
+            .events()
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.r#type != disabled_type),
+        "members of credentials do not see workspace events"
+    );
+    wait_until_sync(Duration::from_secs(10), "the disabling delivered", || {
+        delivered(&receiver).iter().any(|r| r.id == off.event_id)
+    })
+    .await;
+    let notice: Vec<Received> = delivered(&receiver)
+        .into_iter()
+        .filter(|r| r.id == off.event_id)
+        .collect();
+    let body: serde_json::Value = serde_json::from_slice(&notice[0].body).unwrap();
+    assert_eq!(body["type"], "workspace.webhook_endpoint_disabled");
+    assert_eq!(body["data"]["credential_id"], serde_json::Value::Null);
+    assert!(verified_independently(&notice, &[SECRET_OLD]));
+    assert!(dead.received().iter().all(|r| r.id != off.event_id));
+    // The endpoint with an event-type filter received only those types, in order.
+    wait_until_sync(
+        Duration::from_secs(10),
+        "the filtered endpoint served",
+        || delivered(&filtered).iter().any(|r| r.id == off.event_id),
+    )
+    .await;
+    let disconnected = log
+        .iter()
+        .find(|e| type_name(e.r#type) == "disconnected")
+        .unwrap();
+    // (At least once: a clock jump past a claim's lease mid-send may repeat a delivery, with
+    // the same webhook-id.)
+    let mut only: Vec<String> = delivered(&filtered).into_iter().map(|r| r.id).collect();
+    only.dedup();
+    assert_eq!(only, [disconnected.event_id.clone(), off.event_id.clone()]);
+    // Counted once across the replicas; deliveries counted by outcome.
+    let counted = |series: &str| -> f64 {
+        brokers
+            .iter()
+            .map(|b| sample(&b.app().metrics_text(), series).unwrap_or(0.0))
+            .sum()
+    };
+    assert_eq!(
+        counted("credential_broker_webhook_endpoints_disabled_total"),
+        1.0
+    );
+    assert!(
+        counted("credential_broker_webhook_deliveries_total{outcome=\"delivered\"}")
+            >= (log.len() + 1) as f64
+    );
+    assert!(counted("credential_broker_webhook_deliveries_total{outcome=\"rejected\"}") >= 2.0);
+
+    let log_rows = store.list_webhook_deliveries("main", 100, 0).await.unwrap();
+    assert_eq!(
+        log_rows.len(),
+        log.len() + 1,
+        "one delivery log row per event"
+    );
     assert!(log_rows.iter().all(|d| d.state == "DELIVERED"));
     assert!(log_rows.iter().any(|d| d.attempts >= 3));
+
+    // The same log through ListWebhookDeliveries, page by page, for an admin of ws1: attempts,
+    // last status, the workspace event's empty credential; the dead endpoint shows disabled.
+    let admin = alice.admin_of("ws1");
+    let deliveries = |endpoint: &str, page_token: String| pb::ListWebhookDeliveriesRequest {
+        endpoint_id: endpoint.into(),
+        page_size: 2,
+        page_token,
+    };
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..=log_rows.len() {
+        let page = admin
+            .creds
+            .clone()
+            .list_webhook_deliveries(admin.request(deliveries("main", page_token)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((page.workspace_id.as_str(), page.disabled), ("ws1", false));
+        paged.extend(page.deliveries);
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    let paged_ids: Vec<i64> = paged.iter().map(|d| d.delivery_id).collect();
+    let stored_ids: Vec<i64> = log_rows.iter().map(|d| d.id).collect();
+    assert_eq!(paged_ids, stored_ids);
+    assert!(
+        paged
+            .iter()
+            .all(|d| d.delivered && d.last_http_status == 204)
+    );
+    assert!(
+        paged
+            .iter()
+            .all(|d| d.deliver_time.is_some() && d.last_error.is_empty())
+    );
+    assert!(paged.iter().any(|d| d.attempts >= 3));
+    assert!(
+        paged.iter().any(|d| d.credential_id.is_empty()),
+        "the workspace event"
+    );
+    let dead_log = admin
+        .creds
+        .clone()
+        .list_webhook_deliveries(admin.request(deliveries("dead", String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dead_log.disabled);
+    let first = &dead_log.deliveries[0];
+    assert_eq!((first.delivered, first.last_http_status), (false, 503));
+    assert_eq!(first.last_error, "HTTP 503");
+    // A member of ws1 who is not its admin is refused; another workspace's admin, or an
+    // unknown endpoint, finds nothing.
+    let mut member = alice.request(deliveries("main", String::new()));
+    for (key, value) in [
+        ("x-actor-workspace-id", "ws1"),
+        ("x-actor-workspace-role", "member"),
+    ] {
+        member.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    let refused = alice.creds.clone().list_webhook_deliveries(member).await;
+    assert_status(
+        &refused.unwrap_err(),
+        Code::PermissionDenied,
+        "WORKSPACE_ADMIN_REQUIRED",
+    );
+    let other = alice.admin_of("ws2");
+    for endpoint in ["main", "nope"] {
+        let hidden = other
+            .creds
+            .clone()
+            .list_webhook_deliveries(other.request(deliveries(endpoint, String::new())))
+            .await;
+        assert_status(
+            &hidden.unwrap_err(),
+            Code::NotFound,
+            "WEBHOOK_ENDPOINT_NOT_FOUND",
+        );
+    }
 
     // Operators read the log and the endpoint's state with `credential-broker webhooks`.
     let mut out = Vec::new();

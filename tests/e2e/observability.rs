@@ -10,6 +10,7 @@ use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure, rotating};
 use crate::support::otlp_collector::OtlpCollector;
 use crate::support::pg;
+use crate::support::sample;
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::wait::{wait_for, wait_until_sync};
 use cb_proto::v1 as pb;
@@ -200,13 +201,6 @@ async fn a_refreshing_get_access_token_is_traced_under_the_callers_span() {
 }
 
 // ---- metrics -----------------------------------------------------------------------------------
-
-/// The value of the sample `series` (name and labels exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
 
 async fn scrape(addr: SocketAddr) -> String {
     let resp = reqwest::get(format!("http://{addr}/metrics"))

@@ -5,7 +5,8 @@
 use crate::support::broker::{BrokerProcess, TestBroker, config_toml, with_fake_provider};
 use crate::support::client::{ALICE, Client};
 use crate::support::fake_provider::{FakeConfig, FakeProvider, TokenFailure};
-use crate::support::wait::wait_for;
+use crate::support::wait::{wait_for, wait_until_sync};
+use crate::support::webhook_receiver::WebhookReceiver;
 use cb_proto::v1 as pb;
 use prost::Message;
 use std::time::Duration;
@@ -70,6 +71,9 @@ fn secrets_in(text: &str, port: u16) -> Vec<String> {
     found
 }
 
+/// The signing secret of the traced flow's webhook endpoint.
+const WEBHOOK_SECRET: &str = "whsec_dHJhY2VkLXdlYmhvb2stc2lnbmluZy1rZXktMTIzNA==";
+
 /// The client secrets of the workspace OAuth app the traced flow connects through.
 const APP_SECRETS: [&str; 2] = ["app-secret-traced-one", "app-secret-traced-two"];
 
@@ -84,6 +88,8 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
     })
     .await;
     let port: u16 = url::Url::parse(&fake.base_url()).unwrap().port().unwrap();
+    // A webhook endpoint of ws1: every event of the flow is signed with its secret.
+    let hooks = WebhookReceiver::start(true).await;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("broker.db").display());
     let mut config = TestBroker::config(&dir, db.clone());
@@ -95,8 +101,11 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             fc.client_id, fc.client_secret
         )
         + &crate::support::broker::custom_provider_toml(&fake)
-        // Workspace-defined providers reach the fake on loopback.
-        + "[outbound]\nallow_loopback = true\n";
+        + &format!(
+            "[outbound]\nallow_loopback = true\n[[webhooks]]\nid = \"traced-hook\"\n\
+             workspace_id = \"ws1\"\nurl = {:?}\nsecrets = [{WEBHOOK_SECRET:?}]\n",
+            hooks.url()
+        );
     let broker = BrokerProcess::spawn(dir.path(), "traced", &toml).await;
     let mut client = broker.client(ALICE).await;
     let c = client.creds.clone();
@@ -264,6 +273,25 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .unwrap();
     said.extend(list.encode_to_vec());
     said.extend(client.disconnect(&id).await.unwrap().encode_to_vec());
+    // The endpoint's delivery log (the disconnect delivered last, signed with the secret).
+    wait_until_sync(Duration::from_secs(10), "the disconnect delivered", || {
+        hooks
+            .received()
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("credential.disconnected"))
+    })
+    .await;
+    let deliveries = admin
+        .creds
+        .list_webhook_deliveries(admin.request(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: "traced-hook".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!deliveries.deliveries.is_empty());
+    said.extend(deliveries.encode_to_vec());
     let err = client.token_with(get_token(60)).await.unwrap_err();
     record_err(&mut said, &err);
     // Token issuance is audited through a buffer the child writes within a moment.
@@ -338,8 +366,10 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
             .any(|r| r.client_id.as_deref() == Some("traced-app")),
         "the flow went through the workspace app"
     );
+    let webhook_key = WEBHOOK_SECRET.trim_start_matches("whsec_");
     for secret in [fc.client_secret.as_str(), grant.as_str(), made_up.as_str()]
         .into_iter()
+        .chain([WEBHOOK_SECRET, webhook_key])
         .chain(APP_SECRETS)
         .chain(issued.iter().map(String::as_str))
     {

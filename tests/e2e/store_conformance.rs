@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow,
-    EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent,
-    NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, RefreshFailure, RefreshIntent, RunGrantRow,
-    SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow, run_grant_change_id,
+    DeliveryAttempt, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
+    NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, RefreshFailure,
+    RefreshIntent, RunGrantRow, SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow,
+    run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -103,6 +104,7 @@ store_suite!(
     refresh_failure_counts_and_keeps_since_without_a_version_bump,
     events_are_written_with_their_change_and_read_by_cursor,
     concurrent_event_writers_are_read_in_cursor_order_without_gaps,
+    disabling_a_webhook_endpoint_writes_one_workspace_event,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -3793,12 +3795,20 @@ fn credential_event(credential_id: &str, kind: &str, n: usize) -> NewCredentialE
         event_id: format!("evt-{credential_id}-{kind}-{n}"),
         at: 1_700_000_000_000 + i64::try_from(n).unwrap(),
         workspace_id: "ws1".to_owned(),
-        credential_id: credential_id.to_owned(),
+        credential_id: Some(credential_id.to_owned()),
         kind: kind.to_owned(),
         actor: Some("user-1".to_owned()),
         cause: None,
         detail: None,
     }
+}
+
+/// Every stored lifecycle event, oldest first.
+async fn all_events(store: &dyn Store) -> Vec<cb_store::CredentialEventRow> {
+    store
+        .list_credential_events(&events_after(0))
+        .await
+        .expect("events")
 }
 
 fn events_after(after_id: i64) -> EventQuery {
@@ -3865,10 +3875,7 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         Some("invalid_client")
     );
     assert_eq!(must_get(&*store, "c1").await.health, rejected.health);
-    let events = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("list");
+    let events = all_events(&*store).await;
     assert_eq!(events.len(), 1);
     assert!(
         store
@@ -3922,13 +3929,15 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
             .await
     ));
 
-    let all = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("list");
+    let all = all_events(&*store).await;
     let kinds: Vec<_> = all
         .iter()
-        .map(|e| (e.event.credential_id.as_str(), e.event.kind.as_str()))
+        .map(|e| {
+            (
+                e.event.credential_id.as_deref().unwrap_or(""),
+                e.event.kind.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
@@ -3976,11 +3985,119 @@ async fn events_are_written_with_their_change_and_read_by_cursor(store: Arc<dyn 
         .await
         .expect("prune");
     assert_eq!(pruned, 1);
-    let left = store
-        .list_credential_events(&events_after(0))
-        .await
-        .expect("left");
+    let left = all_events(&*store).await;
     assert_eq!(left, all[1..]);
+}
+
+/// The attempt that disables a failing endpoint writes its workspace event (no credential) in
+/// the same transaction, once; the event fans out to the workspace's other enabled endpoints,
+/// and member and credential filters never match it.
+async fn disabling_a_webhook_endpoint_writes_one_workspace_event(store: Arc<dyn Store>) {
+    let member = active(member("c1", "m@example.com", "MEMBER"));
+    store
+        .insert_credential(&leaseless("c1"), std::slice::from_ref(&member))
+        .await
+        .expect("insert");
+    for id in ["down", "up"] {
+        store
+            .upsert_webhook_endpoint(id, "ws1", &format!("https://{id}.example/"), 1, None)
+            .await
+            .expect("declare");
+    }
+    store
+        .update_credential_with_events(&leaseless("c1"), 1, &[credential_event("c1", "updated", 1)])
+        .await
+        .expect("event");
+    let disabled_event = NewCredentialEvent {
+        credential_id: None,
+        kind: "webhook_endpoint_disabled".to_owned(),
+        actor: None,
+        detail: Some("endpoint=down".to_owned()),
+        ..credential_event("ws1", "webhook_endpoint_disabled", 2)
+    };
+    let (store, disabled_event) = (&store, &disabled_event);
+    let attempt = |at: i64| async move {
+        let claimed = store
+            .claim_webhook_deliveries("h", at, 60_000, 10)
+            .await
+            .expect("claim");
+        let d = claimed.into_iter().find(|d| d.endpoint_id == "down")?;
+        Some(
+            store
+                .finish_webhook_delivery(&DeliveryAttempt {
+                    id: d.id,
+                    endpoint_id: d.endpoint_id,
+                    holder: "h".to_owned(),
+                    delivered: false,
+                    status: Some(503),
+                    error: Some("HTTP 503".to_owned()),
+                    at,
+                    next_attempt_at: at,
+                    disable_failing_since: at - 1_000,
+                    disabled_event: Some(disabled_event.clone()),
+                })
+                .await
+                .expect("finish"),
+        )
+    };
+    const T: i64 = 1_700_000_000_010; // after the event
+    assert_eq!(attempt(T).await, Some(false), "failing since T: not yet");
+    assert_eq!(all_events(&**store).await.len(), 1, "no event yet");
+    assert_eq!(
+        attempt(T + 2_000).await,
+        Some(true),
+        "failing for long enough"
+    );
+    assert_eq!(attempt(T + 3_000).await, None, "disabled: nothing to claim");
+
+    let all = all_events(&**store).await;
+    let workspace: Vec<_> = all
+        .iter()
+        .filter(|e| e.event.credential_id.is_none())
+        .collect();
+    assert_eq!(workspace.len(), 1, "{all:?}");
+    assert_eq!(workspace[0].event.detail.as_deref(), Some("endpoint=down"));
+    let filtered =
+        |q: EventQuery| async move { store.list_credential_events(&q).await.expect("filtered") };
+    let of_member = filtered(EventQuery {
+        workspace_id: Some("ws1".to_owned()),
+        member: Some(("u-m".to_owned(), "m@example.com".to_owned())),
+        ..events_after(0)
+    })
+    .await;
+    assert_eq!(
+        of_member.len(),
+        1,
+        "the member sees the credential's event only"
+    );
+    assert!(of_member[0].event.credential_id.is_some());
+    let of_c1 = filtered(EventQuery {
+        credential_id: Some("c1".to_owned()),
+        ..events_after(0)
+    })
+    .await;
+    assert!(of_c1.iter().all(|e| e.event.credential_id.is_some()));
+    let by_kind = filtered(EventQuery {
+        workspace_id: Some("ws1".to_owned()),
+        kinds: vec!["webhook_endpoint_disabled".to_owned()],
+        ..events_after(0)
+    })
+    .await;
+    assert_eq!(by_kind.len(), 1);
+    // The endpoint still enabled has a delivery for it; the disabled one has none.
+    let up = store
+        .list_webhook_deliveries("up", 10, 0)
+        .await
+        .expect("up");
+    assert!(
+        up.iter()
+            .any(|d| d.event_row_id == workspace[0].id && d.credential_id.is_empty())
+    );
+    let down = store
+        .list_webhook_deliveries("down", 10, 0)
+        .await
+        .expect("down");
+    assert!(down.iter().all(|d| d.event_row_id != workspace[0].id));
 }
 
 /// Writers on many connections and a reader that follows the log by cursor: whatever order the

@@ -46,6 +46,7 @@ pub const ACTIONS: &[&str] = &[
     "run_grant.create",
     "run_grant.revoke",
     "token.issue",
+    "webhook.list_deliveries",
     "workspace_provider.create",
     "workspace_provider.delete",
     "workspace_provider.get",

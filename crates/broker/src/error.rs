@@ -113,7 +113,10 @@ pub mod reason {
     /// The OAuth app does not exist (or belongs to another workspace), or the app a grant was
     /// made with was deleted.
     pub const OAUTH_APP_NOT_FOUND: &str = "OAUTH_APP_NOT_FOUND";
-    /// Only an admin of the workspace (or an operator) manages its OAuth apps.
+    /// No webhook endpoint with this id (or it belongs to another workspace).
+    pub const WEBHOOK_ENDPOINT_NOT_FOUND: &str = "WEBHOOK_ENDPOINT_NOT_FOUND";
+    /// Only an admin of the workspace (or an operator) manages its OAuth apps and webhook
+    /// endpoints.
     pub const WORKSPACE_ADMIN_REQUIRED: &str = "WORKSPACE_ADMIN_REQUIRED";
     /// Credentials were connected through the OAuth app: deleting it needs `force`.
     pub const OAUTH_APP_IN_USE: &str = "OAUTH_APP_IN_USE";
@@ -184,6 +187,7 @@ pub mod reason {
         KMS_ACCESS_DENIED,
         KMS_KEY_UNKNOWN,
         OAUTH_APP_NOT_FOUND,
+        WEBHOOK_ENDPOINT_NOT_FOUND,
         WORKSPACE_ADMIN_REQUIRED,
         OAUTH_APP_IN_USE,
         OAUTH_APP_SECRET_LIMIT,

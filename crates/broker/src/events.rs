@@ -11,11 +11,11 @@ use crate::access::Caller;
 use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::Credential;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, reason};
 use crate::health::{EventKind, HealthKind, event};
-use crate::policy::require_actor;
+use crate::policy::{require_actor, require_owner_admin};
 use crate::types::{CredentialId, WorkspaceId};
-use cb_store::{CredentialEventRow, EventQuery, Store};
+use cb_store::{CredentialEventRow, DeliveryRow, EventQuery, Store, WebhookEndpointRow};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -127,14 +127,8 @@ impl EventService {
         let result = async {
             let mut q = query(caller, &f)?;
             q.limit = f.page_size.saturating_add(1);
-            let mut rows = self.store.list_credential_events(&q).await?;
-            let next = if rows.len() > f.page_size as usize {
-                rows.truncate(f.page_size as usize);
-                rows.last().map(|r| r.id.to_string())
-            } else {
-                None
-            };
-            Ok((rows, next))
+            let rows = self.store.list_credential_events(&q).await?;
+            Ok(page(rows, f.page_size, |r| r.id))
         }
         .await;
         self.audit.record_later(
@@ -143,6 +137,50 @@ impl EventService {
             credential_id.as_deref(),
             Outcome::of(&result),
             detail,
+        );
+        result
+    }
+
+    /// One page of a webhook endpoint's delivery log after delivery `after` (oldest first),
+    /// the endpoint, and the token of the next page. Admins of the endpoint's workspace and
+    /// operators; others of that workspace are refused, anyone else is told it does not exist.
+    pub async fn list_deliveries(
+        &self,
+        caller: &Caller,
+        endpoint_id: &str,
+        after: i64,
+        page_size: u32,
+    ) -> Result<(WebhookEndpointRow, Vec<DeliveryRow>, Option<String>), BrokerError> {
+        let not_found = || BrokerError::NotFound {
+            reason: reason::WEBHOOK_ENDPOINT_NOT_FOUND,
+            what: "webhook endpoint",
+        };
+        let result = async {
+            let endpoint = self
+                .store
+                .webhook_endpoint(endpoint_id)
+                .await?
+                .ok_or_else(not_found)?;
+            require_owner_admin(
+                caller,
+                &endpoint.workspace_id,
+                "webhook endpoints",
+                not_found,
+            )?;
+            let rows = self
+                .store
+                .list_webhook_deliveries(endpoint_id, page_size.saturating_add(1), after)
+                .await?;
+            let (rows, next) = page(rows, page_size, |r| r.id);
+            Ok((endpoint, rows, next))
+        }
+        .await;
+        self.audit.record_later(
+            caller,
+            "webhook.list_deliveries",
+            None,
+            Outcome::of(&result),
+            Some(format!("endpoint={endpoint_id}")),
         );
         result
     }
@@ -259,6 +297,18 @@ impl EventService {
             .store
             .prune_credential_events(cutoff.as_millis())
             .await?)
+    }
+}
+
+/// A page of `size` from `rows` (read with a limit of `size + 1`) and the token of the next
+/// page: the id of its last row, when more follow.
+fn page<T>(mut rows: Vec<T>, size: u32, id: fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+    if rows.len() > size as usize {
+        rows.truncate(size as usize);
+        let next = rows.last().map(|r| id(r).to_string());
+        (rows, next)
+    } else {
+        (rows, None)
     }
 }
 

@@ -179,11 +179,14 @@ pub enum EventKind {
     MemberRoleChanged,
     /// A member was removed.
     MemberRemoved,
+    /// A workspace event: a webhook endpoint was disabled after failing for the configured
+    /// period (detail: `endpoint=<id>`; no credential).
+    WebhookEndpointDisabled,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Connected,
         Self::Reconnected,
         Self::Updated,
@@ -196,6 +199,7 @@ impl EventKind {
         Self::MemberJoined,
         Self::MemberRoleChanged,
         Self::MemberRemoved,
+        Self::WebhookEndpointDisabled,
     ];
 
     /// The stored (and API) name.
@@ -213,6 +217,7 @@ impl EventKind {
             Self::MemberJoined => "member_joined",
             Self::MemberRoleChanged => "member_role_changed",
             Self::MemberRemoved => "member_removed",
+            Self::WebhookEndpointDisabled => "webhook_endpoint_disabled",
         }
     }
 
@@ -235,7 +240,7 @@ pub fn event(
         event_id: uuid::Uuid::now_v7().hyphenated().to_string(),
         at: now.as_millis(),
         workspace_id: c.workspace_id.clone(),
-        credential_id: c.id.to_string(),
+        credential_id: Some(c.id.to_string()),
         kind: kind.as_str().to_owned(),
         actor: actor.map(str::to_owned),
         cause,

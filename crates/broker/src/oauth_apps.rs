@@ -3,7 +3,7 @@
 //! token refresh and revocation ([`AppClients`]). Client secrets are sealed like tokens (AAD
 //! bound to the app and the secret's version) and never leave the broker.
 
-use crate::access::{Caller, ServiceRole};
+use crate::access::Caller;
 use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, Status};
@@ -12,7 +12,7 @@ use crate::gateway::{
     AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway, RedirectProbe,
 };
 use crate::issuance::TokenCache;
-use crate::policy::actor_required;
+use crate::policy;
 use crate::sealing;
 use crate::types::{DisplayName, ProviderId, Scopes, WorkspaceId};
 use cb_crypto::Envelope;
@@ -179,25 +179,8 @@ fn failed(reason: &'static str, message: impl Into<String>) -> BrokerError {
 }
 
 /// Workspace admins (of that workspace) and operators manage a workspace's apps.
-pub(crate) fn require_workspace_admin(caller: &Caller, workspace: &str) -> Result<(), BrokerError> {
-    match &caller.actor {
-        Some(a) if a.is_workspace_admin(workspace) => Ok(()),
-        Some(a) => Err(BrokerError::PermissionDenied {
-            reason: reason::WORKSPACE_ADMIN_REQUIRED,
-            message: format!(
-                "only an admin of workspace {workspace} manages its OAuth apps, and {} is not one",
-                a.email
-            ),
-        }),
-        None if matches!(
-            caller.role,
-            ServiceRole::Operator | ServiceRole::Development
-        ) =>
-        {
-            Ok(())
-        }
-        None => Err(actor_required()),
-    }
+fn require_workspace_admin(caller: &Caller, workspace: &str) -> Result<(), BrokerError> {
+    policy::require_workspace_admin(caller, workspace, "OAuth apps")
 }
 
 /// An app's client as one call uses it: its secrets, newest first.
@@ -507,22 +490,8 @@ impl OAuthAppService {
             .get_oauth_app(id)
             .await?
             .ok_or_else(app_not_found)?;
-        match &caller.actor {
-            Some(a) if !a.is_workspace_admin(&row.workspace_id) => {
-                // Visible only to admins of its own workspace.
-                if a.workspace
-                    .as_ref()
-                    .is_some_and(|(w, _)| w.as_str() == row.workspace_id)
-                {
-                    require_workspace_admin(caller, &row.workspace_id)?;
-                }
-                Err(app_not_found())
-            }
-            _ => {
-                require_workspace_admin(caller, &row.workspace_id)?;
-                Ok(row)
-            }
-        }
+        policy::require_owner_admin(caller, &row.workspace_id, "OAuth apps", app_not_found)?;
+        Ok(row)
     }
 
     /// [`Self::load`], with the app's sealed secrets, newest first.

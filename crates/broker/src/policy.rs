@@ -134,3 +134,52 @@ pub fn require_token_issuer(caller: &Caller) -> Result<(), BrokerError> {
         })
     }
 }
+
+/// Workspace admins (of `workspace`) and operators manage a workspace's `what` (OAuth apps,
+/// webhook endpoints).
+pub fn require_workspace_admin(
+    caller: &Caller,
+    workspace: &str,
+    what: &str,
+) -> Result<(), BrokerError> {
+    match &caller.actor {
+        Some(a) if a.is_workspace_admin(workspace) => Ok(()),
+        Some(a) => Err(BrokerError::PermissionDenied {
+            reason: reason::WORKSPACE_ADMIN_REQUIRED,
+            message: format!(
+                "only an admin of workspace {workspace} manages its {what}, and {} is not one",
+                a.email
+            ),
+        }),
+        None if matches!(
+            caller.role,
+            ServiceRole::Operator | ServiceRole::Development
+        ) =>
+        {
+            Ok(())
+        }
+        None => Err(actor_required()),
+    }
+}
+
+/// [`require_workspace_admin`] for one thing of `workspace`, which is visible only to its own
+/// workspace: an actor of another workspace gets `not_found` (its existence is not disclosed).
+pub fn require_owner_admin(
+    caller: &Caller,
+    workspace: &str,
+    what: &str,
+    not_found: fn() -> BrokerError,
+) -> Result<(), BrokerError> {
+    match &caller.actor {
+        Some(a) if !a.is_workspace_admin(workspace) => {
+            if a.workspace
+                .as_ref()
+                .is_some_and(|(w, _)| w.as_str() == workspace)
+            {
+                require_workspace_admin(caller, workspace, what)?;
+            }
+            Err(not_found())
+        }
+        _ => require_workspace_admin(caller, workspace, what),
+    }
+}

@@ -1,22 +1,25 @@
 //! Signed webhooks (Standard Webhooks): every lifecycle event is delivered to the endpoints of
 //! its workspace, at least once, ordered per credential, retried with exponential backoff, by
 //! whichever replica claims the delivery first (a lease in the database: never two replicas at
-//! once). An endpoint that keeps failing for the configured period is disabled.
+//! once). An endpoint that keeps failing for the configured period is disabled, and a
+//! `webhook_endpoint_disabled` workspace event records it (decision 28).
 //!
 //! Signing follows <https://www.standardwebhooks.com/>: `webhook-id` (the event's stable id, the
 //! same on every retry), `webhook-timestamp` (seconds), `webhook-signature` = space-separated
 //! `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`, one per secret (two during a
 //! rotation), where the key is the base64 part of a `whsec_<base64>` secret.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
+use crate::health::EventKind;
 use crate::random::Random;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cb_store::{ClaimedDelivery, CredentialEventRow, DeliveryAttempt, Store};
+use cb_store::{ClaimedDelivery, CredentialEventRow, DeliveryAttempt, NewCredentialEvent, Store};
 use secrecy::{ExposeSecret, SecretBox};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The prefix of a Standard Webhooks secret.
@@ -79,6 +82,8 @@ pub struct WebhookEndpoint {
     pub url: url::Url,
     /// Signing secrets, newest first; each signs every delivery.
     pub secrets: Vec<WebhookSecret>,
+    /// The event kinds it receives (empty: every kind).
+    pub event_types: Vec<EventKind>,
 }
 
 /// What sending a webhook produced.
@@ -142,6 +147,16 @@ pub struct WebhookDispatcher {
     endpoints: HashMap<String, WebhookEndpoint>,
     config: WebhookConfig,
     holder: String,
+    stats: Stats,
+}
+
+impl fmt::Debug for WebhookDispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookDispatcher")
+            .field("holder", &self.holder)
+            .field("endpoints", &self.endpoints.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookDispatcher {
@@ -163,6 +178,17 @@ impl WebhookDispatcher {
             endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
             config,
             holder,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Delivery outcomes and endpoints disabled by this process.
+    pub fn stats(&self) -> WebhookStats {
+        WebhookStats {
+            delivered: self.stats.delivered.load(Ordering::Relaxed),
+            rejected: self.stats.rejected.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            endpoints_disabled: self.stats.disabled.load(Ordering::Relaxed),
         }
     }
 
@@ -175,8 +201,16 @@ impl WebhookDispatcher {
     pub async fn declare_endpoints(&self) -> Result<(), crate::BrokerError> {
         let now = self.clock.now().as_millis();
         for e in self.endpoints.values() {
+            let kinds: Vec<&str> = e.event_types.iter().map(|k| k.as_str()).collect();
+            let event_types = (!kinds.is_empty()).then(|| kinds.join(","));
             self.store
-                .upsert_webhook_endpoint(&e.id, &e.workspace_id, e.url.as_str(), now)
+                .upsert_webhook_endpoint(
+                    &e.id,
+                    &e.workspace_id,
+                    e.url.as_str(),
+                    now,
+                    event_types.as_deref(),
+                )
                 .await?;
         }
         Ok(())
@@ -235,11 +269,13 @@ impl WebhookDispatcher {
             at: now.as_millis(),
             next_attempt_at: now.plus(self.backoff(d.attempts + 1)).as_millis(),
             disable_failing_since: now.minus(self.config.disable_after).as_millis(),
+            disabled_event: (!delivered).then(|| disabled_event(endpoint, now)),
         };
         let disabled = self.store.finish_webhook_delivery(&attempt).await?;
         if let Some(error) = error {
             tracing::warn!(endpoint = %d.endpoint_id, event_id = %d.event.event.event_id, attempt = d.attempts + 1, error = %error, "webhook delivery failed; will retry");
         }
+        self.stats.record(&outcome, delivered, disabled);
         if disabled {
             tracing::error!(endpoint = %d.endpoint_id, "webhook endpoint disabled after failing for the configured period");
         }
@@ -286,6 +322,56 @@ impl WebhookDispatcher {
             }
         }
     }
+}
+
+/// The workspace event written when `endpoint` is disabled (names the endpoint, never its URL).
+fn disabled_event(endpoint: &WebhookEndpoint, now: Timestamp) -> NewCredentialEvent {
+    NewCredentialEvent {
+        event_id: uuid::Uuid::now_v7().hyphenated().to_string(),
+        at: now.as_millis(),
+        workspace_id: endpoint.workspace_id.clone(),
+        credential_id: None,
+        kind: EventKind::WebhookEndpointDisabled.as_str().to_owned(),
+        actor: None,
+        cause: Some("failing_too_long".to_owned()),
+        detail: Some(format!("endpoint={}", endpoint.id)),
+    }
+}
+
+/// Counters of this process's deliveries, for metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    delivered: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    disabled: AtomicU64,
+}
+
+impl Stats {
+    fn record(&self, outcome: &SendOutcome, delivered: bool, disabled: bool) {
+        let counter = match outcome {
+            _ if delivered => &self.delivered,
+            SendOutcome::Answered(_) => &self.rejected,
+            SendOutcome::Failed(_) => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if disabled {
+            self.disabled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What this process's dispatcher did since it started (read by the metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Attempts the receiver accepted (2xx).
+    pub delivered: u64,
+    /// Attempts the receiver answered with another status.
+    pub rejected: u64,
+    /// Attempts without a usable answer (unreachable, timed out, refused by the outbound policy).
+    pub failed: u64,
+    /// Endpoints this process disabled after their failing period.
+    pub endpoints_disabled: u64,
 }
 
 fn millis(d: Duration) -> i64 {

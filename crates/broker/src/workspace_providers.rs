@@ -9,7 +9,7 @@ use crate::access::Caller;
 use crate::clock::Timestamp;
 use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{MetadataError, ProviderInfo};
-use crate::oauth_apps::{OAuthAppService, require_workspace_admin};
+use crate::oauth_apps::OAuthAppService;
 use crate::types::{ProviderId, WorkspaceId};
 use cb_oauth::catalog::{
     AccountSource, AuthStyle, Catalog, Pkce, ProviderSpec, Quirk, RefreshBehaviour, ScopeSpec,
@@ -17,6 +17,11 @@ use cb_oauth::catalog::{
 use cb_store::{Store, StoreError, WorkspaceProviderRow};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Workspace admins (of that workspace) and operators manage a workspace's providers.
+fn require_workspace_admin(caller: &Caller, workspace: &str) -> Result<(), BrokerError> {
+    crate::policy::require_workspace_admin(caller, workspace, "providers")
+}
 
 /// A stored definition (the `definition` JSON document). Holds no secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

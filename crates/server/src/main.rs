@@ -12,6 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc rather than glibc's malloc: glibc's per-thread arenas kept memory that the token
+/// cache's loads had freed (docs/benchmarks.md, "Memory with 100,000 hot credentials").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OAuth credential broker: connects third-party accounts, stores their tokens encrypted, and
 /// issues fresh access tokens to internal services.
 #[derive(Parser)]

@@ -24,8 +24,8 @@ pub use model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
     KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
     OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
-    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WorkspaceProviderRow, WrappedDekRow,
-    run_grant_change_id,
+    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WebhookEndpointRow, WorkspaceProviderRow,
+    WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -141,17 +141,16 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_credential_events(&self, older_than: i64) -> Result<u64, StoreError>;
 
     /// Declares (or updates) a webhook endpoint. A changed URL or workspace re-enables it and
-    /// forgets its failures. Events written from now on get a delivery to it.
+    /// forgets its failures. Events written from now on get a delivery to it if their kind is
+    /// in `event_types` (comma-separated; `None`: every kind).
     async fn upsert_webhook_endpoint(
         &self,
         id: &str,
         workspace_id: &str,
         url: &str,
         now: i64,
+        event_types: Option<&str>,
     ) -> Result<(), StoreError>;
-
-    /// Whether the endpoint is disabled (`None`: unknown).
-    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError>;
 
     /// Claims up to `limit` due webhook deliveries for `holder` until `now + lease_ms`: pending,
     /// `next_attempt_at <= now`, lease free or lapsed, endpoint enabled, and no earlier pending
@@ -168,16 +167,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an attempt under its claim: delivered, or rescheduled at `next_attempt_at`; the
     /// endpoint's failing period starts at its first failure and ends with a success; an
-    /// endpoint failing since `disable_failing_since` or earlier is disabled. Returns whether
-    /// this call disabled it.
+    /// endpoint failing since `disable_failing_since` or earlier is disabled, and its
+    /// `disabled_event` appended in the same transaction. Returns whether this call disabled it.
     async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError>;
 
-    /// An endpoint's delivery log, oldest first, at most `limit`.
+    /// An endpoint's delivery log after delivery `after_id` (0: from the start), oldest first,
+    /// at most `limit`.
     async fn list_webhook_deliveries(
         &self,
         endpoint_id: &str,
         limit: u32,
+        after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// A declared webhook endpoint (`None`: unknown).
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError>;
 
     /// How many non-disconnected credentials have each health, ordered by health (metrics).
     async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;

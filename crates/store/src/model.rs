@@ -589,10 +589,10 @@ pub struct NewCredentialEvent {
     pub event_id: String,
     /// When it happened.
     pub at: i64,
-    /// Workspace of the credential.
+    /// Workspace of the credential (or of the workspace event).
     pub workspace_id: String,
-    /// The credential.
-    pub credential_id: String,
+    /// The credential; `None` for a workspace event (a webhook endpoint disabled).
+    pub credential_id: Option<String>,
     /// What happened (`connected`, `refresh_failed`, `recovered`, ...).
     pub kind: String,
     /// Acting user, if a person did it.
@@ -665,6 +665,20 @@ pub struct DeliveryAttempt {
     pub next_attempt_at: i64,
     /// Disable the endpoint when it has been failing since at or before this time.
     pub disable_failing_since: i64,
+    /// The workspace event recorded (in the same transaction) if this attempt disables the
+    /// endpoint.
+    pub disabled_event: Option<NewCredentialEvent>,
+}
+
+/// A declared webhook endpoint's shared state.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WebhookEndpointRow {
+    /// Its id.
+    pub id: String,
+    /// The workspace whose events it receives.
+    pub workspace_id: String,
+    /// When it was disabled after failing (`None`: enabled).
+    pub disabled_at: Option<i64>,
 }
 
 /// One row of an endpoint's delivery log.
@@ -676,7 +690,7 @@ pub struct DeliveryRow {
     pub endpoint_id: String,
     /// The event's cursor.
     pub event_row_id: i64,
-    /// The event's credential.
+    /// The event's credential (empty for a workspace event).
     pub credential_id: String,
     /// `PENDING` or `DELIVERED`.
     pub state: String,

@@ -393,17 +393,22 @@ pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_e
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
 /// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
-/// (enabled endpoint of the event's workspace, event).
+/// (enabled endpoint of the event's workspace whose type filter admits the event, event).
+/// Workspace events (no credential) are
+/// ordered among themselves under the empty credential id.
 pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
      (endpoint_id, event_row_id, credential_id, state, attempts, next_attempt_at, created_at) \
-     SELECT w.id, ev.id, ev.credential_id, 'PENDING', 0, ev.at, ev.at \
+     SELECT w.id, ev.id, COALESCE(ev.credential_id, ''), 'PENDING', 0, ev.at, ev.at \
      FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
-     WHERE w.disabled_at IS NULL AND ev.event_id IN (";
+     WHERE w.disabled_at IS NULL \
+     AND (w.event_types IS NULL OR (',' || w.event_types || ',') LIKE ('%,' || ev.kind || ',%')) \
+     AND ev.event_id IN (";
 
-/// Bind: id, workspace_id, url, now.
+/// Bind: id, workspace_id, url, now, event_types.
 pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
-     (id, workspace_id, url, failing_since, disabled_at, updated_at) VALUES ($1, $2, $3, NULL, NULL, $4) \
-     ON CONFLICT (id) DO UPDATE SET \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at, event_types) \
+     VALUES ($1, $2, $3, NULL, NULL, $4, $5) \
+     ON CONFLICT (id) DO UPDATE SET event_types = excluded.event_types, \
      failing_since = CASE WHEN webhook_endpoints.url = excluded.url \
        AND webhook_endpoints.workspace_id = excluded.workspace_id \
        THEN webhook_endpoints.failing_since ELSE NULL END, \
@@ -411,10 +416,6 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
        AND webhook_endpoints.workspace_id = excluded.workspace_id \
        THEN webhook_endpoints.disabled_at ELSE NULL END, \
      workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
-
-/// Bind: id.
-pub(crate) const WEBHOOK_ENDPOINT_DISABLED: &str =
-    "SELECT disabled_at FROM webhook_endpoints WHERE id = $1";
 
 /// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
 /// Bind: holder, now, lease_ms, limit.
@@ -461,10 +462,14 @@ pub(crate) const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
 pub(crate) const DISABLE_FAILING_ENDPOINT: &str = "UPDATE webhook_endpoints SET disabled_at = $2 \
      WHERE id = $1 AND disabled_at IS NULL AND failing_since <= $3";
 
-/// Bind: endpoint id, limit.
+/// Bind: endpoint id, limit, after id.
 pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_row_id, \
      credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
-     FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id LIMIT $2";
+     FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $3 ORDER BY id LIMIT $2";
+
+/// Bind: endpoint id.
+pub(crate) const WEBHOOK_ENDPOINT: &str =
+    "SELECT id, workspace_id, disabled_at FROM webhook_endpoints WHERE id = $1";
 
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;

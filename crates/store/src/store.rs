@@ -23,8 +23,8 @@ use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
     MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
-    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WorkspaceProviderRow,
-    WrappedDekRow, run_grant_change_id,
+    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WebhookEndpointRow,
+    WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -546,7 +546,7 @@ where
     row.push_bind(e.event_id.as_str())
         .push_bind(e.at)
         .push_bind(e.workspace_id.as_str())
-        .push_bind(e.credential_id.as_str())
+        .push_bind(e.credential_id.as_deref())
         .push_bind(e.kind.as_str())
         .push_bind(e.actor.as_deref())
         .push_bind(e.cause.as_deref())
@@ -595,6 +595,7 @@ where
     for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
     for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
     for<'t> DeliveryRow: FromRow<'t, DB::Row>,
+    for<'t> WebhookEndpointRow: FromRow<'t, DB::Row>,
     for<'t> (Option<i64>,): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
@@ -897,6 +898,7 @@ where
         workspace_id: &str,
         url: &str,
         now: i64,
+        event_types: Option<&str>,
     ) -> Result<(), StoreError> {
         self.traced("upsert_webhook_endpoint", None, async {
             sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
@@ -904,6 +906,7 @@ where
                 .bind(workspace_id)
                 .bind(url)
                 .bind(now)
+                .bind(event_types)
                 .execute(&self.pool)
                 .await
                 .map_err(map::<DB>)?;
@@ -912,15 +915,10 @@ where
         .await
     }
 
-    async fn webhook_endpoint_disabled(&self, id: &str) -> Result<Option<bool>, StoreError> {
-        self.traced("webhook_endpoint_disabled", None, async {
-            // Unknown: no row; known: a row whose disabled_at may be NULL.
-            let disabled_at = sqlx::query_scalar::<DB, Option<i64>>(sql::WEBHOOK_ENDPOINT_DISABLED)
-                .bind(id)
-                .fetch_optional(&self.pool)
+    async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
+        self.traced("webhook_endpoint", None, async {
+            self.optional(sqlx::query_as(sql::WEBHOOK_ENDPOINT).bind(id))
                 .await
-                .map_err(map::<DB>)?;
-            Ok(disabled_at.map(|at| at.is_some()))
         })
         .await
     }
@@ -1005,7 +1003,15 @@ where
                     .map_err(map::<DB>)?;
                 DB::rows_affected(&done) > 0
             };
-            tx.commit().await.map_err(map::<DB>)?;
+            match (&a.disabled_event, disabled) {
+                // The event commits with the disabling: watchers and the other endpoints of
+                // the workspace learn of it exactly once. No credential changed.
+                (Some(e), true) => {
+                    self.commit_announcing(tx, "", std::slice::from_ref(e))
+                        .await?
+                }
+                _ => tx.commit().await.map_err(map::<DB>)?,
+            }
             Ok(disabled)
         })
         .await
@@ -1015,11 +1021,13 @@ where
         &self,
         endpoint_id: &str,
         limit: u32,
+        after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.traced("list_webhook_deliveries", None, async {
             sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
                 .bind(endpoint_id)
                 .bind(i64::from(limit))
+                .bind(after_id)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map::<DB>)

@@ -41,3 +41,10 @@ pub fn sqlite_bytes(dir: &std::path::Path) -> Vec<u8> {
     }
     all
 }
+
+/// The value of the metric sample `series` (name and labels exactly as exposed) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

@@ -130,25 +130,43 @@ impl TokenService {
     ) -> Result<Arc<Entry>, BrokerError> {
         let mut round = 1;
         loop {
-            let (mut rx, led_for) = self.join_or_lead(id, min_valid, force, claim.take());
-            let result = match rx.wait_for(Option::is_some).await {
-                Ok(settled) => settled
-                    .clone()
-                    .unwrap_or_else(|| Err(BrokerError::Internal("empty flight result".into()))),
-                // The leader's task died (a bug) before answering; its guard removed the flight.
-                Err(_) => Err(BrokerError::Internal(
-                    "refresh task ended without a result".into(),
-                )),
-            };
-            let short = led_for.is_some_and(|leader| leader < min_valid)
-                && result
-                    .as_ref()
-                    .is_ok_and(|e| !e.satisfies(self.clock.now(), min_valid));
-            if !short || round >= FLIGHT_ROUNDS {
+            let (rx, led_for) = self.join_or_lead(id, min_valid, force, claim.take());
+            let result = settled(rx).await;
+            if !self.too_short(led_for, min_valid, &result) || round >= FLIGHT_ROUNDS {
                 return result;
             }
             round += 1;
         }
+    }
+
+    /// The result of the flight already under way for `id`, if there is one and it satisfies
+    /// `min_valid`; `None`: no flight, or one led for a shorter validity (lead one instead).
+    pub(super) async fn join_existing(
+        self: &Arc<Self>,
+        id: &str,
+        min_valid: Duration,
+    ) -> Option<Result<Arc<Entry>, BrokerError>> {
+        let (rx, led_for) = {
+            let flights = lock(&self.flights);
+            let (led_for, rx) = flights.get(id)?;
+            (rx.clone(), *led_for)
+        };
+        self.stats.flight_joins.fetch_add(1, Ordering::Relaxed);
+        let result = settled(rx).await;
+        (!self.too_short(Some(led_for), min_valid, &result)).then_some(result)
+    }
+
+    /// Whether a flight led for `led_for` answered with a token too short for `min_valid`.
+    fn too_short(
+        &self,
+        led_for: Option<Duration>,
+        min_valid: Duration,
+        result: &Result<Arc<Entry>, BrokerError>,
+    ) -> bool {
+        led_for.is_some_and(|leader| leader < min_valid)
+            && result
+                .as_ref()
+                .is_ok_and(|e| !e.satisfies(self.clock.now(), min_valid))
     }
 
     /// The receiver of the flight for `id`: another caller's (with the `min_valid` it was led
@@ -845,6 +863,19 @@ impl TokenService {
             users,
             self.clock.now(),
         )))
+    }
+}
+
+/// What a flight answered.
+async fn settled(mut rx: watch::Receiver<FlightResult>) -> Result<Arc<Entry>, BrokerError> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(settled) => settled
+            .clone()
+            .unwrap_or_else(|| Err(BrokerError::Internal("empty flight result".into()))),
+        // The leader's task died (a bug) before answering; its guard removed the flight.
+        Err(_) => Err(BrokerError::Internal(
+            "refresh task ended without a result".into(),
+        )),
     }
 }
 

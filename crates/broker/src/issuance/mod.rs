@@ -527,20 +527,36 @@ impl TokenService {
             .then(|| self.cache.get(id.as_str()))
             .flatten()
             .filter(|e| e.loaded_at.plus(self.config.membership_max_age) > now);
-        if let Some(e) = cached {
+        if let Some(e) = &cached {
             *hit = true;
-            authorize(caller, &e)?;
+            authorize(caller, e)?;
             if e.satisfies(now, min_valid) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(IssuedToken(e));
+                return Ok(IssuedToken(e.clone()));
             }
-        } else {
-            // Cold path: check membership before doing any work for this caller.
-            self.policy.load_visible(caller, id).await?;
         }
         *hit = false;
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let entry = self.flight(id.as_str(), min_valid, false, None).await?;
+        // A flight already under way for this credential costs this caller nothing to join: it
+        // is authorized against the flight's entry (members read by the leader). In a storm only
+        // the caller that starts a flight reads the database first.
+        let entry = match self.join_existing(id.as_str(), min_valid).await {
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
+                // A failure says something about the credential: only to whom may see it.
+                if cached.is_none() {
+                    self.policy.load_visible(caller, id).await?;
+                }
+                return Err(e);
+            }
+            None => {
+                if cached.is_none() {
+                    // Cold path: check membership before doing any work for this caller.
+                    self.policy.load_visible(caller, id).await?;
+                }
+                self.flight(id.as_str(), min_valid, false, None).await?
+            }
+        };
         authorize(caller, &entry)?;
         Ok(IssuedToken(entry))
     }

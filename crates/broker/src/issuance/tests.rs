@@ -31,6 +31,8 @@ struct ScriptedProvider {
     most_in_flight: AtomicUsize,
     /// How long a refresh takes (provider latency).
     latency: Duration,
+    /// Refreshes answer `invalid_grant`.
+    revoked: AtomicBool,
 }
 
 impl ScriptedProvider {
@@ -43,6 +45,7 @@ impl ScriptedProvider {
             in_flight: AtomicUsize::new(0),
             most_in_flight: AtomicUsize::new(0),
             latency: Duration::ZERO,
+            revoked: AtomicBool::new(false),
         }
     }
 }
@@ -113,6 +116,9 @@ impl ProviderGateway for ScriptedProvider {
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.latency).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self.revoked.load(Ordering::SeqCst) {
+            return Err(ProviderError::Permanent("invalid_grant: revoked".into()));
         }
         Ok(GrantedTokens {
             access_token: SecretString::from(format!("at-{n}")),
@@ -495,4 +501,61 @@ async fn an_invalidation_while_the_leader_reads_is_not_lost() {
     let err = kit.token(&id, None).await.unwrap_err();
     assert_eq!(err.reason(), crate::error::reason::CREDENTIAL_DISCONNECTED);
     assert_eq!(kit.refreshes(), 0);
+}
+
+/// A caller that joins a flight under way is authorized against its result instead of reading
+/// the database first (a storm costs one membership read per credential, not per caller), and a
+/// caller who may not see the credential learns nothing from the flight, not even that the grant
+/// failed.
+#[tokio::test]
+async fn a_flight_joined_by_a_non_member_tells_it_nothing() {
+    let mut slow = ScriptedProvider::new(true);
+    slow.latency = Duration::from_millis(300);
+    let kit = kit(slow).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    let stranger = Caller {
+        service: "executor".into(),
+        role: ServiceRole::Executor,
+        actor: Some(crate::access::Actor {
+            user_id: crate::types::UserId::parse("actor", "u-stranger").unwrap(),
+            email: Email::parse("email", "stranger@example.com").unwrap(),
+            workspace: None,
+        }),
+    };
+    for revoked in [false, true] {
+        kit.provider.revoked.store(revoked, Ordering::SeqCst);
+        let leader = {
+            let (tokens, id) = (kit.tokens.clone(), id.clone());
+            tokio::spawn(async move {
+                tokens
+                    .get_access_token(&dev(), &id, None, UsageContext::default())
+                    .await
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while kit.provider.in_flight.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no refresh started");
+            tokio::task::yield_now().await;
+        }
+        let joins = kit.tokens.stats().flight_joins;
+        let err = kit
+            .tokens
+            .get_access_token(&stranger, &id, None, UsageContext::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.reason(),
+            crate::error::reason::CREDENTIAL_NOT_FOUND,
+            "{revoked}"
+        );
+        assert_eq!(
+            kit.tokens.stats().flight_joins,
+            joins + 1,
+            "the stranger joined the flight"
+        );
+        let led = leader.await.unwrap();
+        assert_eq!(led.is_err(), revoked);
+        // The next round needs a cold cache: past the token's lifetime and the snapshot's age.
+        kit.clock.advance(Duration::from_secs(120));
+    }
 }

@@ -374,9 +374,10 @@ pub async fn webhook_deliveries_command(
 ) -> Result<(), StartupError> {
     let store = open_read(config).await?;
     let Some(disabled) = store
-        .webhook_endpoint_disabled(endpoint)
+        .webhook_endpoint(endpoint)
         .await
         .map_err(db_err(config))?
+        .map(|e| e.disabled_at.is_some())
     else {
         return Err(StartupError::Command(format!(
             "no webhook endpoint {endpoint:?} in {}",
@@ -384,7 +385,7 @@ pub async fn webhook_deliveries_command(
         )));
     };
     let rows = store
-        .list_webhook_deliveries(endpoint, limit)
+        .list_webhook_deliveries(endpoint, limit, 0)
         .await
         .map_err(db_err(config))?;
     if format == Format::Json {

@@ -562,13 +562,27 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
         .then(|| v.check(CredentialId::parse("credential_id", &r.credential_id)))
         .flatten();
     let kinds = event_kinds("types", &r.types, &mut v);
-    let page_size = page_size_within(
+    let (page_size, after) = id_page(r.page_size, &r.page_token, &mut v);
+    v.finish()?;
+    Ok(EventFilter {
+        workspace_id,
+        credential_id,
+        kinds,
+        after,
+        page_size,
+    })
+}
+
+/// The page size (default 100, at most 1000) and the id after which a page starts: the page
+/// token, which is the last id of the previous page (empty: 0, from the start).
+fn id_page(page_size: i32, page_token: &str, v: &mut Violations) -> (u32, i64) {
+    let size = page_size_within(
         "page_size",
-        r.page_size,
+        page_size,
         (EVENTS_DEFAULT_PAGE_SIZE, EVENTS_MAX_PAGE_SIZE),
-        &mut v,
+        v,
     );
-    let after = match r.page_token.as_str() {
+    let after = match page_token {
         "" => 0,
         t => match t.parse::<i64>() {
             Ok(n) if n >= 0 => n,
@@ -581,14 +595,42 @@ pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFil
             }
         },
     };
+    (size, after)
+}
+
+/// Parses a ListWebhookDeliveries request: endpoint id, after id, page size.
+pub fn delivery_page(
+    r: &pb::ListWebhookDeliveriesRequest,
+) -> Result<(String, i64, u32), BrokerError> {
+    let mut v = Violations::default();
+    if r.endpoint_id.is_empty() || r.endpoint_id.len() > 200 {
+        v.push(FieldViolation::new(
+            "endpoint_id",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let (page_size, after) = id_page(r.page_size, &r.page_token, &mut v);
     v.finish()?;
-    Ok(EventFilter {
-        workspace_id,
-        credential_id,
-        kinds,
-        after,
-        page_size,
-    })
+    Ok((r.endpoint_id.clone(), after, page_size))
+}
+
+/// One row of a delivery log (never a payload or a secret).
+pub fn webhook_delivery(d: cb_store::DeliveryRow) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        delivery_id: d.id,
+        event_cursor: d.event_row_id,
+        credential_id: d.credential_id,
+        delivered: d.state == "DELIVERED",
+        attempts: d.attempts,
+        last_http_status: d
+            .last_status
+            .and_then(|s| i32::try_from(s).ok())
+            .unwrap_or_default(),
+        last_error: d.last_error.unwrap_or_default(),
+        deliver_time: d.delivered_at.map(|t| timestamp(Timestamp::from_millis(t))),
+        next_attempt_time: (d.state != "DELIVERED")
+            .then(|| timestamp(Timestamp::from_millis(d.next_attempt_at))),
+    }
 }
 
 /// Parses a WatchCredentialEvents request; also whether to start at the end of the log.
@@ -625,7 +667,7 @@ pub fn credential_event(row: cb_store::CredentialEventRow) -> pb::CredentialEven
         cursor: row.id,
         event_time: Some(timestamp(Timestamp::from_millis(r.at))),
         workspace_id: r.workspace_id,
-        credential_id: r.credential_id,
+        credential_id: r.credential_id.unwrap_or_default(),
         r#type: kind as i32,
         actor: r.actor.unwrap_or_default(),
         cause: r.cause.unwrap_or_default(),

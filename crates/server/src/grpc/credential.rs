@@ -93,6 +93,28 @@ impl Rpc for CredentialApi {
         }))
     }
 
+    async fn list_webhook_deliveries(
+        &self,
+        req: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let (endpoint, after, page_size) = convert::delivery_page(req.get_ref())?;
+            self.events
+                .list_deliveries(&caller, &endpoint, after, page_size)
+                .await
+        }
+        .await;
+        respond(
+            result.map(|(endpoint, rows, next)| pb::ListWebhookDeliveriesResponse {
+                deliveries: rows.into_iter().map(convert::webhook_delivery).collect(),
+                next_page_token: next.unwrap_or_default(),
+                workspace_id: endpoint.workspace_id,
+                disabled: endpoint.disabled_at.is_some(),
+            }),
+        )
+    }
+
     async fn watch_credential_events(
         &self,
         req: Request<pb::WatchCredentialEventsRequest>,

@@ -75,21 +75,28 @@ impl<S: Inner> Middleware<S> for ObserveLayer {
         };
         // Resolved once here, the outermost layer; the layers and handlers below read it.
         req.extensions_mut().insert(rpc);
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %format_args!("{}/{}", rpc.service(), rpc.method()),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = rpc.service(),
-            rpc.method = rpc.method(),
-            rpc.grpc.status_code = Empty,
-            caller = Empty,
-            otel.status_code = Empty,
-        );
-        // No OpenTelemetry layer installed (tests, traces off): nothing to continue.
-        let _ = span.set_parent(crate::runtime::telemetry::extract_trace_context(
-            req.headers(),
-        ));
+        // The `rpc` span only when something consumes spans (traces exported, or a log that
+        // prints them): otherwise creating, entering and closing it is work for nobody.
+        let span = if crate::runtime::telemetry::spans_wanted() {
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = %format_args!("{}/{}", rpc.service(), rpc.method()),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = rpc.service(),
+                rpc.method = rpc.method(),
+                rpc.grpc.status_code = Empty,
+                caller = Empty,
+                otel.status_code = Empty,
+            );
+            // No OpenTelemetry layer installed (tests, traces off): nothing to continue.
+            let _ = span.set_parent(crate::runtime::telemetry::extract_trace_context(
+                req.headers(),
+            ));
+            span
+        } else {
+            tracing::Span::none()
+        };
         let deadline = match req.headers().get("grpc-timeout") {
             None => None,
             Some(v) => match v.to_str().ok().and_then(parse_grpc_timeout) {

@@ -35,6 +35,8 @@ pub enum Rpc {
     ListCredentialEvents,
     /// CredentialService/WatchCredentialEvents
     WatchCredentialEvents,
+    /// CredentialService/ListWebhookDeliveries
+    ListWebhookDeliveries,
     /// MembershipService/ListMembers
     ListMembers,
     /// MembershipService/AddMember
@@ -79,7 +81,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 33] = [
+    pub const ALL: [Rpc; 34] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -95,6 +97,7 @@ impl Rpc {
         Rpc::RevokeRunGrant,
         Rpc::ListCredentialEvents,
         Rpc::WatchCredentialEvents,
+        Rpc::ListWebhookDeliveries,
         Rpc::ListMembers,
         Rpc::AddMember,
         Rpc::UpdateMemberRole,
@@ -158,6 +161,7 @@ impl Rpc {
             Rpc::RevokeRunGrant => "RevokeRunGrant",
             Rpc::ListCredentialEvents => "ListCredentialEvents",
             Rpc::WatchCredentialEvents => "WatchCredentialEvents",
+            Rpc::ListWebhookDeliveries => "ListWebhookDeliveries",
             Rpc::ListMembers => "ListMembers",
             Rpc::AddMember => "AddMember",
             Rpc::UpdateMemberRole => "UpdateMemberRole",
@@ -203,6 +207,7 @@ impl Rpc {
             "RevokeRunGrant" => Rpc::RevokeRunGrant,
             "ListCredentialEvents" => Rpc::ListCredentialEvents,
             "WatchCredentialEvents" => Rpc::WatchCredentialEvents,
+            "ListWebhookDeliveries" => Rpc::ListWebhookDeliveries,
             "ListMembers" => Rpc::ListMembers,
             "AddMember" => Rpc::AddMember,
             "UpdateMemberRole" => Rpc::UpdateMemberRole,
@@ -254,6 +259,7 @@ impl Rpc {
                         | ListMembers
                         | ListCredentialEvents
                         | WatchCredentialEvents
+                        | ListWebhookDeliveries
                 ) || self.manages_oauth_apps()
             }
         }

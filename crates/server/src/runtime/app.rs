@@ -331,6 +331,7 @@ impl Application {
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock, &events);
         let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
         if let Some(d) = crate::runtime::webhooks::dispatcher(config, &store, &clock, holder)? {
+            metrics.register_webhooks(d.clone());
             let poll = Duration::from_millis(config.events.webhook_poll_ms.max(10));
             background.push(tokio::spawn(d.run(poll)));
         }

@@ -636,6 +636,9 @@ pub struct WebhookSettings {
     pub url: String,
     /// Signing secrets `whsec_<base64>`, each signing every delivery: two during a rotation.
     pub secrets: Vec<SecretValue>,
+    /// The event types it receives (`connected`, `needs_reconnect`, …); empty: every type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
 }
 
 impl WebhookSettings {
@@ -663,6 +666,23 @@ impl WebhookSettings {
                 p.push(format!("{at}.secrets[{i}]: {e}"));
             }
         }
+        if let Err(e) = self.kinds() {
+            p.push(format!("{at}.event_types: {e}"));
+        }
+    }
+
+    /// The event kinds of `event_types`.
+    pub fn kinds(&self) -> Result<Vec<cb_broker::health::EventKind>, String> {
+        use cb_broker::health::EventKind;
+        self.event_types
+            .iter()
+            .map(|t| {
+                EventKind::parse(t).ok_or_else(|| {
+                    let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    format!("`{t}` is not an event type (one of {})", known.join(", "))
+                })
+            })
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ use crate::layers::rpc::Rpc;
 use cb_broker::audit::Audit;
 use cb_broker::health::HealthKind;
 use cb_broker::issuance::TokenService;
+use cb_broker::webhooks::{WebhookDispatcher, WebhookStats};
 use cb_crypto::Envelope;
 use cb_store::Store;
 use prometheus_client::collector::Collector;
@@ -225,18 +226,24 @@ impl Metrics {
 
     /// Adds the domain's own counters (read at scrape time).
     pub fn register_domain(&self, tokens: Arc<TokenService>, envelope: Arc<Envelope>) {
+        self.register_collector(Box::new(DomainCollector { tokens, envelope }));
+    }
+
+    fn register_collector(&self, collector: Box<dyn Collector>) {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register_collector(Box::new(DomainCollector { tokens, envelope }));
+            .register_collector(collector);
+    }
+
+    /// Adds the webhook dispatcher's counters (read at scrape time).
+    pub fn register_webhooks(&self, dispatcher: Arc<WebhookDispatcher>) {
+        self.register_collector(Box::new(WebhookCollector { dispatcher }));
     }
 
     /// Adds the buffered audit writer's counters (read at scrape time).
     pub fn register_audit(&self, audit: Audit) {
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register_collector(Box::new(AuditCollector { audit }));
+        self.register_collector(Box::new(AuditCollector { audit }));
     }
 
     /// Records one finished RPC.
@@ -486,6 +493,21 @@ fn counter(
     c.encode(m)
 }
 
+/// A counter with one label, one sample per `(label value, count)`.
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(*n).encode(m.encode_family(&[(label, *value)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for DomainCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let stats = self.tokens.stats();
@@ -615,20 +637,16 @@ impl Collector for AuditCollector {
             "Events counted in an `overflow` row without their detail because the audit buffer held its maximum of distinct events",
             s.merged,
         )?;
-        {
-            let mut m = encoder.encode_descriptor(
-                "audit_events_dropped",
-                "Audit events lost: buffer_full (even rows without detail were at their maximum) or write_failed (the database refused the batch)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (reason, n) in [
+        counter_family(
+            &mut encoder,
+            "audit_events_dropped",
+            "Audit events lost: buffer_full (even rows without detail were at their maximum) or write_failed (the database refused the batch)",
+            "reason",
+            &[
                 ("buffer_full", s.dropped_full),
                 ("write_failed", s.dropped_write_failed),
-            ] {
-                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
-            }
-        }
+            ],
+        )?;
         let pending = ConstGauge::new(i64::try_from(s.pending).unwrap_or(i64::MAX));
         let m = encoder.encode_descriptor(
             "audit_pending",
@@ -637,5 +655,40 @@ impl Collector for AuditCollector {
             pending.metric_type(),
         )?;
         pending.encode(m)
+    }
+}
+
+/// Reads the webhook dispatcher's counters at scrape time.
+#[derive(Debug)]
+struct WebhookCollector {
+    dispatcher: Arc<WebhookDispatcher>,
+}
+
+impl Collector for WebhookCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let WebhookStats {
+            delivered,
+            rejected,
+            failed,
+            endpoints_disabled,
+        } = self.dispatcher.stats();
+        let outcomes = [
+            ("delivered", delivered),
+            ("rejected", rejected),
+            ("failed", failed),
+        ];
+        counter_family(
+            &mut encoder,
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), rejected (another HTTP status), failed (no answer: unreachable, timed out, refused by the outbound policy)",
+            "outcome",
+            &outcomes,
+        )?;
+        counter(
+            &mut encoder,
+            "webhook_endpoints_disabled",
+            "Webhook endpoints this replica disabled after they failed for events.webhook_disable_after_seconds",
+            endpoints_disabled,
+        )
     }
 }

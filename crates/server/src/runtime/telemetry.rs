@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tonic::codegen::http;
 use tracing_subscriber::EnvFilter;
@@ -63,12 +64,14 @@ pub fn init(log: &LogConfig, traces: Option<&TelemetryConfig>) -> Result<Telemet
     // Below `debug` the log shows events only: formatting every request's span fields (the
     // `rpc` span and its children, which traces still get) cost ~9% of the hot path's CPU while
     // nothing was logged. At `debug` and `trace` log lines carry their spans again.
-    let spans_in_log = filter
-        .max_level_hint()
-        .is_some_and(|level| level >= LevelFilter::DEBUG);
-    let filter = filter.and(tracing_subscriber::filter::filter_fn(move |meta| {
-        spans_in_log || meta.is_event()
-    }));
+    let max_level = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let spans_in_log = max_level >= LevelFilter::DEBUG;
+    SPANS_WANTED.store(spans_in_log || provider.is_some(), Ordering::Relaxed);
+    // The hint keeps callsites above the filter's level disabled at the macro (no per-call check).
+    let filter = filter.and(
+        tracing_subscriber::filter::filter_fn(move |meta| spans_in_log || meta.is_event())
+            .with_max_level_hint(max_level),
+    );
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(otel);
     let result = match log.format {
@@ -109,6 +112,15 @@ impl Extractor for HeaderExtractor<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
+}
+
+/// Whether anything consumes spans: set by [`init`] (traces exported, or a log at `debug` or
+/// finer); true until then (tests install their own subscribers).
+static SPANS_WANTED: AtomicBool = AtomicBool::new(true);
+
+/// Whether request spans have a consumer (see [`init`]).
+pub fn spans_wanted() -> bool {
+    SPANS_WANTED.load(Ordering::Relaxed)
 }
 
 /// The W3C trace context (`traceparent`, `tracestate`) a caller sent in its gRPC metadata.

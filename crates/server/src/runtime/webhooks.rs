@@ -24,7 +24,11 @@ impl WebhookSender for OutboundWebhookSender {
     fn payload(&self, row: &CredentialEventRow) -> Vec<u8> {
         let e = &row.event;
         serde_json::json!({
-            "type": format!("credential.{}", e.kind),
+            // A workspace event (no credential) is typed `workspace.…`.
+            "type": match e.credential_id {
+                Some(_) => format!("credential.{}", e.kind),
+                None => format!("workspace.{}", e.kind),
+            },
             "timestamp": timestamp(Timestamp::from_millis(e.at)).to_string(),
             "data": {
                 "event_id": e.event_id,
@@ -82,11 +86,15 @@ pub fn dispatcher(
             .map(|s| WebhookSecret::parse(s.expose()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(format!("webhooks[{}].secrets: {e}", w.id)))?;
+        let event_types = w
+            .kinds()
+            .map_err(|e| bad(format!("webhooks[{}].event_types: {e}", w.id)))?;
         endpoints.push(WebhookEndpoint {
             id: w.id.clone(),
             workspace_id: w.workspace_id.clone(),
             url,
             secrets,
+            event_types,
         });
     }
     Ok(Some(Arc::new(WebhookDispatcher::new(
