@@ -180,6 +180,31 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
         &[Service::Web, Service::Operator],
         Needs::WorkspaceAdminApp,
     ),
+    (
+        "CreateWorkspaceProvider",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "GetWorkspaceProvider",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "ListWorkspaceProviders",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "UpdateWorkspaceProvider",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "DeleteWorkspaceProvider",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
 ];
 
 const READERS: &[Service] = &[
@@ -380,6 +405,40 @@ async fn fresh_credential(c: &mut Client, fake: &FakeProvider, n: usize) -> Stri
         c.members.accept_invitation(r).await.unwrap();
     }
     imported
+}
+
+/// A provider definition that needs no network (endpoints given).
+fn provider_definition() -> pb::WorkspaceProviderDefinition {
+    pb::WorkspaceProviderDefinition {
+        authorize_url: "https://auth.acme.example/authorize".into(),
+        token_url: "https://auth.acme.example/token".into(),
+        userinfo_url: "https://auth.acme.example/userinfo".into(),
+        scopes: vec!["read".into()],
+        ..Default::default()
+    }
+}
+
+/// A fresh provider id.
+fn provider_id() -> String {
+    format!("p{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A provider of ws1 made by the operator service; its id.
+async fn fresh_provider(c: &mut Client) -> String {
+    let provider_id = provider_id();
+    c.apps
+        .create_workspace_provider(request(
+            pb::CreateWorkspaceProviderRequest {
+                workspace_id: "ws1".into(),
+                provider_id: provider_id.clone(),
+                definition: Some(provider_definition()),
+            },
+            Service::Operator,
+            None,
+        ))
+        .await
+        .unwrap();
+    provider_id
 }
 
 /// An OAuth app of ws1 for `fake` holding two secrets, made by the operator service.
@@ -618,6 +677,52 @@ async fn call(
             rpc!(
                 creds.revoke_run_grant,
                 pb::RevokeRunGrantRequest { run_grant_id }
+            )
+        }
+        "CreateWorkspaceProvider" => rpc!(
+            apps.create_workspace_provider,
+            pb::CreateWorkspaceProviderRequest {
+                workspace_id: "ws1".into(),
+                provider_id: provider_id(),
+                definition: Some(provider_definition()),
+            }
+        ),
+        "ListWorkspaceProviders" => rpc!(
+            apps.list_workspace_providers,
+            pb::ListWorkspaceProvidersRequest {
+                workspace_id: "ws1".into(),
+            }
+        ),
+        "GetWorkspaceProvider" => {
+            let provider_id = fresh_provider(c).await;
+            rpc!(
+                apps.get_workspace_provider,
+                pb::GetWorkspaceProviderRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id,
+                }
+            )
+        }
+        "UpdateWorkspaceProvider" => {
+            let provider_id = fresh_provider(c).await;
+            rpc!(
+                apps.update_workspace_provider,
+                pb::UpdateWorkspaceProviderRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id,
+                    definition: Some(provider_definition()),
+                    expected_version: 0,
+                }
+            )
+        }
+        "DeleteWorkspaceProvider" => {
+            let provider_id = fresh_provider(c).await;
+            rpc!(
+                apps.delete_workspace_provider,
+                pb::DeleteWorkspaceProviderRequest {
+                    workspace_id: "ws1".into(),
+                    provider_id,
+                }
             )
         }
         "CreateOAuthApp" => rpc!(

@@ -381,6 +381,66 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     .await
     .unwrap();
 
+    // A provider the workspace defines at runtime (endpoints given: no network).
+    let definition = || pb::WorkspaceProviderDefinition {
+        authorize_url: "https://auth.acme.example/authorize".into(),
+        token_url: "https://auth.acme.example/token".into(),
+        userinfo_url: "https://auth.acme.example/userinfo".into(),
+        ..Default::default()
+    };
+    apps.create_workspace_provider(call(
+        pb::CreateWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "acme".into(),
+            definition: Some(definition()),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.get_workspace_provider(call(
+        pb::GetWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "acme".into(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.list_workspace_providers(call(
+        pb::ListWorkspaceProvidersRequest {
+            workspace_id: "ws1".into(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.update_workspace_provider(call(
+        pb::UpdateWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "acme".into(),
+            definition: Some(definition()),
+            expected_version: 0,
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+    apps.delete_workspace_provider(call(
+        pb::DeleteWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "acme".into(),
+        },
+        OPERATOR_TOKEN,
+        None,
+    ))
+    .await
+    .unwrap();
+
     let events = all_events(&b, &mut c, pb::ListAuditEventsRequest::default()).await;
     let cred = id.as_str();
     // (action, calling service, actor, credential id, outcome)
@@ -419,6 +479,11 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         ("oauth_app.retire_secret", "operator", "", "", "ok"),
         ("oauth_app.test", "operator", "", "", "ok"),
         ("oauth_app.delete", "operator", "", "", "ok"),
+        ("workspace_provider.create", "operator", "", "", "ok"),
+        ("workspace_provider.get", "operator", "", "", "ok"),
+        ("workspace_provider.list", "operator", "", "", "ok"),
+        ("workspace_provider.update", "operator", "", "", "ok"),
+        ("workspace_provider.delete", "operator", "", "", "ok"),
         ("event.list", "web", ALICE.0, cred, "ok"),
         ("event.watch", "operator", "", "", "ok"),
         (

@@ -15,6 +15,7 @@ mod oauth_apps;
 mod oauth_client;
 mod observability;
 mod run_grants;
+mod runtime_providers;
 mod secrets;
 mod service_surface;
 mod spiffe;

@@ -5,8 +5,8 @@
 
 use crate::support::broker::{TestBroker, error_details};
 use crate::support::client::{ALICE, BOB, Client};
-use crate::support::fake_provider::{FakeConfig, FakeProvider};
-use crate::support::pg;
+use crate::support::fake_provider::FakeProvider;
+use crate::support::pg::on_both_backends;
 use cb_proto::v1 as pb;
 use prost::Message;
 use std::time::Duration;
@@ -16,20 +16,10 @@ const APP_CLIENT: &str = "ws1-app-client";
 const APP_SECRET: &str = "ws1-app-secret-one";
 const APP_SECRET_2: &str = "ws1-app-secret-two";
 
-/// A fake provider that knows its default client and the workspace app's client.
-async fn fake_with_app_client() -> FakeProvider {
-    FakeProvider::start(FakeConfig {
-        extra_clients: vec![(APP_CLIENT.into(), APP_SECRET.into())],
-        rotate_refresh_tokens: true,
-        ..FakeConfig::default()
-    })
-    .await
-}
-
 /// The fake provider, a broker using it as `fake`, an admin of `ws1` (ALICE) and the app she
 /// created for `fake` in `ws1`.
 async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuthApp) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = TestBroker::with_fake(&fake, db, |_| {}).await;
     let mut alice = b.client(ALICE).await.admin_of("ws1");
     let app = alice
@@ -39,36 +29,16 @@ async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuth
     (fake, b, alice, app)
 }
 
-/// Runs `scenario` on SQLite, then on a fresh PostgreSQL database (when one is configured).
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test]
-            async fn on_sqlite() {
-                super::$scenario(None).await;
-            }
-
-            #[tokio::test]
-            async fn on_postgres() {
-                let Some(db) =
-                    super::pg::fresh_database(concat!("apps_", stringify!($scenario))).await
-                else {
-                    return;
-                };
-                super::$scenario(Some(&db.url)).await;
-                db.drop_database().await;
-            }
-        }
-    };
-}
-
-on_both_backends!(workspace_admins_manage_apps_and_others_are_refused);
-on_both_backends!(connect_refresh_and_revoke_use_the_workspace_app);
-on_both_backends!(rotated_secret_keeps_refreshes_working);
-on_both_backends!(deleting_an_app_in_use_needs_force_and_names_it);
-on_both_backends!(without_a_configured_client_the_workspace_app_is_required);
-on_both_backends!(diagnosis_names_a_wrong_secret_and_what_to_do);
-on_both_backends!(diagnosis_compares_the_published_metadata);
+on_both_backends!("apps_", workspace_admins_manage_apps_and_others_are_refused);
+on_both_backends!("apps_", connect_refresh_and_revoke_use_the_workspace_app);
+on_both_backends!("apps_", rotated_secret_keeps_refreshes_working);
+on_both_backends!("apps_", deleting_an_app_in_use_needs_force_and_names_it);
+on_both_backends!(
+    "apps_",
+    without_a_configured_client_the_workspace_app_is_required
+);
+on_both_backends!("apps_", diagnosis_names_a_wrong_secret_and_what_to_do);
+on_both_backends!("apps_", diagnosis_compares_the_published_metadata);
 
 /// GetOAuthApp.
 async fn get_app(client: &mut Client, id: &str) -> Result<pb::OAuthApp, tonic::Status> {
@@ -98,7 +68,7 @@ async fn list_apps(
 }
 
 async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = TestBroker::with_fake(&fake, db, |_| {}).await;
     let plain = b.client(ALICE).await;
     let mut admin = plain.admin_of("ws1");
@@ -193,15 +163,6 @@ async fn workspace_admins_manage_apps_and_others_are_refused(db: Option<&str>) {
     assert!(events.iter().all(|e| !e.detail.contains(APP_SECRET)));
 }
 
-/// The client ids of the fake's token requests with `grant_type`, in order.
-fn token_clients(fake: &FakeProvider, grant_type: &str) -> Vec<String> {
-    fake.token_requests()
-        .into_iter()
-        .filter(|r| r.grant_type.as_deref() == Some(grant_type))
-        .filter_map(|r| r.client_id)
-        .collect()
-}
-
 /// StartConnect with `request` (as `client`), the fake's consent, CompleteConnect.
 async fn connect_with(
     client: &mut Client,
@@ -245,14 +206,14 @@ async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
         Some(APP_CLIENT),
         "the authorization request names the workspace app"
     );
-    assert_eq!(token_clients(&fake, "authorization_code"), [APP_CLIENT]);
+    assert_eq!(fake.token_clients("authorization_code"), [APP_CLIENT]);
 
     // Another workspace without an app keeps the deployment's client.
     let mut bob = b.client(BOB).await;
     let other = connect_in(&mut bob, &fake, "ws2").await;
     let default_client = fake.config().client_id;
     assert_eq!(
-        token_clients(&fake, "authorization_code"),
+        fake.token_clients("authorization_code"),
         [APP_CLIENT, default_client.as_str()]
     );
 
@@ -260,7 +221,7 @@ async fn connect_refresh_and_revoke_use_the_workspace_app(db: Option<&str>) {
     b.clock.advance(Duration::from_secs(3600));
     alice.token(&cred.credential_id).await.unwrap();
     bob.token(&other.credential_id).await.unwrap();
-    let refreshed = token_clients(&fake, "refresh_token");
+    let refreshed = fake.token_clients("refresh_token");
     assert_eq!(refreshed.len(), 2);
     assert!(refreshed.contains(&APP_CLIENT.to_owned()));
     assert!(refreshed.contains(&default_client));
@@ -369,7 +330,7 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
         .unwrap_err();
     assert_eq!(error_details(&err).0, "OAUTH_APP_NO_PREVIOUS_SECRET");
     assert_eq!(
-        token_clients(&fake, "refresh_token")
+        fake.token_clients("refresh_token")
             .iter()
             .filter(|c| c.as_str() != APP_CLIENT)
             .count(),
@@ -440,13 +401,13 @@ async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
     let c = alice.complete_connect(&callback).await.unwrap();
     assert_eq!(c.status(), pb::CredentialStatus::Active);
     assert_eq!(
-        token_clients(&fake, "authorization_code").last().cloned(),
+        fake.token_clients("authorization_code").last().cloned(),
         Some(fake.config().client_id)
     );
 }
 
 async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let b = TestBroker::with_fake(&fake, db, |c| {
         c.providers.remove("fake");
     })
@@ -482,7 +443,7 @@ async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&s
     assert_eq!(error_details(&err).0, "OAUTH_APP_NOT_FOUND");
     let cred = connect_with(&mut alice, &fake, named(&app.oauth_app_id)).await;
     refresh_now(&b, &mut alice, &cred.credential_id).await;
-    assert_eq!(token_clients(&fake, "refresh_token"), [APP_CLIENT]);
+    assert_eq!(fake.token_clients("refresh_token"), [APP_CLIENT]);
 }
 
 /// TestOAuthApp with the test redirect URI: (name, verdict, detail, hint) of each check, and
@@ -591,7 +552,7 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
 }
 
 async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
-    let fake = fake_with_app_client().await;
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
     let issuer = fake.base_url();
     fake.configure(|c| c.issuer = Some(issuer.clone()));
     // The fake listens on loopback over http: only an operator's outbound setting allows that.

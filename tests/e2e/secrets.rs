@@ -130,6 +130,39 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .unwrap_err();
     record_err(&mut said, &err);
 
+    // A provider the workspace defines at runtime, connected through an app of its own: its
+    // client secret appears nowhere either.
+    let base = fake.base_url();
+    let defined = admin
+        .apps
+        .create_workspace_provider(admin.request(pb::CreateWorkspaceProviderRequest {
+            workspace_id: "ws1".into(),
+            provider_id: "traced-acme".into(),
+            definition: Some(pb::WorkspaceProviderDefinition {
+                authorize_url: format!("{base}/authorize"),
+                token_url: format!("{base}/token"),
+                revocation_url: format!("{base}/revoke"),
+                userinfo_url: format!("{base}/userinfo"),
+                scopes: vec!["read".into()],
+                default_scopes: vec!["read".into()],
+                ..Default::default()
+            }),
+        }))
+        .await
+        .unwrap();
+    said.extend(defined.into_inner().encode_to_vec());
+    let acme_app = admin
+        .create_app("ws1", "traced-acme", "traced-app", APP_SECRETS[0])
+        .await
+        .unwrap();
+    said.extend(acme_app.encode_to_vec());
+    let start = client.start_connect("traced-acme").await.unwrap();
+    said.extend(start.encode_to_vec());
+    let (done, _) = consent(&fake, &mut client, &start.authorization_url, &mut said).await;
+    let acme_id = done.credential.unwrap().credential_id;
+    issued.push(client.token(&acme_id).await.unwrap().access_token);
+    said.extend(client.disconnect(&acme_id).await.unwrap().encode_to_vec());
+
     // Connect.
     let start = client.start_connect("fake").await.unwrap();
     said.extend(start.encode_to_vec());

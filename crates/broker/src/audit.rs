@@ -47,6 +47,11 @@ pub const ACTIONS: &[&str] = &[
     "run_grant.revoke",
     "token.issue",
     "webhook.list_deliveries",
+    "workspace_provider.create",
+    "workspace_provider.delete",
+    "workspace_provider.get",
+    "workspace_provider.list",
+    "workspace_provider.update",
 ];
 
 /// How an audited action ended: `ok` or the error's stable reason.

@@ -259,7 +259,28 @@ impl ConnectService {
 
     /// The provider, which must have a client: the workspace's app (`has_app`) or the
     /// deployment's configured one.
-    fn provider(&self, id: &str, has_app: bool) -> Result<ProviderInfo, BrokerError> {
+    async fn provider(
+        &self,
+        workspace: &str,
+        id: &str,
+        app: Option<&ResolvedApp>,
+    ) -> Result<ProviderInfo, BrokerError> {
+        let has_app = app.is_some();
+        if let Some(spec) = app.and_then(|a| a.provider.as_ref()) {
+            return Ok(crate::workspace_providers::info(spec, true));
+        }
+        // A provider the workspace defined, without an app: its only client would be one.
+        if crate::workspace_providers::load_spec(self.store.as_ref(), workspace, id)
+            .await?
+            .is_some()
+        {
+            return Err(failed(
+                reason::PROVIDER_NOT_CONFIGURED,
+                format!(
+                    "provider {id} is defined by this workspace and has no OAuth client: a workspace admin must create an OAuth app for provider {id} in this workspace (CreateOAuthApp) with the client id and secret registered at the provider"
+                ),
+            ));
+        }
         let p = self.gateway.get(id).ok_or(BrokerError::NotFound {
             reason: reason::PROVIDER_NOT_FOUND,
             what: "provider",
@@ -368,7 +389,11 @@ impl ConnectService {
         let state = cb_oauth::pkce::random_state();
         let hash = state_hash(state.expose_secret());
         let names: Vec<String> = requested.iter().map(|s| s.name.clone()).collect();
-        let (challenge, sealed_verifier) = if self.gateway.uses_pkce(&p.id) {
+        let uses_pkce = match app.and_then(|a| a.provider.as_ref()) {
+            Some(spec) => spec.pkce != cb_oauth::catalog::Pkce::None,
+            None => self.gateway.uses_pkce(&p.id),
+        };
+        let (challenge, sealed_verifier) = if uses_pkce {
             let pair = cb_oauth::pkce::pkce_pair();
             let blob = self
                 .envelope
@@ -445,7 +470,13 @@ impl ConnectService {
                     req.oauth_app_id.as_deref(),
                 )
                 .await?;
-            let p = self.provider(req.provider_id.as_str(), app.is_some())?;
+            let p = self
+                .provider(
+                    req.workspace_id.as_str(),
+                    req.provider_id.as_str(),
+                    app.as_ref().map(|(_, resolved)| resolved),
+                )
+                .await?;
             let requested = self.check_request(&p, &req.scopes, &req.redirect_uri)?;
             Self::check_app_scopes(app.as_ref().map(|(row, _)| row), &requested)?;
             self.start(
@@ -500,7 +531,13 @@ impl ConnectService {
                 .apps
                 .for_connect(&c.workspace_id, &c.provider_id, named.as_deref())
                 .await?;
-            let p = self.provider(&c.provider_id, app.is_some())?;
+            let p = self
+                .provider(
+                    &c.workspace_id,
+                    &c.provider_id,
+                    app.as_ref().map(|(_, resolved)| resolved),
+                )
+                .await?;
             let scopes = if req.scopes.as_slice().is_empty() {
                 c.scopes.clone()
             } else {
@@ -625,7 +662,11 @@ impl ConnectService {
                 "this connect attempt was already completed: start connecting again",
             ));
         }
-        self.check_issuer(&session.provider_id, req.iss.as_deref())?;
+        // The app (and the workspace provider it may carry, with its issuer); an app deleted
+        // since is reported after the provider's own answer.
+        let app = self.apps.recorded(session.oauth_app_id.as_deref()).await;
+        let declared = app.as_ref().ok().and_then(Option::as_ref);
+        self.check_issuer(&session.provider_id, declared, req.iss.as_deref())?;
         if let Some(error) = &req.error {
             let detail = req
                 .error_description
@@ -642,7 +683,7 @@ impl ConnectService {
             .as_ref()
             .ok_or_else(|| BrokerError::invalid("code", "is required when error is not set"))?;
         let verifier = self.open_verifier(&session).await?;
-        let app = self.apps.recorded(session.oauth_app_id.as_deref()).await?;
+        let app = app?;
         let gateway = self.gateway.as_ref();
         let (exchanged, used) = AppClients::call(app.as_ref(), |client| {
             let (provider, redirect, verifier, params) = (
@@ -726,8 +767,18 @@ impl ConnectService {
     /// RFC 9207 mix-up defence: where the provider declares its issuer, an authorization
     /// response (error responses included) must name exactly it, or the code could be sent to a
     /// token endpoint it was not issued for. Without a declared issuer, `iss` is not compared.
-    fn check_issuer(&self, provider: &str, iss: Option<&str>) -> Result<(), BrokerError> {
-        let Some(expected) = self.gateway.issuer(provider) else {
+    fn check_issuer(
+        &self,
+        provider: &str,
+        app: Option<&ResolvedApp>,
+        iss: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        // A workspace-defined provider declares its issuer in its definition.
+        let declared = match app.and_then(|a| a.provider.as_ref()) {
+            Some(spec) => spec.issuer.clone(),
+            None => self.gateway.issuer(provider),
+        };
+        let Some(expected) = declared else {
             return Ok(());
         };
         let message = match iss {

@@ -124,6 +124,14 @@ pub mod reason {
     pub const OAUTH_APP_SECRET_LIMIT: &str = "OAUTH_APP_SECRET_LIMIT";
     /// The OAuth app holds only its current client secret: nothing to retire.
     pub const OAUTH_APP_NO_PREVIOUS_SECRET: &str = "OAUTH_APP_NO_PREVIOUS_SECRET";
+    /// No such provider defined in the workspace.
+    pub const WORKSPACE_PROVIDER_NOT_FOUND: &str = "WORKSPACE_PROVIDER_NOT_FOUND";
+    /// The workspace already defines a provider with this id, or it is a catalog id.
+    pub const WORKSPACE_PROVIDER_EXISTS: &str = "WORKSPACE_PROVIDER_EXISTS";
+    /// OAuth apps of the workspace are for this provider: delete them first.
+    pub const WORKSPACE_PROVIDER_IN_USE: &str = "WORKSPACE_PROVIDER_IN_USE";
+    /// The issuer's metadata could not be read or does not name the issuer.
+    pub const PROVIDER_DISCOVERY_FAILED: &str = "PROVIDER_DISCOVERY_FAILED";
     /// The RPC is part of the API but not implemented in this version.
     pub const NOT_IMPLEMENTED: &str = "NOT_IMPLEMENTED";
     /// An unexpected internal failure (details are in the server log, not the response).
@@ -184,6 +192,10 @@ pub mod reason {
         OAUTH_APP_IN_USE,
         OAUTH_APP_SECRET_LIMIT,
         OAUTH_APP_NO_PREVIOUS_SECRET,
+        WORKSPACE_PROVIDER_NOT_FOUND,
+        WORKSPACE_PROVIDER_EXISTS,
+        WORKSPACE_PROVIDER_IN_USE,
+        PROVIDER_DISCOVERY_FAILED,
         KEY_FILE_UNUSABLE,
         CREDENTIAL_UNREADABLE,
         NOT_IMPLEMENTED,

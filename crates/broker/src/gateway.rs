@@ -2,8 +2,11 @@
 //! `cb-oauth` HTTP client and the provider catalog; the domain stays free of HTTP.
 
 use crate::tokens::TokenBundle;
+use cb_oauth::catalog::ProviderSpec;
+use cb_oauth::outbound::{OutboundError, OutboundPolicy};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One scope offered by a provider.
@@ -49,6 +52,58 @@ pub struct ProviderInfo {
     pub verified: bool,
 }
 
+impl ProviderInfo {
+    /// The provider described by `spec`; `configured`: a client is at hand, else
+    /// `missing_settings` says what to set; `custom`: not built in.
+    pub fn from_spec(
+        spec: &ProviderSpec,
+        configured: bool,
+        missing_settings: Vec<String>,
+        custom: bool,
+    ) -> Self {
+        Self {
+            id: spec.id.clone(),
+            display_name: spec.display_name.clone(),
+            icon_url: spec.icon_url.clone(),
+            category: spec.category.clone(),
+            configured,
+            missing_settings,
+            scopes: spec
+                .scopes
+                .iter()
+                .map(|s| ScopeInfo {
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                    default_selected: spec.default_scopes.contains(&s.name),
+                })
+                .collect(),
+            supports_revocation: spec.revocation_url.is_some(),
+            revocation_ends_authorization: spec.revocation_ends_authorization,
+            custom,
+            refresh_token_idle: spec
+                .refresh
+                .refresh_token_idle_seconds
+                .map(Duration::from_secs),
+            refresh_token_absolute: spec
+                .refresh
+                .refresh_token_absolute_seconds
+                .map(Duration::from_secs),
+            verified: spec.is_verified(),
+        }
+    }
+}
+
+/// Why an issuer's metadata could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The outbound guard refused or failed the request.
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
+    /// The answer was not usable metadata (the message names no secret).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Tokens a provider returned (code exchange or refresh).
 #[derive(Clone, Debug)]
 pub struct GrantedTokens {
@@ -86,6 +141,9 @@ pub struct AppClient {
     pub client_id: String,
     /// The client secret (never printed).
     pub client_secret: SecretString,
+    /// The provider a workspace defined at runtime this client is for; `None`: a catalog
+    /// provider. Calls with it go through the outbound guard.
+    pub provider: Option<Arc<ProviderSpec>>,
 }
 
 impl std::fmt::Debug for AppClient {
@@ -93,6 +151,7 @@ impl std::fmt::Debug for AppClient {
         f.debug_struct("AppClient")
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
+            .field("provider", &self.provider.as_ref().map(|p| p.id.as_str()))
             .finish()
     }
 }
@@ -135,6 +194,20 @@ pub enum ClientProbe {
     Unreachable(String),
     /// Another answer (another error code, a success, a malformed body).
     Unexpected(String),
+}
+
+/// How an authorization endpoint answered an authorization request for a redirect URI, sent
+/// without a user and without following redirects (diagnosis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedirectProbe {
+    /// A login or consent page, or a redirect (to the redirect URI or a login page): the
+    /// provider took the request. The detail names what was seen (never a code).
+    Accepted(String),
+    /// A 4xx page without a redirect: the provider refuses the request (an unregistered redirect
+    /// URI, an unknown client). The detail carries the status and a short excerpt of the page.
+    Refused(String),
+    /// No usable answer (timeout, connection refused, 5xx, refused by the outbound policy).
+    Unreachable(String),
 }
 
 /// What the provider publishes about itself (RFC 8414 / OpenID discovery), compared with how the
@@ -243,6 +316,30 @@ pub trait ProviderGateway: Send + Sync + 'static {
     /// Diagnosis: fetches the provider's published metadata from its declared issuer (through
     /// the outbound guard) and compares it with the entry.
     async fn discover(&self, provider: &str) -> Discovery;
+    /// Diagnosis: requests the authorization URL for `client` and `redirect_uri` (through the
+    /// outbound guard, no redirects followed) and says how the endpoint answered.
+    async fn probe_redirect(
+        &self,
+        _provider: &str,
+        _client: Option<&AppClient>,
+        _redirect_uri: &str,
+    ) -> RedirectProbe {
+        RedirectProbe::Unreachable("not supported by this gateway".into())
+    }
+    /// Checks a URL a workspace sets (runtime-defined providers) against the outbound policy,
+    /// without resolving it. The default applies the strictest policy.
+    fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {
+        cb_oauth::outbound::check_url(&OutboundPolicy::default(), url)
+    }
+    /// Whether the outbound policy lets workspace-set URLs reach loopback (plain http to it).
+    fn outbound_allows_loopback(&self) -> bool {
+        false
+    }
+    /// Fetches an issuer's authorization-server metadata (RFC 8414, then OpenID discovery)
+    /// through the outbound guard.
+    async fn issuer_metadata(&self, _issuer: &str) -> Result<serde_json::Value, MetadataError> {
+        Err(MetadataError::Invalid("discovery is not available".into()))
+    }
     /// Revokes a grant (refresh token preferred, else access token).
     async fn revoke(
         &self,

@@ -24,5 +24,6 @@ mod sharded;
 pub mod tokens;
 pub mod types;
 pub mod webhooks;
+pub mod workspace_providers;
 
 pub use error::{BrokerError, ErrorCode, FieldViolation};

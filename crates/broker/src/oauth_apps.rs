@@ -8,7 +8,9 @@ use crate::audit::{Audit, Outcome};
 use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
-use crate::gateway::{AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway};
+use crate::gateway::{
+    AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway, RedirectProbe,
+};
 use crate::issuance::TokenCache;
 use crate::policy;
 use crate::sealing;
@@ -190,6 +192,8 @@ pub struct ResolvedApp {
     pub display_name: String,
     /// (secret version, client), newest first.
     pub secrets: Vec<(i64, AppClient)>,
+    /// The workspace-defined provider the app is for (`None`: a catalog provider).
+    pub provider: Option<Arc<cb_oauth::catalog::ProviderSpec>>,
 }
 
 impl ResolvedApp {
@@ -227,6 +231,14 @@ impl AppClients {
     }
 
     async fn open(&self, app: &OAuthAppRow) -> Result<ResolvedApp, BrokerError> {
+        // Read on every use: a provider defined or changed on any replica applies at once.
+        let provider = crate::workspace_providers::load_spec(
+            self.store.as_ref(),
+            &app.workspace_id,
+            &app.provider_id,
+        )
+        .await?
+        .map(Arc::new);
         let mut secrets = Vec::new();
         for row in self.store.list_oauth_app_secrets(&app.id).await? {
             let secret = sealing::open_app_secret(&self.envelope, &app.workspace_id, &row).await?;
@@ -235,6 +247,7 @@ impl AppClients {
                 AppClient {
                     client_id: app.client_id.clone(),
                     client_secret: secret,
+                    provider: provider.clone(),
                 },
             ));
         }
@@ -242,6 +255,7 @@ impl AppClients {
             app_id: app.id.clone(),
             display_name: app.display_name.clone(),
             secrets,
+            provider,
         })
     }
 
@@ -380,6 +394,14 @@ impl AppClients {
     }
 }
 
+/// Who a created resource is recorded as created by: the actor, else the service.
+pub(crate) fn creator(caller: &Caller) -> String {
+    caller.actor.as_ref().map_or_else(
+        || format!("service:{}", caller.service),
+        |a| a.user_id.to_string(),
+    )
+}
+
 /// The OAuth app use cases. Storage and sealing go through the [`AppClients`] they share
 /// with the flows that use the apps.
 pub struct OAuthAppService {
@@ -407,6 +429,32 @@ impl OAuthAppService {
             audit,
             cache,
         }
+    }
+
+    pub(crate) fn gateway(&self) -> &dyn ProviderGateway {
+        self.gateway.as_ref()
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.apps.store.as_ref()
+    }
+
+    pub(crate) fn now_millis(&self) -> i64 {
+        self.clock.now().as_millis()
+    }
+
+    /// The provider an app of `workspace` names: a catalog one, or the workspace's own.
+    async fn provider_info(
+        &self,
+        workspace: &str,
+        provider: &str,
+    ) -> Result<Option<crate::gateway::ProviderInfo>, BrokerError> {
+        if let Some(spec) =
+            crate::workspace_providers::load_spec(self.store(), workspace, provider).await?
+        {
+            return Ok(Some(crate::workspace_providers::info(&spec, true)));
+        }
+        Ok(self.gateway.get(provider))
     }
 
     async fn view(&self, row: OAuthAppRow) -> Result<OAuthApp, BrokerError> {
@@ -457,11 +505,16 @@ impl OAuthAppService {
         Ok((row, held))
     }
 
-    fn check_scopes(&self, provider: &str, scopes: &Scopes) -> Result<(), BrokerError> {
-        let Some(p) = self.gateway.get(provider) else {
+    async fn check_scopes(
+        &self,
+        workspace: &str,
+        provider: &str,
+        scopes: &Scopes,
+    ) -> Result<(), BrokerError> {
+        let Some(p) = self.provider_info(workspace, provider).await? else {
             return Err(BrokerError::invalid(
                 "provider_id",
-                "is not a provider in the catalog (see ListProviders)",
+                "is not a provider in the catalog (see ListProviders) nor one the workspace defined (ListWorkspaceProviders)",
             ));
         };
         let violations: Vec<FieldViolation> = scopes
@@ -485,7 +538,7 @@ impl OAuthAppService {
 
     /// Audits `result`: changes at once, reads (`buffered`) through the audit buffer, which
     /// never makes a read wait for a database write.
-    async fn audited<T>(
+    pub(crate) async fn audited<T>(
         &self,
         caller: &Caller,
         (action, buffered): (&str, bool),
@@ -514,12 +567,14 @@ impl OAuthAppService {
         let detail = format!("oauth_app={id} provider={}", req.provider_id);
         let result = async {
             require_workspace_admin(caller, req.workspace_id.as_str())?;
-            self.check_scopes(req.provider_id.as_str(), &req.allowed_scopes)?;
+            self.check_scopes(
+                req.workspace_id.as_str(),
+                req.provider_id.as_str(),
+                &req.allowed_scopes,
+            )
+            .await?;
             let now = self.clock.now().as_millis();
-            let created_by = caller.actor.as_ref().map_or_else(
-                || format!("service:{}", caller.service),
-                |a| a.user_id.to_string(),
-            );
+            let created_by = creator(caller);
             let row = OAuthAppRow {
                 id: id.clone(),
                 workspace_id: req.workspace_id.to_string(),
@@ -607,7 +662,8 @@ impl OAuthAppService {
                 });
             }
             if let Some(s) = &req.allowed_scopes {
-                self.check_scopes(&row.provider_id, s)?;
+                self.check_scopes(&row.workspace_id, &row.provider_id, s)
+                    .await?;
                 row.allowed_scopes = s.to_space_separated();
             }
             if let Some(n) = &req.display_name {
@@ -811,6 +867,9 @@ impl OAuthAppService {
                 ),
             });
         }
+        if let Some((_, client)) = resolved.newest() {
+            checks.push(self.redirect_check(&row, client, redirect_uri).await);
+        }
         let allowed = Scopes::from_stored(&row.allowed_scopes);
         checks.extend(self.discovery_checks(&row.provider_id, &allowed).await);
         checks.push(if allowed.as_slice().is_empty() {
@@ -821,7 +880,10 @@ impl OAuthAppService {
                 "",
             )
         } else {
-            match self.check_scopes(&row.provider_id, &allowed) {
+            match self
+                .check_scopes(&row.workspace_id, &row.provider_id, &allowed)
+                .await
+            {
                 Ok(()) => check("allowed_scopes", Verdict::Pass, "every allowed scope is offered by the provider", ""),
                 Err(e) => check(
                     "allowed_scopes",
@@ -832,6 +894,42 @@ impl OAuthAppService {
             }
         });
         Ok(checks)
+    }
+
+    /// The `redirect_uri` check: the authorization endpoint, asked without a user for the app's
+    /// client and `redirect_uri`, shows a page or redirects (accepted), or refuses without a
+    /// redirect (an unregistered redirect URI, or an unknown client).
+    async fn redirect_check(
+        &self,
+        row: &OAuthAppRow,
+        client: &AppClient,
+        redirect_uri: &str,
+    ) -> Check {
+        match self
+            .gateway
+            .probe_redirect(&row.provider_id, Some(client), redirect_uri)
+            .await
+        {
+            RedirectProbe::Accepted(d) => check("redirect_uri", Verdict::Pass, d, ""),
+            RedirectProbe::Refused(d) => check(
+                "redirect_uri",
+                Verdict::Fail,
+                format!(
+                    "the authorization endpoint refused client {} with redirect URI {redirect_uri}: {d}",
+                    row.client_id
+                ),
+                format!(
+                    "register {redirect_uri} exactly (scheme, host, port, path) as a redirect URI of client {} in the provider's console; if it is registered, check the client id (UpdateOAuthApp)",
+                    row.client_id
+                ),
+            ),
+            RedirectProbe::Unreachable(d) => check(
+                "redirect_uri",
+                Verdict::Skipped,
+                format!("not checked: the authorization endpoint did not answer usably ({d})"),
+                "",
+            ),
+        }
     }
 
     /// The `discovery` check (the provider's published metadata agrees with its entry) and, when

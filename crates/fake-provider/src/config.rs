@@ -78,6 +78,9 @@ pub struct FakeConfig {
     pub extra_clients: Vec<(String, String)>,
     /// Registered redirect URIs; `/authorize` refuses others (without redirecting).
     pub redirect_uris: Vec<String>,
+    /// Redirect URIs registered for one client (client id, URIs), replacing `redirect_uris`
+    /// for that client.
+    pub client_redirect_uris: Vec<(String, Vec<String>)>,
     /// Client authentication the token and revocation endpoints demand; `None` accepts either
     /// (but never both at once).
     pub client_auth: Option<ClientAuth>,
@@ -142,6 +145,14 @@ impl FakeConfig {
             .find(|(c, _)| c == id)
             .map(|(_, s)| s.as_str())
     }
+
+    /// Whether `uri` is a registered redirect URI of client `id` (exact match).
+    pub fn redirect_uri_registered(&self, id: &str, uri: &str) -> bool {
+        match self.client_redirect_uris.iter().find(|(c, _)| c == id) {
+            Some((_, uris)) => uris.iter().any(|u| u == uri),
+            None => self.redirect_uris.iter().any(|u| u == uri),
+        }
+    }
 }
 
 impl Default for FakeConfig {
@@ -151,6 +162,7 @@ impl Default for FakeConfig {
             client_secret: "fake-secret".into(),
             extra_clients: Vec::new(),
             redirect_uris: vec!["https://broker.test/oauth/callback".into()],
+            client_redirect_uris: Vec::new(),
             client_auth: None,
             require_pkce: false,
             dialect: Dialect::Standard,
@@ -191,6 +203,7 @@ impl fmt::Debug for FakeConfig {
                     .collect::<Vec<_>>(),
             )
             .field("redirect_uris", &self.redirect_uris)
+            .field("client_redirect_uris", &self.client_redirect_uris)
             .field("client_auth", &self.client_auth)
             .field("require_pkce", &self.require_pkce)
             .field("dialect", &self.dialect)

@@ -177,7 +177,7 @@ impl State {
         };
         let Some(redirect_uri) = q
             .get("redirect_uri")
-            .filter(|r| cfg.redirect_uris.contains(r))
+            .filter(|r| cfg.redirect_uri_registered(&client_id, r))
             .cloned()
         else {
             // Never redirect to an unregistered URI.

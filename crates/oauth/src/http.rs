@@ -15,6 +15,7 @@ use crate::catalog::{AccountSource, AuthStyle, ProviderSpec, Quirk};
 use crate::client::{ClientCredentials, bearer_header};
 use crate::endpoint;
 use crate::error::{OAuthError, Operation, sanitize_description};
+use crate::outbound::OutboundClient;
 use crate::quirks::{self, RevocationStyle};
 use crate::token::{self, TokenResponse};
 use oauth2::{RevocationErrorResponseType, StandardErrorResponse};
@@ -64,6 +65,9 @@ pub struct OAuthHttp {
     client: reqwest::Client,
     max_body_bytes: usize,
     allow_http_loopback: bool,
+    /// Set for providers a workspace defined: every request's URL is checked by the guard, and
+    /// `client` is the guard's (its resolver refuses disallowed ranges and pins the address).
+    guard: Option<OutboundClient>,
 }
 
 /// A provider response, body read within the cap.
@@ -98,7 +102,21 @@ impl OAuthHttp {
             client,
             max_body_bytes: cfg.max_body_bytes,
             allow_http_loopback: cfg.allow_http_loopback,
+            guard: None,
         })
+    }
+
+    /// The client for providers a workspace defined at runtime: every call (token, refresh,
+    /// revocation, userinfo) goes through `outbound` (no redirects, refused address ranges,
+    /// resolved-address pinning, its time and size bounds).
+    pub fn over_outbound(outbound: &OutboundClient) -> Self {
+        let policy = outbound.policy();
+        Self {
+            client: outbound.inner().clone(),
+            max_body_bytes: policy.max_response_bytes,
+            allow_http_loopback: policy.allow_loopback,
+            guard: Some(outbound.clone()),
+        }
     }
 
     /// Exchanges an authorization code for tokens (RFC 6749 §4.1.3). `redirect_uri` must be the
@@ -517,7 +535,17 @@ impl OAuthHttp {
 
     /// Sends a request and reads the body, refusing redirects and bodies over the cap.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply, OAuthError> {
-        let mut resp = req.send().await.map_err(transport_error)?;
+        let mut resp = match &self.guard {
+            Some(guard) => {
+                let (client, request) = req.build_split();
+                let request = request.map_err(transport_error)?;
+                guard
+                    .check_url(request.url())
+                    .map_err(|e| OAuthError::Protocol(format!("outbound request refused: {e}")))?;
+                client.execute(request).await.map_err(transport_error)?
+            }
+            None => req.send().await.map_err(transport_error)?,
+        };
         let status = resp.status();
         if status.is_redirection() {
             return Err(OAuthError::Protocol(format!(

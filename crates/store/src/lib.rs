@@ -24,8 +24,8 @@ pub use model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
     KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
     OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
-    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WebhookEndpointRow, WrappedDekRow,
-    run_grant_change_id,
+    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WebhookEndpointRow, WorkspaceProviderRow,
+    WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -522,6 +522,40 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one client secret; returns whether it existed.
     async fn delete_oauth_app_secret(&self, app_id: &str, version: i64)
     -> Result<bool, StoreError>;
+
+    /// Inserts a workspace-defined provider (row_version 1). An existing (workspace, id) →
+    /// [`StoreError::Duplicate`].
+    async fn insert_workspace_provider(&self, row: &WorkspaceProviderRow)
+    -> Result<(), StoreError>;
+
+    /// Reads one workspace-defined provider.
+    async fn get_workspace_provider(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> Result<Option<WorkspaceProviderRow>, StoreError>;
+
+    /// A workspace's providers, by id.
+    async fn list_workspace_providers(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<WorkspaceProviderRow>, StoreError>;
+
+    /// Writes `definition` and `updated_at` WHERE (workspace, id) matches AND row_version =
+    /// expected_version; bumps the version and returns the stored row. Missing →
+    /// [`StoreError::NotFound`]; version mismatch → [`StoreError::VersionConflict`].
+    async fn update_workspace_provider(
+        &self,
+        row: &WorkspaceProviderRow,
+        expected_version: i64,
+    ) -> Result<WorkspaceProviderRow, StoreError>;
+
+    /// Deletes a workspace-defined provider; returns whether it existed.
+    async fn delete_workspace_provider(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Records which app (and secret version) minted a credential's grant (`None`: the
     /// deployment's configured client). Does not bump the row version or announce a change:

@@ -488,6 +488,25 @@ pub struct OAuthAppRow {
     pub row_version: i64,
 }
 
+/// One OAuth 2.0 provider a workspace defined at runtime (`workspace_providers` row).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WorkspaceProviderRow {
+    /// Owning workspace.
+    pub workspace_id: String,
+    /// Provider id, unique in the workspace.
+    pub id: String,
+    /// The definition, a JSON document owned by the domain (no secret in it).
+    pub definition: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// Optimistic concurrency version; 1 on insert.
+    pub row_version: i64,
+}
+
 /// One sealed client secret of an OAuth app (`oauth_app_secrets` row).
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OAuthAppSecretRow {

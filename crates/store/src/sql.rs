@@ -866,3 +866,40 @@ pub(crate) const GET_CREDENTIAL_APP: &str =
 
 pub(crate) const CREDENTIALS_USING_APP: &str = "SELECT id FROM credentials \
      WHERE oauth_app_id = $1 AND status <> 'DISCONNECTED' ORDER BY id";
+
+/// Every column of `workspace_providers`, in
+/// [`WorkspaceProviderRow`](crate::model::WorkspaceProviderRow) order.
+macro_rules! workspace_provider_columns {
+    () => {
+        "workspace_id, id, definition, created_by, created_at, updated_at, row_version"
+    };
+}
+
+pub(crate) const INSERT_WORKSPACE_PROVIDER: &str = concat!(
+    "INSERT INTO workspace_providers (",
+    workspace_provider_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+);
+
+pub(crate) const GET_WORKSPACE_PROVIDER: &str = concat!(
+    "SELECT ",
+    workspace_provider_columns!(),
+    " FROM workspace_providers WHERE workspace_id = $1 AND id = $2"
+);
+
+pub(crate) const LIST_WORKSPACE_PROVIDERS: &str = concat!(
+    "SELECT ",
+    workspace_provider_columns!(),
+    " FROM workspace_providers WHERE workspace_id = $1 ORDER BY id"
+);
+
+/// Bind: workspace_id, id, expected version, definition, updated_at.
+pub(crate) const UPDATE_WORKSPACE_PROVIDER: &str = concat!(
+    "UPDATE workspace_providers SET definition = $4, updated_at = $5, \
+     row_version = row_version + 1 WHERE workspace_id = $1 AND id = $2 AND row_version = $3 \
+     RETURNING ",
+    workspace_provider_columns!()
+);
+
+pub(crate) const DELETE_WORKSPACE_PROVIDER: &str =
+    "DELETE FROM workspace_providers WHERE workspace_id = $1 AND id = $2";

@@ -24,7 +24,7 @@ use crate::model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
     MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
     RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WebhookEndpointRow,
-    WrappedDekRow, run_grant_change_id,
+    WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -590,6 +590,7 @@ where
     for<'t> RunGrantRow: FromRow<'t, DB::Row>,
     for<'t> OAuthAppRow: FromRow<'t, DB::Row>,
     for<'t> OAuthAppSecretRow: FromRow<'t, DB::Row>,
+    for<'t> WorkspaceProviderRow: FromRow<'t, DB::Row>,
     for<'t> (Option<String>, Option<i64>): FromRow<'t, DB::Row>,
     for<'t> CredentialEventRow: FromRow<'t, DB::Row>,
     for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
@@ -1561,6 +1562,107 @@ where
                 .await
                 .map_err(map::<DB>)?;
             tx.commit().await.map_err(map::<DB>)?;
+            Ok(DB::rows_affected(&done) > 0)
+        })
+        .await
+    }
+
+    async fn insert_workspace_provider(
+        &self,
+        row: &WorkspaceProviderRow,
+    ) -> Result<(), StoreError> {
+        self.traced("insert_workspace_provider", None, async {
+            sqlx::query::<DB>(sql::INSERT_WORKSPACE_PROVIDER)
+                .bind(row.workspace_id.as_str())
+                .bind(row.id.as_str())
+                .bind(row.definition.as_str())
+                .bind(row.created_by.as_str())
+                .bind(row.created_at)
+                .bind(row.updated_at)
+                .bind(row.row_version)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn get_workspace_provider(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> Result<Option<WorkspaceProviderRow>, StoreError> {
+        self.traced("get_workspace_provider", None, async {
+            sqlx::query_as::<DB, WorkspaceProviderRow>(sql::GET_WORKSPACE_PROVIDER)
+                .bind(workspace_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn list_workspace_providers(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<WorkspaceProviderRow>, StoreError> {
+        self.traced("list_workspace_providers", None, async {
+            sqlx::query_as::<DB, WorkspaceProviderRow>(sql::LIST_WORKSPACE_PROVIDERS)
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn update_workspace_provider(
+        &self,
+        row: &WorkspaceProviderRow,
+        expected_version: i64,
+    ) -> Result<WorkspaceProviderRow, StoreError> {
+        self.traced("update_workspace_provider", None, async {
+            let updated =
+                sqlx::query_as::<DB, WorkspaceProviderRow>(sql::UPDATE_WORKSPACE_PROVIDER)
+                    .bind(row.workspace_id.as_str())
+                    .bind(row.id.as_str())
+                    .bind(expected_version)
+                    .bind(row.definition.as_str())
+                    .bind(row.updated_at)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map::<DB>)?;
+            match updated {
+                Some(stored) => Ok(stored),
+                None if self
+                    .get_workspace_provider(&row.workspace_id, &row.id)
+                    .await?
+                    .is_some() =>
+                {
+                    Err(StoreError::VersionConflict {
+                        expected: expected_version,
+                    })
+                }
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn delete_workspace_provider(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        self.traced("delete_workspace_provider", None, async {
+            let done = sqlx::query(sql::DELETE_WORKSPACE_PROVIDER)
+                .bind(workspace_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map::<DB>)?;
             Ok(DB::rows_affected(&done) > 0)
         })
         .await

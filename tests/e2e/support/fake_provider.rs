@@ -37,6 +37,17 @@ impl Deref for FakeProvider {
 }
 
 impl FakeProvider {
+    /// A fake rotating refresh tokens that also knows the client `client_id` (a workspace's own
+    /// OAuth app), besides its default client.
+    pub async fn with_app_client(client_id: &str, client_secret: &str) -> FakeProvider {
+        FakeProvider::start(FakeConfig {
+            extra_clients: vec![(client_id.into(), client_secret.into())],
+            rotate_refresh_tokens: true,
+            ..FakeConfig::default()
+        })
+        .await
+    }
+
     /// Starts the server on 127.0.0.1 with a free port.
     pub async fn start(config: FakeConfig) -> FakeProvider {
         FakeProvider(
@@ -44,6 +55,15 @@ impl FakeProvider {
                 .await
                 .expect("start the fake provider"),
         )
+    }
+
+    /// The client ids of the token requests with `grant_type`, in order.
+    pub fn token_clients(&self, grant_type: &str) -> Vec<String> {
+        self.token_requests()
+            .into_iter()
+            .filter(|r| r.grant_type.as_deref() == Some(grant_type))
+            .filter_map(|r| r.client_id)
+            .collect()
     }
 
     /// The registered client, for the code under test.

@@ -133,3 +133,31 @@ fn with_database_replaces_only_the_path() {
         "postgresql://h:5432/x"
     );
 }
+
+/// `on_both_backends!("label_", scenario)`: a module `scenario` with two tests running
+/// `scenario(db: Option<&str>)` on SQLite (`None`), then on a fresh PostgreSQL database (when one
+/// is configured) named after the label and the scenario.
+macro_rules! on_both_backends {
+    ($label:literal, $scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$scenario(None).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                let Some(db) =
+                    $crate::support::pg::fresh_database(concat!($label, stringify!($scenario)))
+                        .await
+                else {
+                    return;
+                };
+                super::$scenario(Some(&db.url)).await;
+                db.drop_database().await;
+            }
+        }
+    };
+}
+
+pub(crate) use on_both_backends;

@@ -803,12 +803,29 @@ impl TokenService {
     /// minted it, or the provider's configured client.
     async fn provider_configured(&self, c: &Credential) -> Result<(), BrokerError> {
         let provider = c.provider_id.as_str();
+        let has_app = self.store.credential_app(c.id.as_str()).await?.is_some();
         let message = match self.gateway.get(provider) {
-            Some(p) if p.configured => return Ok(()),
-            Some(_) if self.store.credential_app(c.id.as_str()).await?.is_some() => return Ok(()),
+            Some(p) if p.configured || has_app => return Ok(()),
             Some(_) => format!(
                 "the provider {provider} has no client credentials configured: an operator must configure it before its tokens can be refreshed"
             ),
+            // A provider the workspace defined: its app's client is the only one.
+            None if crate::workspace_providers::load_spec(
+                self.store.as_ref(),
+                &c.workspace_id,
+                provider,
+            )
+            .await?
+            .is_some() =>
+            {
+                if has_app {
+                    return Ok(());
+                }
+                format!(
+                    "the provider {provider} is defined by workspace {} and this credential was not connected through an OAuth app for it: reconnect it through one (CreateOAuthApp)",
+                    c.workspace_id
+                )
+            }
             None => format!(
                 "the provider {provider} is no longer in the configuration: an operator must add it back before its tokens can be refreshed"
             ),

@@ -9,6 +9,7 @@ use cb_broker::oauth_apps::{
     parse_client_id, parse_client_secret,
 };
 use cb_broker::types::{DisplayName, ProviderId, Scopes, Violations, WorkspaceId};
+use cb_broker::workspace_providers::{ProviderInput, WorkspaceProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::o_auth_app_service_server::OAuthAppService as Rpc;
 use std::sync::Arc;
@@ -238,4 +239,170 @@ impl Rpc for OAuthAppApi {
             oauth_app: Some(app(a)),
         }))
     }
+
+    async fn create_workspace_provider(
+        &self,
+        req: Request<pb::CreateWorkspaceProviderRequest>,
+    ) -> Result<Response<pb::CreateWorkspaceProviderResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let input = provider_input(&r.workspace_id, &r.provider_id, r.definition.as_ref(), 0)?;
+            self.service.create_provider(&caller, input).await
+        }
+        .await;
+        respond(result.map(|p| pb::CreateWorkspaceProviderResponse {
+            provider: Some(provider(p)),
+        }))
+    }
+
+    async fn get_workspace_provider(
+        &self,
+        req: Request<pb::GetWorkspaceProviderRequest>,
+    ) -> Result<Response<pb::GetWorkspaceProviderResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let (workspace, id) = provider_key(&r.workspace_id, &r.provider_id)?;
+            self.service.get_provider(&caller, &workspace, &id).await
+        }
+        .await;
+        respond(result.map(|p| pb::GetWorkspaceProviderResponse {
+            provider: Some(provider(p)),
+        }))
+    }
+
+    async fn list_workspace_providers(
+        &self,
+        req: Request<pb::ListWorkspaceProvidersRequest>,
+    ) -> Result<Response<pb::ListWorkspaceProvidersResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let workspace = WorkspaceId::parse("workspace_id", &req.get_ref().workspace_id)
+                .map_err(|v| BrokerError::InvalidArgument(vec![v]))?;
+            self.service.list_providers(&caller, &workspace).await
+        }
+        .await;
+        respond(result.map(|ps| pb::ListWorkspaceProvidersResponse {
+            providers: ps.into_iter().map(provider).collect(),
+        }))
+    }
+
+    async fn update_workspace_provider(
+        &self,
+        req: Request<pb::UpdateWorkspaceProviderRequest>,
+    ) -> Result<Response<pb::UpdateWorkspaceProviderResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let input = provider_input(
+                &r.workspace_id,
+                &r.provider_id,
+                r.definition.as_ref(),
+                r.expected_version,
+            )?;
+            self.service.update_provider(&caller, input).await
+        }
+        .await;
+        respond(result.map(|p| pb::UpdateWorkspaceProviderResponse {
+            provider: Some(provider(p)),
+        }))
+    }
+
+    async fn delete_workspace_provider(
+        &self,
+        req: Request<pb::DeleteWorkspaceProviderRequest>,
+    ) -> Result<Response<pb::DeleteWorkspaceProviderResponse>, Status> {
+        let caller = caller(&req)?;
+        let result = async {
+            let r = req.get_ref();
+            let (workspace, id) = provider_key(&r.workspace_id, &r.provider_id)?;
+            self.service.delete_provider(&caller, &workspace, &id).await
+        }
+        .await;
+        respond(result.map(|()| pb::DeleteWorkspaceProviderResponse {}))
+    }
+}
+
+fn definition_out(
+    d: cb_broker::workspace_providers::Definition,
+) -> (pb::WorkspaceProviderDefinition, String) {
+    (
+        pb::WorkspaceProviderDefinition {
+            display_name: d.display_name,
+            issuer: d.issuer.unwrap_or_default(),
+            discover: false,
+            authorize_url: d.authorize_url,
+            token_url: d.token_url,
+            revocation_url: d.revocation_url.unwrap_or_default(),
+            userinfo_url: d.userinfo_url,
+            subject_pointer: d.subject_pointer,
+            label_pointer: d.label_pointer,
+            client_auth: d.client_auth,
+            pkce: if d.pkce { "on" } else { "off" }.to_owned(),
+            scope_separator: d.scope_separator,
+            scopes: d.scopes,
+            default_scopes: d.default_scopes,
+        },
+        d.discovered_from.unwrap_or_default(),
+    )
+}
+
+fn provider(p: WorkspaceProvider) -> pb::WorkspaceProvider {
+    let (definition, discovered_from) = definition_out(p.definition);
+    pb::WorkspaceProvider {
+        provider_id: p.id,
+        workspace_id: p.workspace_id,
+        definition: Some(definition),
+        discovered_from,
+        created_by: p.created_by,
+        create_time: Some(convert::timestamp(p.created_at)),
+        update_time: Some(convert::timestamp(p.updated_at)),
+        version: p.version,
+    }
+}
+
+/// The workspace and provider ids of a request.
+fn provider_key(workspace: &str, id: &str) -> Result<(WorkspaceId, ProviderId), BrokerError> {
+    let mut v = Violations::default();
+    let workspace = v.check(WorkspaceId::parse("workspace_id", workspace));
+    let id = v.check(ProviderId::parse("provider_id", id));
+    v.finish()?;
+    Ok((parsed(workspace)?, parsed(id)?))
+}
+
+fn provider_input(
+    workspace: &str,
+    id: &str,
+    d: Option<&pb::WorkspaceProviderDefinition>,
+    expected_version: i64,
+) -> Result<ProviderInput, BrokerError> {
+    let (workspace_id, id) = provider_key(workspace, id)?;
+    let d = d.ok_or_else(|| BrokerError::invalid("definition", "is required"))?;
+    let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let pkce = match d.pkce.as_str() {
+        "" => None,
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => return Err(BrokerError::invalid("definition.pkce", "must be on or off")),
+    };
+    Ok(ProviderInput {
+        workspace_id,
+        id,
+        display_name: d.display_name.clone(),
+        issuer: given(&d.issuer),
+        discover: d.discover,
+        authorize_url: given(&d.authorize_url),
+        token_url: given(&d.token_url),
+        revocation_url: given(&d.revocation_url),
+        userinfo_url: given(&d.userinfo_url),
+        subject_pointer: given(&d.subject_pointer),
+        label_pointer: given(&d.label_pointer),
+        client_auth: given(&d.client_auth),
+        pkce,
+        scope_separator: given(&d.scope_separator),
+        scopes: d.scopes.clone(),
+        default_scopes: d.default_scopes.clone(),
+        expected_version: (expected_version != 0).then_some(expected_version),
+    })
 }

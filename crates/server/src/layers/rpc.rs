@@ -63,6 +63,16 @@ pub enum Rpc {
     RetireOAuthAppSecret,
     /// OAuthAppService/TestOAuthApp
     TestOAuthApp,
+    /// OAuthAppService/CreateWorkspaceProvider
+    CreateWorkspaceProvider,
+    /// OAuthAppService/GetWorkspaceProvider
+    GetWorkspaceProvider,
+    /// OAuthAppService/ListWorkspaceProviders
+    ListWorkspaceProviders,
+    /// OAuthAppService/UpdateWorkspaceProvider
+    UpdateWorkspaceProvider,
+    /// OAuthAppService/DeleteWorkspaceProvider
+    DeleteWorkspaceProvider,
 }
 
 const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
@@ -71,7 +81,7 @@ const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 29] = [
+    pub const ALL: [Rpc; 34] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -101,6 +111,11 @@ impl Rpc {
         Rpc::RotateOAuthAppSecret,
         Rpc::RetireOAuthAppSecret,
         Rpc::TestOAuthApp,
+        Rpc::CreateWorkspaceProvider,
+        Rpc::GetWorkspaceProvider,
+        Rpc::ListWorkspaceProviders,
+        Rpc::UpdateWorkspaceProvider,
+        Rpc::DeleteWorkspaceProvider,
     ];
 
     /// The service's full name.
@@ -118,7 +133,12 @@ impl Rpc {
             | Rpc::DeleteOAuthApp
             | Rpc::RotateOAuthAppSecret
             | Rpc::RetireOAuthAppSecret
-            | Rpc::TestOAuthApp => OAUTH_APP_SERVICE,
+            | Rpc::TestOAuthApp
+            | Rpc::CreateWorkspaceProvider
+            | Rpc::GetWorkspaceProvider
+            | Rpc::ListWorkspaceProviders
+            | Rpc::UpdateWorkspaceProvider
+            | Rpc::DeleteWorkspaceProvider => OAUTH_APP_SERVICE,
             _ => CREDENTIAL_SERVICE,
         }
     }
@@ -155,6 +175,11 @@ impl Rpc {
             Rpc::RotateOAuthAppSecret => "RotateOAuthAppSecret",
             Rpc::RetireOAuthAppSecret => "RetireOAuthAppSecret",
             Rpc::TestOAuthApp => "TestOAuthApp",
+            Rpc::CreateWorkspaceProvider => "CreateWorkspaceProvider",
+            Rpc::GetWorkspaceProvider => "GetWorkspaceProvider",
+            Rpc::ListWorkspaceProviders => "ListWorkspaceProviders",
+            Rpc::UpdateWorkspaceProvider => "UpdateWorkspaceProvider",
+            Rpc::DeleteWorkspaceProvider => "DeleteWorkspaceProvider",
         }
     }
 
@@ -196,6 +221,11 @@ impl Rpc {
             "RotateOAuthAppSecret" => Rpc::RotateOAuthAppSecret,
             "RetireOAuthAppSecret" => Rpc::RetireOAuthAppSecret,
             "TestOAuthApp" => Rpc::TestOAuthApp,
+            "CreateWorkspaceProvider" => Rpc::CreateWorkspaceProvider,
+            "GetWorkspaceProvider" => Rpc::GetWorkspaceProvider,
+            "ListWorkspaceProviders" => Rpc::ListWorkspaceProviders,
+            "UpdateWorkspaceProvider" => Rpc::UpdateWorkspaceProvider,
+            "DeleteWorkspaceProvider" => Rpc::DeleteWorkspaceProvider,
             _ => return None,
         };
         (rpc.service() == service).then_some(rpc)

@@ -6,11 +6,12 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
-    ProviderInfo, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
+    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
+use cb_oauth::outbound::OutboundError;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -289,6 +290,27 @@ impl ProviderGateway for InstrumentedGateway {
 
     async fn discover(&self, provider: &str) -> Discovery {
         self.inner.discover(provider).await
+    }
+
+    fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {
+        self.inner.check_outbound_url(url)
+    }
+
+    async fn probe_redirect(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> RedirectProbe {
+        self.inner.probe_redirect(provider, app, redirect_uri).await
+    }
+
+    fn outbound_allows_loopback(&self) -> bool {
+        self.inner.outbound_allows_loopback()
+    }
+
+    async fn issuer_metadata(&self, issuer: &str) -> Result<serde_json::Value, MetadataError> {
+        self.inner.issuer_metadata(issuer).await
     }
 
     async fn revoke(

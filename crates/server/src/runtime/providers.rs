@@ -3,12 +3,12 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, ProviderError, ProviderGateway,
-    ProviderInfo, RevokeResult, ScopeInfo,
+    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
+    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
-use cb_oauth::outbound::OutboundClient;
+use cb_oauth::outbound::{OutboundClient, OutboundError};
 use cb_oauth::{
     AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
 };
@@ -36,6 +36,8 @@ pub struct OAuthGateway {
     http: OAuthHttp,
     /// Requests to URLs taken from a provider's own metadata (discovery) go through the guard.
     outbound: OutboundClient,
+    /// Calls to providers a workspace defined at runtime: the same guard.
+    workspace_http: OAuthHttp,
 }
 
 impl OAuthGateway {
@@ -86,6 +88,7 @@ impl OAuthGateway {
         .map_err(|e| e.to_string())?;
         let outbound = OutboundClient::new(config.outbound.policy()).map_err(|e| e.to_string())?;
         Ok(Self {
+            workspace_http: OAuthHttp::over_outbound(&outbound),
             outbound,
             catalog,
             clients,
@@ -98,24 +101,31 @@ impl OAuthGateway {
 
     /// The provider and the client to call it with: the workspace app's when given, else the
     /// configured one.
-    fn spec(
-        &self,
+    /// A workspace-defined provider comes with its app's client and is called through the
+    /// outbound guard.
+    #[allow(clippy::type_complexity)] // the three parts of one call
+    fn spec<'a>(
+        &'a self,
         id: &str,
-        app: Option<&AppClient>,
-    ) -> Result<(&ProviderSpec, Cow<'_, ClientCredentials>), ProviderError> {
+        app: Option<&'a AppClient>,
+    ) -> Result<(&'a ProviderSpec, Cow<'a, ClientCredentials>, &'a OAuthHttp), ProviderError> {
+        if let Some((app, spec)) = app.and_then(|a| a.provider.as_deref().map(|s| (a, s))) {
+            let client = ClientCredentials::new(app.client_id.clone(), app.client_secret.clone());
+            return Ok((spec, Cow::Owned(client), &self.workspace_http));
+        }
         let spec = self
             .catalog
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("unknown provider {id}")))?;
         if let Some(app) = app {
             let client = ClientCredentials::new(app.client_id.clone(), app.client_secret.clone());
-            return Ok((spec, Cow::Owned(client)));
+            return Ok((spec, Cow::Owned(client), &self.http));
         }
         let client = self
             .clients
             .get(id)
             .ok_or_else(|| ProviderError::Other(format!("provider {id} is not configured")))?;
-        Ok((spec, Cow::Borrowed(client)))
+        Ok((spec, Cow::Borrowed(client), &self.http))
     }
 
     fn placeholders(&self, id: &str) -> BTreeMap<String, String> {
@@ -125,42 +135,15 @@ impl OAuthGateway {
     fn info(&self, spec: &ProviderSpec) -> ProviderInfo {
         let configured = self.clients.contains_key(&spec.id);
         let (id_env, secret_env) = env_names(&spec.id);
-        ProviderInfo {
-            id: spec.id.clone(),
-            display_name: spec.display_name.clone(),
-            icon_url: spec.icon_url.clone(),
-            category: spec.category.clone(),
-            configured,
-            missing_settings: if configured {
-                Vec::new()
-            } else {
-                vec![
-                    format!("providers.{}.client_id (or {id_env})", spec.id),
-                    format!("providers.{}.client_secret (or {secret_env})", spec.id),
-                ]
-            },
-            scopes: spec
-                .scopes
-                .iter()
-                .map(|s| ScopeInfo {
-                    name: s.name.clone(),
-                    description: s.description.clone(),
-                    default_selected: spec.default_scopes.contains(&s.name),
-                })
-                .collect(),
-            supports_revocation: spec.revocation_url.is_some(),
-            revocation_ends_authorization: spec.revocation_ends_authorization,
-            custom: self.custom.contains(&spec.id),
-            refresh_token_idle: spec
-                .refresh
-                .refresh_token_idle_seconds
-                .map(Duration::from_secs),
-            refresh_token_absolute: spec
-                .refresh
-                .refresh_token_absolute_seconds
-                .map(Duration::from_secs),
-            verified: spec.is_verified(),
-        }
+        let missing = if configured {
+            Vec::new()
+        } else {
+            vec![
+                format!("providers.{}.client_id (or {id_env})", spec.id),
+                format!("providers.{}.client_secret (or {secret_env})", spec.id),
+            ]
+        };
+        ProviderInfo::from_spec(spec, configured, missing, self.custom.contains(&spec.id))
     }
 }
 
@@ -219,23 +202,113 @@ fn compare_metadata(spec: &ProviderSpec, issuer: &str, metadata: &serde_json::Va
 
 impl OAuthGateway {
     /// GETs one metadata document through the outbound guard.
-    async fn fetch_metadata(&self, url: &url::Url) -> Result<serde_json::Value, String> {
+    async fn fetch_metadata(&self, url: &url::Url) -> Result<serde_json::Value, MetadataError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         let response = self
             .outbound
             .send(self.outbound.inner().get(url.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if !response.status.is_success() {
-            return Err(format!(
+            return Err(MetadataError::Invalid(format!(
                 "{host} answered HTTP {} for {}",
                 response.status.as_u16(),
                 url.path()
-            ));
+            )));
         }
-        serde_json::from_slice(&response.body)
-            .map_err(|_| format!("{host} did not answer JSON metadata at {}", url.path()))
+        serde_json::from_slice(&response.body).map_err(|_| {
+            MetadataError::Invalid(format!(
+                "{host} did not answer JSON metadata at {}",
+                url.path()
+            ))
+        })
     }
+
+    /// The issuer's metadata: RFC 8414 first, then OpenID discovery; a policy refusal stops
+    /// at once (the other URL has the same host).
+    async fn metadata_of(&self, issuer: &str) -> Result<serde_json::Value, MetadataError> {
+        let mut last = MetadataError::Invalid(format!("{issuer} is not a URL"));
+        for url in metadata_urls(issuer) {
+            match self.fetch_metadata(&url).await {
+                Ok(metadata) => return Ok(metadata),
+                Err(MetadataError::Outbound(e)) if e.is_refusal() => {
+                    return Err(MetadataError::Outbound(e));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// GETs an authorization URL through the guard's client (URL checked, resolver guarded, no
+/// redirects followed) and classifies the answer. Never reports a redirect's query (it may hold
+/// a code).
+async fn probe_authorize(
+    outbound: &OutboundClient,
+    url: url::Url,
+    redirect_uri: &str,
+) -> RedirectProbe {
+    if let Err(e) = outbound.check_url(&url) {
+        return RedirectProbe::Unreachable(e.to_string());
+    }
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let response = match outbound.inner().get(url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return RedirectProbe::Unreachable(format!("{host} did not answer in time"));
+        }
+        Err(_) => return RedirectProbe::Unreachable(format!("{host} could not be reached")),
+    };
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let target = location.split(['?', '#']).next().unwrap_or_default();
+        return RedirectProbe::Accepted(if target == redirect_uri {
+            format!(
+                "the authorization endpoint redirected to the redirect URI (HTTP {})",
+                status.as_u16()
+            )
+        } else {
+            format!(
+                "the authorization endpoint redirected elsewhere (HTTP {}, a login page): it took the request",
+                status.as_u16()
+            )
+        });
+    }
+    if status.is_success() {
+        return RedirectProbe::Accepted(format!(
+            "the authorization endpoint showed a page (HTTP {}), a login or consent page",
+            status.as_u16()
+        ));
+    }
+    if status.is_client_error() {
+        // Only the page's beginning is read: the excerpt needs no more.
+        let mut response = response;
+        let mut body = Vec::new();
+        while body.len() < 4096 {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+        let excerpt: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(160)
+            .collect();
+        return RedirectProbe::Refused(format!(
+            "HTTP {} without a redirect: {}",
+            status.as_u16(),
+            excerpt.trim()
+        ));
+    }
+    RedirectProbe::Unreachable(format!("{host} answered HTTP {}", status.as_u16()))
 }
 
 /// `code: description`, or the code alone.
@@ -306,7 +379,7 @@ impl ProviderGateway for OAuthGateway {
         state: &str,
         pkce_challenge: Option<&str>,
     ) -> Result<String, ProviderError> {
-        let (spec, client) = self.spec(provider, app)?;
+        let (spec, client, _) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         let req = AuthorizeRequest {
             redirect_uri,
@@ -339,7 +412,7 @@ impl ProviderGateway for OAuthGateway {
         pkce_verifier: Option<&SecretString>,
         callback_params: &BTreeMap<String, String>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
-        let (spec, client) = self.spec(provider, app)?;
+        let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Provider values that arrive with the callback (QuickBooks realmId), validated by the
         // same parser that reads real callbacks.
@@ -354,8 +427,7 @@ impl ProviderGateway for OAuthGateway {
         let callback_extras = cb_oauth::callback::parse_callback(spec, &query)
             .map_err(classify)?
             .extras;
-        let tokens = self
-            .http
+        let tokens = http
             .exchange_code(
                 spec,
                 &client,
@@ -366,13 +438,11 @@ impl ProviderGateway for OAuthGateway {
             )
             .await
             .map_err(classify)?;
-        let account = self
-            .http
+        let account = http
             .identify(spec, &tokens, &placeholders)
             .await
             .map_err(classify)?;
-        let lookup = self
-            .http
+        let lookup = http
             .post_connect_extras(spec, &tokens, &placeholders)
             .await
             .map_err(classify)?;
@@ -395,10 +465,9 @@ impl ProviderGateway for OAuthGateway {
         refresh_token: &SecretString,
         extras: &BTreeMap<String, String>,
     ) -> Result<GrantedTokens, ProviderError> {
-        let (spec, client) = self.spec(provider, app)?;
+        let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
-        self.http
-            .refresh(spec, &client, refresh_token, extras, &placeholders)
+        http.refresh(spec, &client, refresh_token, extras, &placeholders)
             .await
             .map(granted)
             .map_err(classify)
@@ -410,7 +479,7 @@ impl ProviderGateway for OAuthGateway {
         app: Option<&AppClient>,
         redirect_uri: &str,
     ) -> ClientProbe {
-        let (spec, client) = match self.spec(provider, app) {
+        let (spec, client, http) = match self.spec(provider, app) {
             Ok(found) => found,
             Err(e) => return ClientProbe::Unexpected(e.to_string()),
         };
@@ -423,8 +492,7 @@ impl ProviderGateway for OAuthGateway {
         ));
         let verifier = (spec.pkce != cb_oauth::catalog::Pkce::None)
             .then(|| SecretString::from("d".repeat(64)));
-        match self
-            .http
+        match http
             .exchange_code(
                 spec,
                 &client,
@@ -456,14 +524,50 @@ impl ProviderGateway for OAuthGateway {
         let Some(issuer) = spec.issuer.clone() else {
             return Discovery::NoIssuer;
         };
-        let mut last_error = String::new();
-        for url in metadata_urls(&issuer) {
-            match self.fetch_metadata(&url).await {
-                Ok(metadata) => return compare_metadata(spec, &issuer, &metadata),
-                Err(e) => last_error = e,
-            }
+        match self.metadata_of(&issuer).await {
+            Ok(metadata) => compare_metadata(spec, &issuer, &metadata),
+            Err(e) => Discovery::Unreachable(e.to_string()),
         }
-        Discovery::Unreachable(last_error)
+    }
+
+    fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {
+        self.outbound.check_url(url)
+    }
+
+    async fn probe_redirect(
+        &self,
+        provider: &str,
+        app: Option<&AppClient>,
+        redirect_uri: &str,
+    ) -> RedirectProbe {
+        let (spec, client, _) = match self.spec(provider, app) {
+            Ok(found) => found,
+            Err(e) => return RedirectProbe::Unreachable(e.to_string()),
+        };
+        let placeholders = self.placeholders(provider);
+        // A well-formed S256 challenge where PKCE is in use: only the redirect URI and the
+        // client id can decide the answer.
+        let challenge = (spec.pkce != cb_oauth::catalog::Pkce::None).then(|| "c".repeat(43));
+        let req = AuthorizeRequest {
+            redirect_uri,
+            scopes: &spec.default_scopes,
+            state: "credential-broker-diagnosis",
+            pkce_challenge: challenge.as_deref(),
+            placeholders: &placeholders,
+        };
+        let url = match cb_oauth::authorize_url(spec, &client, &req) {
+            Ok(url) => url,
+            Err(e) => return RedirectProbe::Unreachable(e.to_string()),
+        };
+        probe_authorize(&self.outbound, url, redirect_uri).await
+    }
+
+    fn outbound_allows_loopback(&self) -> bool {
+        self.outbound.policy().allow_loopback
+    }
+
+    async fn issuer_metadata(&self, issuer: &str) -> Result<serde_json::Value, MetadataError> {
+        self.metadata_of(issuer).await
     }
 
     async fn revoke(
@@ -472,7 +576,7 @@ impl ProviderGateway for OAuthGateway {
         app: Option<&AppClient>,
         tokens: &TokenBundle,
     ) -> Result<RevokeResult, ProviderError> {
-        let (spec, client) = self.spec(provider, app)?;
+        let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         // Revoking the refresh token ends the whole grant where the provider supports it.
         let (token, hint) = match (
@@ -482,8 +586,7 @@ impl ProviderGateway for OAuthGateway {
             (Some(rt), false) => (rt, "refresh_token"),
             _ => (&tokens.access_token, "access_token"),
         };
-        match self
-            .http
+        match http
             .revoke(spec, &client, token, hint, &placeholders)
             .await
             .map_err(classify)?
