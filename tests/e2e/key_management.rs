@@ -17,6 +17,7 @@ use cb_crypto::{
     AwsKmsKeyProvider, CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef,
     LocalKeyProvider, SealedBlob, WrappedDek,
 };
+use cb_proto::v1 as pb;
 use cb_store::{SealedColumns, Store};
 use credential_broker::cli::rotate::{self, RotateKeysArgs};
 use credential_broker::runtime::app::{Application, BuildOptions};
@@ -382,6 +383,14 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
                 .unwrap(),
         );
     }
+    // A workspace OAuth app: its client secret is sealed under version 1 too.
+    let app = b
+        .client()
+        .await
+        .admin_of("ws1")
+        .create_app("ws1", "fake", "rotation-app", "rotation-secret")
+        .await
+        .unwrap();
     let store = s.store().await;
     let key_id = sealed(store.as_ref(), &creds[0].id)
         .await
@@ -455,6 +464,34 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         report.contains(&format!("{key_id} version 2")) && !report.contains("version 1 "),
         "{report}"
     );
+
+    // rotate-keys does not re-wrap app secrets: retiring version 1 is refused while the app's
+    // secret is under it, naming the app; rotating the app's secret (then retiring its old
+    // one) moves it to version 2.
+    let err = rotate::retire_local_version_command(&s.config, 1, &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&app.oauth_app_id) && err.contains("RotateOAuthAppSecret"),
+        "{err}"
+    );
+    let b = Broker::start(&s.config).await.unwrap();
+    let mut client = b.client().await.admin_of("ws1");
+    let new_secret = client.request(pb::RotateOAuthAppSecretRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+        client_secret: "rotation-secret-2".into(),
+    });
+    client
+        .apps
+        .rotate_o_auth_app_secret(new_secret)
+        .await
+        .unwrap();
+    let retire = client.request(pb::RetireOAuthAppSecretRequest {
+        oauth_app_id: app.oauth_app_id.clone(),
+    });
+    client.apps.retire_o_auth_app_secret(retire).await.unwrap();
+    b.stop().await;
 
     // Nothing uses version 1 any more: retire it; everything still opens with version 2.
     let mut out = Vec::new();

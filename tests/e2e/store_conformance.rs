@@ -3684,6 +3684,18 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
         .insert_oauth_app_secret(&app_secret("app-a", 2))
         .await
         .unwrap();
+    // What retiring a key version would make unreadable: the apps with a secret under it.
+    assert_eq!(
+        store.apps_with_secrets_on_key("local:k1", 3).await.unwrap(),
+        ["app-0", "app-a", "app-b", "app-c"]
+    );
+    assert!(
+        store
+            .apps_with_secrets_on_key("local:k1", 4)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
         store.insert_oauth_app_secret(&app_secret("app-a", 2)).await,
         Err(StoreError::Duplicate(_))

@@ -575,6 +575,14 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of the non-disconnected credentials minted by an app, ordered by id.
     async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
 
+    /// Ids of the apps holding a client secret whose data key `key_id` version `key_version`
+    /// wraps, ordered by id: what retiring that key version would make unreadable.
+    async fn apps_with_secrets_on_key(
+        &self,
+        key_id: &str,
+        key_version: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Whether changes made by other processes are being delivered right now: the session of
     /// the change feed (a new number each time it (re)connects, notifications in between may
     /// be lost), or `None` while it is down or not started. SQLite (one process): always

@@ -1758,6 +1758,18 @@ where
         .await
     }
 
+    async fn apps_with_secrets_on_key(
+        &self,
+        key_id: &str,
+        key_version: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let select = sqlx::query_scalar(sql::APPS_WITH_SECRETS_ON_KEY)
+            .bind(key_id)
+            .bind(key_version);
+        self.traced("apps_with_secrets_on_key", None, self.column(select))
+            .await
+    }
+
     fn change_feed(&self) -> Option<u64> {
         DB::feed_session(&self.changes)
     }

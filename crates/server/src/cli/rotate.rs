@@ -178,6 +178,21 @@ pub async fn retire_local_version_command(
              rotate-keys first"
         )));
     }
+    // rotate-keys does not re-wrap OAuth app secrets yet: retiring would make them unreadable.
+    let apps = store
+        .apps_with_secrets_on_key(&key_id, i64::from(version))
+        .await
+        .map_err(|source| StartupError::Database {
+            url: config.database.url.redacted(),
+            source,
+        })?;
+    if !apps.is_empty() {
+        return Err(keys_error(format_args!(
+            "OAuth app(s) {} still hold client secrets wrapped by {key_id} version {version}: \
+             rotate each app's secret (RotateOAuthAppSecret, then RetireOAuthAppSecret) first",
+            apps.join(", ")
+        )));
+    }
     LocalKeyProvider::retire_version(path, version).map_err(keys_error)?;
     say(
         out,
