@@ -812,18 +812,11 @@ where
         horizon: i64,
         limit: u32,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        self.traced("grants_ending", None, async {
-            sqlx::query_as::<DB, CredentialRecord>(sql::GRANTS_ENDING)
-                .bind(horizon)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)?
-                .into_iter()
-                .map(CredentialRow::try_from)
-                .collect()
-        })
-        .await
+        let select = sqlx::query_as(sql::GRANTS_ENDING)
+            .bind(horizon)
+            .bind(i64::from(limit));
+        self.traced("grants_ending", None, self.credentials(select))
+            .await
     }
 
     async fn mark_health(
@@ -900,19 +893,15 @@ where
         now: i64,
         event_types: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.traced("upsert_webhook_endpoint", None, async {
-            sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
-                .bind(id)
-                .bind(workspace_id)
-                .bind(url)
-                .bind(now)
-                .bind(event_types)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(())
-        })
-        .await
+        let statement = sqlx::query(sql::UPSERT_WEBHOOK_ENDPOINT)
+            .bind(id)
+            .bind(workspace_id)
+            .bind(url)
+            .bind(now)
+            .bind(event_types);
+        self.traced("upsert_webhook_endpoint", None, self.execute(statement))
+            .await
+            .map(drop)
     }
 
     async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
@@ -1023,26 +1012,18 @@ where
         limit: u32,
         after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.traced("list_webhook_deliveries", None, async {
-            sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
-                .bind(endpoint_id)
-                .bind(i64::from(limit))
-                .bind(after_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as::<DB, DeliveryRow>(sql::LIST_WEBHOOK_DELIVERIES)
+            .bind(endpoint_id)
+            .bind(i64::from(limit))
+            .bind(after_id);
+        self.traced("list_webhook_deliveries", None, self.all(select))
+            .await
     }
 
     async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.traced("count_credentials_by_health", None, async {
-            sqlx::query_as::<DB, (String, i64)>(sql::COUNT_CREDENTIALS_BY_HEALTH)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as(sql::COUNT_CREDENTIALS_BY_HEALTH);
+        self.traced("count_credentials_by_health", None, self.all(select))
+            .await
     }
 
     async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64, StoreError> {
@@ -1493,14 +1474,9 @@ where
     }
 
     async fn get_oauth_app(&self, id: &str) -> Result<Option<OAuthAppRow>, StoreError> {
-        self.traced("get_oauth_app", None, async {
-            sqlx::query_as::<DB, OAuthAppRow>(sql::GET_OAUTH_APP)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as::<DB, OAuthAppRow>(sql::GET_OAUTH_APP).bind(id);
+        self.traced("get_oauth_app", None, self.optional(select))
+            .await
     }
 
     async fn list_oauth_apps(
@@ -1508,15 +1484,10 @@ where
         workspace_id: &str,
         provider_id: Option<&str>,
     ) -> Result<Vec<OAuthAppRow>, StoreError> {
-        self.traced("list_oauth_apps", None, async {
-            sqlx::query_as::<DB, OAuthAppRow>(sql::LIST_OAUTH_APPS)
-                .bind(workspace_id)
-                .bind(provider_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as::<DB, OAuthAppRow>(sql::LIST_OAUTH_APPS)
+            .bind(workspace_id)
+            .bind(provider_id);
+        self.traced("list_oauth_apps", None, self.all(select)).await
     }
 
     async fn update_oauth_app(
@@ -1525,16 +1496,14 @@ where
         expected_version: i64,
     ) -> Result<OAuthAppRow, StoreError> {
         self.traced("update_oauth_app", None, async {
-            let updated = sqlx::query_as::<DB, OAuthAppRow>(sql::UPDATE_OAUTH_APP)
+            let update = sqlx::query_as(sql::UPDATE_OAUTH_APP)
                 .bind(app.id.as_str())
                 .bind(expected_version)
                 .bind(app.display_name.as_str())
                 .bind(app.client_id.as_str())
                 .bind(app.allowed_scopes.as_str())
-                .bind(app.updated_at)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
+                .bind(app.updated_at);
+            let updated = self.optional(update).await?;
             match updated {
                 Some(row) => Ok(row),
                 None if self.get_oauth_app(&app.id).await?.is_some() => {
@@ -1571,21 +1540,17 @@ where
         &self,
         row: &WorkspaceProviderRow,
     ) -> Result<(), StoreError> {
-        self.traced("insert_workspace_provider", None, async {
-            sqlx::query::<DB>(sql::INSERT_WORKSPACE_PROVIDER)
-                .bind(row.workspace_id.as_str())
-                .bind(row.id.as_str())
-                .bind(row.definition.as_str())
-                .bind(row.created_by.as_str())
-                .bind(row.created_at)
-                .bind(row.updated_at)
-                .bind(row.row_version)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)
-                .map(|_| ())
-        })
-        .await
+        let statement = sqlx::query(sql::INSERT_WORKSPACE_PROVIDER)
+            .bind(row.workspace_id.as_str())
+            .bind(row.id.as_str())
+            .bind(row.definition.as_str())
+            .bind(row.created_by.as_str())
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .bind(row.row_version);
+        self.traced("insert_workspace_provider", None, self.execute(statement))
+            .await
+            .map(drop)
     }
 
     async fn get_workspace_provider(
@@ -1593,29 +1558,21 @@ where
         workspace_id: &str,
         id: &str,
     ) -> Result<Option<WorkspaceProviderRow>, StoreError> {
-        self.traced("get_workspace_provider", None, async {
-            sqlx::query_as::<DB, WorkspaceProviderRow>(sql::GET_WORKSPACE_PROVIDER)
-                .bind(workspace_id)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as::<DB, WorkspaceProviderRow>(sql::GET_WORKSPACE_PROVIDER)
+            .bind(workspace_id)
+            .bind(id);
+        self.traced("get_workspace_provider", None, self.optional(select))
+            .await
     }
 
     async fn list_workspace_providers(
         &self,
         workspace_id: &str,
     ) -> Result<Vec<WorkspaceProviderRow>, StoreError> {
-        self.traced("list_workspace_providers", None, async {
-            sqlx::query_as::<DB, WorkspaceProviderRow>(sql::LIST_WORKSPACE_PROVIDERS)
-                .bind(workspace_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select = sqlx::query_as::<DB, WorkspaceProviderRow>(sql::LIST_WORKSPACE_PROVIDERS)
+            .bind(workspace_id);
+        self.traced("list_workspace_providers", None, self.all(select))
+            .await
     }
 
     async fn update_workspace_provider(
@@ -1624,16 +1581,13 @@ where
         expected_version: i64,
     ) -> Result<WorkspaceProviderRow, StoreError> {
         self.traced("update_workspace_provider", None, async {
-            let updated =
-                sqlx::query_as::<DB, WorkspaceProviderRow>(sql::UPDATE_WORKSPACE_PROVIDER)
-                    .bind(row.workspace_id.as_str())
-                    .bind(row.id.as_str())
-                    .bind(expected_version)
-                    .bind(row.definition.as_str())
-                    .bind(row.updated_at)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map::<DB>)?;
+            let update = sqlx::query_as(sql::UPDATE_WORKSPACE_PROVIDER)
+                .bind(row.workspace_id.as_str())
+                .bind(row.id.as_str())
+                .bind(expected_version)
+                .bind(row.definition.as_str())
+                .bind(row.updated_at);
+            let updated = self.optional(update).await?;
             match updated {
                 Some(stored) => Ok(stored),
                 None if self
@@ -1656,41 +1610,28 @@ where
         workspace_id: &str,
         id: &str,
     ) -> Result<bool, StoreError> {
-        self.traced("delete_workspace_provider", None, async {
-            let done = sqlx::query(sql::DELETE_WORKSPACE_PROVIDER)
-                .bind(workspace_id)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let statement = sqlx::query(sql::DELETE_WORKSPACE_PROVIDER)
+            .bind(workspace_id)
+            .bind(id);
+        self.traced("delete_workspace_provider", None, self.changed(statement))
+            .await
     }
 
     async fn insert_oauth_app_secret(&self, secret: &OAuthAppSecretRow) -> Result<(), StoreError> {
-        self.traced("insert_oauth_app_secret", None, async {
-            bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(())
-        })
-        .await
+        let statement = bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret);
+        self.traced("insert_oauth_app_secret", None, self.execute(statement))
+            .await
+            .map(drop)
     }
 
     async fn list_oauth_app_secrets(
         &self,
         app_id: &str,
     ) -> Result<Vec<OAuthAppSecretRow>, StoreError> {
-        self.traced("list_oauth_app_secrets", None, async {
-            sqlx::query_as::<DB, OAuthAppSecretRow>(sql::LIST_OAUTH_APP_SECRETS)
-                .bind(app_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)
-        })
-        .await
+        let select =
+            sqlx::query_as::<DB, OAuthAppSecretRow>(sql::LIST_OAUTH_APP_SECRETS).bind(app_id);
+        self.traced("list_oauth_app_secrets", None, self.all(select))
+            .await
     }
 
     async fn delete_oauth_app_secret(
@@ -1698,16 +1639,11 @@ where
         app_id: &str,
         version: i64,
     ) -> Result<bool, StoreError> {
-        self.traced("delete_oauth_app_secret", None, async {
-            let done = sqlx::query(sql::DELETE_OAUTH_APP_SECRET)
-                .bind(app_id)
-                .bind(version)
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
-        })
-        .await
+        let statement = sqlx::query(sql::DELETE_OAUTH_APP_SECRET)
+            .bind(app_id)
+            .bind(version);
+        self.traced("delete_oauth_app_secret", None, self.changed(statement))
+            .await
     }
 
     async fn set_credential_app(
@@ -1715,17 +1651,17 @@ where
         credential_id: &str,
         app: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
-        self.traced("set_credential_app", Some(credential_id), async {
-            sqlx::query(sql::SET_CREDENTIAL_APP)
-                .bind(credential_id)
-                .bind(app.map(|(id, _)| id))
-                .bind(app.map(|(_, v)| v))
-                .execute(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(())
-        })
+        let statement = sqlx::query(sql::SET_CREDENTIAL_APP)
+            .bind(credential_id)
+            .bind(app.map(|(id, _)| id))
+            .bind(app.map(|(_, v)| v));
+        self.traced(
+            "set_credential_app",
+            Some(credential_id),
+            self.execute(statement),
+        )
         .await
+        .map(drop)
     }
 
     async fn credential_app(
@@ -1733,11 +1669,8 @@ where
         credential_id: &str,
     ) -> Result<Option<(String, i64)>, StoreError> {
         self.traced("credential_app", Some(credential_id), async {
-            let row = sqlx::query_as::<DB, (Option<String>, Option<i64>)>(sql::GET_CREDENTIAL_APP)
-                .bind(credential_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
+            let select = sqlx::query_as(sql::GET_CREDENTIAL_APP).bind(credential_id);
+            let row: Option<(Option<String>, Option<i64>)> = self.optional(select).await?;
             Ok(match row {
                 Some((Some(app), version)) => Some((app, version.unwrap_or(0))),
                 _ => None,
@@ -1747,15 +1680,9 @@ where
     }
 
     async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
-        self.traced("credentials_using_app", None, async {
-            let rows = sqlx::query_as::<DB, (String,)>(sql::CREDENTIALS_USING_APP)
-                .bind(app_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map::<DB>)?;
-            Ok(rows.into_iter().map(|(id,)| id).collect())
-        })
-        .await
+        let select = sqlx::query_scalar(sql::CREDENTIALS_USING_APP).bind(app_id);
+        self.traced("credentials_using_app", None, self.column(select))
+            .await
     }
 
     async fn apps_with_secrets_on_key(
