@@ -19,7 +19,6 @@ use crate::credential::Status;
 use crate::error::{BrokerError, reason};
 use crate::policy::{Policy, require_actor};
 use crate::types::{CredentialId, Email, UserId, WorkspaceId};
-use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_store::{RunGrantRow, Store};
@@ -147,8 +146,7 @@ fn refused(reason: &'static str, message: &str) -> BrokerError {
 
 /// The hex SHA-256 under which a grant is stored.
 fn grant_hash(grant: &str) -> String {
-    let d = digest(&SHA256, grant.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    cb_crypto::sha256_hex(grant.as_bytes())
 }
 
 /// Creates, revokes and verifies run grants.

@@ -27,4 +27,5 @@ pub use key_provider::{EncryptionContext, KeyProvider, KeyRef, WrappedDek, key_l
 pub use local::LocalKeyProvider;
 pub use local_watch::WatchedLocalKeyProvider;
 pub use multi::MultiKeyProvider;
+pub use primitives::sha256_hex;
 pub use secret::{DataKey, SecretBytes};

@@ -65,6 +65,12 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Lower-case hex of the SHA-256 of `data`: how the broker stores what it must recognise but
+/// never keep (refresh tokens in a refresh intent, run grants).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha256(data))
+}
+
 /// An unambiguous byte encoding: a domain label, then length-prefixed fields, so no two
 /// different field lists encode to the same bytes.
 pub(crate) struct Canonical(Vec<u8>);

@@ -4,7 +4,6 @@
 
 use super::lock;
 use crate::clock::Clock;
-use aws_lc_rs::digest::{SHA256, digest};
 use cb_store::{CredentialRow, Store};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
@@ -16,11 +15,7 @@ use tokio::time::Instant;
 
 /// Hex SHA-256 of a refresh token: what a refresh intent records (never the token).
 pub(super) fn token_sha256(token: &SecretString) -> String {
-    digest(&SHA256, token.expose_secret().as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    cb_crypto::sha256_hex(token.expose_secret().as_bytes())
 }
 
 /// Milliseconds of a duration, for the store's integer columns.
