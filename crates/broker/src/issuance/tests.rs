@@ -33,6 +33,8 @@ struct ScriptedProvider {
     latency: Duration,
     /// Refreshes answer `invalid_grant`.
     revoked: AtomicBool,
+    /// When set, a refresh waits (after its latency) for a permit the test adds.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl ScriptedProvider {
@@ -46,6 +48,7 @@ impl ScriptedProvider {
             most_in_flight: AtomicUsize::new(0),
             latency: Duration::ZERO,
             revoked: AtomicBool::new(false),
+            gate: None,
         }
     }
 }
@@ -115,6 +118,11 @@ impl ProviderGateway for ScriptedProvider {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(self.latency).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(gate) = &self.gate {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            gate.acquire().await.map(|permit| permit.forget()).ok();
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         if self.revoked.load(Ordering::SeqCst) {
@@ -220,6 +228,17 @@ async fn kit(provider: ScriptedProvider) -> Kit {
     }
 }
 
+/// Waits until `cond` holds, at most 10 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
+}
+
 fn dev() -> Caller {
     Caller {
         service: "dev".into(),
@@ -323,14 +342,10 @@ async fn a_waiting_replica_is_woken_by_the_leaders_write() {
                 .map(|t| t.access_token().expose_secret().to_owned())
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while kit.provider.in_flight.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the leader never called the provider"
-        );
-        tokio::task::yield_now().await;
-    }
+    wait_until("the leader calls the provider", || {
+        kit.provider.in_flight.load(Ordering::SeqCst) > 0
+    })
+    .await;
     let followed = tokio::time::timeout(
         Duration::from_secs(10),
         patient.get_access_token(&dev(), &id, None, UsageContext::default()),
@@ -418,13 +433,7 @@ async fn a_joiner_that_asked_for_more_than_the_leader_flies_again() {
                 .await
         })
     };
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while kit.tokens.stats().flight_joins == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_until("the joiner joins", || kit.tokens.stats().flight_joins > 0).await;
     // The leader answers with the token that satisfied it: 2 minutes, less than the joiner's 5.
     lock(&kit.tokens.flights).remove(id.as_str());
     tx.send_replace(Some(Ok(Arc::new(Entry::new(
@@ -509,9 +518,10 @@ async fn an_invalidation_while_the_leader_reads_is_not_lost() {
 /// failed.
 #[tokio::test]
 async fn a_flight_joined_by_a_non_member_tells_it_nothing() {
-    let mut slow = ScriptedProvider::new(true);
-    slow.latency = Duration::from_millis(300);
-    let kit = kit(slow).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut held = ScriptedProvider::new(true);
+    held.gate = Some(gate.clone());
+    let kit = kit(held).await;
     let id = kit.import(T0.minus(Duration::from_secs(10))).await;
     let stranger = Caller {
         service: "executor".into(),
@@ -532,26 +542,30 @@ async fn a_flight_joined_by_a_non_member_tells_it_nothing() {
                     .await
             })
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while kit.provider.in_flight.load(Ordering::SeqCst) == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "no refresh started");
-            tokio::task::yield_now().await;
-        }
+        wait_until("a refresh starts", || {
+            kit.provider.in_flight.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        // The provider holds the refresh until the stranger has joined the flight.
         let joins = kit.tokens.stats().flight_joins;
-        let err = kit
-            .tokens
-            .get_access_token(&stranger, &id, None, UsageContext::default())
-            .await
-            .unwrap_err();
+        let joined = {
+            let (tokens, id, stranger) = (kit.tokens.clone(), id.clone(), stranger.clone());
+            tokio::spawn(async move {
+                tokens
+                    .get_access_token(&stranger, &id, None, UsageContext::default())
+                    .await
+            })
+        };
+        wait_until("the stranger joins the flight", || {
+            kit.tokens.stats().flight_joins == joins + 1
+        })
+        .await;
+        gate.add_permits(1);
+        let err = joined.await.unwrap().unwrap_err();
         assert_eq!(
             err.reason(),
             crate::error::reason::CREDENTIAL_NOT_FOUND,
             "{revoked}"
-        );
-        assert_eq!(
-            kit.tokens.stats().flight_joins,
-            joins + 1,
-            "the stranger joined the flight"
         );
         let led = leader.await.unwrap();
         assert_eq!(led.is_err(), revoked);
