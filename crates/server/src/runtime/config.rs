@@ -260,7 +260,13 @@ fn validate_issuer_keys(
         ));
     }
     if jwks_url.is_none() && !jwks_file && public_keys.is_empty() {
-        p.push(format!("{section}: set jwks_url or public_keys"));
+        // `[spiffe]` also reads a bundle file (the only section with `jwks_file`).
+        let sources = if section == "spiffe" {
+            "jwks_url, jwks_file or public_keys"
+        } else {
+            "jwks_url or public_keys"
+        };
+        p.push(format!("{section}: set {sources}"));
     }
     if let Some(u) = jwks_url {
         // The parsed host, not a prefix: `http://localhost.example.com` is not loopback.
@@ -364,17 +370,15 @@ impl ActorAssertionsConfig {
         if !(1..=300).contains(&self.max_lifetime_seconds) {
             p.push("actor_assertions.max_lifetime_seconds: must be between 1 and 300".into());
         }
-        if self.leeway_seconds > 300 {
-            p.push("actor_assertions.leeway_seconds: must be at most 300".into());
-        }
-        for (key, v) in [
-            ("jwks_refresh_seconds", self.jwks_refresh_seconds),
-            ("jwks_min_refetch_seconds", self.jwks_min_refetch_seconds),
-        ] {
-            if v == 0 {
-                p.push(format!("actor_assertions.{key}: must be at least 1"));
-            }
-        }
+        validate_jwks_timing(
+            "actor_assertions",
+            [
+                self.leeway_seconds,
+                self.jwks_refresh_seconds,
+                self.jwks_min_refetch_seconds,
+            ],
+            p,
+        );
         if self.replay_cache_max_entries == 0 {
             p.push("actor_assertions.replay_cache_max_entries: must be at least 1".into());
         }
