@@ -178,7 +178,7 @@ impl Metrics {
         );
         r.register(
             "rpc_rejected",
-            "RPCs refused before running, by calling service and reason (concurrency_limit)",
+            "RPCs refused before running, by calling service and reason (concurrency_limit, overloaded, max_connections)",
             m.rpc_rejected.clone(),
         );
         r.register(
