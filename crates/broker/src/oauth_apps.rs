@@ -320,9 +320,18 @@ impl AppClients {
 
     /// The app that minted a credential's grant, if any.
     pub async fn for_credential(&self, c: &Credential) -> Result<Option<ResolvedApp>, BrokerError> {
-        let recorded = self.store.credential_app(c.id.as_str()).await?;
-        self.recorded(recorded.as_ref().map(|(id, _)| id.as_str()))
-            .await
+        Ok(self.with_version(c).await?.map(|(app, _)| app))
+    }
+
+    /// [`AppClients::for_credential`] with the secret version recorded for the credential.
+    pub async fn with_version(
+        &self,
+        c: &Credential,
+    ) -> Result<Option<(ResolvedApp, i64)>, BrokerError> {
+        let Some((id, version)) = self.store.credential_app(c.id.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(self.recorded(Some(&id)).await?.map(|app| (app, version)))
     }
 
     /// Records the app (and secret version) that minted a credential's grant.

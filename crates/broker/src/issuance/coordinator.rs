@@ -563,12 +563,15 @@ impl TokenService {
             }
             // The client that minted the grant: a workspace app (newest secret, the previous one
             // once on invalid_client) or the deployment's configured client.
-            let app = self.apps.for_credential(&c).await?;
+            let (app, recorded) = self.apps.with_version(&c).await?.unzip();
             let (answer, used) = AppClients::call(app.as_ref(), |client| {
                 self.call_refresh(&c.provider_id, client, &refresh_token, &bundle.extras)
             })
             .await;
-            if let (Some(a), Some(version)) = (&app, used.version) {
+            // Written only when another secret answered than the one on record.
+            if let (Some(a), Some(version)) = (&app, used.version)
+                && recorded != Some(version)
+            {
                 self.apps.record(&id, Some(a), Some(version)).await?;
             }
             match answer {
