@@ -403,7 +403,9 @@ impl RunGrants {
                 let seen = self.invalidations.load(Ordering::SeqCst);
                 let row = self.store.get_run_grant(&hash).await?.ok_or_else(invalid)?;
                 let g = Arc::new(RunGrant::from_row(row)?);
-                if use_cache && !g.revoked {
+                // Revoked ones too: a revocation is final, so a revoked grant presented again
+                // is refused from memory instead of reading the database on every call.
+                if use_cache {
                     self.cache.insert(hash.clone(), g.clone());
                     // A revocation while the row was read may have missed the entry.
                     if self.invalidations.load(Ordering::SeqCst) != seen {
