@@ -240,6 +240,41 @@ fn ids(rows: &[CredentialRow]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
 
+/// Inserts `row` without members.
+async fn insert(store: &dyn Store, row: &CredentialRow) {
+    store
+        .insert_credential(row, &[])
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e}", row.id));
+}
+
+/// Inserting `row` without members fails: the error.
+async fn insert_err(store: &dyn Store, row: &CredentialRow) -> StoreError {
+    store
+        .insert_credential(row, &[])
+        .await
+        .expect_err(&format!("insert {} must fail", row.id))
+}
+
+async fn find(
+    store: &dyn Store,
+    workspace_id: &str,
+    provider_id: &str,
+    subject: &str,
+) -> Option<CredentialRow> {
+    store
+        .find_credential_by_account(workspace_id, provider_id, subject)
+        .await
+        .expect("find_credential_by_account")
+}
+
+async fn member_of(store: &dyn Store, credential_id: &str, email: &str) -> Option<MemberRow> {
+    store
+        .get_member(credential_id, email)
+        .await
+        .expect("get_member")
+}
+
 async fn must_get(store: &dyn Store, id: &str) -> CredentialRow {
     store
         .get_credential(id)
@@ -271,7 +306,7 @@ async fn migrate_is_idempotent(store: Arc<dyn Store>) {
     store.migrate().await.expect("third migrate");
     store.ping().await.expect("ping");
     let row = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&row, &[]).await.expect("insert");
+    insert(&*store, &row).await;
     store.migrate().await.expect("migrate with data");
     assert_eq!(must_get(&*store, "c1").await, row);
 }
@@ -297,10 +332,7 @@ async fn insert_then_get_round_trips_every_column(store: Arc<dyn Store>) {
     );
 
     let bare = bare_credential("c-bare", "ws", "github", "sub-2");
-    store
-        .insert_credential(&bare, &[])
-        .await
-        .expect("insert bare");
+    insert(&*store, &bare).await;
     assert_eq!(must_get(&*store, "c-bare").await, bare);
     assert!(
         store
@@ -317,12 +349,9 @@ async fn get_unknown_credential_is_none(store: Arc<dyn Store>) {
 
 async fn duplicate_id_is_rejected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&first, &[]).await.expect("insert");
+    insert(&*store, &first).await;
     let twin_id = credential("c1", "ws-other", "github", "sub-other");
-    let err = store
-        .insert_credential(&twin_id, &[])
-        .await
-        .expect_err("duplicate id");
+    let err = insert_err(&*store, &twin_id).await;
     assert_duplicate(&err, "credential id");
     assert_eq!(must_get(&*store, "c1").await, first);
 }
@@ -369,78 +398,45 @@ async fn insert_rejects_wrong_version_or_foreign_members(store: Arc<dyn Store>) 
 
 async fn active_twin_is_rejected_until_the_first_is_disconnected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&first, &[])
-        .await
-        .expect("insert first");
+    insert(&*store, &first).await;
 
     // NEEDS_RECONNECT still counts as live.
     let twin = bare_credential("c2", "ws", "google", "sub-1");
-    let err = store
-        .insert_credential(&twin, &[])
-        .await
-        .expect_err("active twin");
+    let err = insert_err(&*store, &twin).await;
     assert_duplicate(&err, "credential account");
 
     // The same account in another workspace or under another provider is a different key.
-    store
-        .insert_credential(&credential("c3", "ws-2", "google", "sub-1"), &[])
-        .await
-        .expect("other workspace");
-    store
-        .insert_credential(&credential("c4", "ws", "github", "sub-1"), &[])
-        .await
-        .expect("other provider");
+    insert(&*store, &credential("c3", "ws-2", "google", "sub-1")).await;
+    insert(&*store, &credential("c4", "ws", "github", "sub-1")).await;
 
     disconnect(&*store, "c1").await;
-    store
-        .insert_credential(&twin, &[])
-        .await
-        .expect("insert after disconnect");
+    insert(&*store, &twin).await;
     // Several disconnected twins may pile up.
     disconnect(&*store, "c2").await;
-    store
-        .insert_credential(&credential("c5", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("third connect");
+    insert(&*store, &credential("c5", "ws", "google", "sub-1")).await;
 }
 
 async fn find_credential_by_account_ignores_disconnected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&first, &[]).await.expect("insert");
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    insert(&*store, &first).await;
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, Some(first));
     for (ws, provider, subject) in [
         ("ws-2", "google", "sub-1"),
         ("ws", "github", "sub-1"),
         ("ws", "google", "sub-2"),
     ] {
-        let found = store
-            .find_credential_by_account(ws, provider, subject)
-            .await
-            .expect("find");
+        let found = find(&*store, ws, provider, subject).await;
         assert_eq!(found, None, "{ws}/{provider}/{subject}");
     }
 
     disconnect(&*store, "c1").await;
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, None);
 
     let second = credential("c2", "ws", "google", "sub-1");
-    store
-        .insert_credential(&second, &[])
-        .await
-        .expect("reconnect");
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    insert(&*store, &second).await;
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, Some(second));
 }
 
@@ -452,7 +448,7 @@ async fn list_filters_workspace_provider_and_status(store: Arc<dyn Store>) {
         credential("a4", "ws", "google", "s4"),
         credential("b1", "ws-other", "google", "s1"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     disconnect(&*store, "a4").await;
 
@@ -512,7 +508,7 @@ async fn count_credentials_by_status_covers_every_workspace(store: Arc<dyn Store
         bare_credential("b1", "ws-other", "google", "s1"),
         credential("b2", "ws-other", "google", "s2"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     disconnect(&*store, "a4").await;
     let counts = store
@@ -538,7 +534,7 @@ async fn list_by_status_filters_workspace_and_pages(store: Arc<dyn Store>) {
         bare_credential("d1", "ws-other", "google", "s1"),
         credential("d2", "ws-other", "google", "s2"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     let needs = |workspace: Option<&str>, after: Option<&str>, limit| StatusQuery {
         status: "NEEDS_RECONNECT".to_owned(),
@@ -598,18 +594,12 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
         let id = format!("c{n:02}");
         let provider = if n % 2 == 0 { "github" } else { "google" };
         let row = credential(&id, "ws", provider, &format!("sub-{n}"));
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
         expected.push(id);
     }
     expected.sort();
-    store
-        .insert_credential(&credential("c00", "ws-other", "google", "x"), &[])
-        .await
-        .expect("insert other workspace");
-    store
-        .insert_credential(&credential("c99", "ws", "google", "gone"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &credential("c00", "ws-other", "google", "x")).await;
+    insert(&*store, &credential("c99", "ws", "google", "gone")).await;
     disconnect(&*store, "c99").await;
 
     for limit in [1, 3, 4, 11, 50] {
@@ -666,10 +656,7 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
 
 async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
 
     let wanted = CredentialRow {
         account_subject: "sub-1b".to_owned(),
@@ -736,10 +723,7 @@ async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) 
 
 async fn stale_update_conflicts_and_leaves_row_unchanged(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let first = CredentialRow {
         display_name: "first writer".to_owned(),
         ..original.clone()
@@ -776,10 +760,7 @@ async fn update_of_unknown_id_is_not_found(store: Arc<dyn Store>) {
 
 async fn update_can_clear_sealed_tokens(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let wiped = CredentialRow {
         sealed: None,
         has_refresh_token: false,
@@ -802,15 +783,9 @@ async fn update_can_clear_sealed_tokens(store: Arc<dyn Store>) {
 }
 
 async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&credential("c1", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &credential("c1", "ws", "google", "sub-1")).await;
     let disconnected = disconnect(&*store, "c1").await;
-    store
-        .insert_credential(&credential("c2", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("reconnect as new credential");
+    insert(&*store, &credential("c2", "ws", "google", "sub-1")).await;
 
     // Reviving c1 would make two live credentials for one account.
     let revive = CredentialRow {
@@ -828,7 +803,7 @@ async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
 
 async fn update_never_moves_last_used_at_backwards(store: Arc<dyn Store>) {
     let bare = bare_credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&bare, &[]).await.expect("insert");
+    insert(&*store, &bare).await;
     let mut current = must_get(&*store, "c1").await;
     assert_eq!(current.last_used_at, None);
     // (given, stored afterwards): the later of the stored and the given value; NULL on either
@@ -895,10 +870,7 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         )
         .await
         .expect("insert");
-    store
-        .insert_credential(&credential("c2", "ws", "google", "sub-2"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &credential("c2", "ws", "google", "sub-2")).await;
 
     let invited = member("c1", "carol@example.com", "MEMBER");
     store
@@ -906,20 +878,11 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         .await
         .expect("upsert new");
     assert_eq!(
-        store
-            .get_member("c1", "carol@example.com")
-            .await
-            .expect("get"),
+        member_of(&*store, "c1", "carol@example.com").await,
         Some(invited.clone())
     );
     // Same email on another credential is a different member.
-    assert_eq!(
-        store
-            .get_member("c2", "carol@example.com")
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(member_of(&*store, "c2", "carol@example.com").await, None);
 
     let accepted = MemberRow {
         user_id: Some("user-carol".to_owned()),
@@ -934,10 +897,7 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         .await
         .expect("upsert replace");
     assert_eq!(
-        store
-            .get_member("c1", "carol@example.com")
-            .await
-            .expect("get"),
+        member_of(&*store, "c1", "carol@example.com").await,
         Some(accepted.clone())
     );
 
@@ -958,37 +918,22 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
     assert!(store.list_members("c2").await.expect("list").is_empty());
 
     store
-        .change_member(&MemberChange::Delete {
-            credential_id: "c1".to_owned(),
-            email: "bob@example.com".to_owned(),
-        })
+        .change_member(&delete_change("c1", "bob@example.com"))
         .await
         .expect("delete");
     assert!(matches!(
         store
-            .change_member(&MemberChange::Delete {
-                credential_id: "c1".to_owned(),
-                email: "bob@example.com".to_owned()
-            })
+            .change_member(&delete_change("c1", "bob@example.com"))
             .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
         store
-            .change_member(&MemberChange::Delete {
-                credential_id: "c2".to_owned(),
-                email: "carol@example.com".to_owned()
-            })
+            .change_member(&delete_change("c2", "carol@example.com"))
             .await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(
-        store
-            .get_member("c1", "bob@example.com")
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(member_of(&*store, "c1", "bob@example.com").await, None);
     assert_eq!(store.list_members("c1").await.expect("list").len(), 2);
 
     let bad_role = MemberRow {
@@ -1343,7 +1288,7 @@ async fn key_usage_counts_sealed_credentials_per_key_version(store: Arc<dyn Stor
         sealed_with("c4", "k0", 5),
         bare_credential("c5", "ws", "google", "sub-c5"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     let usage = |key_id: &str, key_version: i64, credentials: i64, sample: &str| KeyUsage {
         key_id: key_id.to_owned(),
@@ -1402,12 +1347,9 @@ async fn dek_rows_not_on_key_pages_through_other_keys_only(store: Arc<dyn Store>
         sealed_under("c6", "k1", 2),
     ];
     for row in &rows {
-        store.insert_credential(row, &[]).await.expect("insert");
+        insert(&*store, row).await;
     }
-    store
-        .insert_credential(&bare_credential("c5", "ws", "google", "sub-c5"), &[])
-        .await
-        .expect("insert bare");
+    insert(&*store, &bare_credential("c5", "ws", "google", "sub-c5")).await;
     let page = |after: Option<&'static str>, limit| {
         let store = store.clone();
         async move {
@@ -1441,10 +1383,7 @@ async fn dek_rows_not_on_key_pages_through_other_keys_only(store: Arc<dyn Store>
 
 async fn rewrap_dek_swaps_only_the_data_key_while_unchanged(store: Arc<dyn Store>) {
     let original = sealed_under("c1", "k1", 1);
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let old = dek_row(&original);
 
     assert!(
@@ -1535,18 +1474,15 @@ async fn errors_do_not_echo_bound_values(store: Arc<dyn Store>) {
         status: SECRET.to_owned(),
         ..credential("c1", "ws", "google", "sub-1")
     };
-    let err = store
-        .insert_credential(&bad_status, &[])
-        .await
-        .expect_err("check");
+    let err = insert_err(&*store, &bad_status).await;
     assert!(matches!(err, StoreError::Database(_)), "got {err:?}");
     assert!(!format!("{err} {err:?}").contains(SECRET), "leaked: {err}");
 
     // A unique violation whose key is the bound value.
     let row = credential(SECRET, "ws", "google", "sub-1");
-    store.insert_credential(&row, &[]).await.expect("insert");
+    insert(&*store, &row).await;
     let again = credential(SECRET, "ws", "google", "sub-2");
-    let err = store.insert_credential(&again, &[]).await.expect_err("dup");
+    let err = insert_err(&*store, &again).await;
     assert!(!format!("{err} {err:?}").contains(SECRET), "leaked: {err}");
 
     // Debug of a row shows sealed lengths, never bytes.
@@ -1566,10 +1502,7 @@ async fn errors_do_not_echo_bound_values(store: Arc<dyn Store>) {
 
 async fn concurrent_updates_have_exactly_one_winner(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
 
     const RACERS: usize = 10;
     let start = Arc::new(tokio::sync::Barrier::new(RACERS));
@@ -2099,10 +2032,7 @@ async fn insert_with_admin(store: &dyn Store, id: &str) {
 
 /// Inserts [`leaseless`] `id` without members.
 async fn insert_leaseless(store: &dyn Store, id: &str) {
-    store
-        .insert_credential(&leaseless(id), &[])
-        .await
-        .expect("insert");
+    insert(store, &leaseless(id)).await;
 }
 
 /// `replica-a` takes the free lease of `id` (at `T0`, for `LEASE_MS`).
@@ -2165,7 +2095,7 @@ async fn insert_due(store: &dyn Store, due: &[(&str, Option<i64>)]) {
         if id == "d5" {
             row.status = "NEEDS_RECONNECT".to_owned();
         }
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(store, &row).await;
     }
 }
 
@@ -2341,10 +2271,7 @@ async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
     assert_eq!(must_get(&*store, "c2").await, winners[0]);
 
     // Only ACTIVE credentials can be leased; unknown ids are None.
-    store
-        .insert_credential(&bare_credential("c3", "ws", "google", "sub-c3"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &bare_credential("c3", "ws", "google", "sub-c3")).await;
     assert_eq!(
         store
             .acquire_refresh_lease("c3", "replica-a", T0, T0 + LEASE_MS)
@@ -2364,10 +2291,7 @@ async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
 async fn expired_lease_is_taken_over_and_fences_out_the_old_holder(store: Arc<dyn Store>) {
     // The fixture's lease (replica-a, fence 7) lapses at 1_700_000_010_000.
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let expiry = original.lease.expires_at.expect("fixture lease");
     assert_eq!(
         store
@@ -2702,8 +2626,8 @@ async fn record_usage_keeps_the_latest_use_without_a_version_bump(store: Arc<dyn
     let c1 = credential("c1", "ws", "google", "sub-1");
     let c1_used = c1.last_used_at.expect("fixture");
     let c2 = bare_credential("c2", "ws", "google", "sub-2");
-    store.insert_credential(&c1, &[]).await.expect("insert");
-    store.insert_credential(&c2, &[]).await.expect("insert");
+    insert(&*store, &c1).await;
+    insert(&*store, &c2).await;
     store.record_usage(&[]).await.expect("empty batch");
 
     store
@@ -3836,10 +3760,7 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         health: HealthColumns::default(),
         ..leaseless("c1")
     };
-    store
-        .insert_credential(&healthy, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &healthy).await;
     let outage = |at| RefreshFailure {
         health: "PROVIDER_OUTAGE".to_owned(),
         cause: "provider temporarily unavailable".to_owned(),
@@ -4118,10 +4039,7 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
     const WRITERS: usize = 8;
     const EACH: usize = 15;
     for w in 0..WRITERS {
-        store
-            .insert_credential(&leaseless(&format!("c{w}")), &[])
-            .await
-            .expect("insert");
+        insert(&*store, &leaseless(&format!("c{w}"))).await;
     }
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
