@@ -7,7 +7,9 @@ use crate::access_control::{
 use crate::support::broker::{
     REDIRECT_URI, T0, TestBroker, fake_grant_import, from_service as call,
 };
-use crate::support::client::{Answered, audit_count, audit_events};
+use crate::support::client::{
+    Answered, audit_count, audit_events, callback_request, rename_request,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -76,18 +78,9 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     }))
     .await
     .unwrap();
-    c.update_credential(as_alice(pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential {
-            credential_id: id.clone(),
-            display_name: "Renamed".into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["display_name".into()],
-        }),
-    }))
-    .await
-    .unwrap();
+    c.update_credential(as_alice(rename_request(&id, "Renamed")))
+        .await
+        .unwrap();
     c.start_connect(as_alice(pb::StartConnectRequest {
         workspace_id: "ws1".into(),
         provider_id: "fake".into(),
@@ -116,20 +109,10 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let callback = fake
         .approve(&url::Url::parse(&reconnect.authorization_url).unwrap())
         .await;
-    let param = |name: &str| {
-        callback
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    c.complete_connect(as_alice(pb::CompleteConnectRequest {
-        state: param("state"),
-        code: param("code"),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    let params = callback.query_pairs().into_owned().collect();
+    c.complete_connect(as_alice(callback_request(&params)))
+        .await
+        .unwrap();
     c.get_access_token(call(
         pb::GetAccessTokenRequest {
             credential_id: id.clone(),
