@@ -637,7 +637,7 @@ where
 
     async fn migrate(&self) -> Result<(), StoreError> {
         self.traced("migrate", None, async {
-            DB::migrator()
+            DB::MIGRATOR
                 .run(&self.pool)
                 .await
                 .map_err(|e| StoreError::Migration(e.to_string()))
