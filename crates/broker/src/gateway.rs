@@ -104,6 +104,33 @@ pub enum MetadataError {
     Invalid(String),
 }
 
+/// What an authorization URL asks the provider for.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthorizeParams<'a> {
+    /// Where the provider sends the user back.
+    pub redirect_uri: &'a str,
+    /// The scopes requested.
+    pub scopes: &'a [String],
+    /// The opaque state the callback must bring back.
+    pub state: &'a str,
+    /// The PKCE challenge, where the provider uses PKCE.
+    pub pkce_challenge: Option<&'a str>,
+}
+
+/// An authorization code to exchange, with what its authorization URL sent.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeExchange<'a> {
+    /// The code the callback brought.
+    pub code: &'a SecretString,
+    /// The redirect URI of the authorization URL.
+    pub redirect_uri: &'a str,
+    /// The verifier of the PKCE challenge, if one was sent.
+    pub pkce_verifier: Option<&'a SecretString>,
+    /// The redirect's other query parameters (e.g. QuickBooks `realmId`), kept as extras where
+    /// the provider needs them.
+    pub callback_params: &'a BTreeMap<String, String>,
+}
+
 /// Tokens a provider returned (code exchange or refresh).
 #[derive(Clone, Debug)]
 pub struct GrantedTokens {
@@ -273,10 +300,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
         &self,
         provider: &str,
         client: Option<&AppClient>,
-        redirect_uri: &str,
-        scopes: &[String],
-        state: &str,
-        pkce_challenge: Option<&str>,
+        authorize: AuthorizeParams<'_>,
     ) -> Result<String, ProviderError>;
     /// Whether the provider uses PKCE.
     fn uses_pkce(&self, provider: &str) -> bool;
@@ -286,16 +310,11 @@ pub trait ProviderGateway: Send + Sync + 'static {
         None
     }
     /// Exchanges an authorization code and identifies the account the tokens belong to.
-    /// `callback_params` are the redirect's other query parameters (e.g. QuickBooks `realmId`),
-    /// kept as extras where the provider needs them.
     async fn exchange_code(
         &self,
         provider: &str,
         client: Option<&AppClient>,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
-        callback_params: &BTreeMap<String, String>,
+        exchange: CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError>;
     /// Refreshes a grant.
     async fn refresh(

@@ -3,8 +3,8 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
-    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
+    AccountInfo, AppClient, AuthorizeParams, ClientProbe, CodeExchange, Discovery, GrantedTokens,
+    MetadataError, ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
@@ -374,18 +374,15 @@ impl ProviderGateway for OAuthGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        redirect_uri: &str,
-        scopes: &[String],
-        state: &str,
-        pkce_challenge: Option<&str>,
+        authorize: AuthorizeParams<'_>,
     ) -> Result<String, ProviderError> {
         let (spec, client, _) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
         let req = AuthorizeRequest {
-            redirect_uri,
-            scopes,
-            state,
-            pkce_challenge,
+            redirect_uri: authorize.redirect_uri,
+            scopes: authorize.scopes,
+            state: authorize.state,
+            pkce_challenge: authorize.pkce_challenge,
             placeholders: &placeholders,
         };
         cb_oauth::authorize_url(spec, &client, &req)
@@ -407,10 +404,7 @@ impl ProviderGateway for OAuthGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
-        callback_params: &BTreeMap<String, String>,
+        exchange: CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
         let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
@@ -419,7 +413,7 @@ impl ProviderGateway for OAuthGateway {
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             q.append_pair("code", "-").append_pair("state", "-");
-            for (k, v) in callback_params {
+            for (k, v) in exchange.callback_params {
                 q.append_pair(k, v);
             }
             q.finish()
@@ -431,9 +425,9 @@ impl ProviderGateway for OAuthGateway {
             .exchange_code(
                 spec,
                 &client,
-                code,
-                redirect_uri,
-                pkce_verifier,
+                exchange.code,
+                exchange.redirect_uri,
+                exchange.pkce_verifier,
                 &placeholders,
             )
             .await
