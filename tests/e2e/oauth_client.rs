@@ -114,8 +114,8 @@ async fn authorize(
             scopes: &scopes,
             state: state.expose_secret(),
             pkce_challenge: pkce.as_ref().map(|p| p.challenge.as_str()),
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let back = fake.approve(&url).await;
@@ -279,8 +279,8 @@ async fn access_denied_comes_back_in_the_callback() {
             scopes: &["read".to_owned()],
             state: "st",
             pkce_challenge: Some(&pkce.challenge),
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let back = fake.approve(&url).await;
@@ -1064,8 +1064,8 @@ async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
             scopes: &[],
             state: "s",
             pkce_challenge: None,
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let status = reqwest::get(url).await.unwrap().status();

@@ -9,7 +9,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
-    AppClient, AuthorizeParams, CodeExchange, GrantedTokens, ProviderError, ProviderGateway,
+    AppClient, AuthorizeRequest, CodeExchange, GrantedTokens, ProviderError, ProviderGateway,
     ProviderInfo, RevokeResult, ScopeInfo,
 };
 use crate::health::{EventKind, Health, HealthKind, event};
@@ -413,7 +413,7 @@ impl ConnectService {
             .authorize_url(
                 &p.id,
                 app.and_then(ResolvedApp::newest).map(|(_, c)| c),
-                AuthorizeParams {
+                AuthorizeRequest {
                     redirect_uri,
                     scopes: &names,
                     state: state.expose_secret(),

@@ -2,6 +2,7 @@
 //! `cb-oauth` HTTP client and the provider catalog; the domain stays free of HTTP.
 
 use crate::tokens::TokenBundle;
+pub use cb_oauth::AuthorizeRequest;
 use cb_oauth::catalog::ProviderSpec;
 use cb_oauth::outbound::{OutboundError, OutboundPolicy};
 use secrecy::SecretString;
@@ -102,19 +103,6 @@ pub enum MetadataError {
     /// The answer was not usable metadata (the message names no secret).
     #[error("{0}")]
     Invalid(String),
-}
-
-/// What an authorization URL asks the provider for.
-#[derive(Clone, Copy, Debug)]
-pub struct AuthorizeParams<'a> {
-    /// Where the provider sends the user back.
-    pub redirect_uri: &'a str,
-    /// The scopes requested.
-    pub scopes: &'a [String],
-    /// The opaque state the callback must bring back.
-    pub state: &'a str,
-    /// The PKCE challenge, where the provider uses PKCE.
-    pub pkce_challenge: Option<&'a str>,
 }
 
 /// An authorization code to exchange, with what its authorization URL sent.
@@ -300,7 +288,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
         &self,
         provider: &str,
         client: Option<&AppClient>,
-        authorize: AuthorizeParams<'_>,
+        authorize: AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError>;
     /// Whether the provider uses PKCE.
     fn uses_pkce(&self, provider: &str) -> bool;

@@ -82,7 +82,7 @@ impl ProviderGateway for ScriptedProvider {
         &self,
         _provider: &str,
         _client: Option<&crate::gateway::AppClient>,
-        _authorize: crate::gateway::AuthorizeParams<'_>,
+        _authorize: crate::gateway::AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
         Err(ProviderError::Other("not used".into()))
     }

@@ -6,8 +6,8 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, AuthorizeParams, ClientProbe, CodeExchange, Discovery, GrantedTokens,
-    MetadataError, ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, CodeExchange, Discovery, GrantedTokens, MetadataError,
+    ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -223,7 +223,7 @@ impl ProviderGateway for InstrumentedGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        authorize: AuthorizeParams<'_>,
+        authorize: cb_oauth::AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
         self.inner.authorize_url(provider, app, authorize)
     }

@@ -3,8 +3,8 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, AuthorizeParams, ClientProbe, CodeExchange, Discovery, GrantedTokens,
-    MetadataError, ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, CodeExchange, Discovery, GrantedTokens, MetadataError,
+    ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
@@ -374,18 +374,11 @@ impl ProviderGateway for OAuthGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        authorize: AuthorizeParams<'_>,
+        authorize: AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
         let (spec, client, _) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
-        let req = AuthorizeRequest {
-            redirect_uri: authorize.redirect_uri,
-            scopes: authorize.scopes,
-            state: authorize.state,
-            pkce_challenge: authorize.pkce_challenge,
-            placeholders: &placeholders,
-        };
-        cb_oauth::authorize_url(spec, &client, &req)
+        cb_oauth::authorize_url(spec, &client, &authorize, &placeholders)
             .map(|u| u.to_string())
             .map_err(classify)
     }
@@ -547,9 +540,8 @@ impl ProviderGateway for OAuthGateway {
             scopes: &spec.default_scopes,
             state: "credential-broker-diagnosis",
             pkce_challenge: challenge.as_deref(),
-            placeholders: &placeholders,
         };
-        let url = match cb_oauth::authorize_url(spec, &client, &req) {
+        let url = match cb_oauth::authorize_url(spec, &client, &req, &placeholders) {
             Ok(url) => url,
             Err(e) => return RedirectProbe::Unreachable(e.to_string()),
         };
