@@ -240,6 +240,22 @@ fn ids(rows: &[CredentialRow]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
 
+/// Inserts `row` with `members`.
+async fn insert_with(store: &dyn Store, row: &CredentialRow, members: &[MemberRow]) {
+    store
+        .insert_credential(row, members)
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e}", row.id));
+}
+
+/// Adds or replaces member `m`; `why` names the step.
+async fn upsert(store: &dyn Store, m: MemberRow, why: &str) {
+    store
+        .change_member(&MemberChange::Upsert(m))
+        .await
+        .unwrap_or_else(|e| panic!("{why}: {e}"));
+}
+
 /// Inserts `row` without members.
 async fn insert(store: &dyn Store, row: &CredentialRow) {
     store
@@ -863,20 +879,16 @@ async fn update_never_moves_last_used_at_backwards(store: Arc<dyn Store>) {
 }
 
 async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[member("c1", "admin@example.com", "ADMIN")],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[member("c1", "admin@example.com", "ADMIN")],
+    )
+    .await;
     insert(&*store, &credential("c2", "ws", "google", "sub-2")).await;
 
     let invited = member("c1", "carol@example.com", "MEMBER");
-    store
-        .change_member(&MemberChange::Upsert(invited.clone()))
-        .await
-        .expect("upsert new");
+    upsert(&*store, invited.clone(), "upsert new").await;
     assert_eq!(
         member_of(&*store, "c1", "carol@example.com").await,
         Some(invited.clone())
@@ -892,20 +904,14 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         updated_at: 1_700_000_500_000,
         ..invited.clone()
     };
-    store
-        .change_member(&MemberChange::Upsert(accepted.clone()))
-        .await
-        .expect("upsert replace");
+    upsert(&*store, accepted.clone(), "upsert replace").await;
     assert_eq!(
         member_of(&*store, "c1", "carol@example.com").await,
         Some(accepted.clone())
     );
 
     let bob = member("c1", "bob@example.com", "MEMBER");
-    store
-        .change_member(&MemberChange::Upsert(bob.clone()))
-        .await
-        .expect("upsert bob");
+    upsert(&*store, bob.clone(), "upsert bob").await;
     let listed = store.list_members("c1").await.expect("list");
     assert_eq!(
         listed,
@@ -1559,13 +1565,12 @@ fn is_last_admin(r: &Result<(), StoreError>) -> bool {
 async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
     let admin = active(member("c1", "admin@example.com", "ADMIN"));
     let bob = active(member("c1", "bob@example.com", "MEMBER"));
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[admin.clone(), bob.clone()],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[admin.clone(), bob.clone()],
+    )
+    .await;
     let before = store.list_members("c1").await.expect("list");
 
     let demoted = MemberRow {
@@ -1600,19 +1605,13 @@ async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
         .await
         .expect("delete a member");
     let carol = active(member("c1", "carol@example.com", "ADMIN"));
-    store
-        .change_member(&MemberChange::Upsert(carol.clone()))
-        .await
-        .expect("second admin");
+    upsert(&*store, carol.clone(), "second admin").await;
     let demoted = MemberRow {
         role: "MEMBER".to_owned(),
         updated_at: 1_700_000_900_000,
         ..admin.clone()
     };
-    store
-        .change_member(&MemberChange::Upsert(demoted.clone()))
-        .await
-        .expect("demote, carol stays admin");
+    upsert(&*store, demoted.clone(), "demote, carol stays admin").await;
     assert_eq!(
         store.list_members("c1").await.expect("list"),
         [demoted, carol]
@@ -1633,23 +1632,19 @@ async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
 async fn invited_admin_does_not_count(store: Arc<dyn Store>) {
     let admin = active(member("c1", "admin@example.com", "ADMIN"));
     let invited = member("c1", "invited@example.com", "ADMIN");
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[admin.clone(), invited.clone()],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[admin.clone(), invited.clone()],
+    )
+    .await;
     assert!(is_last_admin(
         &store
             .change_member(&delete_change("c1", "admin@example.com"))
             .await
     ));
     // Once the invitation is accepted, the first admin may leave.
-    store
-        .change_member(&MemberChange::Upsert(active(invited.clone())))
-        .await
-        .expect("accept");
+    upsert(&*store, active(invited.clone()), "accept").await;
     store
         .change_member(&delete_change("c1", "admin@example.com"))
         .await
@@ -1660,29 +1655,24 @@ async fn invited_admin_does_not_count(store: Arc<dyn Store>) {
     );
 
     // A credential that never had an active admin (e.g. imported) can still be repaired.
-    store
-        .insert_credential(
-            &credential("c2", "ws", "google", "sub-2"),
-            &[member("c2", "pending@example.com", "ADMIN")],
-        )
-        .await
-        .expect("insert");
-    store
-        .change_member(&MemberChange::Upsert(member(
-            "c2",
-            "bob@example.com",
-            "MEMBER",
-        )))
-        .await
-        .expect("add a member without any active admin");
-    store
-        .change_member(&MemberChange::Upsert(active(member(
-            "c2",
-            "root@example.com",
-            "ADMIN",
-        ))))
-        .await
-        .expect("first active admin");
+    insert_with(
+        &*store,
+        &credential("c2", "ws", "google", "sub-2"),
+        &[member("c2", "pending@example.com", "ADMIN")],
+    )
+    .await;
+    upsert(
+        &*store,
+        member("c2", "bob@example.com", "MEMBER"),
+        "add a member without any active admin",
+    )
+    .await;
+    upsert(
+        &*store,
+        active(member("c2", "root@example.com", "ADMIN")),
+        "first active admin",
+    )
+    .await;
 }
 
 async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
@@ -1690,13 +1680,12 @@ async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
         let id = format!("c{round}");
         let a = active(member(&id, "a@example.com", "ADMIN"));
         let b = active(member(&id, "b@example.com", "ADMIN"));
-        store
-            .insert_credential(
-                &credential(&id, "ws", "google", &format!("sub-{round}")),
-                &[a, b],
-            )
-            .await
-            .expect("insert");
+        insert_with(
+            &*store,
+            &credential(&id, "ws", "google", &format!("sub-{round}")),
+            &[a, b],
+        )
+        .await;
         let start = Arc::new(tokio::sync::Barrier::new(2));
         // Each admin removes the other one at the same moment.
         let tasks: Vec<_> = [("a@example.com"), ("b@example.com")]
@@ -1932,16 +1921,15 @@ async fn concurrent_adds_of_one_email_have_exactly_one_winner(store: Arc<dyn Sto
 async fn concurrent_accepts_have_exactly_one_winner(store: Arc<dyn Store>) {
     const RACERS: usize = 10;
     let invited = member("c1", "bob@example.com", "MEMBER");
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[
-                active(member("c1", "admin@example.com", "ADMIN")),
-                invited.clone(),
-            ],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[
+            active(member("c1", "admin@example.com", "ADMIN")),
+            invited.clone(),
+        ],
+    )
+    .await;
     let at = |n: usize| T0 + i64::try_from(n).expect("small");
     let results = race_member_changes(
         &store,
@@ -2024,10 +2012,7 @@ fn assert_duplicate(err: &StoreError, what: &str) {
 /// Inserts credential `id` (`sub-1`) with its active Admin `admin@example.com`.
 async fn insert_with_admin(store: &dyn Store, id: &str) {
     let admin = active(member(id, "admin@example.com", "ADMIN"));
-    store
-        .insert_credential(&credential(id, "ws", "google", "sub-1"), &[admin])
-        .await
-        .expect("insert");
+    insert_with(store, &credential(id, "ws", "google", "sub-1"), &[admin]).await;
 }
 
 /// Inserts [`leaseless`] `id` without members.
@@ -2793,14 +2778,12 @@ async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
             .change_member(&delete_change("c1", "admin@example.com"))
             .await
     ));
-    store
-        .change_member(&MemberChange::Upsert(member(
-            "c1",
-            "bob@example.com",
-            "MEMBER",
-        )))
-        .await
-        .expect("add member");
+    upsert(
+        &*store,
+        member("c1", "bob@example.com", "MEMBER"),
+        "add member",
+    )
+    .await;
     let leased = lease_a(&*store, "c1").await;
     store
         .complete_refresh(&refreshed(&leased, 1), leased.lease.fence)
