@@ -7,7 +7,7 @@
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
-    AccountInfo, AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp,
+    AccountInfo, AuthorizeRequest, ClientCredentials, CodeGrant, HttpConfig, OAuthError, OAuthHttp,
     RevokeOutcome, TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -55,9 +55,11 @@ async fn exchange(
         .exchange_code(
             spec,
             &client,
-            code,
-            redirect_uri,
-            verifier,
+            CodeGrant {
+                code,
+                redirect_uri,
+                pkce_verifier: verifier,
+            },
             &no_placeholders(),
         )
         .await

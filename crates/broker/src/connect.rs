@@ -9,8 +9,8 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
-    AppClient, AuthorizeRequest, CodeExchange, GrantedTokens, ProviderError, ProviderGateway,
-    ProviderInfo, RevokeResult, ScopeInfo,
+    AppClient, AuthorizeRequest, CodeExchange, CodeGrant, GrantedTokens, ProviderError,
+    ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
 use crate::health::{EventKind, Health, HealthKind, event};
 use crate::issuance::TokenCache;
@@ -690,9 +690,11 @@ impl ConnectService {
         let gateway = self.gateway.as_ref();
         let provider = session.provider_id.as_str();
         let exchange = CodeExchange {
-            code,
-            redirect_uri: &session.redirect_uri,
-            pkce_verifier: verifier.as_ref(),
+            grant: CodeGrant {
+                code,
+                redirect_uri: &session.redirect_uri,
+                pkce_verifier: verifier.as_ref(),
+            },
             callback_params: &req.params,
         };
         let (exchanged, used) = AppClients::call(app.as_ref(), |client| async move {

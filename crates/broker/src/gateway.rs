@@ -2,9 +2,9 @@
 //! `cb-oauth` HTTP client and the provider catalog; the domain stays free of HTTP.
 
 use crate::tokens::TokenBundle;
-pub use cb_oauth::AuthorizeRequest;
 use cb_oauth::catalog::ProviderSpec;
 use cb_oauth::outbound::{OutboundError, OutboundPolicy};
+pub use cb_oauth::{AuthorizeRequest, CodeGrant};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,15 +105,11 @@ pub enum MetadataError {
     Invalid(String),
 }
 
-/// An authorization code to exchange, with what its authorization URL sent.
+/// An authorization code to exchange, and what else the provider's redirect brought.
 #[derive(Clone, Copy, Debug)]
 pub struct CodeExchange<'a> {
-    /// The code the callback brought.
-    pub code: &'a SecretString,
-    /// The redirect URI of the authorization URL.
-    pub redirect_uri: &'a str,
-    /// The verifier of the PKCE challenge, if one was sent.
-    pub pkce_verifier: Option<&'a SecretString>,
+    /// The code, with what its authorization URL sent.
+    pub grant: CodeGrant<'a>,
     /// The redirect's other query parameters (e.g. QuickBooks `realmId`), kept as extras where
     /// the provider needs them.
     pub callback_params: &'a BTreeMap<String, String>,

@@ -10,7 +10,8 @@ use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
 use cb_oauth::outbound::{OutboundClient, OutboundError};
 use cb_oauth::{
-    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
+    AuthorizeRequest, ClientCredentials, CodeGrant, HttpConfig, OAuthError, OAuthHttp,
+    TokenResponse,
 };
 use secrecy::SecretString;
 use std::borrow::Cow;
@@ -415,14 +416,7 @@ impl ProviderGateway for OAuthGateway {
             .map_err(classify)?
             .extras;
         let tokens = http
-            .exchange_code(
-                spec,
-                &client,
-                exchange.code,
-                exchange.redirect_uri,
-                exchange.pkce_verifier,
-                &placeholders,
-            )
+            .exchange_code(spec, &client, exchange.grant, &placeholders)
             .await
             .map_err(classify)?;
         let account = http
@@ -483,9 +477,11 @@ impl ProviderGateway for OAuthGateway {
             .exchange_code(
                 spec,
                 &client,
-                &code,
-                redirect_uri,
-                verifier.as_ref(),
+                CodeGrant {
+                    code: &code,
+                    redirect_uri,
+                    pkce_verifier: verifier.as_ref(),
+                },
                 &placeholders,
             )
             .await
