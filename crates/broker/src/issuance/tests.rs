@@ -73,6 +73,7 @@ impl ProviderGateway for ScriptedProvider {
             refresh_token_idle: None,
             refresh_token_absolute: None,
             verified: true,
+            workspace_id: None,
         })
     }
     fn redirect_allowed(&self, _uri: &str) -> bool {
@@ -148,7 +149,11 @@ impl ProviderGateway for ScriptedProvider {
         crate::gateway::ClientProbe::Unexpected("not used".into())
     }
 
-    async fn discover(&self, _provider: &str) -> crate::gateway::Discovery {
+    async fn discover(
+        &self,
+        _provider: &str,
+        _runtime: Option<&cb_oauth::catalog::ProviderSpec>,
+    ) -> crate::gateway::Discovery {
         crate::gateway::Discovery::NoIssuer
     }
 
@@ -277,6 +282,7 @@ impl Kit {
                         extras: BTreeMap::new(),
                     },
                     admin_email: Some(Email::parse("admin_email", "a@example.com").unwrap()),
+                    oauth_app_id: None,
                 },
             )
             .await
@@ -572,4 +578,20 @@ async fn a_flight_joined_by_a_non_member_tells_it_nothing() {
         // The next round needs a cold cache: past the token's lifetime and the snapshot's age.
         kit.clock.advance(Duration::from_secs(120));
     }
+}
+
+/// A refresh on a cache miss opens the stored tokens once: the leader reuses what it read
+/// before taking the lease (one data-key use to open them, one to seal the new set).
+#[tokio::test]
+async fn a_refresh_on_a_miss_opens_the_sealed_row_once() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    let uses = || {
+        let s = kit.envelope.cache_stats();
+        s.hits + s.misses
+    };
+    let before = uses();
+    kit.token(&id, None).await.unwrap();
+    assert_eq!(kit.refreshes(), 1);
+    assert_eq!(uses() - before, 2, "opened once, sealed once");
 }
