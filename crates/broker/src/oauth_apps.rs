@@ -1215,17 +1215,11 @@ impl OAuthAppService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cb_crypto::{DekCacheConfig, LocalKeyProvider};
     use secrecy::ExposeSecret;
 
     /// An app with two secrets (`old` version 1, `new` version 2) in a fresh SQLite store.
     async fn two_secrets() -> (tempfile::TempDir, AppClients, Arc<Envelope>, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-        let store = cb_store::open(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let (keys, _) = LocalKeyProvider::load_or_create(&dir.path().join("key.json")).unwrap();
-        let envelope = Arc::new(Envelope::new(Arc::new(keys), DekCacheConfig::default()));
+        let (dir, store, envelope) = crate::test_support::sqlite_with_keys().await;
         let id = "0190c6d2-7a4e-7c39-9d3e-3b1f0d5c2a10".to_owned();
         let row = OAuthAppRow {
             id: id.clone(),

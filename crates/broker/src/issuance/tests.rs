@@ -12,7 +12,6 @@ use crate::tokens::TokenBundle;
 use crate::types::{
     Description, DisplayName, Email, ProviderAccount, ProviderId, Scopes, WorkspaceId,
 };
-use cb_crypto::{DekCacheConfig, LocalKeyProvider};
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
@@ -188,12 +187,7 @@ struct Kit {
 }
 
 async fn kit(provider: ScriptedProvider) -> Kit {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let store = cb_store::open(&url, 2).await.unwrap();
-    store.migrate().await.unwrap();
-    let (keys, _) = LocalKeyProvider::load_or_create(&dir.path().join("key.json")).unwrap();
-    let envelope = Arc::new(Envelope::new(Arc::new(keys), DekCacheConfig::default()));
+    let (dir, store, envelope) = crate::test_support::sqlite_with_keys().await;
     let clock = ManualClock::new(T0);
     let audit = Audit::new(store.clone(), Arc::new(clock.clone()));
     let cache = Arc::new(TokenCache::default());
