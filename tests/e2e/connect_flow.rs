@@ -167,6 +167,7 @@ async fn the_catalog_lists_fifty_plus_services_with_described_scopes() {
         .await
         .list_providers(pb::ListProvidersRequest {
             configured_only: true,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -33,7 +33,7 @@ fn import_request(workspace: &str, subject: &str, name: &str) -> pb::ImportCrede
             ..Default::default()
         }),
         granted_scopes: vec!["https://www.googleapis.com/auth/gmail.readonly".into()],
-        admin_email: String::new(),
+        ..Default::default()
     }
 }
 

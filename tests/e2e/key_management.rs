@@ -32,7 +32,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::support::broker::{T0, TestBroker, error_details, t0_secs, with_fake_provider};
-use crate::support::client::{ALICE, Client, Imported};
+use crate::support::client::{ALICE, Client, Imported, verdict_of};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
 use crate::support::tcp_proxy::TcpProxy;
@@ -367,6 +367,91 @@ async fn aws_kms_broker_connects_issues_and_refreshes_without_plaintext_in_the_d
     ));
 }
 
+/// A workspace OAuth app on `aws-kms`: its client secret is sealed under a KMS data key bound
+/// to the app by the encryption context, and a connect and refreshes go out under the app's
+/// client, also from a broker started later with empty caches (the secret opened by a KMS
+/// Decrypt).
+#[tokio::test]
+async fn aws_kms_broker_seals_app_secrets_and_connects_and_refreshes_through_the_app() {
+    let Some(endpoint) = kms_server::endpoint(
+        "aws_kms_broker_seals_app_secrets_and_connects_and_refreshes_through_the_app",
+    ) else {
+        return;
+    };
+    const CLIENT: &str = "kms-app-client";
+    const SECRET: &str = "kms-app-secret-7d2e";
+    let key = kms_server::create_key(&endpoint).await;
+    let s = Setup::new().await;
+    s.fake
+        .configure(|c| c.extra_clients = vec![(CLIENT.into(), SECRET.into())]);
+    let config = s.kms(&endpoint, &key);
+    let b = Broker::start(&config).await.unwrap();
+    let mut admin = b.client().await.admin_of("ws1");
+    let app = admin
+        .create_app("ws1", "fake", CLIENT, SECRET)
+        .await
+        .unwrap();
+    let cred = admin.connect(&s.fake).await.unwrap().credential_id;
+    assert_eq!(s.fake.token_clients("authorization_code"), [CLIENT]);
+    b.clock.advance(Duration::from_secs(3600));
+    admin.token(&cred).await.unwrap();
+    assert_eq!(s.fake.token_clients("refresh_token"), [CLIENT]);
+    b.stop().await;
+
+    // The secret's data key is wrapped by the KMS key, bound to the app: it unwraps under the
+    // app's context only.
+    let store = s.store().await;
+    let held = store
+        .list_oauth_app_secrets(&app.oauth_app_id)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].dek_key_id.as_str(), held[0].dek_key_version),
+        (key.as_str(), 0)
+    );
+    let provider = AwsKmsKeyProvider::connect(kms_server::config(&endpoint, &key))
+        .await
+        .unwrap();
+    let wrapped = WrappedDek {
+        key: KeyRef {
+            key_id: key.clone(),
+            version: 0,
+        },
+        ciphertext: held[0].dek_wrapped.clone(),
+    };
+    let app_context = |app_id: &str| {
+        EncryptionContext::new()
+            .with("workspace_id", "ws1")
+            .with("oauth_app", app_id)
+            .with("purpose", "client_secret")
+    };
+    assert!(
+        provider
+            .unwrap_data_key(&wrapped, &app_context(&app.oauth_app_id))
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        provider
+            .unwrap_data_key(&wrapped, &app_context("another-app"))
+            .await,
+        Err(CryptoError::Decrypt)
+    ));
+    assert!(
+        !contains(&sqlite_bytes(s.dir.path()), SECRET),
+        "client secret in plaintext in the database"
+    );
+
+    // A broker started now opens the secret through KMS and refreshes under the app's client.
+    let again = Broker::start(&config).await.unwrap();
+    again.clock.advance(Duration::from_secs(3 * 3600));
+    let mut client = again.client().await;
+    client.token(&cred).await.unwrap();
+    assert_eq!(s.fake.token_clients("refresh_token"), [CLIENT, CLIENT]);
+    again.stop().await;
+}
+
 // ---- rotation -------------------------------------------------------------------------------
 
 #[tokio::test]
@@ -383,7 +468,10 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
                 .unwrap(),
         );
     }
-    // A workspace OAuth app: its client secret is sealed under version 1 too.
+    // A workspace OAuth app, registered at the fake: its client secret is sealed under
+    // version 1 too.
+    s.fake
+        .configure(|c| c.extra_clients = vec![("rotation-app".into(), "rotation-secret".into())]);
     let app = b
         .client()
         .await
@@ -403,9 +491,13 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("5 credential(s) still have data keys") && err.contains("rotate-keys"));
+    assert!(
+        err.contains("5 credential(s) and 1 sealed secret(s)") && err.contains("rotate-keys"),
+        "{err}"
+    );
 
-    // While the broker serves: add version 2 and re-wrap every data key under it.
+    // While the broker serves: add version 2 and re-wrap every data key under it, the app's
+    // client secret's included (after the credentials).
     let (result, out) = run_rotate_keys(
         &s.config,
         RotateKeysArgs {
@@ -417,7 +509,9 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     result.unwrap();
     assert!(out.contains("added version 2"), "{out}");
     assert!(
-        out.contains("pass 1: rewrapped 2/5") && out.contains("pass 1: rewrapped 5/5"),
+        out.contains("pass 1: rewrapped 2/6")
+            && out.contains("pass 1: rewrapped 5/6")
+            && out.contains("pass 1: rewrapped 6/6"),
         "{out}"
     );
     assert!(
@@ -425,7 +519,8 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         "{out}"
     );
     assert!(
-        out.contains("credentials not on the current key: 0"),
+        out.contains("credentials not on the current key: 0")
+            && out.contains("sealed secrets not on the current key: 0"),
         "{out}"
     );
     for c in &creds {
@@ -434,6 +529,18 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
             2
         );
     }
+    let secrets = store
+        .list_oauth_app_secrets(&app.oauth_app_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets
+            .iter()
+            .map(|s| (s.version, s.dek_key_version))
+            .collect::<Vec<_>>(),
+        [(1, 2)],
+        "the app's only secret is now wrapped by version 2"
+    );
 
     // The running broker loaded only version 1: it follows the key file, so a forced refresh
     // (which opens the re-wrapped row) works, and new credentials get version 2.
@@ -465,34 +572,6 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         "{report}"
     );
 
-    // rotate-keys does not re-wrap app secrets: retiring version 1 is refused while the app's
-    // secret is under it, naming the app; rotating the app's secret (then retiring its old
-    // one) moves it to version 2.
-    let err = rotate::retire_local_version_command(&s.config, 1, &mut Vec::new())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&app.oauth_app_id) && err.contains("RotateOAuthAppSecret"),
-        "{err}"
-    );
-    let b = Broker::start(&s.config).await.unwrap();
-    let mut client = b.client().await.admin_of("ws1");
-    let new_secret = client.request(pb::RotateOAuthAppSecretRequest {
-        oauth_app_id: app.oauth_app_id.clone(),
-        client_secret: "rotation-secret-2".into(),
-    });
-    client
-        .apps
-        .rotate_o_auth_app_secret(new_secret)
-        .await
-        .unwrap();
-    let retire = client.request(pb::RetireOAuthAppSecretRequest {
-        oauth_app_id: app.oauth_app_id.clone(),
-    });
-    client.apps.retire_o_auth_app_secret(retire).await.unwrap();
-    b.stop().await;
-
     // Nothing uses version 1 any more: retire it; everything still opens with version 2.
     let mut out = Vec::new();
     rotate::retire_local_version_command(&s.config, 1, &mut out)
@@ -509,6 +588,14 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     for c in creds.iter().chain([&newer]) {
         client.token(&c.id).await.unwrap();
     }
+    // The app's secret opens with version 2 alone, and the fake accepts it.
+    let (checks, ok) = client.admin_of("ws1").diagnose(&app.oauth_app_id).await;
+    assert_eq!(
+        verdict_of(&checks, "client_authentication"),
+        pb::CheckVerdict::Pass,
+        "{checks:?}"
+    );
+    assert!(ok, "{checks:?}");
     b.stop().await;
 }
 

@@ -4,7 +4,7 @@
 //! deployment has no client of its own. Each scenario runs on SQLite and on PostgreSQL.
 
 use crate::support::broker::{TestBroker, error_details};
-use crate::support::client::{ALICE, BOB, Client};
+use crate::support::client::{ALICE, BOB, Client, verdict_of};
 use crate::support::fake_provider::FakeProvider;
 use crate::support::pg::on_both_backends;
 use cb_proto::v1 as pb;
@@ -32,6 +32,7 @@ async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuth
 on_both_backends!("apps_", workspace_admins_manage_apps_and_others_are_refused);
 on_both_backends!("apps_", connect_refresh_and_revoke_use_the_workspace_app);
 on_both_backends!("apps_", rotated_secret_keeps_refreshes_working);
+on_both_backends!("apps_", the_secret_that_answered_is_on_record);
 on_both_backends!("apps_", deleting_an_app_in_use_needs_force_and_names_it);
 on_both_backends!(
     "apps_",
@@ -355,6 +356,50 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
     );
 }
 
+/// (app id, secret version) GetCredential shows for `id`.
+async fn app_on_record(client: &mut Client, id: &str) -> (String, i64) {
+    let c = client.get(id).await.unwrap();
+    (c.oauth_app_id, c.oauth_app_secret_version)
+}
+
+async fn the_secret_that_answered_is_on_record(db: Option<&str>) {
+    let (fake, b, mut alice, app) = scene(db).await;
+    let id = app.oauth_app_id.clone();
+    // A new secret added before the provider knows it: the code exchange falls back to the
+    // previous one, and the credential records that one.
+    change_secret(&mut alice, &id, Some(APP_SECRET_2))
+        .await
+        .unwrap();
+    let cred = connect_in(&mut alice, &fake, "ws1").await.credential_id;
+    assert_eq!(app_on_record(&mut alice, &cred).await, (id.clone(), 1));
+    b.flush_audit().await;
+    let connected = alice.audit_events(&cred).await.unwrap();
+    assert!(
+        connected.iter().any(|e| e.action == "credential.connect"
+            && e.detail.contains("previous_secret=accepted")
+            && e.detail.contains(&id)),
+        "{connected:?}"
+    );
+
+    // The provider takes the new secret: the next refresh answers with it, on record.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
+    refresh_now(&b, &mut alice, &cred).await;
+    assert_eq!(app_on_record(&mut alice, &cred).await, (id.clone(), 2));
+
+    // The provider goes back to the previous secret: a refresh falls back once (the newest is
+    // refused first) and the record follows the secret that answered.
+    fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET.into())]);
+    let errors_before = fake.token_errors();
+    refresh_now(&b, &mut alice, &cred).await;
+    assert_eq!(fake.token_errors(), errors_before + 1);
+    assert_eq!(app_on_record(&mut alice, &cred).await, (id.clone(), 1));
+
+    // A credential of the deployment's client shows no app.
+    let mut bob = b.client(BOB).await;
+    let other = connect_in(&mut bob, &fake, "ws2").await.credential_id;
+    assert_eq!(app_on_record(&mut bob, &other).await, (String::new(), 0));
+}
+
 async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
     let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
     let cred = connect_in(&mut alice, &fake, "ws1").await;
@@ -446,53 +491,11 @@ async fn without_a_configured_client_the_workspace_app_is_required(db: Option<&s
     assert_eq!(fake.token_clients("refresh_token"), [APP_CLIENT]);
 }
 
-/// TestOAuthApp with the test redirect URI: (name, verdict, detail, hint) of each check, and
-/// whether the answer says ok.
-async fn diagnose(
-    client: &mut Client,
-    app: &str,
-) -> (Vec<(String, pb::CheckVerdict, String, String)>, bool) {
-    let request = client.request(pb::TestOAuthAppRequest {
-        oauth_app_id: app.into(),
-        redirect_uri: crate::support::broker::REDIRECT_URI.into(),
-    });
-    let answer = client
-        .apps
-        .test_o_auth_app(request)
-        .await
-        .unwrap()
-        .into_inner();
-    let checks = answer
-        .checks
-        .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                c.verdict(),
-                c.detail.clone(),
-                c.hint.clone(),
-            )
-        })
-        .collect();
-    (checks, answer.ok)
-}
-
-fn verdict_of(
-    checks: &[(String, pb::CheckVerdict, String, String)],
-    name: &str,
-) -> pb::CheckVerdict {
-    checks
-        .iter()
-        .find(|c| c.0 == name)
-        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
-        .1
-}
-
 async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
     let (fake, _broker, mut alice, app) = scene(db).await; // _broker keeps it running
     use pb::CheckVerdict::{Fail, Pass, Skipped};
 
-    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
     assert!(ok, "{checks:?}");
     assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
     assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
@@ -508,7 +511,7 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
 
     // The secret was changed at the provider: the diagnosis says so, and what to do.
     fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
-    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
     assert!(!ok);
     assert_eq!(verdict_of(&checks, "token_endpoint"), Pass);
     let auth = checks
@@ -527,7 +530,7 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
     change_secret(&mut alice, &app.oauth_app_id, Some(APP_SECRET_2))
         .await
         .unwrap();
-    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
     assert!(!ok);
     assert_eq!(verdict_of(&checks, "client_authentication"), Pass);
     let previous = checks.iter().find(|c| c.0 == "previous_secret").unwrap();
@@ -538,7 +541,7 @@ async fn diagnosis_names_a_wrong_secret_and_what_to_do(db: Option<&str>) {
     fake.configure(|c| {
         c.token_failure = Some(crate::support::fake_provider::TokenFailure::ServerError)
     });
-    let (checks, _) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, _) = alice.diagnose(&app.oauth_app_id).await;
     assert_eq!(verdict_of(&checks, "token_endpoint"), Fail);
     assert_eq!(verdict_of(&checks, "client_authentication"), Skipped);
 
@@ -562,7 +565,7 @@ async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
         .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
         .await
         .unwrap();
-    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
     assert!(ok, "{checks:?}");
     assert_eq!(verdict_of(&checks, "discovery"), pb::CheckVerdict::Pass);
     assert_eq!(
@@ -572,7 +575,7 @@ async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
 
     // The metadata names another issuer than the entry declares: a mix-up risk, said plainly.
     fake.configure(|c| c.issuer = Some("https://elsewhere.example".into()));
-    let (checks, ok) = diagnose(&mut alice, &app.oauth_app_id).await;
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
     assert!(!ok);
     let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
     assert_eq!(discovery.1, pb::CheckVerdict::Fail);
@@ -591,7 +594,7 @@ async fn diagnosis_compares_the_published_metadata(db: Option<&str>) {
         .create_app("ws9", "fake", APP_CLIENT, APP_SECRET)
         .await
         .unwrap();
-    let (checks, _) = diagnose(&mut admin, &app.oauth_app_id).await;
+    let (checks, _) = admin.diagnose(&app.oauth_app_id).await;
     let discovery = checks.iter().find(|c| c.0 == "discovery").unwrap();
     assert_eq!(discovery.1, pb::CheckVerdict::Fail);
     assert!(discovery.2.contains("https"), "{discovery:?}");

@@ -5,7 +5,7 @@
 //! Scenarios touching storage run on SQLite and on PostgreSQL.
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details};
-use crate::support::client::{ALICE, BOB, Client, callback_request};
+use crate::support::client::{ALICE, AppCheck, BOB, Client, callback_request, verdict_of};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::pg::on_both_backends;
 use cb_proto::v1 as pb;
@@ -77,6 +77,187 @@ on_both_backends!(
     "rtp_",
     workspace_admins_manage_providers_and_others_are_refused
 );
+on_both_backends!(
+    "rtp_",
+    workspace_providers_are_listed_and_imported_through_the_app
+);
+
+/// ListProviders, naming `workspace` (empty: none).
+async fn list_providers(
+    client: &mut Client,
+    workspace: &str,
+    configured_only: bool,
+) -> Vec<pb::Provider> {
+    let request = client.request(pb::ListProvidersRequest {
+        workspace_id: workspace.into(),
+        configured_only,
+    });
+    client
+        .creds
+        .list_providers(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .providers
+}
+
+/// ImportCredential of a grant the fake issued to `client_id`, for provider `provider` in ws1.
+async fn import(
+    client: &mut Client,
+    fake: &FakeProvider,
+    provider: &str,
+    client_id: &str,
+    oauth_app_id: &str,
+) -> Result<pb::Credential, tonic::Status> {
+    let (access, refresh) = fake.issue_grant_to("acct-imported", client_id);
+    client
+        .import(pb::ImportCredentialRequest {
+            workspace_id: "ws1".into(),
+            provider_id: provider.into(),
+            account: Some(pb::ProviderAccount {
+                subject: "acct-imported".into(),
+                label: "imported@example.com".into(),
+            }),
+            display_name: "Imported".into(),
+            tokens: Some(pb::TokenSet {
+                access_token: access,
+                refresh_token: refresh,
+                access_token_expire_time: Some(prost_types::Timestamp {
+                    seconds: crate::support::broker::t0_secs() + 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            granted_scopes: vec!["read".into()],
+            oauth_app_id: oauth_app_id.into(),
+            ..Default::default()
+        })
+        .await
+}
+
+async fn workspace_providers_are_listed_and_imported_through_the_app(db: Option<&str>) {
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
+    let b = broker(&fake, db).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let base = fake.base_url();
+    fake.configure(|c| c.issuer = Some(base.clone()));
+    create(&mut alice, "acme", discovered(&base)).await.unwrap();
+
+    // Without a workspace: the catalog alone, nothing marked as a workspace's.
+    let catalog = list_providers(&mut alice, "", false).await;
+    assert!(catalog.iter().any(|p| p.provider_id == "fake"));
+    assert!(
+        catalog
+            .iter()
+            .all(|p| p.provider_id != "acme" && p.workspace_id.is_empty())
+    );
+    // Naming ws1: its provider too, marked as ws1's, with its scopes; no client before an app.
+    let listed = list_providers(&mut alice, "ws1", false).await;
+    let ids: Vec<&str> = listed.iter().map(|p| p.provider_id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted, "ordered by id");
+    let acme = listed.iter().find(|p| p.provider_id == "acme").unwrap();
+    assert_eq!(acme.workspace_id, "ws1");
+    assert_eq!(acme.display_name, "Acme");
+    assert!(acme.custom && acme.supports_revocation);
+    let scopes: Vec<(&str, bool)> = acme
+        .scopes
+        .iter()
+        .map(|s| (s.name.as_str(), s.default_selected))
+        .collect();
+    assert_eq!(scopes, [("read", true), ("write", false)]);
+    assert!(!acme.configured);
+    assert!(
+        acme.missing_settings[0].contains("CreateOAuthApp"),
+        "{acme:?}"
+    );
+    assert!(
+        list_providers(&mut alice, "ws1", true)
+            .await
+            .iter()
+            .all(|p| p.provider_id != "acme"),
+        "not connectable yet"
+    );
+    // Another workspace does not see it.
+    assert!(
+        list_providers(&mut alice, "ws2", false)
+            .await
+            .iter()
+            .all(|p| p.provider_id != "acme")
+    );
+    let err = alice
+        .creds
+        .list_providers(alice.request(pb::ListProvidersRequest {
+            workspace_id: "not a workspace!".into(),
+            configured_only: false,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).1, ["workspace_id"]);
+
+    // Importing tokens of a workspace provider needs its client: the workspace's app.
+    let err = import(&mut alice, &fake, "acme", APP_CLIENT, "")
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).0, "PROVIDER_NOT_CONFIGURED");
+    assert!(
+        err.message().contains("CreateOAuthApp"),
+        "{}",
+        err.message()
+    );
+    let err = import(&mut alice, &fake, "nope", APP_CLIENT, "")
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).1, ["provider_id"]);
+    let app = alice
+        .create_app("ws1", "acme", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let acme = list_providers(&mut alice, "ws1", true)
+        .await
+        .into_iter()
+        .find(|p| p.provider_id == "acme")
+        .expect("connectable through the app");
+    assert!(acme.configured && acme.missing_settings.is_empty());
+
+    let imported = import(&mut alice, &fake, "acme", APP_CLIENT, "")
+        .await
+        .unwrap();
+    assert_eq!(imported.provider_id, "acme");
+    let got = alice.get(&imported.credential_id).await.unwrap();
+    assert_eq!(
+        (got.oauth_app_id.as_str(), got.oauth_app_secret_version),
+        (app.oauth_app_id.as_str(), 1),
+        "bound to the workspace's app"
+    );
+    // Its refresh goes to the workspace provider's token endpoint under the app's client.
+    b.clock.advance(Duration::from_secs(3600));
+    alice.token(&imported.credential_id).await.unwrap();
+    assert_eq!(fake.token_clients("refresh_token"), [APP_CLIENT]);
+    // And its revocation too.
+    alice.disconnect(&imported.credential_id).await.unwrap();
+    assert_eq!(fake.revocation_clients(), [APP_CLIENT]);
+
+    // Naming an app of another provider is refused by field.
+    let other = alice
+        .create_app("ws1", "fake", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let err = import(&mut alice, &fake, "acme", APP_CLIENT, &other.oauth_app_id)
+        .await
+        .unwrap_err();
+    assert_eq!(error_details(&err).1, ["oauth_app_id"]);
+    // A catalog provider's import keeps the deployment's client unless an app is named.
+    let (req, _, _) = crate::support::broker::fake_grant_import(
+        &fake,
+        "acct-default",
+        crate::support::broker::t0_secs() + 3600,
+    );
+    let plain = alice.import(req).await.unwrap();
+    let got = alice.get(&plain.credential_id).await.unwrap();
+    assert!(got.oauth_app_id.is_empty() && got.oauth_app_secret_version == 0);
+}
 
 async fn discovered_provider_connects_and_refreshes_without_restart(db: Option<&str>) {
     let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
@@ -478,4 +659,60 @@ async fn diagnosis_tells_an_unregistered_redirect_uri_from_a_registered_one() {
     assert!(check.hint.is_empty());
     // The probe's redirect carried a code: never reported.
     assert!(!check.detail.contains("code_"), "{}", check.detail);
+}
+
+/// TestOAuthApp for an app of a discovered provider compares the issuer's metadata with the
+/// definition the workspace stored: consistent, an endpoint moved since, another issuer.
+#[tokio::test]
+async fn diagnosis_compares_a_discovered_provider_with_its_current_metadata() {
+    let fake = FakeProvider::with_app_client(APP_CLIENT, APP_SECRET).await;
+    let b = broker(&fake, None).await;
+    let mut alice = b.client(ALICE).await.admin_of("ws1");
+    let base = fake.base_url();
+    fake.configure(|c| c.issuer = Some(base.clone()));
+    create(&mut alice, "acme", discovered(&base)).await.unwrap();
+    let app = alice
+        .create_app("ws1", "acme", APP_CLIENT, APP_SECRET)
+        .await
+        .unwrap();
+    let discovery = |checks: &[AppCheck]| {
+        checks
+            .iter()
+            .find(|c| c.0 == "discovery")
+            .cloned()
+            .unwrap_or_else(|| panic!("no discovery check in {checks:?}"))
+    };
+
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
+    assert!(ok, "{checks:?}");
+    let d = discovery(&checks);
+    assert_eq!(d.1, pb::CheckVerdict::Pass, "{d:?}");
+    assert!(d.2.contains("workspace's definition"), "{d:?}");
+    assert_eq!(
+        verdict_of(&checks, "advertised_scopes"),
+        pb::CheckVerdict::Pass
+    );
+
+    // The provider moved its token endpoint after the workspace read the metadata.
+    let moved = format!("{base}/oauth2/token");
+    fake.configure(|c| c.metadata_overrides = vec![("token_endpoint".into(), moved.clone())]);
+    let (checks, ok) = alice.diagnose(&app.oauth_app_id).await;
+    assert!(!ok);
+    let d = discovery(&checks);
+    assert_eq!(d.1, pb::CheckVerdict::Fail);
+    assert!(
+        d.2.contains("token_endpoint") && d.2.contains(&moved),
+        "{d:?}"
+    );
+    assert!(d.3.contains("UpdateWorkspaceProvider"), "{d:?}");
+
+    // Its metadata now names another issuer (a mix-up risk).
+    fake.configure(|c| {
+        c.metadata_overrides.clear();
+        c.issuer = Some("https://elsewhere.example".into());
+    });
+    let (checks, _) = alice.diagnose(&app.oauth_app_id).await;
+    let d = discovery(&checks);
+    assert_eq!(d.1, pb::CheckVerdict::Fail);
+    assert!(d.2.contains("https://elsewhere.example"), "{d:?}");
 }

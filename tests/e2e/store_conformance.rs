@@ -8,8 +8,8 @@ use cb_store::{
     AuditQuery, AuditRow, ChangeEvent, ConnectSessionRow, CredentialQuery, CredentialRow,
     DeliveryAttempt, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
     NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, RefreshFailure,
-    RefreshIntent, RunGrantRow, SealedColumns, Store, StoreError, UsageRecord, WrappedDekRow,
-    run_grant_change_id,
+    RefreshIntent, RunGrantRow, SealedColumns, SecretKeyUsage, SecretKind, Store, StoreError,
+    UsageRecord, WrappedDekRow, run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -100,6 +100,7 @@ store_suite!(
     prune_run_grants_deletes_only_expired,
     oauth_app_round_trips_and_holds_its_secrets,
     oauth_app_update_is_optimistic_and_delete_takes_the_secrets,
+    secret_deks_page_count_and_rewrap_like_credential_deks,
     credential_records_its_oauth_app,
     refresh_failure_counts_and_keeps_since_without_a_version_bump,
     events_are_written_with_their_change_and_read_by_cursor,
@@ -3591,18 +3592,6 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
         .insert_oauth_app_secret(&app_secret("app-a", 2))
         .await
         .unwrap();
-    // What retiring a key version would make unreadable: the apps with a secret under it.
-    assert_eq!(
-        store.apps_with_secrets_on_key("local:k1", 3).await.unwrap(),
-        ["app-0", "app-a", "app-b", "app-c"]
-    );
-    assert!(
-        store
-            .apps_with_secrets_on_key("local:k1", 4)
-            .await
-            .unwrap()
-            .is_empty()
-    );
     assert!(matches!(
         store.insert_oauth_app_secret(&app_secret("app-a", 2)).await,
         Err(StoreError::Duplicate(_))
@@ -3617,6 +3606,102 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
     assert_eq!(
         store.list_oauth_app_secrets("app-a").await.unwrap(),
         vec![app_secret("app-a", 2)]
+    );
+}
+
+async fn secret_deks_page_count_and_rewrap_like_credential_deks(store: Arc<dyn Store>) {
+    let kind = SecretKind::OAuthAppSecret;
+    for (app, workspace) in [("app-a", "ws1"), ("app-b", "ws2")] {
+        store
+            .insert_oauth_app(&oauth_app(app, workspace, "fake"), &app_secret(app, 1))
+            .await
+            .unwrap();
+    }
+    let mut on_k2 = app_secret("app-a", 2);
+    on_k2.dek_key_id = "local:k2".into();
+    on_k2.dek_key_version = 1;
+    store.insert_oauth_app_secret(&on_k2).await.unwrap();
+    assert_eq!(
+        store.secret_key_usage(kind).await.unwrap(),
+        [
+            SecretKeyUsage {
+                key_id: "local:k1".into(),
+                key_version: 3,
+                secrets: 2
+            },
+            SecretKeyUsage {
+                key_id: "local:k2".into(),
+                key_version: 1,
+                secrets: 1
+            },
+        ]
+    );
+    // Keyset paging over (owner, version), only data keys on another key, with the workspace.
+    let page = |after: Option<(&'static str, i64)>| {
+        let store = store.clone();
+        async move {
+            store
+                .secret_deks_not_on_key(kind, "local:k2", 1, after, 1)
+                .await
+                .unwrap()
+        }
+    };
+    let first = page(None).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (
+            first[0].owner_id.as_str(),
+            first[0].version,
+            first[0].workspace_id.as_str()
+        ),
+        ("app-a", 1, "ws1")
+    );
+    let second = page(Some(("app-a", 1))).await;
+    assert_eq!(
+        (second[0].owner_id.as_str(), second[0].workspace_id.as_str()),
+        ("app-b", "ws2")
+    );
+    assert!(page(Some(("app-b", 1))).await.is_empty());
+    let all = store
+        .secret_deks_not_on_key(kind, "local:k9", 0, None, 10)
+        .await
+        .unwrap();
+    let keys: Vec<(&str, i64)> = all
+        .iter()
+        .map(|r| (r.owner_id.as_str(), r.version))
+        .collect();
+    assert_eq!(keys, [("app-a", 1), ("app-a", 2), ("app-b", 1)]);
+
+    // Compare-and-swap of the data key only: the secret's ciphertext stays.
+    let old = first[0].clone();
+    assert!(
+        store
+            .rewrap_secret_dek(kind, &old, b"rewrapped", "local:k2", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rewrap_secret_dek(kind, &old, b"again", "local:k3", 1)
+            .await
+            .unwrap(),
+        "the row no longer holds the old wrapping"
+    );
+    let held = store.list_oauth_app_secrets("app-a").await.unwrap();
+    let v1 = held.iter().find(|s| s.version == 1).unwrap();
+    assert_eq!(v1.dek_wrapped, b"rewrapped");
+    assert_eq!(
+        (v1.dek_key_id.as_str(), v1.dek_key_version),
+        ("local:k2", 1)
+    );
+    assert_eq!(v1.sealed_secret, app_secret("app-a", 1).sealed_secret);
+    assert_eq!(
+        page(None)
+            .await
+            .iter()
+            .map(|r| r.owner_id.as_str())
+            .collect::<Vec<_>>(),
+        ["app-b"]
     );
 }
 

@@ -249,13 +249,59 @@ impl ConnectService {
         }
     }
 
-    /// The catalog.
-    pub fn providers(&self, configured_only: bool) -> Vec<ProviderInfo> {
-        self.gateway
-            .list()
+    /// The catalog; with a workspace, also the providers it defined at runtime, and
+    /// `configured` counts its OAuth apps as clients. Audited through the buffer.
+    pub async fn providers(
+        &self,
+        caller: &Caller,
+        workspace: Option<&WorkspaceId>,
+        configured_only: bool,
+    ) -> Result<Vec<ProviderInfo>, BrokerError> {
+        let result = self.providers_in(workspace).await.map(|all| {
+            all.into_iter()
+                .filter(|p| p.configured || !configured_only)
+                .collect()
+        });
+        let detail = workspace.map(|w| format!("workspace={w}"));
+        self.audit
+            .recorded(
+                Write::Buffered,
+                caller,
+                "provider.list",
+                None,
+                result,
+                detail,
+            )
+            .await
+    }
+
+    async fn providers_in(
+        &self,
+        workspace: Option<&WorkspaceId>,
+    ) -> Result<Vec<ProviderInfo>, BrokerError> {
+        let mut all = self.gateway.list();
+        let Some(workspace) = workspace.map(WorkspaceId::as_str) else {
+            return Ok(all);
+        };
+        let with_app: std::collections::HashSet<String> = self
+            .store
+            .list_oauth_apps(workspace, None)
+            .await?
             .into_iter()
-            .filter(|p| p.configured || !configured_only)
-            .collect()
+            .map(|a| a.provider_id)
+            .collect();
+        for p in &mut all {
+            if !p.configured && with_app.contains(&p.id) {
+                p.configured = true;
+                p.missing_settings.clear();
+            }
+        }
+        for spec in crate::workspace_providers::load_all(self.store.as_ref(), workspace).await? {
+            let has_app = with_app.contains(&spec.id);
+            all.push(crate::workspace_providers::info(&spec, workspace, has_app));
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
     }
 
     /// The provider, which must have a client: the workspace's app (`has_app`) or the
@@ -268,19 +314,14 @@ impl ConnectService {
     ) -> Result<ProviderInfo, BrokerError> {
         let has_app = app.is_some();
         if let Some(spec) = app.and_then(|a| a.provider.as_ref()) {
-            return Ok(crate::workspace_providers::info(spec, true));
+            return Ok(crate::workspace_providers::info(spec, workspace, true));
         }
         // A provider the workspace defined, without an app: its only client would be one.
         if crate::workspace_providers::load_spec(self.store.as_ref(), workspace, id)
             .await?
             .is_some()
         {
-            return Err(failed(
-                reason::PROVIDER_NOT_CONFIGURED,
-                format!(
-                    "provider {id} is defined by this workspace and has no OAuth client: a workspace admin must create an OAuth app for provider {id} in this workspace (CreateOAuthApp) with the client id and secret registered at the provider"
-                ),
-            ));
+            return Err(crate::workspace_providers::without_app(id));
         }
         let p = self.gateway.get(id).ok_or(BrokerError::NotFound {
             reason: reason::PROVIDER_NOT_FOUND,
@@ -707,10 +748,7 @@ impl ConnectService {
             trail.notes.push(note.to_owned());
         }
         let (granted, account) = exchanged.map_err(provider_error)?;
-        let client = app
-            .as_ref()
-            .and_then(|a| a.secrets.iter().find(|(v, _)| Some(*v) == used.version))
-            .map(|(_, c)| c.clone());
+        let client = used.client.clone();
         let account = ProviderAccount {
             subject: account.subject,
             label: account.label,

@@ -51,6 +51,8 @@ pub struct ProviderInfo {
     pub refresh_token_absolute: Option<Duration>,
     /// Whether the catalog entry's values are backed by documented sources.
     pub verified: bool,
+    /// The workspace that defined it at runtime (`None`: a catalog or configuration entry).
+    pub workspace_id: Option<String>,
 }
 
 impl ProviderInfo {
@@ -90,6 +92,7 @@ impl ProviderInfo {
                 .refresh_token_absolute_seconds
                 .map(Duration::from_secs),
             verified: spec.is_verified(),
+            workspace_id: None,
         }
     }
 }
@@ -317,8 +320,9 @@ pub trait ProviderGateway: Send + Sync + 'static {
         redirect_uri: &str,
     ) -> ClientProbe;
     /// Diagnosis: fetches the provider's published metadata from its declared issuer (through
-    /// the outbound guard) and compares it with the entry.
-    async fn discover(&self, provider: &str) -> Discovery;
+    /// the outbound guard) and compares it with the entry: the catalog's, or `runtime`, the
+    /// definition of a provider a workspace defined (whose every stored endpoint is compared).
+    async fn discover(&self, provider: &str, runtime: Option<&ProviderSpec>) -> Discovery;
     /// Diagnosis: requests the authorization URL for `client` and `redirect_uri` (through the
     /// outbound guard, no redirects followed) and says how the endpoint answered.
     async fn probe_redirect(

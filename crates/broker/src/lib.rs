@@ -21,6 +21,8 @@ pub mod rotation;
 pub mod sealing;
 pub mod service;
 mod sharded;
+#[cfg(test)]
+mod test_support;
 pub mod tokens;
 pub mod types;
 pub mod webhooks;

@@ -183,23 +183,72 @@ fn require_workspace_admin(caller: &Caller, workspace: &str) -> Result<(), Broke
     policy::require_workspace_admin(caller, workspace, "OAuth apps")
 }
 
-/// An app's client as one call uses it: its secrets, newest first.
-#[derive(Clone, Debug)]
+/// An app's client as one call uses it: the newest secret opened, the older ones still sealed
+/// (opened only when a call falls back to them).
+#[derive(Clone)]
 pub struct ResolvedApp {
     /// The app's id.
     pub app_id: String,
     /// Its display name (for messages).
     pub display_name: String,
-    /// (secret version, client), newest first.
-    pub secrets: Vec<(i64, AppClient)>,
     /// The workspace-defined provider the app is for (`None`: a catalog provider).
     pub provider: Option<Arc<cb_oauth::catalog::ProviderSpec>>,
+    workspace_id: String,
+    client_id: String,
+    /// (version, client) of the newest secret; `None`: the app holds none.
+    newest: Option<(i64, AppClient)>,
+    /// The older secrets, sealed, newest first.
+    older: Vec<cb_store::OAuthAppSecretRow>,
+    envelope: Arc<Envelope>,
+}
+
+impl std::fmt::Debug for ResolvedApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedApp")
+            .field("app_id", &self.app_id)
+            .field("newest", &self.newest.as_ref().map(|(v, _)| v))
+            .field(
+                "older",
+                &self.older.iter().map(|s| s.version).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResolvedApp {
     /// The newest secret's version and client.
     pub fn newest(&self) -> Option<&(i64, AppClient)> {
-        self.secrets.first()
+        self.newest.as_ref()
+    }
+
+    /// Opens the secret held before the newest one (the fallback on `invalid_client`), if any.
+    pub async fn previous(&self) -> Option<Result<(i64, AppClient), BrokerError>> {
+        let row = self.older.first()?;
+        Some(self.opened(row).await)
+    }
+
+    /// Every secret opened, newest first (the diagnosis probes each).
+    pub async fn all(&self) -> Result<Vec<(i64, AppClient)>, BrokerError> {
+        let mut all: Vec<(i64, AppClient)> = self.newest.iter().cloned().collect();
+        for row in &self.older {
+            all.push(self.opened(row).await?);
+        }
+        Ok(all)
+    }
+
+    async fn opened(
+        &self,
+        row: &cb_store::OAuthAppSecretRow,
+    ) -> Result<(i64, AppClient), BrokerError> {
+        let secret = sealing::open_app_secret(&self.envelope, &self.workspace_id, row).await?;
+        Ok((
+            row.version,
+            AppClient {
+                client_id: self.client_id.clone(),
+                client_secret: secret,
+                provider: self.provider.clone(),
+            },
+        ))
     }
 
     /// A label naming the app in messages and audit details.
@@ -209,12 +258,16 @@ impl ResolvedApp {
 }
 
 /// What a call through an app's client did with its secrets (see [`AppClients::call`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct SecretUse {
     /// The secret version of the call's answer (`None`: the configured client).
     pub version: Option<i64>,
-    /// The previous secret was tried after `invalid_client`: `previous_secret=accepted|rejected`.
+    /// The previous secret was tried after `invalid_client`:
+    /// `previous_secret=accepted|rejected`, or `previous_secret=unreadable` when it could not
+    /// be opened.
     pub fallback: Option<&'static str>,
+    /// The client of the call's answer (`None`: the configured client).
+    pub client: Option<AppClient>,
 }
 
 /// Finds and opens workspace app clients for the connect flow, issuance and revocation.
@@ -239,24 +292,27 @@ impl AppClients {
         )
         .await?
         .map(Arc::new);
-        let mut secrets = Vec::new();
-        for row in self.store.list_oauth_app_secrets(&app.id).await? {
-            let secret = sealing::open_app_secret(&self.envelope, &app.workspace_id, &row).await?;
-            secrets.push((
-                row.version,
-                AppClient {
-                    client_id: app.client_id.clone(),
-                    client_secret: secret,
-                    provider: provider.clone(),
-                },
-            ));
-        }
-        Ok(ResolvedApp {
+        let mut held = self
+            .store
+            .list_oauth_app_secrets(&app.id)
+            .await?
+            .into_iter();
+        let newest = held.next();
+        let mut resolved = ResolvedApp {
             app_id: app.id.clone(),
             display_name: app.display_name.clone(),
-            secrets,
             provider,
-        })
+            workspace_id: app.workspace_id.clone(),
+            client_id: app.client_id.clone(),
+            newest: None,
+            older: held.collect(),
+            envelope: self.envelope.clone(),
+        };
+        // Only the newest is opened now: most calls use nothing else.
+        if let Some(row) = newest {
+            resolved.newest = Some(resolved.opened(&row).await?);
+        }
+        Ok(resolved)
     }
 
     /// The app a new connection uses: the one named (it must belong to the workspace and the
@@ -300,6 +356,37 @@ impl AppClients {
                 Ok(Some((row, resolved)))
             }
             None => Ok(None),
+        }
+    }
+
+    /// The app an imported token set is bound to: the one named (of the workspace and the
+    /// provider); else, for a provider the workspace defined, its app for it (the oldest, as a
+    /// connect resolves it; none is an error: such a provider has no other client); else none
+    /// (a catalog provider, `in_catalog`: the deployment's configured client). An unknown
+    /// provider is an invalid `provider_id`.
+    pub async fn for_import(
+        &self,
+        workspace: &str,
+        provider: &str,
+        named: Option<&str>,
+        in_catalog: bool,
+    ) -> Result<Option<ResolvedApp>, BrokerError> {
+        let defined =
+            crate::workspace_providers::load_spec(self.store.as_ref(), workspace, provider)
+                .await?
+                .is_some();
+        if !defined && !in_catalog {
+            return Err(BrokerError::invalid(
+                "provider_id",
+                "is not a provider in the catalog (see ListProviders) nor one the workspace defined (ListWorkspaceProviders)",
+            ));
+        }
+        if named.is_none() && !defined {
+            return Ok(None);
+        }
+        match self.for_connect(workspace, provider, named).await? {
+            Some((_, app)) => Ok(Some(app)),
+            None => Err(crate::workspace_providers::without_app(provider)),
         }
     }
 
@@ -362,8 +449,7 @@ impl AppClients {
         let Some(app) = app else {
             return (f(None).await, SecretUse::default());
         };
-        let mut secrets = app.secrets.iter();
-        let Some((newest, client)) = secrets.next() else {
+        let Some((newest, client)) = app.newest() else {
             return (
                 Err(ProviderError::Other(format!(
                     "the OAuth app {} holds no client secret",
@@ -376,30 +462,46 @@ impl AppClients {
         let used = SecretUse {
             version: Some(*newest),
             fallback: None,
+            client: Some(client.clone()),
         };
-        match (first, secrets.next()) {
-            (Err(ProviderError::ClientRejected(_)), Some((previous, client))) => {
-                let second = f(Some(client.clone())).await;
-                let accepted = second.is_ok();
-                tracing::warn!(
-                    oauth_app = %app.app_id,
-                    newest_secret = newest,
-                    previous_secret = previous,
-                    accepted,
-                    "the provider refused the newest client secret; tried the previous one"
-                );
-                let used = SecretUse {
-                    version: Some(if accepted { *previous } else { *newest }),
-                    fallback: Some(if accepted {
-                        "previous_secret=accepted"
-                    } else {
-                        "previous_secret=rejected"
-                    }),
-                };
-                (second, used)
-            }
-            (first, _) => (first, used),
+        if !matches!(first, Err(ProviderError::ClientRejected(_))) {
+            return (first, used);
         }
+        // Opened only now: a call the newest secret answers never decrypts the previous one.
+        let (previous, fallback) = match app.previous().await {
+            None => return (first, used),
+            Some(Ok(previous)) => previous,
+            Some(Err(e)) => {
+                tracing::warn!(oauth_app = %app.app_id, error = %e, "the previous client secret could not be opened; not tried");
+                let used = SecretUse {
+                    fallback: Some("previous_secret=unreadable"),
+                    ..used
+                };
+                return (first, used);
+            }
+        };
+        let second = f(Some(fallback.clone())).await;
+        let accepted = second.is_ok();
+        tracing::warn!(
+            oauth_app = %app.app_id,
+            newest_secret = newest,
+            previous_secret = previous,
+            accepted,
+            "the provider refused the newest client secret; tried the previous one"
+        );
+        let used = if accepted {
+            SecretUse {
+                version: Some(previous),
+                fallback: Some("previous_secret=accepted"),
+                client: Some(fallback),
+            }
+        } else {
+            SecretUse {
+                fallback: Some("previous_secret=rejected"),
+                ..used
+            }
+        };
+        (second, used)
     }
 }
 
@@ -461,7 +563,9 @@ impl OAuthAppService {
         if let Some(spec) =
             crate::workspace_providers::load_spec(self.store(), workspace, provider).await?
         {
-            return Ok(Some(crate::workspace_providers::info(&spec, true)));
+            return Ok(Some(crate::workspace_providers::info(
+                &spec, workspace, true,
+            )));
         }
         Ok(self.gateway.get(provider))
     }
@@ -824,7 +928,7 @@ impl OAuthAppService {
         }
         let resolved = self.apps.open(&row).await?;
         let mut checks = Vec::new();
-        for (i, (version, client)) in resolved.secrets.iter().enumerate() {
+        for (i, (version, client)) in resolved.all().await?.iter().enumerate() {
             let name = if i == 0 {
                 "client_authentication"
             } else {
@@ -880,7 +984,10 @@ impl OAuthAppService {
             checks.push(self.redirect_check(&row, client, redirect_uri).await);
         }
         let allowed = Scopes::from_stored(&row.allowed_scopes);
-        checks.extend(self.discovery_checks(&row.provider_id, &allowed).await);
+        checks.extend(
+            self.discovery_checks(&row.provider_id, resolved.provider.as_deref(), &allowed)
+                .await,
+        );
         checks.push(if allowed.as_slice().is_empty() {
             check(
                 "allowed_scopes",
@@ -941,11 +1048,28 @@ impl OAuthAppService {
         }
     }
 
-    /// The `discovery` check (the provider's published metadata agrees with its entry) and, when
-    /// the metadata lists `scopes_supported`, the `advertised_scopes` check (the scopes the app
-    /// may request, or the provider's offered ones, are all advertised).
-    async fn discovery_checks(&self, provider: &str, allowed: &Scopes) -> Vec<Check> {
-        match self.gateway.discover(provider).await {
+    /// The `discovery` check (the provider's published metadata agrees with its entry, or with
+    /// the definition a workspace stored: `runtime`) and, when the metadata lists
+    /// `scopes_supported`, the `advertised_scopes` check (the scopes the app may request, or the
+    /// provider's offered ones, are all advertised).
+    async fn discovery_checks(
+        &self,
+        provider: &str,
+        runtime: Option<&cb_oauth::catalog::ProviderSpec>,
+        allowed: &Scopes,
+    ) -> Vec<Check> {
+        // Where the compared values live, and how to fix them.
+        let (entry, fix) = match runtime {
+            Some(_) => (
+                "the workspace's definition",
+                "the issuer's published metadata changed or disagrees with what the workspace stored: read it again with UpdateWorkspaceProvider (discover), or correct the issuer or endpoints given there",
+            ),
+            None => (
+                "the provider's entry",
+                "the provider's entry and its published metadata disagree: correct the entry's issuer or endpoints (docs/providers.md), or ask the provider which is right",
+            ),
+        };
+        match self.gateway.discover(provider, runtime).await {
             Discovery::NoIssuer => vec![check(
                 "discovery",
                 Verdict::Skipped,
@@ -956,7 +1080,9 @@ impl OAuthAppService {
                 "discovery",
                 Verdict::Fail,
                 format!("the metadata of provider {provider} could not be read: {why}"),
-                "check the issuer declared in the provider's entry (its metadata must be at /.well-known/oauth-authorization-server or /.well-known/openid-configuration) and that the broker may reach it (outbound settings)",
+                format!(
+                    "check the issuer declared in {entry} (its metadata must be at /.well-known/oauth-authorization-server or /.well-known/openid-configuration) and that the broker may reach it (outbound settings)"
+                ),
             )],
             Discovery::Found {
                 mismatches,
@@ -966,23 +1092,22 @@ impl OAuthAppService {
                     check(
                         "discovery",
                         Verdict::Pass,
-                        "the published metadata agrees with the provider's entry",
+                        format!("the published metadata agrees with {entry}"),
                         "",
                     )
                 } else {
-                    check(
-                        "discovery",
-                        Verdict::Fail,
-                        mismatches.join("; "),
-                        "the provider's entry and its published metadata disagree: correct the entry's issuer or endpoints (docs/providers.md), or ask the provider which is right",
-                    )
+                    check("discovery", Verdict::Fail, mismatches.join("; "), fix)
                 }];
                 if let Some(supported) = scopes_supported {
                     let wanted: Vec<String> = if allowed.as_slice().is_empty() {
-                        self.gateway
-                            .get(provider)
-                            .map(|p| p.scopes.into_iter().map(|s| s.name).collect())
-                            .unwrap_or_default()
+                        match runtime {
+                            Some(spec) => spec.scopes.iter().map(|s| s.name.clone()).collect(),
+                            None => self
+                                .gateway
+                                .get(provider)
+                                .map(|p| p.scopes.into_iter().map(|s| s.name).collect())
+                                .unwrap_or_default(),
+                        }
                     } else {
                         allowed.as_slice().to_vec()
                     };
@@ -1084,5 +1209,96 @@ impl OAuthAppService {
             result,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    /// An app with two secrets (`old` version 1, `new` version 2) in a fresh SQLite store.
+    async fn two_secrets() -> (tempfile::TempDir, AppClients, Arc<Envelope>, String) {
+        let (dir, store, envelope) = crate::test_support::sqlite_with_keys().await;
+        let id = "0190c6d2-7a4e-7c39-9d3e-3b1f0d5c2a10".to_owned();
+        let row = OAuthAppRow {
+            id: id.clone(),
+            workspace_id: "ws1".into(),
+            provider_id: "fake".into(),
+            display_name: "App".into(),
+            client_id: "client".into(),
+            allowed_scopes: String::new(),
+            created_by: "u".into(),
+            created_at: 1,
+            updated_at: 1,
+            row_version: 1,
+        };
+        let seal = |version, secret: &str| {
+            let envelope = envelope.clone();
+            let (id, secret) = (id.clone(), SecretString::from(secret.to_owned()));
+            async move {
+                sealing::seal_app_secret(&envelope, "ws1", &id, version, &secret, 1)
+                    .await
+                    .unwrap()
+            }
+        };
+        store
+            .insert_oauth_app(&row, &seal(1, "old").await)
+            .await
+            .unwrap();
+        store
+            .insert_oauth_app_secret(&seal(2, "new").await)
+            .await
+            .unwrap();
+        let apps = AppClients::new(store, envelope.clone());
+        (dir, apps, envelope, id)
+    }
+
+    /// Data-key uses of the envelope (each open is one).
+    fn uses(envelope: &Envelope) -> u64 {
+        let s = envelope.cache_stats();
+        s.hits + s.misses
+    }
+
+    fn secret_of(client: Option<AppClient>) -> String {
+        client.unwrap().client_secret.expose_secret().to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_previous_secret_is_opened_only_for_a_fallback() {
+        let (_dir, apps, envelope, id) = two_secrets().await;
+        let before = uses(&envelope);
+        let app = apps.recorded(Some(&id)).await.unwrap().unwrap();
+        assert_eq!(
+            uses(&envelope) - before,
+            1,
+            "only the newest secret is opened"
+        );
+
+        // Answered by the newest: nothing else opened.
+        let (answer, used) =
+            AppClients::call(Some(&app), |c| async move { Ok(secret_of(c)) }).await;
+        assert_eq!(answer.unwrap(), "new");
+        assert_eq!((used.version, used.fallback), (Some(2), None));
+        assert_eq!(uses(&envelope) - before, 1);
+
+        // Refused as a client: the previous one is opened and tried once.
+        let (answer, used) = AppClients::call(Some(&app), |c| async move {
+            match secret_of(c).as_str() {
+                "new" => Err(ProviderError::ClientRejected("invalid_client".into())),
+                other => Ok(other.to_owned()),
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), "old");
+        assert_eq!(
+            (used.version, used.fallback),
+            (Some(1), Some("previous_secret=accepted"))
+        );
+        assert_eq!(secret_of(used.client), "old");
+        assert_eq!(uses(&envelope) - before, 2);
+        // The diagnosis opens both.
+        let all = app.all().await.unwrap();
+        assert_eq!(all.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [2, 1]);
     }
 }

@@ -1,18 +1,22 @@
-//! Key rotation: `credential-broker rotate-keys` re-wraps every credential's data key (DEK)
-//! under the provider's CURRENT key, online, and `credential-broker keys report` shows how many
-//! credentials each key-encryption key still wraps.
+//! Key rotation: `credential-broker rotate-keys` re-wraps every data key (DEK) under the
+//! provider's CURRENT key, online: each credential's, then each sealed secret's (every
+//! [`SecretKind`], e.g. OAuth app client secrets). `credential-broker keys report` shows how
+//! many credentials and sealed secrets each key-encryption key still wraps.
 //!
-//! Only DEKs move: token ciphertext is never read, decrypted or re-encrypted. With `aws-kms`
+//! Only DEKs move: token and secret ciphertext is never read, decrypted or re-encrypted. With `aws-kms`
 //! a DEK wrapped by another KMS key is moved by KMS `ReEncrypt` (the DEK never leaves KMS); a
 //! DEK of a local key is unwrapped locally and wrapped by the current key.
 //!
-//! Each row is written by a compare-and-swap on its old wrapped bytes ([`Store::rewrap_dek`]),
-//! so the broker can serve and refresh meanwhile: a row that changed under us is left alone and
-//! picked up by the next pass. The work list is "rows not on the current key"
-//! ([`Store::dek_rows_not_on_key`]), so an interrupted run simply resumes when started again.
+//! Each row is written by a compare-and-swap on its old wrapped bytes ([`Store::rewrap_dek`],
+//! [`Store::rewrap_secret_dek`]), so the broker can serve and refresh meanwhile: a row that
+//! changed under us is left alone and picked up by the next pass. The work list is "rows not on
+//! the current key" ([`Store::dek_rows_not_on_key`], [`Store::secret_deks_not_on_key`]), so an
+//! interrupted run simply resumes when started again.
 
-use cb_crypto::{CryptoError, Envelope, KeyProvider, KeyRef, WrappedDek, key_label};
-use cb_store::{Store, StoreError, WrappedDekRow};
+use cb_crypto::{
+    CryptoError, EncryptionContext, Envelope, KeyProvider, KeyRef, WrappedDek, key_label,
+};
+use cb_store::{SecretDekRow, SecretKind, Store, StoreError, WrappedDekRow};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -47,7 +51,7 @@ pub struct Progress {
     pub pass: u32,
     /// Re-wrapped so far in this pass.
     pub rewrapped: u64,
-    /// Credentials not on the current key when the pass started.
+    /// Data keys (credentials and sealed secrets) not on the current key when the pass started.
     pub total: u64,
     /// Rows that changed while being re-wrapped (left for the next pass).
     pub changed: u64,
@@ -76,7 +80,7 @@ impl fmt::Display for Progress {
     }
 }
 
-/// How many credentials one key-encryption key (id and version) wraps.
+/// How many data keys one key-encryption key (id and version) wraps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyCount {
     /// Key id (local key id, or KMS key ARN).
@@ -85,17 +89,19 @@ pub struct KeyCount {
     pub key_version: i64,
     /// Credentials with sealed tokens whose DEK it wraps.
     pub credentials: i64,
+    /// Sealed secrets (every [`SecretKind`]) whose DEK it wraps.
+    pub secrets: i64,
 }
 
-/// Credentials per key-encryption key, and which key is current.
+/// Credentials and sealed secrets per key-encryption key, and which key is current.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyReport {
     /// `local` or `aws-kms`.
     pub provider: String,
     /// The key new DEKs are wrapped with; `None` when the provider could not be reached.
     pub current: Option<KeyRef>,
-    /// Every key that wraps at least one credential, plus (after a rotation) the keys that
-    /// did before, at 0.
+    /// Every key that wraps at least one data key, plus (after a rotation) the keys that did
+    /// before, at 0.
     pub keys: Vec<KeyCount>,
 }
 
@@ -115,26 +121,39 @@ impl KeyReport {
             .sum()
     }
 
-    /// Credentials wrapped by (`key_id`, `key_version`); 0 when none.
-    pub fn count(&self, key_id: &str, key_version: i64) -> i64 {
+    /// Sealed secrets whose DEK is wrapped by a key other than the current one.
+    pub fn secrets_on_other_keys(&self) -> i64 {
+        self.keys
+            .iter()
+            .filter(|k| !self.is_current(k))
+            .map(|k| k.secrets)
+            .sum()
+    }
+
+    fn find(&self, key_id: &str, key_version: i64) -> Option<&KeyCount> {
         self.keys
             .iter()
             .find(|k| k.key_id == key_id && k.key_version == key_version)
-            .map_or(0, |k| k.credentials)
+    }
+
+    /// Credentials wrapped by (`key_id`, `key_version`); 0 when none.
+    pub fn count(&self, key_id: &str, key_version: i64) -> i64 {
+        self.find(key_id, key_version).map_or(0, |k| k.credentials)
+    }
+
+    /// Sealed secrets wrapped by (`key_id`, `key_version`); 0 when none.
+    pub fn secrets(&self, key_id: &str, key_version: i64) -> i64 {
+        self.find(key_id, key_version).map_or(0, |k| k.secrets)
     }
 
     /// Adds the keys of `earlier` that no longer wrap anything, at 0, so a report after a
     /// rotation shows the old key reaching zero.
     fn with_retired_from(mut self, earlier: &KeyReport) -> Self {
         for k in &earlier.keys {
-            if self.count(&k.key_id, k.key_version) == 0
-                && !self
-                    .keys
-                    .iter()
-                    .any(|m| m.key_id == k.key_id && m.key_version == k.key_version)
-            {
+            if self.find(&k.key_id, k.key_version).is_none() {
                 self.keys.push(KeyCount {
                     credentials: 0,
+                    secrets: 0,
                     ..k.clone()
                 });
             }
@@ -156,9 +175,13 @@ impl fmt::Display for KeyReport {
             )?,
             None => writeln!(f, "provider {}, current key unknown", self.provider)?,
         }
-        writeln!(f, "credentials per key-encryption key:")?;
+        writeln!(
+            f,
+            "data keys per key-encryption key: credentials, sealed secrets ({}):",
+            SecretKind::ALL.map(SecretKind::label).join(", ")
+        )?;
         if self.keys.is_empty() {
-            writeln!(f, "  (no credential holds sealed tokens)")?;
+            writeln!(f, "  (nothing sealed yet)")?;
         }
         for k in &self.keys {
             let mark = if self.is_current(k) {
@@ -168,27 +191,30 @@ impl fmt::Display for KeyReport {
             };
             writeln!(
                 f,
-                "  {:<72} {:>9}{mark}",
+                "  {:<72} {:>9} {:>9}{mark}",
                 key_label(&k.key_id, k.key_version),
-                k.credentials
+                k.credentials,
+                k.secrets
             )?;
         }
         if self.current.is_some() {
             write!(
                 f,
-                "credentials not on the current key: {}",
-                self.on_other_keys()
+                "credentials not on the current key: {}\nsealed secrets not on the current key: {}",
+                self.on_other_keys(),
+                self.secrets_on_other_keys()
             )?;
         }
         Ok(())
     }
 }
 
-/// One credential whose DEK could not be re-wrapped (its old wrapping stays in place).
+/// One data key that could not be re-wrapped (its old wrapping stays in place).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RewrapFailure {
-    /// The credential.
-    pub credential_id: String,
+    /// What holds it: `credential <id>`, or a sealed secret (`OAuth app client secret <app id>
+    /// version <n>`).
+    pub row: String,
     /// The key that wraps its DEK.
     pub key: String,
     /// Why (never key material).
@@ -206,7 +232,7 @@ pub struct RotationOutcome {
     pub rewrapped: u64,
     /// Passes run.
     pub passes: u32,
-    /// Credentials left on an old key because their DEK could not be re-wrapped.
+    /// Data keys left on an old key because they could not be re-wrapped.
     pub failures: Vec<RewrapFailure>,
 }
 
@@ -218,13 +244,13 @@ pub enum RotateError {
     Store(#[from] StoreError),
     /// The key provider cannot do the work (unreachable, access denied, unknown old key, …).
     #[error(
-        "stopped after re-wrapping {rewrapped} data key(s) (nothing is lost: run rotate-keys again to resume): credential {credential_id}, key {key}: {source}{hint}"
+        "stopped after re-wrapping {rewrapped} data key(s) (nothing is lost: run rotate-keys again to resume): {row}, key {key}: {source}{hint}"
     )]
     Key {
         /// Re-wrapped before the stop.
         rewrapped: u64,
-        /// The credential whose DEK failed.
-        credential_id: String,
+        /// What holds the data key that failed (`credential <id>`, or a sealed secret).
+        row: String,
         /// The key that wraps it.
         key: String,
         /// The provider's error.
@@ -252,18 +278,32 @@ pub async fn key_report(
     })
 }
 
-/// How many credentials each key-encryption key wraps now.
+/// How many credentials and sealed secrets each key-encryption key wraps now, by key id and
+/// version.
 pub async fn usage(store: &dyn Store) -> Result<Vec<KeyCount>, StoreError> {
-    Ok(store
-        .key_usage()
-        .await?
-        .into_iter()
-        .map(|u| KeyCount {
-            key_id: u.key_id,
-            key_version: u.key_version,
-            credentials: u.credentials,
-        })
-        .collect())
+    fn at(
+        keys: &mut BTreeMap<(String, i64), KeyCount>,
+        key_id: String,
+        key_version: i64,
+    ) -> &mut KeyCount {
+        keys.entry((key_id.clone(), key_version))
+            .or_insert(KeyCount {
+                key_id,
+                key_version,
+                credentials: 0,
+                secrets: 0,
+            })
+    }
+    let mut keys = BTreeMap::new();
+    for u in store.key_usage().await? {
+        at(&mut keys, u.key_id, u.key_version).credentials += u.credentials;
+    }
+    for kind in SecretKind::ALL {
+        for u in store.secret_key_usage(kind).await? {
+            at(&mut keys, u.key_id, u.key_version).secrets += u.secrets;
+        }
+    }
+    Ok(keys.into_values().collect())
 }
 
 enum RowOutcome {
@@ -271,18 +311,131 @@ enum RowOutcome {
     Changed,
 }
 
-fn wrapped_dek(row: &WrappedDekRow) -> Result<WrappedDek, CryptoError> {
-    let version = u32::try_from(row.dek_key_version).map_err(|_| CryptoError::UnknownKey {
-        key_id: row.dek_key_id.clone(),
-        version: 0,
-    })?;
-    Ok(WrappedDek {
-        key: KeyRef {
-            key_id: row.dek_key_id.clone(),
-            version,
-        },
-        ciphertext: row.dek_wrapped.clone(),
-    })
+/// Where data keys live: credentials' tokens, then each kind of sealed secret.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Credentials,
+    Secrets(SecretKind),
+}
+
+impl Target {
+    /// Every place, in the order a pass walks them.
+    fn all() -> impl Iterator<Item = Target> {
+        std::iter::once(Target::Credentials).chain(SecretKind::ALL.into_iter().map(Target::Secrets))
+    }
+
+    /// The next page of data keys not on `current`, after `after` (the last of the page before).
+    async fn page(
+        self,
+        store: &dyn Store,
+        current: &KeyRef,
+        after: Option<&Holder>,
+        limit: u32,
+    ) -> Result<Vec<Holder>, StoreError> {
+        let (key_id, version) = (current.key_id.as_str(), i64::from(current.version));
+        Ok(match self {
+            Target::Credentials => {
+                let after = match after {
+                    Some(Holder::Credential(r)) => Some(r.credential_id.as_str()),
+                    _ => None,
+                };
+                store
+                    .dek_rows_not_on_key(key_id, version, after, limit)
+                    .await?
+                    .into_iter()
+                    .map(Holder::Credential)
+                    .collect()
+            }
+            Target::Secrets(kind) => {
+                let after = match after {
+                    Some(Holder::Secret(_, r)) => Some((r.owner_id.as_str(), r.version)),
+                    _ => None,
+                };
+                store
+                    .secret_deks_not_on_key(kind, key_id, version, after, limit)
+                    .await?
+                    .into_iter()
+                    .map(|r| Holder::Secret(kind, r))
+                    .collect()
+            }
+        })
+    }
+}
+
+/// One data key and what holds it.
+#[derive(Clone, Debug)]
+enum Holder {
+    Credential(WrappedDekRow),
+    Secret(SecretKind, SecretDekRow),
+}
+
+impl Holder {
+    /// Names it in failures and errors.
+    fn name(&self) -> String {
+        match self {
+            Holder::Credential(r) => format!("credential {}", r.credential_id),
+            Holder::Secret(kind, r) => {
+                format!("{} {} version {}", kind.label(), r.owner_id, r.version)
+            }
+        }
+    }
+
+    /// (wrapped bytes, key id, key version) as stored.
+    fn stored(&self) -> (&[u8], &str, i64) {
+        match self {
+            Holder::Credential(r) => (&r.dek_wrapped, &r.dek_key_id, r.dek_key_version),
+            Holder::Secret(_, r) => (&r.dek_wrapped, &r.dek_key_id, r.dek_key_version),
+        }
+    }
+
+    fn key(&self) -> String {
+        let (_, key_id, version) = self.stored();
+        key_label(key_id, version)
+    }
+
+    fn wrapped(&self) -> Result<WrappedDek, CryptoError> {
+        let (ciphertext, key_id, version) = self.stored();
+        let version = u32::try_from(version).map_err(|_| CryptoError::UnknownKey {
+            key_id: key_id.to_owned(),
+            version: 0,
+        })?;
+        Ok(WrappedDek {
+            key: KeyRef {
+                key_id: key_id.to_owned(),
+                version,
+            },
+            ciphertext: ciphertext.to_vec(),
+        })
+    }
+
+    /// The encryption context its data key was wrapped with.
+    fn context(&self) -> EncryptionContext {
+        match self {
+            Holder::Credential(r) => {
+                crate::sealing::token_context(&r.workspace_id, &r.credential_id)
+            }
+            Holder::Secret(kind, r) => {
+                crate::sealing::secret_context(*kind, &r.workspace_id, &r.owner_id)
+            }
+        }
+    }
+
+    /// Writes `new` only if the row still holds the old wrapping.
+    async fn swap(&self, store: &dyn Store, new: &WrappedDek) -> Result<bool, StoreError> {
+        let (wrapped, key_id, version) = (
+            new.ciphertext.as_slice(),
+            new.key.key_id.as_str(),
+            i64::from(new.key.version),
+        );
+        match self {
+            Holder::Credential(r) => store.rewrap_dek(r, wrapped, key_id, version).await,
+            Holder::Secret(kind, r) => {
+                store
+                    .rewrap_secret_dek(*kind, r, wrapped, key_id, version)
+                    .await
+            }
+        }
+    }
 }
 
 enum RowError {
@@ -290,23 +443,20 @@ enum RowError {
     Key(CryptoError),
 }
 
-/// Re-wraps one row's DEK and writes it back only if the row still holds the old wrapping.
+/// Re-wraps one data key and writes it back only if its row still holds the old wrapping.
 async fn rewrap_one(
     store: Arc<dyn Store>,
     envelope: Arc<Envelope>,
-    row: WrappedDekRow,
-) -> (WrappedDekRow, Result<RowOutcome, RowError>) {
+    holder: Holder,
+) -> (Holder, Result<RowOutcome, RowError>) {
     let result = async {
-        let old = wrapped_dek(&row).map_err(RowError::Key)?;
-        let ctx = crate::sealing::token_context(&row.workspace_id, &row.credential_id);
-        let new = envelope.rewrap(&old, &ctx).await.map_err(RowError::Key)?;
-        let swapped = store
-            .rewrap_dek(
-                &row,
-                &new.ciphertext,
-                &new.key.key_id,
-                i64::from(new.key.version),
-            )
+        let old = holder.wrapped().map_err(RowError::Key)?;
+        let new = envelope
+            .rewrap(&old, &holder.context())
+            .await
+            .map_err(RowError::Key)?;
+        let swapped = holder
+            .swap(store.as_ref(), &new)
             .await
             .map_err(RowError::Store)?;
         Ok(if swapped {
@@ -316,7 +466,7 @@ async fn rewrap_one(
         })
     }
     .await;
-    (row, result)
+    (holder, result)
 }
 
 /// What to do about a provider error that stops the rotation.
@@ -341,7 +491,8 @@ struct Rotation<'a> {
 }
 
 impl Rotation<'_> {
-    /// One pass over the rows not on `current`; returns how many it re-wrapped.
+    /// One pass over the data keys not on `current`, credentials first, then each kind of
+    /// sealed secret; returns how many it re-wrapped.
     async fn pass(
         &mut self,
         current: &KeyRef,
@@ -349,22 +500,33 @@ impl Rotation<'_> {
         report: &mut (dyn FnMut(&Progress) + Send),
         rewrapped_before: u64,
     ) -> Result<u64, RotateError> {
+        for target in Target::all() {
+            self.walk(target, current, progress, report, rewrapped_before)
+                .await?;
+        }
+        Ok(progress.rewrapped)
+    }
+
+    /// Pages through one target's data keys not on `current`, re-wrapping each page.
+    async fn walk(
+        &mut self,
+        target: Target,
+        current: &KeyRef,
+        progress: &mut Progress,
+        report: &mut (dyn FnMut(&Progress) + Send),
+        rewrapped_before: u64,
+    ) -> Result<(), RotateError> {
         let (store, envelope, opts) = (&self.store, &self.envelope, self.opts);
         let failures = &mut self.failures;
-        let mut after: Option<String> = None;
+        let mut after: Option<Holder> = None;
         loop {
-            let rows = store
-                .dek_rows_not_on_key(
-                    &current.key_id,
-                    i64::from(current.version),
-                    after.as_deref(),
-                    opts.batch_size,
-                )
+            let rows = target
+                .page(store.as_ref(), current, after.as_ref(), opts.batch_size)
                 .await?;
             let Some(last) = rows.last() else {
-                return Ok(progress.rewrapped);
+                return Ok(());
             };
-            after = Some(last.credential_id.clone());
+            after = Some(last.clone());
             let mut rows = rows.into_iter();
             let mut tasks = JoinSet::new();
             loop {
@@ -384,11 +546,11 @@ impl Rotation<'_> {
                     Err(RowError::Key(CryptoError::Decrypt)) => {
                         progress.failed += 1;
                         failures.insert(
-                            row.credential_id.clone(),
+                            row.name(),
                             RewrapFailure {
-                                key: key_label(&row.dek_key_id, row.dek_key_version),
+                                key: row.key(),
                                 error: CryptoError::Decrypt.to_string(),
-                                credential_id: row.credential_id,
+                                row: row.name(),
                             },
                         );
                     }
@@ -397,8 +559,8 @@ impl Rotation<'_> {
                         tasks.abort_all();
                         return Err(RotateError::Key {
                             rewrapped: rewrapped_before + progress.rewrapped,
-                            credential_id: row.credential_id,
-                            key: key_label(&row.dek_key_id, row.dek_key_version),
+                            row: row.name(),
+                            key: row.key(),
                             hint: stop_hint(&source),
                             source,
                         });
@@ -414,8 +576,9 @@ impl Rotation<'_> {
     }
 }
 
-/// Re-wraps every credential's DEK under the envelope provider's current key, in batches and
-/// passes (see [`RotateOptions`]), calling `report` after each batch.
+/// Re-wraps every data key (credentials', then sealed secrets') under the envelope provider's
+/// current key, in batches and passes (see [`RotateOptions`]), calling `report` after each
+/// batch.
 pub async fn rotate(
     store: Arc<dyn Store>,
     envelope: Arc<Envelope>,
@@ -441,7 +604,7 @@ pub async fn rotate(
         let Some(current) = now.current.clone() else {
             break;
         };
-        let todo = u64::try_from(now.on_other_keys()).unwrap_or(0);
+        let todo = u64::try_from(now.on_other_keys() + now.secrets_on_other_keys()).unwrap_or(0);
         if todo == 0 {
             break;
         }
@@ -482,6 +645,7 @@ mod tests {
             key_id: key_id.into(),
             key_version,
             credentials,
+            secrets: 0,
         }
     }
 
@@ -495,23 +659,36 @@ mod tests {
                 key_id: b.into(),
                 version: 0,
             }),
-            keys: vec![count("local-1", 1, 4), count(a, 0, 7), count(b, 0, 1)],
+            keys: vec![
+                count("local-1", 1, 4),
+                KeyCount {
+                    secrets: 2,
+                    ..count(a, 0, 7)
+                },
+                count(b, 0, 1),
+            ],
         };
         assert_eq!(before.on_other_keys(), 11);
+        assert_eq!(before.secrets_on_other_keys(), 2);
+        assert_eq!(before.secrets(a, 0), 2);
         let after = KeyReport {
             keys: vec![count(b, 0, 12)],
             ..before.clone()
         }
         .with_retired_from(&before);
         assert_eq!(after.on_other_keys(), 0);
+        assert_eq!(after.secrets_on_other_keys(), 0);
         assert_eq!(after.count(a, 0), 0);
         assert_eq!(after.keys.len(), 3);
         let text = after.to_string();
         assert!(text.contains(&format!("current key {b}")), "{text}");
         assert!(text.contains("local-1 version 1"), "{text}");
         assert!(text.contains("(current)"), "{text}");
+        assert!(text.contains("OAuth app client secret"), "{text}");
         assert!(
-            text.ends_with("credentials not on the current key: 0"),
+            text.ends_with(
+                "credentials not on the current key: 0\nsealed secrets not on the current key: 0"
+            ),
             "{text}"
         );
 

@@ -108,6 +108,18 @@ fn app_secret_context(workspace_id: &str, app_id: &str) -> EncryptionContext {
         .with("purpose", APP_SECRET_PURPOSE)
 }
 
+/// The KMS encryption context of a sealed secret's data key, by kind (also used by key
+/// rotation; one arm per [`cb_store::SecretKind`]).
+pub fn secret_context(
+    kind: cb_store::SecretKind,
+    workspace_id: &str,
+    owner_id: &str,
+) -> EncryptionContext {
+    match kind {
+        cb_store::SecretKind::OAuthAppSecret => app_secret_context(workspace_id, owner_id),
+    }
+}
+
 /// Seals an OAuth app's client secret under a new data key.
 pub async fn seal_app_secret(
     envelope: &Envelope,

@@ -49,6 +49,9 @@ pub struct ImportCredential {
     pub tokens: TokenBundle,
     /// The first Admin (default: the actor).
     pub admin_email: Option<Email>,
+    /// The workspace OAuth app whose client minted the tokens (default: see
+    /// [`AppClients::for_import`]).
+    pub oauth_app_id: Option<String>,
 }
 
 /// A ListCredentials query.
@@ -245,12 +248,16 @@ impl CredentialService {
             created_by.clone(),
             now,
         );
-        if self.gateway.get(c.provider_id.as_str()).is_none() {
-            return Err(BrokerError::invalid(
-                "provider_id",
-                "is not a provider in the catalog (see ListProviders)",
-            ));
-        }
+        // The client the tokens are refreshed and revoked with.
+        let app = self
+            .apps
+            .for_import(
+                req.workspace_id.as_str(),
+                req.provider_id.as_str(),
+                req.oauth_app_id.as_deref(),
+                self.gateway.get(req.provider_id.as_str()).is_some(),
+            )
+            .await?;
         sealing::seal_into(&self.envelope, &mut c, &req.tokens).await?;
         self.schedule_refresh(&mut c, &req.tokens, now);
         let actor_user = caller
@@ -283,6 +290,10 @@ impl CredentialService {
             },
             other => other.into(),
         })?;
+        if let Some(app) = &app {
+            let version = app.newest().map(|(v, _)| *v);
+            self.apps.record(c.id.as_str(), Some(app), version).await?;
+        }
         let role = caller
             .actor
             .as_ref()
@@ -292,6 +303,12 @@ impl CredentialService {
             credential: c,
             caller_role: role,
         })
+    }
+
+    /// The OAuth app (id and secret version) recorded as having minted a credential's grant,
+    /// if any (GetCredential shows it).
+    pub async fn oauth_app_of(&self, c: &Credential) -> Result<Option<(String, i64)>, BrokerError> {
+        Ok(self.store.credential_app(c.id.as_str()).await?)
     }
 
     /// Returns one credential's metadata.

@@ -190,22 +190,49 @@ pub async fn load_spec(
     }
 }
 
-/// The provider as connect flows see it: `configured` only with an app (the workspace's own
-/// client is the only client a workspace provider has).
-pub fn info(spec: &ProviderSpec, has_app: bool) -> ProviderInfo {
-    ProviderInfo::from_spec(
-        spec,
-        has_app,
-        if has_app {
-            Vec::new()
-        } else {
-            vec![format!(
-                "an OAuth app for provider {} in this workspace (CreateOAuthApp)",
-                spec.id
-            )]
-        },
-        true,
-    )
+/// The runtime specs of every provider `workspace` defined, by id.
+pub async fn load_all(
+    store: &dyn Store,
+    workspace: &str,
+) -> Result<Vec<ProviderSpec>, BrokerError> {
+    store
+        .list_workspace_providers(workspace)
+        .await?
+        .iter()
+        .map(|row| Ok(parse_row(row)?.to_spec(&row.id)))
+        .collect()
+}
+
+/// The provider `workspace` defined, as connect flows and ListProviders see it: `configured`
+/// only with an app (the workspace's own client is the only client a workspace provider has).
+pub fn info(spec: &ProviderSpec, workspace: &str, has_app: bool) -> ProviderInfo {
+    ProviderInfo {
+        workspace_id: Some(workspace.to_owned()),
+        ..ProviderInfo::from_spec(
+            spec,
+            has_app,
+            if has_app {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "an OAuth app for provider {} in this workspace (CreateOAuthApp)",
+                    spec.id
+                )]
+            },
+            true,
+        )
+    }
+}
+
+/// The error for a use of workspace provider `id` without an OAuth app of the workspace for it
+/// (its only possible client).
+pub(crate) fn without_app(id: &str) -> BrokerError {
+    BrokerError::FailedPrecondition {
+        reason: reason::PROVIDER_NOT_CONFIGURED,
+        message: format!(
+            "provider {id} is defined by this workspace and has no OAuth client: a workspace admin must create an OAuth app for provider {id} in this workspace (CreateOAuthApp) with the client id and secret registered at the provider"
+        ),
+    }
 }
 
 fn parse_row(row: &WorkspaceProviderRow) -> Result<Definition, BrokerError> {
@@ -645,8 +672,9 @@ mod tests {
             !spec.is_verified(),
             "never presented as a verified catalog entry"
         );
-        let info = info(&spec, false);
+        let info = info(&spec, "ws1", false);
         assert!(!info.configured && info.custom);
+        assert_eq!(info.workspace_id.as_deref(), Some("ws1"));
         assert!(info.missing_settings[0].contains("CreateOAuthApp"));
     }
 

@@ -132,6 +132,9 @@ pub struct FakeConfig {
     /// RFC 9207: every authorization response (errors included) carries `iss` with this value;
     /// `None` sends no `iss`.
     pub issuer: Option<String>,
+    /// Fields of the published metadata replaced by these values (a provider that moved an
+    /// endpoint since a client read its metadata).
+    pub metadata_overrides: Vec<(String, String)>,
 }
 
 impl FakeConfig {
@@ -184,6 +187,7 @@ impl Default for FakeConfig {
             expiring_only_with: None,
             refresh_expiry_field: "refresh_token_expires_in".into(),
             issuer: None,
+            metadata_overrides: Vec::new(),
         }
     }
 }
@@ -225,6 +229,7 @@ impl fmt::Debug for FakeConfig {
             .field("expiring_only_with", &self.expiring_only_with)
             .field("refresh_expiry_field", &self.refresh_expiry_field)
             .field("issuer", &self.issuer)
+            .field("metadata_overrides", &self.metadata_overrides)
             .finish()
     }
 }

@@ -129,7 +129,13 @@ impl FakeProvider {
     /// Issues a grant directly (as if `subject` had connected, scope `read`), for tests and
     /// benchmarks that import credentials: returns (access token, refresh token).
     pub fn issue_grant(&self, subject: &str) -> (String, String) {
-        self.shared.lock().issue_grant(subject)
+        let client_id = self.config().client_id;
+        self.issue_grant_to(subject, &client_id)
+    }
+
+    /// [`FakeProvider::issue_grant`] to another registered client (a workspace's OAuth app).
+    pub fn issue_grant_to(&self, subject: &str, client_id: &str) -> (String, String) {
+        self.shared.lock().issue_grant(subject, client_id)
     }
 
     /// All counters at once.

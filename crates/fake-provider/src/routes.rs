@@ -177,9 +177,7 @@ async fn authorization_server_metadata(app: App) -> Response {
     let s = app.lock();
     let base = &app.base_url;
     let issuer = s.config.issuer.clone().unwrap_or_else(|| base.clone());
-    json_response(
-        StatusCode::OK,
-        &json!({
+    let mut metadata = json!({
             "issuer": issuer,
             "authorization_endpoint": format!("{base}/authorize"),
             "token_endpoint": format!("{base}/token"),
@@ -190,8 +188,11 @@ async fn authorization_server_metadata(app: App) -> Response {
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        }),
-    )
+    });
+    for (field, value) in &s.config.metadata_overrides {
+        metadata[field.as_str()] = json!(value);
+    }
+    json_response(StatusCode::OK, &metadata)
 }
 
 // --- token endpoint ------------------------------------------------------------------------------

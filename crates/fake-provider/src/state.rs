@@ -384,10 +384,10 @@ impl State {
         }
     }
 
-    /// A grant issued directly, as if a user had connected: (access token, refresh token).
-    pub fn issue_grant(&mut self, subject: &str) -> (String, String) {
-        let client_id = self.config.client_id.clone();
-        let grant = self.new_grant(subject, &client_id, vec!["read".to_owned()]);
+    /// A grant issued directly to `client_id`, as if a user had connected through it: (access
+    /// token, refresh token).
+    pub fn issue_grant(&mut self, subject: &str, client_id: &str) -> (String, String) {
+        let grant = self.new_grant(subject, client_id, vec!["read".to_owned()]);
         let access = self.new_access(grant);
         let refresh = self.new_refresh(grant);
         (access, refresh)

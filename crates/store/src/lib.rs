@@ -24,8 +24,8 @@ pub use model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, HealthColumns,
     KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
     OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
-    RunGrantRow, SealedColumns, StatusQuery, UsageRecord, WebhookEndpointRow, WorkspaceProviderRow,
-    WrappedDekRow, run_grant_change_id,
+    RunGrantRow, SealedColumns, SecretDekRow, SecretKeyUsage, SecretKind, StatusQuery, UsageRecord,
+    WebhookEndpointRow, WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -575,13 +575,34 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of the non-disconnected credentials minted by an app, ordered by id.
     async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
 
-    /// Ids of the apps holding a client secret whose data key `key_id` version `key_version`
-    /// wraps, ordered by id: what retiring that key version would make unreadable.
-    async fn apps_with_secrets_on_key(
+    /// Counts sealed secrets of `kind` per key-encryption key version, ordered by key id and
+    /// version (key rotation, `keys report`, `keys retire-local-version`).
+    async fn secret_key_usage(&self, kind: SecretKind) -> Result<Vec<SecretKeyUsage>, StoreError>;
+
+    /// Sealed secrets of `kind` whose data key is wrapped by any key other than (`key_id`,
+    /// `key_version`), ordered by (owner, version), only those after `after` (keyset paging;
+    /// `None` starts at the beginning), at most `limit`. Key rotation walks these.
+    async fn secret_deks_not_on_key(
         &self,
+        kind: SecretKind,
         key_id: &str,
         key_version: i64,
-    ) -> Result<Vec<String>, StoreError>;
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<SecretDekRow>, StoreError>;
+
+    /// Replaces a sealed secret's wrapped data key (key rotation) in one compare-and-swap
+    /// UPDATE matching only while the row still holds exactly `old`'s wrapped bytes, key id
+    /// and version; like [`Store::rewrap_dek`], it writes only the data-key columns. Returns
+    /// whether it replaced (`false`: the secret changed meanwhile, or is gone).
+    async fn rewrap_secret_dek(
+        &self,
+        kind: SecretKind,
+        old: &SecretDekRow,
+        new_wrapped: &[u8],
+        new_key_id: &str,
+        new_key_version: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Whether changes made by other processes are being delivered right now: the session of
     /// the change feed (a new number each time it (re)connects, notifications in between may

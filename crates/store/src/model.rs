@@ -250,6 +250,72 @@ impl fmt::Debug for WrappedDekRow {
     }
 }
 
+/// A kind of sealed secret other than credential tokens, each held under its own data key, that
+/// key rotation re-wraps: the rotation engine iterates [`SecretKind::ALL`], the store reads and
+/// swaps each kind's data keys with its own statements (`sql::secret_statements`), the domain
+/// names each kind's encryption context. A new kind is a variant here; the compiler then asks
+/// for its statements and its context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecretKind {
+    /// A workspace OAuth app's client secret (`oauth_app_secrets`).
+    OAuthAppSecret,
+}
+
+impl SecretKind {
+    /// Every kind, in the order rotation walks them.
+    pub const ALL: [SecretKind; 1] = [SecretKind::OAuthAppSecret];
+
+    /// What people call it (reports, errors).
+    pub fn label(self) -> &'static str {
+        match self {
+            SecretKind::OAuthAppSecret => "OAuth app client secret",
+        }
+    }
+}
+
+/// One sealed secret's wrapped data key, without its ciphertext: what key rotation reads and
+/// re-wraps ([`Store::secret_deks_not_on_key`](crate::Store::secret_deks_not_on_key)).
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SecretDekRow {
+    /// The row holding the secret (an OAuth app's id).
+    pub owner_id: String,
+    /// The secret's version within its owner (0 where a kind keeps one).
+    pub version: i64,
+    /// The owner's workspace (part of the data key's encryption context).
+    pub workspace_id: String,
+    /// The data key, wrapped by the key provider.
+    pub dek_wrapped: Vec<u8>,
+    /// Id of the key-encryption key that wrapped it.
+    pub dek_key_id: String,
+    /// Version of that key.
+    pub dek_key_version: i64,
+}
+
+// Lengths only for the wrapped key.
+impl fmt::Debug for SecretDekRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretDekRow")
+            .field("owner_id", &self.owner_id)
+            .field("version", &self.version)
+            .field("workspace_id", &self.workspace_id)
+            .field("dek_wrapped_len", &self.dek_wrapped.len())
+            .field("dek_key_id", &self.dek_key_id)
+            .field("dek_key_version", &self.dek_key_version)
+            .finish()
+    }
+}
+
+/// How many sealed secrets of one kind one key-encryption key version wraps.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct SecretKeyUsage {
+    /// Id of the key-encryption key.
+    pub key_id: String,
+    /// Its version.
+    pub key_version: i64,
+    /// Sealed secrets whose data key it wraps.
+    pub secrets: i64,
+}
+
 /// Filter and page for [`Store::list_credentials`](crate::Store::list_credentials).
 #[derive(Clone, Debug, Default)]
 pub struct CredentialQuery {

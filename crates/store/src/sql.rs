@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::StoreError;
-use crate::model::{CredentialRow, HealthColumns, LeaseColumns, SealedColumns, UsageRecord};
+use crate::model::{
+    CredentialRow, HealthColumns, LeaseColumns, SealedColumns, SecretKind, UsageRecord,
+};
 
 /// `SELECT` of the columns a `*_columns!` macro lists, then `rest` (`" FROM …"`).
 macro_rules! select {
@@ -888,9 +890,39 @@ pub(crate) const GET_CREDENTIAL_APP: &str =
 pub(crate) const CREDENTIALS_USING_APP: &str = "SELECT id FROM credentials \
      WHERE oauth_app_id = $1 AND status <> 'DISCONNECTED' ORDER BY id";
 
-/// Apps holding a client secret whose data key this key version wraps. Bind: key_id, version.
-pub(crate) const APPS_WITH_SECRETS_ON_KEY: &str = "SELECT DISTINCT app_id FROM oauth_app_secrets \
-     WHERE dek_key_id = $1 AND dek_key_version = $2 ORDER BY app_id";
+/// The statements key rotation runs over one [`SecretKind`]'s data keys.
+pub(crate) struct SecretStatements {
+    /// Sealed secrets per key version (`key_id`, `key_version`, `secrets`).
+    pub usage: &'static str,
+    /// Data keys not on a key, keyset-paged on (owner, version). Bind: key_id, key_version,
+    /// after owner (`''` starts at the beginning), after version, limit.
+    pub not_on_key: &'static str,
+    /// Compare-and-swap of one data key. Bind: owner, version, old wrapped, old key id, old key
+    /// version, new wrapped, new key id, new key version.
+    pub rewrap: &'static str,
+}
+
+/// The statements of `kind` (one arm per kind: a new kind cannot be forgotten here).
+pub(crate) fn secret_statements(kind: SecretKind) -> &'static SecretStatements {
+    match kind {
+        SecretKind::OAuthAppSecret => &OAUTH_APP_SECRET_STATEMENTS,
+    }
+}
+
+const OAUTH_APP_SECRET_STATEMENTS: SecretStatements = SecretStatements {
+    usage: "SELECT dek_key_id AS key_id, dek_key_version AS key_version, COUNT(*) AS secrets \
+         FROM oauth_app_secrets GROUP BY dek_key_id, dek_key_version \
+         ORDER BY dek_key_id, dek_key_version",
+    not_on_key: "SELECT s.app_id AS owner_id, s.version, a.workspace_id, s.dek_wrapped, \
+         s.dek_key_id, s.dek_key_version FROM oauth_app_secrets s \
+         JOIN oauth_apps a ON a.id = s.app_id \
+         WHERE NOT (s.dek_key_id = $1 AND s.dek_key_version = $2) \
+         AND (s.app_id > $3 OR (s.app_id = $3 AND s.version > $4)) \
+         ORDER BY s.app_id, s.version LIMIT $5",
+    rewrap: "UPDATE oauth_app_secrets SET dek_wrapped = $6, dek_key_id = $7, dek_key_version = $8 \
+         WHERE app_id = $1 AND version = $2 AND dek_wrapped = $3 AND dek_key_id = $4 \
+         AND dek_key_version = $5",
+};
 
 /// Every column of `workspace_providers`, in
 /// [`WorkspaceProviderRow`](crate::model::WorkspaceProviderRow) order.

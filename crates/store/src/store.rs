@@ -23,8 +23,9 @@ use crate::model::{
     AuditQuery, AuditRow, ChangeEvent, ClaimedDelivery, ConnectSessionRow, CredentialEventRow,
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
     MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
-    RefreshFailure, RefreshIntent, RunGrantRow, StatusQuery, UsageRecord, WebhookEndpointRow,
-    WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
+    RefreshFailure, RefreshIntent, RunGrantRow, SecretDekRow, SecretKeyUsage, SecretKind,
+    StatusQuery, UsageRecord, WebhookEndpointRow, WorkspaceProviderRow, WrappedDekRow,
+    run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -618,6 +619,8 @@ where
     for<'t> AuditRow: FromRow<'t, DB::Row>,
     for<'t> KeyUsage: FromRow<'t, DB::Row>,
     for<'t> WrappedDekRow: FromRow<'t, DB::Row>,
+    for<'t> SecretDekRow: FromRow<'t, DB::Row>,
+    for<'t> SecretKeyUsage: FromRow<'t, DB::Row>,
     for<'t> ConnectSessionRow: FromRow<'t, DB::Row>,
     for<'t> RefreshIntent: FromRow<'t, DB::Row>,
     for<'t> RunGrantRow: FromRow<'t, DB::Row>,
@@ -1646,15 +1649,49 @@ where
             .await
     }
 
-    async fn apps_with_secrets_on_key(
+    async fn secret_key_usage(&self, kind: SecretKind) -> Result<Vec<SecretKeyUsage>, StoreError> {
+        let select = sqlx::query_as(sql::secret_statements(kind).usage);
+        self.traced("secret_key_usage", None, self.all(select))
+            .await
+    }
+
+    async fn secret_deks_not_on_key(
         &self,
+        kind: SecretKind,
         key_id: &str,
         key_version: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let select = sqlx::query_scalar(sql::APPS_WITH_SECRETS_ON_KEY)
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<SecretDekRow>, StoreError> {
+        let (after_owner, after_version) = after.unwrap_or(("", i64::MIN));
+        let select = sqlx::query_as(sql::secret_statements(kind).not_on_key)
             .bind(key_id)
-            .bind(key_version);
-        self.traced("apps_with_secrets_on_key", None, self.column(select))
+            .bind(key_version)
+            .bind(after_owner)
+            .bind(after_version)
+            .bind(i64::from(limit));
+        self.traced("secret_deks_not_on_key", None, self.all(select))
+            .await
+    }
+
+    async fn rewrap_secret_dek(
+        &self,
+        kind: SecretKind,
+        old: &SecretDekRow,
+        new_wrapped: &[u8],
+        new_key_id: &str,
+        new_key_version: i64,
+    ) -> Result<bool, StoreError> {
+        let update = sqlx::query(sql::secret_statements(kind).rewrap)
+            .bind(old.owner_id.as_str())
+            .bind(old.version)
+            .bind(old.dek_wrapped.as_slice())
+            .bind(old.dek_key_id.as_str())
+            .bind(old.dek_key_version)
+            .bind(new_wrapped)
+            .bind(new_key_id)
+            .bind(new_key_version);
+        self.traced("rewrap_secret_dek", None, self.changed(update))
             .await
     }
 

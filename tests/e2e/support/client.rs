@@ -259,6 +259,33 @@ impl Client {
         Ok(response.oauth_app.expect("CreateOAuthApp answers the app"))
     }
 
+    /// TestOAuthApp with the test redirect URI: each check, and whether the answer says ok.
+    pub async fn diagnose(&mut self, app: &str) -> (Vec<AppCheck>, bool) {
+        let request = self.request(pb::TestOAuthAppRequest {
+            oauth_app_id: app.into(),
+            redirect_uri: crate::support::broker::REDIRECT_URI.into(),
+        });
+        let answer = self
+            .apps
+            .test_o_auth_app(request)
+            .await
+            .expect("TestOAuthApp answers")
+            .into_inner();
+        let checks = answer
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.verdict(),
+                    c.detail.clone(),
+                    c.hint.clone(),
+                )
+            })
+            .collect();
+        (checks, answer.ok)
+    }
+
     /// The first 1000 audit events about `credential_id` (empty: all), newest first
     /// (ListAuditEvents: operators and development mode only).
     pub async fn audit_events(
@@ -562,4 +589,16 @@ pub fn audit_count(e: &pb::AuditEvent) -> u64 {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("count="))
         .map_or(1, |n| n.parse().unwrap())
+}
+
+/// One check of a TestOAuthApp answer: (name, verdict, detail, hint).
+pub type AppCheck = (String, pb::CheckVerdict, String, String);
+
+/// The verdict of check `name` (panics, listing the checks, when there is none).
+pub fn verdict_of(checks: &[AppCheck], name: &str) -> pb::CheckVerdict {
+    checks
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
+        .1
 }

@@ -99,6 +99,28 @@ fn needs_reconnect(c: &Credential, why: &str) -> BrokerError {
     }
 }
 
+/// A token set opened from a credential row, with the ciphertext it was opened from: the
+/// refresh leader reuses it while the leased row still holds that ciphertext (one decryption
+/// per refresh on a miss, not two).
+struct Opened {
+    ciphertext: Vec<u8>,
+    bundle: TokenBundle,
+}
+
+impl Opened {
+    fn of(c: &Credential, bundle: TokenBundle) -> Option<Self> {
+        c.sealed.as_ref().map(|s| Self {
+            ciphertext: s.ciphertext.clone(),
+            bundle,
+        })
+    }
+
+    /// The bundle, if `c` still holds the ciphertext it was opened from.
+    fn still(self, c: &Credential) -> Option<TokenBundle> {
+        (c.sealed.as_ref().map(|s| &s.ciphertext) == Some(&self.ciphertext)).then_some(self.bundle)
+    }
+}
+
 /// The result of a flight nobody waits for any more (never seen by a caller).
 fn abandoned() -> BrokerError {
     BrokerError::Unavailable {
@@ -285,11 +307,13 @@ impl TokenService {
                 let claimed = claim.take().filter(|c| {
                     c.fence() == row_fence && row_holder.as_deref() == Some(self.holder.as_str())
                 });
+                // What was just opened, for the leader to reuse while the row still holds it.
+                let opened = Opened::of(&c, bundle);
                 if let (Some(keeper), Some(leased)) =
                     (claimed.and_then(Claim::into_keeper), claimed_row)
                 {
                     return self
-                        .refresh_under_lease(leased, min_valid, force, wanted, &keeper)
+                        .refresh_under_lease(leased, opened, min_valid, force, wanted, &keeper)
                         .await;
                 }
                 if let Some(leased) = self.take_lease(id).await? {
@@ -301,7 +325,7 @@ impl TokenService {
                         self.config.lease_duration,
                     );
                     return self
-                        .refresh_under_lease(leased, min_valid, force, wanted, &keeper)
+                        .refresh_under_lease(leased, opened, min_valid, force, wanted, &keeper)
                         .await;
                 }
             }
@@ -509,6 +533,7 @@ impl TokenService {
     async fn refresh_under_lease(
         &self,
         row: cb_store::CredentialRow,
+        opened: Option<Opened>,
         min_valid: Duration,
         force: bool,
         wanted: &(dyn Fn() -> bool + Send + Sync),
@@ -525,7 +550,11 @@ impl TokenService {
         let provider = c.provider_id.clone();
         let now = self.clock.now();
         let result = async {
-            let bundle = sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?;
+            // Opened again only if the row changed since it was read (another writer).
+            let bundle = match opened.and_then(|o| o.still(&c)) {
+                Some(bundle) => bundle,
+                None => sealing::open(&self.envelope, &c).await?.ok_or_else(|| BrokerError::Internal("active credential without tokens".into()))?,
+            };
             let refresh_token = bundle.refresh_token.clone().ok_or_else(|| BrokerError::Internal("refresh token vanished".into()))?;
             let token_hash = token_sha256(&refresh_token);
             // A previous holder that recorded an intent for the refresh token still stored and

@@ -12,7 +12,6 @@ use crate::tokens::TokenBundle;
 use crate::types::{
     Description, DisplayName, Email, ProviderAccount, ProviderId, Scopes, WorkspaceId,
 };
-use cb_crypto::{DekCacheConfig, LocalKeyProvider};
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
@@ -73,6 +72,7 @@ impl ProviderGateway for ScriptedProvider {
             refresh_token_idle: None,
             refresh_token_absolute: None,
             verified: true,
+            workspace_id: None,
         })
     }
     fn redirect_allowed(&self, _uri: &str) -> bool {
@@ -142,7 +142,11 @@ impl ProviderGateway for ScriptedProvider {
         crate::gateway::ClientProbe::Unexpected("not used".into())
     }
 
-    async fn discover(&self, _provider: &str) -> crate::gateway::Discovery {
+    async fn discover(
+        &self,
+        _provider: &str,
+        _runtime: Option<&cb_oauth::catalog::ProviderSpec>,
+    ) -> crate::gateway::Discovery {
         crate::gateway::Discovery::NoIssuer
     }
 
@@ -177,12 +181,7 @@ struct Kit {
 }
 
 async fn kit(provider: ScriptedProvider) -> Kit {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
-    let store = cb_store::open(&url, 2).await.unwrap();
-    store.migrate().await.unwrap();
-    let (keys, _) = LocalKeyProvider::load_or_create(&dir.path().join("key.json")).unwrap();
-    let envelope = Arc::new(Envelope::new(Arc::new(keys), DekCacheConfig::default()));
+    let (dir, store, envelope) = crate::test_support::sqlite_with_keys().await;
     let clock = ManualClock::new(T0);
     let audit = Audit::new(store.clone(), Arc::new(clock.clone()));
     let cache = Arc::new(TokenCache::default());
@@ -271,6 +270,7 @@ impl Kit {
                         extras: BTreeMap::new(),
                     },
                     admin_email: Some(Email::parse("admin_email", "a@example.com").unwrap()),
+                    oauth_app_id: None,
                 },
             )
             .await
@@ -566,4 +566,20 @@ async fn a_flight_joined_by_a_non_member_tells_it_nothing() {
         // The next round needs a cold cache: past the token's lifetime and the snapshot's age.
         kit.clock.advance(Duration::from_secs(120));
     }
+}
+
+/// A refresh on a cache miss opens the stored tokens once: the leader reuses what it read
+/// before taking the lease (one data-key use to open them, one to seal the new set).
+#[tokio::test]
+async fn a_refresh_on_a_miss_opens_the_sealed_row_once() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    let uses = || {
+        let s = kit.envelope.cache_stats();
+        s.hits + s.misses
+    };
+    let before = uses();
+    kit.token(&id, None).await.unwrap();
+    assert_eq!(kit.refreshes(), 1);
+    assert_eq!(uses() - before, 2, "opened once, sealed once");
 }

@@ -37,7 +37,8 @@ fn keys_error(e: impl fmt::Display) -> StartupError {
 }
 
 /// `credential-broker rotate-keys`: re-wraps every DEK under the current key and prints the
-/// progress and the final report. Fails unless every credential ends on the current key.
+/// progress and the final report. Fails unless every credential and sealed secret ends on the
+/// current key.
 pub async fn rotate_keys_command(
     config: &Config,
     env: &dyn EnvSource,
@@ -89,26 +90,27 @@ pub async fn rotate_keys_command(
     for f in &outcome.failures {
         say(
             out,
-            format_args!(
-                "FAILED credential {} (key {}): {}",
-                f.credential_id, f.key, f.error
-            ),
+            format_args!("FAILED {} (key {}): {}", f.row, f.key, f.error),
         );
     }
     say(out, &outcome.after);
-    let left = outcome.after.on_other_keys();
-    if left > 0 {
+    let (credentials, secrets) = (
+        outcome.after.on_other_keys(),
+        outcome.after.secrets_on_other_keys(),
+    );
+    if credentials + secrets > 0 {
         return Err(keys_error(format_args!(
-            "{left} credential(s) still have data keys wrapped by a key other than the current \
-             one ({} could not be re-wrapped, the rest changed during the run): run rotate-keys \
-             again; do not disable or retire old keys before this report shows 0",
+            "{credentials} credential(s) and {secrets} sealed secret(s) still have data keys \
+             wrapped by a key other than the current one ({} could not be re-wrapped, the rest \
+             changed during the run): run rotate-keys again; do not disable or retire old keys \
+             before this report shows 0",
             outcome.failures.len()
         )));
     }
     Ok(())
 }
 
-/// `credential-broker keys report`: credentials per key-encryption key. Works without the KMS
+/// `credential-broker keys report`: credentials and sealed secrets per key-encryption key. Works without the KMS
 /// (the current key is then shown as unknown).
 pub async fn keys_report_command(
     config: &Config,
@@ -143,7 +145,7 @@ pub async fn keys_report_command(
 }
 
 /// `credential-broker keys retire-local-version N`: removes version N from the local key file
-/// once no credential's DEK uses it, which completes the crypto-shredding of credentials
+/// once no credential's or sealed secret's DEK uses it, which completes the crypto-shredding of credentials
 /// disconnected while it was in use (their copies in backups can no longer be opened).
 pub async fn retire_local_version_command(
     config: &Config,
@@ -171,26 +173,15 @@ pub async fn retire_local_version_command(
                 source,
             })?,
     };
-    let in_use = report.count(&key_id, i64::from(version));
-    if in_use > 0 {
+    let (credentials, secrets) = (
+        report.count(&key_id, i64::from(version)),
+        report.secrets(&key_id, i64::from(version)),
+    );
+    if credentials + secrets > 0 {
         return Err(keys_error(format_args!(
-            "{in_use} credential(s) still have data keys wrapped by {key_id} version {version}: run \
-             rotate-keys first"
-        )));
-    }
-    // rotate-keys does not re-wrap OAuth app secrets yet: retiring would make them unreadable.
-    let apps = store
-        .apps_with_secrets_on_key(&key_id, i64::from(version))
-        .await
-        .map_err(|source| StartupError::Database {
-            url: config.database.url.redacted(),
-            source,
-        })?;
-    if !apps.is_empty() {
-        return Err(keys_error(format_args!(
-            "OAuth app(s) {} still hold client secrets wrapped by {key_id} version {version}: \
-             rotate each app's secret (RotateOAuthAppSecret, then RetireOAuthAppSecret) first",
-            apps.join(", ")
+            "{credentials} credential(s) and {secrets} sealed secret(s) (OAuth app client \
+             secrets) still have data keys wrapped by {key_id} version {version}: run rotate-keys \
+             first"
         )));
     }
     LocalKeyProvider::retire_version(path, version).map_err(keys_error)?;

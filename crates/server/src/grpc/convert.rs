@@ -152,6 +152,9 @@ pub fn credential(v: &CredentialView) -> pb::Credential {
         recent_workflows: Vec::new(),
         workflow_count: 0,
         health: Some(health(&c.health)),
+        // GetCredential only.
+        oauth_app_id: String::new(),
+        oauth_app_secret_version: 0,
     }
 }
 
@@ -303,6 +306,15 @@ fn token_bundle(t: Option<&pb::TokenSet>, v: &mut Violations) -> Option<TokenBun
     })
 }
 
+/// An optional `oauth_app_id` field: empty → `None`.
+fn optional_app_id(raw: &str, v: &mut Violations) -> Option<String> {
+    if raw.is_empty() {
+        None
+    } else {
+        v.check(cb_broker::oauth_apps::parse_app_id("oauth_app_id", raw))
+    }
+}
+
 impl TryFrom<pb::ImportCredentialRequest> for Importable {
     type Error = BrokerError;
     fn try_from(r: pb::ImportCredentialRequest) -> Result<Self, BrokerError> {
@@ -325,6 +337,7 @@ impl TryFrom<pb::ImportCredentialRequest> for Importable {
         } else {
             v.check(Email::parse("admin_email", &r.admin_email))
         };
+        let oauth_app_id = optional_app_id(&r.oauth_app_id, &mut v);
         v.finish()?;
         Ok(Self(ImportCredential {
             workspace_id: parsed(workspace_id)?,
@@ -335,6 +348,7 @@ impl TryFrom<pb::ImportCredentialRequest> for Importable {
             scopes: parsed(scopes)?,
             tokens: parsed(tokens)?,
             admin_email,
+            oauth_app_id,
         }))
     }
 }
@@ -535,6 +549,14 @@ fn workspace_filter(raw: &str, v: &mut Violations) -> Option<WorkspaceId> {
         .flatten()
 }
 
+/// An optional `workspace_id` field (ListProviders): `None` when empty.
+pub fn optional_workspace(raw: &str) -> Result<Option<WorkspaceId>, BrokerError> {
+    let mut v = Violations::default();
+    let workspace = workspace_filter(raw, &mut v);
+    v.finish()?;
+    Ok(workspace)
+}
+
 /// Parses a ListCredentialEvents request.
 pub fn event_list_filter(r: &pb::ListCredentialEventsRequest) -> Result<EventFilter, BrokerError> {
     let mut v = Violations::default();
@@ -706,6 +728,7 @@ pub fn provider(p: &cb_broker::gateway::ProviderInfo) -> pb::Provider {
         supports_revocation: p.supports_revocation,
         custom: p.custom,
         verified: Some(p.verified),
+        workspace_id: p.workspace_id.clone().unwrap_or_default(),
     }
 }
 
@@ -739,14 +762,7 @@ pub fn start_connect(r: pb::StartConnectRequest) -> Result<StartConnect, BrokerE
     } else {
         v.check(Description::parse("description", &r.description))
     };
-    let oauth_app_id = if r.oauth_app_id.is_empty() {
-        None
-    } else {
-        v.check(cb_broker::oauth_apps::parse_app_id(
-            "oauth_app_id",
-            &r.oauth_app_id,
-        ))
-    };
+    let oauth_app_id = optional_app_id(&r.oauth_app_id, &mut v);
     v.finish()?;
     Ok(StartConnect {
         workspace_id: parsed(workspace_id)?,

@@ -139,16 +139,15 @@ impl Rpc for CredentialApi {
         req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
         let caller = caller(&req)?;
-        let providers = self.connect.providers(req.get_ref().configured_only);
-        // The catalog has no use case of its own; its read is audited here, through the buffer.
-        self.credentials.audit().record_later(
-            &caller,
-            "provider.list",
-            None,
-            cb_broker::audit::Outcome::ok(),
-            None,
-        );
-        Ok(Response::new(pb::ListProvidersResponse {
+        let result = async {
+            let r = req.get_ref();
+            let workspace = convert::optional_workspace(&r.workspace_id)?;
+            self.connect
+                .providers(&caller, workspace.as_ref(), r.configured_only)
+                .await
+        }
+        .await;
+        respond(result.map(|providers| pb::ListProvidersResponse {
             providers: providers.iter().map(convert::provider).collect(),
         }))
     }
@@ -220,11 +219,16 @@ impl Rpc for CredentialApi {
             let id = convert::credential_id("credential_id", &req.get_ref().credential_id)?;
             let view = self.credentials.get(&caller, &id).await?;
             let usage = self.credentials.usage(&view.credential).await?;
-            Ok::<_, cb_broker::BrokerError>((view, usage))
+            let app = self.credentials.oauth_app_of(&view.credential).await?;
+            Ok::<_, cb_broker::BrokerError>((view, usage, app))
         }
         .await;
-        respond(result.map(|(v, (recent, total))| {
+        respond(result.map(|(v, (recent, total), app)| {
             let mut c = convert::credential(&v);
+            if let Some((app_id, secret_version)) = app {
+                c.oauth_app_id = app_id;
+                c.oauth_app_secret_version = secret_version;
+            }
             c.workflow_count = i64::try_from(total).unwrap_or(i64::MAX);
             c.recent_workflows = recent
                 .into_iter()

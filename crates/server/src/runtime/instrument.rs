@@ -270,8 +270,12 @@ impl ProviderGateway for InstrumentedGateway {
         self.inner.probe_client(provider, app, redirect_uri).await
     }
 
-    async fn discover(&self, provider: &str) -> Discovery {
-        self.inner.discover(provider).await
+    async fn discover(
+        &self,
+        provider: &str,
+        runtime: Option<&cb_oauth::catalog::ProviderSpec>,
+    ) -> Discovery {
+        self.inner.discover(provider, runtime).await
     }
 
     fn check_outbound_url(&self, url: &url::Url) -> Result<(), OutboundError> {

@@ -165,7 +165,15 @@ fn metadata_urls(issuer: &str) -> Vec<url::Url> {
 }
 
 /// Compares published metadata with the entry the broker calls the provider by.
-fn compare_metadata(spec: &ProviderSpec, issuer: &str, metadata: &serde_json::Value) -> Discovery {
+/// Compares published metadata with an entry: the issuer, the authorization and token
+/// endpoints, and with `every_endpoint` (a workspace's stored definition, which discovery
+/// filled from this metadata) the userinfo and revocation endpoints too.
+fn compare_metadata(
+    spec: &ProviderSpec,
+    issuer: &str,
+    metadata: &serde_json::Value,
+    every_endpoint: bool,
+) -> Discovery {
     let text = |name: &str| metadata.get(name).and_then(serde_json::Value::as_str);
     let mut mismatches = Vec::new();
     // RFC 8414 §3.3: the metadata's issuer must be the issuer it was fetched for.
@@ -175,10 +183,19 @@ fn compare_metadata(spec: &ProviderSpec, issuer: &str, metadata: &serde_json::Va
             text("issuer").unwrap_or_default()
         ));
     }
-    for (field, entry) in [
+    let mut endpoints = vec![
         ("token_endpoint", spec.token_url.as_str()),
         ("authorization_endpoint", spec.authorize_url.as_str()),
-    ] {
+    ];
+    if every_endpoint {
+        if let cb_oauth::catalog::AccountSource::Userinfo { url, .. } = &spec.account {
+            endpoints.push(("userinfo_endpoint", url.as_str()));
+        }
+        if let Some(url) = &spec.revocation_url {
+            endpoints.push(("revocation_endpoint", url.as_str()));
+        }
+    }
+    for (field, entry) in endpoints {
         // Templated entries ({tenant}) are filled per credential: not comparable here.
         if !entry.contains('{') && text(field).is_some_and(|published| published != entry) {
             mismatches.push(format!(
@@ -500,15 +517,15 @@ impl ProviderGateway for OAuthGateway {
         }
     }
 
-    async fn discover(&self, provider: &str) -> Discovery {
-        let Some(spec) = self.catalog.get(provider) else {
+    async fn discover(&self, provider: &str, runtime: Option<&ProviderSpec>) -> Discovery {
+        let Some(spec) = runtime.or_else(|| self.catalog.get(provider)) else {
             return Discovery::Unreachable(format!("unknown provider {provider}"));
         };
         let Some(issuer) = spec.issuer.clone() else {
             return Discovery::NoIssuer;
         };
         match self.metadata_of(&issuer).await {
-            Ok(metadata) => compare_metadata(spec, &issuer, &metadata),
+            Ok(metadata) => compare_metadata(spec, &issuer, &metadata, runtime.is_some()),
             Err(e) => Discovery::Unreachable(e.to_string()),
         }
     }
