@@ -23,6 +23,7 @@ pub mod service;
 mod sharded;
 pub mod tokens;
 pub mod types;
+pub mod webhook_endpoints;
 pub mod webhooks;
 pub mod workspace_providers;
 

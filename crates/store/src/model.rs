@@ -97,7 +97,7 @@ pub struct RefreshFailure {
 }
 
 /// The sealed token bundle: ciphertext plus the wrapped data key that opens it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SealedColumns {
     /// Token bundle encrypted under the data key.
     pub ciphertext: Vec<u8>,
@@ -670,15 +670,43 @@ pub struct DeliveryAttempt {
     pub disabled_event: Option<NewCredentialEvent>,
 }
 
-/// A declared webhook endpoint's shared state.
+/// A webhook endpoint: declared in the configuration (`source` `CONFIG`) or created through
+/// the API (`API`), and its shared failure state.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookEndpointRow {
     /// Its id.
     pub id: String,
     /// The workspace whose events it receives.
     pub workspace_id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The event kinds it receives, comma-separated (`None`: every kind).
+    pub event_types: Option<String>,
+    /// Free text for people (API endpoints).
+    pub description: String,
+    /// `CONFIG` or `API`.
+    pub source: String,
+    /// Since when its deliveries fail without a success (`None`: not failing).
+    pub failing_since: Option<i64>,
     /// When it was disabled after failing (`None`: enabled).
     pub disabled_at: Option<i64>,
+    /// Last change (declaration, creation or update).
+    pub updated_at: i64,
+}
+
+/// One signing secret of an API-managed webhook endpoint, sealed under its own data key (the
+/// AAD names the endpoint and the version).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WebhookSecretRow {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// 1 for the first secret, +1 per rotation.
+    pub version: i64,
+    /// The sealed secret (its `Debug` shows lengths only).
+    #[sqlx(flatten)]
+    pub sealed: SealedColumns,
+    /// When it was added.
+    pub created_at: i64,
 }
 
 /// One row of an endpoint's delivery log.

@@ -415,7 +415,8 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
      disabled_at = CASE WHEN webhook_endpoints.url = excluded.url \
        AND webhook_endpoints.workspace_id = excluded.workspace_id \
        THEN webhook_endpoints.disabled_at ELSE NULL END, \
-     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
+     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at \
+     WHERE webhook_endpoints.source = 'CONFIG'";
 
 /// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
 /// Bind: holder, now, lease_ms, limit.
@@ -467,9 +468,71 @@ pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_
      credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
      FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $3 ORDER BY id LIMIT $2";
 
+/// Every column of `webhook_endpoints`, in [`WebhookEndpointRow`](crate::model::WebhookEndpointRow)
+/// order.
+macro_rules! webhook_endpoint_columns {
+    () => {
+        "id, workspace_id, url, event_types, description, source, failing_since, disabled_at, \
+         updated_at"
+    };
+}
+
 /// Bind: endpoint id.
-pub(crate) const WEBHOOK_ENDPOINT: &str =
-    "SELECT id, workspace_id, disabled_at FROM webhook_endpoints WHERE id = $1";
+pub(crate) const WEBHOOK_ENDPOINT: &str = concat!(
+    "SELECT ",
+    webhook_endpoint_columns!(),
+    " FROM webhook_endpoints WHERE id = $1"
+);
+
+/// A workspace's endpoints, by id. Bind: workspace id.
+pub(crate) const LIST_WEBHOOK_ENDPOINTS: &str = concat!(
+    "SELECT ",
+    webhook_endpoint_columns!(),
+    " FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY id"
+);
+
+/// Bind: id, workspace_id, url, updated_at, event_types, description.
+pub(crate) const INSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at, event_types, description, \
+     source) VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6, 'API')";
+
+/// An API endpoint's settings; `$6` true forgets its failures (re-enables it).
+/// Bind: id, url, event_types, description, updated_at, reset.
+pub(crate) const UPDATE_WEBHOOK_ENDPOINT: &str = concat!(
+    "UPDATE webhook_endpoints SET url = $2, event_types = $3, description = $4, updated_at = $5, \
+     failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END, \
+     disabled_at = CASE WHEN $6 THEN NULL ELSE disabled_at END \
+     WHERE id = $1 AND source = 'API' RETURNING ",
+    webhook_endpoint_columns!()
+);
+
+/// Before a delete, in its own transaction: events written from then on no longer fan out to
+/// the endpoint, so none is inserting a delivery for it when it goes. Bind: id, now.
+pub(crate) const RETIRE_WEBHOOK_ENDPOINT: &str = "UPDATE webhook_endpoints \
+     SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1 AND source = 'API'";
+
+/// Secrets and deliveries go first: SQLite only cascades with foreign keys on, so nothing
+/// relies on it. Bind: id.
+pub(crate) const DELETE_WEBHOOK_ENDPOINT_SECRETS: &str = "DELETE FROM webhook_endpoint_secrets \
+     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
+pub(crate) const DELETE_WEBHOOK_ENDPOINT_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
+     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
+pub(crate) const DELETE_WEBHOOK_ENDPOINT: &str =
+    "DELETE FROM webhook_endpoints WHERE id = $1 AND source = 'API'";
+
+/// Bind: endpoint id, version, ciphertext, dek_wrapped, dek_key_id, dek_key_version, created_at.
+pub(crate) const INSERT_WEBHOOK_SECRET: &str = "INSERT INTO webhook_endpoint_secrets \
+     (endpoint_id, version, ciphertext, dek_wrapped, dek_key_id, dek_key_version, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Newest first. Bind: endpoint id.
+pub(crate) const LIST_WEBHOOK_SECRETS: &str = "SELECT endpoint_id, version, ciphertext, \
+     dek_wrapped, dek_key_id, dek_key_version, created_at FROM webhook_endpoint_secrets \
+     WHERE endpoint_id = $1 ORDER BY version DESC";
+
+/// Bind: endpoint id, version.
+pub(crate) const DELETE_WEBHOOK_SECRET: &str =
+    "DELETE FROM webhook_endpoint_secrets WHERE endpoint_id = $1 AND version = $2";
 
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
