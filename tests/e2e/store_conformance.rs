@@ -3687,12 +3687,12 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
         .unwrap();
     // What retiring a key version would make unreadable: the apps with a secret under it.
     assert_eq!(
-        store.apps_with_secrets_on_key("local:k1", 3).await.unwrap(),
+        store.secret_holders_on_key("local:k1", 3).await.unwrap(),
         ["app-0", "app-a", "app-b", "app-c"]
     );
     assert!(
         store
-            .apps_with_secrets_on_key("local:k1", 4)
+            .secret_holders_on_key("local:k1", 4)
             .await
             .unwrap()
             .is_empty()
@@ -4363,6 +4363,11 @@ async fn api_webhook_endpoints_are_managed_and_configured_ones_are_not(store: Ar
     assert_eq!(
         store.list_webhook_secrets("whe_1").await.unwrap(),
         vec![webhook_secret("whe_1", 2), webhook_secret("whe_1", 1)]
+    );
+    assert_eq!(
+        store.secret_holders_on_key("local:k1", 3).await.unwrap(),
+        vec!["whe_1".to_owned()],
+        "retiring the key version would make its secrets unreadable"
     );
     assert!(store.delete_webhook_secret("whe_1", 1).await.unwrap());
     assert!(!store.delete_webhook_secret("whe_1", 1).await.unwrap());

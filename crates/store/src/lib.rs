@@ -619,9 +619,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of the non-disconnected credentials minted by an app, ordered by id.
     async fn credentials_using_app(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
 
-    /// Ids of the apps holding a client secret whose data key `key_id` version `key_version`
-    /// wraps, ordered by id: what retiring that key version would make unreadable.
-    async fn apps_with_secrets_on_key(
+    /// Ids of the OAuth apps and webhook endpoints holding a secret whose data key `key_id`
+    /// version `key_version` wraps, ordered by id: what retiring that key version would make
+    /// unreadable.
+    async fn secret_holders_on_key(
         &self,
         key_id: &str,
         key_version: i64,

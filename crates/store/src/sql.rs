@@ -930,9 +930,12 @@ pub(crate) const GET_CREDENTIAL_APP: &str =
 pub(crate) const CREDENTIALS_USING_APP: &str = "SELECT id FROM credentials \
      WHERE oauth_app_id = $1 AND status <> 'DISCONNECTED' ORDER BY id";
 
-/// Apps holding a client secret whose data key this key version wraps. Bind: key_id, version.
-pub(crate) const APPS_WITH_SECRETS_ON_KEY: &str = "SELECT DISTINCT app_id FROM oauth_app_secrets \
-     WHERE dek_key_id = $1 AND dek_key_version = $2 ORDER BY app_id";
+/// OAuth apps and webhook endpoints holding a secret whose data key this key version wraps.
+/// Bind: key_id, version.
+pub(crate) const SECRET_HOLDERS_ON_KEY: &str = "SELECT app_id FROM oauth_app_secrets \
+     WHERE dek_key_id = $1 AND dek_key_version = $2 \
+     UNION SELECT endpoint_id FROM webhook_endpoint_secrets \
+     WHERE dek_key_id = $1 AND dek_key_version = $2 ORDER BY 1";
 
 /// Every column of `workspace_providers`, in
 /// [`WorkspaceProviderRow`](crate::model::WorkspaceProviderRow) order.

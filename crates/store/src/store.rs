@@ -1789,15 +1789,15 @@ where
             .await
     }
 
-    async fn apps_with_secrets_on_key(
+    async fn secret_holders_on_key(
         &self,
         key_id: &str,
         key_version: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let select = sqlx::query_scalar(sql::APPS_WITH_SECRETS_ON_KEY)
+        let select = sqlx::query_scalar(sql::SECRET_HOLDERS_ON_KEY)
             .bind(key_id)
             .bind(key_version);
-        self.traced("apps_with_secrets_on_key", None, self.column(select))
+        self.traced("secret_holders_on_key", None, self.column(select))
             .await
     }
 

@@ -178,9 +178,10 @@ pub async fn retire_local_version_command(
              rotate-keys first"
         )));
     }
-    // rotate-keys does not re-wrap OAuth app secrets yet: retiring would make them unreadable.
+    // rotate-keys does not re-wrap OAuth app or webhook secrets yet: retiring would make them
+    // unreadable.
     let apps = store
-        .apps_with_secrets_on_key(&key_id, i64::from(version))
+        .secret_holders_on_key(&key_id, i64::from(version))
         .await
         .map_err(|source| StartupError::Database {
             url: config.database.url.redacted(),
@@ -188,8 +189,9 @@ pub async fn retire_local_version_command(
         })?;
     if !apps.is_empty() {
         return Err(keys_error(format_args!(
-            "OAuth app(s) {} still hold client secrets wrapped by {key_id} version {version}: \
-             rotate each app's secret (RotateOAuthAppSecret, then RetireOAuthAppSecret) first",
+            "OAuth app(s) or webhook endpoint(s) {} still hold secrets wrapped by {key_id} \
+             version {version}: rotate each one's secret (RotateOAuthAppSecret or \
+             RotateWebhookSecret, then the matching Retire…Secret) first",
             apps.join(", ")
         )));
     }
