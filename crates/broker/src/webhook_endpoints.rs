@@ -295,6 +295,19 @@ impl WebhookEndpointService {
         Ok(row)
     }
 
+    /// Records `result` of `action` (never a secret in `detail`).
+    async fn audited<T>(
+        &self,
+        caller: &Caller,
+        (action, write): (&str, Write),
+        detail: Option<String>,
+        result: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
+        self.audit
+            .recorded(write, caller, action, None, result, detail)
+            .await
+    }
+
     async fn seal(
         &self,
         workspace: &str,
@@ -350,32 +363,26 @@ impl WebhookEndpointService {
             })
         }
         .await;
-        self.audit
-            .recorded(
-                Write::Inline,
-                caller,
-                "webhook_endpoint.create",
-                None,
-                result,
-                Some(detail),
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.create", Write::Inline),
+            Some(detail),
+            result,
+        )
+        .await
     }
 
     /// Reads one endpoint (never its secrets).
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<Endpoint, BrokerError> {
         let result = async { self.view(self.load(caller, id).await?).await }.await;
         let detail = Some(format!("endpoint={id}"));
-        self.audit
-            .recorded(
-                Write::Buffered,
-                caller,
-                "webhook_endpoint.get",
-                None,
-                result,
-                detail,
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.get", Write::Buffered),
+            detail,
+            result,
+        )
+        .await
     }
 
     /// A workspace's endpoints, configured and API-managed, by id.
@@ -398,16 +405,13 @@ impl WebhookEndpointService {
         }
         .await;
         let detail = Some(format!("workspace={workspace}"));
-        self.audit
-            .recorded(
-                Write::Buffered,
-                caller,
-                "webhook_endpoint.list",
-                None,
-                result,
-                detail,
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.list", Write::Buffered),
+            detail,
+            result,
+        )
+        .await
     }
 
     /// Edits an API endpoint's URL, event types or description; a new URL or `enable`
@@ -441,16 +445,13 @@ impl WebhookEndpointService {
             self.view(stored).await
         }
         .await;
-        self.audit
-            .recorded(
-                Write::Inline,
-                caller,
-                "webhook_endpoint.update",
-                None,
-                result,
-                detail,
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.update", Write::Inline),
+            detail,
+            result,
+        )
+        .await
     }
 
     /// Deletes an API endpoint, its secrets and its delivery log: nothing more is sent to it.
@@ -466,16 +467,13 @@ impl WebhookEndpointService {
         }
         .await;
         let detail = Some(format!("endpoint={id}"));
-        self.audit
-            .recorded(
-                Write::Inline,
-                caller,
-                "webhook_endpoint.delete",
-                None,
-                result,
-                detail,
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.delete", Write::Inline),
+            detail,
+            result,
+        )
+        .await
     }
 
     /// Generates a new secret, returned once; the previous one keeps signing every delivery
@@ -523,16 +521,13 @@ impl WebhookEndpointService {
             ),
             Err(_) => format!("endpoint={id}"),
         };
-        self.audit
-            .recorded(
-                Write::Inline,
-                caller,
-                "webhook_endpoint.rotate_secret",
-                None,
-                result,
-                Some(detail),
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.rotate_secret", Write::Inline),
+            Some(detail),
+            result,
+        )
+        .await
     }
 
     /// Retires every secret but the newest: deliveries carry one signature again.
@@ -553,16 +548,13 @@ impl WebhookEndpointService {
         }
         .await;
         let detail = Some(format!("endpoint={id}"));
-        self.audit
-            .recorded(
-                Write::Inline,
-                caller,
-                "webhook_endpoint.retire_secret",
-                None,
-                result,
-                detail,
-            )
-            .await
+        self.audited(
+            caller,
+            ("webhook_endpoint.retire_secret", Write::Inline),
+            detail,
+            result,
+        )
+        .await
     }
 }
 
