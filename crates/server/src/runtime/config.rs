@@ -1688,6 +1688,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn webhook_ids_of_the_api_are_not_for_the_configuration() {
+        let toml = |id: &str| {
+            format!(
+                "[[webhooks]]\nid = \"{id}\"\nworkspace_id = \"ws1\"\n\
+                 url = \"https://hooks.example.com/x\"\n\
+                 secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n"
+            )
+        };
+        Config::parse(&toml("ops")).unwrap().validate().unwrap();
+        let e = Config::parse(&toml("whe_0192"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webhooks[whe_0192]") && e.contains("API"), "{e}");
+    }
+
+    #[test]
     fn actor_assertions_and_workload_identity_are_validated() {
         let e = Config::parse(
             "[[callers]]\nname = \"x\"\nrole = \"executor\"\nservice_account = \"system:serviceaccount:a:b\"\n\
