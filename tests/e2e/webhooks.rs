@@ -461,3 +461,75 @@ async fn endpoints_are_refused_bad_urls_and_other_workspaces() {
     let err = other.webhooks.create_webhook_endpoint(r).await.unwrap_err();
     assert_status(&err, Code::PermissionDenied, "WORKSPACE_ADMIN_REQUIRED");
 }
+
+/// An API endpoint that keeps failing is disabled like a configured one; UpdateWebhookEndpoint
+/// with `enable` re-enables it, and its pending delivery then arrives (time is moved, not slept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_api_endpoint_is_re_enabled_and_catches_up() {
+    let receiver = WebhookReceiver::start(false).await;
+    let fake = FakeProvider::start(rotating()).await;
+    let b = TestBroker::with_fake(&fake, None, |c| {
+        c.outbound.allow_loopback = true;
+        c.events.webhook_poll_ms = 20;
+        c.events.webhook_backoff_seconds = 10;
+        c.events.webhook_max_backoff_seconds = 10;
+        c.events.webhook_disable_after_seconds = 60;
+    })
+    .await;
+    let mut alice = b.client(ALICE).await;
+    let mut admin = alice.admin_of("ws1");
+    let r = admin.request(create("ws1", &receiver.url()));
+    let created = admin
+        .webhooks
+        .create_webhook_endpoint(r)
+        .await
+        .unwrap()
+        .into_inner();
+    let id = created.endpoint.unwrap().endpoint_id;
+    alice
+        .import_fake(&fake, "acct-a", t0_secs() + 3600)
+        .await
+        .unwrap();
+    wait_until_sync(Duration::from_secs(10), "a first refused attempt", || {
+        !receiver.received().is_empty()
+    })
+    .await;
+    // Past the disable period, the retry fails again and disables it.
+    b.clock.advance(Duration::from_secs(120));
+    crate::support::wait::wait_for(Duration::from_secs(10), "the endpoint disabled", || {
+        let mut admin = admin.clone();
+        let id = id.clone();
+        async move {
+            let e = get(&mut admin, &id).await.unwrap().endpoint.unwrap();
+            if e.disabled { Ok(e) } else { Err(e) }
+        }
+    })
+    .await;
+
+    receiver.set_up(true);
+    let r = admin.request(pb::UpdateWebhookEndpointRequest {
+        endpoint_id: id.clone(),
+        enable: true,
+        ..Default::default()
+    });
+    let enabled = admin
+        .webhooks
+        .update_webhook_endpoint(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert!(!enabled.disabled && enabled.failing_since_time.is_none());
+    b.clock.advance(Duration::from_secs(30));
+    wait_until_sync(
+        Duration::from_secs(10),
+        "the pending delivery arrives",
+        || !delivered(&receiver, "credential.connected").is_empty(),
+    )
+    .await;
+    assert!(verified_independently(
+        &delivered(&receiver, "credential.connected"),
+        &[&created.secret]
+    ));
+}
