@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "credential.proto",
         "membership.proto",
         "oauth_app.proto",
+        "webhook.proto",
     ]
     .map(|f| root.join("credentialbroker/v1").join(f));
     for f in &files {

@@ -205,6 +205,41 @@ const TABLE: &[(&str, &[Service], Needs)] = &[
         &[Service::Web, Service::Operator],
         Needs::WorkspaceAdmin,
     ),
+    (
+        "CreateWebhookEndpoint",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "ListWebhookEndpoints",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdmin,
+    ),
+    (
+        "GetWebhookEndpoint",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "UpdateWebhookEndpoint",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "DeleteWebhookEndpoint",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "RotateWebhookSecret",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
+    (
+        "RetireWebhookSecret",
+        &[Service::Web, Service::Operator],
+        Needs::WorkspaceAdminApp,
+    ),
 ];
 
 const READERS: &[Service] = &[
@@ -439,6 +474,42 @@ async fn fresh_provider(c: &mut Client) -> String {
         .await
         .unwrap();
     provider_id
+}
+
+/// A webhook endpoint request of ws1 (the matrix broker allows loopback; nothing listens).
+fn endpoint_request() -> pb::CreateWebhookEndpointRequest {
+    pb::CreateWebhookEndpointRequest {
+        workspace_id: "ws1".into(),
+        url: "http://127.0.0.1:9/matrix".into(),
+        ..Default::default()
+    }
+}
+
+/// A webhook endpoint of ws1 made by the operator service (with a second secret when
+/// `rotated`); its id.
+async fn fresh_endpoint(c: &mut Client, rotated: bool) -> String {
+    let endpoint_id = c
+        .webhooks
+        .create_webhook_endpoint(request(endpoint_request(), Service::Operator, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap()
+        .endpoint_id;
+    if rotated {
+        c.webhooks
+            .rotate_webhook_secret(request(
+                pb::RotateWebhookSecretRequest {
+                    endpoint_id: endpoint_id.clone(),
+                },
+                Service::Operator,
+                None,
+            ))
+            .await
+            .unwrap();
+    }
+    endpoint_id
 }
 
 /// An OAuth app of ws1 for `fake` holding two secrets, made by the operator service.
@@ -724,6 +795,61 @@ async fn call(
                 provider_id: String::new(),
             }
         ),
+        "CreateWebhookEndpoint" => rpc!(webhooks.create_webhook_endpoint, endpoint_request()),
+        "ListWebhookEndpoints" => rpc!(
+            webhooks.list_webhook_endpoints,
+            pb::ListWebhookEndpointsRequest {
+                workspace_id: "ws1".into(),
+            }
+        ),
+        "GetWebhookEndpoint"
+        | "UpdateWebhookEndpoint"
+        | "DeleteWebhookEndpoint"
+        | "RotateWebhookSecret"
+        | "RetireWebhookSecret" => {
+            // An endpoint of ws1 the operator made for this cell, deleted after it (a workspace
+            // holds a bounded number of endpoints).
+            let endpoint_id = fresh_endpoint(c, rpc == "RetireWebhookSecret").await;
+            let id = endpoint_id.clone();
+            let result = match rpc {
+                "GetWebhookEndpoint" => rpc!(
+                    webhooks.get_webhook_endpoint,
+                    pb::GetWebhookEndpointRequest { endpoint_id: id }
+                ),
+                "UpdateWebhookEndpoint" => rpc!(
+                    webhooks.update_webhook_endpoint,
+                    pb::UpdateWebhookEndpointRequest {
+                        endpoint_id: id,
+                        description: "edited".into(),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["description".into()],
+                        }),
+                        ..Default::default()
+                    }
+                ),
+                "DeleteWebhookEndpoint" => rpc!(
+                    webhooks.delete_webhook_endpoint,
+                    pb::DeleteWebhookEndpointRequest { endpoint_id: id }
+                ),
+                "RotateWebhookSecret" => rpc!(
+                    webhooks.rotate_webhook_secret,
+                    pb::RotateWebhookSecretRequest { endpoint_id: id }
+                ),
+                _ => rpc!(
+                    webhooks.retire_webhook_secret,
+                    pb::RetireWebhookSecretRequest { endpoint_id: id }
+                ),
+            };
+            c.webhooks
+                .delete_webhook_endpoint(request(
+                    pb::DeleteWebhookEndpointRequest { endpoint_id },
+                    Service::Operator,
+                    None,
+                ))
+                .await
+                .ok();
+            result
+        }
         app_rpc => {
             // The other app RPCs act on an app of ws1 that the operator made for this cell
             // (with a second secret, so there is one to retire).

@@ -42,6 +42,16 @@ fn from_operator<T>(request: T) -> tonic::Request<T> {
     call(request, OPERATOR_TOKEN, None)
 }
 
+/// `msg` from the web backend for Alice as an admin of ws1.
+fn ws1_admin<T>(msg: T) -> tonic::Request<T> {
+    let mut r = as_alice(msg);
+    r.metadata_mut()
+        .insert("x-actor-workspace-id", "ws1".parse().unwrap());
+    r.metadata_mut()
+        .insert("x-actor-workspace-role", "admin".parse().unwrap());
+    r
+}
+
 /// The `count=N` a buffered row carries (1 when absent).
 fn count(e: &pb::AuditEvent) -> u64 {
     audit_count(e)
@@ -328,6 +338,62 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     .await
     .unwrap();
 
+    // A webhook endpoint managed through the API, by the web backend for a workspace admin
+    // (the secret is in no event: secrets.rs scans them).
+    let mut hooks =
+        cb_proto::v1::webhook_service_client::WebhookServiceClient::new(b.channel().await);
+    let endpoint_id = hooks
+        .create_webhook_endpoint(ws1_admin(pb::CreateWebhookEndpointRequest {
+            workspace_id: "ws1".into(),
+            url: "https://hooks.example.com/audit".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap()
+        .endpoint_id;
+    let endpoint = || endpoint_id.clone();
+    hooks
+        .get_webhook_endpoint(ws1_admin(pb::GetWebhookEndpointRequest {
+            endpoint_id: endpoint(),
+        }))
+        .await
+        .unwrap();
+    hooks
+        .list_webhook_endpoints(ws1_admin(pb::ListWebhookEndpointsRequest {
+            workspace_id: "ws1".into(),
+        }))
+        .await
+        .unwrap();
+    hooks
+        .update_webhook_endpoint(ws1_admin(pb::UpdateWebhookEndpointRequest {
+            endpoint_id: endpoint(),
+            enable: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    hooks
+        .rotate_webhook_secret(ws1_admin(pb::RotateWebhookSecretRequest {
+            endpoint_id: endpoint(),
+        }))
+        .await
+        .unwrap();
+    hooks
+        .retire_webhook_secret(ws1_admin(pb::RetireWebhookSecretRequest {
+            endpoint_id: endpoint(),
+        }))
+        .await
+        .unwrap();
+    hooks
+        .delete_webhook_endpoint(ws1_admin(pb::DeleteWebhookEndpointRequest {
+            endpoint_id: endpoint(),
+        }))
+        .await
+        .unwrap();
+
     let events = all_events(&b, &mut c, pb::ListAuditEventsRequest::default()).await;
     let cred = id.as_str();
     // (action, calling service, actor, credential id, outcome)
@@ -371,6 +437,13 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         ("workspace_provider.list", "operator", "", "", "ok"),
         ("workspace_provider.update", "operator", "", "", "ok"),
         ("workspace_provider.delete", "operator", "", "", "ok"),
+        ("webhook_endpoint.create", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.get", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.list", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.update", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.rotate_secret", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.retire_secret", "web", ALICE.0, "", "ok"),
+        ("webhook_endpoint.delete", "web", ALICE.0, "", "ok"),
         ("event.list", "web", ALICE.0, cred, "ok"),
         ("event.watch", "operator", "", "", "ok"),
         (

@@ -11,7 +11,7 @@ use crate::support::fake_provider::{FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::sample;
 use crate::support::wait::{wait_for, wait_until_sync};
-use crate::support::webhook_receiver::{Received, WebhookReceiver};
+use crate::support::webhook_receiver::{Received, WebhookReceiver, verified_independently};
 use cb_proto::v1 as pb;
 use std::time::Duration;
 use tonic::Code;
@@ -301,11 +301,18 @@ async fn next_event(
     stream: &mut tonic::Streaming<pb::WatchCredentialEventsResponse>,
     within: Duration,
 ) -> pb::CredentialEvent {
-    let deadline = tokio::time::Instant::now() + within;
+    next_event_by(stream, tokio::time::Instant::now() + within).await
+}
+
+/// The next event (not heartbeat) of a watch, before `deadline`.
+async fn next_event_by(
+    stream: &mut tonic::Streaming<pb::WatchCredentialEventsResponse>,
+    deadline: tokio::time::Instant,
+) -> pb::CredentialEvent {
     loop {
         let message = tokio::time::timeout_at(deadline, stream.message())
             .await
-            .unwrap_or_else(|_| panic!("no event within {within:?}"))
+            .unwrap_or_else(|_| panic!("no event before the deadline"))
             .unwrap()
             .expect("the stream stays open");
         if let Some(pb::watch_credential_events_response::Message::Event(e)) = message.message {
@@ -314,9 +321,9 @@ async fn next_event(
     }
 }
 
-/// A watch on broker process B sees a disconnect done on process A (PostgreSQL LISTEN/NOTIFY
-/// wakes it: the poll fallback is set to a minute, so only the notification can deliver it
-/// within the deadline). Killed mid-way and resumed from its last cursor, it misses nothing and
+/// A watch on broker process B sees a disconnect done on process A within 1 s of the write
+/// (PostgreSQL LISTEN/NOTIFY wakes it: the poll fallback is set to a minute, so only the
+/// notification can deliver it within the deadline, which runs from before the write's call). Killed mid-way and resumed from its last cursor, it misses nothing and
 /// repeats nothing; an idle watch sends heartbeats carrying its cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_on_one_replica_follows_another_and_resumes_from_its_cursor() {
@@ -346,8 +353,9 @@ async fn a_watch_on_one_replica_follows_another_and_resumes_from_its_cursor() {
         })
         .await
         .unwrap();
+    let written = tokio::time::Instant::now();
     on_a.disconnect(&first.id).await.unwrap();
-    let seen = next_event(&mut watch, Duration::from_secs(5)).await;
+    let seen = next_event_by(&mut watch, written + Duration::from_secs(1)).await;
     assert_eq!(
         (seen.credential_id.as_str(), type_name(seen.r#type)),
         (first.id.as_str(), "disconnected".to_owned()),
@@ -356,8 +364,9 @@ async fn a_watch_on_one_replica_follows_another_and_resumes_from_its_cursor() {
 
     // Kill the stream; changes keep happening on A meanwhile.
     let mut last = seen.cursor;
+    let written = tokio::time::Instant::now();
     let second = on_a.import_fake(&fake, "acct-2", expires).await.unwrap();
-    let next = next_event(&mut watch, Duration::from_secs(5)).await;
+    let next = next_event_by(&mut watch, written + Duration::from_secs(1)).await;
     assert_eq!(type_name(next.r#type), "connected");
     last = last.max(next.cursor);
     drop(watch);
@@ -417,29 +426,6 @@ fn endpoint(
             .collect(),
         event_types: Vec::new(),
     }
-}
-
-/// Runs the independent verifier (tests/e2e/support/verify_webhooks.py, Python's hmac) on
-/// `deliveries` with `secrets`; whether every signature verified.
-fn verified_independently(deliveries: &[Received], secrets: &[&str]) -> bool {
-    let doc = serde_json::json!({
-        "secrets": secrets,
-        "deliveries": deliveries.iter().map(|d| serde_json::json!({
-            "id": d.id, "timestamp": d.timestamp, "signature": d.signature, "body": d.body,
-        })).collect::<Vec<_>>(),
-    });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), doc.to_string()).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/e2e/support/verify_webhooks.py"
-    );
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(file.path())
-        .output()
-        .expect("python3 runs the independent verifier");
-    out.status.success()
 }
 
 /// Moves every broker's injected clock (tests move time, they never sleep).

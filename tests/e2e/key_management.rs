@@ -36,7 +36,8 @@ use crate::support::client::{ALICE, Client, Imported, verdict_of};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use crate::support::kms_server::{self, REGION};
 use crate::support::tcp_proxy::TcpProxy;
-use crate::support::wait::wait_for;
+use crate::support::wait::{wait_for, wait_until_sync};
+use crate::support::webhook_receiver::{WebhookReceiver, verified_independently};
 use crate::support::{contains, sqlite_bytes};
 
 // ---- harness ------------------------------------------------------------------------------
@@ -456,7 +457,10 @@ async fn aws_kms_broker_seals_app_secrets_and_connects_and_refreshes_through_the
 
 #[tokio::test]
 async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
-    let s = Setup::new().await;
+    let mut s = Setup::new().await;
+    s.config.outbound.allow_loopback = true;
+    s.config.events.webhook_poll_ms = 20;
+    let receiver = WebhookReceiver::start(true).await;
     let b = Broker::start(&s.config).await.unwrap();
     let mut client = b.client().await;
     let mut creds = Vec::new();
@@ -479,6 +483,20 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         .create_app("ws1", "fake", "rotation-app", "rotation-secret")
         .await
         .unwrap();
+    // A webhook endpoint managed through the API: its signing secret is sealed the same way.
+    let mut admin = client.admin_of("ws1");
+    let r = admin.request(pb::CreateWebhookEndpointRequest {
+        workspace_id: "ws1".into(),
+        url: receiver.url(),
+        ..Default::default()
+    });
+    let webhook_secret = admin
+        .webhooks
+        .create_webhook_endpoint(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
     let store = s.store().await;
     let key_id = sealed(store.as_ref(), &creds[0].id)
         .await
@@ -492,12 +510,12 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("5 credential(s) and 1 sealed secret(s)") && err.contains("rotate-keys"),
+        err.contains("5 credential(s) and 2 sealed secret(s)") && err.contains("rotate-keys"),
         "{err}"
     );
 
     // While the broker serves: add version 2 and re-wrap every data key under it, the app's
-    // client secret's included (after the credentials).
+    // client secret and the webhook signing secret included (after the credentials).
     let (result, out) = run_rotate_keys(
         &s.config,
         RotateKeysArgs {
@@ -509,9 +527,9 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
     result.unwrap();
     assert!(out.contains("added version 2"), "{out}");
     assert!(
-        out.contains("pass 1: rewrapped 2/6")
-            && out.contains("pass 1: rewrapped 5/6")
-            && out.contains("pass 1: rewrapped 6/6"),
+        out.contains("pass 1: rewrapped 2/7")
+            && out.contains("pass 1: rewrapped 5/7")
+            && out.contains("pass 1: rewrapped 7/7"),
         "{out}"
     );
     assert!(
@@ -596,6 +614,26 @@ async fn new_local_version_rotates_online_and_the_old_version_can_be_retired() {
         "{checks:?}"
     );
     assert!(ok, "{checks:?}");
+    // The webhook secret opens with version 2 alone: an event is delivered signed with it.
+    let last = client
+        .import_fake(&s.fake, "acct-last", t0_secs() + 3600)
+        .await
+        .unwrap();
+    let signed_with_v2_only = || {
+        receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.status == 204 && String::from_utf8_lossy(&r.body).contains(&last.id))
+            .collect::<Vec<_>>()
+    };
+    wait_until_sync(Duration::from_secs(10), "the connect delivered", || {
+        !signed_with_v2_only().is_empty()
+    })
+    .await;
+    assert!(verified_independently(
+        &signed_with_v2_only(),
+        &[&webhook_secret]
+    ));
     b.stop().await;
 }
 

@@ -22,3 +22,4 @@ mod spiffe;
 mod store_conformance;
 mod support;
 mod token_issuance;
+mod webhooks;

@@ -124,6 +124,20 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .await
         .unwrap();
     said.extend(app.encode_to_vec());
+    // A webhook endpoint made through the API: its generated secret is shown in the Create and
+    // Rotate responses only (not scanned as `said`, like CreateRunGrant) and nowhere else.
+    let created = admin
+        .webhooks
+        .create_webhook_endpoint(admin.request(pb::CreateWebhookEndpointRequest {
+            workspace_id: "ws1".into(),
+            url: hooks.url(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut api_hook_secrets = vec![created.secret];
+    let api_hook = created.endpoint.unwrap().endpoint_id;
     let err = admin
         .create_app("ws1", "no-such-provider", "x", APP_SECRETS[1])
         .await
@@ -292,6 +306,57 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         .into_inner();
     assert!(!deliveries.deliveries.is_empty());
     said.extend(deliveries.encode_to_vec());
+    let rotated = admin
+        .webhooks
+        .rotate_webhook_secret(admin.request(pb::RotateWebhookSecretRequest {
+            endpoint_id: api_hook.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    api_hook_secrets.push(rotated.secret);
+    let retired = admin
+        .webhooks
+        .retire_webhook_secret(admin.request(pb::RetireWebhookSecretRequest {
+            endpoint_id: api_hook.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    said.extend(retired.encode_to_vec());
+    let got = admin
+        .webhooks
+        .get_webhook_endpoint(admin.request(pb::GetWebhookEndpointRequest {
+            endpoint_id: api_hook.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    said.extend(got.encode_to_vec());
+    let listed = admin
+        .webhooks
+        .list_webhook_endpoints(admin.request(pb::ListWebhookEndpointsRequest {
+            workspace_id: "ws1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.endpoints.len(),
+        2,
+        "the configured and the API endpoint"
+    );
+    said.extend(listed.encode_to_vec());
+    let api_deliveries = admin
+        .creds
+        .list_webhook_deliveries(admin.request(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: api_hook.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    said.extend(api_deliveries.encode_to_vec());
     let err = client.token_with(get_token(60)).await.unwrap_err();
     record_err(&mut said, &err);
     // Token issuance is audited through a buffer the child writes within a moment.
@@ -367,9 +432,14 @@ async fn no_secret_in_logs_errors_audit_or_responses() {
         "the flow went through the workspace app"
     );
     let webhook_key = WEBHOOK_SECRET.trim_start_matches("whsec_");
+    let api_hook_keys: Vec<&str> = api_hook_secrets
+        .iter()
+        .flat_map(|s| [s.as_str(), s.trim_start_matches("whsec_")])
+        .collect();
     for secret in [fc.client_secret.as_str(), grant.as_str(), made_up.as_str()]
         .into_iter()
         .chain([WEBHOOK_SECRET, webhook_key])
+        .chain(api_hook_keys)
         .chain(APP_SECRETS)
         .chain(issued.iter().map(String::as_str))
     {

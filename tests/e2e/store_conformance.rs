@@ -9,7 +9,7 @@ use cb_store::{
     DeliveryAttempt, EventQuery, HealthColumns, KeyUsage, LeaseColumns, MemberChange, MemberRow,
     NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow, RefreshFailure,
     RefreshIntent, RunGrantRow, SealedColumns, SecretKeyUsage, SecretKind, Store, StoreError,
-    UsageRecord, WrappedDekRow, run_grant_change_id,
+    UsageRecord, WebhookEndpointRow, WebhookSecretRow, WrappedDekRow, run_grant_change_id,
 };
 use tokio::sync::broadcast;
 
@@ -106,6 +106,7 @@ store_suite!(
     events_are_written_with_their_change_and_read_by_cursor,
     concurrent_event_writers_are_read_in_cursor_order_without_gaps,
     disabling_a_webhook_endpoint_writes_one_workspace_event,
+    api_webhook_endpoints_are_managed_and_configured_ones_are_not,
 );
 
 async fn run_on_sqlite<F, Fut>(body: F)
@@ -4170,5 +4171,224 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
     assert_eq!(
         seen, all,
         "a reader following the cursor saw every event once, in order"
+    );
+}
+
+fn webhook_secret(endpoint_id: &str, version: i64) -> WebhookSecretRow {
+    WebhookSecretRow {
+        endpoint_id: endpoint_id.to_owned(),
+        version,
+        sealed: SealedColumns {
+            // Every byte value: the column holds ciphertext.
+            ciphertext: (0..=255u8).collect(),
+            dek_wrapped: vec![0, 255, u8::try_from(version).unwrap()],
+            dek_key_id: "local:k1".to_owned(),
+            dek_key_version: 3,
+        },
+        created_at: 1_000 + version,
+    }
+}
+
+/// API endpoints are inserted with their secret, listed beside configured ones, edited (a
+/// reset re-enables a disabled one), rotated and deleted with their secrets and delivery log;
+/// configured endpoints cannot be edited or deleted, and a configuration declaring an API id
+/// changes nothing.
+async fn api_webhook_endpoints_are_managed_and_configured_ones_are_not(store: Arc<dyn Store>) {
+    store
+        .upsert_webhook_endpoint("cfg", "ws1", "https://cfg.example/", 1, None)
+        .await
+        .expect("declare");
+    let api = WebhookEndpointRow {
+        id: "whe_1".to_owned(),
+        workspace_id: "ws1".to_owned(),
+        url: "https://api.example/hook".to_owned(),
+        event_types: Some("connected,disconnected".to_owned()),
+        description: "ops".to_owned(),
+        source: "API".to_owned(),
+        failing_since: None,
+        disabled_at: None,
+        updated_at: 5,
+    };
+    store
+        .insert_webhook_endpoint(&api, &webhook_secret("whe_1", 1))
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store
+            .insert_webhook_endpoint(&api, &webhook_secret("whe_1", 1))
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        store.webhook_endpoint("whe_1").await.unwrap(),
+        Some(api.clone())
+    );
+    let listed = store.list_webhook_endpoints("ws1").await.unwrap();
+    let sources: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|e| (e.id.as_str(), e.source.as_str()))
+        .collect();
+    assert_eq!(sources, [("cfg", "CONFIG"), ("whe_1", "API")]);
+    assert!(
+        store
+            .list_webhook_endpoints("ws2")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A configuration naming an API endpoint's id leaves it alone.
+    store
+        .upsert_webhook_endpoint("whe_1", "ws9", "https://evil.example/", 9, None)
+        .await
+        .expect("declare");
+    assert_eq!(
+        store.webhook_endpoint("whe_1").await.unwrap(),
+        Some(api.clone())
+    );
+
+    // One failed delivery disables it at once (failing since at least `disable_failing_since`).
+    store
+        .insert_credential(
+            &leaseless("c1"),
+            &[active(member("c1", "m@example.com", "ADMIN"))],
+        )
+        .await
+        .expect("insert");
+    store
+        .update_credential_with_events(&leaseless("c1"), 1, &[credential_event("c1", "updated", 1)])
+        .await
+        .expect("event");
+    assert!(
+        store
+            .list_webhook_deliveries("whe_1", 10, 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "filtered out: `updated` is not among its event types"
+    );
+    store
+        .update_credential_with_events(
+            &leaseless("c1"),
+            2,
+            &[credential_event("c1", "disconnected", 2)],
+        )
+        .await
+        .expect("event");
+    const T: i64 = 1_700_000_000_010;
+    let claimed = store
+        .claim_webhook_deliveries("h", T, 60_000, 10)
+        .await
+        .expect("claim");
+    let d = claimed
+        .into_iter()
+        .find(|d| d.endpoint_id == "whe_1")
+        .expect("a delivery to the API endpoint");
+    let disabled = store
+        .finish_webhook_delivery(&DeliveryAttempt {
+            id: d.id,
+            endpoint_id: d.endpoint_id,
+            holder: "h".to_owned(),
+            delivered: false,
+            status: Some(503),
+            error: Some("HTTP 503".to_owned()),
+            at: T,
+            next_attempt_at: T,
+            disable_failing_since: T,
+            disabled_event: None,
+        })
+        .await
+        .expect("finish");
+    assert!(disabled);
+    let edited = WebhookEndpointRow {
+        url: "https://api.example/v2".to_owned(),
+        event_types: None,
+        description: String::new(),
+        updated_at: 7,
+        ..api.clone()
+    };
+    let kept = store
+        .update_webhook_endpoint(&edited, false)
+        .await
+        .unwrap()
+        .expect("updated");
+    assert_eq!(
+        (
+            kept.url.as_str(),
+            kept.event_types.as_deref(),
+            kept.updated_at
+        ),
+        ("https://api.example/v2", None, 7)
+    );
+    assert_eq!((kept.failing_since, kept.disabled_at), (Some(T), Some(T)));
+    let reset = store
+        .update_webhook_endpoint(&edited, true)
+        .await
+        .unwrap()
+        .expect("updated");
+    assert_eq!((reset.failing_since, reset.disabled_at), (None, None));
+    let cfg = WebhookEndpointRow {
+        id: "cfg".to_owned(),
+        ..edited.clone()
+    };
+    assert_eq!(
+        store.update_webhook_endpoint(&cfg, true).await.unwrap(),
+        None
+    );
+
+    // Secrets: newest first; a version is added once.
+    store
+        .insert_webhook_secret(&webhook_secret("whe_1", 2))
+        .await
+        .expect("rotate");
+    assert!(matches!(
+        store
+            .insert_webhook_secret(&webhook_secret("whe_1", 2))
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        store.list_webhook_secrets("whe_1").await.unwrap(),
+        vec![webhook_secret("whe_1", 2), webhook_secret("whe_1", 1)]
+    );
+    assert_eq!(
+        store
+            .secret_key_usage(SecretKind::WebhookSecret)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| (u.key_id.as_str(), u.key_version, u.secrets))
+            .collect::<Vec<_>>(),
+        [("local:k1", 3, 2)],
+        "retiring the key version would make these secrets unreadable"
+    );
+    assert!(store.delete_webhook_secret("whe_1", 1).await.unwrap());
+    assert!(!store.delete_webhook_secret("whe_1", 1).await.unwrap());
+
+    // Deleting: configured endpoints stay; the API one goes with its secrets and log.
+    assert!(!store.delete_webhook_endpoint("cfg", T).await.unwrap());
+    assert!(store.webhook_endpoint("cfg").await.unwrap().is_some());
+    assert!(
+        !store
+            .list_webhook_deliveries("whe_1", 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.delete_webhook_endpoint("whe_1", T).await.unwrap());
+    assert!(!store.delete_webhook_endpoint("whe_1", T).await.unwrap());
+    assert_eq!(store.webhook_endpoint("whe_1").await.unwrap(), None);
+    assert!(
+        store
+            .list_webhook_secrets("whe_1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_webhook_deliveries("whe_1", 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

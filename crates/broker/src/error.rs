@@ -115,6 +115,15 @@ pub mod reason {
     pub const OAUTH_APP_NOT_FOUND: &str = "OAUTH_APP_NOT_FOUND";
     /// No webhook endpoint with this id (or it belongs to another workspace).
     pub const WEBHOOK_ENDPOINT_NOT_FOUND: &str = "WEBHOOK_ENDPOINT_NOT_FOUND";
+    /// The webhook endpoint is declared in the configuration (`[[webhooks]]`): read-only
+    /// through the API.
+    pub const WEBHOOK_ENDPOINT_READ_ONLY: &str = "WEBHOOK_ENDPOINT_READ_ONLY";
+    /// The workspace already has the most webhook endpoints allowed.
+    pub const WEBHOOK_ENDPOINT_LIMIT: &str = "WEBHOOK_ENDPOINT_LIMIT";
+    /// The webhook endpoint already holds two signing secrets: retire the previous one first.
+    pub const WEBHOOK_SECRET_LIMIT: &str = "WEBHOOK_SECRET_LIMIT";
+    /// The webhook endpoint holds only its current signing secret: nothing to retire.
+    pub const WEBHOOK_NO_PREVIOUS_SECRET: &str = "WEBHOOK_NO_PREVIOUS_SECRET";
     /// Only an admin of the workspace (or an operator) manages its OAuth apps and webhook
     /// endpoints.
     pub const WORKSPACE_ADMIN_REQUIRED: &str = "WORKSPACE_ADMIN_REQUIRED";
@@ -188,6 +197,10 @@ pub mod reason {
         KMS_KEY_UNKNOWN,
         OAUTH_APP_NOT_FOUND,
         WEBHOOK_ENDPOINT_NOT_FOUND,
+        WEBHOOK_ENDPOINT_READ_ONLY,
+        WEBHOOK_ENDPOINT_LIMIT,
+        WEBHOOK_SECRET_LIMIT,
+        WEBHOOK_NO_PREVIOUS_SECRET,
         WORKSPACE_ADMIN_REQUIRED,
         OAUTH_APP_IN_USE,
         OAUTH_APP_SECRET_LIMIT,

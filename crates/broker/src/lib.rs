@@ -25,6 +25,7 @@ mod sharded;
 mod test_support;
 pub mod tokens;
 pub mod types;
+pub mod webhook_endpoints;
 pub mod webhooks;
 pub mod workspace_providers;
 

@@ -117,7 +117,39 @@ pub fn secret_context(
 ) -> EncryptionContext {
     match kind {
         cb_store::SecretKind::OAuthAppSecret => app_secret_context(workspace_id, owner_id),
+        cb_store::SecretKind::WebhookSecret => webhook_secret_context(workspace_id, owner_id),
     }
+}
+
+/// Seals a text secret under a new data key.
+async fn seal_text(
+    envelope: &Envelope,
+    ctx: &EncryptionContext,
+    aad: &[u8],
+    secret: &secrecy::SecretString,
+) -> Result<SealedColumns, BrokerError> {
+    use secrecy::ExposeSecret as _;
+    let blob = envelope
+        .seal_new(ctx, aad, secret.expose_secret().as_bytes())
+        .await?;
+    Ok(columns(blob))
+}
+
+/// Opens a text secret sealed by [`seal_text`].
+async fn open_text(
+    envelope: &Envelope,
+    sealed: &SealedColumns,
+    ctx: &EncryptionContext,
+    aad: &[u8],
+) -> Result<secrecy::SecretString, BrokerError> {
+    let blob = SealedBlob {
+        ciphertext: sealed.ciphertext.clone(),
+        wrapped_dek: wrapped_dek(sealed)?,
+    };
+    let plaintext = envelope.open(&blob, ctx, aad).await?;
+    let text = String::from_utf8(plaintext.expose().to_vec())
+        .map_err(|_| BrokerError::Internal("a stored secret is not text".into()))?;
+    Ok(secrecy::SecretString::from(text))
 }
 
 /// Seals an OAuth app's client secret under a new data key.
@@ -129,15 +161,13 @@ pub async fn seal_app_secret(
     secret: &secrecy::SecretString,
     now_ms: i64,
 ) -> Result<cb_store::OAuthAppSecretRow, BrokerError> {
-    use secrecy::ExposeSecret as _;
-    let blob = envelope
-        .seal_new(
-            &app_secret_context(workspace_id, app_id),
-            &app_secret_aad(app_id, version),
-            secret.expose_secret().as_bytes(),
-        )
-        .await?;
-    let c = columns(blob);
+    let c = seal_text(
+        envelope,
+        &app_secret_context(workspace_id, app_id),
+        &app_secret_aad(app_id, version),
+        secret,
+    )
+    .await?;
     Ok(cb_store::OAuthAppSecretRow {
         app_id: app_id.to_owned(),
         version,
@@ -161,18 +191,67 @@ pub async fn open_app_secret(
         dek_key_id: row.dek_key_id.clone(),
         dek_key_version: row.dek_key_version,
     };
-    let blob = SealedBlob {
-        ciphertext: sealed.ciphertext.clone(),
-        wrapped_dek: wrapped_dek(&sealed)?,
-    };
-    let plaintext = envelope
-        .open(
-            &blob,
-            &app_secret_context(workspace_id, &row.app_id),
-            &app_secret_aad(&row.app_id, row.version),
-        )
-        .await?;
-    let text = String::from_utf8(plaintext.expose().to_vec())
-        .map_err(|_| BrokerError::Internal("stored client secret is not text".into()))?;
-    Ok(secrecy::SecretString::from(text))
+    open_text(
+        envelope,
+        &sealed,
+        &app_secret_context(workspace_id, &row.app_id),
+        &app_secret_aad(&row.app_id, row.version),
+    )
+    .await
+}
+
+const WEBHOOK_SECRET_PURPOSE: &str = "webhook_secret";
+
+/// The AAD of a webhook endpoint's signing secret: bound to the endpoint and the version.
+fn webhook_secret_aad(endpoint_id: &str, version: i64) -> Vec<u8> {
+    format!(
+        "credential-broker/v1|webhook_endpoint|{endpoint_id}|{WEBHOOK_SECRET_PURPOSE}|{version}"
+    )
+    .into_bytes()
+}
+
+fn webhook_secret_context(workspace_id: &str, endpoint_id: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("workspace_id", workspace_id)
+        .with("webhook_endpoint", endpoint_id)
+        .with("purpose", WEBHOOK_SECRET_PURPOSE)
+}
+
+/// Seals an API-managed webhook endpoint's signing secret (`whsec_…`) under a new data key.
+pub async fn seal_webhook_secret(
+    envelope: &Envelope,
+    workspace_id: &str,
+    endpoint_id: &str,
+    version: i64,
+    secret: &secrecy::SecretString,
+    now_ms: i64,
+) -> Result<cb_store::WebhookSecretRow, BrokerError> {
+    let sealed = seal_text(
+        envelope,
+        &webhook_secret_context(workspace_id, endpoint_id),
+        &webhook_secret_aad(endpoint_id, version),
+        secret,
+    )
+    .await?;
+    Ok(cb_store::WebhookSecretRow {
+        endpoint_id: endpoint_id.to_owned(),
+        version,
+        sealed,
+        created_at: now_ms,
+    })
+}
+
+/// Opens a webhook endpoint's signing secret.
+pub async fn open_webhook_secret(
+    envelope: &Envelope,
+    workspace_id: &str,
+    row: &cb_store::WebhookSecretRow,
+) -> Result<secrecy::SecretString, BrokerError> {
+    open_text(
+        envelope,
+        &row.sealed,
+        &webhook_secret_context(workspace_id, &row.endpoint_id),
+        &webhook_secret_aad(&row.endpoint_id, row.version),
+    )
+    .await
 }

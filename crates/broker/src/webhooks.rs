@@ -14,6 +14,7 @@ use crate::health::EventKind;
 use crate::random::Random;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use cb_crypto::Envelope;
 use cb_store::{ClaimedDelivery, CredentialEventRow, DeliveryAttempt, NewCredentialEvent, Store};
 use secrecy::{ExposeSecret, SecretBox};
 use std::collections::HashMap;
@@ -71,10 +72,24 @@ pub fn signature(secrets: &[WebhookSecret], id: &str, timestamp: i64, body: &[u8
         .join(" ")
 }
 
-/// A configured endpoint.
+/// Parses event type names (`connected`, `needs_reconnect`, …) of an endpoint's filter; the
+/// error lists the known names.
+pub fn parse_event_types(raw: &[String]) -> Result<Vec<EventKind>, String> {
+    raw.iter()
+        .map(|t| {
+            EventKind::parse(t).ok_or_else(|| {
+                let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("`{t}` is not an event type (one of {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// An endpoint ready to deliver to: configured, or API-managed with its secrets opened
+/// ([`crate::webhook_endpoints::open_endpoint`]).
 #[derive(Debug)]
 pub struct WebhookEndpoint {
-    /// Stable name (from the configuration).
+    /// Its id: the configured name, or `whe_…` for an API endpoint.
     pub id: String,
     /// The workspace whose events it receives.
     pub workspace_id: String,
@@ -144,7 +159,9 @@ pub struct WebhookDispatcher {
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
     sender: Arc<dyn WebhookSender>,
+    /// The configured endpoints; API endpoints are read from the database on each pass.
     endpoints: HashMap<String, WebhookEndpoint>,
+    envelope: Arc<Envelope>,
     config: WebhookConfig,
     holder: String,
     stats: Stats,
@@ -160,9 +177,13 @@ impl fmt::Debug for WebhookDispatcher {
 }
 
 impl WebhookDispatcher {
-    /// Wires the dispatcher; `holder` names this replica's claims (unique per process).
+    /// Wires the dispatcher of the configured `endpoints` and of the API-managed ones (their
+    /// secrets opened with `envelope`); `holder` names this replica's claims (unique per
+    /// process).
+    #[allow(clippy::too_many_arguments)] // each is a distinct dependency of the dispatcher
     pub fn new(
         store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
         clock: Arc<dyn Clock>,
         random: Arc<dyn Random>,
         sender: Arc<dyn WebhookSender>,
@@ -172,6 +193,7 @@ impl WebhookDispatcher {
     ) -> Self {
         Self {
             store,
+            envelope,
             clock,
             random,
             sender,
@@ -190,11 +212,6 @@ impl WebhookDispatcher {
             failed: self.stats.failed.load(Ordering::Relaxed),
             endpoints_disabled: self.stats.disabled.load(Ordering::Relaxed),
         }
-    }
-
-    /// Whether any endpoint is configured.
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
     }
 
     /// Declares the configured endpoints in the database (every replica does, at start).
@@ -230,18 +247,59 @@ impl WebhookDispatcher {
             )
             .await?;
         let attempted = claimed.len();
+        // API endpoints are read once per pass: a change made on any replica applies at the
+        // next pass, with nothing cached across passes.
+        let mut api: HashMap<String, Option<WebhookEndpoint>> = HashMap::new();
         for d in claimed {
-            self.deliver(d).await?;
+            if let Some(endpoint) = self.endpoints.get(&d.endpoint_id) {
+                self.deliver(d, endpoint).await?;
+                continue;
+            }
+            if !api.contains_key(&d.endpoint_id) {
+                let opened = self.open_api_endpoint(&d.endpoint_id).await;
+                api.insert(d.endpoint_id.clone(), opened);
+            }
+            // `None`: declared by another replica's configuration, or deleted meanwhile: left
+            // to it (the claim lapses).
+            if let Some(Some(endpoint)) = api.get(&d.endpoint_id) {
+                self.deliver(d, endpoint).await?;
+            }
         }
         Ok(attempted)
     }
 
-    async fn deliver(&self, d: ClaimedDelivery) -> Result<(), crate::BrokerError> {
+    /// An API endpoint with its secrets opened; `None` when it is not one (or is gone), or its
+    /// secrets cannot be opened now (logged; its deliveries wait for a later pass).
+    async fn open_api_endpoint(&self, id: &str) -> Option<WebhookEndpoint> {
+        let opened = async {
+            match self.store.webhook_endpoint(id).await? {
+                Some(row) => {
+                    crate::webhook_endpoints::open_endpoint(
+                        self.store.as_ref(),
+                        &self.envelope,
+                        &row,
+                    )
+                    .await
+                }
+                None => Ok(None),
+            }
+        }
+        .await;
+        match opened {
+            Ok(endpoint) => endpoint.filter(|e| !e.secrets.is_empty()),
+            Err(e) => {
+                tracing::warn!(endpoint = %id, error = %e, "webhook endpoint secrets not opened; its deliveries wait");
+                None
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        d: ClaimedDelivery,
+        endpoint: &WebhookEndpoint,
+    ) -> Result<(), crate::BrokerError> {
         let now = self.clock.now();
-        let Some(endpoint) = self.endpoints.get(&d.endpoint_id) else {
-            // Declared by another replica's configuration: left to it (the claim lapses).
-            return Ok(());
-        };
         let body = self.sender.payload(&d.event);
         let timestamp = now.as_millis().div_euclid(1000);
         let headers = [

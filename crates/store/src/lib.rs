@@ -25,7 +25,7 @@ pub use model::{
     KeyUsage, LeaseColumns, MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent,
     OAuthAppRow, OAuthAppSecretRow, RUN_GRANT_CHANGE_PREFIX, RefreshFailure, RefreshIntent,
     RunGrantRow, SealedColumns, SecretDekRow, SecretKeyUsage, SecretKind, StatusQuery, UsageRecord,
-    WebhookEndpointRow, WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
+    WebhookEndpointRow, WebhookSecretRow, WorkspaceProviderRow, WrappedDekRow, run_grant_change_id,
 };
 pub use store::SqlStore;
 
@@ -180,8 +180,52 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError>;
 
-    /// A declared webhook endpoint (`None`: unknown).
+    /// A webhook endpoint, configured or API-managed (`None`: unknown).
     async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError>;
+
+    /// A workspace's webhook endpoints (configured and API-managed), by id.
+    async fn list_webhook_endpoints(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<WebhookEndpointRow>, StoreError>;
+
+    /// Inserts an API-managed endpoint (`row.source` is ignored: `API`; failure state empty)
+    /// with its first secret, in one transaction. An existing id → [`StoreError::Duplicate`].
+    async fn insert_webhook_endpoint(
+        &self,
+        row: &WebhookEndpointRow,
+        secret: &WebhookSecretRow,
+    ) -> Result<(), StoreError>;
+
+    /// Writes an API-managed endpoint's `url`, `event_types`, `description` and `updated_at`;
+    /// `reset_failures` also forgets its failing period and re-enables it. Returns the stored
+    /// row; `None` for an unknown or configured endpoint (nothing written).
+    async fn update_webhook_endpoint(
+        &self,
+        row: &WebhookEndpointRow,
+        reset_failures: bool,
+    ) -> Result<Option<WebhookEndpointRow>, StoreError>;
+
+    /// Deletes an API-managed endpoint with its secrets and delivery log: first disables it
+    /// (committed on its own, so events stop fanning out to it), then deletes. Returns whether
+    /// it existed; configured endpoints are never deleted.
+    async fn delete_webhook_endpoint(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Adds a signing secret. An existing (endpoint, version) → [`StoreError::Duplicate`].
+    async fn insert_webhook_secret(&self, secret: &WebhookSecretRow) -> Result<(), StoreError>;
+
+    /// An endpoint's signing secrets, newest first.
+    async fn list_webhook_secrets(
+        &self,
+        endpoint_id: &str,
+    ) -> Result<Vec<WebhookSecretRow>, StoreError>;
+
+    /// Deletes one signing secret; returns whether it existed.
+    async fn delete_webhook_secret(
+        &self,
+        endpoint_id: &str,
+        version: i64,
+    ) -> Result<bool, StoreError>;
 
     /// How many non-disconnected credentials have each health, ordered by health (metrics).
     async fn count_credentials_by_health(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -97,7 +97,7 @@ pub struct RefreshFailure {
 }
 
 /// The sealed token bundle: ciphertext plus the wrapped data key that opens it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SealedColumns {
     /// Token bundle encrypted under the data key.
     pub ciphertext: Vec<u8>,
@@ -259,16 +259,19 @@ impl fmt::Debug for WrappedDekRow {
 pub enum SecretKind {
     /// A workspace OAuth app's client secret (`oauth_app_secrets`).
     OAuthAppSecret,
+    /// An API-managed webhook endpoint's signing secret (`webhook_endpoint_secrets`).
+    WebhookSecret,
 }
 
 impl SecretKind {
     /// Every kind, in the order rotation walks them.
-    pub const ALL: [SecretKind; 1] = [SecretKind::OAuthAppSecret];
+    pub const ALL: [SecretKind; 2] = [SecretKind::OAuthAppSecret, SecretKind::WebhookSecret];
 
     /// What people call it (reports, errors).
     pub fn label(self) -> &'static str {
         match self {
             SecretKind::OAuthAppSecret => "OAuth app client secret",
+            SecretKind::WebhookSecret => "webhook signing secret",
         }
     }
 }
@@ -277,7 +280,7 @@ impl SecretKind {
 /// re-wraps ([`Store::secret_deks_not_on_key`](crate::Store::secret_deks_not_on_key)).
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SecretDekRow {
-    /// The row holding the secret (an OAuth app's id).
+    /// The row holding the secret (an OAuth app's or a webhook endpoint's id).
     pub owner_id: String,
     /// The secret's version within its owner (0 where a kind keeps one).
     pub version: i64,
@@ -736,15 +739,43 @@ pub struct DeliveryAttempt {
     pub disabled_event: Option<NewCredentialEvent>,
 }
 
-/// A declared webhook endpoint's shared state.
+/// A webhook endpoint: declared in the configuration (`source` `CONFIG`) or created through
+/// the API (`API`), and its shared failure state.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookEndpointRow {
     /// Its id.
     pub id: String,
     /// The workspace whose events it receives.
     pub workspace_id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The event kinds it receives, comma-separated (`None`: every kind).
+    pub event_types: Option<String>,
+    /// Free text for people (API endpoints).
+    pub description: String,
+    /// `CONFIG` or `API`.
+    pub source: String,
+    /// Since when its deliveries fail without a success (`None`: not failing).
+    pub failing_since: Option<i64>,
     /// When it was disabled after failing (`None`: enabled).
     pub disabled_at: Option<i64>,
+    /// Last change (declaration, creation or update).
+    pub updated_at: i64,
+}
+
+/// One signing secret of an API-managed webhook endpoint, sealed under its own data key (the
+/// AAD names the endpoint and the version).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WebhookSecretRow {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// 1 for the first secret, +1 per rotation.
+    pub version: i64,
+    /// The sealed secret (its `Debug` shows lengths only).
+    #[sqlx(flatten)]
+    pub sealed: SealedColumns,
+    /// When it was added.
+    pub created_at: i64,
 }
 
 /// One row of an endpoint's delivery log.

@@ -448,7 +448,8 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
      disabled_at = CASE WHEN webhook_endpoints.url = excluded.url \
        AND webhook_endpoints.workspace_id = excluded.workspace_id \
        THEN webhook_endpoints.disabled_at ELSE NULL END, \
-     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at";
+     workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at \
+     WHERE webhook_endpoints.source = 'CONFIG'";
 
 /// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
 /// Bind: holder, now, lease_ms, limit.
@@ -500,9 +501,71 @@ pub(crate) const LIST_WEBHOOK_DELIVERIES: &str = "SELECT id, endpoint_id, event_
      credential_id, state, attempts, next_attempt_at, last_status, last_error, delivered_at \
      FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $3 ORDER BY id LIMIT $2";
 
+/// Every column of `webhook_endpoints`, in [`WebhookEndpointRow`](crate::model::WebhookEndpointRow)
+/// order.
+macro_rules! webhook_endpoint_columns {
+    () => {
+        "id, workspace_id, url, event_types, description, source, failing_since, disabled_at, \
+         updated_at"
+    };
+}
+
 /// Bind: endpoint id.
-pub(crate) const WEBHOOK_ENDPOINT: &str =
-    "SELECT id, workspace_id, disabled_at FROM webhook_endpoints WHERE id = $1";
+pub(crate) const WEBHOOK_ENDPOINT: &str = concat!(
+    "SELECT ",
+    webhook_endpoint_columns!(),
+    " FROM webhook_endpoints WHERE id = $1"
+);
+
+/// A workspace's endpoints, by id. Bind: workspace id.
+pub(crate) const LIST_WEBHOOK_ENDPOINTS: &str = concat!(
+    "SELECT ",
+    webhook_endpoint_columns!(),
+    " FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY id"
+);
+
+/// Bind: id, workspace_id, url, updated_at, event_types, description.
+pub(crate) const INSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
+     (id, workspace_id, url, failing_since, disabled_at, updated_at, event_types, description, \
+     source) VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6, 'API')";
+
+/// An API endpoint's settings; `$6` true forgets its failures (re-enables it).
+/// Bind: id, url, event_types, description, updated_at, reset.
+pub(crate) const UPDATE_WEBHOOK_ENDPOINT: &str = concat!(
+    "UPDATE webhook_endpoints SET url = $2, event_types = $3, description = $4, updated_at = $5, \
+     failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END, \
+     disabled_at = CASE WHEN $6 THEN NULL ELSE disabled_at END \
+     WHERE id = $1 AND source = 'API' RETURNING ",
+    webhook_endpoint_columns!()
+);
+
+/// Before a delete, in its own transaction: events written from then on no longer fan out to
+/// the endpoint, so none is inserting a delivery for it when it goes. Bind: id, now.
+pub(crate) const RETIRE_WEBHOOK_ENDPOINT: &str = "UPDATE webhook_endpoints \
+     SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1 AND source = 'API'";
+
+/// Secrets and deliveries go first: SQLite only cascades with foreign keys on, so nothing
+/// relies on it. Bind: id.
+pub(crate) const DELETE_WEBHOOK_ENDPOINT_SECRETS: &str = "DELETE FROM webhook_endpoint_secrets \
+     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
+pub(crate) const DELETE_WEBHOOK_ENDPOINT_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
+     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
+pub(crate) const DELETE_WEBHOOK_ENDPOINT: &str =
+    "DELETE FROM webhook_endpoints WHERE id = $1 AND source = 'API'";
+
+/// Bind: endpoint id, version, ciphertext, dek_wrapped, dek_key_id, dek_key_version, created_at.
+pub(crate) const INSERT_WEBHOOK_SECRET: &str = "INSERT INTO webhook_endpoint_secrets \
+     (endpoint_id, version, ciphertext, dek_wrapped, dek_key_id, dek_key_version, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Newest first. Bind: endpoint id.
+pub(crate) const LIST_WEBHOOK_SECRETS: &str = "SELECT endpoint_id, version, ciphertext, \
+     dek_wrapped, dek_key_id, dek_key_version, created_at FROM webhook_endpoint_secrets \
+     WHERE endpoint_id = $1 ORDER BY version DESC";
+
+/// Bind: endpoint id, version.
+pub(crate) const DELETE_WEBHOOK_SECRET: &str =
+    "DELETE FROM webhook_endpoint_secrets WHERE endpoint_id = $1 AND version = $2";
 
 /// Rows deleted per `PRUNE_AUDIT_BATCH` / `PRUNE_CONNECT_SESSIONS_BATCH` statement.
 pub(crate) const PRUNE_BATCH_SIZE: i64 = 5_000;
@@ -906,6 +969,7 @@ pub(crate) struct SecretStatements {
 pub(crate) fn secret_statements(kind: SecretKind) -> &'static SecretStatements {
     match kind {
         SecretKind::OAuthAppSecret => &OAUTH_APP_SECRET_STATEMENTS,
+        SecretKind::WebhookSecret => &WEBHOOK_SECRET_STATEMENTS,
     }
 }
 
@@ -922,6 +986,21 @@ const OAUTH_APP_SECRET_STATEMENTS: SecretStatements = SecretStatements {
     rewrap: "UPDATE oauth_app_secrets SET dek_wrapped = $6, dek_key_id = $7, dek_key_version = $8 \
          WHERE app_id = $1 AND version = $2 AND dek_wrapped = $3 AND dek_key_id = $4 \
          AND dek_key_version = $5",
+};
+
+const WEBHOOK_SECRET_STATEMENTS: SecretStatements = SecretStatements {
+    usage: "SELECT dek_key_id AS key_id, dek_key_version AS key_version, COUNT(*) AS secrets \
+         FROM webhook_endpoint_secrets GROUP BY dek_key_id, dek_key_version \
+         ORDER BY dek_key_id, dek_key_version",
+    not_on_key: "SELECT s.endpoint_id AS owner_id, s.version, e.workspace_id, s.dek_wrapped, \
+         s.dek_key_id, s.dek_key_version FROM webhook_endpoint_secrets s \
+         JOIN webhook_endpoints e ON e.id = s.endpoint_id \
+         WHERE NOT (s.dek_key_id = $1 AND s.dek_key_version = $2) \
+         AND (s.endpoint_id > $3 OR (s.endpoint_id = $3 AND s.version > $4)) \
+         ORDER BY s.endpoint_id, s.version LIMIT $5",
+    rewrap: "UPDATE webhook_endpoint_secrets SET dek_wrapped = $6, dek_key_id = $7, \
+         dek_key_version = $8 WHERE endpoint_id = $1 AND version = $2 AND dek_wrapped = $3 \
+         AND dek_key_id = $4 AND dek_key_version = $5",
 };
 
 /// Every column of `workspace_providers`, in

@@ -24,8 +24,8 @@ use crate::model::{
     CredentialQuery, CredentialRow, DeliveryAttempt, DeliveryRow, EventQuery, KeyUsage,
     MemberChange, MemberRow, NewAuditEvent, NewCredentialEvent, OAuthAppRow, OAuthAppSecretRow,
     RefreshFailure, RefreshIntent, RunGrantRow, SecretDekRow, SecretKeyUsage, SecretKind,
-    StatusQuery, UsageRecord, WebhookEndpointRow, WorkspaceProviderRow, WrappedDekRow,
-    run_grant_change_id,
+    StatusQuery, UsageRecord, WebhookEndpointRow, WebhookSecretRow, WorkspaceProviderRow,
+    WrappedDekRow, run_grant_change_id,
 };
 use crate::sql::{self, CredentialRecord, audit_columns, credential_columns};
 
@@ -632,6 +632,7 @@ where
     for<'t> sql::ClaimedRecord: FromRow<'t, DB::Row>,
     for<'t> DeliveryRow: FromRow<'t, DB::Row>,
     for<'t> WebhookEndpointRow: FromRow<'t, DB::Row>,
+    for<'t> WebhookSecretRow: FromRow<'t, DB::Row>,
     for<'t> (Option<i64>,): FromRow<'t, DB::Row>,
 {
     fn backend(&self) -> &'static str {
@@ -924,6 +925,109 @@ where
     async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
         let select = sqlx::query_as(sql::WEBHOOK_ENDPOINT).bind(id);
         self.traced("webhook_endpoint", None, self.optional(select))
+            .await
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<WebhookEndpointRow>, StoreError> {
+        let select = sqlx::query_as(sql::LIST_WEBHOOK_ENDPOINTS).bind(workspace_id);
+        self.traced("list_webhook_endpoints", None, self.all(select))
+            .await
+    }
+
+    async fn insert_webhook_endpoint(
+        &self,
+        row: &WebhookEndpointRow,
+        secret: &WebhookSecretRow,
+    ) -> Result<(), StoreError> {
+        self.traced("insert_webhook_endpoint", None, async {
+            let mut tx = self.begin_write().await?;
+            sqlx::query::<DB>(sql::INSERT_WEBHOOK_ENDPOINT)
+                .bind(row.id.as_str())
+                .bind(row.workspace_id.as_str())
+                .bind(row.url.as_str())
+                .bind(row.updated_at)
+                .bind(row.event_types.as_deref())
+                .bind(row.description.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            bind_webhook_secret::<DB>(secret)
+                .execute(&mut *tx)
+                .await
+                .map_err(map::<DB>)?;
+            tx.commit().await.map_err(map::<DB>)
+        })
+        .await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        row: &WebhookEndpointRow,
+        reset_failures: bool,
+    ) -> Result<Option<WebhookEndpointRow>, StoreError> {
+        let update = sqlx::query_as(sql::UPDATE_WEBHOOK_ENDPOINT)
+            .bind(row.id.as_str())
+            .bind(row.url.as_str())
+            .bind(row.event_types.as_deref())
+            .bind(row.description.as_str())
+            .bind(row.updated_at)
+            .bind(reset_failures);
+        self.traced("update_webhook_endpoint", None, self.optional(update))
+            .await
+    }
+
+    async fn delete_webhook_endpoint(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        self.traced("delete_webhook_endpoint", None, async {
+            let retire = sqlx::query(sql::RETIRE_WEBHOOK_ENDPOINT).bind(id).bind(now);
+            if !self.changed(retire).await? {
+                return Ok(false);
+            }
+            let mut tx = self.begin_write().await?;
+            for statement in [
+                sql::DELETE_WEBHOOK_ENDPOINT_DELIVERIES,
+                sql::DELETE_WEBHOOK_ENDPOINT_SECRETS,
+                sql::DELETE_WEBHOOK_ENDPOINT,
+            ] {
+                sqlx::query(statement)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map::<DB>)?;
+            }
+            tx.commit().await.map_err(map::<DB>)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn insert_webhook_secret(&self, secret: &WebhookSecretRow) -> Result<(), StoreError> {
+        let statement = bind_webhook_secret::<DB>(secret);
+        self.traced("insert_webhook_secret", None, self.execute(statement))
+            .await
+            .map(drop)
+    }
+
+    async fn list_webhook_secrets(
+        &self,
+        endpoint_id: &str,
+    ) -> Result<Vec<WebhookSecretRow>, StoreError> {
+        let select = sqlx::query_as(sql::LIST_WEBHOOK_SECRETS).bind(endpoint_id);
+        self.traced("list_webhook_secrets", None, self.all(select))
+            .await
+    }
+
+    async fn delete_webhook_secret(
+        &self,
+        endpoint_id: &str,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let statement = sqlx::query(sql::DELETE_WEBHOOK_SECRET)
+            .bind(endpoint_id)
+            .bind(version);
+        self.traced("delete_webhook_secret", None, self.changed(statement))
             .await
     }
 
@@ -1701,6 +1805,25 @@ where
 }
 
 /// Binds an [`OAuthAppSecretRow`] in `INSERT_OAUTH_APP_SECRET` order.
+fn bind_webhook_secret<'q, DB>(
+    s: &'q WebhookSecretRow,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: Backend,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(sql::INSERT_WEBHOOK_SECRET)
+        .bind(s.endpoint_id.as_str())
+        .bind(s.version)
+        .bind(s.sealed.ciphertext.as_slice())
+        .bind(s.sealed.dek_wrapped.as_slice())
+        .bind(s.sealed.dek_key_id.as_str())
+        .bind(s.sealed.dek_key_version)
+        .bind(s.created_at)
+}
+
 fn bind_secret<'q, DB>(
     statement: &'static str,
     s: &'q OAuthAppSecretRow,

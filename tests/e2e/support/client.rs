@@ -7,6 +7,7 @@ use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
 use cb_proto::v1::membership_service_client::MembershipServiceClient;
 use cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient;
+use cb_proto::v1::webhook_service_client::WebhookServiceClient;
 use std::collections::HashMap;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -54,6 +55,8 @@ pub struct Client {
     pub members: MembershipServiceClient<Channel>,
     /// OAuthAppService.
     pub apps: OAuthAppServiceClient<Channel>,
+    /// WebhookService.
+    pub webhooks: WebhookServiceClient<Channel>,
     /// Who the calls are made for.
     pub actor: Actor,
     /// The workspace the calls say the actor is an admin of (`x-actor-workspace-*`), if any.
@@ -66,7 +69,8 @@ impl Client {
         Self {
             creds: CredentialServiceClient::new(channel.clone()),
             members: MembershipServiceClient::new(channel.clone()),
-            apps: OAuthAppServiceClient::new(channel),
+            apps: OAuthAppServiceClient::new(channel.clone()),
+            webhooks: WebhookServiceClient::new(channel),
             actor,
             admin_of: None,
         }

@@ -113,3 +113,26 @@ impl Drop for WebhookReceiver {
         self.task.abort();
     }
 }
+
+/// Runs the independent verifier (tests/e2e/support/verify_webhooks.py, Python's hmac) on
+/// `deliveries` with `secrets`; whether every delivery verified under every secret.
+pub fn verified_independently(deliveries: &[Received], secrets: &[&str]) -> bool {
+    let doc = serde_json::json!({
+        "secrets": secrets,
+        "deliveries": deliveries.iter().map(|d| serde_json::json!({
+            "id": d.id, "timestamp": d.timestamp, "signature": d.signature, "body": d.body,
+        })).collect::<Vec<_>>(),
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), doc.to_string()).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/e2e/support/verify_webhooks.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .output()
+        .expect("python3 runs the independent verifier");
+    out.status.success()
+}

@@ -180,7 +180,7 @@ pub async fn retire_local_version_command(
     if credentials + secrets > 0 {
         return Err(keys_error(format_args!(
             "{credentials} credential(s) and {secrets} sealed secret(s) (OAuth app client \
-             secrets) still have data keys wrapped by {key_id} version {version}: run rotate-keys \
+             or webhook signing secrets) still have data keys wrapped by {key_id} version {version}: run rotate-keys \
              first"
         )));
     }

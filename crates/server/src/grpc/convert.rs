@@ -523,7 +523,7 @@ pub fn audit_filter(r: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Broke
 const EVENT_TYPE_PREFIX: &str = "CREDENTIAL_EVENT_TYPE_";
 
 /// Parses event type filters.
-fn event_kinds(field: &str, raw: &[i32], v: &mut Violations) -> Vec<EventKind> {
+pub fn event_kinds(field: &str, raw: &[i32], v: &mut Violations) -> Vec<EventKind> {
     let mut kinds = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let kind = pb::CredentialEventType::try_from(*t).ok().and_then(|t| {
@@ -657,21 +657,26 @@ pub fn event_watch_filter(
     Ok((filter, r.start_at_end))
 }
 
+/// The protobuf value of a stored event type name.
+pub fn event_type(kind: &str) -> i32 {
+    pb::CredentialEventType::from_str_name(&format!(
+        "{EVENT_TYPE_PREFIX}{}",
+        kind.to_ascii_uppercase()
+    ))
+    .unwrap_or(pb::CredentialEventType::Unspecified) as i32
+}
+
 /// A lifecycle event for a response (never a secret: the log holds none).
 pub fn credential_event(row: cb_store::CredentialEventRow) -> pb::CredentialEvent {
     let r = row.event;
-    let kind = pb::CredentialEventType::from_str_name(&format!(
-        "{EVENT_TYPE_PREFIX}{}",
-        r.kind.to_ascii_uppercase()
-    ))
-    .unwrap_or(pb::CredentialEventType::Unspecified);
+    let kind = event_type(&r.kind);
     pb::CredentialEvent {
         event_id: r.event_id,
         cursor: row.id,
         event_time: Some(timestamp(Timestamp::from_millis(r.at))),
         workspace_id: r.workspace_id,
         credential_id: r.credential_id.unwrap_or_default(),
-        r#type: kind as i32,
+        r#type: kind,
         actor: r.actor.unwrap_or_default(),
         cause: r.cause.unwrap_or_default(),
         detail: r.detail.unwrap_or_default(),

@@ -7,6 +7,7 @@ pub mod credential;
 pub mod membership;
 pub mod oauth_app;
 pub mod status;
+pub mod webhook;
 
 use cb_broker::BrokerError;
 use cb_broker::access::Caller;

@@ -73,15 +73,30 @@ pub enum Rpc {
     UpdateWorkspaceProvider,
     /// OAuthAppService/DeleteWorkspaceProvider
     DeleteWorkspaceProvider,
+    /// WebhookService/CreateWebhookEndpoint
+    CreateWebhookEndpoint,
+    /// WebhookService/GetWebhookEndpoint
+    GetWebhookEndpoint,
+    /// WebhookService/ListWebhookEndpoints
+    ListWebhookEndpoints,
+    /// WebhookService/UpdateWebhookEndpoint
+    UpdateWebhookEndpoint,
+    /// WebhookService/DeleteWebhookEndpoint
+    DeleteWebhookEndpoint,
+    /// WebhookService/RotateWebhookSecret
+    RotateWebhookSecret,
+    /// WebhookService/RetireWebhookSecret
+    RetireWebhookSecret,
 }
 
 const CREDENTIAL_SERVICE: &str = "credentialbroker.v1.CredentialService";
 const MEMBERSHIP_SERVICE: &str = "credentialbroker.v1.MembershipService";
 const OAUTH_APP_SERVICE: &str = "credentialbroker.v1.OAuthAppService";
+const WEBHOOK_SERVICE: &str = "credentialbroker.v1.WebhookService";
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 34] = [
+    pub const ALL: [Rpc; 41] = [
         Rpc::ListProviders,
         Rpc::StartConnect,
         Rpc::CompleteConnect,
@@ -116,6 +131,13 @@ impl Rpc {
         Rpc::ListWorkspaceProviders,
         Rpc::UpdateWorkspaceProvider,
         Rpc::DeleteWorkspaceProvider,
+        Rpc::CreateWebhookEndpoint,
+        Rpc::GetWebhookEndpoint,
+        Rpc::ListWebhookEndpoints,
+        Rpc::UpdateWebhookEndpoint,
+        Rpc::DeleteWebhookEndpoint,
+        Rpc::RotateWebhookSecret,
+        Rpc::RetireWebhookSecret,
     ];
 
     /// The service's full name.
@@ -139,6 +161,13 @@ impl Rpc {
             | Rpc::ListWorkspaceProviders
             | Rpc::UpdateWorkspaceProvider
             | Rpc::DeleteWorkspaceProvider => OAUTH_APP_SERVICE,
+            Rpc::CreateWebhookEndpoint
+            | Rpc::GetWebhookEndpoint
+            | Rpc::ListWebhookEndpoints
+            | Rpc::UpdateWebhookEndpoint
+            | Rpc::DeleteWebhookEndpoint
+            | Rpc::RotateWebhookSecret
+            | Rpc::RetireWebhookSecret => WEBHOOK_SERVICE,
             _ => CREDENTIAL_SERVICE,
         }
     }
@@ -180,6 +209,13 @@ impl Rpc {
             Rpc::ListWorkspaceProviders => "ListWorkspaceProviders",
             Rpc::UpdateWorkspaceProvider => "UpdateWorkspaceProvider",
             Rpc::DeleteWorkspaceProvider => "DeleteWorkspaceProvider",
+            Rpc::CreateWebhookEndpoint => "CreateWebhookEndpoint",
+            Rpc::GetWebhookEndpoint => "GetWebhookEndpoint",
+            Rpc::ListWebhookEndpoints => "ListWebhookEndpoints",
+            Rpc::UpdateWebhookEndpoint => "UpdateWebhookEndpoint",
+            Rpc::DeleteWebhookEndpoint => "DeleteWebhookEndpoint",
+            Rpc::RotateWebhookSecret => "RotateWebhookSecret",
+            Rpc::RetireWebhookSecret => "RetireWebhookSecret",
         }
     }
 
@@ -226,15 +262,22 @@ impl Rpc {
             "ListWorkspaceProviders" => Rpc::ListWorkspaceProviders,
             "UpdateWorkspaceProvider" => Rpc::UpdateWorkspaceProvider,
             "DeleteWorkspaceProvider" => Rpc::DeleteWorkspaceProvider,
+            "CreateWebhookEndpoint" => Rpc::CreateWebhookEndpoint,
+            "GetWebhookEndpoint" => Rpc::GetWebhookEndpoint,
+            "ListWebhookEndpoints" => Rpc::ListWebhookEndpoints,
+            "UpdateWebhookEndpoint" => Rpc::UpdateWebhookEndpoint,
+            "DeleteWebhookEndpoint" => Rpc::DeleteWebhookEndpoint,
+            "RotateWebhookSecret" => Rpc::RotateWebhookSecret,
+            "RetireWebhookSecret" => Rpc::RetireWebhookSecret,
             _ => return None,
         };
         (rpc.service() == service).then_some(rpc)
     }
 
-    /// Whether this RPC manages workspace OAuth apps (web backend for workspace admins, and
-    /// operators).
-    pub fn manages_oauth_apps(self) -> bool {
-        self.service() == OAUTH_APP_SERVICE
+    /// Whether this RPC manages a workspace's OAuth apps, providers or webhook endpoints (web
+    /// backend for workspace admins, and operators).
+    pub fn manages_workspace(self) -> bool {
+        matches!(self.service(), OAUTH_APP_SERVICE | WEBHOOK_SERVICE)
     }
 
     /// The allow-list: which calling-service roles may call this RPC.
@@ -260,7 +303,7 @@ impl Rpc {
                         | ListCredentialEvents
                         | WatchCredentialEvents
                         | ListWebhookDeliveries
-                ) || self.manages_oauth_apps()
+                ) || self.manages_workspace()
             }
         }
     }

@@ -3,6 +3,7 @@
 use crate::grpc::credential::CredentialApi;
 use crate::grpc::membership::MembershipApi;
 use crate::grpc::oauth_app::OAuthAppApi;
+use crate::grpc::webhook::WebhookApi;
 use crate::layers::assertion::{ActorPolicy, ActorVerifier};
 use crate::layers::auth::AuthLayer;
 use crate::layers::workload::WorkloadVerifier;
@@ -22,10 +23,12 @@ use cb_broker::issuance::{
 use cb_broker::members::MembershipService;
 use cb_broker::oauth_apps::{AppClients, OAuthAppService};
 use cb_broker::service::CredentialService;
+use cb_broker::webhook_endpoints::WebhookEndpointService;
 use cb_crypto::Envelope;
 use cb_proto::v1::credential_service_server::CredentialServiceServer;
 use cb_proto::v1::membership_service_server::MembershipServiceServer;
 use cb_proto::v1::o_auth_app_service_server::OAuthAppServiceServer;
+use cb_proto::v1::webhook_service_server::WebhookServiceServer;
 use cb_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -266,6 +269,7 @@ impl Application {
         metrics.register_audit(audit.clone());
         let kms_check = envelope.clone();
         let (app_envelope, app_gateway) = (envelope.clone(), gateway.clone());
+        let webhook_envelope = envelope.clone();
         let connect = Arc::new(ConnectService::new(
             store.clone(),
             envelope,
@@ -281,6 +285,13 @@ impl Application {
             app_gateway,
             cache.clone(),
             audit.clone(),
+        ));
+        let webhook_endpoints = Arc::new(WebhookEndpointService::new(
+            store.clone(),
+            webhook_envelope.clone(),
+            clock.clone(),
+            audit.clone(),
+            config.outbound.policy(),
         ));
         let members = Arc::new(MembershipService::new(
             store.clone(),
@@ -330,11 +341,11 @@ impl Application {
         ));
         let mut background = spawn_background(config, &store, &tokens, &audit, &clock, &events);
         let holder = format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple());
-        if let Some(d) = crate::runtime::webhooks::dispatcher(config, &store, &clock, holder)? {
-            metrics.register_webhooks(d.clone());
-            let poll = Duration::from_millis(config.events.webhook_poll_ms.max(10));
-            background.push(tokio::spawn(d.run(poll)));
-        }
+        let dispatcher =
+            crate::runtime::webhooks::dispatcher(config, &store, webhook_envelope, &clock, holder)?;
+        metrics.register_webhooks(dispatcher.clone());
+        let poll = Duration::from_millis(config.events.webhook_poll_ms.max(10));
+        background.push(tokio::spawn(dispatcher.run(poll)));
         // Each JWT issuer with a JWKS (URL or file) gets its refresher.
         let issuers = [
             (
@@ -461,6 +472,10 @@ impl Application {
             )
             .add_service(
                 OAuthAppServiceServer::new(OAuthAppApi::new(oauth_apps))
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                WebhookServiceServer::new(WebhookApi::new(webhook_endpoints))
                     .max_decoding_message_size(max_request),
             );
         let incoming =

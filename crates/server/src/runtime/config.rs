@@ -652,6 +652,15 @@ impl WebhookSettings {
         if self.id.is_empty() || self.workspace_id.is_empty() {
             p.push(format!("{at}: id and workspace_id must not be empty"));
         }
+        if self
+            .id
+            .starts_with(cb_broker::webhook_endpoints::ENDPOINT_ID_PREFIX)
+        {
+            p.push(format!(
+                "{at}: ids starting with {} are those of endpoints created through the API",
+                cb_broker::webhook_endpoints::ENDPOINT_ID_PREFIX
+            ));
+        }
         match url::Url::parse(&self.url) {
             Ok(u) => {
                 if let Err(e) = cb_oauth::outbound::check_url(&outbound.policy(), &u) {
@@ -677,16 +686,7 @@ impl WebhookSettings {
 
     /// The event kinds of `event_types`.
     pub fn kinds(&self) -> Result<Vec<cb_broker::health::EventKind>, String> {
-        use cb_broker::health::EventKind;
-        self.event_types
-            .iter()
-            .map(|t| {
-                EventKind::parse(t).ok_or_else(|| {
-                    let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                    format!("`{t}` is not an event type (one of {})", known.join(", "))
-                })
-            })
-            .collect()
+        cb_broker::webhooks::parse_event_types(&self.event_types)
     }
 }
 
@@ -1685,6 +1685,24 @@ pub(crate) mod tests {
             e.contains("callers[0].role") && e.contains("callers[0].token_sha256"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn webhook_ids_of_the_api_are_not_for_the_configuration() {
+        let toml = |id: &str| {
+            format!(
+                "[[webhooks]]\nid = \"{id}\"\nworkspace_id = \"ws1\"\n\
+                 url = \"https://hooks.example.com/x\"\n\
+                 secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n"
+            )
+        };
+        Config::parse(&toml("ops")).unwrap().validate().unwrap();
+        let e = Config::parse(&toml("whe_0192"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webhooks[whe_0192]") && e.contains("API"), "{e}");
     }
 
     #[test]

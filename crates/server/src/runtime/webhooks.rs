@@ -1,6 +1,6 @@
 //! The webhook sender over the outbound HTTP guard (`cb_oauth::outbound`: https only, no
 //! redirects, no private addresses unless allowed, bounded time and size), and the dispatcher
-//! built from `[[webhooks]]`.
+//! of the `[[webhooks]]` endpoints and of those workspaces manage through the API.
 
 use crate::grpc::convert::timestamp;
 use crate::runtime::config::Config;
@@ -10,6 +10,7 @@ use cb_broker::random::SystemRandom;
 use cb_broker::webhooks::{
     SendOutcome, WebhookDispatcher, WebhookEndpoint, WebhookSecret, WebhookSender,
 };
+use cb_crypto::Envelope;
 use cb_oauth::outbound::OutboundClient;
 use cb_store::{CredentialEventRow, Store};
 use std::sync::Arc;
@@ -63,16 +64,16 @@ impl WebhookSender for OutboundWebhookSender {
     }
 }
 
-/// The dispatcher of the configured endpoints; `None` when there are none.
+/// The dispatcher of the configured endpoints and of those managed through the API (their
+/// secrets opened with `envelope`). It runs on every replica, even without `[[webhooks]]`: a
+/// workspace admin may create an endpoint at any time.
 pub fn dispatcher(
     config: &Config,
     store: &Arc<dyn Store>,
+    envelope: Arc<Envelope>,
     clock: &Arc<dyn Clock>,
     holder: String,
-) -> Result<Option<Arc<WebhookDispatcher>>, StartupError> {
-    if config.webhooks.is_empty() {
-        return Ok(None);
-    }
+) -> Result<Arc<WebhookDispatcher>, StartupError> {
     let bad = |e: String| StartupError::Config(crate::runtime::config::ConfigError(vec![e]));
     let client =
         OutboundClient::new(config.outbound.policy()).map_err(|e| bad(format!("outbound: {e}")))?;
@@ -97,13 +98,14 @@ pub fn dispatcher(
             event_types,
         });
     }
-    Ok(Some(Arc::new(WebhookDispatcher::new(
+    Ok(Arc::new(WebhookDispatcher::new(
         store.clone(),
+        envelope,
         clock.clone(),
         Arc::new(SystemRandom),
         Arc::new(OutboundWebhookSender { client }),
         endpoints,
         config.events.webhooks(),
         holder,
-    ))))
+    )))
 }
