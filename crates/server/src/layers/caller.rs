@@ -26,22 +26,17 @@ struct Key {
     field: &'static str,
 }
 
-const ID: Key = Key {
-    header: HeaderName::from_static(ACTOR_ID),
-    field: "metadata:x-actor-id",
-};
-const EMAIL: Key = Key {
-    header: HeaderName::from_static(ACTOR_EMAIL),
-    field: "metadata:x-actor-email",
-};
-const WORKSPACE_ID: Key = Key {
-    header: HeaderName::from_static(ACTOR_WORKSPACE_ID),
-    field: "metadata:x-actor-workspace-id",
-};
-const WORKSPACE_ROLE: Key = Key {
-    header: HeaderName::from_static(ACTOR_WORKSPACE_ROLE),
-    field: "metadata:x-actor-workspace-role",
-};
+const fn key(name: &'static str, field: &'static str) -> Key {
+    Key {
+        header: HeaderName::from_static(name),
+        field,
+    }
+}
+
+const ID: Key = key(ACTOR_ID, "metadata:x-actor-id");
+const EMAIL: Key = key(ACTOR_EMAIL, "metadata:x-actor-email");
+const WORKSPACE_ID: Key = key(ACTOR_WORKSPACE_ID, "metadata:x-actor-workspace-id");
+const WORKSPACE_ROLE: Key = key(ACTOR_WORKSPACE_ROLE, "metadata:x-actor-workspace-role");
 
 fn text<'a>(md: &'a MetadataMap, key: &Key, v: &mut Violations) -> Option<&'a str> {
     let value = md.as_ref().get(&key.header)?;
