@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::clock::Timestamp;
 use crate::error::BrokerError;
 use crate::error::reason;
-use crate::sharded::ShardedMap;
+use crate::sharded::{Equivalent, ShardedMap};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cb_store::{AuditQuery, AuditRow, NewAuditEvent, Store};
@@ -98,7 +98,7 @@ pub struct Audit {
 }
 
 /// Identical events recorded with [`Audit::record_later`] between two flushes become one row.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 struct Key {
     service: String,
     actor: Option<String>,
@@ -108,6 +108,68 @@ struct Key {
     detail: Option<String>,
     /// Merged without its detail because the buffer held its maximum of distinct events.
     overflow: bool,
+}
+
+/// A [`Key`] borrowed from the event being recorded: the buffer is searched with it, and an
+/// owned key is only made for an event not pending yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct KeyRef<'a> {
+    service: &'a str,
+    actor: Option<&'a str>,
+    action: &'a str,
+    credential_id: Option<&'a str>,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+    overflow: bool,
+}
+
+impl Key {
+    fn view(&self) -> KeyRef<'_> {
+        KeyRef {
+            service: &self.service,
+            actor: self.actor.as_deref(),
+            action: &self.action,
+            credential_id: self.credential_id.as_deref(),
+            outcome: &self.outcome,
+            detail: self.detail.as_deref(),
+            overflow: self.overflow,
+        }
+    }
+}
+
+impl KeyRef<'_> {
+    fn to_key(self) -> Key {
+        Key {
+            service: self.service.to_owned(),
+            actor: self.actor.map(str::to_owned),
+            action: self.action.to_owned(),
+            credential_id: self.credential_id.map(str::to_owned),
+            outcome: self.outcome.to_owned(),
+            detail: self.detail.map(str::to_owned),
+            overflow: self.overflow,
+        }
+    }
+}
+
+// A key hashes and compares as its borrowed view, so the two find the same entry.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for Key {}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self == key.view()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -214,22 +276,22 @@ impl Pending {
 
 impl Pending {
     /// Counts `key` at `at` if it is pending or fewer than `limit` distinct events are;
-    /// gives the key back (`Some`) otherwise.
-    fn add(&self, key: Key, at: i64, limit: usize) -> Option<Key> {
+    /// `false` (nothing counted) otherwise.
+    fn add(&self, key: KeyRef<'_>, at: i64, limit: usize) -> bool {
         let mut shard = self.map.shard(&key);
         if let Some(t) = shard.get_mut(&key) {
             t.count += 1;
             t.first = t.first.min(at);
             t.last = t.last.max(at);
-            return None;
+            return true;
         }
         let before = self.distinct.fetch_add(1, Ordering::Relaxed);
         if before >= limit {
             self.distinct.fetch_sub(1, Ordering::Relaxed);
-            return Some(key);
+            return false;
         }
         shard.insert(
-            key,
+            key.to_key(),
             Tally {
                 first: at,
                 last: at,
@@ -240,7 +302,7 @@ impl Pending {
         if before + 1 == FLUSH_SOON {
             self.wake.notify_one();
         }
-        None
+        true
     }
 
     /// Empties every shard.
@@ -345,27 +407,27 @@ impl Audit {
         detail: Option<String>,
     ) {
         let at = self.clock.now().as_millis();
-        let key = Key {
-            service: caller.service.clone(),
-            actor: caller.actor_label(),
-            action: action.to_owned(),
-            credential_id: credential_id.map(str::to_owned),
-            outcome: outcome.0,
-            detail,
+        let key = KeyRef {
+            service: &caller.service,
+            actor: caller.actor.as_ref().map(|a| a.user_id.as_str()),
+            action,
+            credential_id,
+            outcome: &outcome.0,
+            detail: detail.as_deref(),
             overflow: false,
         };
         let p = &self.pending;
         p.recorded.fetch_add(1, Ordering::Relaxed);
-        let Some(key) = p.add(key, at, p.limits.max_pending) else {
+        if p.add(key, at, p.limits.max_pending) {
             return;
-        };
-        let coarse = Key {
+        }
+        let coarse = KeyRef {
             detail: None,
             overflow: true,
             ..key
         };
         let limit = p.limits.max_pending.saturating_add(p.limits.max_overflow);
-        if p.add(coarse, at, limit).is_none() {
+        if p.add(coarse, at, limit) {
             p.merged.fetch_add(1, Ordering::Relaxed);
         } else {
             p.dropped_full.fetch_add(1, Ordering::Relaxed);

@@ -1,26 +1,33 @@
 //! A map split into shards, each behind its own lock, chosen by the key's hash: recorders on the
 //! hot path (audit buffer, usage) rarely wait for each other, and none takes a process-wide lock.
+//! Keys are hashed with foldhash (randomly seeded, several times faster than SipHash on short
+//! keys); lookups may use a borrowed form of the key ([`Equivalent`]), so a key already present
+//! costs no allocation.
 
-use std::borrow::Borrow;
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
+pub(crate) use hashbrown::Equivalent;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard};
 
 /// Shards of every [`ShardedMap`]: enough that two cores rarely pick the same one.
 const SHARDS: usize = 64;
 
+/// The hasher of the shards' maps and of the shard choice.
+pub(crate) type FastState = hashbrown::DefaultHashBuilder;
+
+/// One shard's map.
+pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, FastState>;
+
 /// A concurrent map of `K` to `V` in [`SHARDS`] locked shards.
 pub(crate) struct ShardedMap<K, V> {
-    shards: Box<[Mutex<HashMap<K, V>>]>,
-    hasher: RandomState,
+    shards: Box<[Mutex<Map<K, V>>]>,
+    hasher: FastState,
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
+            hasher: FastState::default(),
         }
     }
 }
@@ -32,10 +39,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
-    /// The locked shard that holds `key` (or would).
-    pub(crate) fn shard<Q>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, V>>
+    /// The locked shard that holds `key` (or would): `key` is `K` or a form of it that hashes
+    /// the same (`K: Borrow<Q>`, or `Q: Equivalent<K>`).
+    pub(crate) fn shard<Q>(&self, key: &Q) -> MutexGuard<'_, Map<K, V>>
     where
-        K: Borrow<Q>,
         Q: Hash + ?Sized,
     {
         let n = usize::try_from(self.hasher.hash_one(key)).unwrap_or_default();

@@ -88,8 +88,10 @@ string_newtype!(
 impl CredentialId {
     /// Parses a credential id from request field `field`.
     pub fn parse(field: &str, raw: &str) -> Parsed<Self> {
+        // The canonical spelling only (lowercase, hyphenated), compared without allocating.
+        let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
         match uuid::Uuid::try_parse(raw) {
-            Ok(u) if u.hyphenated().to_string() == raw => Ok(Self(raw.to_owned())),
+            Ok(u) if u.hyphenated().encode_lower(&mut canonical) == raw => Ok(Self(raw.to_owned())),
             _ if raw.is_empty() => Err(FieldViolation::new(field, "must not be empty")),
             _ => Err(FieldViolation::new(field, "is not a credential id")),
         }

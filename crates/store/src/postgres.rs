@@ -40,7 +40,8 @@ impl Backend for Postgres {
     /// until the last clone of the store is dropped.
     type Changes = ChangeHub;
 
-    /// `postgres://...`: a pool of up to `max_connections`, one connection checked.
+    /// `postgres://...`: a pool of `max_connections`, all opened at start and kept open: a
+    /// burst (a refresh storm after a deploy) must not wait for new server processes first.
     async fn connect(url: &str, max_connections: u32) -> Result<Pool<Self>, StoreError> {
         let mut options = PgConnectOptions::from_str(url).map_err(|e| Self::DIALECT.map(e))?;
         if options.get_application_name().is_none() {
@@ -49,6 +50,7 @@ impl Backend for Postgres {
         }
         PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            .min_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await

@@ -260,13 +260,18 @@ impl TokenService {
         let give_up =
             tokio::time::Instant::now() + self.config.lease_duration * 2 + Duration::from_secs(5);
         let mut waited = false;
+        // The row a follower read when the leader's write woke it: not read again.
+        let mut woken_by: Option<cb_store::CredentialRow> = None;
         loop {
             let now = self.clock.now();
-            let row = self
-                .store
-                .get_credential(id)
-                .await?
-                .ok_or_else(BrokerError::credential_not_found)?;
+            let row = match woken_by.take() {
+                Some(row) => row,
+                None => self
+                    .store
+                    .get_credential(id)
+                    .await?
+                    .ok_or_else(BrokerError::credential_not_found)?,
+            };
             if let Some(p) = self.pending.get(id) {
                 // A token set the provider already answered waits to be written: write it, and
                 // never call the provider again with the refresh token it replaced.
@@ -361,6 +366,7 @@ impl TokenService {
                     break;
                 };
                 if Some(r.row_version) != version || r.lease.holder.is_none() {
+                    woken_by = Some(r);
                     break;
                 }
                 // Asking the database whether the lease lapsed costs a query: every few polls.

@@ -221,7 +221,7 @@ pub struct TokenService {
     before_put: Mutex<Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>,
     /// Last use per credential and workflow ("" for none) since the last flush: sharded, so a
     /// cache hit takes no process-wide lock, and allocating only for a pair not seen yet.
-    usage: ShardedMap<String, HashMap<String, i64>>,
+    usage: ShardedMap<String, crate::sharded::Map<String, i64>>,
     stats: IssuanceStats,
     grants: Arc<RunGrants>,
     apps: crate::oauth_apps::AppClients,
@@ -406,13 +406,18 @@ impl TokenService {
             }
         }
         // `run_grant=… workflow=… block=… execution=…`, built in one allocation (every call).
-        let mut detail = String::new();
-        for (k, v) in [
+        let parts = [
             ("run_grant", &ctx.run_grant_id),
             ("workflow", &ctx.usage.workflow_id),
             ("block", &ctx.usage.block_id),
             ("execution", &ctx.usage.execution_id),
-        ] {
+        ];
+        let size = parts
+            .iter()
+            .filter_map(|(k, v)| Some(k.len() + v.as_ref()?.len() + 2))
+            .sum();
+        let mut detail = String::with_capacity(size);
+        for (k, v) in parts {
             if let Some(v) = v {
                 if !detail.is_empty() {
                     detail.push(' ');

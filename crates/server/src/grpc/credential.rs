@@ -23,6 +23,10 @@ use tonic::{Request, Response, Status};
 /// Metadata key: the run grant an executor presents with GetAccessToken (docs/api.md).
 pub const RUN_GRANT: &str = "x-run-grant";
 
+/// [`RUN_GRANT`] as a header name, made once (a lookup by `&str` parses the name every time).
+const RUN_GRANT_HEADER: tonic::codegen::http::HeaderName =
+    tonic::codegen::http::HeaderName::from_static(RUN_GRANT);
+
 /// The gRPC face of the credential use cases.
 pub struct CredentialApi {
     credentials: Arc<CredentialService>,
@@ -53,7 +57,7 @@ impl CredentialApi {
 
     /// The run grant of a GetAccessToken call and whether its caller must present one.
     fn run_grant<T>(&self, req: &Request<T>, caller: &Caller) -> Result<RunGrantUse, Status> {
-        let presented = match req.metadata().get(RUN_GRANT) {
+        let presented = match req.metadata().as_ref().get(RUN_GRANT_HEADER) {
             None => None,
             Some(v) => Some(SecretString::from(v.to_str().map_err(|_| {
                 to_status(cb_broker::BrokerError::invalid(

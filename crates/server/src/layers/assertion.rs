@@ -28,6 +28,9 @@ use tonic::codegen::http;
 /// Metadata key: the signed actor assertion (a compact JWS).
 pub const ACTOR_ASSERTION: &str = "x-actor-assertion";
 
+/// [`ACTOR_ASSERTION`] as a header name, made once.
+const ASSERTION_HEADER: http::HeaderName = http::HeaderName::from_static(ACTOR_ASSERTION);
+
 /// The unsigned actor metadata keys (see [`crate::layers::caller`]).
 const ACTOR_KEYS: [&str; 4] = [
     crate::layers::caller::ACTOR_ID,
@@ -343,7 +346,7 @@ impl ActorPolicy {
         identity: &ServiceIdentity,
         headers: &http::HeaderMap,
     ) -> Result<ActorSource, Refusal> {
-        if let Some(value) = headers.get(ACTOR_ASSERTION) {
+        if let Some(value) = headers.get(ASSERTION_HEADER) {
             let token = value
                 .to_str()
                 .map_err(|_| Refusal::Invalid("not printable ASCII".into()))?
@@ -355,6 +358,16 @@ impl ActorPolicy {
             };
             return verifier.verify(token).await.map(ActorSource::Verified);
         }
+        self.without_assertion(identity, headers)
+    }
+
+    /// The decision for a call that carries no assertion: nothing to verify, so nothing to
+    /// wait for.
+    fn without_assertion(
+        &self,
+        identity: &ServiceIdentity,
+        headers: &http::HeaderMap,
+    ) -> Result<ActorSource, Refusal> {
         if self.allows_unsigned(identity) {
             return Ok(ActorSource::Unsigned);
         }
@@ -389,9 +402,23 @@ impl<S: Inner> Middleware<S> for ActorLayer {
 
     fn handle(&self, mut inner: S, mut req: Request) -> BoxFuture<Response, S::Error> {
         // Health and reflection carry no identity: they act for nobody.
-        let Some(identity) = req.extensions().get::<ServiceIdentity>().cloned() else {
-            return Box::pin(async move { inner.call(req).await });
+        let Some(identity) = req.extensions().get::<ServiceIdentity>() else {
+            return Box::pin(inner.call(req));
         };
+        if !req.headers().contains_key(ASSERTION_HEADER) {
+            // No assertion to verify: decided here, without a task of its own.
+            return match self.policy.without_assertion(identity, req.headers()) {
+                Ok(source) => {
+                    req.extensions_mut().insert(source);
+                    Box::pin(inner.call(req))
+                }
+                Err(refusal) => {
+                    let refused = refuse(&self.audit, identity, &req, &refusal);
+                    Box::pin(async move { Ok(refused) })
+                }
+            };
+        }
+        let identity = identity.clone();
         let policy = self.policy.clone();
         let audit = self.audit.clone();
         Box::pin(async move {
@@ -400,30 +427,33 @@ impl<S: Inner> Middleware<S> for ActorLayer {
                     req.extensions_mut().insert(source);
                     inner.call(req).await
                 }
-                Err(refusal) => {
-                    let rpc = req
-                        .extensions()
-                        .get::<Rpc>()
-                        .map_or("unknown", |r| r.method());
-                    let reason = refusal.reason();
-                    tracing::warn!(rpc, caller = %identity.name, reason, "actor refused");
-                    let caller = Caller {
-                        service: identity.name.clone(),
-                        role: identity.role,
-                        actor: None,
-                    };
-                    audit.record_later(
-                        &caller,
-                        &format!("rpc.{rpc}"),
-                        None,
-                        Outcome(reason.to_owned()),
-                        None,
-                    );
-                    Ok(refusal.status().into_http())
-                }
+                Err(refusal) => Ok(refuse(&audit, &identity, &req, &refusal)),
             }
         })
     }
+}
+
+/// The answer to a call whose actor was refused: logged and audited (never with the assertion).
+fn refuse(audit: &Audit, identity: &ServiceIdentity, req: &Request, refusal: &Refusal) -> Response {
+    let rpc = req
+        .extensions()
+        .get::<Rpc>()
+        .map_or("unknown", |r| r.method());
+    let reason = refusal.reason();
+    tracing::warn!(rpc, caller = %identity.name, reason, "actor refused");
+    let caller = Caller {
+        service: identity.name.clone(),
+        role: identity.role,
+        actor: None,
+    };
+    audit.record_later(
+        &caller,
+        &format!("rpc.{rpc}"),
+        None,
+        Outcome(reason.to_owned()),
+        None,
+    );
+    refusal.status().into_http()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::layers::auth::ServiceIdentity;
 use cb_broker::access::{Actor, Caller, WorkspaceRole};
 use cb_broker::types::{Email, UserId, Violations, WorkspaceId};
 use cb_broker::{BrokerError, FieldViolation};
+use tonic::codegen::http::HeaderName;
 use tonic::metadata::MetadataMap;
 
 /// Metadata key: the actor's user id.
@@ -18,15 +19,31 @@ pub const ACTOR_WORKSPACE_ID: &str = "x-actor-workspace-id";
 /// Metadata key: the actor's role in that workspace (`admin` or `member`).
 pub const ACTOR_WORKSPACE_ROLE: &str = "x-actor-workspace-role";
 
-fn text<'a>(md: &'a MetadataMap, key: &str, v: &mut Violations) -> Option<&'a str> {
-    let value = md.get(key)?;
+/// One actor metadata key: its header name, made once (a lookup by `&str` parses the name on
+/// every call), and the field its violations report (`metadata:<key>`).
+struct Key {
+    header: HeaderName,
+    field: &'static str,
+}
+
+const fn key(name: &'static str, field: &'static str) -> Key {
+    Key {
+        header: HeaderName::from_static(name),
+        field,
+    }
+}
+
+const ID: Key = key(ACTOR_ID, "metadata:x-actor-id");
+const EMAIL: Key = key(ACTOR_EMAIL, "metadata:x-actor-email");
+const WORKSPACE_ID: Key = key(ACTOR_WORKSPACE_ID, "metadata:x-actor-workspace-id");
+const WORKSPACE_ROLE: Key = key(ACTOR_WORKSPACE_ROLE, "metadata:x-actor-workspace-role");
+
+fn text<'a>(md: &'a MetadataMap, key: &Key, v: &mut Violations) -> Option<&'a str> {
+    let value = md.as_ref().get(&key.header)?;
     match value.to_str() {
         Ok(s) => Some(s.trim()),
         Err(_) => {
-            v.push(FieldViolation::new(
-                format!("metadata:{key}"),
-                "must be printable ASCII",
-            ));
+            v.push(FieldViolation::new(key.field, "must be printable ASCII"));
             None
         }
     }
@@ -35,35 +52,26 @@ fn text<'a>(md: &'a MetadataMap, key: &str, v: &mut Violations) -> Option<&'a st
 /// Reads the actor metadata: absent when neither id nor email is set; both are required together.
 pub fn actor_from_metadata(md: &MetadataMap) -> Result<Option<Actor>, BrokerError> {
     let mut v = Violations::default();
-    let id = text(md, ACTOR_ID, &mut v);
-    let email = text(md, ACTOR_EMAIL, &mut v);
-    let ws = text(md, ACTOR_WORKSPACE_ID, &mut v);
-    let role = text(md, ACTOR_WORKSPACE_ROLE, &mut v);
+    let id = text(md, &ID, &mut v);
+    let email = text(md, &EMAIL, &mut v);
+    let ws = text(md, &WORKSPACE_ID, &mut v);
+    let role = text(md, &WORKSPACE_ROLE, &mut v);
     if id.is_none() && email.is_none() {
         v.finish()?;
         return Ok(None);
     }
-    let user_id = v.check(UserId::parse(
-        &format!("metadata:{ACTOR_ID}"),
-        id.unwrap_or(""),
-    ));
-    let email = v.check(Email::parse(
-        &format!("metadata:{ACTOR_EMAIL}"),
-        email.unwrap_or(""),
-    ));
+    let user_id = v.check(UserId::parse(ID.field, id.unwrap_or("")));
+    let email = v.check(Email::parse(EMAIL.field, email.unwrap_or("")));
     let workspace = match (ws, role) {
         (None, None) => None,
         (Some(w), Some(r)) => {
-            let w = v.check(WorkspaceId::parse(
-                &format!("metadata:{ACTOR_WORKSPACE_ID}"),
-                w,
-            ));
+            let w = v.check(WorkspaceId::parse(WORKSPACE_ID.field, w));
             let r = match r {
                 "admin" => Some(WorkspaceRole::Admin),
                 "member" => Some(WorkspaceRole::Member),
                 _ => {
                     v.push(FieldViolation::new(
-                        format!("metadata:{ACTOR_WORKSPACE_ROLE}"),
+                        WORKSPACE_ROLE.field,
                         "must be admin or member",
                     ));
                     None
@@ -73,7 +81,7 @@ pub fn actor_from_metadata(md: &MetadataMap) -> Result<Option<Actor>, BrokerErro
         }
         _ => {
             v.push(FieldViolation::new(
-                format!("metadata:{ACTOR_WORKSPACE_ROLE}"),
+                WORKSPACE_ROLE.field,
                 format!("{ACTOR_WORKSPACE_ID} and {ACTOR_WORKSPACE_ROLE} must be set together"),
             ));
             None
@@ -111,4 +119,22 @@ pub fn caller_of<T>(req: &tonic::Request<T>) -> Result<Caller, BrokerError> {
         role: identity.role,
         actor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_the_metadata_keys() {
+        for (key, name) in [
+            (ID, ACTOR_ID),
+            (EMAIL, ACTOR_EMAIL),
+            (WORKSPACE_ID, ACTOR_WORKSPACE_ID),
+            (WORKSPACE_ROLE, ACTOR_WORKSPACE_ROLE),
+        ] {
+            assert_eq!(key.header.as_str(), name);
+            assert_eq!(key.field, format!("metadata:{name}"));
+        }
+    }
 }

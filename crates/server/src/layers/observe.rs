@@ -31,6 +31,9 @@ impl ObserveLayer {
 
 super::middleware_layer!(ObserveLayer);
 
+/// The caller's deadline header, as a header name made once.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let unit = value.chars().last()?;
@@ -97,7 +100,7 @@ impl<S: Inner> Middleware<S> for ObserveLayer {
         } else {
             tracing::Span::none()
         };
-        let deadline = match req.headers().get("grpc-timeout") {
+        let deadline = match req.headers().get(GRPC_TIMEOUT) {
             None => None,
             Some(v) => match v.to_str().ok().and_then(parse_grpc_timeout) {
                 Some(d) => Some(d),

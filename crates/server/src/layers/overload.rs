@@ -1,24 +1,24 @@
 //! Load protection before anything else runs: at most `limits.max_concurrent_calls` API calls in
-//! flight in the whole process (tower's global concurrency limit), and a call beyond that is shed
-//! at once with UNAVAILABLE / `SERVER_OVERLOADED` (tower's load shedding) instead of waiting in a
-//! queue. It runs before authentication, so unauthenticated floods are bounded too. Health checks
-//! and reflection are never shed: probes must see the truth while the broker is busy.
+//! flight in the whole process, and a call beyond that is shed at once with UNAVAILABLE /
+//! `SERVER_OVERLOADED` instead of waiting in a queue. It runs before authentication, so
+//! unauthenticated floods are bounded too. Health checks and reflection are never shed: probes
+//! must see the truth while the broker is busy.
 
-use super::{BoxFuture, Inner, Layered, Middleware, Request, Response};
+use super::{BoxFuture, Inner, Middleware, Request, Response};
 use crate::grpc::status::{transport_reason::SERVER_OVERLOADED, transport_status};
 use crate::runtime::metrics::Metrics;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tonic::Code;
-use tower::ServiceExt;
-use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
-use tower::load_shed::{LoadShed, error::Overloaded};
 
 /// The layer; `max == 0` disables it.
 #[derive(Clone)]
 pub struct OverloadLayer {
-    permits: Option<Arc<Semaphore>>,
+    /// Calls in flight (API calls only; probes are not counted). An atomic counter rather than a
+    /// semaphore: a call over the limit is shed, never queued, and tokio's semaphore locks its
+    /// waiter list on every release.
+    in_flight: Arc<AtomicUsize>,
     max: usize,
     metrics: Arc<Metrics>,
 }
@@ -27,72 +27,58 @@ impl OverloadLayer {
     /// At most `max` API calls in flight (0: unlimited).
     pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            permits: (max > 0).then(|| Arc::new(Semaphore::new(max))),
+            in_flight: Arc::default(),
             max,
             metrics,
         }
     }
 }
 
-impl<S: Clone> tower::Layer<S> for OverloadLayer {
-    type Service = OverloadService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        let limited = self.permits.clone().map(|permits| {
-            LoadShed::new(tower::Layer::layer(
-                &GlobalConcurrencyLimitLayer::with_semaphore(permits),
-                inner.clone(),
-            ))
-        });
-        let shed = Shed {
-            limited,
-            max: self.max,
-            metrics: self.metrics.clone(),
-        };
-        Layered::new(shed, inner)
+super::middleware_layer!(OverloadLayer);
+
+/// One counted call; leaving it (drop) frees its place.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The service the layer wraps.
-pub type OverloadService<S> = Layered<Shed<S>, S>;
-
-/// The layer's part of its service: the limited (and shedding) path to the inner service.
-#[derive(Clone)]
-pub struct Shed<S> {
-    limited: Option<LoadShed<ConcurrencyLimit<S>>>,
-    max: usize,
-    metrics: Arc<Metrics>,
-}
-
-impl<S> Middleware<S> for Shed<S>
-where
-    S: Inner,
-    S::Error: Into<tower::BoxError>,
-{
-    type Error = tower::BoxError;
+impl<S: Inner> Middleware<S> for OverloadLayer {
+    type Error = S::Error;
 
     fn handle(&self, mut inner: S, req: Request) -> BoxFuture<Response, Self::Error> {
         // Every call, health checks included, keeps its connection from counting as idle.
         let in_flight = crate::runtime::listener::track_call(&req);
         let path = req.uri().path();
-        let exempt = path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.");
-        let Some(limited) = self.limited.clone().filter(|_| !exempt) else {
+        let exempt = self.max == 0
+            || path.starts_with("/grpc.health.v1.")
+            || path.starts_with("/grpc.reflection.");
+        if exempt {
+            let response = inner.call(req);
             return Box::pin(async move {
-                let response = inner.call(req).await.map_err(Into::into);
+                let response = response.await;
                 drop(in_flight);
                 response
             });
-        };
-        let (max, metrics) = (self.max, self.metrics.clone());
-        Box::pin(async move {
-            let response = limited.oneshot(req).await;
+        }
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Over the limit: dropping `admitted` takes the count back.
+        let admitted = Admitted(self.in_flight.clone());
+        if before >= self.max {
+            drop(admitted);
             drop(in_flight);
-            match response {
-                Err(e) if e.is::<Overloaded>() => {
-                    metrics.rejected("any", "overloaded");
-                    Ok(overloaded(max).into_http())
-                }
-                other => other,
-            }
+            self.metrics.rejected("any", "overloaded");
+            let status = overloaded(self.max);
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let response = inner.call(req);
+        Box::pin(async move {
+            let response = response.await;
+            drop(admitted);
+            drop(in_flight);
+            response
         })
     }
 }
