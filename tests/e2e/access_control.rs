@@ -7,7 +7,7 @@
 
 use crate::support::broker::{REDIRECT_URI, TestBroker, error_details, with_fake_provider};
 use crate::support::client::Answered;
-use crate::support::client::{ALICE, Client};
+use crate::support::client::{ALICE, Client, rename_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use credential_broker::layers::auth::token_sha256_hex;
@@ -632,19 +632,7 @@ async fn call(
                 ..Default::default()
             }
         ),
-        "UpdateCredential" => rpc!(
-            creds.update_credential,
-            pb::UpdateCredentialRequest {
-                credential: Some(pb::Credential {
-                    credential_id: cid,
-                    display_name: "renamed".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["display_name".into()],
-                }),
-            }
-        ),
+        "UpdateCredential" => rpc!(creds.update_credential, rename_request(&cid, "renamed")),
         "DisconnectCredential" => rpc!(
             creds.disconnect_credential,
             pb::DisconnectCredentialRequest { credential_id: cid }

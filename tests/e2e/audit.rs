@@ -7,7 +7,9 @@ use crate::access_control::{
 use crate::support::broker::{
     REDIRECT_URI, T0, TestBroker, fake_grant_import, from_service as call,
 };
-use crate::support::client::{Answered, audit_count, audit_events};
+use crate::support::client::{
+    Answered, audit_count, audit_events, callback_request, rename_request,
+};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use cb_proto::v1::credential_service_client::CredentialServiceClient;
@@ -25,9 +27,24 @@ async fn all_events(
     audit_events(b, c, OPERATOR_TOKEN, filter).await
 }
 
+/// `request` from the web backend on Alice's behalf.
+fn as_alice<T>(request: T) -> tonic::Request<T> {
+    call(request, WEB_TOKEN, Some(ALICE))
+}
+
+/// `request` from the web backend on Bob's behalf.
+fn as_bob<T>(request: T) -> tonic::Request<T> {
+    call(request, WEB_TOKEN, Some(BOB))
+}
+
+/// `request` from the operator service, for no actor.
+fn from_operator<T>(request: T) -> tonic::Request<T> {
+    call(request, OPERATOR_TOKEN, None)
+}
+
 /// `msg` from the web backend for Alice as an admin of ws1.
 fn ws1_admin<T>(msg: T) -> tonic::Request<T> {
-    let mut r = call(msg, WEB_TOKEN, Some(ALICE));
+    let mut r = as_alice(msg);
     r.metadata_mut()
         .insert("x-actor-workspace-id", "ws1".parse().unwrap());
     r.metadata_mut()
@@ -51,7 +68,7 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let alice = Some(ALICE);
     let bob = Some(BOB);
 
-    c.list_providers(call(pb::ListProvidersRequest::default(), WEB_TOKEN, alice))
+    c.list_providers(as_alice(pb::ListProvidersRequest::default()))
         .await
         .unwrap();
     // The fake's authorize endpoint logs in as `user-1`: the reconnect below is that account.
@@ -64,93 +81,48 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let with_id = || pb::GetCredentialRequest {
         credential_id: id.clone(),
     };
-    c.get_credential(call(with_id(), WEB_TOKEN, alice))
+    c.get_credential(as_alice(with_id())).await.unwrap();
+    c.list_credentials(as_alice(pb::ListCredentialsRequest {
+        workspace_id: "ws1".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    c.update_credential(as_alice(rename_request(&id, "Renamed")))
         .await
         .unwrap();
-    c.list_credentials(call(
-        pb::ListCredentialsRequest {
-            workspace_id: "ws1".into(),
-            ..Default::default()
-        },
-        WEB_TOKEN,
-        alice,
-    ))
-    .await
-    .unwrap();
-    c.update_credential(call(
-        pb::UpdateCredentialRequest {
-            credential: Some(pb::Credential {
-                credential_id: id.clone(),
-                display_name: "Renamed".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        },
-        WEB_TOKEN,
-        alice,
-    ))
-    .await
-    .unwrap();
-    c.start_connect(call(
-        pb::StartConnectRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "fake".into(),
-            redirect_uri: REDIRECT_URI.into(),
-            ..Default::default()
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    c.start_connect(as_alice(pb::StartConnectRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "fake".into(),
+        redirect_uri: REDIRECT_URI.into(),
+        ..Default::default()
+    }))
     .await
     .unwrap();
     // A state the broker never issued: refused, and the refusal is audited.
-    c.complete_connect(call(
-        pb::CompleteConnectRequest {
-            state: "never-issued".into(),
-            code: "code".into(),
-            ..Default::default()
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    c.complete_connect(as_alice(pb::CompleteConnectRequest {
+        state: "never-issued".into(),
+        code: "code".into(),
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     let reconnect = c
-        .start_reconnect(call(
-            pb::StartReconnectRequest {
-                credential_id: id.clone(),
-                redirect_uri: REDIRECT_URI.into(),
-                ..Default::default()
-            },
-            WEB_TOKEN,
-            alice,
-        ))
+        .start_reconnect(as_alice(pb::StartReconnectRequest {
+            credential_id: id.clone(),
+            redirect_uri: REDIRECT_URI.into(),
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner();
     let callback = fake
         .approve(&url::Url::parse(&reconnect.authorization_url).unwrap())
         .await;
-    let param = |name: &str| {
-        callback
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    c.complete_connect(call(
-        pb::CompleteConnectRequest {
-            state: param("state"),
-            code: param("code"),
-            ..Default::default()
-        },
-        WEB_TOKEN,
-        alice,
-    ))
-    .await
-    .unwrap();
+    let params = callback.query_pairs().into_owned().collect();
+    c.complete_connect(as_alice(callback_request(&params)))
+        .await
+        .unwrap();
     c.get_access_token(call(
         pb::GetAccessTokenRequest {
             credential_id: id.clone(),
@@ -171,7 +143,7 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         execution_id: "ex-2".into(),
         ..Default::default()
     };
-    let grant = c.create_run_grant(call(run, WEB_TOKEN, alice)).await;
+    let grant = c.create_run_grant(as_alice(run)).await;
     let grant = grant.unwrap().into_inner();
     let token = pb::GetAccessTokenRequest {
         credential_id: id.clone(),
@@ -186,66 +158,40 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let revoke = pb::RevokeRunGrantRequest {
         run_grant_id: grant.run_grant_id.clone(),
     };
-    c.revoke_run_grant(call(revoke, WEB_TOKEN, alice))
-        .await
-        .unwrap();
-    m.add_member(call(
-        pb::AddMemberRequest {
-            credential_id: id.clone(),
-            email: BOB.1.into(),
-            role: pb::MemberRole::Member as i32,
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    c.revoke_run_grant(as_alice(revoke)).await.unwrap();
+    m.add_member(as_alice(pb::AddMemberRequest {
+        credential_id: id.clone(),
+        email: BOB.1.into(),
+        role: pb::MemberRole::Member as i32,
+    }))
     .await
     .unwrap();
-    m.update_member_role(call(
-        pb::UpdateMemberRoleRequest {
-            credential_id: id.clone(),
-            email: BOB.1.into(),
-            role: pb::MemberRole::Admin as i32,
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    m.update_member_role(as_alice(pb::UpdateMemberRoleRequest {
+        credential_id: id.clone(),
+        email: BOB.1.into(),
+        role: pb::MemberRole::Admin as i32,
+    }))
     .await
     .unwrap();
-    m.accept_invitation(call(
-        pb::AcceptInvitationRequest {
-            credential_id: id.clone(),
-        },
-        WEB_TOKEN,
-        bob,
-    ))
+    m.accept_invitation(as_bob(pb::AcceptInvitationRequest {
+        credential_id: id.clone(),
+    }))
     .await
     .unwrap();
-    m.list_members(call(
-        pb::ListMembersRequest {
-            credential_id: id.clone(),
-        },
-        WEB_TOKEN,
-        bob,
-    ))
+    m.list_members(as_bob(pb::ListMembersRequest {
+        credential_id: id.clone(),
+    }))
     .await
     .unwrap();
-    m.remove_member(call(
-        pb::RemoveMemberRequest {
-            credential_id: id.clone(),
-            email: BOB.1.into(),
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    m.remove_member(as_alice(pb::RemoveMemberRequest {
+        credential_id: id.clone(),
+        email: BOB.1.into(),
+    }))
     .await
     .unwrap();
-    c.disconnect_credential(call(
-        pb::DisconnectCredentialRequest {
-            credential_id: id.clone(),
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    c.disconnect_credential(as_alice(pb::DisconnectCredentialRequest {
+        credential_id: id.clone(),
+    }))
     .await
     .unwrap();
     c.list_audit_events(call(
@@ -258,39 +204,27 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     ))
     .await
     .unwrap();
-    c.list_credential_events(call(
-        pb::ListCredentialEventsRequest {
-            workspace_id: "ws1".into(),
-            credential_id: id.clone(),
-            ..Default::default()
-        },
-        WEB_TOKEN,
-        alice,
-    ))
+    c.list_credential_events(as_alice(pb::ListCredentialEventsRequest {
+        workspace_id: "ws1".into(),
+        credential_id: id.clone(),
+        ..Default::default()
+    }))
     .await
     .unwrap();
     drop(
-        c.watch_credential_events(call(
-            pb::WatchCredentialEventsRequest {
-                workspace_id: "ws1".into(),
-                start_at_end: true,
-                ..Default::default()
-            },
-            OPERATOR_TOKEN,
-            None,
-        ))
+        c.watch_credential_events(from_operator(pb::WatchCredentialEventsRequest {
+            workspace_id: "ws1".into(),
+            start_at_end: true,
+            ..Default::default()
+        }))
         .await
         .unwrap(),
     );
     let unknown = c
-        .list_webhook_deliveries(call(
-            pb::ListWebhookDeliveriesRequest {
-                endpoint_id: "no-such-endpoint".into(),
-                ..Default::default()
-            },
-            OPERATOR_TOKEN,
-            None,
-        ))
+        .list_webhook_deliveries(from_operator(pb::ListWebhookDeliveriesRequest {
+            endpoint_id: "no-such-endpoint".into(),
+            ..Default::default()
+        }))
         .await;
     assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
     // Denied by the caller layer: an executor may not read the log; nobody may call unnamed.
@@ -309,11 +243,12 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
     let mut apps =
         cb_proto::v1::o_auth_app_service_client::OAuthAppServiceClient::new(b.channel().await);
     let app = apps
-        .create_o_auth_app(call(
-            crate::support::client::app_request("ws1", "fake", "app-client", "app-secret"),
-            OPERATOR_TOKEN,
-            None,
-        ))
+        .create_o_auth_app(from_operator(crate::support::client::app_request(
+            "ws1",
+            "fake",
+            "app-client",
+            "app-secret",
+        )))
         .await
         .unwrap()
         .into_inner()
@@ -321,73 +256,45 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         .unwrap()
         .oauth_app_id;
     let app_id = || app.clone();
-    apps.get_o_auth_app(call(
-        pb::GetOAuthAppRequest {
-            oauth_app_id: app_id(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.get_o_auth_app(from_operator(pb::GetOAuthAppRequest {
+        oauth_app_id: app_id(),
+    }))
     .await
     .unwrap();
-    apps.list_o_auth_apps(call(
-        pb::ListOAuthAppsRequest {
-            workspace_id: "ws1".into(),
-            provider_id: String::new(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.list_o_auth_apps(from_operator(pb::ListOAuthAppsRequest {
+        workspace_id: "ws1".into(),
+        provider_id: String::new(),
+    }))
     .await
     .unwrap();
-    apps.update_o_auth_app(call(
-        pb::UpdateOAuthAppRequest {
-            oauth_app_id: app_id(),
-            display_name: "Renamed".into(),
-            ..Default::default()
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.update_o_auth_app(from_operator(pb::UpdateOAuthAppRequest {
+        oauth_app_id: app_id(),
+        display_name: "Renamed".into(),
+        ..Default::default()
+    }))
     .await
     .unwrap();
-    apps.rotate_o_auth_app_secret(call(
-        pb::RotateOAuthAppSecretRequest {
-            oauth_app_id: app_id(),
-            client_secret: "app-secret-2".into(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.rotate_o_auth_app_secret(from_operator(pb::RotateOAuthAppSecretRequest {
+        oauth_app_id: app_id(),
+        client_secret: "app-secret-2".into(),
+    }))
     .await
     .unwrap();
-    apps.retire_o_auth_app_secret(call(
-        pb::RetireOAuthAppSecretRequest {
-            oauth_app_id: app_id(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.retire_o_auth_app_secret(from_operator(pb::RetireOAuthAppSecretRequest {
+        oauth_app_id: app_id(),
+    }))
     .await
     .unwrap();
-    apps.test_o_auth_app(call(
-        pb::TestOAuthAppRequest {
-            oauth_app_id: app_id(),
-            redirect_uri: REDIRECT_URI.into(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.test_o_auth_app(from_operator(pb::TestOAuthAppRequest {
+        oauth_app_id: app_id(),
+        redirect_uri: REDIRECT_URI.into(),
+    }))
     .await
     .unwrap();
-    apps.delete_o_auth_app(call(
-        pb::DeleteOAuthAppRequest {
-            oauth_app_id: app_id(),
-            force: false,
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.delete_o_auth_app(from_operator(pb::DeleteOAuthAppRequest {
+        oauth_app_id: app_id(),
+        force: false,
+    }))
     .await
     .unwrap();
 
@@ -398,56 +305,36 @@ async fn every_rpc_leaves_an_event_with_caller_actor_and_credential() {
         userinfo_url: "https://auth.acme.example/userinfo".into(),
         ..Default::default()
     };
-    apps.create_workspace_provider(call(
-        pb::CreateWorkspaceProviderRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "acme".into(),
-            definition: Some(definition()),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.create_workspace_provider(from_operator(pb::CreateWorkspaceProviderRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "acme".into(),
+        definition: Some(definition()),
+    }))
     .await
     .unwrap();
-    apps.get_workspace_provider(call(
-        pb::GetWorkspaceProviderRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "acme".into(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.get_workspace_provider(from_operator(pb::GetWorkspaceProviderRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "acme".into(),
+    }))
     .await
     .unwrap();
-    apps.list_workspace_providers(call(
-        pb::ListWorkspaceProvidersRequest {
-            workspace_id: "ws1".into(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.list_workspace_providers(from_operator(pb::ListWorkspaceProvidersRequest {
+        workspace_id: "ws1".into(),
+    }))
     .await
     .unwrap();
-    apps.update_workspace_provider(call(
-        pb::UpdateWorkspaceProviderRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "acme".into(),
-            definition: Some(definition()),
-            expected_version: 0,
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.update_workspace_provider(from_operator(pb::UpdateWorkspaceProviderRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "acme".into(),
+        definition: Some(definition()),
+        expected_version: 0,
+    }))
     .await
     .unwrap();
-    apps.delete_workspace_provider(call(
-        pb::DeleteWorkspaceProviderRequest {
-            workspace_id: "ws1".into(),
-            provider_id: "acme".into(),
-        },
-        OPERATOR_TOKEN,
-        None,
-    ))
+    apps.delete_workspace_provider(from_operator(pb::DeleteWorkspaceProviderRequest {
+        workspace_id: "ws1".into(),
+        provider_id: "acme".into(),
+    }))
     .await
     .unwrap();
 

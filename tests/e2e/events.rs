@@ -6,7 +6,7 @@ use crate::support::broker::{
     BrokerProcess, TestBroker, assert_status, config_toml, error_details, provider_toml, t0_secs,
     with_fake_provider,
 };
-use crate::support::client::{ALICE, BOB, Client};
+use crate::support::client::{ALICE, BOB, Client, rename_request};
 use crate::support::fake_provider::{FakeProvider, TokenFailure, rotating};
 use crate::support::pg;
 use crate::support::sample;
@@ -223,16 +223,7 @@ async fn events_record_each_change_and_are_visible_to_members_only() {
         .unwrap();
     bob.accept_invitation(&shared.id).await.unwrap();
     alice
-        .update(pb::UpdateCredentialRequest {
-            credential: Some(pb::Credential {
-                credential_id: shared.id.clone(),
-                display_name: "Renamed".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        })
+        .update(rename_request(&shared.id, "Renamed"))
         .await
         .unwrap();
     alice.remove_member(&shared.id, BOB.email).await.unwrap();
@@ -493,20 +484,16 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
 
     // Down: four more changes on two credentials.
     receiver.set_up(false);
-    let rename = |id: &str, name: &str| pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential {
-            credential_id: id.into(),
-            display_name: name.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["display_name".into()],
-        }),
-    };
-    alice.update(rename(&a.id, "A renamed")).await.unwrap();
+    alice
+        .update(rename_request(&a.id, "A renamed"))
+        .await
+        .unwrap();
     let c2 = alice.import_fake(&fake, "acct-b", expires).await.unwrap();
     alice.disconnect(&a.id).await.unwrap();
-    alice.update(rename(&c2.id, "B renamed")).await.unwrap();
+    alice
+        .update(rename_request(&c2.id, "B renamed"))
+        .await
+        .unwrap();
     wait_until_sync(Duration::from_secs(10), "first attempts refused", || {
         receiver
             .received()

@@ -2,7 +2,7 @@
 //! working when their creator leaves.
 
 use crate::support::broker::{TestBroker, assert_status, error_details};
-use crate::support::client::{Actor, Client};
+use crate::support::client::{Actor, Client, rename_request};
 use crate::support::fake_provider::{FakeConfig, FakeProvider};
 use cb_proto::v1 as pb;
 use std::sync::Arc;
@@ -95,16 +95,7 @@ async fn members_use_admins_manage() {
     ben.accept_invitation(&id).await.unwrap();
 
     // A Member cannot rename, disconnect, invite or change roles.
-    let rename = pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential {
-            credential_id: id.clone(),
-            display_name: "mine".into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["display_name".into()],
-        }),
-    };
+    let rename = rename_request(&id, "mine");
     let err = ben.update(rename.clone()).await.unwrap_err();
     assert_status(&err, Code::PermissionDenied, "ROLE_REQUIRED");
     let err = ben.disconnect(&id).await.unwrap_err();

@@ -7,7 +7,7 @@
 use crate::support::fake_provider::{ClientAuth, Dialect, FakeConfig, FakeProvider, TokenFailure};
 use cb_oauth::catalog::{AccountSource, AuthStyle, Pkce, ProviderSpec, Quirk};
 use cb_oauth::{
-    AccountInfo, AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp,
+    AccountInfo, AuthorizeRequest, ClientCredentials, CodeGrant, HttpConfig, OAuthError, OAuthHttp,
     RevokeOutcome, TokenResponse, authorize_url, parse_callback, pkce_pair, random_state,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -55,9 +55,11 @@ async fn exchange(
         .exchange_code(
             spec,
             &client,
-            code,
-            redirect_uri,
-            verifier,
+            CodeGrant {
+                code,
+                redirect_uri,
+                pkce_verifier: verifier,
+            },
             &no_placeholders(),
         )
         .await
@@ -114,8 +116,8 @@ async fn authorize(
             scopes: &scopes,
             state: state.expose_secret(),
             pkce_challenge: pkce.as_ref().map(|p| p.challenge.as_str()),
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let back = fake.approve(&url).await;
@@ -279,8 +281,8 @@ async fn access_denied_comes_back_in_the_callback() {
             scopes: &["read".to_owned()],
             state: "st",
             pkce_challenge: Some(&pkce.challenge),
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let back = fake.approve(&url).await;
@@ -1064,8 +1066,8 @@ async fn tiktok_sends_client_key_and_reads_refresh_expires_in() {
             scopes: &[],
             state: "s",
             pkce_challenge: None,
-            placeholders: &no_placeholders(),
         },
+        &no_placeholders(),
     )
     .unwrap();
     let status = reqwest::get(url).await.unwrap().status();

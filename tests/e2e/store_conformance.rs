@@ -242,6 +242,57 @@ fn ids(rows: &[CredentialRow]) -> Vec<&str> {
     rows.iter().map(|r| r.id.as_str()).collect()
 }
 
+/// Inserts `row` with `members`.
+async fn insert_with(store: &dyn Store, row: &CredentialRow, members: &[MemberRow]) {
+    store
+        .insert_credential(row, members)
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e}", row.id));
+}
+
+/// Adds or replaces member `m`; `why` names the step.
+async fn upsert(store: &dyn Store, m: MemberRow, why: &str) {
+    store
+        .change_member(&MemberChange::Upsert(m))
+        .await
+        .unwrap_or_else(|e| panic!("{why}: {e}"));
+}
+
+/// Inserts `row` without members.
+async fn insert(store: &dyn Store, row: &CredentialRow) {
+    store
+        .insert_credential(row, &[])
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e}", row.id));
+}
+
+/// Inserting `row` without members fails: the error.
+async fn insert_err(store: &dyn Store, row: &CredentialRow) -> StoreError {
+    store
+        .insert_credential(row, &[])
+        .await
+        .expect_err(&format!("insert {} must fail", row.id))
+}
+
+async fn find(
+    store: &dyn Store,
+    workspace_id: &str,
+    provider_id: &str,
+    subject: &str,
+) -> Option<CredentialRow> {
+    store
+        .find_credential_by_account(workspace_id, provider_id, subject)
+        .await
+        .expect("find_credential_by_account")
+}
+
+async fn member_of(store: &dyn Store, credential_id: &str, email: &str) -> Option<MemberRow> {
+    store
+        .get_member(credential_id, email)
+        .await
+        .expect("get_member")
+}
+
 async fn must_get(store: &dyn Store, id: &str) -> CredentialRow {
     store
         .get_credential(id)
@@ -273,7 +324,7 @@ async fn migrate_is_idempotent(store: Arc<dyn Store>) {
     store.migrate().await.expect("third migrate");
     store.ping().await.expect("ping");
     let row = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&row, &[]).await.expect("insert");
+    insert(&*store, &row).await;
     store.migrate().await.expect("migrate with data");
     assert_eq!(must_get(&*store, "c1").await, row);
 }
@@ -299,10 +350,7 @@ async fn insert_then_get_round_trips_every_column(store: Arc<dyn Store>) {
     );
 
     let bare = bare_credential("c-bare", "ws", "github", "sub-2");
-    store
-        .insert_credential(&bare, &[])
-        .await
-        .expect("insert bare");
+    insert(&*store, &bare).await;
     assert_eq!(must_get(&*store, "c-bare").await, bare);
     assert!(
         store
@@ -319,12 +367,9 @@ async fn get_unknown_credential_is_none(store: Arc<dyn Store>) {
 
 async fn duplicate_id_is_rejected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&first, &[]).await.expect("insert");
+    insert(&*store, &first).await;
     let twin_id = credential("c1", "ws-other", "github", "sub-other");
-    let err = store
-        .insert_credential(&twin_id, &[])
-        .await
-        .expect_err("duplicate id");
+    let err = insert_err(&*store, &twin_id).await;
     assert_duplicate(&err, "credential id");
     assert_eq!(must_get(&*store, "c1").await, first);
 }
@@ -371,78 +416,45 @@ async fn insert_rejects_wrong_version_or_foreign_members(store: Arc<dyn Store>) 
 
 async fn active_twin_is_rejected_until_the_first_is_disconnected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&first, &[])
-        .await
-        .expect("insert first");
+    insert(&*store, &first).await;
 
     // NEEDS_RECONNECT still counts as live.
     let twin = bare_credential("c2", "ws", "google", "sub-1");
-    let err = store
-        .insert_credential(&twin, &[])
-        .await
-        .expect_err("active twin");
+    let err = insert_err(&*store, &twin).await;
     assert_duplicate(&err, "credential account");
 
     // The same account in another workspace or under another provider is a different key.
-    store
-        .insert_credential(&credential("c3", "ws-2", "google", "sub-1"), &[])
-        .await
-        .expect("other workspace");
-    store
-        .insert_credential(&credential("c4", "ws", "github", "sub-1"), &[])
-        .await
-        .expect("other provider");
+    insert(&*store, &credential("c3", "ws-2", "google", "sub-1")).await;
+    insert(&*store, &credential("c4", "ws", "github", "sub-1")).await;
 
     disconnect(&*store, "c1").await;
-    store
-        .insert_credential(&twin, &[])
-        .await
-        .expect("insert after disconnect");
+    insert(&*store, &twin).await;
     // Several disconnected twins may pile up.
     disconnect(&*store, "c2").await;
-    store
-        .insert_credential(&credential("c5", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("third connect");
+    insert(&*store, &credential("c5", "ws", "google", "sub-1")).await;
 }
 
 async fn find_credential_by_account_ignores_disconnected(store: Arc<dyn Store>) {
     let first = credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&first, &[]).await.expect("insert");
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    insert(&*store, &first).await;
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, Some(first));
     for (ws, provider, subject) in [
         ("ws-2", "google", "sub-1"),
         ("ws", "github", "sub-1"),
         ("ws", "google", "sub-2"),
     ] {
-        let found = store
-            .find_credential_by_account(ws, provider, subject)
-            .await
-            .expect("find");
+        let found = find(&*store, ws, provider, subject).await;
         assert_eq!(found, None, "{ws}/{provider}/{subject}");
     }
 
     disconnect(&*store, "c1").await;
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, None);
 
     let second = credential("c2", "ws", "google", "sub-1");
-    store
-        .insert_credential(&second, &[])
-        .await
-        .expect("reconnect");
-    let found = store
-        .find_credential_by_account("ws", "google", "sub-1")
-        .await
-        .expect("find");
+    insert(&*store, &second).await;
+    let found = find(&*store, "ws", "google", "sub-1").await;
     assert_eq!(found, Some(second));
 }
 
@@ -454,7 +466,7 @@ async fn list_filters_workspace_provider_and_status(store: Arc<dyn Store>) {
         credential("a4", "ws", "google", "s4"),
         credential("b1", "ws-other", "google", "s1"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     disconnect(&*store, "a4").await;
 
@@ -514,7 +526,7 @@ async fn count_credentials_by_status_covers_every_workspace(store: Arc<dyn Store
         bare_credential("b1", "ws-other", "google", "s1"),
         credential("b2", "ws-other", "google", "s2"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     disconnect(&*store, "a4").await;
     let counts = store
@@ -540,7 +552,7 @@ async fn list_by_status_filters_workspace_and_pages(store: Arc<dyn Store>) {
         bare_credential("d1", "ws-other", "google", "s1"),
         credential("d2", "ws-other", "google", "s2"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     let needs = |workspace: Option<&str>, after: Option<&str>, limit| StatusQuery {
         status: "NEEDS_RECONNECT".to_owned(),
@@ -600,18 +612,12 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
         let id = format!("c{n:02}");
         let provider = if n % 2 == 0 { "github" } else { "google" };
         let row = credential(&id, "ws", provider, &format!("sub-{n}"));
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
         expected.push(id);
     }
     expected.sort();
-    store
-        .insert_credential(&credential("c00", "ws-other", "google", "x"), &[])
-        .await
-        .expect("insert other workspace");
-    store
-        .insert_credential(&credential("c99", "ws", "google", "gone"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &credential("c00", "ws-other", "google", "x")).await;
+    insert(&*store, &credential("c99", "ws", "google", "gone")).await;
     disconnect(&*store, "c99").await;
 
     for limit in [1, 3, 4, 11, 50] {
@@ -668,10 +674,7 @@ async fn keyset_pagination_walks_every_row_once_in_id_order(store: Arc<dyn Store
 
 async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
 
     let wanted = CredentialRow {
         account_subject: "sub-1b".to_owned(),
@@ -738,10 +741,7 @@ async fn update_writes_mutable_columns_and_bumps_version(store: Arc<dyn Store>) 
 
 async fn stale_update_conflicts_and_leaves_row_unchanged(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let first = CredentialRow {
         display_name: "first writer".to_owned(),
         ..original.clone()
@@ -778,10 +778,7 @@ async fn update_of_unknown_id_is_not_found(store: Arc<dyn Store>) {
 
 async fn update_can_clear_sealed_tokens(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let wiped = CredentialRow {
         sealed: None,
         has_refresh_token: false,
@@ -804,15 +801,9 @@ async fn update_can_clear_sealed_tokens(store: Arc<dyn Store>) {
 }
 
 async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
-    store
-        .insert_credential(&credential("c1", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &credential("c1", "ws", "google", "sub-1")).await;
     let disconnected = disconnect(&*store, "c1").await;
-    store
-        .insert_credential(&credential("c2", "ws", "google", "sub-1"), &[])
-        .await
-        .expect("reconnect as new credential");
+    insert(&*store, &credential("c2", "ws", "google", "sub-1")).await;
 
     // Reviving c1 would make two live credentials for one account.
     let revive = CredentialRow {
@@ -830,7 +821,7 @@ async fn update_into_an_active_twin_is_rejected(store: Arc<dyn Store>) {
 
 async fn update_never_moves_last_used_at_backwards(store: Arc<dyn Store>) {
     let bare = bare_credential("c1", "ws", "google", "sub-1");
-    store.insert_credential(&bare, &[]).await.expect("insert");
+    insert(&*store, &bare).await;
     let mut current = must_get(&*store, "c1").await;
     assert_eq!(current.last_used_at, None);
     // (given, stored afterwards): the later of the stored and the given value; NULL on either
@@ -890,38 +881,22 @@ async fn update_never_moves_last_used_at_backwards(store: Arc<dyn Store>) {
 }
 
 async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[member("c1", "admin@example.com", "ADMIN")],
-        )
-        .await
-        .expect("insert");
-    store
-        .insert_credential(&credential("c2", "ws", "google", "sub-2"), &[])
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[member("c1", "admin@example.com", "ADMIN")],
+    )
+    .await;
+    insert(&*store, &credential("c2", "ws", "google", "sub-2")).await;
 
     let invited = member("c1", "carol@example.com", "MEMBER");
-    store
-        .change_member(&MemberChange::Upsert(invited.clone()))
-        .await
-        .expect("upsert new");
+    upsert(&*store, invited.clone(), "upsert new").await;
     assert_eq!(
-        store
-            .get_member("c1", "carol@example.com")
-            .await
-            .expect("get"),
+        member_of(&*store, "c1", "carol@example.com").await,
         Some(invited.clone())
     );
     // Same email on another credential is a different member.
-    assert_eq!(
-        store
-            .get_member("c2", "carol@example.com")
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(member_of(&*store, "c2", "carol@example.com").await, None);
 
     let accepted = MemberRow {
         user_id: Some("user-carol".to_owned()),
@@ -931,23 +906,14 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
         updated_at: 1_700_000_500_000,
         ..invited.clone()
     };
-    store
-        .change_member(&MemberChange::Upsert(accepted.clone()))
-        .await
-        .expect("upsert replace");
+    upsert(&*store, accepted.clone(), "upsert replace").await;
     assert_eq!(
-        store
-            .get_member("c1", "carol@example.com")
-            .await
-            .expect("get"),
+        member_of(&*store, "c1", "carol@example.com").await,
         Some(accepted.clone())
     );
 
     let bob = member("c1", "bob@example.com", "MEMBER");
-    store
-        .change_member(&MemberChange::Upsert(bob.clone()))
-        .await
-        .expect("upsert bob");
+    upsert(&*store, bob.clone(), "upsert bob").await;
     let listed = store.list_members("c1").await.expect("list");
     assert_eq!(
         listed,
@@ -960,37 +926,22 @@ async fn members_upsert_get_list_delete(store: Arc<dyn Store>) {
     assert!(store.list_members("c2").await.expect("list").is_empty());
 
     store
-        .change_member(&MemberChange::Delete {
-            credential_id: "c1".to_owned(),
-            email: "bob@example.com".to_owned(),
-        })
+        .change_member(&delete_change("c1", "bob@example.com"))
         .await
         .expect("delete");
     assert!(matches!(
         store
-            .change_member(&MemberChange::Delete {
-                credential_id: "c1".to_owned(),
-                email: "bob@example.com".to_owned()
-            })
+            .change_member(&delete_change("c1", "bob@example.com"))
             .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
         store
-            .change_member(&MemberChange::Delete {
-                credential_id: "c2".to_owned(),
-                email: "carol@example.com".to_owned()
-            })
+            .change_member(&delete_change("c2", "carol@example.com"))
             .await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(
-        store
-            .get_member("c1", "bob@example.com")
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(member_of(&*store, "c1", "bob@example.com").await, None);
     assert_eq!(store.list_members("c1").await.expect("list").len(), 2);
 
     let bad_role = MemberRow {
@@ -1345,7 +1296,7 @@ async fn key_usage_counts_sealed_credentials_per_key_version(store: Arc<dyn Stor
         sealed_with("c4", "k0", 5),
         bare_credential("c5", "ws", "google", "sub-c5"),
     ] {
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(&*store, &row).await;
     }
     let usage = |key_id: &str, key_version: i64, credentials: i64, sample: &str| KeyUsage {
         key_id: key_id.to_owned(),
@@ -1404,12 +1355,9 @@ async fn dek_rows_not_on_key_pages_through_other_keys_only(store: Arc<dyn Store>
         sealed_under("c6", "k1", 2),
     ];
     for row in &rows {
-        store.insert_credential(row, &[]).await.expect("insert");
+        insert(&*store, row).await;
     }
-    store
-        .insert_credential(&bare_credential("c5", "ws", "google", "sub-c5"), &[])
-        .await
-        .expect("insert bare");
+    insert(&*store, &bare_credential("c5", "ws", "google", "sub-c5")).await;
     let page = |after: Option<&'static str>, limit| {
         let store = store.clone();
         async move {
@@ -1443,10 +1391,7 @@ async fn dek_rows_not_on_key_pages_through_other_keys_only(store: Arc<dyn Store>
 
 async fn rewrap_dek_swaps_only_the_data_key_while_unchanged(store: Arc<dyn Store>) {
     let original = sealed_under("c1", "k1", 1);
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let old = dek_row(&original);
 
     assert!(
@@ -1537,18 +1482,15 @@ async fn errors_do_not_echo_bound_values(store: Arc<dyn Store>) {
         status: SECRET.to_owned(),
         ..credential("c1", "ws", "google", "sub-1")
     };
-    let err = store
-        .insert_credential(&bad_status, &[])
-        .await
-        .expect_err("check");
+    let err = insert_err(&*store, &bad_status).await;
     assert!(matches!(err, StoreError::Database(_)), "got {err:?}");
     assert!(!format!("{err} {err:?}").contains(SECRET), "leaked: {err}");
 
     // A unique violation whose key is the bound value.
     let row = credential(SECRET, "ws", "google", "sub-1");
-    store.insert_credential(&row, &[]).await.expect("insert");
+    insert(&*store, &row).await;
     let again = credential(SECRET, "ws", "google", "sub-2");
-    let err = store.insert_credential(&again, &[]).await.expect_err("dup");
+    let err = insert_err(&*store, &again).await;
     assert!(!format!("{err} {err:?}").contains(SECRET), "leaked: {err}");
 
     // Debug of a row shows sealed lengths, never bytes.
@@ -1568,10 +1510,7 @@ async fn errors_do_not_echo_bound_values(store: Arc<dyn Store>) {
 
 async fn concurrent_updates_have_exactly_one_winner(store: Arc<dyn Store>) {
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
 
     const RACERS: usize = 10;
     let start = Arc::new(tokio::sync::Barrier::new(RACERS));
@@ -1628,13 +1567,12 @@ fn is_last_admin(r: &Result<(), StoreError>) -> bool {
 async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
     let admin = active(member("c1", "admin@example.com", "ADMIN"));
     let bob = active(member("c1", "bob@example.com", "MEMBER"));
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[admin.clone(), bob.clone()],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[admin.clone(), bob.clone()],
+    )
+    .await;
     let before = store.list_members("c1").await.expect("list");
 
     let demoted = MemberRow {
@@ -1669,19 +1607,13 @@ async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
         .await
         .expect("delete a member");
     let carol = active(member("c1", "carol@example.com", "ADMIN"));
-    store
-        .change_member(&MemberChange::Upsert(carol.clone()))
-        .await
-        .expect("second admin");
+    upsert(&*store, carol.clone(), "second admin").await;
     let demoted = MemberRow {
         role: "MEMBER".to_owned(),
         updated_at: 1_700_000_900_000,
         ..admin.clone()
     };
-    store
-        .change_member(&MemberChange::Upsert(demoted.clone()))
-        .await
-        .expect("demote, carol stays admin");
+    upsert(&*store, demoted.clone(), "demote, carol stays admin").await;
     assert_eq!(
         store.list_members("c1").await.expect("list"),
         [demoted, carol]
@@ -1702,23 +1634,19 @@ async fn last_admin_cannot_be_demoted_or_deleted(store: Arc<dyn Store>) {
 async fn invited_admin_does_not_count(store: Arc<dyn Store>) {
     let admin = active(member("c1", "admin@example.com", "ADMIN"));
     let invited = member("c1", "invited@example.com", "ADMIN");
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[admin.clone(), invited.clone()],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[admin.clone(), invited.clone()],
+    )
+    .await;
     assert!(is_last_admin(
         &store
             .change_member(&delete_change("c1", "admin@example.com"))
             .await
     ));
     // Once the invitation is accepted, the first admin may leave.
-    store
-        .change_member(&MemberChange::Upsert(active(invited.clone())))
-        .await
-        .expect("accept");
+    upsert(&*store, active(invited.clone()), "accept").await;
     store
         .change_member(&delete_change("c1", "admin@example.com"))
         .await
@@ -1729,29 +1657,24 @@ async fn invited_admin_does_not_count(store: Arc<dyn Store>) {
     );
 
     // A credential that never had an active admin (e.g. imported) can still be repaired.
-    store
-        .insert_credential(
-            &credential("c2", "ws", "google", "sub-2"),
-            &[member("c2", "pending@example.com", "ADMIN")],
-        )
-        .await
-        .expect("insert");
-    store
-        .change_member(&MemberChange::Upsert(member(
-            "c2",
-            "bob@example.com",
-            "MEMBER",
-        )))
-        .await
-        .expect("add a member without any active admin");
-    store
-        .change_member(&MemberChange::Upsert(active(member(
-            "c2",
-            "root@example.com",
-            "ADMIN",
-        ))))
-        .await
-        .expect("first active admin");
+    insert_with(
+        &*store,
+        &credential("c2", "ws", "google", "sub-2"),
+        &[member("c2", "pending@example.com", "ADMIN")],
+    )
+    .await;
+    upsert(
+        &*store,
+        member("c2", "bob@example.com", "MEMBER"),
+        "add a member without any active admin",
+    )
+    .await;
+    upsert(
+        &*store,
+        active(member("c2", "root@example.com", "ADMIN")),
+        "first active admin",
+    )
+    .await;
 }
 
 async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
@@ -1759,13 +1682,12 @@ async fn racing_admins_cannot_remove_each_other(store: Arc<dyn Store>) {
         let id = format!("c{round}");
         let a = active(member(&id, "a@example.com", "ADMIN"));
         let b = active(member(&id, "b@example.com", "ADMIN"));
-        store
-            .insert_credential(
-                &credential(&id, "ws", "google", &format!("sub-{round}")),
-                &[a, b],
-            )
-            .await
-            .expect("insert");
+        insert_with(
+            &*store,
+            &credential(&id, "ws", "google", &format!("sub-{round}")),
+            &[a, b],
+        )
+        .await;
         let start = Arc::new(tokio::sync::Barrier::new(2));
         // Each admin removes the other one at the same moment.
         let tasks: Vec<_> = [("a@example.com"), ("b@example.com")]
@@ -2001,16 +1923,15 @@ async fn concurrent_adds_of_one_email_have_exactly_one_winner(store: Arc<dyn Sto
 async fn concurrent_accepts_have_exactly_one_winner(store: Arc<dyn Store>) {
     const RACERS: usize = 10;
     let invited = member("c1", "bob@example.com", "MEMBER");
-    store
-        .insert_credential(
-            &credential("c1", "ws", "google", "sub-1"),
-            &[
-                active(member("c1", "admin@example.com", "ADMIN")),
-                invited.clone(),
-            ],
-        )
-        .await
-        .expect("insert");
+    insert_with(
+        &*store,
+        &credential("c1", "ws", "google", "sub-1"),
+        &[
+            active(member("c1", "admin@example.com", "ADMIN")),
+            invited.clone(),
+        ],
+    )
+    .await;
     let at = |n: usize| T0 + i64::try_from(n).expect("small");
     let results = race_member_changes(
         &store,
@@ -2093,18 +2014,12 @@ fn assert_duplicate(err: &StoreError, what: &str) {
 /// Inserts credential `id` (`sub-1`) with its active Admin `admin@example.com`.
 async fn insert_with_admin(store: &dyn Store, id: &str) {
     let admin = active(member(id, "admin@example.com", "ADMIN"));
-    store
-        .insert_credential(&credential(id, "ws", "google", "sub-1"), &[admin])
-        .await
-        .expect("insert");
+    insert_with(store, &credential(id, "ws", "google", "sub-1"), &[admin]).await;
 }
 
 /// Inserts [`leaseless`] `id` without members.
 async fn insert_leaseless(store: &dyn Store, id: &str) {
-    store
-        .insert_credential(&leaseless(id), &[])
-        .await
-        .expect("insert");
+    insert(store, &leaseless(id)).await;
 }
 
 /// `replica-a` takes the free lease of `id` (at `T0`, for `LEASE_MS`).
@@ -2167,7 +2082,7 @@ async fn insert_due(store: &dyn Store, due: &[(&str, Option<i64>)]) {
         if id == "d5" {
             row.status = "NEEDS_RECONNECT".to_owned();
         }
-        store.insert_credential(&row, &[]).await.expect("insert");
+        insert(store, &row).await;
     }
 }
 
@@ -2343,10 +2258,7 @@ async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
     assert_eq!(must_get(&*store, "c2").await, winners[0]);
 
     // Only ACTIVE credentials can be leased; unknown ids are None.
-    store
-        .insert_credential(&bare_credential("c3", "ws", "google", "sub-c3"), &[])
-        .await
-        .expect("insert");
+    insert(&*store, &bare_credential("c3", "ws", "google", "sub-c3")).await;
     assert_eq!(
         store
             .acquire_refresh_lease("c3", "replica-a", T0, T0 + LEASE_MS)
@@ -2366,10 +2278,7 @@ async fn lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
 async fn expired_lease_is_taken_over_and_fences_out_the_old_holder(store: Arc<dyn Store>) {
     // The fixture's lease (replica-a, fence 7) lapses at 1_700_000_010_000.
     let original = credential("c1", "ws", "google", "sub-1");
-    store
-        .insert_credential(&original, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &original).await;
     let expiry = original.lease.expires_at.expect("fixture lease");
     assert_eq!(
         store
@@ -2704,8 +2613,8 @@ async fn record_usage_keeps_the_latest_use_without_a_version_bump(store: Arc<dyn
     let c1 = credential("c1", "ws", "google", "sub-1");
     let c1_used = c1.last_used_at.expect("fixture");
     let c2 = bare_credential("c2", "ws", "google", "sub-2");
-    store.insert_credential(&c1, &[]).await.expect("insert");
-    store.insert_credential(&c2, &[]).await.expect("insert");
+    insert(&*store, &c1).await;
+    insert(&*store, &c2).await;
     store.record_usage(&[]).await.expect("empty batch");
 
     store
@@ -2871,14 +2780,12 @@ async fn writes_are_announced_to_subscribers(store: Arc<dyn Store>) {
             .change_member(&delete_change("c1", "admin@example.com"))
             .await
     ));
-    store
-        .change_member(&MemberChange::Upsert(member(
-            "c1",
-            "bob@example.com",
-            "MEMBER",
-        )))
-        .await
-        .expect("add member");
+    upsert(
+        &*store,
+        member("c1", "bob@example.com", "MEMBER"),
+        "add member",
+    )
+    .await;
     let leased = lease_a(&*store, "c1").await;
     store
         .complete_refresh(&refreshed(&leased, 1), leased.lease.fence)
@@ -3922,10 +3829,7 @@ async fn refresh_failure_counts_and_keeps_since_without_a_version_bump(store: Ar
         health: HealthColumns::default(),
         ..leaseless("c1")
     };
-    store
-        .insert_credential(&healthy, &[])
-        .await
-        .expect("insert");
+    insert(&*store, &healthy).await;
     let outage = |at| RefreshFailure {
         health: "PROVIDER_OUTAGE".to_owned(),
         cause: "provider temporarily unavailable".to_owned(),
@@ -4204,10 +4108,7 @@ async fn concurrent_event_writers_are_read_in_cursor_order_without_gaps(store: A
     const WRITERS: usize = 8;
     const EACH: usize = 15;
     for w in 0..WRITERS {
-        store
-            .insert_credential(&leaseless(&format!("c{w}")), &[])
-            .await
-            .expect("insert");
+        insert(&*store, &leaseless(&format!("c{w}"))).await;
     }
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {

@@ -418,11 +418,9 @@ async fn disconnect_stops_issuance_immediately_and_usage_is_recorded() {
 
 #[tokio::test]
 async fn disconnect_on_one_replica_is_seen_by_another_within_two_seconds() {
-    let Some(db) = pg::fresh_database("cross_replica_disconnect").await else {
+    let Some((db, fake, a)) = on_postgres("cross_replica_disconnect").await else {
         return;
     };
-    let fake = FakeProvider::start(rotating()).await;
-    let a = broker_on(&fake, Some(&db.url)).await;
     // Replica B shares the database and the key file.
     let b = a.replica().await;
     let mut ca = a.credentials().await;
@@ -477,6 +475,30 @@ async fn three_processes_refresh_short_lived_tokens_exactly_once() {
 
 /// Starts `replica-{i}` as its own process on the database at `db_url`, with `fake` as provider
 /// `fake` and no background refresh scan, `tune` applied and `extra` TOML appended.
+/// A fresh PostgreSQL database, a rotating fake provider and broker A on both; `None` where
+/// no PostgreSQL is configured.
+async fn on_postgres(label: &str) -> Option<(pg::TestPgDatabase, FakeProvider, TestBroker)> {
+    let db = pg::fresh_database(label).await?;
+    let fake = FakeProvider::start(rotating()).await;
+    let a = broker_on(&fake, Some(&db.url)).await;
+    Some((db, fake, a))
+}
+
+/// A TCP proxy in front of the PostgreSQL server of `db_url`, and the URL that goes through it.
+async fn proxied(db_url: &str) -> (TcpProxy, String) {
+    let direct = url::Url::parse(db_url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut via = direct;
+    via.set_host(Some("127.0.0.1")).unwrap();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    (proxy, via.to_string())
+}
+
 async fn replica_process(
     dir: &tempfile::TempDir,
     db_url: &str,
@@ -722,19 +744,11 @@ async fn a_database_cut_at_the_write_loses_no_rotated_token() {
     let Some(db) = pg::fresh_database("cut_at_write").await else {
         return;
     };
-    let direct = url::Url::parse(&db.url).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        direct.host_str().unwrap(),
-        direct.port().unwrap_or(5432)
-    );
-    let proxy = Arc::new(TcpProxy::start(&upstream).await);
-    let mut via = direct.clone();
-    via.set_host(Some("127.0.0.1")).unwrap();
-    via.set_port(Some(proxy.addr.port())).unwrap();
+    let (proxy, via) = proxied(&db.url).await;
+    let proxy = Arc::new(proxy);
     let fake = FakeProvider::start(rotating()).await;
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut config = TestBroker::config(&dir, via.to_string());
+    let mut config = TestBroker::config(&dir, via);
     with_fake_provider(&mut config, &fake, "fake", &[]);
     config.tokens.refresh_scan_interval_seconds = 0;
     config.tokens.lease_seconds = 6;
@@ -795,11 +809,9 @@ async fn a_database_cut_at_the_write_loses_no_rotated_token() {
 /// database clock. One refresh, both callers served with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
-    let Some(db) = pg::fresh_database("skewed_clocks").await else {
+    let Some((db, fake, a)) = on_postgres("skewed_clocks").await else {
         return;
     };
-    let fake = FakeProvider::start(rotating()).await;
-    let a = broker_on(&fake, Some(&db.url)).await;
     // Replica B shares the database and the key file; its clock runs 30 s ahead.
     let b = a.replica().await;
     b.clock.advance(Duration::from_secs(30));
@@ -834,23 +846,12 @@ async fn replicas_with_skewed_clocks_do_not_take_a_live_lease() {
 /// hear about, is never hidden by a cached token. Once the database is back B reads it there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_its_change_feed_a_replica_serves_nothing_from_its_cache() {
-    let Some(db) = pg::fresh_database("feed_down").await else {
+    let Some((db, fake, a)) = on_postgres("feed_down").await else {
         return;
     };
-    let fake = FakeProvider::start(rotating()).await;
-    let a = broker_on(&fake, Some(&db.url)).await;
-    let direct = url::Url::parse(&db.url).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        direct.host_str().unwrap(),
-        direct.port().unwrap_or(5432)
-    );
-    let proxy = TcpProxy::start(&upstream).await;
-    let mut via = direct.clone();
-    via.set_host(Some("127.0.0.1")).unwrap();
-    via.set_port(Some(proxy.addr.port())).unwrap();
+    let (proxy, via) = proxied(&db.url).await;
     // B shares A's key file (same data directory).
-    let mut config_b = TestBroker::config(&a.dir, via.to_string());
+    let mut config_b = TestBroker::config(&a.dir, via);
     with_fake_provider(&mut config_b, &fake, "fake", &[]);
     config_b.tokens.refresh_scan_interval_seconds = 0;
     let b = TestBroker::start(config_b, a.dir.clone()).await.unwrap();
@@ -989,11 +990,9 @@ async fn a_cached_member_list_is_read_again_after_the_maximum_age() {
 /// refreshing: it never waits on a lease it does not hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_ahead_skips_credentials_another_replica_is_refreshing() {
-    let Some(db) = pg::fresh_database("refresh_ahead_skips").await else {
+    let Some((db, fake, a)) = on_postgres("refresh_ahead_skips").await else {
         return;
     };
-    let fake = FakeProvider::start(rotating()).await;
-    let a = broker_on(&fake, Some(&db.url)).await;
     let b = a.replica().await;
     let mut ca = a.credentials().await;
     let mut ids = Vec::new();

@@ -9,7 +9,8 @@ use crate::clock::{Clock, Timestamp};
 use crate::credential::{Credential, CredentialView, Status};
 use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
-    AppClient, GrantedTokens, ProviderError, ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
+    AppClient, AuthorizeRequest, CodeExchange, CodeGrant, GrantedTokens, ProviderError,
+    ProviderGateway, ProviderInfo, RevokeResult, ScopeInfo,
 };
 use crate::health::{EventKind, Health, HealthKind, event};
 use crate::issuance::TokenCache;
@@ -453,10 +454,12 @@ impl ConnectService {
             .authorize_url(
                 &p.id,
                 app.and_then(ResolvedApp::newest).map(|(_, c)| c),
-                redirect_uri,
-                &names,
-                state.expose_secret(),
-                challenge.as_deref(),
+                AuthorizeRequest {
+                    redirect_uri,
+                    scopes: &names,
+                    state: state.expose_secret(),
+                    pkce_challenge: challenge.as_deref(),
+                },
             )
             .map_err(|e| BrokerError::Internal(format!("authorization url: {e}")))?;
         let expires_at = now.plus(SESSION_TTL);
@@ -726,18 +729,19 @@ impl ConnectService {
         let verifier = self.open_verifier(&session).await?;
         let app = app?;
         let gateway = self.gateway.as_ref();
-        let (exchanged, used) = AppClients::call(app.as_ref(), |client| {
-            let (provider, redirect, verifier, params) = (
-                session.provider_id.as_str(),
-                session.redirect_uri.as_str(),
-                verifier.as_ref(),
-                &req.params,
-            );
-            async move {
-                gateway
-                    .exchange_code(provider, client.as_ref(), code, redirect, verifier, params)
-                    .await
-            }
+        let provider = session.provider_id.as_str();
+        let exchange = CodeExchange {
+            grant: CodeGrant {
+                code,
+                redirect_uri: &session.redirect_uri,
+                pkce_verifier: verifier.as_ref(),
+            },
+            callback_params: &req.params,
+        };
+        let (exchanged, used) = AppClients::call(app.as_ref(), |client| async move {
+            gateway
+                .exchange_code(provider, client.as_ref(), exchange)
+                .await
         })
         .await;
         if let Some(note) = used.fallback {

@@ -4,6 +4,7 @@
 use crate::tokens::TokenBundle;
 use cb_oauth::catalog::ProviderSpec;
 use cb_oauth::outbound::{OutboundError, OutboundPolicy};
+pub use cb_oauth::{AuthorizeRequest, CodeGrant};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,6 +106,16 @@ pub enum MetadataError {
     /// The answer was not usable metadata (the message names no secret).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// An authorization code to exchange, and what else the provider's redirect brought.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeExchange<'a> {
+    /// The code, with what its authorization URL sent.
+    pub grant: CodeGrant<'a>,
+    /// The redirect's other query parameters (e.g. QuickBooks `realmId`), kept as extras where
+    /// the provider needs them.
+    pub callback_params: &'a BTreeMap<String, String>,
 }
 
 /// Tokens a provider returned (code exchange or refresh).
@@ -276,10 +287,7 @@ pub trait ProviderGateway: Send + Sync + 'static {
         &self,
         provider: &str,
         client: Option<&AppClient>,
-        redirect_uri: &str,
-        scopes: &[String],
-        state: &str,
-        pkce_challenge: Option<&str>,
+        authorize: AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError>;
     /// Whether the provider uses PKCE.
     fn uses_pkce(&self, provider: &str) -> bool;
@@ -289,16 +297,11 @@ pub trait ProviderGateway: Send + Sync + 'static {
         None
     }
     /// Exchanges an authorization code and identifies the account the tokens belong to.
-    /// `callback_params` are the redirect's other query parameters (e.g. QuickBooks `realmId`),
-    /// kept as extras where the provider needs them.
     async fn exchange_code(
         &self,
         provider: &str,
         client: Option<&AppClient>,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
-        callback_params: &BTreeMap<String, String>,
+        exchange: CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError>;
     /// Refreshes a grant.
     async fn refresh(

@@ -18,21 +18,21 @@ pub struct AuthorizeRequest<'a> {
     pub state: &'a str,
     /// The S256 PKCE challenge; required when the provider's `pkce` is not `none`.
     pub pkce_challenge: Option<&'a str>,
-    /// Values for URL placeholders, keys without braces: `shop`, `subdomain`.
-    pub placeholders: &'a BTreeMap<String, String>,
 }
 
 /// Builds the authorize URL: `response_type=code`, `client_id` (or the spec's
 /// `client_id_param`, TikTok `client_key`), `redirect_uri`, `scope` (space-
 /// or comma-separated per [`Quirk::CommaSeparatedScopes`]; `user_scope` for Slack user tokens),
 /// `state`, `code_challenge` + `code_challenge_method=S256` when the provider uses PKCE, then the
-/// spec's `extra_authorize_params` (which may not replace any of the former).
+/// spec's `extra_authorize_params` (which may not replace any of the former). `placeholders`:
+/// values for URL placeholders, keys without braces (`shop`, `subdomain`).
 pub fn authorize_url(
     spec: &ProviderSpec,
     client: &ClientCredentials,
     req: &AuthorizeRequest<'_>,
+    placeholders: &BTreeMap<String, String>,
 ) -> Result<url::Url, OAuthError> {
-    let raw = endpoint::fill(&spec.authorize_url, req.placeholders, None)?;
+    let raw = endpoint::fill(&spec.authorize_url, placeholders, None)?;
     let mut url = endpoint::parse_browser_url(&raw)?;
     if req.redirect_uri.is_empty() {
         return Err(OAuthError::Config("redirect_uri is empty".to_owned()));
@@ -143,8 +143,8 @@ mod tests {
                 scopes: &scopes,
                 state: "st4te",
                 pkce_challenge: challenge,
-                placeholders: &BTreeMap::new(),
             },
+            &BTreeMap::new(),
         )
         .unwrap()
     }
@@ -160,8 +160,8 @@ mod tests {
                 scopes: &[],
                 state: "s",
                 pkce_challenge: None,
-                placeholders: &BTreeMap::new(),
             },
+            &BTreeMap::new(),
         );
         matches!(result, Err(OAuthError::Config(_)))
     }
@@ -281,19 +281,18 @@ mod tests {
         );
         let mut placeholders = BTreeMap::new();
         placeholders.insert("shop".to_owned(), "acme".to_owned());
-        let req = |p| AuthorizeRequest {
+        let req = AuthorizeRequest {
             redirect_uri: "https://b/cb",
             scopes: &[],
             state: "s",
             pkce_challenge: None,
-            placeholders: p,
         };
-        let url = authorize_url(&s, &client(), &req(&placeholders)).unwrap();
+        let url = authorize_url(&s, &client(), &req, &placeholders).unwrap();
         assert_eq!(url.host_str(), Some("acme.myshopify.com"));
         let mut evil = placeholders.clone();
         evil.insert("shop".to_owned(), "evil.com/".to_owned());
-        assert!(authorize_url(&s, &client(), &req(&evil)).is_err());
-        assert!(authorize_url(&s, &client(), &req(&BTreeMap::new())).is_err());
+        assert!(authorize_url(&s, &client(), &req, &evil).is_err());
+        assert!(authorize_url(&s, &client(), &req, &BTreeMap::new()).is_err());
     }
 
     #[test]

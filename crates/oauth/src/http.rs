@@ -59,6 +59,17 @@ pub enum RevokeOutcome {
     NotSupported,
 }
 
+/// An authorization code to exchange, with what its authorization request sent.
+#[derive(Clone, Copy, Debug)]
+pub struct CodeGrant<'a> {
+    /// The code the provider's redirect brought.
+    pub code: &'a SecretString,
+    /// The `redirect_uri` of the authorization request (the provider compares them).
+    pub redirect_uri: &'a str,
+    /// The verifier of the request's PKCE challenge, if it sent one.
+    pub pkce_verifier: Option<&'a SecretString>,
+}
+
 /// The OAuth client for provider endpoints. Cheap to clone (one connection pool).
 #[derive(Clone, Debug)]
 pub struct OAuthHttp {
@@ -119,27 +130,20 @@ impl OAuthHttp {
         }
     }
 
-    /// Exchanges an authorization code for tokens (RFC 6749 §4.1.3). `redirect_uri` must be the
-    /// one used in the authorize URL; `pkce_verifier` the verifier of its challenge.
+    /// Exchanges an authorization code for tokens (RFC 6749 §4.1.3).
     pub async fn exchange_code(
         &self,
         spec: &ProviderSpec,
         client: &ClientCredentials,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
+        grant: CodeGrant<'_>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<TokenResponse, OAuthError> {
-        let req = self.exchange_request(
-            spec,
-            client,
-            code,
-            redirect_uri,
-            pkce_verifier,
-            placeholders,
-        )?;
-        let mut sent = vec![code.expose_secret(), client.client_secret.expose_secret()];
-        sent.extend(pkce_verifier.map(|v| v.expose_secret()));
+        let req = self.exchange_request(spec, client, grant, placeholders)?;
+        let mut sent = vec![
+            grant.code.expose_secret(),
+            client.client_secret.expose_secret(),
+        ];
+        sent.extend(grant.pkce_verifier.map(|v| v.expose_secret()));
         self.token_call(spec, req, Operation::Exchange, &sent).await
     }
 
@@ -149,18 +153,16 @@ impl OAuthHttp {
         &self,
         spec: &ProviderSpec,
         client: &ClientCredentials,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
+        grant: CodeGrant<'_>,
         placeholders: &BTreeMap<String, String>,
     ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let url = self.token_url(spec, placeholders)?;
         let mut params = vec![
             ("grant_type", "authorization_code"),
-            ("code", code.expose_secret()),
-            ("redirect_uri", redirect_uri),
+            ("code", grant.code.expose_secret()),
+            ("redirect_uri", grant.redirect_uri),
         ];
-        if let Some(v) = pkce_verifier {
+        if let Some(v) = grant.pkce_verifier {
             params.push(("code_verifier", v.expose_secret()));
         }
         self.token_request(spec, client, url, params, &spec.extra_token_params)
@@ -706,9 +708,11 @@ mod tests {
             .exchange_request(
                 spec,
                 &client(),
-                &SecretString::from("the-code"),
-                "https://broker.example/cb",
-                None,
+                CodeGrant {
+                    code: &SecretString::from("the-code"),
+                    redirect_uri: "https://broker.example/cb",
+                    pkce_verifier: None,
+                },
                 &BTreeMap::new(),
             )
             .unwrap();

@@ -27,6 +27,6 @@ pub use authorize::{AuthorizeRequest, authorize_url};
 pub use callback::{Callback, parse_callback};
 pub use client::ClientCredentials;
 pub use error::OAuthError;
-pub use http::{HttpConfig, OAuthHttp, RevokeOutcome, revokes_with_access_token};
+pub use http::{CodeGrant, HttpConfig, OAuthHttp, RevokeOutcome, revokes_with_access_token};
 pub use pkce::{PkcePair, pkce_pair, random_state};
 pub use token::{TokenResponse, parse_scope};

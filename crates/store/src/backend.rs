@@ -42,6 +42,9 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
     /// skipped rather than waited for (`""` where writers are serialized anyway).
     const SKIP_LOCKED: &'static str;
 
+    /// This backend's embedded migrations.
+    const MIGRATOR: &'static Migrator;
+
     /// The change fan-out shared by the clones of one store.
     type Changes: Send + Sync + fmt::Debug + 'static;
 
@@ -50,9 +53,6 @@ pub trait Backend: sqlx::Database<Connection: Migrate> {
         url: &str,
         max_connections: u32,
     ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
-
-    /// This backend's embedded migrations.
-    fn migrator() -> &'static Migrator;
 
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;

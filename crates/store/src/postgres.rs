@@ -14,7 +14,7 @@ use crate::error::{Dialect, StoreError};
 use crate::listener::ChangeHub;
 use crate::model::ChangeEvent;
 
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 impl Backend for Postgres {
     const BACKEND: &'static str = "postgres";
@@ -34,6 +34,7 @@ impl Backend for Postgres {
         Some("CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)");
 
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const MIGRATOR: &'static Migrator = &MIGRATIONS;
 
     /// The listener (one extra connection, outside the pool) runs from the first subscription
     /// until the last clone of the store is dropped.
@@ -54,10 +55,6 @@ impl Backend for Postgres {
             .connect_with(options)
             .await
             .map_err(|e| Self::DIALECT.map(e))
-    }
-
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

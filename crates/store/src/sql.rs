@@ -11,6 +11,27 @@ use crate::model::{
     CredentialRow, HealthColumns, LeaseColumns, SealedColumns, SecretKind, UsageRecord,
 };
 
+/// `SELECT` of the columns a `*_columns!` macro lists, then `rest` (`" FROM …"`).
+macro_rules! select {
+    ($columns:ident, $($rest:expr),+ $(,)?) => {
+        concat!("SELECT ", $columns!(), $($rest),+)
+    };
+}
+
+/// `INSERT INTO table` of the columns a `*_columns!` macro lists, `VALUES values`.
+macro_rules! insert {
+    ($table:literal, $columns:ident, $values:literal $(,)?) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (",
+            $columns!(),
+            ") VALUES ",
+            $values
+        )
+    };
+}
+
 /// Every column of `credentials`, in [`CredentialRecord`] order.
 macro_rules! credential_columns {
     () => {
@@ -23,30 +44,54 @@ macro_rules! credential_columns {
     };
 }
 
-pub(crate) const INSERT_CREDENTIAL: &str = concat!(
-    "INSERT INTO credentials (",
-    credential_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+pub(crate) const INSERT_CREDENTIAL: &str = insert!(
+    "credentials",
+    credential_columns,
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
      $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
 );
 
-pub(crate) const GET_CREDENTIAL: &str = concat!(
-    "SELECT ",
-    credential_columns!(),
-    " FROM credentials WHERE id = $1"
-);
+pub(crate) const GET_CREDENTIAL: &str =
+    select!(credential_columns, " FROM credentials WHERE id = $1");
 
 pub(crate) const CREDENTIAL_EXISTS: &str = "SELECT id FROM credentials WHERE id = $1";
 
-pub(crate) const FIND_CREDENTIAL_BY_ACCOUNT: &str = concat!(
-    "SELECT ",
-    credential_columns!(),
+pub(crate) const FIND_CREDENTIAL_BY_ACCOUNT: &str = select!(
+    credential_columns,
     " FROM credentials WHERE workspace_id = $1 AND provider_id = $2 AND account_subject = $3 \
      AND status <> 'DISCONNECTED'"
 );
 
 pub(crate) const LIVE_CREDENTIALS_OF_ACCOUNT: &str = "SELECT id FROM credentials \
      WHERE provider_id = $1 AND account_subject = $2 AND status <> 'DISCONNECTED' ORDER BY id";
+
+/// SETs the wrapped-DEK columns for a write of `sealed` tokens (followed by `, `): a
+/// credential keeps its data key for life, so the new wrapping is only taken when the row has
+/// none, and all three are cleared with the tokens.
+macro_rules! keep_dek {
+    ($sealed:literal, $wrapped:literal, $key_id:literal, $version:literal) => {
+        concat!(
+            "dek_wrapped = CASE WHEN ",
+            $sealed,
+            " IS NULL THEN NULL \
+             WHEN dek_wrapped IS NULL THEN ",
+            $wrapped,
+            " ELSE dek_wrapped END, \
+             dek_key_id = CASE WHEN ",
+            $sealed,
+            " IS NULL THEN NULL \
+             WHEN dek_wrapped IS NULL THEN ",
+            $key_id,
+            " ELSE dek_key_id END, \
+             dek_key_version = CASE WHEN ",
+            $sealed,
+            " IS NULL THEN NULL \
+             WHEN dek_wrapped IS NULL THEN ",
+            $version,
+            " ELSE dek_key_version END, "
+        )
+    };
+}
 
 /// Writes every mutable column; `row_version = row_version + 1` is safe because the WHERE
 /// clause pins the old value. Lease columns are left to the lease operations, except that a
@@ -63,14 +108,9 @@ pub(crate) const UPDATE_CREDENTIAL: &str = concat!(
      description = $6, scopes = $7, status = $8, status_reason = $9, updated_at = $10, \
      last_used_at = CASE WHEN last_used_at IS NULL OR $11 > last_used_at THEN $11 \
      ELSE last_used_at END, last_refreshed_at = $12, access_expires_at = $13, \
-     next_refresh_at = $14, refresh_token_expires_at = $15, sealed_tokens = $16, \
-     dek_wrapped = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $17 \
-     ELSE dek_wrapped END, \
-     dek_key_id = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $18 \
-     ELSE dek_key_id END, \
-     dek_key_version = CASE WHEN $16 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $19 \
-     ELSE dek_key_version END, \
-     has_refresh_token = $20, \
+     next_refresh_at = $14, refresh_token_expires_at = $15, sealed_tokens = $16, ",
+    keep_dek!("$16", "$17", "$18", "$19"),
+    "has_refresh_token = $20, \
      health = $21, health_cause = $22, health_since = $23, health_failures = $24, \
      health_error_code = $25, \
      lease_holder = CASE WHEN $8 = 'DISCONNECTED' THEN NULL ELSE lease_holder END, \
@@ -96,14 +136,9 @@ pub(crate) const ACQUIRE_REFRESH_LEASE: &str = concat!(
 /// Only the columns a refresh owns are written, so a concurrent rename survives. The wrapped
 /// DEK is kept when the row has one (see [`UPDATE_CREDENTIAL`]).
 pub(crate) const COMPLETE_REFRESH: &str = concat!(
-    "UPDATE credentials SET sealed_tokens = $3, \
-     dek_wrapped = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $4 \
-     ELSE dek_wrapped END, \
-     dek_key_id = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $5 \
-     ELSE dek_key_id END, \
-     dek_key_version = CASE WHEN $3 IS NULL THEN NULL WHEN dek_wrapped IS NULL THEN $6 \
-     ELSE dek_key_version END, \
-     has_refresh_token = $7, access_expires_at = $8, \
+    "UPDATE credentials SET sealed_tokens = $3, ",
+    keep_dek!("$3", "$4", "$5", "$6"),
+    "has_refresh_token = $7, access_expires_at = $8, \
      refresh_token_expires_at = $9, next_refresh_at = $10, last_refreshed_at = $11, \
      status = $12, status_reason = $13, updated_at = $14, \
      health = $15, health_cause = $16, health_since = $17, health_failures = $18, \
@@ -132,9 +167,8 @@ pub(crate) const RECORD_REFRESH_FAILURE: &str = concat!(
 
 /// ACTIVE credentials whose grant ends by the horizon and are not marked EXPIRING yet,
 /// soonest first. Bind: horizon, limit.
-pub(crate) const GRANTS_ENDING: &str = concat!(
-    "SELECT ",
-    credential_columns!(),
+pub(crate) const GRANTS_ENDING: &str = select!(
+    credential_columns,
     " FROM credentials WHERE status = 'ACTIVE' AND refresh_token_expires_at IS NOT NULL \
      AND refresh_token_expires_at <= $1 AND health <> 'EXPIRING' \
      ORDER BY refresh_token_expires_at, id LIMIT $2"
@@ -258,15 +292,14 @@ macro_rules! connect_session_columns {
     };
 }
 
-pub(crate) const INSERT_CONNECT_SESSION: &str = concat!(
-    "INSERT INTO connect_sessions (",
-    connect_session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+pub(crate) const INSERT_CONNECT_SESSION: &str = insert!(
+    "connect_sessions",
+    connect_session_columns,
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
 );
 
-pub(crate) const GET_CONNECT_SESSION: &str = concat!(
-    "SELECT ",
-    connect_session_columns!(),
+pub(crate) const GET_CONNECT_SESSION: &str = select!(
+    connect_session_columns,
     " FROM connect_sessions WHERE state_hash = $1"
 );
 
@@ -326,15 +359,13 @@ pub(crate) const UPSERT_MEMBER_TAIL: &str = " ON CONFLICT (credential_id, email)
      invited_by = excluded.invited_by, created_at = excluded.created_at, \
      updated_at = excluded.updated_at";
 
-pub(crate) const LIST_MEMBERS: &str = concat!(
-    "SELECT ",
-    member_columns!(),
+pub(crate) const LIST_MEMBERS: &str = select!(
+    member_columns,
     " FROM credential_members WHERE credential_id = $1 ORDER BY email"
 );
 
-pub(crate) const GET_MEMBER: &str = concat!(
-    "SELECT ",
-    member_columns!(),
+pub(crate) const GET_MEMBER: &str = select!(
+    member_columns,
     " FROM credential_members WHERE credential_id = $1 AND email = $2"
 );
 
@@ -394,7 +425,7 @@ pub(crate) const EVENTS_OF_MEMBER_HEAD: &str = " AND credential_id IN (SELECT cr
 pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_events \
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
-/// Follows the bound `event_id` list of `insert_events` and `")"`: one pending delivery per
+/// Followed by the bound `(event_id, …)` list of `insert_events`: one pending delivery per
 /// (enabled endpoint of the event's workspace whose type filter admits the event, event).
 /// Workspace events (no credential) are
 /// ordered among themselves under the empty credential id.
@@ -404,7 +435,7 @@ pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries
      FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
      WHERE w.disabled_at IS NULL \
      AND (w.event_types IS NULL OR (',' || w.event_types || ',') LIKE ('%,' || ev.kind || ',%')) \
-     AND ev.event_id IN (";
+     AND ev.event_id IN ";
 
 /// Bind: id, workspace_id, url, now, event_types.
 pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
@@ -561,18 +592,38 @@ pub(crate) const REWRAP_DEK: &str = "UPDATE credentials \
 pub(crate) const COUNT_CREDENTIALS_BY_STATUS: &str =
     "SELECT status, COUNT(*) FROM credentials GROUP BY status ORDER BY status";
 
-/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$19).
-macro_rules! bind_complete_refresh {
-    ($query:expr, $row:expr, $fence:expr) => {{
-        let row: &$crate::model::CredentialRow = $row;
-        let sealed = row.sealed.as_ref();
+/// Binds a credential's sealed tokens and their wrapped data key (4 values, all NULL when the
+/// row holds no tokens).
+macro_rules! bind_sealed {
+    ($query:expr, $row:expr) => {{
+        let sealed = $row.sealed.as_ref();
         $query
-            .bind(row.id.as_str())
-            .bind($fence)
             .bind(sealed.map(|s| s.ciphertext.as_slice()))
             .bind(sealed.map(|s| s.dek_wrapped.as_slice()))
             .bind(sealed.map(|s| s.dek_key_id.as_str()))
             .bind(sealed.map(|s| s.dek_key_version))
+    }};
+}
+pub(crate) use bind_sealed;
+
+/// Binds a credential's health columns (5 values).
+macro_rules! bind_health {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind($row.health.health.as_str())
+            .bind($row.health.cause.as_deref())
+            .bind($row.health.since)
+            .bind($row.health.failures)
+            .bind($row.health.error_code.as_deref())
+    };
+}
+pub(crate) use bind_health;
+
+/// Binds a refresh result and the fencing token to [`COMPLETE_REFRESH`] ($1..$19).
+macro_rules! bind_complete_refresh {
+    ($query:expr, $row:expr, $fence:expr) => {{
+        let row: &$crate::model::CredentialRow = $row;
+        let query = $crate::sql::bind_sealed!($query.bind(row.id.as_str()).bind($fence), row)
             .bind(row.has_refresh_token)
             .bind(row.access_expires_at)
             .bind(row.refresh_token_expires_at)
@@ -580,12 +631,8 @@ macro_rules! bind_complete_refresh {
             .bind(row.last_refreshed_at)
             .bind(row.status.as_str())
             .bind(row.status_reason.as_deref())
-            .bind(row.updated_at)
-            .bind(row.health.health.as_str())
-            .bind(row.health.cause.as_deref())
-            .bind(row.health.since)
-            .bind(row.health.failures)
-            .bind(row.health.error_code.as_deref())
+            .bind(row.updated_at);
+        $crate::sql::bind_health!(query, row)
     }};
 }
 pub(crate) use bind_complete_refresh;
@@ -623,8 +670,7 @@ pub(crate) struct MergedUsage<'a> {
 macro_rules! bind_insert_credential {
     ($query:expr, $row:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
-        let sealed = row.sealed.as_ref();
-        $query
+        let query = $query
             .bind(row.id.as_str())
             .bind(row.workspace_id.as_str())
             .bind(row.provider_id.as_str())
@@ -643,20 +689,13 @@ macro_rules! bind_insert_credential {
             .bind(row.access_expires_at)
             .bind(row.next_refresh_at)
             .bind(row.refresh_token_expires_at)
-            .bind(row.has_refresh_token)
-            .bind(sealed.map(|s| s.ciphertext.as_slice()))
-            .bind(sealed.map(|s| s.dek_wrapped.as_slice()))
-            .bind(sealed.map(|s| s.dek_key_id.as_str()))
-            .bind(sealed.map(|s| s.dek_key_version))
+            .bind(row.has_refresh_token);
+        let query = $crate::sql::bind_sealed!(query, row)
             .bind(row.row_version)
             .bind(row.lease.holder.as_deref())
             .bind(row.lease.fence)
-            .bind(row.lease.expires_at)
-            .bind(row.health.health.as_str())
-            .bind(row.health.cause.as_deref())
-            .bind(row.health.since)
-            .bind(row.health.failures)
-            .bind(row.health.error_code.as_deref())
+            .bind(row.lease.expires_at);
+        $crate::sql::bind_health!(query, row)
     }};
 }
 pub(crate) use bind_insert_credential;
@@ -665,8 +704,7 @@ pub(crate) use bind_insert_credential;
 macro_rules! bind_update_credential {
     ($query:expr, $row:expr, $expected:expr) => {{
         let row: &$crate::model::CredentialRow = $row;
-        let sealed = row.sealed.as_ref();
-        $query
+        let query = $query
             .bind(row.id.as_str())
             .bind($expected)
             .bind(row.account_subject.as_str())
@@ -681,17 +719,9 @@ macro_rules! bind_update_credential {
             .bind(row.last_refreshed_at)
             .bind(row.access_expires_at)
             .bind(row.next_refresh_at)
-            .bind(row.refresh_token_expires_at)
-            .bind(sealed.map(|s| s.ciphertext.as_slice()))
-            .bind(sealed.map(|s| s.dek_wrapped.as_slice()))
-            .bind(sealed.map(|s| s.dek_key_id.as_str()))
-            .bind(sealed.map(|s| s.dek_key_version))
-            .bind(row.has_refresh_token)
-            .bind(row.health.health.as_str())
-            .bind(row.health.cause.as_deref())
-            .bind(row.health.since)
-            .bind(row.health.failures)
-            .bind(row.health.error_code.as_deref())
+            .bind(row.refresh_token_expires_at);
+        let query = $crate::sql::bind_sealed!(query, row).bind(row.has_refresh_token);
+        $crate::sql::bind_health!(query, row)
     }};
 }
 pub(crate) use bind_update_credential;
@@ -845,23 +875,19 @@ macro_rules! run_grant_columns {
     };
 }
 
-pub(crate) const INSERT_RUN_GRANT: &str = concat!(
-    "INSERT INTO run_grants (",
-    run_grant_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+pub(crate) const INSERT_RUN_GRANT: &str = insert!(
+    "run_grants",
+    run_grant_columns,
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 );
 
-pub(crate) const GET_RUN_GRANT_BY_HASH: &str = concat!(
-    "SELECT ",
-    run_grant_columns!(),
+pub(crate) const GET_RUN_GRANT_BY_HASH: &str = select!(
+    run_grant_columns,
     " FROM run_grants WHERE grant_sha256 = $1"
 );
 
-pub(crate) const GET_RUN_GRANT_BY_ID: &str = concat!(
-    "SELECT ",
-    run_grant_columns!(),
-    " FROM run_grants WHERE id = $1"
-);
+pub(crate) const GET_RUN_GRANT_BY_ID: &str =
+    select!(run_grant_columns, " FROM run_grants WHERE id = $1");
 
 /// Revokes once (bind: id, now); returns the hash, announced on the change feed.
 pub(crate) const REVOKE_RUN_GRANT: &str = "UPDATE run_grants SET revoked_at = $2 \
@@ -878,22 +904,17 @@ macro_rules! oauth_app_columns {
     };
 }
 
-pub(crate) const INSERT_OAUTH_APP: &str = concat!(
-    "INSERT INTO oauth_apps (",
-    oauth_app_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+pub(crate) const INSERT_OAUTH_APP: &str = insert!(
+    "oauth_apps",
+    oauth_app_columns,
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 
-pub(crate) const GET_OAUTH_APP: &str = concat!(
-    "SELECT ",
-    oauth_app_columns!(),
-    " FROM oauth_apps WHERE id = $1"
-);
+pub(crate) const GET_OAUTH_APP: &str = select!(oauth_app_columns, " FROM oauth_apps WHERE id = $1");
 
 /// A workspace's apps, oldest first (ids are time-ordered); `$2` NULL: every provider.
-pub(crate) const LIST_OAUTH_APPS: &str = concat!(
-    "SELECT ",
-    oauth_app_columns!(),
+pub(crate) const LIST_OAUTH_APPS: &str = select!(
+    oauth_app_columns,
     " FROM oauth_apps WHERE workspace_id = $1 AND ($2 IS NULL OR provider_id = $2) ORDER BY id"
 );
 
@@ -990,21 +1011,19 @@ macro_rules! workspace_provider_columns {
     };
 }
 
-pub(crate) const INSERT_WORKSPACE_PROVIDER: &str = concat!(
-    "INSERT INTO workspace_providers (",
-    workspace_provider_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+pub(crate) const INSERT_WORKSPACE_PROVIDER: &str = insert!(
+    "workspace_providers",
+    workspace_provider_columns,
+    "($1, $2, $3, $4, $5, $6, $7)"
 );
 
-pub(crate) const GET_WORKSPACE_PROVIDER: &str = concat!(
-    "SELECT ",
-    workspace_provider_columns!(),
+pub(crate) const GET_WORKSPACE_PROVIDER: &str = select!(
+    workspace_provider_columns,
     " FROM workspace_providers WHERE workspace_id = $1 AND id = $2"
 );
 
-pub(crate) const LIST_WORKSPACE_PROVIDERS: &str = concat!(
-    "SELECT ",
-    workspace_provider_columns!(),
+pub(crate) const LIST_WORKSPACE_PROVIDERS: &str = select!(
+    workspace_provider_columns,
     " FROM workspace_providers WHERE workspace_id = $1 ORDER BY id"
 );
 

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::error::{Dialect, StoreError};
 use crate::model::ChangeEvent;
 
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
 impl Backend for Sqlite {
     const BACKEND: &'static str = "sqlite";
@@ -34,6 +34,7 @@ impl Backend for Sqlite {
 
     // One writer at a time: nothing to skip.
     const SKIP_LOCKED: &'static str = "";
+    const MIGRATOR: &'static Migrator = &MIGRATIONS;
 
     /// Clones of a store share one channel; only this process's writes are announced.
     type Changes = broadcast::Sender<ChangeEvent>;
@@ -72,10 +73,6 @@ impl Backend for Sqlite {
         pool.connect_with(options)
             .await
             .map_err(|e| Self::DIALECT.map(e))
-    }
-
-    fn migrator() -> &'static Migrator {
-        &MIGRATOR
     }
 
     fn rows_affected(result: &Self::QueryResult) -> u64 {

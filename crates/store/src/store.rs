@@ -204,6 +204,55 @@ where
         Ok(DB::rows_affected(&done))
     }
 
+    /// Runs `statement` on `conn` (in a transaction); how many rows it changed.
+    async fn execute_on(
+        conn: &mut DB::Connection,
+        statement: Query<'_, DB, DB::Arguments>,
+    ) -> Result<u64, StoreError> {
+        let done = statement.execute(conn).await.map_err(map::<DB>)?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    /// Runs `statement` on the pool, for its effect only.
+    async fn run(&self, statement: Query<'_, DB, DB::Arguments>) -> Result<(), StoreError> {
+        self.execute(statement).await.map(drop)
+    }
+
+    /// Runs `statement` in a write transaction: when it changed a row, commits announcing the
+    /// change of `credential_id` with `events`, else rolls back. Whether it changed a row.
+    async fn write_announcing(
+        &self,
+        credential_id: &str,
+        statement: Query<'_, DB, DB::Arguments>,
+        events: &[NewCredentialEvent],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if Self::execute_on(&mut tx, statement).await? == 0 {
+            tx.rollback().await.map_err(map::<DB>)?;
+            return Ok(false);
+        }
+        self.commit_announcing(tx, credential_id, events).await?;
+        Ok(true)
+    }
+
+    /// The row a versioned `UPDATE ... RETURNING` wrote; none written: a version conflict
+    /// when `exists` finds the row, else [`StoreError::NotFound`].
+    async fn update_versioned<O>(
+        &self,
+        update: QueryAs<'_, DB, O, DB::Arguments>,
+        expected: i64,
+        exists: impl Future<Output = Result<bool, StoreError>>,
+    ) -> Result<O, StoreError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, DB::Row>,
+    {
+        match self.optional(update).await? {
+            Some(row) => Ok(row),
+            None if exists.await? => Err(StoreError::VersionConflict { expected }),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
     /// Runs `statement` on the pool; whether it changed any row.
     async fn changed(&self, statement: Query<'_, DB, DB::Arguments>) -> Result<bool, StoreError> {
         Ok(self.execute(statement).await? > 0)
@@ -228,11 +277,7 @@ where
     ) -> Result<(), StoreError> {
         Self::insert_events(&mut tx, events).await?;
         if let Some(notify) = DB::NOTIFY_CHANGE {
-            sqlx::query(notify)
-                .bind(credential_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
+            Self::execute_on(&mut tx, sqlx::query(notify).bind(credential_id)).await?;
         }
         tx.commit().await.map_err(map::<DB>)?;
         DB::announce_committed(&self.changes, credential_id);
@@ -250,26 +295,14 @@ where
             return Ok(());
         }
         if let Some(lock) = DB::LOCK_EVENTS {
-            sqlx::query(lock)
-                .execute(&mut *conn)
-                .await
-                .map_err(map::<DB>)?;
+            Self::execute_on(conn, sqlx::query(lock)).await?;
         }
         Self::insert_rows(conn, sql::INSERT_CREDENTIAL_EVENTS, events, push_event).await?;
         // Each event's webhook deliveries are born with it: none is lost between the two. (A
         // change writes a handful of events: one statement stays far below the bind limits.)
         let mut fan_out = QueryBuilder::<DB>::new(sql::FAN_OUT_DELIVERIES_HEAD);
-        let mut ids = fan_out.separated(", ");
-        for e in events {
-            ids.push_bind(e.event_id.as_str());
-        }
-        fan_out.push(")");
-        fan_out
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(map::<DB>)?;
-        Ok(())
+        push_list(&mut fan_out, events.iter().map(|e| e.event_id.as_str()));
+        Self::execute_on(conn, fan_out.build()).await.map(drop)
     }
 
     /// Inserts `rows` after `head` (`INSERT INTO … (columns) `), `push` writing one row of the
@@ -283,11 +316,7 @@ where
         for chunk in rows.chunks(sql::ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<DB>::new(head);
             insert.push_values(chunk, push);
-            insert
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(map::<DB>)?;
+            Self::execute_on(conn, insert.build()).await?;
         }
         Ok(())
     }
@@ -361,11 +390,7 @@ where
                 if matches!(change, MemberChange::Upsert(_)) {
                     insert.push(sql::UPSERT_MEMBER_TAIL);
                 }
-                insert
-                    .build()
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map::<DB>)?;
+                Self::execute_on(conn, insert.build()).await?;
             }
             MemberChange::Accept {
                 credential_id,
@@ -389,13 +414,10 @@ where
                 credential_id,
                 email,
             } => {
-                let done = sqlx::query(sql::DELETE_MEMBER)
+                let delete = sqlx::query(sql::DELETE_MEMBER)
                     .bind(credential_id.as_str())
-                    .bind(email.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map::<DB>)?;
-                if DB::rows_affected(&done) == 0 {
+                    .bind(email.as_str());
+                if Self::execute_on(conn, delete).await? == 0 {
                     return Err(StoreError::NotFound);
                 }
             }
@@ -412,15 +434,12 @@ where
         email: &str,
         (statement, value, at): (&'static str, &str, i64),
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(statement)
+        let update = sqlx::query(statement)
             .bind(credential_id)
             .bind(email)
             .bind(value)
-            .bind(at)
-            .execute(&mut *conn)
-            .await
-            .map_err(map::<DB>)?;
-        if DB::rows_affected(&done) == 0 {
+            .bind(at);
+        if Self::execute_on(conn, update).await? == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
@@ -536,6 +555,20 @@ fn push_filters<'t, DB, T>(
     }
 }
 
+/// Appends `(v1, v2, …)`, each value bound.
+fn push_list<'t, DB, T>(query: &mut QueryBuilder<DB>, values: impl IntoIterator<Item = T>)
+where
+    DB: Backend,
+    T: Encode<'t, DB> + Type<DB> + 't,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    query.push(")");
+}
+
 /// One `credential_events` row of a `VALUES` list, in [`sql::INSERT_CREDENTIAL_EVENTS`] order.
 fn push_event<DB>(mut row: Separated<'_, DB, &'static str>, e: &NewCredentialEvent)
 where
@@ -608,7 +641,7 @@ where
 
     async fn migrate(&self) -> Result<(), StoreError> {
         self.traced("migrate", None, async {
-            DB::migrator()
+            DB::MIGRATOR
                 .run(&self.pool)
                 .await
                 .map_err(|e| StoreError::Migration(e.to_string()))
@@ -617,8 +650,7 @@ where
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let ping = self.execute(sqlx::query("SELECT 1"));
-        self.traced("ping", None, async { ping.await.map(drop) })
+        self.traced("ping", None, self.run(sqlx::query("SELECT 1")))
             .await
     }
 
@@ -639,10 +671,8 @@ where
         self.traced("insert_credential", Some(&row.id), async {
             sql::check_new_credential(row, members)?;
             let mut tx = self.begin_write().await?;
-            sql::bind_insert_credential!(sqlx::query::<DB>(sql::INSERT_CREDENTIAL), row)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
+            let insert = sql::bind_insert_credential!(sqlx::query(sql::INSERT_CREDENTIAL), row);
+            Self::execute_on(&mut tx, insert).await?;
             Self::insert_members(&mut tx, members).await?;
             self.commit_announcing(tx, &row.id, events).await
         })
@@ -831,24 +861,13 @@ where
         at: i64,
         events: &[NewCredentialEvent],
     ) -> Result<bool, StoreError> {
-        self.traced("mark_health", Some(id), async {
-            let mut tx = self.begin_write().await?;
-            let done = sqlx::query(sql::MARK_HEALTH)
-                .bind(id)
-                .bind(health)
-                .bind(cause)
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
-            if DB::rows_affected(&done) == 0 {
-                tx.rollback().await.map_err(map::<DB>)?;
-                return Ok(false);
-            }
-            self.commit_announcing(tx, id, events).await?;
-            Ok(true)
-        })
-        .await
+        let update = sqlx::query(sql::MARK_HEALTH)
+            .bind(id)
+            .bind(health)
+            .bind(cause)
+            .bind(at);
+        let write = self.write_announcing(id, update, events);
+        self.traced("mark_health", Some(id), write).await
     }
 
     async fn list_credential_events(
@@ -866,12 +885,8 @@ where
                 ],
             );
             if !q.kinds.is_empty() {
-                select.push(" AND kind IN (");
-                let mut kinds = select.separated(", ");
-                for kind in &q.kinds {
-                    kinds.push_bind(kind.as_str());
-                }
-                select.push(")");
+                select.push(" AND kind IN ");
+                push_list(&mut select, q.kinds.iter().map(String::as_str));
             }
             if let Some((user_id, email)) = &q.member {
                 select
@@ -903,17 +918,14 @@ where
             .bind(url)
             .bind(now)
             .bind(event_types);
-        self.traced("upsert_webhook_endpoint", None, self.execute(statement))
+        self.traced("upsert_webhook_endpoint", None, self.run(statement))
             .await
-            .map(drop)
     }
 
     async fn webhook_endpoint(&self, id: &str) -> Result<Option<WebhookEndpointRow>, StoreError> {
-        self.traced("webhook_endpoint", None, async {
-            self.optional(sqlx::query_as(sql::WEBHOOK_ENDPOINT).bind(id))
-                .await
-        })
-        .await
+        let select = sqlx::query_as(sql::WEBHOOK_ENDPOINT).bind(id);
+        self.traced("webhook_endpoint", None, self.optional(select))
+            .await
     }
 
     async fn list_webhook_endpoints(
@@ -1057,7 +1069,7 @@ where
     async fn finish_webhook_delivery(&self, a: &DeliveryAttempt) -> Result<bool, StoreError> {
         self.traced("finish_webhook_delivery", None, async {
             let mut tx = self.begin_write().await?;
-            let done = if a.delivered {
+            let attempt = if a.delivered {
                 sqlx::query(sql::DELIVERY_SUCCEEDED)
                     .bind(a.id)
                     .bind(a.holder.as_str())
@@ -1070,11 +1082,8 @@ where
                     .bind(a.next_attempt_at)
                     .bind(a.status)
                     .bind(a.error.as_deref())
-            }
-            .execute(&mut *tx)
-            .await
-            .map_err(map::<DB>)?;
-            if DB::rows_affected(&done) == 0 {
+            };
+            if Self::execute_on(&mut tx, attempt).await? == 0 {
                 // The claim lapsed and another replica took the delivery: its answer counts.
                 tx.rollback().await.map_err(map::<DB>)?;
                 return Ok(false);
@@ -1086,18 +1095,15 @@ where
                     .bind(a.endpoint_id.as_str())
                     .bind(a.at)
             };
-            endpoint.execute(&mut *tx).await.map_err(map::<DB>)?;
+            Self::execute_on(&mut tx, endpoint).await?;
             let disabled = if a.delivered {
                 false
             } else {
-                let done = sqlx::query(sql::DISABLE_FAILING_ENDPOINT)
+                let disable = sqlx::query(sql::DISABLE_FAILING_ENDPOINT)
                     .bind(a.endpoint_id.as_str())
                     .bind(a.at)
-                    .bind(a.disable_failing_since)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map::<DB>)?;
-                DB::rows_affected(&done) > 0
+                    .bind(a.disable_failing_since);
+                Self::execute_on(&mut tx, disable).await? > 0
             };
             match (&a.disabled_event, disabled) {
                 // The event commits with the disabling: watchers and the other endpoints of
@@ -1152,11 +1158,7 @@ where
                 return Ok(());
             }
             let mut tx = self.begin_write().await?;
-            for chunk in events.chunks(sql::ROWS_PER_INSERT) {
-                let mut insert = QueryBuilder::<DB>::new(sql::INSERT_AUDIT_EVENTS);
-                insert.push_values(chunk, push_audit);
-                insert.build().execute(&mut *tx).await.map_err(map::<DB>)?;
-            }
+            Self::insert_rows(&mut tx, sql::INSERT_AUDIT_EVENTS, events, push_audit).await?;
             tx.commit().await.map_err(map::<DB>)
         })
         .await
@@ -1389,12 +1391,10 @@ where
             // One UPDATE per credential in key order: concurrent batches lock the rows in the
             // same order and cannot deadlock (a multi-row UPDATE has no defined row order).
             for (credential_id, at) in &merged.credentials {
-                sqlx::query(sql::TOUCH_CREDENTIAL_USAGE)
+                let touch = sqlx::query(sql::TOUCH_CREDENTIAL_USAGE)
                     .bind(*credential_id)
-                    .bind(*at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map::<DB>)?;
+                    .bind(*at);
+                Self::execute_on(&mut tx, touch).await?;
             }
             let workflows: Vec<_> = merged.workflows.iter().collect();
             for chunk in workflows.chunks(sql::ROWS_PER_INSERT) {
@@ -1405,7 +1405,7 @@ where
                         .push_bind(**at);
                 });
                 upsert.push(sql::UPSERT_WORKFLOW_USAGE_TAIL);
-                upsert.build().execute(&mut *tx).await.map_err(map::<DB>)?;
+                Self::execute_on(&mut tx, upsert.build()).await?;
             }
             tx.commit().await.map_err(map::<DB>)
         })
@@ -1434,11 +1434,8 @@ where
 
     async fn insert_connect_session(&self, s: &ConnectSessionRow) -> Result<(), StoreError> {
         let insert = sql::bind_connect_session!(sqlx::query(sql::INSERT_CONNECT_SESSION), s);
-        let inserted = self.execute(insert);
-        self.traced("insert_connect_session", None, async {
-            inserted.await.map(drop)
-        })
-        .await
+        self.traced("insert_connect_session", None, self.run(insert))
+            .await
     }
 
     async fn get_connect_session(
@@ -1556,8 +1553,7 @@ where
         secret: &OAuthAppSecretRow,
     ) -> Result<(), StoreError> {
         self.traced("insert_oauth_app", None, async {
-            let mut tx = self.begin_write().await?;
-            sqlx::query::<DB>(sql::INSERT_OAUTH_APP)
+            let insert = sqlx::query(sql::INSERT_OAUTH_APP)
                 .bind(app.id.as_str())
                 .bind(app.workspace_id.as_str())
                 .bind(app.provider_id.as_str())
@@ -1567,14 +1563,10 @@ where
                 .bind(app.created_by.as_str())
                 .bind(app.created_at)
                 .bind(app.updated_at)
-                .bind(app.row_version)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
-            bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
+                .bind(app.row_version);
+            let mut tx = self.begin_write().await?;
+            Self::execute_on(&mut tx, insert).await?;
+            Self::execute_on(&mut tx, bind_secret(sql::INSERT_OAUTH_APP_SECRET, secret)).await?;
             tx.commit().await.map_err(map::<DB>)
         })
         .await
@@ -1602,43 +1594,26 @@ where
         app: &OAuthAppRow,
         expected_version: i64,
     ) -> Result<OAuthAppRow, StoreError> {
-        self.traced("update_oauth_app", None, async {
-            let update = sqlx::query_as(sql::UPDATE_OAUTH_APP)
-                .bind(app.id.as_str())
-                .bind(expected_version)
-                .bind(app.display_name.as_str())
-                .bind(app.client_id.as_str())
-                .bind(app.allowed_scopes.as_str())
-                .bind(app.updated_at);
-            let updated = self.optional(update).await?;
-            match updated {
-                Some(row) => Ok(row),
-                None if self.get_oauth_app(&app.id).await?.is_some() => {
-                    Err(StoreError::VersionConflict {
-                        expected: expected_version,
-                    })
-                }
-                None => Err(StoreError::NotFound),
-            }
-        })
-        .await
+        let update = sqlx::query_as(sql::UPDATE_OAUTH_APP)
+            .bind(app.id.as_str())
+            .bind(expected_version)
+            .bind(app.display_name.as_str())
+            .bind(app.client_id.as_str())
+            .bind(app.allowed_scopes.as_str())
+            .bind(app.updated_at);
+        let exists = async { Ok(self.get_oauth_app(&app.id).await?.is_some()) };
+        let write = self.update_versioned(update, expected_version, exists);
+        self.traced("update_oauth_app", None, write).await
     }
 
     async fn delete_oauth_app(&self, id: &str) -> Result<bool, StoreError> {
         self.traced("delete_oauth_app", None, async {
             let mut tx = self.begin_write().await?;
-            sqlx::query(sql::DELETE_OAUTH_APP_SECRETS)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
-            let done = sqlx::query(sql::DELETE_OAUTH_APP)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
+            Self::execute_on(&mut tx, sqlx::query(sql::DELETE_OAUTH_APP_SECRETS).bind(id)).await?;
+            let deleted =
+                Self::execute_on(&mut tx, sqlx::query(sql::DELETE_OAUTH_APP).bind(id)).await?;
             tx.commit().await.map_err(map::<DB>)?;
-            Ok(DB::rows_affected(&done) > 0)
+            Ok(deleted > 0)
         })
         .await
     }
@@ -1655,9 +1630,8 @@ where
             .bind(row.created_at)
             .bind(row.updated_at)
             .bind(row.row_version);
-        self.traced("insert_workspace_provider", None, self.execute(statement))
+        self.traced("insert_workspace_provider", None, self.run(statement))
             .await
-            .map(drop)
     }
 
     async fn get_workspace_provider(
@@ -1687,29 +1661,18 @@ where
         row: &WorkspaceProviderRow,
         expected_version: i64,
     ) -> Result<WorkspaceProviderRow, StoreError> {
-        self.traced("update_workspace_provider", None, async {
-            let update = sqlx::query_as(sql::UPDATE_WORKSPACE_PROVIDER)
-                .bind(row.workspace_id.as_str())
-                .bind(row.id.as_str())
-                .bind(expected_version)
-                .bind(row.definition.as_str())
-                .bind(row.updated_at);
-            let updated = self.optional(update).await?;
-            match updated {
-                Some(stored) => Ok(stored),
-                None if self
-                    .get_workspace_provider(&row.workspace_id, &row.id)
-                    .await?
-                    .is_some() =>
-                {
-                    Err(StoreError::VersionConflict {
-                        expected: expected_version,
-                    })
-                }
-                None => Err(StoreError::NotFound),
-            }
-        })
-        .await
+        let update = sqlx::query_as(sql::UPDATE_WORKSPACE_PROVIDER)
+            .bind(row.workspace_id.as_str())
+            .bind(row.id.as_str())
+            .bind(expected_version)
+            .bind(row.definition.as_str())
+            .bind(row.updated_at);
+        let exists = async {
+            let stored = self.get_workspace_provider(&row.workspace_id, &row.id);
+            Ok(stored.await?.is_some())
+        };
+        let write = self.update_versioned(update, expected_version, exists);
+        self.traced("update_workspace_provider", None, write).await
     }
 
     async fn delete_workspace_provider(
@@ -1725,10 +1688,9 @@ where
     }
 
     async fn insert_oauth_app_secret(&self, secret: &OAuthAppSecretRow) -> Result<(), StoreError> {
-        let statement = bind_secret::<DB>(sql::INSERT_OAUTH_APP_SECRET, secret);
-        self.traced("insert_oauth_app_secret", None, self.execute(statement))
+        let statement = bind_secret(sql::INSERT_OAUTH_APP_SECRET, secret);
+        self.traced("insert_oauth_app_secret", None, self.run(statement))
             .await
-            .map(drop)
     }
 
     async fn list_oauth_app_secrets(
@@ -1765,10 +1727,9 @@ where
         self.traced(
             "set_credential_app",
             Some(credential_id),
-            self.execute(statement),
+            self.run(statement),
         )
         .await
-        .map(drop)
     }
 
     async fn credential_app(

@@ -487,6 +487,20 @@ pub fn callback_request(q: &HashMap<String, String>) -> pb::CompleteConnectReque
     }
 }
 
+/// An UpdateCredentialRequest that renames credential `id` (and changes nothing else).
+pub fn rename_request(id: &str, display_name: &str) -> pb::UpdateCredentialRequest {
+    pb::UpdateCredentialRequest {
+        credential: Some(pb::Credential {
+            credential_id: id.into(),
+            display_name: display_name.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+    }
+}
+
 /// A CreateOAuthAppRequest for `provider_id` in `workspace_id`, named after its client id,
 /// allowing every scope.
 pub fn app_request(

@@ -82,10 +82,7 @@ impl ProviderGateway for ScriptedProvider {
         &self,
         _provider: &str,
         _client: Option<&crate::gateway::AppClient>,
-        _redirect_uri: &str,
-        _scopes: &[String],
-        _state: &str,
-        _pkce_challenge: Option<&str>,
+        _authorize: crate::gateway::AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
         Err(ProviderError::Other("not used".into()))
     }
@@ -96,10 +93,7 @@ impl ProviderGateway for ScriptedProvider {
         &self,
         _provider: &str,
         _client: Option<&crate::gateway::AppClient>,
-        _code: &SecretString,
-        _redirect_uri: &str,
-        _pkce_verifier: Option<&SecretString>,
-        _callback_params: &BTreeMap<String, String>,
+        _exchange: crate::gateway::CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
         Err(ProviderError::Other("not used".into()))
     }

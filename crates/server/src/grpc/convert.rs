@@ -339,36 +339,17 @@ impl TryFrom<pb::ImportCredentialRequest> for Importable {
         };
         let oauth_app_id = optional_app_id(&r.oauth_app_id, &mut v);
         v.finish()?;
-        match (
-            workspace_id,
-            provider_id,
-            account,
-            display_name,
-            description,
-            scopes,
-            tokens,
-        ) {
-            (
-                Some(workspace_id),
-                Some(provider_id),
-                Some(account),
-                Some(display_name),
-                Some(description),
-                Some(scopes),
-                Some(tokens),
-            ) => Ok(Self(ImportCredential {
-                workspace_id,
-                provider_id,
-                account,
-                display_name,
-                description,
-                scopes,
-                tokens,
-                admin_email,
-                oauth_app_id,
-            })),
-            _ => Err(BrokerError::Internal("request parse inconsistency".into())),
-        }
+        Ok(Self(ImportCredential {
+            workspace_id: parsed(workspace_id)?,
+            provider_id: parsed(provider_id)?,
+            account: parsed(account)?,
+            display_name: parsed(display_name)?,
+            description: parsed(description)?,
+            scopes: parsed(scopes)?,
+            tokens: parsed(tokens)?,
+            admin_email,
+            oauth_app_id,
+        }))
     }
 }
 

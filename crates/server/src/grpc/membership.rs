@@ -51,14 +51,7 @@ fn target(
     let email = v.check(Email::parse("email", email));
     let role = role.and_then(|r| v.check(convert::parse_role("role", r)));
     v.finish()?;
-    match (id, email) {
-        (Some(id), Some(email)) => Ok((id, email, role)),
-        _ => Err(BrokerError::Internal("request parse inconsistency".into())),
-    }
-}
-
-fn required(role: Option<Role>) -> Result<Role, BrokerError> {
-    role.ok_or_else(|| BrokerError::Internal("request parse inconsistency".into()))
+    Ok((convert::parsed(id)?, convert::parsed(email)?, role))
 }
 
 #[tonic::async_trait]
@@ -86,7 +79,7 @@ impl Rpc for MembershipApi {
         let result = async {
             let r = req.get_ref();
             let (id, email, role) = target(&r.credential_id, &r.email, Some(r.role))?;
-            let role = required(role)?;
+            let role = convert::parsed(role)?;
             self.service.add(&caller, &id, email, role).await
         }
         .await;
@@ -103,7 +96,7 @@ impl Rpc for MembershipApi {
         let result = async {
             let r = req.get_ref();
             let (id, email, role) = target(&r.credential_id, &r.email, Some(r.role))?;
-            let role = required(role)?;
+            let role = convert::parsed(role)?;
             self.service.update_role(&caller, &id, email, role).await
         }
         .await;

@@ -6,8 +6,8 @@
 
 use crate::runtime::metrics::Metrics;
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
-    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, CodeExchange, Discovery, GrantedTokens, MetadataError,
+    ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, KeyRef, WrappedDek};
@@ -223,13 +223,9 @@ impl ProviderGateway for InstrumentedGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        redirect_uri: &str,
-        scopes: &[String],
-        state: &str,
-        pkce_challenge: Option<&str>,
+        authorize: cb_oauth::AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
-        self.inner
-            .authorize_url(provider, app, redirect_uri, scopes, state, pkce_challenge)
+        self.inner.authorize_url(provider, app, authorize)
     }
 
     fn uses_pkce(&self, provider: &str) -> bool {
@@ -244,24 +240,10 @@ impl ProviderGateway for InstrumentedGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
-        callback_params: &BTreeMap<String, String>,
+        exchange: CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
-        self.observed(
-            "exchange_code",
-            provider,
-            self.inner.exchange_code(
-                provider,
-                app,
-                code,
-                redirect_uri,
-                pkce_verifier,
-                callback_params,
-            ),
-        )
-        .await
+        let call = self.inner.exchange_code(provider, app, exchange);
+        self.observed("exchange_code", provider, call).await
     }
 
     async fn refresh(

@@ -493,6 +493,18 @@ fn counter(
     c.encode(m)
 }
 
+/// A gauge of a size read at scrape time.
+fn size_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl TryInto<i64>,
+) -> Result<(), fmt::Error> {
+    let g = ConstGauge::new(value.try_into().unwrap_or(i64::MAX));
+    let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
 /// A counter with one label, one sample per `(label value, count)`.
 fn counter_family(
     encoder: &mut DescriptorEncoder,
@@ -581,15 +593,12 @@ impl Collector for DomainCollector {
             "Data-key lookups that had to ask the key provider",
             cache.misses,
         )?;
-        let entries = ConstGauge::new(i64::try_from(cache.entries).unwrap_or(i64::MAX));
-        let m = encoder.encode_descriptor(
+        size_gauge(
+            &mut encoder,
             "dek_cache_entries",
             "Unwrapped data keys held in memory",
-            None,
-            entries.metric_type(),
-        )?;
-        entries.encode(m)?;
-        Ok(())
+            cache.entries,
+        )
     }
 }
 
@@ -647,14 +656,12 @@ impl Collector for AuditCollector {
                 ("write_failed", s.dropped_write_failed),
             ],
         )?;
-        let pending = ConstGauge::new(i64::try_from(s.pending).unwrap_or(i64::MAX));
-        let m = encoder.encode_descriptor(
+        size_gauge(
+            &mut encoder,
             "audit_pending",
             "Distinct audit events waiting for the next flush",
-            None,
-            pending.metric_type(),
-        )?;
-        pending.encode(m)
+            s.pending,
+        )
     }
 }
 

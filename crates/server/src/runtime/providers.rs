@@ -3,14 +3,15 @@
 
 use crate::runtime::config::{Config, ENV_PREFIX, EnvSource};
 use cb_broker::gateway::{
-    AccountInfo, AppClient, ClientProbe, Discovery, GrantedTokens, MetadataError, ProviderError,
-    ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
+    AccountInfo, AppClient, ClientProbe, CodeExchange, Discovery, GrantedTokens, MetadataError,
+    ProviderError, ProviderGateway, ProviderInfo, RedirectProbe, RevokeResult,
 };
 use cb_broker::tokens::TokenBundle;
 use cb_oauth::catalog::{Catalog, ProviderSpec};
 use cb_oauth::outbound::{OutboundClient, OutboundError};
 use cb_oauth::{
-    AuthorizeRequest, ClientCredentials, HttpConfig, OAuthError, OAuthHttp, TokenResponse,
+    AuthorizeRequest, ClientCredentials, CodeGrant, HttpConfig, OAuthError, OAuthHttp,
+    TokenResponse,
 };
 use secrecy::SecretString;
 use std::borrow::Cow;
@@ -391,21 +392,11 @@ impl ProviderGateway for OAuthGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        redirect_uri: &str,
-        scopes: &[String],
-        state: &str,
-        pkce_challenge: Option<&str>,
+        authorize: AuthorizeRequest<'_>,
     ) -> Result<String, ProviderError> {
         let (spec, client, _) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
-        let req = AuthorizeRequest {
-            redirect_uri,
-            scopes,
-            state,
-            pkce_challenge,
-            placeholders: &placeholders,
-        };
-        cb_oauth::authorize_url(spec, &client, &req)
+        cb_oauth::authorize_url(spec, &client, &authorize, &placeholders)
             .map(|u| u.to_string())
             .map_err(classify)
     }
@@ -424,10 +415,7 @@ impl ProviderGateway for OAuthGateway {
         &self,
         provider: &str,
         app: Option<&AppClient>,
-        code: &SecretString,
-        redirect_uri: &str,
-        pkce_verifier: Option<&SecretString>,
-        callback_params: &BTreeMap<String, String>,
+        exchange: CodeExchange<'_>,
     ) -> Result<(GrantedTokens, AccountInfo), ProviderError> {
         let (spec, client, http) = self.spec(provider, app)?;
         let placeholders = self.placeholders(provider);
@@ -436,7 +424,7 @@ impl ProviderGateway for OAuthGateway {
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             q.append_pair("code", "-").append_pair("state", "-");
-            for (k, v) in callback_params {
+            for (k, v) in exchange.callback_params {
                 q.append_pair(k, v);
             }
             q.finish()
@@ -445,14 +433,7 @@ impl ProviderGateway for OAuthGateway {
             .map_err(classify)?
             .extras;
         let tokens = http
-            .exchange_code(
-                spec,
-                &client,
-                code,
-                redirect_uri,
-                pkce_verifier,
-                &placeholders,
-            )
+            .exchange_code(spec, &client, exchange.grant, &placeholders)
             .await
             .map_err(classify)?;
         let account = http
@@ -513,9 +494,11 @@ impl ProviderGateway for OAuthGateway {
             .exchange_code(
                 spec,
                 &client,
-                &code,
-                redirect_uri,
-                verifier.as_ref(),
+                CodeGrant {
+                    code: &code,
+                    redirect_uri,
+                    pkce_verifier: verifier.as_ref(),
+                },
                 &placeholders,
             )
             .await
@@ -570,9 +553,8 @@ impl ProviderGateway for OAuthGateway {
             scopes: &spec.default_scopes,
             state: "credential-broker-diagnosis",
             pkce_challenge: challenge.as_deref(),
-            placeholders: &placeholders,
         };
-        let url = match cb_oauth::authorize_url(spec, &client, &req) {
+        let url = match cb_oauth::authorize_url(spec, &client, &req, &placeholders) {
             Ok(url) => url,
             Err(e) => return RedirectProbe::Unreachable(e.to_string()),
         };
