@@ -539,13 +539,15 @@ async fn webhooks_are_delivered_signed_in_order_despite_an_outage(database_url: 
     let got = delivered(&receiver);
     // At least once: the injected clock jumps past the delivery lease, so a send in flight at
     // that moment may be claimed and sent again by the other broker — with the same webhook-id,
-    // right after the first. Collapsed, every event is accepted once, in order.
-    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
-    ids.dedup();
-    let mut unique = ids.clone();
-    unique.sort_unstable();
-    unique.dedup();
-    assert_eq!(unique.len(), ids.len(), "each event accepted once: {ids:?}");
+    // possibly after the credential's next event (the first send finished and released it).
+    // A receiver keeps the first of each webhook-id: those are every logged event, in order per
+    // credential.
+    let mut ids: Vec<&str> = Vec::new();
+    for r in &got {
+        if !ids.contains(&r.id.as_str()) {
+            ids.push(r.id.as_str());
+        }
+    }
     for credential in [&a.id, &c2.id] {
         let in_log: Vec<&str> = log
             .iter()

@@ -220,15 +220,18 @@ pub(crate) fn refresh_lease_lapsed(now: &str) -> String {
 
 /// Leases up to `limit` due credentials at once, soonest first, skipping leases held by others
 /// and (`skip_locked`, PostgreSQL) rows another transaction is claiming.
+/// The ids are one materialized set, locked once: a `LIMIT … SKIP LOCKED` subquery under `IN`
+/// may be re-run by the plan, locking and claiming rows past the limit.
 /// Bind: holder, local_now, lease_ms, limit.
 pub(crate) fn claim_due_refreshes(now: &str, skip_locked: &str) -> String {
     format!(
-        "UPDATE credentials SET lease_holder = $1, lease_fence = lease_fence + 1, \
-         lease_expires_at = {now} + $3 \
-         WHERE id IN (SELECT id FROM credentials WHERE status = 'ACTIVE' \
+        "WITH due AS MATERIALIZED (SELECT id FROM credentials WHERE status = 'ACTIVE' \
          AND next_refresh_at <= $2 \
          AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
          ORDER BY next_refresh_at, id LIMIT $4{skip_locked}) \
+         UPDATE credentials SET lease_holder = $1, lease_fence = lease_fence + 1, \
+         lease_expires_at = {now} + $3 \
+         WHERE id IN (SELECT id FROM due) \
          AND status = 'ACTIVE' \
          AND (lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {now}) \
          RETURNING {}",
