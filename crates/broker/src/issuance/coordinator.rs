@@ -841,9 +841,14 @@ impl TokenService {
     /// minted it, or the provider's configured client.
     async fn provider_configured(&self, c: &Credential) -> Result<(), BrokerError> {
         let provider = c.provider_id.as_str();
+        let spec = self.gateway.get(provider);
+        // The common case answers without a database read (this is on a cold leader's path).
+        if spec.as_ref().is_some_and(|p| p.configured) {
+            return Ok(());
+        }
         let has_app = self.store.credential_app(c.id.as_str()).await?.is_some();
-        let message = match self.gateway.get(provider) {
-            Some(p) if p.configured || has_app => return Ok(()),
+        let message = match spec {
+            Some(_) if has_app => return Ok(()),
             Some(_) => format!(
                 "the provider {provider} has no client credentials configured: an operator must configure it before its tokens can be refreshed"
             ),
