@@ -5,7 +5,7 @@
 //! listed read-only; deleting stops deliveries.
 
 use crate::support::broker::{TestBroker, assert_status, t0_secs};
-use crate::support::client::{ALICE, BOB, Client};
+use crate::support::client::{ALICE, BOB, Client, rename_request};
 use crate::support::fake_provider::{FakeProvider, rotating};
 use crate::support::wait::wait_until_sync;
 use crate::support::webhook_receiver::{Received, WebhookReceiver, verified_independently};
@@ -24,19 +24,6 @@ fn delivered(receiver: &WebhookReceiver, event_type: &str) -> Vec<Received> {
         .into_iter()
         .filter(|r| r.status == 204 && String::from_utf8_lossy(&r.body).contains(event_type))
         .collect()
-}
-
-fn rename(id: &str, name: &str) -> pb::UpdateCredentialRequest {
-    pb::UpdateCredentialRequest {
-        credential: Some(pb::Credential {
-            credential_id: id.into(),
-            display_name: name.into(),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["display_name".into()],
-        }),
-    }
 }
 
 fn create(workspace: &str, url: &str) -> pb::CreateWebhookEndpointRequest {
@@ -206,7 +193,7 @@ async fn an_api_endpoint_delivers_signed_with_its_generated_secret(database_url:
     let err = rotate(&mut admin, &id).await.unwrap_err();
     assert_status(&err, Code::FailedPrecondition, "WEBHOOK_SECRET_LIMIT");
     alice
-        .update(rename(&a.id, "during rotation"))
+        .update(rename_request(&a.id, "during rotation"))
         .await
         .unwrap();
     wait_until_sync(Duration::from_secs(10), "the rename delivered", || {
@@ -262,7 +249,10 @@ async fn an_api_endpoint_delivers_signed_with_its_generated_secret(database_url:
         vec![pb::CredentialEventType::Disconnected as i32]
     );
     let c = alice.import_fake(&fake, "acct-c", expires).await.unwrap();
-    alice.update(rename(&c.id, "filtered out")).await.unwrap();
+    alice
+        .update(rename_request(&c.id, "filtered out"))
+        .await
+        .unwrap();
     alice.disconnect(&c.id).await.unwrap();
     wait_until_sync(
         Duration::from_secs(10),
