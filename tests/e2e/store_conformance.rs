@@ -3476,7 +3476,7 @@ async fn duplicate_run_grant_is_rejected(store: Arc<dyn Store>) {
     for dup in [run_grant("g1", 7_000), same_hash] {
         assert!(matches!(
             store.insert_run_grant(&dup).await,
-            Err(StoreError::Duplicate(_))
+            Err(StoreError::Duplicate(s)) if s == "run grant"
         ));
     }
 }
@@ -3564,7 +3564,7 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
     assert_eq!(store.get_oauth_app("nope").await.unwrap(), None);
     assert!(matches!(
         store.insert_oauth_app(&a, &app_secret("app-a", 1)).await,
-        Err(StoreError::Duplicate(_))
+        Err(StoreError::Duplicate(s)) if s == "OAuth app"
     ));
     // Listing: per workspace, optionally per provider, oldest (smallest id) first.
     store
@@ -3595,7 +3595,7 @@ async fn oauth_app_round_trips_and_holds_its_secrets(store: Arc<dyn Store>) {
         .unwrap();
     assert!(matches!(
         store.insert_oauth_app_secret(&app_secret("app-a", 2)).await,
-        Err(StoreError::Duplicate(_))
+        Err(StoreError::Duplicate(s)) if s == "OAuth app secret version"
     ));
     let secrets = store.list_oauth_app_secrets("app-a").await.unwrap();
     assert_eq!(
@@ -4217,7 +4217,7 @@ async fn api_webhook_endpoints_are_managed_and_configured_ones_are_not(store: Ar
         store
             .insert_webhook_endpoint(&api, &webhook_secret("whe_1", 1))
             .await,
-        Err(StoreError::Duplicate(_))
+        Err(StoreError::Duplicate(s)) if s == "webhook endpoint"
     ));
     assert_eq!(
         store.webhook_endpoint("whe_1").await.unwrap(),
@@ -4344,7 +4344,7 @@ async fn api_webhook_endpoints_are_managed_and_configured_ones_are_not(store: Ar
         store
             .insert_webhook_secret(&webhook_secret("whe_1", 2))
             .await,
-        Err(StoreError::Duplicate(_))
+        Err(StoreError::Duplicate(s)) if s == "webhook secret version"
     ));
     assert_eq!(
         store.list_webhook_secrets("whe_1").await.unwrap(),

@@ -82,7 +82,8 @@ impl Dialect {
                 let hint = db.constraint().unwrap_or_else(|| db.message());
                 return StoreError::Duplicate(duplicate_subject(hint).to_owned());
             }
-            // Every foreign key points at credentials (members, workflow usage).
+            // The parent row is gone: a credential (members, usage) or an app or endpoint
+            // (their secrets).
             ErrorKind::ForeignKeyViolation => return StoreError::NotFound,
             _ => {}
         }
@@ -123,6 +124,19 @@ fn duplicate_subject(hint: &str) -> &'static str {
         "member email"
     } else if hint.contains("credentials") {
         "credential id"
+    } else if hint.contains("run_grants") {
+        "run grant"
+    } else if hint.contains("oauth_app_secrets") {
+        // before oauth_apps, which it contains
+        "OAuth app secret version"
+    } else if hint.contains("oauth_apps") {
+        "OAuth app"
+    } else if hint.contains("webhook_endpoint_secrets") {
+        "webhook secret version"
+    } else if hint.contains("webhook_endpoints") {
+        "webhook endpoint"
+    } else if hint.contains("workspace_providers") {
+        "workspace provider"
     } else {
         "unknown constraint"
     }

@@ -206,9 +206,9 @@ pub trait Store: Send + Sync + 'static {
         reset_failures: bool,
     ) -> Result<Option<WebhookEndpointRow>, StoreError>;
 
-    /// Deletes an API-managed endpoint with its secrets and delivery log: first disables it
-    /// (committed on its own, so events stop fanning out to it), then deletes. Returns whether
-    /// it existed; configured endpoints are never deleted.
+    /// Deletes an API-managed endpoint with its secrets and delivery log (cascade): first
+    /// disables it (committed on its own, so events stop fanning out to it), then deletes.
+    /// Returns whether it existed; configured endpoints are never deleted.
     async fn delete_webhook_endpoint(&self, id: &str, now: i64) -> Result<bool, StoreError>;
 
     /// Adds a signing secret. An existing (endpoint, version) → [`StoreError::Duplicate`].

@@ -429,7 +429,9 @@ pub(crate) const PRUNE_CREDENTIAL_EVENTS_BATCH: &str = "DELETE FROM credential_e
      WHERE id IN (SELECT id FROM credential_events WHERE at < $1 LIMIT $2)";
 
 /// Followed by the bound `(event_id, …)` list of `insert_events`: one pending delivery per
-/// (enabled endpoint of the event's workspace whose type filter admits the event, event).
+/// (enabled endpoint of the event's workspace whose type filter admits the event, event). The
+/// filter is an exact match in the comma list (`replace`, not `LIKE`: `_` is a wildcard there
+/// and SQLite's LIKE ignores case).
 /// Workspace events (no credential) are
 /// ordered among themselves under the empty credential id.
 pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries \
@@ -437,7 +439,8 @@ pub(crate) const FAN_OUT_DELIVERIES_HEAD: &str = "INSERT INTO webhook_deliveries
      SELECT w.id, ev.id, COALESCE(ev.credential_id, ''), 'PENDING', 0, ev.at, ev.at \
      FROM credential_events ev JOIN webhook_endpoints w ON w.workspace_id = ev.workspace_id \
      WHERE w.disabled_at IS NULL \
-     AND (w.event_types IS NULL OR (',' || w.event_types || ',') LIKE ('%,' || ev.kind || ',%')) \
+     AND (w.event_types IS NULL OR length(',' || w.event_types || ',') \
+       <> length(replace(',' || w.event_types || ',', ',' || ev.kind || ',', ''))) \
      AND ev.event_id IN ";
 
 /// Bind: id, workspace_id, url, now, event_types.
@@ -454,18 +457,20 @@ pub(crate) const UPSERT_WEBHOOK_ENDPOINT: &str = "INSERT INTO webhook_endpoints 
      workspace_id = excluded.workspace_id, url = excluded.url, updated_at = excluded.updated_at \
      WHERE webhook_endpoints.source = 'CONFIG'";
 
-/// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`).
+/// Leases a batch of due deliveries (see `Store::claim_webhook_deliveries`); the ids are one
+/// materialized set, as in [`claim_due_refreshes`].
 /// Bind: holder, now, lease_ms, limit.
 pub(crate) fn claim_webhook_deliveries(skip_locked: &str) -> String {
     format!(
-        "UPDATE webhook_deliveries SET lease_holder = $1, lease_expires_at = $2 + $3 \
-         WHERE id IN (SELECT d.id FROM webhook_deliveries d WHERE d.state = 'PENDING' \
+        "WITH due AS MATERIALIZED (SELECT d.id FROM webhook_deliveries d WHERE d.state = 'PENDING' \
          AND d.next_attempt_at <= $2 \
          AND (d.lease_holder IS NULL OR d.lease_expires_at <= $2) \
          AND d.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE disabled_at IS NULL) \
          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.endpoint_id = d.endpoint_id \
            AND e.credential_id = d.credential_id AND e.state = 'PENDING' AND e.id < d.id) \
          ORDER BY d.id LIMIT $4{skip_locked}) \
+         UPDATE webhook_deliveries SET lease_holder = $1, lease_expires_at = $2 + $3 \
+         WHERE id IN (SELECT id FROM due) \
          AND (lease_holder IS NULL OR lease_expires_at <= $2) RETURNING id"
     )
 }
@@ -543,16 +548,13 @@ pub(crate) const UPDATE_WEBHOOK_ENDPOINT: &str = concat!(
 );
 
 /// Before a delete, in its own transaction: events written from then on no longer fan out to
-/// the endpoint, so none is inserting a delivery for it when it goes. Bind: id, now.
+/// the endpoint, so none is inserting a delivery for it when it goes (that insert's foreign key
+/// check would fail the event's own transaction). Bind: id, now.
 pub(crate) const RETIRE_WEBHOOK_ENDPOINT: &str = "UPDATE webhook_endpoints \
      SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1 AND source = 'API'";
 
-/// Secrets and deliveries go first: SQLite only cascades with foreign keys on, so nothing
-/// relies on it. Bind: id.
-pub(crate) const DELETE_WEBHOOK_ENDPOINT_SECRETS: &str = "DELETE FROM webhook_endpoint_secrets \
-     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
-pub(crate) const DELETE_WEBHOOK_ENDPOINT_DELIVERIES: &str = "DELETE FROM webhook_deliveries \
-     WHERE endpoint_id IN (SELECT id FROM webhook_endpoints WHERE id = $1 AND source = 'API')";
+/// Its secrets and delivery log go with it (`ON DELETE CASCADE`; SQLite connections enable
+/// foreign keys). Configured endpoints are never deleted. Bind: id.
 pub(crate) const DELETE_WEBHOOK_ENDPOINT: &str =
     "DELETE FROM webhook_endpoints WHERE id = $1 AND source = 'API'";
 

@@ -944,20 +944,15 @@ where
     ) -> Result<(), StoreError> {
         self.traced("insert_webhook_endpoint", None, async {
             let mut tx = self.begin_write().await?;
-            sqlx::query::<DB>(sql::INSERT_WEBHOOK_ENDPOINT)
+            let endpoint = sqlx::query::<DB>(sql::INSERT_WEBHOOK_ENDPOINT)
                 .bind(row.id.as_str())
                 .bind(row.workspace_id.as_str())
                 .bind(row.url.as_str())
                 .bind(row.updated_at)
                 .bind(row.event_types.as_deref())
-                .bind(row.description.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
-            bind_webhook_secret::<DB>(secret)
-                .execute(&mut *tx)
-                .await
-                .map_err(map::<DB>)?;
+                .bind(row.description.as_str());
+            Self::execute_on(&mut tx, endpoint).await?;
+            Self::execute_on(&mut tx, bind_webhook_secret::<DB>(secret)).await?;
             tx.commit().await.map_err(map::<DB>)
         })
         .await
@@ -985,20 +980,8 @@ where
             if !self.changed(retire).await? {
                 return Ok(false);
             }
-            let mut tx = self.begin_write().await?;
-            for statement in [
-                sql::DELETE_WEBHOOK_ENDPOINT_DELIVERIES,
-                sql::DELETE_WEBHOOK_ENDPOINT_SECRETS,
-                sql::DELETE_WEBHOOK_ENDPOINT,
-            ] {
-                sqlx::query(statement)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map::<DB>)?;
-            }
-            tx.commit().await.map_err(map::<DB>)?;
-            Ok(true)
+            self.changed(sqlx::query(sql::DELETE_WEBHOOK_ENDPOINT).bind(id))
+                .await
         })
         .await
     }
@@ -1479,7 +1462,7 @@ where
 
     async fn insert_run_grant(&self, g: &RunGrantRow) -> Result<(), StoreError> {
         self.traced("insert_run_grant", None, async {
-            sqlx::query::<DB>(sql::INSERT_RUN_GRANT)
+            let statement = sqlx::query::<DB>(sql::INSERT_RUN_GRANT)
                 .bind(g.id.as_str())
                 .bind(g.grant_sha256.as_str())
                 .bind(g.user_id.as_str())
@@ -1492,14 +1475,8 @@ where
                 .bind(g.created_by.as_str())
                 .bind(g.created_at)
                 .bind(g.expires_at)
-                .bind(g.revoked_at)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| match map::<DB>(e) {
-                    StoreError::Duplicate(_) => StoreError::Duplicate("run grant".into()),
-                    other => other,
-                })?;
-            Ok(())
+                .bind(g.revoked_at);
+            self.run(statement).await
         })
         .await
     }
