@@ -587,6 +587,11 @@ impl TokenService {
                 self.store.release_refresh_lease(&id, fence).await?;
                 return Err(abandoned());
             }
+            // The client that minted the grant: a workspace app (newest secret, the previous one
+            // once on invalid_client) or the deployment's configured client. Resolved before the
+            // intent is recorded: a failure here never reaches the provider, so it must not
+            // leave an intent that the next leader would take for an interrupted refresh.
+            let (app, recorded) = self.apps.with_version(&c).await?.unzip();
             let intent = RefreshIntent {
                 holder: self.holder.clone(),
                 fence,
@@ -596,9 +601,6 @@ impl TokenService {
             if !self.store.record_refresh_intent(&id, &intent).await? {
                 return Err(lease_lost());
             }
-            // The client that minted the grant: a workspace app (newest secret, the previous one
-            // once on invalid_client) or the deployment's configured client.
-            let (app, recorded) = self.apps.with_version(&c).await?.unzip();
             let (answer, used) = AppClients::call(app.as_ref(), |client| {
                 self.call_refresh(&c.provider_id, client, &refresh_token, &bundle.extras)
             })

@@ -385,7 +385,18 @@ impl TokenService {
         ctx: UsageContext,
     ) -> Result<IssuedToken, BrokerError> {
         let mut hit = false;
-        let (caller, ctx, result) = match self.apply_run_grant(caller, id, ctx).await {
+        // The caller's role first: one that may not receive tokens learns nothing about grants.
+        let granted = match require_token_issuer(caller) {
+            Ok(()) => self.apply_run_grant(caller, id, ctx).await,
+            Err(e) => Err((
+                Served {
+                    usage: ctx,
+                    run_grant_id: None,
+                },
+                e,
+            )),
+        };
+        let (caller, ctx, result) = match granted {
             Ok((caller, ctx)) => {
                 let result = self.issue(&caller, id, min_valid, &mut hit).await;
                 (caller, ctx, result)
@@ -515,7 +526,6 @@ impl TokenService {
         min_valid: Option<Duration>,
         hit: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
-        require_token_issuer(caller)?;
         let min_valid = min_valid.unwrap_or(self.config.default_min_valid);
         if min_valid > self.config.max_min_valid {
             return Err(BrokerError::invalid(

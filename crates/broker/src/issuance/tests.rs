@@ -583,3 +583,45 @@ async fn a_refresh_on_a_miss_opens_the_sealed_row_once() {
     assert_eq!(kit.refreshes(), 1);
     assert_eq!(uses() - before, 2, "opened once, sealed once");
 }
+
+/// A caller whose role may not receive tokens is refused for that before any run grant it
+/// presents is looked at: it learns nothing about grants (not even that one is unknown).
+#[tokio::test]
+async fn a_caller_that_may_not_receive_tokens_learns_nothing_about_grants() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.plus(Duration::from_secs(3600))).await;
+    let web = Caller {
+        service: "web".into(),
+        role: ServiceRole::Web,
+        actor: None,
+    };
+    let ctx = UsageContext {
+        run_grant: super::RunGrantUse {
+            presented: Some(secrecy::SecretString::from("cbrg_not-a-grant".to_owned())),
+            required: true,
+        },
+        ..UsageContext::default()
+    };
+    let err = kit
+        .tokens
+        .get_access_token(&web, &id, None, ctx)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), crate::error::reason::CALLER_NOT_ALLOWED);
+}
+
+/// A refresh that cannot even resolve the client it must use (here: the recorded app is gone)
+/// never reached the provider, so it leaves no refresh intent: the next leader must not take it
+/// for an interrupted refresh.
+#[tokio::test]
+async fn a_refresh_that_cannot_resolve_its_app_leaves_no_intent() {
+    let kit = kit(ScriptedProvider::new(true)).await;
+    let id = kit.import(T0.minus(Duration::from_secs(10))).await;
+    kit.store
+        .set_credential_app(id.as_str(), Some(("app-gone", 1)))
+        .await
+        .unwrap();
+    kit.token(&id, None).await.unwrap_err();
+    assert_eq!(kit.refreshes(), 0, "the provider was never called");
+    assert_eq!(kit.store.refresh_intent(id.as_str()).await.unwrap(), None);
+}
