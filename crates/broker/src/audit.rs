@@ -686,13 +686,11 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files = Vec::new();
         sources(&root.join("src"), &mut files);
+        // Every RPC adapter (a new one cannot record an action unseen) and the auth layers.
         sources(&root.join("../server/src/layers"), &mut files);
-        let grpc = root.join("../server/src/grpc");
-        for name in ["credential.rs", "membership.rs", "oauth_app.rs"] {
-            let path = grpc.join(name);
-            let text = std::fs::read_to_string(&path).unwrap();
-            files.push((path, text));
-        }
+        sources(&root.join("../server/src/grpc"), &mut files);
+        // Field paths (`credential.credential_id`) look like actions; no action is recorded there.
+        files.retain(|(path, _)| !path.ends_with("grpc/convert.rs"));
         let prefixes: Vec<&str> = ACTIONS
             .iter()
             .filter_map(|a| a.split_once('.'))

@@ -367,11 +367,11 @@ impl Client {
     pub async fn events(&mut self) -> Result<Vec<pb::CredentialEvent>, Status> {
         let mut all = Vec::new();
         let mut page_token = String::new();
-        loop {
+        for _ in 0..MAX_PAGES {
             let page = self
                 .events_page(pb::ListCredentialEventsRequest {
                     workspace_id: "ws1".into(),
-                    page_token,
+                    page_token: page_token.clone(),
                     ..Default::default()
                 })
                 .await?;
@@ -379,8 +379,10 @@ impl Client {
             if page.next_page_token.is_empty() {
                 return Ok(all);
             }
+            assert_ne!(page.next_page_token, page_token, "the same page again");
             page_token = page.next_page_token;
         }
+        panic!("more than {MAX_PAGES} pages of events");
     }
 
     /// WatchCredentialEvents: the open stream.
@@ -569,7 +571,7 @@ pub async fn audit_events(
     b.flush_audit().await;
     let mut events = Vec::new();
     let mut page_token = String::new();
-    loop {
+    for _ in 0..MAX_PAGES {
         let mut request = tonic::Request::new(pb::ListAuditEventsRequest {
             page_size: 1000,
             page_token: page_token.clone(),
@@ -583,9 +585,14 @@ pub async fn audit_events(
         if page.next_page_token.is_empty() {
             return events;
         }
+        assert_ne!(page.next_page_token, page_token, "the same page again");
         page_token = page.next_page_token;
     }
+    panic!("more than {MAX_PAGES} pages of audit events");
 }
+
+/// Pages a listing helper reads before it gives up (a loop with a bound).
+const MAX_PAGES: usize = 1000;
 
 /// The `count=N` an aggregated audit row carries in its detail (1 when absent).
 pub fn audit_count(e: &pb::AuditEvent) -> u64 {

@@ -3,13 +3,17 @@ the broker's code: for every secret given, every delivery must carry a `v1,` sig
 base64(HMAC-SHA256(base64decode(secret without "whsec_"), "{id}.{timestamp}." + body)).
 
 Input (argv[1]): {"secrets": ["whsec_..."], "deliveries": [{"id", "timestamp", "signature",
-"body": [bytes]}]}. Exit status 0 when every delivery verifies under every secret, else 1."""
+"body": [bytes]}]}. Exit status 0 when every delivery verifies under every secret, 3 when a
+signature does not match; anything else (a crash: exit status 1) is an error, never a verdict."""
 
 import base64
 import hashlib
 import hmac
 import json
 import sys
+
+
+MISMATCH = 3
 
 
 def main() -> int:
@@ -26,7 +30,7 @@ def main() -> int:
             ]
             if not any(hmac.compare_digest(expected, p) for p in passed):
                 print(f"signature mismatch for {d['id']}")
-                return 1
+                return MISMATCH
     print(f"verified {len(doc['deliveries'])} deliveries under {len(doc['secrets'])} secrets")
     return 0
 
