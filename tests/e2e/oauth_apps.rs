@@ -434,6 +434,25 @@ async fn deleting_an_app_in_use_needs_force_and_names_it(db: Option<&str>) {
         &[&app.display_name, &app.oauth_app_id],
     )
     .await;
+    // Health says the fix is the app, and watchers and webhooks hear of it like any other.
+    let health = alice
+        .get(&cred.credential_id)
+        .await
+        .unwrap()
+        .health
+        .expect("every credential carries its health");
+    assert_eq!(
+        health.health,
+        pb::CredentialHealth::ClientMisconfigured as i32
+    );
+    assert_eq!(health.last_error_code, "oauth_app_deleted");
+    let events = alice.events().await.unwrap();
+    assert!(
+        events.iter().any(|e| e.credential_id == cred.credential_id
+            && e.r#type == pb::CredentialEventType::NeedsReconnect as i32
+            && e.cause.contains(&app.oauth_app_id)),
+        "{events:?}"
+    );
     let err = alice.token(&cred.credential_id).await.unwrap_err();
     assert_eq!(error_details(&err).0, "CREDENTIAL_NEEDS_RECONNECT");
     let err = get_app(&mut alice, &app.oauth_app_id).await.unwrap_err();

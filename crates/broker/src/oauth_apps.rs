@@ -11,6 +11,7 @@ use crate::error::{BrokerError, FieldViolation, reason};
 use crate::gateway::{
     AppClient, ClientProbe, Discovery, ProviderError, ProviderGateway, RedirectProbe,
 };
+use crate::health::{self, EventKind, HealthKind};
 use crate::issuance::TokenCache;
 use crate::policy;
 use crate::sealing;
@@ -864,15 +865,32 @@ impl OAuthAppService {
                 return Ok(false);
             }
             let expected = c.version;
+            let now = self.clock.now();
+            // Like every other move to NEEDS_RECONNECT: health says why (the fix is the app,
+            // not the user's grant) and a `needs_reconnect` event reaches watchers and webhooks.
+            c.health = c.health.failed(
+                HealthKind::ClientMisconfigured,
+                why.to_owned(),
+                "oauth_app_deleted".into(),
+                now,
+            );
+            let events = [health::event(
+                &c,
+                EventKind::NeedsReconnect,
+                None,
+                Some(why.to_owned()),
+                Some(HealthKind::ClientMisconfigured.class()),
+                now,
+            )];
             c.status = Status::NeedsReconnect {
                 reason: why.to_owned(),
             };
             c.next_refresh_at = None;
-            c.updated_at = self.clock.now();
+            c.updated_at = now;
             match self
                 .apps
                 .store
-                .update_credential(&c.to_row(), expected)
+                .update_credential_with_events(&c.to_row(), expected, &events)
                 .await
             {
                 Ok(_) => {
