@@ -7,6 +7,7 @@ use crate::support::broker::{TestBroker, error_details};
 use crate::support::client::{ALICE, BOB, Client, verdict_of};
 use crate::support::fake_provider::FakeProvider;
 use crate::support::pg::on_both_backends;
+use crate::support::wait::wait_until_sync;
 use cb_proto::v1 as pb;
 use prost::Message;
 use std::time::Duration;
@@ -32,6 +33,7 @@ async fn scene(db: Option<&str>) -> (FakeProvider, TestBroker, Client, pb::OAuth
 on_both_backends!("apps_", workspace_admins_manage_apps_and_others_are_refused);
 on_both_backends!("apps_", connect_refresh_and_revoke_use_the_workspace_app);
 on_both_backends!("apps_", rotated_secret_keeps_refreshes_working);
+on_both_backends!("apps_", secret_rotation_during_refreshes_fails_none);
 on_both_backends!("apps_", the_secret_that_answered_is_on_record);
 on_both_backends!("apps_", deleting_an_app_in_use_needs_force_and_names_it);
 on_both_backends!(
@@ -354,6 +356,46 @@ async fn rotated_secret_keeps_refreshes_working(db: Option<&str>) {
         c.health.map(|h| h.health()),
         Some(pb::CredentialHealth::ClientMisconfigured)
     );
+}
+
+/// Secret rotation while refreshes are at the provider: each step (add the new secret before
+/// the provider knows it, the provider switches, retire the old one) happens while a refresh is
+/// in flight (held 200 ms at the fake, the step taken once it arrived), and no refresh fails.
+async fn secret_rotation_during_refreshes_fails_none(db: Option<&str>) {
+    let (fake, b, mut alice, app) = scene(db).await;
+    let cred = connect_in(&mut alice, &fake, "ws1").await;
+    fake.configure(|c| c.token_delay = Duration::from_millis(200));
+    let steps: [(&str, Option<&str>, bool); 3] = [
+        ("add the new secret", Some(APP_SECRET_2), false),
+        ("the provider switches", None, true),
+        ("retire the old secret", None, false),
+    ];
+    for (step, new_secret, provider_switches) in steps {
+        b.clock.advance(Duration::from_secs(3600));
+        let arrived = fake.token_clients("refresh_token").len();
+        let refresh = {
+            let mut client = alice.clone();
+            let id = cred.credential_id.clone();
+            tokio::spawn(async move { client.token(&id).await })
+        };
+        wait_until_sync(Duration::from_secs(10), "a refresh at the provider", || {
+            fake.token_clients("refresh_token").len() > arrived
+        })
+        .await;
+        if provider_switches {
+            fake.configure(|c| c.extra_clients = vec![(APP_CLIENT.into(), APP_SECRET_2.into())]);
+        } else {
+            change_secret(&mut alice, &app.oauth_app_id, new_secret)
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {e}"));
+        }
+        let answered = refresh.await.unwrap();
+        assert!(answered.is_ok(), "{step}: {answered:?}");
+        // And the next refresh, under the state the step left.
+        refresh_now(&b, &mut alice, &cred.credential_id).await;
+    }
+    let app_now = get_app(&mut alice, &app.oauth_app_id).await.unwrap();
+    assert_eq!(app_now.secret_versions, [2], "only the new secret is left");
 }
 
 /// (app id, secret version) GetCredential shows for `id`.
